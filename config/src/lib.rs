@@ -1,0 +1,544 @@
+//! Sonde's configuration, parsed once into a typed `Config` shared by the loader and the
+//! processor. Sources, lowest precedence first: embedded defaults, the YAML file
+//! (`--config` or `BEYLA_CONFIG_PATH`), then environment variables with the reference
+//! system's names. Every invalid value fails with the key, the value and what was expected.
+
+use std::{collections::BTreeMap, fmt, path::PathBuf};
+
+use serde::Deserialize;
+
+/// Errors raised while building the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid YAML for this schema (unknown keys included).
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    /// A key has a value of the right type but an invalid content.
+    #[error("invalid value {value:?} for {key}: expected {expected}")]
+    Invalid { key: String, value: String, expected: &'static str },
+}
+
+fn invalid(key: &str, value: impl fmt::Display, expected: &'static str) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), value: value.to_string(), expected }
+}
+
+/// Ports and inclusive port ranges, as in `80,443,8000-8999`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSet(Vec<(u16, u16)>);
+
+impl PortSet {
+    /// Parses a port list; `key` names the setting in errors.
+    pub fn parse(key: &str, text: &str) -> Result<PortSet, ConfigError> {
+        const EXPECTED: &str = "comma-separated ports or ranges in 1-65535, e.g. 8080,8000-8999";
+        let mut ranges = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            if part.is_empty() {
+                return Err(invalid(key, text, EXPECTED));
+            }
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (part, part),
+            };
+            let lo: u16 = lo.parse().map_err(|_| invalid(key, text, EXPECTED))?;
+            let hi: u16 = hi.parse().map_err(|_| invalid(key, text, EXPECTED))?;
+            if lo == 0 || hi < lo {
+                return Err(invalid(key, text, EXPECTED));
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(PortSet(ranges))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&port))
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// A glob on the executable path, as `BEYLA_AUTO_TARGET_EXE`.
+#[derive(Debug, Clone)]
+pub struct ExeGlob {
+    pub pattern: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl ExeGlob {
+    pub fn parse(key: &str, pattern: &str) -> Result<ExeGlob, ConfigError> {
+        let glob = globset::GlobBuilder::new(pattern)
+            .literal_separator(false)
+            .build()
+            .map_err(|_| invalid(key, pattern, "a glob on the executable path, e.g. */nginx"))?;
+        Ok(ExeGlob { pattern: pattern.to_string(), matcher: glob.compile_matcher() })
+    }
+
+    pub fn is_match(&self, path: &str) -> bool {
+        self.matcher.is_match(path)
+    }
+}
+
+/// Where spans are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TracePrinter {
+    Disabled,
+    Text,
+    Json,
+}
+
+impl TracePrinter {
+    pub fn parse(key: &str, v: &str) -> Result<TracePrinter, ConfigError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "disabled" | "" => Ok(TracePrinter::Disabled),
+            "text" => Ok(TracePrinter::Text),
+            "json" => Ok(TracePrinter::Json),
+            _ => Err(invalid(key, v, "one of disabled, text, json")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TracePrinter::Disabled => "disabled",
+            TracePrinter::Text => "text",
+            TracePrinter::Json => "json",
+        }
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn parse(key: &str, v: &str) -> Result<LogLevel, ConfigError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "error" => Ok(LogLevel::Error),
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "info" => Ok(LogLevel::Info),
+            "debug" => Ok(LogLevel::Debug),
+            "trace" => Ok(LogLevel::Trace),
+            _ => Err(invalid(key, v, "one of error, warn, info, debug, trace")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Kernel-side sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfSettings {
+    /// Ring buffer data size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Connections tracked at once (LRU beyond that).
+    pub max_connections: u32,
+}
+
+/// How the loader runs the processor in single-host mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessorSettings {
+    /// Unprivileged user the processor runs as (name or numeric uid).
+    pub user: String,
+    /// Group (name or numeric gid); the user's primary group when unset.
+    pub group: Option<String>,
+    /// Path of the `sonde-processor` binary; next to the loader's own binary when unset.
+    pub binary: Option<PathBuf>,
+    /// Uids (besides the processor user's) allowed to connect to the control socket.
+    pub allowed_uids: Vec<u32>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub log_level: LogLevel,
+    pub open_port: Option<PortSet>,
+    pub auto_target_exe: Option<ExeGlob>,
+    pub target_pids: Vec<u32>,
+    pub service_name: Option<String>,
+    pub service_namespace: Option<String>,
+    pub trace_printer: TracePrinter,
+    pub control_socket: PathBuf,
+    pub processor: ProcessorSettings,
+    pub ebpf: EbpfSettings,
+    /// Seconds between kernel counter reports.
+    pub stats_interval_secs: u32,
+}
+
+/// Default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sonde/control.sock";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            log_level: LogLevel::Info,
+            open_port: None,
+            auto_target_exe: None,
+            target_pids: Vec::new(),
+            service_name: None,
+            service_namespace: None,
+            trace_printer: TracePrinter::Text,
+            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            processor: ProcessorSettings {
+                user: "nobody".into(),
+                group: None,
+                binary: None,
+                allowed_uids: Vec::new(),
+            },
+            ebpf: EbpfSettings { ring_buffer_bytes: 8 << 20, max_connections: 16384 },
+            stats_interval_secs: 10,
+        }
+    }
+}
+
+/// The YAML schema. Unknown keys are errors so typos never pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    log_level: Option<String>,
+    open_port: Option<PortsValue>,
+    auto_target_exe: Option<String>,
+    target_pids: Option<Vec<u32>>,
+    service_name: Option<String>,
+    service_namespace: Option<String>,
+    trace_printer: Option<String>,
+    control_socket: Option<PathBuf>,
+    processor: Option<FileProcessor>,
+    ebpf: Option<FileEbpf>,
+    stats_interval_secs: Option<u32>,
+}
+
+/// `open_port: 8080` and `open_port: "8080,9000-9100"` are both accepted.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PortsValue {
+    Number(u32),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProcessor {
+    user: Option<String>,
+    group: Option<String>,
+    binary: Option<PathBuf>,
+    allowed_uids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEbpf {
+    ring_buffer_bytes: Option<u32>,
+    max_connections: Option<u32>,
+}
+
+impl Config {
+    /// Builds the configuration from an optional file and the given environment.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let path = file.map(PathBuf::from).or_else(|| env.get("BEYLA_CONFIG_PATH").map(PathBuf::from));
+        let parsed = match &path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                Self::parse_yaml(path, &text)?
+            }
+            None => FileConfig::default(),
+        };
+        let mut config = Config::default();
+        config.apply_file(parsed)?;
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Builds the configuration from the process environment.
+    pub fn from_process(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::load(file, &env)
+    }
+
+    fn parse_yaml(path: &std::path::Path, text: &str) -> Result<FileConfig, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        serde_yaml_ng::from_str(text)
+            .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    fn apply_file(&mut self, f: FileConfig) -> Result<(), ConfigError> {
+        if let Some(v) = f.log_level {
+            self.log_level = LogLevel::parse("log_level", &v)?;
+        }
+        if let Some(v) = f.open_port {
+            let text = match v {
+                PortsValue::Number(n) => n.to_string(),
+                PortsValue::Text(t) => t,
+            };
+            self.open_port = Some(PortSet::parse("open_port", &text)?);
+        }
+        if let Some(v) = f.auto_target_exe {
+            self.auto_target_exe = Some(ExeGlob::parse("auto_target_exe", &v)?);
+        }
+        if let Some(v) = f.target_pids {
+            self.target_pids = v;
+        }
+        if let Some(v) = f.service_name {
+            self.service_name = Some(non_empty("service_name", v)?);
+        }
+        if let Some(v) = f.service_namespace {
+            self.service_namespace = Some(non_empty("service_namespace", v)?);
+        }
+        if let Some(v) = f.trace_printer {
+            self.trace_printer = TracePrinter::parse("trace_printer", &v)?;
+        }
+        if let Some(v) = f.control_socket {
+            self.control_socket = v;
+        }
+        if let Some(p) = f.processor {
+            if let Some(v) = p.user {
+                self.processor.user = non_empty("processor.user", v)?;
+            }
+            if let Some(v) = p.group {
+                self.processor.group = Some(non_empty("processor.group", v)?);
+            }
+            if let Some(v) = p.binary {
+                self.processor.binary = Some(v);
+            }
+            if let Some(v) = p.allowed_uids {
+                self.processor.allowed_uids = v;
+            }
+        }
+        if let Some(e) = f.ebpf {
+            if let Some(v) = e.ring_buffer_bytes {
+                self.ebpf.ring_buffer_bytes = v;
+            }
+            if let Some(v) = e.max_connections {
+                self.ebpf.max_connections = v;
+            }
+        }
+        if let Some(v) = f.stats_interval_secs {
+            self.stats_interval_secs = v;
+        }
+        Ok(())
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
+        if let Some(v) = get("BEYLA_LOG_LEVEL") {
+            self.log_level = LogLevel::parse("BEYLA_LOG_LEVEL", v)?;
+        }
+        if let Some(v) = get("BEYLA_OPEN_PORT") {
+            self.open_port = Some(PortSet::parse("BEYLA_OPEN_PORT", v)?);
+        }
+        for key in ["BEYLA_AUTO_TARGET_EXE", "OTEL_GO_AUTO_TARGET_EXE"] {
+            if let Some(v) = get(key) {
+                self.auto_target_exe = Some(ExeGlob::parse(key, v)?);
+                break;
+            }
+        }
+        if let Some(v) = get("BEYLA_TARGET_PID") {
+            self.target_pids = v
+                .split(',')
+                .map(|p| p.trim().parse::<u32>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| invalid("BEYLA_TARGET_PID", v, "comma-separated process ids"))?;
+        }
+        for key in ["BEYLA_SERVICE_NAME", "OTEL_SERVICE_NAME"] {
+            if let Some(v) = get(key) {
+                self.service_name = Some(v.clone());
+            }
+        }
+        if let Some(v) = get("BEYLA_SERVICE_NAMESPACE") {
+            self.service_namespace = Some(v.clone());
+        }
+        if let Some(v) = get("BEYLA_TRACE_PRINTER") {
+            self.trace_printer = TracePrinter::parse("BEYLA_TRACE_PRINTER", v)?;
+        }
+        if let Some(v) = get("SONDE_CONTROL_SOCKET") {
+            self.control_socket = PathBuf::from(v);
+        }
+        if let Some(v) = get("SONDE_PROCESSOR_USER") {
+            self.processor.user = v.clone();
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rb = self.ebpf.ring_buffer_bytes;
+        if !rb.is_power_of_two() || rb < 4096 || rb > (1 << 30) {
+            return Err(invalid(
+                "ebpf.ring_buffer_bytes",
+                rb,
+                "a power of two between 4096 and 1073741824",
+            ));
+        }
+        if !(64..=1 << 20).contains(&self.ebpf.max_connections) {
+            return Err(invalid(
+                "ebpf.max_connections",
+                self.ebpf.max_connections,
+                "a number between 64 and 1048576",
+            ));
+        }
+        if self.stats_interval_secs == 0 {
+            return Err(invalid("stats_interval_secs", 0, "a number of seconds >= 1"));
+        }
+        if !self.control_socket.is_absolute() {
+            return Err(invalid(
+                "control_socket",
+                self.control_socket.display(),
+                "an absolute path",
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when the configuration selects any process.
+    pub fn has_selection(&self) -> bool {
+        self.open_port.is_some() || self.auto_target_exe.is_some() || !self.target_pids.is_empty()
+    }
+
+    /// The effective configuration as YAML (what `--print-config` shows).
+    pub fn to_yaml(&self) -> String {
+        let mut out = String::new();
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "~".into());
+        out += &format!("log_level: {}\n", self.log_level.as_str());
+        out += &format!("open_port: {}\n", self.open_port.as_ref().map_or("~".into(), |p| format!("\"{p}\"")));
+        out += &format!(
+            "auto_target_exe: {}\n",
+            self.auto_target_exe.as_ref().map_or("~".into(), |g| format!("\"{}\"", g.pattern))
+        );
+        out += &format!("target_pids: {:?}\n", self.target_pids);
+        out += &format!("service_name: {}\n", opt(&self.service_name));
+        out += &format!("service_namespace: {}\n", opt(&self.service_namespace));
+        out += &format!("trace_printer: {}\n", self.trace_printer.as_str());
+        out += &format!("control_socket: {}\n", self.control_socket.display());
+        out += "processor:\n";
+        out += &format!("  user: {}\n", self.processor.user);
+        out += &format!("  group: {}\n", opt(&self.processor.group));
+        out += &format!(
+            "  binary: {}\n",
+            self.processor.binary.as_ref().map_or("~".into(), |p| p.display().to_string())
+        );
+        out += &format!("  allowed_uids: {:?}\n", self.processor.allowed_uids);
+        out += "ebpf:\n";
+        out += &format!("  ring_buffer_bytes: {}\n", self.ebpf.ring_buffer_bytes);
+        out += &format!("  max_connections: {}\n", self.ebpf.max_connections);
+        out += &format!("stats_interval_secs: {}\n", self.stats_interval_secs);
+        out
+    }
+}
+
+fn non_empty(key: &str, v: String) -> Result<String, ConfigError> {
+    if v.trim().is_empty() {
+        Err(invalid(key, v, "a non-empty string"))
+    } else {
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load_yaml(yaml: &str, e: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("sonde-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.yaml", yaml.len()));
+        std::fs::write(&path, yaml).unwrap();
+        let r = Config::load(Some(&path), &env(e));
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    #[test]
+    fn port_sets() {
+        let p = PortSet::parse("k", "8080, 8000-8999,443").unwrap();
+        assert!(p.contains(8080) && p.contains(8500) && p.contains(443));
+        assert!(!p.contains(9000) && !p.contains(80));
+        assert_eq!(p.to_string(), "8080,8000-8999,443");
+        for bad in ["", "0", "80-", "x", "9000-8000", "70000", "80,,81"] {
+            let err = PortSet::parse("open_port", bad).unwrap_err().to_string();
+            assert!(err.contains("open_port"), "{err}");
+        }
+    }
+
+    #[test]
+    fn defaults_without_sources() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.trace_printer, TracePrinter::Text);
+        assert_eq!(c.processor.user, "nobody");
+        assert!(!c.has_selection());
+    }
+
+    #[test]
+    fn file_then_env_precedence() {
+        let c = load_yaml(
+            "open_port: 8080\ntrace_printer: text\nservice_name: file-svc\nebpf:\n  ring_buffer_bytes: 65536\n",
+            &[("BEYLA_TRACE_PRINTER", "json"), ("OTEL_SERVICE_NAME", "env-svc")],
+        )
+        .unwrap();
+        assert_eq!(c.trace_printer, TracePrinter::Json);
+        assert_eq!(c.service_name.as_deref(), Some("env-svc"));
+        assert!(c.open_port.unwrap().contains(8080));
+        assert_eq!(c.ebpf.ring_buffer_bytes, 65536);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_value() {
+        let e = load_yaml("trace_printer: yaml\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("trace_printer") && e.contains("yaml") && e.contains("json"), "{e}");
+        let e = load_yaml("open_prot: 80\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("open_prot"), "{e}");
+        let e = load_yaml("ebpf:\n  ring_buffer_bytes: 1000\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("ebpf.ring_buffer_bytes") && e.contains("1000"), "{e}");
+        let e = Config::load(None, &env(&[("BEYLA_OPEN_PORT", "80-x")])).unwrap_err().to_string();
+        assert!(e.contains("BEYLA_OPEN_PORT") && e.contains("80-x"), "{e}");
+        let e = Config::load(None, &env(&[("BEYLA_LOG_LEVEL", "loud")])).unwrap_err().to_string();
+        assert!(e.contains("BEYLA_LOG_LEVEL") && e.contains("loud"), "{e}");
+    }
+
+    #[test]
+    fn exe_glob_matches_paths() {
+        let g = ExeGlob::parse("k", "*/nginx").unwrap();
+        assert!(g.is_match("/usr/sbin/nginx"));
+        assert!(!g.is_match("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn print_config_round_trips() {
+        let c = load_yaml("open_port: \"8080,9000-9001\"\nauto_target_exe: \"*/node\"\n", &[]).unwrap();
+        let yaml = c.to_yaml();
+        let again = load_yaml(&yaml, &[]).unwrap();
+        assert_eq!(again.open_port, c.open_port);
+        assert_eq!(again.auto_target_exe.unwrap().pattern, "*/node");
+        assert_eq!(again.ebpf, c.ebpf);
+    }
+}

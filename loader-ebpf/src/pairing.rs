@@ -1,0 +1,301 @@
+//! Request/response pairing per connection, so user space gets one event per completed
+//! exchange instead of one per syscall.
+//!
+//! A connection is keyed by (tgid, fd). Its role comes from the direction of the first bytes
+//! that look like an HTTP/1.x request line: read → this process is the server, written → the
+//! client. The exchange is emitted when the direction flips back (the server reads again, the
+//! client writes again), when the next request starts, or when the fd is closed; so keep-alive,
+//! split reads and split writes all pair correctly, and a connection that predates the agent
+//! is picked up at its next request.
+
+use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_user};
+use sonde_schema::{
+    DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_HTTP, FLAG_NO_RESPONSE, REQUEST_CAPTURE,
+    RESPONSE_CAPTURE, counters,
+};
+
+use crate::{
+    maps::{
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnKey, ConnState, EVENTS, InFlight,
+        OP_READ, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, count,
+    },
+    offsets,
+};
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Wake the processor only once this much is queued; it also polls on a short timer, so a
+/// quiet service's spans still arrive promptly. Waking per event would cost a context switch
+/// per request at saturation.
+const WAKEUP_BYTES: u64 = 64 * 1024;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// CLOCK_MONOTONIC now, in nanoseconds.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions; it only reads the clock.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
+/// The user memory holding the first bytes that moved, and how many bytes are there.
+struct Segment {
+    ptr: u64,
+    len: u64,
+}
+
+/// Reads `T` from user memory, or None on a fault.
+#[inline(always)]
+fn read_user<T: Copy>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user copies from an arbitrary user address with fault handling;
+    // a bad address yields an error, never undefined behaviour.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr as *const T).ok() }
+}
+
+#[inline(always)]
+fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel copies with fault handling; a bad address yields an error.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T).ok() }
+}
+
+/// Finds the first data segment of a completed syscall that moved `ret` bytes.
+#[inline(always)]
+fn first_segment(io: &InFlight, ret: u64) -> Option<Segment> {
+    let iov = match io.buf_kind {
+        BUF_NONE => return None,
+        BUF_IOVEC => io.buf,
+        // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; ... }
+        BUF_MSGHDR => read_user::<u64>(io.buf + 16)?,
+        _ => return Some(Segment { ptr: io.buf, len: ret }),
+    };
+    // struct iovec { void *iov_base; size_t iov_len; }
+    let base = read_user::<u64>(iov)?;
+    let len = read_user::<u64>(iov + 8)?;
+    Some(Segment { ptr: base, len: if len < ret { len } else { ret } })
+}
+
+/// True when the bytes start like an HTTP/1.x request line.
+#[inline(always)]
+fn looks_like_request(seg: &Segment) -> bool {
+    if seg.len < 4 {
+        return false;
+    }
+    let Some(head) = read_user::<[u8; 4]>(seg.ptr) else {
+        return false;
+    };
+    matches!(
+        &head,
+        b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC"
+    )
+}
+
+/// Appends up to the remaining capture room from `seg` into the request buffer.
+#[inline(always)]
+fn append_request(state: &mut ConnState, seg: &Segment) {
+    let off = state.event.request_len as u64;
+    if off >= REQUEST_CAPTURE as u64 {
+        return;
+    }
+    let mut n = seg.len;
+    if n > REQUEST_CAPTURE as u64 {
+        n = REQUEST_CAPTURE as u64;
+    }
+    if off + n > REQUEST_CAPTURE as u64 {
+        n = REQUEST_CAPTURE as u64 - off;
+    }
+    // The masks restate bounds the code above already guarantees, in a form the verifier can
+    // check against the map value (VERIFIER_SLACK covers the largest masked write).
+    let off_m = off & 0xff;
+    let n_m = n & 0x1ff;
+    // SAFETY: destination is inside the map value (offset < 256, length < 512, followed by the
+    // response buffer and VERIFIER_SLACK); the helper faults safely on bad user addresses.
+    let rc = unsafe {
+        bpf_probe_read_user(
+            state.event.request.as_mut_ptr().add(off_m as usize).cast(),
+            n_m as u32,
+            seg.ptr as *const _,
+        )
+    };
+    if rc == 0 {
+        state.event.request_len = (off + n) as u16;
+    }
+}
+
+#[inline(always)]
+fn append_response(state: &mut ConnState, seg: &Segment) {
+    let off = state.event.response_len as u64;
+    if off >= RESPONSE_CAPTURE as u64 {
+        return;
+    }
+    let mut n = seg.len;
+    if n > RESPONSE_CAPTURE as u64 {
+        n = RESPONSE_CAPTURE as u64;
+    }
+    if off + n > RESPONSE_CAPTURE as u64 {
+        n = RESPONSE_CAPTURE as u64 - off;
+    }
+    let off_m = off & 0x7f;
+    let n_m = n & 0xff;
+    // SAFETY: as in append_request; the response buffer is followed by VERIFIER_SLACK bytes.
+    let rc = unsafe {
+        bpf_probe_read_user(
+            state.event.response.as_mut_ptr().add(off_m as usize).cast(),
+            n_m as u32,
+            seg.ptr as *const _,
+        )
+    };
+    if rc == 0 {
+        state.event.response_len = (off + n) as u16;
+    }
+}
+
+/// Fills in the 4-tuple from the kernel socket (offsets from BTF, set by the loader).
+#[inline(always)]
+fn read_tuple(state: &mut ConnState, sk: u64) {
+    let family: u16 = read_kernel(sk + offsets::skc_family()).unwrap_or(0);
+    let ev = &mut state.event;
+    ev.family = family;
+    let dport: u16 = read_kernel(sk + offsets::skc_dport()).unwrap_or(0);
+    let num: u16 = read_kernel(sk + offsets::skc_num()).unwrap_or(0);
+    ev.peer_port = u16::from_be(dport);
+    ev.local_port = num;
+    if family == AF_INET {
+        let d: [u8; 4] = read_kernel(sk + offsets::skc_daddr()).unwrap_or([0; 4]);
+        let s: [u8; 4] = read_kernel(sk + offsets::skc_rcv_saddr()).unwrap_or([0; 4]);
+        ev.peer_addr = [0; 16];
+        ev.local_addr = [0; 16];
+        ev.peer_addr[..4].copy_from_slice(&d);
+        ev.local_addr[..4].copy_from_slice(&s);
+    } else if family == AF_INET6 {
+        // SAFETY: bounded kernel reads into fixed 16-byte fields of the map value.
+        unsafe {
+            bpf_probe_read_kernel(
+                ev.peer_addr.as_mut_ptr().cast(),
+                16,
+                (sk + offsets::skc_v6_daddr()) as *const _,
+            );
+            bpf_probe_read_kernel(
+                ev.local_addr.as_mut_ptr().cast(),
+                16,
+                (sk + offsets::skc_v6_rcv_saddr()) as *const _,
+            );
+        }
+    }
+}
+
+/// Emits the exchange held by `state` and returns the connection to idle.
+#[inline(always)]
+pub fn flush(state: &mut ConnState, flags: u32) {
+    if state.phase == PHASE_IDLE {
+        return;
+    }
+    let mut flags = flags;
+    if state.phase == PHASE_REQUEST {
+        flags |= FLAG_NO_RESPONSE;
+    }
+    state.event.flags = flags;
+    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    match EVENTS.output::<sonde_schema::HttpEvent>(&state.event, wake) {
+        Ok(()) => count(counters::EVENTS_SENT),
+        Err(_) => count(counters::EVENTS_LOST_RINGBUF_FULL),
+    }
+    state.phase = PHASE_IDLE;
+}
+
+#[inline(always)]
+fn start_request(state: &mut ConnState, io: &InFlight, id: u64, seg: &Segment, ret: u64, now: u64) {
+    let inbound = io.op == OP_READ;
+    state.role = if inbound { DIRECTION_SERVER } else { DIRECTION_CLIENT };
+    state.phase = PHASE_REQUEST;
+    if state.sk != io.sk {
+        state.sk = io.sk;
+        read_tuple(state, io.sk);
+    }
+    let ev = &mut state.event;
+    ev.kind = EVENT_HTTP;
+    ev.direction = state.role;
+    ev.pid = (id >> 32) as u32;
+    ev.tid = id as u32;
+    ev.fd = io.fd;
+    ev.start_ns = io.start_ns;
+    ev.end_ns = now;
+    ev.request_bytes = ret;
+    ev.response_bytes = 0;
+    ev.request_len = 0;
+    ev.response_len = 0;
+    ev.flags = 0;
+    append_request(state, seg);
+}
+
+/// Handles a completed TCP read or write of `ret` > 0 bytes by a selected process.
+#[inline(always)]
+pub fn on_data(io: &InFlight, id: u64, ret: u64) {
+    let now = now_ns();
+    let key = ConnKey { tgid: (id >> 32) as u32, fd: io.fd };
+    let seg = first_segment(io, ret);
+    let inbound = io.op == OP_READ;
+
+    let state = match CONNS.get_ptr_mut(&key) {
+        // SAFETY: pointer from a successful lookup; the entry is only touched by the threads of
+        // this process through this fd, and a torn update only garbles one event.
+        Some(p) => unsafe { &mut *p },
+        None => {
+            let Some(seg) = seg else { return };
+            if !looks_like_request(&seg) {
+                count(counters::NON_HTTP_PAYLOADS);
+                return;
+            }
+            let Some(zero) = CONN_ZERO.get_ptr(0) else { return };
+            // SAFETY: CONN_ZERO's single slot is a valid, never-written ConnState.
+            if CONNS.insert(&key, unsafe { &*zero }, 0).is_err() {
+                count(counters::CONN_MAP_FULL);
+                return;
+            }
+            let Some(p) = CONNS.get_ptr_mut(&key) else { return };
+            // SAFETY: pointer from a successful lookup of the entry just inserted.
+            let state = unsafe { &mut *p };
+            start_request(state, io, id, &seg, ret, now);
+            return;
+        }
+    };
+
+    let request_direction = (state.role == DIRECTION_SERVER) == inbound;
+    match state.phase {
+        PHASE_REQUEST if request_direction => {
+            state.event.request_bytes += ret;
+            if let Some(seg) = seg {
+                append_request(state, &seg);
+            }
+        }
+        PHASE_REQUEST => {
+            state.phase = PHASE_RESPONSE;
+            state.event.response_bytes = ret;
+            state.event.end_ns = now;
+            if let Some(seg) = seg {
+                append_response(state, &seg);
+            }
+        }
+        PHASE_RESPONSE if !request_direction => {
+            state.event.response_bytes += ret;
+            state.event.end_ns = now;
+            if let Some(seg) = seg {
+                append_response(state, &seg);
+            }
+        }
+        _ => {
+            let Some(seg) = seg else { return };
+            if looks_like_request(&seg) {
+                flush(state, 0);
+                start_request(state, io, id, &seg, ret, now);
+            } else if state.phase == PHASE_IDLE {
+                count(counters::NON_HTTP_PAYLOADS);
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Command-line flags shared by `sonde-loader` and `sonde`, parsed once into `RunOptions` and
+//! a `Config`. Flags override the file and the environment.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use sonde_config::{Config, ExeGlob, PortSet};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Sonde eBPF auto-instrumentation: the privileged loader")]
+pub struct Cli {
+    /// YAML configuration file (also BEYLA_CONFIG_PATH).
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Instrument processes listening on these ports, e.g. 8080,8000-8999.
+    #[arg(long)]
+    pub open_port: Option<String>,
+    /// Instrument processes whose executable path matches this glob, e.g. '*/nginx'.
+    #[arg(long)]
+    pub exe: Option<String>,
+    /// Instrument these process ids (repeatable).
+    #[arg(long = "pid")]
+    pub pids: Vec<u32>,
+    /// Start and supervise sonde-processor as the configured user (what `sonde` always does).
+    #[arg(long)]
+    pub spawn_processor: bool,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl Cli {
+    /// Builds the effective configuration: defaults < file < environment < flags.
+    pub fn config(&self) -> Result<Config> {
+        let mut config = Config::from_process(self.config.as_deref())?;
+        if let Some(p) = &self.open_port {
+            config.open_port = Some(PortSet::parse("--open-port", p)?);
+        }
+        if let Some(g) = &self.exe {
+            config.auto_target_exe = Some(ExeGlob::parse("--exe", g)?);
+        }
+        if !self.pids.is_empty() {
+            config.target_pids = self.pids.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Installs the log subscriber at the configured level (RUST_LOG wins when set).
+pub fn init_logging(level: sonde_config::LogLevel) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Shared entry point of both binaries.
+pub fn main_with(always_spawn_processor: bool) -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let spawn_processor = always_spawn_processor || cli.spawn_processor;
+    let config = match cli.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sonde: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        print!("{}", config.to_yaml());
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logging(config.log_level);
+    let options = crate::RunOptions { config_path: cli.config.clone(), spawn_processor };
+    match crate::run(config, options) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("sonde: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! What the loader learns about the running kernel before loading: tracefs and bpffs mounts,
+//! tracepoint record offsets (from tracefs `format` files) and `struct sock_common` field
+//! offsets (from `/sys/kernel/btf/vmlinux`). Rust eBPF has no CO-RE relocations, so these are
+//! handed to the kernel programs as read-only globals instead of being hard-coded.
+
+use std::{fs, path::Path};
+
+use btf_rs::{Btf, Type};
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Errors from inspecting the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("cannot read tracepoint format {path}: {source} (is tracefs mounted at {TRACEFS}?)")]
+    Format { path: String, source: std::io::Error },
+    #[error("tracepoint {tracepoint} has no field {field}")]
+    MissingField { tracepoint: String, field: String },
+    #[error("kernel BTF (/sys/kernel/btf/vmlinux) unreadable: {0}")]
+    Btf(String),
+    #[error("kernel BTF has no member {field} in struct {ty}")]
+    MissingMember { ty: String, field: String },
+    #[error("mounting {fs} at {target} failed: {source}")]
+    Mount { fs: &'static str, target: &'static str, source: nix::Error },
+}
+
+fn is_mounted(target: &str, fstype: &str) -> bool {
+    fs::read_to_string("/proc/mounts")
+        .map(|m| {
+            m.lines().any(|l| {
+                let mut f = l.split_whitespace();
+                let _dev = f.next();
+                f.next() == Some(target) && f.next() == Some(fstype)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Mounts tracefs and bpffs when they are missing (a fresh machine has neither).
+/// Returns what was mounted, for the log.
+pub fn ensure_mounts() -> Result<Vec<&'static str>, LayoutError> {
+    let mut mounted = Vec::new();
+    for (fstype, target) in [("tracefs", TRACEFS), ("bpf", BPFFS)] {
+        if is_mounted(target, fstype) {
+            continue;
+        }
+        nix::mount::mount(
+            Some(fstype),
+            target,
+            Some(fstype),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| LayoutError::Mount { fs: fstype, target, source })?;
+        mounted.push(target);
+    }
+    Ok(mounted)
+}
+
+/// Byte offset of `field` in the record of tracepoint `category/name`.
+pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<u32, LayoutError> {
+    let path = format!("{TRACEFS}/events/{category}/{name}/format");
+    let text = fs::read_to_string(&path).map_err(|source| LayoutError::Format { path: path.clone(), source })?;
+    parse_field_offset(&text, field).ok_or_else(|| LayoutError::MissingField {
+        tracepoint: format!("{category}:{name}"),
+        field: field.to_string(),
+    })
+}
+
+/// Finds `offset:N` on the line declaring `field` in a tracefs format file.
+pub fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
+    for line in format.lines() {
+        let line = line.trim();
+        let Some(decl) = line.strip_prefix("field:") else { continue };
+        let Some((decl, rest)) = decl.split_once(';') else { continue };
+        // The declared name is the last identifier, minus any array suffix.
+        let name = decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()
+            .unwrap_or("")
+            .split('[')
+            .next()
+            .unwrap_or("");
+        if name != field {
+            continue;
+        }
+        let offset = rest.trim().strip_prefix("offset:")?.split(';').next()?;
+        return offset.trim().parse().ok();
+    }
+    None
+}
+
+/// Byte offsets of the `struct sock_common` fields the kernel programs read.
+#[derive(Debug, Clone, Copy)]
+pub struct SockOffsets {
+    pub daddr: u32,
+    pub rcv_saddr: u32,
+    pub dport: u32,
+    pub num: u32,
+    pub family: u32,
+    pub v6_daddr: u32,
+    pub v6_rcv_saddr: u32,
+}
+
+/// Reads the sock_common layout from kernel BTF.
+pub fn sock_offsets() -> Result<SockOffsets, LayoutError> {
+    let btf = Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Btf(e.to_string()))?;
+    let ty = "sock_common";
+    let s = btf
+        .resolve_types_by_name(ty)
+        .map_err(|e| LayoutError::Btf(e.to_string()))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| LayoutError::Btf("no struct sock_common".into()))?;
+    let get = |field: &str| {
+        member_offset_bits(&btf, &s, field)
+            .map(|bits| bits / 8)
+            .ok_or_else(|| LayoutError::MissingMember { ty: ty.into(), field: field.into() })
+    };
+    Ok(SockOffsets {
+        daddr: get("skc_daddr")?,
+        rcv_saddr: get("skc_rcv_saddr")?,
+        dport: get("skc_dport")?,
+        num: get("skc_num")?,
+        family: get("skc_family")?,
+        v6_daddr: get("skc_v6_daddr")?,
+        v6_rcv_saddr: get("skc_v6_rcv_saddr")?,
+    })
+}
+
+/// Bit offset of `field` in `s`, descending into anonymous struct and union members.
+fn member_offset_bits(btf: &Btf, s: &btf_rs::Struct, field: &str) -> Option<u32> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == field {
+            return Some(m.bit_offset());
+        }
+        if name.is_empty() {
+            let inner = match btf.resolve_chained_type(m).ok()? {
+                Type::Struct(inner) | Type::Union(inner) => inner,
+                _ => continue,
+            };
+            if let Some(off) = member_offset_bits(btf, &inner, field) {
+                return Some(m.bit_offset() + off);
+            }
+        }
+    }
+    None
+}
+
+/// True when `path` exists (used to report which optional hooks are available).
+pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+    Path::new(&format!("{TRACEFS}/events/{category}/{name}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOCK_RECV: &str = "name: sock_recv_length\nID: 2283\nformat:\n\
+        \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+        \tfield:void * sk;\toffset:8;\tsize:8;\tsigned:0;\n\
+        \tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;\n\
+        \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
+        \tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;\n";
+
+    #[test]
+    fn parses_format_offsets() {
+        assert_eq!(parse_field_offset(SOCK_RECV, "sk"), Some(8));
+        assert_eq!(parse_field_offset(SOCK_RECV, "family"), Some(16));
+        assert_eq!(parse_field_offset(SOCK_RECV, "ret"), Some(20));
+        assert_eq!(parse_field_offset(SOCK_RECV, "child_comm"), Some(16));
+        assert_eq!(parse_field_offset(SOCK_RECV, "protocol"), None);
+    }
+
+    #[test]
+    fn reads_sock_common_from_this_kernel() {
+        // Kernel BTF is part of the machine kind Sonde targets; the layout must be found.
+        let o = sock_offsets().expect("kernel BTF");
+        assert_eq!((o.daddr, o.rcv_saddr, o.dport, o.num, o.family), (0, 4, 12, 14, 16));
+        assert!(o.v6_daddr > 16 && o.v6_rcv_saddr == o.v6_daddr + 16);
+    }
+}

@@ -1,0 +1,331 @@
+//! sonde-loader: the small privileged half of Sonde. It mounts what the kernel programs need,
+//! loads and attaches them, drops to its run-time capabilities, keeps the PID filter in step
+//! with the configured selection, and hands the ring buffer fd plus process metadata to an
+//! authenticated processor over the control socket. It never parses payload bytes.
+//!
+//! The start-up sequence, in order:
+//! 1. read configuration; 2. mount tracefs/bpffs if missing; 3. load + attach probes;
+//! 4. bind the control socket; 5. drop capabilities; 6. run the event loop.
+
+pub mod cli;
+pub mod control;
+pub mod kernel_layout;
+pub mod privileges;
+pub mod probes;
+pub mod selection;
+pub mod supervisor;
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, OwnedFd},
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use sonde_config::Config;
+use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent};
+use tracing::{debug, info, warn};
+
+use crate::{
+    control::{ControlListener, PeerPolicy},
+    probes::{ProbeSizes, Probes},
+    selection::{ProcessMeta, Selector},
+    supervisor::{ProcessorSpec, Supervisor},
+};
+
+/// How the loader was started.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config_path: Option<PathBuf>,
+    /// Single-host mode: start and supervise `sonde-processor` as the configured user.
+    pub spawn_processor: bool,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Resolves a user name or numeric uid to (uid, primary gid), and the optional group.
+pub fn resolve_user(user: &str, group: Option<&str>) -> Result<(u32, u32)> {
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(uid) => {
+            let gid = nix::unistd::User::from_uid(uid.into()).ok().flatten().map_or(uid, |u| u.gid.as_raw());
+            (uid, gid)
+        }
+        Err(_) => {
+            let u = nix::unistd::User::from_name(user)
+                .with_context(|| format!("looking up processor.user {user:?}"))?
+                .with_context(|| format!("processor.user {user:?}: no such user"))?;
+            (u.uid.as_raw(), u.gid.as_raw())
+        }
+    };
+    let gid = match group {
+        None => primary_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => nix::unistd::Group::from_name(g)
+                .with_context(|| format!("looking up processor.group {g:?}"))?
+                .with_context(|| format!("processor.group {g:?}: no such group"))?
+                .gid
+                .as_raw(),
+        },
+    };
+    if uid == 0 {
+        bail!("processor.user {user:?} is root; the processor must run unprivileged");
+    }
+    Ok((uid, gid))
+}
+
+/// Runs the loader until SIGINT/SIGTERM.
+pub fn run(config: Config, options: RunOptions) -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("sonde-loader must start as root (it needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN to load and attach probes)");
+    }
+    if !config.has_selection() {
+        warn!("no process selected: set open_port / BEYLA_OPEN_PORT, auto_target_exe / BEYLA_AUTO_TARGET_EXE or target_pids");
+    }
+    let (proc_uid, proc_gid) = resolve_user(&config.processor.user, config.processor.group.as_deref())?;
+
+    let mounted = kernel_layout::ensure_mounts().context("mounting kernel filesystems")?;
+    if !mounted.is_empty() {
+        info!(?mounted, "mounted missing kernel filesystems");
+    }
+    let mut probes = Probes::load(&ProbeSizes {
+        ring_buffer_bytes: config.ebpf.ring_buffer_bytes,
+        max_connections: config.ebpf.max_connections,
+    })
+    .context("loading kernel programs")?;
+    info!(ring_buffer_bytes = config.ebpf.ring_buffer_bytes, max_connections = config.ebpf.max_connections, "kernel programs attached");
+
+    let listener = ControlListener::bind(&config.control_socket, (proc_uid, proc_gid))?;
+    let mut policy_uids = vec![proc_uid];
+    policy_uids.extend(&config.processor.allowed_uids);
+    let policy = PeerPolicy { uids: policy_uids, gid: config.processor.group.as_ref().map(|_| proc_gid) };
+    info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, "control socket listening");
+
+    let keep = privileges::runtime_capabilities(options.spawn_processor);
+    let kept = privileges::drop_to(&keep).context("dropping capabilities")?;
+    info!(capabilities = ?kept, "dropped to run-time capabilities");
+
+    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_stop_signal),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(sig, &action) }.context("installing signal handlers")?;
+    }
+
+    let mut supervisor = options.spawn_processor.then(|| {
+        let binary = config.processor.binary.clone().unwrap_or_else(|| sibling_binary("sonde-processor"));
+        let mut args: Vec<std::ffi::OsString> = vec!["--control".into(), config.control_socket.clone().into()];
+        if let Some(path) = &options.config_path {
+            args.push("--config".into());
+            args.push(path.clone().into());
+        }
+        Supervisor::new(ProcessorSpec { binary, args, uid: proc_uid, gid: proc_gid, env: supervisor::processor_env() })
+    });
+
+    let mut state = LoaderState { config: &config, selected: BTreeMap::new(), client: None };
+    state.rescan(&mut probes);
+
+    let mut last_rescan = Instant::now();
+    let mut last_stats = Instant::now();
+    let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
+    while !STOP.load(Ordering::SeqCst) {
+        if let Some(s) = supervisor.as_mut() {
+            s.tick();
+        }
+        let (listen_ready, client_ready, proc_ready) = {
+            let mut fds = vec![
+                PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(probes.proc_events.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Some(c) = &state.client {
+                fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, PollTimeout::from(200u16)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e).context("poll"),
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), fds.get(2).is_some_and(ready), ready(&fds[1]))
+        };
+        if listen_ready {
+            state.accept(&listener, &policy, &probes);
+        }
+        if client_ready {
+            // The processor sends nothing after its hello; readable means closed or misbehaving.
+            match sonde_schema::channel::recv(state.client.as_ref().map(|c| c.as_fd()).expect("client"), 0) {
+                Err(e) => {
+                    info!(reason = %e, "processor disconnected");
+                    state.client = None;
+                }
+                Ok(_) => {
+                    warn!("processor sent an unexpected message; closing its connection");
+                    state.client = None;
+                }
+            }
+        }
+        if proc_ready {
+            state.drain_proc_events(&mut probes);
+        }
+        if last_rescan.elapsed() >= Duration::from_secs(2) {
+            state.rescan(&mut probes);
+            last_rescan = Instant::now();
+        }
+        if last_stats.elapsed() >= stats_every {
+            let counters = probes.counters();
+            info!(counters = ?counters, restarts = supervisor.as_ref().map_or(0, |s| s.restarts), "kernel counters");
+            state.send_stats(&counters);
+            last_stats = Instant::now();
+        }
+    }
+    info!("stopping");
+    if let Some(s) = supervisor.as_mut() {
+        s.stop();
+    }
+    let counters = probes.counters();
+    info!(counters = ?counters, "final kernel counters");
+    Ok(())
+}
+
+/// Path of a binary installed next to the running one.
+fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+struct LoaderState<'a> {
+    config: &'a Config,
+    selected: BTreeMap<u32, ProcessMeta>,
+    client: Option<OwnedFd>,
+}
+
+impl LoaderState<'_> {
+    fn accept(&mut self, listener: &ControlListener, policy: &PeerPolicy, probes: &Probes) {
+        let (conn, pid, uid) = match listener.accept(policy) {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = format!("{e:#}"), "control connection refused");
+                return;
+            }
+        };
+        let result = (|| -> Result<()> {
+            let agent = control::read_hello(conn.as_fd())?;
+            let ring = probes.events_fd()?;
+            control::send_welcome(conn.as_fd(), ring.as_fd(), probes.ring_buffer_bytes)?;
+            for meta in self.selected.values() {
+                control::send_process_added(conn.as_fd(), meta)?;
+            }
+            info!(pid, uid, agent, processes = self.selected.len(), "processor connected; ring buffer handed over");
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if self.client.replace(conn).is_some() {
+                    info!("replaced the previous processor connection");
+                }
+            }
+            Err(e) => warn!(pid, uid, error = format!("{e:#}"), "processor handshake failed"),
+        }
+    }
+
+    fn with_client(&mut self, what: &str, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<()>) {
+        let Some(c) = &self.client else { return };
+        if let Err(e) = f(c.as_fd()) {
+            warn!(error = format!("{e:#}"), what, "control send failed; dropping processor connection");
+            self.client = None;
+        }
+    }
+
+    fn add(&mut self, probes: &mut Probes, meta: ProcessMeta) {
+        if self.selected.contains_key(&meta.pid) {
+            return;
+        }
+        // Metadata goes out before the pid enters the filter, so the processor always knows a
+        // process before its first event.
+        self.with_client("process added", |c| control::send_process_added(c, &meta));
+        if let Err(e) = probes.select_pid(meta.pid) {
+            warn!(pid = meta.pid, error = %e, "cannot add pid to the kernel filter");
+            return;
+        }
+        info!(pid = meta.pid, exe = meta.exe_path, service = meta.service_name, reason = meta.reason, "process selected");
+        self.selected.insert(meta.pid, meta);
+    }
+
+    fn remove(&mut self, probes: &mut Probes, pid: u32) {
+        if self.selected.remove(&pid).is_some() {
+            probes.unselect_pid(pid);
+            self.with_client("process removed", |c| control::send_process_removed(c, pid));
+            info!(pid, "process deselected");
+        }
+    }
+
+    fn rescan(&mut self, probes: &mut Probes) {
+        let now = Selector::new(self.config).scan();
+        let gone: Vec<u32> = self.selected.keys().filter(|p| !now.contains_key(p)).copied().collect();
+        for pid in gone {
+            // A selected process stays selected while it lives (e.g. a fork of a port owner
+            // that closed its listener copy); only exit removes it.
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                self.remove(probes, pid);
+            }
+        }
+        for (_, meta) in now {
+            self.add(probes, meta);
+        }
+    }
+
+    fn drain_proc_events(&mut self, probes: &mut Probes) {
+        let mut events = Vec::new();
+        while let Some(item) = probes.proc_events.next() {
+            if item.len() >= std::mem::size_of::<ProcEvent>() {
+                // SAFETY: ProcEvent is repr(C) plain integers and the sample holds enough bytes.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcEvent>()) });
+            }
+        }
+        let mut rescan = false;
+        for ev in events {
+            debug!(?ev, "process event");
+            match ev.kind {
+                PROC_EXIT => self.remove(probes, ev.pid),
+                PROC_EXEC => {
+                    if let Some(meta) = Selector::new(self.config).check(ev.pid) {
+                        self.add(probes, meta);
+                    } else if self.selected.contains_key(&ev.pid) {
+                        // A selected process exec'd something the selection does not cover.
+                        self.remove(probes, ev.pid);
+                    }
+                }
+                PROC_FORK => {
+                    let child = ev.child_pid;
+                    if selection::is_process(child) {
+                        if let Some(parent) = self.selected.get(&ev.pid).cloned() {
+                            let meta = ProcessMeta { pid: child, reason: format!("child of {}", ev.pid), ..parent };
+                            self.add(probes, meta);
+                        }
+                    }
+                }
+                PROC_LISTEN => rescan |= self.config.open_port.is_some(),
+                _ => {}
+            }
+        }
+        if rescan {
+            self.rescan(probes);
+        }
+    }
+
+    fn send_stats(&mut self, counters: &[(&'static str, u64)]) {
+        self.with_client("kernel stats", |c| control::send_kernel_stats(c, counters));
+    }
+}

@@ -1,0 +1,171 @@
+//! Single-host mode: the loader starts `sonde-processor` as an unprivileged user and restarts
+//! it with backoff when it dies. The child sheds everything before `execve`: every capability
+//! set (bounding and ambient included), supplementary groups, gid and uid, then sets
+//! `NO_NEW_PRIVS`; its environment is rebuilt from an allowlist and inherited fds are closed.
+
+use std::{
+    ffi::OsString,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+/// How to start the processor.
+#[derive(Debug, Clone)]
+pub struct ProcessorSpec {
+    pub binary: PathBuf,
+    pub args: Vec<OsString>,
+    pub uid: u32,
+    pub gid: u32,
+    /// Environment passed through (configuration variables only).
+    pub env: Vec<(String, String)>,
+}
+
+/// Environment variables a processor may inherit: configuration, nothing else.
+pub fn processor_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("BEYLA_") || k.starts_with("OTEL_") || k.starts_with("SONDE_") || k == "RUST_LOG"
+        })
+        .collect()
+}
+
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A processor that ran this long is considered healthy: the next restart starts fast again.
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+pub struct Supervisor {
+    spec: ProcessorSpec,
+    child: Option<(Child, Instant)>,
+    backoff: Duration,
+    next_start: Option<Instant>,
+    spawned: u64,
+    pub restarts: u64,
+}
+
+impl Supervisor {
+    pub fn new(spec: ProcessorSpec) -> Self {
+        Supervisor { spec, child: None, backoff: BACKOFF_START, next_start: Some(Instant::now()), spawned: 0, restarts: 0 }
+    }
+
+    /// Reaps a dead processor and starts one when due. Call from the main loop.
+    pub fn tick(&mut self) {
+        if let Some((child, started)) = &mut self.child {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    let ran = started.elapsed();
+                    if ran >= HEALTHY_AFTER {
+                        self.backoff = BACKOFF_START;
+                    }
+                    warn!(pid = child.id(), %status, ran_ms = ran.as_millis() as u64, restart_in_ms = self.backoff.as_millis() as u64, "processor exited; restarting");
+                    self.child = None;
+                    self.next_start = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "waiting for the processor failed"),
+            }
+            return;
+        }
+        if self.next_start.is_some_and(|t| Instant::now() >= t) {
+            match spawn(&self.spec) {
+                Ok(child) => {
+                    info!(pid = child.id(), uid = self.spec.uid, gid = self.spec.gid, binary = %self.spec.binary.display(), "processor started");
+                    if self.spawned > 0 {
+                        self.restarts += 1;
+                    }
+                    self.spawned += 1;
+                    self.child = Some((child, Instant::now()));
+                    self.next_start = None;
+                }
+                Err(e) => {
+                    warn!(error = format!("{e:#}"), retry_in_ms = self.backoff.as_millis() as u64, "starting the processor failed");
+                    self.next_start = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|(c, _)| c.id())
+    }
+
+    /// Stops the processor: SIGTERM, then SIGKILL after two seconds.
+    pub fn stop(&mut self) {
+        let Some((mut child, _)) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn spawn(spec: &ProcessorSpec) -> Result<Child> {
+    let mut cmd = Command::new(&spec.binary);
+    cmd.args(&spec.args).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+    let (uid, gid) = (spec.uid, spec.gid);
+    // SAFETY: the closure runs in the forked child before exec and only makes raw system
+    // calls (no allocation, no locks), which is what pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || drop_everything(uid, gid));
+    }
+    cmd.spawn().with_context(|| format!("spawning {}", spec.binary.display()))
+}
+
+fn check(rc: libc::c_int) -> std::io::Result<()> {
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Runs in the child between fork and exec. Order matters: the bounding set can only be
+/// reduced while CAP_SETPCAP is still held, i.e. before the uid changes.
+fn drop_everything(uid: u32, gid: u32) -> std::io::Result<()> {
+    // SAFETY: each call below is a raw system call on plain integer arguments or on stack
+    // memory that outlives the call; none allocates or touches shared state.
+    unsafe {
+        // Inherited fds the loader did not mark close-on-exec must not reach the processor.
+        check(libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) as libc::c_int)?;
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1 {
+                check(libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0))?;
+            }
+        }
+        check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0))?;
+        let groups = [gid];
+        check(libc::setgroups(1, groups.as_ptr()))?;
+        check(libc::setresgid(gid, gid, gid))?;
+        check(libc::setresuid(uid, uid, uid))?;
+        // setresuid away from 0 clears permitted/effective; clear inheritable explicitly too.
+        let mut header = CapHeader { version: 0x2008_0522, pid: 0 };
+        let data = [CapData::default(); 2];
+        check(libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) as libc::c_int)?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}

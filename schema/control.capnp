@@ -1,0 +1,70 @@
+# The control protocol between sonde-loader (privileged) and sonde-processor (unprivileged).
+#
+# Transport: one SOCK_SEQPACKET connection; every datagram holds exactly one capnp message
+# (unpacked, single segment preferred). File descriptors travel in the same datagram as
+# SCM_RIGHTS ancillary data and are referenced by their index in that datagram, because
+# capnp-rust cannot carry fds itself.
+@0xb7a3c2d15e8f4a91;
+
+# Bumped on any incompatible change. Both sides refuse a peer with another version.
+const protocolVersion :UInt32 = 1;
+
+# Largest datagram either side sends or accepts.
+const maxMessageBytes :UInt32 = 65536;
+
+struct ProcessorMessage {
+  union {
+    hello @0 :Hello;
+    # Sent before a clean shutdown, with the reason, so the loader logs it.
+    goodbye @1 :Text;
+  }
+}
+
+struct Hello {
+  protocolVersion @0 :UInt32;
+  # Free text for the loader's log (processor binary version).
+  agent @1 :Text;
+}
+
+struct LoaderMessage {
+  union {
+    welcome @0 :Welcome;
+    processAdded @1 :ProcessInfo;
+    processRemoved @2 :UInt32;
+    kernelStats @3 :KernelStats;
+    refused @4 :Text;
+  }
+}
+
+struct Welcome {
+  protocolVersion @0 :UInt32;
+  ringBuffer @1 :RingBuffer;
+}
+
+# Geometry of a BPF_MAP_TYPE_RINGBUF, so the processor can mmap it without any bpf() call.
+struct RingBuffer {
+  # Index of the ring buffer fd in this datagram's SCM_RIGHTS array.
+  fdIndex @0 :UInt8;
+  # Data area size in bytes (the map's max_entries, a power of two).
+  dataSize @1 :UInt32;
+  pageSize @2 :UInt32;
+}
+
+struct ProcessInfo {
+  pid @0 :UInt32;
+  exePath @1 :Text;
+  cmdline @2 :List(Text);
+  # Service name derived by the loader (executable name); the processor may override it.
+  serviceName @3 :Text;
+  # Why the loader selected this process: "port 8080", "exe /usr/sbin/nginx", "pid".
+  reason @4 :Text;
+}
+
+struct KernelStats {
+  counters @0 :List(Counter);
+}
+
+struct Counter {
+  name @0 :Text;
+  value @1 :UInt64;
+}

@@ -1,0 +1,122 @@
+//! Framing of the control protocol: exactly one capnp message per `SOCK_SEQPACKET` datagram,
+//! with any file descriptors in the same datagram's `SCM_RIGHTS` (capnp-rust cannot carry fds).
+//! Both sides use these two functions, so size and fd-count limits are enforced identically.
+
+use std::prelude::rust_2024::*;
+use std::{
+    io::IoSliceMut,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::control_capnp;
+
+/// Largest datagram accepted (from `control.capnp`).
+pub const MAX_MESSAGE_BYTES: usize = control_capnp::MAX_MESSAGE_BYTES as usize;
+/// Most fds one datagram may carry.
+pub const MAX_FDS: usize = 4;
+
+/// Errors on the control channel.
+#[derive(Debug)]
+pub enum ChannelError {
+    /// The peer closed the connection.
+    Closed,
+    /// A system call failed.
+    Io(nix::Error),
+    /// The datagram was larger than `MAX_MESSAGE_BYTES` or its fd array was cut.
+    Truncated,
+    /// More fds than allowed, or fds where none were expected.
+    UnexpectedFds(usize),
+    /// The bytes are not a valid capnp message.
+    Capnp(capnp::Error),
+}
+
+impl std::fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelError::Closed => f.write_str("peer closed the control connection"),
+            ChannelError::Io(e) => write!(f, "control socket I/O: {e}"),
+            ChannelError::Truncated => write!(f, "control message truncated (limit {MAX_MESSAGE_BYTES} bytes, {MAX_FDS} fds)"),
+            ChannelError::UnexpectedFds(n) => write!(f, "control message carried {n} unexpected fds"),
+            ChannelError::Capnp(e) => write!(f, "control message malformed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ChannelError {}
+
+impl From<capnp::Error> for ChannelError {
+    fn from(e: capnp::Error) -> Self {
+        ChannelError::Capnp(e)
+    }
+}
+
+/// Sends one message with `fds` attached.
+pub fn send<A: capnp::message::Allocator>(
+    sock: BorrowedFd<'_>,
+    message: &capnp::message::Builder<A>,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ChannelError> {
+    let bytes = capnp::serialize::write_message_to_words(message);
+    if bytes.len() > MAX_MESSAGE_BYTES || fds.len() > MAX_FDS {
+        return Err(ChannelError::Truncated);
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [std::io::IoSlice::new(&bytes)];
+    let cmsgs: Vec<ControlMessage<'_>> =
+        if raw.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&raw)] };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(ChannelError::Io)?;
+    Ok(())
+}
+
+/// A received datagram: the capnp bytes and the fds that came with it (close-on-exec).
+pub struct Datagram {
+    pub bytes: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Datagram {
+    /// Parses the bytes as a capnp message with conservative reader limits.
+    pub fn message(&self) -> Result<capnp::message::Reader<capnp::serialize::OwnedSegments>, ChannelError> {
+        let mut options = capnp::message::ReaderOptions::new();
+        options.traversal_limit_in_words(Some(MAX_MESSAGE_BYTES / 8)).nesting_limit(16);
+        Ok(capnp::serialize::read_message(&mut &self.bytes[..], options)?)
+    }
+}
+
+/// Receives one datagram, accepting at most `max_fds` fds. Fds are received with
+/// `MSG_CMSG_CLOEXEC`, so none leaks into a child process.
+pub fn recv(sock: BorrowedFd<'_>, max_fds: usize) -> Result<Datagram, ChannelError> {
+    let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (len, flags, fds) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(ChannelError::Io)?;
+        let mut fds = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(received) = c {
+                    for fd in received {
+                        // SAFETY: the kernel just installed this fd in our table for us; nothing
+                        // else owns it, so wrapping it transfers ownership exactly once.
+                        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                    }
+                }
+            }
+        }
+        (msg.bytes, msg.flags, fds)
+    };
+    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+        return Err(ChannelError::Truncated);
+    }
+    if len == 0 && fds.is_empty() {
+        return Err(ChannelError::Closed);
+    }
+    if fds.len() > max_fds {
+        return Err(ChannelError::UnexpectedFds(fds.len()));
+    }
+    buf.truncate(len);
+    Ok(Datagram { bytes: buf, fds })
+}

@@ -1,0 +1,284 @@
+//! Every wire contract of Sonde, defined once.
+//!
+//! * Kernel → user space: the `#[repr(C)]` event layouts written by the kernel programs
+//!   (`loader-ebpf`) into ring buffers and read by the loader (process events) and the
+//!   processor (HTTP events). This part is `no_std` so the eBPF crate can use it.
+//! * Loader ↔ processor: the capnp control protocol (`control.capnp`), behind the `control`
+//!   feature.
+#![no_std]
+
+#[cfg(feature = "control")]
+extern crate std;
+
+/// Generated capnp code for `control.capnp`.
+#[cfg(feature = "control")]
+#[allow(clippy::all, clippy::undocumented_unsafe_blocks, unused, missing_docs)]
+pub mod control_capnp {
+    include!(concat!(env!("OUT_DIR"), "/control_capnp.rs"));
+}
+
+/// Datagram framing of the control protocol (capnp message + SCM_RIGHTS fds).
+#[cfg(feature = "control")]
+pub mod channel;
+
+/// Bytes of the request captured from its first byte: enough for the request line and the
+/// first headers (method, path, query, Host).
+pub const REQUEST_CAPTURE: usize = 256;
+/// Bytes of the response captured from its first byte: the status line and the first headers.
+pub const RESPONSE_CAPTURE: usize = 128;
+
+/// `HttpEvent::direction`: this process accepted the connection and answered the request.
+pub const DIRECTION_SERVER: u8 = 1;
+/// `HttpEvent::direction`: this process connected and sent the request.
+pub const DIRECTION_CLIENT: u8 = 2;
+
+/// `HttpEvent::flags`: the connection closed (or the request was superseded) before any
+/// response byte was seen.
+pub const FLAG_NO_RESPONSE: u32 = 1 << 0;
+/// `HttpEvent::flags`: the event was emitted because the connection closed.
+pub const FLAG_CLOSED: u32 = 1 << 1;
+
+/// `HttpEvent::kind` value.
+pub const EVENT_HTTP: u8 = 1;
+
+/// One completed HTTP/1.x request/response exchange on one TCP connection, paired in the
+/// kernel. Addresses are in network byte order; IPv4 addresses occupy the first four bytes.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HttpEvent {
+    pub kind: u8,
+    pub direction: u8,
+    /// `AF_INET` (2) or `AF_INET6` (10); 0 when the socket address could not be read.
+    pub family: u16,
+    /// Process (thread-group) id.
+    pub pid: u32,
+    /// Thread that read the request (server) or wrote it (client).
+    pub tid: u32,
+    pub fd: u32,
+    /// CLOCK_MONOTONIC nanoseconds: entry of the syscall that carried the first request byte.
+    pub start_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds: return of the last syscall that carried response bytes.
+    pub end_ns: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub request_len: u16,
+    pub response_len: u16,
+    pub flags: u32,
+    pub _pad: u32,
+    pub request: [u8; REQUEST_CAPTURE],
+    pub response: [u8; RESPONSE_CAPTURE],
+}
+
+/// Size of `HttpEvent` on the wire.
+pub const HTTP_EVENT_SIZE: usize = core::mem::size_of::<HttpEvent>();
+
+/// Errors from decoding raw ring-buffer bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The sample is shorter than the event it claims to be.
+    Truncated { needed: usize, got: usize },
+    /// The first byte names no known event kind.
+    UnknownKind(u8),
+    /// A length field points past its buffer.
+    BadLength,
+}
+
+impl core::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DecodeError::Truncated { needed, got } => {
+                write!(f, "sample truncated: needed {needed} bytes, got {got}")
+            }
+            DecodeError::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+            DecodeError::BadLength => f.write_str("captured length exceeds its buffer"),
+        }
+    }
+}
+
+impl HttpEvent {
+    /// An all-zero event (what the kernel map starts from).
+    pub const fn zeroed() -> Self {
+        HttpEvent {
+            kind: 0,
+            direction: 0,
+            family: 0,
+            pid: 0,
+            tid: 0,
+            fd: 0,
+            start_ns: 0,
+            end_ns: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            local_addr: [0; 16],
+            peer_addr: [0; 16],
+            local_port: 0,
+            peer_port: 0,
+            request_len: 0,
+            response_len: 0,
+            flags: 0,
+            _pad: 0,
+            request: [0; REQUEST_CAPTURE],
+            response: [0; RESPONSE_CAPTURE],
+        }
+    }
+
+    /// Decodes a ring-buffer sample, checking size, kind and captured lengths.
+    /// Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<HttpEvent, DecodeError> {
+        if bytes.len() < HTTP_EVENT_SIZE {
+            return Err(DecodeError::Truncated { needed: HTTP_EVENT_SIZE, got: bytes.len() });
+        }
+        if bytes[0] != EVENT_HTTP {
+            return Err(DecodeError::UnknownKind(bytes[0]));
+        }
+        // SAFETY: the slice holds at least size_of::<HttpEvent>() bytes, HttpEvent is
+        // repr(C) made only of integers and byte arrays (every bit pattern is valid), and
+        // read_unaligned places no alignment requirement on the source.
+        let event = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<HttpEvent>()) };
+        if event.request_len as usize > REQUEST_CAPTURE || event.response_len as usize > RESPONSE_CAPTURE {
+            return Err(DecodeError::BadLength);
+        }
+        Ok(event)
+    }
+
+    /// The captured request bytes.
+    pub fn request(&self) -> &[u8] {
+        &self.request[..(self.request_len as usize).min(REQUEST_CAPTURE)]
+    }
+
+    /// The captured response bytes.
+    pub fn response(&self) -> &[u8] {
+        &self.response[..(self.response_len as usize).min(RESPONSE_CAPTURE)]
+    }
+
+    /// Raw bytes of the event, as the kernel writes them (used by tests and fuzzers).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: HttpEvent is repr(C) plain data with explicit padding fields, so all
+        // HTTP_EVENT_SIZE bytes are initialised; the slice borrows self.
+        unsafe { core::slice::from_raw_parts((self as *const HttpEvent).cast::<u8>(), HTTP_EVENT_SIZE) }
+    }
+}
+
+/// `ProcEvent::kind`: a process called execve.
+pub const PROC_EXEC: u32 = 1;
+/// `ProcEvent::kind`: a thread-group leader exited.
+pub const PROC_EXIT: u32 = 2;
+/// `ProcEvent::kind`: a selected process forked.
+pub const PROC_FORK: u32 = 3;
+/// `ProcEvent::kind`: a process started listening on a socket.
+pub const PROC_LISTEN: u32 = 4;
+
+/// Process lifecycle notice for the loader (never carries payload bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub kind: u32,
+    pub pid: u32,
+    /// For `PROC_FORK`: the new task's id.
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+/// Indices into the kernel's per-CPU `COUNTERS` array; each counts something dropped or
+/// skipped. The loader sums them across CPUs and reports them by these names.
+pub mod counters {
+    /// `bpf_ringbuf_output` of an HTTP event failed: the ring buffer was full.
+    pub const EVENTS_LOST_RINGBUF_FULL: u32 = 0;
+    /// A new connection could not be tracked: the connection map was full.
+    pub const CONN_MAP_FULL: u32 = 1;
+    /// A syscall could not be tracked: the in-flight syscall map was full.
+    pub const INFLIGHT_MAP_FULL: u32 = 2;
+    /// Inbound or outbound data on an untracked connection that did not start like HTTP/1.x.
+    pub const NON_HTTP_PAYLOADS: u32 = 3;
+    /// A process event could not be written: the process ring buffer was full.
+    pub const PROC_EVENTS_LOST: u32 = 4;
+    /// HTTP events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 5;
+    /// Number of counters.
+    pub const COUNT: u32 = 6;
+
+    /// Names, in index order, as reported by the loader and the processor.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "events_lost_ringbuf_full",
+        "conn_map_full",
+        "inflight_map_full",
+        "non_http_payloads",
+        "proc_events_lost",
+        "events_sent",
+    ];
+}
+
+/// Offsets the loader computes at start-up (tracefs format files, kernel BTF) and writes into
+/// the kernel programs' read-only globals, so nothing about the kernel is hard-coded.
+pub mod globals {
+    pub const SYSCALL_ARG0: &str = "SYSCALL_ARG0_OFF";
+    pub const SYSCALL_RET: &str = "SYSCALL_RET_OFF";
+    pub const SOCK_LEN_SK: &str = "SOCK_LEN_SK_OFF";
+    pub const SOCK_LEN_FAMILY: &str = "SOCK_LEN_FAMILY_OFF";
+    pub const SOCK_LEN_PROTOCOL: &str = "SOCK_LEN_PROTOCOL_OFF";
+    pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
+    pub const SKC_DADDR: &str = "SKC_DADDR_OFF";
+    pub const SKC_RCV_SADDR: &str = "SKC_RCV_SADDR_OFF";
+    pub const SKC_DPORT: &str = "SKC_DPORT_OFF";
+    pub const SKC_NUM: &str = "SKC_NUM_OFF";
+    pub const SKC_FAMILY: &str = "SKC_FAMILY_OFF";
+    pub const SKC_V6_DADDR: &str = "SKC_V6_DADDR_OFF";
+    pub const SKC_V6_RCV_SADDR: &str = "SKC_V6_RCV_SADDR_OFF";
+}
+
+/// Name of the HTTP event ring buffer map.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the process event ring buffer map.
+pub const PROC_EVENTS_MAP: &str = "PROC_EVENTS";
+/// Name of the PID filter map (`u32` tgid → `u8` 1).
+pub const PID_FILTER_MAP: &str = "PID_FILTER";
+/// Name of the per-CPU counters map.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the connection map.
+pub const CONNS_MAP: &str = "CONNS";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_round_trip() {
+        let mut e = HttpEvent::zeroed();
+        e.kind = EVENT_HTTP;
+        e.direction = DIRECTION_SERVER;
+        e.pid = 42;
+        e.request_len = 3;
+        e.request[..3].copy_from_slice(b"GET");
+        let d = HttpEvent::decode(e.as_bytes()).unwrap();
+        assert_eq!(d.pid, 42);
+        assert_eq!(d.request(), b"GET");
+    }
+
+    #[test]
+    fn decode_rejects_short_unknown_and_bad_lengths() {
+        let mut e = HttpEvent::zeroed();
+        e.kind = EVENT_HTTP;
+        let bytes = e.as_bytes();
+        assert_eq!(
+            HttpEvent::decode(&bytes[..10]).err(),
+            Some(DecodeError::Truncated { needed: HTTP_EVENT_SIZE, got: 10 })
+        );
+        e.kind = 9;
+        assert_eq!(HttpEvent::decode(e.as_bytes()).err(), Some(DecodeError::UnknownKind(9)));
+        e.kind = EVENT_HTTP;
+        e.request_len = 257;
+        assert_eq!(HttpEvent::decode(e.as_bytes()).err(), Some(DecodeError::BadLength));
+    }
+
+    #[test]
+    fn layout_is_stable() {
+        // The kernel writes this struct; its size is part of the wire contract.
+        assert_eq!(HTTP_EVENT_SIZE, 96 + REQUEST_CAPTURE + RESPONSE_CAPTURE);
+        assert_eq!(core::mem::size_of::<ProcEvent>(), 16);
+        assert_eq!(counters::NAMES.len(), counters::COUNT as usize);
+    }
+}

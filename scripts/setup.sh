@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs everything Sonde's build and tests need on a fresh Debian 12 machine.
+# Idempotent: every step checks first and skips what is already there.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*"; }
+
+export PATH="$HOME/.cargo/bin:/usr/lib/llvm-22/bin:$PATH"
+
+DEB_PACKAGES=(
+  llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev   # bpf-linker against LLVM 22
+  capnproto                                             # capnp schema compiler for capnpc
+  nginx wrk curl strace bpftool                         # servers, load, inspection
+  openjdk-17-jdk-headless                               # Java test server (com.sun.net.httpserver)
+  nodejs python3                                        # Node and Python test servers
+  procps iproute2 util-linux                            # ps, ss, setpriv
+)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+# java/node may come from outside Debian's packages on this machine kind; accept the binaries.
+filtered=()
+for p in "${missing[@]}"; do
+  case "$p" in
+    openjdk-17-jdk-headless) command -v javac >/dev/null 2>&1 && continue ;;
+    nodejs) command -v node >/dev/null 2>&1 && continue ;;
+    python3) command -v python3 >/dev/null 2>&1 && continue ;;
+  esac
+  filtered+=("$p")
+done
+if ((${#filtered[@]})); then
+  log "installing Debian packages: ${filtered[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${filtered[@]}"
+else
+  log "Debian packages present"
+fi
+
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+else
+  log "nightly rust-src present"
+fi
+
+if ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
+  log "building bpf-linker 0.13.0 against LLVM 22 (3-4 minutes)"
+  LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+    cargo install bpf-linker --version 0.13.0 --no-default-features --features llvm-22 --locked
+else
+  log "bpf-linker 0.13.0 present"
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+# Kernel filesystems the loader also mounts itself; mounting here lets tests inspect them.
+grep -q ' /sys/kernel/tracing tracefs' /proc/mounts || mount -t tracefs tracefs /sys/kernel/tracing || true
+grep -q ' /sys/fs/bpf bpf' /proc/mounts || mount -t bpf bpf /sys/fs/bpf || true
+
+log "done"
