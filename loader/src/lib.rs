@@ -167,8 +167,11 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
                     info!(reason = %e, "processor disconnected");
                     state.client = None;
                 }
-                Ok(_) => {
-                    warn!("processor sent an unexpected message; closing its connection");
+                Ok(datagram) => {
+                    match goodbye_reason(&datagram) {
+                        Some(reason) => info!(reason, "processor said goodbye"),
+                        None => warn!("processor sent an unexpected message; closing its connection"),
+                    }
                     state.client = None;
                 }
             }
@@ -194,6 +197,16 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
     let counters = probes.counters();
     info!(counters = ?counters, "final kernel counters");
     Ok(())
+}
+
+/// The reason of a processor's goodbye message, if that is what the datagram holds.
+fn goodbye_reason(datagram: &sonde_schema::channel::Datagram) -> Option<String> {
+    let message = datagram.message().ok()?;
+    let root = message.get_root::<sonde_schema::control_capnp::processor_message::Reader<'_>>().ok()?;
+    match root.which().ok()? {
+        sonde_schema::control_capnp::processor_message::Which::Goodbye(r) => Some(r.ok()?.to_string().ok()?),
+        _ => None,
+    }
 }
 
 /// Path of a binary installed next to the running one.

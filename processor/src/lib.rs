@@ -1,1 +1,11 @@
+//! sonde-processor: the unprivileged half of Sonde. It reads kernel events from a ring buffer
+//! it maps itself (no `bpf()` calls), parses HTTP/1.x, builds spans and prints them. Every
+//! byte it parses is attacker-controlled, which is why it holds no privilege at all.
 
+pub mod control;
+pub mod http;
+pub mod printer;
+pub mod privileges;
+pub mod ringbuf;
+pub mod span;
+pub mod stats;

@@ -1,1 +1,218 @@
-fn main(){}
+//! `sonde-processor`: connects to the loader, maps the event ring buffer, turns events into
+//! spans and prints them. Refuses to start as root or with any capability.
+
+use std::{
+    collections::HashMap,
+    io::BufWriter,
+    os::fd::AsFd,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use sonde_config::{Config, TracePrinter};
+use sonde_processor::{
+    control::{self, ProcessInfo, Update},
+    printer::Printer,
+    privileges,
+    ringbuf::RingReader,
+    span::{self, Built, ServiceInfo},
+    stats::Stats,
+};
+use sonde_schema::HttpEvent;
+use tracing::{error, info, warn};
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Sonde eBPF auto-instrumentation: the unprivileged processor")]
+struct Cli {
+    /// YAML configuration file (also BEYLA_CONFIG_PATH).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Control socket of the loader (default: control_socket from the configuration).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Span output: disabled, text or json (overrides trace_printer / BEYLA_TRACE_PRINTER).
+    #[arg(long)]
+    trace_printer: Option<String>,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// How long metadata of an exited process is kept: its last events may still be queued.
+const REMOVED_GRACE: Duration = Duration::from_secs(10);
+/// Poll timeout: the kernel wakes us only once 64 KiB are queued, so a quiet service's spans
+/// are picked up by this timer instead.
+const POLL_INTERVAL_MS: u16 = 50;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::from_process(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sonde-processor: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Some(p) = &cli.trace_printer {
+        match TracePrinter::parse("--trace-printer", p) {
+            Ok(p) => config.trace_printer = p,
+            Err(e) => {
+                eprintln!("sonde-processor: configuration error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_level.as_str()));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+
+    match run(&config, cli.control.unwrap_or_else(|| config.control_socket.clone())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+struct Processes {
+    live: HashMap<u32, ProcessInfo>,
+    removed: Vec<(u32, Instant)>,
+}
+
+impl Processes {
+    fn service_name(&self, pid: u32, stats: &mut Stats) -> String {
+        if let Some(p) = self.live.get(&pid) {
+            return p.service_name.clone();
+        }
+        stats.unknown_process += 1;
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_else(|_| format!("pid-{pid}"))
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let live = &mut self.live;
+        self.removed.retain(|(pid, at)| {
+            if now.duration_since(*at) >= REMOVED_GRACE {
+                live.remove(pid);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+fn run(config: &Config, control_path: PathBuf) -> Result<()> {
+    let status = privileges::ensure_unprivileged()?;
+    info!(
+        uid = nix::unistd::getuid().as_raw(),
+        no_new_privs = status.no_new_privs,
+        cap_bnd = format!("{:016x}", status.cap_bnd),
+        "running unprivileged"
+    );
+    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_stop_signal),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(sig, &action) }.context("installing signal handlers")?;
+    }
+
+    let conn = control::connect_to(&control_path)?;
+    let welcome = control::hello(conn.as_fd())?;
+    let mut ring = RingReader::new(welcome.ring_fd, welcome.data_size, welcome.page_size)?;
+    info!(ring_bytes = welcome.data_size, pending = ring.pending_bytes(), "connected to the loader; ring buffer mapped");
+
+    // CLOCK_MONOTONIC (the kernel's bpf_ktime_get_ns) to Unix time.
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
+    let as_ns = |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+    let mono_to_unix = as_ns(real) - as_ns(mono);
+
+    let mut printer = Printer::new(config.trace_printer, BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()));
+    let mut stats = Stats::default();
+    let mut processes = Processes { live: HashMap::new(), removed: Vec::new() };
+    let mut ids = rand::rng();
+    let mut last_stats = Instant::now();
+    let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
+
+    let result = loop {
+        if STOP.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let (control_ready, _) = {
+            let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN), PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(POLL_INTERVAL_MS)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => break Err(anyhow::Error::from(e).context("poll")),
+            }
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        // Control first: metadata of a process always precedes its first event.
+        if control_ready {
+            match control::read_update(conn.as_fd()) {
+                Ok(Some(Update::Added(p))) => {
+                    info!(pid = p.pid, service = p.service_name, exe = p.exe_path, reason = p.reason, "process added");
+                    processes.removed.retain(|(pid, _)| *pid != p.pid);
+                    processes.live.insert(p.pid, p);
+                }
+                Ok(Some(Update::Removed(pid))) => {
+                    info!(pid, "process removed");
+                    processes.removed.push((pid, Instant::now()));
+                }
+                Ok(Some(Update::KernelStats(counters))) => stats.kernel = counters.into_iter().collect(),
+                Ok(None) => {}
+                Err(e) => break Err(e.context("control connection to the loader lost")),
+            }
+        }
+        ring.drain(|bytes| {
+            stats.events += 1;
+            let ev = match HttpEvent::decode(bytes) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    stats.decode_errors += 1;
+                    warn!(error = %e, "undecodable ring buffer record");
+                    return;
+                }
+            };
+            let name = config.service_name.clone().unwrap_or_else(|| processes.service_name(ev.pid, &mut stats));
+            let service = ServiceInfo { name: &name, namespace: config.service_namespace.as_deref() };
+            match span::build(&ev, &service, mono_to_unix, &mut ids) {
+                Built::NotHttp => stats.not_http += 1,
+                Built::Span(s) => {
+                    stats.spans += 1;
+                    stats.malformed += u64::from(s.malformed.is_some());
+                    stats.no_response += u64::from(s.no_response);
+                    if printer.print(&s).is_err() {
+                        stats.print_errors += 1;
+                    }
+                }
+            }
+        });
+        stats.ring_corrupt = ring.corrupt_records;
+        if printer.flush().is_err() {
+            stats.print_errors += 1;
+        }
+        processes.expire();
+        if last_stats.elapsed() >= stats_every {
+            info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "processor stats");
+            last_stats = Instant::now();
+        }
+    };
+    control::goodbye(&conn, if result.is_ok() { "stopping" } else { "error" });
+    info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "final processor stats");
+    result
+}

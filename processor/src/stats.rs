@@ -1,0 +1,28 @@
+//! The processor's own counters: what it received, built, dropped and why. Logged
+//! periodically and at exit, next to the kernel counters the loader forwards.
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    /// Ring buffer records read.
+    pub events: u64,
+    /// Records that failed to decode (wrong size or kind, bad lengths).
+    pub decode_errors: u64,
+    /// Spans built.
+    pub spans: u64,
+    /// Spans whose request or response did not parse as HTTP/1.x (still emitted, marked).
+    pub malformed: u64,
+    /// Exchanges whose request bytes were not HTTP at all (no span).
+    pub not_http: u64,
+    /// Exchanges with no response (connection closed first).
+    pub no_response: u64,
+    /// Events from a pid the loader never announced (service name from /proc instead).
+    pub unknown_process: u64,
+    /// Ring buffer records with an inconsistent header.
+    pub ring_corrupt: u64,
+    /// Span output failures (stdout closed).
+    pub print_errors: u64,
+    /// Last kernel counters reported by the loader.
+    pub kernel: std::collections::BTreeMap<String, u64>,
+}
