@@ -1,1 +1,464 @@
-//! see lib
+//! End-to-end test harness: starts real servers and the real `sonde` binaries (real eBPF, so
+//! tests run as root), drives traffic with a small raw-socket HTTP client, and collects the
+//! JSON spans the processor prints. Every child process is killed when its guard drops, and
+//! every wait is bounded.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// e2e tests share the kernel, the machine's two cores and tracefs: run them one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// A built binary of the workspace (`cargo build` must have run; the test script does it).
+pub fn binary(name: &str) -> PathBuf {
+    let profile = std::env::var("SONDE_TEST_PROFILE").unwrap_or_else(|_| "debug".into());
+    let p = repo_root().join("target").join(profile).join(name);
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)", p.display());
+    p
+}
+
+pub fn server_script(name: &str) -> PathBuf {
+    repo_root().join("tests/servers").join(name)
+}
+
+/// A fresh scratch directory under /tmp, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let p = std::env::temp_dir().join(format!("sonde-e2e-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        // Readable by the processor's user (nobody) for config files.
+        let _ = std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        TempDir(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Waits until something accepts on the port.
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after {timeout:?}");
+}
+
+/// A child process killed (SIGKILL to its process group) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig);
+    }
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    /// SIGTERM, then wait (bounded) for exit.
+    pub fn stop(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The servers the tests instrument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    Nginx,
+    Python,
+    Node,
+    Java,
+}
+
+/// Starts a test server on `port` and waits until it accepts.
+pub fn start_server(kind: ServerKind, port: u16, dir: &TempDir) -> Proc {
+    let mut cmd = match kind {
+        ServerKind::Nginx => {
+            let conf = std::fs::read_to_string(server_script("nginx.conf")).expect("nginx.conf");
+            let prefix = dir.path("nginx");
+            std::fs::create_dir_all(&prefix).expect("nginx prefix");
+            let conf = conf.replace("PREFIX", prefix.to_str().expect("utf-8 path")).replace("PORT", &port.to_string());
+            let conf_path = prefix.join("nginx.conf");
+            std::fs::write(&conf_path, conf).expect("write nginx.conf");
+            let mut c = Command::new("/usr/sbin/nginx");
+            c.arg("-p").arg(&prefix).arg("-c").arg(&conf_path);
+            c
+        }
+        ServerKind::Python => {
+            let mut c = Command::new("python3");
+            c.arg(server_script("python_server.py")).arg(port.to_string());
+            c
+        }
+        ServerKind::Node => {
+            let mut c = Command::new("node");
+            c.arg(server_script("node_server.js")).arg(port.to_string());
+            c
+        }
+        ServerKind::Java => {
+            let mut c = Command::new("java");
+            c.arg(server_script("JavaServer.java")).arg(port.to_string());
+            c
+        }
+    };
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let p = Proc::spawn(&format!("{kind:?}"), &mut cmd);
+    wait_for_port(port, Duration::from_secs(60));
+    p
+}
+
+/// Running `sonde` (single host) with its span output collected.
+pub struct Sonde {
+    pub proc: Proc,
+    spans: Arc<Mutex<Vec<Value>>>,
+    log: Arc<Mutex<Vec<String>>>,
+    pub control_socket: PathBuf,
+}
+
+/// Strips ANSI colour codes from a log line.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Sonde {
+    /// Starts `binary` (sonde or sonde-loader) with JSON spans and a private control socket.
+    pub fn start_binary(binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &TempDir) -> Sonde {
+        let control_socket = dir.path("control.sock");
+        let mut cmd = Command::new(binary(binary_name));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BEYLA_TRACE_PRINTER", "json")
+            .env("SONDE_CONTROL_SOCKET", &control_socket)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut proc = Proc::spawn(binary_name, &mut cmd);
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let stderr = proc.child.stderr.take().expect("stderr");
+        let s = spans.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => s.lock().expect("spans").push(v),
+                    Err(_) => eprintln!("[sonde stdout, not JSON] {line}"),
+                }
+            }
+        });
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let line = plain(&line);
+                if std::env::var_os("SONDE_TEST_VERBOSE").is_some() {
+                    eprintln!("[sonde] {line}");
+                }
+                l.lock().expect("log").push(line);
+            }
+        });
+        Sonde { proc, spans, log, control_socket }
+    }
+
+    /// Starts single-host `sonde`, waits until the processor is connected and `pids` are
+    /// selected.
+    pub fn start(args: &[&str], env: &[(&str, &str)], dir: &TempDir, pids: &[u32]) -> Sonde {
+        let s = Sonde::start_binary("sonde", args, env, dir);
+        s.wait_log("processor connected", Duration::from_secs(30));
+        for pid in pids {
+            s.wait_selected(*pid);
+        }
+        s
+    }
+
+    pub fn wait_selected(&self, pid: u32) {
+        self.wait_log(&format!("process selected pid={pid} "), Duration::from_secs(20));
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Number of log lines containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log.lock().expect("log").iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits for a log line containing `needle`; returns it.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_nth(needle, 1, timeout)
+    }
+
+    /// Waits for the n-th log line containing `needle`; returns it.
+    pub fn wait_log_nth(&self, needle: &str, n: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log.lock().expect("log").iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return l.clone();
+            }
+            if Instant::now() >= deadline {
+                panic!("no log line #{n} containing {needle:?} after {timeout:?}; log:\n{}", self.log_lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn spans(&self) -> Vec<Value> {
+        self.spans.lock().expect("spans").clone()
+    }
+
+    /// Waits until `pred` holds for at least `n` spans, then a settle period so late extras
+    /// show up too; returns all matching spans.
+    pub fn wait_spans(&self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.spans().iter().filter(|s| pred(s)).count();
+            if count >= n || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        self.spans().into_iter().filter(|s| pred(s)).collect()
+    }
+}
+
+/// Value of `key=value` in a log line (value up to the next space; quotes stripped).
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_string())
+}
+
+/// One HTTP/1.1 exchange on an open connection.
+pub struct HttpConn {
+    stream: TcpStream,
+    port: u16,
+}
+
+impl HttpConn {
+    pub fn open(port: u16) -> HttpConn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        HttpConn { stream, port }
+    }
+
+    /// Sends a request and reads the whole response; returns the status.
+    pub fn request(&mut self, method: &str, target: &str, body: Option<&[u8]>, close: bool) -> u16 {
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: sonde-e2e\r\n", self.port);
+        if let Some(b) = body {
+            req += &format!("Content-Length: {}\r\n", b.len());
+        }
+        if close {
+            req += "Connection: close\r\n";
+        }
+        req += "\r\n";
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body.unwrap_or_default());
+        self.stream.write_all(&bytes).expect("send request");
+        self.read_response()
+    }
+
+    fn read_response(&mut self) -> u16 {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = self.stream.read(&mut chunk).expect("read response");
+            assert!(n > 0, "connection closed before the response head");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).expect("status code");
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let n = self.stream.read(&mut chunk).expect("read body");
+            assert!(n > 0, "connection closed inside the body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        status
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+/// One request of the standard traffic set.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub query: Option<&'static str>,
+    pub body: Option<usize>,
+    pub status: u16,
+}
+
+/// Sends the standard set: three requests over one keep-alive connection, then five over new
+/// connections (GET/POST with bodies; 200, 201, 404, 500). Returns what was sent with the
+/// statuses the server answered.
+pub fn send_standard_traffic(port: u16) -> Vec<Sent> {
+    let plan: [(&str, &str, Option<&str>, Option<usize>); 8] = [
+        ("GET", "/ok/alpha", Some("x=1"), None),
+        ("POST", "/submit", None, Some(37)),
+        ("GET", "/missing/beta", None, None),
+        ("GET", "/error/gamma", None, None),
+        ("GET", "/ok/delta", None, None),
+        ("POST", "/submit/big", Some("y=2"), Some(1500)),
+        ("GET", "/missing", None, None),
+        ("GET", "/ok/epsilon", None, None),
+    ];
+    let mut sent = Vec::new();
+    let mut keepalive = HttpConn::open(port);
+    for (i, (method, path, query, body)) in plan.iter().enumerate() {
+        let target = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let body_bytes = body.map(|n| vec![b'b'; n]);
+        let status = if i < 3 {
+            keepalive.request(method, &target, body_bytes.as_deref(), false)
+        } else {
+            HttpConn::open(port).request(method, &target, body_bytes.as_deref(), true)
+        };
+        sent.push(Sent { method, path, query: *query, body: *body, status });
+    }
+    drop(keepalive);
+    sent
+}
+
+/// Asserts that `spans` holds exactly one server span per sent request, with the right
+/// method, path, query, status, service name, body size and a positive duration.
+pub fn assert_server_spans(spans: &[Value], sent: &[Sent], service: &str, port: u16) {
+    let summary = |s: &Value| format!("{} {} {}", s["method"], s["path"], s["status"]);
+    assert_eq!(
+        spans.len(),
+        sent.len(),
+        "expected exactly {} server spans, got {}: {:?}",
+        sent.len(),
+        spans.len(),
+        spans.iter().map(summary).collect::<Vec<_>>()
+    );
+    let mut unmatched: Vec<&Value> = spans.iter().collect();
+    for r in sent {
+        let pos = unmatched
+            .iter()
+            .position(|s| s["method"] == r.method && s["path"] == r.path && s["status"] == r.status)
+            .unwrap_or_else(|| panic!("no span for {} {} -> {}; spans: {:?}", r.method, r.path, r.status, spans.iter().map(summary).collect::<Vec<_>>()));
+        let s = unmatched.remove(pos);
+        assert_eq!(s["kind"], "server", "{s}");
+        assert_eq!(s["service_name"], service, "{s}");
+        assert_eq!(s["server_port"], port, "{s}");
+        assert_eq!(s["server_address"], "127.0.0.1", "{s}");
+        assert_eq!(s["client_address"], "127.0.0.1", "{s}");
+        assert_eq!(s["query"].as_str(), r.query, "{s}");
+        assert!(s["duration_ns"].as_u64().unwrap_or(0) > 0, "non-positive duration: {s}");
+        assert!(s["end_unix_nano"].as_u64() >= s["start_unix_nano"].as_u64(), "{s}");
+        assert_eq!(s["trace_id"].as_str().map(str::len), Some(32), "{s}");
+        assert_eq!(s["span_id"].as_str().map(str::len), Some(16), "{s}");
+        assert!(s.get("malformed").is_none(), "{s}");
+        assert_eq!(s["no_response"], false, "{s}");
+        if let Some(n) = r.body {
+            assert_eq!(s["request_body_size"], n, "request body size: {s}");
+        }
+    }
+}
+
+/// The executable name of a process (what Sonde uses as its default service name).
+pub fn exe_name(pid: u32) -> String {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe link");
+    exe.file_name().expect("file name").to_string_lossy().into_owned()
+}
+
+/// Parses a `/proc/<pid>/status` field.
+pub fn status_field(pid: u32, field: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
