@@ -32,6 +32,20 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
+/// The real Python interpreter (not a pyenv shim script), so the pid we start is Python's.
+pub fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let out = Command::new("python3")
+                .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+                .output()
+                .expect("python3 is required (scripts/setup.sh installs it)");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
 pub fn server_script(name: &str) -> PathBuf {
     repo_root().join("tests/servers").join(name)
 }
@@ -144,7 +158,7 @@ pub fn start_server(kind: ServerKind, port: u16, dir: &TempDir) -> Proc {
             c
         }
         ServerKind::Python => {
-            let mut c = Command::new("python3");
+            let mut c = Command::new(python());
             c.arg(server_script("python_server.py")).arg(port.to_string());
             c
         }
