@@ -210,15 +210,21 @@ impl Sonde {
     pub fn start_binary(binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &TempDir) -> Sonde {
         let control_socket = dir.path("control.sock");
         let mut cmd = Command::new(binary(binary_name));
-        cmd.args(args)
-            .env_clear()
+        cmd.args(args);
+        Sonde::attach(binary_name, cmd, env, control_socket)
+    }
+
+    /// Runs `cmd` with a clean environment (PATH, JSON spans, `env`), collecting its stdout as
+    /// spans and its stderr as log lines.
+    pub fn attach(name: &str, mut cmd: Command, env: &[(&str, &str)], control_socket: PathBuf) -> Sonde {
+        cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BEYLA_TRACE_PRINTER", "json")
             .env("SONDE_CONTROL_SOCKET", &control_socket)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut proc = Proc::spawn(binary_name, &mut cmd);
+        let mut proc = Proc::spawn(name, &mut cmd);
         let spans = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::new(Mutex::new(Vec::new()));
         let stdout = proc.child.stdout.take().expect("stdout");
@@ -228,16 +234,17 @@ impl Sonde {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 match serde_json::from_str::<Value>(&line) {
                     Ok(v) => s.lock().expect("spans").push(v),
-                    Err(_) => eprintln!("[sonde stdout, not JSON] {line}"),
+                    Err(_) => eprintln!("[stdout, not JSON] {line}"),
                 }
             }
         });
         let l = log.clone();
+        let tag = name.to_string();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let line = plain(&line);
                 if std::env::var_os("SONDE_TEST_VERBOSE").is_some() {
-                    eprintln!("[sonde] {line}");
+                    eprintln!("[{tag}] {line}");
                 }
                 l.lock().expect("log").push(line);
             }
