@@ -1,0 +1,95 @@
+//! Hostile and broken traffic against an instrumented server: random bytes, a truncated
+//! request, a 64 KiB request line and other protocols. Nothing crashes, nothing bogus is
+//! reported as a normal request, and what was skipped or malformed is counted.
+
+use std::{io::Read, time::Duration};
+
+use serde_json::Value;
+use sonde_e2e::*;
+
+/// Deterministic pseudo-random bytes that never start like an HTTP method.
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out: Vec<u8> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    out[0] = 0;
+    out
+}
+
+/// Sends raw bytes on a fresh connection, half-closes, and drains whatever comes back.
+fn send_raw(port: u16, bytes: &[u8]) {
+    let mut conn = HttpConn::open(port);
+    conn.write_raw(bytes);
+    let _ = conn.stream().shutdown(std::net::Shutdown::Write);
+    let mut sink = Vec::new();
+    let _ = conn.stream().read_to_end(&mut sink);
+}
+
+fn final_stats(sonde: &Sonde) -> Value {
+    let line = sonde.wait_log("final processor stats", Duration::from_secs(10));
+    let json = line.split_once("stats=").map(|(_, j)| j.trim()).expect("stats field");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("stats not JSON ({e}): {json}"))
+}
+
+#[test]
+fn garbage_is_survived_and_counted() {
+    let _guard = serial();
+    let dir = TempDir::new("garbage");
+    let config = dir.path("sonde.yaml");
+    std::fs::write(&config, "stats_interval_secs: 1\n").expect("config");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let port_arg = port.to_string();
+    let config_arg = config.to_str().expect("utf-8").to_string();
+    let mut sonde = Sonde::start(&["--config", &config_arg, "--open-port", &port_arg], &[], &dir, &[server.pid()]);
+
+    send_raw(port, &noise(4096));
+    send_raw(port, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"); // TLS ClientHello start
+    send_raw(port, b"SSH-2.0-OpenSSH_9.2p1\r\n");
+    send_raw(port, b"*1\r\n$4\r\nPING\r\n"); // Redis
+    send_raw(port, b"GET /truncated HTTP/1.1\r\nHost: x\r\nContent-Le");
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    long.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    send_raw(port, &long);
+
+    // The server and both Sonde processes are still there, and a normal request is traced.
+    assert_eq!(HttpConn::open(port).request("GET", "/ok/after-garbage", None, true), 200);
+    let ok = sonde.wait_spans(1, Duration::from_secs(10), |s| s["path"] == "/ok/after-garbage");
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0]["status"], 200);
+    assert!(ok[0].get("malformed").is_none());
+
+    let spans = sonde.spans();
+    let summary: Vec<String> = spans.iter().map(|s| format!("{} {:.40} {} {:?}", s["method"], s["path"], s["status"], s.get("malformed"))).collect();
+    // The 64 KiB request line is reported, marked malformed, with the server's 414.
+    let long_spans: Vec<&Value> = spans.iter().filter(|s| s["path"].as_str().is_some_and(|p| p.starts_with("/aaaa"))).collect();
+    assert_eq!(long_spans.len(), 1, "{summary:?}");
+    assert_eq!(long_spans[0]["malformed"], "request line exceeds the captured bytes");
+    assert_eq!(long_spans[0]["status"], 414);
+    // The truncated request is reported once, with what the server made of it: Python treats
+    // the early end of the headers as their end and routes the request (404).
+    let truncated: Vec<&Value> = spans.iter().filter(|s| s["path"] == "/truncated").collect();
+    assert_eq!(truncated.len(), 1, "{summary:?}");
+    assert_eq!(truncated[0]["status"], 404, "{}", truncated[0]);
+    assert_eq!(truncated[0]["host"], "x", "{}", truncated[0]);
+    // Nothing else became a span: the four non-HTTP payloads produced none.
+    assert_eq!(spans.len(), 3, "{summary:?}");
+
+    sonde.wait_log_nth("kernel counters", 2, Duration::from_secs(10));
+    assert_eq!(sonde.log_count("processor started"), 1, "the processor must not have restarted");
+    assert!(sonde.proc.stop(Duration::from_secs(10)).is_some(), "sonde did not stop on SIGTERM");
+    let stats = final_stats(&sonde);
+    assert_eq!(stats["spans"], 3, "{stats}");
+    assert_eq!(stats["malformed"], 1, "{stats}");
+    assert_eq!(stats["decode_errors"], 0, "{stats}");
+    let non_http = stats["kernel"]["non_http_payloads"].as_u64().unwrap_or(0);
+    assert!(non_http >= 4, "the four non-HTTP payloads must be counted in the kernel: {stats}");
+    assert_eq!(stats["kernel"]["events_lost_ringbuf_full"], 0, "{stats}");
+}
