@@ -327,13 +327,16 @@ pub fn log_field(line: &str, key: &str) -> Option<String> {
 pub struct HttpConn {
     stream: TcpStream,
     port: u16,
+    /// Bytes of the last request written and of the last response read.
+    pub last_request_bytes: usize,
+    pub last_response_bytes: usize,
 }
 
 impl HttpConn {
     pub fn open(port: u16) -> HttpConn {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        HttpConn { stream, port }
+        HttpConn { stream, port, last_request_bytes: 0, last_response_bytes: 0 }
     }
 
     /// Sends a request and reads the whole response; returns the status.
@@ -349,10 +352,12 @@ impl HttpConn {
         let mut bytes = req.into_bytes();
         bytes.extend_from_slice(body.unwrap_or_default());
         self.stream.write_all(&bytes).expect("send request");
+        self.last_request_bytes = bytes.len();
         self.read_response()
     }
 
-    fn read_response(&mut self) -> u16 {
+    /// Reads one whole response (Content-Length framed); returns its status.
+    pub fn read_response(&mut self) -> u16 {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let head_end = loop {
@@ -377,6 +382,7 @@ impl HttpConn {
             assert!(n > 0, "connection closed inside the body");
             buf.extend_from_slice(&chunk[..n]);
         }
+        self.last_response_bytes = buf.len();
         status
     }
 

@@ -1,0 +1,67 @@
+//! In-kernel request/response pairing: split requests, split responses, exact byte counts,
+//! keep-alive, and connections that were open before Sonde started.
+
+use std::time::Duration;
+
+use sonde_e2e::*;
+
+#[test]
+fn split_request_split_response_and_byte_counts() {
+    let _guard = serial();
+    let dir = TempDir::new("pairing");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let port_arg = port.to_string();
+    let sonde = Sonde::start(&["--open-port", &port_arg], &[], &dir, &[server.pid()]);
+
+    // A request written in three pieces, with pauses so the server reads them separately.
+    let mut conn = HttpConn::open(port);
+    let pieces: [&[u8]; 3] = [b"GET /ok/sp", b"lit?q=1 HTTP/1.1\r\nHost: split", b".example\r\n\r\n"];
+    for p in pieces {
+        conn.write_raw(p);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(conn.read_response(), 200);
+    let first_response = conn.last_response_bytes;
+    // Python writes the head and the body with separate send calls: a split response.
+    assert_eq!(conn.request("POST", "/submit", Some(&[b'p'; 2000]), false), 201);
+    let (post_req, post_resp) = (conn.last_request_bytes, conn.last_response_bytes);
+    drop(conn);
+
+    let spans = sonde.wait_spans(2, Duration::from_secs(10), |_| true);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let split = &spans[0];
+    assert_eq!(split["path"], "/ok/split", "{split}");
+    assert_eq!(split["query"], "q=1", "{split}");
+    assert_eq!(split["host"], "split.example", "{split}");
+    let sent: usize = pieces.iter().map(|p| p.len()).sum();
+    assert_eq!(split["request_bytes"], sent, "{split}");
+    assert_eq!(split["response_bytes"], first_response, "{split}");
+    let post = &spans[1];
+    assert_eq!(post["request_bytes"], post_req, "{post}");
+    assert_eq!(post["response_bytes"], post_resp, "{post}");
+    assert_eq!(post["request_body_size"], 2000, "{post}");
+    assert_eq!(post["status"], 201, "{post}");
+}
+
+#[test]
+fn keepalive_connection_opened_before_sonde_started() {
+    let _guard = serial();
+    let dir = TempDir::new("preexisting");
+    let port = free_port();
+    let server = start_server(ServerKind::Node, port, &dir);
+    let mut conn = HttpConn::open(port);
+    assert_eq!(conn.request("GET", "/ok/before-sonde", None, false), 200);
+
+    let port_arg = port.to_string();
+    let sonde = Sonde::start(&["--open-port", &port_arg], &[], &dir, &[server.pid()]);
+    for i in 0..5 {
+        assert_eq!(conn.request("GET", &format!("/ok/kept{i}"), None, false), 200);
+    }
+    assert_eq!(conn.request("GET", "/missing/kept", None, true), 404);
+    let spans = sonde.wait_spans(6, Duration::from_secs(10), |_| true);
+    let paths: Vec<&str> = spans.iter().filter_map(|s| s["path"].as_str()).collect();
+    assert_eq!(paths, ["/ok/kept0", "/ok/kept1", "/ok/kept2", "/ok/kept3", "/ok/kept4", "/missing/kept"]);
+    // One connection: every span has the same client port.
+    assert!(spans.iter().all(|s| s["client_port"] == spans[0]["client_port"]));
+}
