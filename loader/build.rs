@@ -4,7 +4,11 @@
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../loader-ebpf");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "sonde-loader-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "sonde-loader-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

@@ -6,10 +6,9 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CONTROL").is_none() {
         return;
     }
-    if let Err(e) = capnpc::CompilerCommand::new()
-        .file("control.capnp")
-        .run()
-    {
-        panic!("compiling control.capnp failed (is Debian's `capnproto` installed? run scripts/setup.sh): {e}");
+    if let Err(e) = capnpc::CompilerCommand::new().file("control.capnp").run() {
+        panic!(
+            "compiling control.capnp failed (is Debian's `capnproto` installed? run scripts/setup.sh): {e}"
+        );
     }
 }

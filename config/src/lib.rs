@@ -12,17 +12,28 @@ use serde::Deserialize;
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file is not valid YAML for this schema (unknown keys included).
     #[error("config file {path}: {message}")]
     Syntax { path: PathBuf, message: String },
     /// A key has a value of the right type but an invalid content.
     #[error("invalid value {value:?} for {key}: expected {expected}")]
-    Invalid { key: String, value: String, expected: &'static str },
+    Invalid {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 fn invalid(key: &str, value: impl fmt::Display, expected: &'static str) -> ConfigError {
-    ConfigError::Invalid { key: key.to_string(), value: value.to_string(), expected }
+    ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        expected,
+    }
 }
 
 /// Ports and inclusive port ranges, as in `80,443,8000-8999`.
@@ -62,7 +73,13 @@ impl fmt::Display for PortSet {
         let parts: Vec<String> = self
             .0
             .iter()
-            .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
             .collect();
         f.write_str(&parts.join(","))
     }
@@ -81,7 +98,10 @@ impl ExeGlob {
             .literal_separator(false)
             .build()
             .map_err(|_| invalid(key, pattern, "a glob on the executable path, e.g. */nginx"))?;
-        Ok(ExeGlob { pattern: pattern.to_string(), matcher: glob.compile_matcher() })
+        Ok(ExeGlob {
+            pattern: pattern.to_string(),
+            matcher: glob.compile_matcher(),
+        })
     }
 
     pub fn is_match(&self, path: &str) -> bool {
@@ -186,6 +206,9 @@ pub struct Config {
     pub stats_interval_secs: u32,
 }
 
+/// Ports selected when the configuration selects nothing.
+pub const DEFAULT_OPEN_PORTS: &str = "80,443,3000,5000,8000-8999";
+
 /// Default control socket path.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sonde/control.sock";
 
@@ -206,7 +229,10 @@ impl Default for Config {
                 binary: None,
                 allowed_uids: Vec::new(),
             },
-            ebpf: EbpfSettings { ring_buffer_bytes: 8 << 20, max_connections: 16384 },
+            ebpf: EbpfSettings {
+                ring_buffer_bytes: 8 << 20,
+                max_connections: 16384,
+            },
             stats_interval_secs: 10,
         }
     }
@@ -259,11 +285,15 @@ impl Config {
         file: Option<&std::path::Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let path = file.map(PathBuf::from).or_else(|| env.get("BEYLA_CONFIG_PATH").map(PathBuf::from));
+        let path = file
+            .map(PathBuf::from)
+            .or_else(|| env.get("BEYLA_CONFIG_PATH").map(PathBuf::from));
         let parsed = match &path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 Self::parse_yaml(path, &text)?
             }
             None => FileConfig::default(),
@@ -285,8 +315,10 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        serde_yaml_ng::from_str(text)
-            .map_err(|e| ConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
     }
 
     fn apply_file(&mut self, f: FileConfig) -> Result<(), ConfigError> {
@@ -389,7 +421,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let rb = self.ebpf.ring_buffer_bytes;
-        if !rb.is_power_of_two() || rb < 4096 || rb > (1 << 30) {
+        if !rb.is_power_of_two() || !(4096..=(1 << 30)).contains(&rb) {
             return Err(invalid(
                 "ebpf.ring_buffer_bytes",
                 rb,
@@ -404,7 +436,11 @@ impl Config {
             ));
         }
         if self.stats_interval_secs == 0 {
-            return Err(invalid("stats_interval_secs", 0, "a number of seconds >= 1"));
+            return Err(invalid(
+                "stats_interval_secs",
+                0,
+                "a number of seconds >= 1",
+            ));
         }
         if !self.control_socket.is_absolute() {
             return Err(invalid(
@@ -414,6 +450,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// When nothing selects a process, select the usual HTTP ports (`DEFAULT_OPEN_PORTS`), so
+    /// `sonde` with embedded defaults instruments local web servers. Returns true if applied.
+    pub fn apply_default_selection(&mut self) -> bool {
+        if self.has_selection() {
+            return false;
+        }
+        self.open_port = PortSet::parse("open_port", DEFAULT_OPEN_PORTS).ok();
+        true
     }
 
     /// True when the configuration selects any process.
@@ -426,10 +472,17 @@ impl Config {
         let mut out = String::new();
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "~".into());
         out += &format!("log_level: {}\n", self.log_level.as_str());
-        out += &format!("open_port: {}\n", self.open_port.as_ref().map_or("~".into(), |p| format!("\"{p}\"")));
+        out += &format!(
+            "open_port: {}\n",
+            self.open_port
+                .as_ref()
+                .map_or("~".into(), |p| format!("\"{p}\""))
+        );
         out += &format!(
             "auto_target_exe: {}\n",
-            self.auto_target_exe.as_ref().map_or("~".into(), |g| format!("\"{}\"", g.pattern))
+            self.auto_target_exe
+                .as_ref()
+                .map_or("~".into(), |g| format!("\"{}\"", g.pattern))
         );
         out += &format!("target_pids: {:?}\n", self.target_pids);
         out += &format!("service_name: {}\n", opt(&self.service_name));
@@ -441,7 +494,10 @@ impl Config {
         out += &format!("  group: {}\n", opt(&self.processor.group));
         out += &format!(
             "  binary: {}\n",
-            self.processor.binary.as_ref().map_or("~".into(), |p| p.display().to_string())
+            self.processor
+                .binary
+                .as_ref()
+                .map_or("~".into(), |p| p.display().to_string())
         );
         out += &format!("  allowed_uids: {:?}\n", self.processor.allowed_uids);
         out += "ebpf:\n";
@@ -465,7 +521,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn load_yaml(yaml: &str, e: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -513,16 +572,40 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_value() {
-        let e = load_yaml("trace_printer: yaml\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("trace_printer") && e.contains("yaml") && e.contains("json"), "{e}");
+        let e = load_yaml("trace_printer: yaml\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("trace_printer") && e.contains("yaml") && e.contains("json"),
+            "{e}"
+        );
         let e = load_yaml("open_prot: 80\n", &[]).unwrap_err().to_string();
         assert!(e.contains("open_prot"), "{e}");
-        let e = load_yaml("ebpf:\n  ring_buffer_bytes: 1000\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("ebpf.ring_buffer_bytes") && e.contains("1000"), "{e}");
-        let e = Config::load(None, &env(&[("BEYLA_OPEN_PORT", "80-x")])).unwrap_err().to_string();
+        let e = load_yaml("ebpf:\n  ring_buffer_bytes: 1000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ebpf.ring_buffer_bytes") && e.contains("1000"),
+            "{e}"
+        );
+        let e = Config::load(None, &env(&[("BEYLA_OPEN_PORT", "80-x")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("BEYLA_OPEN_PORT") && e.contains("80-x"), "{e}");
-        let e = Config::load(None, &env(&[("BEYLA_LOG_LEVEL", "loud")])).unwrap_err().to_string();
+        let e = Config::load(None, &env(&[("BEYLA_LOG_LEVEL", "loud")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("BEYLA_LOG_LEVEL") && e.contains("loud"), "{e}");
+    }
+
+    #[test]
+    fn default_selection_only_when_nothing_selected() {
+        let mut c = Config::load(None, &env(&[])).unwrap();
+        assert!(c.apply_default_selection());
+        assert!(c.open_port.as_ref().unwrap().contains(8080));
+        let mut c = Config::load(None, &env(&[("BEYLA_AUTO_TARGET_EXE", "*/nginx")])).unwrap();
+        assert!(!c.apply_default_selection());
+        assert!(c.open_port.is_none());
     }
 
     #[test]
@@ -534,7 +617,11 @@ mod tests {
 
     #[test]
     fn print_config_round_trips() {
-        let c = load_yaml("open_port: \"8080,9000-9001\"\nauto_target_exe: \"*/node\"\n", &[]).unwrap();
+        let c = load_yaml(
+            "open_port: \"8080,9000-9001\"\nauto_target_exe: \"*/node\"\n",
+            &[],
+        )
+        .unwrap();
         let yaml = c.to_yaml();
         let again = load_yaml(&yaml, &[]).unwrap();
         assert_eq!(again.open_port, c.open_port);

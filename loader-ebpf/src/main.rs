@@ -1,9 +1,10 @@
 //! Sonde's kernel programs. Only tracepoints are used (this kernel has no kprobes and refuses
-//! fentry): syscall tracepoints carry fds and user buffers, the `sock:sock_{recv,send}_length`
-//! tracepoints fire inside socket I/O and tell which syscalls touched a TCP socket, and `sched`
-//! tracepoints report process lifecycle to the loader.
+//! fentry). The `sock:sock_{recv,send}_length` tracepoints fire inside every socket read and
+//! write with the socket, the byte count and the flags; the syscall's fd and buffer come from
+//! the task's saved registers (`syscall_abi`). `syscalls:sys_enter_close` ends connections and
+//! `sched` tracepoints plus `sys_exit_listen` report process lifecycle to the loader.
 //!
-//! Cost on processes that are not selected: one hash lookup per hooked syscall.
+//! Cost on processes that are not selected: one hash lookup per socket read or write.
 //!
 //! The crate builds for `bpfel-unknown-none` (through `loader/build.rs`); on the host it compiles
 //! to an empty binary so workspace-wide `cargo build/clippy/test` keep working.
@@ -18,6 +19,8 @@ mod offsets;
 mod pairing;
 #[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod syscall_abi;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -3,13 +3,35 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use sonde_schema::{HttpEvent, counters};
 
-/// Selected processes (tgid → 1), written by the loader, read on every hooked syscall.
-#[map(name = "PID_FILTER")]
-pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
+/// Selected processes as a bitmap over pids (bit `tgid % 64` of word `tgid / 64`), written by
+/// the loader. Checked on every socket read and write of every process, so it is an array
+/// (lookups are inlined by the verifier) rather than a hash map. The loader sizes it from
+/// `kernel.pid_max`.
+#[map(name = "PID_BITMAP")]
+pub static PID_BITMAP: Array<u64> = Array::with_max_entries(65536, 0);
+
+#[inline(always)]
+pub fn selected(tgid: u32) -> bool {
+    match PID_BITMAP.get(tgid >> 6) {
+        Some(word) => (*word >> (tgid & 63)) & 1 == 1,
+        None => false,
+    }
+}
+
+/// Clears a pid from the bitmap (the loader, which owns the bitmap, does the same when it
+/// handles the exit notice; this only closes the window before it does).
+#[inline(always)]
+pub fn deselect(tgid: u32) {
+    if let Some(word) = PID_BITMAP.get_ptr_mut(tgid >> 6) {
+        // SAFETY: pointer from a successful array lookup; a racing loader write of the same
+        // word is benign (the loader rewrites the word from its own set).
+        unsafe { *word &= !(1u64 << (tgid & 63)) };
+    }
+}
 
 /// Completed request/response exchanges for the processor.
 #[map(name = "EVENTS")]
@@ -23,21 +45,16 @@ pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
 
-/// A syscall of a selected process between its entry and its exit, keyed by pid_tgid.
-#[repr(C)]
+/// One socket read or write of a selected process, as seen from inside the syscall.
 #[derive(Clone, Copy)]
-pub struct InFlight {
+pub struct SocketIo {
     /// User pointer: the data buffer, the iovec array or the msghdr, per `buf_kind`.
     pub buf: u64,
-    pub start_ns: u64,
-    /// `struct sock *` reported by the socket tracepoint while the syscall ran.
+    /// `struct sock *` from the tracepoint.
     pub sk: u64,
     pub fd: u32,
     pub op: u8,
     pub buf_kind: u8,
-    /// Set when a socket tracepoint saw a TCP (IPv4/IPv6) socket during this syscall.
-    pub tcp: u8,
-    pub _pad: u8,
 }
 
 pub const OP_READ: u8 = 1;
@@ -48,9 +65,6 @@ pub const BUF_IOVEC: u8 = 1;
 pub const BUF_MSGHDR: u8 = 2;
 /// The syscall moves bytes without a user buffer (sendfile): count them, capture nothing.
 pub const BUF_NONE: u8 = 3;
-
-#[map(name = "INFLIGHT")]
-pub static INFLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(16384, 0);
 
 /// Key of a connection: the owning process and its fd for the socket.
 #[repr(C)]

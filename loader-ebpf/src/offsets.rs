@@ -11,15 +11,13 @@ macro_rules! offset_global {
 
 offset_global!(SYSCALL_ARG0_OFF, 16);
 offset_global!(SYSCALL_RET_OFF, 16);
-offset_global!(SOCK_LEN_SK_OFF, 8);
-offset_global!(SOCK_LEN_FAMILY_OFF, 16);
-offset_global!(SOCK_LEN_PROTOCOL_OFF, 18);
 offset_global!(FORK_CHILD_PID_OFF, 20);
 offset_global!(SKC_DADDR_OFF, 0);
 offset_global!(SKC_RCV_SADDR_OFF, 4);
 offset_global!(SKC_DPORT_OFF, 12);
 offset_global!(SKC_NUM_OFF, 14);
 offset_global!(SKC_FAMILY_OFF, 16);
+offset_global!(SK_PROTOCOL_OFF, 516);
 offset_global!(SKC_V6_DADDR_OFF, 56);
 offset_global!(SKC_V6_RCV_SADDR_OFF, 72);
 
@@ -39,18 +37,6 @@ pub fn syscall_arg(index: usize) -> usize {
 #[inline(always)]
 pub fn syscall_ret() -> usize {
     read_global!(SYSCALL_RET_OFF)
-}
-#[inline(always)]
-pub fn sock_len_sk() -> usize {
-    read_global!(SOCK_LEN_SK_OFF)
-}
-#[inline(always)]
-pub fn sock_len_family() -> usize {
-    read_global!(SOCK_LEN_FAMILY_OFF)
-}
-#[inline(always)]
-pub fn sock_len_protocol() -> usize {
-    read_global!(SOCK_LEN_PROTOCOL_OFF)
 }
 #[inline(always)]
 pub fn fork_child_pid() -> usize {
@@ -75,6 +61,10 @@ pub fn skc_num() -> u64 {
 #[inline(always)]
 pub fn skc_family() -> u64 {
     read_global!(SKC_FAMILY_OFF) as u64
+}
+#[inline(always)]
+pub fn sk_protocol() -> u64 {
+    read_global!(SK_PROTOCOL_OFF) as u64
 }
 #[inline(always)]
 pub fn skc_v6_daddr() -> u64 {

@@ -16,8 +16,8 @@ use sonde_schema::{
 
 use crate::{
     maps::{
-        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnKey, ConnState, EVENTS, InFlight,
-        OP_READ, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, count,
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnKey, ConnState, EVENTS, OP_READ,
+        PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
     },
     offsets,
 };
@@ -62,18 +62,26 @@ fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
 
 /// Finds the first data segment of a completed syscall that moved `ret` bytes.
 #[inline(always)]
-fn first_segment(io: &InFlight, ret: u64) -> Option<Segment> {
+fn first_segment(io: &SocketIo, ret: u64) -> Option<Segment> {
     let iov = match io.buf_kind {
         BUF_NONE => return None,
         BUF_IOVEC => io.buf,
         // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; ... }
         BUF_MSGHDR => read_user::<u64>(io.buf + 16)?,
-        _ => return Some(Segment { ptr: io.buf, len: ret }),
+        _ => {
+            return Some(Segment {
+                ptr: io.buf,
+                len: ret,
+            });
+        }
     };
     // struct iovec { void *iov_base; size_t iov_len; }
     let base = read_user::<u64>(iov)?;
     let len = read_user::<u64>(iov + 8)?;
-    Some(Segment { ptr: base, len: if len < ret { len } else { ret } })
+    Some(Segment {
+        ptr: base,
+        len: if len < ret { len } else { ret },
+    })
 }
 
 /// True when the bytes start like an HTTP/1.x request line.
@@ -85,8 +93,14 @@ fn looks_like_request(seg: &Segment) -> bool {
     let Some(head) = read_user::<[u8; 4]>(seg.ptr) else {
         return false;
     };
+    is_method(&head)
+}
+
+/// True when four bytes start an HTTP/1.x request line.
+#[inline(always)]
+fn is_method(head: &[u8; 4]) -> bool {
     matches!(
-        &head,
+        head,
         b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC"
     )
 }
@@ -209,9 +223,23 @@ pub fn flush(state: &mut ConnState, flags: u32) {
 }
 
 #[inline(always)]
-fn start_request(state: &mut ConnState, io: &InFlight, id: u64, seg: &Segment, ret: u64, now: u64) {
+fn start_request(
+    state: &mut ConnState,
+    io: &SocketIo,
+    id: u64,
+    seg: &Segment,
+    ret: u64,
+    now: u64,
+    capture: bool,
+) {
+    // The request starts when its first bytes are read (server) or written (client): time
+    // spent blocked waiting for a request is not part of it.
     let inbound = io.op == OP_READ;
-    state.role = if inbound { DIRECTION_SERVER } else { DIRECTION_CLIENT };
+    state.role = if inbound {
+        DIRECTION_SERVER
+    } else {
+        DIRECTION_CLIENT
+    };
     state.phase = PHASE_REQUEST;
     if state.sk != io.sk {
         state.sk = io.sk;
@@ -223,48 +251,51 @@ fn start_request(state: &mut ConnState, io: &InFlight, id: u64, seg: &Segment, r
     ev.pid = (id >> 32) as u32;
     ev.tid = id as u32;
     ev.fd = io.fd;
-    ev.start_ns = io.start_ns;
+    ev.start_ns = now;
     ev.end_ns = now;
     ev.request_bytes = ret;
     ev.response_bytes = 0;
-    ev.request_len = 0;
     ev.response_len = 0;
     ev.flags = 0;
-    append_request(state, seg);
+    if capture {
+        ev.request_len = 0;
+        append_request(state, seg);
+    }
 }
 
-/// Handles a completed TCP read or write of `ret` > 0 bytes by a selected process.
+/// First bytes on a connection this process has no state for: track it if they start an
+/// HTTP/1.x request.
 #[inline(always)]
-pub fn on_data(io: &InFlight, id: u64, ret: u64) {
+pub fn on_new_connection(key: &ConnKey, io: &SocketIo, id: u64, ret: u64) {
+    let Some(seg) = first_segment(io, ret) else {
+        return;
+    };
+    if !looks_like_request(&seg) {
+        count(counters::NON_HTTP_PAYLOADS);
+        return;
+    }
+    let Some(zero) = CONN_ZERO.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: CONN_ZERO's single slot is a valid, never-written ConnState.
+    if CONNS.insert(key, unsafe { &*zero }, 0).is_err() {
+        count(counters::CONN_MAP_FULL);
+        return;
+    }
+    let Some(p) = CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: pointer from a successful lookup of the entry just inserted.
+    let state = unsafe { &mut *p };
+    start_request(state, io, id, &seg, ret, now_ns(), true);
+}
+
+/// Handles `ret` > 0 bytes read or written on a tracked connection.
+#[inline(always)]
+pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     let now = now_ns();
-    let key = ConnKey { tgid: (id >> 32) as u32, fd: io.fd };
     let seg = first_segment(io, ret);
     let inbound = io.op == OP_READ;
-
-    let state = match CONNS.get_ptr_mut(&key) {
-        // SAFETY: pointer from a successful lookup; the entry is only touched by the threads of
-        // this process through this fd, and a torn update only garbles one event.
-        Some(p) => unsafe { &mut *p },
-        None => {
-            let Some(seg) = seg else { return };
-            if !looks_like_request(&seg) {
-                count(counters::NON_HTTP_PAYLOADS);
-                return;
-            }
-            let Some(zero) = CONN_ZERO.get_ptr(0) else { return };
-            // SAFETY: CONN_ZERO's single slot is a valid, never-written ConnState.
-            if CONNS.insert(&key, unsafe { &*zero }, 0).is_err() {
-                count(counters::CONN_MAP_FULL);
-                return;
-            }
-            let Some(p) = CONNS.get_ptr_mut(&key) else { return };
-            // SAFETY: pointer from a successful lookup of the entry just inserted.
-            let state = unsafe { &mut *p };
-            start_request(state, io, id, &seg, ret, now);
-            return;
-        }
-    };
-
     let request_direction = (state.role == DIRECTION_SERVER) == inbound;
     match state.phase {
         PHASE_REQUEST if request_direction => {
@@ -290,10 +321,17 @@ pub fn on_data(io: &InFlight, id: u64, ret: u64) {
         }
         _ => {
             let Some(seg) = seg else { return };
-            if looks_like_request(&seg) {
-                flush(state, 0);
-                start_request(state, io, id, &seg, ret, now);
-            } else if state.phase == PHASE_IDLE {
+            flush(state, 0);
+            // Capture first and check the copy: one user-memory read instead of two on the
+            // hottest path (every keep-alive request).
+            state.event.request_len = 0;
+            append_request(state, &seg);
+            let head = &state.event.request;
+            let len = state.event.request_len;
+            if len >= 4 && is_method(&[head[0], head[1], head[2], head[3]]) {
+                start_request(state, io, id, &seg, ret, now, false);
+            } else {
+                state.event.request_len = 0;
                 count(counters::NON_HTTP_PAYLOADS);
             }
         }

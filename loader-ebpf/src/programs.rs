@@ -1,145 +1,108 @@
-//! The tracepoint programs: syscall entry/exit, socket length, close, and process lifecycle.
+//! The programs: socket I/O (raw tracepoints `sock_recv_length`, `sock_send_length`), close,
+//! listen, and process lifecycle.
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::bpf_get_current_pid_tgid,
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
-use sonde_schema::{FLAG_CLOSED, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, counters};
-
-use crate::maps::{
-    BUF_IOVEC, BUF_MSGHDR, BUF_NONE, BUF_PLAIN, CONNS, ConnKey, INFLIGHT, InFlight, OP_READ,
-    OP_WRITE, PHASE_REQUEST, PHASE_RESPONSE, PID_FILTER, PROC_EVENTS, count,
+use sonde_schema::{
+    FLAG_CLOSED, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, counters,
 };
 
-#[inline(always)]
-fn selected(tgid: u32) -> bool {
-    PID_FILTER.get_ptr(&tgid).is_some()
-}
+use crate::{
+    maps::{
+        CONNS, ConnKey, OP_READ, OP_WRITE, PHASE_REQUEST, PHASE_RESPONSE, PROC_EVENTS, SocketIo,
+        count, deselect, selected,
+    },
+    offsets, pairing, syscall_abi,
+};
 
-#[inline(always)]
-fn read_arg(ctx: &TracePointContext, index: usize) -> u64 {
-    // SAFETY: read_at performs a bounded bpf_probe_read of the tracepoint record.
-    unsafe { ctx.read_at::<u64>(crate::offsets::syscall_arg(index)).unwrap_or(0) }
-}
+const IPPROTO_TCP: u16 = 6;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const MSG_PEEK: i32 = 2;
 
+/// A TCP read or write of a selected process: flush a finished exchange when the direction
+/// flipped back, then feed the bytes to the pairing state machine. Raw tracepoint arguments:
+/// `(struct sock *sk, int ret, int flags)`.
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, op: u8, buf_kind: u8) -> u32 {
+fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if !selected(tgid) {
         return 0;
     }
-    let fd = read_arg(ctx, 0) as u32;
-    let buf = if buf_kind == BUF_NONE { 0 } else { read_arg(ctx, 1) };
-
-    // The direction flipped back at syscall entry: the server reads again, or the client
-    // writes again, so the previous exchange on this connection is complete.
-    if let Some(p) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) {
-        // SAFETY: pointer from a successful map lookup.
-        let state = unsafe { &mut *p };
-        let server = state.role == sonde_schema::DIRECTION_SERVER;
-        if state.phase == PHASE_RESPONSE && (server == (op == OP_READ)) {
-            crate::pairing::flush(state, 0);
-        }
-    }
-
-    let io = InFlight {
-        buf,
-        start_ns: crate::pairing::now_ns(),
-        sk: 0,
-        fd,
-        op,
-        buf_kind,
-        tcp: 0,
-        _pad: 0,
-    };
-    if INFLIGHT.insert(&id, &io, 0).is_err() {
-        count(counters::INFLIGHT_MAP_FULL);
-    }
-    0
-}
-
-#[inline(always)]
-fn on_exit(ctx: &TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(p) = INFLIGHT.get_ptr(&id) else {
-        return 0;
-    };
-    // SAFETY: pointer from a successful lookup; copied before the entry is removed.
-    let io = unsafe { *p };
-    let _ = INFLIGHT.remove(&id);
-    if io.tcp == 0 {
+    let sk: u64 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
+    if flags & MSG_PEEK != 0 {
         return 0;
     }
-    // SAFETY: bounded read of the tracepoint record.
-    let ret = unsafe { ctx.read_at::<i64>(crate::offsets::syscall_ret()).unwrap_or(0) };
-    if ret <= 0 {
-        return 0;
-    }
-    crate::pairing::on_data(&io, id, ret as u64);
-    0
-}
-
-/// `sock:sock_recv_length` / `sock:sock_send_length`: marks the running syscall as TCP I/O.
-#[inline(always)]
-fn on_sock_length(ctx: &TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let Some(p) = INFLIGHT.get_ptr_mut(&id) else {
-        return 0;
-    };
-    // SAFETY: bounded reads of the tracepoint record.
-    let (sk, family, protocol) = unsafe {
+    // SAFETY: bpf_probe_read_kernel copies with fault handling; sk comes from the tracepoint.
+    let (family, protocol) = unsafe {
         (
-            ctx.read_at::<u64>(crate::offsets::sock_len_sk()).unwrap_or(0),
-            ctx.read_at::<u16>(crate::offsets::sock_len_family()).unwrap_or(0),
-            ctx.read_at::<u16>(crate::offsets::sock_len_protocol()).unwrap_or(0),
+            aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_family()) as *const u16)
+                .unwrap_or(0),
+            aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::sk_protocol()) as *const u16)
+                .unwrap_or(0),
         )
     };
-    const IPPROTO_TCP: u16 = 6;
-    if protocol == IPPROTO_TCP && (family == 2 || family == 10) {
-        // SAFETY: pointer from a successful lookup of this thread's own entry.
-        let io = unsafe { &mut *p };
-        io.tcp = 1;
-        io.sk = sk;
+    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
+        return 0;
+    }
+    // SAFETY: both helpers only return pointers into the current task; the registers are then
+    // read with bpf_probe_read_kernel, which faults safely.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let Some((nr, arg0, buf)) = syscall_abi::syscall_args(regs) else {
+        return 0;
+    };
+    let Some(buf_kind) = syscall_abi::buffer_kind(nr) else {
+        if ret > 0 {
+            count(counters::UNTRACKED_SYSCALLS);
+        }
+        return 0;
+    };
+    let io = SocketIo {
+        buf,
+        sk,
+        fd: arg0 as u32,
+        op,
+        buf_kind,
+    };
+    let key = ConnKey { tgid, fd: io.fd };
+    match CONNS.get_ptr_mut(&key) {
+        Some(p) => {
+            // SAFETY: pointer from a successful map lookup.
+            let state = unsafe { &mut *p };
+            let server = state.role == sonde_schema::DIRECTION_SERVER;
+            // The server reads again (even an EAGAIN), or the client writes again: the
+            // previous exchange on this connection is complete.
+            if state.phase == PHASE_RESPONSE && (server == (op == OP_READ)) {
+                pairing::flush(state, 0);
+            }
+            if ret > 0 {
+                pairing::on_data(state, &io, id, ret as u64);
+            }
+        }
+        None if ret > 0 => pairing::on_new_connection(&key, &io, id, ret as u64),
+        None => {}
     }
     0
 }
 
-macro_rules! enter_program {
-    ($name:ident, $op:expr, $kind:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $op, $kind)
-        }
-    };
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
+    on_socket_io(&ctx, OP_READ)
 }
 
-macro_rules! exit_program {
-    ($name:ident) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            on_exit(&ctx)
-        }
-    };
-}
-
-enter_program!(sys_enter_read, OP_READ, BUF_PLAIN);
-enter_program!(sys_enter_recvfrom, OP_READ, BUF_PLAIN);
-enter_program!(sys_enter_readv, OP_READ, BUF_IOVEC);
-enter_program!(sys_enter_recvmsg, OP_READ, BUF_MSGHDR);
-enter_program!(sys_enter_write, OP_WRITE, BUF_PLAIN);
-enter_program!(sys_enter_sendto, OP_WRITE, BUF_PLAIN);
-enter_program!(sys_enter_writev, OP_WRITE, BUF_IOVEC);
-enter_program!(sys_enter_sendmsg, OP_WRITE, BUF_MSGHDR);
-enter_program!(sys_enter_sendfile64, OP_WRITE, BUF_NONE);
-// One exit program serves every hooked syscall; the loader attaches it to each sys_exit_*.
-exit_program!(sys_exit_io);
-
-#[tracepoint]
-pub fn sock_length(ctx: TracePointContext) -> u32 {
-    on_sock_length(&ctx)
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
+    on_socket_io(&ctx, OP_WRITE)
 }
 
 #[tracepoint]
@@ -149,12 +112,14 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if !selected(tgid) {
         return 0;
     }
-    let key = ConnKey { tgid, fd: read_arg(&ctx, 0) as u32 };
+    // SAFETY: bounded read of the tracepoint record.
+    let fd = unsafe { ctx.read_at::<u64>(offsets::syscall_arg(0)).unwrap_or(0) } as u32;
+    let key = ConnKey { tgid, fd };
     if let Some(p) = CONNS.get_ptr_mut(&key) {
         // SAFETY: pointer from a successful lookup.
         let state = unsafe { &mut *p };
         if state.phase == PHASE_REQUEST || state.phase == PHASE_RESPONSE {
-            crate::pairing::flush(state, FLAG_CLOSED);
+            pairing::flush(state, FLAG_CLOSED);
         }
         let _ = CONNS.remove(&key);
     }
@@ -163,7 +128,12 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn proc_event(kind: u32, pid: u32, child_pid: u32) {
-    let ev = ProcEvent { kind, pid, child_pid, _pad: 0 };
+    let ev = ProcEvent {
+        kind,
+        pid,
+        child_pid,
+        _pad: 0,
+    };
     if PROC_EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
         count(counters::PROC_EVENTS_LOST);
     }
@@ -183,7 +153,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if tgid != id as u32 || !selected(tgid) {
         return 0;
     }
-    let _ = PID_FILTER.remove(&tgid);
+    deselect(tgid);
     proc_event(PROC_EXIT, tgid, 0);
     0
 }
@@ -195,7 +165,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: bounded read of the tracepoint record.
-    let child = unsafe { ctx.read_at::<i32>(crate::offsets::fork_child_pid()).unwrap_or(0) };
+    let child = unsafe { ctx.read_at::<i32>(offsets::fork_child_pid()).unwrap_or(0) };
     proc_event(PROC_FORK, tgid, child as u32);
     0
 }
@@ -203,10 +173,9 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     // SAFETY: bounded read of the tracepoint record.
-    let ret = unsafe { ctx.read_at::<i64>(crate::offsets::syscall_ret()).unwrap_or(-1) };
+    let ret = unsafe { ctx.read_at::<i64>(offsets::syscall_ret()).unwrap_or(-1) };
     if ret == 0 {
         proc_event(PROC_LISTEN, ctx.tgid(), 0);
     }
     0
 }
-

@@ -8,7 +8,10 @@ use clap::Parser;
 use sonde_config::{Config, ExeGlob, PortSet};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Sonde eBPF auto-instrumentation: the privileged loader")]
+#[command(
+    version,
+    about = "Sonde eBPF auto-instrumentation: the privileged loader"
+)]
 pub struct Cli {
     /// YAML configuration file (also BEYLA_CONFIG_PATH).
     #[arg(long, short = 'c')]
@@ -43,6 +46,12 @@ impl Cli {
         if !self.pids.is_empty() {
             config.target_pids = self.pids.clone();
         }
+        if config.apply_default_selection() {
+            eprintln!(
+                "sonde: no selection configured; instrumenting processes listening on {} (set open_port, auto_target_exe or target_pids to choose)",
+                sonde_config::DEFAULT_OPEN_PORTS
+            );
+        }
         Ok(config)
     }
 }
@@ -51,7 +60,11 @@ impl Cli {
 pub fn init_logging(level: sonde_config::LogLevel) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Shared entry point of both binaries.
@@ -70,7 +83,10 @@ pub fn main_with(always_spawn_processor: bool) -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     init_logging(config.log_level);
-    let options = crate::RunOptions { config_path: cli.config.clone(), spawn_processor };
+    let options = crate::RunOptions {
+        config_path: cli.config.clone(),
+        spawn_processor,
+    };
     match crate::run(config, options) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -61,14 +61,23 @@ impl ControlListener {
             None,
         )
         .context("creating the control socket")?;
-        let addr = UnixAddr::new(path).with_context(|| format!("socket path {}", path.display()))?;
+        let addr =
+            UnixAddr::new(path).with_context(|| format!("socket path {}", path.display()))?;
         bind(fd.as_raw_fd(), &addr).with_context(|| format!("binding {}", path.display()))?;
-        chown(path, Some(Uid::from_raw(owner.0)), Some(Gid::from_raw(owner.1)))
-            .with_context(|| format!("chown {} to {}:{}", path.display(), owner.0, owner.1))?;
+        chown(
+            path,
+            Some(Uid::from_raw(owner.0)),
+            Some(Gid::from_raw(owner.1)),
+        )
+        .with_context(|| format!("chown {} to {}:{}", path.display(), owner.0, owner.1))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("chmod {}", path.display()))?;
-        listen(&fd, Backlog::new(4).context("backlog")?).context("listening on the control socket")?;
-        Ok(ControlListener { fd, path: path.to_path_buf() })
+        listen(&fd, Backlog::new(4).context("backlog")?)
+            .context("listening on the control socket")?;
+        Ok(ControlListener {
+            fd,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Accepts one pending connection, if any, and authenticates it.
@@ -84,7 +93,11 @@ impl ControlListener {
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
         if !policy.uids.contains(&uid) || policy.gid.is_some_and(|g| g != gid) {
             let _ = send_refusal(conn.as_fd(), "peer credentials not allowed");
-            bail!("refused control connection from pid {pid} uid {uid} gid {gid}: not in the allowed uids {:?} / gid {:?}", policy.uids, policy.gid);
+            bail!(
+                "refused control connection from pid {pid} uid {uid} gid {gid}: not in the allowed uids {:?} / gid {:?}",
+                policy.uids,
+                policy.gid
+            );
         }
         Ok(Some((conn, pid as u32, uid)))
     }
@@ -103,8 +116,11 @@ impl Drop for ControlListener {
 /// Waits (bounded) for the processor's Hello and checks its protocol version.
 pub fn read_hello(conn: BorrowedFd<'_>) -> Result<String> {
     let mut fds = [PollFd::new(conn, PollFlags::POLLIN)];
-    let ready = poll(&mut fds, PollTimeout::try_from(Duration::from_secs(5)).unwrap_or(PollTimeout::MAX))
-        .context("waiting for hello")?;
+    let ready = poll(
+        &mut fds,
+        PollTimeout::try_from(Duration::from_secs(5)).unwrap_or(PollTimeout::MAX),
+    )
+    .context("waiting for hello")?;
     if ready == 0 {
         bail!("processor sent no hello within 5 s");
     }
@@ -128,14 +144,17 @@ pub fn read_hello(conn: BorrowedFd<'_>) -> Result<String> {
 
 fn send_refusal(conn: BorrowedFd<'_>, why: &str) -> Result<()> {
     let mut msg = capnp::message::Builder::new_default();
-    msg.init_root::<loader_message::Builder<'_>>().set_refused(why);
+    msg.init_root::<loader_message::Builder<'_>>()
+        .set_refused(why);
     channel::send(conn, &msg, &[]).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub fn send_welcome(conn: BorrowedFd<'_>, ring_fd: BorrowedFd<'_>, data_size: u32) -> Result<()> {
     let mut msg = capnp::message::Builder::new_default();
     {
-        let mut welcome = msg.init_root::<loader_message::Builder<'_>>().init_welcome();
+        let mut welcome = msg
+            .init_root::<loader_message::Builder<'_>>()
+            .init_welcome();
         welcome.set_protocol_version(sonde_schema::control_capnp::PROTOCOL_VERSION);
         let mut rb = welcome.init_ring_buffer();
         rb.set_fd_index(0);
@@ -148,13 +167,20 @@ pub fn send_welcome(conn: BorrowedFd<'_>, ring_fd: BorrowedFd<'_>, data_size: u3
 pub fn send_process_added(conn: BorrowedFd<'_>, meta: &ProcessMeta) -> Result<()> {
     let mut msg = capnp::message::Builder::new_default();
     {
-        let mut p = msg.init_root::<loader_message::Builder<'_>>().init_process_added();
+        let mut p = msg
+            .init_root::<loader_message::Builder<'_>>()
+            .init_process_added();
         p.set_pid(meta.pid);
         p.set_exe_path(truncate(&meta.exe_path, 4096));
         p.set_service_name(truncate(&meta.service_name, 256));
         p.set_reason(&meta.reason);
         // Bounded so a process with a huge command line cannot exceed the datagram limit.
-        let args: Vec<&str> = meta.cmdline.iter().take(64).map(|a| truncate(a, 256)).collect();
+        let args: Vec<&str> = meta
+            .cmdline
+            .iter()
+            .take(64)
+            .map(|a| truncate(a, 256))
+            .collect();
         let mut list = p.init_cmdline(args.len() as u32);
         for (i, a) in args.iter().enumerate() {
             list.set(i as u32, *a);
@@ -165,14 +191,17 @@ pub fn send_process_added(conn: BorrowedFd<'_>, meta: &ProcessMeta) -> Result<()
 
 pub fn send_process_removed(conn: BorrowedFd<'_>, pid: u32) -> Result<()> {
     let mut msg = capnp::message::Builder::new_default();
-    msg.init_root::<loader_message::Builder<'_>>().set_process_removed(pid);
+    msg.init_root::<loader_message::Builder<'_>>()
+        .set_process_removed(pid);
     channel::send(conn, &msg, &[]).map_err(|e| anyhow::anyhow!("sending removal of {pid}: {e}"))
 }
 
 pub fn send_kernel_stats(conn: BorrowedFd<'_>, counters: &[(&str, u64)]) -> Result<()> {
     let mut msg = capnp::message::Builder::new_default();
     {
-        let stats = msg.init_root::<loader_message::Builder<'_>>().init_kernel_stats();
+        let stats = msg
+            .init_root::<loader_message::Builder<'_>>()
+            .init_kernel_stats();
         let mut list = stats.init_counters(counters.len() as u32);
         for (i, (name, value)) in counters.iter().enumerate() {
             let mut c = list.reborrow().get(i as u32);

@@ -14,7 +14,10 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     #[error("cannot read tracepoint format {path}: {source} (is tracefs mounted at {TRACEFS}?)")]
-    Format { path: String, source: std::io::Error },
+    Format {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("tracepoint {tracepoint} has no field {field}")]
     MissingField { tracepoint: String, field: String },
     #[error("kernel BTF (/sys/kernel/btf/vmlinux) unreadable: {0}")]
@@ -22,7 +25,11 @@ pub enum LayoutError {
     #[error("kernel BTF has no member {field} in struct {ty}")]
     MissingMember { ty: String, field: String },
     #[error("mounting {fs} at {target} failed: {source}")]
-    Mount { fs: &'static str, target: &'static str, source: nix::Error },
+    Mount {
+        fs: &'static str,
+        target: &'static str,
+        source: nix::Error,
+    },
 }
 
 fn is_mounted(target: &str, fstype: &str) -> bool {
@@ -52,16 +59,27 @@ pub fn ensure_mounts() -> Result<Vec<&'static str>, LayoutError> {
             nix::mount::MsFlags::empty(),
             None::<&str>,
         )
-        .map_err(|source| LayoutError::Mount { fs: fstype, target, source })?;
+        .map_err(|source| LayoutError::Mount {
+            fs: fstype,
+            target,
+            source,
+        })?;
         mounted.push(target);
     }
     Ok(mounted)
 }
 
 /// Byte offset of `field` in the record of tracepoint `category/name`.
-pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Result<u32, LayoutError> {
+pub fn tracepoint_field_offset(
+    category: &str,
+    name: &str,
+    field: &str,
+) -> Result<u32, LayoutError> {
     let path = format!("{TRACEFS}/events/{category}/{name}/format");
-    let text = fs::read_to_string(&path).map_err(|source| LayoutError::Format { path: path.clone(), source })?;
+    let text = fs::read_to_string(&path).map_err(|source| LayoutError::Format {
+        path: path.clone(),
+        source,
+    })?;
     parse_field_offset(&text, field).ok_or_else(|| LayoutError::MissingField {
         tracepoint: format!("{category}:{name}"),
         field: field.to_string(),
@@ -72,8 +90,12 @@ pub fn tracepoint_field_offset(category: &str, name: &str, field: &str) -> Resul
 pub fn parse_field_offset(format: &str, field: &str) -> Option<u32> {
     for line in format.lines() {
         let line = line.trim();
-        let Some(decl) = line.strip_prefix("field:") else { continue };
-        let Some((decl, rest)) = decl.split_once(';') else { continue };
+        let Some(decl) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let Some((decl, rest)) = decl.split_once(';') else {
+            continue;
+        };
         // The declared name is the last identifier, minus any array suffix.
         let name = decl
             .rsplit(|c: char| c.is_whitespace() || c == '*')
@@ -101,26 +123,18 @@ pub struct SockOffsets {
     pub family: u32,
     pub v6_daddr: u32,
     pub v6_rcv_saddr: u32,
+    /// `struct sock::sk_protocol` (a plain u16 since Linux 5.6).
+    pub sk_protocol: u32,
 }
 
 /// Reads the sock_common layout from kernel BTF.
 pub fn sock_offsets() -> Result<SockOffsets, LayoutError> {
-    let btf = Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Btf(e.to_string()))?;
+    let btf =
+        Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Btf(e.to_string()))?;
     let ty = "sock_common";
-    let s = btf
-        .resolve_types_by_name(ty)
-        .map_err(|e| LayoutError::Btf(e.to_string()))?
-        .into_iter()
-        .find_map(|t| match t {
-            Type::Struct(s) => Some(s),
-            _ => None,
-        })
-        .ok_or_else(|| LayoutError::Btf("no struct sock_common".into()))?;
-    let get = |field: &str| {
-        member_offset_bits(&btf, &s, field)
-            .map(|bits| bits / 8)
-            .ok_or_else(|| LayoutError::MissingMember { ty: ty.into(), field: field.into() })
-    };
+    let s = find_struct(&btf, ty)?;
+    let get = |field: &str| byte_offset(&btf, &s, ty, field);
+    let sock = find_struct(&btf, "sock")?;
     Ok(SockOffsets {
         daddr: get("skc_daddr")?,
         rcv_saddr: get("skc_rcv_saddr")?,
@@ -129,7 +143,60 @@ pub fn sock_offsets() -> Result<SockOffsets, LayoutError> {
         family: get("skc_family")?,
         v6_daddr: get("skc_v6_daddr")?,
         v6_rcv_saddr: get("skc_v6_rcv_saddr")?,
+        sk_protocol: byte_offset(&btf, &sock, "sock", "sk_protocol")?,
     })
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, LayoutError> {
+    btf.resolve_types_by_name(name)
+        .map_err(|e| LayoutError::Btf(e.to_string()))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| LayoutError::Btf(format!("no struct {name}")))
+}
+
+/// Byte offset of a byte-aligned member (bitfields are refused).
+fn byte_offset(btf: &Btf, s: &btf_rs::Struct, ty: &str, field: &str) -> Result<u32, LayoutError> {
+    match member_offset_bits(btf, s, field) {
+        Some(bits) if bits % 8 == 0 => Ok(bits / 8),
+        _ => Err(LayoutError::MissingMember {
+            ty: ty.into(),
+            field: field.into(),
+        }),
+    }
+}
+
+/// Number of parameters of a tracepoint's prototype (`btf_trace_<name>` in kernel BTF),
+/// counting the leading `void *` context: raw tracepoint programs read the others by index.
+pub fn raw_tracepoint_arity(name: &str) -> Result<usize, LayoutError> {
+    let btf =
+        Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Btf(e.to_string()))?;
+    let typedef = format!("btf_trace_{name}");
+    let t = btf
+        .resolve_types_by_name(&typedef)
+        .map_err(|e| LayoutError::Btf(e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| LayoutError::Btf(format!("no {typedef}")))?;
+    let mut current = t;
+    for _ in 0..4 {
+        current = match current {
+            Type::FuncProto(p) => return Ok(p.parameters.len()),
+            Type::Typedef(ref td) => btf
+                .resolve_chained_type(td)
+                .map_err(|e| LayoutError::Btf(e.to_string()))?,
+            Type::Ptr(ref ptr) => btf
+                .resolve_chained_type(ptr)
+                .map_err(|e| LayoutError::Btf(e.to_string()))?,
+            _ => break,
+        };
+    }
+    Err(LayoutError::Btf(format!(
+        "{typedef} is not a function prototype"
+    )))
 }
 
 /// Bit offset of `field` in `s`, descending into anonymous struct and union members.
@@ -181,7 +248,18 @@ mod tests {
     fn reads_sock_common_from_this_kernel() {
         // Kernel BTF is part of the machine kind Sonde targets; the layout must be found.
         let o = sock_offsets().expect("kernel BTF");
-        assert_eq!((o.daddr, o.rcv_saddr, o.dport, o.num, o.family), (0, 4, 12, 14, 16));
+        assert_eq!(
+            (o.daddr, o.rcv_saddr, o.dport, o.num, o.family),
+            (0, 4, 12, 14, 16)
+        );
         assert!(o.v6_daddr > 16 && o.v6_rcv_saddr == o.v6_daddr + 16);
+        assert!(o.sk_protocol > o.v6_rcv_saddr);
+    }
+
+    #[test]
+    fn socket_tracepoint_prototypes() {
+        // (void *__data, struct sock *sk, int ret, int flags)
+        assert_eq!(raw_tracepoint_arity("sock_recv_length").expect("btf"), 4);
+        assert_eq!(raw_tracepoint_arity("sock_send_length").expect("btf"), 4);
     }
 }

@@ -54,7 +54,10 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 pub fn resolve_user(user: &str, group: Option<&str>) -> Result<(u32, u32)> {
     let (uid, primary_gid) = match user.parse::<u32>() {
         Ok(uid) => {
-            let gid = nix::unistd::User::from_uid(uid.into()).ok().flatten().map_or(uid, |u| u.gid.as_raw());
+            let gid = nix::unistd::User::from_uid(uid.into())
+                .ok()
+                .flatten()
+                .map_or(uid, |u| u.gid.as_raw());
             (uid, gid)
         }
         Err(_) => {
@@ -84,12 +87,17 @@ pub fn resolve_user(user: &str, group: Option<&str>) -> Result<(u32, u32)> {
 /// Runs the loader until SIGINT/SIGTERM.
 pub fn run(config: Config, options: RunOptions) -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
-        bail!("sonde-loader must start as root (it needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN to load and attach probes)");
+        bail!(
+            "sonde-loader must start as root (it needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN to load and attach probes)"
+        );
     }
     if !config.has_selection() {
-        warn!("no process selected: set open_port / BEYLA_OPEN_PORT, auto_target_exe / BEYLA_AUTO_TARGET_EXE or target_pids");
+        warn!(
+            "no process selected: set open_port / BEYLA_OPEN_PORT, auto_target_exe / BEYLA_AUTO_TARGET_EXE or target_pids"
+        );
     }
-    let (proc_uid, proc_gid) = resolve_user(&config.processor.user, config.processor.group.as_deref())?;
+    let (proc_uid, proc_gid) =
+        resolve_user(&config.processor.user, config.processor.group.as_deref())?;
 
     let mounted = kernel_layout::ensure_mounts().context("mounting kernel filesystems")?;
     if !mounted.is_empty() {
@@ -100,39 +108,65 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
         max_connections: config.ebpf.max_connections,
     })
     .context("loading kernel programs")?;
-    info!(ring_buffer_bytes = config.ebpf.ring_buffer_bytes, max_connections = config.ebpf.max_connections, "kernel programs attached");
+    info!(
+        ring_buffer_bytes = config.ebpf.ring_buffer_bytes,
+        max_connections = config.ebpf.max_connections,
+        "kernel programs attached"
+    );
 
     let listener = ControlListener::bind(&config.control_socket, (proc_uid, proc_gid))?;
     let mut policy_uids = vec![proc_uid];
     policy_uids.extend(&config.processor.allowed_uids);
-    let policy = PeerPolicy { uids: policy_uids, gid: config.processor.group.as_ref().map(|_| proc_gid) };
+    let policy = PeerPolicy {
+        uids: policy_uids,
+        gid: config.processor.group.as_ref().map(|_| proc_gid),
+    };
     info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, "control socket listening");
 
     let keep = privileges::runtime_capabilities(options.spawn_processor);
     let kept = privileges::drop_to(&keep).context("dropping capabilities")?;
     info!(capabilities = ?kept, "dropped to run-time capabilities");
 
-    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
         let action = nix::sys::signal::SigAction::new(
             nix::sys::signal::SigHandler::Handler(on_stop_signal),
             nix::sys::signal::SaFlags::empty(),
             nix::sys::signal::SigSet::empty(),
         );
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &action) }.context("installing signal handlers")?;
+        unsafe { nix::sys::signal::sigaction(sig, &action) }
+            .context("installing signal handlers")?;
     }
 
     let mut supervisor = options.spawn_processor.then(|| {
-        let binary = config.processor.binary.clone().unwrap_or_else(|| sibling_binary("sonde-processor"));
-        let mut args: Vec<std::ffi::OsString> = vec!["--control".into(), config.control_socket.clone().into()];
+        let binary = config
+            .processor
+            .binary
+            .clone()
+            .unwrap_or_else(|| sibling_binary("sonde-processor"));
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--control".into(), config.control_socket.clone().into()];
         if let Some(path) = &options.config_path {
             args.push("--config".into());
             args.push(path.clone().into());
         }
-        Supervisor::new(ProcessorSpec { binary, args, uid: proc_uid, gid: proc_gid, env: supervisor::processor_env() })
+        Supervisor::new(ProcessorSpec {
+            binary,
+            args,
+            uid: proc_uid,
+            gid: proc_gid,
+            env: supervisor::processor_env(),
+        })
     });
 
-    let mut state = LoaderState { config: &config, selected: BTreeMap::new(), client: None };
+    let mut state = LoaderState {
+        config: &config,
+        selected: BTreeMap::new(),
+        client: None,
+    };
     state.rescan(&mut probes);
 
     let mut last_rescan = Instant::now();
@@ -155,14 +189,21 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
                 Err(e) => return Err(e).context("poll"),
             }
             let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(2).is_some_and(ready), ready(&fds[1]))
+            (
+                ready(&fds[0]),
+                fds.get(2).is_some_and(ready),
+                ready(&fds[1]),
+            )
         };
         if listen_ready {
             state.accept(&listener, &policy, &probes);
         }
         if client_ready {
             // The processor sends nothing after its hello; readable means closed or misbehaving.
-            match sonde_schema::channel::recv(state.client.as_ref().map(|c| c.as_fd()).expect("client"), 0) {
+            match sonde_schema::channel::recv(
+                state.client.as_ref().map(|c| c.as_fd()).expect("client"),
+                0,
+            ) {
                 Err(e) => {
                     info!(reason = %e, "processor disconnected");
                     state.client = None;
@@ -170,7 +211,9 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
                 Ok(datagram) => {
                     match goodbye_reason(&datagram) {
                         Some(reason) => info!(reason, "processor said goodbye"),
-                        None => warn!("processor sent an unexpected message; closing its connection"),
+                        None => {
+                            warn!("processor sent an unexpected message; closing its connection")
+                        }
                     }
                     state.client = None;
                 }
@@ -202,9 +245,13 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
 /// The reason of a processor's goodbye message, if that is what the datagram holds.
 fn goodbye_reason(datagram: &sonde_schema::channel::Datagram) -> Option<String> {
     let message = datagram.message().ok()?;
-    let root = message.get_root::<sonde_schema::control_capnp::processor_message::Reader<'_>>().ok()?;
+    let root = message
+        .get_root::<sonde_schema::control_capnp::processor_message::Reader<'_>>()
+        .ok()?;
     match root.which().ok()? {
-        sonde_schema::control_capnp::processor_message::Which::Goodbye(r) => Some(r.ok()?.to_string().ok()?),
+        sonde_schema::control_capnp::processor_message::Which::Goodbye(r) => {
+            Some(r.ok()?.to_string().ok()?)
+        }
         _ => None,
     }
 }
@@ -240,7 +287,13 @@ impl LoaderState<'_> {
             for meta in self.selected.values() {
                 control::send_process_added(conn.as_fd(), meta)?;
             }
-            info!(pid, uid, agent, processes = self.selected.len(), "processor connected; ring buffer handed over");
+            info!(
+                pid,
+                uid,
+                agent,
+                processes = self.selected.len(),
+                "processor connected; ring buffer handed over"
+            );
             Ok(())
         })();
         match result {
@@ -249,14 +302,26 @@ impl LoaderState<'_> {
                     info!("replaced the previous processor connection");
                 }
             }
-            Err(e) => warn!(pid, uid, error = format!("{e:#}"), "processor handshake failed"),
+            Err(e) => warn!(
+                pid,
+                uid,
+                error = format!("{e:#}"),
+                "processor handshake failed"
+            ),
         }
     }
 
-    fn with_client(&mut self, what: &str, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<()>) {
+    fn with_client(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<()>,
+    ) {
         let Some(c) = &self.client else { return };
         if let Err(e) = f(c.as_fd()) {
-            warn!(error = format!("{e:#}"), what, "control send failed; dropping processor connection");
+            warn!(
+                error = format!("{e:#}"),
+                what, "control send failed; dropping processor connection"
+            );
             self.client = None;
         }
     }
@@ -272,7 +337,13 @@ impl LoaderState<'_> {
             warn!(pid = meta.pid, error = %e, "cannot add pid to the kernel filter");
             return;
         }
-        info!(pid = meta.pid, exe = meta.exe_path, service = meta.service_name, reason = meta.reason, "process selected");
+        info!(
+            pid = meta.pid,
+            exe = meta.exe_path,
+            service = meta.service_name,
+            reason = meta.reason,
+            "process selected"
+        );
         self.selected.insert(meta.pid, meta);
     }
 
@@ -286,7 +357,12 @@ impl LoaderState<'_> {
 
     fn rescan(&mut self, probes: &mut Probes) {
         let now = Selector::new(self.config).scan();
-        let gone: Vec<u32> = self.selected.keys().filter(|p| !now.contains_key(p)).copied().collect();
+        let gone: Vec<u32> = self
+            .selected
+            .keys()
+            .filter(|p| !now.contains_key(p))
+            .copied()
+            .collect();
         for pid in gone {
             // A selected process stays selected while it lives (e.g. a fork of a port owner
             // that closed its listener copy); only exit removes it.
@@ -322,11 +398,15 @@ impl LoaderState<'_> {
                 }
                 PROC_FORK => {
                     let child = ev.child_pid;
-                    if selection::is_process(child) {
-                        if let Some(parent) = self.selected.get(&ev.pid).cloned() {
-                            let meta = ProcessMeta { pid: child, reason: format!("child of {}", ev.pid), ..parent };
-                            self.add(probes, meta);
-                        }
+                    if selection::is_process(child)
+                        && let Some(parent) = self.selected.get(&ev.pid).cloned()
+                    {
+                        let meta = ProcessMeta {
+                            pid: child,
+                            reason: format!("child of {}", ev.pid),
+                            ..parent
+                        };
+                        self.add(probes, meta);
                     }
                 }
                 PROC_LISTEN => rescan |= self.config.open_port.is_some(),

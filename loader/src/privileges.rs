@@ -8,6 +8,7 @@
 //! * Single-host mode only: `CAP_SETUID`, `CAP_SETGID` (start the processor as its user after a
 //!   crash), `CAP_SETPCAP` (empty the child's bounding set before exec) and `CAP_KILL` (stop a
 //!   processor running under another uid).
+//!
 //! Loading programs (`CAP_BPF`, `CAP_PERFMON`, `CAP_SYS_ADMIN` for tracefs/bpffs mounts) is a
 //! start-up need only; map updates on fds already held need no capability (Linux ≥ 6.5).
 
@@ -18,9 +19,16 @@ use caps::{CapSet, Capability, CapsHashSet};
 
 /// The capabilities the loader keeps at run time.
 pub fn runtime_capabilities(spawns_processor: bool) -> CapsHashSet {
-    let mut keep: CapsHashSet = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH].into_iter().collect();
+    let mut keep: CapsHashSet = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]
+        .into_iter()
+        .collect();
     if spawns_processor {
-        keep.extend([Capability::CAP_SETUID, Capability::CAP_SETGID, Capability::CAP_KILL, Capability::CAP_SETPCAP]);
+        keep.extend([
+            Capability::CAP_SETUID,
+            Capability::CAP_SETGID,
+            Capability::CAP_KILL,
+            Capability::CAP_SETPCAP,
+        ]);
     }
     keep
 }
@@ -28,12 +36,14 @@ pub fn runtime_capabilities(spawns_processor: bool) -> CapsHashSet {
 /// Drops every capability not in `keep` from the effective, permitted, inheritable, ambient
 /// and bounding sets. Returns the kept set (as held) for the log.
 pub fn drop_to(keep: &CapsHashSet) -> Result<Vec<String>> {
-    let permitted = caps::read(None, CapSet::Permitted).context("reading permitted capabilities")?;
+    let permitted =
+        caps::read(None, CapSet::Permitted).context("reading permitted capabilities")?;
     let kept: CapsHashSet = permitted.intersection(keep).copied().collect();
     // Bounding first: dropping from it needs CAP_SETPCAP, which goes away below.
     for cap in caps::all() {
         if !kept.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, CapSet::Bounding, cap).with_context(|| format!("dropping {cap} from the bounding set"))?;
+            caps::drop(None, CapSet::Bounding, cap)
+                .with_context(|| format!("dropping {cap} from the bounding set"))?;
         }
     }
     caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
@@ -48,7 +58,12 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<Vec<String>> {
 /// Every capability set of this process, empty or not (for checks and logs).
 pub fn held() -> Result<HashSet<Capability>> {
     let mut all = HashSet::new();
-    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Ambient] {
+    for set in [
+        CapSet::Effective,
+        CapSet::Permitted,
+        CapSet::Inheritable,
+        CapSet::Ambient,
+    ] {
         all.extend(caps::read(None, set).context("reading capabilities")?);
     }
     Ok(all)

@@ -26,7 +26,10 @@ pub struct Selector<'a> {
 
 impl<'a> Selector<'a> {
     pub fn new(config: &'a Config) -> Self {
-        Selector { config, own_pid: std::process::id() }
+        Selector {
+            config,
+            own_pid: std::process::id(),
+        }
     }
 
     /// Every live process the configuration selects, with the reason.
@@ -37,10 +40,10 @@ impl<'a> Selector<'a> {
             None => BTreeMap::new(),
         };
         for pid in all_pids() {
-            if let Some(reason) = self.reason_for(pid, &listening) {
-                if let Some(meta) = read_meta(pid, reason) {
-                    out.insert(pid, meta);
-                }
+            if let Some(reason) = self.reason_for(pid, &listening)
+                && let Some(meta) = read_meta(pid, reason)
+            {
+                out.insert(pid, meta);
             }
         }
         out
@@ -63,17 +66,16 @@ impl<'a> Selector<'a> {
         if self.config.target_pids.contains(&pid) {
             return Some("pid".into());
         }
-        if let Some(glob) = &self.config.auto_target_exe {
-            if let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe")) {
-                if glob.is_match(&exe.to_string_lossy()) {
-                    return Some(format!("exe {}", glob.pattern));
-                }
-            }
+        if let Some(glob) = &self.config.auto_target_exe
+            && let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe"))
+            && glob.is_match(&exe.to_string_lossy())
+        {
+            return Some(format!("exe {}", glob.pattern));
         }
-        if !listening.is_empty() {
-            if let Some(port) = socket_inodes(pid).iter().find_map(|i| listening.get(i)) {
-                return Some(format!("port {port}"));
-            }
+        if !listening.is_empty()
+            && let Some(port) = socket_inodes(pid).iter().find_map(|i| listening.get(i))
+        {
+            return Some(format!("port {port}"));
         }
         None
     }
@@ -92,8 +94,11 @@ pub fn is_process(pid: u32) -> bool {
 }
 
 fn all_pids() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// Socket inodes held by a process.
@@ -104,7 +109,10 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
     dir.filter_map(|e| {
         let link = fs::read_link(e.ok()?.path()).ok()?;
         let link = link.to_str()?;
-        link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        link.strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
     })
     .collect()
 }
@@ -113,7 +121,9 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
 fn listening_inodes(wanted: impl Fn(u16) -> bool) -> BTreeMap<u64, u16> {
     let mut out = BTreeMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(table) else { continue };
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
         for (port, inode) in parse_listeners(&text) {
             if wanted(port) {
                 out.insert(inode, port);
@@ -140,7 +150,10 @@ pub fn parse_listeners(text: &str) -> Vec<(u16, u64)> {
 }
 
 fn read_meta(pid: u32, reason: String) -> Option<ProcessMeta> {
-    let exe_path = fs::read_link(format!("/proc/{pid}/exe")).ok()?.to_string_lossy().into_owned();
+    let exe_path = fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()?
+        .to_string_lossy()
+        .into_owned();
     let cmdline: Vec<String> = fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
             b.split(|&c| c == 0)
@@ -150,7 +163,13 @@ fn read_meta(pid: u32, reason: String) -> Option<ProcessMeta> {
         })
         .unwrap_or_default();
     let service_name = service_name_for(&exe_path);
-    Some(ProcessMeta { pid, exe_path, cmdline, service_name, reason })
+    Some(ProcessMeta {
+        pid,
+        exe_path,
+        cmdline,
+        service_name,
+        reason,
+    })
 }
 
 /// The default service name: the executable's file name, without a " (deleted)" suffix.
@@ -174,7 +193,10 @@ mod tests {
     #[test]
     fn service_names() {
         assert_eq!(service_name_for("/usr/sbin/nginx"), "nginx");
-        assert_eq!(service_name_for("/usr/bin/python3.11 (deleted)"), "python3.11");
+        assert_eq!(
+            service_name_for("/usr/bin/python3.11 (deleted)"),
+            "python3.11"
+        );
     }
 
     #[test]

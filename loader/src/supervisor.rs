@@ -29,7 +29,10 @@ pub struct ProcessorSpec {
 pub fn processor_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
-            k.starts_with("BEYLA_") || k.starts_with("OTEL_") || k.starts_with("SONDE_") || k == "RUST_LOG"
+            k.starts_with("BEYLA_")
+                || k.starts_with("OTEL_")
+                || k.starts_with("SONDE_")
+                || k == "RUST_LOG"
         })
         .collect()
 }
@@ -50,7 +53,14 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(spec: ProcessorSpec) -> Self {
-        Supervisor { spec, child: None, backoff: BACKOFF_START, next_start: Some(Instant::now()), spawned: 0, restarts: 0 }
+        Supervisor {
+            spec,
+            child: None,
+            backoff: BACKOFF_START,
+            next_start: Some(Instant::now()),
+            spawned: 0,
+            restarts: 0,
+        }
     }
 
     /// Reaps a dead processor and starts one when due. Call from the main loop.
@@ -84,7 +94,11 @@ impl Supervisor {
                     self.next_start = None;
                 }
                 Err(e) => {
-                    warn!(error = format!("{e:#}"), retry_in_ms = self.backoff.as_millis() as u64, "starting the processor failed");
+                    warn!(
+                        error = format!("{e:#}"),
+                        retry_in_ms = self.backoff.as_millis() as u64,
+                        "starting the processor failed"
+                    );
                     self.next_start = Some(Instant::now() + self.backoff);
                     self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 }
@@ -98,7 +112,9 @@ impl Supervisor {
 
     /// Stops the processor: SIGTERM, then SIGKILL after two seconds.
     pub fn stop(&mut self) {
-        let Some((mut child, _)) = self.child.take() else { return };
+        let Some((mut child, _)) = self.child.take() else {
+            return;
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -115,18 +131,25 @@ impl Supervisor {
 
 fn spawn(spec: &ProcessorSpec) -> Result<Child> {
     let mut cmd = Command::new(&spec.binary);
-    cmd.args(&spec.args).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
     let (uid, gid) = (spec.uid, spec.gid);
     // SAFETY: the closure runs in the forked child before exec and only makes raw system
     // calls (no allocation, no locks), which is what pre_exec requires.
     unsafe {
         cmd.pre_exec(move || drop_everything(uid, gid));
     }
-    cmd.spawn().with_context(|| format!("spawning {}", spec.binary.display()))
+    cmd.spawn()
+        .with_context(|| format!("spawning {}", spec.binary.display()))
 }
 
 fn check(rc: libc::c_int) -> std::io::Result<()> {
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Runs in the child between fork and exec. Order matters: the bounding set can only be
@@ -136,21 +159,39 @@ fn drop_everything(uid: u32, gid: u32) -> std::io::Result<()> {
     // memory that outlives the call; none allocates or touches shared state.
     unsafe {
         // Inherited fds the loader did not mark close-on-exec must not reach the processor.
-        check(libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) as libc::c_int)?;
+        check(libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) as libc::c_int)?;
         for cap in 0..64 {
             if libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1 {
                 check(libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0))?;
             }
         }
-        check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0))?;
+        check(libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ))?;
         let groups = [gid];
         check(libc::setgroups(1, groups.as_ptr()))?;
         check(libc::setresgid(gid, gid, gid))?;
         check(libc::setresuid(uid, uid, uid))?;
         // setresuid away from 0 clears permitted/effective; clear inheritable explicitly too.
-        let mut header = CapHeader { version: 0x2008_0522, pid: 0 };
+        let mut header = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        };
         let data = [CapData::default(); 2];
-        check(libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) as libc::c_int)?;
+        check(libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        ) as libc::c_int)?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
     }
     Ok(())

@@ -43,11 +43,20 @@ pub enum Update {
 }
 
 pub fn connect_to(path: &Path) -> Result<OwnedFd> {
-    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-        .context("creating the control socket")?;
-    let addr = UnixAddr::new(path).with_context(|| format!("control socket path {}", path.display()))?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("creating the control socket")?;
+    let addr =
+        UnixAddr::new(path).with_context(|| format!("control socket path {}", path.display()))?;
     connect(fd.as_raw_fd(), &addr).with_context(|| {
-        format!("connecting to the loader at {} (is sonde-loader running, and is this user allowed?)", path.display())
+        format!(
+            "connecting to the loader at {} (is sonde-loader running, and is this user allowed?)",
+            path.display()
+        )
     })?;
     Ok(fd)
 }
@@ -55,15 +64,20 @@ pub fn connect_to(path: &Path) -> Result<OwnedFd> {
 pub fn hello(conn: BorrowedFd<'_>) -> Result<Welcome> {
     let mut msg = capnp::message::Builder::new_default();
     {
-        let mut h = msg.init_root::<processor_message::Builder<'_>>().init_hello();
+        let mut h = msg
+            .init_root::<processor_message::Builder<'_>>()
+            .init_hello();
         h.set_protocol_version(sonde_schema::control_capnp::PROTOCOL_VERSION);
         h.set_agent(concat!("sonde-processor ", env!("CARGO_PKG_VERSION")));
     }
     channel::send(conn, &msg, &[]).map_err(|e| anyhow!("sending hello: {e}"))?;
 
     let mut fds = [PollFd::new(conn, PollFlags::POLLIN)];
-    let ready = poll(&mut fds, PollTimeout::try_from(Duration::from_secs(10)).unwrap_or(PollTimeout::MAX))
-        .context("waiting for the loader's welcome")?;
+    let ready = poll(
+        &mut fds,
+        PollTimeout::try_from(Duration::from_secs(10)).unwrap_or(PollTimeout::MAX),
+    )
+    .context("waiting for the loader's welcome")?;
     if ready == 0 {
         bail!("the loader sent no welcome within 10 s");
     }
@@ -82,17 +96,30 @@ pub fn hello(conn: BorrowedFd<'_>) -> Result<Welcome> {
                     );
                 }
                 let rb = w.get_ring_buffer()?;
-                (rb.get_data_size(), rb.get_page_size(), rb.get_fd_index() as usize)
+                (
+                    rb.get_data_size(),
+                    rb.get_page_size(),
+                    rb.get_fd_index() as usize,
+                )
             }
-            loader_message::Which::Refused(why) => bail!("the loader refused this processor: {}", why?.to_str()?),
+            loader_message::Which::Refused(why) => {
+                bail!("the loader refused this processor: {}", why?.to_str()?)
+            }
             _ => bail!("the loader's first message was not a welcome"),
         }
     };
     if fd_index >= datagram.fds.len() || datagram.fds.len() != 1 {
-        bail!("welcome references fd {fd_index} but carried {} fds", datagram.fds.len());
+        bail!(
+            "welcome references fd {fd_index} but carried {} fds",
+            datagram.fds.len()
+        );
     }
     let ring_fd = datagram.fds.swap_remove(fd_index);
-    Ok(Welcome { ring_fd, data_size, page_size })
+    Ok(Welcome {
+        ring_fd,
+        data_size,
+        page_size,
+    })
 }
 
 /// Reads one update; Ok(None) for a message kind this processor ignores.
@@ -103,7 +130,9 @@ pub fn read_update(conn: BorrowedFd<'_>) -> Result<Option<Update>> {
     Ok(match root.which()? {
         loader_message::Which::ProcessAdded(p) => {
             let p = p?;
-            let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String> { Ok(t?.to_string()?) };
+            let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String> {
+                Ok(t?.to_string()?)
+            };
             let mut cmdline = Vec::new();
             for a in p.get_cmdline()?.iter() {
                 cmdline.push(a?.to_string()?);
@@ -124,7 +153,9 @@ pub fn read_update(conn: BorrowedFd<'_>) -> Result<Option<Update>> {
             }
             Some(Update::KernelStats(out))
         }
-        loader_message::Which::Refused(why) => bail!("the loader closed this session: {}", why?.to_str()?),
+        loader_message::Which::Refused(why) => {
+            bail!("the loader closed this session: {}", why?.to_str()?)
+        }
         loader_message::Which::Welcome(_) => None,
     })
 }
@@ -132,6 +163,7 @@ pub fn read_update(conn: BorrowedFd<'_>) -> Result<Option<Update>> {
 /// Says goodbye before a clean exit (best effort).
 pub fn goodbye(conn: &OwnedFd, reason: &str) {
     let mut msg = capnp::message::Builder::new_default();
-    msg.init_root::<processor_message::Builder<'_>>().set_goodbye(reason);
+    msg.init_root::<processor_message::Builder<'_>>()
+        .set_goodbye(reason);
     let _ = channel::send(conn.as_fd(), &msg, &[]);
 }

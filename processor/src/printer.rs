@@ -12,7 +12,11 @@ pub fn text_line(s: &Span) -> String {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
     };
-    let query = s.query.as_ref().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = s
+        .query
+        .as_ref()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let mut line = format!(
         "{start} ({dur:.3}ms) {kind} {status} {method} {path}{query} [{client}:{cport} -> {server}:{sport}] service={svc} pid={pid} trace_id={tid} span_id={sid}",
         start = s.start_unix_nano,

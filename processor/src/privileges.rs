@@ -7,9 +7,13 @@ use std::fs;
 /// Why the processor refuses to start.
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("sonde-processor refuses to run as root (uid {uid}, euid {euid}); start it as an unprivileged user (single-host mode does this for you)")]
+    #[error(
+        "sonde-processor refuses to run as root (uid {uid}, euid {euid}); start it as an unprivileged user (single-host mode does this for you)"
+    )]
     Root { uid: u32, euid: u32 },
-    #[error("sonde-processor refuses to run holding capabilities: {0}; drop them all (capabilities.drop: [ALL], CapabilityBoundingSet=)")]
+    #[error(
+        "sonde-processor refuses to run holding capabilities: {0}; drop them all (capabilities.drop: [ALL], CapabilityBoundingSet=)"
+    )]
     Capabilities(String),
     #[error("cannot read /proc/self/status: {0}")]
     Status(std::io::Error),
@@ -50,7 +54,8 @@ pub fn ensure_unprivileged() -> Result<StatusCaps, PrivilegeError> {
     if uid == 0 || euid == 0 {
         return Err(PrivilegeError::Root { uid, euid });
     }
-    let status = parse_status(&fs::read_to_string("/proc/self/status").map_err(PrivilegeError::Status)?);
+    let status =
+        parse_status(&fs::read_to_string("/proc/self/status").map_err(PrivilegeError::Status)?);
     let held: Vec<String> = [
         ("CapEff", status.cap_eff),
         ("CapPrm", status.cap_prm),
@@ -73,7 +78,9 @@ mod tests {
 
     #[test]
     fn parses_status_fields() {
-        let s = parse_status("Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n");
+        let s = parse_status(
+            "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n",
+        );
         assert_eq!(s.cap_bnd, 0x1ff_ffff_ffff);
         assert_eq!(s.cap_eff, 0);
         assert!(s.no_new_privs);

@@ -7,6 +7,7 @@
 //! * consumer page: read-write, offset 0, one page; holds `consumer_pos`;
 //! * producer page + data: read-only, offset one page, `page + 2 * size` bytes; the data area
 //!   is mapped twice back to back, so a record that wraps is still contiguous.
+//!
 //! Each record starts with an 8-byte header: `u32 len` (bit 31 busy, bit 30 discarded) and a
 //! `u32` page offset; records are 8-byte aligned.
 
@@ -29,7 +30,10 @@ pub enum RingError {
     #[error("ring buffer geometry invalid: data size {data_size}, page size {page_size}")]
     Geometry { data_size: u32, page_size: u32 },
     #[error("mmap of the ring buffer {what} failed: {source}")]
-    Mmap { what: &'static str, source: nix::Error },
+    Mmap {
+        what: &'static str,
+        source: nix::Error,
+    },
 }
 
 pub struct RingReader {
@@ -44,29 +48,71 @@ pub struct RingReader {
 
 impl RingReader {
     pub fn new(fd: OwnedFd, data_size: u32, page_size: u32) -> Result<RingReader, RingError> {
-        if !data_size.is_power_of_two() || !page_size.is_power_of_two() || page_size < 4096 || data_size < page_size {
-            return Err(RingError::Geometry { data_size, page_size });
+        if !data_size.is_power_of_two()
+            || !page_size.is_power_of_two()
+            || page_size < 4096
+            || data_size < page_size
+        {
+            return Err(RingError::Geometry {
+                data_size,
+                page_size,
+            });
         }
         let (page, data) = (page_size as usize, data_size as usize);
-        let consumer_len = NonZeroUsize::new(page).ok_or(RingError::Geometry { data_size, page_size })?;
-        let producer_len = NonZeroUsize::new(page + 2 * data).ok_or(RingError::Geometry { data_size, page_size })?;
+        let consumer_len = NonZeroUsize::new(page).ok_or(RingError::Geometry {
+            data_size,
+            page_size,
+        })?;
+        let producer_len = NonZeroUsize::new(page + 2 * data).ok_or(RingError::Geometry {
+            data_size,
+            page_size,
+        })?;
         // SAFETY: mapping a kernel ring buffer fd; the kernel validates offset and length and
         // we never access beyond the lengths requested here.
         let consumer = unsafe {
-            mmap(None, consumer_len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, fd.as_fd(), 0)
+            mmap(
+                None,
+                consumer_len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd.as_fd(),
+                0,
+            )
         }
-        .map_err(|source| RingError::Mmap { what: "consumer page", source })?;
+        .map_err(|source| RingError::Mmap {
+            what: "consumer page",
+            source,
+        })?;
         // SAFETY: as above; the producer page and data area are mapped read-only.
-        let producer = unsafe { mmap(None, producer_len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, fd.as_fd(), page as i64) };
+        let producer = unsafe {
+            mmap(
+                None,
+                producer_len,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                fd.as_fd(),
+                page as i64,
+            )
+        };
         let producer = match producer {
             Ok(p) => p,
             Err(source) => {
                 // SAFETY: unmapping exactly the mapping created above.
                 let _ = unsafe { munmap(consumer, page) };
-                return Err(RingError::Mmap { what: "producer and data pages", source });
+                return Err(RingError::Mmap {
+                    what: "producer and data pages",
+                    source,
+                });
             }
         };
-        Ok(RingReader { fd, consumer, producer, page_size: page, data_size: data, corrupt_records: 0 })
+        Ok(RingReader {
+            fd,
+            consumer,
+            producer,
+            page_size: page,
+            data_size: data,
+            corrupt_records: 0,
+        })
     }
 
     fn consumer_pos(&self) -> &AtomicU64 {
@@ -83,7 +129,9 @@ impl RingReader {
 
     /// Bytes the kernel has written and we have not consumed.
     pub fn pending_bytes(&self) -> u64 {
-        self.producer_pos().load(Ordering::Acquire).wrapping_sub(self.consumer_pos().load(Ordering::Acquire))
+        self.producer_pos()
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.consumer_pos().load(Ordering::Acquire))
     }
 
     /// Hands every committed record to `f`, then releases the space. Returns how many.
@@ -99,10 +147,16 @@ impl RingReader {
             let offset = (cons & mask) as usize;
             // SAFETY: offset < data_size and the data area (2 * data_size bytes) starts one page
             // into the producer mapping, so the 8-byte header is in bounds.
-            let header = unsafe { self.producer.as_ptr().cast::<u8>().add(self.page_size + offset) };
+            let header = unsafe {
+                self.producer
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(self.page_size + offset)
+            };
             // SAFETY: aligned (records are 8-byte aligned) u32 in the mapping; the kernel
             // publishes it with a release store.
-            let len_word = unsafe { (*header.cast::<std::sync::atomic::AtomicU32>()).load(Ordering::Acquire) };
+            let len_word =
+                unsafe { (*header.cast::<std::sync::atomic::AtomicU32>()).load(Ordering::Acquire) };
             if len_word & BUSY_BIT != 0 {
                 break;
             }
@@ -116,7 +170,8 @@ impl RingReader {
             if len_word & DISCARD_BIT == 0 {
                 // SAFETY: header + 8 + len stays within the doubly mapped data area because
                 // offset < data_size and len + 8 <= data_size.
-                let sample = unsafe { std::slice::from_raw_parts(header.add(HEADER as usize), len) };
+                let sample =
+                    unsafe { std::slice::from_raw_parts(header.add(HEADER as usize), len) };
                 f(sample);
                 n += 1;
             }

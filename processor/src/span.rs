@@ -78,7 +78,13 @@ fn addr(family: u16, bytes: &[u8; 16]) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
 }
 
 /// Source of random span and trace ids.
@@ -114,7 +120,12 @@ pub enum Built {
 }
 
 /// Builds the span for `ev`. `mono_to_unix` converts CLOCK_MONOTONIC ns to Unix ns.
-pub fn build(ev: &HttpEvent, service: &ServiceInfo<'_>, mono_to_unix: i128, ids: &mut impl IdSource) -> Built {
+pub fn build(
+    ev: &HttpEvent,
+    service: &ServiceInfo<'_>,
+    mono_to_unix: i128,
+    ids: &mut impl IdSource,
+) -> Built {
     let request = http::parse_request(ev.request());
     let (head, malformed) = match request {
         Ok(h) => (h, None),
@@ -125,15 +136,30 @@ pub fn build(ev: &HttpEvent, service: &ServiceInfo<'_>, mono_to_unix: i128, ids:
             let mut parts = text.splitn(2, ' ');
             let method = parts.next().unwrap_or("").to_string();
             let path: String = parts.next().unwrap_or("").chars().take(64).collect();
-            (http::RequestHead { method, path, ..Default::default() }, Some(e.as_str()))
+            (
+                http::RequestHead {
+                    method,
+                    path,
+                    ..Default::default()
+                },
+                Some(e.as_str()),
+            )
         }
     };
     let response = http::parse_response(ev.response());
     let no_response = ev.flags & FLAG_NO_RESPONSE != 0 || ev.response_bytes == 0;
     let status = response.as_ref().map_or(0, |r| r.status);
-    let malformed = malformed.or(if !no_response && response.is_none() { Some("response is not HTTP/1.x") } else { None });
+    let malformed = malformed.or(if !no_response && response.is_none() {
+        Some("response is not HTTP/1.x")
+    } else {
+        None
+    });
 
-    let kind = if ev.direction == DIRECTION_CLIENT { SpanKind::Client } else { SpanKind::Server };
+    let kind = if ev.direction == DIRECTION_CLIENT {
+        SpanKind::Client
+    } else {
+        SpanKind::Server
+    };
     let local = addr(ev.family, &ev.local_addr);
     let peer = addr(ev.family, &ev.peer_addr);
     let (server_address, server_port, client_address, client_port) = match kind {
@@ -148,7 +174,8 @@ pub fn build(ev: &HttpEvent, service: &ServiceInfo<'_>, mono_to_unix: i128, ids:
     };
     let span_id = ids.span_id();
 
-    let to_unix = |mono: u64| -> u64 { (mono as i128 + mono_to_unix).clamp(0, u64::MAX as i128) as u64 };
+    let to_unix =
+        |mono: u64| -> u64 { (mono as i128 + mono_to_unix).clamp(0, u64::MAX as i128) as u64 };
     let end_ns = ev.end_ns.max(ev.start_ns);
     let request_body_size = http::body_size(ev.request_bytes, head.head_len, head.content_length);
     let response_body_size = response
@@ -160,7 +187,11 @@ pub fn build(ev: &HttpEvent, service: &ServiceInfo<'_>, mono_to_unix: i128, ids:
         span_id: hex(&span_id),
         parent_span_id: parent.map(|p| hex(&p)),
         kind,
-        name: if head.method.is_empty() { "HTTP".into() } else { head.method.clone() },
+        name: if head.method.is_empty() {
+            "HTTP".into()
+        } else {
+            head.method.clone()
+        },
         method: head.method,
         path: head.path,
         query: head.query,
@@ -223,7 +254,15 @@ mod tests {
     }
 
     fn span(e: &HttpEvent) -> Span {
-        match build(e, &ServiceInfo { name: "svc", namespace: None }, 1_000_000, &mut FixedIds) {
+        match build(
+            e,
+            &ServiceInfo {
+                name: "svc",
+                namespace: None,
+            },
+            1_000_000,
+            &mut FixedIds,
+        ) {
             Built::Span(s) => *s,
             Built::NotHttp => panic!("expected a span"),
         }
@@ -231,12 +270,24 @@ mod tests {
 
     #[test]
     fn server_span_fields() {
-        let s = span(&event(b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n", b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnope"));
+        let s = span(&event(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnope",
+        ));
         assert_eq!(s.kind, SpanKind::Server);
-        assert_eq!((s.method.as_str(), s.path.as_str(), s.query.as_deref()), ("GET", "/a", Some("b=1")));
+        assert_eq!(
+            (s.method.as_str(), s.path.as_str(), s.query.as_deref()),
+            ("GET", "/a", Some("b=1"))
+        );
         assert_eq!(s.status, 404);
-        assert_eq!((s.server_address.as_str(), s.server_port), ("127.0.0.1", 8080));
-        assert_eq!((s.client_address.as_str(), s.client_port), ("127.0.0.2", 40000));
+        assert_eq!(
+            (s.server_address.as_str(), s.server_port),
+            ("127.0.0.1", 8080)
+        );
+        assert_eq!(
+            (s.client_address.as_str(), s.client_port),
+            ("127.0.0.2", 40000)
+        );
         assert_eq!(s.duration_ns, 4_000);
         assert_eq!(s.start_unix_nano, 1_001_000);
         assert_eq!(s.request_body_size, Some(0));
@@ -257,7 +308,10 @@ mod tests {
 
     #[test]
     fn malformed_and_missing_responses() {
-        let s = span(&event(b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", b"HTTP/1.1 414 URI Too Long\r\n"));
+        let s = span(&event(
+            b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            b"HTTP/1.1 414 URI Too Long\r\n",
+        ));
         assert_eq!(s.malformed, Some("request line exceeds the captured bytes"));
         assert_eq!(s.status, 414);
         let mut e = event(b"GET / HTTP/1.1\r\n\r\n", b"");
@@ -268,7 +322,15 @@ mod tests {
         let s = span(&event(b"GET / HTTP/1.1\r\n\r\n", b"\x00\x01garbage"));
         assert_eq!(s.malformed, Some("response is not HTTP/1.x"));
         assert!(matches!(
-            build(&event(b"\x16\x03\x01", b""), &ServiceInfo { name: "s", namespace: None }, 0, &mut FixedIds),
+            build(
+                &event(b"\x16\x03\x01", b""),
+                &ServiceInfo {
+                    name: "s",
+                    namespace: None
+                },
+                0,
+                &mut FixedIds
+            ),
             Built::NotHttp
         ));
     }

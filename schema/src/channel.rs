@@ -37,8 +37,13 @@ impl std::fmt::Display for ChannelError {
         match self {
             ChannelError::Closed => f.write_str("peer closed the control connection"),
             ChannelError::Io(e) => write!(f, "control socket I/O: {e}"),
-            ChannelError::Truncated => write!(f, "control message truncated (limit {MAX_MESSAGE_BYTES} bytes, {MAX_FDS} fds)"),
-            ChannelError::UnexpectedFds(n) => write!(f, "control message carried {n} unexpected fds"),
+            ChannelError::Truncated => write!(
+                f,
+                "control message truncated (limit {MAX_MESSAGE_BYTES} bytes, {MAX_FDS} fds)"
+            ),
+            ChannelError::UnexpectedFds(n) => {
+                write!(f, "control message carried {n} unexpected fds")
+            }
             ChannelError::Capnp(e) => write!(f, "control message malformed: {e}"),
         }
     }
@@ -64,9 +69,13 @@ pub fn send<A: capnp::message::Allocator>(
     }
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let iov = [std::io::IoSlice::new(&bytes)];
-    let cmsgs: Vec<ControlMessage<'_>> =
-        if raw.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&raw)] };
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(ChannelError::Io)?;
+    let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
+    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(ChannelError::Io)?;
     Ok(())
 }
 
@@ -78,10 +87,17 @@ pub struct Datagram {
 
 impl Datagram {
     /// Parses the bytes as a capnp message with conservative reader limits.
-    pub fn message(&self) -> Result<capnp::message::Reader<capnp::serialize::OwnedSegments>, ChannelError> {
+    pub fn message(
+        &self,
+    ) -> Result<capnp::message::Reader<capnp::serialize::OwnedSegments>, ChannelError> {
         let mut options = capnp::message::ReaderOptions::new();
-        options.traversal_limit_in_words(Some(MAX_MESSAGE_BYTES / 8)).nesting_limit(16);
-        Ok(capnp::serialize::read_message(&mut &self.bytes[..], options)?)
+        options
+            .traversal_limit_in_words(Some(MAX_MESSAGE_BYTES / 8))
+            .nesting_limit(16);
+        Ok(capnp::serialize::read_message(
+            &mut &self.bytes[..],
+            options,
+        )?)
     }
 }
 
@@ -92,8 +108,13 @@ pub fn recv(sock: BorrowedFd<'_>, max_fds: usize) -> Result<Datagram, ChannelErr
     let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (len, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(ChannelError::Io)?;
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(ChannelError::Io)?;
         let mut fds = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {

@@ -130,7 +130,10 @@ impl HttpEvent {
     /// Never panics, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<HttpEvent, DecodeError> {
         if bytes.len() < HTTP_EVENT_SIZE {
-            return Err(DecodeError::Truncated { needed: HTTP_EVENT_SIZE, got: bytes.len() });
+            return Err(DecodeError::Truncated {
+                needed: HTTP_EVENT_SIZE,
+                got: bytes.len(),
+            });
         }
         if bytes[0] != EVENT_HTTP {
             return Err(DecodeError::UnknownKind(bytes[0]));
@@ -139,7 +142,9 @@ impl HttpEvent {
         // repr(C) made only of integers and byte arrays (every bit pattern is valid), and
         // read_unaligned places no alignment requirement on the source.
         let event = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<HttpEvent>()) };
-        if event.request_len as usize > REQUEST_CAPTURE || event.response_len as usize > RESPONSE_CAPTURE {
+        if event.request_len as usize > REQUEST_CAPTURE
+            || event.response_len as usize > RESPONSE_CAPTURE
+        {
             return Err(DecodeError::BadLength);
         }
         Ok(event)
@@ -159,7 +164,9 @@ impl HttpEvent {
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: HttpEvent is repr(C) plain data with explicit padding fields, so all
         // HTTP_EVENT_SIZE bytes are initialised; the slice borrows self.
-        unsafe { core::slice::from_raw_parts((self as *const HttpEvent).cast::<u8>(), HTTP_EVENT_SIZE) }
+        unsafe {
+            core::slice::from_raw_parts((self as *const HttpEvent).cast::<u8>(), HTTP_EVENT_SIZE)
+        }
     }
 }
 
@@ -190,8 +197,9 @@ pub mod counters {
     pub const EVENTS_LOST_RINGBUF_FULL: u32 = 0;
     /// A new connection could not be tracked: the connection map was full.
     pub const CONN_MAP_FULL: u32 = 1;
-    /// A syscall could not be tracked: the in-flight syscall map was full.
-    pub const INFLIGHT_MAP_FULL: u32 = 2;
+    /// Socket I/O through a syscall whose fd is not in its first argument (io_uring,
+    /// recvmmsg, …): not paired.
+    pub const UNTRACKED_SYSCALLS: u32 = 2;
     /// Inbound or outbound data on an untracked connection that did not start like HTTP/1.x.
     pub const NON_HTTP_PAYLOADS: u32 = 3;
     /// A process event could not be written: the process ring buffer was full.
@@ -205,7 +213,7 @@ pub mod counters {
     pub const NAMES: [&str; COUNT as usize] = [
         "events_lost_ringbuf_full",
         "conn_map_full",
-        "inflight_map_full",
+        "untracked_syscalls",
         "non_http_payloads",
         "proc_events_lost",
         "events_sent",
@@ -217,15 +225,13 @@ pub mod counters {
 pub mod globals {
     pub const SYSCALL_ARG0: &str = "SYSCALL_ARG0_OFF";
     pub const SYSCALL_RET: &str = "SYSCALL_RET_OFF";
-    pub const SOCK_LEN_SK: &str = "SOCK_LEN_SK_OFF";
-    pub const SOCK_LEN_FAMILY: &str = "SOCK_LEN_FAMILY_OFF";
-    pub const SOCK_LEN_PROTOCOL: &str = "SOCK_LEN_PROTOCOL_OFF";
     pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
     pub const SKC_DADDR: &str = "SKC_DADDR_OFF";
     pub const SKC_RCV_SADDR: &str = "SKC_RCV_SADDR_OFF";
     pub const SKC_DPORT: &str = "SKC_DPORT_OFF";
     pub const SKC_NUM: &str = "SKC_NUM_OFF";
     pub const SKC_FAMILY: &str = "SKC_FAMILY_OFF";
+    pub const SK_PROTOCOL: &str = "SK_PROTOCOL_OFF";
     pub const SKC_V6_DADDR: &str = "SKC_V6_DADDR_OFF";
     pub const SKC_V6_RCV_SADDR: &str = "SKC_V6_RCV_SADDR_OFF";
 }
@@ -234,8 +240,8 @@ pub mod globals {
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the process event ring buffer map.
 pub const PROC_EVENTS_MAP: &str = "PROC_EVENTS";
-/// Name of the PID filter map (`u32` tgid → `u8` 1).
-pub const PID_FILTER_MAP: &str = "PID_FILTER";
+/// Name of the PID filter bitmap (array of `u64`; bit `pid % 64` of word `pid / 64`).
+pub const PID_BITMAP_MAP: &str = "PID_BITMAP";
 /// Name of the per-CPU counters map.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the connection map.
@@ -265,13 +271,22 @@ mod tests {
         let bytes = e.as_bytes();
         assert_eq!(
             HttpEvent::decode(&bytes[..10]).err(),
-            Some(DecodeError::Truncated { needed: HTTP_EVENT_SIZE, got: 10 })
+            Some(DecodeError::Truncated {
+                needed: HTTP_EVENT_SIZE,
+                got: 10
+            })
         );
         e.kind = 9;
-        assert_eq!(HttpEvent::decode(e.as_bytes()).err(), Some(DecodeError::UnknownKind(9)));
+        assert_eq!(
+            HttpEvent::decode(e.as_bytes()).err(),
+            Some(DecodeError::UnknownKind(9))
+        );
         e.kind = EVENT_HTTP;
         e.request_len = 257;
-        assert_eq!(HttpEvent::decode(e.as_bytes()).err(), Some(DecodeError::BadLength));
+        assert_eq!(
+            HttpEvent::decode(e.as_bytes()).err(),
+            Some(DecodeError::BadLength)
+        );
     }
 
     #[test]

@@ -21,14 +21,21 @@ pub fn serial() -> MutexGuard<'static, ()> {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// A built binary of the workspace (`cargo build` must have run; the test script does it).
 pub fn binary(name: &str) -> PathBuf {
     let profile = std::env::var("SONDE_TEST_PROFILE").unwrap_or_else(|_| "debug".into());
     let p = repo_root().join("target").join(profile).join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -38,7 +45,10 @@ pub fn python() -> PathBuf {
     PYTHON
         .get_or_init(|| {
             let out = Command::new("python3")
-                .args(["-c", "import os, sys; print(os.path.realpath(sys.executable))"])
+                .args([
+                    "-c",
+                    "import os, sys; print(os.path.realpath(sys.executable))",
+                ])
                 .output()
                 .expect("python3 is required (scripts/setup.sh installs it)");
             PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
@@ -55,8 +65,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let p = std::env::temp_dir().join(format!("sonde-e2e-{tag}-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let p =
+            std::env::temp_dir().join(format!("sonde-e2e-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).expect("temp dir");
         // Readable by the processor's user (nobody) for config files.
         let _ = std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755));
@@ -75,7 +88,10 @@ impl Drop for TempDir {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Waits until something accepts on the port.
@@ -100,8 +116,13 @@ impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc { child, name: name.to_string() }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -128,7 +149,10 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -150,7 +174,9 @@ pub fn start_server(kind: ServerKind, port: u16, dir: &TempDir) -> Proc {
             let conf = std::fs::read_to_string(server_script("nginx.conf")).expect("nginx.conf");
             let prefix = dir.path("nginx");
             std::fs::create_dir_all(&prefix).expect("nginx prefix");
-            let conf = conf.replace("PREFIX", prefix.to_str().expect("utf-8 path")).replace("PORT", &port.to_string());
+            let conf = conf
+                .replace("PREFIX", prefix.to_str().expect("utf-8 path"))
+                .replace("PORT", &port.to_string());
             let conf_path = prefix.join("nginx.conf");
             std::fs::write(&conf_path, conf).expect("write nginx.conf");
             let mut c = Command::new("/usr/sbin/nginx");
@@ -159,7 +185,8 @@ pub fn start_server(kind: ServerKind, port: u16, dir: &TempDir) -> Proc {
         }
         ServerKind::Python => {
             let mut c = Command::new(python());
-            c.arg(server_script("python_server.py")).arg(port.to_string());
+            c.arg(server_script("python_server.py"))
+                .arg(port.to_string());
             c
         }
         ServerKind::Node => {
@@ -169,7 +196,8 @@ pub fn start_server(kind: ServerKind, port: u16, dir: &TempDir) -> Proc {
         }
         ServerKind::Java => {
             let mut c = Command::new("java");
-            c.arg(server_script("JavaServer.java")).arg(port.to_string());
+            c.arg(server_script("JavaServer.java"))
+                .arg(port.to_string());
             c
         }
     };
@@ -207,7 +235,12 @@ fn plain(line: &str) -> String {
 
 impl Sonde {
     /// Starts `binary` (sonde or sonde-loader) with JSON spans and a private control socket.
-    pub fn start_binary(binary_name: &str, args: &[&str], env: &[(&str, &str)], dir: &TempDir) -> Sonde {
+    pub fn start_binary(
+        binary_name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &TempDir,
+    ) -> Sonde {
         let control_socket = dir.path("control.sock");
         let mut cmd = Command::new(binary(binary_name));
         cmd.args(args);
@@ -216,7 +249,12 @@ impl Sonde {
 
     /// Runs `cmd` with a clean environment (PATH, JSON spans, `env`), collecting its stdout as
     /// spans and its stderr as log lines.
-    pub fn attach(name: &str, mut cmd: Command, env: &[(&str, &str)], control_socket: PathBuf) -> Sonde {
+    pub fn attach(
+        name: &str,
+        mut cmd: Command,
+        env: &[(&str, &str)],
+        control_socket: PathBuf,
+    ) -> Sonde {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BEYLA_TRACE_PRINTER", "json")
@@ -249,7 +287,12 @@ impl Sonde {
                 l.lock().expect("log").push(line);
             }
         });
-        Sonde { proc, spans, log, control_socket }
+        Sonde {
+            proc,
+            spans,
+            log,
+            control_socket,
+        }
     }
 
     /// Starts single-host `sonde`, waits until the processor is connected and `pids` are
@@ -264,7 +307,10 @@ impl Sonde {
     }
 
     pub fn wait_selected(&self, pid: u32) {
-        self.wait_log(&format!("process selected pid={pid} "), Duration::from_secs(20));
+        self.wait_log(
+            &format!("process selected pid={pid} "),
+            Duration::from_secs(20),
+        );
     }
 
     pub fn log_lines(&self) -> Vec<String> {
@@ -273,7 +319,12 @@ impl Sonde {
 
     /// Number of log lines containing `needle`.
     pub fn log_count(&self, needle: &str) -> usize {
-        self.log.lock().expect("log").iter().filter(|l| l.contains(needle)).count()
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Waits for a log line containing `needle`; returns it.
@@ -285,11 +336,21 @@ impl Sonde {
     pub fn wait_log_nth(&self, needle: &str, n: usize, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self.log.lock().expect("log").iter().filter(|l| l.contains(needle)).nth(n - 1) {
+            if let Some(l) = self
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .filter(|l| l.contains(needle))
+                .nth(n - 1)
+            {
                 return l.clone();
             }
             if Instant::now() >= deadline {
-                panic!("no log line #{n} containing {needle:?} after {timeout:?}; log:\n{}", self.log_lines().join("\n"));
+                panic!(
+                    "no log line #{n} containing {needle:?} after {timeout:?}; log:\n{}",
+                    self.log_lines().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -301,7 +362,12 @@ impl Sonde {
 
     /// Waits until `pred` holds for at least `n` spans, then a settle period so late extras
     /// show up too; returns all matching spans.
-    pub fn wait_spans(&self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub fn wait_spans(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let count = self.spans().iter().filter(|s| pred(s)).count();
@@ -335,13 +401,23 @@ pub struct HttpConn {
 impl HttpConn {
     pub fn open(port: u16) -> HttpConn {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        HttpConn { stream, port, last_request_bytes: 0, last_response_bytes: 0 }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        HttpConn {
+            stream,
+            port,
+            last_request_bytes: 0,
+            last_response_bytes: 0,
+        }
     }
 
     /// Sends a request and reads the whole response; returns the status.
     pub fn request(&mut self, method: &str, target: &str, body: Option<&[u8]>, close: bool) -> u16 {
-        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: sonde-e2e\r\n", self.port);
+        let mut req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: sonde-e2e\r\n",
+            self.port
+        );
         if let Some(b) = body {
             req += &format!("Content-Length: {}\r\n", b.len());
         }
@@ -369,12 +445,16 @@ impl HttpConn {
             buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).expect("status code");
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
         let length: usize = head
             .lines()
             .find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
             })
             .unwrap_or(0);
         while buf.len() < head_end + length {
@@ -432,7 +512,13 @@ pub fn send_standard_traffic(port: u16) -> Vec<Sent> {
         } else {
             HttpConn::open(port).request(method, &target, body_bytes.as_deref(), true)
         };
-        sent.push(Sent { method, path, query: *query, body: *body, status });
+        sent.push(Sent {
+            method,
+            path,
+            query: *query,
+            body: *body,
+            status,
+        });
     }
     drop(keepalive);
     sent
@@ -455,7 +541,15 @@ pub fn assert_server_spans(spans: &[Value], sent: &[Sent], service: &str, port: 
         let pos = unmatched
             .iter()
             .position(|s| s["method"] == r.method && s["path"] == r.path && s["status"] == r.status)
-            .unwrap_or_else(|| panic!("no span for {} {} -> {}; spans: {:?}", r.method, r.path, r.status, spans.iter().map(summary).collect::<Vec<_>>()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "no span for {} {} -> {}; spans: {:?}",
+                    r.method,
+                    r.path,
+                    r.status,
+                    spans.iter().map(summary).collect::<Vec<_>>()
+                )
+            });
         let s = unmatched.remove(pos);
         assert_eq!(s["kind"], "server", "{s}");
         assert_eq!(s["service_name"], service, "{s}");
@@ -463,8 +557,14 @@ pub fn assert_server_spans(spans: &[Value], sent: &[Sent], service: &str, port: 
         assert_eq!(s["server_address"], "127.0.0.1", "{s}");
         assert_eq!(s["client_address"], "127.0.0.1", "{s}");
         assert_eq!(s["query"].as_str(), r.query, "{s}");
-        assert!(s["duration_ns"].as_u64().unwrap_or(0) > 0, "non-positive duration: {s}");
-        assert!(s["end_unix_nano"].as_u64() >= s["start_unix_nano"].as_u64(), "{s}");
+        assert!(
+            s["duration_ns"].as_u64().unwrap_or(0) > 0,
+            "non-positive duration: {s}"
+        );
+        assert!(
+            s["end_unix_nano"].as_u64() >= s["start_unix_nano"].as_u64(),
+            "{s}"
+        );
         assert_eq!(s["trace_id"].as_str().map(str::len), Some(32), "{s}");
         assert_eq!(s["span_id"].as_str().map(str::len), Some(16), "{s}");
         assert!(s.get("malformed").is_none(), "{s}");
@@ -478,7 +578,10 @@ pub fn assert_server_spans(spans: &[Value], sent: &[Sent], service: &str, port: 
 /// The executable name of a process (what Sonde uses as its default service name).
 pub fn exe_name(pid: u32) -> String {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe link");
-    exe.file_name().expect("file name").to_string_lossy().into_owned()
+    exe.file_name()
+        .expect("file name")
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Parses a `/proc/<pid>/status` field.

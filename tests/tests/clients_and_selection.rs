@@ -15,10 +15,19 @@ fn python_client_yields_client_spans() {
     let dir = TempDir::new("client");
     let port = free_port();
     let _server = start_server(ServerKind::Python, port, &dir);
-    let plan = ["GET:/ok/one", "POST:/submit:321", "GET:/missing/two", "GET:/error/three"];
+    let plan = [
+        "GET:/ok/one",
+        "POST:/submit:321",
+        "GET:/missing/two",
+        "GET:/error/three",
+    ];
     let mut cmd = Command::new(python());
-    cmd.arg(server_script("python_client.py")).arg(port.to_string()).args(plan);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.arg(server_script("python_client.py"))
+        .arg(port.to_string())
+        .args(plan);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let mut client = Proc::spawn("python-client", &mut cmd);
     let pid = client.pid();
     let service = exe_name(pid);
@@ -26,10 +35,24 @@ fn python_client_yields_client_spans() {
     // Only the client is selected (by pid); the server is not.
     let sonde = Sonde::start(&["--pid", &pid_arg], &[], &dir, &[pid]);
 
-    client.child.stdin.as_mut().expect("stdin").write_all(b"go\n").expect("start client");
+    client
+        .child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("start client");
     let out = BufReader::new(client.child.stdout.take().expect("stdout"));
-    let statuses: Vec<u16> = out.lines().map_while(Result::ok).filter_map(|l| l.trim().parse().ok()).collect();
-    assert_eq!(statuses, [200, 201, 404, 500], "client saw unexpected statuses");
+    let statuses: Vec<u16> = out
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 201, 404, 500],
+        "client saw unexpected statuses"
+    );
 
     let spans = sonde.wait_spans(plan.len(), Duration::from_secs(15), |s| s["pid"] == pid);
     let got: Vec<(String, String, u64)> = spans
@@ -40,7 +63,11 @@ fn python_client_yields_client_spans() {
             assert_eq!(s["server_address"], "127.0.0.1", "{s}");
             assert_eq!(s["service_name"], service.as_str(), "{s}");
             assert!(s["duration_ns"].as_u64().unwrap_or(0) > 0, "{s}");
-            (s["method"].as_str().unwrap_or("").to_string(), s["path"].as_str().unwrap_or("").to_string(), s["status"].as_u64().unwrap_or(0))
+            (
+                s["method"].as_str().unwrap_or("").to_string(),
+                s["path"].as_str().unwrap_or("").to_string(),
+                s["status"].as_u64().unwrap_or(0),
+            )
         })
         .collect();
     assert_eq!(
@@ -55,7 +82,10 @@ fn python_client_yields_client_spans() {
     let post = &spans[1];
     assert_eq!(post["request_body_size"], 321, "{post}");
     // The server was not selected: no server spans at all.
-    assert!(sonde.spans().iter().all(|s| s["kind"] == "client"), "unexpected server spans");
+    assert!(
+        sonde.spans().iter().all(|s| s["kind"] == "client"),
+        "unexpected server spans"
+    );
 }
 
 #[test]
@@ -69,15 +99,29 @@ fn unselected_server_produces_no_spans() {
     let sonde = Sonde::start(&["--open-port", &arg], &[], &dir, &[selected.pid()]);
 
     for i in 0..5 {
-        assert_eq!(HttpConn::open(other_port).request("GET", &format!("/ok/other{i}"), None, true), 200);
+        assert_eq!(
+            HttpConn::open(other_port).request("GET", &format!("/ok/other{i}"), None, true),
+            200
+        );
     }
     for i in 0..3 {
-        assert_eq!(HttpConn::open(selected_port).request("GET", &format!("/ok/mine{i}"), None, true), 200);
+        assert_eq!(
+            HttpConn::open(selected_port).request("GET", &format!("/ok/mine{i}"), None, true),
+            200
+        );
     }
     let spans = sonde.wait_spans(3, Duration::from_secs(15), |_| true);
     assert_eq!(spans.len(), 3, "spans: {spans:?}");
-    assert!(spans.iter().all(|s| s["pid"] == selected.pid() && s["server_port"] == selected_port), "{spans:?}");
-    assert_eq!(sonde.log_count(&format!("process selected pid={} ", other.pid())), 0);
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["pid"] == selected.pid() && s["server_port"] == selected_port),
+        "{spans:?}"
+    );
+    assert_eq!(
+        sonde.log_count(&format!("process selected pid={} ", other.pid())),
+        0
+    );
 }
 
 #[test]
@@ -90,10 +134,20 @@ fn port_ranges_select_servers_started_later() {
     let sonde = Sonde::start(&["--open-port", &range], &[], &dir, &[]);
     let server = start_server(ServerKind::Python, port, &dir);
     sonde.wait_selected(server.pid());
-    assert_eq!(HttpConn::open(port).request("GET", "/ok/late", None, true), 200);
+    assert_eq!(
+        HttpConn::open(port).request("GET", "/ok/late", None, true),
+        200
+    );
     let spans = sonde.wait_spans(1, Duration::from_secs(15), |s| s["pid"] == server.pid());
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0]["path"], "/ok/late");
-    let line = sonde.wait_log(&format!("process selected pid={} ", server.pid()), Duration::from_secs(1));
-    assert_eq!(log_field(&line, "reason").as_deref(), Some("port"), "{line}");
+    let line = sonde.wait_log(
+        &format!("process selected pid={} ", server.pid()),
+        Duration::from_secs(1),
+    );
+    assert_eq!(
+        log_field(&line, "reason").as_deref(),
+        Some("port"),
+        "{line}"
+    );
 }

@@ -33,7 +33,10 @@ fn send_raw(port: u16, bytes: &[u8]) {
 
 fn final_stats(sonde: &Sonde) -> Value {
     let line = sonde.wait_log("final processor stats", Duration::from_secs(10));
-    let json = line.split_once("stats=").map(|(_, j)| j.trim()).expect("stats field");
+    let json = line
+        .split_once("stats=")
+        .map(|(_, j)| j.trim())
+        .expect("stats field");
     serde_json::from_str(json).unwrap_or_else(|e| panic!("stats not JSON ({e}): {json}"))
 }
 
@@ -47,7 +50,12 @@ fn garbage_is_survived_and_counted() {
     let server = start_server(ServerKind::Python, port, &dir);
     let port_arg = port.to_string();
     let config_arg = config.to_str().expect("utf-8").to_string();
-    let mut sonde = Sonde::start(&["--config", &config_arg, "--open-port", &port_arg], &[], &dir, &[server.pid()]);
+    let mut sonde = Sonde::start(
+        &["--config", &config_arg, "--open-port", &port_arg],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
 
     send_raw(port, &noise(4096));
     send_raw(port, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"); // TLS ClientHello start
@@ -60,18 +68,40 @@ fn garbage_is_survived_and_counted() {
     send_raw(port, &long);
 
     // The server and both Sonde processes are still there, and a normal request is traced.
-    assert_eq!(HttpConn::open(port).request("GET", "/ok/after-garbage", None, true), 200);
-    let ok = sonde.wait_spans(1, Duration::from_secs(10), |s| s["path"] == "/ok/after-garbage");
+    assert_eq!(
+        HttpConn::open(port).request("GET", "/ok/after-garbage", None, true),
+        200
+    );
+    let ok = sonde.wait_spans(1, Duration::from_secs(10), |s| {
+        s["path"] == "/ok/after-garbage"
+    });
     assert_eq!(ok.len(), 1);
     assert_eq!(ok[0]["status"], 200);
     assert!(ok[0].get("malformed").is_none());
 
     let spans = sonde.spans();
-    let summary: Vec<String> = spans.iter().map(|s| format!("{} {:.40} {} {:?}", s["method"], s["path"], s["status"], s.get("malformed"))).collect();
+    let summary: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.40} {} {:?}",
+                s["method"],
+                s["path"],
+                s["status"],
+                s.get("malformed")
+            )
+        })
+        .collect();
     // The 64 KiB request line is reported, marked malformed, with the server's 414.
-    let long_spans: Vec<&Value> = spans.iter().filter(|s| s["path"].as_str().is_some_and(|p| p.starts_with("/aaaa"))).collect();
+    let long_spans: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["path"].as_str().is_some_and(|p| p.starts_with("/aaaa")))
+        .collect();
     assert_eq!(long_spans.len(), 1, "{summary:?}");
-    assert_eq!(long_spans[0]["malformed"], "request line exceeds the captured bytes");
+    assert_eq!(
+        long_spans[0]["malformed"],
+        "request line exceeds the captured bytes"
+    );
     assert_eq!(long_spans[0]["status"], 414);
     // The truncated request is reported once, with what the server made of it: Python treats
     // the early end of the headers as their end and routes the request (404).
@@ -83,13 +113,23 @@ fn garbage_is_survived_and_counted() {
     assert_eq!(spans.len(), 3, "{summary:?}");
 
     sonde.wait_log_nth("kernel counters", 2, Duration::from_secs(10));
-    assert_eq!(sonde.log_count("processor started"), 1, "the processor must not have restarted");
-    assert!(sonde.proc.stop(Duration::from_secs(10)).is_some(), "sonde did not stop on SIGTERM");
+    assert_eq!(
+        sonde.log_count("processor started"),
+        1,
+        "the processor must not have restarted"
+    );
+    assert!(
+        sonde.proc.stop(Duration::from_secs(10)).is_some(),
+        "sonde did not stop on SIGTERM"
+    );
     let stats = final_stats(&sonde);
     assert_eq!(stats["spans"], 3, "{stats}");
     assert_eq!(stats["malformed"], 1, "{stats}");
     assert_eq!(stats["decode_errors"], 0, "{stats}");
     let non_http = stats["kernel"]["non_http_payloads"].as_u64().unwrap_or(0);
-    assert!(non_http >= 4, "the four non-HTTP payloads must be counted in the kernel: {stats}");
+    assert!(
+        non_http >= 4,
+        "the four non-HTTP payloads must be counted in the kernel: {stats}"
+    );
     assert_eq!(stats["kernel"]["events_lost_ringbuf_full"], 0, "{stats}");
 }

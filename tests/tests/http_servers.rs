@@ -15,8 +15,14 @@ fn check_server(kind: ServerKind) {
     let sonde = Sonde::start(&["--open-port", &port_arg], &[], &dir, &[server.pid()]);
     let sent = send_standard_traffic(port);
     let expected: Vec<u16> = sent.iter().map(|s| s.status).collect();
-    assert_eq!(expected, [200, 201, 404, 500, 200, 201, 404, 200], "server answered unexpected statuses");
-    let spans = sonde.wait_spans(sent.len(), Duration::from_secs(15), |s| s["server_port"] == port);
+    assert_eq!(
+        expected,
+        [200, 201, 404, 500, 200, 201, 404, 200],
+        "server answered unexpected statuses"
+    );
+    let spans = sonde.wait_spans(sent.len(), Duration::from_secs(15), |s| {
+        s["server_port"] == port
+    });
     let service = exe_name(server.pid());
     assert_server_spans(&spans, &sent, &service, port);
 }

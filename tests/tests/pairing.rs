@@ -16,7 +16,11 @@ fn split_request_split_response_and_byte_counts() {
 
     // A request written in three pieces, with pauses so the server reads them separately.
     let mut conn = HttpConn::open(port);
-    let pieces: [&[u8]; 3] = [b"GET /ok/sp", b"lit?q=1 HTTP/1.1\r\nHost: split", b".example\r\n\r\n"];
+    let pieces: [&[u8]; 3] = [
+        b"GET /ok/sp",
+        b"lit?q=1 HTTP/1.1\r\nHost: split",
+        b".example\r\n\r\n",
+    ];
     for p in pieces {
         conn.write_raw(p);
         std::thread::sleep(Duration::from_millis(150));
@@ -24,7 +28,10 @@ fn split_request_split_response_and_byte_counts() {
     assert_eq!(conn.read_response(), 200);
     let first_response = conn.last_response_bytes;
     // Python writes the head and the body with separate send calls: a split response.
-    assert_eq!(conn.request("POST", "/submit", Some(&[b'p'; 2000]), false), 201);
+    assert_eq!(
+        conn.request("POST", "/submit", Some(&[b'p'; 2000]), false),
+        201
+    );
     let (post_req, post_resp) = (conn.last_request_bytes, conn.last_response_bytes);
     drop(conn);
 
@@ -56,12 +63,29 @@ fn keepalive_connection_opened_before_sonde_started() {
     let port_arg = port.to_string();
     let sonde = Sonde::start(&["--open-port", &port_arg], &[], &dir, &[server.pid()]);
     for i in 0..5 {
-        assert_eq!(conn.request("GET", &format!("/ok/kept{i}"), None, false), 200);
+        assert_eq!(
+            conn.request("GET", &format!("/ok/kept{i}"), None, false),
+            200
+        );
     }
     assert_eq!(conn.request("GET", "/missing/kept", None, true), 404);
     let spans = sonde.wait_spans(6, Duration::from_secs(10), |_| true);
     let paths: Vec<&str> = spans.iter().filter_map(|s| s["path"].as_str()).collect();
-    assert_eq!(paths, ["/ok/kept0", "/ok/kept1", "/ok/kept2", "/ok/kept3", "/ok/kept4", "/missing/kept"]);
+    assert_eq!(
+        paths,
+        [
+            "/ok/kept0",
+            "/ok/kept1",
+            "/ok/kept2",
+            "/ok/kept3",
+            "/ok/kept4",
+            "/missing/kept"
+        ]
+    );
     // One connection: every span has the same client port.
-    assert!(spans.iter().all(|s| s["client_port"] == spans[0]["client_port"]));
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["client_port"] == spans[0]["client_port"])
+    );
 }

@@ -2,12 +2,7 @@
 //! with privilege, no bpf() calls, peer-credential checks on the control socket, and restart
 //! after SIGKILL without losing the events written meanwhile.
 
-use std::{
-    io::Read,
-    os::unix::net::UnixStream,
-    process::Command,
-    time::Duration,
-};
+use std::{io::Read, os::unix::net::UnixStream, process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
 use sonde_e2e::*;
@@ -16,7 +11,9 @@ const ZERO_CAPS: &str = "0000000000000000";
 
 fn processor_pid(sonde: &Sonde, nth: usize) -> u32 {
     let line = sonde.wait_log_nth("processor started", nth, Duration::from_secs(20));
-    log_field(&line, "pid").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in {line}"))
+    log_field(&line, "pid")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line}"))
 }
 
 #[test]
@@ -33,31 +30,68 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
     assert_eq!(status_field(first, "Gid"), "65534\t65534\t65534\t65534");
     assert_eq!(status_field(first, "Groups"), "65534");
     for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(status_field(first, caps), ZERO_CAPS, "{caps} of the processor");
+        assert_eq!(
+            status_field(first, caps),
+            ZERO_CAPS,
+            "{caps} of the processor"
+        );
     }
     assert_eq!(status_field(first, "NoNewPrivs"), "1");
 
-    assert_eq!(HttpConn::open(port).request("GET", "/ok/before", None, true), 200);
-    assert_eq!(sonde.wait_spans(1, Duration::from_secs(10), |s| s["path"] == "/ok/before").len(), 1);
+    assert_eq!(
+        HttpConn::open(port).request("GET", "/ok/before", None, true),
+        200
+    );
+    assert_eq!(
+        sonde
+            .wait_spans(1, Duration::from_secs(10), |s| s["path"] == "/ok/before")
+            .len(),
+        1
+    );
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGKILL).expect("kill processor");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGKILL)
+        .expect("kill processor");
     // Requests while no processor runs: their events wait in the ring buffer.
     for i in 0..3 {
-        assert_eq!(HttpConn::open(port).request("GET", &format!("/ok/gap{i}"), None, true), 200);
+        assert_eq!(
+            HttpConn::open(port).request("GET", &format!("/ok/gap{i}"), None, true),
+            200
+        );
     }
     let second = processor_pid(&sonde, 2);
     assert_ne!(first, second);
     sonde.wait_log_nth("processor connected", 2, Duration::from_secs(20));
     assert_eq!(status_field(second, "CapEff"), ZERO_CAPS);
     for i in 0..2 {
-        assert_eq!(HttpConn::open(port).request("GET", &format!("/ok/after{i}"), None, true), 200);
+        assert_eq!(
+            HttpConn::open(port).request("GET", &format!("/ok/after{i}"), None, true),
+            200
+        );
     }
-    let gap = sonde.wait_spans(3, Duration::from_secs(10), |s| s["path"].as_str().is_some_and(|p| p.starts_with("/ok/gap")));
-    assert_eq!(gap.len(), 3, "events written while the processor was down must be delivered");
-    let after = sonde.wait_spans(2, Duration::from_secs(10), |s| s["path"].as_str().is_some_and(|p| p.starts_with("/ok/after")));
+    let gap = sonde.wait_spans(3, Duration::from_secs(10), |s| {
+        s["path"].as_str().is_some_and(|p| p.starts_with("/ok/gap"))
+    });
+    assert_eq!(
+        gap.len(),
+        3,
+        "events written while the processor was down must be delivered"
+    );
+    let after = sonde.wait_spans(2, Duration::from_secs(10), |s| {
+        s["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/ok/after"))
+    });
     assert_eq!(after.len(), 2);
-    assert!(after.iter().all(|s| s["status"] == 200 && s["pid"] == server.pid()));
-    assert_eq!(sonde.spans().len(), 6, "exactly one span per request overall");
+    assert!(
+        after
+            .iter()
+            .all(|s| s["status"] == 200 && s["pid"] == server.pid())
+    );
+    assert_eq!(
+        sonde.spans().len(),
+        6,
+        "exactly one span per request overall"
+    );
 }
 
 #[test]
@@ -76,16 +110,31 @@ fn split_processor_makes_no_bpf_calls() {
     let mut cmd = Command::new("strace");
     cmd.args(["-f", "-qq", "-e", "trace=bpf,mmap", "-o"])
         .arg(&trace)
-        .args(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            "--",
+        ])
         .arg(binary("sonde-processor"))
         .arg("--control")
         .arg(&loader.control_socket);
     let processor = Sonde::attach("sonde-processor", cmd, &[], loader.control_socket.clone());
     processor.wait_log("ring buffer mapped", Duration::from_secs(30));
-    processor.wait_log(&format!("process added pid={}", server.pid()), Duration::from_secs(10));
+    processor.wait_log(
+        &format!("process added pid={}", server.pid()),
+        Duration::from_secs(10),
+    );
 
     for i in 0..4 {
-        assert_eq!(HttpConn::open(port).request("GET", &format!("/ok/split{i}"), None, true), 200);
+        assert_eq!(
+            HttpConn::open(port).request("GET", &format!("/ok/split{i}"), None, true),
+            200
+        );
     }
     let spans = processor.wait_spans(4, Duration::from_secs(10), |_| true);
     assert_eq!(spans.len(), 4);
@@ -94,29 +143,50 @@ fn split_processor_makes_no_bpf_calls() {
 
     let text = std::fs::read_to_string(&trace).expect("strace output");
     let bpf_calls: Vec<&str> = text.lines().filter(|l| l.contains("bpf(")).collect();
-    assert!(bpf_calls.is_empty(), "processor called bpf(): {bpf_calls:?}");
+    assert!(
+        bpf_calls.is_empty(),
+        "processor called bpf(): {bpf_calls:?}"
+    );
     // The trace did follow the processor: it mapped the 8 MiB ring buffer's data twice + a page.
     let ring_map_len = (2 * 8 * 1024 * 1024 + 4096).to_string();
-    assert!(text.lines().any(|l| l.contains("mmap(") && l.contains(&ring_map_len)), "no ring buffer mmap in:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("mmap(") && l.contains(&ring_map_len)),
+        "no ring buffer mmap in:\n{text}"
+    );
 }
 
 #[test]
 fn processor_refuses_root_and_capabilities() {
     let _guard = serial();
-    let out = Command::new(binary("sonde-processor")).arg("--control").arg("/nonexistent").output().expect("run");
+    let out = Command::new(binary("sonde-processor"))
+        .arg("--control")
+        .arg("/nonexistent")
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refuses to run as root"), "{err}");
 
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+net_bind_service", "--ambient-caps=+net_bind_service", "--"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+net_bind_service",
+            "--ambient-caps=+net_bind_service",
+            "--",
+        ])
         .arg(binary("sonde-processor"))
         .args(["--control", "/nonexistent"])
         .output()
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refuses to run holding capabilities") && err.contains("CapAmb"), "{err}");
+    assert!(
+        err.contains("refuses to run holding capabilities") && err.contains("CapAmb"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,14 +206,24 @@ fn control_socket_refuses_wrong_peer_credentials() {
     let addr = nix::sys::socket::UnixAddr::new(&loader.control_socket).expect("addr");
     nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).expect("connect");
     let mut stream = UnixStream::from(fd);
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut buf = [0u8; 512];
     let n = stream.read(&mut buf).unwrap_or(0);
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("peer credentials not allowed"), "no refusal received ({n} bytes: {:?}); log:\n{}", &buf[..n], loader.log_lines().join("\n"));
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("peer credentials not allowed"),
+        "no refusal received ({n} bytes: {:?}); log:\n{}",
+        &buf[..n],
+        loader.log_lines().join("\n")
+    );
     let line = loader.wait_log("refused control connection", Duration::from_secs(5));
     assert!(line.contains("uid 0"), "{line}");
     // The socket file itself is private to the processor's user.
     let meta = std::fs::metadata(&loader.control_socket).expect("socket file");
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 }

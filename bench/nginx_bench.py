@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Core benchmark: nginx (one worker) under `wrk -t1 -c16` for DURATION seconds, uninstrumented
+and instrumented by `sonde` (release build), alternating ROUNDS times in one run.
+
+Reports per round and overall: throughput ratio (instrumented / uninstrumented req/s), spans
+produced / requests completed, loader+processor CPU seconds per 100k requests, processor peak
+RSS (VmHWM), and in-kernel cost per request (kernel.bpf_stats_enabled run time of Sonde's
+programs / requests). Run as root after `cargo build --release`; scripts/bench.sh does both.
+
+Usage: nginx_bench.py [--rounds 3] [--duration 10] [--json out.json] [-- extra sonde args]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def start_nginx(port, prefix):
+    conf = open(os.path.join(ROOT, "tests/servers/nginx.conf")).read()
+    conf = conf.replace("PREFIX", prefix).replace("PORT", str(port))
+    path = os.path.join(prefix, "nginx.conf")
+    open(path, "w").write(conf)
+    p = subprocess.Popen(["/usr/sbin/nginx", "-p", prefix, "-c", path],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return p
+
+
+def wrk(port, duration):
+    out = subprocess.run(["wrk", "-t1", "-c16", f"-d{duration}s", f"http://127.0.0.1:{port}/ok"],
+                         capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return requests, rps
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def hwm_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def bpf_progs():
+    return json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True,
+                                     text=True, check=True).stdout)
+
+
+def bpf_run_stats(ids):
+    """Sum of run_time_ns and run_cnt over the given program ids (Sonde's, loaded by this run;
+    Debian's bpftool does not report owning pids)."""
+    ns = cnt = 0
+    for p in bpf_progs():
+        if p["id"] in ids:
+            ns += p.get("run_time_ns", 0)
+            cnt += p.get("run_cnt", 0)
+    return ns, cnt
+
+
+def wait_log(path, needle, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = open(path, errors="replace").read()
+        m = re.search(needle, text)
+        if m:
+            return m
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {needle!r} in {path}:\n{open(path).read()[-3000:]}")
+
+
+def instrumented_round(port, duration, workdir, extra):
+    spans_path = os.path.join(workdir, "spans.json")
+    log_path = os.path.join(workdir, "sonde.log")
+    env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": "json", "NO_COLOR": "1",
+           "SONDE_CONTROL_SOCKET": os.path.join(workdir, "control.sock")}
+    before = {p["id"] for p in bpf_progs()}
+    with open(spans_path, "w") as out, open(log_path, "w") as err:
+        sonde = subprocess.Popen([os.path.join(RELEASE, "sonde"), "--open-port", str(port)] + extra,
+                                 stdout=out, stderr=err, env=env)
+    try:
+        wait_log(log_path, r"processor connected")
+        m = wait_log(log_path, r"processor started pid=(\d+)")
+        proc_pid = int(m.group(1))
+        time.sleep(1.0)  # let the selection settle (master and worker)
+        ours = {p["id"] for p in bpf_progs() if p["id"] not in before}
+        cpu0 = cpu_seconds(sonde.pid) + cpu_seconds(proc_pid)
+        requests, rps = wrk(port, duration)
+        # In-kernel cost in a separate short run: kernel.bpf_stats_enabled itself costs two
+        # clock reads per program run, which must not weigh on the throughput figure.
+        subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
+        ns0, cnt0 = bpf_run_stats(ours)
+        stats_requests, _ = wrk(port, 3)
+        ns1, cnt1 = bpf_run_stats(ours)
+        subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
+        # Let the processor drain what is queued before measuring its CPU and memory.
+        deadline = time.time() + 20
+        last = -1
+        while time.time() < deadline:
+            n = sum(1 for _ in open(spans_path, errors="replace"))
+            if n == last:
+                break
+            last = n
+            time.sleep(1.0)
+        cpu1 = cpu_seconds(sonde.pid) + cpu_seconds(proc_pid)
+        hwm = hwm_kib(proc_pid)
+    finally:
+        sonde.send_signal(signal.SIGINT)
+        try:
+            sonde.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            sonde.kill()
+    spans = sum(1 for line in open(spans_path, errors="replace") if line.startswith("{"))
+    return {
+        "requests": requests, "rps": rps, "spans": spans, "stats_requests": stats_requests,
+        "cpu_s": cpu1 - cpu0, "processor_hwm_kib": hwm,
+        "bpf_ns": ns1 - ns0, "bpf_runs": cnt1 - cnt0,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--json")
+    ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (Sonde loads eBPF programs)")
+    for tool in ["wrk", "bpftool", "/usr/sbin/nginx"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} missing: run scripts/setup.sh")
+    workdir = tempfile.mkdtemp(prefix="sonde-bench-")
+    os.chmod(workdir, 0o755)
+    port = free_port()
+    nginx = start_nginx(port, workdir)
+    rounds = []
+    try:
+        wrk(port, 2)  # warm-up
+        for i in range(args.rounds):
+            base_req, base_rps = wrk(port, args.duration)
+            inst = instrumented_round(port, args.duration, workdir, args.extra)
+            r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps, **inst}
+            rounds.append(r)
+            print(f"round {i+1}: baseline {base_rps:.0f} req/s, instrumented {inst['rps']:.0f} req/s "
+                  f"(ratio {inst['rps']/base_rps:.3f}), spans/requests {inst['spans']}/{inst['requests']}, "
+                  f"cpu {inst['cpu_s']:.2f}s, processor HWM {inst['processor_hwm_kib']/1024:.1f} MiB, "
+                  f"bpf {inst['bpf_ns']/max(inst['stats_requests'],1):.0f} ns/request", flush=True)
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        try:
+            nginx.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            nginx.kill()
+        subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    base = sum(r["baseline_rps"] for r in rounds) / len(rounds)
+    inst = sum(r["rps"] for r in rounds) / len(rounds)
+    reqs = sum(r["requests"] + r["stats_requests"] for r in rounds)
+    stats_reqs = sum(r["stats_requests"] for r in rounds)
+    summary = {
+        "throughput_ratio": inst / base,
+        "baseline_rps_mean": base,
+        "instrumented_rps_mean": inst,
+        "spans_per_request": sum(r["spans"] for r in rounds) / reqs,
+        "cpu_s_per_100k_requests": sum(r["cpu_s"] for r in rounds) / reqs * 100_000,
+        "processor_peak_rss_mib": max(r["processor_hwm_kib"] for r in rounds) / 1024,
+        "bpf_ns_per_request": sum(r["bpf_ns"] for r in rounds) / stats_reqs,
+        "bpf_runs_per_request": sum(r["bpf_runs"] for r in rounds) / stats_reqs,
+    }
+    print("summary: " + json.dumps(summary, indent=1))
+    if args.json:
+        json.dump({"rounds": rounds, "summary": summary}, open(args.json, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()

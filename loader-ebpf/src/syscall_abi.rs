@@ -1,0 +1,89 @@
+//! Where a task's saved user registers keep the syscall number and arguments, and the numbers
+//! of the syscalls that carry socket payloads. The socket tracepoints fire inside the syscall,
+//! so the registers still hold its arguments: no entry/exit hooks and no per-syscall map.
+//! These are architecture ABI facts (`struct pt_regs` is part of the ptrace ABI), not kernel
+//! internals that move between versions.
+
+use crate::maps::{BUF_IOVEC, BUF_MSGHDR, BUF_NONE, BUF_PLAIN};
+
+#[cfg(bpf_target_arch = "x86_64")]
+#[allow(
+    dead_code,
+    reason = "one read covers ARG1..SYSCALL_NR; the others document the layout"
+)]
+mod arch {
+    /// `struct pt_regs` byte offsets (arch/x86/include/uapi/asm/ptrace.h).
+    pub const ARG0: u64 = 112; // di
+    pub const ARG1: u64 = 104; // si
+    pub const SYSCALL_NR: u64 = 120; // orig_ax
+
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+mod arch {
+    /// `struct pt_regs` byte offsets (arch/arm64/include/asm/ptrace.h): x0 is overwritten by
+    /// the return value, so the first argument comes from orig_x0.
+    pub const ARG0: u64 = 272; // orig_x0
+    pub const ARG1: u64 = 8; // regs[1]
+    pub const SYSCALL_NR: u64 = 280; // syscallno
+
+    pub const READ: u64 = 63;
+    pub const WRITE: u64 = 64;
+    pub const READV: u64 = 65;
+    pub const WRITEV: u64 = 66;
+    pub const SENDFILE: u64 = 71;
+    pub const SENDTO: u64 = 206;
+    pub const RECVFROM: u64 = 207;
+    pub const SENDMSG: u64 = 211;
+    pub const RECVMSG: u64 = 212;
+}
+
+/// The syscall number and its first two arguments from a task's saved registers.
+#[inline(always)]
+pub fn syscall_args(regs: u64) -> Option<(u64, u64, u64)> {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        // si, di and orig_ax are adjacent: one read.
+        // SAFETY: bpf_probe_read_kernel copies with fault handling.
+        let [arg1, arg0, nr]: [u64; 3] = unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG1) as *const [u64; 3]).ok()?
+        };
+        Some((nr, arg0, arg1))
+    }
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    {
+        // SAFETY: bpf_probe_read_kernel copies with fault handling.
+        unsafe {
+            let nr =
+                aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::SYSCALL_NR) as *const u64)
+                    .ok()?;
+            let arg0 =
+                aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG0) as *const u64).ok()?;
+            let arg1 =
+                aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG1) as *const u64).ok()?;
+            Some((nr, arg0, arg1))
+        }
+    }
+}
+
+/// How the payload of syscall `nr` is laid out in user memory; None for syscalls whose fd is
+/// not in the first argument (io_uring, recvmmsg, …), which are not tracked.
+#[inline(always)]
+pub fn buffer_kind(nr: u64) -> Option<u8> {
+    match nr {
+        arch::READ | arch::WRITE | arch::RECVFROM | arch::SENDTO => Some(BUF_PLAIN),
+        arch::READV | arch::WRITEV => Some(BUF_IOVEC),
+        arch::RECVMSG | arch::SENDMSG => Some(BUF_MSGHDR),
+        arch::SENDFILE => Some(BUF_NONE),
+        _ => None,
+    }
+}

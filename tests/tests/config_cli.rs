@@ -1,0 +1,94 @@
+//! Configuration errors stop the binaries at start with the key, the value and what was
+//! expected; `--print-config` shows the effective configuration.
+
+use std::process::Command;
+
+use sonde_e2e::*;
+
+fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(binary(bin))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_values_fail_at_start_naming_the_key() {
+    let dir = TempDir::new("config");
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("trace_printer: yaml\n", "trace_printer", &["yaml", "json"]),
+        ("open_port: 80-x\n", "open_port", &["80-x", "ranges"]),
+        (
+            "ebpf:\n  ring_buffer_bytes: 1000\n",
+            "ebpf.ring_buffer_bytes",
+            &["1000", "power of two"],
+        ),
+        ("trace_printr: text\n", "trace_printr", &["unknown field"]),
+    ];
+    for (yaml, key, words) in cases {
+        let path = dir.path("bad.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        for bin in ["sonde", "sonde-loader", "sonde-processor"] {
+            let (code, _, err) = run(bin, &["--config", path.to_str().expect("utf-8")], &[]);
+            assert_eq!(code, 2, "{bin} with {yaml:?}: {err}");
+            assert!(err.contains(key), "{bin}: {err}");
+            for w in words {
+                assert!(err.contains(w), "{bin}: {err} lacks {w}");
+            }
+        }
+    }
+    let (code, _, err) = run("sonde", &[], &[("BEYLA_LOG_LEVEL", "loud")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("BEYLA_LOG_LEVEL") && err.contains("loud"),
+        "{err}"
+    );
+    let (code, _, err) = run("sonde", &["--open-port", "0"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--open-port"), "{err}");
+}
+
+#[test]
+fn print_config_shows_file_env_and_flags() {
+    let dir = TempDir::new("printcfg");
+    let path = dir.path("ok.yaml");
+    std::fs::write(
+        &path,
+        "open_port: 8080\nservice_name: from-file\nprocessor:\n  user: daemon\n",
+    )
+    .expect("write");
+    let (code, out, err) = run(
+        "sonde",
+        &[
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--exe",
+            "*/nginx",
+            "--print-config",
+        ],
+        &[
+            ("OTEL_SERVICE_NAME", "from-env"),
+            ("BEYLA_TRACE_PRINTER", "json"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "open_port: \"8080\"",
+        "auto_target_exe: \"*/nginx\"",
+        "service_name: from-env",
+        "trace_printer: json",
+        "  user: daemon",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "missing {line:?} in:\n{out}"
+        );
+    }
+}
