@@ -37,6 +37,13 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
         );
     }
     assert_eq!(status_field(first, "NoNewPrivs"), "1");
+    // The ring buffer is the only BPF object the processor holds.
+    let bpf_fds = std::fs::read_dir(format!("/proc/{first}/fd"))
+        .expect("fd dir")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_string_lossy().starts_with("anon_inode:bpf"))
+        .count();
+    assert_eq!(bpf_fds, 1, "the processor must hold exactly one BPF fd (the ring buffer)");
 
     assert_eq!(
         HttpConn::open(port).request("GET", "/ok/before", None, true),
