@@ -14,5 +14,15 @@ echo "[test] cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "[test] cargo build"
 cargo build --workspace --locked
+echo "[test] fuzz smoke run (FUZZ_SECONDS=${FUZZ_SECONDS:-15} per target)"
+mkdir -p target
+if FUZZ_SECONDS="${FUZZ_SECONDS:-15}" bash scripts/fuzz.sh > target/fuzz-smoke.log 2>&1; then
+  grep -E '^\[fuzz\]|^Done' target/fuzz-smoke.log
+else
+  tail -n 60 target/fuzz-smoke.log
+  echo "[test] fuzzing found a failure (see fuzz/artifacts/)"
+  exit 1
+fi
+# Last, so the runner's summary line closes the output.
 echo "[test] cargo nextest"
 cargo nextest run --workspace --locked --no-fail-fast
