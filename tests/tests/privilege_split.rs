@@ -234,3 +234,39 @@ fn control_socket_refuses_wrong_peer_credentials() {
     );
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
 }
+
+#[test]
+fn events_beyond_a_full_ring_buffer_are_counted_as_lost() {
+    let _guard = serial();
+    let dir = TempDir::new("overflow");
+    let config = dir.path("sonde.yaml");
+    // A one-page ring buffer holds 8 events; the rest of a burst must be counted, not hidden.
+    std::fs::write(&config, "stats_interval_secs: 1\nebpf:\n  ring_buffer_bytes: 4096\n").expect("config");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let (port_arg, config_arg) = (port.to_string(), config.to_str().expect("utf-8").to_string());
+    let mut sonde = Sonde::start(&["--config", &config_arg, "--open-port", &port_arg], &[], &dir, &[server.pid()]);
+    let processor = processor_pid(&sonde, 1);
+
+    // Freeze the processor so nothing drains the ring, then send a burst.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), Signal::SIGSTOP).expect("stop");
+    let burst = 40;
+    let mut conn = HttpConn::open(port);
+    for i in 0..burst {
+        assert_eq!(conn.request("GET", &format!("/ok/burst{i}"), None, i + 1 == burst), 200);
+    }
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), Signal::SIGCONT).expect("continue");
+
+    let delivered = sonde.wait_spans(burst, Duration::from_secs(5), |s| s["path"].as_str().is_some_and(|p| p.starts_with("/ok/burst")));
+    sonde.wait_log_nth("kernel counters", 3, Duration::from_secs(10));
+    assert!(sonde.proc.stop(Duration::from_secs(10)).is_some());
+    let line = sonde.wait_log("final processor stats", Duration::from_secs(10));
+    let stats: serde_json::Value = serde_json::from_str(line.split_once("stats=").expect("stats").1.trim()).expect("json");
+    let lost = stats["kernel"]["events_lost_ringbuf_full"].as_u64().unwrap_or(0) as usize;
+    let sent = stats["kernel"]["events_sent"].as_u64().unwrap_or(0) as usize;
+    assert!(!delivered.is_empty() && delivered.len() < burst, "a 4 KiB ring cannot hold {burst} events: {}", delivered.len());
+    assert_eq!(delivered.len() + lost, burst, "every request is either delivered or counted as lost ({stats})");
+    assert_eq!(sent, delivered.len(), "{stats}");
+}
