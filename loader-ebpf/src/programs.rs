@@ -105,6 +105,47 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
     on_socket_io(&ctx, OP_WRITE)
 }
 
+/// Entry of a read-family syscall: a server that reads again has finished its response.
+/// Flushing here, rather than when the read returns, emits the exchange at once even when the
+/// server then blocks waiting for the next request on an idle keep-alive connection.
+#[inline(always)]
+fn on_read_entry(ctx: &TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !selected(tgid) {
+        return 0;
+    }
+    // SAFETY: bounded read of the tracepoint record.
+    let fd = unsafe { ctx.read_at::<u64>(offsets::syscall_arg(0)).unwrap_or(0) } as u32;
+    if let Some(p) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) {
+        // SAFETY: pointer from a successful map lookup.
+        let state = unsafe { &mut *p };
+        if state.phase == PHASE_RESPONSE && state.role == sonde_schema::DIRECTION_SERVER {
+            pairing::flush(state, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    on_read_entry(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    on_read_entry(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    on_read_entry(&ctx)
+}
+
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    on_read_entry(&ctx)
+}
+
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();

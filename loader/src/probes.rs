@@ -120,6 +120,14 @@ impl Probes {
 
         attach_raw(&mut ebpf, "sock_recv_length")?;
         attach_raw(&mut ebpf, "sock_send_length")?;
+        for read_entry in [
+            "sys_enter_read",
+            "sys_enter_readv",
+            "sys_enter_recvfrom",
+            "sys_enter_recvmsg",
+        ] {
+            attach(&mut ebpf, read_entry, ("syscalls", read_entry))?;
+        }
         attach(
             &mut ebpf,
             "sys_enter_close",

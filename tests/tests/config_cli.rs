@@ -96,8 +96,18 @@ fn print_config_shows_file_env_and_flags() {
 #[test]
 fn shipped_example_config_is_valid() {
     let path = repo_root().join("deploy/config/sonde.yaml");
-    let (code, out, err) = run("sonde", &["--config", path.to_str().expect("utf-8"), "--print-config"], &[]);
+    let (code, out, err) = run(
+        "sonde",
+        &["--config", path.to_str().expect("utf-8"), "--print-config"],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.lines().any(|l| l == "open_port: \"8080,8443\""), "{out}");
-    assert!(out.lines().any(|l| l == "  ring_buffer_bytes: 16777216"), "{out}");
+    assert!(
+        out.lines().any(|l| l == "open_port: \"8080,8443\""),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l == "  ring_buffer_bytes: 16777216"),
+        "{out}"
+    );
 }

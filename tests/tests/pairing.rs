@@ -89,3 +89,25 @@ fn keepalive_connection_opened_before_sonde_started() {
             .all(|s| s["client_port"] == spans[0]["client_port"])
     );
 }
+
+#[test]
+fn idle_keepalive_exchange_is_emitted_without_waiting_for_the_next_request() {
+    let _guard = serial();
+    let dir = TempDir::new("idle");
+    let port = free_port();
+    // Python's handler thread blocks in recv after answering: the exchange must still be
+    // emitted while the connection stays open and idle.
+    let server = start_server(ServerKind::Python, port, &dir);
+    let port_arg = port.to_string();
+    let sonde = Sonde::start(&["--open-port", &port_arg], &[], &dir, &[server.pid()]);
+    let mut conn = HttpConn::open(port);
+    assert_eq!(conn.request("GET", "/ok/idle", None, false), 200);
+    let spans = sonde.wait_spans(1, Duration::from_secs(3), |s| s["path"] == "/ok/idle");
+    assert_eq!(
+        spans.len(),
+        1,
+        "the span of an idle keep-alive connection was held back"
+    );
+    assert_eq!(spans[0]["status"], 200);
+    drop(conn);
+}

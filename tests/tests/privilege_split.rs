@@ -43,7 +43,10 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
         .filter(|l| l.to_string_lossy().starts_with("anon_inode:bpf"))
         .count();
-    assert_eq!(bpf_fds, 1, "the processor must hold exactly one BPF fd (the ring buffer)");
+    assert_eq!(
+        bpf_fds, 1,
+        "the processor must hold exactly one BPF fd (the ring buffer)"
+    );
 
     assert_eq!(
         HttpConn::open(port).request("GET", "/ok/before", None, true),
@@ -241,32 +244,70 @@ fn events_beyond_a_full_ring_buffer_are_counted_as_lost() {
     let dir = TempDir::new("overflow");
     let config = dir.path("sonde.yaml");
     // A one-page ring buffer holds 8 events; the rest of a burst must be counted, not hidden.
-    std::fs::write(&config, "stats_interval_secs: 1\nebpf:\n  ring_buffer_bytes: 4096\n").expect("config");
+    std::fs::write(
+        &config,
+        "stats_interval_secs: 1\nebpf:\n  ring_buffer_bytes: 4096\n",
+    )
+    .expect("config");
     let port = free_port();
     let server = start_server(ServerKind::Python, port, &dir);
-    let (port_arg, config_arg) = (port.to_string(), config.to_str().expect("utf-8").to_string());
-    let mut sonde = Sonde::start(&["--config", &config_arg, "--open-port", &port_arg], &[], &dir, &[server.pid()]);
+    let (port_arg, config_arg) = (
+        port.to_string(),
+        config.to_str().expect("utf-8").to_string(),
+    );
+    let mut sonde = Sonde::start(
+        &["--config", &config_arg, "--open-port", &port_arg],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
     let processor = processor_pid(&sonde, 1);
 
     // Freeze the processor so nothing drains the ring, then send a burst.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), Signal::SIGSTOP).expect("stop");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(processor as i32),
+        Signal::SIGSTOP,
+    )
+    .expect("stop");
     let burst = 40;
     let mut conn = HttpConn::open(port);
     for i in 0..burst {
-        assert_eq!(conn.request("GET", &format!("/ok/burst{i}"), None, i + 1 == burst), 200);
+        assert_eq!(
+            conn.request("GET", &format!("/ok/burst{i}"), None, i + 1 == burst),
+            200
+        );
     }
     drop(conn);
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(processor as i32), Signal::SIGCONT).expect("continue");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(processor as i32),
+        Signal::SIGCONT,
+    )
+    .expect("continue");
 
-    let delivered = sonde.wait_spans(burst, Duration::from_secs(5), |s| s["path"].as_str().is_some_and(|p| p.starts_with("/ok/burst")));
+    let delivered = sonde.wait_spans(burst, Duration::from_secs(5), |s| {
+        s["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/ok/burst"))
+    });
     sonde.wait_log_nth("kernel counters", 3, Duration::from_secs(10));
     assert!(sonde.proc.stop(Duration::from_secs(10)).is_some());
     let line = sonde.wait_log("final processor stats", Duration::from_secs(10));
-    let stats: serde_json::Value = serde_json::from_str(line.split_once("stats=").expect("stats").1.trim()).expect("json");
-    let lost = stats["kernel"]["events_lost_ringbuf_full"].as_u64().unwrap_or(0) as usize;
+    let stats: serde_json::Value =
+        serde_json::from_str(line.split_once("stats=").expect("stats").1.trim()).expect("json");
+    let lost = stats["kernel"]["events_lost_ringbuf_full"]
+        .as_u64()
+        .unwrap_or(0) as usize;
     let sent = stats["kernel"]["events_sent"].as_u64().unwrap_or(0) as usize;
-    assert!(!delivered.is_empty() && delivered.len() < burst, "a 4 KiB ring cannot hold {burst} events: {}", delivered.len());
-    assert_eq!(delivered.len() + lost, burst, "every request is either delivered or counted as lost ({stats})");
+    assert!(
+        !delivered.is_empty() && delivered.len() < burst,
+        "a 4 KiB ring cannot hold {burst} events: {}",
+        delivered.len()
+    );
+    assert_eq!(
+        delivered.len() + lost,
+        burst,
+        "every request is either delivered or counted as lost ({stats})"
+    );
     assert_eq!(sent, delivered.len(), "{stats}");
 }
