@@ -43,18 +43,6 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
     if flags & MSG_PEEK != 0 {
         return 0;
     }
-    // SAFETY: bpf_probe_read_kernel copies with fault handling; sk comes from the tracepoint.
-    let (family, protocol) = unsafe {
-        (
-            aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_family()) as *const u16)
-                .unwrap_or(0),
-            aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::sk_protocol()) as *const u16)
-                .unwrap_or(0),
-        )
-    };
-    if protocol != IPPROTO_TCP || (family != AF_INET && family != AF_INET6) {
-        return 0;
-    }
     // SAFETY: both helpers only return pointers into the current task; the registers are then
     // read with bpf_probe_read_kernel, which faults safely.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
@@ -62,7 +50,7 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         return 0;
     };
     let Some(buf_kind) = syscall_abi::buffer_kind(nr) else {
-        if ret > 0 {
+        if ret > 0 && is_tcp(sk) {
             count(counters::UNTRACKED_SYSCALLS);
         }
         return 0;
@@ -89,10 +77,27 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
                 pairing::on_data(state, &io, id, ret as u64);
             }
         }
-        None if ret > 0 => pairing::on_new_connection(&key, &io, id, ret as u64),
+        // Only a new connection needs the socket checked: a tracked fd was a TCP socket when
+        // its first request was seen, and closing it drops the state.
+        None if ret > 0 && is_tcp(sk) => pairing::on_new_connection(&key, &io, id, ret as u64),
         None => {}
     }
     0
+}
+
+/// True for an IPv4 or IPv6 TCP socket.
+#[inline(always)]
+fn is_tcp(sk: u64) -> bool {
+    // SAFETY: bpf_probe_read_kernel copies with fault handling; sk comes from the tracepoint.
+    let (family, protocol) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_family()) as *const u16)
+                .unwrap_or(0),
+            aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::sk_protocol()) as *const u16)
+                .unwrap_or(0),
+        )
+    };
+    protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6)
 }
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
