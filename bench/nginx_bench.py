@@ -102,10 +102,10 @@ def wait_log(path, needle, timeout=60):
     raise SystemExit(f"timed out waiting for {needle!r} in {path}:\n{open(path).read()[-3000:]}")
 
 
-def instrumented_round(port, duration, workdir, extra):
+def instrumented_round(port, duration, workdir, extra, printer):
     spans_path = os.path.join(workdir, "spans.json")
     log_path = os.path.join(workdir, "sonde.log")
-    env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": "json", "NO_COLOR": "1",
+    env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": printer, "NO_COLOR": "1",
            "SONDE_CONTROL_SOCKET": os.path.join(workdir, "control.sock")}
     before = {p["id"] for p in bpf_progs()}
     with open(spans_path, "w") as out, open(log_path, "w") as err:
@@ -130,7 +130,7 @@ def instrumented_round(port, duration, workdir, extra):
         deadline = time.time() + 20
         last = -1
         while time.time() < deadline:
-            n = sum(1 for _ in open(spans_path, errors="replace"))
+            n = cpu_seconds(proc_pid)
             if n == last:
                 break
             last = n
@@ -143,7 +143,13 @@ def instrumented_round(port, duration, workdir, extra):
             sonde.wait(timeout=20)
         except subprocess.TimeoutExpired:
             sonde.kill()
-    spans = sum(1 for line in open(spans_path, errors="replace") if line.startswith("{"))
+    if printer == "json":
+        spans = sum(1 for line in open(spans_path, errors="replace") if line.startswith("{"))
+    else:
+        # Spans built, from the processor's final stats (nothing is printed).
+        log = re.sub(r"\x1b\[[0-9;]*m", "", open(log_path, errors="replace").read())
+        stats = re.findall(r"final processor stats stats=(\{.*\})", log)
+        spans = json.loads(stats[-1])["spans"] if stats else 0
     return {
         "requests": requests, "rps": rps, "spans": spans, "stats_requests": stats_requests,
         "cpu_s": cpu1 - cpu0, "processor_hwm_kib": hwm,
@@ -156,6 +162,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--json")
+    ap.add_argument("--printer", default="json", choices=["json", "text", "disabled"],
+                    help="trace printer of the instrumented runs (json: spans written to a file and counted)")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -172,11 +180,11 @@ def main():
         wrk(port, 2)  # warm-up
         for i in range(args.rounds):
             base_req, base_rps = wrk(port, args.duration)
-            inst = instrumented_round(port, args.duration, workdir, args.extra)
+            inst = instrumented_round(port, args.duration, workdir, args.extra, args.printer)
             r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps, **inst}
             rounds.append(r)
             print(f"round {i+1}: baseline {base_rps:.0f} req/s, instrumented {inst['rps']:.0f} req/s "
-                  f"(ratio {inst['rps']/base_rps:.3f}), spans/requests {inst['spans']}/{inst['requests']}, "
+                  f"(ratio {inst['rps']/base_rps:.3f}), spans/requests {inst['spans']}/{inst['requests'] + inst['stats_requests']}, "
                   f"cpu {inst['cpu_s']:.2f}s, processor HWM {inst['processor_hwm_kib']/1024:.1f} MiB, "
                   f"bpf {inst['bpf_ns']/max(inst['stats_requests'],1):.0f} ns/request", flush=True)
     finally:
