@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Per-program in-kernel cost: runs nginx (one worker) and `sonde` (release, printer disabled),
+# drives `wrk -t1 -c16` for DURATION seconds with kernel.bpf_stats_enabled=1 and prints each
+# Sonde program's run count and mean ns per run. Run as root after a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration="${DURATION:-4}"
+dir=$(mktemp -d); chmod 755 "$dir"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+sed -e "s#PREFIX#$dir#g" -e "s#PORT#$port#" tests/servers/nginx.conf > "$dir/nginx.conf"
+/usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" & nginx=$!
+before=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
+SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled ./target/release/sonde --open-port "$port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
+trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do grep -q 'processor connected' "$dir/sonde.log" && break; sleep 0.1; done
+sleep 1
+sysctl -q kernel.bpf_stats_enabled=1
+wrk -t1 -c16 -d"${duration}s" "http://127.0.0.1:$port/ok" | grep -E 'requests in|Requests/sec'
+bpftool -j prog show | BEFORE="$before" python3 -c '
+import json, os, sys
+before = set(os.environ["BEFORE"].split())
+for p in json.load(sys.stdin):
+    if str(p["id"]) not in before and p.get("run_cnt", 0) > 0:
+        print("%-20s runs %9d  mean %6.0f ns" % (p["name"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]))
+'
