@@ -381,6 +381,16 @@ impl Sonde {
     }
 }
 
+/// The JSON of the processor's `final processor stats` log line (after it stopped).
+pub fn final_processor_stats(sonde: &Sonde) -> Value {
+    let line = sonde.wait_log("final processor stats", Duration::from_secs(10));
+    let json = line
+        .split_once("stats=")
+        .map(|(_, j)| j.trim())
+        .expect("stats field");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("stats not JSON ({e}): {json}"))
+}
+
 /// Value of `key=value` in a log line (value up to the next space; quotes stripped).
 pub fn log_field(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;

@@ -31,15 +31,6 @@ fn send_raw(port: u16, bytes: &[u8]) {
     let _ = conn.stream().read_to_end(&mut sink);
 }
 
-fn final_stats(sonde: &Sonde) -> Value {
-    let line = sonde.wait_log("final processor stats", Duration::from_secs(10));
-    let json = line
-        .split_once("stats=")
-        .map(|(_, j)| j.trim())
-        .expect("stats field");
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("stats not JSON ({e}): {json}"))
-}
-
 #[test]
 fn garbage_is_survived_and_counted() {
     let _guard = serial();
@@ -122,7 +113,7 @@ fn garbage_is_survived_and_counted() {
         sonde.proc.stop(Duration::from_secs(10)).is_some(),
         "sonde did not stop on SIGTERM"
     );
-    let stats = final_stats(&sonde);
+    let stats = final_processor_stats(&sonde);
     assert_eq!(stats["spans"], 3, "{stats}");
     assert_eq!(stats["malformed"], 1, "{stats}");
     assert_eq!(stats["decode_errors"], 0, "{stats}");
