@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use sonde_config::{Config, TracePrinter};
 use sonde_processor::{
     control::{self, ProcessInfo, Update},
@@ -50,6 +50,9 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
 
 /// How long metadata of an exited process is kept: its last events may still be queued.
 const REMOVED_GRACE: Duration = Duration::from_secs(10);
+const CONTROL_TOKEN: u64 = 1;
+const RING_TOKEN: u64 = 2;
+
 /// Poll timeout: the kernel wakes us only once 64 KiB are queued, so a quiet service's spans
 /// are picked up by this timer instead.
 const POLL_INTERVAL_MS: u16 = 50;
@@ -147,6 +150,19 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
     let conn = control::connect_to(&control_path)?;
     let welcome = control::hello(conn.as_fd())?;
     let mut ring = RingReader::new(welcome.ring_fd, welcome.data_size, welcome.page_size)?;
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
+    epoll
+        .add(
+            conn.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, CONTROL_TOKEN),
+        )
+        .context("watching the control socket")?;
+    epoll
+        .add(
+            ring.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, RING_TOKEN),
+        )
+        .context("watching the ring buffer")?;
     info!(
         ring_bytes = welcome.data_size,
         pending = ring.pending_bytes(),
@@ -178,17 +194,15 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
         if STOP.load(Ordering::SeqCst) {
             break Ok(());
         }
-        let (control_ready, _) = {
-            let mut fds = [
-                PollFd::new(conn.as_fd(), PollFlags::POLLIN),
-                PollFd::new(ring.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::from(POLL_INTERVAL_MS)) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => break Err(anyhow::Error::from(e).context("poll")),
-            }
-            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]))
+        let control_ready = {
+            let mut events = [EpollEvent::empty(); 2];
+            let n = match epoll.wait(&mut events, EpollTimeout::from(POLL_INTERVAL_MS)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => break Err(anyhow::Error::from(e).context("epoll_wait")),
+            };
+            // The ring buffer is drained on every pass; only the control socket needs the flag.
+            events[..n].iter().any(|e| e.data() == CONTROL_TOKEN)
         };
         // Control first: metadata of a process always precedes its first event.
         if control_ready {
