@@ -290,7 +290,14 @@ impl Config {
             .or_else(|| env.get("BEYLA_CONFIG_PATH").map(PathBuf::from));
         let parsed = match &path {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                // `-` reads standard input: how `sonde` hands its effective configuration to
+                // the processor it starts, which may not be allowed to read the file itself.
+                let text = if path.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())
+                } else {
+                    std::fs::read_to_string(path)
+                }
+                .map_err(|source| ConfigError::Read {
                     path: path.clone(),
                     source,
                 })?;

@@ -147,18 +147,21 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
             .binary
             .clone()
             .unwrap_or_else(|| sibling_binary("sonde-processor"));
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["--control".into(), config.control_socket.clone().into()];
-        if let Some(path) = &options.config_path {
-            args.push("--config".into());
-            args.push(path.clone().into());
-        }
+        // The effective configuration (file, environment and flags resolved) goes to the
+        // processor on its standard input: it may not be allowed to read the file.
+        let args: Vec<std::ffi::OsString> = vec![
+            "--control".into(),
+            config.control_socket.clone().into(),
+            "--config".into(),
+            "-".into(),
+        ];
         Supervisor::new(ProcessorSpec {
             binary,
             args,
             uid: proc_uid,
             gid: proc_gid,
             env: supervisor::processor_env(),
+            config_yaml: config.to_yaml(),
         })
     });
 

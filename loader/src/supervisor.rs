@@ -5,7 +5,8 @@
 
 use std::{
     ffi::OsString,
-    os::unix::process::CommandExt,
+    fs::File,
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::PathBuf,
     process::{Child, Command},
     time::{Duration, Instant},
@@ -23,6 +24,8 @@ pub struct ProcessorSpec {
     pub gid: u32,
     /// Environment passed through (configuration variables only).
     pub env: Vec<(String, String)>,
+    /// The effective configuration, written to the processor's standard input.
+    pub config_yaml: String,
 }
 
 /// Environment variables a processor may inherit: configuration, nothing else.
@@ -44,6 +47,11 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
 pub struct Supervisor {
     spec: ProcessorSpec,
+    /// The processor binary, opened once while the loader could still read it. The child
+    /// execs it through `/proc/self/fd`, so the unprivileged user needs execute permission on
+    /// the file only, not search permission on every directory above it (a build tree under a
+    /// 0700 directory, a root-only install prefix).
+    binary: Option<File>,
     child: Option<(Child, Instant)>,
     backoff: Duration,
     next_start: Option<Instant>,
@@ -53,8 +61,16 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(spec: ProcessorSpec) -> Self {
+        let binary = match File::open(&spec.binary) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!(binary = %spec.binary.display(), error = %e, "cannot open the processor binary; will exec it by path");
+                None
+            }
+        };
         Supervisor {
             spec,
+            binary,
             child: None,
             backoff: BACKOFF_START,
             next_start: Some(Instant::now()),
@@ -83,7 +99,7 @@ impl Supervisor {
             return;
         }
         if self.next_start.is_some_and(|t| Instant::now() >= t) {
-            match spawn(&self.spec) {
+            match spawn(&self.spec, self.binary.as_ref()) {
                 Ok(child) => {
                     info!(pid = child.id(), uid = self.spec.uid, gid = self.spec.gid, binary = %self.spec.binary.display(), "processor started");
                     if self.spawned > 0 {
@@ -129,9 +145,22 @@ impl Supervisor {
     }
 }
 
-fn spawn(spec: &ProcessorSpec) -> Result<Child> {
-    let mut cmd = Command::new(&spec.binary);
-    cmd.args(&spec.args)
+fn spawn(spec: &ProcessorSpec, binary: Option<&File>) -> Result<Child> {
+    let mut cmd = match binary {
+        // The fd is close-on-exec: execve resolves the path before it closes such fds.
+        Some(f) => Command::new(format!("/proc/self/fd/{}", f.as_raw_fd())),
+        None => Command::new(&spec.binary),
+    };
+    // A pipe holds the configuration (far below the pipe buffer size), so writing it before
+    // the child runs cannot block.
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .context("creating the configuration pipe")?;
+    nix::unistd::write(&write_end, spec.config_yaml.as_bytes())
+        .context("writing the configuration pipe")?;
+    drop(write_end);
+    cmd.stdin(std::process::Stdio::from(read_end));
+    cmd.arg0("sonde-processor")
+        .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
     let (uid, gid) = (spec.uid, spec.gid);

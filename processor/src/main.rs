@@ -58,6 +58,9 @@ const RING_TOKEN: u64 = 2;
 const POLL_INTERVAL_MS: u16 = 50;
 
 fn main() -> std::process::ExitCode {
+    // Started by fd (`/proc/self/fd/N`) in single-host mode, the kernel would name the process
+    // after the fd number; give it its name back for ps, top and pgrep.
+    let _ = nix::sys::prctl::set_name(c"sonde-processor");
     let cli = Cli::parse();
     let mut config = match Config::from_process(cli.config.as_deref()) {
         Ok(c) => c,

@@ -39,6 +39,15 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
+/// A copy of a workspace binary in `dir` (mode 0755 under /tmp), for running it as another
+/// user: the build tree may sit under a directory only root can search, as an install prefix
+/// would not.
+pub fn installed_binary(name: &str, dir: &TempDir) -> PathBuf {
+    let to = dir.path(name);
+    std::fs::copy(binary(name), &to).unwrap_or_else(|e| panic!("copying {name}: {e}"));
+    to
+}
+
 /// The real Python interpreter (not a pyenv shim script), so the pid we start is Python's.
 pub fn python() -> PathBuf {
     static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();

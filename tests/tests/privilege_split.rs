@@ -130,7 +130,7 @@ fn split_processor_makes_no_bpf_calls() {
             "--no-new-privs",
             "--",
         ])
-        .arg(binary("sonde-processor"))
+        .arg(installed_binary("sonde-processor", &dir))
         .arg("--control")
         .arg(&loader.control_socket);
     let processor = Sonde::attach("sonde-processor", cmd, &[], loader.control_socket.clone());
@@ -169,7 +169,9 @@ fn split_processor_makes_no_bpf_calls() {
 #[test]
 fn processor_refuses_root_and_capabilities() {
     let _guard = serial();
-    let out = Command::new(binary("sonde-processor"))
+    let dir = TempDir::new("refuse");
+    let processor = installed_binary("sonde-processor", &dir);
+    let out = Command::new(&processor)
         .arg("--control")
         .arg("/nonexistent")
         .output()
@@ -187,7 +189,7 @@ fn processor_refuses_root_and_capabilities() {
             "--ambient-caps=+net_bind_service",
             "--",
         ])
-        .arg(binary("sonde-processor"))
+        .arg(&processor)
         .args(["--control", "/nonexistent"])
         .output()
         .expect("run");
@@ -310,4 +312,43 @@ fn events_beyond_a_full_ring_buffer_are_counted_as_lost() {
         "every request is either delivered or counted as lost ({stats})"
     );
     assert_eq!(sent, delivered.len(), "{stats}");
+}
+
+#[test]
+fn processor_gets_the_configuration_even_when_it_cannot_read_the_file() {
+    let _guard = serial();
+    let dir = TempDir::new("privconfig");
+    let private = dir.path("private");
+    std::fs::create_dir(&private).expect("dir");
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    let config = private.join("sonde.yaml");
+    std::fs::write(
+        &config,
+        "service_name: from-private-file\nservice_namespace: shop\n",
+    )
+    .expect("config");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let (port_arg, config_arg) = (
+        port.to_string(),
+        config.to_str().expect("utf-8").to_string(),
+    );
+    let sonde = Sonde::start(
+        &["--config", &config_arg, "--open-port", &port_arg],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
+    assert_eq!(
+        HttpConn::open(port).request("GET", "/ok/config", None, true),
+        200
+    );
+    let spans = sonde.wait_spans(1, Duration::from_secs(10), |s| s["path"] == "/ok/config");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["service_name"], "from-private-file");
+    assert_eq!(spans[0]["service_namespace"], "shop");
 }
