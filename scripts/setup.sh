@@ -3,7 +3,7 @@
 # Idempotent: every step checks first and skips what is already there.
 set -euo pipefail
 
-log() { printf '[setup] %s\n' "$*"; }
+log() { printf '[setup] %s\n' "$*" >&2; }
 
 export PATH="$HOME/.cargo/bin:/usr/lib/llvm-22/bin:$PATH"
 
