@@ -29,7 +29,10 @@ fn main() {
     let sink = std::io::sink();
     let mut printer = Printer::new(TracePrinter::Json, std::io::BufWriter::new(sink));
     let mut ids = <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng());
-    let iterations = 500_000;
+    let iterations: u32 = std::env::var("ITER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
     let start = Instant::now();
     for _ in 0..iterations {
         let ev = HttpEvent::decode(&bytes).expect("decode");

@@ -52,7 +52,7 @@ pub struct ResponseHead {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 /// Header lines after the first line, up to the blank line or the end of the capture. A last
