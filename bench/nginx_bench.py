@@ -200,8 +200,12 @@ def main():
     inst = sum(r["rps"] for r in rounds) / len(rounds)
     reqs = sum(r["requests"] + r["stats_requests"] for r in rounds)
     stats_reqs = sum(r["stats_requests"] for r in rounds)
+    ratios = sorted(r["rps"] / r["baseline_rps"] for r in rounds)
     summary = {
         "throughput_ratio": inst / base,
+        # Robust to one round disturbed by the shared host.
+        "throughput_ratio_median_round": ratios[len(ratios) // 2] if len(ratios) % 2 else
+        (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2,
         "baseline_rps_mean": base,
         "instrumented_rps_mean": inst,
         "spans_per_request": sum(r["spans"] for r in rounds) / reqs,
