@@ -10,8 +10,8 @@
 
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_schema::{
-    DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_HTTP, FLAG_NO_RESPONSE, REQUEST_CAPTURE,
-    RESPONSE_CAPTURE, counters,
+    DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_HTTP, FLAG_NO_RESPONSE, HTTP_EVENT_MIN_SIZE,
+    REQUEST_CAPTURE, RESPONSE_CAPTURE, counters,
 };
 
 use crate::{
@@ -215,7 +215,19 @@ pub fn flush(state: &mut ConnState, flags: u32) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    match EVENTS.output::<sonde_schema::HttpEvent>(&state.event, wake) {
+    // Send only the captured request bytes: the request buffer is last in the event. The mask
+    // restates `request_len <= REQUEST_CAPTURE` for the verifier (the slack keeps it in the
+    // map value).
+    let len = HTTP_EVENT_MIN_SIZE + (state.event.request_len as usize & 0x1ff);
+    // SAFETY: the event starts the map value, which extends VERIFIER_SLACK bytes past it, so
+    // `len` (< HTTP_EVENT_MIN_SIZE + 512) bytes are readable; the ring buffer copies them.
+    let record = unsafe {
+        core::slice::from_raw_parts(
+            (&state.event as *const sonde_schema::HttpEvent).cast::<u8>(),
+            len,
+        )
+    };
+    match EVENTS.output::<[u8]>(record, wake) {
         Ok(()) => count(counters::EVENTS_SENT),
         Err(_) => count(counters::EVENTS_LOST_RINGBUF_FULL),
     }

@@ -69,12 +69,16 @@ pub struct HttpEvent {
     pub response_len: u16,
     pub flags: u32,
     pub _pad: u32,
-    pub request: [u8; REQUEST_CAPTURE],
     pub response: [u8; RESPONSE_CAPTURE],
+    /// Last, so the kernel can send only the captured part: a record is
+    /// `HTTP_EVENT_MIN_SIZE + request_len` bytes (see `HttpEvent::wire_len`).
+    pub request: [u8; REQUEST_CAPTURE],
 }
 
-/// Size of `HttpEvent` on the wire.
+/// Largest `HttpEvent` record (a full request capture).
 pub const HTTP_EVENT_SIZE: usize = core::mem::size_of::<HttpEvent>();
+/// Smallest `HttpEvent` record: everything before the request bytes.
+pub const HTTP_EVENT_MIN_SIZE: usize = HTTP_EVENT_SIZE - REQUEST_CAPTURE;
 
 /// Errors from decoding raw ring-buffer bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,25 +133,37 @@ impl HttpEvent {
     /// Decodes a ring-buffer sample, checking size, kind and captured lengths.
     /// Never panics, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<HttpEvent, DecodeError> {
-        if bytes.len() < HTTP_EVENT_SIZE {
+        if bytes.len() < HTTP_EVENT_MIN_SIZE {
             return Err(DecodeError::Truncated {
-                needed: HTTP_EVENT_SIZE,
+                needed: HTTP_EVENT_MIN_SIZE,
                 got: bytes.len(),
             });
         }
         if bytes[0] != EVENT_HTTP {
             return Err(DecodeError::UnknownKind(bytes[0]));
         }
-        // SAFETY: the slice holds at least size_of::<HttpEvent>() bytes, HttpEvent is
-        // repr(C) made only of integers and byte arrays (every bit pattern is valid), and
-        // read_unaligned places no alignment requirement on the source.
-        let event = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<HttpEvent>()) };
-        if event.request_len as usize > REQUEST_CAPTURE
+        let len = bytes.len().min(HTTP_EVENT_SIZE);
+        let mut event = HttpEvent::zeroed();
+        // SAFETY: `len` bytes fit both the source slice and the destination struct, which is
+        // repr(C) made only of integers and byte arrays (every bit pattern is valid).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&mut event as *mut HttpEvent).cast::<u8>(),
+                len,
+            )
+        };
+        if event.request_len as usize > len - HTTP_EVENT_MIN_SIZE
             || event.response_len as usize > RESPONSE_CAPTURE
         {
             return Err(DecodeError::BadLength);
         }
         Ok(event)
+    }
+
+    /// Bytes of this event on the wire: the fixed part plus the captured request bytes.
+    pub fn wire_len(&self) -> usize {
+        HTTP_EVENT_MIN_SIZE + (self.request_len as usize).min(REQUEST_CAPTURE)
     }
 
     /// The captured request bytes.
@@ -160,12 +176,13 @@ impl HttpEvent {
         &self.response[..(self.response_len as usize).min(RESPONSE_CAPTURE)]
     }
 
-    /// Raw bytes of the event, as the kernel writes them (used by tests and fuzzers).
+    /// The record the kernel writes for this event: `wire_len()` bytes (used by tests and
+    /// fuzzers).
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: HttpEvent is repr(C) plain data with explicit padding fields, so all
-        // HTTP_EVENT_SIZE bytes are initialised; the slice borrows self.
+        // HTTP_EVENT_SIZE >= wire_len() bytes are initialised; the slice borrows self.
         unsafe {
-            core::slice::from_raw_parts((self as *const HttpEvent).cast::<u8>(), HTTP_EVENT_SIZE)
+            core::slice::from_raw_parts((self as *const HttpEvent).cast::<u8>(), self.wire_len())
         }
     }
 }
@@ -259,9 +276,15 @@ mod tests {
         e.pid = 42;
         e.request_len = 3;
         e.request[..3].copy_from_slice(b"GET");
+        assert_eq!(e.as_bytes().len(), HTTP_EVENT_MIN_SIZE + 3);
         let d = HttpEvent::decode(e.as_bytes()).unwrap();
         assert_eq!(d.pid, 42);
         assert_eq!(d.request(), b"GET");
+        // A record cut inside its declared request bytes is rejected.
+        assert_eq!(
+            HttpEvent::decode(&e.as_bytes()[..HTTP_EVENT_MIN_SIZE + 2]).err(),
+            Some(DecodeError::BadLength)
+        );
     }
 
     #[test]
@@ -272,7 +295,7 @@ mod tests {
         assert_eq!(
             HttpEvent::decode(&bytes[..10]).err(),
             Some(DecodeError::Truncated {
-                needed: HTTP_EVENT_SIZE,
+                needed: HTTP_EVENT_MIN_SIZE,
                 got: 10
             })
         );

@@ -245,7 +245,7 @@ fn events_beyond_a_full_ring_buffer_are_counted_as_lost() {
     let _guard = serial();
     let dir = TempDir::new("overflow");
     let config = dir.path("sonde.yaml");
-    // A one-page ring buffer holds 8 events; the rest of a burst must be counted, not hidden.
+    // A one-page ring buffer holds a dozen events; the rest of a burst must be counted, not hidden.
     std::fs::write(
         &config,
         "stats_interval_secs: 1\nebpf:\n  ring_buffer_bytes: 4096\n",
