@@ -155,9 +155,8 @@ fn spawn(spec: &ProcessorSpec, binary: Option<&File>) -> Result<Child> {
     // the child runs cannot block.
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .context("creating the configuration pipe")?;
-    nix::unistd::write(&write_end, spec.config_yaml.as_bytes())
+    std::io::Write::write_all(&mut File::from(write_end), spec.config_yaml.as_bytes())
         .context("writing the configuration pipe")?;
-    drop(write_end);
     cmd.stdin(std::process::Stdio::from(read_end));
     cmd.arg0("sonde-processor")
         .args(&spec.args)
