@@ -12,8 +12,6 @@
 //! Loading programs (`CAP_BPF`, `CAP_PERFMON`, `CAP_SYS_ADMIN` for tracefs/bpffs mounts) is a
 //! start-up need only; map updates on fds already held need no capability (Linux ≥ 6.5).
 
-use std::collections::HashSet;
-
 use anyhow::{Context, Result};
 use caps::{CapSet, Capability, CapsHashSet};
 
@@ -53,18 +51,4 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<Vec<String>> {
     let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
     names.sort();
     Ok(names)
-}
-
-/// Every capability set of this process, empty or not (for checks and logs).
-pub fn held() -> Result<HashSet<Capability>> {
-    let mut all = HashSet::new();
-    for set in [
-        CapSet::Effective,
-        CapSet::Permitted,
-        CapSet::Inheritable,
-        CapSet::Ambient,
-    ] {
-        all.extend(caps::read(None, set).context("reading capabilities")?);
-    }
-    Ok(all)
 }

@@ -352,3 +352,26 @@ fn processor_gets_the_configuration_even_when_it_cannot_read_the_file() {
     assert_eq!(spans[0]["service_name"], "from-private-file");
     assert_eq!(spans[0]["service_namespace"], "shop");
 }
+
+#[test]
+fn loader_keeps_only_its_documented_runtime_capabilities() {
+    let _guard = serial();
+    // Bits: DAC_READ_SEARCH 2, KILL 5, SETGID 6, SETUID 7, SETPCAP 8, SYS_PTRACE 19
+    // (security.md, "Capabilities"); the bounding set is cut to the same.
+    let cases: [(&str, u64); 2] = [("sonde", 0x801e4), ("sonde-loader", 0x80004)];
+    for (bin, expected) in cases {
+        let dir = TempDir::new("loadercaps");
+        let loader = Sonde::start_binary(bin, &["--open-port", "1"], &[], &dir);
+        loader.wait_log("dropped to run-time capabilities", Duration::from_secs(30));
+        let pid = loader.proc.pid();
+        for set in ["CapPrm", "CapEff", "CapBnd"] {
+            let value = u64::from_str_radix(&status_field(pid, set), 16).expect("hex");
+            assert_eq!(
+                value, expected,
+                "{bin} {set}: {value:#x}, expected {expected:#x}"
+            );
+        }
+        assert_eq!(status_field(pid, "CapInh"), ZERO_CAPS, "{bin}");
+        assert_eq!(status_field(pid, "CapAmb"), ZERO_CAPS, "{bin}");
+    }
+}
