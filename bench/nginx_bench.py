@@ -55,6 +55,15 @@ def start_nginx(port, prefix):
     return p
 
 
+def stop(proc, sig, timeout):
+    """Sends `sig`, waits up to `timeout` seconds, then kills."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def wrk(port, duration):
     out = subprocess.run(["wrk", "-t1", "-c16", f"-d{duration}s", f"http://127.0.0.1:{port}/ok"],
                          capture_output=True, text=True, check=True).stdout
@@ -138,11 +147,7 @@ def instrumented_round(port, duration, workdir, extra, printer):
         cpu1 = cpu_seconds(sonde.pid) + cpu_seconds(proc_pid)
         hwm = hwm_kib(proc_pid)
     finally:
-        sonde.send_signal(signal.SIGINT)
-        try:
-            sonde.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            sonde.kill()
+        stop(sonde, signal.SIGINT, 20)
     if printer == "json":
         spans = sum(1 for line in open(spans_path, errors="replace") if line.startswith("{"))
     else:
@@ -188,11 +193,7 @@ def main():
                   f"cpu {inst['cpu_s']:.2f}s, processor HWM {inst['processor_hwm_kib']/1024:.1f} MiB, "
                   f"bpf {inst['bpf_ns']/max(inst['stats_requests'],1):.0f} ns/request", flush=True)
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        try:
-            nginx.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            nginx.kill()
+        stop(nginx, signal.SIGQUIT, 10)
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -315,6 +315,25 @@ impl Sonde {
         s
     }
 
+    /// Writes `yaml` to `config` and starts `sonde --config <config> --open-port <port>`,
+    /// waiting until `server` is selected.
+    pub fn start_with_config(
+        config: &Path,
+        yaml: &str,
+        port: u16,
+        dir: &TempDir,
+        server: u32,
+    ) -> Sonde {
+        std::fs::write(config, yaml).expect("writing the test configuration");
+        let config_arg = config.to_str().expect("utf-8 path");
+        Sonde::start(
+            &["--config", config_arg, "--open-port", &port.to_string()],
+            &[],
+            dir,
+            &[server],
+        )
+    }
+
     pub fn wait_selected(&self, pid: u32) {
         self.wait_log(
             &format!("process selected pid={pid} "),

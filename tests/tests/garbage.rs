@@ -35,18 +35,11 @@ fn send_raw(port: u16, bytes: &[u8]) {
 fn garbage_is_survived_and_counted() {
     let _guard = serial();
     let dir = TempDir::new("garbage");
-    let config = dir.path("sonde.yaml");
-    std::fs::write(&config, "stats_interval_secs: 1\n").expect("config");
     let port = free_port();
     let server = start_server(ServerKind::Python, port, &dir);
-    let port_arg = port.to_string();
-    let config_arg = config.to_str().expect("utf-8").to_string();
-    let mut sonde = Sonde::start(
-        &["--config", &config_arg, "--open-port", &port_arg],
-        &[],
-        &dir,
-        &[server.pid()],
-    );
+    let yaml = "stats_interval_secs: 1\n";
+    let mut sonde =
+        Sonde::start_with_config(&dir.path("sonde.yaml"), yaml, port, &dir, server.pid());
 
     send_raw(port, &noise(4096));
     send_raw(port, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03"); // TLS ClientHello start

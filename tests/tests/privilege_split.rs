@@ -244,25 +244,12 @@ fn control_socket_refuses_wrong_peer_credentials() {
 fn events_beyond_a_full_ring_buffer_are_counted_as_lost() {
     let _guard = serial();
     let dir = TempDir::new("overflow");
-    let config = dir.path("sonde.yaml");
-    // A one-page ring buffer holds a dozen events; the rest of a burst must be counted, not hidden.
-    std::fs::write(
-        &config,
-        "stats_interval_secs: 1\nebpf:\n  ring_buffer_bytes: 4096\n",
-    )
-    .expect("config");
     let port = free_port();
     let server = start_server(ServerKind::Python, port, &dir);
-    let (port_arg, config_arg) = (
-        port.to_string(),
-        config.to_str().expect("utf-8").to_string(),
-    );
-    let mut sonde = Sonde::start(
-        &["--config", &config_arg, "--open-port", &port_arg],
-        &[],
-        &dir,
-        &[server.pid()],
-    );
+    // A one-page ring buffer holds a dozen events; the rest of a burst must be counted, not hidden.
+    let yaml = "stats_interval_secs: 1\nebpf:\n  ring_buffer_bytes: 4096\n";
+    let mut sonde =
+        Sonde::start_with_config(&dir.path("sonde.yaml"), yaml, port, &dir, server.pid());
     let processor = processor_pid(&sonde, 1);
 
     // Freeze the processor so nothing drains the ring, then send a burst.
@@ -325,24 +312,11 @@ fn processor_gets_the_configuration_even_when_it_cannot_read_the_file() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .expect("chmod");
-    let config = private.join("sonde.yaml");
-    std::fs::write(
-        &config,
-        "service_name: from-private-file\nservice_namespace: shop\n",
-    )
-    .expect("config");
     let port = free_port();
     let server = start_server(ServerKind::Python, port, &dir);
-    let (port_arg, config_arg) = (
-        port.to_string(),
-        config.to_str().expect("utf-8").to_string(),
-    );
-    let sonde = Sonde::start(
-        &["--config", &config_arg, "--open-port", &port_arg],
-        &[],
-        &dir,
-        &[server.pid()],
-    );
+    let yaml = "service_name: from-private-file\nservice_namespace: shop\n";
+    let sonde =
+        Sonde::start_with_config(&private.join("sonde.yaml"), yaml, port, &dir, server.pid());
     assert_eq!(
         HttpConn::open(port).request("GET", "/ok/config", None, true),
         200
