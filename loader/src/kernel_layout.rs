@@ -127,14 +127,17 @@ pub struct SockOffsets {
     pub sk_protocol: u32,
 }
 
+/// Parses the running kernel's BTF (several MiB: parse once, query many times).
+pub fn kernel_btf() -> Result<Btf, LayoutError> {
+    Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Btf(e.to_string()))
+}
+
 /// Reads the sock_common layout from kernel BTF.
-pub fn sock_offsets() -> Result<SockOffsets, LayoutError> {
-    let btf =
-        Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Btf(e.to_string()))?;
+pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
     let ty = "sock_common";
-    let s = find_struct(&btf, ty)?;
-    let get = |field: &str| byte_offset(&btf, &s, ty, field);
-    let sock = find_struct(&btf, "sock")?;
+    let s = find_struct(btf, ty)?;
+    let get = |field: &str| byte_offset(btf, &s, ty, field);
+    let sock = find_struct(btf, "sock")?;
     Ok(SockOffsets {
         daddr: get("skc_daddr")?,
         rcv_saddr: get("skc_rcv_saddr")?,
@@ -143,7 +146,7 @@ pub fn sock_offsets() -> Result<SockOffsets, LayoutError> {
         family: get("skc_family")?,
         v6_daddr: get("skc_v6_daddr")?,
         v6_rcv_saddr: get("skc_v6_rcv_saddr")?,
-        sk_protocol: byte_offset(&btf, &sock, "sock", "sk_protocol")?,
+        sk_protocol: byte_offset(btf, &sock, "sock", "sk_protocol")?,
     })
 }
 
@@ -171,9 +174,7 @@ fn byte_offset(btf: &Btf, s: &btf_rs::Struct, ty: &str, field: &str) -> Result<u
 
 /// Number of parameters of a tracepoint's prototype (`btf_trace_<name>` in kernel BTF),
 /// counting the leading `void *` context: raw tracepoint programs read the others by index.
-pub fn raw_tracepoint_arity(name: &str) -> Result<usize, LayoutError> {
-    let btf =
-        Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Btf(e.to_string()))?;
+pub fn raw_tracepoint_arity(btf: &Btf, name: &str) -> Result<usize, LayoutError> {
     let typedef = format!("btf_trace_{name}");
     let t = btf
         .resolve_types_by_name(&typedef)
@@ -247,7 +248,7 @@ mod tests {
     #[test]
     fn reads_sock_common_from_this_kernel() {
         // Kernel BTF is part of the machine kind Sonde targets; the layout must be found.
-        let o = sock_offsets().expect("kernel BTF");
+        let o = sock_offsets(&kernel_btf().expect("kernel BTF")).expect("sock_common");
         assert_eq!(
             (o.daddr, o.rcv_saddr, o.dport, o.num, o.family),
             (0, 4, 12, 14, 16)
@@ -259,7 +260,14 @@ mod tests {
     #[test]
     fn socket_tracepoint_prototypes() {
         // (void *__data, struct sock *sk, int ret, int flags)
-        assert_eq!(raw_tracepoint_arity("sock_recv_length").expect("btf"), 4);
-        assert_eq!(raw_tracepoint_arity("sock_send_length").expect("btf"), 4);
+        let btf = kernel_btf().expect("kernel BTF");
+        assert_eq!(
+            raw_tracepoint_arity(&btf, "sock_recv_length").expect("btf"),
+            4
+        );
+        assert_eq!(
+            raw_tracepoint_arity(&btf, "sock_send_length").expect("btf"),
+            4
+        );
     }
 }

@@ -76,9 +76,10 @@ impl Probes {
         let ret = kernel_layout::tracepoint_field_offset("syscalls", "sys_exit_listen", "ret")?;
         let child =
             kernel_layout::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
+        let btf = kernel_layout::kernel_btf()?;
         for tp in ["sock_recv_length", "sock_send_length"] {
             // The programs read (sk, ret, flags) by position after the context pointer.
-            let arity = kernel_layout::raw_tracepoint_arity(tp)?;
+            let arity = kernel_layout::raw_tracepoint_arity(&btf, tp)?;
             if arity != 4 {
                 return Err(ProbeError::Prototype {
                     tracepoint: tp,
@@ -86,7 +87,7 @@ impl Probes {
                 });
             }
         }
-        let so = kernel_layout::sock_offsets()?;
+        let so = kernel_layout::sock_offsets(&btf)?;
         let pid_words = pid_bitmap_words();
         info!(
             syscall_arg0 = arg0,
