@@ -2,6 +2,7 @@
 //! spans and prints them. Refuses to start as root or with any capability.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     io::BufWriter,
     os::fd::AsFd,
@@ -104,14 +105,16 @@ struct Processes {
 }
 
 impl Processes {
-    fn service_name(&self, pid: u32, stats: &mut Stats) -> String {
+    fn service_name(&self, pid: u32, stats: &mut Stats) -> Cow<'_, str> {
         if let Some(p) = self.live.get(&pid) {
-            return p.service_name.clone();
+            return Cow::Borrowed(&p.service_name);
         }
         stats.unknown_process += 1;
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim().to_string())
-            .unwrap_or_else(|_| format!("pid-{pid}"))
+        Cow::Owned(
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_else(|_| format!("pid-{pid}")),
+        )
     }
 
     fn expire(&mut self) {
@@ -242,10 +245,11 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
                     return;
                 }
             };
-            let name = config
-                .service_name
-                .clone()
-                .unwrap_or_else(|| processes.service_name(ev.pid, &mut stats));
+            // Borrowed on the hot path: no allocation per event for a known process.
+            let name = match &config.service_name {
+                Some(name) => Cow::Borrowed(name.as_str()),
+                None => processes.service_name(ev.pid, &mut stats),
+            };
             let service = ServiceInfo {
                 name: &name,
                 namespace: config.service_namespace.as_deref(),
