@@ -1,10 +1,12 @@
 //! Sonde's kernel programs. Only tracepoints are used (this kernel has no kprobes and refuses
 //! fentry). The `sock:sock_{recv,send}_length` tracepoints fire inside every socket read and
 //! write with the socket, the byte count and the flags; the syscall's fd and buffer come from
-//! the task's saved registers (`syscall_abi`). `syscalls:sys_enter_close` ends connections and
-//! `sched` tracepoints plus `sys_exit_listen` report process lifecycle to the loader.
+//! the task's saved registers (`syscall_abi`). `sock:inet_sock_set_state` ends connections and
+//! reports listening sockets; `sched` tracepoints report process lifecycle to the loader. No
+//! `syscalls:*` tracepoint is used (each one slows every system call of every task).
 //!
-//! Cost on processes that are not selected: one hash lookup per socket read or write.
+//! Cost on processes that are not selected: one bitmap test per socket read or write, one hash
+//! lookup per TCP state change.
 //!
 //! The crate builds for `bpfel-unknown-none` (through `loader/build.rs`); on the host it compiles
 //! to an empty binary so workspace-wide `cargo build/clippy/test` keep working.

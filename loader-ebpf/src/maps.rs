@@ -66,14 +66,6 @@ pub const BUF_MSGHDR: u8 = 2;
 /// The syscall moves bytes without a user buffer (sendfile): count them, capture nothing.
 pub const BUF_NONE: u8 = 3;
 
-/// Key of a connection: the owning process and its fd for the socket.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ConnKey {
-    pub tgid: u32,
-    pub fd: u32,
-}
-
 pub const PHASE_IDLE: u8 = 0;
 pub const PHASE_REQUEST: u8 = 1;
 pub const PHASE_RESPONSE: u8 = 2;
@@ -83,19 +75,22 @@ pub const PHASE_RESPONSE: u8 = 2;
 /// that the largest such write stays inside the map value.
 pub const VERIFIER_SLACK: usize = 768;
 
-/// Per-connection pairing state. `event` is emitted as-is when the exchange completes.
+/// Per-connection pairing state. `event` is emitted as-is when the response starts.
 #[repr(C)]
 pub struct ConnState {
     pub event: HttpEvent,
     pub slack: [u8; VERIFIER_SLACK],
-    pub sk: u64,
     pub phase: u8,
     pub role: u8,
     pub _pad: [u8; 6],
 }
 
+/// Connections being paired, keyed by the kernel's `struct sock *`: the one identity that
+/// every socket tracepoint (I/O and TCP state changes) hands over, so no syscall hook is
+/// needed to learn about fds or closes. The address never leaves the kernel (events carry
+/// `conn_id`).
 #[map(name = "CONNS")]
-pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(16384, 0);
+pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(16384, 0);
 
 /// One all-zero `ConnState`, never written: the template a new connection is inserted from
 /// (the value is too large for the 512-byte eBPF stack).

@@ -9,8 +9,6 @@ macro_rules! offset_global {
     };
 }
 
-offset_global!(SYSCALL_ARG0_OFF, 16);
-offset_global!(SYSCALL_RET_OFF, 16);
 offset_global!(FORK_CHILD_PID_OFF, 20);
 offset_global!(SKC_DADDR_OFF, 0);
 offset_global!(SKC_RCV_SADDR_OFF, 4);
@@ -30,14 +28,6 @@ macro_rules! read_global {
     };
 }
 
-#[inline(always)]
-pub fn syscall_arg(index: usize) -> usize {
-    read_global!(SYSCALL_ARG0_OFF) + 8 * index
-}
-#[inline(always)]
-pub fn syscall_ret() -> usize {
-    read_global!(SYSCALL_RET_OFF)
-}
 #[inline(always)]
 pub fn fork_child_pid() -> usize {
     read_global!(FORK_CHILD_PID_OFF)

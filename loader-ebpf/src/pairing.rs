@@ -1,23 +1,27 @@
-//! Request/response pairing per connection, so user space gets one event per completed
-//! exchange instead of one per syscall.
+//! Request/response pairing per connection, so user space gets one event per request instead
+//! of one per syscall.
 //!
-//! A connection is keyed by (tgid, fd). Its role comes from the direction of the first bytes
-//! that look like an HTTP/1.x request line: read → this process is the server, written → the
-//! client. The exchange is emitted when the direction flips back (the server reads again, the
-//! client writes again), when the next request starts, or when the fd is closed; so keep-alive,
-//! split reads and split writes all pair correctly, and a connection that predates the agent
-//! is picked up at its next request.
+//! A connection is keyed by its `struct sock *`. Its role comes from the direction of the
+//! first bytes that look like an HTTP/1.x request line: read → this process is the server,
+//! written → the client. Request bytes accumulate in the connection's state until the first
+//! byte moves the other way; then the event (request capture, response head, timings) is
+//! emitted at once, so a span never waits for the next request on an idle keep-alive
+//! connection. Response bytes in later syscalls go out as small `ExchangeUpdate`s, and a TCP
+//! close as a close notice; the processor completes the span from those. Keep-alive, split
+//! reads and split writes all pair correctly, and a connection that predates the agent is
+//! picked up at its next request.
 
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_schema::{
-    DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_HTTP, FLAG_NO_RESPONSE, HTTP_EVENT_MIN_SIZE,
-    REQUEST_CAPTURE, RESPONSE_CAPTURE, counters,
+    DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_CONN_CLOSED, EVENT_HTTP, EVENT_RESPONSE_MORE,
+    ExchangeUpdate, FLAG_CLOSED, FLAG_NO_RESPONSE, HTTP_EVENT_MIN_SIZE, REQUEST_CAPTURE,
+    RESPONSE_CAPTURE, counters,
 };
 
 use crate::{
     maps::{
-        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnKey, ConnState, EVENTS, OP_READ,
-        PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, PHASE_IDLE,
+        PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
     },
     offsets,
 };
@@ -199,22 +203,20 @@ fn read_tuple(state: &mut ConnState, sk: u64) {
     }
 }
 
-/// Emits the exchange held by `state` and returns the connection to idle.
+/// Ring buffer output flags: wake the processor only once `WAKEUP_BYTES` are queued.
 #[inline(always)]
-pub fn flush(state: &mut ConnState, flags: u32) {
-    if state.phase == PHASE_IDLE {
-        return;
-    }
-    let mut flags = flags;
-    if state.phase == PHASE_REQUEST {
-        flags |= FLAG_NO_RESPONSE;
-    }
-    state.event.flags = flags;
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
-    };
+    }
+}
+
+/// Emits the exchange held by `state` (request capture plus what was seen of the response).
+#[inline(always)]
+fn emit_event(state: &mut ConnState, flags: u32) {
+    state.event.flags = flags;
     // Send only the captured request bytes: the request buffer is last in the event. The mask
     // restates `request_len <= REQUEST_CAPTURE` for the verifier (the slack keeps it in the
     // map value).
@@ -227,11 +229,29 @@ pub fn flush(state: &mut ConnState, flags: u32) {
             len,
         )
     };
-    match EVENTS.output::<[u8]>(record, wake) {
+    match EVENTS.output::<[u8]>(record, wakeup_flags()) {
         Ok(()) => count(counters::EVENTS_SENT),
         Err(_) => count(counters::EVENTS_LOST_RINGBUF_FULL),
     }
-    state.phase = PHASE_IDLE;
+}
+
+/// Emits a small record about the connection's already emitted exchange.
+#[inline(always)]
+fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
+    let update = ExchangeUpdate {
+        kind,
+        _pad: [0; 3],
+        pid: state.event.pid,
+        conn_id: state.event.conn_id,
+        bytes,
+        end_ns: now,
+    };
+    if EVENTS
+        .output::<ExchangeUpdate>(&update, wakeup_flags())
+        .is_err()
+    {
+        count(counters::UPDATES_LOST_RINGBUF_FULL);
+    }
 }
 
 #[inline(always)]
@@ -253,10 +273,6 @@ fn start_request(
         DIRECTION_CLIENT
     };
     state.phase = PHASE_REQUEST;
-    if state.sk != io.sk {
-        state.sk = io.sk;
-        read_tuple(state, io.sk);
-    }
     let ev = &mut state.event;
     ev.kind = EVENT_HTTP;
     ev.direction = state.role;
@@ -275,10 +291,23 @@ fn start_request(
     }
 }
 
-/// First bytes on a connection this process has no state for: track it if they start an
-/// HTTP/1.x request.
+/// A fresh connection id: random, so ids of closed and reused sockets do not collide and
+/// nothing about kernel memory leaks to user space.
 #[inline(always)]
-pub fn on_new_connection(key: &ConnKey, io: &SocketIo, id: u64, ret: u64) {
+fn new_conn_id() -> u64 {
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let (hi, lo) = unsafe {
+        (
+            aya_ebpf::helpers::bpf_get_prandom_u32(),
+            aya_ebpf::helpers::bpf_get_prandom_u32(),
+        )
+    };
+    ((hi as u64) << 32) | lo as u64
+}
+
+/// First bytes on a connection with no state: track it if they start an HTTP/1.x request.
+#[inline(always)]
+pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
     let Some(seg) = first_segment(io, ret) else {
         return;
     };
@@ -290,15 +319,17 @@ pub fn on_new_connection(key: &ConnKey, io: &SocketIo, id: u64, ret: u64) {
         return;
     };
     // SAFETY: CONN_ZERO's single slot is a valid, never-written ConnState.
-    if CONNS.insert(key, unsafe { &*zero }, 0).is_err() {
+    if CONNS.insert(&io.sk, unsafe { &*zero }, 0).is_err() {
         count(counters::CONN_MAP_FULL);
         return;
     }
-    let Some(p) = CONNS.get_ptr_mut(key) else {
+    let Some(p) = CONNS.get_ptr_mut(&io.sk) else {
         return;
     };
     // SAFETY: pointer from a successful lookup of the entry just inserted.
     let state = unsafe { &mut *p };
+    state.event.conn_id = new_conn_id();
+    read_tuple(state, io.sk);
     start_request(state, io, id, &seg, ret, now_ns(), true);
 }
 
@@ -317,23 +348,20 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
             }
         }
         PHASE_REQUEST => {
+            // The response starts: the exchange goes out now.
             state.phase = PHASE_RESPONSE;
             state.event.response_bytes = ret;
             state.event.end_ns = now;
             if let Some(seg) = seg {
                 append_response(state, &seg);
             }
+            emit_event(state, 0);
         }
         PHASE_RESPONSE if !request_direction => {
-            state.event.response_bytes += ret;
-            state.event.end_ns = now;
-            if let Some(seg) = seg {
-                append_response(state, &seg);
-            }
+            emit_update(state, EVENT_RESPONSE_MORE, ret, now);
         }
         _ => {
             let Some(seg) = seg else { return };
-            flush(state, 0);
             // Capture first and check the copy: one user-memory read instead of two on the
             // hottest path (every keep-alive request).
             state.event.request_len = 0;
@@ -344,8 +372,29 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
                 start_request(state, io, id, &seg, ret, now, false);
             } else {
                 state.event.request_len = 0;
+                state.phase = PHASE_IDLE;
                 count(counters::NON_HTTP_PAYLOADS);
             }
         }
+    }
+}
+
+/// The connection is closing (`closed_for_good`: the socket is being torn down). A request
+/// still waiting for its response goes out marked; an exchange already out gets a close
+/// notice, so the processor completes its span without waiting.
+#[inline(always)]
+pub fn on_close(sk: u64, closed_for_good: bool) {
+    if let Some(p) = CONNS.get_ptr_mut(&sk) {
+        // SAFETY: pointer from a successful map lookup.
+        let state = unsafe { &mut *p };
+        match state.phase {
+            PHASE_REQUEST => emit_event(state, FLAG_NO_RESPONSE | FLAG_CLOSED),
+            PHASE_RESPONSE => emit_update(state, EVENT_CONN_CLOSED, 0, now_ns()),
+            _ => {}
+        }
+        state.phase = PHASE_IDLE;
+    }
+    if closed_for_good {
+        let _ = CONNS.remove(&sk);
     }
 }

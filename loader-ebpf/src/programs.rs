@@ -1,8 +1,9 @@
-//! The programs: socket I/O (raw tracepoints `sock_recv_length`, `sock_send_length`), close,
-//! listen, and process lifecycle.
+//! The programs: socket I/O (raw tracepoints `sock_recv_length`, `sock_send_length`), TCP
+//! state changes (raw tracepoint `inet_sock_set_state`: closes and listens), and process
+//! lifecycle. No `syscalls:*` tracepoint is attached: enabling any of them puts every system
+//! call of every task on the kernel's slow path.
 
 use aya_ebpf::{
-    EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -10,15 +11,10 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use sonde_schema::{
-    FLAG_CLOSED, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, counters,
-};
+use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, counters};
 
 use crate::{
-    maps::{
-        CONNS, ConnKey, OP_READ, OP_WRITE, PHASE_REQUEST, PHASE_RESPONSE, PROC_EVENTS, SocketIo,
-        count, deselect, selected,
-    },
+    maps::{CONNS, OP_READ, OP_WRITE, PROC_EVENTS, SocketIo, count, deselect, selected},
     offsets, pairing, syscall_abi,
 };
 
@@ -27,9 +23,14 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const MSG_PEEK: i32 = 2;
 
-/// A TCP read or write of a selected process: flush a finished exchange when the direction
-/// flipped back, then feed the bytes to the pairing state machine. Raw tracepoint arguments:
-/// `(struct sock *sk, int ret, int flags)`.
+/// TCP states (include/net/tcp_states.h) this file reacts to.
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_LISTEN: i32 = 10;
+
+/// A TCP read or write of a selected process, fed to the pairing state machine. Raw
+/// tracepoint arguments: `(struct sock *sk, int ret, int flags)`.
 #[inline(always)]
 fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
     let id = bpf_get_current_pid_tgid();
@@ -37,8 +38,13 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
     if !selected(tgid) {
         return 0;
     }
-    let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
+    // Failed and empty reads (EAGAIN, EOF) carry nothing to pair; closes arrive through
+    // `inet_sock_set_state`.
+    if ret <= 0 {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
     let flags = ctx.arg::<u64>(2) as i32;
     if flags & MSG_PEEK != 0 {
         return 0;
@@ -50,7 +56,7 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         return 0;
     };
     let Some(buf_kind) = syscall_abi::buffer_kind(nr) else {
-        if ret > 0 && is_tcp(sk) {
+        if is_tcp(sk) {
             count(counters::UNTRACKED_SYSCALLS);
         }
         return 0;
@@ -62,24 +68,15 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         op,
         buf_kind,
     };
-    let key = ConnKey { tgid, fd: io.fd };
-    match CONNS.get_ptr_mut(&key) {
+    match CONNS.get_ptr_mut(&sk) {
         Some(p) => {
             // SAFETY: pointer from a successful map lookup.
             let state = unsafe { &mut *p };
-            let server = state.role == sonde_schema::DIRECTION_SERVER;
-            // The server reads again (even an EAGAIN), or the client writes again: the
-            // previous exchange on this connection is complete.
-            if state.phase == PHASE_RESPONSE && (server == (op == OP_READ)) {
-                pairing::flush(state, 0);
-            }
-            if ret > 0 {
-                pairing::on_data(state, &io, id, ret as u64);
-            }
+            pairing::on_data(state, &io, id, ret as u64);
         }
-        // Only a new connection needs the socket checked: a tracked fd was a TCP socket when
-        // its first request was seen, and closing it drops the state.
-        None if ret > 0 && is_tcp(sk) => pairing::on_new_connection(&key, &io, id, ret as u64),
+        // Only a new connection needs the socket checked: a tracked socket was TCP when its
+        // first request was seen.
+        None if is_tcp(sk) => pairing::on_new_connection(&io, id, ret as u64),
         None => {}
     }
     0
@@ -110,64 +107,18 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
     on_socket_io(&ctx, OP_WRITE)
 }
 
-/// Entry of a read-family syscall: a server that reads again has finished its response.
-/// Flushing here, rather than when the read returns, emits the exchange at once even when the
-/// server then blocks waiting for the next request on an idle keep-alive connection.
-#[inline(always)]
-fn on_read_entry(ctx: &TracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !selected(tgid) {
-        return 0;
-    }
-    // SAFETY: bounded read of the tracepoint record.
-    let fd = unsafe { ctx.read_at::<u64>(offsets::syscall_arg(0)).unwrap_or(0) } as u32;
-    if let Some(p) = CONNS.get_ptr_mut(&ConnKey { tgid, fd }) {
-        // SAFETY: pointer from a successful map lookup.
-        let state = unsafe { &mut *p };
-        if state.phase == PHASE_RESPONSE && state.role == sonde_schema::DIRECTION_SERVER {
-            pairing::flush(state, 0);
-        }
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    on_read_entry(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    on_read_entry(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    on_read_entry(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    on_read_entry(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if !selected(tgid) {
-        return 0;
-    }
-    // SAFETY: bounded read of the tracepoint record.
-    let fd = unsafe { ctx.read_at::<u64>(offsets::syscall_arg(0)).unwrap_or(0) } as u32;
-    let key = ConnKey { tgid, fd };
-    if let Some(p) = CONNS.get_ptr_mut(&key) {
-        // SAFETY: pointer from a successful lookup.
-        let state = unsafe { &mut *p };
-        if state.phase == PHASE_REQUEST || state.phase == PHASE_RESPONSE {
-            pairing::flush(state, FLAG_CLOSED);
-        }
-        let _ = CONNS.remove(&key);
+/// A TCP socket changed state. Arguments: `(const struct sock *sk, int oldstate, int
+/// newstate)`. Listening is reported to the loader (port selection); a local close (FIN_WAIT1,
+/// LAST_ACK) or the socket's end (CLOSE) finishes its exchange. A peer's FIN alone does not:
+/// the response may still be on its way.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
+    let newstate = ctx.arg::<u64>(2) as i32;
+    match newstate {
+        TCP_LISTEN => proc_event(PROC_LISTEN, (bpf_get_current_pid_tgid() >> 32) as u32, 0),
+        TCP_FIN_WAIT1 | TCP_LAST_ACK => pairing::on_close(ctx.arg(0), false),
+        TCP_CLOSE => pairing::on_close(ctx.arg(0), true),
+        _ => {}
     }
     0
 }
@@ -213,15 +164,5 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // SAFETY: bounded read of the tracepoint record.
     let child = unsafe { ctx.read_at::<i32>(offsets::fork_child_pid()).unwrap_or(0) };
     proc_event(PROC_FORK, tgid, child as u32);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
-    // SAFETY: bounded read of the tracepoint record.
-    let ret = unsafe { ctx.read_at::<i64>(offsets::syscall_ret()).unwrap_or(-1) };
-    if ret == 0 {
-        proc_event(PROC_LISTEN, ctx.tgid(), 0);
-    }
     0
 }

@@ -38,7 +38,7 @@ pub enum ProbeError {
     #[error("program {0} missing from the object")]
     MissingProgram(&'static str),
     #[error(
-        "raw tracepoint {tracepoint} has {arity} parameters in kernel BTF, expected 4 (ctx, sk, ret, flags)"
+        "raw tracepoint {tracepoint} has {arity} parameters in kernel BTF, expected 4 (context and three arguments)"
     )]
     Prototype {
         tracepoint: &'static str,
@@ -51,6 +51,13 @@ pub enum ProbeError {
     #[error("duplicating the ring buffer fd: {0}")]
     Dup(std::io::Error),
 }
+
+/// Raw tracepoints attached, each with a program of the same name taking three arguments.
+const RAW_TRACEPOINTS: [&str; 3] = [
+    "sock_recv_length",
+    "sock_send_length",
+    "inet_sock_set_state",
+];
 
 /// Sizes chosen by configuration.
 pub struct ProbeSizes {
@@ -72,13 +79,12 @@ pub struct Probes {
 impl Probes {
     /// Loads and attaches everything. Every failure names the hook or map concerned.
     pub fn load(sizes: &ProbeSizes) -> Result<Probes, ProbeError> {
-        let arg0 = kernel_layout::tracepoint_field_offset("syscalls", "sys_enter_close", "fd")?;
-        let ret = kernel_layout::tracepoint_field_offset("syscalls", "sys_exit_listen", "ret")?;
         let child =
             kernel_layout::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
         let btf = kernel_layout::kernel_btf()?;
-        for tp in ["sock_recv_length", "sock_send_length"] {
-            // The programs read (sk, ret, flags) by position after the context pointer.
+        // The programs read their arguments by position after the context pointer:
+        // (sk, ret, flags) and (sk, oldstate, newstate).
+        for tp in RAW_TRACEPOINTS {
             let arity = kernel_layout::raw_tracepoint_arity(&btf, tp)?;
             if arity != 4 {
                 return Err(ProbeError::Prototype {
@@ -90,8 +96,6 @@ impl Probes {
         let so = kernel_layout::sock_offsets(&btf)?;
         let pid_words = pid_bitmap_words();
         info!(
-            syscall_arg0 = arg0,
-            syscall_ret = ret,
             fork_child = child,
             skc_family = so.family,
             sk_protocol = so.sk_protocol,
@@ -102,8 +106,6 @@ impl Probes {
 
         let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-loader-ebpf"));
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::SYSCALL_ARG0, &arg0, true)
-            .override_global(globals::SYSCALL_RET, &ret, true)
             .override_global(globals::FORK_CHILD_PID, &child, true)
             .override_global(globals::SKC_DADDR, &so.daddr, true)
             .override_global(globals::SKC_RCV_SADDR, &so.rcv_saddr, true)
@@ -119,26 +121,9 @@ impl Probes {
             .load(object)
             .map_err(ProbeError::Load)?;
 
-        attach_raw(&mut ebpf, "sock_recv_length")?;
-        attach_raw(&mut ebpf, "sock_send_length")?;
-        for read_entry in [
-            "sys_enter_read",
-            "sys_enter_readv",
-            "sys_enter_recvfrom",
-            "sys_enter_recvmsg",
-        ] {
-            attach(&mut ebpf, read_entry, ("syscalls", read_entry))?;
+        for tp in RAW_TRACEPOINTS {
+            attach_raw(&mut ebpf, tp)?;
         }
-        attach(
-            &mut ebpf,
-            "sys_enter_close",
-            ("syscalls", "sys_enter_close"),
-        )?;
-        attach(
-            &mut ebpf,
-            "sys_exit_listen",
-            ("syscalls", "sys_exit_listen"),
-        )?;
         attach(
             &mut ebpf,
             "sched_process_exec",

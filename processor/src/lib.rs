@@ -3,6 +3,7 @@
 //! byte it parses is attacker-controlled, which is why it holds no privilege at all.
 
 pub mod control;
+pub mod exchange;
 pub mod http;
 pub mod printer;
 pub mod privileges;

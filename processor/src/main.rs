@@ -17,13 +17,14 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use sonde_config::{Config, TracePrinter};
 use sonde_processor::{
     control::{self, ProcessInfo, Update},
+    exchange::{self, Assembler},
     printer::Printer,
     privileges,
     ringbuf::RingReader,
     span::{self, Built, ServiceInfo},
     stats::Stats,
 };
-use sonde_schema::HttpEvent;
+use sonde_schema::{HttpEvent, Record};
 use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
@@ -194,6 +195,8 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
     // Span and trace ids need uniqueness, not secrecy: a fast generator seeded from the OS.
     let mut ids = <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng());
     let mut last_stats = Instant::now();
+    let mut assembler = Assembler::new(exchange::DEFAULT_HOLD, exchange::DEFAULT_MAX_HELD);
+
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
 
     let result = loop {
@@ -235,37 +238,42 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
                 Err(e) => break Err(e.context("control connection to the loader lost")),
             }
         }
+        let now = Instant::now();
         ring.drain(|bytes| {
             stats.events += 1;
-            let ev = match HttpEvent::decode(bytes) {
-                Ok(ev) => ev,
+            let record = match Record::decode(bytes) {
+                Ok(record) => record,
                 Err(e) => {
                     stats.decode_errors += 1;
                     warn!(error = %e, "undecodable ring buffer record");
                     return;
                 }
             };
-            // Borrowed on the hot path: no allocation per event for a known process.
-            let name = match &config.service_name {
-                Some(name) => Cow::Borrowed(name.as_str()),
-                None => processes.service_name(ev.pid, &mut stats),
-            };
-            let service = ServiceInfo {
-                name: &name,
-                namespace: config.service_namespace.as_deref(),
-            };
-            match span::build(&ev, &service, mono_to_unix, &mut ids) {
-                Built::NotHttp => stats.not_http += 1,
-                Built::Span(s) => {
-                    stats.spans += 1;
-                    stats.malformed += u64::from(s.malformed.is_some());
-                    stats.no_response += u64::from(s.no_response);
-                    if printer.print(&s).is_err() {
-                        stats.print_errors += 1;
-                    }
-                }
-            }
+            assembler.feed(record, now, |ev| {
+                emit_span(
+                    ev,
+                    config,
+                    &processes,
+                    &mut printer,
+                    &mut stats,
+                    &mut ids,
+                    mono_to_unix,
+                )
+            });
         });
+        assembler.expire(now, |ev| {
+            emit_span(
+                ev,
+                config,
+                &processes,
+                &mut printer,
+                &mut stats,
+                &mut ids,
+                mono_to_unix,
+            )
+        });
+        stats.late_updates = assembler.late_updates;
+        stats.completed_early = assembler.completed_early;
         stats.ring_corrupt = ring.corrupt_records;
         if printer.flush().is_err() {
             stats.print_errors += 1;
@@ -276,7 +284,51 @@ fn run(config: &Config, control_path: PathBuf) -> Result<()> {
             last_stats = Instant::now();
         }
     };
+    assembler.finish(|ev| {
+        emit_span(
+            ev,
+            config,
+            &processes,
+            &mut printer,
+            &mut stats,
+            &mut ids,
+            mono_to_unix,
+        )
+    });
+    let _ = printer.flush();
     control::goodbye(&conn, if result.is_ok() { "stopping" } else { "error" });
     info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "final processor stats");
     result
+}
+
+/// Builds the span of one completed exchange and prints it, counting what happened.
+fn emit_span<W: std::io::Write>(
+    ev: &HttpEvent,
+    config: &Config,
+    processes: &Processes,
+    printer: &mut Printer<W>,
+    stats: &mut Stats,
+    ids: &mut rand::rngs::SmallRng,
+    mono_to_unix: i128,
+) {
+    // Borrowed on the hot path: no allocation per event for a known process.
+    let name = match &config.service_name {
+        Some(name) => Cow::Borrowed(name.as_str()),
+        None => processes.service_name(ev.pid, stats),
+    };
+    let service = ServiceInfo {
+        name: &name,
+        namespace: config.service_namespace.as_deref(),
+    };
+    match span::build(ev, &service, mono_to_unix, ids) {
+        Built::NotHttp => stats.not_http += 1,
+        Built::Span(s) => {
+            stats.spans += 1;
+            stats.malformed += u64::from(s.malformed.is_some());
+            stats.no_response += u64::from(s.no_response);
+            if printer.print(&s).is_err() {
+                stats.print_errors += 1;
+            }
+        }
+    }
 }

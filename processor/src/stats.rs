@@ -21,6 +21,12 @@ pub struct Stats {
     pub unknown_process: u64,
     /// Ring buffer records with an inconsistent header.
     pub ring_corrupt: u64,
+    /// Response-byte or close records for an exchange no longer held (it had already been
+    /// completed after a pause longer than the hold time).
+    pub late_updates: u64,
+    /// Exchanges completed before their response was known to be over, because the table of
+    /// held exchanges was full.
+    pub completed_early: u64,
     /// Span output failures (stdout closed).
     pub print_errors: u64,
     /// Last kernel counters reported by the loader.

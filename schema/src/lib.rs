@@ -32,17 +32,27 @@ pub const DIRECTION_SERVER: u8 = 1;
 /// `HttpEvent::direction`: this process connected and sent the request.
 pub const DIRECTION_CLIENT: u8 = 2;
 
-/// `HttpEvent::flags`: the connection closed (or the request was superseded) before any
-/// response byte was seen.
+/// `HttpEvent::flags`: the connection closed before any response byte was seen.
 pub const FLAG_NO_RESPONSE: u32 = 1 << 0;
 /// `HttpEvent::flags`: the event was emitted because the connection closed.
 pub const FLAG_CLOSED: u32 = 1 << 1;
 
-/// `HttpEvent::kind` value.
+/// Record kind (first byte of every HTTP ring buffer record): an `HttpEvent`.
 pub const EVENT_HTTP: u8 = 1;
+/// Record kind: an `ExchangeUpdate` carrying more response bytes of the connection's open
+/// exchange.
+pub const EVENT_RESPONSE_MORE: u8 = 2;
+/// Record kind: an `ExchangeUpdate` saying the connection closed; its open exchange is over.
+pub const EVENT_CONN_CLOSED: u8 = 3;
 
-/// One completed HTTP/1.x request/response exchange on one TCP connection, paired in the
-/// kernel. Addresses are in network byte order; IPv4 addresses occupy the first four bytes.
+/// One HTTP/1.x request and the start of its response on one TCP connection, paired in the
+/// kernel. The kernel emits it when the response starts (the first byte moves the other way),
+/// so a span never waits for the next request; response bytes that follow in later syscalls
+/// arrive as `ExchangeUpdate`s with the same `conn_id`, and the processor adds them up.
+/// A request that never got a response is emitted when the connection closes, with
+/// `FLAG_NO_RESPONSE`.
+///
+/// Addresses are in network byte order; IPv4 addresses occupy the first four bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct HttpEvent {
@@ -69,6 +79,8 @@ pub struct HttpEvent {
     pub response_len: u16,
     pub flags: u32,
     pub _pad: u32,
+    /// Opaque id of the connection, unique while it lives (never a kernel address).
+    pub conn_id: u64,
     pub response: [u8; RESPONSE_CAPTURE],
     /// Last, so the kernel can send only the captured part: a record is
     /// `HTTP_EVENT_MIN_SIZE + request_len` bytes (see `HttpEvent::wire_len`).
@@ -125,6 +137,7 @@ impl HttpEvent {
             response_len: 0,
             flags: 0,
             _pad: 0,
+            conn_id: 0,
             request: [0; REQUEST_CAPTURE],
             response: [0; RESPONSE_CAPTURE],
         }
@@ -187,6 +200,80 @@ impl HttpEvent {
     }
 }
 
+/// What happened on a connection after its `HttpEvent` was emitted: more response bytes
+/// (`EVENT_RESPONSE_MORE`) or the end of the connection (`EVENT_CONN_CLOSED`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExchangeUpdate {
+    pub kind: u8,
+    pub _pad: [u8; 3],
+    pub pid: u32,
+    pub conn_id: u64,
+    /// Response bytes moved by this syscall (0 for a close).
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC nanoseconds when they had moved (or the connection closed).
+    pub end_ns: u64,
+}
+
+/// One record of the HTTP ring buffer, decoded.
+#[derive(Clone, Copy)]
+pub enum Record {
+    Http(HttpEvent),
+    Update(ExchangeUpdate),
+}
+
+impl Record {
+    /// Decodes a ring-buffer sample by its kind byte. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+        match bytes.first() {
+            Some(&EVENT_HTTP) => HttpEvent::decode(bytes).map(Record::Http),
+            Some(&(EVENT_RESPONSE_MORE | EVENT_CONN_CLOSED)) => {
+                ExchangeUpdate::decode(bytes).map(Record::Update)
+            }
+            Some(&other) => Err(DecodeError::UnknownKind(other)),
+            None => Err(DecodeError::Truncated { needed: 1, got: 0 }),
+        }
+    }
+}
+
+impl ExchangeUpdate {
+    pub const SIZE: usize = core::mem::size_of::<ExchangeUpdate>();
+
+    /// Decodes an update record (size and kind checked).
+    pub fn decode(bytes: &[u8]) -> Result<ExchangeUpdate, DecodeError> {
+        if bytes.len() < Self::SIZE {
+            return Err(DecodeError::Truncated {
+                needed: Self::SIZE,
+                got: bytes.len(),
+            });
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_ne_bytes(b)
+        };
+        let kind = bytes[0];
+        if kind != EVENT_RESPONSE_MORE && kind != EVENT_CONN_CLOSED {
+            return Err(DecodeError::UnknownKind(kind));
+        }
+        Ok(ExchangeUpdate {
+            kind,
+            _pad: [0; 3],
+            pid: u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+            conn_id: word(8),
+            bytes: word(16),
+            end_ns: word(24),
+        })
+    }
+
+    /// The record the kernel writes for this update (used by tests and fuzzers).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: ExchangeUpdate is repr(C) plain integers with explicit padding, so all
+        // SIZE bytes are initialised; the slice borrows self.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), Self::SIZE) }
+    }
+}
+
 /// `ProcEvent::kind`: a process called execve.
 pub const PROC_EXEC: u32 = 1;
 /// `ProcEvent::kind`: a thread-group leader exited.
@@ -223,8 +310,11 @@ pub mod counters {
     pub const PROC_EVENTS_LOST: u32 = 4;
     /// HTTP events written to the ring buffer.
     pub const EVENTS_SENT: u32 = 5;
+    /// An `ExchangeUpdate` (more response bytes, close notice) could not be written: the ring
+    /// buffer was full. The span of that exchange still goes out, short of those bytes.
+    pub const UPDATES_LOST_RINGBUF_FULL: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Names, in index order, as reported by the loader and the processor.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -234,14 +324,13 @@ pub mod counters {
         "non_http_payloads",
         "proc_events_lost",
         "events_sent",
+        "updates_lost_ringbuf_full",
     ];
 }
 
 /// Offsets the loader computes at start-up (tracefs format files, kernel BTF) and writes into
 /// the kernel programs' read-only globals, so nothing about the kernel is hard-coded.
 pub mod globals {
-    pub const SYSCALL_ARG0: &str = "SYSCALL_ARG0_OFF";
-    pub const SYSCALL_RET: &str = "SYSCALL_RET_OFF";
     pub const FORK_CHILD_PID: &str = "FORK_CHILD_PID_OFF";
     pub const SKC_DADDR: &str = "SKC_DADDR_OFF";
     pub const SKC_RCV_SADDR: &str = "SKC_RCV_SADDR_OFF";
@@ -313,10 +402,49 @@ mod tests {
     }
 
     #[test]
+    fn records_decode_by_kind() {
+        let update = ExchangeUpdate {
+            kind: EVENT_RESPONSE_MORE,
+            _pad: [0; 3],
+            pid: 7,
+            conn_id: 99,
+            bytes: 1500,
+            end_ns: 12345,
+        };
+        match Record::decode(update.as_bytes()) {
+            Ok(Record::Update(u)) => assert_eq!(u, update),
+            _ => panic!("update not decoded"),
+        }
+        assert_eq!(
+            Record::decode(&update.as_bytes()[..31]).err(),
+            Some(DecodeError::Truncated {
+                needed: 32,
+                got: 31
+            })
+        );
+        let mut e = HttpEvent::zeroed();
+        e.kind = EVENT_HTTP;
+        e.conn_id = 5;
+        match Record::decode(e.as_bytes()) {
+            Ok(Record::Http(h)) => assert_eq!(h.conn_id, 5),
+            _ => panic!("event not decoded"),
+        }
+        assert_eq!(
+            Record::decode(&[]).err(),
+            Some(DecodeError::Truncated { needed: 1, got: 0 })
+        );
+        assert_eq!(
+            Record::decode(&[0; 40]).err(),
+            Some(DecodeError::UnknownKind(0))
+        );
+    }
+
+    #[test]
     fn layout_is_stable() {
         // The kernel writes this struct; its size is part of the wire contract.
-        assert_eq!(HTTP_EVENT_SIZE, 96 + REQUEST_CAPTURE + RESPONSE_CAPTURE);
+        assert_eq!(HTTP_EVENT_SIZE, 104 + REQUEST_CAPTURE + RESPONSE_CAPTURE);
         assert_eq!(core::mem::size_of::<ProcEvent>(), 16);
+        assert_eq!(ExchangeUpdate::SIZE, 32);
         assert_eq!(counters::NAMES.len(), counters::COUNT as usize);
     }
 }

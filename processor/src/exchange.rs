@@ -1,0 +1,220 @@
+//! Completes exchanges from the kernel's records. The kernel emits an `HttpEvent` as soon as a
+//! response starts and sends any later response bytes, and the connection's close, as small
+//! `ExchangeUpdate`s (see `sonde_schema::HttpEvent`). This module holds each event until its
+//! exchange is known to be over: the next request on the same connection, a close notice, or
+//! `hold` without news (an idle keep-alive connection). Held exchanges are bounded; past the
+//! bound an event is completed at once with the response bytes seen so far.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use sonde_schema::{EVENT_CONN_CLOSED, FLAG_CLOSED, FLAG_NO_RESPONSE, HttpEvent, Record};
+
+/// How long an exchange waits for more response bytes before it is considered complete.
+pub const DEFAULT_HOLD: Duration = Duration::from_millis(500);
+/// Most exchanges held at once (one per open connection with a response under way).
+pub const DEFAULT_MAX_HELD: usize = 65_536;
+
+struct Held {
+    event: HttpEvent,
+    last_news: Instant,
+}
+
+/// Exchanges whose response may still grow, by connection id.
+pub struct Assembler {
+    held: HashMap<u64, Held>,
+    hold: Duration,
+    max_held: usize,
+    /// Response-byte or close records for an exchange no longer held.
+    pub late_updates: u64,
+    /// Exchanges completed at once because the table of held exchanges was full.
+    pub completed_early: u64,
+}
+
+impl Assembler {
+    pub fn new(hold: Duration, max_held: usize) -> Assembler {
+        Assembler {
+            held: HashMap::new(),
+            hold,
+            max_held,
+            late_updates: 0,
+            completed_early: 0,
+        }
+    }
+
+    /// Exchanges currently held.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Takes one decoded record; every exchange it completes is passed to `done`.
+    pub fn feed(&mut self, record: Record, now: Instant, mut done: impl FnMut(&HttpEvent)) {
+        match record {
+            Record::Http(event) => {
+                // A new request on the connection: the previous exchange is over.
+                if let Some(previous) = self.held.remove(&event.conn_id) {
+                    done(&previous.event);
+                }
+                if event.flags & FLAG_NO_RESPONSE != 0 {
+                    done(&event);
+                } else if self.held.len() >= self.max_held {
+                    self.completed_early += 1;
+                    done(&event);
+                } else {
+                    self.held.insert(
+                        event.conn_id,
+                        Held {
+                            event,
+                            last_news: now,
+                        },
+                    );
+                }
+            }
+            Record::Update(update) if update.kind == EVENT_CONN_CLOSED => {
+                if let Some(mut held) = self.held.remove(&update.conn_id) {
+                    held.event.flags |= FLAG_CLOSED;
+                    done(&held.event);
+                }
+            }
+            Record::Update(update) => match self.held.get_mut(&update.conn_id) {
+                Some(held) => {
+                    held.event.response_bytes += update.bytes;
+                    held.event.end_ns = held.event.end_ns.max(update.end_ns);
+                    held.last_news = now;
+                }
+                None => self.late_updates += 1,
+            },
+        }
+    }
+
+    /// Completes every exchange without news for `hold`.
+    pub fn expire(&mut self, now: Instant, mut done: impl FnMut(&HttpEvent)) {
+        let hold = self.hold;
+        self.held.retain(|_, held| {
+            if now.saturating_duration_since(held.last_news) >= hold {
+                done(&held.event);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Completes everything held (at shutdown).
+    pub fn finish(&mut self, mut done: impl FnMut(&HttpEvent)) {
+        for (_, held) in self.held.drain() {
+            done(&held.event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sonde_schema::{EVENT_HTTP, EVENT_RESPONSE_MORE, ExchangeUpdate};
+
+    use super::*;
+
+    fn event(conn_id: u64, response_bytes: u64) -> HttpEvent {
+        let mut e = HttpEvent::zeroed();
+        e.kind = EVENT_HTTP;
+        e.conn_id = conn_id;
+        e.response_bytes = response_bytes;
+        e.end_ns = 100;
+        e
+    }
+
+    fn update(kind: u8, conn_id: u64, bytes: u64, end_ns: u64) -> Record {
+        Record::Update(ExchangeUpdate {
+            kind,
+            _pad: [0; 3],
+            pid: 1,
+            conn_id,
+            bytes,
+            end_ns,
+        })
+    }
+
+    fn collect(out: &mut Vec<(u64, u64, u64, u32)>) -> impl FnMut(&HttpEvent) + '_ {
+        |e| out.push((e.conn_id, e.response_bytes, e.end_ns, e.flags))
+    }
+
+    #[test]
+    fn later_response_bytes_are_added_until_the_next_request() {
+        let mut a = Assembler::new(DEFAULT_HOLD, 10);
+        let mut out = Vec::new();
+        let t = Instant::now();
+        a.feed(Record::Http(event(7, 100)), t, collect(&mut out));
+        a.feed(
+            update(EVENT_RESPONSE_MORE, 7, 1000, 250),
+            t,
+            collect(&mut out),
+        );
+        a.feed(
+            update(EVENT_RESPONSE_MORE, 7, 24, 300),
+            t,
+            collect(&mut out),
+        );
+        assert!(out.is_empty());
+        a.feed(Record::Http(event(7, 50)), t, collect(&mut out));
+        assert_eq!(out, vec![(7, 1124, 300, 0)]);
+        assert_eq!(a.held(), 1);
+    }
+
+    #[test]
+    fn close_completes_and_marks() {
+        let mut a = Assembler::new(DEFAULT_HOLD, 10);
+        let mut out = Vec::new();
+        let t = Instant::now();
+        a.feed(Record::Http(event(1, 10)), t, collect(&mut out));
+        a.feed(update(EVENT_CONN_CLOSED, 1, 0, 500), t, collect(&mut out));
+        assert_eq!(out, vec![(1, 10, 100, FLAG_CLOSED)]);
+        // A second close, or bytes after it, find nothing held.
+        a.feed(update(EVENT_RESPONSE_MORE, 1, 5, 600), t, collect(&mut out));
+        assert_eq!(a.late_updates, 1);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn no_response_events_go_out_at_once() {
+        let mut a = Assembler::new(DEFAULT_HOLD, 10);
+        let mut out = Vec::new();
+        let mut e = event(3, 0);
+        e.flags = FLAG_NO_RESPONSE | FLAG_CLOSED;
+        a.feed(Record::Http(e), Instant::now(), collect(&mut out));
+        assert_eq!(out.len(), 1);
+        assert_eq!(a.held(), 0);
+    }
+
+    #[test]
+    fn idle_exchanges_expire_after_the_hold() {
+        let mut a = Assembler::new(Duration::from_millis(100), 10);
+        let mut out = Vec::new();
+        let t = Instant::now();
+        a.feed(Record::Http(event(1, 10)), t, collect(&mut out));
+        a.feed(
+            Record::Http(event(2, 20)),
+            t + Duration::from_millis(80),
+            collect(&mut out),
+        );
+        a.expire(t + Duration::from_millis(120), collect(&mut out));
+        assert_eq!(out, vec![(1, 10, 100, 0)]);
+        a.finish(collect(&mut out));
+        assert_eq!(out.len(), 2);
+        assert_eq!(a.held(), 0);
+    }
+
+    #[test]
+    fn the_bound_completes_new_exchanges_early() {
+        let mut a = Assembler::new(DEFAULT_HOLD, 2);
+        let mut out = Vec::new();
+        let t = Instant::now();
+        for id in 0..5 {
+            a.feed(Record::Http(event(id, 1)), t, collect(&mut out));
+        }
+        assert_eq!(a.held(), 2);
+        assert_eq!(out.len(), 3);
+        assert_eq!(a.completed_early, 3);
+    }
+}
