@@ -79,9 +79,8 @@ fn first_segment(io: &SocketIo, ret: u64) -> Option<Segment> {
             });
         }
     };
-    // struct iovec { void *iov_base; size_t iov_len; }
-    let base = read_user::<u64>(iov)?;
-    let len = read_user::<u64>(iov + 8)?;
+    // struct iovec { void *iov_base; size_t iov_len; }: one read for both.
+    let [base, len] = read_user::<[u64; 2]>(iov)?;
     Some(Segment {
         ptr: base,
         len: if len < ret { len } else { ret },

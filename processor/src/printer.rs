@@ -4,7 +4,7 @@ use std::io::Write;
 
 use sonde_config::TracePrinter;
 
-use crate::span::{Span, SpanKind};
+use crate::span::{Address, Span, SpanKind, write_hex};
 
 /// Formats one span as a text line (no trailing newline).
 pub fn text_line(s: &Span) -> String {
@@ -75,6 +75,31 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+fn json_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    write_hex(out, bytes);
+    out.push(b'"');
+}
+
+fn json_address(out: &mut Vec<u8>, a: &Address) {
+    out.push(b'"');
+    match a.0 {
+        Some(std::net::IpAddr::V4(v4)) => {
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                json_num(out, *octet);
+            }
+        }
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => {}
+    }
+    out.push(b'"');
+}
+
 fn json_num(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
@@ -95,12 +120,12 @@ pub fn json_line(s: &Span, out: &mut Vec<u8>) {
     };
     out.push(b'{');
     key(out, "trace_id");
-    json_str(out, &s.trace_id);
+    json_hex(out, &s.trace_id.0);
     key(out, "span_id");
-    json_str(out, &s.span_id);
+    json_hex(out, &s.span_id.0);
     if let Some(p) = &s.parent_span_id {
         key(out, "parent_span_id");
-        json_str(out, p);
+        json_hex(out, &p.0);
     }
     key(out, "kind");
     json_str(
@@ -127,11 +152,11 @@ pub fn json_line(s: &Span, out: &mut Vec<u8>) {
         json_str(out, h);
     }
     key(out, "server_address");
-    json_str(out, &s.server_address);
+    json_address(out, &s.server_address);
     key(out, "server_port");
     json_num(out, s.server_port);
     key(out, "client_address");
-    json_str(out, &s.client_address);
+    json_address(out, &s.client_address);
     key(out, "client_port");
     json_num(out, s.client_port);
     if let Some(n) = s.request_body_size {
@@ -202,12 +227,16 @@ impl<W: Write> Printer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::{SpanId, TraceId};
 
     fn sample(path: &str, optional: bool) -> Span {
         Span {
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-            span_id: "b7ad6b7169203331".into(),
-            parent_span_id: optional.then(|| "00f067aa0ba902b7".into()),
+            trace_id: TraceId([
+                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
+                0x31, 0x9c,
+            ]),
+            span_id: SpanId([0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]),
+            parent_span_id: optional.then_some(SpanId([0, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 2, 0xb7])),
             kind: SpanKind::Client,
             name: "GET".into(),
             method: "GET".into(),
@@ -215,9 +244,9 @@ mod tests {
             query: optional.then(|| "a=1&b=\"2\"".into()),
             status: 404,
             host: optional.then(|| "h:80".into()),
-            server_address: "127.0.0.1".into(),
+            server_address: Address(Some("127.0.0.1".parse().expect("v4"))),
             server_port: 80,
-            client_address: "::1".into(),
+            client_address: Address(optional.then(|| "::1".parse().expect("v6"))),
             client_port: 40000,
             request_body_size: optional.then_some(3),
             response_body_size: optional.then_some(u64::MAX),
@@ -245,6 +274,7 @@ mod tests {
             // Byte for byte what serde_json writes for the same span.
             let serde_line = serde_json::to_string(&span).expect("serde") + "\n";
             assert_eq!(String::from_utf8(line).expect("utf-8"), serde_line);
+            assert!(serde_line.contains("\"trace_id\":\"0af7651916cd43dd8448eb211c80319c\""));
         }
     }
 }

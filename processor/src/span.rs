@@ -18,10 +18,10 @@ pub enum SpanKind {
 /// A finished span, ready for printing or export.
 #[derive(Debug, Clone, Serialize)]
 pub struct Span {
-    pub trace_id: String,
-    pub span_id: String,
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<String>,
+    pub parent_span_id: Option<SpanId>,
     pub kind: SpanKind,
     pub name: String,
     pub method: String,
@@ -32,9 +32,9 @@ pub struct Span {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    pub server_address: String,
+    pub server_address: Address,
     pub server_port: u16,
-    pub client_address: String,
+    pub client_address: Address,
     pub client_port: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_body_size: Option<u64>,
@@ -62,29 +62,77 @@ pub struct ServiceInfo<'a> {
     pub namespace: Option<&'a str>,
 }
 
-/// Decodes an address pair of the event into printable form (v4-mapped v6 shown as v4).
-fn addr(family: u16, bytes: &[u8; 16]) -> String {
-    match family {
-        2 => Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
-        10 => {
-            let v6 = Ipv6Addr::from(*bytes);
-            match v6.to_ipv4_mapped() {
-                Some(v4) => IpAddr::V4(v4).to_string(),
-                None => v6.to_string(),
-            }
-        }
-        _ => String::new(),
+/// A W3C trace id; shown as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId(pub [u8; 16]);
+
+/// A W3C span id; shown as 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanId(pub [u8; 8]);
+
+/// An endpoint address; shown empty when the kernel could not read the socket's family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address(pub Option<IpAddr>);
+
+/// Writes `bytes` as lowercase hex.
+pub fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize]);
+        out.push(DIGITS[(b & 15) as usize]);
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
+macro_rules! hex_display {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut out = Vec::with_capacity(32);
+                write_hex(&mut out, &self.0);
+                // write_hex emits ASCII only.
+                f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+hex_display!(TraceId);
+hex_display!(SpanId);
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => Ok(()),
+        }
     }
-    out
+}
+
+impl Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Decodes an address of the event (v4-mapped v6 shown as v4).
+fn addr(family: u16, bytes: &[u8; 16]) -> Address {
+    Address(match family {
+        2 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        10 => {
+            let v6 = Ipv6Addr::from(*bytes);
+            Some(match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            })
+        }
+        _ => None,
+    })
 }
 
 /// Source of random span and trace ids.
@@ -183,9 +231,9 @@ pub fn build(
         .and_then(|r| http::body_size(ev.response_bytes, r.head_len, r.content_length));
 
     Built::Span(Box::new(Span {
-        trace_id: hex(&trace_id),
-        span_id: hex(&span_id),
-        parent_span_id: parent.map(|p| hex(&p)),
+        trace_id: TraceId(trace_id),
+        span_id: SpanId(span_id),
+        parent_span_id: parent.map(SpanId),
         kind,
         name: if head.method.is_empty() {
             "HTTP".into()
@@ -281,18 +329,18 @@ mod tests {
         );
         assert_eq!(s.status, 404);
         assert_eq!(
-            (s.server_address.as_str(), s.server_port),
+            (s.server_address.to_string().as_str(), s.server_port),
             ("127.0.0.1", 8080)
         );
         assert_eq!(
-            (s.client_address.as_str(), s.client_port),
+            (s.client_address.to_string().as_str(), s.client_port),
             ("127.0.0.2", 40000)
         );
         assert_eq!(s.duration_ns, 4_000);
         assert_eq!(s.start_unix_nano, 1_001_000);
         assert_eq!(s.request_body_size, Some(0));
         assert_eq!(s.response_body_size, Some(4));
-        assert_eq!(s.trace_id, "01".repeat(16));
+        assert_eq!(s.trace_id.to_string(), "01".repeat(16));
         assert!(s.malformed.is_none() && !s.no_response);
     }
 
@@ -302,8 +350,11 @@ mod tests {
             b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
             b"HTTP/1.1 200 OK\r\n\r\n",
         ));
-        assert_eq!(s.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(s.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            s.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
     }
 
     #[test]
@@ -341,7 +392,8 @@ mod tests {
         b[10] = 0xff;
         b[11] = 0xff;
         b[12..].copy_from_slice(&[127, 0, 0, 1]);
-        assert_eq!(addr(10, &b), "127.0.0.1");
-        assert_eq!(addr(10, &Ipv6Addr::LOCALHOST.octets()), "::1");
+        assert_eq!(addr(10, &b).to_string(), "127.0.0.1");
+        assert_eq!(addr(10, &Ipv6Addr::LOCALHOST.octets()).to_string(), "::1");
+        assert_eq!(addr(0, &b).to_string(), "");
     }
 }

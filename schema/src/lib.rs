@@ -217,6 +217,10 @@ pub struct ExchangeUpdate {
 
 /// One record of the HTTP ring buffer, decoded.
 #[derive(Clone, Copy)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a record lives on the stack for one call; boxing would allocate per event"
+)]
 pub enum Record {
     Http(HttpEvent),
     Update(ExchangeUpdate),
