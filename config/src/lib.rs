@@ -187,6 +187,10 @@ pub struct ProcessorSettings {
     pub binary: Option<PathBuf>,
     /// Uids (besides the processor user's) allowed to connect to the control socket.
     pub allowed_uids: Vec<u32>,
+    /// Run the processor without its Landlock ruleset when the kernel cannot enforce it
+    /// (otherwise it refuses to start). seccomp, NO_NEW_PRIVS and the empty capability sets
+    /// stay in force either way.
+    pub insecure_no_landlock: bool,
 }
 
 /// The effective configuration.
@@ -228,6 +232,7 @@ impl Default for Config {
                 group: None,
                 binary: None,
                 allowed_uids: Vec::new(),
+                insecure_no_landlock: false,
             },
             ebpf: EbpfSettings {
                 ring_buffer_bytes: 8 << 20,
@@ -270,6 +275,7 @@ struct FileProcessor {
     group: Option<String>,
     binary: Option<PathBuf>,
     allowed_uids: Option<Vec<u32>>,
+    insecure_no_landlock: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,6 +376,9 @@ impl Config {
             if let Some(v) = p.allowed_uids {
                 self.processor.allowed_uids = v;
             }
+            if let Some(v) = p.insecure_no_landlock {
+                self.processor.insecure_no_landlock = v;
+            }
         }
         if let Some(e) = f.ebpf {
             if let Some(v) = e.ring_buffer_bytes {
@@ -422,6 +431,19 @@ impl Config {
         }
         if let Some(v) = get("SONDE_PROCESSOR_USER") {
             self.processor.user = v.clone();
+        }
+        if let Some(v) = get("SONDE_INSECURE_NO_LANDLOCK") {
+            self.processor.insecure_no_landlock = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(invalid(
+                        "SONDE_INSECURE_NO_LANDLOCK",
+                        v,
+                        "true, false, 1 or 0",
+                    ));
+                }
+            };
         }
         Ok(())
     }
@@ -507,6 +529,10 @@ impl Config {
                 .map_or("~".into(), |p| p.display().to_string())
         );
         out += &format!("  allowed_uids: {:?}\n", self.processor.allowed_uids);
+        out += &format!(
+            "  insecure_no_landlock: {}\n",
+            self.processor.insecure_no_landlock
+        );
         out += "ebpf:\n";
         out += &format!("  ring_buffer_bytes: {}\n", self.ebpf.ring_buffer_bytes);
         out += &format!("  max_connections: {}\n", self.ebpf.max_connections);

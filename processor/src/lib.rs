@@ -8,5 +8,7 @@ pub mod http;
 pub mod printer;
 pub mod privileges;
 pub mod ringbuf;
+pub mod sandbox;
+pub mod sandbox_check;
 pub mod span;
 pub mod stats;

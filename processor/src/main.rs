@@ -21,6 +21,8 @@ use sonde_processor::{
     printer::Printer,
     privileges,
     ringbuf::RingReader,
+    sandbox::{self, SandboxPolicy},
+    sandbox_check,
     span::{self, Built, ServiceInfo},
     stats::Stats,
 };
@@ -42,6 +44,25 @@ struct Cli {
     /// Span output: disabled, text or json (overrides trace_printer / BEYLA_TRACE_PRINTER).
     #[arg(long)]
     trace_printer: Option<String>,
+    /// Run without the Landlock ruleset when the kernel cannot enforce it (insecure; same as
+    /// processor.insecure_no_landlock).
+    #[arg(long)]
+    insecure_no_landlock: bool,
+    /// Apply the sandbox, try what it must forbid and allow, print one JSON line per probe and
+    /// exit (0 when every probe came out as expected). Does not connect to the loader.
+    #[arg(long)]
+    check_sandbox: bool,
+    /// For --check-sandbox: a local TCP port with a listener, which the sandbox must not let
+    /// the processor reach.
+    #[arg(long, default_value_t = 1, requires = "check_sandbox")]
+    probe_connect_port: u16,
+    /// For --check-sandbox: a free local TCP port the sandbox must not let the processor bind.
+    #[arg(long, default_value_t = 0, requires = "check_sandbox")]
+    probe_bind_port: u16,
+    /// For --check-sandbox: a directory the processor's user could write to, which the
+    /// sandbox must not let it write to.
+    #[arg(long, default_value = "/tmp", requires = "check_sandbox")]
+    probe_write_dir: PathBuf,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -88,8 +109,22 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .init();
 
+    if cli.insecure_no_landlock {
+        config.processor.insecure_no_landlock = true;
+    }
+    let policy = sandbox_policy(&config, cli.config.as_deref());
+    if cli.check_sandbox {
+        let probes = sandbox_check::ProbeTargets {
+            connect_port: cli.probe_connect_port,
+            bind_port: cli.probe_bind_port,
+            write_dir: cli.probe_write_dir.clone(),
+        };
+        return check_sandbox(&policy, &probes);
+    }
+
     match run(
         &config,
+        &policy,
         cli.control.unwrap_or_else(|| config.control_socket.clone()),
     ) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -132,14 +167,76 @@ impl Processes {
     }
 }
 
-fn run(config: &Config, control_path: PathBuf) -> Result<()> {
+/// What the sandbox allows for this configuration: the configuration file is readable; no
+/// TCP port is, because nothing the processor does yet needs the network.
+fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> SandboxPolicy {
+    SandboxPolicy {
+        read_paths: config_file
+            .filter(|p| p.as_os_str() != "-")
+            .map(std::path::Path::to_path_buf)
+            .into_iter()
+            .collect(),
+        connect_ports: Vec::new(),
+        bind_ports: Vec::new(),
+        insecure_no_landlock: config.processor.insecure_no_landlock,
+    }
+}
+
+/// `--check-sandbox`: the same refusal and sandbox as a normal start, then the probes.
+fn check_sandbox(
+    policy: &SandboxPolicy,
+    probes: &sandbox_check::ProbeTargets,
+) -> std::process::ExitCode {
+    let report = privileges::ensure_unprivileged()
+        .map_err(anyhow::Error::from)
+        .and_then(|_| sandbox::apply(policy).map_err(anyhow::Error::from));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sonde-processor: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let outcomes = sandbox_check::run(probes);
+    let mut all = true;
+    for o in &outcomes {
+        all &= o.as_expected;
+        println!("{}", serde_json::to_string(o).unwrap_or_default());
+    }
+    let status = sandbox_check::status_view().ok();
+    println!(
+        "{}",
+        serde_json::json!({
+            "landlock": report.landlock,
+            "seccomp_filters_installed": report.seccomp_filters,
+            "status": status,
+            "all_as_expected": all,
+        })
+    );
+    if all {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result<()> {
     let status = privileges::ensure_unprivileged()?;
+    // Before the first byte from the loader or the kernel is read.
+    let sandbox = sandbox::apply(policy).context("applying the processor sandbox")?;
     info!(
         uid = nix::unistd::getuid().as_raw(),
         no_new_privs = status.no_new_privs,
         cap_bnd = format!("{:016x}", status.cap_bnd),
-        "running unprivileged"
+        landlock = sandbox.landlock,
+        seccomp_filters = sandbox.seccomp_filters,
+        "running unprivileged and sandboxed"
     );
+    if !sandbox.landlock {
+        warn!(
+            "Landlock is OFF (processor.insecure_no_landlock): file and TCP access are not restricted"
+        );
+    }
     for sig in [
         nix::sys::signal::Signal::SIGINT,
         nix::sys::signal::Signal::SIGTERM,

@@ -37,6 +37,10 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
         );
     }
     assert_eq!(status_field(first, "NoNewPrivs"), "1");
+    // Under its seccomp filters (the allowlist and the clone3 one) and Landlock.
+    assert_eq!(status_field(first, "Seccomp"), "2");
+    assert_eq!(status_field(first, "Seccomp_filters"), "2");
+    sonde.wait_log("landlock=true", Duration::from_secs(5));
     // The ring buffer is the only BPF object the processor holds.
     let bpf_fds = std::fs::read_dir(format!("/proc/{first}/fd"))
         .expect("fd dir")

@@ -1,0 +1,253 @@
+//! The processor's sandbox, applied in `main` before any thread starts and before the first
+//! byte of traffic is parsed. Three layers, in this order:
+//!
+//! 1. `NO_NEW_PRIVS` (both other layers need it; it also makes setuid binaries and file
+//!    capabilities inert).
+//! 2. Landlock: read-only access beneath `/proc` (service names of processes), the
+//!    configuration file, TLS trust stores and the name-resolution files; no other file access
+//!    at all (files already open, such as stdout, are unaffected); TCP connect and bind only
+//!    to the ports the configuration exports to or serves on; abstract Unix sockets and
+//!    signals scoped to the processor itself. It fails closed: if the kernel cannot enforce
+//!    the whole ruleset the processor refuses to start, unless the operator set
+//!    `processor.insecure_no_landlock`.
+//! 3. seccomp: the allowlist in `seccomp/processor.json`, compiled into BPF by `build.rs`;
+//!    every other system call fails with `EPERM` (`clone3` with `ENOSYS`, so glibc falls back
+//!    to `clone`, which the allowlist restricts to threads).
+//!
+//! Both are applied to the calling thread, which is the only one at that point; threads
+//! started later inherit them.
+
+use std::path::PathBuf;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, path_beneath_rules,
+};
+use seccompiler::{BpfProgram, sock_filter};
+
+mod filters {
+    include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
+}
+
+/// The Landlock ABI whose rights the ruleset uses: 6 adds signal and abstract-socket scoping
+/// (Linux 6.12) to TCP port rules (ABI 4, Linux 6.7).
+pub const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// Files and trees the processor may read besides `/proc` and its configuration file.
+pub const READABLE_SYSTEM_PATHS: &[&str] = &[
+    "/etc/ssl/certs",
+    "/etc/ca-certificates",
+    "/usr/share/ca-certificates",
+    "/etc/pki/tls/certs",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/gai.conf",
+];
+
+/// What the sandbox allows.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxPolicy {
+    /// Trees and files readable (besides the fixed system paths and `/proc`).
+    pub read_paths: Vec<PathBuf>,
+    /// TCP ports the processor may connect to (exporters, the Kubernetes API).
+    pub connect_ports: Vec<u16>,
+    /// TCP ports the processor may bind (the Prometheus endpoint).
+    pub bind_ports: Vec<u16>,
+    /// Run without Landlock (the operator's explicit, insecure choice).
+    pub insecure_no_landlock: bool,
+}
+
+/// What was applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxReport {
+    /// False only when the operator turned Landlock off.
+    pub landlock: bool,
+    /// Seccomp filters installed.
+    pub seccomp_filters: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("setting NO_NEW_PRIVS: {0}")]
+    NoNewPrivs(nix::Error),
+    #[error("building the Landlock ruleset: {0}")]
+    Landlock(#[from] landlock::RulesetError),
+    #[error(
+        "this kernel cannot fully enforce the processor's Landlock ruleset (status {status}; \
+         it needs Landlock ABI 6, Linux 6.12 or later, with landlock in the lsm= list). \
+         Refusing to run unsandboxed; set processor.insecure_no_landlock: true \
+         (or SONDE_INSECURE_NO_LANDLOCK=true) to run without Landlock anyway"
+    )]
+    LandlockNotEnforced { status: String },
+    #[error("installing the seccomp filter {name}: {source}")]
+    Seccomp {
+        name: &'static str,
+        source: seccompiler::Error,
+    },
+}
+
+fn program(table: &[(u16, u8, u8, u32)]) -> BpfProgram {
+    table
+        .iter()
+        .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
+        .collect()
+}
+
+/// The compiled seccomp filters, by name, in the order they are installed.
+pub fn seccomp_filters() -> [(&'static str, BpfProgram); 2] {
+    [
+        ("processor_clone3", program(filters::PROCESSOR_CLONE3)),
+        ("processor", program(filters::PROCESSOR)),
+    ]
+}
+
+/// Applies NO_NEW_PRIVS, Landlock and seccomp to the calling thread.
+pub fn apply(policy: &SandboxPolicy) -> Result<SandboxReport, SandboxError> {
+    nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
+    let landlock = if policy.insecure_no_landlock {
+        false
+    } else {
+        restrict_with_landlock(policy)?;
+        true
+    };
+    let filters = seccomp_filters();
+    for (name, filter) in &filters {
+        seccompiler::apply_filter(filter)
+            .map_err(|source| SandboxError::Seccomp { name, source })?;
+    }
+    Ok(SandboxReport {
+        landlock,
+        seccomp_filters: filters.len(),
+    })
+}
+
+fn restrict_with_landlock(policy: &SandboxPolicy) -> Result<(), SandboxError> {
+    let abi = LANDLOCK_ABI;
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    let readable = ["/proc"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(READABLE_SYSTEM_PATHS.iter().map(PathBuf::from))
+        .chain(policy.read_paths.iter().cloned());
+    let ports = policy
+        .connect_ports
+        .iter()
+        .map(|p| NetPort::new(*p, AccessNet::ConnectTcp))
+        .chain(
+            policy
+                .bind_ports
+                .iter()
+                .map(|p| NetPort::new(*p, AccessNet::BindTcp)),
+        )
+        .map(Ok::<_, landlock::RulesetError>);
+    let status = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::from_all(abi))?
+        .scope(Scope::from_all(abi))?
+        .create()?
+        .add_rules(path_beneath_rules(readable, read))?
+        .add_rules(ports)?
+        .restrict_self()?;
+    if status.ruleset != RulesetStatus::FullyEnforced {
+        return Err(SandboxError::LandlockNotEnforced {
+            status: format!("{:?}", status.ruleset),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The filters in the binary are exactly what the policy file compiles to today.
+    #[test]
+    fn built_filters_match_the_policy_file() {
+        let json = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../seccomp/processor.json"
+        ))
+        .expect("policy file");
+        let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().expect("arch");
+        let compiled = seccompiler::compile_from_json(json.as_slice(), arch).expect("compiles");
+        for (name, built) in seccomp_filters() {
+            assert_eq!(&compiled[name], &built, "filter {name}");
+        }
+        assert_eq!(compiled.len(), 2);
+    }
+
+    /// Syscalls that must never be in the allowlist, whatever else changes.
+    #[test]
+    fn policy_never_allows_the_dangerous_calls() {
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../seccomp/processor.json"
+            ))
+            .expect("policy file"),
+        )
+        .expect("json");
+        let allowed: Vec<&str> = json["processor"]["filter"]
+            .as_array()
+            .expect("filter list")
+            .iter()
+            .filter_map(|r| r["syscall"].as_str())
+            .collect();
+        assert_eq!(json["processor"]["mismatch_action"]["errno"], 1);
+        for forbidden in [
+            "bpf",
+            "perf_event_open",
+            "ptrace",
+            "process_vm_readv",
+            "process_vm_writev",
+            "execve",
+            "execveat",
+            "fork",
+            "vfork",
+            "mount",
+            "umount2",
+            "unshare",
+            "setns",
+            "setuid",
+            "setgid",
+            "setreuid",
+            "setregid",
+            "setresuid",
+            "setresgid",
+            "setgroups",
+            "setfsuid",
+            "setfsgid",
+            "capset",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "kexec_load",
+            "kexec_file_load",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "seccomp",
+            "kill",
+            "pidfd_open",
+            "pidfd_getfd",
+            "io_uring_setup",
+            "userfaultfd",
+            "chmod",
+            "fchmod",
+            "chown",
+            "fchown",
+            "ioctl",
+        ] {
+            assert!(!allowed.contains(&forbidden), "{forbidden} is allowed");
+        }
+        // socket() only with an explicit family and type.
+        for rule in json["processor"]["filter"].as_array().expect("rules") {
+            if rule["syscall"] == "socket" {
+                let family = rule["args"][0]["val"].as_u64().expect("family");
+                assert!([1, 2, 10].contains(&family), "socket family {family}");
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! `sonde-processor --check-sandbox`: applies the exact sandbox a normal start applies, then
+//! tries what it must forbid and what it must still allow, and reports each outcome. Tests run
+//! it case by case; an operator or auditor runs it on a live host or pod to see the sandbox
+//! hold there. Every probe is harmless when it succeeds (nothing is created or changed that
+//! is not undone), so a broken sandbox shows as a failed probe, not as damage.
+
+use std::{
+    ffi::CString,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{FromRawFd, OwnedFd},
+};
+
+use serde::Serialize;
+
+use crate::privileges;
+
+/// Whether a probe's operation must fail or must work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Denied,
+    Allowed,
+}
+
+/// One probe's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub probe: &'static str,
+    pub expected: Expect,
+    pub denied: bool,
+    /// The error the operation failed with (`EPERM`: seccomp; `EACCES`: Landlock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<String>,
+    pub as_expected: bool,
+}
+
+fn errno_name(e: i32) -> String {
+    format!("{:?}", nix::errno::Errno::from_raw(e))
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Result of a raw system call: Err(errno) on -1.
+fn syscall_result(ret: libc::c_long) -> Result<libc::c_long, i32> {
+    if ret == -1 {
+        Err(last_errno())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn outcome(probe: &'static str, expected: Expect, result: Result<(), i32>) -> Outcome {
+    let denied = result.is_err();
+    Outcome {
+        probe,
+        expected,
+        denied,
+        errno: result.err().map(errno_name),
+        as_expected: denied == (expected == Expect::Denied),
+    }
+}
+
+/// Closes an fd a probe got back, if it got one.
+fn close_if_fd(ret: Result<libc::c_long, i32>) -> Result<(), i32> {
+    ret.map(|fd| {
+        if let Ok(fd) = i32::try_from(fd) {
+            // SAFETY: the fd was just returned to us by the kernel and is owned by nobody else.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    })
+}
+
+fn probe_bpf() -> Result<(), i32> {
+    let attr = [0u8; 128];
+    // SAFETY: bpf(BPF_MAP_CREATE) with a zeroed attribute buffer of the given size; the kernel
+    // only reads it.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
+    close_if_fd(syscall_result(ret))
+}
+
+fn probe_perf_event_open() -> Result<(), i32> {
+    let mut attr = [0u8; 128];
+    // perf_event_attr.size lives at offset 4; a software clock event on this process.
+    attr[0] = 1; // PERF_TYPE_SOFTWARE
+    attr[4..8].copy_from_slice(&128u32.to_ne_bytes());
+    // SAFETY: the kernel reads `size` bytes of the attribute buffer.
+    let ret = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0) };
+    close_if_fd(syscall_result(ret))
+}
+
+fn probe_ptrace() -> Result<(), i32> {
+    // SAFETY: PTRACE_ATTACH to the parent; on success we detach at once.
+    let ppid = unsafe { libc::getppid() };
+    // SAFETY: as above; the pointer arguments are unused by PTRACE_ATTACH.
+    let ret = unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_ATTACH, ppid, 0, 0) };
+    syscall_result(ret).map(|_| {
+        // SAFETY: detaching from the tracee we just attached to.
+        unsafe { libc::syscall(libc::SYS_ptrace, libc::PTRACE_DETACH, ppid, 0, 0) };
+    })
+}
+
+fn probe_process_vm_readv() -> Result<(), i32> {
+    // Reading our own memory: allowed by the kernel's access checks, so only seccomp stops it.
+    let source = [7u8; 8];
+    let mut dest = [0u8; 8];
+    let local = libc::iovec {
+        iov_base: dest.as_mut_ptr().cast(),
+        iov_len: dest.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: source.as_ptr() as *mut libc::c_void,
+        iov_len: source.len(),
+    };
+    // SAFETY: both iovecs point into live buffers of this frame.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_process_vm_readv,
+            libc::getpid(),
+            &local,
+            1,
+            &remote,
+            1,
+            0,
+        )
+    };
+    syscall_result(ret).map(|_| ())
+}
+
+fn probe_execve() -> Result<(), i32> {
+    let path = CString::new("/bin/true").map_err(|_| libc::EINVAL)?;
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    // SAFETY: valid NUL-terminated argument and environment arrays. If the sandbox failed, the
+    // process becomes /bin/true and the report is never printed, which fails the check.
+    let ret = unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    if ret == -1 { Err(last_errno()) } else { Ok(()) }
+}
+
+fn probe_fork() -> Result<(), i32> {
+    // clone(SIGCHLD) is fork: a new process, not a thread.
+    // SAFETY: raw clone without CLONE_VM; a child, if created, exits at once.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) };
+    match syscall_result(ret) {
+        Ok(0) => {
+            // SAFETY: in the child: leave without running any destructor.
+            unsafe { libc::_exit(0) }
+        }
+        Ok(child) => {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child as i32), None);
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn probe_open(path: &str, flags: libc::c_int) -> Result<(), i32> {
+    let c = CString::new(path).map_err(|_| libc::EINVAL)?;
+    // SAFETY: valid NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
+    if fd == -1 {
+        return Err(last_errno());
+    }
+    // SAFETY: fd just returned by open.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    if flags & libc::O_CREAT != 0 {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+fn probe_socket(family: libc::c_int, kind: libc::c_int, protocol: libc::c_int) -> Result<(), i32> {
+    // SAFETY: socket() takes plain integers.
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
+    close_if_fd(if fd == -1 {
+        Err(last_errno())
+    } else {
+        Ok(fd as libc::c_long)
+    })
+}
+
+fn io_errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn probe_connect(port: u16) -> Result<(), i32> {
+    TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+        .map(drop)
+        .map_err(io_errno)
+}
+
+fn probe_bind(port: u16) -> Result<(), i32> {
+    TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+        .map(drop)
+        .map_err(io_errno)
+}
+
+fn probe_simple(nr: libc::c_long, args: [libc::c_long; 5]) -> Result<(), i32> {
+    // SAFETY: every caller passes arguments that make the call fail or do nothing harmful when
+    // it is allowed (null pointers, invalid ids).
+    let ret = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4]) };
+    syscall_result(ret).map(|_| ())
+}
+
+/// What the probes aim at, chosen so that each would succeed without the sandbox.
+#[derive(Debug, Clone)]
+pub struct ProbeTargets {
+    /// A local TCP port with a listener that the policy does not allow.
+    pub connect_port: u16,
+    /// A free local TCP port.
+    pub bind_port: u16,
+    /// A directory the processor's user may write to.
+    pub write_dir: std::path::PathBuf,
+}
+
+/// Runs every probe.
+pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
+    use Expect::{Allowed, Denied};
+    let (connect_port, bind_port) = (targets.connect_port, targets.bind_port);
+    let tmp_file = targets
+        .write_dir
+        .join(format!("sonde-sandbox-probe-{}", std::process::id()))
+        .to_string_lossy()
+        .into_owned();
+    vec![
+        outcome("bpf", Denied, probe_bpf()),
+        outcome("perf_event_open", Denied, probe_perf_event_open()),
+        outcome("ptrace", Denied, probe_ptrace()),
+        outcome("process_vm_readv", Denied, probe_process_vm_readv()),
+        outcome("fork", Denied, probe_fork()),
+        outcome(
+            "unshare_user_namespace",
+            Denied,
+            probe_simple(
+                libc::SYS_unshare,
+                [libc::CLONE_NEWUSER as libc::c_long, 0, 0, 0, 0],
+            ),
+        ),
+        outcome(
+            "mount",
+            Denied,
+            probe_simple(libc::SYS_mount, [0, 0, 0, 0, 0]),
+        ),
+        outcome(
+            "setuid",
+            Denied,
+            probe_simple(libc::SYS_setuid, [0, 0, 0, 0, 0]),
+        ),
+        outcome(
+            "init_module",
+            Denied,
+            probe_simple(libc::SYS_init_module, [0, 0, 0, 0, 0]),
+        ),
+        outcome(
+            "kexec_load",
+            Denied,
+            probe_simple(libc::SYS_kexec_load, [0, 0, 0, 0, 0]),
+        ),
+        // KEYCTL_GET_KEYRING_ID (0) of the session keyring (-3), without creating it.
+        outcome(
+            "keyctl",
+            Denied,
+            probe_simple(libc::SYS_keyctl, [0, -3, 0, 0, 0]),
+        ),
+        outcome(
+            "socket_netlink",
+            Denied,
+            probe_socket(libc::AF_NETLINK, libc::SOCK_RAW, 0),
+        ),
+        outcome(
+            "socket_packet",
+            Denied,
+            probe_socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
+        ),
+        outcome(
+            "socket_raw_inet",
+            Denied,
+            probe_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        ),
+        outcome(
+            "open_etc_shadow",
+            Denied,
+            probe_open("/etc/shadow", libc::O_RDONLY),
+        ),
+        outcome(
+            "open_etc_passwd",
+            Denied,
+            probe_open("/etc/passwd", libc::O_RDONLY),
+        ),
+        outcome(
+            "create_file",
+            Denied,
+            probe_open(&tmp_file, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),
+        ),
+        outcome(
+            "tcp_connect_unlisted_port",
+            Denied,
+            probe_connect(connect_port),
+        ),
+        outcome("tcp_bind", Denied, probe_bind(bind_port)),
+        // Last: if it succeeds, nothing after it runs.
+        outcome("execve", Denied, probe_execve()),
+        outcome(
+            "read_proc_self_status",
+            Allowed,
+            probe_open("/proc/self/status", libc::O_RDONLY),
+        ),
+        outcome(
+            "socket_tcp",
+            Allowed,
+            probe_socket(libc::AF_INET, libc::SOCK_STREAM, 0),
+        ),
+    ]
+}
+
+/// The sandbox as `/proc/self/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    pub seccomp: Option<u32>,
+    pub seccomp_filters: Option<u32>,
+    pub no_new_privs: bool,
+    pub cap_eff: String,
+    pub cap_prm: String,
+    pub cap_inh: String,
+    pub cap_amb: String,
+    pub cap_bnd: String,
+}
+
+/// Reads the sandbox-related fields of `/proc/self/status`.
+pub fn status_view() -> std::io::Result<StatusView> {
+    let text = std::fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .map(str::to_string)
+    };
+    let caps = privileges::parse_status(&text);
+    Ok(StatusView {
+        seccomp: field("Seccomp").and_then(|v| v.parse().ok()),
+        seccomp_filters: field("Seccomp_filters").and_then(|v| v.parse().ok()),
+        no_new_privs: caps.no_new_privs,
+        cap_eff: format!("{:016x}", caps.cap_eff),
+        cap_prm: format!("{:016x}", caps.cap_prm),
+        cap_inh: format!("{:016x}", caps.cap_inh),
+        cap_amb: format!("{:016x}", caps.cap_amb),
+        cap_bnd: format!("{:016x}", caps.cap_bnd),
+    })
+}
