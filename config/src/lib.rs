@@ -629,6 +629,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("BEYLA_LOG_LEVEL") && e.contains("loud"), "{e}");
+        let e = Config::load(None, &env(&[("SONDE_INSECURE_NO_LANDLOCK", "yes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SONDE_INSECURE_NO_LANDLOCK") && e.contains("yes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn landlock_opt_out_is_off_unless_asked_for() {
+        assert!(
+            !Config::load(None, &env(&[]))
+                .unwrap()
+                .processor
+                .insecure_no_landlock
+        );
+        let c = load_yaml("processor:\n  insecure_no_landlock: true\n", &[]).unwrap();
+        assert!(c.processor.insecure_no_landlock);
+        let again = load_yaml(&c.to_yaml(), &[]).unwrap();
+        assert!(again.processor.insecure_no_landlock);
+        let c = Config::load(None, &env(&[("SONDE_INSECURE_NO_LANDLOCK", "1")])).unwrap();
+        assert!(c.processor.insecure_no_landlock);
     }
 
     #[test]
