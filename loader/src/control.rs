@@ -24,14 +24,23 @@ use sonde_schema::{
     control_capnp::{loader_message, processor_message},
 };
 
-use crate::selection::ProcessMeta;
+use crate::{ProcessorIdentity, selection::ProcessMeta};
 
 /// Who may connect.
 #[derive(Debug, Clone)]
 pub struct PeerPolicy {
-    pub uids: Vec<u32>,
+    /// The allowed uids; None: any uid (then `gid` is always set).
+    pub uids: Option<Vec<u32>>,
     /// When set, the peer's gid must match.
     pub gid: Option<u32>,
+}
+
+impl PeerPolicy {
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        let uid_ok = self.uids.as_ref().is_none_or(|u| u.contains(&uid));
+        let gid_ok = self.gid.is_none_or(|g| g == gid);
+        uid_ok && gid_ok && (self.uids.is_some() || self.gid.is_some())
+    }
 }
 
 /// The listening control socket.
@@ -41,14 +50,20 @@ pub struct ControlListener {
 }
 
 impl ControlListener {
-    /// Creates the socket at `path`, owned by the processor's uid/gid with mode 0600, so only
-    /// that user (and root) can even connect.
-    pub fn bind(path: &Path, owner: (u32, u32)) -> Result<ControlListener> {
-        if let Some(dir) = path.parent() {
+    /// Creates the socket at `path` so that only the processor can even connect: owned by its
+    /// uid/gid with mode 0600, or, for any user of a group, by this process and that group
+    /// with mode 0660. A missing parent directory is created (0755); an existing one (a
+    /// systemd `RuntimeDirectory=`, a pod volume) is left as its owner set it.
+    pub fn bind(path: &Path, identity: ProcessorIdentity) -> Result<ControlListener> {
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
                 .with_context(|| format!("chmod {}", dir.display()))?;
         }
+        let (owner, mode) = match identity {
+            ProcessorIdentity::User { uid, gid } => ((Some(uid), gid), 0o600),
+            ProcessorIdentity::AnyUserOfGroup { gid } => ((None, gid), 0o660),
+        };
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -66,11 +81,11 @@ impl ControlListener {
         bind(fd.as_raw_fd(), &addr).with_context(|| format!("binding {}", path.display()))?;
         chown(
             path,
-            Some(Uid::from_raw(owner.0)),
+            owner.0.map(Uid::from_raw),
             Some(Gid::from_raw(owner.1)),
         )
-        .with_context(|| format!("chown {} to {}:{}", path.display(), owner.0, owner.1))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chown {} to {:?}:{}", path.display(), owner.0, owner.1))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("chmod {}", path.display()))?;
         listen(&fd, Backlog::new(4).context("backlog")?)
             .context("listening on the control socket")?;
@@ -91,7 +106,7 @@ impl ControlListener {
         let conn = unsafe { OwnedFd::from_raw_fd(raw) };
         let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED")?;
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
-        if !policy.uids.contains(&uid) || policy.gid.is_some_and(|g| g != gid) {
+        if !policy.allows(uid, gid) {
             let _ = send_refusal(conn.as_fd(), "peer credentials not allowed");
             bail!(
                 "refused control connection from pid {pid} uid {uid} gid {gid}: not in the allowed uids {:?} / gid {:?}",
@@ -228,4 +243,37 @@ pub fn page_size() -> u32 {
         .ok()
         .flatten()
         .map_or(4096, |v| v as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_policy_by_user_and_by_group() {
+        let user = PeerPolicy {
+            uids: Some(vec![1000, 1001]),
+            gid: None,
+        };
+        assert!(user.allows(1000, 5) && user.allows(1001, 6));
+        assert!(!user.allows(0, 0) && !user.allows(1002, 5));
+        let user_and_group = PeerPolicy {
+            uids: Some(vec![1000]),
+            gid: Some(50),
+        };
+        assert!(user_and_group.allows(1000, 50));
+        assert!(!user_and_group.allows(1000, 51));
+        let any_of_group = PeerPolicy {
+            uids: None,
+            gid: Some(50),
+        };
+        assert!(any_of_group.allows(61184, 50) && any_of_group.allows(1, 50));
+        assert!(!any_of_group.allows(61184, 51) && !any_of_group.allows(0, 0));
+        // An empty policy admits nobody.
+        let nobody = PeerPolicy {
+            uids: None,
+            gid: None,
+        };
+        assert!(!nobody.allows(1000, 1000));
+    }
 }

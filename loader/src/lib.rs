@@ -50,8 +50,44 @@ extern "C" fn on_stop_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Resolves a user name or numeric uid to (uid, primary gid), and the optional group.
-pub fn resolve_user(user: &str, group: Option<&str>) -> Result<(u32, u32)> {
+/// `processor.user` value meaning "any user of `processor.group`": for a processor whose uid
+/// is not known in advance (systemd `DynamicUser=`, a pod's random uid).
+pub const ANY_USER: &str = "*";
+
+/// Who the processor is, as far as the control socket is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessorIdentity {
+    /// A known user; `gid` is `processor.group` or the user's primary group.
+    User { uid: u32, gid: u32 },
+    /// Any uid whose gid is `gid` (`processor.user: "*"`).
+    AnyUserOfGroup { gid: u32 },
+}
+
+fn resolve_group(group: &str) -> Result<u32> {
+    match group.parse::<u32>() {
+        Ok(gid) => Ok(gid),
+        Err(_) => Ok(nix::unistd::Group::from_name(group)
+            .with_context(|| format!("looking up processor.group {group:?}"))?
+            .with_context(|| format!("processor.group {group:?}: no such group"))?
+            .gid
+            .as_raw()),
+    }
+}
+
+/// Resolves `processor.user` (a name, a numeric uid or `*`) and `processor.group`.
+pub fn resolve_processor(user: &str, group: Option<&str>) -> Result<ProcessorIdentity> {
+    if user == ANY_USER {
+        let Some(group) = group else {
+            bail!(
+                "processor.user \"*\" (any user) needs processor.group: the group is then what the control socket checks"
+            );
+        };
+        let gid = resolve_group(group)?;
+        if gid == 0 {
+            bail!("processor.group {group:?} is root's group; the processor must run unprivileged");
+        }
+        return Ok(ProcessorIdentity::AnyUserOfGroup { gid });
+    }
     let (uid, primary_gid) = match user.parse::<u32>() {
         Ok(uid) => {
             let gid = nix::unistd::User::from_uid(uid.into())
@@ -69,35 +105,50 @@ pub fn resolve_user(user: &str, group: Option<&str>) -> Result<(u32, u32)> {
     };
     let gid = match group {
         None => primary_gid,
-        Some(g) => match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => nix::unistd::Group::from_name(g)
-                .with_context(|| format!("looking up processor.group {g:?}"))?
-                .with_context(|| format!("processor.group {g:?}: no such group"))?
-                .gid
-                .as_raw(),
-        },
+        Some(g) => resolve_group(g)?,
     };
     if uid == 0 {
         bail!("processor.user {user:?} is root; the processor must run unprivileged");
     }
-    Ok((uid, gid))
+    Ok(ProcessorIdentity::User { uid, gid })
+}
+
+/// Capabilities the loader needs in its effective set at start-up; their absence is reported
+/// by name before anything is attempted.
+const STARTUP_CAPABILITIES: [caps::Capability; 2] =
+    [caps::Capability::CAP_BPF, caps::Capability::CAP_PERFMON];
+
+fn check_startup_capabilities() -> Result<()> {
+    let effective =
+        caps::read(None, caps::CapSet::Effective).context("reading effective capabilities")?;
+    let missing: Vec<String> = STARTUP_CAPABILITIES
+        .iter()
+        .filter(|c| !effective.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "sonde-loader lacks {} (needed to load and attach the kernel programs); run it as root or grant them (systemd AmbientCapabilities=, Kubernetes capabilities.add)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Runs the loader until SIGINT/SIGTERM.
 pub fn run(config: Config, options: RunOptions) -> Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!(
-            "sonde-loader must start as root (it needs CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN to load and attach probes)"
-        );
-    }
+    check_startup_capabilities()?;
     if !config.has_selection() {
         warn!(
             "no process selected: set open_port / BEYLA_OPEN_PORT, auto_target_exe / BEYLA_AUTO_TARGET_EXE or target_pids"
         );
     }
-    let (proc_uid, proc_gid) =
-        resolve_user(&config.processor.user, config.processor.group.as_deref())?;
+    let identity = resolve_processor(&config.processor.user, config.processor.group.as_deref())?;
+    if options.spawn_processor && matches!(identity, ProcessorIdentity::AnyUserOfGroup { .. }) {
+        bail!(
+            "processor.user \"*\" (any user of processor.group) is for a processor started separately; single-host mode needs a user to start it as"
+        );
+    }
 
     let mounted = kernel_layout::ensure_mounts().context("mounting kernel filesystems")?;
     if !mounted.is_empty() {
@@ -114,14 +165,22 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
         "kernel programs attached"
     );
 
-    let listener = ControlListener::bind(&config.control_socket, (proc_uid, proc_gid))?;
-    let mut policy_uids = vec![proc_uid];
-    policy_uids.extend(&config.processor.allowed_uids);
-    let policy = PeerPolicy {
-        uids: policy_uids,
-        gid: config.processor.group.as_ref().map(|_| proc_gid),
+    let listener = ControlListener::bind(&config.control_socket, identity)?;
+    let policy = match identity {
+        ProcessorIdentity::User { uid, gid } => {
+            let mut uids = vec![uid];
+            uids.extend(&config.processor.allowed_uids);
+            PeerPolicy {
+                uids: Some(uids),
+                gid: config.processor.group.as_ref().map(|_| gid),
+            }
+        }
+        ProcessorIdentity::AnyUserOfGroup { gid } => PeerPolicy {
+            uids: None,
+            gid: Some(gid),
+        },
     };
-    info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, "control socket listening");
+    info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, allowed_gid = ?policy.gid, "control socket listening");
 
     let keep = privileges::runtime_capabilities(options.spawn_processor);
     let kept = privileges::drop_to(&keep).context("dropping capabilities")?;
@@ -155,11 +214,16 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
             "--config".into(),
             "-".into(),
         ];
+        let (uid, gid) = match identity {
+            ProcessorIdentity::User { uid, gid } => (uid, gid),
+            // Refused above for single-host mode.
+            ProcessorIdentity::AnyUserOfGroup { gid } => (u32::MAX, gid),
+        };
         Supervisor::new(ProcessorSpec {
             binary,
             args,
-            uid: proc_uid,
-            gid: proc_gid,
+            uid,
+            gid,
             env: supervisor::processor_env(),
             config_yaml: config.to_yaml(),
         })

@@ -80,7 +80,8 @@ impl Assembler {
             }
             Record::Update(update) => match self.held.get_mut(&update.conn_id) {
                 Some(held) => {
-                    held.event.response_bytes += update.bytes;
+                    held.event.response_bytes =
+                        held.event.response_bytes.saturating_add(update.bytes);
                     held.event.end_ns = held.event.end_ns.max(update.end_ns);
                     held.last_news = now;
                 }
@@ -160,6 +161,18 @@ mod tests {
         a.feed(Record::Http(event(7, 50)), t, collect(&mut out));
         assert_eq!(out, vec![(7, 1124, 300, 0)]);
         assert_eq!(a.held(), 1);
+    }
+
+    #[test]
+    fn response_bytes_saturate_instead_of_overflowing() {
+        // Found by the event_to_span fuzzer: record fields are untrusted.
+        let mut a = Assembler::new(DEFAULT_HOLD, 10);
+        let mut out = Vec::new();
+        let t = Instant::now();
+        a.feed(Record::Http(event(9, u64::MAX - 1)), t, collect(&mut out));
+        a.feed(update(EVENT_RESPONSE_MORE, 9, 10, 1), t, collect(&mut out));
+        a.finish(collect(&mut out));
+        assert_eq!(out, vec![(9, u64::MAX, 100, 0)]);
     }
 
     #[test]
