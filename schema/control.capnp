@@ -24,6 +24,14 @@ struct Hello {
   protocolVersion @0 :UInt32;
   # Free text for the loader's log (processor binary version).
   agent @1 :Text;
+  # The sandbox the processor applied before connecting, as it reports it (the loader logs
+  # it and `sonde-loader --audit` shows it; seccomp is also visible in /proc, Landlock is not).
+  sandbox @2 :SandboxState;
+}
+
+struct SandboxState {
+  landlock @0 :Bool;
+  seccompFilters @1 :UInt8;
 }
 
 struct LoaderMessage {

@@ -31,6 +31,14 @@ pub struct Cli {
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Report what the running loader and processor hold (uids, capabilities with reasons,
+    /// NO_NEW_PRIVS, seccomp, Landlock), check it against the documented policy and exit
+    /// (non-zero when it does not hold).
+    #[arg(long)]
+    pub audit: bool,
+    /// With --audit: print the report as JSON.
+    #[arg(long, requires = "audit")]
+    pub json: bool,
 }
 
 impl Cli {
@@ -81,6 +89,22 @@ pub fn main_with(always_spawn_processor: bool) -> std::process::ExitCode {
     if cli.print_config {
         print!("{}", config.to_yaml());
         return std::process::ExitCode::SUCCESS;
+    }
+    if cli.audit {
+        let report = crate::audit::report(&config.control_socket);
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        } else {
+            print!("{}", crate::audit::render(&report));
+        }
+        return if report.problems.is_empty() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
     }
     init_logging(config.log_level);
     let options = crate::RunOptions {

@@ -128,8 +128,17 @@ impl Drop for ControlListener {
     }
 }
 
+/// What a processor says about itself in its Hello.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HelloInfo {
+    pub agent: String,
+    /// Reported sandbox; None from a processor that does not report one.
+    pub landlock: Option<bool>,
+    pub seccomp_filters: Option<u8>,
+}
+
 /// Waits (bounded) for the processor's Hello and checks its protocol version.
-pub fn read_hello(conn: BorrowedFd<'_>) -> Result<String> {
+pub fn read_hello(conn: BorrowedFd<'_>) -> Result<HelloInfo> {
     let mut fds = [PollFd::new(conn, PollFlags::POLLIN)];
     let ready = poll(
         &mut fds,
@@ -154,7 +163,18 @@ pub fn read_hello(conn: BorrowedFd<'_>) -> Result<String> {
             sonde_schema::control_capnp::PROTOCOL_VERSION
         );
     }
-    Ok(hello.get_agent()?.to_string().unwrap_or_default())
+    let agent = hello.get_agent()?.to_string().unwrap_or_default();
+    let (landlock, seccomp_filters) = if hello.has_sandbox() {
+        let s = hello.get_sandbox()?;
+        (Some(s.get_landlock()), Some(s.get_seccomp_filters()))
+    } else {
+        (None, None)
+    };
+    Ok(HelloInfo {
+        agent,
+        landlock,
+        seccomp_filters,
+    })
 }
 
 fn send_refusal(conn: BorrowedFd<'_>, why: &str) -> Result<()> {

@@ -7,6 +7,7 @@
 //! 1. read configuration; 2. mount tracefs/bpffs if missing; 3. load + attach probes;
 //! 4. bind the control socket; 5. drop capabilities; 6. run the event loop.
 
+pub mod audit;
 pub mod cli;
 pub mod control;
 pub mod kernel_layout;
@@ -233,7 +234,16 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
         config: &config,
         selected: BTreeMap::new(),
         client: None,
+        status: audit::Status {
+            loader_pid: std::process::id(),
+            spawns_processor: options.spawn_processor,
+            kept_capabilities: kept.clone(),
+            processor: None,
+        },
     };
+    state
+        .status
+        .write(&audit::status_path(&config.control_socket));
     state.rescan(&mut probes);
 
     let mut last_rescan = Instant::now();
@@ -273,7 +283,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
             ) {
                 Err(e) => {
                     info!(reason = %e, "processor disconnected");
-                    state.client = None;
+                    state.disconnect();
                 }
                 Ok(datagram) => {
                     match goodbye_reason(&datagram) {
@@ -282,7 +292,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
                             warn!("processor sent an unexpected message; closing its connection")
                         }
                     }
-                    state.client = None;
+                    state.disconnect();
                 }
             }
         }
@@ -335,9 +345,19 @@ struct LoaderState<'a> {
     config: &'a Config,
     selected: BTreeMap<u32, ProcessMeta>,
     client: Option<OwnedFd>,
+    status: audit::Status,
 }
 
 impl LoaderState<'_> {
+    /// Forgets the processor connection (and its entry in the status file).
+    fn disconnect(&mut self) {
+        self.client = None;
+        if self.status.processor.take().is_some() {
+            self.status
+                .write(&audit::status_path(&self.config.control_socket));
+        }
+    }
+
     fn accept(&mut self, listener: &ControlListener, policy: &PeerPolicy, probes: &Probes) {
         let (conn, pid, uid) = match listener.accept(policy) {
             Ok(Some(c)) => c,
@@ -348,7 +368,7 @@ impl LoaderState<'_> {
             }
         };
         let result = (|| -> Result<()> {
-            let agent = control::read_hello(conn.as_fd())?;
+            let hello = control::read_hello(conn.as_fd())?;
             let ring = probes.events_fd()?;
             control::send_welcome(conn.as_fd(), ring.as_fd(), probes.ring_buffer_bytes)?;
             for meta in self.selected.values() {
@@ -357,10 +377,15 @@ impl LoaderState<'_> {
             info!(
                 pid,
                 uid,
-                agent,
+                agent = hello.agent,
+                landlock = ?hello.landlock,
+                seccomp_filters = ?hello.seccomp_filters,
                 processes = self.selected.len(),
                 "processor connected; ring buffer handed over"
             );
+            self.status.processor = Some(audit::ProcessorStatus { pid, uid, hello });
+            self.status
+                .write(&audit::status_path(&self.config.control_socket));
             Ok(())
         })();
         match result {
@@ -389,7 +414,7 @@ impl LoaderState<'_> {
                 error = format!("{e:#}"),
                 what, "control send failed; dropping processor connection"
             );
-            self.client = None;
+            self.disconnect();
         }
     }
 

@@ -15,6 +15,32 @@
 use anyhow::{Context, Result};
 use caps::{CapSet, Capability, CapsHashSet};
 
+/// Why the loader may hold `cap`, for logs and `--audit`; None for a capability it never
+/// needs.
+pub fn reason(cap: Capability) -> Option<&'static str> {
+    Some(match cap {
+        Capability::CAP_SYS_PTRACE => {
+            "read /proc/<pid>/exe and /proc/<pid>/fd of other users' processes (selection by executable and port)"
+        }
+        Capability::CAP_DAC_READ_SEARCH => {
+            "traverse other users' /proc/<pid>/fd; read root-only tracefs format files at start-up"
+        }
+        Capability::CAP_SETUID | Capability::CAP_SETGID => {
+            "single-host mode: start and restart the processor as its user"
+        }
+        Capability::CAP_SETPCAP => {
+            "drop capabilities from the bounding set (the loader's after start-up, the processor's before exec)"
+        }
+        Capability::CAP_KILL => "single-host mode: stop a processor running under another uid",
+        Capability::CAP_BPF | Capability::CAP_PERFMON => {
+            "start-up only: load and attach the kernel programs"
+        }
+        Capability::CAP_CHOWN => "start-up only: give the control socket to the processor",
+        Capability::CAP_SYS_ADMIN => "start-up only, when missing: mount tracefs and bpffs",
+        _ => return None,
+    })
+}
+
 /// The capabilities the loader keeps at run time.
 pub fn runtime_capabilities(spawns_processor: bool) -> CapsHashSet {
     let mut keep: CapsHashSet = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]

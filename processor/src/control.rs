@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use crate::sandbox::SandboxReport;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll},
@@ -61,7 +62,7 @@ pub fn connect_to(path: &Path) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-pub fn hello(conn: BorrowedFd<'_>) -> Result<Welcome> {
+pub fn hello(conn: BorrowedFd<'_>, sandbox: &SandboxReport) -> Result<Welcome> {
     let mut msg = capnp::message::Builder::new_default();
     {
         let mut h = msg
@@ -69,6 +70,9 @@ pub fn hello(conn: BorrowedFd<'_>) -> Result<Welcome> {
             .init_hello();
         h.set_protocol_version(sonde_schema::control_capnp::PROTOCOL_VERSION);
         h.set_agent(concat!("sonde-processor ", env!("CARGO_PKG_VERSION")));
+        let mut s = h.init_sandbox();
+        s.set_landlock(sandbox.landlock);
+        s.set_seccomp_filters(u8::try_from(sandbox.seccomp_filters).unwrap_or(u8::MAX));
     }
     channel::send(conn, &msg, &[]).map_err(|e| anyhow!("sending hello: {e}"))?;
 

@@ -252,7 +252,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
     }
 
     let conn = control::connect_to(&control_path)?;
-    let welcome = control::hello(conn.as_fd())?;
+    let welcome = control::hello(conn.as_fd(), &sandbox)?;
     let mut ring = RingReader::new(welcome.ring_fd, welcome.data_size, welcome.page_size)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
     epoll

@@ -1,0 +1,335 @@
+//! `sonde-loader --audit`: what the running loader and processor hold, read from `/proc`
+//! (uid, capability sets with the reason for each capability, `NoNewPrivs`, seccomp), plus
+//! the sandbox the processor reported when it connected (Landlock is not visible in `/proc`),
+//! checked against the documented policy. The running loader keeps that report in a status
+//! file next to the control socket (`sonde-status.json`, mode 0644, no secrets).
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use caps::Capability;
+use serde::{Deserialize, Serialize};
+
+use crate::{control::HelloInfo, privileges};
+
+/// The status file for a control socket path.
+pub fn status_path(control_socket: &Path) -> PathBuf {
+    control_socket.with_file_name("sonde-status.json")
+}
+
+/// What the loader records about itself and the connected processor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub loader_pid: u32,
+    pub spawns_processor: bool,
+    pub kept_capabilities: Vec<String>,
+    pub processor: Option<ProcessorStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessorStatus {
+    pub pid: u32,
+    pub uid: u32,
+    pub hello: HelloInfo,
+}
+
+impl Status {
+    /// Replaces the status file (written aside, then renamed); failures are logged only.
+    pub fn write(&self, path: &Path) {
+        let tmp = path.with_extension("json.tmp");
+        let result = (|| -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "writing the status file failed");
+        }
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// One process as `/proc/<pid>/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub comm: String,
+    pub uid: String,
+    pub gid: String,
+    pub no_new_privs: bool,
+    pub seccomp_mode: u32,
+    pub seccomp_filters: u32,
+    pub capabilities: CapabilityView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CapabilityView {
+    /// Effective capabilities, each with why Sonde holds it (or that it should not).
+    pub effective: Vec<(String, String)>,
+    pub permitted: Vec<String>,
+    pub bounding: Vec<String>,
+    pub ambient: Vec<String>,
+    pub inheritable: Vec<String>,
+}
+
+fn status_text(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+fn cap_names(mask: u64) -> Vec<Capability> {
+    caps::all()
+        .into_iter()
+        .filter(|c| mask & (1u64 << c.index()) != 0)
+        .collect()
+}
+
+fn names(caps: &[Capability]) -> Vec<String> {
+    let mut v: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
+    v.sort();
+    v
+}
+
+fn view(pid: u32) -> Option<ProcessView> {
+    let text = status_text(pid)?;
+    let mask = |n: &str| {
+        field(&text, n)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    let num = |n: &str| field(&text, n).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut effective: Vec<(String, String)> = cap_names(mask("CapEff"))
+        .into_iter()
+        .map(|c| {
+            (
+                c.to_string(),
+                privileges::reason(c)
+                    .unwrap_or("not needed by Sonde")
+                    .to_string(),
+            )
+        })
+        .collect();
+    effective.sort();
+    Some(ProcessView {
+        pid,
+        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default(),
+        uid: field(&text, "Uid").unwrap_or("").replace('\t', " "),
+        gid: field(&text, "Gid").unwrap_or("").replace('\t', " "),
+        no_new_privs: num("NoNewPrivs") == 1,
+        seccomp_mode: num("Seccomp"),
+        seccomp_filters: num("Seccomp_filters"),
+        capabilities: CapabilityView {
+            effective,
+            permitted: names(&cap_names(mask("CapPrm"))),
+            bounding: names(&cap_names(mask("CapBnd"))),
+            ambient: names(&cap_names(mask("CapAmb"))),
+            inheritable: names(&cap_names(mask("CapInh"))),
+        },
+    })
+}
+
+/// Pids whose command name is one of `comms` (this auditing process excluded).
+fn pids_named(comms: &[&str]) -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|pid: &u32| {
+            *pid != me
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| comms.contains(&c.trim()))
+        })
+        .collect();
+    pids.sort();
+    pids
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub loaders: Vec<ProcessView>,
+    pub processors: Vec<ProcessorView>,
+    pub status_file: String,
+    /// Every way the running pair departs from the documented policy; empty when it holds.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessorView {
+    #[serde(flatten)]
+    pub process: ProcessView,
+    /// As the processor reported it at connect time; None when it is not the connected one.
+    pub landlock: Option<bool>,
+}
+
+/// Builds the report for the pair using `control_socket`.
+pub fn report(control_socket: &Path) -> Report {
+    let path = status_path(control_socket);
+    let status: Option<Status> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut problems = Vec::new();
+    let loaders: Vec<ProcessView> = pids_named(&["sonde", "sonde-loader"])
+        .into_iter()
+        .filter_map(view)
+        .collect();
+    if loaders.is_empty() {
+        problems.push("no sonde or sonde-loader process is running".into());
+    }
+    for l in &loaders {
+        let spawns = status
+            .as_ref()
+            .filter(|s| s.loader_pid == l.pid)
+            .map_or(l.comm == "sonde", |s| s.spawns_processor);
+        let allowed = names(
+            &privileges::runtime_capabilities(spawns)
+                .into_iter()
+                .collect::<Vec<_>>(),
+        );
+        for (cap, _) in &l.capabilities.effective {
+            if !allowed.contains(cap) {
+                problems.push(format!(
+                    "loader {} holds {cap}, which its run-time phase does not need",
+                    l.pid
+                ));
+            }
+        }
+        for cap in &l.capabilities.bounding {
+            if !allowed.contains(cap) {
+                problems.push(format!("loader {} keeps {cap} in its bounding set", l.pid));
+            }
+        }
+        if !l.capabilities.ambient.is_empty() {
+            problems.push(format!("loader {} has ambient capabilities", l.pid));
+        }
+    }
+    let processors: Vec<ProcessorView> = pids_named(&["sonde-processor"])
+        .into_iter()
+        .filter_map(view)
+        .map(|process| {
+            let landlock = status
+                .as_ref()
+                .and_then(|s| s.processor.as_ref())
+                .filter(|p| p.pid == process.pid)
+                .and_then(|p| p.hello.landlock);
+            ProcessorView { process, landlock }
+        })
+        .collect();
+    if processors.is_empty() {
+        problems.push("no sonde-processor process is running".into());
+    }
+    for p in &processors {
+        let pid = p.process.pid;
+        let c = &p.process.capabilities;
+        if p.process.uid.split_whitespace().any(|u| u == "0") {
+            problems.push(format!("processor {pid} runs with uid 0"));
+        }
+        if !(c.effective.is_empty()
+            && c.permitted.is_empty()
+            && c.ambient.is_empty()
+            && c.inheritable.is_empty())
+        {
+            problems.push(format!("processor {pid} holds capabilities"));
+        }
+        if !p.process.no_new_privs {
+            problems.push(format!("processor {pid} lacks NO_NEW_PRIVS"));
+        }
+        if p.process.seccomp_mode != 2 || p.process.seccomp_filters < 2 {
+            problems.push(format!(
+                "processor {pid} is not under its seccomp filters (Seccomp {}, filters {})",
+                p.process.seccomp_mode, p.process.seccomp_filters
+            ));
+        }
+        match p.landlock {
+            Some(true) => {}
+            Some(false) => problems.push(format!(
+                "processor {pid} runs without Landlock (processor.insecure_no_landlock)"
+            )),
+            None => problems.push(format!(
+                "processor {pid}: no Landlock report (not the connected processor, or no status file at {})",
+                path.display()
+            )),
+        }
+    }
+    Report {
+        loaders,
+        processors,
+        status_file: path.display().to_string(),
+        problems,
+    }
+}
+
+/// Renders the report for a terminal.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let mut process = |role: &str, p: &ProcessView, landlock: Option<Option<bool>>| {
+        out += &format!(
+            "{role} pid {} ({})\n  uid {}  gid {}\n  no_new_privs {}  seccomp mode {} with {} filter(s)\n",
+            p.pid, p.comm, p.uid, p.gid, p.no_new_privs, p.seccomp_mode, p.seccomp_filters
+        );
+        if let Some(l) = landlock {
+            out += &format!(
+                "  landlock {}\n",
+                match l {
+                    Some(true) => "enforced (reported by the processor at connect)",
+                    Some(false) => "OFF (processor.insecure_no_landlock)",
+                    None => "unknown (no report)",
+                }
+            );
+        }
+        if p.capabilities.effective.is_empty() {
+            out += "  effective capabilities: none\n";
+        } else {
+            out += "  effective capabilities:\n";
+            for (cap, why) in &p.capabilities.effective {
+                out += &format!("    {cap}: {why}\n");
+            }
+        }
+        for (set, caps) in [
+            ("permitted", &p.capabilities.permitted),
+            ("bounding", &p.capabilities.bounding),
+            ("ambient", &p.capabilities.ambient),
+            ("inheritable", &p.capabilities.inheritable),
+        ] {
+            out += &format!(
+                "  {set}: {}\n",
+                if caps.is_empty() {
+                    "none".to_string()
+                } else {
+                    caps.join(" ")
+                }
+            );
+        }
+    };
+    for l in &report.loaders {
+        process("loader", l, None);
+    }
+    for p in &report.processors {
+        process("processor", &p.process, Some(p.landlock));
+    }
+    if report.problems.is_empty() {
+        out += "verdict: the running pair matches the documented least-privilege policy\n";
+    } else {
+        out += "verdict: PROBLEMS\n";
+        for p in &report.problems {
+            out += &format!("  - {p}\n");
+        }
+    }
+    out
+}
