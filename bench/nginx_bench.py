@@ -7,7 +7,12 @@ produced / requests completed, loader+processor CPU seconds per 100k requests, p
 RSS (VmHWM), and in-kernel cost per request (kernel.bpf_stats_enabled run time of Sonde's
 programs / requests). Run as root after `cargo build --release`; scripts/bench.sh does both.
 
-Usage: nginx_bench.py [--rounds 3] [--duration 10] [--json out.json] [-- extra sonde args]
+Usage: nginx_bench.py [--rounds 3] [--duration 10] [--json out.json]
+                      [--compare-release DIR] [-- extra sonde args]
+
+With --compare-release, every round also runs a second instrumented variant (DIR/sonde, another
+build, with the same arguments) right after the first, so both are paired with the same
+baseline.
 """
 import argparse
 import json
@@ -111,14 +116,14 @@ def wait_log(path, needle, timeout=60):
     raise SystemExit(f"timed out waiting for {needle!r} in {path}:\n{open(path).read()[-3000:]}")
 
 
-def instrumented_round(port, duration, workdir, extra, printer):
+def instrumented_round(port, duration, workdir, extra, printer, release=None):
     spans_path = os.path.join(workdir, "spans.json")
     log_path = os.path.join(workdir, "sonde.log")
     env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": printer, "NO_COLOR": "1",
            "SONDE_CONTROL_SOCKET": os.path.join(workdir, "control.sock")}
     before = {p["id"] for p in bpf_progs()}
     with open(spans_path, "w") as out, open(log_path, "w") as err:
-        sonde = subprocess.Popen([os.path.join(RELEASE, "sonde"), "--open-port", str(port)] + extra,
+        sonde = subprocess.Popen([os.path.join(release or RELEASE, "sonde"), "--open-port", str(port)] + extra,
                                  stdout=out, stderr=err, env=env)
     try:
         wait_log(log_path, r"processor connected")
@@ -169,6 +174,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--printer", default="json", choices=["json", "text", "disabled"],
                     help="trace printer of the instrumented runs (json: spans written to a file and counted)")
+    ap.add_argument("--compare-release", help="directory of another build whose sonde runs as a second variant per round")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -187,11 +193,19 @@ def main():
             base_req, base_rps = wrk(port, args.duration)
             inst = instrumented_round(port, args.duration, workdir, args.extra, args.printer)
             r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps, **inst}
+            if args.compare_release is not None:
+                r["compare"] = instrumented_round(port, args.duration, workdir, args.extra,
+                                                  args.printer, args.compare_release)
             rounds.append(r)
             print(f"round {i+1}: baseline {base_rps:.0f} req/s, instrumented {inst['rps']:.0f} req/s "
                   f"(ratio {inst['rps']/base_rps:.3f}), spans/requests {inst['spans']}/{inst['requests'] + inst['stats_requests']}, "
                   f"cpu {inst['cpu_s']:.2f}s, processor HWM {inst['processor_hwm_kib']/1024:.1f} MiB, "
                   f"bpf {inst['bpf_ns']/max(inst['stats_requests'],1):.0f} ns/request", flush=True)
+            if args.compare_release is not None:
+                o = r["compare"]
+                print(f"         compared variant: {o['rps']:.0f} req/s (ratio {o['rps']/base_rps:.3f}), "
+                      f"spans/requests {o['spans']}/{o['requests'] + o['stats_requests']}, cpu {o['cpu_s']:.2f}s, "
+                      f"processor HWM {o['processor_hwm_kib']/1024:.1f} MiB", flush=True)
     finally:
         stop(nginx, signal.SIGQUIT, 10)
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
@@ -215,6 +229,18 @@ def main():
         "bpf_ns_per_request": sum(r["bpf_ns"] for r in rounds) / stats_reqs,
         "bpf_runs_per_request": sum(r["bpf_runs"] for r in rounds) / stats_reqs,
     }
+    if args.compare_release is not None:
+        others = [r["compare"] for r in rounds]
+        o_reqs = sum(o["requests"] + o["stats_requests"] for o in others)
+        o_ratios = sorted(o["rps"] / r["baseline_rps"] for o, r in zip(others, rounds))
+        summary["compare"] = {
+            "throughput_ratio": sum(o["rps"] for o in others) / len(others) / base,
+            "throughput_ratio_median_round": o_ratios[len(o_ratios) // 2] if len(o_ratios) % 2 else
+            (o_ratios[len(o_ratios) // 2 - 1] + o_ratios[len(o_ratios) // 2]) / 2,
+            "spans_per_request": sum(o["spans"] for o in others) / o_reqs,
+            "cpu_s_per_100k_requests": sum(o["cpu_s"] for o in others) / o_reqs * 100_000,
+            "processor_peak_rss_mib": max(o["processor_hwm_kib"] for o in others) / 1024,
+        }
     print("summary: " + json.dumps(summary, indent=1))
     if args.json:
         json.dump({"rounds": rounds, "summary": summary}, open(args.json, "w"), indent=1)
