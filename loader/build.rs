@@ -1,7 +1,11 @@
 //! Builds the kernel programs (`loader-ebpf`) for bpfel-unknown-none with nightly build-std
-//! through aya-build, so `cargo build` of the loader embeds an up-to-date object.
+//! through aya-build, so `cargo build` of the loader embeds an up-to-date object, and compiles
+//! the loader's run-time seccomp policy (`seccomp/loader.json`) into the binary.
+
+include!("../seccomp/compile.rs");
 
 fn main() -> anyhow::Result<()> {
+    compile_seccomp_policy("loader.json", "seccomp_filters.rs");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../loader-ebpf");
     aya_build::build_ebpf(
         [aya_build::Package {

@@ -39,6 +39,10 @@ pub struct Cli {
     /// With --audit: print the report as JSON.
     #[arg(long, requires = "audit")]
     pub json: bool,
+    /// Install the run-time seccomp policy (the single-host variant with --spawn-processor),
+    /// try what it must forbid, print one JSON line per probe and exit (0 when all hold).
+    #[arg(long)]
+    pub check_runtime_policy: bool,
 }
 
 impl Cli {
@@ -89,6 +93,16 @@ pub fn main_with(always_spawn_processor: bool) -> std::process::ExitCode {
     if cli.print_config {
         print!("{}", config.to_yaml());
         return std::process::ExitCode::SUCCESS;
+    }
+    if cli.check_runtime_policy {
+        return match crate::sandbox::check_runtime_policy(spawn_processor) {
+            Ok(true) => std::process::ExitCode::SUCCESS,
+            Ok(false) => std::process::ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("sonde: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
     }
     if cli.audit {
         let report = crate::audit::report(&config.control_socket);

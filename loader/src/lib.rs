@@ -13,6 +13,7 @@ pub mod control;
 pub mod kernel_layout;
 pub mod privileges;
 pub mod probes;
+pub mod sandbox;
 pub mod selection;
 pub mod supervisor;
 
@@ -200,6 +201,9 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
         unsafe { nix::sys::signal::sigaction(sig, &action) }
             .context("installing signal handlers")?;
     }
+    let filters = sandbox::apply_runtime_policy(options.spawn_processor)
+        .context("installing the run-time seccomp policy")?;
+    info!(?filters, "run-time seccomp policy installed");
 
     let mut supervisor = options.spawn_processor.then(|| {
         let binary = config

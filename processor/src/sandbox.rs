@@ -23,11 +23,13 @@ use landlock::{
     ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, Scope, path_beneath_rules,
 };
-use seccompiler::{BpfProgram, sock_filter};
+use seccompiler::BpfProgram;
 
 mod filters {
     include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
 }
+
+include!("../../seccomp/tables.rs");
 
 /// The Landlock ABI whose rights the ruleset uses: 6 adds signal and abstract-socket scoping
 /// (Linux 6.12) to TCP port rules (ABI 4, Linux 6.7).
@@ -86,13 +88,6 @@ pub enum SandboxError {
         name: &'static str,
         source: seccompiler::Error,
     },
-}
-
-fn program(table: &[(u16, u8, u8, u32)]) -> BpfProgram {
-    table
-        .iter()
-        .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
-        .collect()
 }
 
 /// The compiled seccomp filters, by name, in the order they are installed.
@@ -165,13 +160,7 @@ mod tests {
     /// The filters in the binary are exactly what the policy file compiles to today.
     #[test]
     fn built_filters_match_the_policy_file() {
-        let json = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../seccomp/processor.json"
-        ))
-        .expect("policy file");
-        let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into().expect("arch");
-        let compiled = seccompiler::compile_from_json(json.as_slice(), arch).expect("compiles");
+        let compiled = compile_policy_now("processor.json");
         for (name, built) in seccomp_filters() {
             assert_eq!(&compiled[name], &built, "filter {name}");
         }

@@ -65,7 +65,10 @@ fn audit_of_a_single_host_pair_passes_with_reasons_for_each_capability() {
     let p = &processors[0];
     assert_eq!(p["landlock"], true);
     assert_eq!(p["seccomp_mode"], 2);
-    assert_eq!(p["seccomp_filters"], 2);
+    // Its own two filters on top of the two it inherits from the loader's single-host policy.
+    assert_eq!(p["seccomp_filters"], 4);
+    assert_eq!(loaders[0]["seccomp_mode"], 2);
+    assert_eq!(loaders[0]["seccomp_filters"], 2);
     assert_eq!(p["no_new_privs"], true);
     assert_eq!(p["uid"], "65534 65534 65534 65534");
     assert_eq!(p["capabilities"]["effective"], Value::Array(vec![]));

@@ -157,6 +157,7 @@ fn two_units_as_unprivileged_users_produce_spans() {
         assert_eq!(status_field(lpid, set), runtime, "loader {set}");
     }
     assert_eq!(status_field(lpid, "CapAmb"), cap_mask(&[]));
+    assert_eq!(status_field(lpid, "Seccomp"), "2");
     let meta = std::fs::metadata(&socket).expect("socket");
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,

@@ -37,9 +37,10 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
         );
     }
     assert_eq!(status_field(first, "NoNewPrivs"), "1");
-    // Under its seccomp filters (the allowlist and the clone3 one) and Landlock.
+    // Under its seccomp filters (the allowlist and the clone3 one, on top of the two inherited
+    // from the loader's run-time policy) and Landlock.
     assert_eq!(status_field(first, "Seccomp"), "2");
-    assert_eq!(status_field(first, "Seccomp_filters"), "2");
+    assert_eq!(status_field(first, "Seccomp_filters"), "4");
     sonde.wait_log("landlock=true", Duration::from_secs(5));
     // The ring buffer is the only BPF object the processor holds.
     let bpf_fds = std::fs::read_dir(format!("/proc/{first}/fd"))
@@ -350,6 +351,9 @@ fn loader_keeps_only_its_documented_runtime_capabilities() {
             );
         }
         assert_eq!(status_field(pid, "CapInh"), ZERO_CAPS, "{bin}");
+        // And under its run-time seccomp policy.
+        assert_eq!(status_field(pid, "Seccomp"), "2", "{bin}");
+        assert_eq!(status_field(pid, "Seccomp_filters"), "2", "{bin}");
         assert_eq!(status_field(pid, "CapAmb"), ZERO_CAPS, "{bin}");
     }
 }

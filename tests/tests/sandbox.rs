@@ -167,3 +167,51 @@ fn the_processor_refuses_to_start_when_run_as_root() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The loader's run-time policy, both variants: it installs the filter, then tries loading,
+/// attaching, perf events, ptrace, process_vm_readv, mounts, modules, namespaces and netlink
+/// (and, without the processor to spawn, TCP sockets and execve), all EPERM, while a map
+/// lookup still reaches the kernel.
+#[test]
+fn loader_runtime_policy_denies_loading_attaching_and_tracing() {
+    for spawning in [false, true] {
+        let mut cmd = std::process::Command::new(binary("sonde-loader"));
+        cmd.args(["--check-runtime-policy", "--open-port", "1"]);
+        if spawning {
+            cmd.arg("--spawn-processor");
+        }
+        let out = cmd.output().expect("sonde-loader --check-runtime-policy");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let probes: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let names: Vec<&str> = probes.iter().filter_map(|p| p["probe"].as_str()).collect();
+        for must in [
+            "bpf_map_create",
+            "bpf_prog_load",
+            "bpf_raw_tracepoint_open",
+            "bpf_link_create",
+            "perf_event_open",
+            "ptrace_attach_pid_1",
+            "process_vm_readv",
+            "mount",
+            "init_module",
+            "unshare_mount_namespace",
+            "socket_netlink",
+        ] {
+            let p = probes
+                .iter()
+                .find(|p| p["probe"] == must)
+                .unwrap_or_else(|| panic!("{must} missing from {names:?}"));
+            assert_eq!(p["errno"], "EPERM", "{p}");
+        }
+        let lookup = probes
+            .iter()
+            .find(|p| p["probe"] == "bpf_map_lookup_elem_allowed")
+            .expect("lookup probe");
+        assert_ne!(lookup["errno"], "EPERM", "{lookup}");
+        assert_eq!(names.contains(&"execve"), !spawning);
+        assert!(out.status.success(), "spawning={spawning}: {stdout}");
+    }
+}
