@@ -17,8 +17,19 @@ struct ProcessorMessage {
     hello @0 :Hello;
     # Sent before a clean shutdown, with the reason, so the loader logs it.
     goodbye @1 :Text;
+    # Asks the loader to stop capturing processes. The processor can only narrow what is
+    # captured: there is no message that adds a process, and the loader refuses (and logs) a
+    # request naming a process it does not capture.
+    narrow @2 :Narrow;
   }
 }
+
+struct Narrow {
+  # At most maxNarrowPids per message.
+  stopPids @0 :List(UInt32);
+}
+
+const maxNarrowPids :UInt32 = 1024;
 
 struct Hello {
   protocolVersion @0 :UInt32;

@@ -128,6 +128,35 @@ impl Drop for ControlListener {
     }
 }
 
+/// A message from the processor after its hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromProcessor {
+    Narrow(Vec<u32>),
+    Goodbye(String),
+}
+
+/// Decodes a post-hello message: a narrowing request (size-checked) or a goodbye.
+pub fn read_processor_message(datagram: &channel::Datagram) -> Result<FromProcessor> {
+    if !datagram.fds.is_empty() {
+        bail!("the processor sent file descriptors");
+    }
+    let message = datagram.message().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let root = message.get_root::<processor_message::Reader<'_>>()?;
+    match root.which()? {
+        processor_message::Which::Goodbye(r) => {
+            Ok(FromProcessor::Goodbye(r?.to_string().unwrap_or_default()))
+        }
+        processor_message::Which::Narrow(n) => {
+            let pids = n?.get_stop_pids()?;
+            if pids.len() > sonde_schema::control_capnp::MAX_NARROW_PIDS {
+                bail!("narrowing request with {} pids", pids.len());
+            }
+            Ok(FromProcessor::Narrow(pids.iter().collect()))
+        }
+        processor_message::Which::Hello(_) => bail!("a second hello"),
+    }
+}
+
 /// What a processor says about itself in its Hello.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HelloInfo {
@@ -268,6 +297,42 @@ pub fn page_size() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn datagram(build: impl FnOnce(processor_message::Builder<'_>)) -> channel::Datagram {
+        let mut msg = capnp::message::Builder::new_default();
+        build(msg.init_root::<processor_message::Builder<'_>>());
+        channel::Datagram {
+            bytes: capnp::serialize::write_message_to_words(&msg),
+            fds: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn processor_messages_after_hello() {
+        let narrow = datagram(|m| {
+            let mut p = m.init_narrow().init_stop_pids(2);
+            p.set(0, 10);
+            p.set(1, 20);
+        });
+        assert_eq!(
+            read_processor_message(&narrow).unwrap(),
+            FromProcessor::Narrow(vec![10, 20])
+        );
+        let too_many = datagram(|m| {
+            m.init_narrow()
+                .init_stop_pids(sonde_schema::control_capnp::MAX_NARROW_PIDS + 1);
+        });
+        assert!(read_processor_message(&too_many).is_err());
+        let bye = datagram(|mut m| m.set_goodbye("stopping"));
+        assert_eq!(
+            read_processor_message(&bye).unwrap(),
+            FromProcessor::Goodbye("stopping".into())
+        );
+        let hello = datagram(|m| {
+            m.init_hello();
+        });
+        assert!(read_processor_message(&hello).is_err());
+    }
 
     #[test]
     fn peer_policy_by_user_and_by_group() {

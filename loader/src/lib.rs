@@ -237,6 +237,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
     let mut state = LoaderState {
         config: &config,
         selected: BTreeMap::new(),
+        narrowed_out: Default::default(),
         client: None,
         status: audit::Status {
             loader_pid: std::process::id(),
@@ -280,7 +281,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
             state.accept(&listener, &policy, &probes);
         }
         if client_ready {
-            // The processor sends nothing after its hello; readable means closed or misbehaving.
+            // After its hello the processor may only narrow the capture or say goodbye.
             match sonde_schema::channel::recv(
                 state.client.as_ref().map(|c| c.as_fd()).expect("client"),
                 0,
@@ -289,15 +290,20 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
                     info!(reason = %e, "processor disconnected");
                     state.disconnect();
                 }
-                Ok(datagram) => {
-                    match goodbye_reason(&datagram) {
-                        Some(reason) => info!(reason, "processor said goodbye"),
-                        None => {
-                            warn!("processor sent an unexpected message; closing its connection")
-                        }
+                Ok(datagram) => match control::read_processor_message(&datagram) {
+                    Ok(control::FromProcessor::Narrow(pids)) => state.narrow(&mut probes, &pids),
+                    Ok(control::FromProcessor::Goodbye(reason)) => {
+                        info!(reason, "processor said goodbye");
+                        state.disconnect();
                     }
-                    state.disconnect();
-                }
+                    Err(e) => {
+                        warn!(
+                            error = format!("{e:#}"),
+                            "processor sent an unexpected message; closing its connection"
+                        );
+                        state.disconnect();
+                    }
+                },
             }
         }
         if proc_ready {
@@ -324,19 +330,6 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
 }
 
 /// The reason of a processor's goodbye message, if that is what the datagram holds.
-fn goodbye_reason(datagram: &sonde_schema::channel::Datagram) -> Option<String> {
-    let message = datagram.message().ok()?;
-    let root = message
-        .get_root::<sonde_schema::control_capnp::processor_message::Reader<'_>>()
-        .ok()?;
-    match root.which().ok()? {
-        sonde_schema::control_capnp::processor_message::Which::Goodbye(r) => {
-            Some(r.ok()?.to_string().ok()?)
-        }
-        _ => None,
-    }
-}
-
 /// Path of a binary installed next to the running one.
 fn sibling_binary(name: &str) -> PathBuf {
     std::env::current_exe()
@@ -348,6 +341,8 @@ fn sibling_binary(name: &str) -> PathBuf {
 struct LoaderState<'a> {
     config: &'a Config,
     selected: BTreeMap<u32, ProcessMeta>,
+    /// Processes the processor asked to stop capturing; they stay out until they exit.
+    narrowed_out: std::collections::BTreeSet<u32>,
     client: Option<OwnedFd>,
     status: audit::Status,
 }
@@ -423,7 +418,7 @@ impl LoaderState<'_> {
     }
 
     fn add(&mut self, probes: &mut Probes, meta: ProcessMeta) {
-        if self.selected.contains_key(&meta.pid) {
+        if self.selected.contains_key(&meta.pid) || self.narrowed_out.contains(&meta.pid) {
             return;
         }
         // Metadata goes out before the pid enters the filter, so the processor always knows a
@@ -441,6 +436,23 @@ impl LoaderState<'_> {
             "process selected"
         );
         self.selected.insert(meta.pid, meta);
+    }
+
+    /// The processor's request to stop capturing `pids`: honoured for captured processes only;
+    /// anything else is refused and logged, so a processor can never widen the capture.
+    fn narrow(&mut self, probes: &mut Probes, pids: &[u32]) {
+        for &pid in pids {
+            if self.selected.contains_key(&pid) {
+                self.narrowed_out.insert(pid);
+                self.remove(probes, pid);
+                info!(pid, "capture narrowed at the processor's request");
+            } else {
+                warn!(
+                    pid,
+                    "refused the processor's narrowing request: pid is not captured (the processor can only narrow)"
+                );
+            }
+        }
     }
 
     fn remove(&mut self, probes: &mut Probes, pid: u32) {
@@ -483,7 +495,10 @@ impl LoaderState<'_> {
         for ev in events {
             debug!(?ev, "process event");
             match ev.kind {
-                PROC_EXIT => self.remove(probes, ev.pid),
+                PROC_EXIT => {
+                    self.narrowed_out.remove(&ev.pid);
+                    self.remove(probes, ev.pid);
+                }
                 PROC_EXEC => {
                     if let Some(meta) = Selector::new(self.config).check(ev.pid) {
                         self.add(probes, meta);

@@ -157,6 +157,7 @@ fn two_units_as_unprivileged_users_produce_spans() {
         assert_eq!(status_field(lpid, set), runtime, "loader {set}");
     }
     assert_eq!(status_field(lpid, "CapAmb"), cap_mask(&[]));
+    loader.wait_log("run-time seccomp policy installed", Duration::from_secs(5));
     assert_eq!(status_field(lpid, "Seccomp"), "2");
     let meta = std::fs::metadata(&socket).expect("socket");
     assert_eq!(

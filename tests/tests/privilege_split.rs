@@ -351,7 +351,8 @@ fn loader_keeps_only_its_documented_runtime_capabilities() {
             );
         }
         assert_eq!(status_field(pid, "CapInh"), ZERO_CAPS, "{bin}");
-        // And under its run-time seccomp policy.
+        // And under its run-time seccomp policy, installed right after.
+        loader.wait_log("run-time seccomp policy installed", Duration::from_secs(5));
         assert_eq!(status_field(pid, "Seccomp"), "2", "{bin}");
         assert_eq!(status_field(pid, "Seccomp_filters"), "2", "{bin}");
         assert_eq!(status_field(pid, "CapAmb"), ZERO_CAPS, "{bin}");
