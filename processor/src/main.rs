@@ -63,6 +63,10 @@ struct Cli {
     /// sandbox must not let it write to.
     #[arg(long, default_value = "/tmp", requires = "check_sandbox")]
     probe_write_dir: PathBuf,
+    /// For --check-sandbox: the name of an abstract Unix socket listening outside the sandbox,
+    /// which the processor must not be able to reach.
+    #[arg(long, requires = "check_sandbox")]
+    probe_abstract_socket: Option<String>,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -118,6 +122,7 @@ fn main() -> std::process::ExitCode {
             connect_port: cli.probe_connect_port,
             bind_port: cli.probe_bind_port,
             write_dir: cli.probe_write_dir.clone(),
+            abstract_socket: cli.probe_abstract_socket.clone(),
         };
         return check_sandbox(&policy, &probes);
     }

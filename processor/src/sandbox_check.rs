@@ -196,6 +196,15 @@ fn probe_bind(port: u16) -> Result<(), i32> {
         .map_err(io_errno)
 }
 
+fn probe_abstract_connect(name: &str) -> Result<(), i32> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr =
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(io_errno)?;
+    std::os::unix::net::UnixStream::connect_addr(&addr)
+        .map(drop)
+        .map_err(io_errno)
+}
+
 fn probe_simple(nr: libc::c_long, args: [libc::c_long; 5]) -> Result<(), i32> {
     // SAFETY: every caller passes arguments that make the call fail or do nothing harmful when
     // it is allowed (null pointers, invalid ids).
@@ -212,6 +221,8 @@ pub struct ProbeTargets {
     pub bind_port: u16,
     /// A directory the processor's user may write to.
     pub write_dir: std::path::PathBuf,
+    /// An abstract Unix socket name with a listener outside the sandbox.
+    pub abstract_socket: Option<String>,
 }
 
 /// Runs every probe.
@@ -223,7 +234,7 @@ pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
         .join(format!("sonde-sandbox-probe-{}", std::process::id()))
         .to_string_lossy()
         .into_owned();
-    vec![
+    let mut outcomes = vec![
         outcome("bpf", Denied, probe_bpf()),
         outcome("perf_event_open", Denied, probe_perf_event_open()),
         outcome("ptrace", Denied, probe_ptrace()),
@@ -311,7 +322,15 @@ pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
             Allowed,
             probe_socket(libc::AF_INET, libc::SOCK_STREAM, 0),
         ),
-    ]
+    ];
+    if let Some(name) = &targets.abstract_socket {
+        outcomes.push(outcome(
+            "abstract_unix_connect",
+            Denied,
+            probe_abstract_connect(name),
+        ));
+    }
+    outcomes
 }
 
 /// The sandbox as `/proc/self/status` shows it.

@@ -24,6 +24,14 @@ fn check_sandbox(extra: &[&str]) -> (HashMap<String, Value>, Value, Output) {
     let connect_port = listener.local_addr().expect("addr").port().to_string();
     let bind_port = free_port().to_string();
     // A directory the user nobody can write to, so only the sandbox stops the write probe.
+    // An abstract socket listening outside the sandbox, which Landlock's scoping must hide.
+    let abstract_name = format!("sonde-sandbox-test-{}-{}", std::process::id(), free_port());
+    let abstract_listener = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .expect("abstract name");
+        std::os::unix::net::UnixListener::bind_addr(&addr).expect("abstract listener")
+    };
     let writable = dir.path("writable");
     std::fs::create_dir(&writable).expect("mkdir");
     std::fs::set_permissions(
@@ -46,12 +54,15 @@ fn check_sandbox(extra: &[&str]) -> (HashMap<String, Value>, Value, Output) {
             &connect_port,
             "--probe-bind-port",
             &bind_port,
+            "--probe-abstract-socket",
+            &abstract_name,
             "--probe-write-dir",
         ])
         .arg(&writable)
         .args(extra)
         .output()
         .expect("running sonde-processor --check-sandbox");
+    drop(abstract_listener);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let mut probes = HashMap::new();
     let mut summary = Value::Null;
@@ -115,6 +126,7 @@ denied! {
     nothing_can_be_written: "create_file" => "EACCES",
     connecting_to_a_port_outside_the_allowlist_fails: "tcp_connect_unlisted_port" => "EACCES",
     binding_a_port_fails: "tcp_bind" => "EACCES",
+    abstract_unix_sockets_outside_are_unreachable: "abstract_unix_connect" => "EPERM",
 }
 
 #[test]
@@ -143,6 +155,7 @@ fn without_landlock_the_file_and_port_probes_get_through_and_the_check_fails() {
         "create_file",
         "tcp_connect_unlisted_port",
         "tcp_bind",
+        "abstract_unix_connect",
     ] {
         assert_eq!(probes[probe]["denied"], false, "{probe}: {}", probes[probe]);
         assert_eq!(probes[probe]["as_expected"], false);
