@@ -7,6 +7,7 @@
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     time::{Duration, Instant},
 };
 
@@ -17,6 +18,27 @@ pub const DEFAULT_HOLD: Duration = Duration::from_millis(500);
 /// Most exchanges held at once (one per open connection with a response under way).
 pub const DEFAULT_MAX_HELD: usize = 65_536;
 
+/// Connection ids are random (the kernel draws them from its PRNG; traffic cannot choose
+/// them), so they are their own hash: no SipHash per event.
+#[derive(Default)]
+struct ConnIdHasher(u64);
+
+impl Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
+type ConnIdMap<V> = HashMap<u64, V, BuildHasherDefault<ConnIdHasher>>;
+
 struct Held {
     event: HttpEvent,
     last_news: Instant,
@@ -24,7 +46,7 @@ struct Held {
 
 /// Exchanges whose response may still grow, by connection id.
 pub struct Assembler {
-    held: HashMap<u64, Held>,
+    held: ConnIdMap<Held>,
     hold: Duration,
     max_held: usize,
     /// Response-byte or close records for an exchange no longer held.
@@ -36,7 +58,7 @@ pub struct Assembler {
 impl Assembler {
     pub fn new(hold: Duration, max_held: usize) -> Assembler {
         Assembler {
-            held: HashMap::new(),
+            held: ConnIdMap::default(),
             hold,
             max_held,
             late_updates: 0,

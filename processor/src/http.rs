@@ -182,6 +182,30 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
     Ok(head)
 }
 
+/// The Content-Length of a response head, found with one byte search per line instead of
+/// splitting every header (this runs once per response at full load). Same rules as
+/// `header_lines`: complete CRLF lines up to the blank line, names case-insensitive.
+fn response_content_length(bytes: &[u8], first_line_end: usize) -> Option<u64> {
+    const NAME: &[u8] = b"content-length:";
+    let rest = bytes.get(first_line_end..)?;
+    let mut start = 0;
+    let mut found = None;
+    for nl in memchr::memchr_iter(b'\n', rest) {
+        let line = &rest[start..nl];
+        start = nl + 1;
+        if line.is_empty() || line == b"\r" {
+            break;
+        }
+        if line.len() > NAME.len()
+            && line.ends_with(b"\r")
+            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+        {
+            found = parse_u64(trim(&line[NAME.len()..line.len() - 1]));
+        }
+    }
+    found
+}
+
 /// Parses a captured response head; None when it is not an HTTP/1.x status line.
 pub fn parse_response(bytes: &[u8]) -> Option<ResponseHead> {
     let rest = bytes.strip_prefix(b"HTTP/1.")?;
@@ -197,11 +221,7 @@ pub fn parse_response(bytes: &[u8]) -> Option<ResponseHead> {
         ..Default::default()
     };
     if let Some(line_end) = find_crlf(bytes) {
-        for (name, value) in header_lines(bytes, line_end + 2) {
-            if name.eq_ignore_ascii_case(b"content-length") {
-                head.content_length = parse_u64(value);
-            }
-        }
+        head.content_length = response_content_length(bytes, line_end + 2);
     }
     head.head_len = head_len(bytes);
     Some(head)
