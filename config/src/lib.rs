@@ -135,6 +135,102 @@ impl TracePrinter {
     }
 }
 
+/// Where spans of ignored routes are dropped (`routes.ignore_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteIgnoreMode {
+    All,
+    Traces,
+    Metrics,
+}
+
+impl RouteIgnoreMode {
+    pub fn parse(key: &str, v: &str) -> Result<RouteIgnoreMode, ConfigError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "all" => Ok(RouteIgnoreMode::All),
+            "traces" => Ok(RouteIgnoreMode::Traces),
+            "metrics" => Ok(RouteIgnoreMode::Metrics),
+            _ => Err(invalid(key, v, "one of all, traces, metrics")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteIgnoreMode::All => "all",
+            RouteIgnoreMode::Traces => "traces",
+            RouteIgnoreMode::Metrics => "metrics",
+        }
+    }
+    /// True when spans (traces) of ignored routes are dropped.
+    pub fn drops_traces(self) -> bool {
+        matches!(self, RouteIgnoreMode::All | RouteIgnoreMode::Traces)
+    }
+}
+
+/// What `http.route` is for a path no pattern matches (`routes.unmatched`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmatchedRoutes {
+    /// No route.
+    Unset,
+    /// The path itself (unbounded: only for known, small URL spaces).
+    Path,
+    /// `/**`.
+    Wildcard,
+    /// Segments holding a digit become `*`.
+    Heuristic,
+    /// A learned per-service tree collapsing busy positions into `*` (bounded).
+    LowCardinality,
+}
+
+impl UnmatchedRoutes {
+    pub fn parse(key: &str, v: &str) -> Result<UnmatchedRoutes, ConfigError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "unset" => Ok(UnmatchedRoutes::Unset),
+            "path" => Ok(UnmatchedRoutes::Path),
+            "wildcard" => Ok(UnmatchedRoutes::Wildcard),
+            "heuristic" => Ok(UnmatchedRoutes::Heuristic),
+            "low-cardinality" | "low_cardinality" => Ok(UnmatchedRoutes::LowCardinality),
+            _ => Err(invalid(
+                key,
+                v,
+                "one of unset, path, wildcard, heuristic, low-cardinality",
+            )),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnmatchedRoutes::Unset => "unset",
+            UnmatchedRoutes::Path => "path",
+            UnmatchedRoutes::Wildcard => "wildcard",
+            UnmatchedRoutes::Heuristic => "heuristic",
+            UnmatchedRoutes::LowCardinality => "low-cardinality",
+        }
+    }
+}
+
+/// Route decoration (`routes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutesConfig {
+    /// `/user/{id}`, `/api/v1/items/:id`, `/static/*`.
+    pub patterns: Vec<String>,
+    pub ignored_patterns: Vec<String>,
+    pub ignore_mode: RouteIgnoreMode,
+    pub unmatched: UnmatchedRoutes,
+    pub wildcard_char: String,
+    pub max_path_segment_cardinality: u32,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        RoutesConfig {
+            patterns: Vec::new(),
+            ignored_patterns: Vec::new(),
+            ignore_mode: RouteIgnoreMode::All,
+            unmatched: UnmatchedRoutes::LowCardinality,
+            wildcard_char: "*".into(),
+            max_path_segment_cardinality: 10,
+        }
+    }
+}
+
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogLevel {
@@ -206,6 +302,7 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub processor: ProcessorSettings,
     pub ebpf: EbpfSettings,
+    pub routes: RoutesConfig,
     /// Seconds between kernel counter reports.
     pub stats_interval_secs: u32,
 }
@@ -234,6 +331,7 @@ impl Default for Config {
                 allowed_uids: Vec::new(),
                 insecure_no_landlock: false,
             },
+            routes: RoutesConfig::default(),
             ebpf: EbpfSettings {
                 ring_buffer_bytes: 8 << 20,
                 max_connections: 16384,
@@ -257,7 +355,19 @@ struct FileConfig {
     control_socket: Option<PathBuf>,
     processor: Option<FileProcessor>,
     ebpf: Option<FileEbpf>,
+    routes: Option<FileRoutes>,
     stats_interval_secs: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoutes {
+    patterns: Option<Vec<String>>,
+    ignored_patterns: Option<Vec<String>>,
+    ignore_mode: Option<String>,
+    unmatched: Option<String>,
+    wildcard_char: Option<String>,
+    max_path_segment_cardinality: Option<u32>,
 }
 
 /// `open_port: 8080` and `open_port: "8080,9000-9100"` are both accepted.
@@ -378,6 +488,48 @@ impl Config {
             }
             if let Some(v) = p.insecure_no_landlock {
                 self.processor.insecure_no_landlock = v;
+            }
+        }
+        if let Some(r) = f.routes {
+            let check = |key: &str, list: Vec<String>| -> Result<Vec<String>, ConfigError> {
+                for p in &list {
+                    if !p.starts_with('/') {
+                        return Err(invalid(key, p, "patterns starting with /"));
+                    }
+                }
+                Ok(list)
+            };
+            if let Some(v) = r.patterns {
+                self.routes.patterns = check("routes.patterns", v)?;
+            }
+            if let Some(v) = r.ignored_patterns {
+                self.routes.ignored_patterns = check("routes.ignored_patterns", v)?;
+            }
+            if let Some(v) = r.ignore_mode {
+                self.routes.ignore_mode = RouteIgnoreMode::parse("routes.ignore_mode", &v)?;
+            }
+            if let Some(v) = r.unmatched {
+                self.routes.unmatched = UnmatchedRoutes::parse("routes.unmatched", &v)?;
+            }
+            if let Some(v) = r.wildcard_char {
+                if v.is_empty() || v.contains('/') {
+                    return Err(invalid(
+                        "routes.wildcard_char",
+                        v,
+                        "a non-empty string without /",
+                    ));
+                }
+                self.routes.wildcard_char = v;
+            }
+            if let Some(v) = r.max_path_segment_cardinality {
+                if !(1..=10_000).contains(&v) {
+                    return Err(invalid(
+                        "routes.max_path_segment_cardinality",
+                        v,
+                        "a number from 1 to 10000",
+                    ));
+                }
+                self.routes.max_path_segment_cardinality = v;
             }
         }
         if let Some(e) = f.ebpf {
@@ -536,6 +688,16 @@ impl Config {
         out += "ebpf:\n";
         out += &format!("  ring_buffer_bytes: {}\n", self.ebpf.ring_buffer_bytes);
         out += &format!("  max_connections: {}\n", self.ebpf.max_connections);
+        out += "routes:\n";
+        out += &format!("  patterns: {:?}\n", self.routes.patterns);
+        out += &format!("  ignored_patterns: {:?}\n", self.routes.ignored_patterns);
+        out += &format!("  ignore_mode: {}\n", self.routes.ignore_mode.as_str());
+        out += &format!("  unmatched: {}\n", self.routes.unmatched.as_str());
+        out += &format!("  wildcard_char: {:?}\n", self.routes.wildcard_char);
+        out += &format!(
+            "  max_path_segment_cardinality: {}\n",
+            self.routes.max_path_segment_cardinality
+        );
         out += &format!("stats_interval_secs: {}\n", self.stats_interval_secs);
         out
     }
@@ -636,6 +798,36 @@ mod tests {
             e.contains("SONDE_INSECURE_NO_LANDLOCK") && e.contains("yes"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn routes_parse_validate_and_round_trip() {
+        let c = load_yaml(
+            "routes:\n  patterns: [\"/user/{id}\", \"/items/:id\"]\n  ignored_patterns: [/health]\n  ignore_mode: traces\n  unmatched: heuristic\n  max_path_segment_cardinality: 5\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.routes.patterns, ["/user/{id}", "/items/:id"]);
+        assert_eq!(c.routes.ignore_mode, RouteIgnoreMode::Traces);
+        assert_eq!(c.routes.unmatched, UnmatchedRoutes::Heuristic);
+        let again = load_yaml(&c.to_yaml(), &[]).unwrap();
+        assert_eq!(again.routes, c.routes);
+        assert_eq!(
+            Config::load(None, &env(&[])).unwrap().routes.unmatched,
+            UnmatchedRoutes::LowCardinality
+        );
+        for (yaml, key) in [
+            ("routes:\n  unmatched: smart\n", "routes.unmatched"),
+            ("routes:\n  ignore_mode: some\n", "routes.ignore_mode"),
+            ("routes:\n  patterns: [user]\n", "routes.patterns"),
+            (
+                "routes:\n  max_path_segment_cardinality: 0\n",
+                "routes.max_path_segment_cardinality",
+            ),
+        ] {
+            let e = load_yaml(yaml, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     #[test]

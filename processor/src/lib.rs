@@ -8,6 +8,7 @@ pub mod http;
 pub mod printer;
 pub mod privileges;
 pub mod ringbuf;
+pub mod routes;
 pub mod sandbox;
 pub mod sandbox_check;
 pub mod span;

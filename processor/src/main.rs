@@ -21,6 +21,7 @@ use sonde_processor::{
     printer::Printer,
     privileges,
     ringbuf::RingReader,
+    routes::Router,
     sandbox::{self, SandboxPolicy},
     sandbox_check,
     span::{self, Built, ServiceInfo},
@@ -298,6 +299,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
     let mut ids = <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng());
     let mut last_stats = Instant::now();
     let mut assembler = Assembler::new(exchange::DEFAULT_HOLD, exchange::DEFAULT_MAX_HELD);
+    let mut router = Router::new(&config.routes);
 
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
 
@@ -356,6 +358,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
                     ev,
                     config,
                     &processes,
+                    &mut router,
                     &mut printer,
                     &mut stats,
                     &mut ids,
@@ -368,6 +371,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
                 ev,
                 config,
                 &processes,
+                &mut router,
                 &mut printer,
                 &mut stats,
                 &mut ids,
@@ -391,6 +395,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             ev,
             config,
             &processes,
+            &mut router,
             &mut printer,
             &mut stats,
             &mut ids,
@@ -404,10 +409,15 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
 }
 
 /// Builds the span of one completed exchange and prints it, counting what happened.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the loop's state, borrowed piecewise; a struct would borrow it all at once"
+)]
 fn emit_span<W: std::io::Write>(
     ev: &HttpEvent,
     config: &Config,
     processes: &Processes,
+    router: &mut Router,
     printer: &mut Printer<W>,
     stats: &mut Stats,
     ids: &mut rand::rngs::SmallRng,
@@ -424,7 +434,15 @@ fn emit_span<W: std::io::Write>(
     };
     match span::build(ev, &service, mono_to_unix, ids) {
         Built::NotHttp => stats.not_http += 1,
-        Built::Span(s) => {
+        Built::Span(mut s) => {
+            if s.malformed.is_none() {
+                let routed = router.route(&s.service_name, &s.path);
+                if routed.ignored.is_some_and(|m| m.drops_traces()) {
+                    stats.ignored_routes += 1;
+                    return;
+                }
+                s.set_route(routed.route);
+            }
             stats.spans += 1;
             stats.malformed += u64::from(s.malformed.is_some());
             stats.no_response += u64::from(s.no_response);

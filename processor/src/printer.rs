@@ -145,6 +145,10 @@ pub fn json_line(s: &Span, out: &mut Vec<u8>) {
         key(out, "query");
         json_str(out, q);
     }
+    if let Some(r) = &s.route {
+        key(out, "route");
+        json_str(out, r);
+    }
     key(out, "status");
     json_num(out, s.status);
     if let Some(h) = &s.host {
@@ -242,6 +246,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             query: optional.then(|| "a=1&b=\"2\"".into()),
+            route: optional.then(|| "/we/{id}".into()),
             status: 404,
             host: optional.then(|| "h:80".into()),
             server_address: Address(Some("127.0.0.1".parse().expect("v4"))),

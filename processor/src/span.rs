@@ -28,6 +28,9 @@ pub struct Span {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// `http.route` from the route decorator; the span is named `METHOD route` when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// 0 when no response was seen.
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +136,16 @@ fn addr(family: u16, bytes: &[u8; 16]) -> Address {
         }
         _ => None,
     })
+}
+
+impl Span {
+    /// Sets `http.route` and, with it, the span name (`METHOD route`).
+    pub fn set_route(&mut self, route: Option<String>) {
+        if let Some(r) = &route {
+            self.name = format!("{} {r}", self.method);
+        }
+        self.route = route;
+    }
 }
 
 /// Source of random span and trace ids.
@@ -243,6 +256,7 @@ pub fn build(
         method: head.method,
         path: head.path,
         query: head.query,
+        route: None,
         status,
         host: head.host,
         server_address,

@@ -27,6 +27,9 @@ pub struct Stats {
     /// Exchanges completed before their response was known to be over, because the table of
     /// held exchanges was full.
     pub completed_early: u64,
+    /// Spans not emitted because their route is ignored (`routes.ignored_patterns` with
+    /// `ignore_mode` all or traces).
+    pub ignored_routes: u64,
     /// Span output failures (stdout closed).
     pub print_errors: u64,
     /// Last kernel counters reported by the loader.

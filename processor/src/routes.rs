@@ -1,0 +1,361 @@
+//! Route decoration: turns a request path into the low-cardinality `http.route` that names
+//! spans and will key metrics, however wild the URLs are. Configured routes (`/user/{id}`,
+//! `/api/v1/items/:id`, `/static/*`) win; ignored routes are flagged; any other path is
+//! handled by the `unmatched` mode. The default, `low-cardinality`, learns each service's
+//! path tree and collapses a segment into `*` once it has seen more than
+//! `max_path_segment_cardinality` distinct values at that position, so the number of routes
+//! stays bounded whatever the traffic (the tree's size is bounded too).
+
+use std::collections::HashMap;
+
+use sonde_config::{RouteIgnoreMode, RoutesConfig, UnmatchedRoutes};
+
+/// Most nodes one service's learned tree may hold; past it, new segments become `*`.
+const MAX_NODES_PER_SERVICE: usize = 10_000;
+/// Deeper segments than this are folded into one trailing `*`.
+const MAX_DEPTH: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `{name}` or `:name`: exactly one segment.
+    Param,
+    /// `*` as the last segment: the rest of the path, possibly empty.
+    Rest,
+}
+
+/// One configured pattern.
+#[derive(Debug, Clone)]
+struct Pattern {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Pattern {
+        let segments = split(text)
+            .map(|s| {
+                if s == "*" {
+                    Segment::Rest
+                } else if s.starts_with(':') || (s.starts_with('{') && s.ends_with('}')) {
+                    Segment::Param
+                } else {
+                    Segment::Literal(s.to_string())
+                }
+            })
+            .collect();
+        Pattern {
+            text: text.to_string(),
+            segments,
+        }
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let mut parts = split(path);
+        for seg in &self.segments {
+            match seg {
+                Segment::Rest => return true,
+                Segment::Param => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                Segment::Literal(l) => {
+                    if parts.next() != Some(l.as_str()) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Non-empty path segments (`//a/b/` is `a`, `b`).
+fn split(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
+}
+
+/// What the router decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// `http.route`; None in `unset` mode for unmatched paths.
+    pub route: Option<String>,
+    /// Set when the path matched an ignored pattern: where it is to be dropped.
+    pub ignored: Option<RouteIgnoreMode>,
+}
+
+/// A learned path tree of one service (low-cardinality mode); node 0 is the root.
+#[derive(Debug)]
+struct Tree {
+    nodes: Vec<Node>,
+}
+
+impl Default for Tree {
+    fn default() -> Tree {
+        Tree {
+            nodes: vec![Node::default()],
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<String, usize>,
+    /// Set once the node had too many distinct children: every segment here is `*`.
+    collapsed: Option<usize>,
+}
+
+impl Tree {
+    fn add_node(&mut self) -> Option<usize> {
+        if self.nodes.len() >= MAX_NODES_PER_SERVICE {
+            return None;
+        }
+        self.nodes.push(Node::default());
+        Some(self.nodes.len() - 1)
+    }
+
+    /// The route of `path`, learning it.
+    fn route(&mut self, path: &str, max_children: usize, wildcard: &str) -> String {
+        let mut route = String::with_capacity(path.len());
+        let mut node = 0;
+        for (depth, seg) in split(path).enumerate() {
+            route.push('/');
+            if depth >= MAX_DEPTH {
+                route.push_str(wildcard);
+                break;
+            }
+            if let Some(next) = self.nodes[node].collapsed {
+                route.push_str(wildcard);
+                node = next;
+                continue;
+            }
+            if let Some(&next) = self.nodes[node].children.get(seg) {
+                route.push_str(seg);
+                node = next;
+                continue;
+            }
+            if self.nodes[node].children.len() >= max_children {
+                // Too many distinct values here: from now on this position is `*`.
+                match self.add_node() {
+                    Some(next) => {
+                        self.nodes[node].collapsed = Some(next);
+                        self.nodes[node].children.clear();
+                        node = next;
+                    }
+                    None => {
+                        route.push_str(wildcard);
+                        break;
+                    }
+                }
+                route.push_str(wildcard);
+                continue;
+            }
+            match self.add_node() {
+                Some(next) => {
+                    self.nodes[node].children.insert(seg.to_string(), next);
+                    route.push_str(seg);
+                    node = next;
+                }
+                None => {
+                    route.push_str(wildcard);
+                    break;
+                }
+            }
+        }
+        if route.is_empty() {
+            route.push('/');
+        }
+        route
+    }
+}
+
+/// True for a segment that looks like an identifier rather than a name: it holds a digit
+/// (numbers, UUIDs, hashes, dates, versioned ids). Used by the `heuristic` mode.
+fn looks_like_id(seg: &str) -> bool {
+    seg.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// The route decorator of the processor.
+pub struct Router {
+    patterns: Vec<Pattern>,
+    ignored: Vec<Pattern>,
+    ignore_mode: RouteIgnoreMode,
+    unmatched: UnmatchedRoutes,
+    wildcard: String,
+    max_children: usize,
+    trees: HashMap<String, Tree>,
+}
+
+impl Router {
+    pub fn new(config: &RoutesConfig) -> Router {
+        Router {
+            patterns: config.patterns.iter().map(|p| Pattern::parse(p)).collect(),
+            ignored: config
+                .ignored_patterns
+                .iter()
+                .map(|p| Pattern::parse(p))
+                .collect(),
+            ignore_mode: config.ignore_mode,
+            unmatched: config.unmatched,
+            wildcard: config.wildcard_char.clone(),
+            max_children: config.max_path_segment_cardinality as usize,
+            trees: HashMap::new(),
+        }
+    }
+
+    /// The route of `path` for `service`.
+    pub fn route(&mut self, service: &str, path: &str) -> Routed {
+        let ignored = self
+            .ignored
+            .iter()
+            .any(|p| p.matches(path))
+            .then_some(self.ignore_mode);
+        if let Some(p) = self.patterns.iter().find(|p| p.matches(path)) {
+            return Routed {
+                route: Some(p.text.clone()),
+                ignored,
+            };
+        }
+        let route = match self.unmatched {
+            UnmatchedRoutes::Unset => None,
+            UnmatchedRoutes::Path => Some(path.to_string()),
+            UnmatchedRoutes::Wildcard => Some(format!("/{0}{0}", self.wildcard)),
+            UnmatchedRoutes::Heuristic => {
+                let mut r: String = split(path)
+                    .map(|s| {
+                        if looks_like_id(s) {
+                            format!("/{}", self.wildcard)
+                        } else {
+                            format!("/{s}")
+                        }
+                    })
+                    .collect();
+                if r.is_empty() {
+                    r.push('/');
+                }
+                Some(r)
+            }
+            UnmatchedRoutes::LowCardinality => {
+                let tree = match self.trees.get_mut(service) {
+                    Some(t) => t,
+                    None => self.trees.entry(service.to_string()).or_default(),
+                };
+                Some(tree.route(path, self.max_children, &self.wildcard))
+            }
+        };
+        Routed { route, ignored }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(unmatched: UnmatchedRoutes) -> RoutesConfig {
+        RoutesConfig {
+            patterns: vec![
+                "/user/{id}".into(),
+                "/api/v1/items/:id".into(),
+                "/static/*".into(),
+            ],
+            ignored_patterns: vec!["/health".into(), "/metrics/*".into()],
+            ignore_mode: RouteIgnoreMode::Traces,
+            unmatched,
+            wildcard_char: "*".into(),
+            max_path_segment_cardinality: 3,
+        }
+    }
+
+    fn route(r: &mut Router, path: &str) -> Option<String> {
+        r.route("svc", path).route
+    }
+
+    #[test]
+    fn patterns_match_params_and_rest() {
+        let mut r = Router::new(&config(UnmatchedRoutes::Unset));
+        assert_eq!(route(&mut r, "/user/42").as_deref(), Some("/user/{id}"));
+        assert_eq!(route(&mut r, "/user/42/").as_deref(), Some("/user/{id}"));
+        assert_eq!(route(&mut r, "/user/42/posts"), None);
+        assert_eq!(route(&mut r, "/user"), None);
+        assert_eq!(
+            route(&mut r, "/api/v1/items/abc").as_deref(),
+            Some("/api/v1/items/:id")
+        );
+        assert_eq!(route(&mut r, "/static").as_deref(), Some("/static/*"));
+        assert_eq!(
+            route(&mut r, "/static/a/b.css").as_deref(),
+            Some("/static/*")
+        );
+        assert_eq!(route(&mut r, "/other"), None);
+    }
+
+    #[test]
+    fn ignored_patterns_are_flagged_with_the_mode() {
+        let mut r = Router::new(&config(UnmatchedRoutes::Path));
+        let h = r.route("svc", "/health");
+        assert_eq!(h.ignored, Some(RouteIgnoreMode::Traces));
+        assert_eq!(h.route.as_deref(), Some("/health"));
+        assert_eq!(
+            r.route("svc", "/metrics/x").ignored,
+            Some(RouteIgnoreMode::Traces)
+        );
+        assert_eq!(r.route("svc", "/healthz").ignored, None);
+    }
+
+    #[test]
+    fn unmatched_modes() {
+        let path = "/orders/12345/lines/9f86d081884c7d65";
+        let mut r = Router::new(&config(UnmatchedRoutes::Path));
+        assert_eq!(route(&mut r, path).as_deref(), Some(path));
+        let mut r = Router::new(&config(UnmatchedRoutes::Wildcard));
+        assert_eq!(route(&mut r, path).as_deref(), Some("/**"));
+        let mut r = Router::new(&config(UnmatchedRoutes::Heuristic));
+        assert_eq!(route(&mut r, path).as_deref(), Some("/orders/*/lines/*"));
+        assert_eq!(route(&mut r, "/").as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn low_cardinality_collapses_a_position_past_the_limit() {
+        let mut r = Router::new(&config(UnmatchedRoutes::LowCardinality));
+        // Three distinct values fit (limit 3) and keep their names.
+        for id in ["a", "b", "c"] {
+            assert_eq!(
+                route(&mut r, &format!("/orders/{id}/lines")).as_deref(),
+                Some(format!("/orders/{id}/lines").as_str())
+            );
+        }
+        // The fourth collapses the position; every value there is `*` from now on.
+        assert_eq!(
+            route(&mut r, "/orders/d/lines").as_deref(),
+            Some("/orders/*/lines")
+        );
+        assert_eq!(
+            route(&mut r, "/orders/a/lines").as_deref(),
+            Some("/orders/*/lines")
+        );
+        // Other services learn their own tree.
+        assert_eq!(
+            r.route("other", "/orders/d/lines").route.as_deref(),
+            Some("/orders/d/lines")
+        );
+    }
+
+    #[test]
+    fn low_cardinality_stays_bounded_under_unique_ids() {
+        let mut r = Router::new(&config(UnmatchedRoutes::LowCardinality));
+        let mut routes = std::collections::BTreeSet::new();
+        for i in 0..10_000 {
+            routes.insert(route(&mut r, &format!("/users/{i}/profile")).unwrap_or_default());
+            routes.insert(
+                route(&mut r, &format!("/x{}/y{}/z{}", i % 7, i, i * 3)).unwrap_or_default(),
+            );
+        }
+        // At most limit+1 values per position and a bounded tree.
+        assert!(routes.len() <= 20, "{} routes: {routes:?}", routes.len());
+        assert!(r.trees["svc"].nodes.len() <= MAX_NODES_PER_SERVICE);
+        // Very deep paths fold into one trailing wildcard.
+        let deep = "/a".repeat(40);
+        assert!(route(&mut r, &deep).unwrap_or_default().ends_with("/*"));
+    }
+}
