@@ -206,6 +206,64 @@ impl UnmatchedRoutes {
     }
 }
 
+/// Which traces are kept (`otel_traces_export.sampler`, `OTEL_TRACES_SAMPLER` and
+/// `OTEL_TRACES_SAMPLER_ARG`, with OpenTelemetry's names and semantics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    /// Keep this fraction of traces, decided from the trace id.
+    TraceIdRatio(f64),
+    /// Follow the caller's decision when there is one, else keep everything.
+    ParentBasedAlwaysOn,
+    /// Follow the caller's decision when there is one, else the ratio.
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl Sampler {
+    /// Parses a sampler name and its argument (the ratio; 1.0 when absent). `key` names the
+    /// setting in errors.
+    pub fn parse(key: &str, name: &str, arg: Option<&str>) -> Result<Sampler, ConfigError> {
+        let ratio = |arg_key: String| -> Result<f64, ConfigError> {
+            match arg {
+                None => Ok(1.0),
+                Some(a) => match a.trim().parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                    _ => Err(ConfigError::Invalid {
+                        key: arg_key,
+                        value: a.to_string(),
+                        expected: "a ratio from 0 to 1",
+                    }),
+                },
+            }
+        };
+        let arg_key = format!("{key} argument");
+        match name.trim().to_ascii_lowercase().as_str() {
+            "always_on" => Ok(Sampler::AlwaysOn),
+            "always_off" => Ok(Sampler::AlwaysOff),
+            "traceidratio" => Ok(Sampler::TraceIdRatio(ratio(arg_key)?)),
+            "parentbased_always_on" => Ok(Sampler::ParentBasedAlwaysOn),
+            "parentbased_traceidratio" => Ok(Sampler::ParentBasedTraceIdRatio(ratio(arg_key)?)),
+            _ => Err(invalid(
+                key,
+                name,
+                "one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_traceidratio",
+            )),
+        }
+    }
+
+    /// (name, argument) as configured.
+    pub fn describe(self) -> (&'static str, Option<f64>) {
+        match self {
+            Sampler::AlwaysOn => ("always_on", None),
+            Sampler::AlwaysOff => ("always_off", None),
+            Sampler::TraceIdRatio(r) => ("traceidratio", Some(r)),
+            Sampler::ParentBasedAlwaysOn => ("parentbased_always_on", None),
+            Sampler::ParentBasedTraceIdRatio(r) => ("parentbased_traceidratio", Some(r)),
+        }
+    }
+}
+
 /// Route decoration (`routes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutesConfig {
@@ -303,6 +361,7 @@ pub struct Config {
     pub processor: ProcessorSettings,
     pub ebpf: EbpfSettings,
     pub routes: RoutesConfig,
+    pub sampler: Sampler,
     /// Seconds between kernel counter reports.
     pub stats_interval_secs: u32,
 }
@@ -332,6 +391,7 @@ impl Default for Config {
                 insecure_no_landlock: false,
             },
             routes: RoutesConfig::default(),
+            sampler: Sampler::ParentBasedAlwaysOn,
             ebpf: EbpfSettings {
                 ring_buffer_bytes: 8 << 20,
                 max_connections: 16384,
@@ -356,7 +416,21 @@ struct FileConfig {
     processor: Option<FileProcessor>,
     ebpf: Option<FileEbpf>,
     routes: Option<FileRoutes>,
+    otel_traces_export: Option<FileTracesExport>,
     stats_interval_secs: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTracesExport {
+    sampler: Option<FileSampler>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSampler {
+    name: String,
+    arg: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -490,6 +564,15 @@ impl Config {
                 self.processor.insecure_no_landlock = v;
             }
         }
+        if let Some(t) = f.otel_traces_export
+            && let Some(sm) = t.sampler
+        {
+            self.sampler = Sampler::parse(
+                "otel_traces_export.sampler.name",
+                &sm.name,
+                sm.arg.as_deref(),
+            )?;
+        }
         if let Some(r) = f.routes {
             let check = |key: &str, list: Vec<String>| -> Result<Vec<String>, ConfigError> {
                 for p in &list {
@@ -583,6 +666,10 @@ impl Config {
         }
         if let Some(v) = get("SONDE_PROCESSOR_USER") {
             self.processor.user = v.clone();
+        }
+        if let Some(v) = get("OTEL_TRACES_SAMPLER") {
+            let arg = get("OTEL_TRACES_SAMPLER_ARG");
+            self.sampler = Sampler::parse("OTEL_TRACES_SAMPLER", v, arg.map(String::as_str))?;
         }
         if let Some(v) = get("SONDE_INSECURE_NO_LANDLOCK") {
             self.processor.insecure_no_landlock = match v.as_str() {
@@ -698,6 +785,12 @@ impl Config {
             "  max_path_segment_cardinality: {}\n",
             self.routes.max_path_segment_cardinality
         );
+        let (name, arg) = self.sampler.describe();
+        out += "otel_traces_export:\n  sampler:\n";
+        out += &format!("    name: {name}\n");
+        if let Some(a) = arg {
+            out += &format!("    arg: \"{a}\"\n");
+        }
         out += &format!("stats_interval_secs: {}\n", self.stats_interval_secs);
         out
     }
@@ -828,6 +921,50 @@ mod tests {
             let e = load_yaml(yaml, &[]).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
+    }
+
+    #[test]
+    fn samplers_from_file_and_environment() {
+        assert_eq!(
+            Config::load(None, &env(&[])).unwrap().sampler,
+            Sampler::ParentBasedAlwaysOn
+        );
+        let c = load_yaml(
+            "otel_traces_export:\n  sampler:\n    name: traceidratio\n    arg: \"0.25\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.sampler, Sampler::TraceIdRatio(0.25));
+        assert_eq!(load_yaml(&c.to_yaml(), &[]).unwrap().sampler, c.sampler);
+        let c = load_yaml(
+            "",
+            &[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.sampler, Sampler::ParentBasedTraceIdRatio(0.5));
+        let e = Config::load(None, &env(&[("OTEL_TRACES_SAMPLER", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("OTEL_TRACES_SAMPLER") && e.contains("sometimes"),
+            "{e}"
+        );
+        let e = Config::load(
+            None,
+            &env(&[
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("OTEL_TRACES_SAMPLER argument") && e.contains('2'),
+            "{e}"
+        );
     }
 
     #[test]

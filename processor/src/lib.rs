@@ -9,6 +9,7 @@ pub mod printer;
 pub mod privileges;
 pub mod ringbuf;
 pub mod routes;
+pub mod sampling;
 pub mod sandbox;
 pub mod sandbox_check;
 pub mod span;

@@ -22,6 +22,7 @@ use sonde_processor::{
     privileges,
     ringbuf::RingReader,
     routes::Router,
+    sampling,
     sandbox::{self, SandboxPolicy},
     sandbox_check,
     span::{self, Built, ServiceInfo},
@@ -446,6 +447,10 @@ fn emit_span<W: std::io::Write>(
             stats.spans += 1;
             stats.malformed += u64::from(s.malformed.is_some());
             stats.no_response += u64::from(s.no_response);
+            if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
+                stats.unsampled += 1;
+                return;
+            }
             if printer.print(&s).is_err() {
                 stats.print_errors += 1;
             }

@@ -266,6 +266,7 @@ mod tests {
             tid: 2,
             malformed: optional.then_some("request line exceeds the captured bytes"),
             no_response: optional,
+            parent_sampled: optional.then_some(true),
         }
     }
 

@@ -57,6 +57,9 @@ pub struct Span {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub malformed: Option<&'static str>,
     pub no_response: bool,
+    /// The caller's sampling decision (the `sampled` flag of an incoming `traceparent`).
+    #[serde(skip)]
+    pub parent_sampled: Option<bool>,
 }
 
 /// Where a span's service identity comes from.
@@ -229,9 +232,11 @@ pub fn build(
     };
 
     // A server span continues the caller's trace when the request carried traceparent.
-    let (trace_id, parent) = match (kind, head.traceparent) {
-        (SpanKind::Server, Some((trace, parent, _))) => (trace, Some(parent)),
-        _ => (ids.trace_id(), None),
+    let (trace_id, parent, parent_sampled) = match (kind, head.traceparent) {
+        (SpanKind::Server, Some((trace, parent, flags))) => {
+            (trace, Some(parent), Some(flags & 1 == 1))
+        }
+        _ => (ids.trace_id(), None, None),
     };
     let span_id = ids.span_id();
 
@@ -276,6 +281,7 @@ pub fn build(
         tid: ev.tid,
         malformed,
         no_response,
+        parent_sampled,
     }))
 }
 

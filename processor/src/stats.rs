@@ -30,6 +30,8 @@ pub struct Stats {
     /// Spans not emitted because their route is ignored (`routes.ignored_patterns` with
     /// `ignore_mode` all or traces).
     pub ignored_routes: u64,
+    /// Spans the sampler did not keep (not printed; counted in metrics once they exist).
+    pub unsampled: u64,
     /// Span output failures (stdout closed).
     pub print_errors: u64,
     /// Last kernel counters reported by the loader.
