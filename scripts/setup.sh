@@ -14,6 +14,8 @@ DEB_PACKAGES=(
   openjdk-17-jdk-headless                               # Java test server (com.sun.net.httpserver)
   nodejs python3                                        # Node and Python test servers
   procps iproute2 util-linux                            # ps, ss, setpriv
+  prometheus                                            # real Prometheus server and promtool
+  systemd                                               # systemd-analyze security (unit scores)
 )
 
 missing=()

@@ -163,6 +163,10 @@ impl RouteIgnoreMode {
     pub fn drops_traces(self) -> bool {
         matches!(self, RouteIgnoreMode::All | RouteIgnoreMode::Traces)
     }
+    /// True when ignored routes are left out of the metrics.
+    pub fn drops_metrics(self) -> bool {
+        matches!(self, RouteIgnoreMode::All | RouteIgnoreMode::Metrics)
+    }
 }
 
 /// What `http.route` is for a path no pattern matches (`routes.unmatched`).
@@ -260,6 +264,25 @@ impl Sampler {
             Sampler::TraceIdRatio(r) => ("traceidratio", Some(r)),
             Sampler::ParentBasedAlwaysOn => ("parentbased_always_on", None),
             Sampler::ParentBasedTraceIdRatio(r) => ("parentbased_traceidratio", Some(r)),
+        }
+    }
+}
+
+/// The Prometheus endpoint (`prometheus_export`); off unless a port is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusExport {
+    pub port: Option<u16>,
+    pub path: String,
+    /// Address the endpoint binds (all interfaces by default, for a scraper elsewhere).
+    pub address: std::net::IpAddr,
+}
+
+impl Default for PrometheusExport {
+    fn default() -> Self {
+        PrometheusExport {
+            port: None,
+            path: "/metrics".into(),
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         }
     }
 }
@@ -362,6 +385,7 @@ pub struct Config {
     pub ebpf: EbpfSettings,
     pub routes: RoutesConfig,
     pub sampler: Sampler,
+    pub prometheus_export: PrometheusExport,
     /// Seconds between kernel counter reports.
     pub stats_interval_secs: u32,
 }
@@ -392,6 +416,7 @@ impl Default for Config {
             },
             routes: RoutesConfig::default(),
             sampler: Sampler::ParentBasedAlwaysOn,
+            prometheus_export: PrometheusExport::default(),
             ebpf: EbpfSettings {
                 ring_buffer_bytes: 8 << 20,
                 max_connections: 16384,
@@ -417,7 +442,16 @@ struct FileConfig {
     ebpf: Option<FileEbpf>,
     routes: Option<FileRoutes>,
     otel_traces_export: Option<FileTracesExport>,
+    prometheus_export: Option<FilePrometheus>,
     stats_interval_secs: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePrometheus {
+    port: Option<u32>,
+    path: Option<String>,
+    address: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -573,6 +607,19 @@ impl Config {
                 sm.arg.as_deref(),
             )?;
         }
+        if let Some(p) = f.prometheus_export {
+            if let Some(v) = p.port {
+                self.prometheus_export.port = Some(prometheus_port("prometheus_export.port", v)?);
+            }
+            if let Some(v) = p.path {
+                self.prometheus_export.path = prometheus_path("prometheus_export.path", v)?;
+            }
+            if let Some(v) = p.address {
+                self.prometheus_export.address = v.parse().map_err(|_| {
+                    invalid("prometheus_export.address", &v, "an IPv4 or IPv6 address")
+                })?;
+            }
+        }
         if let Some(r) = f.routes {
             let check = |key: &str, list: Vec<String>| -> Result<Vec<String>, ConfigError> {
                 for p in &list {
@@ -666,6 +713,16 @@ impl Config {
         }
         if let Some(v) = get("SONDE_PROCESSOR_USER") {
             self.processor.user = v.clone();
+        }
+        if let Some(v) = get("BEYLA_PROMETHEUS_PORT") {
+            let n = v
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| invalid("BEYLA_PROMETHEUS_PORT", v, "a TCP port, 1 to 65535"))?;
+            self.prometheus_export.port = Some(prometheus_port("BEYLA_PROMETHEUS_PORT", n)?);
+        }
+        if let Some(v) = get("BEYLA_PROMETHEUS_PATH") {
+            self.prometheus_export.path = prometheus_path("BEYLA_PROMETHEUS_PATH", v.clone())?;
         }
         if let Some(v) = get("OTEL_TRACES_SAMPLER") {
             let arg = get("OTEL_TRACES_SAMPLER_ARG");
@@ -785,6 +842,12 @@ impl Config {
             "  max_path_segment_cardinality: {}\n",
             self.routes.max_path_segment_cardinality
         );
+        out += "prometheus_export:\n";
+        if let Some(p) = self.prometheus_export.port {
+            out += &format!("  port: {p}\n");
+        }
+        out += &format!("  path: {}\n", self.prometheus_export.path);
+        out += &format!("  address: \"{}\"\n", self.prometheus_export.address);
         let (name, arg) = self.sampler.describe();
         out += "otel_traces_export:\n  sampler:\n";
         out += &format!("    name: {name}\n");
@@ -793,6 +856,21 @@ impl Config {
         }
         out += &format!("stats_interval_secs: {}\n", self.stats_interval_secs);
         out
+    }
+}
+
+fn prometheus_port(key: &str, v: u32) -> Result<u16, ConfigError> {
+    match u16::try_from(v) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(invalid(key, v, "a TCP port, 1 to 65535")),
+    }
+}
+
+fn prometheus_path(key: &str, v: String) -> Result<String, ConfigError> {
+    if v.starts_with('/') && !v.contains(char::is_whitespace) {
+        Ok(v)
+    } else {
+        Err(invalid(key, v, "a path starting with / and without spaces"))
     }
 }
 
@@ -919,6 +997,43 @@ mod tests {
             ),
         ] {
             let e = load_yaml(yaml, &[]).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn prometheus_export_keys() {
+        let c = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(c.prometheus_export.port, None);
+        let c = load_yaml(
+            "prometheus_export:\n  port: 9400\n  path: /m\n  address: 127.0.0.1\n",
+            &[("BEYLA_PROMETHEUS_PATH", "/metrics2")],
+        )
+        .unwrap();
+        assert_eq!(c.prometheus_export.port, Some(9400));
+        assert_eq!(c.prometheus_export.path, "/metrics2");
+        assert_eq!(
+            load_yaml(&c.to_yaml(), &[]).unwrap().prometheus_export,
+            c.prometheus_export
+        );
+        for (yaml, envs, key) in [
+            (
+                "prometheus_export:\n  port: 70000\n",
+                vec![],
+                "prometheus_export.port",
+            ),
+            (
+                "prometheus_export:\n  path: metrics\n",
+                vec![],
+                "prometheus_export.path",
+            ),
+            (
+                "",
+                vec![("BEYLA_PROMETHEUS_PORT", "x")],
+                "BEYLA_PROMETHEUS_PORT",
+            ),
+        ] {
+            let e = load_yaml(yaml, &envs).unwrap_err().to_string();
             assert!(e.contains(key), "{e}");
         }
     }

@@ -7,6 +7,7 @@ use std::{
     io::BufWriter,
     os::fd::AsFd,
     path::PathBuf,
+    sync::Arc,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -18,6 +19,7 @@ use sonde_config::{Config, TracePrinter};
 use sonde_processor::{
     control::{self, ProcessInfo, Update},
     exchange::{self, Assembler},
+    metrics::Metrics,
     printer::Printer,
     privileges,
     ringbuf::RingReader,
@@ -174,8 +176,9 @@ impl Processes {
     }
 }
 
-/// What the sandbox allows for this configuration: the configuration file is readable; no
-/// TCP port is, because nothing the processor does yet needs the network.
+/// What the sandbox allows for this configuration: the configuration file is readable; the
+/// Prometheus port (when configured) may be bound; no TCP destination may be connected to,
+/// because nothing the processor does yet needs one.
 fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> SandboxPolicy {
     SandboxPolicy {
         read_paths: config_file
@@ -184,7 +187,7 @@ fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> San
             .into_iter()
             .collect(),
         connect_ports: Vec::new(),
-        bind_ports: Vec::new(),
+        bind_ports: config.prometheus_export.port.into_iter().collect(),
         insecure_no_landlock: config.processor.insecure_no_landlock,
     }
 }
@@ -301,6 +304,19 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
     let mut last_stats = Instant::now();
     let mut assembler = Assembler::new(exchange::DEFAULT_HOLD, exchange::DEFAULT_MAX_HELD);
     let mut router = Router::new(&config.routes);
+    let metrics = Arc::new(Metrics::new(
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim(),
+    ));
+    if let Some(port) = config.prometheus_export.port {
+        let addr = std::net::SocketAddr::new(config.prometheus_export.address, port);
+        metrics
+            .serve(addr, config.prometheus_export.path.clone())
+            .with_context(|| format!("serving Prometheus metrics on {addr}"))?;
+        info!(%addr, path = config.prometheus_export.path, "Prometheus endpoint listening");
+    }
+    let mut early_seen = 0u64;
 
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
 
@@ -337,7 +353,13 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
                     processes.removed.push((pid, Instant::now()));
                 }
                 Ok(Some(Update::KernelStats(counters))) => {
-                    stats.kernel = counters.into_iter().collect()
+                    stats.kernel = counters.into_iter().collect();
+                    let lost = stats
+                        .kernel
+                        .get("events_lost_ringbuf_full")
+                        .copied()
+                        .unwrap_or(0);
+                    metrics.kernel_events_lost.set(lost as i64);
                 }
                 Ok(None) => {}
                 Err(e) => break Err(e.context("control connection to the loader lost")),
@@ -346,6 +368,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         let now = Instant::now();
         ring.drain(|bytes| {
             stats.events += 1;
+            metrics.events.inc();
             let record = match Record::decode(bytes) {
                 Ok(record) => record,
                 Err(e) => {
@@ -360,6 +383,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
                     config,
                     &processes,
                     &mut router,
+                    &metrics,
                     &mut printer,
                     &mut stats,
                     &mut ids,
@@ -373,6 +397,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
                 config,
                 &processes,
                 &mut router,
+                &metrics,
                 &mut printer,
                 &mut stats,
                 &mut ids,
@@ -381,6 +406,13 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         });
         stats.late_updates = assembler.late_updates;
         stats.completed_early = assembler.completed_early;
+        metrics
+            .spans_dropped
+            .inc_by(assembler.completed_early - early_seen);
+        early_seen = assembler.completed_early;
+        metrics
+            .instrumented_processes
+            .set(processes.live.len().saturating_sub(processes.removed.len()) as i64);
         stats.ring_corrupt = ring.corrupt_records;
         if printer.flush().is_err() {
             stats.print_errors += 1;
@@ -397,6 +429,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             config,
             &processes,
             &mut router,
+            &metrics,
             &mut printer,
             &mut stats,
             &mut ids,
@@ -419,6 +452,7 @@ fn emit_span<W: std::io::Write>(
     config: &Config,
     processes: &Processes,
     router: &mut Router,
+    metrics: &Metrics,
     printer: &mut Printer<W>,
     stats: &mut Stats,
     ids: &mut rand::rngs::SmallRng,
@@ -436,13 +470,18 @@ fn emit_span<W: std::io::Write>(
     match span::build(ev, &service, mono_to_unix, ids) {
         Built::NotHttp => stats.not_http += 1,
         Built::Span(mut s) => {
+            let mut ignored = None;
             if s.malformed.is_none() {
                 let routed = router.route(&s.service_name, &s.path);
-                if routed.ignored.is_some_and(|m| m.drops_traces()) {
-                    stats.ignored_routes += 1;
-                    return;
-                }
+                ignored = routed.ignored;
                 s.set_route(routed.route);
+            }
+            if !ignored.is_some_and(|m| m.drops_metrics()) {
+                metrics.record(&s);
+            }
+            if ignored.is_some_and(|m| m.drops_traces()) {
+                stats.ignored_routes += 1;
+                return;
             }
             stats.spans += 1;
             stats.malformed += u64::from(s.malformed.is_some());
@@ -453,6 +492,7 @@ fn emit_span<W: std::io::Write>(
             }
             if printer.print(&s).is_err() {
                 stats.print_errors += 1;
+                metrics.export_errors.inc();
             }
         }
     }

@@ -1,0 +1,398 @@
+//! RED metrics of the instrumented services and Sonde's own counters, in a
+//! `prometheus-client` registry, and the Prometheus endpoint that serves them
+//! (`prometheus_export`). Metric names are the OpenTelemetry HTTP semantic-convention metrics
+//! under their usual Prometheus names (`http_server_request_duration_seconds`, …); every
+//! request is counted whether or not its trace is sampled.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::span::{Span, SpanKind};
+
+/// `http.server.request.duration` buckets from the semantic conventions (seconds).
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// Body size buckets (bytes).
+pub const SIZE_BUCKETS: [f64; 10] = [
+    0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    http_request_method: String,
+    http_response_status_code: u16,
+    http_route: String,
+    service_name: String,
+    service_namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabels {
+    http_request_method: String,
+    http_response_status_code: u16,
+    http_route: String,
+    server_address: String,
+    server_port: u16,
+    service_name: String,
+    service_namespace: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn durations() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn sizes() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+/// The metric families the processor records into.
+pub struct Metrics {
+    registry: Arc<Registry>,
+    server_duration: Histograms<ServerLabels>,
+    server_request_size: Histograms<ServerLabels>,
+    server_response_size: Histograms<ServerLabels>,
+    client_duration: Histograms<ClientLabels>,
+    client_request_size: Histograms<ClientLabels>,
+    client_response_size: Histograms<ClientLabels>,
+    /// Ring buffer records received.
+    pub events: Counter,
+    /// Events lost in the kernel (ring buffer full), as last reported by the loader.
+    pub kernel_events_lost: Gauge,
+    /// Spans not delivered to their output (print or export failures).
+    pub export_errors: Counter,
+    /// Exchanges completed early because too many were held (spans emitted short).
+    pub spans_dropped: Counter,
+    /// Processes currently instrumented.
+    pub instrumented_processes: Gauge,
+}
+
+impl Metrics {
+    /// `host` and `version` label `target_info`.
+    pub fn new(host: &str) -> Metrics {
+        let mut registry = Registry::default();
+        let server_duration: Histograms<ServerLabels> = Family::new_with_constructor(durations);
+        let server_request_size: Histograms<ServerLabels> = Family::new_with_constructor(sizes);
+        let server_response_size: Histograms<ServerLabels> = Family::new_with_constructor(sizes);
+        let client_duration: Histograms<ClientLabels> = Family::new_with_constructor(durations);
+        let client_request_size: Histograms<ClientLabels> = Family::new_with_constructor(sizes);
+        let client_response_size: Histograms<ClientLabels> = Family::new_with_constructor(sizes);
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests",
+            Unit::Seconds,
+            server_duration.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_request_body_size",
+            "Size of HTTP server request bodies",
+            Unit::Bytes,
+            server_request_size.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_response_body_size",
+            "Size of HTTP server response bodies",
+            Unit::Bytes,
+            server_response_size.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client requests",
+            Unit::Seconds,
+            client_duration.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_request_body_size",
+            "Size of HTTP client request bodies",
+            Unit::Bytes,
+            client_request_size.clone(),
+        );
+        registry.register_with_unit(
+            "http_client_response_body_size",
+            "Size of HTTP client response bodies",
+            Unit::Bytes,
+            client_response_size.clone(),
+        );
+        // A gauge of 1 rather than an OpenMetrics `info` metric: the Prometheus text
+        // format (and promtool) knows no `info` type.
+        let target_info = Family::<Vec<(String, String)>, Gauge>::default();
+        target_info
+            .get_or_create(&vec![
+                ("host_name".to_string(), host.to_string()),
+                ("telemetry_sdk_name".to_string(), "sonde".to_string()),
+                (
+                    "telemetry_sdk_version".to_string(),
+                    env!("CARGO_PKG_VERSION").to_string(),
+                ),
+            ])
+            .set(1);
+        registry.register(
+            "target_info",
+            "The agent producing these metrics",
+            target_info,
+        );
+        let own = registry.sub_registry_with_prefix("sonde");
+        let events = Counter::default();
+        let kernel_events_lost = Gauge::default();
+        let export_errors = Counter::default();
+        let spans_dropped = Counter::default();
+        let instrumented_processes = Gauge::default();
+        own.register(
+            "events_received",
+            "Ring buffer records received",
+            events.clone(),
+        );
+        own.register(
+            "kernel_events_lost",
+            "Events lost in the kernel because the ring buffer was full",
+            kernel_events_lost.clone(),
+        );
+        own.register(
+            "export_errors",
+            "Spans that could not be written to their output",
+            export_errors.clone(),
+        );
+        own.register(
+            "spans_dropped",
+            "Exchanges completed early because the table of held exchanges was full",
+            spans_dropped.clone(),
+        );
+        own.register(
+            "instrumented_processes",
+            "Processes currently instrumented",
+            instrumented_processes.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            server_duration,
+            server_request_size,
+            server_response_size,
+            client_duration,
+            client_request_size,
+            client_response_size,
+            events,
+            kernel_events_lost,
+            export_errors,
+            spans_dropped,
+            instrumented_processes,
+        }
+    }
+
+    /// Counts one request (its span, sampled or not).
+    pub fn record(&self, s: &Span) {
+        let seconds = s.duration_ns as f64 / 1e9;
+        let route = s.route.clone().unwrap_or_default();
+        let namespace = s.service_namespace.clone().unwrap_or_default();
+        match s.kind {
+            SpanKind::Server => {
+                let labels = ServerLabels {
+                    http_request_method: s.method.clone(),
+                    http_response_status_code: s.status,
+                    http_route: route,
+                    service_name: s.service_name.clone(),
+                    service_namespace: namespace,
+                };
+                self.server_duration.get_or_create(&labels).observe(seconds);
+                if let Some(n) = s.request_body_size {
+                    self.server_request_size
+                        .get_or_create(&labels)
+                        .observe(n as f64);
+                }
+                if let Some(n) = s.response_body_size {
+                    self.server_response_size
+                        .get_or_create(&labels)
+                        .observe(n as f64);
+                }
+            }
+            SpanKind::Client => {
+                let labels = ClientLabels {
+                    http_request_method: s.method.clone(),
+                    http_response_status_code: s.status,
+                    http_route: route,
+                    server_address: s.server_address.to_string(),
+                    server_port: s.server_port,
+                    service_name: s.service_name.clone(),
+                    service_namespace: namespace,
+                };
+                self.client_duration.get_or_create(&labels).observe(seconds);
+                if let Some(n) = s.request_body_size {
+                    self.client_request_size
+                        .get_or_create(&labels)
+                        .observe(n as f64);
+                }
+                if let Some(n) = s.response_body_size {
+                    self.client_response_size
+                        .get_or_create(&labels)
+                        .observe(n as f64);
+                }
+            }
+        }
+    }
+
+    /// The exposition in OpenMetrics text (what Prometheus asks for when it scrapes).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The exposition in the classic Prometheus text format 0.0.4, for clients that do not
+    /// ask for OpenMetrics (curl, promtool, older scrapers).
+    pub fn encode_classic(&self) -> String {
+        openmetrics_to_classic(&self.encode())
+    }
+
+    /// Serves the exposition at `path` on `addr` from a thread of its own, so a slow scraper
+    /// never delays the ring buffer reader. Binding happens here, under the sandbox (Landlock
+    /// allows exactly this port).
+    pub fn serve(self: &Arc<Self>, addr: SocketAddr, path: String) -> std::io::Result<()> {
+        let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+        let metrics = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("sonde-prometheus".into())
+            .spawn(move || {
+                for request in server.incoming_requests() {
+                    let wanted =
+                        request.url() == path && *request.method() == tiny_http::Method::Get;
+                    let response = if wanted {
+                        let openmetrics = request.headers().iter().any(|h| {
+                            h.field.equiv("Accept")
+                                && h.value.as_str().contains("application/openmetrics-text")
+                        });
+                        let (body, content_type): (String, &[u8]) = if openmetrics {
+                            (
+                                metrics.encode(),
+                                b"application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                        } else {
+                            (
+                                metrics.encode_classic(),
+                                b"text/plain; version=0.0.4; charset=utf-8",
+                            )
+                        };
+                        let mut r = tiny_http::Response::from_string(body);
+                        if let Ok(h) =
+                            tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type)
+                        {
+                            r = r.with_header(h);
+                        }
+                        r
+                    } else {
+                        tiny_http::Response::from_string("not found\n").with_status_code(404)
+                    };
+                    let _ = request.respond(response);
+                }
+            })?;
+        Ok(())
+    }
+}
+
+/// Rewrites OpenMetrics text into the Prometheus text format 0.0.4: counter families are
+/// named with their `_total` suffix in `# HELP`/`# TYPE` (OpenMetrics names the family
+/// without it), and `# UNIT` and `# EOF`, which 0.0.4 does not know, are dropped.
+pub fn openmetrics_to_classic(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{Address, SpanId, TraceId};
+
+    fn span(kind: SpanKind, status: u16, route: &str, ns: u64) -> Span {
+        Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: None,
+            kind,
+            name: "GET".into(),
+            method: "GET".into(),
+            path: "/x/1".into(),
+            query: None,
+            route: Some(route.into()),
+            status,
+            host: None,
+            server_address: Address(Some("127.0.0.1".parse().expect("ip"))),
+            server_port: 8080,
+            client_address: Address(None),
+            client_port: 5000,
+            request_body_size: Some(0),
+            response_body_size: Some(100),
+            request_bytes: 40,
+            response_bytes: 180,
+            start_unix_nano: 0,
+            end_unix_nano: ns,
+            duration_ns: ns,
+            service_name: "svc".into(),
+            service_namespace: None,
+            pid: 1,
+            tid: 1,
+            malformed: None,
+            no_response: false,
+            parent_sampled: None,
+        }
+    }
+
+    #[test]
+    fn histograms_count_per_route_and_status() {
+        let m = Metrics::new("host-a");
+        for _ in 0..3 {
+            m.record(&span(SpanKind::Server, 200, "/x/*", 20_000_000));
+        }
+        m.record(&span(SpanKind::Server, 500, "/x/*", 2_000_000_000));
+        m.record(&span(SpanKind::Client, 404, "/y", 1_000_000));
+        m.events.inc_by(5);
+        let text = m.encode();
+        assert!(text.contains(
+            "http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/x/*\",service_name=\"svc\",service_namespace=\"\"} 3"
+        ), "{text}");
+        assert!(text.contains("http_response_status_code=\"500\""), "{text}");
+        // 20 ms falls in the 0.025 bucket; 2 s in 2.5.
+        assert!(
+            text.lines().any(|l| l.starts_with(
+                "http_server_request_duration_seconds_bucket{le=\"0.025\",http_request_method=\"GET\",http_response_status_code=\"200\""
+            ) && l.ends_with("} 3")),
+            "{text}"
+        );
+        assert!(text.contains(
+            "http_client_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"404\",http_route=\"/y\",server_address=\"127.0.0.1\",server_port=\"8080\",service_name=\"svc\",service_namespace=\"\"} 1"
+        ), "{text}");
+        assert!(text.contains("target_info{host_name=\"host-a\""), "{text}");
+        assert!(text.contains("sonde_events_received_total 5"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        let classic = m.encode_classic();
+        assert!(classic.contains("# TYPE sonde_events_received_total counter\n"));
+        assert!(classic.contains("# HELP sonde_events_received_total "));
+        assert!(classic.contains("# TYPE http_server_request_duration_seconds histogram\n"));
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+    }
+}
