@@ -127,6 +127,7 @@ fn main() -> std::process::ExitCode {
             bind_port: cli.probe_bind_port,
             write_dir: cli.probe_write_dir.clone(),
             abstract_socket: cli.probe_abstract_socket.clone(),
+            allowed_bind_port: config.prometheus_export.port,
         };
         return check_sandbox(&policy, &probes);
     }

@@ -223,6 +223,8 @@ pub struct ProbeTargets {
     pub write_dir: std::path::PathBuf,
     /// An abstract Unix socket name with a listener outside the sandbox.
     pub abstract_socket: Option<String>,
+    /// The port the policy lets the processor bind (the Prometheus endpoint), if any.
+    pub allowed_bind_port: Option<u16>,
 }
 
 /// Runs every probe.
@@ -323,6 +325,13 @@ pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
             probe_socket(libc::AF_INET, libc::SOCK_STREAM, 0),
         ),
     ];
+    if let Some(port) = targets.allowed_bind_port {
+        outcomes.push(outcome(
+            "tcp_bind_prometheus_port",
+            Allowed,
+            probe_bind(port),
+        ));
+    }
     if let Some(name) = &targets.abstract_socket {
         outcomes.push(outcome(
             "abstract_unix_connect",

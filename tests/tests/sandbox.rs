@@ -145,6 +145,23 @@ fn status_shows_seccomp_nnp_and_no_capabilities_while_reads_of_proc_still_work()
 }
 
 #[test]
+fn the_prometheus_port_and_only_it_may_be_bound() {
+    let dir = TempDir::new("sandbox-prometheus");
+    let port = free_port();
+    let config = dir.path("sonde.yaml");
+    std::fs::write(&config, format!("prometheus_export:\n  port: {port}\n")).expect("config");
+    let (probes, summary, output) =
+        check_sandbox(&["--config", config.to_str().expect("utf-8 path")]);
+    assert_eq!(
+        probes["tcp_bind_prometheus_port"]["denied"], false,
+        "{summary}"
+    );
+    // Any other port still fails.
+    assert_eq!(probes["tcp_bind"]["errno"], "EACCES");
+    assert!(output.status.success(), "{summary}");
+}
+
+#[test]
 fn without_landlock_the_file_and_port_probes_get_through_and_the_check_fails() {
     let (probes, summary, output) = check_sandbox(&["--insecure-no-landlock"]);
     assert_eq!(summary["landlock"], false);
