@@ -59,6 +59,13 @@ const RAW_TRACEPOINTS: [&str; 3] = [
     "inet_sock_set_state",
 ];
 
+/// `sched:` tracepoints attached, each with a program of the same name.
+const SCHED_TRACEPOINTS: [&str; 3] = [
+    "sched_process_exec",
+    "sched_process_exit",
+    "sched_process_fork",
+];
+
 /// Sizes chosen by configuration.
 pub struct ProbeSizes {
     pub ring_buffer_bytes: u32,
@@ -124,21 +131,9 @@ impl Probes {
         for tp in RAW_TRACEPOINTS {
             attach_raw(&mut ebpf, tp)?;
         }
-        attach(
-            &mut ebpf,
-            "sched_process_exec",
-            ("sched", "sched_process_exec"),
-        )?;
-        attach(
-            &mut ebpf,
-            "sched_process_exit",
-            ("sched", "sched_process_exit"),
-        )?;
-        attach(
-            &mut ebpf,
-            "sched_process_fork",
-            ("sched", "sched_process_fork"),
-        )?;
+        for tp in SCHED_TRACEPOINTS {
+            attach(&mut ebpf, tp, ("sched", tp))?;
+        }
 
         let pid_bitmap =
             Array::try_from(take(&mut ebpf, sonde_schema::PID_BITMAP_MAP)?).map_err(|source| {

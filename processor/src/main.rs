@@ -291,20 +291,13 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
     let mono_to_unix = as_ns(real) - as_ns(mono);
 
-    let mut printer = Printer::new(
-        config.trace_printer,
-        BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
-    );
     let mut stats = Stats::default();
     let mut processes = Processes {
         live: HashMap::new(),
         removed: Vec::new(),
     };
-    // Span and trace ids need uniqueness, not secrecy: a fast generator seeded from the OS.
-    let mut ids = <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng());
     let mut last_stats = Instant::now();
     let mut assembler = Assembler::new(exchange::DEFAULT_HOLD, exchange::DEFAULT_MAX_HELD);
-    let mut router = Router::new(&config.routes);
     let metrics = Arc::new(Metrics::new(
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .unwrap_or_default()
@@ -318,6 +311,18 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         info!(%addr, path = config.prometheus_export.path, "Prometheus endpoint listening");
     }
     let mut early_seen = 0u64;
+    let mut sink = SpanSink {
+        config,
+        router: Router::new(&config.routes),
+        metrics: Arc::clone(&metrics),
+        printer: Printer::new(
+            config.trace_printer,
+            BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
+        ),
+        // Span and trace ids need uniqueness, not secrecy: a fast generator seeded from the OS.
+        ids: <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
+        mono_to_unix,
+    };
 
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
 
@@ -378,33 +383,9 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
                     return;
                 }
             };
-            assembler.feed(record, now, |ev| {
-                emit_span(
-                    ev,
-                    config,
-                    &processes,
-                    &mut router,
-                    &metrics,
-                    &mut printer,
-                    &mut stats,
-                    &mut ids,
-                    mono_to_unix,
-                )
-            });
+            assembler.feed(record, now, |ev| sink.emit(ev, &processes, &mut stats));
         });
-        assembler.expire(now, |ev| {
-            emit_span(
-                ev,
-                config,
-                &processes,
-                &mut router,
-                &metrics,
-                &mut printer,
-                &mut stats,
-                &mut ids,
-                mono_to_unix,
-            )
-        });
+        assembler.expire(now, |ev| sink.emit(ev, &processes, &mut stats));
         stats.late_updates = assembler.late_updates;
         stats.completed_early = assembler.completed_early;
         metrics
@@ -415,7 +396,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             .instrumented_processes
             .set(processes.live.len().saturating_sub(processes.removed.len()) as i64);
         stats.ring_corrupt = ring.corrupt_records;
-        if printer.flush().is_err() {
+        if sink.printer.flush().is_err() {
             stats.print_errors += 1;
         }
         processes.expire();
@@ -424,76 +405,68 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             last_stats = Instant::now();
         }
     };
-    assembler.finish(|ev| {
-        emit_span(
-            ev,
-            config,
-            &processes,
-            &mut router,
-            &metrics,
-            &mut printer,
-            &mut stats,
-            &mut ids,
-            mono_to_unix,
-        )
-    });
-    let _ = printer.flush();
+    assembler.finish(|ev| sink.emit(ev, &processes, &mut stats));
+    let _ = sink.printer.flush();
     control::goodbye(&conn, if result.is_ok() { "stopping" } else { "error" });
     info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "final processor stats");
     result
 }
 
-/// Builds the span of one completed exchange and prints it, counting what happened.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the loop's state, borrowed piecewise; a struct would borrow it all at once"
-)]
-fn emit_span<W: std::io::Write>(
-    ev: &HttpEvent,
-    config: &Config,
-    processes: &Processes,
-    router: &mut Router,
-    metrics: &Metrics,
-    printer: &mut Printer<W>,
-    stats: &mut Stats,
-    ids: &mut rand::rngs::SmallRng,
+/// Where completed exchanges go: span building, route decoration, metrics, sampling and
+/// the printer, with the state they keep between spans.
+struct SpanSink<'a, W: std::io::Write> {
+    config: &'a Config,
+    router: Router,
+    metrics: Arc<Metrics>,
+    printer: Printer<W>,
+    ids: rand::rngs::SmallRng,
     mono_to_unix: i128,
-) {
-    // Borrowed on the hot path: no allocation per event for a known process.
-    let name = match &config.service_name {
-        Some(name) => Cow::Borrowed(name.as_str()),
-        None => processes.service_name(ev.pid, stats),
-    };
-    let service = ServiceInfo {
-        name: &name,
-        namespace: config.service_namespace.as_deref(),
-    };
-    match span::build(ev, &service, mono_to_unix, ids) {
-        Built::NotHttp => stats.not_http += 1,
-        Built::Span(mut s) => {
-            let mut ignored = None;
-            if s.malformed.is_none() {
-                let routed = router.route(&s.service_name, &s.path);
-                ignored = routed.ignored;
-                s.set_route(routed.route);
-            }
-            if !ignored.is_some_and(|m| m.drops_metrics()) {
-                metrics.record(&s);
-            }
-            if ignored.is_some_and(|m| m.drops_traces()) {
-                stats.ignored_routes += 1;
-                return;
-            }
-            stats.spans += 1;
-            stats.malformed += u64::from(s.malformed.is_some());
-            stats.no_response += u64::from(s.no_response);
-            if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
-                stats.unsampled += 1;
-                return;
-            }
-            if printer.print(&s).is_err() {
-                stats.print_errors += 1;
-                metrics.export_errors.inc();
+}
+
+impl<W: std::io::Write> SpanSink<'_, W> {
+    /// Builds the span of one completed exchange and prints it, counting what happened.
+    fn emit(&mut self, ev: &HttpEvent, processes: &Processes, stats: &mut Stats) {
+        let config = self.config;
+        // Borrowed on the hot path: no allocation per event for a known process.
+        let name = match &config.service_name {
+            Some(name) => Cow::Borrowed(name.as_str()),
+            None => processes.service_name(ev.pid, stats),
+        };
+        let service = ServiceInfo {
+            name: &name,
+            namespace: config.service_namespace.as_deref(),
+        };
+        match span::build(ev, &service, self.mono_to_unix, &mut self.ids) {
+            Built::NotHttp => stats.not_http += 1,
+            Built::Span(mut s) => {
+                let mut ignored = None;
+                if s.malformed.is_none() {
+                    let routed = self.router.route(&s.service_name, &s.path);
+                    ignored = routed.ignored;
+                    s.set_route(routed.route);
+                }
+                // HTTP metrics only when something serves them: no label strings per span
+                // otherwise.
+                if config.prometheus_export.port.is_some()
+                    && !ignored.is_some_and(|m| m.drops_metrics())
+                {
+                    self.metrics.record(&s);
+                }
+                if ignored.is_some_and(|m| m.drops_traces()) {
+                    stats.ignored_routes += 1;
+                    return;
+                }
+                stats.spans += 1;
+                stats.malformed += u64::from(s.malformed.is_some());
+                stats.no_response += u64::from(s.no_response);
+                if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
+                    stats.unsampled += 1;
+                    return;
+                }
+                if self.printer.print(&s).is_err() {
+                    stats.print_errors += 1;
+                    self.metrics.export_errors.inc();
+                }
             }
         }
     }

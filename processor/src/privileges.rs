@@ -19,7 +19,7 @@ pub enum PrivilegeError {
     Status(std::io::Error),
 }
 
-/// Capability and NNP fields of a `/proc/<pid>/status` text.
+/// Capability, NNP and seccomp fields of a `/proc/<pid>/status` text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusCaps {
     pub cap_inh: u64,
@@ -28,16 +28,26 @@ pub struct StatusCaps {
     pub cap_bnd: u64,
     pub cap_amb: u64,
     pub no_new_privs: bool,
+    /// Seccomp mode (2: filters); None when the kernel does not report it.
+    pub seccomp: Option<u32>,
+    pub seccomp_filters: Option<u32>,
 }
 
 pub fn parse_status(text: &str) -> StatusCaps {
-    let field = |name: &str| {
+    let value = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .map(str::trim)
+    };
+    let field = |name: &str| {
+        value(name)
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
             .unwrap_or(0)
     };
+    let decimal = |name: &str| value(name).and_then(|v| v.parse().ok());
     StatusCaps {
+        seccomp: decimal("Seccomp:"),
+        seccomp_filters: decimal("Seccomp_filters:"),
         cap_inh: field("CapInh:"),
         cap_prm: field("CapPrm:"),
         cap_eff: field("CapEff:"),
@@ -79,10 +89,12 @@ mod tests {
     #[test]
     fn parses_status_fields() {
         let s = parse_status(
-            "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n",
+            "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t10\n",
         );
         assert_eq!(s.cap_bnd, 0x1ff_ffff_ffff);
         assert_eq!(s.cap_eff, 0);
         assert!(s.no_new_privs);
+        assert_eq!(s.seccomp, Some(2));
+        assert_eq!(s.seccomp_filters, Some(10));
     }
 }

@@ -357,17 +357,10 @@ pub struct StatusView {
 
 /// Reads the sandbox-related fields of `/proc/self/status`.
 pub fn status_view() -> std::io::Result<StatusView> {
-    let text = std::fs::read_to_string("/proc/self/status")?;
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-            .map(str::to_string)
-    };
-    let caps = privileges::parse_status(&text);
+    let caps = privileges::parse_status(&std::fs::read_to_string("/proc/self/status")?);
     Ok(StatusView {
-        seccomp: field("Seccomp").and_then(|v| v.parse().ok()),
-        seccomp_filters: field("Seccomp_filters").and_then(|v| v.parse().ok()),
+        seccomp: caps.seccomp,
+        seccomp_filters: caps.seccomp_filters,
         no_new_privs: caps.no_new_privs,
         cap_eff: format!("{:016x}", caps.cap_eff),
         cap_prm: format!("{:016x}", caps.cap_prm),
