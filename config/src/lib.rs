@@ -7,6 +7,10 @@ use std::{collections::BTreeMap, fmt, path::PathBuf};
 
 use serde::Deserialize;
 
+mod otlp;
+use otlp::RawEndpoint;
+pub use otlp::{MetricsExport, OtlpEndpoint, OtlpProtocol, Signal, TracesExport, format_duration};
+
 /// Errors raised while building the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -386,6 +390,8 @@ pub struct Config {
     pub routes: RoutesConfig,
     pub sampler: Sampler,
     pub prometheus_export: PrometheusExport,
+    pub traces_export: TracesExport,
+    pub metrics_export: MetricsExport,
     /// Seconds between kernel counter reports.
     pub stats_interval_secs: u32,
 }
@@ -417,6 +423,8 @@ impl Default for Config {
             routes: RoutesConfig::default(),
             sampler: Sampler::ParentBasedAlwaysOn,
             prometheus_export: PrometheusExport::default(),
+            traces_export: TracesExport::default(),
+            metrics_export: MetricsExport::default(),
             ebpf: EbpfSettings {
                 ring_buffer_bytes: 8 << 20,
                 max_connections: 16384,
@@ -442,6 +450,7 @@ struct FileConfig {
     ebpf: Option<FileEbpf>,
     routes: Option<FileRoutes>,
     otel_traces_export: Option<FileTracesExport>,
+    otel_metrics_export: Option<FileMetricsExport>,
     prometheus_export: Option<FilePrometheus>,
     stats_interval_secs: Option<u32>,
 }
@@ -458,6 +467,32 @@ struct FilePrometheus {
 #[serde(deny_unknown_fields)]
 struct FileTracesExport {
     sampler: Option<FileSampler>,
+    endpoint: Option<String>,
+    traces_endpoint: Option<String>,
+    protocol: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    queue_size: Option<usize>,
+    batch_max_size: Option<usize>,
+    batch_timeout: Option<String>,
+    timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetricsExport {
+    endpoint: Option<String>,
+    metrics_endpoint: Option<String>,
+    protocol: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    interval: Option<String>,
+    timeout: Option<String>,
+}
+
+/// Endpoint settings of both signals while the sources are applied.
+#[derive(Debug, Default)]
+struct RawExports {
+    traces: RawEndpoint,
+    metrics: RawEndpoint,
 }
 
 #[derive(Debug, Deserialize)]
@@ -530,8 +565,11 @@ impl Config {
             None => FileConfig::default(),
         };
         let mut config = Config::default();
-        config.apply_file(parsed)?;
-        config.apply_env(env)?;
+        let mut raw = RawExports::default();
+        config.apply_file(parsed, &mut raw)?;
+        config.apply_env(env, &mut raw)?;
+        config.traces_export.otlp = otlp::resolve(&raw.traces, Signal::Traces)?;
+        config.metrics_export.otlp = otlp::resolve(&raw.metrics, Signal::Metrics)?;
         config.validate()?;
         Ok(config)
     }
@@ -552,7 +590,7 @@ impl Config {
         })
     }
 
-    fn apply_file(&mut self, f: FileConfig) -> Result<(), ConfigError> {
+    fn apply_file(&mut self, f: FileConfig, raw: &mut RawExports) -> Result<(), ConfigError> {
         if let Some(v) = f.log_level {
             self.log_level = LogLevel::parse("log_level", &v)?;
         }
@@ -598,14 +636,53 @@ impl Config {
                 self.processor.insecure_no_landlock = v;
             }
         }
-        if let Some(t) = f.otel_traces_export
-            && let Some(sm) = t.sampler
-        {
-            self.sampler = Sampler::parse(
-                "otel_traces_export.sampler.name",
-                &sm.name,
-                sm.arg.as_deref(),
+        if let Some(t) = f.otel_traces_export {
+            if let Some(sm) = t.sampler {
+                self.sampler = Sampler::parse(
+                    "otel_traces_export.sampler.name",
+                    &sm.name,
+                    sm.arg.as_deref(),
+                )?;
+            }
+            let p = "otel_traces_export";
+            file_endpoint(
+                &mut raw.traces,
+                p,
+                t.endpoint,
+                t.traces_endpoint,
+                "traces_endpoint",
             )?;
+            file_protocol_headers(&mut raw.traces, p, t.protocol, t.headers)?;
+            let te = &mut self.traces_export;
+            if let Some(v) = t.queue_size {
+                te.queue_size = bounded_count(&format!("{p}.queue_size"), v, 1 << 20)?;
+            }
+            if let Some(v) = t.batch_max_size {
+                te.batch_max_size = bounded_count(&format!("{p}.batch_max_size"), v, 1 << 16)?;
+            }
+            if let Some(v) = t.batch_timeout {
+                te.batch_timeout = otlp::parse_duration(&format!("{p}.batch_timeout"), &v)?;
+            }
+            if let Some(v) = t.timeout {
+                te.timeout = otlp::parse_duration(&format!("{p}.timeout"), &v)?;
+            }
+        }
+        if let Some(m) = f.otel_metrics_export {
+            let p = "otel_metrics_export";
+            file_endpoint(
+                &mut raw.metrics,
+                p,
+                m.endpoint,
+                m.metrics_endpoint,
+                "metrics_endpoint",
+            )?;
+            file_protocol_headers(&mut raw.metrics, p, m.protocol, m.headers)?;
+            if let Some(v) = m.interval {
+                self.metrics_export.interval = otlp::parse_duration(&format!("{p}.interval"), &v)?;
+            }
+            if let Some(v) = m.timeout {
+                self.metrics_export.timeout = otlp::parse_duration(&format!("{p}.timeout"), &v)?;
+            }
         }
         if let Some(p) = f.prometheus_export {
             if let Some(v) = p.port {
@@ -676,8 +753,43 @@ impl Config {
         Ok(())
     }
 
-    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    fn apply_env(
+        &mut self,
+        env: &BTreeMap<String, String>,
+        raw: &mut RawExports,
+    ) -> Result<(), ConfigError> {
         let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
+        otlp::apply_env(&mut raw.traces, env, "TRACES")?;
+        otlp::apply_env(&mut raw.metrics, env, "METRICS")?;
+        if let Some(v) = get("OTEL_EXPORTER_OTLP_TIMEOUT") {
+            let t = otlp::parse_millis("OTEL_EXPORTER_OTLP_TIMEOUT", v)?;
+            self.traces_export.timeout = t;
+            self.metrics_export.timeout = t;
+        }
+        if let Some(v) = get("OTEL_BSP_MAX_QUEUE_SIZE") {
+            let n = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid("OTEL_BSP_MAX_QUEUE_SIZE", v, "a number"))?;
+            self.traces_export.queue_size = bounded_count("OTEL_BSP_MAX_QUEUE_SIZE", n, 1 << 20)?;
+        }
+        if let Some(v) = get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+            let n = v
+                .trim()
+                .parse()
+                .map_err(|_| invalid("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", v, "a number"))?;
+            self.traces_export.batch_max_size =
+                bounded_count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", n, 1 << 16)?;
+        }
+        if let Some(v) = get("OTEL_BSP_SCHEDULE_DELAY") {
+            self.traces_export.batch_timeout = otlp::parse_millis("OTEL_BSP_SCHEDULE_DELAY", v)?;
+        }
+        if let Some(v) = get("BEYLA_METRICS_INTERVAL") {
+            self.metrics_export.interval = otlp::parse_duration("BEYLA_METRICS_INTERVAL", v)?;
+        }
+        if let Some(v) = get("OTEL_METRIC_EXPORT_INTERVAL") {
+            self.metrics_export.interval = otlp::parse_millis("OTEL_METRIC_EXPORT_INTERVAL", v)?;
+        }
         if let Some(v) = get("BEYLA_LOG_LEVEL") {
             self.log_level = LogLevel::parse("BEYLA_LOG_LEVEL", v)?;
         }
@@ -854,8 +966,86 @@ impl Config {
         if let Some(a) = arg {
             out += &format!("    arg: \"{a}\"\n");
         }
+        out += &otlp_yaml("traces_endpoint", &self.traces_export.otlp);
+        let te = &self.traces_export;
+        out += &format!("  queue_size: {}\n", te.queue_size);
+        out += &format!("  batch_max_size: {}\n", te.batch_max_size);
+        out += &format!("  batch_timeout: {}\n", format_duration(te.batch_timeout));
+        out += &format!("  timeout: {}\n", format_duration(te.timeout));
+        out += "otel_metrics_export:\n";
+        out += &otlp_yaml("metrics_endpoint", &self.metrics_export.otlp);
+        let me = &self.metrics_export;
+        out += &format!("  interval: {}\n", format_duration(me.interval));
+        out += &format!("  timeout: {}\n", format_duration(me.timeout));
         out += &format!("stats_interval_secs: {}\n", self.stats_interval_secs);
         out
+    }
+}
+
+/// The endpoint lines of one `otel_*_export` section; header values are hidden because they
+/// usually carry credentials.
+fn otlp_yaml(exact_key: &str, e: &Option<OtlpEndpoint>) -> String {
+    let Some(e) = e else {
+        return String::new();
+    };
+    let mut out = format!(
+        "  {exact_key}: \"{}\"\n  protocol: {}\n",
+        e.url,
+        e.protocol.as_str()
+    );
+    if !e.headers.is_empty() {
+        out += "  headers:\n";
+        for (k, _) in &e.headers {
+            out += &format!("    {k}: \"<hidden>\"\n");
+        }
+    }
+    out
+}
+
+fn file_endpoint(
+    raw: &mut RawEndpoint,
+    prefix: &str,
+    base: Option<String>,
+    exact: Option<String>,
+    exact_name: &str,
+) -> Result<(), ConfigError> {
+    if let Some(v) = base {
+        raw.base = Some((format!("{prefix}.endpoint"), v));
+    }
+    if let Some(v) = exact {
+        raw.exact = Some((format!("{prefix}.{exact_name}"), v));
+    }
+    Ok(())
+}
+
+fn file_protocol_headers(
+    raw: &mut RawEndpoint,
+    prefix: &str,
+    protocol: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+) -> Result<(), ConfigError> {
+    if let Some(v) = protocol {
+        raw.protocol = Some(OtlpProtocol::parse(&format!("{prefix}.protocol"), &v)?);
+    }
+    if let Some(h) = headers {
+        let key = format!("{prefix}.headers");
+        raw.headers = h
+            .into_iter()
+            .map(|(k, v)| Ok((otlp::header_name(&key, &k)?, v)))
+            .collect::<Result<_, ConfigError>>()?;
+    }
+    Ok(())
+}
+
+fn bounded_count(key: &str, v: usize, max: usize) -> Result<usize, ConfigError> {
+    if (1..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::Invalid {
+            key: key.to_string(),
+            value: v.to_string(),
+            expected: "a count from 1 to the documented maximum (queue 1048576, batch 65536)",
+        })
     }
 }
 
@@ -885,6 +1075,7 @@ fn non_empty(key: &str, v: String) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -1113,6 +1304,91 @@ mod tests {
         let g = ExeGlob::parse("k", "*/nginx").unwrap();
         assert!(g.is_match("/usr/sbin/nginx"));
         assert!(!g.is_match("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn otlp_exports_from_file_and_environment() {
+        let yaml = "otel_traces_export:\n  endpoint: http://127.0.0.1:4318\n  headers:\n    api-key: s3cret\n  queue_size: 100\n  batch_timeout: 250ms\notel_metrics_export:\n  endpoint: http://127.0.0.1:4317\n  interval: 2s\n";
+        let c = load_yaml(yaml, &[]).unwrap();
+        let t = c.traces_export.otlp.clone().unwrap();
+        assert_eq!(t.url, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(t.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(t.headers, vec![("api-key".into(), "s3cret".into())]);
+        assert_eq!(c.traces_export.queue_size, 100);
+        assert_eq!(c.traces_export.batch_timeout, Duration::from_millis(250));
+        let m = c.metrics_export.otlp.clone().unwrap();
+        assert_eq!(
+            (m.url.as_str(), m.protocol),
+            ("http://127.0.0.1:4317", OtlpProtocol::Grpc)
+        );
+        assert_eq!(c.metrics_export.interval, Duration::from_secs(2));
+        // Printed without the secret, and read back to the same endpoints.
+        let printed = c.to_yaml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        let again = load_yaml(&printed, &[]).unwrap();
+        assert_eq!(again.traces_export.otlp.unwrap().url, t.url);
+        assert_eq!(again.metrics_export, c.metrics_export);
+
+        // The environment wins; a signal endpoint is used as given.
+        let c = load_yaml(
+            yaml,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://tempo:9411/otlp",
+                ),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=other"),
+            ],
+        )
+        .unwrap();
+        let t = c.traces_export.otlp.unwrap();
+        assert_eq!((t.url.as_str(), t.port), ("http://tempo:9411/otlp", 9411));
+        assert_eq!(t.headers, vec![("api-key".into(), "other".into())]);
+        let m = c.metrics_export.otlp.unwrap();
+        assert_eq!(
+            (m.url.as_str(), m.protocol),
+            ("http://collector:4317", OtlpProtocol::Grpc)
+        );
+        assert_eq!(c.metrics_export.interval, Duration::from_millis(1500));
+
+        for (yaml, env, key) in [
+            (
+                "otel_traces_export:\n  protocol: http/json\n",
+                vec![],
+                "otel_traces_export.protocol",
+            ),
+            (
+                "otel_metrics_export:\n  interval: soon\n",
+                vec![],
+                "otel_metrics_export.interval",
+            ),
+            (
+                "otel_traces_export:\n  queue_size: 0\n",
+                vec![],
+                "otel_traces_export.queue_size",
+            ),
+            (
+                "",
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                "",
+                vec![("OTEL_METRIC_EXPORT_INTERVAL", "5s")],
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+            (
+                "otel_metrics_export:\n  metrics_endpoint: https://c:4318/v1/metrics\n",
+                vec![],
+                "otel_metrics_export.metrics_endpoint",
+            ),
+        ] {
+            let e = load_yaml(yaml, &env).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 
     #[test]

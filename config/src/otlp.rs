@@ -1,0 +1,422 @@
+//! OTLP export settings (`otel_traces_export`, `otel_metrics_export` and the
+//! `OTEL_EXPORTER_OTLP_*` variables), resolved once into the exact URL, protocol and headers
+//! each exporter uses, following the OpenTelemetry exporter specification: a signal-specific
+//! endpoint is used as given, a base endpoint gets `/v1/traces` or `/v1/metrics` appended for
+//! HTTP, and an unset protocol is guessed from the port (4317 gRPC, 4318 HTTP/protobuf).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use crate::{ConfigError, invalid};
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn parse(key: &str, v: &str) -> Result<OtlpProtocol, ConfigError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            _ => Err(invalid(key, v, "grpc or http/protobuf")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// Which signal an endpoint is for; decides the HTTP path suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Metrics => "/v1/metrics",
+        }
+    }
+}
+
+/// Where and how one signal is exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint {
+    /// The URL the exporter is given: for HTTP, the full URL including `/v1/<signal>`.
+    pub url: String,
+    pub protocol: OtlpProtocol,
+    /// The TCP port the URL connects to (explicit, or 80 for `http://`); the sandbox allows
+    /// connecting to exactly these ports.
+    pub port: u16,
+    /// Extra request headers / gRPC metadata (authentication tokens, tenant ids).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Span export (`otel_traces_export`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracesExport {
+    pub otlp: Option<OtlpEndpoint>,
+    /// Spans waiting for export; beyond this they are dropped and counted.
+    pub queue_size: usize,
+    /// Spans per export request at most.
+    pub batch_max_size: usize,
+    /// A partial batch is sent after this long.
+    pub batch_timeout: Duration,
+    /// Give up on one export request (retries included) after this long.
+    pub timeout: Duration,
+}
+
+impl Default for TracesExport {
+    fn default() -> Self {
+        TracesExport {
+            otlp: None,
+            queue_size: 16384,
+            batch_max_size: 4096,
+            batch_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Metric export (`otel_metrics_export`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsExport {
+    pub otlp: Option<OtlpEndpoint>,
+    /// How often cumulative metrics are sent.
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for MetricsExport {
+    fn default() -> Self {
+        MetricsExport {
+            otlp: None,
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The raw, unresolved settings of one signal, gathered from the file and the environment
+/// before `resolve` turns them into an `OtlpEndpoint`.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RawEndpoint {
+    /// A base endpoint (`endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT`) and the key it came from.
+    pub base: Option<(String, String)>,
+    /// A signal endpoint used as given (`traces_endpoint`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    pub exact: Option<(String, String)>,
+    pub protocol: Option<OtlpProtocol>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Resolves a signal's endpoint. The exact endpoint wins over the base one.
+pub(crate) fn resolve(
+    raw: &RawEndpoint,
+    signal: Signal,
+) -> Result<Option<OtlpEndpoint>, ConfigError> {
+    let (key, text, is_base) = match (&raw.exact, &raw.base) {
+        (Some((k, v)), _) => (k, v, false),
+        (None, Some((k, v))) => (k, v, true),
+        (None, None) => return Ok(None),
+    };
+    const EXPECTED: &str = "an http:// URL with a host, e.g. http://127.0.0.1:4318";
+    let url = text.trim();
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(invalid(
+            key,
+            url,
+            "an http:// URL: this build of Sonde has no TLS for OTLP (put a collector on the node)",
+        ));
+    } else {
+        return Err(invalid(key, url, EXPECTED));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let port = authority_port(authority).map_err(|_| invalid(key, url, EXPECTED))?;
+    let protocol = raw.protocol.unwrap_or(match port {
+        p if p % 10000 == 4317 => OtlpProtocol::Grpc,
+        _ => OtlpProtocol::HttpProtobuf,
+    });
+    let url = match (protocol, is_base) {
+        (OtlpProtocol::HttpProtobuf, true) => {
+            format!(
+                "http://{authority}{}{}",
+                path.trim_end_matches('/'),
+                signal.http_path()
+            )
+        }
+        _ => format!("http://{authority}{path}"),
+    };
+    Ok(Some(OtlpEndpoint {
+        url,
+        protocol,
+        port,
+        headers: raw.headers.clone(),
+    }))
+}
+
+/// The port of `host[:port]` or `[v6][:port]`; 80 when absent.
+fn authority_port(authority: &str) -> Result<u16, ()> {
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or(())?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || host.contains(['@', ' ']) {
+        return Err(());
+    }
+    match port {
+        None => Ok(80),
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(()),
+        },
+    }
+}
+
+/// Parses `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values
+/// percent-decoded as the specification requires.
+pub(crate) fn parse_headers(key: &str, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    const EXPECTED: &str = "comma-separated key=value pairs";
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| invalid(key, "<hidden>", EXPECTED))?;
+        out.push((
+            header_name(key, k)?,
+            percent_decode(v.trim()).ok_or_else(|| invalid(key, k, EXPECTED))?,
+        ));
+    }
+    Ok(out)
+}
+
+/// A valid header name, lowercased (gRPC metadata keys must be lowercase).
+pub(crate) fn header_name(key: &str, name: &str) -> Result<String, ConfigError> {
+    let k = name.trim();
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(invalid(key, k, "header names of letters, digits, - _ ."));
+    }
+    Ok(k.to_ascii_lowercase())
+}
+
+fn percent_decode(v: &str) -> Option<String> {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Parses a duration such as `500ms`, `5s`, `1m` or `1h`.
+pub(crate) fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    const EXPECTED: &str = "a positive duration such as 500ms, 5s, 1m";
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| invalid(key, text, EXPECTED))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(invalid(key, text, EXPECTED)),
+    };
+    if d.is_zero() {
+        return Err(invalid(key, text, EXPECTED));
+    }
+    Ok(d)
+}
+
+/// Parses a number of milliseconds (the `OTEL_*` variables' unit).
+pub(crate) fn parse_millis(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
+        _ => Err(invalid(key, text, "a positive number of milliseconds")),
+    }
+}
+
+/// Shows a duration the way `parse_duration` reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Applies the `OTEL_EXPORTER_OTLP_*` variables of one signal over the file's settings.
+/// `signal` is `TRACES` or `METRICS`.
+pub(crate) fn apply_env(
+    raw: &mut RawEndpoint,
+    env: &BTreeMap<String, String>,
+    signal: &str,
+) -> Result<(), ConfigError> {
+    let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
+    if let Some(v) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        raw.base = Some(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), v.clone()));
+    }
+    let exact = format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT");
+    if let Some(v) = get(&exact) {
+        raw.exact = Some((exact, v.clone()));
+    }
+    for key in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+        format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"),
+    ] {
+        if let Some(v) = get(&key) {
+            raw.protocol = Some(OtlpProtocol::parse(&key, v)?);
+        }
+    }
+    for key in [
+        "OTEL_EXPORTER_OTLP_HEADERS".to_string(),
+        format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS"),
+    ] {
+        if let Some(v) = get(&key) {
+            for (k, v) in parse_headers(&key, v)? {
+                raw.headers.retain(|(old, _)| *old != k);
+                raw.headers.push((k, v));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(base: Option<&str>, exact: Option<&str>, protocol: Option<OtlpProtocol>) -> RawEndpoint {
+        RawEndpoint {
+            base: base.map(|b| ("endpoint".into(), b.into())),
+            exact: exact.map(|e| ("traces_endpoint".into(), e.into())),
+            protocol,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn base_endpoints_get_the_signal_path_for_http_only() {
+        let e = resolve(&raw(Some("http://c:4318"), None, None), Signal::Traces)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.url, "http://c:4318/v1/traces");
+        assert_eq!(e.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(e.port, 4318);
+        let e = resolve(
+            &raw(Some("http://c:4318/prefix/"), None, None),
+            Signal::Metrics,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.url, "http://c:4318/prefix/v1/metrics");
+        let e = resolve(&raw(Some("http://c:4317"), None, None), Signal::Traces)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (e.url.as_str(), e.protocol),
+            ("http://c:4317", OtlpProtocol::Grpc)
+        );
+        let e = resolve(&raw(Some("http://[::1]:14317"), None, None), Signal::Traces)
+            .unwrap()
+            .unwrap();
+        assert_eq!((e.protocol, e.port), (OtlpProtocol::Grpc, 14317));
+    }
+
+    #[test]
+    fn exact_endpoints_win_and_stay_as_given() {
+        let e = resolve(
+            &raw(Some("http://c:4318"), Some("http://d:9999/custom"), None),
+            Signal::Traces,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(e.url, "http://d:9999/custom");
+        assert_eq!((e.port, e.protocol), (9999, OtlpProtocol::HttpProtobuf));
+        let e = resolve(
+            &raw(None, Some("http://d"), Some(OtlpProtocol::Grpc)),
+            Signal::Traces,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((e.port, e.protocol), (80, OtlpProtocol::Grpc));
+        assert_eq!(
+            resolve(&raw(None, None, None), Signal::Traces).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_endpoints_name_the_key() {
+        for bad in ["c:4318", "http://", "http://c:0", "http://c:x", "ftp://c"] {
+            let e = resolve(&raw(Some(bad), None, None), Signal::Traces).unwrap_err();
+            assert!(e.to_string().contains("endpoint"), "{e}");
+        }
+        let e = resolve(&raw(Some("https://c:4317"), None, None), Signal::Traces).unwrap_err();
+        assert!(e.to_string().contains("no TLS"), "{e}");
+    }
+
+    #[test]
+    fn headers_are_percent_decoded_and_never_echoed() {
+        let h = parse_headers("H", "api-key=a%20b, X-Tenant = t1").unwrap();
+        assert_eq!(
+            h,
+            vec![
+                ("api-key".into(), "a b".into()),
+                ("x-tenant".into(), "t1".into())
+            ]
+        );
+        let e = parse_headers("H", "secret-token-without-equals").unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
+        assert!(parse_headers("H", "k=%zz").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("k", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(parse_duration("k", "2m").unwrap(), Duration::from_secs(120));
+        for bad in ["", "0s", "5", "5 s", "-1s", "1d"] {
+            assert!(parse_duration("k", bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(60)), "60s");
+        assert_eq!(
+            parse_millis("k", "250").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert!(parse_millis("k", "0").is_err());
+    }
+}
