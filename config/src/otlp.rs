@@ -268,7 +268,7 @@ pub(crate) fn parse_millis(key: &str, text: &str) -> Result<Duration, ConfigErro
 /// Shows a duration the way `parse_duration` reads it.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
