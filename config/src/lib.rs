@@ -904,8 +904,19 @@ impl Config {
         self.open_port.is_some() || self.auto_target_exe.is_some() || !self.target_pids.is_empty()
     }
 
-    /// The effective configuration as YAML (what `--print-config` shows).
+    /// The effective configuration as YAML (what `--print-config` shows), OTLP header
+    /// values hidden.
     pub fn to_yaml(&self) -> String {
+        self.yaml(false)
+    }
+
+    /// The effective configuration as YAML with OTLP header values, for handing to the
+    /// processor `sonde` starts (through a pipe, never a file).
+    pub fn to_yaml_with_secrets(&self) -> String {
+        self.yaml(true)
+    }
+
+    fn yaml(&self, secrets: bool) -> String {
         let mut out = String::new();
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "~".into());
         out += &format!("log_level: {}\n", self.log_level.as_str());
@@ -966,14 +977,14 @@ impl Config {
         if let Some(a) = arg {
             out += &format!("    arg: \"{a}\"\n");
         }
-        out += &otlp_yaml("traces_endpoint", &self.traces_export.otlp);
+        out += &otlp_yaml("traces_endpoint", &self.traces_export.otlp, secrets);
         let te = &self.traces_export;
         out += &format!("  queue_size: {}\n", te.queue_size);
         out += &format!("  batch_max_size: {}\n", te.batch_max_size);
         out += &format!("  batch_timeout: {}\n", format_duration(te.batch_timeout));
         out += &format!("  timeout: {}\n", format_duration(te.timeout));
         out += "otel_metrics_export:\n";
-        out += &otlp_yaml("metrics_endpoint", &self.metrics_export.otlp);
+        out += &otlp_yaml("metrics_endpoint", &self.metrics_export.otlp, secrets);
         let me = &self.metrics_export;
         out += &format!("  interval: {}\n", format_duration(me.interval));
         out += &format!("  timeout: {}\n", format_duration(me.timeout));
@@ -984,7 +995,7 @@ impl Config {
 
 /// The endpoint lines of one `otel_*_export` section; header values are hidden because they
 /// usually carry credentials.
-fn otlp_yaml(exact_key: &str, e: &Option<OtlpEndpoint>) -> String {
+fn otlp_yaml(exact_key: &str, e: &Option<OtlpEndpoint>, secrets: bool) -> String {
     let Some(e) = e else {
         return String::new();
     };
@@ -995,8 +1006,14 @@ fn otlp_yaml(exact_key: &str, e: &Option<OtlpEndpoint>) -> String {
     );
     if !e.headers.is_empty() {
         out += "  headers:\n";
-        for (k, _) in &e.headers {
-            out += &format!("    {k}: \"<hidden>\"\n");
+        for (k, v) in &e.headers {
+            // A JSON string is a valid YAML double-quoted scalar.
+            let shown = if secrets {
+                serde_json::to_string(v).unwrap_or_default()
+            } else {
+                "\"<hidden>\"".into()
+            };
+            out += &format!("    {k}: {shown}\n");
         }
     }
     out
@@ -1328,6 +1345,8 @@ mod tests {
         let again = load_yaml(&printed, &[]).unwrap();
         assert_eq!(again.traces_export.otlp.unwrap().url, t.url);
         assert_eq!(again.metrics_export, c.metrics_export);
+        let handed = load_yaml(&c.to_yaml_with_secrets(), &[]).unwrap();
+        assert_eq!(handed.traces_export, c.traces_export);
 
         // The environment wins; a signal endpoint is used as given.
         let c = load_yaml(

@@ -230,7 +230,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
             uid,
             gid,
             env: supervisor::processor_env(),
-            config_yaml: config.to_yaml(),
+            config_yaml: config.to_yaml_with_secrets(),
         })
     });
 

@@ -6,6 +6,7 @@ pub mod control;
 pub mod exchange;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod printer;
 pub mod privileges;
 pub mod ringbuf;

@@ -20,6 +20,7 @@ use sonde_processor::{
     control::{self, ProcessInfo, Update},
     exchange::{self, Assembler},
     metrics::Metrics,
+    otlp::{Otlp, ProcessMeta},
     printer::Printer,
     privileges,
     ringbuf::RingReader,
@@ -163,31 +164,57 @@ impl Processes {
         )
     }
 
-    fn expire(&mut self) {
+    /// Forgets processes removed longer than the grace period ago; returns their pids.
+    fn expire(&mut self) -> Vec<u32> {
         let now = Instant::now();
         let live = &mut self.live;
+        let mut gone = Vec::new();
         self.removed.retain(|(pid, at)| {
             if now.duration_since(*at) >= REMOVED_GRACE {
                 live.remove(pid);
+                gone.push(*pid);
                 false
             } else {
                 true
             }
         });
+        gone
+    }
+
+    /// What OTLP resources are built from.
+    fn meta(&self, pid: u32, config: &Config, fallback_name: &str) -> ProcessMeta {
+        let info = self.live.get(&pid);
+        ProcessMeta {
+            pid,
+            service_name: config
+                .service_name
+                .clone()
+                .or_else(|| info.map(|p| p.service_name.clone()))
+                .unwrap_or_else(|| fallback_name.to_string()),
+            service_namespace: config.service_namespace.clone(),
+            exe_path: info.map(|p| p.exe_path.clone()).unwrap_or_default(),
+        }
     }
 }
 
 /// What the sandbox allows for this configuration: the configuration file is readable; the
-/// Prometheus port (when configured) may be bound; no TCP destination may be connected to,
-/// because nothing the processor does yet needs one.
+/// Prometheus port (when configured) may be bound; TCP connections only to the ports of the
+/// OTLP endpoints.
 fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> SandboxPolicy {
+    let mut connect_ports: Vec<u16> = [&config.traces_export.otlp, &config.metrics_export.otlp]
+        .into_iter()
+        .flatten()
+        .map(|e| e.port)
+        .collect();
+    connect_ports.sort_unstable();
+    connect_ports.dedup();
     SandboxPolicy {
         read_paths: config_file
             .filter(|p| p.as_os_str() != "-")
             .map(std::path::Path::to_path_buf)
             .into_iter()
             .collect(),
-        connect_ports: Vec::new(),
+        connect_ports,
         bind_ports: config.prometheus_export.port.into_iter().collect(),
         insecure_no_landlock: config.processor.insecure_no_landlock,
     }
@@ -310,6 +337,14 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             .with_context(|| format!("serving Prometheus metrics on {addr}"))?;
         info!(%addr, path = config.prometheus_export.path, "Prometheus endpoint listening");
     }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let otlp = Otlp::start(
+        &config.traces_export,
+        &config.metrics_export,
+        host.trim(),
+        metrics.otlp.clone(),
+    )
+    .context("starting OTLP export")?;
     let mut early_seen = 0u64;
     let mut sink = SpanSink {
         config,
@@ -322,6 +357,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         // Span and trace ids need uniqueness, not secrecy: a fast generator seeded from the OS.
         ids: <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
         mono_to_unix,
+        otlp,
     };
 
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
@@ -399,7 +435,11 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         if sink.printer.flush().is_err() {
             stats.print_errors += 1;
         }
-        processes.expire();
+        for pid in processes.expire() {
+            if let Some(o) = sink.otlp.as_mut() {
+                o.forget(pid);
+            }
+        }
         if last_stats.elapsed() >= stats_every {
             info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "processor stats");
             last_stats = Instant::now();
@@ -407,6 +447,12 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
     };
     assembler.finish(|ev| sink.emit(ev, &processes, &mut stats));
     let _ = sink.printer.flush();
+    if let Some(o) = sink.otlp.take() {
+        o.shutdown();
+    }
+    stats.otlp_spans_exported = metrics.otlp.spans_exported.get();
+    stats.otlp_spans_dropped = metrics.otlp.spans_dropped_queue_full.get()
+        + metrics.otlp.spans_dropped_export_failed.get();
     control::goodbye(&conn, if result.is_ok() { "stopping" } else { "error" });
     info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "final processor stats");
     result
@@ -421,6 +467,7 @@ struct SpanSink<'a, W: std::io::Write> {
     printer: Printer<W>,
     ids: rand::rngs::SmallRng,
     mono_to_unix: i128,
+    otlp: Option<Otlp>,
 }
 
 impl<W: std::io::Write> SpanSink<'_, W> {
@@ -447,10 +494,14 @@ impl<W: std::io::Write> SpanSink<'_, W> {
                 }
                 // HTTP metrics only when something serves them: no label strings per span
                 // otherwise.
-                if config.prometheus_export.port.is_some()
-                    && !ignored.is_some_and(|m| m.drops_metrics())
-                {
-                    self.metrics.record(&s);
+                let meta = || processes.meta(s.pid, config, &s.service_name);
+                if !ignored.is_some_and(|m| m.drops_metrics()) {
+                    if config.prometheus_export.port.is_some() {
+                        self.metrics.record(&s);
+                    }
+                    if let Some(o) = self.otlp.as_mut() {
+                        o.record(&s, &meta);
+                    }
                 }
                 if ignored.is_some_and(|m| m.drops_traces()) {
                     stats.ignored_routes += 1;
@@ -466,6 +517,10 @@ impl<W: std::io::Write> SpanSink<'_, W> {
                 if self.printer.print(&s).is_err() {
                     stats.print_errors += 1;
                     self.metrics.export_errors.inc();
+                }
+                if let Some(o) = self.otlp.as_mut() {
+                    let (pid, name) = (s.pid, s.service_name.clone());
+                    o.export_span(s, &|| processes.meta(pid, config, &name));
                 }
             }
         }

@@ -12,7 +12,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::span::{Span, SpanKind};
+use crate::{
+    otlp::ExportCounters,
+    span::{Span, SpanKind},
+};
 
 /// `http.server.request.duration` buckets from the semantic conventions (seconds).
 pub const DURATION_BUCKETS: [f64; 15] = [
@@ -72,6 +75,8 @@ pub struct Metrics {
     pub spans_dropped: Counter,
     /// Processes currently instrumented.
     pub instrumented_processes: Gauge,
+    /// OTLP export outcomes.
+    pub otlp: ExportCounters,
 }
 
 impl Metrics {
@@ -169,7 +174,34 @@ impl Metrics {
             "Processes currently instrumented",
             instrumented_processes.clone(),
         );
+        let otlp = ExportCounters::default();
+        own.register(
+            "otlp_spans_exported",
+            "Spans an OTLP collector accepted",
+            otlp.spans_exported.clone(),
+        );
+        for (reason, counter) in [
+            ("queue_full", &otlp.spans_dropped_queue_full),
+            ("export_failed", &otlp.spans_dropped_export_failed),
+        ] {
+            own.register(
+                format!("otlp_spans_dropped_{reason}"),
+                format!("Spans dropped before reaching the collector: {reason}"),
+                counter.clone(),
+            );
+        }
+        own.register(
+            "otlp_metric_exports",
+            "OTLP metric export requests the collector accepted",
+            otlp.metric_exports.clone(),
+        );
+        own.register(
+            "otlp_metric_exports_failed",
+            "OTLP metric export requests that failed after retries",
+            otlp.metric_exports_failed.clone(),
+        );
         Metrics {
+            otlp,
             registry: Arc::new(registry),
             server_duration,
             server_request_size,

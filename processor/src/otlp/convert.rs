@@ -1,0 +1,380 @@
+//! From Sonde's spans and process metadata to OpenTelemetry data: the resource of an
+//! instrumented process, span attributes per the stable HTTP semantic conventions, span
+//! status rules, and the attribute sets RED metrics are recorded with.
+
+use std::{
+    borrow::Cow,
+    time::{Duration, SystemTime},
+};
+
+use opentelemetry::{
+    InstrumentationScope, KeyValue, StringValue, Value,
+    trace::{self, SpanContext, TraceFlags, TraceState},
+};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{SpanData, SpanEvents, SpanLinks},
+};
+
+use crate::span::{Span, SpanKind};
+
+/// What the processor knows about an instrumented process.
+#[derive(Debug, Clone)]
+pub struct ProcessMeta {
+    pub pid: u32,
+    pub service_name: String,
+    pub service_namespace: Option<String>,
+    pub exe_path: String,
+}
+
+/// The language of a process, guessed from its executable's name (`telemetry.sdk.language`).
+/// Only names that leave no doubt are mapped; anything else is `unknown`.
+pub fn language_of(exe_path: &str) -> &'static str {
+    let name = exe_path.rsplit('/').next().unwrap_or(exe_path);
+    let starts = |p: &str| name.starts_with(p);
+    match name {
+        "java" => "java",
+        "node" | "nodejs" => "nodejs",
+        "dotnet" => "dotnet",
+        "beam.smp" => "erlang",
+        _ if starts("python") => "python",
+        _ if starts("ruby") => "ruby",
+        _ if starts("php") => "php",
+        _ => "unknown",
+    }
+}
+
+/// The resource of one instrumented process.
+pub fn resource(meta: &ProcessMeta, host: &str) -> Resource {
+    let exe_name = meta.exe_path.rsplit('/').next().unwrap_or(&meta.exe_path);
+    let mut attrs = vec![
+        KeyValue::new("service.name", meta.service_name.clone()),
+        KeyValue::new("service.instance.id", format!("{host}-{}", meta.pid)),
+        KeyValue::new("host.name", host.to_string()),
+        KeyValue::new("os.type", "linux"),
+        KeyValue::new("telemetry.sdk.name", "sonde"),
+        KeyValue::new("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("telemetry.sdk.language", language_of(&meta.exe_path)),
+        KeyValue::new("process.pid", i64::from(meta.pid)),
+        KeyValue::new("process.executable.name", exe_name.to_string()),
+        KeyValue::new("process.executable.path", meta.exe_path.clone()),
+    ];
+    if let Some(ns) = &meta.service_namespace {
+        attrs.push(KeyValue::new("service.namespace", ns.clone()));
+    }
+    Resource::builder_empty().with_attributes(attrs).build()
+}
+
+/// The instrumentation scope of everything Sonde exports.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("sonde")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// True when the span's outcome is an error under the HTTP conventions: a server span with a
+/// 5xx, a client span with a 4xx or 5xx, or no response at all.
+pub fn is_error(s: &Span) -> bool {
+    match (s.kind, s.status) {
+        (_, 0) => true,
+        (SpanKind::Server, code) => code >= 500,
+        (SpanKind::Client, code) => code >= 400,
+    }
+}
+
+/// `server.address` as the semantic conventions want it: the host the client asked for
+/// (the `Host` header without its port) when known, else the server's IP.
+fn server_address(s: &Span) -> String {
+    if let Some(host) = s.host.as_deref() {
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        if !name.is_empty() {
+            return name.to_string();
+        }
+    }
+    s.server_address.to_string()
+}
+
+/// Converts a span into the SDK's export form.
+pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
+    let mut attrs = Vec::with_capacity(14);
+    attrs.push(KeyValue::new("http.request.method", s.method.clone()));
+    if s.status > 0 {
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(s.status),
+        ));
+    }
+    let server_address = server_address(&s);
+    match s.kind {
+        SpanKind::Server => {
+            attrs.push(KeyValue::new("url.path", s.path.clone()));
+            if let Some(q) = &s.query {
+                attrs.push(KeyValue::new("url.query", q.clone()));
+            }
+            attrs.push(KeyValue::new("url.scheme", "http"));
+            attrs.push(KeyValue::new("client.address", s.client_address.to_string()));
+            attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
+        }
+        SpanKind::Client => {
+            let query = s.query.as_deref().map_or(String::new(), |q| format!("?{q}"));
+            let authority = match s.host.as_deref() {
+                Some(h) if !h.is_empty() => h.to_string(),
+                _ => format!("{}:{}", s.server_address, s.server_port),
+            };
+            attrs.push(KeyValue::new(
+                "url.full",
+                format!("http://{authority}{}{query}", s.path),
+            ));
+            attrs.push(KeyValue::new("url.scheme", "http"));
+        }
+    }
+    attrs.push(KeyValue::new("server.address", server_address));
+    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
+    if let Some(route) = &s.route {
+        attrs.push(KeyValue::new("http.route", route.clone()));
+    }
+    if let Some(n) = s.request_body_size {
+        attrs.push(KeyValue::new("http.request.body.size", n as i64));
+    }
+    if let Some(n) = s.response_body_size {
+        attrs.push(KeyValue::new("http.response.body.size", n as i64));
+    }
+    if let Some(reason) = s.malformed {
+        attrs.push(KeyValue::new("sonde.malformed", reason));
+    }
+    let status = if is_error(&s) {
+        let description: Cow<'static, str> = if s.status == 0 {
+            "no response".into()
+        } else {
+            String::new().into()
+        };
+        attrs.push(KeyValue::new(
+            "error.type",
+            if s.status == 0 {
+                Cow::Borrowed("no_response")
+            } else {
+                Cow::Owned(s.status.to_string())
+            },
+        ));
+        trace::Status::Error { description }
+    } else {
+        trace::Status::Unset
+    };
+    let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
+    SpanData {
+        span_context: SpanContext::new(
+            trace::TraceId::from_bytes(s.trace_id.0),
+            trace::SpanId::from_bytes(s.span_id.0),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: s
+            .parent_span_id
+            .map_or(trace::SpanId::INVALID, |p| trace::SpanId::from_bytes(p.0)),
+        parent_span_is_remote: s.parent_span_id.is_some(),
+        span_kind: match s.kind {
+            SpanKind::Server => trace::SpanKind::Server,
+            SpanKind::Client => trace::SpanKind::Client,
+        },
+        name: Cow::Owned(s.name),
+        start_time: at(s.start_unix_nano),
+        end_time: at(s.end_unix_nano),
+        attributes: attrs,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: scope.clone(),
+    }
+}
+
+/// Interned label values of one process, so recording a metric clones reference counts
+/// rather than strings.
+pub struct ServiceLabels {
+    service_name: Value,
+    service_namespace: Option<Value>,
+}
+
+impl ServiceLabels {
+    pub fn new(meta: &ProcessMeta) -> ServiceLabels {
+        let arc = |s: &str| Value::String(StringValue::from(std::sync::Arc::<str>::from(s)));
+        ServiceLabels {
+            service_name: arc(&meta.service_name),
+            service_namespace: meta.service_namespace.as_deref().map(arc),
+        }
+    }
+}
+
+/// The attributes a span's request is counted under in the RED histograms.
+pub fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(8);
+    attrs.push(KeyValue::new("http.request.method", method_value(&s.method)));
+    if s.status > 0 {
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(s.status),
+        ));
+    } else {
+        attrs.push(KeyValue::new("error.type", "no_response"));
+    }
+    if let Some(route) = &s.route {
+        attrs.push(KeyValue::new("http.route", route.clone()));
+    }
+    attrs.push(KeyValue::new("url.scheme", "http"));
+    if s.kind == SpanKind::Client {
+        attrs.push(KeyValue::new("server.address", s.server_address.to_string()));
+        attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
+    }
+    attrs.push(KeyValue::new("service.name", labels.service_name.clone()));
+    if let Some(ns) = &labels.service_namespace {
+        attrs.push(KeyValue::new("service.namespace", ns.clone()));
+    }
+    attrs
+}
+
+/// The method as a static string when it is a standard one (no allocation); other methods
+/// are reported as `_OTHER`, as the conventions ask, so a scanner cannot mint new series.
+fn method_value(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{Address, SpanId, TraceId};
+
+    fn span(kind: SpanKind, status: u16) -> Span {
+        Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: Some(SpanId([3; 8])),
+            kind,
+            name: "GET /users/{id}".into(),
+            method: "GET".into(),
+            path: "/users/7".into(),
+            query: Some("q=1".into()),
+            route: Some("/users/{id}".into()),
+            status,
+            host: Some("example.test:8080".into()),
+            server_address: Address(Some("127.0.0.1".parse().expect("ip"))),
+            server_port: 8080,
+            client_address: Address(Some("127.0.0.2".parse().expect("ip"))),
+            client_port: 40000,
+            request_body_size: Some(0),
+            response_body_size: Some(12),
+            request_bytes: 40,
+            response_bytes: 100,
+            start_unix_nano: 1_000_000_000,
+            end_unix_nano: 1_002_000_000,
+            duration_ns: 2_000_000,
+            service_name: "svc".into(),
+            service_namespace: None,
+            pid: 42,
+            tid: 42,
+            malformed: None,
+            no_response: false,
+            parent_sampled: Some(true),
+        }
+    }
+
+    fn attr<'a>(d: &'a SpanData, key: &str) -> Option<&'a Value> {
+        d.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    #[test]
+    fn server_span_follows_the_http_conventions() {
+        let d = span_data(span(SpanKind::Server, 200), &scope());
+        assert_eq!(d.span_kind, trace::SpanKind::Server);
+        assert_eq!(d.name, "GET /users/{id}");
+        assert_eq!(d.parent_span_id, trace::SpanId::from_bytes([3; 8]));
+        assert!(d.parent_span_is_remote);
+        assert_eq!(d.status, trace::Status::Unset);
+        assert_eq!(attr(&d, "http.request.method"), Some(&Value::from("GET")));
+        assert_eq!(attr(&d, "http.response.status_code"), Some(&Value::I64(200)));
+        assert_eq!(attr(&d, "url.path"), Some(&Value::from("/users/7")));
+        assert_eq!(attr(&d, "url.query"), Some(&Value::from("q=1")));
+        assert_eq!(attr(&d, "http.route"), Some(&Value::from("/users/{id}")));
+        assert_eq!(attr(&d, "server.address"), Some(&Value::from("example.test")));
+        assert_eq!(attr(&d, "server.port"), Some(&Value::I64(8080)));
+        assert_eq!(attr(&d, "client.address"), Some(&Value::from("127.0.0.2")));
+        assert_eq!(attr(&d, "http.response.body.size"), Some(&Value::I64(12)));
+        assert_eq!(attr(&d, "url.full"), None);
+        assert_eq!(
+            d.end_time.duration_since(d.start_time).expect("ordered"),
+            Duration::from_millis(2)
+        );
+        let d = span_data(span(SpanKind::Server, 503), &scope());
+        assert!(matches!(d.status, trace::Status::Error { .. }));
+        assert_eq!(attr(&d, "error.type"), Some(&Value::from("503")));
+        let d = span_data(span(SpanKind::Server, 404), &scope());
+        assert_eq!(d.status, trace::Status::Unset);
+    }
+
+    #[test]
+    fn client_span_has_the_full_url_and_errors_from_4xx() {
+        let d = span_data(span(SpanKind::Client, 404), &scope());
+        assert_eq!(d.span_kind, trace::SpanKind::Client);
+        assert_eq!(
+            attr(&d, "url.full"),
+            Some(&Value::from("http://example.test:8080/users/7?q=1"))
+        );
+        assert!(matches!(d.status, trace::Status::Error { .. }));
+        let mut no_response = span(SpanKind::Client, 0);
+        no_response.no_response = true;
+        let d = span_data(no_response, &scope());
+        assert!(matches!(d.status, trace::Status::Error { .. }));
+        assert_eq!(attr(&d, "error.type"), Some(&Value::from("no_response")));
+        assert_eq!(attr(&d, "http.response.status_code"), None);
+    }
+
+    #[test]
+    fn resources_name_the_process() {
+        let meta = ProcessMeta {
+            pid: 42,
+            service_name: "shop".into(),
+            service_namespace: Some("prod".into()),
+            exe_path: "/usr/bin/python3.11".into(),
+        };
+        let r = resource(&meta, "node-1");
+        let get = |k: &'static str| r.get(&opentelemetry::Key::from_static_str(k));
+        assert_eq!(get("service.name"), Some(Value::from("shop")));
+        assert_eq!(get("service.namespace"), Some(Value::from("prod")));
+        assert_eq!(get("service.instance.id"), Some(Value::from("node-1-42")));
+        assert_eq!(get("telemetry.sdk.language"), Some(Value::from("python")));
+        assert_eq!(get("process.pid"), Some(Value::I64(42)));
+        assert_eq!(get("process.executable.name"), Some(Value::from("python3.11")));
+        assert_eq!(language_of("/usr/sbin/nginx"), "unknown");
+        assert_eq!(language_of("/usr/lib/jvm/bin/java"), "java");
+    }
+
+    #[test]
+    fn metric_attributes_bound_the_method() {
+        let labels = ServiceLabels::new(&ProcessMeta {
+            pid: 1,
+            service_name: "svc".into(),
+            service_namespace: None,
+            exe_path: "/x".into(),
+        });
+        let mut s = span(SpanKind::Server, 200);
+        s.method = "BREW".into();
+        let attrs = metric_attributes(&s, &labels);
+        assert!(attrs.contains(&KeyValue::new("http.request.method", "_OTHER")));
+        assert!(attrs.contains(&KeyValue::new("http.route", "/users/{id}")));
+        assert!(attrs.contains(&KeyValue::new("service.name", "svc")));
+        assert!(!attrs.iter().any(|kv| kv.key.as_str() == "server.address"));
+    }
+}
