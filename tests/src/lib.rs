@@ -14,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod otlp;
+
 /// e2e tests share the kernel, the machine's two cores and tracefs: run them one at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());

@@ -115,11 +115,17 @@ pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
                 attrs.push(KeyValue::new("url.query", q.clone()));
             }
             attrs.push(KeyValue::new("url.scheme", "http"));
-            attrs.push(KeyValue::new("client.address", s.client_address.to_string()));
+            attrs.push(KeyValue::new(
+                "client.address",
+                s.client_address.to_string(),
+            ));
             attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
         }
         SpanKind::Client => {
-            let query = s.query.as_deref().map_or(String::new(), |q| format!("?{q}"));
+            let query = s
+                .query
+                .as_deref()
+                .map_or(String::new(), |q| format!("?{q}"));
             let authority = match s.host.as_deref() {
                 Some(h) if !h.is_empty() => h.to_string(),
                 _ => format!("{}:{}", s.server_address, s.server_port),
@@ -212,7 +218,10 @@ impl ServiceLabels {
 /// The attributes a span's request is counted under in the RED histograms.
 pub fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
     let mut attrs = Vec::with_capacity(8);
-    attrs.push(KeyValue::new("http.request.method", method_value(&s.method)));
+    attrs.push(KeyValue::new(
+        "http.request.method",
+        method_value(&s.method),
+    ));
     if s.status > 0 {
         attrs.push(KeyValue::new(
             "http.response.status_code",
@@ -226,7 +235,10 @@ pub fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
     }
     attrs.push(KeyValue::new("url.scheme", "http"));
     if s.kind == SpanKind::Client {
-        attrs.push(KeyValue::new("server.address", s.server_address.to_string()));
+        attrs.push(KeyValue::new(
+            "server.address",
+            s.server_address.to_string(),
+        ));
         attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
     }
     attrs.push(KeyValue::new("service.name", labels.service_name.clone()));
@@ -304,11 +316,17 @@ mod tests {
         assert!(d.parent_span_is_remote);
         assert_eq!(d.status, trace::Status::Unset);
         assert_eq!(attr(&d, "http.request.method"), Some(&Value::from("GET")));
-        assert_eq!(attr(&d, "http.response.status_code"), Some(&Value::I64(200)));
+        assert_eq!(
+            attr(&d, "http.response.status_code"),
+            Some(&Value::I64(200))
+        );
         assert_eq!(attr(&d, "url.path"), Some(&Value::from("/users/7")));
         assert_eq!(attr(&d, "url.query"), Some(&Value::from("q=1")));
         assert_eq!(attr(&d, "http.route"), Some(&Value::from("/users/{id}")));
-        assert_eq!(attr(&d, "server.address"), Some(&Value::from("example.test")));
+        assert_eq!(
+            attr(&d, "server.address"),
+            Some(&Value::from("example.test"))
+        );
         assert_eq!(attr(&d, "server.port"), Some(&Value::I64(8080)));
         assert_eq!(attr(&d, "client.address"), Some(&Value::from("127.0.0.2")));
         assert_eq!(attr(&d, "http.response.body.size"), Some(&Value::I64(12)));
@@ -356,7 +374,10 @@ mod tests {
         assert_eq!(get("service.instance.id"), Some(Value::from("node-1-42")));
         assert_eq!(get("telemetry.sdk.language"), Some(Value::from("python")));
         assert_eq!(get("process.pid"), Some(Value::I64(42)));
-        assert_eq!(get("process.executable.name"), Some(Value::from("python3.11")));
+        assert_eq!(
+            get("process.executable.name"),
+            Some(Value::from("python3.11"))
+        );
         assert_eq!(language_of("/usr/sbin/nginx"), "unknown");
         assert_eq!(language_of("/usr/lib/jvm/bin/java"), "java");
     }

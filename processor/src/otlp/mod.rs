@@ -22,7 +22,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prometheus_client::metrics::counter::Counter;
 use opentelemetry::{
     KeyValue,
     metrics::{Histogram, MeterProvider},
@@ -35,12 +34,11 @@ use opentelemetry_sdk::{
     error::OTelSdkResult,
     metrics::{
         InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
-        data::ResourceMetrics,
-        exporter::PushMetricExporter,
-        reader::MetricReader,
+        data::ResourceMetrics, exporter::PushMetricExporter, reader::MetricReader,
     },
     trace::SpanExporter as _,
 };
+use prometheus_client::metrics::counter::Counter;
 use sonde_config::{MetricsExport, OtlpEndpoint, OtlpProtocol, TracesExport};
 use tracing::{debug, info, warn};
 
@@ -196,7 +194,12 @@ impl Otlp {
         };
         for (signal, e) in [("traces", &traces.otlp), ("metrics", &metrics.otlp)] {
             if let Some(e) = e {
-                info!(signal, url = e.url, protocol = e.protocol.as_str(), "OTLP export on");
+                info!(
+                    signal,
+                    url = e.url,
+                    protocol = e.protocol.as_str(),
+                    "OTLP export on"
+                );
             }
         }
         Ok(Some(Otlp {
@@ -333,10 +336,7 @@ impl Otlp {
         if let Some(tx) = &self.spans
             && tx.try_send(s).is_err()
         {
-            self.shared
-                .counters
-                .spans_dropped_queue_full
-                .inc_by(1);
+            self.shared.counters.spans_dropped_queue_full.inc_by(1);
         }
     }
 
@@ -483,16 +483,10 @@ async fn send_spans(
         let n = spans.len() as u64;
         match exporter.export(spans).await {
             Ok(()) => {
-                shared
-                    .counters
-                    .spans_exported
-                    .inc_by(n);
+                shared.counters.spans_exported.inc_by(n);
             }
             Err(e) => {
-                shared
-                    .counters
-                    .spans_dropped_export_failed
-                    .inc_by(n);
+                shared.counters.spans_dropped_export_failed.inc_by(n);
                 warn!(error = %e, spans = n, "OTLP span export failed; spans dropped");
             }
         }
@@ -535,16 +529,10 @@ async fn export_metrics(
         for rm in &collected {
             match exporter.export(rm).await {
                 Ok(()) => {
-                    shared
-                        .counters
-                        .metric_exports
-                        .inc_by(1);
+                    shared.counters.metric_exports.inc_by(1);
                 }
                 Err(e) => {
-                    shared
-                        .counters
-                        .metric_exports_failed
-                        .inc_by(1);
+                    shared.counters.metric_exports_failed.inc_by(1);
                     warn!(error = %e, "OTLP metric export failed");
                 }
             }

@@ -1,0 +1,162 @@
+//! The OTLP receiver the tests assert on (`tests/peers/otlp_receiver.py`, built on the
+//! official `opentelemetry-proto` definitions and `grpcio`): what Sonde exported, request by
+//! request, as flattened JSON.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Proc, TempDir, repo_root};
+
+/// The Python interpreter of the test virtualenv holding `grpcio` and `opentelemetry-proto`
+/// (`scripts/setup.sh` creates it; `SONDE_TEST_VENV` overrides its location).
+pub fn otlp_python() -> PathBuf {
+    let venv = std::env::var_os("SONDE_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".local/share/sonde/venv")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh (it creates the test virtualenv)",
+        python.display()
+    );
+    python
+}
+
+/// A running OTLP receiver.
+pub struct Receiver {
+    pub proc: Proc,
+    pub out: PathBuf,
+    pub grpc_port: u16,
+    pub http_port: u16,
+}
+
+impl Receiver {
+    /// Starts the receiver on the given ports (0 disables a transport) and waits until it
+    /// accepts. Requests are appended to `out`, which survives restarts.
+    pub fn start(dir: &TempDir, grpc_port: u16, http_port: u16) -> Receiver {
+        let out = dir.path("otlp.jsonl");
+        let mut cmd = Command::new(otlp_python());
+        cmd.arg(repo_root().join("tests/peers/otlp_receiver.py"))
+            .arg(&out)
+            .arg(grpc_port.to_string())
+            .arg(http_port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn("otlp-receiver", &mut cmd);
+        let stdout = proc.child.stdout.take().expect("receiver stdout");
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("receiver start");
+        assert_eq!(first.trim(), "ready", "the OTLP receiver did not start");
+        Receiver {
+            proc,
+            out,
+            grpc_port,
+            http_port,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Every span received so far, each with the `transport` it came over.
+    pub fn spans(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for r in self.requests().iter().filter(|r| r["signal"] == "traces") {
+            for s in r["spans"].as_array().into_iter().flatten() {
+                let mut s = s.clone();
+                s["transport"] = r["transport"].clone();
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// The histogram points of the latest metric export of each process (cumulative, so
+    /// the latest holds every count), each with its `transport`.
+    pub fn latest_points(&self) -> Vec<Value> {
+        let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+        for r in self.requests().iter().filter(|r| r["signal"] == "metrics") {
+            let Some(first) = r["points"].as_array().and_then(|p| p.first()) else {
+                continue;
+            };
+            let instance = first["resource"]["service.instance.id"].to_string();
+            latest.insert(instance, r.clone());
+        }
+        let mut out = Vec::new();
+        for r in latest.values() {
+            for p in r["points"].as_array().into_iter().flatten() {
+                let mut p = p.clone();
+                p["transport"] = r["transport"].clone();
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Waits until at least `n` spans satisfy `pred` (bounded), then a settle period so
+    /// extras would show; returns the matching spans.
+    pub fn wait_spans(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && self.spans().iter().filter(|s| pred(s)).count() < n {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        self.spans().into_iter().filter(|s| pred(s)).collect()
+    }
+
+    /// Waits until the latest metrics count at least `n` requests of `metric` whose points
+    /// satisfy `pred`; returns those points.
+    pub fn wait_points(
+        &self,
+        metric: &str,
+        n: u64,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let points: Vec<Value> = self
+                .latest_points()
+                .into_iter()
+                .filter(|p| p["name"] == metric && pred(p))
+                .collect();
+            let total: u64 = points.iter().filter_map(|p| p["count"].as_u64()).sum();
+            if total >= n || Instant::now() >= deadline {
+                return points;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Sum of `count` over points whose attributes include every `(key, value)` of `attrs`.
+pub fn count_where(points: &[Value], metric: &str, attrs: &[(&str, Value)]) -> u64 {
+    points
+        .iter()
+        .filter(|p| p["name"] == metric)
+        .filter(|p| attrs.iter().all(|(k, v)| p["attributes"][*k] == *v))
+        .filter_map(|p| p["count"].as_u64())
+        .sum()
+}
