@@ -129,6 +129,7 @@ fn main() -> std::process::ExitCode {
             write_dir: cli.probe_write_dir.clone(),
             abstract_socket: cli.probe_abstract_socket.clone(),
             allowed_bind_port: config.prometheus_export.port,
+            allowed_connect_ports: policy.connect_ports.clone(),
         };
         return check_sandbox(&policy, &probes);
     }

@@ -225,6 +225,9 @@ pub struct ProbeTargets {
     pub abstract_socket: Option<String>,
     /// The port the policy lets the processor bind (the Prometheus endpoint), if any.
     pub allowed_bind_port: Option<u16>,
+    /// The ports the policy lets the processor connect to (OTLP endpoints); each probe
+    /// needs a listener there to succeed.
+    pub allowed_connect_ports: Vec<u16>,
 }
 
 /// Runs every probe.
@@ -330,6 +333,13 @@ pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
             "tcp_bind_prometheus_port",
             Allowed,
             probe_bind(port),
+        ));
+    }
+    for &port in &targets.allowed_connect_ports {
+        outcomes.push(outcome(
+            "tcp_connect_otlp_port",
+            Allowed,
+            probe_connect(port),
         ));
     }
     if let Some(name) = &targets.abstract_socket {

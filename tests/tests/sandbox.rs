@@ -162,6 +162,28 @@ fn the_prometheus_port_and_only_it_may_be_bound() {
 }
 
 #[test]
+fn the_otlp_endpoint_ports_and_only_they_may_be_connected() {
+    let dir = TempDir::new("sandbox-otlp");
+    let collector = TcpListener::bind("127.0.0.1:0").expect("collector listener");
+    let port = collector.local_addr().expect("addr").port();
+    let config = dir.path("sonde.yaml");
+    std::fs::write(
+        &config,
+        format!("otel_traces_export:\n  endpoint: http://127.0.0.1:{port}\n"),
+    )
+    .expect("config");
+    let (probes, summary, output) =
+        check_sandbox(&["--config", config.to_str().expect("utf-8 path")]);
+    assert_eq!(
+        probes["tcp_connect_otlp_port"]["denied"], false,
+        "{summary}"
+    );
+    // Any other listening port still fails.
+    assert_eq!(probes["tcp_connect_unlisted_port"]["errno"], "EACCES");
+    assert!(output.status.success(), "{summary}");
+}
+
+#[test]
 fn without_landlock_the_file_and_port_probes_get_through_and_the_check_fails() {
     let (probes, summary, output) = check_sandbox(&["--insecure-no-landlock"]);
     assert_eq!(summary["landlock"], false);
