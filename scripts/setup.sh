@@ -60,6 +60,18 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# Python peers of the OTLP tests and benchmark: a receiver on the official protobuf definitions
+# (grpcio + opentelemetry-proto) and the rotel collector, in a virtualenv of their own.
+VENV="${SONDE_TEST_VENV:-$HOME/.local/share/sonde/venv}"
+PY_PACKAGES=(grpcio==1.85.1 opentelemetry-proto==1.45.2 protobuf==7.36.2 rotel==0.0.1a15)
+if ! "$VENV/bin/python" -c 'import grpc, opentelemetry.proto, rotel' >/dev/null 2>&1; then
+  log "creating the test virtualenv $VENV (${PY_PACKAGES[*]})"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --pre "${PY_PACKAGES[@]}"
+else
+  log "test virtualenv present"
+fi
+
 # Kernel filesystems the loader also mounts itself; mounting here lets tests inspect them.
 grep -q ' /sys/kernel/tracing tracefs' /proc/mounts || mount -t tracefs tracefs /sys/kernel/tracing || true
 grep -q ' /sys/fs/bpf bpf' /proc/mounts || mount -t bpf bpf /sys/fs/bpf || true

@@ -442,6 +442,9 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             }
         }
         if last_stats.elapsed() >= stats_every {
+            stats.otlp_spans_exported = metrics.otlp.spans_exported.get();
+            stats.otlp_spans_dropped = metrics.otlp.spans_dropped_queue_full.get()
+                + metrics.otlp.spans_dropped_export_failed.get();
             info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "processor stats");
             last_stats = Instant::now();
         }

@@ -222,10 +222,12 @@ impl Metrics {
         let seconds = s.duration_ns as f64 / 1e9;
         let route = s.route.clone().unwrap_or_default();
         let namespace = s.service_namespace.clone().unwrap_or_default();
+        // Non-standard methods count as `_OTHER`, so a scanner cannot mint new series.
+        let method = crate::otlp::convert::method_value(&s.method);
         match s.kind {
             SpanKind::Server => {
                 let labels = ServerLabels {
-                    http_request_method: s.method.clone(),
+                    http_request_method: method.to_string(),
                     http_response_status_code: s.status,
                     http_route: route,
                     service_name: s.service_name.clone(),
@@ -245,7 +247,7 @@ impl Metrics {
             }
             SpanKind::Client => {
                 let labels = ClientLabels {
-                    http_request_method: s.method.clone(),
+                    http_request_method: method.to_string(),
                     http_response_status_code: s.status,
                     http_route: route,
                     server_address: s.server_address.to_string(),

@@ -34,9 +34,9 @@ pub struct Stats {
     pub unsampled: u64,
     /// Span output failures (stdout closed).
     pub print_errors: u64,
-    /// Spans an OTLP collector accepted (filled in at exit).
+    /// Spans an OTLP collector accepted.
     pub otlp_spans_exported: u64,
-    /// Spans dropped on the way to the collector: queue full or export failed (at exit).
+    /// Spans dropped on the way to the collector: queue full or export failed.
     pub otlp_spans_dropped: u64,
     /// Last kernel counters reported by the loader.
     pub kernel: std::collections::BTreeMap<String, u64>,

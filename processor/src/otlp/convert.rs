@@ -250,7 +250,7 @@ pub fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
 
 /// The method as a static string when it is a standard one (no allocation); other methods
 /// are reported as `_OTHER`, as the conventions ask, so a scanner cannot mint new series.
-fn method_value(method: &str) -> &'static str {
+pub fn method_value(method: &str) -> &'static str {
     const KNOWN: [&str; 9] = [
         "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
     ];
