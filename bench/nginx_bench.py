@@ -8,7 +8,12 @@ RSS (VmHWM), and in-kernel cost per request (kernel.bpf_stats_enabled run time o
 programs / requests). Run as root after `cargo build --release`; scripts/bench.sh does both.
 
 Usage: nginx_bench.py [--rounds 3] [--duration 10] [--json out.json]
-                      [--compare-release DIR] [-- extra sonde args]
+                      [--compare-release DIR] [--export] [-- extra sonde args]
+
+With --export, the instrumented runs export spans and metrics over OTLP/gRPC (metrics every
+5 s) to a real collector (rotel, blackhole exporter, from the test virtualenv) and serve the
+Prometheus endpoint, scraped every 5 s; spans are then the ones the collector accepted
+(`otlp_spans_exported`), and the collector's CPU is reported apart.
 
 With --compare-release, every round also runs a second instrumented variant (DIR/sonde, another
 build, with the same arguments) right after the first, so both are paired with the same
@@ -116,11 +121,68 @@ def wait_log(path, needle, timeout=60):
     raise SystemExit(f"timed out waiting for {needle!r} in {path}:\n{open(path).read()[-3000:]}")
 
 
-def instrumented_round(port, duration, workdir, extra, printer, release=None):
+VENV = os.environ.get("SONDE_TEST_VENV", os.path.expanduser("~/.local/share/sonde/venv"))
+ROTEL = os.path.join(VENV, "lib/python3.11/site-packages/rotel/rotel-agent")
+
+
+class Exporting:
+    """A real collector (rotel with its blackhole exporter) and a Prometheus scraper."""
+
+    def __init__(self, workdir, traces=True, sampler_ratio=None):
+        self.traces = traces
+        self.sampler_ratio = sampler_ratio
+        self.grpc_port = free_port()
+        self.prom_port = free_port()
+        self.log = open(os.path.join(workdir, "rotel.log"), "w")
+        self.rotel = subprocess.Popen(
+            [ROTEL, "start", "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}",
+             "--otlp-http-endpoint", f"127.0.0.1:{free_port()}", "--exporter", "blackhole"],
+            stdout=self.log, stderr=self.log)
+        wait_port(self.grpc_port)
+        self.scrapes = 0
+        self.stopping = False
+
+    def env(self):
+        endpoint = f"http://127.0.0.1:{self.grpc_port}"
+        env = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": endpoint,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+               "BEYLA_PROMETHEUS_PORT": str(self.prom_port)}
+        if self.traces:
+            env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
+        if self.sampler_ratio is not None:
+            env["OTEL_TRACES_SAMPLER"] = "traceidratio"
+            env["OTEL_TRACES_SAMPLER_ARG"] = str(self.sampler_ratio)
+        return env
+
+    def scrape_loop(self):
+        import threading
+        import urllib.request
+
+        def loop():
+            while not self.stopping:
+                time.sleep(5)
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.prom_port}/metrics", timeout=5).read()
+                    self.scrapes += 1
+                except OSError:
+                    pass
+        self.stopping = False
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+        return t
+
+    def close(self):
+        stop(self.rotel, signal.SIGTERM, 10)
+
+
+def instrumented_round(port, duration, workdir, extra, printer, release=None, exporting=None):
     spans_path = os.path.join(workdir, "spans.json")
     log_path = os.path.join(workdir, "sonde.log")
     env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": printer, "NO_COLOR": "1",
            "SONDE_CONTROL_SOCKET": os.path.join(workdir, "control.sock")}
+    if exporting:
+        env.update(exporting.env())
+        collector_cpu0 = cpu_seconds(exporting.rotel.pid)
     before = {p["id"] for p in bpf_progs()}
     with open(spans_path, "w") as out, open(log_path, "w") as err:
         sonde = subprocess.Popen([os.path.join(release or RELEASE, "sonde"), "--open-port", str(port)] + extra,
@@ -132,6 +194,8 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None):
         time.sleep(1.0)  # let the selection settle (master and worker)
         ours = {p["id"] for p in bpf_progs() if p["id"] not in before}
         cpu0 = cpu_seconds(sonde.pid) + cpu_seconds(proc_pid)
+        if exporting:
+            exporting.scrape_loop()
         requests, rps = wrk(port, duration)
         # In-kernel cost in a separate short run: kernel.bpf_stats_enabled itself costs two
         # clock reads per program run, which must not weigh on the throughput figure.
@@ -152,8 +216,18 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None):
         cpu1 = cpu_seconds(sonde.pid) + cpu_seconds(proc_pid)
         hwm = hwm_kib(proc_pid)
     finally:
+        if exporting:
+            exporting.stopping = True
         stop(sonde, signal.SIGINT, 20)
-    if printer == "json":
+    extra_out = {}
+    if exporting:
+        log = re.sub(r"\x1b\[[0-9;]*m", "", open(log_path, errors="replace").read())
+        stats = json.loads(re.findall(r"final processor stats stats=(\{.*\})", log)[-1])
+        spans = stats["otlp_spans_exported"] if exporting.traces else stats["spans"]
+        extra_out = {"spans_built": stats["spans"], "otlp_spans_dropped": stats["otlp_spans_dropped"],
+                     "collector_cpu_s": cpu_seconds(exporting.rotel.pid) - collector_cpu0,
+                     "prometheus_scrapes": exporting.scrapes}
+    elif printer == "json":
         spans = sum(1 for line in open(spans_path, errors="replace") if line.startswith("{"))
     else:
         # Spans built, from the processor's final stats (nothing is printed).
@@ -163,7 +237,7 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None):
     return {
         "requests": requests, "rps": rps, "spans": spans, "stats_requests": stats_requests,
         "cpu_s": cpu1 - cpu0, "processor_hwm_kib": hwm,
-        "bpf_ns": ns1 - ns0, "bpf_runs": cnt1 - cnt0,
+        "bpf_ns": ns1 - ns0, "bpf_runs": cnt1 - cnt0, **extra_out,
     }
 
 
@@ -175,6 +249,12 @@ def main():
     ap.add_argument("--printer", default="json", choices=["json", "text", "disabled"],
                     help="trace printer of the instrumented runs (json: spans written to a file and counted)")
     ap.add_argument("--compare-release", help="directory of another build whose sonde runs as a second variant per round")
+    ap.add_argument("--export", action="store_true",
+                    help="export over OTLP to a real collector and serve Prometheus (printer disabled)")
+    ap.add_argument("--export-signals", default="all", choices=["all", "metrics"],
+                    help="with --export: export traces and metrics, or metrics only")
+    ap.add_argument("--sampler-ratio", type=float,
+                    help="with --export: sample traces with traceidratio at this ratio")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -186,16 +266,20 @@ def main():
     os.chmod(workdir, 0o755)
     port = free_port()
     nginx = start_nginx(port, workdir)
+    exporting = Exporting(workdir, args.export_signals == "all", args.sampler_ratio) if args.export else None
+    if exporting:
+        args.printer = "disabled"
     rounds = []
     try:
         wrk(port, 2)  # warm-up
         for i in range(args.rounds):
             base_req, base_rps = wrk(port, args.duration)
-            inst = instrumented_round(port, args.duration, workdir, args.extra, args.printer)
+            inst = instrumented_round(port, args.duration, workdir, args.extra, args.printer,
+                                      exporting=exporting)
             r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps, **inst}
             if args.compare_release is not None:
                 r["compare"] = instrumented_round(port, args.duration, workdir, args.extra,
-                                                  args.printer, args.compare_release)
+                                                  args.printer, args.compare_release, exporting)
             rounds.append(r)
             print(f"round {i+1}: baseline {base_rps:.0f} req/s, instrumented {inst['rps']:.0f} req/s "
                   f"(ratio {inst['rps']/base_rps:.3f}), spans/requests {inst['spans']}/{inst['requests'] + inst['stats_requests']}, "
@@ -207,6 +291,8 @@ def main():
                       f"spans/requests {o['spans']}/{o['requests'] + o['stats_requests']}, cpu {o['cpu_s']:.2f}s, "
                       f"processor HWM {o['processor_hwm_kib']/1024:.1f} MiB", flush=True)
     finally:
+        if exporting:
+            exporting.close()
         stop(nginx, signal.SIGQUIT, 10)
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
         shutil.rmtree(workdir, ignore_errors=True)
@@ -229,6 +315,10 @@ def main():
         "bpf_ns_per_request": sum(r["bpf_ns"] for r in rounds) / stats_reqs,
         "bpf_runs_per_request": sum(r["bpf_runs"] for r in rounds) / stats_reqs,
     }
+    if args.export:
+        summary["otlp_spans_dropped"] = sum(r["otlp_spans_dropped"] for r in rounds)
+        summary["collector_cpu_s_per_100k_requests"] = sum(r["collector_cpu_s"] for r in rounds) / reqs * 100_000
+        summary["prometheus_scrapes"] = sum(r["prometheus_scrapes"] for r in rounds)
     if args.compare_release is not None:
         others = [r["compare"] for r in rounds]
         o_reqs = sum(o["requests"] + o["stats_requests"] for o in others)

@@ -79,7 +79,7 @@ impl Default for TracesExport {
         TracesExport {
             otlp: None,
             queue_size: 16384,
-            batch_max_size: 4096,
+            batch_max_size: 2048,
             batch_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
         }

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod printer;
 pub mod privileges;
+pub mod red;
 pub mod ringbuf;
 pub mod routes;
 pub mod sampling;

@@ -23,6 +23,7 @@ use sonde_processor::{
     otlp::{Otlp, ProcessMeta},
     printer::Printer,
     privileges,
+    red::RedRecorder,
     ringbuf::RingReader,
     routes::Router,
     sampling,
@@ -359,6 +360,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         ids: <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
         mono_to_unix,
         otlp,
+        red: RedRecorder::default(),
     };
 
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
@@ -432,6 +434,9 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         metrics
             .instrumented_processes
             .set(processes.live.len().saturating_sub(processes.removed.len()) as i64);
+        if let Some(o) = sink.otlp.as_mut() {
+            o.flush();
+        }
         stats.ring_corrupt = ring.corrupt_records;
         if sink.printer.flush().is_err() {
             stats.print_errors += 1;
@@ -440,6 +445,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             if let Some(o) = sink.otlp.as_mut() {
                 o.forget(pid);
             }
+            sink.red.forget(pid);
         }
         if last_stats.elapsed() >= stats_every {
             stats.otlp_spans_exported = metrics.otlp.spans_exported.get();
@@ -472,6 +478,7 @@ struct SpanSink<'a, W: std::io::Write> {
     ids: rand::rngs::SmallRng,
     mono_to_unix: i128,
     otlp: Option<Otlp>,
+    red: RedRecorder,
 }
 
 impl<W: std::io::Write> SpanSink<'_, W> {
@@ -498,13 +505,16 @@ impl<W: std::io::Write> SpanSink<'_, W> {
                 }
                 // HTTP metrics only when something serves them: no label strings per span
                 // otherwise.
-                let meta = || processes.meta(s.pid, config, &s.service_name);
                 if !ignored.is_some_and(|m| m.drops_metrics()) {
-                    if config.prometheus_export.port.is_some() {
-                        self.metrics.record(&s);
-                    }
-                    if let Some(o) = self.otlp.as_mut() {
-                        o.record(&s, &meta);
+                    let prometheus = config
+                        .prometheus_export
+                        .port
+                        .is_some()
+                        .then_some(&*self.metrics);
+                    let otlp = self.otlp.as_mut().filter(|o| o.exports_metrics());
+                    if prometheus.is_some() || otlp.is_some() {
+                        let meta = || processes.meta(s.pid, config, &s.service_name);
+                        self.red.record(&s, prometheus, otlp, &meta);
                     }
                 }
                 if ignored.is_some_and(|m| m.drops_traces()) {

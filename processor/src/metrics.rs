@@ -56,6 +56,27 @@ fn sizes() -> Histogram {
     Histogram::new(SIZE_BUCKETS)
 }
 
+/// The three histograms of one series (method, status, route, service; peer for clients).
+#[derive(Clone)]
+pub struct PromSeries {
+    duration: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
+}
+
+impl PromSeries {
+    /// Counts one request of this series.
+    pub fn observe(&self, s: &Span) {
+        self.duration.observe(s.duration_ns as f64 / 1e9);
+        if let Some(n) = s.request_body_size {
+            self.request_size.observe(n as f64);
+        }
+        if let Some(n) = s.response_body_size {
+            self.response_size.observe(n as f64);
+        }
+    }
+}
+
 /// The metric families the processor records into.
 pub struct Metrics {
     registry: Arc<Registry>,
@@ -219,7 +240,13 @@ impl Metrics {
 
     /// Counts one request (its span, sampled or not).
     pub fn record(&self, s: &Span) {
-        let seconds = s.duration_ns as f64 / 1e9;
+        self.series(s).observe(s);
+    }
+
+    /// The histograms `s` is counted in, as handles sharing the registry's state, so a caller
+    /// that keeps them records later requests of the same series without building labels or
+    /// looking them up again.
+    pub fn series(&self, s: &Span) -> PromSeries {
         let route = s.route.clone().unwrap_or_default();
         let namespace = s.service_namespace.clone().unwrap_or_default();
         // Non-standard methods count as `_OTHER`, so a scanner cannot mint new series.
@@ -233,16 +260,10 @@ impl Metrics {
                     service_name: s.service_name.clone(),
                     service_namespace: namespace,
                 };
-                self.server_duration.get_or_create(&labels).observe(seconds);
-                if let Some(n) = s.request_body_size {
-                    self.server_request_size
-                        .get_or_create(&labels)
-                        .observe(n as f64);
-                }
-                if let Some(n) = s.response_body_size {
-                    self.server_response_size
-                        .get_or_create(&labels)
-                        .observe(n as f64);
+                PromSeries {
+                    duration: self.server_duration.get_or_create(&labels).clone(),
+                    request_size: self.server_request_size.get_or_create(&labels).clone(),
+                    response_size: self.server_response_size.get_or_create(&labels).clone(),
                 }
             }
             SpanKind::Client => {
@@ -255,16 +276,10 @@ impl Metrics {
                     service_name: s.service_name.clone(),
                     service_namespace: namespace,
                 };
-                self.client_duration.get_or_create(&labels).observe(seconds);
-                if let Some(n) = s.request_body_size {
-                    self.client_request_size
-                        .get_or_create(&labels)
-                        .observe(n as f64);
-                }
-                if let Some(n) = s.response_body_size {
-                    self.client_response_size
-                        .get_or_create(&labels)
-                        .observe(n as f64);
+                PromSeries {
+                    duration: self.client_duration.get_or_create(&labels).clone(),
+                    request_size: self.client_request_size.get_or_create(&labels).clone(),
+                    response_size: self.client_response_size.get_or_create(&labels).clone(),
                 }
             }
         }

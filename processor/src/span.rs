@@ -8,7 +8,7 @@ use sonde_schema::{DIRECTION_CLIENT, FLAG_NO_RESPONSE, HttpEvent};
 
 use crate::http::{self, RequestError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpanKind {
     Server,
@@ -77,7 +77,7 @@ pub struct TraceId(pub [u8; 16]);
 pub struct SpanId(pub [u8; 8]);
 
 /// An endpoint address; shown empty when the kernel could not read the socket's family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Address(pub Option<IpAddr>);
 
 /// Writes `bytes` as lowercase hex.

@@ -97,24 +97,28 @@ fn server_address(s: &Span) -> String {
     s.server_address.to_string()
 }
 
-/// Converts a span into the SDK's export form.
+/// Converts a span into the SDK's export form, moving its strings rather than copying them.
 pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
-    let mut attrs = Vec::with_capacity(14);
-    attrs.push(KeyValue::new("http.request.method", s.method.clone()));
+    let error = is_error(&s);
+    let server_address = server_address(&s);
+    let mut attrs = Vec::with_capacity(16);
+    let method: Value = match method_value(&s.method) {
+        "_OTHER" => s.method.into(),
+        known => known.into(),
+    };
+    attrs.push(KeyValue::new("http.request.method", method));
     if s.status > 0 {
         attrs.push(KeyValue::new(
             "http.response.status_code",
             i64::from(s.status),
         ));
     }
-    let server_address = server_address(&s);
     match s.kind {
         SpanKind::Server => {
-            attrs.push(KeyValue::new("url.path", s.path.clone()));
-            if let Some(q) = &s.query {
-                attrs.push(KeyValue::new("url.query", q.clone()));
+            attrs.push(KeyValue::new("url.path", s.path));
+            if let Some(q) = s.query {
+                attrs.push(KeyValue::new("url.query", q));
             }
-            attrs.push(KeyValue::new("url.scheme", "http"));
             attrs.push(KeyValue::new(
                 "client.address",
                 s.client_address.to_string(),
@@ -134,13 +138,13 @@ pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
                 "url.full",
                 format!("http://{authority}{}{query}", s.path),
             ));
-            attrs.push(KeyValue::new("url.scheme", "http"));
         }
     }
+    attrs.push(KeyValue::new("url.scheme", "http"));
     attrs.push(KeyValue::new("server.address", server_address));
     attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
-    if let Some(route) = &s.route {
-        attrs.push(KeyValue::new("http.route", route.clone()));
+    if let Some(route) = s.route {
+        attrs.push(KeyValue::new("http.route", route));
     }
     if let Some(n) = s.request_body_size {
         attrs.push(KeyValue::new("http.request.body.size", n as i64));
@@ -151,21 +155,16 @@ pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
     if let Some(reason) = s.malformed {
         attrs.push(KeyValue::new("sonde.malformed", reason));
     }
-    let status = if is_error(&s) {
-        let description: Cow<'static, str> = if s.status == 0 {
-            "no response".into()
+    let status = if error {
+        let (description, error_type): (&'static str, Value) = if s.status == 0 {
+            ("no response", "no_response".into())
         } else {
-            String::new().into()
+            ("", i64::from(s.status).to_string().into())
         };
-        attrs.push(KeyValue::new(
-            "error.type",
-            if s.status == 0 {
-                Cow::Borrowed("no_response")
-            } else {
-                Cow::Owned(s.status.to_string())
-            },
-        ));
-        trace::Status::Error { description }
+        attrs.push(KeyValue::new("error.type", error_type));
+        trace::Status::Error {
+            description: Cow::Borrowed(description),
+        }
     } else {
         trace::Status::Unset
     };

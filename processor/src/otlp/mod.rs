@@ -17,7 +17,10 @@ pub mod convert;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -122,7 +125,13 @@ struct Shared {
 
 /// The reader thread's side of OTLP export.
 pub struct Otlp {
-    spans: Option<tokio::sync::mpsc::Sender<Box<Span>>>,
+    spans: Option<tokio::sync::mpsc::UnboundedSender<Vec<Box<Span>>>>,
+    /// Sampled spans of the current pass, handed over together by `flush`: one wake-up of
+    /// the exporter thread per pass rather than per span.
+    pending: Vec<Box<Span>>,
+    /// Spans handed over and not yet exported or dropped; bounded by `queue_size`.
+    queued: Arc<AtomicUsize>,
+    queue_size: usize,
     metrics_on: bool,
     shared: Arc<Shared>,
     instruments: HashMap<u32, ProcessInstruments>,
@@ -166,11 +175,13 @@ impl Otlp {
             meters: Mutex::new(HashMap::new()),
             counters,
         });
-        let (tx, rx) = tokio::sync::mpsc::channel(traces.queue_size);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(tokio::sync::Notify::new());
         let thread = {
             let shared = Arc::clone(&shared);
             let stop = Arc::clone(&stop);
+            let queued = Arc::clone(&queued);
             let batch_max = traces.batch_max_size;
             let batch_timeout = traces.batch_timeout;
             let interval = metrics.interval;
@@ -180,7 +191,15 @@ impl Otlp {
                     runtime.block_on(async {
                         let spans = async {
                             if let Some(exporter) = span_exporter {
-                                export_spans(exporter, rx, &shared, batch_max, batch_timeout).await
+                                export_spans(
+                                    exporter,
+                                    rx,
+                                    &queued,
+                                    &shared,
+                                    batch_max,
+                                    batch_timeout,
+                                )
+                                .await
                             }
                         };
                         let metrics = async {
@@ -204,6 +223,9 @@ impl Otlp {
         }
         Ok(Some(Otlp {
             spans: traces.otlp.as_ref().map(|_| tx),
+            pending: Vec::new(),
+            queued,
+            queue_size: traces.queue_size,
             metrics_on: metrics.otlp.is_some(),
             shared,
             instruments: HashMap::new(),
@@ -297,15 +319,31 @@ impl Otlp {
 
     /// Counts one request in the process's histograms.
     pub fn record(&mut self, s: &Span, meta: &dyn Fn() -> ProcessMeta) {
+        if let Some(attrs) = self.series_attributes(s, meta) {
+            self.record_with(s, &attrs);
+        }
+    }
+
+    /// The attributes `s` is counted under, for a caller that keeps them per series; `None`
+    /// when metrics are not exported (or the process is beyond `MAX_PROCESSES`).
+    pub fn series_attributes(
+        &mut self,
+        s: &Span,
+        meta: &dyn Fn() -> ProcessMeta,
+    ) -> Option<Vec<KeyValue>> {
         if !self.metrics_on {
-            return;
+            return None;
         }
         self.ensure_process(meta, s.pid);
+        let i = self.instruments.get(&s.pid)?;
+        Some(convert::metric_attributes(s, &i.labels))
+    }
+
+    /// Counts one request under attributes from `series_attributes`.
+    pub fn record_with(&self, s: &Span, attrs: &[KeyValue]) {
         let Some(i) = self.instruments.get(&s.pid) else {
             return;
         };
-        let attrs: Vec<KeyValue> = convert::metric_attributes(s, &i.labels);
-        let seconds = s.duration_ns as f64 / 1e9;
         let (duration, request, response) = match s.kind {
             SpanKind::Server => (
                 &i.server_duration,
@@ -318,12 +356,12 @@ impl Otlp {
                 &i.client_response_size,
             ),
         };
-        duration.record(seconds, &attrs);
+        duration.record(s.duration_ns as f64 / 1e9, attrs);
         if let Some(n) = s.request_body_size {
-            request.record(n, &attrs);
+            request.record(n, attrs);
         }
         if let Some(n) = s.response_body_size {
-            response.record(n, &attrs);
+            response.record(n, attrs);
         }
     }
 
@@ -332,11 +370,31 @@ impl Otlp {
         if self.spans.is_none() {
             return;
         }
+        if self.queued.load(Ordering::Relaxed) + self.pending.len() >= self.queue_size {
+            self.shared.counters.spans_dropped_queue_full.inc();
+            return;
+        }
         self.ensure_process(meta, s.pid);
-        if let Some(tx) = &self.spans
-            && tx.try_send(s).is_err()
-        {
-            self.shared.counters.spans_dropped_queue_full.inc_by(1);
+        self.pending.push(s);
+    }
+
+    /// Hands the spans of this pass to the exporter thread.
+    pub fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let n = batch.len();
+        if let Some(tx) = &self.spans {
+            self.queued.fetch_add(n, Ordering::Relaxed);
+            if tx.send(batch).is_err() {
+                // The exporter thread is gone (it only stops at shutdown).
+                self.queued.fetch_sub(n, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .spans_dropped_export_failed
+                    .inc_by(n as u64);
+            }
         }
     }
 
@@ -351,6 +409,7 @@ impl Otlp {
 
     /// Sends what is queued and the last metrics, then stops the exporter thread.
     pub fn shutdown(mut self) {
+        self.flush();
         self.spans = None;
         self.stop.notify_one();
         if let Some(t) = self.thread.take() {
@@ -416,7 +475,8 @@ fn metadata(
 /// Batches queued spans and exports them, one request per process (each has its resource).
 async fn export_spans(
     mut exporter: SpanExporter,
-    mut rx: tokio::sync::mpsc::Receiver<Box<Span>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Box<Span>>>,
+    queued: &AtomicUsize,
     shared: &Shared,
     batch_max: usize,
     batch_timeout: Duration,
@@ -426,21 +486,27 @@ async fn export_spans(
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut open = true;
     while open || !batch.is_empty() {
-        let flush = tokio::select! {
+        let flush_all = tokio::select! {
             got = rx.recv(), if open => match got {
-                Some(span) => {
-                    batch.push(span);
+                Some(spans) => {
+                    batch.extend(spans);
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + batch_timeout);
-                    batch.len() >= batch_max
+                    false
                 }
                 // The reader side is shutting down: send what is left.
                 None => { open = false; true }
             },
             _ = sleep_until(deadline) => true,
         };
-        if flush && !batch.is_empty() {
+        while batch.len() >= batch_max || (flush_all && !batch.is_empty()) {
+            let rest = batch.split_off(batch.len().min(batch_max));
+            let full = std::mem::replace(&mut batch, rest);
+            let n = full.len();
+            send_spans(&mut exporter, full, shared, &scope).await;
+            queued.fetch_sub(n, Ordering::Relaxed);
+        }
+        if batch.is_empty() {
             deadline = None;
-            send_spans(&mut exporter, std::mem::take(&mut batch), shared, &scope).await;
         }
     }
     let _ = exporter.shutdown();

@@ -1,0 +1,243 @@
+//! RED metrics on the hot path: every request is counted in the Prometheus histograms and the
+//! OTLP histograms of its series. Building a series' labels (strings for method, route and
+//! service) and finding its histograms costs more than counting, so the handles and
+//! attributes of each series are kept here, found by one hash of the span's own fields,
+//! and built only the first time a series is seen.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, BuildHasherDefault, Hasher},
+};
+
+use opentelemetry::KeyValue;
+
+use crate::{
+    metrics::{Metrics, PromSeries},
+    otlp::{Otlp, ProcessMeta, convert::method_value},
+    span::{Address, Span, SpanKind},
+};
+
+/// Series kept at most; beyond, the cache starts over (the series themselves live on in
+/// their registries; only the shortcuts are rebuilt).
+const MAX_SERIES: usize = 16384;
+
+/// The map is keyed by an already well-mixed 64-bit hash.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, h: u64) {
+        self.0 = h;
+    }
+}
+
+struct Entry {
+    pid: u32,
+    kind: SpanKind,
+    method: &'static str,
+    status: u16,
+    route: Option<String>,
+    peer: Option<(Address, u16)>,
+    prometheus: Option<PromSeries>,
+    otlp: Option<Vec<KeyValue>>,
+}
+
+impl Entry {
+    fn matches(&self, s: &Span, method: &'static str, peer: Option<(Address, u16)>) -> bool {
+        self.pid == s.pid
+            && self.kind == s.kind
+            && self.method == method
+            && self.status == s.status
+            && self.route.as_deref() == s.route.as_deref()
+            && self.peer == peer
+    }
+}
+
+/// Records requests into the Prometheus and OTLP histograms through per-series shortcuts.
+pub struct RedRecorder {
+    /// Seeded per process: routes come from request paths, so collisions must not be
+    /// choosable from outside.
+    hasher: foldhash::fast::RandomState,
+    series: HashMap<u64, Vec<Entry>, BuildHasherDefault<Prehashed>>,
+    len: usize,
+}
+
+impl Default for RedRecorder {
+    fn default() -> Self {
+        RedRecorder {
+            hasher: foldhash::fast::RandomState::default(),
+            series: HashMap::default(),
+            len: 0,
+        }
+    }
+}
+
+impl RedRecorder {
+    /// Counts `s` in the Prometheus histograms (when `prometheus` is given) and the OTLP
+    /// ones (when `otlp` exports metrics).
+    pub fn record(
+        &mut self,
+        s: &Span,
+        prometheus: Option<&Metrics>,
+        mut otlp: Option<&mut Otlp>,
+        meta: &dyn Fn() -> ProcessMeta,
+    ) {
+        let method = method_value(&s.method);
+        let peer = (s.kind == SpanKind::Client).then_some((s.server_address, s.server_port));
+        let h = self
+            .hasher
+            .hash_one((s.pid, s.kind, method, s.status, s.route.as_deref(), peer));
+        let found = self
+            .series
+            .get(&h)
+            .and_then(|bucket| bucket.iter().position(|e| e.matches(s, method, peer)));
+        let entry = match found {
+            Some(i) => &self.series[&h][i],
+            None => {
+                if self.len >= MAX_SERIES {
+                    self.series.clear();
+                    self.len = 0;
+                }
+                let entry = Entry {
+                    pid: s.pid,
+                    kind: s.kind,
+                    method,
+                    status: s.status,
+                    route: s.route.clone(),
+                    peer,
+                    prometheus: prometheus.map(|m| m.series(s)),
+                    otlp: otlp
+                        .as_deref_mut()
+                        .and_then(|o| o.series_attributes(s, meta)),
+                };
+                self.len += 1;
+                let bucket = self.series.entry(h).or_default();
+                bucket.push(entry);
+                &bucket[bucket.len() - 1]
+            }
+        };
+        if let Some(p) = &entry.prometheus {
+            p.observe(s);
+        }
+        if let (Some(o), Some(attrs)) = (otlp, &entry.otlp) {
+            o.record_with(s, attrs);
+        }
+    }
+
+    /// Drops the shortcuts of a process that went away (its pid may come back as another).
+    pub fn forget(&mut self, pid: u32) {
+        let mut removed = 0;
+        self.series.retain(|_, bucket| {
+            let before = bucket.len();
+            bucket.retain(|e| e.pid != pid);
+            removed += before - bucket.len();
+            !bucket.is_empty()
+        });
+        self.len -= removed;
+    }
+
+    /// Series currently kept.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{SpanId, TraceId};
+
+    fn span(pid: u32, route: &str, status: u16) -> Span {
+        Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: None,
+            kind: SpanKind::Server,
+            name: "GET".into(),
+            method: "GET".into(),
+            path: route.into(),
+            query: None,
+            route: Some(route.into()),
+            status,
+            host: None,
+            server_address: Address(None),
+            server_port: 80,
+            client_address: Address(None),
+            client_port: 1,
+            request_body_size: Some(0),
+            response_body_size: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            start_unix_nano: 0,
+            end_unix_nano: 1_000_000,
+            duration_ns: 1_000_000,
+            service_name: "svc".into(),
+            service_namespace: None,
+            pid,
+            tid: pid,
+            malformed: None,
+            no_response: false,
+            parent_sampled: None,
+        }
+    }
+
+    fn meta() -> ProcessMeta {
+        ProcessMeta {
+            pid: 1,
+            service_name: "svc".into(),
+            service_namespace: None,
+            exe_path: "/x".into(),
+        }
+    }
+
+    #[test]
+    fn counts_go_to_the_right_series_and_shortcuts_are_reused() {
+        let m = Metrics::new("h");
+        let mut r = RedRecorder::default();
+        for _ in 0..5 {
+            r.record(&span(1, "/a", 200), Some(&m), None, &meta);
+        }
+        r.record(&span(1, "/a", 500), Some(&m), None, &meta);
+        r.record(&span(1, "/b", 200), Some(&m), None, &meta);
+        r.record(&span(2, "/a", 200), Some(&m), None, &meta);
+        assert_eq!(r.len(), 4);
+        let text = m.encode();
+        let count = |route: &str, status: u16| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("http_server_request_duration_seconds_count{")
+                        && l.contains(&format!("http_route=\"{route}\""))
+                        && l.contains(&format!("http_response_status_code=\"{status}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        // pids 1 and 2 share a service, hence a Prometheus series.
+        assert_eq!(count("/a", 200), Some(6), "{text}");
+        assert_eq!(count("/a", 500), Some(1));
+        assert_eq!(count("/b", 200), Some(1));
+        r.forget(1);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let m = Metrics::new("h");
+        let mut r = RedRecorder::default();
+        for i in 0..(MAX_SERIES + 10) {
+            r.record(&span(1, &format!("/r{i}"), 200), Some(&m), None, &meta);
+        }
+        assert!(r.len() <= MAX_SERIES);
+    }
+}
