@@ -62,22 +62,13 @@ impl Entry {
 }
 
 /// Records requests into the Prometheus and OTLP histograms through per-series shortcuts.
+#[derive(Default)]
 pub struct RedRecorder {
     /// Seeded per process: routes come from request paths, so collisions must not be
     /// choosable from outside.
     hasher: foldhash::fast::RandomState,
     series: HashMap<u64, Vec<Entry>, BuildHasherDefault<Prehashed>>,
     len: usize,
-}
-
-impl Default for RedRecorder {
-    fn default() -> Self {
-        RedRecorder {
-            hasher: foldhash::fast::RandomState::default(),
-            series: HashMap::default(),
-            len: 0,
-        }
-    }
 }
 
 impl RedRecorder {

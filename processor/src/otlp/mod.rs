@@ -125,10 +125,10 @@ struct Shared {
 
 /// The reader thread's side of OTLP export.
 pub struct Otlp {
-    spans: Option<tokio::sync::mpsc::UnboundedSender<Vec<Box<Span>>>>,
+    spans: Option<tokio::sync::mpsc::UnboundedSender<Vec<Span>>>,
     /// Sampled spans of the current pass, handed over together by `flush`: one wake-up of
     /// the exporter thread per pass rather than per span.
-    pending: Vec<Box<Span>>,
+    pending: Vec<Span>,
     /// Spans handed over and not yet exported or dropped; bounded by `queue_size`.
     queued: Arc<AtomicUsize>,
     queue_size: usize,
@@ -375,7 +375,7 @@ impl Otlp {
             return;
         }
         self.ensure_process(meta, s.pid);
-        self.pending.push(s);
+        self.pending.push(*s);
     }
 
     /// Hands the spans of this pass to the exporter thread.
@@ -475,14 +475,14 @@ fn metadata(
 /// Batches queued spans and exports them, one request per process (each has its resource).
 async fn export_spans(
     mut exporter: SpanExporter,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Box<Span>>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<Span>>,
     queued: &AtomicUsize,
     shared: &Shared,
     batch_max: usize,
     batch_timeout: Duration,
 ) {
     let scope = convert::scope();
-    let mut batch: Vec<Box<Span>> = Vec::with_capacity(batch_max.min(4096));
+    let mut batch: Vec<Span> = Vec::with_capacity(batch_max.min(4096));
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut open = true;
     while open || !batch.is_empty() {
@@ -521,7 +521,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 async fn send_spans(
     exporter: &mut SpanExporter,
-    batch: Vec<Box<Span>>,
+    batch: Vec<Span>,
     shared: &Shared,
     scope: &opentelemetry::InstrumentationScope,
 ) {
@@ -530,7 +530,7 @@ async fn send_spans(
         let entry = by_process
             .entry(s.pid)
             .or_insert_with(|| (s.service_name.clone(), Vec::new()));
-        entry.1.push(convert::span_data(*s, scope));
+        entry.1.push(convert::span_data(s, scope));
     }
     for (pid, (service_name, spans)) in by_process {
         let resource = lock(&shared.resources).get(&pid).cloned();
@@ -613,4 +613,86 @@ async fn export_metrics(
         }
     }
     let _ = exporter.shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::{Address, SpanId, TraceId};
+    use sonde_config::OtlpProtocol;
+
+    fn span(pid: u32) -> Box<Span> {
+        Box::new(Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: None,
+            kind: SpanKind::Server,
+            name: "GET".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            route: None,
+            status: 200,
+            host: None,
+            server_address: Address(None),
+            server_port: 80,
+            client_address: Address(None),
+            client_port: 1,
+            request_body_size: None,
+            response_body_size: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            start_unix_nano: 0,
+            end_unix_nano: 1,
+            duration_ns: 1,
+            service_name: "svc".into(),
+            service_namespace: None,
+            pid,
+            tid: pid,
+            malformed: None,
+            no_response: false,
+            parent_sampled: None,
+        })
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        // Nothing listens on port 9 of 127.0.0.1: every export fails.
+        let traces = TracesExport {
+            otlp: Some(OtlpEndpoint {
+                url: "http://127.0.0.1:9/v1/traces".into(),
+                protocol: OtlpProtocol::HttpProtobuf,
+                port: 9,
+                headers: Vec::new(),
+            }),
+            queue_size: 10,
+            batch_max_size: 4,
+            batch_timeout: Duration::from_millis(10),
+            timeout: Duration::from_millis(200),
+        };
+        let counters = ExportCounters::default();
+        let mut otlp = Otlp::start(&traces, &MetricsExport::default(), "h", counters.clone())
+            .expect("start")
+            .expect("traces on");
+        let meta = || ProcessMeta {
+            pid: 7,
+            service_name: "svc".into(),
+            service_namespace: None,
+            exe_path: "/x".into(),
+        };
+        let started = std::time::Instant::now();
+        for _ in 0..25 {
+            otlp.export_span(span(7), &meta);
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "never waits"
+        );
+        assert_eq!(counters.spans_dropped_queue_full.get(), 15);
+        otlp.flush();
+        otlp.shutdown();
+        // The ten queued spans were sent, failed and counted; none vanished.
+        assert_eq!(counters.spans_dropped_export_failed.get(), 10);
+        assert_eq!(counters.spans_exported.get(), 0);
+    }
 }
