@@ -1,5 +1,5 @@
-//! Any ring-buffer record through decoding, exchange assembly, span building and route
-//! decoration, as the processor does it. The input is split into records at every 0xff 0xff 0xff 0xff marker, so
+//! Any ring-buffer record through decoding, exchange assembly, span building, route
+//! decoration, RED metrics and conversion to OTLP span data, as the processor does it. The input is split into records at every 0xff 0xff 0xff 0xff marker, so
 //! one input can carry a sequence (an event, its updates, a close).
 #![no_main]
 
@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use sonde_processor::{
     exchange::Assembler,
+    metrics::Metrics,
+    otlp::convert,
+    red::RedRecorder,
     routes::Router,
     span::{self, Built, ServiceInfo},
 };
@@ -24,11 +27,22 @@ fuzz_target!(|data: &[u8]| {
         ..Default::default()
     };
     let mut router = Router::new(&routes);
+    let metrics = Metrics::new("fuzz");
+    let mut red = RedRecorder::default();
+    let scope = convert::scope();
+    let meta = || convert::ProcessMeta {
+        pid: 1,
+        service_name: "fuzz".into(),
+        service_namespace: None,
+        exe_path: "/fuzz".into(),
+    };
     let mut build = |ev: &sonde_schema::HttpEvent| {
         let service = ServiceInfo { name: "fuzz", namespace: None };
         if let Built::Span(mut s) = span::build(ev, &service, 0, &mut rng) {
             let routed = router.route("fuzz", &s.path);
             s.set_route(routed.route);
+            red.record(&s, Some(&metrics), None, &meta);
+            let _ = convert::span_data(*s, &scope);
         }
     };
     for chunk in data.split(|&b| b == 0xff).filter(|c| !c.is_empty()) {
