@@ -128,27 +128,34 @@ ROTEL = os.path.join(VENV, "lib/python3.11/site-packages/rotel/rotel-agent")
 class Exporting:
     """A real collector (rotel with its blackhole exporter) and a Prometheus scraper."""
 
-    def __init__(self, workdir, traces=True, sampler_ratio=None):
+    def __init__(self, workdir, traces=True, sampler_ratio=None, protocol="grpc"):
         self.traces = traces
+        self.protocol = protocol
+        self.http_port = free_port()
         self.sampler_ratio = sampler_ratio
         self.grpc_port = free_port()
         self.prom_port = free_port()
         self.log = open(os.path.join(workdir, "rotel.log"), "w")
         self.rotel = subprocess.Popen(
             [ROTEL, "start", "--otlp-grpc-endpoint", f"127.0.0.1:{self.grpc_port}",
-             "--otlp-http-endpoint", f"127.0.0.1:{free_port()}", "--exporter", "blackhole"],
+             "--otlp-http-endpoint", f"127.0.0.1:{self.http_port}", "--exporter", "blackhole"],
             stdout=self.log, stderr=self.log)
         wait_port(self.grpc_port)
         self.scrapes = 0
         self.stopping = False
 
     def env(self):
-        endpoint = f"http://127.0.0.1:{self.grpc_port}"
-        env = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": endpoint,
-               "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        if self.protocol == "grpc":
+            endpoint = f"http://127.0.0.1:{self.grpc_port}"
+            traces, metrics, protocol = endpoint, endpoint, "grpc"
+        else:
+            endpoint = f"http://127.0.0.1:{self.http_port}"
+            traces, metrics, protocol = endpoint + "/v1/traces", endpoint + "/v1/metrics", "http/protobuf"
+        env = {"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": metrics,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_METRIC_EXPORT_INTERVAL": "5000",
                "BEYLA_PROMETHEUS_PORT": str(self.prom_port)}
         if self.traces:
-            env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
+            env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = traces
         if self.sampler_ratio is not None:
             env["OTEL_TRACES_SAMPLER"] = "traceidratio"
             env["OTEL_TRACES_SAMPLER_ARG"] = str(self.sampler_ratio)
@@ -253,6 +260,8 @@ def main():
                     help="export over OTLP to a real collector and serve Prometheus (printer disabled)")
     ap.add_argument("--export-signals", default="all", choices=["all", "metrics"],
                     help="with --export: export traces and metrics, or metrics only")
+    ap.add_argument("--export-protocol", default="grpc", choices=["grpc", "http"],
+                    help="with --export: OTLP over gRPC or HTTP/protobuf")
     ap.add_argument("--sampler-ratio", type=float,
                     help="with --export: sample traces with traceidratio at this ratio")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
@@ -266,7 +275,8 @@ def main():
     os.chmod(workdir, 0o755)
     port = free_port()
     nginx = start_nginx(port, workdir)
-    exporting = Exporting(workdir, args.export_signals == "all", args.sampler_ratio) if args.export else None
+    exporting = Exporting(workdir, args.export_signals == "all", args.sampler_ratio,
+                           args.export_protocol) if args.export else None
     if exporting:
         args.printer = "disabled"
     rounds = []
