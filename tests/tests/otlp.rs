@@ -400,6 +400,10 @@ fn collector_down_bounds_memory_counts_drops_and_recovers() {
             .is_some_and(|p| p.starts_with("/ok/after/"))
     });
     assert_eq!(after.len(), 50);
+    // Failures were reported, once (not once per batch), and so was the recovery.
+    sonde.wait_log("OTLP export working again", Duration::from_secs(10));
+    let warnings = sonde.log_count("OTLP export failing");
+    assert!((1..=2).contains(&warnings), "{warnings} failure warnings");
     let text = scrape(metrics_port);
     assert!(
         sample(&text, "sonde_otlp_spans_exported_total") >= 50,

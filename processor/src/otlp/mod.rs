@@ -482,6 +482,7 @@ async fn export_spans(
     batch_timeout: Duration,
 ) {
     let scope = convert::scope();
+    let mut log = FailureLog::new("span");
     let mut batch: Vec<Span> = Vec::with_capacity(batch_max.min(4096));
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut open = true;
@@ -502,7 +503,7 @@ async fn export_spans(
             let rest = batch.split_off(batch.len().min(batch_max));
             let full = std::mem::replace(&mut batch, rest);
             let n = full.len();
-            send_spans(&mut exporter, full, shared, &scope).await;
+            send_spans(&mut exporter, full, shared, &scope, &mut log).await;
             queued.fetch_sub(n, Ordering::Relaxed);
         }
         if batch.is_empty() {
@@ -524,6 +525,7 @@ async fn send_spans(
     batch: Vec<Span>,
     shared: &Shared,
     scope: &opentelemetry::InstrumentationScope,
+    log: &mut FailureLog,
 ) {
     let mut by_process: HashMap<u32, (String, Vec<_>)> = HashMap::new();
     for s in batch {
@@ -550,10 +552,11 @@ async fn send_spans(
         match exporter.export(spans).await {
             Ok(()) => {
                 shared.counters.spans_exported.inc_by(n);
+                log.succeeded();
             }
             Err(e) => {
                 shared.counters.spans_dropped_export_failed.inc_by(n);
-                warn!(error = %e, spans = n, "OTLP span export failed; spans dropped");
+                log.failed(&e, n);
             }
         }
     }
@@ -567,6 +570,7 @@ async fn export_metrics(
     interval: Duration,
     stop: &tokio::sync::Notify,
 ) {
+    let mut log = FailureLog::new("metric");
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -595,11 +599,12 @@ async fn export_metrics(
         for rm in &collected {
             match exporter.export(rm).await {
                 Ok(()) => {
-                    shared.counters.metric_exports.inc_by(1);
+                    shared.counters.metric_exports.inc();
+                    log.succeeded();
                 }
                 Err(e) => {
-                    shared.counters.metric_exports_failed.inc_by(1);
-                    warn!(error = %e, "OTLP metric export failed");
+                    shared.counters.metric_exports_failed.inc();
+                    log.failed(&e, 1);
                 }
             }
         }
@@ -613,6 +618,53 @@ async fn export_metrics(
         }
     }
     let _ = exporter.shutdown();
+}
+
+/// Export failure logging that cannot flood: the first failure is logged, then at most one
+/// summary a minute while failures go on, and the recovery once.
+struct FailureLog {
+    signal: &'static str,
+    failing: bool,
+    last_warning: Option<Instant>,
+    /// Items dropped since the last warning.
+    dropped_since: u64,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn new(signal: &'static str) -> FailureLog {
+        FailureLog {
+            signal,
+            failing: false,
+            last_warning: None,
+            dropped_since: 0,
+        }
+    }
+
+    fn failed(&mut self, error: &dyn std::fmt::Display, dropped: u64) {
+        self.dropped_since += dropped;
+        let due = self.last_warning.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if !self.failing || due {
+            warn!(
+                signal = self.signal,
+                %error,
+                dropped = self.dropped_since,
+                "OTLP export failing; what cannot be sent is dropped and counted (reported again in a minute while it goes on)"
+            );
+            self.last_warning = Some(Instant::now());
+            self.dropped_since = 0;
+        }
+        self.failing = true;
+    }
+
+    fn succeeded(&mut self) {
+        if self.failing {
+            info!(signal = self.signal, "OTLP export working again");
+            self.failing = false;
+            self.dropped_since = 0;
+        }
+    }
 }
 
 #[cfg(test)]
