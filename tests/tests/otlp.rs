@@ -3,9 +3,13 @@
 //! request with the semantic-convention attributes and resource, histograms whose counts equal
 //! the requests per route and status, over gRPC and HTTP/protobuf; routes that stay bounded
 //! under 10,000 unique ids; ignored routes leaving traces or metrics as configured; the
-//! samplers; and a collector that goes away and comes back.
+//! samplers; client spans and metrics; and a collector that goes away and comes back.
 
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use serde_json::{Value, json};
 use sonde_e2e::{otlp::*, *};
@@ -409,5 +413,104 @@ fn collector_down_bounds_memory_counts_drops_and_recovers() {
         sample(&text, "sonde_otlp_spans_exported_total") >= 50,
         "{text}"
     );
+    drop(sonde);
+}
+
+#[test]
+fn client_spans_carry_the_full_url_and_client_metrics_the_peer() {
+    let _guard = serial();
+    let dir = TempDir::new("otlp-client");
+    let port = free_port();
+    let receiver = Receiver::start(&dir, free_port(), 0);
+    let _server = start_server(ServerKind::Python, port, &dir);
+    let plan = [
+        "GET:/ok/one",
+        "POST:/submit:321",
+        "GET:/missing/two",
+        "GET:/error/three",
+    ];
+    let mut cmd = Command::new(python());
+    cmd.arg(server_script("python_client.py"))
+        .arg(port.to_string())
+        .args(plan)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut client = Proc::spawn("python-client", &mut cmd);
+    let pid = client.pid();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    // Only the client is selected (by pid).
+    let sonde = Sonde::start(
+        &["--pid", &pid.to_string()],
+        &[
+            ("BEYLA_TRACE_PRINTER", "disabled"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+        &dir,
+        &[pid],
+    );
+    let stdin = client.child.stdin.as_mut().expect("stdin");
+    stdin.write_all(b"go\n").expect("start client");
+    let statuses: Vec<u16> = BufReader::new(client.child.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert_eq!(statuses, [200, 201, 404, 500]);
+
+    let spans = receiver.wait_spans(4, Duration::from_secs(20), |s| {
+        s["resource"]["process.pid"] == pid
+    });
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    for (path, status, error) in [
+        ("/ok/one", 200, false),
+        ("/submit", 201, false),
+        ("/missing/two", 404, true),
+        ("/error/three", 500, true),
+    ] {
+        let s = spans
+            .iter()
+            .find(|s| s["attributes"]["http.response.status_code"] == status)
+            .unwrap_or_else(|| panic!("no client span with {status}: {spans:#?}"));
+        let a = &s["attributes"];
+        assert_eq!(s["kind"], 3, "SPAN_KIND_CLIENT: {s}");
+        assert_eq!(
+            a["url.full"],
+            format!("http://127.0.0.1:{port}{path}"),
+            "{s}"
+        );
+        assert_eq!(a["server.address"], "127.0.0.1", "{s}");
+        assert_eq!(a["server.port"], port, "{s}");
+        // Clients: 4xx is an error too.
+        assert_eq!(s["status_code"], if error { 2 } else { 0 }, "{s}");
+    }
+    let post = spans
+        .iter()
+        .find(|s| s["attributes"]["http.request.method"] == "POST")
+        .expect("POST span");
+    assert_eq!(post["attributes"]["http.request.body.size"], 321, "{post}");
+
+    let points = receiver.wait_points(
+        "http.client.request.duration",
+        4,
+        Duration::from_secs(20),
+        |_| true,
+    );
+    assert_eq!(
+        count_where(
+            &points,
+            "http.client.request.duration",
+            &[
+                ("server.address", json!("127.0.0.1")),
+                ("server.port", json!(port))
+            ]
+        ),
+        4,
+        "{points:#?}"
+    );
+    assert_eq!(count_where(&points, DURATION, &[]), 0, "no server metrics");
     drop(sonde);
 }
