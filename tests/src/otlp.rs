@@ -88,26 +88,29 @@ impl Receiver {
         out
     }
 
-    /// The histogram points of the latest metric export of each process (cumulative, so
-    /// the latest holds every count), each with its `transport`.
+    /// The latest value of every histogram series received so far, each with its
+    /// `transport`. A series is (process instance, metric, attributes); metrics are
+    /// cumulative, so the latest point is the one with the largest count, however a collector
+    /// in between batched or split the exports.
     pub fn latest_points(&self) -> Vec<Value> {
         let mut latest: BTreeMap<String, Value> = BTreeMap::new();
         for r in self.requests().iter().filter(|r| r["signal"] == "metrics") {
-            let Some(first) = r["points"].as_array().and_then(|p| p.first()) else {
-                continue;
-            };
-            let instance = first["resource"]["service.instance.id"].to_string();
-            latest.insert(instance, r.clone());
-        }
-        let mut out = Vec::new();
-        for r in latest.values() {
             for p in r["points"].as_array().into_iter().flatten() {
-                let mut p = p.clone();
-                p["transport"] = r["transport"].clone();
-                out.push(p);
+                let key = format!(
+                    "{}|{}|{}",
+                    p["resource"]["service.instance.id"], p["name"], p["attributes"]
+                );
+                let newer = latest
+                    .get(&key)
+                    .is_none_or(|old| p["count"].as_u64() >= old["count"].as_u64());
+                if newer {
+                    let mut p = p.clone();
+                    p["transport"] = r["transport"].clone();
+                    latest.insert(key, p);
+                }
             }
         }
-        out
+        latest.into_values().collect()
     }
 
     /// Waits until at least `n` spans satisfy `pred` (bounded), then a settle period so
@@ -159,4 +162,44 @@ pub fn count_where(points: &[Value], metric: &str, attrs: &[(&str, Value)]) -> u
         .filter(|p| attrs.iter().all(|(k, v)| p["attributes"][*k] == *v))
         .filter_map(|p| p["count"].as_u64())
         .sum()
+}
+
+/// The rotel OTLP collector (PyPI `rotel`, a real collector written in Rust) from the test
+/// virtualenv, receiving on `grpc_port`/`http_port` and forwarding everything over OTLP/gRPC
+/// to `forward_to` (an `http://host:port` gRPC endpoint).
+pub fn start_rotel(grpc_port: u16, http_port: u16, forward_to: &str) -> Proc {
+    let python = otlp_python();
+    let venv = python
+        .parent()
+        .and_then(|bin| bin.parent())
+        .expect("virtualenv root")
+        .to_path_buf();
+    let agent = std::fs::read_dir(venv.join("lib"))
+        .expect("virtualenv lib")
+        .flatten()
+        .map(|e| e.path().join("site-packages/rotel/rotel-agent"))
+        .find(|p| p.exists())
+        .expect("rotel-agent in the test virtualenv (scripts/setup.sh installs rotel)");
+    let mut cmd = Command::new(agent);
+    cmd.args([
+        "start",
+        "--otlp-grpc-endpoint",
+        &format!("127.0.0.1:{grpc_port}"),
+        "--otlp-http-endpoint",
+        &format!("127.0.0.1:{http_port}"),
+        "--exporter",
+        "otlp",
+        "--otlp-exporter-endpoint",
+        forward_to,
+        "--otlp-exporter-protocol",
+        "grpc",
+        "--batch-timeout",
+        "200ms",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let p = Proc::spawn("rotel", &mut cmd);
+    crate::wait_for_port(grpc_port, Duration::from_secs(20));
+    crate::wait_for_port(http_port, Duration::from_secs(20));
+    p
 }

@@ -514,3 +514,66 @@ fn client_spans_carry_the_full_url_and_client_metrics_the_peer() {
     assert_eq!(count_where(&points, DURATION, &[]), 0, "no server metrics");
     drop(sonde);
 }
+
+#[test]
+fn a_real_collector_in_between_forwards_every_span_and_point() {
+    let _guard = serial();
+    let dir = TempDir::new("otlp-rotel");
+    let port = free_port();
+    let receiver = Receiver::start(&dir, free_port(), 0);
+    let (rotel_grpc, rotel_http) = (free_port(), free_port());
+    let _rotel = start_rotel(
+        rotel_grpc,
+        rotel_http,
+        &format!("http://127.0.0.1:{}", receiver.grpc_port),
+    );
+    let server = start_server(ServerKind::Python, port, &dir);
+    let base = format!("http://127.0.0.1:{rotel_http}");
+    // Sonde speaks HTTP/protobuf to rotel; rotel forwards over gRPC to the receiver.
+    let _sonde = start_sonde(
+        &dir,
+        "",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &base),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+        port,
+        server.pid(),
+    );
+    let sent = send_standard_traffic(port);
+    let spans = receiver.wait_spans(sent.len(), Duration::from_secs(30), |s| {
+        s["resource"]["process.pid"] == server.pid()
+    });
+    assert_eq!(spans.len(), sent.len(), "{spans:#?}");
+    for r in &sent {
+        assert_eq!(
+            spans
+                .iter()
+                .filter(|s| s["attributes"]["url.path"] == r.path
+                    && s["attributes"]["http.response.status_code"] == r.status
+                    && s["name"] == format!("{} {}", r.method, r.path))
+                .count(),
+            sent.iter()
+                .filter(|o| o.path == r.path && o.status == r.status)
+                .count(),
+            "{} {}: {spans:#?}",
+            r.method,
+            r.path
+        );
+    }
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["resource"]["telemetry.sdk.name"] == "sonde")
+    );
+    let points = receiver.wait_points(DURATION, sent.len() as u64, Duration::from_secs(30), |p| {
+        p["resource"]["process.pid"] == server.pid()
+    });
+    assert_eq!(
+        count_where(&points, DURATION, &[]),
+        sent.len() as u64,
+        "{points:#?}"
+    );
+}
