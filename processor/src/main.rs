@@ -532,9 +532,11 @@ impl<W: std::io::Write> SpanSink<'_, W> {
                     stats.print_errors += 1;
                     self.metrics.export_errors.inc();
                 }
-                if let Some(o) = self.otlp.as_mut() {
-                    let (pid, name) = (s.pid, s.service_name.clone());
-                    o.export_span(s, &|| processes.meta(pid, config, &name));
+                if let Some(o) = self.otlp.as_mut()
+                    && o.exports_traces()
+                {
+                    o.ensure_process(&|| processes.meta(s.pid, config, &s.service_name), s.pid);
+                    o.export_span(s);
                 }
             }
         }

@@ -245,8 +245,8 @@ impl Otlp {
     }
 
     /// Makes sure a process has its resource and, when metrics are exported, its meters.
-    /// Cheap when it already has them; the first call per process builds them.
-    fn ensure_process(&mut self, meta: &dyn Fn() -> ProcessMeta, pid: u32) {
+    /// Cheap when it already has them (`meta` is only called the first time).
+    pub fn ensure_process(&mut self, meta: &dyn Fn() -> ProcessMeta, pid: u32) {
         if self.instruments.contains_key(&pid) || self.instruments.len() >= MAX_PROCESSES {
             return;
         }
@@ -365,8 +365,10 @@ impl Otlp {
         }
     }
 
-    /// Queues a sampled span for export; drops and counts it when the queue is full.
-    pub fn export_span(&mut self, s: Box<Span>, meta: &dyn Fn() -> ProcessMeta) {
+    /// Queues a sampled span for export; drops and counts it when the queue is full. Its
+    /// process should be known (`ensure_process`); otherwise it goes out under a resource
+    /// naming only its service.
+    pub fn export_span(&mut self, s: Box<Span>) {
         if self.spans.is_none() {
             return;
         }
@@ -374,7 +376,6 @@ impl Otlp {
             self.shared.counters.spans_dropped_queue_full.inc();
             return;
         }
-        self.ensure_process(meta, s.pid);
         self.pending.push(*s);
     }
 
@@ -733,8 +734,9 @@ mod tests {
             exe_path: "/x".into(),
         };
         let started = std::time::Instant::now();
+        otlp.ensure_process(&meta, 7);
         for _ in 0..25 {
-            otlp.export_span(span(7), &meta);
+            otlp.export_span(span(7));
         }
         assert!(
             started.elapsed() < Duration::from_millis(100),
