@@ -471,6 +471,7 @@ struct FileTracesExport {
     traces_endpoint: Option<String>,
     protocol: Option<String>,
     headers: Option<BTreeMap<String, String>>,
+    compression: Option<String>,
     queue_size: Option<usize>,
     batch_max_size: Option<usize>,
     batch_timeout: Option<String>,
@@ -484,6 +485,7 @@ struct FileMetricsExport {
     metrics_endpoint: Option<String>,
     protocol: Option<String>,
     headers: Option<BTreeMap<String, String>>,
+    compression: Option<String>,
     interval: Option<String>,
     timeout: Option<String>,
 }
@@ -652,7 +654,7 @@ impl Config {
                 t.traces_endpoint,
                 "traces_endpoint",
             )?;
-            file_protocol_headers(&mut raw.traces, p, t.protocol, t.headers)?;
+            file_protocol_headers(&mut raw.traces, p, t.protocol, t.headers, t.compression)?;
             let te = &mut self.traces_export;
             if let Some(v) = t.queue_size {
                 te.queue_size = bounded_count(&format!("{p}.queue_size"), v, 1 << 20)?;
@@ -676,7 +678,7 @@ impl Config {
                 m.metrics_endpoint,
                 "metrics_endpoint",
             )?;
-            file_protocol_headers(&mut raw.metrics, p, m.protocol, m.headers)?;
+            file_protocol_headers(&mut raw.metrics, p, m.protocol, m.headers, m.compression)?;
             if let Some(v) = m.interval {
                 self.metrics_export.interval = otlp::parse_duration(&format!("{p}.interval"), &v)?;
             }
@@ -1000,9 +1002,10 @@ fn otlp_yaml(exact_key: &str, e: &Option<OtlpEndpoint>, secrets: bool) -> String
         return String::new();
     };
     let mut out = format!(
-        "  {exact_key}: \"{}\"\n  protocol: {}\n",
+        "  {exact_key}: \"{}\"\n  protocol: {}\n  compression: {}\n",
         e.url,
-        e.protocol.as_str()
+        e.protocol.as_str(),
+        if e.gzip { "gzip" } else { "none" }
     );
     if !e.headers.is_empty() {
         out += "  headers:\n";
@@ -1040,9 +1043,16 @@ fn file_protocol_headers(
     prefix: &str,
     protocol: Option<String>,
     headers: Option<BTreeMap<String, String>>,
+    compression: Option<String>,
 ) -> Result<(), ConfigError> {
     if let Some(v) = protocol {
         raw.protocol = Some(OtlpProtocol::parse(&format!("{prefix}.protocol"), &v)?);
+    }
+    if let Some(v) = compression {
+        raw.gzip = Some(otlp::parse_compression(
+            &format!("{prefix}.compression"),
+            &v,
+        )?);
     }
     if let Some(h) = headers {
         let key = format!("{prefix}.headers");
@@ -1360,6 +1370,7 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
                 ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
                 ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=other"),
+                ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "gzip"),
             ],
         )
         .unwrap();
@@ -1372,6 +1383,7 @@ mod tests {
             ("http://collector:4317", OtlpProtocol::Grpc)
         );
         assert_eq!(c.metrics_export.interval, Duration::from_millis(1500));
+        assert!(m.gzip && !t.gzip);
 
         for (yaml, env, key) in [
             (
@@ -1383,6 +1395,11 @@ mod tests {
                 "otel_metrics_export:\n  interval: soon\n",
                 vec![],
                 "otel_metrics_export.interval",
+            ),
+            (
+                "otel_traces_export:\n  compression: zstd\n",
+                vec![],
+                "otel_traces_export.compression",
             ),
             (
                 "otel_traces_export:\n  queue_size: 0\n",

@@ -58,6 +58,8 @@ pub struct OtlpEndpoint {
     pub port: u16,
     /// Extra request headers / gRPC metadata (authentication tokens, tenant ids).
     pub headers: Vec<(String, String)>,
+    /// Compress requests with gzip.
+    pub gzip: bool,
 }
 
 /// Span export (`otel_traces_export`).
@@ -115,6 +117,7 @@ pub(crate) struct RawEndpoint {
     pub exact: Option<(String, String)>,
     pub protocol: Option<OtlpProtocol>,
     pub headers: Vec<(String, String)>,
+    pub gzip: Option<bool>,
 }
 
 /// Resolves a signal's endpoint. The exact endpoint wins over the base one.
@@ -164,6 +167,7 @@ pub(crate) fn resolve(
         protocol,
         port,
         headers: raw.headers.clone(),
+        gzip: raw.gzip.unwrap_or(false),
     }))
 }
 
@@ -187,6 +191,15 @@ fn authority_port(authority: &str) -> Result<u16, ()> {
             Ok(p) if p > 0 => Ok(p),
             _ => Err(()),
         },
+    }
+}
+
+/// Parses a compression setting: `gzip` or `none`; true for gzip.
+pub(crate) fn parse_compression(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "gzip" => Ok(true),
+        "none" => Ok(false),
+        _ => Err(invalid(key, v, "gzip or none")),
     }
 }
 
@@ -299,6 +312,14 @@ pub(crate) fn apply_env(
         }
     }
     for key in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION".to_string(),
+        format!("OTEL_EXPORTER_OTLP_{signal}_COMPRESSION"),
+    ] {
+        if let Some(v) = get(&key) {
+            raw.gzip = Some(parse_compression(&key, v)?);
+        }
+    }
+    for key in [
         "OTEL_EXPORTER_OTLP_HEADERS".to_string(),
         format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS"),
     ] {
@@ -322,6 +343,7 @@ mod tests {
             exact: exact.map(|e| ("traces_endpoint".into(), e.into())),
             protocol,
             headers: Vec::new(),
+            gzip: None,
         }
     }
 

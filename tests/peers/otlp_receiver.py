@@ -2,7 +2,7 @@
 definitions (`opentelemetry-proto`) and `grpcio`.
 
 It serves TraceService/MetricsService Export over gRPC and POST /v1/traces, /v1/metrics
-(protobuf bodies) over HTTP on 127.0.0.1, decodes every request, and appends one JSON line per
+(protobuf bodies) over HTTP on 127.0.0.1 (gzip-compressed or not), decodes every request, and appends one JSON line per
 request to the output file, flattened for easy assertions:
 
   {"signal": "traces", "transport": "grpc", "headers": {...},
@@ -16,6 +16,7 @@ Usage: otlp_receiver.py OUT_FILE GRPC_PORT HTTP_PORT   (a port of 0 disables tha
 Prints "ready" once both listeners accept.
 """
 
+import gzip
 import json
 import sys
 import threading
@@ -128,6 +129,8 @@ def http_handler(out):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
+            if headers.get("content-encoding") == "gzip":
+                body = gzip.decompress(body)
             if self.path == "/v1/traces":
                 req = trace_service_pb2.ExportTraceServiceRequest()
                 req.ParseFromString(body)

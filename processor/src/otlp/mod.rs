@@ -30,7 +30,7 @@ use opentelemetry::{
     metrics::{Histogram, MeterProvider},
 };
 use opentelemetry_otlp::{
-    MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    Compression, MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 use opentelemetry_sdk::{
     Resource,
@@ -426,35 +426,55 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn span_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<SpanExporter> {
     Ok(match e.protocol {
-        OtlpProtocol::Grpc => SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(e.url.clone())
-            .with_timeout(timeout)
-            .with_metadata(metadata(&e.headers)?)
-            .build()?,
-        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_endpoint(e.url.clone())
-            .with_timeout(timeout)
-            .with_headers(e.headers.iter().cloned().collect())
-            .build()?,
+        OtlpProtocol::Grpc => {
+            let mut b = SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(e.url.clone())
+                .with_timeout(timeout)
+                .with_metadata(metadata(&e.headers)?);
+            if e.gzip {
+                b = b.with_compression(Compression::Gzip);
+            }
+            b.build()?
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = SpanExporter::builder()
+                .with_http()
+                .with_endpoint(e.url.clone())
+                .with_timeout(timeout)
+                .with_headers(e.headers.iter().cloned().collect());
+            if e.gzip {
+                b = b.with_compression(Compression::Gzip);
+            }
+            b.build()?
+        }
     })
 }
 
 fn metric_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<MetricExporter> {
     Ok(match e.protocol {
-        OtlpProtocol::Grpc => MetricExporter::builder()
-            .with_tonic()
-            .with_endpoint(e.url.clone())
-            .with_timeout(timeout)
-            .with_metadata(metadata(&e.headers)?)
-            .build()?,
-        OtlpProtocol::HttpProtobuf => MetricExporter::builder()
-            .with_http()
-            .with_endpoint(e.url.clone())
-            .with_timeout(timeout)
-            .with_headers(e.headers.iter().cloned().collect())
-            .build()?,
+        OtlpProtocol::Grpc => {
+            let mut b = MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(e.url.clone())
+                .with_timeout(timeout)
+                .with_metadata(metadata(&e.headers)?);
+            if e.gzip {
+                b = b.with_compression(Compression::Gzip);
+            }
+            b.build()?
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = MetricExporter::builder()
+                .with_http()
+                .with_endpoint(e.url.clone())
+                .with_timeout(timeout)
+                .with_headers(e.headers.iter().cloned().collect());
+            if e.gzip {
+                b = b.with_compression(Compression::Gzip);
+            }
+            b.build()?
+        }
     })
 }
 
@@ -717,6 +737,7 @@ mod tests {
                 protocol: OtlpProtocol::HttpProtobuf,
                 port: 9,
                 headers: Vec::new(),
+                gzip: false,
             }),
             queue_size: 10,
             batch_max_size: 4,
