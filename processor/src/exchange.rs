@@ -5,39 +5,20 @@
 //! `hold` without news (an idle keep-alive connection). Held exchanges are bounded; past the
 //! bound an event is completed at once with the response bytes seen so far.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use sonde_schema::{EVENT_CONN_CLOSED, FLAG_CLOSED, FLAG_NO_RESPONSE, HttpEvent, Record};
+
+use crate::prehashed::PrehashedMap;
 
 /// How long an exchange waits for more response bytes before it is considered complete.
 pub const DEFAULT_HOLD: Duration = Duration::from_millis(500);
 /// Most exchanges held at once (one per open connection with a response under way).
 pub const DEFAULT_MAX_HELD: usize = 65_536;
 
-/// Connection ids are random (the kernel draws them from its PRNG; traffic cannot choose
-/// them), so they are their own hash: no SipHash per event.
-#[derive(Default)]
-struct ConnIdHasher(u64);
-
-impl Hasher for ConnIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id;
-    }
-}
-
-type ConnIdMap<V> = HashMap<u64, V, BuildHasherDefault<ConnIdHasher>>;
+// Connection ids are random (the kernel draws them from its PRNG; traffic cannot choose
+// them), so they are their own hash: no SipHash per event.
+type ConnIdMap<V> = PrehashedMap<V>;
 
 struct Held {
     event: HttpEvent,

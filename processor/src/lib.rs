@@ -7,6 +7,7 @@ pub mod exchange;
 pub mod http;
 pub mod metrics;
 pub mod otlp;
+pub mod prehashed;
 pub mod printer;
 pub mod privileges;
 pub mod red;

@@ -375,39 +375,22 @@ pub fn openmetrics_to_classic(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{Address, SpanId, TraceId};
+    use crate::span::Address;
 
     fn span(kind: SpanKind, status: u16, route: &str, ns: u64) -> Span {
         Span {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
-            parent_span_id: None,
             kind,
-            name: "GET".into(),
-            method: "GET".into(),
             path: "/x/1".into(),
-            query: None,
             route: Some(route.into()),
             status,
-            host: None,
             server_address: Address(Some("127.0.0.1".parse().expect("ip"))),
             server_port: 8080,
-            client_address: Address(None),
             client_port: 5000,
             request_body_size: Some(0),
             response_body_size: Some(100),
-            request_bytes: 40,
-            response_bytes: 180,
-            start_unix_nano: 0,
             end_unix_nano: ns,
             duration_ns: ns,
-            service_name: "svc".into(),
-            service_namespace: None,
-            pid: 1,
-            tid: 1,
-            malformed: None,
-            no_response: false,
-            parent_sampled: None,
+            ..Span::fixture()
         }
     }
 

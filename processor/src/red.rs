@@ -4,40 +4,20 @@
 //! attributes of each series are kept here, found by one hash of the span's own fields,
 //! and built only the first time a series is seen.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, BuildHasherDefault, Hasher},
-};
+use std::hash::BuildHasher;
 
 use opentelemetry::KeyValue;
 
 use crate::{
     metrics::{Metrics, PromSeries},
     otlp::{Otlp, ProcessMeta, convert::method_value},
+    prehashed::PrehashedMap,
     span::{Address, Span, SpanKind},
 };
 
 /// Series kept at most; beyond, the cache starts over (the series themselves live on in
 /// their registries; only the shortcuts are rebuilt).
 const MAX_SERIES: usize = 16384;
-
-/// The map is keyed by an already well-mixed 64-bit hash.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, h: u64) {
-        self.0 = h;
-    }
-}
 
 struct Entry {
     pid: u32,
@@ -67,7 +47,7 @@ pub struct RedRecorder {
     /// Seeded per process: routes come from request paths, so collisions must not be
     /// choosable from outside.
     hasher: foldhash::fast::RandomState,
-    series: HashMap<u64, Vec<Entry>, BuildHasherDefault<Prehashed>>,
+    series: PrehashedMap<Vec<Entry>>,
     len: usize,
 }
 
@@ -148,39 +128,18 @@ impl RedRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{SpanId, TraceId};
 
     fn span(pid: u32, route: &str, status: u16) -> Span {
         Span {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
-            parent_span_id: None,
-            kind: SpanKind::Server,
-            name: "GET".into(),
-            method: "GET".into(),
             path: route.into(),
-            query: None,
             route: Some(route.into()),
             status,
-            host: None,
-            server_address: Address(None),
-            server_port: 80,
-            client_address: Address(None),
-            client_port: 1,
             request_body_size: Some(0),
-            response_body_size: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            start_unix_nano: 0,
             end_unix_nano: 1_000_000,
             duration_ns: 1_000_000,
-            service_name: "svc".into(),
-            service_namespace: None,
             pid,
             tid: pid,
-            malformed: None,
-            no_response: false,
-            parent_sampled: None,
+            ..Span::fixture()
         }
     }
 

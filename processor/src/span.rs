@@ -151,6 +151,45 @@ impl Span {
     }
 }
 
+/// A plain server span for unit tests; a test sets the fields it is about with struct
+/// update syntax.
+#[cfg(test)]
+impl Span {
+    pub fn fixture() -> Span {
+        Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent_span_id: None,
+            kind: SpanKind::Server,
+            name: "GET".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            query: None,
+            route: None,
+            status: 200,
+            host: None,
+            server_address: Address(None),
+            server_port: 80,
+            client_address: Address(None),
+            client_port: 1,
+            request_body_size: None,
+            response_body_size: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            start_unix_nano: 0,
+            end_unix_nano: 1,
+            duration_ns: 1,
+            service_name: "svc".into(),
+            service_namespace: None,
+            pid: 1,
+            tid: 1,
+            malformed: None,
+            no_response: false,
+            parent_sampled: None,
+        }
+    }
+}
+
 /// Source of random span and trace ids.
 pub trait IdSource {
     fn trace_id(&mut self) -> [u8; 16];

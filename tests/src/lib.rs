@@ -218,6 +218,42 @@ pub fn start_server(kind: ServerKind, port: u16, dir: &TempDir) -> Proc {
     p
 }
 
+/// The standard client plan: GET 200, POST with a 321-byte body (201), GET 404, GET 500.
+pub const CLIENT_PLAN: [&str; 4] = [
+    "GET:/ok/one",
+    "POST:/submit:321",
+    "GET:/missing/two",
+    "GET:/error/three",
+];
+
+/// Starts `tests/servers/python_client.py` against `port` with `plan`; it waits for `go`.
+pub fn start_python_client(port: u16, plan: &[&str]) -> Proc {
+    let mut cmd = Command::new(python());
+    cmd.arg(server_script("python_client.py"))
+        .arg(port.to_string())
+        .args(plan)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    Proc::spawn("python-client", &mut cmd)
+}
+
+/// Lets a client from `start_python_client` go and returns the statuses it saw.
+pub fn run_python_client(client: &mut Proc) -> Vec<u16> {
+    client
+        .child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("start client");
+    let out = BufReader::new(client.child.stdout.take().expect("stdout"));
+    out.lines()
+        .map_while(Result::ok)
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 /// Running `sonde` (single host) with its span output collected.
 pub struct Sonde {
     pub proc: Proc,

@@ -1,11 +1,7 @@
 //! Client spans from an instrumented Python client, and no spans from processes that are not
 //! selected.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use sonde_e2e::*;
 
@@ -15,39 +11,15 @@ fn python_client_yields_client_spans() {
     let dir = TempDir::new("client");
     let port = free_port();
     let _server = start_server(ServerKind::Python, port, &dir);
-    let plan = [
-        "GET:/ok/one",
-        "POST:/submit:321",
-        "GET:/missing/two",
-        "GET:/error/three",
-    ];
-    let mut cmd = Command::new(python());
-    cmd.arg(server_script("python_client.py"))
-        .arg(port.to_string())
-        .args(plan);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut client = Proc::spawn("python-client", &mut cmd);
+    let plan = CLIENT_PLAN;
+    let mut client = start_python_client(port, &plan);
     let pid = client.pid();
     let service = exe_name(pid);
     let pid_arg = pid.to_string();
     // Only the client is selected (by pid); the server is not.
     let sonde = Sonde::start(&["--pid", &pid_arg], &[], &dir, &[pid]);
 
-    client
-        .child
-        .stdin
-        .as_mut()
-        .expect("stdin")
-        .write_all(b"go\n")
-        .expect("start client");
-    let out = BufReader::new(client.child.stdout.take().expect("stdout"));
-    let statuses: Vec<u16> = out
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
+    let statuses = run_python_client(&mut client);
     assert_eq!(
         statuses,
         [200, 201, 404, 500],

@@ -5,11 +5,7 @@
 //! under 10,000 unique ids; ignored routes leaving traces or metrics as configured; the
 //! samplers; client spans and metrics; and a collector that goes away and comes back.
 
-use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sonde_e2e::{otlp::*, *};
@@ -435,20 +431,7 @@ fn client_spans_carry_the_full_url_and_client_metrics_the_peer() {
     let port = free_port();
     let receiver = Receiver::start(&dir, free_port(), 0);
     let _server = start_server(ServerKind::Python, port, &dir);
-    let plan = [
-        "GET:/ok/one",
-        "POST:/submit:321",
-        "GET:/missing/two",
-        "GET:/error/three",
-    ];
-    let mut cmd = Command::new(python());
-    cmd.arg(server_script("python_client.py"))
-        .arg(port.to_string())
-        .args(plan)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut client = Proc::spawn("python-client", &mut cmd);
+    let mut client = start_python_client(port, &CLIENT_PLAN);
     let pid = client.pid();
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
     // Only the client is selected (by pid).
@@ -464,13 +447,7 @@ fn client_spans_carry_the_full_url_and_client_metrics_the_peer() {
         &dir,
         &[pid],
     );
-    let stdin = client.child.stdin.as_mut().expect("stdin");
-    stdin.write_all(b"go\n").expect("start client");
-    let statuses: Vec<u16> = BufReader::new(client.child.stdout.take().expect("stdout"))
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
+    let statuses = run_python_client(&mut client);
     assert_eq!(statuses, [200, 201, 404, 500]);
 
     let spans = receiver.wait_spans(4, Duration::from_secs(20), |s| {

@@ -263,16 +263,13 @@ pub fn method_value(method: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{Address, SpanId, TraceId};
+    use crate::span::{Address, SpanId};
 
     fn span(kind: SpanKind, status: u16) -> Span {
         Span {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
             parent_span_id: Some(SpanId([3; 8])),
             kind,
             name: "GET /users/{id}".into(),
-            method: "GET".into(),
             path: "/users/7".into(),
             query: Some("q=1".into()),
             route: Some("/users/{id}".into()),
@@ -284,18 +281,13 @@ mod tests {
             client_port: 40000,
             request_body_size: Some(0),
             response_body_size: Some(12),
-            request_bytes: 40,
-            response_bytes: 100,
             start_unix_nano: 1_000_000_000,
             end_unix_nano: 1_002_000_000,
             duration_ns: 2_000_000,
-            service_name: "svc".into(),
-            service_namespace: None,
             pid: 42,
             tid: 42,
-            malformed: None,
-            no_response: false,
             parent_sampled: Some(true),
+            ..Span::fixture()
         }
     }
 

@@ -427,26 +427,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn span_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<SpanExporter> {
     Ok(match e.protocol {
         OtlpProtocol::Grpc => {
-            let mut b = SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(e.url.clone())
-                .with_timeout(timeout)
-                .with_metadata(metadata(&e.headers)?);
-            if e.gzip {
-                b = b.with_compression(Compression::Gzip);
-            }
-            b.build()?
+            over_grpc(SpanExporter::builder().with_tonic(), e, timeout)?.build()?
         }
         OtlpProtocol::HttpProtobuf => {
-            let mut b = SpanExporter::builder()
-                .with_http()
-                .with_endpoint(e.url.clone())
-                .with_timeout(timeout)
-                .with_headers(e.headers.iter().cloned().collect());
-            if e.gzip {
-                b = b.with_compression(Compression::Gzip);
-            }
-            b.build()?
+            over_http(SpanExporter::builder().with_http(), e, timeout).build()?
         }
     })
 }
@@ -454,28 +438,46 @@ fn span_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<SpanExpo
 fn metric_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<MetricExporter> {
     Ok(match e.protocol {
         OtlpProtocol::Grpc => {
-            let mut b = MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(e.url.clone())
-                .with_timeout(timeout)
-                .with_metadata(metadata(&e.headers)?);
-            if e.gzip {
-                b = b.with_compression(Compression::Gzip);
-            }
-            b.build()?
+            over_grpc(MetricExporter::builder().with_tonic(), e, timeout)?.build()?
         }
         OtlpProtocol::HttpProtobuf => {
-            let mut b = MetricExporter::builder()
-                .with_http()
-                .with_endpoint(e.url.clone())
-                .with_timeout(timeout)
-                .with_headers(e.headers.iter().cloned().collect());
-            if e.gzip {
-                b = b.with_compression(Compression::Gzip);
-            }
-            b.build()?
+            over_http(MetricExporter::builder().with_http(), e, timeout).build()?
         }
     })
+}
+
+/// The endpoint's settings on a gRPC exporter builder of either signal.
+fn over_grpc<B: WithExportConfig + WithTonicConfig>(
+    builder: B,
+    e: &OtlpEndpoint,
+    timeout: Duration,
+) -> anyhow::Result<B> {
+    let b = builder
+        .with_endpoint(e.url.clone())
+        .with_timeout(timeout)
+        .with_metadata(metadata(&e.headers)?);
+    Ok(if e.gzip {
+        b.with_compression(Compression::Gzip)
+    } else {
+        b
+    })
+}
+
+/// The endpoint's settings on an HTTP/protobuf exporter builder of either signal.
+fn over_http<B: WithExportConfig + WithHttpConfig>(
+    builder: B,
+    e: &OtlpEndpoint,
+    timeout: Duration,
+) -> B {
+    let b = builder
+        .with_endpoint(e.url.clone())
+        .with_timeout(timeout)
+        .with_headers(e.headers.iter().cloned().collect());
+    if e.gzip {
+        b.with_compression(Compression::Gzip)
+    } else {
+        b
+    }
 }
 
 fn metadata(
@@ -691,40 +693,13 @@ impl FailureLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{Address, SpanId, TraceId};
     use sonde_config::OtlpProtocol;
 
     fn span(pid: u32) -> Box<Span> {
         Box::new(Span {
-            trace_id: TraceId([1; 16]),
-            span_id: SpanId([2; 8]),
-            parent_span_id: None,
-            kind: SpanKind::Server,
-            name: "GET".into(),
-            method: "GET".into(),
-            path: "/".into(),
-            query: None,
-            route: None,
-            status: 200,
-            host: None,
-            server_address: Address(None),
-            server_port: 80,
-            client_address: Address(None),
-            client_port: 1,
-            request_body_size: None,
-            response_body_size: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            start_unix_nano: 0,
-            end_unix_nano: 1,
-            duration_ns: 1,
-            service_name: "svc".into(),
-            service_namespace: None,
             pid,
             tid: pid,
-            malformed: None,
-            no_response: false,
-            parent_sampled: None,
+            ..Span::fixture()
         })
     }
 
