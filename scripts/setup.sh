@@ -16,6 +16,7 @@ DEB_PACKAGES=(
   procps iproute2 util-linux                            # ps, ss, setpriv
   prometheus                                            # real Prometheus server and promtool
   systemd                                               # systemd-analyze security (unit scores)
+  openssl                                               # test certificates for OTLP over TLS
 )
 
 missing=()

@@ -472,6 +472,7 @@ struct FileTracesExport {
     protocol: Option<String>,
     headers: Option<BTreeMap<String, String>>,
     compression: Option<String>,
+    certificate: Option<PathBuf>,
     queue_size: Option<usize>,
     batch_max_size: Option<usize>,
     batch_timeout: Option<String>,
@@ -486,6 +487,7 @@ struct FileMetricsExport {
     protocol: Option<String>,
     headers: Option<BTreeMap<String, String>>,
     compression: Option<String>,
+    certificate: Option<PathBuf>,
     interval: Option<String>,
     timeout: Option<String>,
 }
@@ -655,6 +657,9 @@ impl Config {
                 "traces_endpoint",
             )?;
             file_protocol_headers(&mut raw.traces, p, t.protocol, t.headers, t.compression)?;
+            if let Some(v) = t.certificate {
+                raw.traces.ca_file = Some((format!("{p}.certificate"), v));
+            }
             let te = &mut self.traces_export;
             if let Some(v) = t.queue_size {
                 te.queue_size = bounded_count(&format!("{p}.queue_size"), v, 1 << 20)?;
@@ -679,6 +684,9 @@ impl Config {
                 "metrics_endpoint",
             )?;
             file_protocol_headers(&mut raw.metrics, p, m.protocol, m.headers, m.compression)?;
+            if let Some(v) = m.certificate {
+                raw.metrics.ca_file = Some((format!("{p}.certificate"), v));
+            }
             if let Some(v) = m.interval {
                 self.metrics_export.interval = otlp::parse_duration(&format!("{p}.interval"), &v)?;
             }
@@ -1007,6 +1015,9 @@ fn otlp_yaml(exact_key: &str, e: &Option<OtlpEndpoint>, secrets: bool) -> String
         e.protocol.as_str(),
         if e.gzip { "gzip" } else { "none" }
     );
+    if let Some(ca) = &e.ca_file {
+        out += &format!("  certificate: {}\n", ca.display());
+    }
     if !e.headers.is_empty() {
         out += "  headers:\n";
         for (k, v) in &e.headers {
@@ -1417,9 +1428,9 @@ mod tests {
                 "OTEL_METRIC_EXPORT_INTERVAL",
             ),
             (
-                "otel_metrics_export:\n  metrics_endpoint: https://c:4318/v1/metrics\n",
+                "otel_metrics_export:\n  metrics_endpoint: https://c:4318/v1/metrics\n  certificate: /nonexistent/ca.pem\n",
                 vec![],
-                "otel_metrics_export.metrics_endpoint",
+                "otel_metrics_export.certificate",
             ),
         ] {
             let e = load_yaml(yaml, &env).unwrap_err().to_string();

@@ -4,7 +4,11 @@
 //! endpoint is used as given, a base endpoint gets `/v1/traces` or `/v1/metrics` appended for
 //! HTTP, and an unset protocol is guessed from the port (4317 gRPC, 4318 HTTP/protobuf).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use crate::{ConfigError, invalid};
 
@@ -60,6 +64,11 @@ pub struct OtlpEndpoint {
     pub headers: Vec<(String, String)>,
     /// Compress requests with gzip.
     pub gzip: bool,
+    /// `https://`: TLS, the server verified against the system's trust store or `ca_file`.
+    pub tls: bool,
+    /// PEM certificates to trust instead of the system's (`certificate`,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`); only used with TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Span export (`otel_traces_export`).
@@ -118,6 +127,8 @@ pub(crate) struct RawEndpoint {
     pub protocol: Option<OtlpProtocol>,
     pub headers: Vec<(String, String)>,
     pub gzip: Option<bool>,
+    /// A CA file and the key it came from.
+    pub ca_file: Option<(String, PathBuf)>,
 }
 
 /// Resolves a signal's endpoint. The exact endpoint wins over the base one.
@@ -130,24 +141,22 @@ pub(crate) fn resolve(
         (None, Some((k, v))) => (k, v, true),
         (None, None) => return Ok(None),
     };
-    const EXPECTED: &str = "an http:// URL with a host, e.g. http://127.0.0.1:4318";
+    const EXPECTED: &str = "an http:// or https:// URL with a host, e.g. http://127.0.0.1:4318";
     let url = text.trim();
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(invalid(
-            key,
-            url,
-            "an http:// URL: this build of Sonde has no TLS for OTLP (put a collector on the node)",
-        ));
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        ("http", rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        ("https", rest)
     } else {
         return Err(invalid(key, url, EXPECTED));
     };
+    let tls = scheme == "https";
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    let port = authority_port(authority).map_err(|_| invalid(key, url, EXPECTED))?;
+    let default_port = if tls { 443 } else { 80 };
+    let port = authority_port(authority, default_port).map_err(|_| invalid(key, url, EXPECTED))?;
     let protocol = raw.protocol.unwrap_or(match port {
         p if p % 10000 == 4317 => OtlpProtocol::Grpc,
         _ => OtlpProtocol::HttpProtobuf,
@@ -155,12 +164,16 @@ pub(crate) fn resolve(
     let url = match (protocol, is_base) {
         (OtlpProtocol::HttpProtobuf, true) => {
             format!(
-                "http://{authority}{}{}",
+                "{scheme}://{authority}{}{}",
                 path.trim_end_matches('/'),
                 signal.http_path()
             )
         }
-        _ => format!("http://{authority}{path}"),
+        _ => format!("{scheme}://{authority}{path}"),
+    };
+    let ca_file = match &raw.ca_file {
+        Some((ca_key, path)) if tls => Some(check_ca_file(ca_key, path)?),
+        _ => None,
     };
     Ok(Some(OtlpEndpoint {
         url,
@@ -168,11 +181,26 @@ pub(crate) fn resolve(
         port,
         headers: raw.headers.clone(),
         gzip: raw.gzip.unwrap_or(false),
+        tls,
+        ca_file,
     }))
 }
 
-/// The port of `host[:port]` or `[v6][:port]`; 80 when absent.
-fn authority_port(authority: &str) -> Result<u16, ()> {
+/// A CA file must be readable now and hold PEM certificates: a mistake fails at start, naming
+/// the key, not at the first export.
+fn check_ca_file(key: &str, path: &Path) -> Result<PathBuf, ConfigError> {
+    const EXPECTED: &str = "a readable file of PEM certificates (-----BEGIN CERTIFICATE-----)";
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") && path.is_absolute() => {
+            Ok(path.to_path_buf())
+        }
+        Ok(_) if !path.is_absolute() => Err(invalid(key, path.display(), "an absolute path")),
+        _ => Err(invalid(key, path.display(), EXPECTED)),
+    }
+}
+
+/// The port of `host[:port]` or `[v6][:port]`; `default` when absent.
+fn authority_port(authority: &str, default: u16) -> Result<u16, ()> {
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or(())?;
         (host, after.strip_prefix(':'))
@@ -186,7 +214,7 @@ fn authority_port(authority: &str) -> Result<u16, ()> {
         return Err(());
     }
     match port {
-        None => Ok(80),
+        None => Ok(default),
         Some(p) => match p.parse::<u16>() {
             Ok(p) if p > 0 => Ok(p),
             _ => Err(()),
@@ -312,6 +340,14 @@ pub(crate) fn apply_env(
         }
     }
     for key in [
+        "OTEL_EXPORTER_OTLP_CERTIFICATE".to_string(),
+        format!("OTEL_EXPORTER_OTLP_{signal}_CERTIFICATE"),
+    ] {
+        if let Some(v) = get(&key) {
+            raw.ca_file = Some((key, PathBuf::from(v)));
+        }
+    }
+    for key in [
         "OTEL_EXPORTER_OTLP_COMPRESSION".to_string(),
         format!("OTEL_EXPORTER_OTLP_{signal}_COMPRESSION"),
     ] {
@@ -344,6 +380,7 @@ mod tests {
             protocol,
             headers: Vec::new(),
             gzip: None,
+            ca_file: None,
         }
     }
 
@@ -376,6 +413,42 @@ mod tests {
     }
 
     #[test]
+    fn https_endpoints_use_tls_and_443() {
+        let e = resolve(&raw(Some("https://collector"), None, None), Signal::Metrics)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.url, "https://collector/v1/metrics");
+        assert!(e.tls);
+        assert_eq!(e.port, 443);
+        assert_eq!(e.ca_file, None);
+        // A CA file is checked and kept only for TLS endpoints.
+        let dir = std::env::temp_dir().join(format!("sonde-ca-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let mut r = raw(Some("https://collector:4317"), None, None);
+        r.ca_file = Some(("OTEL_EXPORTER_OTLP_CERTIFICATE".into(), ca.clone()));
+        let e = resolve(&r, Signal::Traces).unwrap().unwrap();
+        assert_eq!(
+            (e.ca_file, e.protocol),
+            (Some(ca.clone()), OtlpProtocol::Grpc)
+        );
+        let mut plain = raw(Some("http://collector:4317"), None, None);
+        plain.ca_file = Some(("OTEL_EXPORTER_OTLP_CERTIFICATE".into(), ca));
+        assert_eq!(
+            resolve(&plain, Signal::Traces).unwrap().unwrap().ca_file,
+            None
+        );
+        let mut not_pem = raw(Some("https://collector:4317"), None, None);
+        not_pem.ca_file = Some(("certificate".into(), dir.join("missing.pem")));
+        assert!(resolve(&not_pem, Signal::Traces).is_err());
+    }
+
+    #[test]
     fn exact_endpoints_win_and_stay_as_given() {
         let e = resolve(
             &raw(Some("http://c:4318"), Some("http://d:9999/custom"), None),
@@ -400,12 +473,21 @@ mod tests {
 
     #[test]
     fn bad_endpoints_name_the_key() {
-        for bad in ["c:4318", "http://", "http://c:0", "http://c:x", "ftp://c"] {
+        for bad in [
+            "c:4318",
+            "http://",
+            "http://c:0",
+            "http://c:x",
+            "ftp://c",
+            "https://",
+        ] {
             let e = resolve(&raw(Some(bad), None, None), Signal::Traces).unwrap_err();
             assert!(e.to_string().contains("endpoint"), "{e}");
         }
-        let e = resolve(&raw(Some("https://c:4317"), None, None), Signal::Traces).unwrap_err();
-        assert!(e.to_string().contains("no TLS"), "{e}");
+        let mut with_ca = raw(Some("https://c:4317"), None, None);
+        with_ca.ca_file = Some(("certificate".into(), "/nonexistent/ca.pem".into()));
+        let e = resolve(&with_ca, Signal::Traces).unwrap_err();
+        assert!(e.to_string().contains("certificate"), "{e}");
     }
 
     #[test]

@@ -210,12 +210,21 @@ fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> San
         .collect();
     connect_ports.sort_unstable();
     connect_ports.dedup();
+    // The configuration file, and the CA files of TLS endpoints (read when the exporters are
+    // built, under the sandbox).
+    let read_paths = config_file
+        .filter(|p| p.as_os_str() != "-")
+        .map(std::path::Path::to_path_buf)
+        .into_iter()
+        .chain(
+            [&config.traces_export.otlp, &config.metrics_export.otlp]
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ca_file.clone()),
+        )
+        .collect();
     SandboxPolicy {
-        read_paths: config_file
-            .filter(|p| p.as_os_str() != "-")
-            .map(std::path::Path::to_path_buf)
-            .into_iter()
-            .collect(),
+        read_paths,
         connect_ports,
         bind_ports: config.prometheus_export.port.into_iter().collect(),
         insecure_no_landlock: config.processor.insecure_no_landlock,

@@ -12,12 +12,14 @@ request to the output file, flattened for easy assertions:
    "points": [{"name", "unit", "temporality", "attributes": {...}, "resource": {...},
                "count", "sum", "bucket_counts", "explicit_bounds"}]}
 
-Usage: otlp_receiver.py OUT_FILE GRPC_PORT HTTP_PORT   (a port of 0 disables that transport)
+Usage: otlp_receiver.py OUT_FILE GRPC_PORT HTTP_PORT [CERT_PEM KEY_PEM]
+A port of 0 disables that transport; with a certificate and key both listeners speak TLS.
 Prints "ready" once both listeners accept.
 """
 
 import gzip
 import json
+import ssl
 import sys
 import threading
 from concurrent import futures
@@ -159,14 +161,24 @@ def http_handler(out):
 
 def main():
     out, grpc_port, http_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    tls = sys.argv[4:6] if len(sys.argv) >= 6 else None
     if grpc_port:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(out), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(out), server)
-        server.add_insecure_port(f"127.0.0.1:{grpc_port}")
+        if tls:
+            cert, key = (open(p, "rb").read() for p in tls)
+            creds = grpc.ssl_server_credentials([(key, cert)])
+            server.add_secure_port(f"127.0.0.1:{grpc_port}", creds)
+        else:
+            server.add_insecure_port(f"127.0.0.1:{grpc_port}")
         server.start()
     if http_port:
         httpd = ThreadingHTTPServer(("127.0.0.1", http_port), http_handler(out))
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls[0], tls[1])
+            httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
     print("ready", flush=True)
     threading.Event().wait()

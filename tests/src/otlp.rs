@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -44,14 +44,26 @@ impl Receiver {
     /// Starts the receiver on the given ports (0 disables a transport) and waits until it
     /// accepts. Requests are appended to `out`, which survives restarts.
     pub fn start(dir: &TempDir, grpc_port: u16, http_port: u16) -> Receiver {
+        Receiver::start_with(dir, grpc_port, http_port, None)
+    }
+
+    /// As `start`, speaking TLS with `tls` = (certificate, key) PEM files when given.
+    pub fn start_with(
+        dir: &TempDir,
+        grpc_port: u16,
+        http_port: u16,
+        tls: Option<(&Path, &Path)>,
+    ) -> Receiver {
         let out = dir.path("otlp.jsonl");
         let mut cmd = Command::new(otlp_python());
         cmd.arg(repo_root().join("tests/peers/otlp_receiver.py"))
             .arg(&out)
             .arg(grpc_port.to_string())
-            .arg(http_port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .arg(http_port.to_string());
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut proc = Proc::spawn("otlp-receiver", &mut cmd);
         let stdout = proc.child.stdout.take().expect("receiver stdout");
         let mut first = String::new();
@@ -202,4 +214,78 @@ pub fn start_rotel(grpc_port: u16, http_port: u16, forward_to: &str) -> Proc {
     crate::wait_for_port(grpc_port, Duration::from_secs(20));
     crate::wait_for_port(http_port, Duration::from_secs(20));
     p
+}
+
+/// A throwaway certificate authority and a server certificate it signed for `localhost` and
+/// 127.0.0.1, made with the openssl command: (CA certificate, server certificate, server key).
+pub fn test_certificates(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca_key, ca, key, csr, cert, ext) = (
+        dir.path("ca.key"),
+        dir.path("ca.pem"),
+        dir.path("server.key"),
+        dir.path("server.csr"),
+        dir.path("server.pem"),
+        dir.path("san.ext"),
+    );
+    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("san.ext");
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl (scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |v: &str| std::ffi::OsString::from(v);
+    openssl(&[
+        &s("req"),
+        &s("-x509"),
+        &s("-newkey"),
+        &s("rsa:2048"),
+        &s("-nodes"),
+        &s("-days"),
+        &s("1"),
+        &s("-subj"),
+        &s("/CN=sonde-test-ca"),
+        &s("-keyout"),
+        ca_key.as_os_str(),
+        &s("-out"),
+        ca.as_os_str(),
+    ]);
+    openssl(&[
+        &s("req"),
+        &s("-newkey"),
+        &s("rsa:2048"),
+        &s("-nodes"),
+        &s("-subj"),
+        &s("/CN=localhost"),
+        &s("-keyout"),
+        key.as_os_str(),
+        &s("-out"),
+        csr.as_os_str(),
+    ]);
+    openssl(&[
+        &s("x509"),
+        &s("-req"),
+        &s("-in"),
+        csr.as_os_str(),
+        &s("-CA"),
+        ca.as_os_str(),
+        &s("-CAkey"),
+        ca_key.as_os_str(),
+        &s("-CAcreateserial"),
+        &s("-days"),
+        &s("1"),
+        &s("-extfile"),
+        ext.as_os_str(),
+        &s("-out"),
+        cert.as_os_str(),
+    ]);
+    for p in [&ca, &cert] {
+        let _ = std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    }
+    (ca, cert, key)
 }

@@ -566,3 +566,61 @@ fn a_real_collector_in_between_forwards_every_span_and_point() {
         "{points:#?}"
     );
 }
+
+#[test]
+fn tls_endpoints_are_verified_against_the_configured_ca() {
+    let _guard = serial();
+    let dir = TempDir::new("otlp-tls");
+    let port = free_port();
+    let (ca, cert, key) = test_certificates(&dir);
+    let receiver = Receiver::start_with(&dir, free_port(), free_port(), Some((&cert, &key)));
+    let server = start_server(ServerKind::Python, port, &dir);
+    let traces = format!("https://localhost:{}", receiver.grpc_port);
+    let metrics = format!("https://localhost:{}/v1/metrics", receiver.http_port);
+    let ca_arg = ca.to_str().expect("utf-8 path").to_string();
+    let env = |with_ca: bool| {
+        let mut env = vec![
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces.as_str()),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics.as_str()),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+        ];
+        if with_ca {
+            env.push(("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_arg.as_str()));
+        }
+        env
+    };
+
+    // Trusting the test CA: gRPC over TLS and HTTPS both deliver.
+    let sonde = start_sonde(&dir, "", &env(true), port, server.pid());
+    let sent = send_standard_traffic(port);
+    let spans = receiver.wait_spans(sent.len(), Duration::from_secs(20), |s| {
+        s["attributes"]["server.port"] == port
+    });
+    assert_eq!(spans.len(), sent.len(), "{spans:#?}");
+    assert!(spans.iter().all(|s| s["transport"] == "grpc"));
+    let points = receiver.wait_points(DURATION, sent.len() as u64, Duration::from_secs(20), |p| {
+        p["resource"]["process.pid"] == server.pid()
+    });
+    assert_eq!(count_where(&points, DURATION, &[]), sent.len() as u64);
+    assert!(points.iter().all(|p| p["transport"] == "http"));
+    drop(sonde);
+
+    // Without it, the system's trust store does not know the test CA: nothing is sent, and
+    // the failure is logged and counted.
+    let before = receiver.requests().len();
+    let sonde = start_sonde(&dir, "", &env(false), port, server.pid());
+    let mut conn = HttpConn::open(port);
+    assert_eq!(conn.request("GET", "/ok/untrusted", None, false), 200);
+    drop(conn);
+    sonde.wait_log("OTLP export failing", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        receiver.requests().len(),
+        before,
+        "nothing reached an untrusted server"
+    );
+}

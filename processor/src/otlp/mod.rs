@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use opentelemetry::{
     KeyValue,
     metrics::{Histogram, MeterProvider},
@@ -151,6 +152,8 @@ impl Otlp {
         if traces.otlp.is_none() && metrics.otlp.is_none() {
             return Ok(None);
         }
+        // One crypto provider for every TLS client in the process (tonic's and reqwest's).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -430,7 +433,7 @@ fn span_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<SpanExpo
             over_grpc(SpanExporter::builder().with_tonic(), e, timeout)?.build()?
         }
         OtlpProtocol::HttpProtobuf => {
-            over_http(SpanExporter::builder().with_http(), e, timeout).build()?
+            over_http(SpanExporter::builder().with_http(), e, timeout)?.build()?
         }
     })
 }
@@ -441,7 +444,7 @@ fn metric_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<Metric
             over_grpc(MetricExporter::builder().with_tonic(), e, timeout)?.build()?
         }
         OtlpProtocol::HttpProtobuf => {
-            over_http(MetricExporter::builder().with_http(), e, timeout).build()?
+            over_http(MetricExporter::builder().with_http(), e, timeout)?.build()?
         }
     })
 }
@@ -452,15 +455,25 @@ fn over_grpc<B: WithExportConfig + WithTonicConfig>(
     e: &OtlpEndpoint,
     timeout: Duration,
 ) -> anyhow::Result<B> {
-    let b = builder
+    let mut b = builder
         .with_endpoint(e.url.clone())
         .with_timeout(timeout)
         .with_metadata(metadata(&e.headers)?);
-    Ok(if e.gzip {
-        b.with_compression(Compression::Gzip)
-    } else {
-        b
-    })
+    if e.gzip {
+        b = b.with_compression(Compression::Gzip);
+    }
+    if e.tls {
+        use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+        let tls = match &e.ca_file {
+            Some(path) => ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(path).with_context(
+                    || format!("reading the OTLP CA file {}", path.display()),
+                )?)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        b = b.with_tls_config(tls);
+    }
+    Ok(b)
 }
 
 /// The endpoint's settings on an HTTP/protobuf exporter builder of either signal.
@@ -468,16 +481,57 @@ fn over_http<B: WithExportConfig + WithHttpConfig>(
     builder: B,
     e: &OtlpEndpoint,
     timeout: Duration,
-) -> B {
+) -> anyhow::Result<B> {
     let b = builder
         .with_endpoint(e.url.clone())
         .with_timeout(timeout)
-        .with_headers(e.headers.iter().cloned().collect());
-    if e.gzip {
+        .with_headers(e.headers.iter().cloned().collect())
+        .with_http_client(http_client(e, timeout)?);
+    Ok(if e.gzip {
         b.with_compression(Compression::Gzip)
     } else {
         b
+    })
+}
+
+/// The HTTP client of one endpoint: for `https://`, rustls (ring) trusting exactly the
+/// configured CA file or, without one, the system's trust store.
+fn http_client(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder().timeout(timeout);
+    if e.tls {
+        let mut roots = rustls::RootCertStore::empty();
+        match &e.ca_file {
+            Some(path) => {
+                use rustls::pki_types::{CertificateDer, pem::PemObject};
+                for cert in CertificateDer::pem_file_iter(path)
+                    .with_context(|| format!("reading the OTLP CA file {}", path.display()))?
+                {
+                    roots.add(cert.context("a certificate of the OTLP CA file")?)?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    // A certificate the system store holds but rustls rejects is skipped.
+                    let _ = roots.add(cert);
+                }
+                anyhow::ensure!(
+                    !roots.is_empty(),
+                    "no trusted certificates in the system store for {}: {:?}",
+                    e.url,
+                    found.errors
+                );
+            }
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        b = b.tls_backend_preconfigured(config);
     }
+    Ok(b.build()?)
 }
 
 fn metadata(
@@ -713,6 +767,8 @@ mod tests {
                 port: 9,
                 headers: Vec::new(),
                 gzip: false,
+                tls: false,
+                ca_file: None,
             }),
             queue_size: 10,
             batch_max_size: 4,
