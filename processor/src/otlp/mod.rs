@@ -1,8 +1,10 @@
 //! OTLP export of spans and RED metrics (`otel_traces_export`, `otel_metrics_export`) with
-//! `opentelemetry-otlp`, over gRPC or HTTP/protobuf.
+//! `opentelemetry-otlp`, over gRPC or HTTP/protobuf, optionally gzip-compressed, over TLS
+//! (rustls with ring) for `https://` endpoints.
 //!
-//! The ring-buffer reader never waits on the network. Sampled spans go into a bounded queue
-//! (`queue_size`); when it is full the span is dropped and counted. Metrics are recorded in
+//! The ring-buffer reader never waits on the network. Sampled spans are handed to the
+//! exporter thread once per pass of the reader's loop, within a bound (`queue_size`) counted
+//! from hand-over to export; beyond it a span is dropped and counted. Metrics are recorded in
 //! memory by the reader thread into one `SdkMeterProvider` per instrumented process, each
 //! with its own resource (`service.*`, `process.*`, `host.name`, `telemetry.sdk.*`), so
 //! counts never depend on the collector. One exporter thread, running a single-threaded
