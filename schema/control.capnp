@@ -4,13 +4,14 @@
 # (unpacked, single segment preferred). File descriptors travel in the same datagram as
 # SCM_RIGHTS ancillary data and are referenced by their index in that datagram, because
 # capnp-rust cannot carry fds itself.
+#
+# The one encoder and decoder of these messages is schema/src/control.rs. The limits every field
+# is held to (string lengths, list lengths) live there, and the datagram size limit in
+# schema/src/channel.rs (MAX_MESSAGE_BYTES, 65536 bytes), next to the code that enforces them.
 @0xb7a3c2d15e8f4a91;
 
 # Bumped on any incompatible change. Both sides refuse a peer with another version.
 const protocolVersion :UInt32 = 1;
-
-# Largest datagram either side sends or accepts.
-const maxMessageBytes :UInt32 = 65536;
 
 struct ProcessorMessage {
   union {
@@ -25,11 +26,9 @@ struct ProcessorMessage {
 }
 
 struct Narrow {
-  # At most maxNarrowPids per message.
+  # At most MAX_NARROW_PIDS (schema/src/control.rs) per message.
   stopPids @0 :List(UInt32);
 }
-
-const maxNarrowPids :UInt32 = 1024;
 
 struct Hello {
   protocolVersion @0 :UInt32;
@@ -48,7 +47,7 @@ struct SandboxState {
 struct LoaderMessage {
   union {
     welcome @0 :Welcome;
-    processAdded @1 :ProcessInfo;
+    processAdded @1 :ProcessRecord;
     processRemoved @2 :UInt32;
     kernelStats @3 :KernelStats;
     refused @4 :Text;
@@ -69,7 +68,8 @@ struct RingBuffer {
   pageSize @2 :UInt32;
 }
 
-struct ProcessInfo {
+# A process the loader captures (struct names are not on the wire: this was ProcessInfo).
+struct ProcessRecord {
   pid @0 :UInt32;
   exePath @1 :Text;
   cmdline @2 :List(Text);

@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let mut assembler = Assembler::new(Duration::from_millis(1), 4);
     let mut rng = rand::rng();
     let now = Instant::now();
-    let routes = sonde_config::RoutesConfig {
+    let routes = sonde_processor::config::RoutesConfig {
         patterns: vec!["/user/{id}".into(), "/static/*".into()],
         ignored_patterns: vec!["/health".into()],
         max_path_segment_cardinality: 2,

@@ -11,8 +11,10 @@ use std::{
 
 use caps::Capability;
 use serde::{Deserialize, Serialize};
+use sonde_plumbing::proc_status::ProcStatus;
+use sonde_schema::control::Hello;
 
-use crate::{control::HelloInfo, privileges};
+use crate::privileges;
 
 /// The status file for a control socket path.
 pub fn status_path(control_socket: &Path) -> PathBuf {
@@ -32,7 +34,7 @@ pub struct Status {
 pub struct ProcessorStatus {
     pub pid: u32,
     pub uid: u32,
-    pub hello: HelloInfo,
+    pub hello: Hello,
 }
 
 impl Status {
@@ -80,16 +82,6 @@ pub struct CapabilityView {
     pub inheritable: Vec<String>,
 }
 
-fn status_text(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
-}
-
-fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-        .map(str::trim)
-}
-
 fn cap_names(mask: u64) -> Vec<Capability> {
     caps::all()
         .into_iter()
@@ -104,14 +96,8 @@ fn names(caps: &[Capability]) -> Vec<String> {
 }
 
 fn view(pid: u32) -> Option<ProcessView> {
-    let text = status_text(pid)?;
-    let mask = |n: &str| {
-        field(&text, n)
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .unwrap_or(0)
-    };
-    let num = |n: &str| field(&text, n).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut effective: Vec<(String, String)> = cap_names(mask("CapEff"))
+    let status = ProcStatus::of(pid).ok()?;
+    let mut effective: Vec<(String, String)> = cap_names(status.cap_eff)
         .into_iter()
         .map(|c| {
             (
@@ -125,20 +111,18 @@ fn view(pid: u32) -> Option<ProcessView> {
     effective.sort();
     Some(ProcessView {
         pid,
-        comm: std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .map(|c| c.trim().to_string())
-            .unwrap_or_default(),
-        uid: field(&text, "Uid").unwrap_or("").replace('\t', " "),
-        gid: field(&text, "Gid").unwrap_or("").replace('\t', " "),
-        no_new_privs: num("NoNewPrivs") == 1,
-        seccomp_mode: num("Seccomp"),
-        seccomp_filters: num("Seccomp_filters"),
+        comm: status.name,
+        uid: status.uid.to_string(),
+        gid: status.gid.to_string(),
+        no_new_privs: status.no_new_privs,
+        seccomp_mode: status.seccomp.unwrap_or(0),
+        seccomp_filters: status.seccomp_filters.unwrap_or(0),
         capabilities: CapabilityView {
             effective,
-            permitted: names(&cap_names(mask("CapPrm"))),
-            bounding: names(&cap_names(mask("CapBnd"))),
-            ambient: names(&cap_names(mask("CapAmb"))),
-            inheritable: names(&cap_names(mask("CapInh"))),
+            permitted: names(&cap_names(status.cap_prm)),
+            bounding: names(&cap_names(status.cap_bnd)),
+            ambient: names(&cap_names(status.cap_amb)),
+            inheritable: names(&cap_names(status.cap_inh)),
         },
     })
 }
@@ -227,7 +211,7 @@ pub fn report(control_socket: &Path) -> Report {
                 .as_ref()
                 .and_then(|s| s.processor.as_ref())
                 .filter(|p| p.pid == process.pid)
-                .and_then(|p| p.hello.landlock);
+                .and_then(|p| p.hello.sandbox.map(|s| s.landlock));
             ProcessorView { process, landlock }
         })
         .collect();

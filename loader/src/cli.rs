@@ -3,9 +3,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Parser;
-use sonde_config::{Config, ExeGlob, PortSet};
+use sonde_config::{Config, ExeGlob, FileText, PortSet};
+
+/// Exit code of a configuration error (the loader's own, or the processor's).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// The file is handed to the processor through a pipe written before the child runs; a pipe
+/// holds 64 KiB, so a larger file could never be written.
+const MAX_HANDED_CONFIG: usize = 60 << 10;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,9 +53,21 @@ pub struct Cli {
 }
 
 impl Cli {
-    /// Builds the effective configuration: defaults < file < environment < flags.
-    pub fn config(&self) -> Result<Config> {
-        let mut config = Config::from_process(self.config.as_deref())?;
+    /// Builds the effective configuration: defaults < file < environment < flags; also
+    /// returns the file's text, handed unchanged to the processor `sonde` starts.
+    pub fn config(&self) -> Result<(Config, Option<FileText>)> {
+        let env = sonde_config::process_env();
+        let file = FileText::locate(self.config.as_deref(), &env)?;
+        if let Some(f) = &file
+            && f.text.len() > MAX_HANDED_CONFIG
+        {
+            bail!(
+                "config file {} is {} bytes; at most {MAX_HANDED_CONFIG} can be handed to the processor",
+                f.path.display(),
+                f.text.len()
+            );
+        }
+        let mut config = Config::load(file.as_ref(), &env)?;
         if let Some(p) = &self.open_port {
             config.open_port = Some(PortSet::parse("--open-port", p)?);
         }
@@ -64,7 +83,7 @@ impl Cli {
                 sonde_config::DEFAULT_OPEN_PORTS
             );
         }
-        Ok(config)
+        Ok((config, file))
     }
 }
 
@@ -83,16 +102,27 @@ pub fn init_logging(level: sonde_config::LogLevel) {
 pub fn main_with(always_spawn_processor: bool) -> std::process::ExitCode {
     let cli = Cli::parse();
     let spawn_processor = always_spawn_processor || cli.spawn_processor;
-    let config = match cli.config() {
+    let (config, file) = match cli.config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sonde: configuration error: {e:#}");
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(EXIT_CONFIG);
         }
     };
+    let processor_config = file.map(|f| f.text).unwrap_or_default();
     if cli.print_config {
         print!("{}", config.to_yaml());
-        return std::process::ExitCode::SUCCESS;
+        // The child writes to the same standard output: ours must be out first.
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        if !spawn_processor {
+            return std::process::ExitCode::SUCCESS;
+        }
+        // The processor's sections are the processor's to parse and print.
+        return exit_code(crate::processor_config::run(
+            &config,
+            &processor_config,
+            crate::processor_config::Pass::PrintOwn,
+        ));
     }
     if cli.check_runtime_policy {
         return match crate::sandbox::check_runtime_policy(spawn_processor) {
@@ -120,10 +150,20 @@ pub fn main_with(always_spawn_processor: bool) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         };
     }
+    // The processor's sections are checked by the processor's own parser, before anything is
+    // attached, so a bad value stops the loader naming its key.
+    if let Err(e) = crate::processor_config::run(
+        &config,
+        &processor_config,
+        crate::processor_config::Pass::Check,
+    ) {
+        eprintln!("sonde: configuration error: {e:#}");
+        return std::process::ExitCode::from(EXIT_CONFIG);
+    }
     init_logging(config.log_level);
     let options = crate::RunOptions {
-        config_path: cli.config.clone(),
         spawn_processor,
+        processor_config,
     };
     match crate::run(config, options) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -131,6 +171,17 @@ pub fn main_with(always_spawn_processor: bool) -> std::process::ExitCode {
             tracing::error!("{e:#}");
             eprintln!("sonde: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The exit code for the processor's verdict on its configuration.
+fn exit_code(result: Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sonde: {e:#}");
+            std::process::ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The loader's end of the control socket: a `SOCK_SEQPACKET` listener whose peers must pass
-//! an `SO_PEERCRED` check and a protocol version check before they receive any fd.
+//! an `SO_PEERCRED` check and a protocol version check before they receive any fd. The
+//! messages themselves are `sonde_schema::control`'s; this module is only the socket side.
 
 use std::{
     os::{
@@ -21,10 +22,10 @@ use nix::{
 };
 use sonde_schema::{
     channel,
-    control_capnp::{loader_message, processor_message},
+    control::{ControlError, Hello, LoaderMessage, ProcessorMessage, Welcome},
 };
 
-use crate::{ProcessorIdentity, selection::ProcessMeta};
+use crate::identity::ProcessorIdentity;
 
 /// Who may connect.
 #[derive(Debug, Clone)]
@@ -107,7 +108,7 @@ impl ControlListener {
         let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED")?;
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
         if !policy.allows(uid, gid) {
-            let _ = send_refusal(conn.as_fd(), "peer credentials not allowed");
+            refuse(conn.as_fd(), "peer credentials not allowed");
             bail!(
                 "refused control connection from pid {pid} uid {uid} gid {gid}: not in the allowed uids {:?} / gid {:?}",
                 policy.uids,
@@ -128,46 +129,9 @@ impl Drop for ControlListener {
     }
 }
 
-/// A message from the processor after its hello.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FromProcessor {
-    Narrow(Vec<u32>),
-    Goodbye(String),
-}
-
-/// Decodes a post-hello message: a narrowing request (size-checked) or a goodbye.
-pub fn read_processor_message(datagram: &channel::Datagram) -> Result<FromProcessor> {
-    if !datagram.fds.is_empty() {
-        bail!("the processor sent file descriptors");
-    }
-    let message = datagram.message().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let root = message.get_root::<processor_message::Reader<'_>>()?;
-    match root.which()? {
-        processor_message::Which::Goodbye(r) => {
-            Ok(FromProcessor::Goodbye(r?.to_string().unwrap_or_default()))
-        }
-        processor_message::Which::Narrow(n) => {
-            let pids = n?.get_stop_pids()?;
-            if pids.len() > sonde_schema::control_capnp::MAX_NARROW_PIDS {
-                bail!("narrowing request with {} pids", pids.len());
-            }
-            Ok(FromProcessor::Narrow(pids.iter().collect()))
-        }
-        processor_message::Which::Hello(_) => bail!("a second hello"),
-    }
-}
-
-/// What a processor says about itself in its Hello.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HelloInfo {
-    pub agent: String,
-    /// Reported sandbox; None from a processor that does not report one.
-    pub landlock: Option<bool>,
-    pub seccomp_filters: Option<u8>,
-}
-
-/// Waits (bounded) for the processor's Hello and checks its protocol version.
-pub fn read_hello(conn: BorrowedFd<'_>) -> Result<HelloInfo> {
+/// Waits (bounded) for the processor's hello; a processor of another protocol version is told
+/// why before the connection closes.
+pub fn read_hello(conn: BorrowedFd<'_>) -> Result<Hello> {
     let mut fds = [PollFd::new(conn, PollFlags::POLLIN)];
     let ready = poll(
         &mut fds,
@@ -177,117 +141,45 @@ pub fn read_hello(conn: BorrowedFd<'_>) -> Result<HelloInfo> {
     if ready == 0 {
         bail!("processor sent no hello within 5 s");
     }
-    let datagram = channel::recv(conn, 0).map_err(|e| anyhow::anyhow!("reading hello: {e}"))?;
-    let message = datagram.message().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let root = message.get_root::<processor_message::Reader<'_>>()?;
-    let processor_message::Which::Hello(hello) = root.which()? else {
-        bail!("first message was not a hello");
-    };
-    let hello = hello?;
-    let version = hello.get_protocol_version();
-    if version != sonde_schema::control_capnp::PROTOCOL_VERSION {
-        let _ = send_refusal(conn, "protocol version mismatch");
-        bail!(
-            "processor speaks protocol {version}, loader speaks {}",
-            sonde_schema::control_capnp::PROTOCOL_VERSION
-        );
-    }
-    let agent = hello.get_agent()?.to_string().unwrap_or_default();
-    let (landlock, seccomp_filters) = if hello.has_sandbox() {
-        let s = hello.get_sandbox()?;
-        (Some(s.get_landlock()), Some(s.get_seccomp_filters()))
-    } else {
-        (None, None)
-    };
-    Ok(HelloInfo {
-        agent,
-        landlock,
-        seccomp_filters,
-    })
-}
-
-fn send_refusal(conn: BorrowedFd<'_>, why: &str) -> Result<()> {
-    let mut msg = capnp::message::Builder::new_default();
-    msg.init_root::<loader_message::Builder<'_>>()
-        .set_refused(why);
-    channel::send(conn, &msg, &[]).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-pub fn send_welcome(conn: BorrowedFd<'_>, ring_fd: BorrowedFd<'_>, data_size: u32) -> Result<()> {
-    let mut msg = capnp::message::Builder::new_default();
-    {
-        let mut welcome = msg
-            .init_root::<loader_message::Builder<'_>>()
-            .init_welcome();
-        welcome.set_protocol_version(sonde_schema::control_capnp::PROTOCOL_VERSION);
-        let mut rb = welcome.init_ring_buffer();
-        rb.set_fd_index(0);
-        rb.set_data_size(data_size);
-        rb.set_page_size(page_size());
-    }
-    channel::send(conn, &msg, &[ring_fd]).map_err(|e| anyhow::anyhow!("sending welcome: {e}"))
-}
-
-pub fn send_process_added(conn: BorrowedFd<'_>, meta: &ProcessMeta) -> Result<()> {
-    let mut msg = capnp::message::Builder::new_default();
-    {
-        let mut p = msg
-            .init_root::<loader_message::Builder<'_>>()
-            .init_process_added();
-        p.set_pid(meta.pid);
-        p.set_exe_path(truncate(&meta.exe_path, 4096));
-        p.set_service_name(truncate(&meta.service_name, 256));
-        p.set_reason(&meta.reason);
-        // Bounded so a process with a huge command line cannot exceed the datagram limit.
-        let args: Vec<&str> = meta
-            .cmdline
-            .iter()
-            .take(64)
-            .map(|a| truncate(a, 256))
-            .collect();
-        let mut list = p.init_cmdline(args.len() as u32);
-        for (i, a) in args.iter().enumerate() {
-            list.set(i as u32, *a);
+    let datagram = channel::recv(conn, 0).map_err(|source| ControlError::Recv {
+        expecting: "hello",
+        source,
+    })?;
+    match ProcessorMessage::decode(&datagram) {
+        Ok(ProcessorMessage::Hello(hello)) => Ok(hello),
+        Ok(other) => Err(ControlError::Unexpected {
+            expected: "hello",
+            got: other.name(),
         }
-    }
-    channel::send(conn, &msg, &[]).map_err(|e| anyhow::anyhow!("sending process {}: {e}", meta.pid))
-}
-
-pub fn send_process_removed(conn: BorrowedFd<'_>, pid: u32) -> Result<()> {
-    let mut msg = capnp::message::Builder::new_default();
-    msg.init_root::<loader_message::Builder<'_>>()
-        .set_process_removed(pid);
-    channel::send(conn, &msg, &[]).map_err(|e| anyhow::anyhow!("sending removal of {pid}: {e}"))
-}
-
-pub fn send_kernel_stats(conn: BorrowedFd<'_>, counters: &[(&str, u64)]) -> Result<()> {
-    let mut msg = capnp::message::Builder::new_default();
-    {
-        let stats = msg
-            .init_root::<loader_message::Builder<'_>>()
-            .init_kernel_stats();
-        let mut list = stats.init_counters(counters.len() as u32);
-        for (i, (name, value)) in counters.iter().enumerate() {
-            let mut c = list.reborrow().get(i as u32);
-            c.set_name(*name);
-            c.set_value(*value);
+        .into()),
+        Err(e @ ControlError::Version { .. }) => {
+            refuse(conn, "protocol version mismatch");
+            Err(e.into())
         }
+        Err(e) => Err(e.into()),
     }
-    channel::send(conn, &msg, &[]).map_err(|e| anyhow::anyhow!("sending kernel stats: {e}"))
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+/// Hands the processor the HTTP event ring buffer: its fd and the geometry to map it.
+pub fn send_welcome(
+    conn: BorrowedFd<'_>,
+    ring_fd: BorrowedFd<'_>,
+    data_size: u32,
+) -> Result<(), ControlError> {
+    let welcome = Welcome {
+        data_size,
+        page_size: page_size(),
+    };
+    LoaderMessage::Welcome(welcome).send(conn, &[ring_fd])
 }
 
-pub fn page_size() -> u32 {
+/// Tells a peer why it is not served (best effort: the connection closes either way).
+fn refuse(conn: BorrowedFd<'_>, why: &str) {
+    let _ = LoaderMessage::Refused(why.to_string()).send(conn, &[]);
+}
+
+/// The page size the processor maps the ring buffer with (the kernel's, as this side sees it).
+fn page_size() -> u32 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()
@@ -297,42 +189,6 @@ pub fn page_size() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn datagram(build: impl FnOnce(processor_message::Builder<'_>)) -> channel::Datagram {
-        let mut msg = capnp::message::Builder::new_default();
-        build(msg.init_root::<processor_message::Builder<'_>>());
-        channel::Datagram {
-            bytes: capnp::serialize::write_message_to_words(&msg),
-            fds: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn processor_messages_after_hello() {
-        let narrow = datagram(|m| {
-            let mut p = m.init_narrow().init_stop_pids(2);
-            p.set(0, 10);
-            p.set(1, 20);
-        });
-        assert_eq!(
-            read_processor_message(&narrow).unwrap(),
-            FromProcessor::Narrow(vec![10, 20])
-        );
-        let too_many = datagram(|m| {
-            m.init_narrow()
-                .init_stop_pids(sonde_schema::control_capnp::MAX_NARROW_PIDS + 1);
-        });
-        assert!(read_processor_message(&too_many).is_err());
-        let bye = datagram(|mut m| m.set_goodbye("stopping"));
-        assert_eq!(
-            read_processor_message(&bye).unwrap(),
-            FromProcessor::Goodbye("stopping".into())
-        );
-        let hello = datagram(|m| {
-            m.init_hello();
-        });
-        assert!(read_processor_message(&hello).is_err());
-    }
 
     #[test]
     fn peer_policy_by_user_and_by_group() {

@@ -1,4 +1,4 @@
-//! What the loader learns about the running kernel before loading: tracefs and bpffs mounts,
+//! What the loader learns about the running kernel before loading: the tracefs mount,
 //! tracepoint record offsets (from tracefs `format` files) and `struct sock_common` field
 //! offsets (from `/sys/kernel/btf/vmlinux`). Rust eBPF has no CO-RE relocations, so these are
 //! handed to the kernel programs as read-only globals instead of being hard-coded.
@@ -8,7 +8,6 @@ use std::{fs, path::Path};
 use btf_rs::{Btf, Type};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
-pub const BPFFS: &str = "/sys/fs/bpf";
 
 /// Errors from inspecting the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -24,49 +23,38 @@ pub enum LayoutError {
     Btf(String),
     #[error("kernel BTF has no member {field} in struct {ty}")]
     MissingMember { ty: String, field: String },
-    #[error("mounting {fs} at {target} failed: {source}")]
-    Mount {
-        fs: &'static str,
-        target: &'static str,
-        source: nix::Error,
-    },
+    #[error(
+        "mounting tracefs at {TRACEFS} failed: {0} (mount it before starting the loader, or grant CAP_SYS_ADMIN)"
+    )]
+    MountTracefs(nix::Error),
 }
 
-fn is_mounted(target: &str, fstype: &str) -> bool {
-    fs::read_to_string("/proc/mounts")
-        .map(|m| {
-            m.lines().any(|l| {
-                let mut f = l.split_whitespace();
-                let _dev = f.next();
-                f.next() == Some(target) && f.next() == Some(fstype)
-            })
-        })
-        .unwrap_or(false)
+fn is_mounted(mounts: &str, target: &str, fstype: &str) -> bool {
+    mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let _dev = f.next();
+        f.next() == Some(target) && f.next() == Some(fstype)
+    })
 }
 
-/// Mounts tracefs and bpffs when they are missing (a fresh machine has neither).
-/// Returns what was mounted, for the log.
-pub fn ensure_mounts() -> Result<Vec<&'static str>, LayoutError> {
-    let mut mounted = Vec::new();
-    for (fstype, target) in [("tracefs", TRACEFS), ("bpf", BPFFS)] {
-        if is_mounted(target, fstype) {
-            continue;
-        }
-        nix::mount::mount(
-            Some(fstype),
-            target,
-            Some(fstype),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|source| LayoutError::Mount {
-            fs: fstype,
-            target,
-            source,
-        })?;
-        mounted.push(target);
+/// Mounts tracefs when it is missing (a fresh machine lacks it): the tracepoint format files
+/// and ids are read from it. That mount is the loader's only use of `CAP_SYS_ADMIN`, and only
+/// where tracefs is not already mounted. Nothing is pinned, so bpffs is not needed. Returns
+/// whether it mounted tracefs, for the log.
+pub fn ensure_tracefs() -> Result<bool, LayoutError> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if is_mounted(&mounts, TRACEFS, "tracefs") {
+        return Ok(false);
     }
-    Ok(mounted)
+    nix::mount::mount(
+        Some("tracefs"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(LayoutError::MountTracefs)?;
+    Ok(true)
 }
 
 /// Byte offset of `field` in the record of tracepoint `category/name`.
@@ -235,6 +223,14 @@ mod tests {
         \tfield:__u16 family;\toffset:16;\tsize:2;\tsigned:0;\n\
         \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
         \tfield:int ret;\toffset:20;\tsize:4;\tsigned:1;\n";
+
+    #[test]
+    fn finds_a_mount_by_target_and_type() {
+        let mounts = "sysfs /sys sysfs rw 0 0\ntracefs /sys/kernel/tracing tracefs rw 0 0\n";
+        assert!(is_mounted(mounts, TRACEFS, "tracefs"));
+        assert!(!is_mounted(mounts, "/sys/kernel", "tracefs"));
+        assert!(!is_mounted(mounts, "/sys", "tracefs"));
+    }
 
     #[test]
     fn parses_format_offsets() {

@@ -1,18 +1,20 @@
-//! sonde-loader: the small privileged half of Sonde. It mounts what the kernel programs need,
-//! loads and attaches them, drops to its run-time capabilities, keeps the PID filter in step
+//! sonde-loader: the small privileged half of Sonde. It mounts tracefs if missing, loads and
+//! attaches the kernel programs, drops to its run-time capabilities, keeps the PID filter in step
 //! with the configured selection, and hands the ring buffer fd plus process metadata to an
 //! authenticated processor over the control socket. It never parses payload bytes.
 //!
 //! The start-up sequence, in order:
-//! 1. read configuration; 2. mount tracefs/bpffs if missing; 3. load + attach probes;
+//! 1. read configuration; 2. mount tracefs if missing; 3. load + attach probes;
 //! 4. bind the control socket; 5. drop capabilities; 6. run the event loop.
 
 pub mod audit;
 pub mod cli;
+pub mod identity;
 pub mod control;
 pub mod kernel_layout;
 pub mod privileges;
 pub mod probes;
+pub mod processor_config;
 pub mod sandbox;
 pub mod selection;
 pub mod supervisor;
@@ -20,99 +22,32 @@ pub mod supervisor;
 use std::{
     collections::BTreeMap,
     os::fd::{AsFd, OwnedFd},
-    path::PathBuf,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use sonde_config::Config;
+use sonde_schema::control::{LoaderMessage, ProcessRecord, ProcessorMessage};
 use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent};
 use tracing::{debug, info, warn};
 
 use crate::{
     control::{ControlListener, PeerPolicy},
+    identity::{ProcessorIdentity, resolve_processor},
     probes::{ProbeSizes, Probes},
-    selection::{ProcessMeta, Selector},
+    selection::Selector,
     supervisor::{ProcessorSpec, Supervisor},
 };
 
 /// How the loader was started.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub config_path: Option<PathBuf>,
     /// Single-host mode: start and supervise `sonde-processor` as the configured user.
     pub spawn_processor: bool,
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// `processor.user` value meaning "any user of `processor.group`": for a processor whose uid
-/// is not known in advance (systemd `DynamicUser=`, a pod's random uid).
-pub const ANY_USER: &str = "*";
-
-/// Who the processor is, as far as the control socket is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProcessorIdentity {
-    /// A known user; `gid` is `processor.group` or the user's primary group.
-    User { uid: u32, gid: u32 },
-    /// Any uid whose gid is `gid` (`processor.user: "*"`).
-    AnyUserOfGroup { gid: u32 },
-}
-
-fn resolve_group(group: &str) -> Result<u32> {
-    match group.parse::<u32>() {
-        Ok(gid) => Ok(gid),
-        Err(_) => Ok(nix::unistd::Group::from_name(group)
-            .with_context(|| format!("looking up processor.group {group:?}"))?
-            .with_context(|| format!("processor.group {group:?}: no such group"))?
-            .gid
-            .as_raw()),
-    }
-}
-
-/// Resolves `processor.user` (a name, a numeric uid or `*`) and `processor.group`.
-pub fn resolve_processor(user: &str, group: Option<&str>) -> Result<ProcessorIdentity> {
-    if user == ANY_USER {
-        let Some(group) = group else {
-            bail!(
-                "processor.user \"*\" (any user) needs processor.group: the group is then what the control socket checks"
-            );
-        };
-        let gid = resolve_group(group)?;
-        if gid == 0 {
-            bail!("processor.group {group:?} is root's group; the processor must run unprivileged");
-        }
-        return Ok(ProcessorIdentity::AnyUserOfGroup { gid });
-    }
-    let (uid, primary_gid) = match user.parse::<u32>() {
-        Ok(uid) => {
-            let gid = nix::unistd::User::from_uid(uid.into())
-                .ok()
-                .flatten()
-                .map_or(uid, |u| u.gid.as_raw());
-            (uid, gid)
-        }
-        Err(_) => {
-            let u = nix::unistd::User::from_name(user)
-                .with_context(|| format!("looking up processor.user {user:?}"))?
-                .with_context(|| format!("processor.user {user:?}: no such user"))?;
-            (u.uid.as_raw(), u.gid.as_raw())
-        }
-    };
-    let gid = match group {
-        None => primary_gid,
-        Some(g) => resolve_group(g)?,
-    };
-    if uid == 0 {
-        bail!("processor.user {user:?} is root; the processor must run unprivileged");
-    }
-    Ok(ProcessorIdentity::User { uid, gid })
+    /// The configuration file's text, handed unchanged to the processor `sonde` starts (on
+    /// its standard input: it may not be allowed to read the file).
+    pub processor_config: String,
 }
 
 /// Capabilities the loader needs in its effective set at start-up; their absence is reported
@@ -152,9 +87,8 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
         );
     }
 
-    let mounted = kernel_layout::ensure_mounts().context("mounting kernel filesystems")?;
-    if !mounted.is_empty() {
-        info!(?mounted, "mounted missing kernel filesystems");
+    if kernel_layout::ensure_tracefs()? {
+        info!(path = kernel_layout::TRACEFS, "mounted tracefs");
     }
     let mut probes = Probes::load(&ProbeSizes {
         ring_buffer_bytes: config.ebpf.ring_buffer_bytes,
@@ -188,31 +122,13 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
     let kept = privileges::drop_to(&keep).context("dropping capabilities")?;
     info!(capabilities = ?kept, "dropped to run-time capabilities");
 
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        let action = nix::sys::signal::SigAction::new(
-            nix::sys::signal::SigHandler::Handler(on_stop_signal),
-            nix::sys::signal::SaFlags::empty(),
-            nix::sys::signal::SigSet::empty(),
-        );
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &action) }
-            .context("installing signal handlers")?;
-    }
+    sonde_plumbing::stop::install()?;
     let filters = sandbox::apply_runtime_policy(options.spawn_processor)
         .context("installing the run-time seccomp policy")?;
     info!(?filters, "run-time seccomp policy installed");
 
     let mut supervisor = options.spawn_processor.then(|| {
-        let binary = config
-            .processor
-            .binary
-            .clone()
-            .unwrap_or_else(|| sibling_binary("sonde-processor"));
-        // The effective configuration (file, environment and flags resolved) goes to the
-        // processor on its standard input: it may not be allowed to read the file.
+        let binary = processor_config::processor_binary(&config);
         let args: Vec<std::ffi::OsString> = vec![
             "--control".into(),
             config.control_socket.clone().into(),
@@ -230,7 +146,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
             uid,
             gid,
             env: supervisor::processor_env(),
-            config_yaml: config.to_yaml_with_secrets(),
+            config_yaml: options.processor_config.clone(),
         })
     });
 
@@ -254,7 +170,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
     let mut last_rescan = Instant::now();
     let mut last_stats = Instant::now();
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
-    while !STOP.load(Ordering::SeqCst) {
+    while !sonde_plumbing::stop::requested() {
         if let Some(s) = supervisor.as_mut() {
             s.tick();
         }
@@ -287,13 +203,23 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
                 0,
             ) {
                 Err(e) => {
-                    info!(reason = %e, "processor disconnected");
+                    info!(
+                        reason = format!("{:#}", anyhow::Error::new(e)),
+                        "processor disconnected"
+                    );
                     state.disconnect();
                 }
-                Ok(datagram) => match control::read_processor_message(&datagram) {
-                    Ok(control::FromProcessor::Narrow(pids)) => state.narrow(&mut probes, &pids),
-                    Ok(control::FromProcessor::Goodbye(reason)) => {
+                Ok(datagram) => match ProcessorMessage::decode(&datagram) {
+                    Ok(ProcessorMessage::Narrow(pids)) => state.narrow(&mut probes, &pids),
+                    Ok(ProcessorMessage::Goodbye(reason)) => {
                         info!(reason, "processor said goodbye");
+                        state.disconnect();
+                    }
+                    Ok(ProcessorMessage::Hello(_)) => {
+                        warn!(
+                            error = "a second hello",
+                            "processor sent an unexpected message; closing its connection"
+                        );
                         state.disconnect();
                     }
                     Err(e) => {
@@ -329,18 +255,9 @@ pub fn run(config: Config, options: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// The reason of a processor's goodbye message, if that is what the datagram holds.
-/// Path of a binary installed next to the running one.
-fn sibling_binary(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(|d| d.join(name)))
-        .unwrap_or_else(|| PathBuf::from(name))
-}
-
 struct LoaderState<'a> {
     config: &'a Config,
-    selected: BTreeMap<u32, ProcessMeta>,
+    selected: BTreeMap<u32, ProcessRecord>,
     /// Processes the processor asked to stop capturing; they stay out until they exit.
     narrowed_out: std::collections::BTreeSet<u32>,
     client: Option<OwnedFd>,
@@ -371,14 +288,14 @@ impl LoaderState<'_> {
             let ring = probes.events_fd()?;
             control::send_welcome(conn.as_fd(), ring.as_fd(), probes.ring_buffer_bytes)?;
             for meta in self.selected.values() {
-                control::send_process_added(conn.as_fd(), meta)?;
+                LoaderMessage::ProcessAdded(meta.clone()).send(conn.as_fd(), &[])?;
             }
             info!(
                 pid,
                 uid,
                 agent = hello.agent,
-                landlock = ?hello.landlock,
-                seccomp_filters = ?hello.seccomp_filters,
+                landlock = ?hello.sandbox.map(|s| s.landlock),
+                seccomp_filters = ?hello.sandbox.map(|s| s.seccomp_filters),
                 processes = self.selected.len(),
                 "processor connected; ring buffer handed over"
             );
@@ -417,13 +334,14 @@ impl LoaderState<'_> {
         }
     }
 
-    fn add(&mut self, probes: &mut Probes, meta: ProcessMeta) {
+    fn add(&mut self, probes: &mut Probes, meta: ProcessRecord) {
         if self.selected.contains_key(&meta.pid) || self.narrowed_out.contains(&meta.pid) {
             return;
         }
         // Metadata goes out before the pid enters the filter, so the processor always knows a
         // process before its first event.
-        self.with_client("process added", |c| control::send_process_added(c, &meta));
+        let added = LoaderMessage::ProcessAdded(meta.clone());
+        self.with_client("process added", |c| Ok(added.send(c, &[])?));
         if let Err(e) = probes.select_pid(meta.pid) {
             warn!(pid = meta.pid, error = %e, "cannot add pid to the kernel filter");
             return;
@@ -458,7 +376,8 @@ impl LoaderState<'_> {
     fn remove(&mut self, probes: &mut Probes, pid: u32) {
         if self.selected.remove(&pid).is_some() {
             probes.unselect_pid(pid);
-            self.with_client("process removed", |c| control::send_process_removed(c, pid));
+            let removed = LoaderMessage::ProcessRemoved(pid);
+            self.with_client("process removed", |c| Ok(removed.send(c, &[])?));
             info!(pid, "process deselected");
         }
     }
@@ -512,7 +431,7 @@ impl LoaderState<'_> {
                     if selection::is_process(child)
                         && let Some(parent) = self.selected.get(&ev.pid).cloned()
                     {
-                        let meta = ProcessMeta {
+                        let meta = ProcessRecord {
                             pid: child,
                             reason: format!("child of {}", ev.pid),
                             ..parent
@@ -530,6 +449,8 @@ impl LoaderState<'_> {
     }
 
     fn send_stats(&mut self, counters: &[(&'static str, u64)]) {
-        self.with_client("kernel stats", |c| control::send_kernel_stats(c, counters));
+        let stats =
+            LoaderMessage::KernelStats(counters.iter().map(|&(n, v)| (n.to_string(), v)).collect());
+        self.with_client("kernel stats", |c| Ok(stats.send(c, &[])?));
     }
 }

@@ -9,8 +9,10 @@
 //!   crash), `CAP_SETPCAP` (empty the child's bounding set before exec) and `CAP_KILL` (stop a
 //!   processor running under another uid).
 //!
-//! Loading programs (`CAP_BPF`, `CAP_PERFMON`, `CAP_SYS_ADMIN` for tracefs/bpffs mounts) is a
-//! start-up need only; map updates on fds already held need no capability (Linux ≥ 6.5).
+//! Loading programs (`CAP_BPF`, `CAP_PERFMON`) is a start-up need only, and so is
+//! `CAP_SYS_ADMIN`, which the loader uses only to mount tracefs where it is not mounted yet
+//! (nothing is pinned, so bpffs is never needed); map updates on fds already held need no
+//! capability (Linux ≥ 6.5).
 
 use anyhow::{Context, Result};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -36,7 +38,7 @@ pub fn reason(cap: Capability) -> Option<&'static str> {
             "start-up only: load and attach the kernel programs"
         }
         Capability::CAP_CHOWN => "start-up only: give the control socket to the processor",
-        Capability::CAP_SYS_ADMIN => "start-up only, when missing: mount tracefs and bpffs",
+        Capability::CAP_SYS_ADMIN => "start-up only, when tracefs is not mounted: mount it",
         _ => return None,
     })
 }

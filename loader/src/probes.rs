@@ -129,10 +129,10 @@ impl Probes {
             .map_err(ProbeError::Load)?;
 
         for tp in RAW_TRACEPOINTS {
-            attach_raw(&mut ebpf, tp)?;
+            attach(&mut ebpf, tp, Hook::Raw)?;
         }
         for tp in SCHED_TRACEPOINTS {
-            attach(&mut ebpf, tp, ("sched", tp))?;
+            attach(&mut ebpf, tp, Hook::Tracepoint("sched"))?;
         }
 
         let pid_bitmap =
@@ -239,50 +239,40 @@ fn pid_bitmap_words() -> u32 {
     pid_max.div_ceil(64).max(1)
 }
 
-fn attach(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    (category, tp): (&str, &str),
-) -> Result<(), ProbeError> {
-    if !kernel_layout::tracepoint_exists(category, tp) {
-        return Err(ProbeError::MissingTracepoint(format!("{category}:{tp}")));
-    }
-    let prog: &mut TracePoint = ebpf
-        .program_mut(name)
-        .ok_or(ProbeError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| ProbeError::Program {
-            program: name,
-            source,
-        })?;
-    prog.load().map_err(|source| ProbeError::Program {
-        program: name,
-        source,
-    })?;
-    prog.attach(category, tp)
-        .map_err(|source| ProbeError::Program {
-            program: name,
-            source,
-        })?;
-    Ok(())
+/// Where a program attaches; each program is named after its tracepoint.
+#[derive(Clone, Copy)]
+enum Hook {
+    /// A raw tracepoint (arguments by position, no tracefs needed).
+    Raw,
+    /// A tracepoint of this tracefs category (`sched`, …).
+    Tracepoint(&'static str),
 }
 
-fn attach_raw(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
-    let prog: &mut RawTracePoint = ebpf
+/// Loads the program `name` and attaches it to `hook`.
+fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), ProbeError> {
+    if let Hook::Tracepoint(category) = hook
+        && !kernel_layout::tracepoint_exists(category, name)
+    {
+        return Err(ProbeError::MissingTracepoint(format!("{category}:{name}")));
+    }
+    let program = ebpf
         .program_mut(name)
-        .ok_or(ProbeError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| ProbeError::Program {
-            program: name,
-            source,
-        })?;
-    prog.load().map_err(|source| ProbeError::Program {
+        .ok_or(ProbeError::MissingProgram(name))?;
+    let failed = |source| ProbeError::Program {
         program: name,
         source,
-    })?;
-    prog.attach(name).map_err(|source| ProbeError::Program {
-        program: name,
-        source,
-    })?;
+    };
+    match hook {
+        Hook::Raw => {
+            let prog: &mut RawTracePoint = program.try_into().map_err(failed)?;
+            prog.load().map_err(failed)?;
+            prog.attach(name).map_err(failed)?;
+        }
+        Hook::Tracepoint(category) => {
+            let prog: &mut TracePoint = program.try_into().map_err(failed)?;
+            prog.load().map_err(failed)?;
+            prog.attach(category, name).map_err(failed)?;
+        }
+    }
     Ok(())
 }

@@ -7,16 +7,7 @@ use std::{
 };
 
 use sonde_config::Config;
-
-/// What the loader tells the processor about a selected process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessMeta {
-    pub pid: u32,
-    pub exe_path: String,
-    pub cmdline: Vec<String>,
-    pub service_name: String,
-    pub reason: String,
-}
+use sonde_schema::control::ProcessRecord;
 
 /// The selection criteria, from configuration.
 pub struct Selector<'a> {
@@ -33,7 +24,7 @@ impl<'a> Selector<'a> {
     }
 
     /// Every live process the configuration selects, with the reason.
-    pub fn scan(&self) -> BTreeMap<u32, ProcessMeta> {
+    pub fn scan(&self) -> BTreeMap<u32, ProcessRecord> {
         let mut out = BTreeMap::new();
         let listening = match &self.config.open_port {
             Some(ports) => listening_inodes(|p| ports.contains(p)),
@@ -41,7 +32,7 @@ impl<'a> Selector<'a> {
         };
         for pid in all_pids() {
             if let Some(reason) = self.reason_for(pid, &listening)
-                && let Some(meta) = read_meta(pid, reason)
+                && let Some(meta) = read_record(pid, reason)
             {
                 out.insert(pid, meta);
             }
@@ -50,13 +41,13 @@ impl<'a> Selector<'a> {
     }
 
     /// Checks one process (after an exec or fork notice).
-    pub fn check(&self, pid: u32) -> Option<ProcessMeta> {
+    pub fn check(&self, pid: u32) -> Option<ProcessRecord> {
         let listening = match &self.config.open_port {
             Some(ports) => listening_inodes(|p| ports.contains(p)),
             None => BTreeMap::new(),
         };
         let reason = self.reason_for(pid, &listening)?;
-        read_meta(pid, reason)
+        read_record(pid, reason)
     }
 
     fn reason_for(&self, pid: u32, listening: &BTreeMap<u64, u16>) -> Option<String> {
@@ -149,7 +140,7 @@ pub fn parse_listeners(text: &str) -> Vec<(u16, u64)> {
         .collect()
 }
 
-fn read_meta(pid: u32, reason: String) -> Option<ProcessMeta> {
+fn read_record(pid: u32, reason: String) -> Option<ProcessRecord> {
     let exe_path = fs::read_link(format!("/proc/{pid}/exe"))
         .ok()?
         .to_string_lossy()
@@ -163,7 +154,7 @@ fn read_meta(pid: u32, reason: String) -> Option<ProcessMeta> {
         })
         .unwrap_or_default();
     let service_name = service_name_for(&exe_path);
-    Some(ProcessMeta {
+    Some(ProcessRecord {
         pid,
         exe_path,
         cmdline,

@@ -2,11 +2,17 @@
 //! it with backoff when it dies. The child sheds everything before `execve`: every capability
 //! set (bounding and ambient included), supplementary groups, gid and uid, then sets
 //! `NO_NEW_PRIVS`; its environment is rebuilt from an allowlist and inherited fds are closed.
+//! A step that fails is named in the supervisor's log ([`DropError`]), as Firecracker's jailer
+//! names its steps.
 
 use std::{
     ffi::OsString,
     fs::File,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    io,
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::process::CommandExt,
+    },
     path::PathBuf,
     process::{Child, Command},
     time::{Duration, Instant},
@@ -122,10 +128,6 @@ impl Supervisor {
         }
     }
 
-    pub fn child_pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|(c, _)| c.id())
-    }
-
     /// Stops the processor: SIGTERM, then SIGKILL after two seconds.
     pub fn stop(&mut self) {
         let Some((mut child, _)) = self.child.take() else {
@@ -163,26 +165,117 @@ fn spawn(spec: &ProcessorSpec, binary: Option<&File>) -> Result<Child> {
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
     let (uid, gid) = (spec.uid, spec.gid);
+    // The child writes the number of a failed step here; std's own channel carries only the
+    // errno.
+    let (report_rx, report_tx) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating the report pipe")?;
+    let report = report_tx.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and only makes raw system
     // calls (no allocation, no locks), which is what pre_exec requires.
     unsafe {
-        cmd.pre_exec(move || drop_everything(uid, gid));
+        cmd.pre_exec(move || drop_everything(uid, gid, report));
     }
-    cmd.spawn()
-        .with_context(|| format!("spawning {}", spec.binary.display()))
+    let spawned = cmd.spawn();
+    // With the child gone (exec'd or exited), this was the last write end: the read below
+    // sees the child's report or end of file, never blocks.
+    drop(report_tx);
+    spawned.or_else(|source| {
+        let mut step = [0u8; 1];
+        let failed_step = match nix::unistd::read(&report_rx, &mut step) {
+            Ok(1) => DropError::from_step(step[0], source),
+            _ => Err(source),
+        };
+        let e = match failed_step {
+            Ok(drop_error) => anyhow::Error::new(drop_error).context("dropping privileges"),
+            Err(source) => anyhow::Error::new(source),
+        };
+        Err(e.context(format!("spawning {}", spec.binary.display())))
+    })
 }
 
-fn check(rc: libc::c_int) -> std::io::Result<()> {
+/// The step of the child's privilege drop that failed, with the system call's error. Steps
+/// run in this order.
+#[derive(Debug, thiserror::Error)]
+pub enum DropError {
+    #[error("close_range (marking inherited fds close-on-exec) failed")]
+    CloseRange(#[source] io::Error),
+    #[error("PR_CAPBSET_DROP (emptying the bounding set) failed")]
+    BoundingSet(#[source] io::Error),
+    #[error("PR_CAP_AMBIENT_CLEAR_ALL (clearing the ambient set) failed")]
+    AmbientSet(#[source] io::Error),
+    #[error("setgroups failed")]
+    Setgroups(#[source] io::Error),
+    #[error("setresgid failed")]
+    Setresgid(#[source] io::Error),
+    #[error("setresuid failed")]
+    Setresuid(#[source] io::Error),
+    #[error("capset (clearing the effective, permitted and inheritable sets) failed")]
+    Capset(#[source] io::Error),
+    #[error("PR_SET_NO_NEW_PRIVS failed")]
+    NoNewPrivs(#[source] io::Error),
+}
+
+impl DropError {
+    /// Every step, indexed by the number the child reports.
+    const STEPS: [fn(io::Error) -> DropError; 8] = [
+        DropError::CloseRange,
+        DropError::BoundingSet,
+        DropError::AmbientSet,
+        DropError::Setgroups,
+        DropError::Setresgid,
+        DropError::Setresuid,
+        DropError::Capset,
+        DropError::NoNewPrivs,
+    ];
+
+    /// The step's number (its index in `STEPS`) and the system call's error.
+    fn into_parts(self) -> (u8, io::Error) {
+        match self {
+            DropError::CloseRange(e) => (0, e),
+            DropError::BoundingSet(e) => (1, e),
+            DropError::AmbientSet(e) => (2, e),
+            DropError::Setgroups(e) => (3, e),
+            DropError::Setresgid(e) => (4, e),
+            DropError::Setresuid(e) => (5, e),
+            DropError::Capset(e) => (6, e),
+            DropError::NoNewPrivs(e) => (7, e),
+        }
+    }
+
+    /// The error for step number `step`; the plain error back for an unknown number.
+    fn from_step(step: u8, source: io::Error) -> Result<DropError, io::Error> {
+        match DropError::STEPS.get(usize::from(step)) {
+            Some(step) => Ok(step(source)),
+            None => Err(source),
+        }
+    }
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
     if rc < 0 {
-        Err(std::io::Error::last_os_error())
+        Err(io::Error::last_os_error())
     } else {
         Ok(())
     }
 }
 
-/// Runs in the child between fork and exec. Order matters: the bounding set can only be
-/// reduced while CAP_SETPCAP is still held, i.e. before the uid changes.
-fn drop_everything(uid: u32, gid: u32) -> std::io::Result<()> {
+/// Runs in the child between fork and exec, so it must stay async-signal-safe: raw system
+/// calls on integers and stack memory, no allocation, no locks (the loader may have other
+/// threads whose locks a fork copies held). A failed step's number goes to `report`, and its
+/// errno back through std's exec-error channel, so `spawn` fails naming the step.
+fn drop_everything(uid: u32, gid: u32, report: RawFd) -> io::Result<()> {
+    drop_steps(uid, gid).map_err(|e| {
+        let (step, source) = e.into_parts();
+        // SAFETY: write(2) of one byte from the stack to a pipe fd that stays open until
+        // exec; the result is ignored because nothing better can be done in the child.
+        let _ = unsafe { libc::write(report, (&raw const step).cast(), 1) };
+        source
+    })
+}
+
+/// The privilege drop itself. Order matters: the bounding set can only be reduced while
+/// CAP_SETPCAP is still held, i.e. before the uid changes.
+fn drop_steps(uid: u32, gid: u32) -> Result<(), DropError> {
     // SAFETY: each call below is a raw system call on plain integer arguments or on stack
     // memory that outlives the call; none allocates or touches shared state.
     unsafe {
@@ -192,10 +285,12 @@ fn drop_everything(uid: u32, gid: u32) -> std::io::Result<()> {
             3u32,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
-        ) as libc::c_int)?;
+        ) as libc::c_int)
+        .map_err(DropError::CloseRange)?;
         for cap in 0..64 {
             if libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1 {
-                check(libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0))?;
+                check(libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0))
+                    .map_err(DropError::BoundingSet)?;
             }
         }
         check(libc::prctl(
@@ -204,11 +299,12 @@ fn drop_everything(uid: u32, gid: u32) -> std::io::Result<()> {
             0,
             0,
             0,
-        ))?;
+        ))
+        .map_err(DropError::AmbientSet)?;
         let groups = [gid];
-        check(libc::setgroups(1, groups.as_ptr()))?;
-        check(libc::setresgid(gid, gid, gid))?;
-        check(libc::setresuid(uid, uid, uid))?;
+        check(libc::setgroups(1, groups.as_ptr())).map_err(DropError::Setgroups)?;
+        check(libc::setresgid(gid, gid, gid)).map_err(DropError::Setresgid)?;
+        check(libc::setresuid(uid, uid, uid)).map_err(DropError::Setresuid)?;
         // setresuid away from 0 clears permitted/effective; clear inheritable explicitly too.
         let mut header = CapHeader {
             version: 0x2008_0522,
@@ -219,8 +315,9 @@ fn drop_everything(uid: u32, gid: u32) -> std::io::Result<()> {
             libc::SYS_capset,
             &mut header as *mut CapHeader,
             data.as_ptr(),
-        ) as libc::c_int)?;
-        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        ) as libc::c_int)
+        .map_err(DropError::Capset)?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map_err(DropError::NoNewPrivs)?;
     }
     Ok(())
 }
@@ -237,4 +334,57 @@ struct CapData {
     effective: u32,
     permitted: u32,
     inheritable: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_numbers_round_trip() {
+        for step in 0..DropError::STEPS.len() as u8 {
+            let e = DropError::from_step(step, io::Error::from_raw_os_error(libc::EPERM))
+                .expect("known step");
+            let (back, source) = e.into_parts();
+            assert_eq!(back, step);
+            assert_eq!(source.raw_os_error(), Some(libc::EPERM));
+        }
+        assert!(DropError::from_step(8, io::Error::from_raw_os_error(libc::EPERM)).is_err());
+    }
+
+    /// A child that cannot drop privileges: spawned from a thread without CAP_SETPCAP in its
+    /// effective set (capabilities are per thread, and fork copies the calling thread's), so
+    /// emptying the bounding set fails, and the error names that step.
+    #[test]
+    fn a_failed_step_is_named_in_the_spawn_error() {
+        if caps::read(None, caps::CapSet::Bounding).is_ok_and(|b| b.is_empty()) {
+            eprintln!("skipped: the bounding set is already empty");
+            return;
+        }
+        let spec = ProcessorSpec {
+            binary: "/bin/true".into(),
+            args: Vec::new(),
+            uid: 65534,
+            gid: 65534,
+            env: Vec::new(),
+            config_yaml: String::new(),
+        };
+        let error = std::thread::spawn(move || {
+            caps::drop(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
+                .expect("dropping CAP_SETPCAP from this thread");
+            spawn(&spec, None).map(|mut child| child.wait())
+        })
+        .join()
+        .expect("thread")
+        .expect_err("the child cannot empty its bounding set");
+        let text = format!("{error:#}");
+        assert!(
+            text.contains("dropping privileges: PR_CAPBSET_DROP (emptying the bounding set) failed: Operation not permitted"),
+            "{text}"
+        );
+        assert!(matches!(
+            error.downcast_ref::<DropError>(),
+            Some(DropError::BoundingSet(_))
+        ));
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::{io::Write, time::Instant};
 
-use sonde_config::TracePrinter;
+use sonde_processor::config::TracePrinter;
 use sonde_processor::{
     printer::Printer,
     span::{self, Built, ServiceInfo},

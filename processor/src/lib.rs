@@ -2,6 +2,7 @@
 //! it maps itself (no `bpf()` calls), parses HTTP/1.x, builds spans and prints them. Every
 //! byte it parses is attacker-controlled, which is why it holds no privilege at all.
 
+pub mod config;
 pub mod control;
 pub mod exchange;
 pub mod http;
@@ -16,5 +17,6 @@ pub mod routes;
 pub mod sampling;
 pub mod sandbox;
 pub mod sandbox_check;
+pub mod semconv;
 pub mod span;
 pub mod stats;

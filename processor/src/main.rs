@@ -15,12 +15,12 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Parser;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use sonde_config::{Config, TracePrinter};
+use sonde_processor::config::{Config, TracePrinter};
 use sonde_processor::{
-    control::{self, ProcessInfo, Update},
+    control::{self, Update},
     exchange::{self, Assembler},
     metrics::Metrics,
-    otlp::{Otlp, ProcessMeta},
+    otlp::{Otlp, ProcessResource},
     printer::Printer,
     privileges,
     red::RedRecorder,
@@ -32,7 +32,7 @@ use sonde_processor::{
     span::{self, Built, ServiceInfo},
     stats::Stats,
 };
-use sonde_schema::{HttpEvent, Record};
+use sonde_schema::{HttpEvent, Record, control::ProcessRecord};
 use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
@@ -47,6 +47,17 @@ struct Cli {
     /// Control socket of the loader (default: control_socket from the configuration).
     #[arg(long)]
     control: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Print only the processor's own sections and exit (what `sonde --print-config` adds
+    /// after the loader's part).
+    #[arg(long, hide = true)]
+    print_own_config: bool,
+    /// Check the configuration and exit: 0, or 2 with the error naming the key (how `sonde`
+    /// checks the processor's sections at start).
+    #[arg(long)]
+    check_config: bool,
     /// Span output: disabled, text or json (overrides trace_printer / BEYLA_TRACE_PRINTER).
     #[arg(long)]
     trace_printer: Option<String>,
@@ -111,8 +122,16 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+    if cli.print_config || cli.print_own_config || cli.check_config {
+        if cli.print_config {
+            print!("{}", config.to_yaml());
+        } else if cli.print_own_config {
+            print!("{}", config.own_to_yaml());
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log_level.as_str()));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.shared.log_level.as_str()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -120,7 +139,7 @@ fn main() -> std::process::ExitCode {
         .init();
 
     if cli.insecure_no_landlock {
-        config.processor.insecure_no_landlock = true;
+        config.shared.processor.insecure_no_landlock = true;
     }
     let policy = sandbox_policy(&config, cli.config.as_deref());
     if cli.check_sandbox {
@@ -138,7 +157,7 @@ fn main() -> std::process::ExitCode {
     match run(
         &config,
         &policy,
-        cli.control.unwrap_or_else(|| config.control_socket.clone()),
+        cli.control.unwrap_or_else(|| config.shared.control_socket.clone()),
     ) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -149,7 +168,7 @@ fn main() -> std::process::ExitCode {
 }
 
 struct Processes {
-    live: HashMap<u32, ProcessInfo>,
+    live: HashMap<u32, ProcessRecord>,
     removed: Vec<(u32, Instant)>,
 }
 
@@ -184,16 +203,16 @@ impl Processes {
     }
 
     /// What OTLP resources are built from.
-    fn meta(&self, pid: u32, config: &Config, fallback_name: &str) -> ProcessMeta {
+    fn meta(&self, pid: u32, config: &Config, fallback_name: &str) -> ProcessResource {
         let info = self.live.get(&pid);
-        ProcessMeta {
+        ProcessResource {
             pid,
             service_name: config
                 .service_name
                 .clone()
                 .or_else(|| info.map(|p| p.service_name.clone()))
                 .unwrap_or_else(|| fallback_name.to_string()),
-            service_namespace: config.service_namespace.clone(),
+            service_namespace: config.shared.service_namespace.clone(),
             exe_path: info.map(|p| p.exe_path.clone()).unwrap_or_default(),
         }
     }
@@ -227,7 +246,7 @@ fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> San
         read_paths,
         connect_ports,
         bind_ports: config.prometheus_export.port.into_iter().collect(),
-        insecure_no_landlock: config.processor.insecure_no_landlock,
+        insecure_no_landlock: config.shared.processor.insecure_no_landlock,
     }
 }
 
@@ -301,8 +320,8 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
     }
 
     let conn = control::connect_to(&control_path)?;
-    let welcome = control::hello(conn.as_fd(), &sandbox)?;
-    let mut ring = RingReader::new(welcome.ring_fd, welcome.data_size, welcome.page_size)?;
+    let (welcome, ring_fd) = control::hello(conn.as_fd(), &sandbox)?;
+    let mut ring = RingReader::new(ring_fd, welcome.data_size, welcome.page_size)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
     epoll
         .add(
@@ -372,7 +391,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         red: RedRecorder::default(),
     };
 
-    let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
+    let stats_every = Duration::from_secs(u64::from(config.shared.stats_interval_secs));
 
     let result = loop {
         if STOP.load(Ordering::SeqCst) {
@@ -391,7 +410,7 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         // Control first: metadata of a process always precedes its first event.
         if control_ready {
             match control::read_update(conn.as_fd()) {
-                Ok(Some(Update::Added(p))) => {
+                Ok(Update::Added(p)) => {
                     info!(
                         pid = p.pid,
                         service = p.service_name,
@@ -402,11 +421,11 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
                     processes.removed.retain(|(pid, _)| *pid != p.pid);
                     processes.live.insert(p.pid, p);
                 }
-                Ok(Some(Update::Removed(pid))) => {
+                Ok(Update::Removed(pid)) => {
                     info!(pid, "process removed");
                     processes.removed.push((pid, Instant::now()));
                 }
-                Ok(Some(Update::KernelStats(counters))) => {
+                Ok(Update::KernelStats(counters)) => {
                     stats.kernel = counters.into_iter().collect();
                     let lost = stats
                         .kernel
@@ -415,8 +434,10 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
                         .unwrap_or(0);
                     metrics.kernel_events_lost.set(lost as i64);
                 }
-                Ok(None) => {}
-                Err(e) => break Err(e.context("control connection to the loader lost")),
+                Err(e) => {
+                    let e = anyhow::Error::new(e);
+                    break Err(e.context("control connection to the loader lost"));
+                }
             }
         }
         let now = Instant::now();
@@ -495,13 +516,13 @@ impl<W: std::io::Write> SpanSink<'_, W> {
     fn emit(&mut self, ev: &HttpEvent, processes: &Processes, stats: &mut Stats) {
         let config = self.config;
         // Borrowed on the hot path: no allocation per event for a known process.
-        let name = match &config.service_name {
+        let name = match &config.shared.service_name {
             Some(name) => Cow::Borrowed(name.as_str()),
             None => processes.service_name(ev.pid, stats),
         };
         let service = ServiceInfo {
             name: &name,
-            namespace: config.service_namespace.as_deref(),
+            namespace: config.shared.service_namespace.as_deref(),
         };
         match span::build(ev, &service, self.mono_to_unix, &mut self.ids) {
             Built::NotHttp => stats.not_http += 1,

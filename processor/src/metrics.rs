@@ -2,9 +2,10 @@
 //! `prometheus-client` registry, and the Prometheus endpoint that serves them
 //! (`prometheus_export`). Metric names are the OpenTelemetry HTTP semantic-convention metrics
 //! under their usual Prometheus names (`http_server_request_duration_seconds`, …); every
-//! request is counted whether or not its trace is sampled.
+//! request is counted whether or not its trace is sampled. The OTLP exporter counts its
+//! outcomes into `ExportCounters`, defined and registered here; nothing here knows OTLP.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{fmt::Debug, hash::Hash, net::SocketAddr, sync::Arc};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -13,18 +14,25 @@ use prometheus_client::{
 };
 
 use crate::{
-    otlp::ExportCounters,
+    semconv::{self, DURATION_BUCKETS, SIZE_BUCKETS},
     span::{Span, SpanKind},
 };
 
-/// `http.server.request.duration` buckets from the semantic conventions (seconds).
-pub const DURATION_BUCKETS: [f64; 15] = [
-    0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-/// Body size buckets (bytes).
-pub const SIZE_BUCKETS: [f64; 10] = [
-    0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
-];
+/// What the OTLP export path did; registered here as `sonde_otlp_*` (the counters share
+/// their values with the clones the exporter counts into).
+#[derive(Debug, Default, Clone)]
+pub struct ExportCounters {
+    /// Spans handed to an exporter that accepted them.
+    pub spans_exported: Counter,
+    /// Spans dropped because the export queue was full.
+    pub spans_dropped_queue_full: Counter,
+    /// Spans dropped because their export failed after retries.
+    pub spans_dropped_export_failed: Counter,
+    /// Metric export requests accepted.
+    pub metric_exports: Counter,
+    /// Metric export requests that failed after retries.
+    pub metric_exports_failed: Counter,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServerLabels {
@@ -56,6 +64,47 @@ fn sizes() -> Histogram {
     Histogram::new(SIZE_BUCKETS)
 }
 
+/// The three histogram families of one span kind.
+struct RedFamilies<L> {
+    duration: Histograms<L>,
+    request_size: Histograms<L>,
+    response_size: Histograms<L>,
+}
+
+impl<L> RedFamilies<L>
+where
+    L: EncodeLabelSet + Clone + Hash + Eq + Debug + Send + Sync + 'static,
+{
+    fn register(registry: &mut Registry, names: &semconv::RedInstruments) -> RedFamilies<L> {
+        let families = RedFamilies {
+            duration: Family::new_with_constructor(durations as fn() -> Histogram),
+            request_size: Family::new_with_constructor(sizes as fn() -> Histogram),
+            response_size: Family::new_with_constructor(sizes as fn() -> Histogram),
+        };
+        for (instrument, unit, family) in [
+            (&names.duration, Unit::Seconds, &families.duration),
+            (&names.request_size, Unit::Bytes, &families.request_size),
+            (&names.response_size, Unit::Bytes, &families.response_size),
+        ] {
+            registry.register_with_unit(
+                instrument.name.replace('.', "_"),
+                instrument.description,
+                unit,
+                family.clone(),
+            );
+        }
+        families
+    }
+
+    fn series(&self, labels: &L) -> PromSeries {
+        PromSeries {
+            duration: self.duration.get_or_create(labels).clone(),
+            request_size: self.request_size.get_or_create(labels).clone(),
+            response_size: self.response_size.get_or_create(labels).clone(),
+        }
+    }
+}
+
 /// The three histograms of one series (method, status, route, service; peer for clients).
 #[derive(Clone)]
 pub struct PromSeries {
@@ -80,12 +129,8 @@ impl PromSeries {
 /// The metric families the processor records into.
 pub struct Metrics {
     registry: Arc<Registry>,
-    server_duration: Histograms<ServerLabels>,
-    server_request_size: Histograms<ServerLabels>,
-    server_response_size: Histograms<ServerLabels>,
-    client_duration: Histograms<ClientLabels>,
-    client_request_size: Histograms<ClientLabels>,
-    client_response_size: Histograms<ClientLabels>,
+    server: RedFamilies<ServerLabels>,
+    client: RedFamilies<ClientLabels>,
     /// Ring buffer records received.
     pub events: Counter,
     /// Events lost in the kernel (ring buffer full), as last reported by the loader.
@@ -104,48 +149,8 @@ impl Metrics {
     /// `host` and `version` label `target_info`.
     pub fn new(host: &str) -> Metrics {
         let mut registry = Registry::default();
-        let server_duration: Histograms<ServerLabels> = Family::new_with_constructor(durations);
-        let server_request_size: Histograms<ServerLabels> = Family::new_with_constructor(sizes);
-        let server_response_size: Histograms<ServerLabels> = Family::new_with_constructor(sizes);
-        let client_duration: Histograms<ClientLabels> = Family::new_with_constructor(durations);
-        let client_request_size: Histograms<ClientLabels> = Family::new_with_constructor(sizes);
-        let client_response_size: Histograms<ClientLabels> = Family::new_with_constructor(sizes);
-        registry.register_with_unit(
-            "http_server_request_duration",
-            "Duration of HTTP server requests",
-            Unit::Seconds,
-            server_duration.clone(),
-        );
-        registry.register_with_unit(
-            "http_server_request_body_size",
-            "Size of HTTP server request bodies",
-            Unit::Bytes,
-            server_request_size.clone(),
-        );
-        registry.register_with_unit(
-            "http_server_response_body_size",
-            "Size of HTTP server response bodies",
-            Unit::Bytes,
-            server_response_size.clone(),
-        );
-        registry.register_with_unit(
-            "http_client_request_duration",
-            "Duration of HTTP client requests",
-            Unit::Seconds,
-            client_duration.clone(),
-        );
-        registry.register_with_unit(
-            "http_client_request_body_size",
-            "Size of HTTP client request bodies",
-            Unit::Bytes,
-            client_request_size.clone(),
-        );
-        registry.register_with_unit(
-            "http_client_response_body_size",
-            "Size of HTTP client response bodies",
-            Unit::Bytes,
-            client_response_size.clone(),
-        );
+        let server = RedFamilies::register(&mut registry, &semconv::SERVER);
+        let client = RedFamilies::register(&mut registry, &semconv::CLIENT);
         // A gauge of 1 rather than an OpenMetrics `info` metric: the Prometheus text
         // format (and promtool) knows no `info` type.
         let target_info = Family::<Vec<(String, String)>, Gauge>::default();
@@ -224,12 +229,8 @@ impl Metrics {
         Metrics {
             otlp,
             registry: Arc::new(registry),
-            server_duration,
-            server_request_size,
-            server_response_size,
-            client_duration,
-            client_request_size,
-            client_response_size,
+            server,
+            client,
             events,
             kernel_events_lost,
             export_errors,
@@ -250,38 +251,24 @@ impl Metrics {
         let route = s.route.clone().unwrap_or_default();
         let namespace = s.service_namespace.clone().unwrap_or_default();
         // Non-standard methods count as `_OTHER`, so a scanner cannot mint new series.
-        let method = crate::otlp::convert::method_value(&s.method);
+        let method = semconv::method_value(&s.method);
         match s.kind {
-            SpanKind::Server => {
-                let labels = ServerLabels {
-                    http_request_method: method.to_string(),
-                    http_response_status_code: s.status,
-                    http_route: route,
-                    service_name: s.service_name.clone(),
-                    service_namespace: namespace,
-                };
-                PromSeries {
-                    duration: self.server_duration.get_or_create(&labels).clone(),
-                    request_size: self.server_request_size.get_or_create(&labels).clone(),
-                    response_size: self.server_response_size.get_or_create(&labels).clone(),
-                }
-            }
-            SpanKind::Client => {
-                let labels = ClientLabels {
-                    http_request_method: method.to_string(),
-                    http_response_status_code: s.status,
-                    http_route: route,
-                    server_address: s.server_address.to_string(),
-                    server_port: s.server_port,
-                    service_name: s.service_name.clone(),
-                    service_namespace: namespace,
-                };
-                PromSeries {
-                    duration: self.client_duration.get_or_create(&labels).clone(),
-                    request_size: self.client_request_size.get_or_create(&labels).clone(),
-                    response_size: self.client_response_size.get_or_create(&labels).clone(),
-                }
-            }
+            SpanKind::Server => self.server.series(&ServerLabels {
+                http_request_method: method.to_string(),
+                http_response_status_code: s.status,
+                http_route: route,
+                service_name: s.service_name.clone(),
+                service_namespace: namespace,
+            }),
+            SpanKind::Client => self.client.series(&ClientLabels {
+                http_request_method: method.to_string(),
+                http_response_status_code: s.status,
+                http_route: route,
+                server_address: s.server_address.to_string(),
+                server_port: s.server_port,
+                service_name: s.service_name.clone(),
+                service_namespace: namespace,
+            }),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use sonde_config::TracePrinter;
+use crate::config::TracePrinter;
 
 use crate::span::{Address, Span, SpanKind, write_hex};
 

@@ -10,8 +10,9 @@ use opentelemetry::KeyValue;
 
 use crate::{
     metrics::{Metrics, PromSeries},
-    otlp::{Otlp, ProcessMeta, convert::method_value},
+    otlp::{Otlp, ProcessResource},
     prehashed::PrehashedMap,
+    semconv::method_value,
     span::{Address, Span, SpanKind},
 };
 
@@ -59,7 +60,7 @@ impl RedRecorder {
         s: &Span,
         prometheus: Option<&Metrics>,
         mut otlp: Option<&mut Otlp>,
-        meta: &dyn Fn() -> ProcessMeta,
+        meta: &dyn Fn() -> ProcessResource,
     ) {
         let method = method_value(&s.method);
         let peer = (s.kind == SpanKind::Client).then_some((s.server_address, s.server_port));
@@ -143,8 +144,8 @@ mod tests {
         }
     }
 
-    fn meta() -> ProcessMeta {
-        ProcessMeta {
+    fn meta() -> ProcessResource {
+        ProcessResource {
             pid: 1,
             service_name: "svc".into(),
             service_namespace: None,

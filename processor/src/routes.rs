@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use sonde_config::{RouteIgnoreMode, RoutesConfig, UnmatchedRoutes};
+use crate::config::{RouteIgnoreMode, RoutesConfig, UnmatchedRoutes};
 
 /// Most nodes one service's learned tree may hold; past it, new segments become `*`.
 const MAX_NODES_PER_SERVICE: usize = 10_000;

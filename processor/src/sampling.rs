@@ -5,7 +5,7 @@
 //! the `sampled` flag of an incoming `traceparent`. Metrics (when they arrive) count every
 //! request, sampled or not.
 
-use sonde_config::Sampler;
+use crate::config::Sampler;
 
 /// True when a trace-id ratio sampler at `ratio` keeps `trace_id`.
 pub fn ratio_keeps(trace_id: &[u8; 16], ratio: f64) -> bool {

@@ -1,6 +1,7 @@
 //! Framing of the control protocol: exactly one capnp message per `SOCK_SEQPACKET` datagram,
 //! with any file descriptors in the same datagram's `SCM_RIGHTS` (capnp-rust cannot carry fds).
-//! Both sides use these two functions, so size and fd-count limits are enforced identically.
+//! Both sides send and receive through this module, so size and fd-count limits are enforced
+//! identically; `control` turns the bytes into typed messages.
 
 use std::prelude::rust_2024::*;
 use std::{
@@ -10,51 +11,28 @@ use std::{
 
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-use crate::control_capnp;
-
-/// Largest datagram accepted (from `control.capnp`).
-pub const MAX_MESSAGE_BYTES: usize = control_capnp::MAX_MESSAGE_BYTES as usize;
+/// Largest datagram either side sends or accepts. Every message the `control` codec builds
+/// stays well under it (its field limits are sized for that, and a unit test checks).
+pub const MAX_MESSAGE_BYTES: usize = 65536;
 /// Most fds one datagram may carry.
 pub const MAX_FDS: usize = 4;
 
-/// Errors on the control channel.
-#[derive(Debug)]
+/// Errors on the control channel (framing and the socket itself; message content is
+/// `control::ControlError`'s).
+#[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     /// The peer closed the connection.
+    #[error("peer closed the control connection")]
     Closed,
     /// A system call failed.
-    Io(nix::Error),
+    #[error("control socket I/O")]
+    Io(#[source] nix::Error),
     /// The datagram was larger than `MAX_MESSAGE_BYTES` or its fd array was cut.
+    #[error("control message truncated (limit {MAX_MESSAGE_BYTES} bytes, {MAX_FDS} fds)")]
     Truncated,
     /// More fds than allowed, or fds where none were expected.
+    #[error("control message carried {0} unexpected fds")]
     UnexpectedFds(usize),
-    /// The bytes are not a valid capnp message.
-    Capnp(capnp::Error),
-}
-
-impl std::fmt::Display for ChannelError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ChannelError::Closed => f.write_str("peer closed the control connection"),
-            ChannelError::Io(e) => write!(f, "control socket I/O: {e}"),
-            ChannelError::Truncated => write!(
-                f,
-                "control message truncated (limit {MAX_MESSAGE_BYTES} bytes, {MAX_FDS} fds)"
-            ),
-            ChannelError::UnexpectedFds(n) => {
-                write!(f, "control message carried {n} unexpected fds")
-            }
-            ChannelError::Capnp(e) => write!(f, "control message malformed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ChannelError {}
-
-impl From<capnp::Error> for ChannelError {
-    fn from(e: capnp::Error) -> Self {
-        ChannelError::Capnp(e)
-    }
 }
 
 /// Sends one message with `fds` attached.
@@ -63,12 +41,24 @@ pub fn send<A: capnp::message::Allocator>(
     message: &capnp::message::Builder<A>,
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), ChannelError> {
-    let bytes = capnp::serialize::write_message_to_words(message);
+    send_bytes(
+        sock,
+        &capnp::serialize::write_message_to_words(message),
+        fds,
+    )
+}
+
+/// Sends one already serialized message (`control`'s `encode` output) with `fds` attached.
+pub fn send_bytes(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ChannelError> {
     if bytes.len() > MAX_MESSAGE_BYTES || fds.len() > MAX_FDS {
         return Err(ChannelError::Truncated);
     }
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let iov = [std::io::IoSlice::new(&bytes)];
+    let iov = [std::io::IoSlice::new(bytes)];
     let cmsgs: Vec<ControlMessage<'_>> = if raw.is_empty() {
         Vec::new()
     } else {
@@ -89,15 +79,12 @@ impl Datagram {
     /// Parses the bytes as a capnp message with conservative reader limits.
     pub fn message(
         &self,
-    ) -> Result<capnp::message::Reader<capnp::serialize::OwnedSegments>, ChannelError> {
+    ) -> Result<capnp::message::Reader<capnp::serialize::OwnedSegments>, capnp::Error> {
         let mut options = capnp::message::ReaderOptions::new();
         options
             .traversal_limit_in_words(Some(MAX_MESSAGE_BYTES / 8))
             .nesting_limit(16);
-        Ok(capnp::serialize::read_message(
-            &mut &self.bytes[..],
-            options,
-        )?)
+        capnp::serialize::read_message(&mut &self.bytes[..], options)
     }
 }
 

@@ -21,6 +21,10 @@ pub mod control_capnp {
 #[cfg(feature = "control")]
 pub mod channel;
 
+/// The control protocol's typed messages, their one codec and their limits.
+#[cfg(feature = "control")]
+pub mod control;
+
 /// Bytes of the request captured from its first byte: enough for the request line and the
 /// first headers (method, path, query, Host).
 pub const REQUEST_CAPTURE: usize = 256;

@@ -141,9 +141,10 @@ fn containers_share_the_control_socket_through_an_emptydir() {
     let text = cm[0]["data"]["sonde.yaml"].as_str().expect("sonde.yaml");
     let path = std::env::temp_dir().join(format!("sonde-k8s-{}.yaml", std::process::id()));
     std::fs::write(&path, text).expect("write");
-    let config = sonde_config::Config::load(Some(&path), &Default::default())
+    let config = sonde_processor::config::Config::load(Some(&path), &Default::default())
         .unwrap_or_else(|e| panic!("embedded configuration: {e}"));
     let _ = std::fs::remove_file(&path);
+    let config = config.shared;
     assert!(config.control_socket.starts_with("/run/sonde"));
     assert_eq!(config.processor.user, "*");
     let gid = container(pod, "sonde-processor")["securityContext"]["runAsGroup"]

@@ -1,6 +1,6 @@
 //! From Sonde's spans and process metadata to OpenTelemetry data: the resource of an
-//! instrumented process, span attributes per the stable HTTP semantic conventions, span
-//! status rules, and the attribute sets RED metrics are recorded with.
+//! instrumented process, span attributes per the stable HTTP semantic conventions and span
+//! status rules. Pure functions; what to export and when is the worker's business.
 
 use std::{
     borrow::Cow,
@@ -8,7 +8,7 @@ use std::{
 };
 
 use opentelemetry::{
-    InstrumentationScope, KeyValue, StringValue, Value,
+    InstrumentationScope, KeyValue, Value,
     trace::{self, SpanContext, TraceFlags, TraceState},
 };
 use opentelemetry_sdk::{
@@ -16,11 +16,14 @@ use opentelemetry_sdk::{
     trace::{SpanData, SpanEvents, SpanLinks},
 };
 
-use crate::span::{Span, SpanKind};
+use crate::{
+    semconv::method_value,
+    span::{Span, SpanKind},
+};
 
-/// What the processor knows about an instrumented process.
+/// What an instrumented process's OTLP resource is built from.
 #[derive(Debug, Clone)]
-pub struct ProcessMeta {
+pub struct ProcessResource {
     pub pid: u32,
     pub service_name: String,
     pub service_namespace: Option<String>,
@@ -45,7 +48,7 @@ pub fn language_of(exe_path: &str) -> &'static str {
 }
 
 /// The resource of one instrumented process.
-pub fn resource(meta: &ProcessMeta, host: &str) -> Resource {
+pub fn resource(meta: &ProcessResource, host: &str) -> Resource {
     let exe_name = meta.exe_path.rsplit('/').next().unwrap_or(&meta.exe_path);
     let mut attrs = vec![
         KeyValue::new("service.name", meta.service_name.clone()),
@@ -63,6 +66,19 @@ pub fn resource(meta: &ProcessMeta, host: &str) -> Resource {
         attrs.push(KeyValue::new("service.namespace", ns.clone()));
     }
     Resource::builder_empty().with_attributes(attrs).build()
+}
+
+/// The resource of a process Sonde keeps no state for (beyond `MAX_PROCESSES`): its service,
+/// pid and host only.
+pub fn service_resource(service_name: String, pid: u32, host: &str) -> Resource {
+    Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("service.name", service_name),
+            KeyValue::new("process.pid", i64::from(pid)),
+            KeyValue::new("host.name", host.to_string()),
+            KeyValue::new("telemetry.sdk.name", "sonde"),
+        ])
+        .build()
 }
 
 /// The instrumentation scope of everything Sonde exports.
@@ -197,69 +213,6 @@ pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
     }
 }
 
-/// Interned label values of one process, so recording a metric clones reference counts
-/// rather than strings.
-pub struct ServiceLabels {
-    service_name: Value,
-    service_namespace: Option<Value>,
-}
-
-impl ServiceLabels {
-    pub fn new(meta: &ProcessMeta) -> ServiceLabels {
-        let arc = |s: &str| Value::String(StringValue::from(std::sync::Arc::<str>::from(s)));
-        ServiceLabels {
-            service_name: arc(&meta.service_name),
-            service_namespace: meta.service_namespace.as_deref().map(arc),
-        }
-    }
-}
-
-/// The attributes a span's request is counted under in the RED histograms.
-pub fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(8);
-    attrs.push(KeyValue::new(
-        "http.request.method",
-        method_value(&s.method),
-    ));
-    if s.status > 0 {
-        attrs.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(s.status),
-        ));
-    } else {
-        attrs.push(KeyValue::new("error.type", "no_response"));
-    }
-    if let Some(route) = &s.route {
-        attrs.push(KeyValue::new("http.route", route.clone()));
-    }
-    attrs.push(KeyValue::new("url.scheme", "http"));
-    if s.kind == SpanKind::Client {
-        attrs.push(KeyValue::new(
-            "server.address",
-            s.server_address.to_string(),
-        ));
-        attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
-    }
-    attrs.push(KeyValue::new("service.name", labels.service_name.clone()));
-    if let Some(ns) = &labels.service_namespace {
-        attrs.push(KeyValue::new("service.namespace", ns.clone()));
-    }
-    attrs
-}
-
-/// The method as a static string when it is a standard one (no allocation); other methods
-/// are reported as `_OTHER`, as the conventions ask, so a scanner cannot mint new series.
-pub fn method_value(method: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-    ];
-    KNOWN
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("_OTHER")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,7 +305,7 @@ mod tests {
 
     #[test]
     fn resources_name_the_process() {
-        let meta = ProcessMeta {
+        let meta = ProcessResource {
             pid: 42,
             service_name: "shop".into(),
             service_namespace: Some("prod".into()),
@@ -371,22 +324,5 @@ mod tests {
         );
         assert_eq!(language_of("/usr/sbin/nginx"), "unknown");
         assert_eq!(language_of("/usr/lib/jvm/bin/java"), "java");
-    }
-
-    #[test]
-    fn metric_attributes_bound_the_method() {
-        let labels = ServiceLabels::new(&ProcessMeta {
-            pid: 1,
-            service_name: "svc".into(),
-            service_namespace: None,
-            exe_path: "/x".into(),
-        });
-        let mut s = span(SpanKind::Server, 200);
-        s.method = "BREW".into();
-        let attrs = metric_attributes(&s, &labels);
-        assert!(attrs.contains(&KeyValue::new("http.request.method", "_OTHER")));
-        assert!(attrs.contains(&KeyValue::new("http.route", "/users/{id}")));
-        assert!(attrs.contains(&KeyValue::new("service.name", "svc")));
-        assert!(!attrs.iter().any(|kv| kv.key.as_str() == "server.address"));
     }
 }

@@ -5,12 +5,11 @@
 //! HTTP, and an unset protocol is guessed from the port (4317 gRPC, 4318 HTTP/protobuf).
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use crate::{ConfigError, invalid};
+use sonde_config::{ConfigError, invalid};
 
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,13 +86,7 @@ pub struct TracesExport {
 
 impl Default for TracesExport {
     fn default() -> Self {
-        TracesExport {
-            otlp: None,
-            queue_size: 16384,
-            batch_max_size: 2048,
-            batch_timeout: Duration::from_secs(5),
-            timeout: Duration::from_secs(10),
-        }
+        super::Config::default().traces_export
     }
 }
 
@@ -108,18 +101,14 @@ pub struct MetricsExport {
 
 impl Default for MetricsExport {
     fn default() -> Self {
-        MetricsExport {
-            otlp: None,
-            interval: Duration::from_secs(60),
-            timeout: Duration::from_secs(10),
-        }
+        super::Config::default().metrics_export
     }
 }
 
 /// The raw, unresolved settings of one signal, gathered from the file and the environment
 /// before `resolve` turns them into an `OtlpEndpoint`.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct RawEndpoint {
+pub struct RawEndpoint {
     /// A base endpoint (`endpoint`, `OTEL_EXPORTER_OTLP_ENDPOINT`) and the key it came from.
     pub base: Option<(String, String)>,
     /// A signal endpoint used as given (`traces_endpoint`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
@@ -132,7 +121,7 @@ pub(crate) struct RawEndpoint {
 }
 
 /// Resolves a signal's endpoint. The exact endpoint wins over the base one.
-pub(crate) fn resolve(
+pub fn resolve(
     raw: &RawEndpoint,
     signal: Signal,
 ) -> Result<Option<OtlpEndpoint>, ConfigError> {
@@ -223,7 +212,7 @@ fn authority_port(authority: &str, default: u16) -> Result<u16, ()> {
 }
 
 /// Parses a compression setting: `gzip` or `none`; true for gzip.
-pub(crate) fn parse_compression(key: &str, v: &str) -> Result<bool, ConfigError> {
+pub fn parse_compression(key: &str, v: &str) -> Result<bool, ConfigError> {
     match v.trim().to_ascii_lowercase().as_str() {
         "gzip" => Ok(true),
         "none" => Ok(false),
@@ -233,7 +222,7 @@ pub(crate) fn parse_compression(key: &str, v: &str) -> Result<bool, ConfigError>
 
 /// Parses `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values
 /// percent-decoded as the specification requires.
-pub(crate) fn parse_headers(key: &str, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn parse_headers(key: &str, text: &str) -> Result<Vec<(String, String)>, ConfigError> {
     const EXPECTED: &str = "comma-separated key=value pairs";
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -249,7 +238,7 @@ pub(crate) fn parse_headers(key: &str, text: &str) -> Result<Vec<(String, String
 }
 
 /// A valid header name, lowercased (gRPC metadata keys must be lowercase).
-pub(crate) fn header_name(key: &str, name: &str) -> Result<String, ConfigError> {
+pub fn header_name(key: &str, name: &str) -> Result<String, ConfigError> {
     let k = name.trim();
     if k.is_empty()
         || !k
@@ -276,97 +265,6 @@ fn percent_decode(v: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// Parses a duration such as `500ms`, `5s`, `1m` or `1h`.
-pub(crate) fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    const EXPECTED: &str = "a positive duration such as 500ms, 5s, 1m";
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| invalid(key, text, EXPECTED))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(invalid(key, text, EXPECTED)),
-    };
-    if d.is_zero() {
-        return Err(invalid(key, text, EXPECTED));
-    }
-    Ok(d)
-}
-
-/// Parses a number of milliseconds (the `OTEL_*` variables' unit).
-pub(crate) fn parse_millis(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    match text.trim().parse::<u64>() {
-        Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
-        _ => Err(invalid(key, text, "a positive number of milliseconds")),
-    }
-}
-
-/// Shows a duration the way `parse_duration` reads it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
-}
-
-/// Applies the `OTEL_EXPORTER_OTLP_*` variables of one signal over the file's settings.
-/// `signal` is `TRACES` or `METRICS`.
-pub(crate) fn apply_env(
-    raw: &mut RawEndpoint,
-    env: &BTreeMap<String, String>,
-    signal: &str,
-) -> Result<(), ConfigError> {
-    let get = |k: &str| env.get(k).filter(|v| !v.is_empty());
-    if let Some(v) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        raw.base = Some(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), v.clone()));
-    }
-    let exact = format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT");
-    if let Some(v) = get(&exact) {
-        raw.exact = Some((exact, v.clone()));
-    }
-    for key in [
-        "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
-        format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"),
-    ] {
-        if let Some(v) = get(&key) {
-            raw.protocol = Some(OtlpProtocol::parse(&key, v)?);
-        }
-    }
-    for key in [
-        "OTEL_EXPORTER_OTLP_CERTIFICATE".to_string(),
-        format!("OTEL_EXPORTER_OTLP_{signal}_CERTIFICATE"),
-    ] {
-        if let Some(v) = get(&key) {
-            raw.ca_file = Some((key, PathBuf::from(v)));
-        }
-    }
-    for key in [
-        "OTEL_EXPORTER_OTLP_COMPRESSION".to_string(),
-        format!("OTEL_EXPORTER_OTLP_{signal}_COMPRESSION"),
-    ] {
-        if let Some(v) = get(&key) {
-            raw.gzip = Some(parse_compression(&key, v)?);
-        }
-    }
-    for key in [
-        "OTEL_EXPORTER_OTLP_HEADERS".to_string(),
-        format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS"),
-    ] {
-        if let Some(v) = get(&key) {
-            for (k, v) in parse_headers(&key, v)? {
-                raw.headers.retain(|(old, _)| *old != k);
-                raw.headers.push((k, v));
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -503,24 +401,5 @@ mod tests {
         let e = parse_headers("H", "secret-token-without-equals").unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
         assert!(parse_headers("H", "k=%zz").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(
-            parse_duration("k", "500ms").unwrap(),
-            Duration::from_millis(500)
-        );
-        assert_eq!(parse_duration("k", "2m").unwrap(), Duration::from_secs(120));
-        for bad in ["", "0s", "5", "5 s", "-1s", "1d"] {
-            assert!(parse_duration("k", bad).is_err(), "{bad}");
-        }
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(format_duration(Duration::from_secs(60)), "60s");
-        assert_eq!(
-            parse_millis("k", "250").unwrap(),
-            Duration::from_millis(250)
-        );
-        assert!(parse_millis("k", "0").is_err());
     }
 }

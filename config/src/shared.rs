@@ -1,0 +1,340 @@
+//! The settings both binaries read: process selection, service naming, the processor's
+//! identity, kernel-side sizes, the control socket and logging. This is all the privileged
+//! loader knows of the configuration; the processor's own sections (output, routes,
+//! sampling, exporters) are defined in the processor and only travel through the loader as
+//! the file's bytes.
+
+use std::path::PathBuf;
+
+use crate::{
+    error::invalid,
+    setting::{Setting, Table, show, var},
+    values::{ExeGlob, LogLevel, PortSet, non_empty, parse_bool, parse_in_range},
+};
+
+/// Kernel-side sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EbpfSettings {
+    /// Ring buffer data size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Connections tracked at once (LRU beyond that).
+    pub max_connections: u32,
+}
+
+/// Who the processor is and how single-host mode runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessorSettings {
+    /// Unprivileged user the processor runs as (name or numeric uid).
+    pub user: String,
+    /// Group (name or numeric gid); the user's primary group when unset.
+    pub group: Option<String>,
+    /// Path of the `sonde-processor` binary; next to the loader's own binary when unset.
+    pub binary: Option<PathBuf>,
+    /// Uids (besides the processor user's) allowed to connect to the control socket.
+    pub allowed_uids: Vec<u32>,
+    /// Run the processor without its Landlock ruleset when the kernel cannot enforce it
+    /// (otherwise it refuses to start). seccomp, NO_NEW_PRIVS and the empty capability sets
+    /// stay in force either way.
+    pub insecure_no_landlock: bool,
+}
+
+/// The shared configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub log_level: LogLevel,
+    pub open_port: Option<PortSet>,
+    pub auto_target_exe: Option<ExeGlob>,
+    pub target_pids: Vec<u32>,
+    pub service_name: Option<String>,
+    pub service_namespace: Option<String>,
+    pub control_socket: PathBuf,
+    pub processor: ProcessorSettings,
+    pub ebpf: EbpfSettings,
+    /// Seconds between kernel counter reports.
+    pub stats_interval_secs: u32,
+}
+
+/// Ports selected when the configuration selects nothing.
+pub const DEFAULT_OPEN_PORTS: &str = "80,443,3000,5000,8000-8999";
+
+/// Default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/sonde/control.sock";
+
+impl Config {
+    /// Every field unset; `SHARED.apply_defaults` fills in the embedded defaults.
+    pub(crate) fn blank() -> Config {
+        Config {
+            log_level: LogLevel::Info,
+            open_port: None,
+            auto_target_exe: None,
+            target_pids: Vec::new(),
+            service_name: None,
+            service_namespace: None,
+            control_socket: PathBuf::new(),
+            processor: ProcessorSettings {
+                user: String::new(),
+                group: None,
+                binary: None,
+                allowed_uids: Vec::new(),
+                insecure_no_landlock: false,
+            },
+            ebpf: EbpfSettings {
+                ring_buffer_bytes: 0,
+                max_connections: 0,
+            },
+            stats_interval_secs: 0,
+        }
+    }
+
+    /// When nothing selects a process, select the usual HTTP ports (`DEFAULT_OPEN_PORTS`), so
+    /// `sonde` with embedded defaults instruments local web servers. Returns true if applied.
+    pub fn apply_default_selection(&mut self) -> bool {
+        if self.has_selection() {
+            return false;
+        }
+        self.open_port = PortSet::parse("open_port", DEFAULT_OPEN_PORTS).ok();
+        true
+    }
+
+    /// True when the configuration selects any process.
+    pub fn has_selection(&self) -> bool {
+        self.open_port.is_some() || self.auto_target_exe.is_some() || !self.target_pids.is_empty()
+    }
+}
+
+const PIDS: &str = "process ids (a list, or comma-separated)";
+const UIDS: &str = "user ids (a list, or comma-separated)";
+
+fn numbers(input: &crate::source::Input<'_>, expected: &'static str) -> Result<Vec<u32>, crate::ConfigError> {
+    input
+        .list(expected)?
+        .iter()
+        .map(|p| p.trim().parse::<u32>().map_err(|_| input.invalid(p, expected)))
+        .collect()
+}
+
+/// The shared settings, in the order `--print-config` shows them.
+pub static SHARED: Table<Config> = Table(&[&[
+    Setting {
+        key: "log_level",
+        env: &[var("BEYLA_LOG_LEVEL")],
+        flag: "",
+        default: Some("info"),
+        unset: "",
+        doc: "`error`, `warn`, `info`, `debug`, `trace` (`RUST_LOG` overrides with a full filter)",
+        secret: false,
+        apply: |c, i| {
+            c.log_level = LogLevel::parse(i.key, &i.text("a log level")?)?;
+            Ok(())
+        },
+        show: |c| show::text(c.log_level.as_str()),
+    },
+    Setting {
+        key: "open_port",
+        env: &[var("BEYLA_OPEN_PORT")],
+        flag: "--open-port",
+        default: None,
+        unset: "see below",
+        doc: "instrument processes listening on these TCP ports: `8080`, `80,443`, `8000-8999`",
+        secret: false,
+        apply: |c, i| {
+            c.open_port = Some(PortSet::parse(i.key, &i.text("ports")?)?);
+            Ok(())
+        },
+        show: |c| c.open_port.as_ref().and_then(show::text),
+    },
+    Setting {
+        key: "auto_target_exe",
+        env: &[var("OTEL_GO_AUTO_TARGET_EXE"), var("BEYLA_AUTO_TARGET_EXE")],
+        flag: "--exe",
+        default: None,
+        unset: "none",
+        doc: "glob on the executable path, e.g. `*/nginx`",
+        secret: false,
+        apply: |c, i| {
+            c.auto_target_exe = Some(ExeGlob::parse(i.key, &i.text("a glob")?)?);
+            Ok(())
+        },
+        show: |c| c.auto_target_exe.as_ref().and_then(|g| show::text(&g.pattern)),
+    },
+    Setting {
+        key: "target_pids",
+        env: &[var("BEYLA_TARGET_PID")],
+        flag: "--pid (repeatable)",
+        default: None,
+        unset: "none",
+        doc: "instrument these process ids (the variable: comma-separated)",
+        secret: false,
+        apply: |c, i| {
+            c.target_pids = numbers(&i, PIDS)?;
+            Ok(())
+        },
+        show: |c| show::numbers(&c.target_pids),
+    },
+    Setting {
+        key: "service_name",
+        env: &[var("BEYLA_SERVICE_NAME"), var("OTEL_SERVICE_NAME")],
+        flag: "",
+        default: None,
+        unset: "executable name",
+        doc: "overrides the service name of every span",
+        secret: false,
+        apply: |c, i| {
+            c.service_name = Some(non_empty(i.key, i.text("a name")?)?);
+            Ok(())
+        },
+        show: |c| c.service_name.as_ref().and_then(show::text),
+    },
+    Setting {
+        key: "service_namespace",
+        env: &[var("BEYLA_SERVICE_NAMESPACE")],
+        flag: "",
+        default: None,
+        unset: "none",
+        doc: "service namespace of every span",
+        secret: false,
+        apply: |c, i| {
+            c.service_namespace = Some(non_empty(i.key, i.text("a name")?)?);
+            Ok(())
+        },
+        show: |c| c.service_namespace.as_ref().and_then(show::text),
+    },
+    Setting {
+        key: "control_socket",
+        env: &[var("SONDE_CONTROL_SOCKET")],
+        flag: "--control (processor)",
+        default: Some(DEFAULT_CONTROL_SOCKET),
+        unset: "",
+        doc: "the loader's `SOCK_SEQPACKET` control socket (absolute path)",
+        secret: false,
+        apply: |c, i| {
+            let path = PathBuf::from(i.text("a path")?);
+            if !path.is_absolute() {
+                return Err(i.invalid(path.display(), "an absolute path"));
+            }
+            c.control_socket = path;
+            Ok(())
+        },
+        show: |c| show::text(c.control_socket.display()),
+    },
+    Setting {
+        key: "processor.user",
+        env: &[var("SONDE_PROCESSOR_USER")],
+        flag: "",
+        default: Some("nobody"),
+        unset: "",
+        doc: "user (name or uid) the processor runs as in single-host mode, and the uid allowed to connect; root is refused. `\"*\"`: any uid whose gid is `processor.group` may connect (systemd `DynamicUser=`, pods); the socket is then mode 0660 with that group; not valid in single-host mode",
+        secret: false,
+        apply: |c, i| {
+            c.processor.user = non_empty(i.key, i.text("a user")?)?;
+            Ok(())
+        },
+        show: |c| show::text(&c.processor.user),
+    },
+    Setting {
+        key: "processor.group",
+        env: &[],
+        flag: "",
+        default: None,
+        unset: "the user's primary group",
+        doc: "group (name or gid); when set, the connecting peer's gid must match",
+        secret: false,
+        apply: |c, i| {
+            c.processor.group = Some(non_empty(i.key, i.text("a group")?)?);
+            Ok(())
+        },
+        show: |c| c.processor.group.as_ref().and_then(show::text),
+    },
+    Setting {
+        key: "processor.binary",
+        env: &[],
+        flag: "",
+        default: None,
+        unset: "`sonde-processor` next to the loader",
+        doc: "processor binary for single-host mode",
+        secret: false,
+        apply: |c, i| {
+            c.processor.binary = Some(PathBuf::from(non_empty(i.key, i.text("a path")?)?));
+            Ok(())
+        },
+        show: |c| c.processor.binary.as_ref().and_then(|p| show::text(p.display())),
+    },
+    Setting {
+        key: "processor.allowed_uids",
+        env: &[],
+        flag: "",
+        default: None,
+        unset: "`[]`",
+        doc: "further uids allowed to connect (e.g. a systemd `DynamicUser`)",
+        secret: false,
+        apply: |c, i| {
+            c.processor.allowed_uids = numbers(&i, UIDS)?;
+            Ok(())
+        },
+        show: |c| show::numbers(&c.processor.allowed_uids),
+    },
+    Setting {
+        key: "processor.insecure_no_landlock",
+        env: &[var("SONDE_INSECURE_NO_LANDLOCK")],
+        flag: "--insecure-no-landlock (processor)",
+        default: Some("false"),
+        unset: "",
+        doc: "run the processor without its Landlock ruleset when the kernel cannot enforce it; otherwise it refuses to start (see `security.md`)",
+        secret: false,
+        apply: |c, i| {
+            c.processor.insecure_no_landlock = parse_bool(i.key, &i.text("a boolean")?)?;
+            Ok(())
+        },
+        show: |c| show::flag(c.processor.insecure_no_landlock),
+    },
+    Setting {
+        key: "ebpf.ring_buffer_bytes",
+        env: &[],
+        flag: "",
+        default: Some("8388608"),
+        unset: "",
+        doc: "event ring buffer size: a power of two, 4096 … 1073741824",
+        secret: false,
+        apply: |c, i| {
+            const EXPECTED: &str = "a power of two between 4096 and 1073741824";
+            let text = i.text(EXPECTED)?;
+            let n: u32 = parse_in_range(i.key, &text, 4096..=1 << 30, EXPECTED)?;
+            if !n.is_power_of_two() {
+                return Err(invalid(i.key, text, EXPECTED));
+            }
+            c.ebpf.ring_buffer_bytes = n;
+            Ok(())
+        },
+        show: |c| show::number(c.ebpf.ring_buffer_bytes),
+    },
+    Setting {
+        key: "ebpf.max_connections",
+        env: &[],
+        flag: "",
+        default: Some("16384"),
+        unset: "",
+        doc: "connections tracked at once (LRU beyond), 64 … 1048576",
+        secret: false,
+        apply: |c, i| {
+            const EXPECTED: &str = "a number between 64 and 1048576";
+            c.ebpf.max_connections = parse_in_range(i.key, &i.text(EXPECTED)?, 64..=1 << 20, EXPECTED)?;
+            Ok(())
+        },
+        show: |c| show::number(c.ebpf.max_connections),
+    },
+    Setting {
+        key: "stats_interval_secs",
+        env: &[],
+        flag: "",
+        default: Some("10"),
+        unset: "",
+        doc: "seconds between kernel counter reports (loader log, processor stats), ≥ 1",
+        secret: false,
+        apply: |c, i| {
+            const EXPECTED: &str = "a number of seconds >= 1";
+            c.stats_interval_secs = parse_in_range(i.key, &i.text(EXPECTED)?, 1..=u32::MAX, EXPECTED)?;
+            Ok(())
+        },
+        show: |c| show::number(c.stats_interval_secs),
+    },
+]]);

@@ -1,0 +1,87 @@
+//! The processor's sections of the configuration (output, routes, sampling, exporters) are the
+//! processor's to parse: the loader never links that code. To still stop at start on a bad
+//! value, naming the key, the loader runs the processor binary once on the same file and
+//! environment — as the processor's user when the loader is root — and asks it to check the
+//! file (`--check-config`) or print its sections (`--print-own-config`, for
+//! `sonde --print-config`). The file goes on the child's standard input unchanged.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use sonde_config::Config;
+
+use crate::{
+    identity::{ProcessorIdentity, resolve_processor},
+    supervisor::{self, ProcessorSpec},
+};
+
+/// What the processor binary is asked to do with the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Parse everything; exit 0, or 2 with the error naming the key.
+    Check,
+    /// Print the processor's own sections as YAML on standard output.
+    PrintOwn,
+}
+
+/// A config pass reads a file and exits; anything slower is a hung binary.
+const PASS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The uid a check runs as when the processor may be any user of its group.
+const NOBODY: u32 = 65534;
+
+/// The processor binary: `processor.binary`, else `sonde-processor` next to the loader.
+pub fn processor_binary(config: &Config) -> PathBuf {
+    config.processor.binary.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("sonde-processor")))
+            .unwrap_or_else(|| PathBuf::from("sonde-processor"))
+    })
+}
+
+/// Runs one configuration pass of the processor binary. Without a processor binary a check
+/// is skipped (a split install may ship the loader alone) and a print fails.
+pub fn run(config: &Config, file_text: &str, pass: Pass) -> Result<()> {
+    let binary = processor_binary(config);
+    if !binary.exists() {
+        if pass == Pass::Check {
+            return Ok(());
+        }
+        bail!(
+            "cannot print the processor's sections: no processor binary at {} (sonde-processor --print-config prints them where it is installed)",
+            binary.display()
+        );
+    }
+    let drop_to = if nix::unistd::geteuid().is_root() {
+        Some(
+            match resolve_processor(&config.processor.user, config.processor.group.as_deref())? {
+                ProcessorIdentity::User { uid, gid } => (uid, gid),
+                ProcessorIdentity::AnyUserOfGroup { gid } => (NOBODY, gid),
+            },
+        )
+    } else {
+        None
+    };
+    let flag = match pass {
+        Pass::Check => "--check-config",
+        Pass::PrintOwn => "--print-own-config",
+    };
+    let spec = ProcessorSpec {
+        binary: binary.clone(),
+        args: vec![flag.into(), "--config".into(), "-".into()],
+        uid: drop_to.map_or(0, |(uid, _)| uid),
+        gid: drop_to.map_or(0, |(_, gid)| gid),
+        env: supervisor::processor_env(),
+        config_yaml: file_text.to_string(),
+    };
+    let status = supervisor::run_once(&spec, drop_to.is_some(), PASS_TIMEOUT)
+        .with_context(|| format!("running {} {flag}", binary.display()))?;
+    if !status.success() {
+        bail!(
+            "{} {flag} rejected the configuration ({status}; its message is above)",
+            binary.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,454 @@
+//! The processor's own settings, each defined once (key, variables, default, docs, parsing,
+//! printing) with the configuration core's `Setting`: span output, routes, the Prometheus
+//! endpoint, sampling and OTLP export. The two OTLP signals share one definition
+//! (`endpoint_settings!`), so a fix to one is a fix to both.
+
+use std::path::PathBuf;
+
+use serde_yaml_ng::{Mapping, Value};
+use sonde_config::{
+    ConfigError, Input, Raw, Setting, Table, format_duration, non_empty, parse_duration_or_millis,
+    parse_in_range, show, var, var_millis,
+};
+
+use super::{
+    Config,
+    otlp::{self, OtlpProtocol},
+    values::{RouteIgnoreMode, TracePrinter, UnmatchedRoutes},
+};
+
+const QUEUE_MAX: usize = 1 << 20;
+const BATCH_MAX: usize = 1 << 16;
+
+fn route_patterns(i: &Input<'_>) -> Result<Vec<String>, ConfigError> {
+    const EXPECTED: &str = "patterns starting with /";
+    let list = match i.raw {
+        Raw::List(l) => l.clone(),
+        _ => vec![i.text(EXPECTED)?],
+    };
+    for p in &list {
+        if !p.starts_with('/') {
+            return Err(i.invalid(p, EXPECTED));
+        }
+    }
+    Ok(list)
+}
+
+fn count(i: &Input<'_>, max: usize) -> Result<usize, ConfigError> {
+    const EXPECTED: &str = "a count from 1 to the documented maximum (queue 1048576, batch 65536)";
+    parse_in_range(i.key, &i.text(EXPECTED)?, 1..=max, EXPECTED)
+}
+
+fn duration(i: &Input<'_>) -> Result<std::time::Duration, ConfigError> {
+    parse_duration_or_millis(i.key, &i.text("a duration")?, i.millis)
+}
+
+/// Headers from a YAML mapping or `k=v,k2=v2` text, merged over earlier sources by name.
+fn merge_headers(into: &mut Vec<(String, String)>, i: &Input<'_>) -> Result<(), ConfigError> {
+    let parsed = match i.raw {
+        Raw::Map(m) => m
+            .iter()
+            .map(|(k, v)| Ok((otlp::header_name(i.key, k)?, v.clone())))
+            .collect::<Result<Vec<_>, ConfigError>>()?,
+        _ => otlp::parse_headers(i.key, &i.text("key=value pairs")?)?,
+    };
+    for (k, v) in parsed {
+        into.retain(|(old, _)| *old != k);
+        into.push((k, v));
+    }
+    Ok(())
+}
+
+fn show_headers(headers: &[(String, String)]) -> Option<Value> {
+    if headers.is_empty() {
+        return None;
+    }
+    let mut m = Mapping::new();
+    for (k, v) in headers {
+        m.insert(Value::String(k.clone()), Value::String(v.clone()));
+    }
+    Some(Value::Mapping(m))
+}
+
+/// The endpoint settings of one OTLP signal: `$section` is the YAML section,
+/// `$signal` the `OTEL_EXPORTER_OTLP_<SIGNAL>_*` infix, `$path` the HTTP path's last
+/// segment, `$exact` the signal endpoint's key,
+/// `$export` and `$raw` the `Config` fields it fills.
+macro_rules! endpoint_settings {
+    ($section:literal, $signal:literal, $path:literal, $exact:literal, $export:ident, $raw:ident) => {
+        &[
+            Setting {
+                key: concat!($section, ".endpoint"),
+                env: &[var("OTEL_EXPORTER_OTLP_ENDPOINT")],
+                flag: "",
+                default: None,
+                unset: "off",
+                doc: concat!(
+                    "OTLP base endpoint: `http://host:port[/prefix]` or `https://…` (TLS; port 443 by default); for HTTP `/v1/",
+                    $path,
+                    "` is appended. Setting it turns this signal's export on"
+                ),
+                secret: false,
+                apply: |c, i| {
+                    c.pending.$raw.base = Some((i.key.to_string(), i.text("a URL")?));
+                    Ok(())
+                },
+                show: |_| None,
+            },
+            Setting {
+                key: concat!($section, ".", $exact),
+                env: &[var(concat!("OTEL_EXPORTER_OTLP_", $signal, "_ENDPOINT"))],
+                flag: "",
+                default: None,
+                unset: "none",
+                doc: "endpoint used exactly as given (wins over `endpoint`); `--print-config` shows the resolved URL here",
+                secret: false,
+                apply: |c, i| {
+                    c.pending.$raw.exact = Some((i.key.to_string(), i.text("a URL")?));
+                    Ok(())
+                },
+                show: |c| c.$export.otlp.as_ref().and_then(|e| show::text(&e.url)),
+            },
+            Setting {
+                key: concat!($section, ".protocol"),
+                env: &[
+                    var("OTEL_EXPORTER_OTLP_PROTOCOL"),
+                    var(concat!("OTEL_EXPORTER_OTLP_", $signal, "_PROTOCOL")),
+                ],
+                flag: "",
+                default: None,
+                unset: "from the port",
+                doc: "`grpc` or `http/protobuf`; when unset, a port ending in 4317 means `grpc`, anything else `http/protobuf`",
+                secret: false,
+                apply: |c, i| {
+                    c.pending.$raw.protocol = Some(OtlpProtocol::parse(i.key, &i.text("a protocol")?)?);
+                    Ok(())
+                },
+                show: |c| c.$export.otlp.as_ref().and_then(|e| show::text(e.protocol.as_str())),
+            },
+            Setting {
+                key: concat!($section, ".headers"),
+                env: &[
+                    var("OTEL_EXPORTER_OTLP_HEADERS"),
+                    var(concat!("OTEL_EXPORTER_OTLP_", $signal, "_HEADERS")),
+                ],
+                flag: "",
+                default: None,
+                unset: "none",
+                doc: "request headers / gRPC metadata (tokens, tenant ids); variables take `k=v,k2=v2` with percent-encoded values; `--print-config` hides the values",
+                secret: true,
+                apply: |c, i| merge_headers(&mut c.pending.$raw.headers, &i),
+                show: |c| c.$export.otlp.as_ref().and_then(|e| show_headers(&e.headers)),
+            },
+            Setting {
+                key: concat!($section, ".certificate"),
+                env: &[
+                    var("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+                    var(concat!("OTEL_EXPORTER_OTLP_", $signal, "_CERTIFICATE")),
+                ],
+                flag: "",
+                default: None,
+                unset: "system trust store",
+                doc: "absolute path of PEM CA certificates to trust instead of the system's, for `https://` endpoints; checked at start (readable, PEM)",
+                secret: false,
+                apply: |c, i| {
+                    c.pending.$raw.ca_file = Some((i.key.to_string(), PathBuf::from(i.text("a path")?)));
+                    Ok(())
+                },
+                show: |c| {
+                    c.$export
+                        .otlp
+                        .as_ref()
+                        .and_then(|e| e.ca_file.as_ref())
+                        .and_then(|p| show::text(p.display()))
+                },
+            },
+            Setting {
+                key: concat!($section, ".compression"),
+                env: &[
+                    var("OTEL_EXPORTER_OTLP_COMPRESSION"),
+                    var(concat!("OTEL_EXPORTER_OTLP_", $signal, "_COMPRESSION")),
+                ],
+                flag: "",
+                default: None,
+                unset: "`none`",
+                doc: "`gzip` or `none`",
+                secret: false,
+                apply: |c, i| {
+                    c.pending.$raw.gzip = Some(otlp::parse_compression(i.key, &i.text("gzip or none")?)?);
+                    Ok(())
+                },
+                show: |c| {
+                    c.$export
+                        .otlp
+                        .as_ref()
+                        .and_then(|e| show::text(if e.gzip { "gzip" } else { "none" }))
+                },
+            },
+            Setting {
+                key: concat!($section, ".timeout"),
+                env: &[var_millis("OTEL_EXPORTER_OTLP_TIMEOUT")],
+                flag: "",
+                default: Some("10s"),
+                unset: "",
+                doc: "one export request including the exporter's retries (3, exponential backoff); then its data is dropped and counted",
+                secret: false,
+                apply: |c, i| {
+                    c.$export.timeout = duration(&i)?;
+                    Ok(())
+                },
+                show: |c| show::text(format_duration(c.$export.timeout)),
+            },
+        ]
+    };
+}
+
+/// The processor's settings, in the order `--print-config` shows them.
+pub static OWN: Table<Config> = Table(&[
+    &[
+        Setting {
+            key: "trace_printer",
+            env: &[var("BEYLA_TRACE_PRINTER")],
+            flag: "--trace-printer (processor)",
+            default: Some("text"),
+            unset: "",
+            doc: "`disabled`, `text` or `json`: one line per span on standard output",
+            secret: false,
+            apply: |c, i| {
+                c.trace_printer = TracePrinter::parse(i.key, &i.text("a printer")?)?;
+                Ok(())
+            },
+            show: |c| show::text(c.trace_printer.as_str()),
+        },
+        Setting {
+            key: "routes.patterns",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "`[]`",
+            doc: "routes to recognise: `/user/{id}`, `/api/v1/items/:id` (`{name}` or `:name`: one segment), `/static/*` (`*` last: the rest of the path); the first match is `http.route`",
+            secret: false,
+            apply: |c, i| {
+                c.routes.patterns = route_patterns(&i)?;
+                Ok(())
+            },
+            show: |c| show::texts(&c.routes.patterns),
+        },
+        Setting {
+            key: "routes.ignored_patterns",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "`[]`",
+            doc: "routes to drop, same syntax",
+            secret: false,
+            apply: |c, i| {
+                c.routes.ignored_patterns = route_patterns(&i)?;
+                Ok(())
+            },
+            show: |c| show::texts(&c.routes.ignored_patterns),
+        },
+        Setting {
+            key: "routes.ignore_mode",
+            env: &[],
+            flag: "",
+            default: Some("all"),
+            unset: "",
+            doc: "where ignored routes are dropped: `all`, `traces`, `metrics` (spans are dropped from output and OTLP with `all` and `traces`; metrics, Prometheus and OTLP, with `all` and `metrics`)",
+            secret: false,
+            apply: |c, i| {
+                c.routes.ignore_mode = RouteIgnoreMode::parse(i.key, &i.text("a mode")?)?;
+                Ok(())
+            },
+            show: |c| show::text(c.routes.ignore_mode.as_str()),
+        },
+        Setting {
+            key: "routes.unmatched",
+            env: &[],
+            flag: "",
+            default: Some("low-cardinality"),
+            unset: "",
+            doc: "route of paths no pattern matches: `unset` (none), `path` (the path itself: unbounded), `wildcard` (`/**`), `heuristic` (segments holding a digit become `*`), `low-cardinality` (a learned per-service tree: a path position keeps its values until it has seen more than `max_path_segment_cardinality` of them, then becomes `*` for good)",
+            secret: false,
+            apply: |c, i| {
+                c.routes.unmatched = UnmatchedRoutes::parse(i.key, &i.text("a mode")?)?;
+                Ok(())
+            },
+            show: |c| show::text(c.routes.unmatched.as_str()),
+        },
+        Setting {
+            key: "routes.wildcard_char",
+            env: &[],
+            flag: "",
+            default: Some("*"),
+            unset: "",
+            doc: "what replaces collapsed or id-like segments",
+            secret: false,
+            apply: |c, i| {
+                let v = i.text("a string")?;
+                if v.is_empty() || v.contains('/') {
+                    return Err(i.invalid(v, "a non-empty string without /"));
+                }
+                c.routes.wildcard_char = v;
+                Ok(())
+            },
+            show: |c| show::text(&c.routes.wildcard_char),
+        },
+        Setting {
+            key: "routes.max_path_segment_cardinality",
+            env: &[],
+            flag: "",
+            default: Some("10"),
+            unset: "",
+            doc: "distinct values one path position may keep in `low-cardinality` mode, 1 … 10000",
+            secret: false,
+            apply: |c, i| {
+                const EXPECTED: &str = "a number from 1 to 10000";
+                c.routes.max_path_segment_cardinality =
+                    parse_in_range(i.key, &i.text(EXPECTED)?, 1..=10_000, EXPECTED)?;
+                Ok(())
+            },
+            show: |c| show::number(c.routes.max_path_segment_cardinality),
+        },
+        Setting {
+            key: "prometheus_export.port",
+            env: &[var("BEYLA_PROMETHEUS_PORT")],
+            flag: "",
+            default: None,
+            unset: "off",
+            doc: "serve metrics for Prometheus on this TCP port (the processor's Landlock ruleset allows binding exactly this port)",
+            secret: false,
+            apply: |c, i| {
+                const EXPECTED: &str = "a TCP port, 1 to 65535";
+                c.prometheus_export.port =
+                    Some(parse_in_range(i.key, &i.text(EXPECTED)?, 1..=u16::MAX, EXPECTED)?);
+                Ok(())
+            },
+            show: |c| c.prometheus_export.port.and_then(show::number),
+        },
+        Setting {
+            key: "prometheus_export.path",
+            env: &[var("BEYLA_PROMETHEUS_PATH")],
+            flag: "",
+            default: Some("/metrics"),
+            unset: "",
+            doc: "path of the exposition",
+            secret: false,
+            apply: |c, i| {
+                let v = i.text("a path")?;
+                if !v.starts_with('/') || v.contains(char::is_whitespace) {
+                    return Err(i.invalid(v, "a path starting with / and without spaces"));
+                }
+                c.prometheus_export.path = v;
+                Ok(())
+            },
+            show: |c| show::text(&c.prometheus_export.path),
+        },
+        Setting {
+            key: "prometheus_export.address",
+            env: &[],
+            flag: "",
+            default: Some("0.0.0.0"),
+            unset: "",
+            doc: "address the endpoint binds",
+            secret: false,
+            apply: |c, i| {
+                let v = i.text("an address")?;
+                c.prometheus_export.address = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| i.invalid(&v, "an IPv4 or IPv6 address"))?;
+                Ok(())
+            },
+            show: |c| show::text(c.prometheus_export.address),
+        },
+        Setting {
+            key: "otel_traces_export.sampler.name",
+            env: &[var("OTEL_TRACES_SAMPLER")],
+            flag: "",
+            default: Some("parentbased_always_on"),
+            unset: "",
+            doc: "which traces are kept: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_traceidratio` (OpenTelemetry's samplers: the ratio is decided from the trace id, parent-based ones follow an incoming `traceparent`'s sampled flag). Unsampled spans are built and counted, not printed",
+            secret: false,
+            apply: |c, i| {
+                c.pending.sampler_name = (i.key.to_string(), non_empty(i.key, i.text("a sampler")?)?);
+                Ok(())
+            },
+            show: |c| show::text(c.sampler.describe().0),
+        },
+        Setting {
+            key: "otel_traces_export.sampler.arg",
+            env: &[var("OTEL_TRACES_SAMPLER_ARG")],
+            flag: "",
+            default: None,
+            unset: "`1.0`",
+            doc: "the ratio for the `traceidratio` samplers, 0 … 1",
+            secret: false,
+            apply: |c, i| {
+                c.pending.sampler_arg = Some(i.text("a ratio")?);
+                Ok(())
+            },
+            show: |c| c.sampler.describe().1.and_then(show::text),
+        },
+    ],
+    endpoint_settings!("otel_traces_export", "TRACES", "traces", "traces_endpoint", traces_export, traces),
+    &[
+        Setting {
+            key: "otel_traces_export.queue_size",
+            env: &[var("OTEL_BSP_MAX_QUEUE_SIZE")],
+            flag: "",
+            default: Some("16384"),
+            unset: "",
+            doc: "spans waiting for export, 1 … 1048576; beyond it spans are dropped and counted (`sonde_otlp_spans_dropped_queue_full_total`)",
+            secret: false,
+            apply: |c, i| {
+                c.traces_export.queue_size = count(&i, QUEUE_MAX)?;
+                Ok(())
+            },
+            show: |c| show::number(c.traces_export.queue_size as u64),
+        },
+        Setting {
+            key: "otel_traces_export.batch_max_size",
+            env: &[var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")],
+            flag: "",
+            default: Some("2048"),
+            unset: "",
+            doc: "spans per export request at most, 1 … 65536 (a span is at most about 1 KiB, so a request stays under collectors' usual 4 MiB message limit)",
+            secret: false,
+            apply: |c, i| {
+                c.traces_export.batch_max_size = count(&i, BATCH_MAX)?;
+                Ok(())
+            },
+            show: |c| show::number(c.traces_export.batch_max_size as u64),
+        },
+        Setting {
+            key: "otel_traces_export.batch_timeout",
+            env: &[var_millis("OTEL_BSP_SCHEDULE_DELAY")],
+            flag: "",
+            default: Some("5s"),
+            unset: "",
+            doc: "a partial batch is sent after this long (`500ms`, `5s`, `1m`)",
+            secret: false,
+            apply: |c, i| {
+                c.traces_export.batch_timeout = duration(&i)?;
+                Ok(())
+            },
+            show: |c| show::text(format_duration(c.traces_export.batch_timeout)),
+        },
+    ],
+    endpoint_settings!("otel_metrics_export", "METRICS", "metrics", "metrics_endpoint", metrics_export, metrics),
+    &[Setting {
+        key: "otel_metrics_export.interval",
+        env: &[var("BEYLA_METRICS_INTERVAL"), var_millis("OTEL_METRIC_EXPORT_INTERVAL")],
+        flag: "",
+        default: Some("60s"),
+        unset: "",
+        doc: "how often the cumulative histograms are sent",
+        secret: false,
+        apply: |c, i| {
+            c.metrics_export.interval = duration(&i)?;
+            Ok(())
+        },
+        show: |c| show::text(format_duration(c.metrics_export.interval)),
+    }],
+]);

@@ -1,0 +1,281 @@
+//! OTLP RED metrics as the reader thread records them: one `SdkMeterProvider` per
+//! instrumented process, carrying that process's resource, with its six histograms and the
+//! attributes a request is counted under. Recording stays in memory; the worker collects
+//! every provider each interval through the shared map (`Providers`).
+//!
+//! The SDK's periodic reader is not used: it serves one resource per provider's exporter,
+//! while Sonde exports for many processes, each its own resource.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use opentelemetry::{
+    KeyValue, StringValue, Value,
+    metrics::{Histogram, Meter, MeterProvider},
+};
+use opentelemetry_sdk::{
+    Resource,
+    error::OTelSdkResult,
+    metrics::{
+        InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
+        data::ResourceMetrics, reader::MetricReader,
+    },
+};
+
+use super::convert::ProcessResource;
+use crate::{
+    semconv::{self, DURATION_BUCKETS, RedInstruments, SIZE_BUCKETS, method_value},
+    span::{Span, SpanKind},
+};
+
+/// A process's metric pipeline, collected by the worker.
+pub(super) struct ProcessMeters {
+    provider: SdkMeterProvider,
+    reader: Arc<ManualReader>,
+    /// Set when the process went away: collected once more, then dropped.
+    removed: bool,
+}
+
+/// The meter pipelines of known processes, shared by the reader thread (which adds and
+/// retires them) and the worker (which collects them).
+pub(super) type Providers = Arc<Mutex<HashMap<u32, ProcessMeters>>>;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves a plain map behind, still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every process's cumulative metrics; the pipelines of processes that went away are shut
+/// down after this last collection.
+pub(super) fn collect(providers: &Providers) -> Vec<ResourceMetrics> {
+    let mut meters = lock(providers);
+    let mut out = Vec::with_capacity(meters.len());
+    for m in meters.values() {
+        let mut rm = ResourceMetrics::default();
+        if m.reader.collect(&mut rm).is_ok() {
+            out.push(rm);
+        }
+    }
+    meters.retain(|_, m| {
+        if m.removed {
+            let _ = m.provider.shutdown();
+        }
+        !m.removed
+    });
+    out
+}
+
+/// The reader handle `SdkMeterProvider::with_reader` takes, sharing the `ManualReader` the
+/// worker collects from.
+#[derive(Debug)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: std::sync::Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline)
+    }
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+/// The three histograms of one span kind in one process.
+struct KindHistograms {
+    duration: Histogram<f64>,
+    request_size: Histogram<u64>,
+    response_size: Histogram<u64>,
+}
+
+impl KindHistograms {
+    fn new(meter: &Meter, names: &RedInstruments) -> KindHistograms {
+        let size = |i: &semconv::Instrument| {
+            meter
+                .u64_histogram(i.name)
+                .with_unit("By")
+                .with_description(i.description)
+                .with_boundaries(SIZE_BUCKETS.to_vec())
+                .build()
+        };
+        KindHistograms {
+            duration: meter
+                .f64_histogram(names.duration.name)
+                .with_unit("s")
+                .with_description(names.duration.description)
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            request_size: size(&names.request_size),
+            response_size: size(&names.response_size),
+        }
+    }
+
+    fn record(&self, s: &Span, attrs: &[KeyValue]) {
+        self.duration.record(s.duration_ns as f64 / 1e9, attrs);
+        if let Some(n) = s.request_body_size {
+            self.request_size.record(n, attrs);
+        }
+        if let Some(n) = s.response_body_size {
+            self.response_size.record(n, attrs);
+        }
+    }
+}
+
+/// Interned label values of one process, so recording a metric clones reference counts
+/// rather than strings.
+struct ServiceLabels {
+    service_name: Value,
+    service_namespace: Option<Value>,
+}
+
+impl ServiceLabels {
+    fn new(process: &ProcessResource) -> ServiceLabels {
+        let arc = |s: &str| Value::String(StringValue::from(Arc::<str>::from(s)));
+        ServiceLabels {
+            service_name: arc(&process.service_name),
+            service_namespace: process.service_namespace.as_deref().map(arc),
+        }
+    }
+}
+
+/// The instruments of one process, used by the reader thread.
+struct ProcessInstruments {
+    labels: ServiceLabels,
+    server: KindHistograms,
+    client: KindHistograms,
+}
+
+/// The reader thread's side of OTLP metrics: the instruments of every known process.
+pub(super) struct Meters {
+    instruments: HashMap<u32, ProcessInstruments>,
+    providers: Providers,
+}
+
+impl Meters {
+    pub(super) fn new(providers: Providers) -> Meters {
+        Meters {
+            instruments: HashMap::new(),
+            providers,
+        }
+    }
+
+    /// Builds the meter pipeline and instruments of a process first seen.
+    pub(super) fn add(&mut self, pid: u32, process: &ProcessResource, resource: Resource) {
+        let reader = Arc::new(ManualReader::builder().build());
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(SharedReader(Arc::clone(&reader)))
+            .build();
+        let meter = provider.meter("sonde");
+        self.instruments.insert(
+            pid,
+            ProcessInstruments {
+                labels: ServiceLabels::new(process),
+                server: KindHistograms::new(&meter, &semconv::SERVER),
+                client: KindHistograms::new(&meter, &semconv::CLIENT),
+            },
+        );
+        lock(&self.providers).insert(
+            pid,
+            ProcessMeters {
+                provider,
+                reader,
+                removed: false,
+            },
+        );
+    }
+
+    /// The attributes `s` is counted under, for a caller that keeps them per series; `None`
+    /// for a process without instruments.
+    pub(super) fn attributes(&self, s: &Span) -> Option<Vec<KeyValue>> {
+        let i = self.instruments.get(&s.pid)?;
+        Some(metric_attributes(s, &i.labels))
+    }
+
+    /// Counts one request under attributes from `attributes`.
+    pub(super) fn record(&self, s: &Span, attrs: &[KeyValue]) {
+        if let Some(i) = self.instruments.get(&s.pid) {
+            match s.kind {
+                SpanKind::Server => i.server.record(s, attrs),
+                SpanKind::Client => i.client.record(s, attrs),
+            }
+        }
+    }
+
+    /// Retires a process that went away: its pipeline is collected once more, then dropped.
+    pub(super) fn forget(&mut self, pid: u32) {
+        self.instruments.remove(&pid);
+        if let Some(m) = lock(&self.providers).get_mut(&pid) {
+            m.removed = true;
+        }
+    }
+}
+
+/// The attributes a span's request is counted under in the RED histograms.
+fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(8);
+    attrs.push(KeyValue::new(
+        "http.request.method",
+        method_value(&s.method),
+    ));
+    if s.status > 0 {
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(s.status),
+        ));
+    } else {
+        attrs.push(KeyValue::new("error.type", "no_response"));
+    }
+    if let Some(route) = &s.route {
+        attrs.push(KeyValue::new("http.route", route.clone()));
+    }
+    attrs.push(KeyValue::new("url.scheme", "http"));
+    if s.kind == SpanKind::Client {
+        attrs.push(KeyValue::new(
+            "server.address",
+            s.server_address.to_string(),
+        ));
+        attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
+    }
+    attrs.push(KeyValue::new("service.name", labels.service_name.clone()));
+    if let Some(ns) = &labels.service_namespace {
+        attrs.push(KeyValue::new("service.namespace", ns.clone()));
+    }
+    attrs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_attributes_bound_the_method() {
+        let labels = ServiceLabels::new(&ProcessResource {
+            pid: 1,
+            service_name: "svc".into(),
+            service_namespace: None,
+            exe_path: "/x".into(),
+        });
+        let mut s = Span {
+            route: Some("/users/{id}".into()),
+            status: 200,
+            ..Span::fixture()
+        };
+        s.method = "BREW".into();
+        let attrs = metric_attributes(&s, &labels);
+        assert!(attrs.contains(&KeyValue::new("http.request.method", "_OTHER")));
+        assert!(attrs.contains(&KeyValue::new("http.route", "/users/{id}")));
+        assert!(attrs.contains(&KeyValue::new("service.name", "svc")));
+        assert!(!attrs.iter().any(|kv| kv.key.as_str() == "server.address"));
+    }
+}

@@ -1,0 +1,353 @@
+//! The export worker: one thread, running a single-threaded Tokio runtime, that takes the
+//! spans the reader thread queued, batches them and sends one request per process (each has
+//! its resource), and collects and sends every process's metrics each `interval`. The queue
+//! is bounded (`queue_size`, counted from hand-over to export): beyond it the reader thread
+//! drops and counts a span rather than wait. What the exporters still cannot send after
+//! their retries is counted and dropped, and logged without flooding; the next batch
+//! reconnects by itself once the collector is back.
+//!
+//! The SDK's batch processor is not used: it serves one resource per provider, while Sonde
+//! exports for many processes.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{MetricExporter, SpanExporter};
+use opentelemetry_sdk::{
+    Resource,
+    metrics::{data::ResourceMetrics, exporter::PushMetricExporter},
+    trace::SpanExporter as _,
+};
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info, warn};
+
+use super::{
+    convert,
+    exporter::Exporters,
+    meters::{self, Providers},
+};
+use crate::{
+    config::{MetricsExport, TracesExport},
+    metrics::ExportCounters,
+    span::Span,
+};
+
+/// A span on its way to the collector, with the resource of its process (`None` beyond
+/// `MAX_PROCESSES`: the worker then names just the service).
+struct Queued {
+    resource: Option<Resource>,
+    span: Span,
+}
+
+/// The reader thread's end of the span queue.
+pub(super) struct SpanQueue {
+    tx: mpsc::UnboundedSender<Vec<Queued>>,
+    /// Spans of the current pass, handed over together by `flush`: one wake-up of the worker
+    /// per pass rather than per span.
+    pending: Vec<Queued>,
+    /// Spans handed over and not yet exported or dropped; bounded by `capacity`.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    counters: ExportCounters,
+}
+
+impl SpanQueue {
+    /// Queues a span; drops and counts it when the queue is full.
+    pub(super) fn push(&mut self, span: Span, resource: Option<Resource>) {
+        if self.queued.load(Ordering::Relaxed) + self.pending.len() >= self.capacity {
+            self.counters.spans_dropped_queue_full.inc();
+            return;
+        }
+        self.pending.push(Queued { resource, span });
+    }
+
+    /// Hands the spans of this pass to the worker.
+    pub(super) fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let n = batch.len();
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.send(batch).is_err() {
+            // The worker is gone (it only stops at shutdown).
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.counters.spans_dropped_export_failed.inc_by(n as u64);
+        }
+    }
+
+    /// Hands over what is pending and closes the queue: the worker sends what is left.
+    pub(super) fn close(mut self) {
+        self.flush();
+    }
+}
+
+/// The running worker.
+pub(super) struct Worker {
+    stop: Arc<Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the worker thread with the built exporters; returns it and, when spans are
+    /// exported, the queue that feeds it.
+    pub(super) fn start(
+        exporters: Exporters,
+        traces: &TracesExport,
+        metrics: &MetricsExport,
+        providers: Providers,
+        counters: ExportCounters,
+        host: &str,
+    ) -> std::io::Result<(Worker, Option<SpanQueue>)> {
+        let Exporters {
+            runtime,
+            spans: span_exporter,
+            metrics: metric_exporter,
+        } = exporters;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = span_exporter.as_ref().map(|_| SpanQueue {
+            tx,
+            pending: Vec::new(),
+            queued: Arc::clone(&queued),
+            capacity: traces.queue_size,
+            counters: counters.clone(),
+        });
+        let stop = Arc::new(Notify::new());
+        let spans = SpanSender {
+            host: host.to_string(),
+            scope: convert::scope(),
+            counters: counters.clone(),
+            log: FailureLog::new("span"),
+        };
+        let batching = Batching {
+            max: traces.batch_max_size,
+            timeout: traces.batch_timeout,
+        };
+        let interval = metrics.interval;
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("sonde-otlp".into())
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let spans = async {
+                            if let Some(exporter) = span_exporter {
+                                export_spans(exporter, rx, &queued, spans, batching).await
+                            }
+                        };
+                        let metrics = async {
+                            if let Some(exporter) = metric_exporter {
+                                export_metrics(exporter, &providers, interval, &stop, &counters)
+                                    .await
+                            }
+                        };
+                        tokio::join!(spans, metrics);
+                    })
+                })?
+        };
+        Ok((
+            Worker {
+                stop,
+                thread: Some(thread),
+            },
+            queue,
+        ))
+    }
+
+    /// Sends the last metrics and waits for the worker to finish; the span queue must be
+    /// closed first, or the worker waits for more spans.
+    pub(super) fn stop(mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Batching {
+    max: usize,
+    timeout: Duration,
+}
+
+/// Batches queued spans and exports them; once the queue is closed, sends what is left.
+async fn export_spans(
+    mut exporter: SpanExporter,
+    mut rx: mpsc::UnboundedReceiver<Vec<Queued>>,
+    queued: &AtomicUsize,
+    mut sender: SpanSender,
+    batching: Batching,
+) {
+    let mut batch: Vec<Queued> = Vec::with_capacity(batching.max.min(4096));
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut open = true;
+    while open || !batch.is_empty() {
+        let flush_all = tokio::select! {
+            got = rx.recv(), if open => match got {
+                Some(spans) => {
+                    batch.extend(spans);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + batching.timeout);
+                    false
+                }
+                // The reader side is shutting down: send what is left.
+                None => { open = false; true }
+            },
+            _ = sleep_until(deadline) => true,
+        };
+        while batch.len() >= batching.max || (flush_all && !batch.is_empty()) {
+            let rest = batch.split_off(batch.len().min(batching.max));
+            let full = std::mem::replace(&mut batch, rest);
+            let n = full.len();
+            sender.send(&mut exporter, full).await;
+            queued.fetch_sub(n, Ordering::Relaxed);
+        }
+        if batch.is_empty() {
+            deadline = None;
+        }
+    }
+    let _ = exporter.shutdown();
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What sending a batch of spans needs besides the exporter.
+struct SpanSender {
+    host: String,
+    scope: InstrumentationScope,
+    counters: ExportCounters,
+    log: FailureLog,
+}
+
+impl SpanSender {
+    /// Sends a batch, one request per process, and counts the outcome.
+    async fn send(&mut self, exporter: &mut SpanExporter, batch: Vec<Queued>) {
+        let mut by_process: HashMap<u32, (Resource, Vec<_>)> = HashMap::new();
+        for Queued { resource, span } in batch {
+            let (_, spans) = by_process.entry(span.pid).or_insert_with(|| {
+                let resource = resource.unwrap_or_else(|| {
+                    convert::service_resource(span.service_name.clone(), span.pid, &self.host)
+                });
+                (resource, Vec::new())
+            });
+            spans.push(convert::span_data(span, &self.scope));
+        }
+        for (resource, spans) in by_process.into_values() {
+            exporter.set_resource(&resource);
+            let n = spans.len() as u64;
+            match exporter.export(spans).await {
+                Ok(()) => {
+                    self.counters.spans_exported.inc_by(n);
+                    self.log.succeeded();
+                }
+                Err(e) => {
+                    self.counters.spans_dropped_export_failed.inc_by(n);
+                    self.log.failed(&e, n);
+                }
+            }
+        }
+    }
+}
+
+/// Collects every process's cumulative metrics each `interval` and exports them; once more
+/// when stopping.
+async fn export_metrics(
+    exporter: MetricExporter,
+    providers: &Providers,
+    interval: Duration,
+    stop: &Notify,
+    counters: &ExportCounters,
+) {
+    let mut log = FailureLog::new("metric");
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = stop.notified() => true,
+        };
+        let started = Instant::now();
+        let collected: Vec<ResourceMetrics> = meters::collect(providers);
+        for rm in &collected {
+            match exporter.export(rm).await {
+                Ok(()) => {
+                    counters.metric_exports.inc();
+                    log.succeeded();
+                }
+                Err(e) => {
+                    counters.metric_exports_failed.inc();
+                    log.failed(&e, 1);
+                }
+            }
+        }
+        debug!(
+            processes = collected.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "metrics exported"
+        );
+        if stopping {
+            break;
+        }
+    }
+    let _ = exporter.shutdown();
+}
+
+/// Export failure logging that cannot flood: the first failure is logged, then at most one
+/// summary a minute while failures go on, and the recovery once.
+struct FailureLog {
+    signal: &'static str,
+    failing: bool,
+    last_warning: Option<Instant>,
+    /// Items dropped since the last warning.
+    dropped_since: u64,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn new(signal: &'static str) -> FailureLog {
+        FailureLog {
+            signal,
+            failing: false,
+            last_warning: None,
+            dropped_since: 0,
+        }
+    }
+
+    fn failed(&mut self, error: &dyn std::fmt::Display, dropped: u64) {
+        self.dropped_since += dropped;
+        let due = self.last_warning.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if !self.failing || due {
+            warn!(
+                signal = self.signal,
+                %error,
+                dropped = self.dropped_since,
+                "OTLP export failing; what cannot be sent is dropped and counted (reported again in a minute while it goes on)"
+            );
+            self.last_warning = Some(Instant::now());
+            self.dropped_since = 0;
+        }
+        self.failing = true;
+    }
+
+    fn succeeded(&mut self) {
+        if self.failing {
+            info!(signal = self.signal, "OTLP export working again");
+            self.failing = false;
+            self.dropped_since = 0;
+        }
+    }
+}

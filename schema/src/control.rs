@@ -1,0 +1,523 @@
+//! The control protocol's messages as Rust types, with their one encoder and decoder: what the
+//! loader sends (`LoaderMessage`), what the processor sends (`ProcessorMessage`), the limits
+//! every field is held to, and errors that name the message and field that failed.
+//!
+//! Both binaries build and check messages here, so the two ends cannot drift apart; their
+//! `control.rs` keep only the socket side (listening and peer checks, connecting, the
+//! handshake's order and timeouts). Framing (one capnp message per datagram, fds beside it)
+//! is `channel`'s.
+//!
+//! Limits: a string over its limit is cut at a character boundary, by the sender and again by
+//! the receiver, so a peer cannot push more than the limit into the other side's logs or
+//! resources; a command line's arguments past `MAX_CMDLINE_ARGS` are dropped the same way;
+//! a list of pids or counters over its limit is refused, since it means a broken peer. Text
+//! is decoded leniently (invalid UTF-8 replaced): every string is free text for logs and
+//! resource attributes, and a bad byte in one is no reason to drop the connection.
+
+use std::os::fd::BorrowedFd;
+use std::prelude::rust_2024::*;
+
+use crate::{
+    channel::{self, ChannelError, Datagram},
+    control_capnp::{loader_message, process_record, processor_message},
+};
+
+/// The protocol version both sides must speak (`control.capnp`); a hello or welcome with
+/// another one is refused before anything else in it is read.
+pub const PROTOCOL_VERSION: u32 = crate::control_capnp::PROTOCOL_VERSION;
+
+/// Most pids in one narrowing request.
+pub const MAX_NARROW_PIDS: usize = 1024;
+/// Bytes of a process's executable path (Linux `PATH_MAX`).
+pub const MAX_EXE_PATH_BYTES: usize = 4096;
+/// Bytes of a service name.
+pub const MAX_SERVICE_NAME_BYTES: usize = 256;
+/// Bytes of the reason a process was selected ("exe <glob>" carries an operator's pattern).
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Command-line arguments carried per process; later ones are dropped, so a process with a
+/// huge command line cannot push a message past `channel::MAX_MESSAGE_BYTES`.
+pub const MAX_CMDLINE_ARGS: usize = 64;
+/// Bytes of each command-line argument.
+pub const MAX_CMDLINE_ARG_BYTES: usize = 256;
+/// Bytes of the hello's agent text.
+pub const MAX_AGENT_BYTES: usize = 256;
+/// Bytes of a goodbye's or a refusal's reason.
+pub const MAX_REASON_NOTE_BYTES: usize = 256;
+/// Counters in one kernel-stats message.
+pub const MAX_COUNTERS: usize = 64;
+/// Bytes of a counter's name.
+pub const MAX_COUNTER_NAME_BYTES: usize = 64;
+
+// The loader reports every kernel counter in one message.
+const _: () = assert!(crate::counters::COUNT as usize <= MAX_COUNTERS);
+
+/// A process the loader captures: built by the loader's selection, carried by
+/// `LoaderMessage::ProcessAdded`, kept by the processor for its spans and resources.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    pub exe_path: String,
+    pub cmdline: Vec<String>,
+    /// Derived by the loader (the executable's name); the processor's configuration may
+    /// override it.
+    pub service_name: String,
+    /// Why the loader selected the process: "port 8080", "exe /usr/sbin/*", "pid", ….
+    pub reason: String,
+}
+
+/// The geometry of the HTTP event ring buffer, so the processor can map it without any
+/// `bpf()` call. Its fd travels beside the message (`SCM_RIGHTS`, the datagram's only fd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// Data area size in bytes (the map's `max_entries`, a power of two).
+    pub data_size: u32,
+    pub page_size: u32,
+}
+
+/// What the processor says about itself when it connects. The loader logs it and keeps it in
+/// its status file for `sonde-loader --audit`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hello {
+    /// Free text: the processor's name and version.
+    pub agent: String,
+    /// The sandbox the processor applied before connecting; None from a processor that does
+    /// not report one.
+    pub sandbox: Option<SandboxState>,
+}
+
+/// The processor's sandbox as it reports it (seccomp is also visible in `/proc`, Landlock is
+/// not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxState {
+    pub landlock: bool,
+    pub seccomp_filters: u8,
+}
+
+/// Everything the loader sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoaderMessage {
+    /// The answer to a hello; the ring buffer fd goes with it.
+    Welcome(Welcome),
+    ProcessAdded(ProcessRecord),
+    ProcessRemoved(u32),
+    /// Kernel counters by name, summed over CPUs.
+    KernelStats(Vec<(String, u64)>),
+    /// Sent before the loader closes a connection it will not serve, with the reason.
+    Refused(String),
+}
+
+/// Everything the processor sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessorMessage {
+    /// The first message on a connection.
+    Hello(Hello),
+    /// Stop capturing these processes (at most `MAX_NARROW_PIDS`). The processor can only
+    /// narrow the capture: no message adds a process.
+    Narrow(Vec<u32>),
+    /// Sent before a clean shutdown, with the reason.
+    Goodbye(String),
+}
+
+/// A control message that could not be built, sent, received or understood, naming the
+/// message and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("sending the {message}")]
+    Send {
+        message: &'static str,
+        #[source]
+        source: ChannelError,
+    },
+    #[error("receiving the {expecting}")]
+    Recv {
+        expecting: &'static str,
+        #[source]
+        source: ChannelError,
+    },
+    #[error("decoding the {message}: field {field}")]
+    Decode {
+        message: &'static str,
+        field: &'static str,
+        #[source]
+        source: capnp::Error,
+    },
+    #[error("the {message} has {count} {field}, limit {limit}")]
+    TooMany {
+        message: &'static str,
+        field: &'static str,
+        count: usize,
+        limit: usize,
+    },
+    #[error("the {message} encodes to {bytes} bytes, over the {limit}-byte datagram limit")]
+    TooLarge {
+        message: &'static str,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("the {message} came with {got} file descriptors, expected {expected}")]
+    Fds {
+        message: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("the {message} names fd index {index} of {count} attached")]
+    FdIndex {
+        message: &'static str,
+        index: u8,
+        count: usize,
+    },
+    #[error("the peer's {message} speaks protocol {peer}, this side speaks {ours}")]
+    Version {
+        message: &'static str,
+        peer: u32,
+        ours: u32,
+    },
+    #[error("expected a {expected}, received a {got}")]
+    Unexpected {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("the loader refused this processor: {reason}")]
+    Refused { reason: String },
+}
+
+impl LoaderMessage {
+    /// What the message is, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LoaderMessage::Welcome(_) => "welcome",
+            LoaderMessage::ProcessAdded(_) => "process added",
+            LoaderMessage::ProcessRemoved(_) => "process removed",
+            LoaderMessage::KernelStats(_) => "kernel stats",
+            LoaderMessage::Refused(_) => "refusal",
+        }
+    }
+
+    /// The fds that travel with this message: the ring buffer's with a welcome, none
+    /// otherwise.
+    pub fn fd_count(&self) -> usize {
+        usize::from(matches!(self, LoaderMessage::Welcome(_)))
+    }
+
+    /// The datagram's bytes, limits applied.
+    pub fn encode(&self) -> Result<Vec<u8>, ControlError> {
+        let mut builder = capnp::message::Builder::new_default();
+        let mut root = builder.init_root::<loader_message::Builder<'_>>();
+        match self {
+            LoaderMessage::Welcome(w) => {
+                let mut welcome = root.init_welcome();
+                welcome.set_protocol_version(PROTOCOL_VERSION);
+                let mut ring = welcome.init_ring_buffer();
+                ring.set_fd_index(0);
+                ring.set_data_size(w.data_size);
+                ring.set_page_size(w.page_size);
+            }
+            LoaderMessage::ProcessAdded(p) => encode_process(root.init_process_added(), p),
+            LoaderMessage::ProcessRemoved(pid) => root.set_process_removed(*pid),
+            LoaderMessage::KernelStats(counters) => {
+                check_count(self.name(), "counters", counters.len(), MAX_COUNTERS)?;
+                let mut list = root.init_kernel_stats().init_counters(len_u32(counters));
+                for (i, (name, value)) in (0u32..).zip(counters) {
+                    let mut c = list.reborrow().get(i);
+                    c.set_name(truncate(name, MAX_COUNTER_NAME_BYTES));
+                    c.set_value(*value);
+                }
+            }
+            LoaderMessage::Refused(why) => root.set_refused(truncate(why, MAX_REASON_NOTE_BYTES)),
+        }
+        finish(self.name(), &builder)
+    }
+
+    /// Reads a received datagram, checking its fds against the message kind (the welcome's
+    /// ring buffer fd is then `datagram.fds[0]`).
+    pub fn decode(datagram: &Datagram) -> Result<LoaderMessage, ControlError> {
+        const WHAT: &str = "loader message";
+        let message = datagram.message().map_err(decode_error(WHAT, "datagram"))?;
+        let root = message
+            .get_root::<loader_message::Reader<'_>>()
+            .map_err(decode_error(WHAT, "root"))?;
+        let which = root
+            .which()
+            .map_err(|e| decode_error(WHAT, "kind")(e.into()))?;
+        let decoded = match which {
+            loader_message::Which::Welcome(w) => {
+                const WHAT: &str = "welcome";
+                let w = w.map_err(decode_error(WHAT, "welcome"))?;
+                check_version(WHAT, w.get_protocol_version())?;
+                let ring = w
+                    .get_ring_buffer()
+                    .map_err(decode_error(WHAT, "ring_buffer"))?;
+                check_fds(WHAT, 1, datagram.fds.len())?;
+                if usize::from(ring.get_fd_index()) >= datagram.fds.len() {
+                    return Err(ControlError::FdIndex {
+                        message: WHAT,
+                        index: ring.get_fd_index(),
+                        count: datagram.fds.len(),
+                    });
+                }
+                LoaderMessage::Welcome(Welcome {
+                    data_size: ring.get_data_size(),
+                    page_size: ring.get_page_size(),
+                })
+            }
+            loader_message::Which::ProcessAdded(p) => {
+                let p = p.map_err(decode_error("process added", "process"))?;
+                LoaderMessage::ProcessAdded(decode_process(p)?)
+            }
+            loader_message::Which::ProcessRemoved(pid) => LoaderMessage::ProcessRemoved(pid),
+            loader_message::Which::KernelStats(s) => {
+                const WHAT: &str = "kernel stats";
+                let counters = s
+                    .and_then(|s| s.get_counters())
+                    .map_err(decode_error(WHAT, "counters"))?;
+                check_count(WHAT, "counters", counters.len() as usize, MAX_COUNTERS)?;
+                let mut out = Vec::with_capacity(counters.len() as usize);
+                for c in counters.iter() {
+                    let name = c.get_name().map_err(decode_error(WHAT, "counters.name"))?;
+                    out.push((text(name, MAX_COUNTER_NAME_BYTES), c.get_value()));
+                }
+                LoaderMessage::KernelStats(out)
+            }
+            loader_message::Which::Refused(why) => LoaderMessage::Refused(text(
+                why.map_err(decode_error("refusal", "reason"))?,
+                MAX_REASON_NOTE_BYTES,
+            )),
+        };
+        check_fds(decoded.name(), decoded.fd_count(), datagram.fds.len())?;
+        Ok(decoded)
+    }
+
+    /// Encodes and sends the message with `fds`, which must be the ring buffer's for a welcome
+    /// and none otherwise.
+    pub fn send(&self, sock: BorrowedFd<'_>, fds: &[BorrowedFd<'_>]) -> Result<(), ControlError> {
+        check_fds(self.name(), self.fd_count(), fds.len())?;
+        channel::send_bytes(sock, &self.encode()?, fds).map_err(|source| ControlError::Send {
+            message: self.name(),
+            source,
+        })
+    }
+}
+
+impl ProcessorMessage {
+    /// What the message is, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProcessorMessage::Hello(_) => "hello",
+            ProcessorMessage::Narrow(_) => "narrowing request",
+            ProcessorMessage::Goodbye(_) => "goodbye",
+        }
+    }
+
+    /// The datagram's bytes, limits applied.
+    pub fn encode(&self) -> Result<Vec<u8>, ControlError> {
+        let mut builder = capnp::message::Builder::new_default();
+        let mut root = builder.init_root::<processor_message::Builder<'_>>();
+        match self {
+            ProcessorMessage::Hello(h) => {
+                let mut hello = root.init_hello();
+                hello.set_protocol_version(PROTOCOL_VERSION);
+                hello.set_agent(truncate(&h.agent, MAX_AGENT_BYTES));
+                if let Some(s) = h.sandbox {
+                    let mut sandbox = hello.init_sandbox();
+                    sandbox.set_landlock(s.landlock);
+                    sandbox.set_seccomp_filters(s.seccomp_filters);
+                }
+            }
+            ProcessorMessage::Narrow(pids) => {
+                check_count(self.name(), "pids", pids.len(), MAX_NARROW_PIDS)?;
+                let mut list = root.init_narrow().init_stop_pids(len_u32(pids));
+                for (i, pid) in (0u32..).zip(pids) {
+                    list.set(i, *pid);
+                }
+            }
+            ProcessorMessage::Goodbye(why) => {
+                root.set_goodbye(truncate(why, MAX_REASON_NOTE_BYTES));
+            }
+        }
+        finish(self.name(), &builder)
+    }
+
+    /// Reads a received datagram. The processor never sends fds, so any is an error; so is a
+    /// hello of another protocol version or a narrowing request over `MAX_NARROW_PIDS`.
+    pub fn decode(datagram: &Datagram) -> Result<ProcessorMessage, ControlError> {
+        const WHAT: &str = "processor message";
+        check_fds(WHAT, 0, datagram.fds.len())?;
+        let message = datagram.message().map_err(decode_error(WHAT, "datagram"))?;
+        let root = message
+            .get_root::<processor_message::Reader<'_>>()
+            .map_err(decode_error(WHAT, "root"))?;
+        let which = root
+            .which()
+            .map_err(|e| decode_error(WHAT, "kind")(e.into()))?;
+        Ok(match which {
+            processor_message::Which::Hello(h) => {
+                const WHAT: &str = "hello";
+                let h = h.map_err(decode_error(WHAT, "hello"))?;
+                check_version(WHAT, h.get_protocol_version())?;
+                let agent = h.get_agent().map_err(decode_error(WHAT, "agent"))?;
+                let sandbox = if h.has_sandbox() {
+                    let s = h.get_sandbox().map_err(decode_error(WHAT, "sandbox"))?;
+                    Some(SandboxState {
+                        landlock: s.get_landlock(),
+                        seccomp_filters: s.get_seccomp_filters(),
+                    })
+                } else {
+                    None
+                };
+                ProcessorMessage::Hello(Hello {
+                    agent: text(agent, MAX_AGENT_BYTES),
+                    sandbox,
+                })
+            }
+            processor_message::Which::Narrow(n) => {
+                const WHAT: &str = "narrowing request";
+                let pids = n
+                    .and_then(|n| n.get_stop_pids())
+                    .map_err(decode_error(WHAT, "stop_pids"))?;
+                check_count(WHAT, "pids", pids.len() as usize, MAX_NARROW_PIDS)?;
+                ProcessorMessage::Narrow(pids.iter().collect())
+            }
+            processor_message::Which::Goodbye(why) => ProcessorMessage::Goodbye(text(
+                why.map_err(decode_error("goodbye", "reason"))?,
+                MAX_REASON_NOTE_BYTES,
+            )),
+        })
+    }
+
+    /// Encodes and sends the message (the processor never sends fds).
+    pub fn send(&self, sock: BorrowedFd<'_>) -> Result<(), ControlError> {
+        channel::send_bytes(sock, &self.encode()?, &[]).map_err(|source| ControlError::Send {
+            message: self.name(),
+            source,
+        })
+    }
+}
+
+fn encode_process(mut p: process_record::Builder<'_>, record: &ProcessRecord) {
+    p.set_pid(record.pid);
+    p.set_exe_path(truncate(&record.exe_path, MAX_EXE_PATH_BYTES));
+    p.set_service_name(truncate(&record.service_name, MAX_SERVICE_NAME_BYTES));
+    p.set_reason(truncate(&record.reason, MAX_REASON_BYTES));
+    let args = &record.cmdline[..record.cmdline.len().min(MAX_CMDLINE_ARGS)];
+    let mut list = p.init_cmdline(len_u32(args));
+    for (i, arg) in (0u32..).zip(args) {
+        list.set(i, truncate(arg, MAX_CMDLINE_ARG_BYTES));
+    }
+}
+
+fn decode_process(p: process_record::Reader<'_>) -> Result<ProcessRecord, ControlError> {
+    const WHAT: &str = "process added";
+    let field = |name: &'static str, t: capnp::Result<capnp::text::Reader<'_>>, max: usize| {
+        t.map(|t| text(t, max)).map_err(decode_error(WHAT, name))
+    };
+    let args = p.get_cmdline().map_err(decode_error(WHAT, "cmdline"))?;
+    let mut cmdline = Vec::with_capacity(args.len().min(MAX_CMDLINE_ARGS as u32) as usize);
+    for arg in args.iter().take(MAX_CMDLINE_ARGS) {
+        cmdline.push(field("cmdline", arg, MAX_CMDLINE_ARG_BYTES)?);
+    }
+    Ok(ProcessRecord {
+        pid: p.get_pid(),
+        exe_path: field("exe_path", p.get_exe_path(), MAX_EXE_PATH_BYTES)?,
+        cmdline,
+        service_name: field("service_name", p.get_service_name(), MAX_SERVICE_NAME_BYTES)?,
+        reason: field("reason", p.get_reason(), MAX_REASON_BYTES)?,
+    })
+}
+
+/// Serializes a built message, refusing one over the datagram limit (the field limits keep
+/// every message far below it; this is the backstop).
+fn finish(
+    message: &'static str,
+    builder: &capnp::message::Builder<capnp::message::HeapAllocator>,
+) -> Result<Vec<u8>, ControlError> {
+    let bytes = capnp::serialize::write_message_to_words(builder);
+    if bytes.len() > channel::MAX_MESSAGE_BYTES {
+        return Err(ControlError::TooLarge {
+            message,
+            bytes: bytes.len(),
+            limit: channel::MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+fn decode_error(
+    message: &'static str,
+    field: &'static str,
+) -> impl Fn(capnp::Error) -> ControlError {
+    move |source| ControlError::Decode {
+        message,
+        field,
+        source,
+    }
+}
+
+fn check_version(message: &'static str, peer: u32) -> Result<(), ControlError> {
+    if peer == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ControlError::Version {
+            message,
+            peer,
+            ours: PROTOCOL_VERSION,
+        })
+    }
+}
+
+fn check_fds(message: &'static str, expected: usize, got: usize) -> Result<(), ControlError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(ControlError::Fds {
+            message,
+            expected,
+            got,
+        })
+    }
+}
+
+fn check_count(
+    message: &'static str,
+    field: &'static str,
+    count: usize,
+    limit: usize,
+) -> Result<(), ControlError> {
+    if count <= limit {
+        Ok(())
+    } else {
+        Err(ControlError::TooMany {
+            message,
+            field,
+            count,
+            limit,
+        })
+    }
+}
+
+/// A list length for capnp; callers have checked it against a limit far below `u32::MAX`.
+fn len_u32<T>(items: &[T]) -> u32 {
+    u32::try_from(items.len()).unwrap_or(u32::MAX)
+}
+
+/// Received text, invalid UTF-8 replaced, cut like the sender cuts it. The whole text is
+/// converted before the cut (it is bounded by the datagram size), so a valid string arrives
+/// exactly as `truncate` would have left it.
+fn text(t: capnp::text::Reader<'_>, max: usize) -> String {
+    let lossy = String::from_utf8_lossy(t.as_bytes());
+    truncate(&lossy, max).to_string()
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests;
