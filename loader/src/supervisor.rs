@@ -30,8 +30,33 @@ pub struct ProcessorSpec {
     pub gid: u32,
     /// Environment passed through (configuration variables only).
     pub env: Vec<(String, String)>,
-    /// The effective configuration, written to the processor's standard input.
+    /// The configuration file's text, written to the processor's standard input.
     pub config_yaml: String,
+}
+
+/// Runs the processor binary once to completion (a configuration pass), dropping to
+/// `spec.uid`/`spec.gid` as a supervised processor does when `drop_privileges`; killed after
+/// `timeout`.
+pub fn run_once(
+    spec: &ProcessorSpec,
+    drop_privileges: bool,
+    timeout: Duration,
+) -> Result<std::process::ExitStatus> {
+    let binary = File::open(&spec.binary)
+        .with_context(|| format!("opening {}", spec.binary.display()))?;
+    let mut child = spawn(spec, Some(&binary), drop_privileges)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for the processor")? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("no answer within {} s", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Environment variables a processor may inherit: configuration, nothing else.
@@ -105,7 +130,7 @@ impl Supervisor {
             return;
         }
         if self.next_start.is_some_and(|t| Instant::now() >= t) {
-            match spawn(&self.spec, self.binary.as_ref()) {
+            match spawn(&self.spec, self.binary.as_ref(), true) {
                 Ok(child) => {
                     info!(pid = child.id(), uid = self.spec.uid, gid = self.spec.gid, binary = %self.spec.binary.display(), "processor started");
                     if self.spawned > 0 {
@@ -147,7 +172,7 @@ impl Supervisor {
     }
 }
 
-fn spawn(spec: &ProcessorSpec, binary: Option<&File>) -> Result<Child> {
+fn spawn(spec: &ProcessorSpec, binary: Option<&File>, drop_privileges: bool) -> Result<Child> {
     let mut cmd = match binary {
         // The fd is close-on-exec: execve resolves the path before it closes such fds.
         Some(f) => Command::new(format!("/proc/self/fd/{}", f.as_raw_fd())),
@@ -170,16 +195,18 @@ fn spawn(spec: &ProcessorSpec, binary: Option<&File>) -> Result<Child> {
     let (report_rx, report_tx) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating the report pipe")?;
     let report = report_tx.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only makes raw system
-    // calls (no allocation, no locks), which is what pre_exec requires.
-    unsafe {
-        cmd.pre_exec(move || drop_everything(uid, gid, report));
+    if drop_privileges {
+        // SAFETY: the closure runs in the forked child before exec and only makes raw system
+        // calls (no allocation, no locks), which is what pre_exec requires.
+        unsafe {
+            cmd.pre_exec(move || drop_everything(uid, gid, report));
+        }
     }
     let spawned = cmd.spawn();
     // With the child gone (exec'd or exited), this was the last write end: the read below
     // sees the child's report or end of file, never blocks.
     drop(report_tx);
-    spawned.or_else(|source| {
+    spawned.map_err(|source| {
         let mut step = [0u8; 1];
         let failed_step = match nix::unistd::read(&report_rx, &mut step) {
             Ok(1) => DropError::from_step(step[0], source),
@@ -189,7 +216,7 @@ fn spawn(spec: &ProcessorSpec, binary: Option<&File>) -> Result<Child> {
             Ok(drop_error) => anyhow::Error::new(drop_error).context("dropping privileges"),
             Err(source) => anyhow::Error::new(source),
         };
-        Err(e.context(format!("spawning {}", spec.binary.display())))
+        e.context(format!("spawning {}", spec.binary.display()))
     })
 }
 
@@ -372,7 +399,7 @@ mod tests {
         let error = std::thread::spawn(move || {
             caps::drop(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
                 .expect("dropping CAP_SETPCAP from this thread");
-            spawn(&spec, None).map(|mut child| child.wait())
+            spawn(&spec, None, true).map(|mut child| child.wait())
         })
         .join()
         .expect("thread")

@@ -208,6 +208,7 @@ impl Processes {
         ProcessResource {
             pid,
             service_name: config
+                .shared
                 .service_name
                 .clone()
                 .or_else(|| info.map(|p| p.service_name.clone()))

@@ -239,11 +239,6 @@ impl Metrics {
         }
     }
 
-    /// Counts one request (its span, sampled or not).
-    pub fn record(&self, s: &Span) {
-        self.series(s).observe(s);
-    }
-
     /// The histograms `s` is counted in, as handles sharing the registry's state, so a caller
     /// that keeps them records later requests of the same series without building labels or
     /// looking them up again.
@@ -333,7 +328,7 @@ impl Metrics {
 /// Rewrites OpenMetrics text into the Prometheus text format 0.0.4: counter families are
 /// named with their `_total` suffix in `# HELP`/`# TYPE` (OpenMetrics names the family
 /// without it), and `# UNIT` and `# EOF`, which 0.0.4 does not know, are dropped.
-pub fn openmetrics_to_classic(text: &str) -> String {
+fn openmetrics_to_classic(text: &str) -> String {
     let counters: std::collections::HashSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
@@ -364,6 +359,10 @@ mod tests {
     use super::*;
     use crate::span::Address;
 
+    fn record(m: &Metrics, s: &Span) {
+        m.series(s).observe(s);
+    }
+
     fn span(kind: SpanKind, status: u16, route: &str, ns: u64) -> Span {
         Span {
             kind,
@@ -385,10 +384,10 @@ mod tests {
     fn histograms_count_per_route_and_status() {
         let m = Metrics::new("host-a");
         for _ in 0..3 {
-            m.record(&span(SpanKind::Server, 200, "/x/*", 20_000_000));
+            record(&m, &span(SpanKind::Server, 200, "/x/*", 20_000_000));
         }
-        m.record(&span(SpanKind::Server, 500, "/x/*", 2_000_000_000));
-        m.record(&span(SpanKind::Client, 404, "/y", 1_000_000));
+        record(&m, &span(SpanKind::Server, 500, "/x/*", 2_000_000_000));
+        record(&m, &span(SpanKind::Client, 404, "/y", 1_000_000));
         m.events.inc_by(5);
         let text = m.encode();
         assert!(text.contains(

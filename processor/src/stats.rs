@@ -30,7 +30,8 @@ pub struct Stats {
     /// Spans not emitted because their route is ignored (`routes.ignored_patterns` with
     /// `ignore_mode` all or traces).
     pub ignored_routes: u64,
-    /// Spans the sampler did not keep (not printed; counted in metrics once they exist).
+    /// Spans the sampler did not keep (neither printed nor exported; still counted in the RED
+    /// metrics).
     pub unsampled: u64,
     /// Span output failures (stdout closed).
     pub print_errors: u64,

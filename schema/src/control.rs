@@ -122,57 +122,57 @@ pub enum ProcessorMessage {
 /// message and the field.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("sending the {message}")]
+    #[error("sending {message}")]
     Send {
         message: &'static str,
         #[source]
         source: ChannelError,
     },
-    #[error("receiving the {expecting}")]
+    #[error("receiving {expecting}")]
     Recv {
         expecting: &'static str,
         #[source]
         source: ChannelError,
     },
-    #[error("decoding the {message}: field {field}")]
+    #[error("decoding {message}: field {field}")]
     Decode {
         message: &'static str,
         field: &'static str,
         #[source]
         source: capnp::Error,
     },
-    #[error("the {message} has {count} {field}, limit {limit}")]
+    #[error("{message} with {count} {field}, limit {limit}")]
     TooMany {
         message: &'static str,
         field: &'static str,
         count: usize,
         limit: usize,
     },
-    #[error("the {message} encodes to {bytes} bytes, over the {limit}-byte datagram limit")]
+    #[error("{message} encodes to {bytes} bytes, over the {limit}-byte datagram limit")]
     TooLarge {
         message: &'static str,
         bytes: usize,
         limit: usize,
     },
-    #[error("the {message} came with {got} file descriptors, expected {expected}")]
+    #[error("{message} came with {got} file descriptors, expected {expected}")]
     Fds {
         message: &'static str,
         expected: usize,
         got: usize,
     },
-    #[error("the {message} names fd index {index} of {count} attached")]
+    #[error("{message} names fd index {index} of {count} attached")]
     FdIndex {
         message: &'static str,
         index: u8,
         count: usize,
     },
-    #[error("the peer's {message} speaks protocol {peer}, this side speaks {ours}")]
+    #[error("{message} of protocol version {peer}; this side speaks {ours}")]
     Version {
         message: &'static str,
         peer: u32,
         ours: u32,
     },
-    #[error("expected a {expected}, received a {got}")]
+    #[error("expected {expected}, received {got}")]
     Unexpected {
         expected: &'static str,
         got: &'static str,

@@ -3,8 +3,8 @@
 //! * Kernel → user space: the `#[repr(C)]` event layouts written by the kernel programs
 //!   (`loader-ebpf`) into ring buffers and read by the loader (process events) and the
 //!   processor (HTTP events). This part is `no_std` so the eBPF crate can use it.
-//! * Loader ↔ processor: the capnp control protocol (`control.capnp`), behind the `control`
-//!   feature.
+//! * Loader ↔ processor: the capnp control protocol (`control.capnp`), its framing (`channel`)
+//!   and its one typed codec (`control`), behind the `control` feature.
 #![no_std]
 
 #[cfg(feature = "control")]

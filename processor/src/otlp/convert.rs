@@ -32,7 +32,7 @@ pub struct ProcessResource {
 
 /// The language of a process, guessed from its executable's name (`telemetry.sdk.language`).
 /// Only names that leave no doubt are mapped; anything else is `unknown`.
-pub fn language_of(exe_path: &str) -> &'static str {
+fn language_of(exe_path: &str) -> &'static str {
     let name = exe_path.rsplit('/').next().unwrap_or(exe_path);
     let starts = |p: &str| name.starts_with(p);
     match name {
@@ -90,7 +90,7 @@ pub fn scope() -> InstrumentationScope {
 
 /// True when the span's outcome is an error under the HTTP conventions: a server span with a
 /// 5xx, a client span with a 4xx or 5xx, or no response at all.
-pub fn is_error(s: &Span) -> bool {
+fn is_error(s: &Span) -> bool {
     match (s.kind, s.status) {
         (_, 0) => true,
         (SpanKind::Server, code) => code >= 500,

@@ -578,9 +578,6 @@ fn messages_travel_over_a_socket_with_their_fds() {
 #[test]
 fn errors_name_the_message_and_keep_their_source() {
     let e = ProcessorMessage::decode(&datagram(vec![1, 2, 3])).expect_err("garbage");
-    assert_eq!(
-        e.to_string(),
-        "decoding the processor message: field datagram"
-    );
+    assert_eq!(e.to_string(), "decoding processor message: field datagram");
     assert!(std::error::Error::source(&e).is_some());
 }
