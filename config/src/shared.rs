@@ -105,11 +105,18 @@ impl Config {
 const PIDS: &str = "process ids (a list, or comma-separated)";
 const UIDS: &str = "user ids (a list, or comma-separated)";
 
-fn numbers(input: &crate::source::Input<'_>, expected: &'static str) -> Result<Vec<u32>, crate::ConfigError> {
+fn numbers(
+    input: &crate::source::Input<'_>,
+    expected: &'static str,
+) -> Result<Vec<u32>, crate::ConfigError> {
     input
         .list(expected)?
         .iter()
-        .map(|p| p.trim().parse::<u32>().map_err(|_| input.invalid(p, expected)))
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .map_err(|_| input.invalid(p, expected))
+        })
         .collect()
 }
 
@@ -155,7 +162,11 @@ pub static SHARED: Table<Config> = Table(&[&[
             c.auto_target_exe = Some(ExeGlob::parse(i.key, &i.text("a glob")?)?);
             Ok(())
         },
-        show: |c| c.auto_target_exe.as_ref().and_then(|g| show::text(&g.pattern)),
+        show: |c| {
+            c.auto_target_exe
+                .as_ref()
+                .and_then(|g| show::text(&g.pattern))
+        },
     },
     Setting {
         key: "target_pids",
@@ -257,7 +268,12 @@ pub static SHARED: Table<Config> = Table(&[&[
             c.processor.binary = Some(PathBuf::from(non_empty(i.key, i.text("a path")?)?));
             Ok(())
         },
-        show: |c| c.processor.binary.as_ref().and_then(|p| show::text(p.display())),
+        show: |c| {
+            c.processor
+                .binary
+                .as_ref()
+                .and_then(|p| show::text(p.display()))
+        },
     },
     Setting {
         key: "processor.allowed_uids",
@@ -317,7 +333,8 @@ pub static SHARED: Table<Config> = Table(&[&[
         secret: false,
         apply: |c, i| {
             const EXPECTED: &str = "a number between 64 and 1048576";
-            c.ebpf.max_connections = parse_in_range(i.key, &i.text(EXPECTED)?, 64..=1 << 20, EXPECTED)?;
+            c.ebpf.max_connections =
+                parse_in_range(i.key, &i.text(EXPECTED)?, 64..=1 << 20, EXPECTED)?;
             Ok(())
         },
         show: |c| show::number(c.ebpf.max_connections),
@@ -332,7 +349,8 @@ pub static SHARED: Table<Config> = Table(&[&[
         secret: false,
         apply: |c, i| {
             const EXPECTED: &str = "a number of seconds >= 1";
-            c.stats_interval_secs = parse_in_range(i.key, &i.text(EXPECTED)?, 1..=u32::MAX, EXPECTED)?;
+            c.stats_interval_secs =
+                parse_in_range(i.key, &i.text(EXPECTED)?, 1..=u32::MAX, EXPECTED)?;
             Ok(())
         },
         show: |c| show::number(c.stats_interval_secs),

@@ -142,7 +142,13 @@ fn raw_value(key: &str, v: &Value) -> Result<Option<Raw>, String> {
     let shape = || format!("`{key}`: expected a value, a list of values or a mapping of values");
     Ok(Some(match v {
         Value::Null => return Ok(None),
-        Value::Sequence(items) => Raw::List(items.iter().map(scalar).collect::<Option<_>>().ok_or_else(shape)?),
+        Value::Sequence(items) => Raw::List(
+            items
+                .iter()
+                .map(scalar)
+                .collect::<Option<_>>()
+                .ok_or_else(shape)?,
+        ),
         Value::Mapping(m) => Raw::Map(
             m.iter()
                 .map(|(k, v)| Some((scalar(k)?, scalar(v)?)))

@@ -62,7 +62,10 @@ fn every_embedded_default_parses() {
     assert_eq!(c.ebpf.ring_buffer_bytes, 8 << 20);
     assert_eq!(c.ebpf.max_connections, 16384);
     assert_eq!(c.stats_interval_secs, 10);
-    assert_eq!(c.control_socket, std::path::Path::new(DEFAULT_CONTROL_SOCKET));
+    assert_eq!(
+        c.control_socket,
+        std::path::Path::new(DEFAULT_CONTROL_SOCKET)
+    );
     assert!(!c.has_selection());
 }
 
@@ -99,19 +102,69 @@ fn errors_name_the_key_and_value() {
     for (yaml, e, key, value) in [
         ("log_level: loud\n", vec![], "log_level", "loud"),
         ("open_prot: 80\n", vec![], "open_prot", ""),
-        ("ebpf:\n  ring_bufer_bytes: 1\n", vec![], "ebpf.ring_bufer_bytes", ""),
-        ("ebpf:\n  ring_buffer_bytes: 1000\n", vec![], "ebpf.ring_buffer_bytes", "1000"),
-        ("ebpf:\n  ring_buffer_bytes: 12288\n", vec![], "ebpf.ring_buffer_bytes", "12288"),
-        ("ebpf:\n  max_connections: 8\n", vec![], "ebpf.max_connections", "8"),
-        ("stats_interval_secs: 0\n", vec![], "stats_interval_secs", "0"),
-        ("control_socket: run/x.sock\n", vec![], "control_socket", "run/x.sock"),
+        (
+            "ebpf:\n  ring_bufer_bytes: 1\n",
+            vec![],
+            "ebpf.ring_bufer_bytes",
+            "",
+        ),
+        (
+            "ebpf:\n  ring_buffer_bytes: 1000\n",
+            vec![],
+            "ebpf.ring_buffer_bytes",
+            "1000",
+        ),
+        (
+            "ebpf:\n  ring_buffer_bytes: 12288\n",
+            vec![],
+            "ebpf.ring_buffer_bytes",
+            "12288",
+        ),
+        (
+            "ebpf:\n  max_connections: 8\n",
+            vec![],
+            "ebpf.max_connections",
+            "8",
+        ),
+        (
+            "stats_interval_secs: 0\n",
+            vec![],
+            "stats_interval_secs",
+            "0",
+        ),
+        (
+            "control_socket: run/x.sock\n",
+            vec![],
+            "control_socket",
+            "run/x.sock",
+        ),
         ("target_pids: [1, x]\n", vec![], "target_pids", "x"),
         ("processor: 3\n", vec![], "processor", ""),
         ("service_name: [a, {b: c}]\n", vec![], "service_name", ""),
-        ("", vec![("BEYLA_OPEN_PORT", "80-x")], "BEYLA_OPEN_PORT", "80-x"),
-        ("", vec![("BEYLA_LOG_LEVEL", "loud")], "BEYLA_LOG_LEVEL", "loud"),
-        ("", vec![("SONDE_INSECURE_NO_LANDLOCK", "yes")], "SONDE_INSECURE_NO_LANDLOCK", "yes"),
-        ("", vec![("BEYLA_TARGET_PID", "12,a")], "BEYLA_TARGET_PID", "a"),
+        (
+            "",
+            vec![("BEYLA_OPEN_PORT", "80-x")],
+            "BEYLA_OPEN_PORT",
+            "80-x",
+        ),
+        (
+            "",
+            vec![("BEYLA_LOG_LEVEL", "loud")],
+            "BEYLA_LOG_LEVEL",
+            "loud",
+        ),
+        (
+            "",
+            vec![("SONDE_INSECURE_NO_LANDLOCK", "yes")],
+            "SONDE_INSECURE_NO_LANDLOCK",
+            "yes",
+        ),
+        (
+            "",
+            vec![("BEYLA_TARGET_PID", "12,a")],
+            "BEYLA_TARGET_PID",
+            "a",
+        ),
     ] {
         let err = load_yaml(yaml, &e).unwrap_err().to_string();
         assert!(err.contains(key) && err.contains(value), "{key}: {err}");
@@ -128,16 +181,28 @@ fn the_loader_skips_processor_sections_but_not_typos() {
     )
     .unwrap();
     assert!(c.open_port.unwrap().contains(80));
-    let err = load_yaml("trace_printr: json\n", &[]).unwrap_err().to_string();
+    let err = load_yaml("trace_printr: json\n", &[])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("trace_printr"), "{err}");
 }
 
 #[test]
 fn landlock_opt_out_is_off_unless_asked_for() {
-    assert!(!Config::load(None, &env(&[])).unwrap().processor.insecure_no_landlock);
+    assert!(
+        !Config::load(None, &env(&[]))
+            .unwrap()
+            .processor
+            .insecure_no_landlock
+    );
     let c = load_yaml("processor:\n  insecure_no_landlock: true\n", &[]).unwrap();
     assert!(c.processor.insecure_no_landlock);
-    assert!(load_yaml(&c.to_yaml(), &[]).unwrap().processor.insecure_no_landlock);
+    assert!(
+        load_yaml(&c.to_yaml(), &[])
+            .unwrap()
+            .processor
+            .insecure_no_landlock
+    );
     let c = Config::load(None, &env(&[("SONDE_INSECURE_NO_LANDLOCK", "1")])).unwrap();
     assert!(c.processor.insecure_no_landlock);
 }
@@ -221,15 +286,21 @@ proptest! {
         socket in hostile_text(),
         pids in prop::collection::vec(any::<u32>(), 0..4),
     ) {
-        let mut c = Config::default();
-        c.service_name = Some(name);
-        c.service_namespace = Some(namespace);
-        c.processor.user = user;
-        c.processor.group = Some(group);
-        c.processor.binary = Some(binary.into());
-        c.control_socket = format!("/run/{socket}").into();
-        c.target_pids = pids;
-        c.auto_target_exe = Some(ExeGlob::parse("k", "*/x").unwrap());
+        let defaults = Config::default();
+        let c = Config {
+            service_name: Some(name),
+            service_namespace: Some(namespace),
+            processor: ProcessorSettings {
+                user,
+                group: Some(group),
+                binary: Some(binary.into()),
+                ..defaults.processor.clone()
+            },
+            control_socket: format!("/run/{socket}").into(),
+            target_pids: pids,
+            auto_target_exe: Some(ExeGlob::parse("k", "*/x").unwrap()),
+            ..defaults
+        };
         let yaml = c.to_yaml();
         let again = load_yaml(&yaml, &[]).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         prop_assert_eq!(shown(&again), shown(&c), "{}", yaml);

@@ -149,7 +149,6 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-
 /// A non-blank string.
 pub fn non_empty(key: &str, v: String) -> Result<String, ConfigError> {
     if v.trim().is_empty() {
@@ -185,11 +184,7 @@ where
 }
 
 /// A duration from a file value (`5s`) or, for an `OTEL_*` variable, milliseconds.
-pub fn parse_duration_or_millis(
-    key: &str,
-    v: &str,
-    millis: bool,
-) -> Result<Duration, ConfigError> {
+pub fn parse_duration_or_millis(key: &str, v: &str, millis: bool) -> Result<Duration, ConfigError> {
     if millis {
         parse_millis(key, v)
     } else {

@@ -66,4 +66,3 @@ pub fn resolve_processor(user: &str, group: Option<&str>) -> Result<ProcessorIde
     }
     Ok(ProcessorIdentity::User { uid, gid })
 }
-

@@ -42,8 +42,8 @@ pub fn run_once(
     drop_privileges: bool,
     timeout: Duration,
 ) -> Result<std::process::ExitStatus> {
-    let binary = File::open(&spec.binary)
-        .with_context(|| format!("opening {}", spec.binary.display()))?;
+    let binary =
+        File::open(&spec.binary).with_context(|| format!("opening {}", spec.binary.display()))?;
     let mut child = spawn(spec, Some(&binary), drop_privileges)?;
     let deadline = Instant::now() + timeout;
     loop {

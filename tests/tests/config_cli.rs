@@ -85,7 +85,11 @@ fn print_config_shows_file_env_and_flags() {
     std::fs::write(&printed, &out).expect("write");
     let (code, again, err) = run(
         "sonde",
-        &["--config", printed.to_str().expect("utf-8"), "--print-config"],
+        &[
+            "--config",
+            printed.to_str().expect("utf-8"),
+            "--print-config",
+        ],
         &[],
     );
     assert_eq!(code, 0, "{err}");
@@ -113,10 +117,7 @@ fn shipped_example_config_is_valid() {
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.lines().any(|l| l == "open_port: 8080,8443"),
-        "{out}"
-    );
+    assert!(out.lines().any(|l| l == "open_port: 8080,8443"), "{out}");
     assert!(
         out.lines().any(|l| l == "  ring_buffer_bytes: 16777216"),
         "{out}"

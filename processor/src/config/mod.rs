@@ -91,7 +91,10 @@ impl Config {
 
     /// Builds the configuration from the file `file` names (else `BEYLA_CONFIG_PATH`; `-` is
     /// standard input) and the environment.
-    pub fn load(file: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         let text = FileText::locate(file, env)?;
         Config::from_sources(text.as_ref(), env)
     }

@@ -121,10 +121,7 @@ pub struct RawEndpoint {
 }
 
 /// Resolves a signal's endpoint. The exact endpoint wins over the base one.
-pub fn resolve(
-    raw: &RawEndpoint,
-    signal: Signal,
-) -> Result<Option<OtlpEndpoint>, ConfigError> {
+pub fn resolve(raw: &RawEndpoint, signal: Signal) -> Result<Option<OtlpEndpoint>, ConfigError> {
     let (key, text, is_base) = match (&raw.exact, &raw.base) {
         (Some((k, v)), _) => (k, v, false),
         (None, Some((k, v))) => (k, v, true),

@@ -320,8 +320,12 @@ pub static OWN: Table<Config> = Table(&[
             secret: false,
             apply: |c, i| {
                 const EXPECTED: &str = "a TCP port, 1 to 65535";
-                c.prometheus_export.port =
-                    Some(parse_in_range(i.key, &i.text(EXPECTED)?, 1..=u16::MAX, EXPECTED)?);
+                c.prometheus_export.port = Some(parse_in_range(
+                    i.key,
+                    &i.text(EXPECTED)?,
+                    1..=u16::MAX,
+                    EXPECTED,
+                )?);
                 Ok(())
             },
             show: |c| c.prometheus_export.port.and_then(show::number),
@@ -371,7 +375,8 @@ pub static OWN: Table<Config> = Table(&[
             doc: "which traces are kept: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_traceidratio` (OpenTelemetry's samplers: the ratio is decided from the trace id, parent-based ones follow an incoming `traceparent`'s sampled flag). Unsampled spans are built and counted, not printed",
             secret: false,
             apply: |c, i| {
-                c.pending.sampler_name = (i.key.to_string(), non_empty(i.key, i.text("a sampler")?)?);
+                c.pending.sampler_name =
+                    (i.key.to_string(), non_empty(i.key, i.text("a sampler")?)?);
                 Ok(())
             },
             show: |c| show::text(c.sampler.describe().0),
@@ -391,7 +396,14 @@ pub static OWN: Table<Config> = Table(&[
             show: |c| c.sampler.describe().1.and_then(show::text),
         },
     ],
-    endpoint_settings!("otel_traces_export", "TRACES", "traces", "traces_endpoint", traces_export, traces),
+    endpoint_settings!(
+        "otel_traces_export",
+        "TRACES",
+        "traces",
+        "traces_endpoint",
+        traces_export,
+        traces
+    ),
     &[
         Setting {
             key: "otel_traces_export.queue_size",
@@ -436,10 +448,20 @@ pub static OWN: Table<Config> = Table(&[
             show: |c| show::text(format_duration(c.traces_export.batch_timeout)),
         },
     ],
-    endpoint_settings!("otel_metrics_export", "METRICS", "metrics", "metrics_endpoint", metrics_export, metrics),
+    endpoint_settings!(
+        "otel_metrics_export",
+        "METRICS",
+        "metrics",
+        "metrics_endpoint",
+        metrics_export,
+        metrics
+    ),
     &[Setting {
         key: "otel_metrics_export.interval",
-        env: &[var("BEYLA_METRICS_INTERVAL"), var_millis("OTEL_METRIC_EXPORT_INTERVAL")],
+        env: &[
+            var("BEYLA_METRICS_INTERVAL"),
+            var_millis("OTEL_METRIC_EXPORT_INTERVAL"),
+        ],
         flag: "",
         default: Some("60s"),
         unset: "",

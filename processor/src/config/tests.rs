@@ -49,7 +49,10 @@ fn own_sections_are_exactly_the_ones_the_loader_skips() {
 fn file_then_env_precedence() {
     let c = load_yaml(
         "open_port: 8080\ntrace_printer: text\nservice_name: file-svc\n",
-        &[("BEYLA_TRACE_PRINTER", "json"), ("OTEL_SERVICE_NAME", "env-svc")],
+        &[
+            ("BEYLA_TRACE_PRINTER", "json"),
+            ("OTEL_SERVICE_NAME", "env-svc"),
+        ],
     )
     .unwrap();
     assert_eq!(c.trace_printer, TracePrinter::Json);
@@ -59,16 +62,27 @@ fn file_then_env_precedence() {
 
 #[test]
 fn errors_name_the_key_and_value() {
-    let e = load_yaml("trace_printer: yaml\n", &[]).unwrap_err().to_string();
-    assert!(e.contains("trace_printer") && e.contains("yaml") && e.contains("json"), "{e}");
+    let e = load_yaml("trace_printer: yaml\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("trace_printer") && e.contains("yaml") && e.contains("json"),
+        "{e}"
+    );
     for (yaml, key) in [
         ("routes:\n  unmatched: smart\n", "routes.unmatched"),
         ("routes:\n  ignore_mode: some\n", "routes.ignore_mode"),
         ("routes:\n  patterns: [user]\n", "routes.patterns"),
         ("routes:\n  wildcard_char: a/b\n", "routes.wildcard_char"),
-        ("routes:\n  max_path_segment_cardinality: 0\n", "routes.max_path_segment_cardinality"),
+        (
+            "routes:\n  max_path_segment_cardinality: 0\n",
+            "routes.max_path_segment_cardinality",
+        ),
         ("routes:\n  patern: [/a]\n", "routes.patern"),
-        ("otel_traces_export:\n  sampler:\n    nme: x\n", "otel_traces_export.sampler.nme"),
+        (
+            "otel_traces_export:\n  sampler:\n    nme: x\n",
+            "otel_traces_export.sampler.nme",
+        ),
         ("log_levl: info\n", "log_levl"),
     ] {
         let e = load_yaml(yaml, &[]).unwrap_err().to_string();
@@ -103,10 +117,26 @@ fn prometheus_export_keys() {
         c.prometheus_export
     );
     for (yaml, envs, key) in [
-        ("prometheus_export:\n  port: 70000\n", vec![], "prometheus_export.port"),
-        ("prometheus_export:\n  path: metrics\n", vec![], "prometheus_export.path"),
-        ("prometheus_export:\n  address: here\n", vec![], "prometheus_export.address"),
-        ("", vec![("BEYLA_PROMETHEUS_PORT", "x")], "BEYLA_PROMETHEUS_PORT"),
+        (
+            "prometheus_export:\n  port: 70000\n",
+            vec![],
+            "prometheus_export.port",
+        ),
+        (
+            "prometheus_export:\n  path: metrics\n",
+            vec![],
+            "prometheus_export.path",
+        ),
+        (
+            "prometheus_export:\n  address: here\n",
+            vec![],
+            "prometheus_export.address",
+        ),
+        (
+            "",
+            vec![("BEYLA_PROMETHEUS_PORT", "x")],
+            "BEYLA_PROMETHEUS_PORT",
+        ),
     ] {
         let e = load_yaml(yaml, &envs).unwrap_err().to_string();
         assert!(e.contains(key), "{e}");
@@ -134,14 +164,23 @@ fn samplers_from_file_and_environment() {
     let e = Config::load(None, &env(&[("OTEL_TRACES_SAMPLER", "sometimes")]))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("OTEL_TRACES_SAMPLER") && e.contains("sometimes"), "{e}");
+    assert!(
+        e.contains("OTEL_TRACES_SAMPLER") && e.contains("sometimes"),
+        "{e}"
+    );
     let e = Config::load(
         None,
-        &env(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")]),
+        &env(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ]),
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("OTEL_TRACES_SAMPLER argument") && e.contains('2'), "{e}");
+    assert!(
+        e.contains("OTEL_TRACES_SAMPLER argument") && e.contains('2'),
+        "{e}"
+    );
 }
 
 #[test]
@@ -155,7 +194,10 @@ fn otlp_exports_from_file_and_environment() {
     assert_eq!(c.traces_export.queue_size, 100);
     assert_eq!(c.traces_export.batch_timeout, Duration::from_millis(250));
     let m = c.metrics_export.otlp.clone().unwrap();
-    assert_eq!((m.url.as_str(), m.protocol), ("http://127.0.0.1:4317", OtlpProtocol::Grpc));
+    assert_eq!(
+        (m.url.as_str(), m.protocol),
+        ("http://127.0.0.1:4317", OtlpProtocol::Grpc)
+    );
     assert_eq!(c.metrics_export.interval, Duration::from_secs(2));
     // Printed without the secret, and read back to the same endpoints.
     let printed = c.to_yaml();
@@ -169,7 +211,10 @@ fn otlp_exports_from_file_and_environment() {
         yaml,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://tempo:9411/otlp"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://tempo:9411/otlp",
+            ),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=other"),
@@ -183,7 +228,10 @@ fn otlp_exports_from_file_and_environment() {
     assert_eq!((t.url.as_str(), t.port), ("http://tempo:9411/otlp", 9411));
     assert_eq!(t.headers, vec![("api-key".into(), "other".into())]);
     let m = c.metrics_export.otlp.clone().unwrap();
-    assert_eq!((m.url.as_str(), m.protocol), ("http://collector:4317", OtlpProtocol::Grpc));
+    assert_eq!(
+        (m.url.as_str(), m.protocol),
+        ("http://collector:4317", OtlpProtocol::Grpc)
+    );
     assert_eq!(c.metrics_export.interval, Duration::from_millis(1500));
     assert_eq!(c.traces_export.batch_timeout, Duration::from_millis(300));
     assert_eq!(c.traces_export.timeout, Duration::from_millis(1200));
@@ -191,14 +239,46 @@ fn otlp_exports_from_file_and_environment() {
     assert!(m.gzip && !t.gzip);
 
     for (yaml, env, key) in [
-        ("otel_traces_export:\n  protocol: http/json\n", vec![], "otel_traces_export.protocol"),
-        ("otel_metrics_export:\n  interval: soon\n", vec![], "otel_metrics_export.interval"),
-        ("otel_traces_export:\n  compression: zstd\n", vec![], "otel_traces_export.compression"),
-        ("otel_traces_export:\n  queue_size: 0\n", vec![], "otel_traces_export.queue_size"),
-        ("otel_traces_export:\n  headers:\n    \"bad key\": v\n", vec![], "otel_traces_export.headers"),
-        ("", vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ("", vec![("OTEL_METRIC_EXPORT_INTERVAL", "5s")], "OTEL_METRIC_EXPORT_INTERVAL"),
-        ("", vec![("OTEL_BSP_MAX_QUEUE_SIZE", "x")], "OTEL_BSP_MAX_QUEUE_SIZE"),
+        (
+            "otel_traces_export:\n  protocol: http/json\n",
+            vec![],
+            "otel_traces_export.protocol",
+        ),
+        (
+            "otel_metrics_export:\n  interval: soon\n",
+            vec![],
+            "otel_metrics_export.interval",
+        ),
+        (
+            "otel_traces_export:\n  compression: zstd\n",
+            vec![],
+            "otel_traces_export.compression",
+        ),
+        (
+            "otel_traces_export:\n  queue_size: 0\n",
+            vec![],
+            "otel_traces_export.queue_size",
+        ),
+        (
+            "otel_traces_export:\n  headers:\n    \"bad key\": v\n",
+            vec![],
+            "otel_traces_export.headers",
+        ),
+        (
+            "",
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+        (
+            "",
+            vec![("OTEL_METRIC_EXPORT_INTERVAL", "5s")],
+            "OTEL_METRIC_EXPORT_INTERVAL",
+        ),
+        (
+            "",
+            vec![("OTEL_BSP_MAX_QUEUE_SIZE", "x")],
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+        ),
         (
             "otel_metrics_export:\n  metrics_endpoint: https://c:4318/v1/metrics\n  certificate: /nonexistent/ca.pem\n",
             vec![],
@@ -218,9 +298,14 @@ fn configuration_reference_matches_the_definitions() {
     let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
     let doc = std::fs::read_to_string(doc_path).unwrap();
     if !doc.contains(&rows) {
-        let out = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/configuration-keys.md");
+        let out = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/configuration-keys.md"
+        );
         let _ = std::fs::write(out, &rows);
-        panic!("docs/configuration.md's key table differs from the definitions; the generated rows are in {out}");
+        panic!(
+            "docs/configuration.md's key table differs from the definitions; the generated rows are in {out}"
+        );
     }
 }
 

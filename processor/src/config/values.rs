@@ -194,4 +194,3 @@ impl Default for RoutesConfig {
         super::Config::default().routes
     }
 }
-
