@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let metrics = Metrics::new("fuzz");
     let mut red = RedRecorder::default();
     let scope = convert::scope();
-    let meta = || convert::ProcessMeta {
+    let meta = || convert::ProcessResource {
         pid: 1,
         service_name: "fuzz".into(),
         service_namespace: None,

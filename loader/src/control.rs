@@ -37,6 +37,25 @@ pub struct PeerPolicy {
 }
 
 impl PeerPolicy {
+    /// The processor's policy: its uid (plus `allowed_uids`), and its gid as well when
+    /// `processor.group` is configured (`check_group`); or any uid of its group.
+    pub fn for_processor(
+        identity: ProcessorIdentity,
+        allowed_uids: &[u32],
+        check_group: bool,
+    ) -> PeerPolicy {
+        match identity {
+            ProcessorIdentity::User { uid, gid } => PeerPolicy {
+                uids: Some([uid].into_iter().chain(allowed_uids.iter().copied()).collect()),
+                gid: check_group.then_some(gid),
+            },
+            ProcessorIdentity::AnyUserOfGroup { gid } => PeerPolicy {
+                uids: None,
+                gid: Some(gid),
+            },
+        }
+    }
+
     pub fn allows(&self, uid: u32, gid: u32) -> bool {
         let uid_ok = self.uids.as_ref().is_none_or(|u| u.contains(&uid));
         let gid_ok = self.gid.is_none_or(|g| g == gid);

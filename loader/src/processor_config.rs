@@ -5,7 +5,7 @@
 //! file (`--check-config`) or print its sections (`--print-own-config`, for
 //! `sonde --print-config`). The file goes on the child's standard input unchanged.
 
-use std::{path::PathBuf, time::Duration};
+use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use sonde_config::Config;
@@ -40,6 +40,32 @@ pub fn processor_binary(config: &Config) -> PathBuf {
     })
 }
 
+/// The processor single-host mode starts and supervises, as `uid`/`gid`: it serves
+/// `control_socket` with the configuration file's text on its standard input.
+pub fn supervised(config: &Config, uid: u32, gid: u32, file_text: &str) -> ProcessorSpec {
+    let args = vec!["--control".into(), config.control_socket.clone().into()];
+    spec(processor_binary(config), args, uid, gid, file_text)
+}
+
+/// `binary args --config -`, with the configuration's environment and the file on stdin.
+fn spec(
+    binary: PathBuf,
+    mut args: Vec<OsString>,
+    uid: u32,
+    gid: u32,
+    file_text: &str,
+) -> ProcessorSpec {
+    args.extend(["--config".into(), "-".into()]);
+    ProcessorSpec {
+        binary,
+        args,
+        uid,
+        gid,
+        env: supervisor::processor_env(),
+        config_yaml: file_text.to_string(),
+    }
+}
+
 /// Runs one configuration pass of the processor binary. Without a processor binary a check
 /// is skipped (a split install may ship the loader alone) and a print fails.
 pub fn run(config: &Config, file_text: &str, pass: Pass) -> Result<()> {
@@ -53,6 +79,10 @@ pub fn run(config: &Config, file_text: &str, pass: Pass) -> Result<()> {
             binary.display()
         );
     }
+    // A root loader runs the pass as the processor's user. An unprivileged loader started
+    // with capabilities (systemd's ambient set) clears its ambient set first: ambient
+    // capabilities are the only ones a non-root process hands across exec, and the loader
+    // itself never needs them again, so the processor binary never runs with a capability.
     let drop_to = if nix::unistd::geteuid().is_root() {
         Some(
             match resolve_processor(&config.processor.user, config.processor.group.as_deref())? {
@@ -61,20 +91,16 @@ pub fn run(config: &Config, file_text: &str, pass: Pass) -> Result<()> {
             },
         )
     } else {
+        caps::clear(None, caps::CapSet::Ambient)
+            .context("clearing the ambient capability set before running the processor")?;
         None
     };
     let flag = match pass {
         Pass::Check => "--check-config",
         Pass::PrintOwn => "--print-own-config",
     };
-    let spec = ProcessorSpec {
-        binary: binary.clone(),
-        args: vec![flag.into(), "--config".into(), "-".into()],
-        uid: drop_to.map_or(0, |(uid, _)| uid),
-        gid: drop_to.map_or(0, |(_, gid)| gid),
-        env: supervisor::processor_env(),
-        config_yaml: file_text.to_string(),
-    };
+    let (uid, gid) = drop_to.unwrap_or((0, 0));
+    let spec = spec(binary.clone(), vec![flag.into()], uid, gid, file_text);
     let status = supervisor::run_once(&spec, drop_to.is_some(), PASS_TIMEOUT)
         .with_context(|| format!("running {} {flag}", binary.display()))?;
     if !status.success() {

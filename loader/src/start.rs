@@ -1,0 +1,145 @@
+//! The privileged phase: everything the loader does while it still holds its start-up
+//! capabilities, as one linear sequence ([`start`]), ending in the run-time capability set and
+//! seccomp policy that [`crate::serve`] then lives under.
+
+use anyhow::{Context, Result, bail};
+use caps::{CapSet, Capability};
+use sonde_config::Config;
+use tracing::{info, warn};
+
+use crate::{
+    control::{ControlListener, PeerPolicy},
+    identity::{ProcessorIdentity, resolve_processor},
+    kernel_layout, privileges,
+    probes::{ProbeSizes, Probes},
+    processor_config, sandbox,
+    supervisor::ProcessorSpec,
+};
+
+/// How the loader was started.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Single-host mode: start and supervise `sonde-processor` as the configured user.
+    pub spawn_processor: bool,
+    /// The configuration file's text, handed unchanged to the processor `sonde` starts (on
+    /// its standard input: it may not be allowed to read the file).
+    pub processor_config: String,
+}
+
+/// What the privileged phase leaves for the unprivileged one: attached programs, the bound
+/// control socket and who may connect to it, and (single-host mode) the processor to start.
+pub struct Started {
+    pub probes: Probes,
+    pub listener: ControlListener,
+    pub policy: PeerPolicy,
+    /// The capabilities still held, by name (for the log and the status file).
+    pub kept_capabilities: Vec<String>,
+    /// Single-host mode: how to start the processor.
+    pub processor: Option<ProcessorSpec>,
+}
+
+/// Capabilities the loader needs in its effective set at start-up; their absence is reported
+/// by name before anything is attempted.
+const STARTUP_CAPABILITIES: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_PERFMON];
+
+/// The privileged phase, in order. Each step runs with what the previous ones left; after the
+/// last one the loader holds only its run-time capabilities under its run-time seccomp policy.
+pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
+    // 1. Refuse at once, naming what is missing, rather than fail half-way in the kernel.
+    check_startup_capabilities()?;
+    if !config.has_selection() {
+        warn!(
+            "no process selected: set open_port / BEYLA_OPEN_PORT, auto_target_exe / BEYLA_AUTO_TARGET_EXE or target_pids"
+        );
+    }
+
+    // 2. Who the processor is: the control socket's owner, the peer check, the user
+    //    single-host mode starts it as.
+    let identity = resolve_processor(&config.processor.user, config.processor.group.as_deref())?;
+    let processor = options
+        .spawn_processor
+        .then(|| supervised_processor(config, identity, options))
+        .transpose()?;
+
+    // 3. Tracefs, where the tracepoint formats are read (mounted only if missing).
+    if kernel_layout::ensure_tracefs()? {
+        info!(path = kernel_layout::TRACEFS, "mounted tracefs");
+    }
+
+    // 4. Load and attach the kernel programs (CAP_BPF, CAP_PERFMON).
+    let probes = Probes::load(&ProbeSizes {
+        ring_buffer_bytes: config.ebpf.ring_buffer_bytes,
+        max_connections: config.ebpf.max_connections,
+    })
+    .context("loading kernel programs")?;
+    info!(
+        ring_buffer_bytes = config.ebpf.ring_buffer_bytes,
+        max_connections = config.ebpf.max_connections,
+        "kernel programs attached"
+    );
+
+    // 5. Bind the control socket and hand it to the processor's identity (CAP_CHOWN).
+    let listener = ControlListener::bind(&config.control_socket, identity)?;
+    let policy = PeerPolicy::for_processor(
+        identity,
+        &config.processor.allowed_uids,
+        config.processor.group.is_some(),
+    );
+    info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, allowed_gid = ?policy.gid, "control socket listening");
+
+    // 6. Drop to the run-time capabilities, from every set.
+    let keep = privileges::runtime_capabilities(options.spawn_processor);
+    let kept_capabilities = privileges::drop_to(&keep).context("dropping capabilities")?;
+    info!(capabilities = ?kept_capabilities, "dropped to run-time capabilities");
+
+    // 7. Stop on SIGINT/SIGTERM (before the seccomp policy, which need not allow sigaction).
+    sonde_plumbing::stop::install()?;
+
+    // 8. The run-time seccomp policy: from here on no loading, attaching or mounting.
+    let filters = sandbox::apply_runtime_policy(options.spawn_processor)
+        .context("installing the run-time seccomp policy")?;
+    info!(?filters, "run-time seccomp policy installed");
+
+    Ok(Started {
+        probes,
+        listener,
+        policy,
+        kept_capabilities,
+        processor,
+    })
+}
+
+fn check_startup_capabilities() -> Result<()> {
+    let effective = caps::read(None, CapSet::Effective).context("reading effective capabilities")?;
+    let missing: Vec<String> = STARTUP_CAPABILITIES
+        .iter()
+        .filter(|c| !effective.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "sonde-loader lacks {} (needed to load and attach the kernel programs); run it as root or grant them (systemd AmbientCapabilities=, Kubernetes capabilities.add)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The processor single-host mode starts: it needs a user to start it as.
+fn supervised_processor(
+    config: &Config,
+    identity: ProcessorIdentity,
+    options: &RunOptions,
+) -> Result<ProcessorSpec> {
+    let ProcessorIdentity::User { uid, gid } = identity else {
+        bail!(
+            "processor.user \"*\" (any user of processor.group) is for a processor started separately; single-host mode needs a user to start it as"
+        );
+    };
+    Ok(processor_config::supervised(
+        config,
+        uid,
+        gid,
+        &options.processor_config,
+    ))
+}
