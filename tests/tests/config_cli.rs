@@ -1,7 +1,7 @@
 //! Configuration errors stop the binaries at start with the key, the value and what was
 //! expected; `--print-config` shows the effective configuration.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use sonde_e2e::*;
 
@@ -122,4 +122,46 @@ fn shipped_example_config_is_valid() {
         out.lines().any(|l| l == "  ring_buffer_bytes: 16777216"),
         "{out}"
     );
+}
+
+/// `sonde` hands the processor the file's bytes, not a re-serialization: a service name with
+/// YAML's special characters reaches every span whole (a printed `: ` or ` #` used to break
+/// or cut it).
+#[test]
+fn hostile_values_reach_the_processor_intact() {
+    let _guard = serial();
+    let dir = TempDir::new("hostile");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let name = "shop: cart #1 'été' \"x\" * @";
+    let yaml = format!(
+        "service_name: {}\nrouters_are_not_a_key_here: ~\n",
+        serde_yaml_ng::to_string(name).expect("yaml").trim_end()
+    );
+    // An unknown key stops both sides at start, naming it.
+    let config = dir.path("sonde.yaml");
+    std::fs::write(&config, &yaml).expect("write");
+    let (code, _, err) = run(
+        "sonde",
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--open-port",
+            &port.to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("routers_are_not_a_key_here"), "{err}");
+
+    let yaml = yaml.replace("routers_are_not_a_key_here: ~\n", "");
+    let sonde = Sonde::start_with_config(&config, &yaml, port, &dir, server.pid());
+    for _ in 0..2 {
+        assert_eq!(HttpConn::open(port).request("GET", "/x", None, true), 404);
+    }
+    let spans = sonde.wait_spans(2, Duration::from_secs(15), |_| true);
+    assert_eq!(spans.len(), 2);
+    for s in &spans {
+        assert_eq!(s["service_name"], name, "{s}");
+    }
 }

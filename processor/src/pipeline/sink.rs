@@ -1,0 +1,144 @@
+//! Where completed exchanges go: span building, route decoration, RED metrics, sampling, the
+//! printer and OTLP export, with the state they keep between spans. One call per exchange
+//! ([`SpanSink::emit`]); everything here runs on the reader thread and never waits on the
+//! network.
+
+use std::{borrow::Cow, io::Write, sync::Arc};
+
+use sonde_schema::HttpEvent;
+
+use super::processes::ProcessTable;
+use crate::{
+    config::Config,
+    metrics::Metrics,
+    otlp::Otlp,
+    printer::Printer,
+    red::RedRecorder,
+    routes::Router,
+    sampling,
+    span::{self, Built, ServiceInfo},
+    stats::Stats,
+};
+
+/// The span end of the pipeline and the state it keeps between spans.
+pub struct SpanSink<'a, W: Write> {
+    config: &'a Config,
+    router: Router,
+    metrics: Arc<Metrics>,
+    printer: Printer<W>,
+    ids: rand::rngs::SmallRng,
+    /// Added to a `CLOCK_MONOTONIC` time in ns (the kernel's) gives Unix time in ns.
+    mono_to_unix: i128,
+    otlp: Option<Otlp>,
+    red: RedRecorder,
+}
+
+impl<'a, W: Write> SpanSink<'a, W> {
+    /// A sink printing to `out` in the configured format and exporting through `otlp`.
+    pub fn new(
+        config: &'a Config,
+        metrics: Arc<Metrics>,
+        otlp: Option<Otlp>,
+        out: W,
+        mono_to_unix: i128,
+    ) -> Self {
+        SpanSink {
+            config,
+            router: Router::new(&config.routes),
+            metrics,
+            printer: Printer::new(config.trace_printer, out),
+            // Span and trace ids need uniqueness, not secrecy: a fast generator seeded from
+            // the OS.
+            ids: <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
+            mono_to_unix,
+            otlp,
+            red: RedRecorder::default(),
+        }
+    }
+
+    /// Builds the span of one completed exchange and prints it, counting what happened.
+    pub fn emit(&mut self, ev: &HttpEvent, processes: &ProcessTable, stats: &mut Stats) {
+        let config = self.config;
+        // Borrowed on the hot path: no allocation per event for a known process.
+        let name = match &config.shared.service_name {
+            Some(name) => Cow::Borrowed(name.as_str()),
+            None => processes.service_name(ev.pid, stats),
+        };
+        let service = ServiceInfo {
+            name: &name,
+            namespace: config.shared.service_namespace.as_deref(),
+        };
+        match span::build(ev, &service, self.mono_to_unix, &mut self.ids) {
+            Built::NotHttp => stats.not_http += 1,
+            Built::Span(mut s) => {
+                let mut ignored = None;
+                if s.malformed.is_none() {
+                    let routed = self.router.route(&s.service_name, &s.path);
+                    ignored = routed.ignored;
+                    s.set_route(routed.route);
+                }
+                // HTTP metrics only when something serves them: no label strings per span
+                // otherwise.
+                if !ignored.is_some_and(|m| m.drops_metrics()) {
+                    let prometheus = config
+                        .prometheus_export
+                        .port
+                        .is_some()
+                        .then_some(&*self.metrics);
+                    let otlp = self.otlp.as_mut().filter(|o| o.exports_metrics());
+                    if prometheus.is_some() || otlp.is_some() {
+                        let meta = || processes.meta(s.pid, config, &s.service_name);
+                        self.red.record(&s, prometheus, otlp, &meta);
+                    }
+                }
+                if ignored.is_some_and(|m| m.drops_traces()) {
+                    stats.ignored_routes += 1;
+                    return;
+                }
+                stats.spans += 1;
+                stats.malformed += u64::from(s.malformed.is_some());
+                stats.no_response += u64::from(s.no_response);
+                if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
+                    stats.unsampled += 1;
+                    return;
+                }
+                if self.printer.print(&s).is_err() {
+                    stats.print_errors += 1;
+                    self.metrics.export_errors.inc();
+                }
+                if let Some(o) = self.otlp.as_mut()
+                    && o.exports_traces()
+                {
+                    o.ensure_process(&|| processes.meta(s.pid, config, &s.service_name), s.pid);
+                    o.export_span(s);
+                }
+            }
+        }
+    }
+    /// Hands queued spans to the exporter thread and writes out printed ones (a failed write
+    /// is counted in `stats.print_errors`).
+    pub fn flush(&mut self, stats: &mut Stats) {
+        if let Some(o) = self.otlp.as_mut() {
+            o.flush();
+        }
+        if self.printer.flush().is_err() {
+            stats.print_errors += 1;
+        }
+    }
+
+    /// Drops what is kept for `pid` (its OTLP resource and meters, its RED series).
+    pub fn forget(&mut self, pid: u32) {
+        if let Some(o) = self.otlp.as_mut() {
+            o.forget(pid);
+        }
+        self.red.forget(pid);
+    }
+
+    /// Writes out printed spans and stops OTLP export, sending what is queued.
+    pub fn shut_down(mut self) {
+        let _ = self.printer.flush();
+        if let Some(o) = self.otlp.take() {
+            o.shutdown();
+        }
+    }
+}
