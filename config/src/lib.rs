@@ -88,5 +88,7 @@ pub fn process_env() -> BTreeMap<String, String> {
     std::env::vars().collect()
 }
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 #[cfg(test)]
 mod tests;

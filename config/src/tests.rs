@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::test_support::hostile_text;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -244,35 +245,6 @@ fn reference_rows_name_every_key_and_variable() {
             assert!(rows.contains(v.name));
         }
     }
-}
-
-/// Text an operator might put in a name or a path: YAML's special characters, quotes,
-/// unicode and line breaks.
-fn hostile_text() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop_oneof![
-            Just("*".to_string()),
-            Just("#".to_string()),
-            Just(" #".to_string()),
-            Just("@".to_string()),
-            Just(": ".to_string()),
-            Just("\"".to_string()),
-            Just("'".to_string()),
-            Just("\n".to_string()),
-            Just("\\".to_string()),
-            Just("- ".to_string()),
-            Just("{}".to_string()),
-            Just("~".to_string()),
-            Just("null".to_string()),
-            Just("yes".to_string()),
-            Just("0x1F".to_string()),
-            Just("é服🙂".to_string()),
-            "[a-z0-9]{1,4}",
-        ],
-        1..8,
-    )
-    .prop_map(|parts| parts.concat())
-    .prop_filter("a blank name is refused", |s| !s.trim().is_empty())
 }
 
 proptest! {

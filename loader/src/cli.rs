@@ -1,11 +1,18 @@
 //! Command-line flags shared by `sonde-loader` and `sonde`, parsed once into `RunOptions` and
 //! a `Config`. Flags override the file and the environment.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Result, bail};
 use clap::Parser;
 use sonde_config::{Config, ExeGlob, FileText, PortSet};
+
+use crate::{
+    audit,
+    processor_config::{self, Pass},
+    sandbox, serve,
+    start::{self, RunOptions},
+};
 
 /// Exit code of a configuration error (the loader's own, or the processor's).
 pub const EXIT_CONFIG: u8 = 2;
@@ -87,101 +94,108 @@ impl Cli {
     }
 }
 
-/// Installs the log subscriber at the configured level (RUST_LOG wins when set).
-pub fn init_logging(level: sonde_config::LogLevel) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
-}
-
 /// Shared entry point of both binaries.
-pub fn main_with(always_spawn_processor: bool) -> std::process::ExitCode {
+pub fn main_with(always_spawn_processor: bool) -> ExitCode {
     let cli = Cli::parse();
     let spawn_processor = always_spawn_processor || cli.spawn_processor;
     let (config, file) = match cli.config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sonde: configuration error: {e:#}");
-            return std::process::ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let processor_config = file.map(|f| f.text).unwrap_or_default();
     if cli.print_config {
-        print!("{}", config.to_yaml());
-        // The child writes to the same standard output: ours must be out first.
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        if !spawn_processor {
-            return std::process::ExitCode::SUCCESS;
-        }
-        // The processor's sections are the processor's to parse and print.
-        return exit_code(crate::processor_config::run(
-            &config,
-            &processor_config,
-            crate::processor_config::Pass::PrintOwn,
-        ));
+        return print_config(&config, &processor_config, spawn_processor);
     }
     if cli.check_runtime_policy {
-        return match crate::sandbox::check_runtime_policy(spawn_processor) {
-            Ok(true) => std::process::ExitCode::SUCCESS,
-            Ok(false) => std::process::ExitCode::FAILURE,
-            Err(e) => {
-                eprintln!("sonde: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return check_runtime_policy(spawn_processor);
     }
     if cli.audit {
-        let report = crate::audit::report(&config.control_socket);
-        if cli.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
-        } else {
-            print!("{}", crate::audit::render(&report));
-        }
-        return if report.problems.is_empty() {
-            std::process::ExitCode::SUCCESS
-        } else {
-            std::process::ExitCode::FAILURE
-        };
+        return print_audit(&config, cli.json);
     }
     // The processor's sections are checked by the processor's own parser, before anything is
     // attached, so a bad value stops the loader naming its key.
-    if let Err(e) = crate::processor_config::run(
-        &config,
-        &processor_config,
-        crate::processor_config::Pass::Check,
-    ) {
+    if let Err(e) = processor_config::run(&config, &processor_config, Pass::Check) {
         eprintln!("sonde: configuration error: {e:#}");
-        return std::process::ExitCode::from(EXIT_CONFIG);
+        return ExitCode::from(EXIT_CONFIG);
     }
-    init_logging(config.log_level);
-    let options = crate::RunOptions {
+    sonde_plumbing::logging::init(config.log_level.as_str());
+    let options = RunOptions {
         spawn_processor,
         processor_config,
     };
-    match crate::run(config, options) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match run(&config, &options) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("sonde: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-/// The exit code for the processor's verdict on its configuration.
-fn exit_code(result: Result<()>) -> std::process::ExitCode {
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+/// `--print-config`: the loader's settings, then (single-host mode) the processor's own
+/// sections, which are the processor's to parse and print.
+fn print_config(config: &Config, processor_config: &str, spawn_processor: bool) -> ExitCode {
+    print!("{}", config.to_yaml());
+    // The child writes to the same standard output: ours must be out first.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    if !spawn_processor {
+        return ExitCode::SUCCESS;
+    }
+    exit_code(processor_config::run(
+        config,
+        processor_config,
+        Pass::PrintOwn,
+    ))
+}
+
+/// `--check-runtime-policy`: success when the run-time seccomp policy forbids what it must.
+fn check_runtime_policy(spawn_processor: bool) -> ExitCode {
+    match sandbox::check_runtime_policy(spawn_processor) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("sonde: {e:#}");
-            std::process::ExitCode::from(EXIT_CONFIG)
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--audit`: the report, as text or JSON; failure when the policy does not hold.
+fn print_audit(config: &Config, json: bool) -> ExitCode {
+    let report = audit::report(&config.control_socket);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", audit::render(&report));
+    }
+    if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The loader proper: the privileged start, then the unprivileged serve loop until
+/// SIGINT/SIGTERM.
+fn run(config: &Config, options: &RunOptions) -> Result<()> {
+    let started = start::start(config, options)?;
+    serve::serve(config, started)
+}
+
+/// The exit code for the processor's verdict on its configuration.
+fn exit_code(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sonde: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

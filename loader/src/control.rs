@@ -46,7 +46,12 @@ impl PeerPolicy {
     ) -> PeerPolicy {
         match identity {
             ProcessorIdentity::User { uid, gid } => PeerPolicy {
-                uids: Some([uid].into_iter().chain(allowed_uids.iter().copied()).collect()),
+                uids: Some(
+                    [uid]
+                        .into_iter()
+                        .chain(allowed_uids.iter().copied())
+                        .collect(),
+                ),
                 gid: check_group.then_some(gid),
             },
             ProcessorIdentity::AnyUserOfGroup { gid } => PeerPolicy {
@@ -235,5 +240,17 @@ mod tests {
             gid: None,
         };
         assert!(!nobody.allows(1000, 1000));
+    }
+
+    #[test]
+    fn peer_policy_for_the_processor() {
+        let user = ProcessorIdentity::User { uid: 1000, gid: 50 };
+        let p = PeerPolicy::for_processor(user, &[1001], false);
+        assert_eq!((p.uids, p.gid), (Some(vec![1000, 1001]), None));
+        let p = PeerPolicy::for_processor(user, &[], true);
+        assert_eq!((p.uids, p.gid), (Some(vec![1000]), Some(50)));
+        let group = ProcessorIdentity::AnyUserOfGroup { gid: 50 };
+        let p = PeerPolicy::for_processor(group, &[1001], false);
+        assert_eq!((p.uids, p.gid), (None, Some(50)));
     }
 }

@@ -111,3 +111,20 @@ pub fn run(config: &Config, file_text: &str, pass: Pass) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervised_processor_serves_the_socket_and_reads_the_file_on_stdin() {
+        let config = Config::default();
+        let spec = supervised(&config, 1000, 50, "service_name: a: b\n");
+        let control = config.control_socket.clone().into_os_string();
+        let args: Vec<OsString> = vec!["--control".into(), control, "--config".into(), "-".into()];
+        assert_eq!(spec.args, args);
+        assert_eq!((spec.uid, spec.gid), (1000, 50));
+        assert_eq!(spec.config_yaml, "service_name: a: b\n");
+        assert_eq!(spec.binary, processor_binary(&config));
+    }
+}

@@ -7,6 +7,7 @@ use std::{
 };
 
 use sonde_config::Config;
+use sonde_plumbing::proc_status::ProcStatus;
 use sonde_schema::control::ProcessRecord;
 
 /// The selection criteria, from configuration.
@@ -74,14 +75,7 @@ impl<'a> Selector<'a> {
 
 /// True for a thread-group leader (a process, not a thread).
 pub fn is_process(pid: u32) -> bool {
-    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        == Some(pid)
+    ProcStatus::of(pid).is_ok_and(|status| status.tgid == pid)
 }
 
 fn all_pids() -> Vec<u32> {
@@ -188,6 +182,23 @@ mod tests {
             service_name_for("/usr/bin/python3.11 (deleted)"),
             "python3.11"
         );
+    }
+
+    #[test]
+    fn a_process_is_a_thread_group_leader() {
+        assert!(is_process(std::process::id()));
+        // A live thread's /proc entry reads, but its Tgid is the process's.
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap().as_raw() as u32;
+        assert!(!is_process(tid));
+        done_tx.send(()).unwrap();
+        thread.join().unwrap();
+        assert!(!is_process(u32::MAX));
     }
 
     #[test]

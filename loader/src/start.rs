@@ -110,7 +110,8 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
 }
 
 fn check_startup_capabilities() -> Result<()> {
-    let effective = caps::read(None, CapSet::Effective).context("reading effective capabilities")?;
+    let effective =
+        caps::read(None, CapSet::Effective).context("reading effective capabilities")?;
     let missing: Vec<String> = STARTUP_CAPABILITIES
         .iter()
         .filter(|c| !effective.contains(c))

@@ -8,6 +8,7 @@ pub mod exchange;
 pub mod http;
 pub mod metrics;
 pub mod otlp;
+pub mod pipeline;
 pub mod prehashed;
 pub mod printer;
 pub mod privileges;

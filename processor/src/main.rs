@@ -1,38 +1,34 @@
 //! `sonde-processor`: connects to the loader, maps the event ring buffer, turns events into
 //! spans and prints them. Refuses to start as root or with any capability.
+//!
+//! This file is the command line and the order of things; `main` runs the phases in turn:
+//! [`configure`] → [`sandbox`] → [`connect`] (and [`start_pipeline`]) → [`run_passes`] →
+//! [`shut_down`]. What happens to the events is the library's `pipeline`.
 
 use std::{
-    borrow::Cow,
-    collections::HashMap,
-    io::BufWriter,
-    os::fd::AsFd,
-    path::PathBuf,
+    io::{BufWriter, StdoutLock},
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::ExitCode,
     sync::Arc,
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use sonde_processor::config::{Config, TracePrinter};
+use sonde_plumbing::{proc_status::ProcStatus, stop};
 use sonde_processor::{
-    control::{self, Update},
-    exchange::{self, Assembler},
+    config::{Config, TracePrinter},
+    control,
     metrics::Metrics,
-    otlp::{Otlp, ProcessResource},
-    printer::Printer,
+    otlp::Otlp,
+    pipeline::{self, Pipeline},
     privileges,
-    red::RedRecorder,
     ringbuf::RingReader,
-    routes::Router,
-    sampling,
-    sandbox::{self, SandboxPolicy},
-    sandbox_check,
-    span::{self, Built, ServiceInfo},
-    stats::Stats,
+    sandbox::{self, SandboxPolicy, SandboxReport},
+    sandbox_check::{self, ProbeTargets},
 };
-use sonde_schema::{HttpEvent, Record, control::ProcessRecord};
 use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
@@ -86,14 +82,6 @@ struct Cli {
     probe_abstract_socket: Option<String>,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// How long metadata of an exited process is kept: its last events may still be queued.
-const REMOVED_GRACE: Duration = Duration::from_secs(10);
 const CONTROL_TOKEN: u64 = 1;
 const RING_TOKEN: u64 = 2;
 
@@ -101,128 +89,87 @@ const RING_TOKEN: u64 = 2;
 /// are picked up by this timer instead.
 const POLL_INTERVAL_MS: u16 = 50;
 
-fn main() -> std::process::ExitCode {
+/// Where spans are printed: stdout, buffered (flushed once per pass).
+type Output = BufWriter<StdoutLock<'static>>;
+
+fn main() -> ExitCode {
     // Started by fd (`/proc/self/fd/N`) in single-host mode, the kernel would name the process
     // after the fd number; give it its name back for ps, top and pgrep.
     let _ = nix::sys::prctl::set_name(c"sonde-processor");
     let cli = Cli::parse();
-    let mut config = match Config::from_process(cli.config.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("sonde-processor: configuration error: {e}");
-            return std::process::ExitCode::from(2);
-        }
+    let config = match configure(&cli) {
+        Ok(config) => config,
+        Err(exit) => return exit,
     };
-    if let Some(p) = &cli.trace_printer {
-        match TracePrinter::parse("--trace-printer", p) {
-            Ok(p) => config.trace_printer = p,
-            Err(e) => {
-                eprintln!("sonde-processor: configuration error: {e}");
-                return std::process::ExitCode::from(2);
-            }
+    // Before the sandbox: one-time set-up stays ahead of it, so the allowlist
+    // (seccomp/processor.json) needs only what the run itself calls.
+    sonde_plumbing::logging::init(config.shared.log_level.as_str());
+    let policy = sandbox_policy(&config, cli.config.as_deref());
+    if cli.check_sandbox {
+        return check_sandbox(&cli, &config, &policy);
+    }
+    let control = cli
+        .control
+        .clone()
+        .unwrap_or_else(|| config.shared.control_socket.clone());
+    match run(&config, &policy, &control) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
         }
     }
-    if cli.print_config || cli.print_own_config || cli.check_config {
-        if cli.print_config {
-            print!("{}", config.to_yaml());
-        } else if cli.print_own_config {
-            print!("{}", config.own_to_yaml());
-        }
-        return std::process::ExitCode::SUCCESS;
-    }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.shared.log_level.as_str()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+}
 
+/// Phases 2 to 5 of a normal start, from the sandbox on.
+fn run(config: &Config, policy: &SandboxPolicy, control: &Path) -> Result<()> {
+    // INVARIANT: the sandbox is in place before the first untrusted byte is read. Nothing
+    // from the loader (control socket, ring buffer) or the network is read before this line,
+    // and no thread exists yet; threads started later (exporters, the Prometheus endpoint)
+    // inherit it.
+    let sandbox = sandbox(policy)?;
+    stop::install()?;
+    let mut loader = connect(control, &sandbox)?;
+    let mut pipeline = start_pipeline(config)?;
+    let result = run_passes(&mut loader, &mut pipeline);
+    shut_down(&loader, pipeline, &result);
+    result
+}
+
+/// Phase 1: the configuration (file, environment, then flags). `Err` is the exit code when
+/// there is nothing more to do: the configuration was printed or checked (before any privilege
+/// check or connection, so these work anywhere), or it is invalid (2).
+fn configure(cli: &Cli) -> Result<Config, ExitCode> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        eprintln!("sonde-processor: configuration error: {e}");
+        ExitCode::from(2)
+    };
+    let mut config = Config::from_process(cli.config.as_deref()).map_err(|e| invalid(&e))?;
+    if let Some(p) = &cli.trace_printer {
+        config.trace_printer =
+            TracePrinter::parse("--trace-printer", p).map_err(|e| invalid(&e))?;
+    }
+    if cli.print_config {
+        print!("{}", config.to_yaml());
+        return Err(ExitCode::SUCCESS);
+    }
+    if cli.print_own_config {
+        print!("{}", config.own_to_yaml());
+        return Err(ExitCode::SUCCESS);
+    }
+    if cli.check_config {
+        return Err(ExitCode::SUCCESS);
+    }
     if cli.insecure_no_landlock {
         config.shared.processor.insecure_no_landlock = true;
     }
-    let policy = sandbox_policy(&config, cli.config.as_deref());
-    if cli.check_sandbox {
-        let probes = sandbox_check::ProbeTargets {
-            connect_port: cli.probe_connect_port,
-            bind_port: cli.probe_bind_port,
-            write_dir: cli.probe_write_dir.clone(),
-            abstract_socket: cli.probe_abstract_socket.clone(),
-            allowed_bind_port: config.prometheus_export.port,
-            allowed_connect_ports: policy.connect_ports.clone(),
-        };
-        return check_sandbox(&policy, &probes);
-    }
-
-    match run(
-        &config,
-        &policy,
-        cli.control.unwrap_or_else(|| config.shared.control_socket.clone()),
-    ) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-struct Processes {
-    live: HashMap<u32, ProcessRecord>,
-    removed: Vec<(u32, Instant)>,
-}
-
-impl Processes {
-    fn service_name(&self, pid: u32, stats: &mut Stats) -> Cow<'_, str> {
-        if let Some(p) = self.live.get(&pid) {
-            return Cow::Borrowed(&p.service_name);
-        }
-        stats.unknown_process += 1;
-        Cow::Owned(
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim().to_string())
-                .unwrap_or_else(|_| format!("pid-{pid}")),
-        )
-    }
-
-    /// Forgets processes removed longer than the grace period ago; returns their pids.
-    fn expire(&mut self) -> Vec<u32> {
-        let now = Instant::now();
-        let live = &mut self.live;
-        let mut gone = Vec::new();
-        self.removed.retain(|(pid, at)| {
-            if now.duration_since(*at) >= REMOVED_GRACE {
-                live.remove(pid);
-                gone.push(*pid);
-                false
-            } else {
-                true
-            }
-        });
-        gone
-    }
-
-    /// What OTLP resources are built from.
-    fn meta(&self, pid: u32, config: &Config, fallback_name: &str) -> ProcessResource {
-        let info = self.live.get(&pid);
-        ProcessResource {
-            pid,
-            service_name: config
-                .shared
-                .service_name
-                .clone()
-                .or_else(|| info.map(|p| p.service_name.clone()))
-                .unwrap_or_else(|| fallback_name.to_string()),
-            service_namespace: config.shared.service_namespace.clone(),
-            exe_path: info.map(|p| p.exe_path.clone()).unwrap_or_default(),
-        }
-    }
+    Ok(config)
 }
 
 /// What the sandbox allows for this configuration: the configuration file is readable; the
 /// Prometheus port (when configured) may be bound; TCP connections only to the ports of the
 /// OTLP endpoints.
-fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> SandboxPolicy {
+fn sandbox_policy(config: &Config, config_file: Option<&Path>) -> SandboxPolicy {
     let mut connect_ports: Vec<u16> = [&config.traces_export.otlp, &config.metrics_export.otlp]
         .into_iter()
         .flatten()
@@ -234,7 +181,7 @@ fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> San
     // built, under the sandbox).
     let read_paths = config_file
         .filter(|p| p.as_os_str() != "-")
-        .map(std::path::Path::to_path_buf)
+        .map(Path::to_path_buf)
         .into_iter()
         .chain(
             [&config.traces_export.otlp, &config.metrics_export.otlp]
@@ -251,50 +198,19 @@ fn sandbox_policy(config: &Config, config_file: Option<&std::path::Path>) -> San
     }
 }
 
-/// `--check-sandbox`: the same refusal and sandbox as a normal start, then the probes.
-fn check_sandbox(
-    policy: &SandboxPolicy,
-    probes: &sandbox_check::ProbeTargets,
-) -> std::process::ExitCode {
-    let report = privileges::ensure_unprivileged()
-        .map_err(anyhow::Error::from)
-        .and_then(|_| sandbox::apply(policy).map_err(anyhow::Error::from));
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("sonde-processor: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let outcomes = sandbox_check::run(probes);
-    let mut all = true;
-    for o in &outcomes {
-        all &= o.as_expected;
-        println!("{}", serde_json::to_string(o).unwrap_or_default());
-    }
-    let status = sandbox_check::status_view().ok();
-    println!(
-        "{}",
-        serde_json::json!({
-            "landlock": report.landlock,
-            "seccomp_filters_installed": report.seccomp_filters,
-            "status": status,
-            "all_as_expected": all,
-        })
-    );
-    if all {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+/// Refuses to run with privilege, then sandboxes this (still single-threaded) process: a
+/// normal start and `--check-sandbox` alike.
+fn enter_sandbox(policy: &SandboxPolicy) -> Result<(ProcStatus, SandboxReport)> {
+    let status = privileges::ensure_unprivileged()?;
+    let sandbox = sandbox::apply(policy).context("applying the processor sandbox")?;
+    Ok((status, sandbox))
 }
 
-fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result<()> {
-    let status = privileges::ensure_unprivileged()?;
-    // Before the first byte from the loader or the kernel is read.
-    let sandbox = sandbox::apply(policy).context("applying the processor sandbox")?;
+/// Phase 2: [`enter_sandbox`], and say so in the log.
+fn sandbox(policy: &SandboxPolicy) -> Result<SandboxReport> {
+    let (status, sandbox) = enter_sandbox(policy)?;
     info!(
-        uid = nix::unistd::getuid().as_raw(),
+        uid = status.uid.real,
         no_new_privs = status.no_new_privs,
         cap_bnd = format!("{:016x}", status.cap_bnd),
         landlock = sandbox.landlock,
@@ -306,23 +222,42 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             "Landlock is OFF (processor.insecure_no_landlock): file and TCP access are not restricted"
         );
     }
-    for sig in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGTERM,
-    ] {
-        let action = nix::sys::signal::SigAction::new(
-            nix::sys::signal::SigHandler::Handler(on_stop_signal),
-            nix::sys::signal::SaFlags::empty(),
-            nix::sys::signal::SigSet::empty(),
-        );
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { nix::sys::signal::sigaction(sig, &action) }
-            .context("installing signal handlers")?;
-    }
+    Ok(sandbox)
+}
 
-    let conn = control::connect_to(&control_path)?;
-    let (welcome, ring_fd) = control::hello(conn.as_fd(), &sandbox)?;
-    let mut ring = RingReader::new(ring_fd, welcome.data_size, welcome.page_size)?;
+/// `--check-sandbox`: the same refusal and sandbox as a normal start, then the probes.
+fn check_sandbox(cli: &Cli, config: &Config, policy: &SandboxPolicy) -> ExitCode {
+    let probes = ProbeTargets {
+        connect_port: cli.probe_connect_port,
+        bind_port: cli.probe_bind_port,
+        write_dir: cli.probe_write_dir.clone(),
+        abstract_socket: cli.probe_abstract_socket.clone(),
+        allowed_bind_port: config.prometheus_export.port,
+        allowed_connect_ports: policy.connect_ports.clone(),
+    };
+    match enter_sandbox(policy) {
+        Err(e) => {
+            eprintln!("sonde-processor: {e:#}");
+            ExitCode::FAILURE
+        }
+        Ok((_, sandbox)) if sandbox_check::run_and_report(&sandbox, &probes) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+    }
+}
+
+/// The loader's side of a run: the control connection, the ring buffer mapped from the fd it
+/// handed over, and the epoll set watching both.
+struct Loader {
+    conn: OwnedFd,
+    ring: RingReader,
+    epoll: Epoll,
+}
+
+/// Phase 3: connects to the loader, says hello and maps the ring buffer it hands over.
+fn connect(control: &Path, sandbox: &SandboxReport) -> Result<Loader> {
+    let conn = control::connect_to(control)?;
+    let (welcome, ring_fd) = control::hello(conn.as_fd(), sandbox)?;
+    let ring = RingReader::new(ring_fd, welcome.data_size, welcome.page_size)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
     epoll
         .add(
@@ -341,26 +276,33 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         pending = ring.pending_bytes(),
         "connected to the loader; ring buffer mapped"
     );
+    Ok(Loader { conn, ring, epoll })
+}
 
-    // CLOCK_MONOTONIC (the kernel's bpf_ktime_get_ns) to Unix time.
-    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-    let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
-    let as_ns =
-        |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
-    let mono_to_unix = as_ns(real) - as_ns(mono);
+impl Loader {
+    /// Waits for the control socket or the ring buffer, at most the poll interval (a signal
+    /// ends the wait early). True when the control socket has a message; the ring buffer is
+    /// drained on every pass anyway.
+    fn wait(&self) -> Result<bool> {
+        let mut events = [EpollEvent::empty(); 2];
+        let n = match self
+            .epoll
+            .wait(&mut events, EpollTimeout::from(POLL_INTERVAL_MS))
+        {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => return Err(anyhow::Error::from(e).context("epoll_wait")),
+        };
+        Ok(events[..n].iter().any(|e| e.data() == CONTROL_TOKEN))
+    }
+}
 
-    let mut stats = Stats::default();
-    let mut processes = Processes {
-        live: HashMap::new(),
-        removed: Vec::new(),
-    };
-    let mut last_stats = Instant::now();
-    let mut assembler = Assembler::new(exchange::DEFAULT_HOLD, exchange::DEFAULT_MAX_HELD);
-    let metrics = Arc::new(Metrics::new(
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim(),
-    ));
+/// Phase 3, continued: the metrics, the Prometheus endpoint and OTLP export, and the
+/// pipeline that feeds them.
+fn start_pipeline(config: &Config) -> Result<Pipeline<'_, Output>> {
+    let mono_to_unix = pipeline::mono_to_unix()?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let metrics = Arc::new(Metrics::new(host.trim()));
     if let Some(port) = config.prometheus_export.port {
         let addr = std::net::SocketAddr::new(config.prometheus_export.address, port);
         metrics
@@ -368,7 +310,6 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
             .with_context(|| format!("serving Prometheus metrics on {addr}"))?;
         info!(%addr, path = config.prometheus_export.path, "Prometheus endpoint listening");
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let otlp = Otlp::start(
         &config.traces_export,
         &config.metrics_export,
@@ -376,200 +317,34 @@ fn run(config: &Config, policy: &SandboxPolicy, control_path: PathBuf) -> Result
         metrics.otlp.clone(),
     )
     .context("starting OTLP export")?;
-    let mut early_seen = 0u64;
-    let mut sink = SpanSink {
-        config,
-        router: Router::new(&config.routes),
-        metrics: Arc::clone(&metrics),
-        printer: Printer::new(
-            config.trace_printer,
-            BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()),
-        ),
-        // Span and trace ids need uniqueness, not secrecy: a fast generator seeded from the OS.
-        ids: <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
-        mono_to_unix,
-        otlp,
-        red: RedRecorder::default(),
-    };
+    let out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    Ok(Pipeline::new(config, metrics, otlp, out, mono_to_unix))
+}
 
-    let stats_every = Duration::from_secs(u64::from(config.shared.stats_interval_secs));
-
-    let result = loop {
-        if STOP.load(Ordering::SeqCst) {
-            break Ok(());
-        }
-        let control_ready = {
-            let mut events = [EpollEvent::empty(); 2];
-            let n = match epoll.wait(&mut events, EpollTimeout::from(POLL_INTERVAL_MS)) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => 0,
-                Err(e) => break Err(anyhow::Error::from(e).context("epoll_wait")),
-            };
-            // The ring buffer is drained on every pass; only the control socket needs the flag.
-            events[..n].iter().any(|e| e.data() == CONTROL_TOKEN)
-        };
+/// Phase 4: one pass per wake-up (a control message, ring buffer data, or the poll timer)
+/// until SIGINT/SIGTERM, or an error such as the loader going away.
+fn run_passes(loader: &mut Loader, pipeline: &mut Pipeline<'_, Output>) -> Result<()> {
+    while !stop::requested() {
         // Control first: metadata of a process always precedes its first event.
-        if control_ready {
-            match control::read_update(conn.as_fd()) {
-                Ok(Update::Added(p)) => {
-                    info!(
-                        pid = p.pid,
-                        service = p.service_name,
-                        exe = p.exe_path,
-                        reason = p.reason,
-                        "process added"
-                    );
-                    processes.removed.retain(|(pid, _)| *pid != p.pid);
-                    processes.live.insert(p.pid, p);
-                }
-                Ok(Update::Removed(pid)) => {
-                    info!(pid, "process removed");
-                    processes.removed.push((pid, Instant::now()));
-                }
-                Ok(Update::KernelStats(counters)) => {
-                    stats.kernel = counters.into_iter().collect();
-                    let lost = stats
-                        .kernel
-                        .get("events_lost_ringbuf_full")
-                        .copied()
-                        .unwrap_or(0);
-                    metrics.kernel_events_lost.set(lost as i64);
-                }
-                Err(e) => {
-                    let e = anyhow::Error::new(e);
-                    break Err(e.context("control connection to the loader lost"));
-                }
-            }
+        if loader.wait()? {
+            let update = control::read_update(loader.conn.as_fd())
+                .context("control connection to the loader lost")?;
+            pipeline.apply(update);
         }
         let now = Instant::now();
-        ring.drain(|bytes| {
-            stats.events += 1;
-            metrics.events.inc();
-            let record = match Record::decode(bytes) {
-                Ok(record) => record,
-                Err(e) => {
-                    stats.decode_errors += 1;
-                    warn!(error = %e, "undecodable ring buffer record");
-                    return;
-                }
-            };
-            assembler.feed(record, now, |ev| sink.emit(ev, &processes, &mut stats));
-        });
-        assembler.expire(now, |ev| sink.emit(ev, &processes, &mut stats));
-        stats.late_updates = assembler.late_updates;
-        stats.completed_early = assembler.completed_early;
-        metrics
-            .spans_dropped
-            .inc_by(assembler.completed_early - early_seen);
-        early_seen = assembler.completed_early;
-        metrics
-            .instrumented_processes
-            .set(processes.live.len().saturating_sub(processes.removed.len()) as i64);
-        if let Some(o) = sink.otlp.as_mut() {
-            o.flush();
-        }
-        stats.ring_corrupt = ring.corrupt_records;
-        if sink.printer.flush().is_err() {
-            stats.print_errors += 1;
-        }
-        for pid in processes.expire() {
-            if let Some(o) = sink.otlp.as_mut() {
-                o.forget(pid);
-            }
-            sink.red.forget(pid);
-        }
-        if last_stats.elapsed() >= stats_every {
-            stats.otlp_spans_exported = metrics.otlp.spans_exported.get();
-            stats.otlp_spans_dropped = metrics.otlp.spans_dropped_queue_full.get()
-                + metrics.otlp.spans_dropped_export_failed.get();
-            info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "processor stats");
-            last_stats = Instant::now();
-        }
-    };
-    assembler.finish(|ev| sink.emit(ev, &processes, &mut stats));
-    let _ = sink.printer.flush();
-    if let Some(o) = sink.otlp.take() {
-        o.shutdown();
+        loader.ring.drain(|bytes| pipeline.record(bytes, now));
+        pipeline.end_pass(now, loader.ring.corrupt_records);
     }
-    stats.otlp_spans_exported = metrics.otlp.spans_exported.get();
-    stats.otlp_spans_dropped = metrics.otlp.spans_dropped_queue_full.get()
-        + metrics.otlp.spans_dropped_export_failed.get();
-    control::goodbye(&conn, if result.is_ok() { "stopping" } else { "error" });
+    Ok(())
+}
+
+/// Phase 5: completes what is held, flushes and stops the exporters, tells the loader why
+/// the processor leaves and logs the final counters.
+fn shut_down(loader: &Loader, pipeline: Pipeline<'_, Output>, result: &Result<()>) {
+    let stats = pipeline.finish();
+    control::goodbye(
+        &loader.conn,
+        if result.is_ok() { "stopping" } else { "error" },
+    );
     info!(stats = %serde_json::to_string(&stats).unwrap_or_default(), "final processor stats");
-    result
-}
-
-/// Where completed exchanges go: span building, route decoration, metrics, sampling and
-/// the printer, with the state they keep between spans.
-struct SpanSink<'a, W: std::io::Write> {
-    config: &'a Config,
-    router: Router,
-    metrics: Arc<Metrics>,
-    printer: Printer<W>,
-    ids: rand::rngs::SmallRng,
-    mono_to_unix: i128,
-    otlp: Option<Otlp>,
-    red: RedRecorder,
-}
-
-impl<W: std::io::Write> SpanSink<'_, W> {
-    /// Builds the span of one completed exchange and prints it, counting what happened.
-    fn emit(&mut self, ev: &HttpEvent, processes: &Processes, stats: &mut Stats) {
-        let config = self.config;
-        // Borrowed on the hot path: no allocation per event for a known process.
-        let name = match &config.shared.service_name {
-            Some(name) => Cow::Borrowed(name.as_str()),
-            None => processes.service_name(ev.pid, stats),
-        };
-        let service = ServiceInfo {
-            name: &name,
-            namespace: config.shared.service_namespace.as_deref(),
-        };
-        match span::build(ev, &service, self.mono_to_unix, &mut self.ids) {
-            Built::NotHttp => stats.not_http += 1,
-            Built::Span(mut s) => {
-                let mut ignored = None;
-                if s.malformed.is_none() {
-                    let routed = self.router.route(&s.service_name, &s.path);
-                    ignored = routed.ignored;
-                    s.set_route(routed.route);
-                }
-                // HTTP metrics only when something serves them: no label strings per span
-                // otherwise.
-                if !ignored.is_some_and(|m| m.drops_metrics()) {
-                    let prometheus = config
-                        .prometheus_export
-                        .port
-                        .is_some()
-                        .then_some(&*self.metrics);
-                    let otlp = self.otlp.as_mut().filter(|o| o.exports_metrics());
-                    if prometheus.is_some() || otlp.is_some() {
-                        let meta = || processes.meta(s.pid, config, &s.service_name);
-                        self.red.record(&s, prometheus, otlp, &meta);
-                    }
-                }
-                if ignored.is_some_and(|m| m.drops_traces()) {
-                    stats.ignored_routes += 1;
-                    return;
-                }
-                stats.spans += 1;
-                stats.malformed += u64::from(s.malformed.is_some());
-                stats.no_response += u64::from(s.no_response);
-                if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
-                    stats.unsampled += 1;
-                    return;
-                }
-                if self.printer.print(&s).is_err() {
-                    stats.print_errors += 1;
-                    self.metrics.export_errors.inc();
-                }
-                if let Some(o) = self.otlp.as_mut()
-                    && o.exports_traces()
-                {
-                    o.ensure_process(&|| processes.meta(s.pid, config, &s.service_name), s.pid);
-                    o.export_span(s);
-                }
-            }
-        }
-    }
 }

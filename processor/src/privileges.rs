@@ -2,7 +2,7 @@
 //! (effective, permitted, inheritable, ambient) empty. Read from `/proc/self/status` so the
 //! check needs no capability syscalls.
 
-use std::fs;
+use sonde_plumbing::proc_status::{ProcStatus, StatusError};
 
 /// Why the processor refuses to start.
 #[derive(Debug, thiserror::Error)]
@@ -15,57 +15,24 @@ pub enum PrivilegeError {
         "sonde-processor refuses to run holding capabilities: {0}; drop them all (capabilities.drop: [ALL], CapabilityBoundingSet=)"
     )]
     Capabilities(String),
-    #[error("cannot read /proc/self/status: {0}")]
-    Status(std::io::Error),
+    #[error("checking this process's privileges")]
+    Status(#[from] StatusError),
 }
 
-/// Capability, NNP and seccomp fields of a `/proc/<pid>/status` text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusCaps {
-    pub cap_inh: u64,
-    pub cap_prm: u64,
-    pub cap_eff: u64,
-    pub cap_bnd: u64,
-    pub cap_amb: u64,
-    pub no_new_privs: bool,
-    /// Seccomp mode (2: filters); None when the kernel does not report it.
-    pub seccomp: Option<u32>,
-    pub seccomp_filters: Option<u32>,
-}
-
-pub fn parse_status(text: &str) -> StatusCaps {
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
-    let field = |name: &str| {
-        value(name)
-            .and_then(|v| u64::from_str_radix(v, 16).ok())
-            .unwrap_or(0)
-    };
-    let decimal = |name: &str| value(name).and_then(|v| v.parse().ok());
-    StatusCaps {
-        seccomp: decimal("Seccomp:"),
-        seccomp_filters: decimal("Seccomp_filters:"),
-        cap_inh: field("CapInh:"),
-        cap_prm: field("CapPrm:"),
-        cap_eff: field("CapEff:"),
-        cap_bnd: field("CapBnd:"),
-        cap_amb: field("CapAmb:"),
-        no_new_privs: field("NoNewPrivs:") == 1,
-    }
-}
-
-/// Checks this process; returns its capability status for the start-up log.
-pub fn ensure_unprivileged() -> Result<StatusCaps, PrivilegeError> {
+/// Checks this process; returns its status for the start-up log.
+pub fn ensure_unprivileged() -> Result<ProcStatus, PrivilegeError> {
     let uid = nix::unistd::getuid().as_raw();
     let euid = nix::unistd::geteuid().as_raw();
     if uid == 0 || euid == 0 {
         return Err(PrivilegeError::Root { uid, euid });
     }
-    let status =
-        parse_status(&fs::read_to_string("/proc/self/status").map_err(PrivilegeError::Status)?);
+    let status = ProcStatus::of_self()?;
+    refuse_capabilities(&status)?;
+    Ok(status)
+}
+
+/// Fails when any capability set but the bounding set is non-empty, naming the sets held.
+fn refuse_capabilities(status: &ProcStatus) -> Result<(), PrivilegeError> {
     let held: Vec<String> = [
         ("CapEff", status.cap_eff),
         ("CapPrm", status.cap_prm),
@@ -76,25 +43,45 @@ pub fn ensure_unprivileged() -> Result<StatusCaps, PrivilegeError> {
     .filter(|(_, v)| *v != 0)
     .map(|(n, v)| format!("{n}={v:016x}"))
     .collect();
-    if !held.is_empty() {
-        return Err(PrivilegeError::Capabilities(held.join(" ")));
+    if held.is_empty() {
+        Ok(())
+    } else {
+        Err(PrivilegeError::Capabilities(held.join(" ")))
     }
-    Ok(status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const STATUS: &str = "Name:\tx\nTgid:\t7\nPPid:\t1\nUid:\t65534\t65534\t65534\t65534\n\
+        Gid:\t65534\t65534\t65534\t65534\nCapInh:\t0000000000000000\n\
+        CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\n\
+        CapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t10\n";
+
     #[test]
     fn parses_status_fields() {
-        let s = parse_status(
-            "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t10\n",
-        );
+        let s = ProcStatus::parse(STATUS).expect("parse");
         assert_eq!(s.cap_bnd, 0x1ff_ffff_ffff);
         assert_eq!(s.cap_eff, 0);
         assert!(s.no_new_privs);
         assert_eq!(s.seccomp, Some(2));
         assert_eq!(s.seccomp_filters, Some(10));
+    }
+
+    #[test]
+    fn a_full_bounding_set_is_fine_any_other_set_is_refused() {
+        let s = ProcStatus::parse(STATUS).expect("parse");
+        refuse_capabilities(&s).expect("only the bounding set");
+        let held = STATUS
+            .replace("CapInh:\t0000000000000000", "CapInh:\t0000000000000400")
+            .replace("CapAmb:\t0000000000000000", "CapAmb:\t0000000000000400");
+        let err = refuse_capabilities(&ProcStatus::parse(&held).expect("parse"))
+            .expect_err("capabilities held");
+        assert!(
+            err.to_string()
+                .contains("CapInh=0000000000000400 CapAmb=0000000000000400"),
+            "{err}"
+        );
     }
 }

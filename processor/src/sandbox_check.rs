@@ -11,8 +11,9 @@ use std::{
 };
 
 use serde::Serialize;
+use sonde_plumbing::proc_status::{ProcStatus, StatusError};
 
-use crate::privileges;
+use crate::sandbox::SandboxReport;
 
 /// Whether a probe's operation must fail or must work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -352,6 +353,29 @@ pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
     outcomes
 }
 
+/// Runs every probe under the applied `sandbox` and prints one JSON line per probe, then a
+/// summary line (the sandbox as applied and as `/proc/self/status` shows it). Returns true
+/// when every probe came out as expected.
+pub fn run_and_report(sandbox: &SandboxReport, targets: &ProbeTargets) -> bool {
+    let outcomes = run(targets);
+    let mut all = true;
+    for o in &outcomes {
+        all &= o.as_expected;
+        println!("{}", serde_json::to_string(o).unwrap_or_default());
+    }
+    let status = status_view().ok();
+    println!(
+        "{}",
+        serde_json::json!({
+            "landlock": sandbox.landlock,
+            "seccomp_filters_installed": sandbox.seccomp_filters,
+            "status": status,
+            "all_as_expected": all,
+        })
+    );
+    all
+}
+
 /// The sandbox as `/proc/self/status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
@@ -366,16 +390,16 @@ pub struct StatusView {
 }
 
 /// Reads the sandbox-related fields of `/proc/self/status`.
-pub fn status_view() -> std::io::Result<StatusView> {
-    let caps = privileges::parse_status(&std::fs::read_to_string("/proc/self/status")?);
+pub fn status_view() -> Result<StatusView, StatusError> {
+    let status = ProcStatus::of_self()?;
     Ok(StatusView {
-        seccomp: caps.seccomp,
-        seccomp_filters: caps.seccomp_filters,
-        no_new_privs: caps.no_new_privs,
-        cap_eff: format!("{:016x}", caps.cap_eff),
-        cap_prm: format!("{:016x}", caps.cap_prm),
-        cap_inh: format!("{:016x}", caps.cap_inh),
-        cap_amb: format!("{:016x}", caps.cap_amb),
-        cap_bnd: format!("{:016x}", caps.cap_bnd),
+        seccomp: status.seccomp,
+        seccomp_filters: status.seccomp_filters,
+        no_new_privs: status.no_new_privs,
+        cap_eff: format!("{:016x}", status.cap_eff),
+        cap_prm: format!("{:016x}", status.cap_prm),
+        cap_inh: format!("{:016x}", status.cap_inh),
+        cap_amb: format!("{:016x}", status.cap_amb),
+        cap_bnd: format!("{:016x}", status.cap_bnd),
     })
 }

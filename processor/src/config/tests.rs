@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use proptest::prelude::*;
-use sonde_config::{FileText, PROCESSOR_SECTIONS, SHARED};
+use sonde_config::{FileText, PROCESSOR_SECTIONS, SHARED, test_support::hostile_text};
 
 use super::*;
 
@@ -307,28 +307,6 @@ fn configuration_reference_matches_the_definitions() {
             "docs/configuration.md's key table differs from the definitions; the generated rows are in {out}"
         );
     }
-}
-
-/// Text an operator might put in a value: YAML's special characters, quotes, unicode and
-/// line breaks.
-fn hostile_text() -> impl Strategy<Value = String> {
-    prop::collection::vec(
-        prop_oneof![
-            Just("*".to_string()),
-            Just(" #".to_string()),
-            Just("@".to_string()),
-            Just(": ".to_string()),
-            Just("\"".to_string()),
-            Just("'".to_string()),
-            Just("\n".to_string()),
-            Just("~".to_string()),
-            Just("é服🙂".to_string()),
-            "[a-z0-9]{1,4}",
-        ],
-        1..6,
-    )
-    .prop_map(|parts| parts.concat())
-    .prop_filter("a blank value is refused", |s| !s.trim().is_empty())
 }
 
 proptest! {

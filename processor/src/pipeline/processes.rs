@@ -138,9 +138,18 @@ mod tests {
         table.add(record(1, "loader-name"));
         let mut config = Config::default();
         let m = table.meta(1, &config, "span-name");
-        assert_eq!((m.service_name.as_str(), m.exe_path.as_str()), ("loader-name", "/usr/bin/loader-name"));
-        assert_eq!(table.meta(9, &config, "span-name").service_name, "span-name");
+        assert_eq!(
+            (m.service_name.as_str(), m.exe_path.as_str()),
+            ("loader-name", "/usr/bin/loader-name")
+        );
+        assert_eq!(
+            table.meta(9, &config, "span-name").service_name,
+            "span-name"
+        );
         config.shared.service_name = Some("configured".into());
-        assert_eq!(table.meta(1, &config, "span-name").service_name, "configured");
+        assert_eq!(
+            table.meta(1, &config, "span-name").service_name,
+            "configured"
+        );
     }
 }

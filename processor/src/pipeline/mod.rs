@@ -1,0 +1,170 @@
+//! The span pipeline: everything between a record read from the ring buffer and a span
+//! printed, exported and counted. Records are decoded and paired into exchanges (`exchange`),
+//! completed exchanges become spans in the [`SpanSink`], and the loader's updates keep the
+//! [`ProcessTable`] the spans are named from. The run loop in `main` feeds a [`Pipeline`] once
+//! per pass and shuts it down; the pipeline never touches the control socket or the ring
+//! buffer itself.
+
+mod processes;
+mod sink;
+
+use std::{
+    io::Write,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use sonde_schema::Record;
+use tracing::{info, warn};
+
+pub use processes::{ProcessTable, REMOVED_GRACE};
+pub use sink::SpanSink;
+
+use crate::{
+    config::Config,
+    control::Update,
+    exchange::{self, Assembler},
+    metrics::Metrics,
+    otlp::Otlp,
+    stats::Stats,
+};
+
+/// The pipeline's state for one run of the processor.
+pub struct Pipeline<'a, W: Write> {
+    assembler: Assembler,
+    sink: SpanSink<'a, W>,
+    processes: ProcessTable,
+    stats: Stats,
+    metrics: Arc<Metrics>,
+    /// `assembler.completed_early` when it was last added to the metrics.
+    early_seen: u64,
+    stats_every: Duration,
+    last_stats: Instant,
+}
+
+impl<'a, W: Write> Pipeline<'a, W> {
+    /// A pipeline printing to `out`, counting into `metrics` and exporting through `otlp`.
+    pub fn new(
+        config: &'a Config,
+        metrics: Arc<Metrics>,
+        otlp: Option<Otlp>,
+        out: W,
+        mono_to_unix: i128,
+    ) -> Self {
+        Pipeline {
+            assembler: Assembler::new(exchange::DEFAULT_HOLD, exchange::DEFAULT_MAX_HELD),
+            sink: SpanSink::new(config, Arc::clone(&metrics), otlp, out, mono_to_unix),
+            processes: ProcessTable::default(),
+            stats: Stats::default(),
+            metrics,
+            early_seen: 0,
+            stats_every: Duration::from_secs(u64::from(config.shared.stats_interval_secs)),
+            last_stats: Instant::now(),
+        }
+    }
+
+    /// Applies one update from the loader. The caller applies updates before draining the
+    /// ring buffer: the metadata of a process always precedes its first event.
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::Added(p) => {
+                info!(
+                    pid = p.pid,
+                    service = p.service_name,
+                    exe = p.exe_path,
+                    reason = p.reason,
+                    "process added"
+                );
+                self.processes.add(p);
+            }
+            Update::Removed(pid) => {
+                info!(pid, "process removed");
+                self.processes.remove(pid, Instant::now());
+            }
+            Update::KernelStats(counters) => {
+                self.stats.kernel = counters.into_iter().collect();
+                let lost = self
+                    .stats
+                    .kernel
+                    .get("events_lost_ringbuf_full")
+                    .copied()
+                    .unwrap_or(0);
+                self.metrics.kernel_events_lost.set(lost as i64);
+            }
+        }
+    }
+
+    /// Decodes one ring buffer record (read at `now`) and feeds it to the assembler, which
+    /// emits the exchanges it completes.
+    pub fn record(&mut self, bytes: &[u8], now: Instant) {
+        self.stats.events += 1;
+        self.metrics.events.inc();
+        let record = match Record::decode(bytes) {
+            Ok(record) => record,
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                warn!(error = %e, "undecodable ring buffer record");
+                return;
+            }
+        };
+        let (sink, processes, stats) = (&mut self.sink, &self.processes, &mut self.stats);
+        self.assembler
+            .feed(record, now, |ev| sink.emit(ev, processes, stats));
+    }
+
+    /// Ends a pass begun at `now`, once the ring buffer is drained: completes exchanges held
+    /// too long, updates counters and gauges (`ring_corrupt`: the ring reader's count), flushes
+    /// the outputs, forgets processes past their grace period and logs the stats when due.
+    pub fn end_pass(&mut self, now: Instant, ring_corrupt: u64) {
+        let (sink, processes, stats) = (&mut self.sink, &self.processes, &mut self.stats);
+        self.assembler
+            .expire(now, |ev| sink.emit(ev, processes, stats));
+        self.stats.late_updates = self.assembler.late_updates;
+        self.stats.completed_early = self.assembler.completed_early;
+        self.metrics
+            .spans_dropped
+            .inc_by(self.assembler.completed_early - self.early_seen);
+        self.early_seen = self.assembler.completed_early;
+        self.metrics
+            .instrumented_processes
+            .set(self.processes.instrumented() as i64);
+        self.stats.ring_corrupt = ring_corrupt;
+        self.sink.flush(&mut self.stats);
+        for pid in self.processes.expire(Instant::now()) {
+            self.sink.forget(pid);
+        }
+        if self.last_stats.elapsed() >= self.stats_every {
+            count_otlp(&self.metrics, &mut self.stats);
+            info!(stats = %serde_json::to_string(&self.stats).unwrap_or_default(), "processor stats");
+            self.last_stats = Instant::now();
+        }
+    }
+
+    /// Completes every exchange still held, writes out and exports what is left, and returns
+    /// the final counters.
+    pub fn finish(mut self) -> Stats {
+        let (sink, processes, stats) = (&mut self.sink, &self.processes, &mut self.stats);
+        self.assembler.finish(|ev| sink.emit(ev, processes, stats));
+        self.sink.shut_down();
+        count_otlp(&self.metrics, &mut self.stats);
+        self.stats
+    }
+}
+
+/// Copies the OTLP export counters into the stats.
+fn count_otlp(metrics: &Metrics, stats: &mut Stats) {
+    let otlp = &metrics.otlp;
+    stats.otlp_spans_exported = otlp.spans_exported.get();
+    stats.otlp_spans_dropped =
+        otlp.spans_dropped_queue_full.get() + otlp.spans_dropped_export_failed.get();
+}
+
+/// The offset from `CLOCK_MONOTONIC` (the kernel's `bpf_ktime_get_ns`, which event times are
+/// in) to Unix time, in ns.
+pub fn mono_to_unix() -> nix::Result<i128> {
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
+    let as_ns =
+        |t: nix::sys::time::TimeSpec| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128;
+    Ok(as_ns(real) - as_ns(mono))
+}
