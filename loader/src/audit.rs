@@ -165,91 +165,21 @@ pub struct ProcessorView {
 /// Builds the report for the pair using `control_socket`.
 pub fn report(control_socket: &Path) -> Report {
     let path = status_path(control_socket);
-    let status: Option<Status> = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let status = read_status(&path);
     let mut problems = Vec::new();
-    let loaders: Vec<ProcessView> = pids_named(&["sonde", "sonde-loader"])
-        .into_iter()
-        .filter_map(view)
-        .collect();
+    let loaders = loader_views();
     if loaders.is_empty() {
         problems.push("no sonde or sonde-loader process is running".into());
     }
     for l in &loaders {
-        let spawns = status
-            .as_ref()
-            .filter(|s| s.loader_pid == l.pid)
-            .map_or(l.comm == "sonde", |s| s.spawns_processor);
-        let allowed = names(
-            &privileges::runtime_capabilities(spawns)
-                .into_iter()
-                .collect::<Vec<_>>(),
-        );
-        for (cap, _) in &l.capabilities.effective {
-            if !allowed.contains(cap) {
-                problems.push(format!(
-                    "loader {} holds {cap}, which its run-time phase does not need",
-                    l.pid
-                ));
-            }
-        }
-        for cap in &l.capabilities.bounding {
-            if !allowed.contains(cap) {
-                problems.push(format!("loader {} keeps {cap} in its bounding set", l.pid));
-            }
-        }
-        if !l.capabilities.ambient.is_empty() {
-            problems.push(format!("loader {} has ambient capabilities", l.pid));
-        }
+        problems.extend(loader_problems(l, status.as_ref()));
     }
-    let processors: Vec<ProcessorView> = pids_named(&["sonde-processor"])
-        .into_iter()
-        .filter_map(view)
-        .map(|process| {
-            let landlock = status
-                .as_ref()
-                .and_then(|s| s.processor.as_ref())
-                .filter(|p| p.pid == process.pid)
-                .and_then(|p| p.hello.sandbox.map(|s| s.landlock));
-            ProcessorView { process, landlock }
-        })
-        .collect();
+    let processors = processor_views(status.as_ref());
     if processors.is_empty() {
         problems.push("no sonde-processor process is running".into());
     }
     for p in &processors {
-        let pid = p.process.pid;
-        let c = &p.process.capabilities;
-        if p.process.uid.split_whitespace().any(|u| u == "0") {
-            problems.push(format!("processor {pid} runs with uid 0"));
-        }
-        if !(c.effective.is_empty()
-            && c.permitted.is_empty()
-            && c.ambient.is_empty()
-            && c.inheritable.is_empty())
-        {
-            problems.push(format!("processor {pid} holds capabilities"));
-        }
-        if !p.process.no_new_privs {
-            problems.push(format!("processor {pid} lacks NO_NEW_PRIVS"));
-        }
-        if p.process.seccomp_mode != 2 || p.process.seccomp_filters < 2 {
-            problems.push(format!(
-                "processor {pid} is not under its seccomp filters (Seccomp {}, filters {})",
-                p.process.seccomp_mode, p.process.seccomp_filters
-            ));
-        }
-        match p.landlock {
-            Some(true) => {}
-            Some(false) => problems.push(format!(
-                "processor {pid} runs without Landlock (processor.insecure_no_landlock)"
-            )),
-            None => problems.push(format!(
-                "processor {pid}: no Landlock report (not the connected processor, or no status file at {})",
-                path.display()
-            )),
-        }
+        problems.extend(processor_problems(p, &path));
     }
     Report {
         loaders,
@@ -257,6 +187,105 @@ pub fn report(control_socket: &Path) -> Report {
         status_file: path.display().to_string(),
         problems,
     }
+}
+
+/// The running loader's status file; None when it is missing or unreadable.
+fn read_status(path: &Path) -> Option<Status> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Every running loader (`sonde` in single-host mode, `sonde-loader` otherwise).
+fn loader_views() -> Vec<ProcessView> {
+    pids_named(&["sonde", "sonde-loader"])
+        .into_iter()
+        .filter_map(view)
+        .collect()
+}
+
+/// Every running processor, with the Landlock state the connected one reported.
+fn processor_views(status: Option<&Status>) -> Vec<ProcessorView> {
+    pids_named(&["sonde-processor"])
+        .into_iter()
+        .filter_map(view)
+        .map(|process| {
+            let landlock = status
+                .and_then(|s| s.processor.as_ref())
+                .filter(|p| p.pid == process.pid)
+                .and_then(|p| p.hello.sandbox.map(|s| s.landlock));
+            ProcessorView { process, landlock }
+        })
+        .collect()
+}
+
+/// How a loader departs from its run-time capability set. Its mode comes from the status
+/// file when that is this loader's, else from its name (`sonde` spawns the processor).
+fn loader_problems(l: &ProcessView, status: Option<&Status>) -> Vec<String> {
+    let spawns = status
+        .filter(|s| s.loader_pid == l.pid)
+        .map_or(l.comm == "sonde", |s| s.spawns_processor);
+    let allowed = names(
+        &privileges::runtime_capabilities(spawns)
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
+    let mut problems = Vec::new();
+    for (cap, _) in &l.capabilities.effective {
+        if !allowed.contains(cap) {
+            problems.push(format!(
+                "loader {} holds {cap}, which its run-time phase does not need",
+                l.pid
+            ));
+        }
+    }
+    for cap in &l.capabilities.bounding {
+        if !allowed.contains(cap) {
+            problems.push(format!("loader {} keeps {cap} in its bounding set", l.pid));
+        }
+    }
+    if !l.capabilities.ambient.is_empty() {
+        problems.push(format!("loader {} has ambient capabilities", l.pid));
+    }
+    problems
+}
+
+/// How a processor departs from its sandbox: uid 0, any capability, no `NO_NEW_PRIVS`,
+/// fewer than its two seccomp filters, or Landlock off or unreported.
+fn processor_problems(p: &ProcessorView, status_path: &Path) -> Vec<String> {
+    let pid = p.process.pid;
+    let c = &p.process.capabilities;
+    let mut problems = Vec::new();
+    if p.process.uid.split_whitespace().any(|u| u == "0") {
+        problems.push(format!("processor {pid} runs with uid 0"));
+    }
+    if !(c.effective.is_empty()
+        && c.permitted.is_empty()
+        && c.ambient.is_empty()
+        && c.inheritable.is_empty())
+    {
+        problems.push(format!("processor {pid} holds capabilities"));
+    }
+    if !p.process.no_new_privs {
+        problems.push(format!("processor {pid} lacks NO_NEW_PRIVS"));
+    }
+    if p.process.seccomp_mode != 2 || p.process.seccomp_filters < 2 {
+        problems.push(format!(
+            "processor {pid} is not under its seccomp filters (Seccomp {}, filters {})",
+            p.process.seccomp_mode, p.process.seccomp_filters
+        ));
+    }
+    match p.landlock {
+        Some(true) => {}
+        Some(false) => problems.push(format!(
+            "processor {pid} runs without Landlock (processor.insecure_no_landlock)"
+        )),
+        None => problems.push(format!(
+            "processor {pid}: no Landlock report (not the connected processor, or no status file at {})",
+            status_path.display()
+        )),
+    }
+    problems
 }
 
 /// Renders the report for a terminal.

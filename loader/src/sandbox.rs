@@ -10,6 +10,7 @@
 //! additionally allows `execve`, the `set*id`/`capset` calls, executable mappings, the
 //! Landlock and seccomp calls, and TCP sockets.
 
+use anyhow::Context;
 use seccompiler::BpfProgram;
 
 mod filters {
@@ -36,7 +37,7 @@ pub fn apply_runtime_policy(spawns_processor: bool) -> anyhow::Result<Vec<&'stat
     let mut names = Vec::new();
     for (name, filter) in runtime_filters(spawns_processor) {
         seccompiler::apply_filter(&filter)
-            .map_err(|e| anyhow::anyhow!("installing the seccomp filter {name}: {e}"))?;
+            .with_context(|| format!("installing the seccomp filter {name}"))?;
         names.push(name);
     }
     Ok(names)
@@ -52,142 +53,148 @@ struct Probe {
     expect_errno: i32,
 }
 
+impl Probe {
+    /// A call the policy must refuse with EPERM.
+    fn forbidden(name: &'static str, nr: libc::c_long, args: [libc::c_long; 3]) -> Self {
+        Probe {
+            name,
+            nr,
+            args,
+            expect_errno: libc::EPERM,
+        }
+    }
+
+    /// A call the policy must let reach the kernel.
+    fn allowed(name: &'static str, nr: libc::c_long, args: [libc::c_long; 3]) -> Self {
+        Probe {
+            name,
+            nr,
+            args,
+            expect_errno: 0,
+        }
+    }
+}
+
 /// `sonde-loader --check-runtime-policy`: installs the run-time policy of the given mode and
 /// tries what it must forbid, printing one JSON line per probe. True when all came out as
 /// expected. Probes use arguments that make the call harmless had it been allowed.
 pub fn check_runtime_policy(spawns_processor: bool) -> anyhow::Result<bool> {
     apply_runtime_policy(spawns_processor)?;
+    // Zeroed `bpf()`/`perf_event_open` attributes; they outlive every probe below.
     let attr = [0u8; 128];
-    let attr_ptr = attr.as_ptr() as libc::c_long;
-    let eperm = libc::EPERM;
-    let mut probes = vec![
-        Probe {
-            name: "bpf_map_create",
-            nr: libc::SYS_bpf,
-            args: [0, attr_ptr, 128],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "bpf_prog_load",
-            nr: libc::SYS_bpf,
-            args: [5, attr_ptr, 128],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "bpf_raw_tracepoint_open",
-            nr: libc::SYS_bpf,
-            args: [17, attr_ptr, 128],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "bpf_link_create",
-            nr: libc::SYS_bpf,
-            args: [28, attr_ptr, 128],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "perf_event_open",
-            nr: libc::SYS_perf_event_open,
-            args: [attr_ptr, 0, -1],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "ptrace_attach_pid_1",
-            nr: libc::SYS_ptrace,
-            args: [libc::PTRACE_ATTACH as libc::c_long, 1, 0],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "process_vm_readv",
-            nr: libc::SYS_process_vm_readv,
-            args: [1, 0, 0],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "mount",
-            nr: libc::SYS_mount,
-            args: [0, 0, 0],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "init_module",
-            nr: libc::SYS_init_module,
-            args: [0, 0, 0],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "unshare_mount_namespace",
-            nr: libc::SYS_unshare,
-            args: [libc::CLONE_NEWNS as libc::c_long, 0, 0],
-            expect_errno: eperm,
-        },
-        Probe {
-            name: "socket_netlink",
-            nr: libc::SYS_socket,
-            args: [
+    let mut probes = probes_for_every_mode(attr.as_ptr() as libc::c_long);
+    if !spawns_processor {
+        probes.extend(probes_without_processor_spawn());
+    }
+    let mut all = true;
+    for probe in &probes {
+        let errno = run_probe(probe);
+        let as_expected = probe_as_expected(probe, errno);
+        all &= as_expected;
+        println!("{}", probe_report_line(probe, errno, as_expected));
+    }
+    Ok(all)
+}
+
+/// The probes both run-time filter variants must answer as expected. `attr_ptr` points at
+/// a zeroed 128-byte buffer that must stay alive while the probes run.
+fn probes_for_every_mode(attr_ptr: libc::c_long) -> Vec<Probe> {
+    vec![
+        Probe::forbidden("bpf_map_create", libc::SYS_bpf, [0, attr_ptr, 128]),
+        Probe::forbidden("bpf_prog_load", libc::SYS_bpf, [5, attr_ptr, 128]),
+        Probe::forbidden(
+            "bpf_raw_tracepoint_open",
+            libc::SYS_bpf,
+            [17, attr_ptr, 128],
+        ),
+        Probe::forbidden("bpf_link_create", libc::SYS_bpf, [28, attr_ptr, 128]),
+        Probe::forbidden(
+            "perf_event_open",
+            libc::SYS_perf_event_open,
+            [attr_ptr, 0, -1],
+        ),
+        Probe::forbidden(
+            "ptrace_attach_pid_1",
+            libc::SYS_ptrace,
+            [libc::PTRACE_ATTACH as libc::c_long, 1, 0],
+        ),
+        Probe::forbidden("process_vm_readv", libc::SYS_process_vm_readv, [1, 0, 0]),
+        Probe::forbidden("mount", libc::SYS_mount, [0, 0, 0]),
+        Probe::forbidden("init_module", libc::SYS_init_module, [0, 0, 0]),
+        Probe::forbidden(
+            "unshare_mount_namespace",
+            libc::SYS_unshare,
+            [libc::CLONE_NEWNS as libc::c_long, 0, 0],
+        ),
+        Probe::forbidden(
+            "socket_netlink",
+            libc::SYS_socket,
+            [
                 libc::AF_NETLINK as libc::c_long,
                 libc::SOCK_RAW as libc::c_long,
                 0,
             ],
-            expect_errno: eperm,
-        },
+        ),
         // Allowed: a map lookup reaches the kernel, which rejects the zeroed attributes.
-        Probe {
-            name: "bpf_map_lookup_elem_allowed",
-            nr: libc::SYS_bpf,
-            args: [1, attr_ptr, 128],
-            expect_errno: 0,
-        },
-    ];
-    if !spawns_processor {
-        probes.push(Probe {
-            name: "socket_tcp",
-            nr: libc::SYS_socket,
-            args: [
+        Probe::allowed(
+            "bpf_map_lookup_elem_allowed",
+            libc::SYS_bpf,
+            [1, attr_ptr, 128],
+        ),
+    ]
+}
+
+/// The probes only the non-spawning variant forbids (single-host mode needs TCP and
+/// `execve` for the processor it starts).
+fn probes_without_processor_spawn() -> [Probe; 2] {
+    [
+        Probe::forbidden(
+            "socket_tcp",
+            libc::SYS_socket,
+            [
                 libc::AF_INET as libc::c_long,
                 libc::SOCK_STREAM as libc::c_long,
                 0,
             ],
-            expect_errno: eperm,
-        });
-        probes.push(Probe {
-            name: "execve",
-            nr: libc::SYS_execve,
-            args: [0, 0, 0],
-            expect_errno: eperm,
-        });
+        ),
+        Probe::forbidden("execve", libc::SYS_execve, [0, 0, 0]),
+    ]
+}
+
+/// Makes the probe's call; the errno it failed with, 0 when it succeeded.
+fn run_probe(probe: &Probe) -> i32 {
+    let [a0, a1, a2] = probe.args;
+    // SAFETY: each probe's arguments are null pointers, invalid ids or a zeroed buffer
+    // that lives across the call; allowed or not, the call changes nothing.
+    let ret = unsafe { libc::syscall(probe.nr, a0, a1, a2, 0, 0) };
+    if ret == -1 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
     }
-    let mut all = true;
-    for p in &probes {
-        // SAFETY: each probe's arguments are null pointers, invalid ids or a zeroed buffer
-        // that lives across the call; allowed or not, the call changes nothing.
-        let ret = unsafe { libc::syscall(p.nr, p.args[0], p.args[1], p.args[2], 0, 0) };
-        let errno = if ret == -1 {
-            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-        } else {
-            0
-        };
-        let as_expected = if p.expect_errno == 0 {
-            errno != eperm
-        } else {
-            errno == p.expect_errno
-        };
-        all &= as_expected;
-        println!(
-            "{}",
-            serde_json::json!({
-                "probe": p.name,
-                "errno": format!("{:?}", nix::errno::Errno::from_raw(errno)),
-                "expected": if p.expect_errno == 0 {
-                    "not EPERM".to_string()
-                } else {
-                    format!("{:?}", nix::errno::Errno::from_raw(p.expect_errno))
-                },
-                "as_expected": as_expected,
-            })
-        );
+}
+
+/// Whether the call came out as the policy demands.
+fn probe_as_expected(probe: &Probe, errno: i32) -> bool {
+    if probe.expect_errno == 0 {
+        errno != libc::EPERM
+    } else {
+        errno == probe.expect_errno
     }
-    Ok(all)
+}
+
+/// The JSON line `--check-runtime-policy` prints for one probe.
+fn probe_report_line(probe: &Probe, errno: i32, as_expected: bool) -> serde_json::Value {
+    serde_json::json!({
+        "probe": probe.name,
+        "errno": format!("{:?}", nix::errno::Errno::from_raw(errno)),
+        "expected": if probe.expect_errno == 0 {
+            "not EPERM".to_string()
+        } else {
+            format!("{:?}", nix::errno::Errno::from_raw(probe.expect_errno))
+        },
+        "as_expected": as_expected,
+    })
 }
 
 #[cfg(test)]

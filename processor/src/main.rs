@@ -23,7 +23,7 @@ use sonde_processor::{
     control,
     metrics::Metrics,
     otlp::Otlp,
-    pipeline::{self, Pipeline},
+    pipeline::{self, Pipeline, SpanSink},
     privileges,
     ringbuf::RingReader,
     sandbox::{self, SandboxPolicy, SandboxReport},
@@ -318,7 +318,8 @@ fn start_pipeline(config: &Config) -> Result<Pipeline<'_, Output>> {
     )
     .context("starting OTLP export")?;
     let out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
-    Ok(Pipeline::new(config, metrics, otlp, out, mono_to_unix))
+    let sink = SpanSink::new(config, metrics, otlp, out, mono_to_unix);
+    Ok(Pipeline::new(sink))
 }
 
 /// Phase 4: one pass per wake-up (a control message, ring buffer data, or the poll timer)

@@ -21,11 +21,9 @@ pub use processes::{ProcessTable, REMOVED_GRACE};
 pub use sink::SpanSink;
 
 use crate::{
-    config::Config,
     control::Update,
     exchange::{self, Assembler},
     metrics::Metrics,
-    otlp::Otlp,
     stats::Stats,
 };
 
@@ -43,22 +41,16 @@ pub struct Pipeline<'a, W: Write> {
 }
 
 impl<'a, W: Write> Pipeline<'a, W> {
-    /// A pipeline printing to `out`, counting into `metrics` and exporting through `otlp`.
-    pub fn new(
-        config: &'a Config,
-        metrics: Arc<Metrics>,
-        otlp: Option<Otlp>,
-        out: W,
-        mono_to_unix: i128,
-    ) -> Self {
+    /// A pipeline whose spans end in `sink` (and are counted in its metrics).
+    pub fn new(sink: SpanSink<'a, W>) -> Self {
         Pipeline {
             assembler: Assembler::new(exchange::DEFAULT_HOLD, exchange::DEFAULT_MAX_HELD),
-            sink: SpanSink::new(config, Arc::clone(&metrics), otlp, out, mono_to_unix),
+            stats_every: Duration::from_secs(u64::from(sink.config.shared.stats_interval_secs)),
+            metrics: Arc::clone(&sink.metrics),
+            sink,
             processes: ProcessTable::default(),
             stats: Stats::default(),
-            metrics,
             early_seen: 0,
-            stats_every: Duration::from_secs(u64::from(config.shared.stats_interval_secs)),
             last_stats: Instant::now(),
         }
     }

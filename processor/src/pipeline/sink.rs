@@ -22,9 +22,9 @@ use crate::{
 
 /// The span end of the pipeline and the state it keeps between spans.
 pub struct SpanSink<'a, W: Write> {
-    config: &'a Config,
+    pub(super) config: &'a Config,
     router: Router,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     printer: Printer<W>,
     ids: rand::rngs::SmallRng,
     /// Added to a `CLOCK_MONOTONIC` time in ns (the kernel's) gives Unix time in ns.
