@@ -2,8 +2,8 @@
 //! spans and prints them. Refuses to start as root or with any capability.
 //!
 //! This file is the command line and the order of things; `main` runs the phases in turn:
-//! [`configure`] → [`sandbox`] → [`connect`] (and [`start_pipeline`]) → [`run_passes`] →
-//! [`shut_down`]. What happens to the events is the library's `pipeline`.
+//! `configure` → `sandbox` → `connect` (and `start_pipeline`) → `run_passes` → `shut_down`.
+//! What happens to the events is the library's `pipeline`.
 
 use std::{
     io::{BufWriter, StdoutLock},
@@ -206,7 +206,7 @@ fn enter_sandbox(policy: &SandboxPolicy) -> Result<(ProcStatus, SandboxReport)> 
     Ok((status, sandbox))
 }
 
-/// Phase 2: [`enter_sandbox`], and say so in the log.
+/// Phase 2: `enter_sandbox`, and say so in the log.
 fn sandbox(policy: &SandboxPolicy) -> Result<SandboxReport> {
     let (status, sandbox) = enter_sandbox(policy)?;
     info!(
