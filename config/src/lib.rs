@@ -24,7 +24,7 @@ pub use shared::{
 };
 pub use source::{CONFIG_PATH_VAR, FileText, Input, KeyKind, Raw, file_entries};
 pub use values::{
-    ExeGlob, LogLevel, PortSet, format_duration, non_empty, parse_bool, parse_duration,
+    ExeGlob, LogFormat, LogLevel, PortSet, format_duration, non_empty, parse_bool, parse_duration,
     parse_duration_or_millis, parse_in_range, parse_millis,
 };
 
@@ -33,6 +33,7 @@ pub use values::{
 pub const PROCESSOR_SECTIONS: &[&str] = &[
     "trace_printer",
     "routes",
+    "attributes",
     "prometheus_export",
     "otel_traces_export",
     "otel_metrics_export",

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use crate::{
     error::invalid,
     setting::{Setting, Table, show, var},
-    values::{ExeGlob, LogLevel, PortSet, non_empty, parse_bool, parse_in_range},
+    values::{ExeGlob, LogFormat, LogLevel, PortSet, non_empty, parse_bool, parse_in_range},
 };
 
 /// Kernel-side sizes.
@@ -42,6 +42,7 @@ pub struct ProcessorSettings {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
     pub open_port: Option<PortSet>,
     pub auto_target_exe: Option<ExeGlob>,
     pub target_pids: Vec<u32>,
@@ -65,6 +66,7 @@ impl Config {
     pub(crate) fn blank() -> Config {
         Config {
             log_level: LogLevel::Info,
+            log_format: LogFormat::Text,
             open_port: None,
             auto_target_exe: None,
             target_pids: Vec::new(),
@@ -135,6 +137,20 @@ pub static SHARED: Table<Config> = Table(&[&[
             Ok(())
         },
         show: |c| show::text(c.log_level.as_str()),
+    },
+    Setting {
+        key: "log_format",
+        env: &[var("BEYLA_LOG_FORMAT")],
+        flag: "",
+        default: Some("text"),
+        unset: "",
+        doc: "`text` (ANSI colour only when stderr is a terminal) or `json` (one object per line: `timestamp`, `level`, `message`, fields)",
+        secret: false,
+        apply: |c, i| {
+            c.log_format = LogFormat::parse(i.key, &i.text("a log format")?)?;
+            Ok(())
+        },
+        show: |c| show::text(c.log_format.as_str()),
     },
     Setting {
         key: "open_port",

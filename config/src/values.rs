@@ -111,6 +111,34 @@ impl LogLevel {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (ANSI colour only when stderr is a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(key: &str, v: &str) -> Result<LogFormat, ConfigError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(invalid(key, v, "text or json")),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+    pub fn is_json(self) -> bool {
+        self == LogFormat::Json
+    }
+}
+
 /// Parses a duration such as `500ms`, `5s`, `1m` or `1h`.
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     const EXPECTED: &str = "a positive duration such as 500ms, 5s, 1m";

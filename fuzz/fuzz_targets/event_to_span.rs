@@ -36,9 +36,13 @@ fuzz_target!(|data: &[u8]| {
         service_namespace: None,
         exe_path: "/fuzz".into(),
     };
+    let query = sonde_processor::http::QueryPolicy {
+        export: true,
+        extra_sensitive: vec!["session".into()],
+    };
     let mut build = |ev: &sonde_schema::HttpEvent| {
         let service = ServiceInfo { name: "fuzz", namespace: None };
-        if let Built::Span(mut s) = span::build(ev, &service, 0, &mut rng) {
+        if let Built::Span(mut s) = span::build(ev, &service, &query, 0, &mut rng) {
             let routed = router.route("fuzz", &s.path);
             s.set_route(routed.route);
             red.record(&s, Some(&metrics), None, &meta);

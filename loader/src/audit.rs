@@ -35,6 +35,13 @@ pub struct ProcessorStatus {
     pub pid: u32,
     pub uid: u32,
     pub hello: Hello,
+    /// The connected processor's executable and cgroup, as the loader read them when it
+    /// accepted the connection (split deployments; None for the processor `sonde` started,
+    /// which is connected through its own socketpair).
+    #[serde(default)]
+    pub exe: Option<String>,
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 impl Status {

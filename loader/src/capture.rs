@@ -7,9 +7,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use nix::poll::PollFlags;
 use sonde_config::Config;
 use sonde_schema::control::{LoaderMessage, ProcessRecord, ProcessorMessage};
 use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent};
@@ -17,10 +18,55 @@ use tracing::{debug, info, warn};
 
 use crate::{
     audit,
-    control::{self, ControlListener, PeerPolicy},
+    conn::{Conn, ConnError, MAX_READS_PER_WAKE},
+    consumer::{Check, ConsumerGuard},
+    control::{self, ControlListener, Peer, PeerPolicy},
     probes::Probes,
+    refusals::Refusals,
     selection::{self, Selector},
 };
+
+/// How long a connection may stay without saying hello.
+pub const HELLO_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections waiting for their hello at once; a newer one displaces the oldest.
+pub const MAX_PENDING: usize = 4;
+
+/// Where a connection came from: the socketpair of the processor this loader started (single
+/// host), or the control socket (split deployments, peer checked by [`ControlListener`]).
+#[derive(Debug, Clone)]
+struct Origin {
+    peer: Peer,
+    spawned: bool,
+}
+
+impl Origin {
+    fn describe(&self) -> String {
+        format!(
+            "pid {} uid {} gid {}{}",
+            self.peer.pid,
+            self.peer.uid,
+            self.peer.gid,
+            if self.spawned {
+                " (started by sonde)"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// A connection that has not said hello yet.
+struct Pending {
+    conn: Conn,
+    origin: Origin,
+    deadline: Instant,
+}
+
+/// The processor the ring buffer was handed to.
+struct Client {
+    conn: Conn,
+    origin: Origin,
+}
 
 /// The selected processes and the processor they are reported to.
 pub struct Capture<'a> {
@@ -28,7 +74,13 @@ pub struct Capture<'a> {
     selected: BTreeMap<u32, ProcessRecord>,
     /// Processes the processor asked to stop capturing; they stay out until they exit.
     narrowed_out: BTreeSet<u32>,
-    client: Option<OwnedFd>,
+    /// The one live processor connection.
+    client: Option<Client>,
+    /// Connections waiting for their hello (at most `MAX_PENDING`).
+    pending: Vec<Pending>,
+    refusals: Refusals,
+    /// A processor this loader started that broke the protocol: to be killed (and restarted).
+    violator: Option<u32>,
     status: audit::Status,
     status_path: PathBuf,
 }
@@ -41,6 +93,9 @@ impl<'a> Capture<'a> {
             selected: BTreeMap::new(),
             narrowed_out: BTreeSet::new(),
             client: None,
+            pending: Vec::new(),
+            refusals: Refusals::new(),
+            violator: None,
             status,
             status_path: audit::status_path(&config.control_socket),
         }
@@ -51,106 +106,326 @@ impl<'a> Capture<'a> {
         self.status.write(&self.status_path);
     }
 
-    /// The connected processor's socket, if any.
-    pub fn processor(&self) -> Option<BorrowedFd<'_>> {
-        self.client.as_ref().map(|c| c.as_fd())
+    /// The connections to wait on, with the events wanted: pending ones first, then the
+    /// processor's. `service` takes the results in the same order.
+    pub fn watched(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let mut fds: Vec<(BorrowedFd<'_>, PollFlags)> = self
+            .pending
+            .iter()
+            .map(|p| (p.conn.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if let Some(c) = &self.client {
+            let mut flags = PollFlags::POLLIN;
+            if c.conn.wants_write() {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push((c.conn.as_fd(), flags));
+        }
+        fds
     }
 
-    /// Accepts a pending connection, authenticates it, takes its hello and hands it the ring
-    /// buffer and the selected processes; it then replaces any previous processor.
-    pub fn accept(&mut self, listener: &ControlListener, policy: &PeerPolicy, probes: &Probes) {
-        let (conn, pid, uid) = match listener.accept(policy) {
-            Ok(Some(c)) => c,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(error = format!("{e:#}"), "control connection refused");
-                return;
-            }
-        };
-        let result = (|| -> Result<()> {
-            let hello = control::read_hello(conn.as_fd())?;
-            let ring = probes.events_fd()?;
-            control::send_welcome(conn.as_fd(), ring.as_fd(), probes.ring_buffer_bytes)?;
-            for meta in self.selected.values() {
-                LoaderMessage::ProcessAdded(meta.clone()).send(conn.as_fd(), &[])?;
-            }
-            info!(
-                pid,
-                uid,
-                agent = hello.agent,
-                landlock = ?hello.sandbox.map(|s| s.landlock),
-                seccomp_filters = ?hello.sandbox.map(|s| s.seccomp_filters),
-                processes = self.selected.len(),
-                "processor connected; ring buffer handed over"
-            );
-            self.status.processor = Some(audit::ProcessorStatus { pid, uid, hello });
-            self.write_status();
-            Ok(())
-        })();
-        match result {
-            Ok(()) => {
-                if self.client.replace(conn).is_some() {
-                    info!("replaced the previous processor connection");
+    /// Accepts what waits on the control socket (split deployments), at most `MAX_PENDING` + 1
+    /// per call: each connection passes the peer checks or is refused; at most `MAX_PENDING`
+    /// wait for their hello, the oldest making room for a newer one.
+    pub fn accept(&mut self, listener: &ControlListener, policy: &PeerPolicy) {
+        for _ in 0..=MAX_PENDING {
+            let (fd, peer) = match listener.accept(policy) {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(refusal) => {
+                    self.refusals.connection(refusal.reason, refusal.detail);
+                    continue;
                 }
+            };
+            let origin = Origin {
+                peer,
+                spawned: false,
+            };
+            // Full: the oldest waiting connection makes room. A processor says hello as soon as
+            // it connects, so silent connections cannot keep it out by filling the slots.
+            if self.pending.len() >= MAX_PENDING {
+                let oldest = self.pending.remove(0);
+                let why = "displaced by a newer connection before its hello";
+                control::refuse(oldest.conn.as_fd(), why);
+                self.refusals.connection(why, oldest.origin.describe());
             }
-            Err(e) => warn!(
-                pid,
-                uid,
-                error = format!("{e:#}"),
-                "processor handshake failed"
-            ),
+            self.pending.push(Pending {
+                conn: Conn::new(fd),
+                origin,
+                deadline: Instant::now() + HELLO_DEADLINE,
+            });
         }
     }
 
-    /// Reads one message from the connected processor. After its hello the processor may
-    /// only narrow the capture or say goodbye; anything else closes its connection.
-    pub fn on_processor_message(&mut self, probes: &mut Probes) {
-        let Some(client) = self.processor() else {
-            return;
-        };
-        let datagram = match sonde_schema::channel::recv(client, 0) {
-            Ok(datagram) => datagram,
-            Err(e) => {
-                info!(
-                    reason = format!("{:#}", anyhow::Error::new(e)),
-                    "processor disconnected"
-                );
-                return self.disconnect();
-            }
-        };
-        let unexpected = match ProcessorMessage::decode(&datagram) {
-            Ok(ProcessorMessage::Narrow(pids)) => return self.narrow(probes, &pids),
-            Ok(ProcessorMessage::Goodbye(reason)) => {
-                info!(reason, "processor said goodbye");
-                return self.disconnect();
-            }
-            Ok(ProcessorMessage::Hello(_)) => "a second hello".to_string(),
-            Err(e) => format!("{e:#}"),
-        };
-        warn!(
-            error = unexpected,
-            "processor sent an unexpected message; closing its connection"
-        );
-        self.disconnect();
+    /// Single host: the loader's end of the socketpair of the processor just started (`pid`).
+    /// The previous processor is gone (the supervisor starts one only after reaping the last),
+    /// so whatever was connected for it is dropped.
+    pub fn adopt_spawned(&mut self, fd: OwnedFd, pid: u32) {
+        if self.client.is_some() {
+            self.disconnect(false);
+        }
+        self.pending.clear();
+        self.pending.push(Pending {
+            conn: Conn::new(fd),
+            origin: Origin {
+                peer: Peer {
+                    pid,
+                    uid: 0,
+                    gid: 0,
+                    exe: None,
+                    cgroup: None,
+                },
+                spawned: true,
+            },
+            deadline: Instant::now() + HELLO_DEADLINE * 5,
+        });
     }
 
-    /// Forgets the processor connection (and its entry in the status file).
-    fn disconnect(&mut self) {
-        self.client = None;
+    /// The processor this loader started that must be killed for breaking the protocol.
+    pub fn take_violator(&mut self) -> Option<u32> {
+        self.violator.take()
+    }
+
+    /// Handles what `poll` reported for `watched()` (same order), then the deadlines: hellos,
+    /// a processor that stopped reading, and the aggregated refusal log.
+    pub fn service(
+        &mut self,
+        probes: &mut Probes,
+        consumer: &ConsumerGuard,
+        ready: &[PollFlags],
+        now: Instant,
+    ) {
+        let pending_ready: Vec<bool> = (0..self.pending.len())
+            .map(|i| ready.get(i).is_some_and(|r| !r.is_empty()))
+            .collect();
+        let client_ready = ready.get(self.pending.len()).copied();
+        // The processor's own traffic first: it may free the slot a pending hello wants.
+        if let Some(r) = client_ready {
+            if r.intersects(PollFlags::POLLOUT) {
+                self.flush_client(now);
+            }
+            if r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                self.on_processor_messages(probes, now);
+            }
+        }
+        if let Some(c) = &self.client
+            && let Err(e) = c.conn.check_deadline(now)
+        {
+            self.drop_client(&e);
+        }
+        for i in (0..pending_ready.len()).rev() {
+            if pending_ready[i] {
+                let p = self.pending.remove(i);
+                self.on_pending(p, probes, consumer, now);
+            }
+        }
+        let (expired, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| now >= p.deadline);
+        self.pending = waiting;
+        for p in expired {
+            let why = "no hello before the deadline";
+            control::refuse(p.conn.as_fd(), why);
+            self.refusals.connection(why, p.origin.describe());
+            if p.origin.spawned {
+                self.violator = Some(p.origin.peer.pid);
+            }
+        }
+        self.refusals.flush(now, false);
+    }
+
+    /// Logs the aggregated refusals now (at shutdown).
+    pub fn flush_log(&mut self) {
+        self.refusals.flush(Instant::now(), true);
+    }
+
+    /// A pending connection has something: its hello, or its end.
+    fn on_pending(
+        &mut self,
+        mut p: Pending,
+        probes: &Probes,
+        consumer: &ConsumerGuard,
+        now: Instant,
+    ) {
+        let datagram = match p.conn.recv(now) {
+            Ok(Some(d)) => d,
+            Ok(None) => return self.pending.push(p),
+            Err(e) => {
+                self.refusals.connection(
+                    "closed before its hello",
+                    format!("{} ({e})", p.origin.describe()),
+                );
+                return;
+            }
+        };
+        let hello = match control::decode_hello(p.conn.as_fd(), &datagram) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(
+                    peer = p.origin.describe(),
+                    error = format!("{e:#}"),
+                    "processor handshake failed"
+                );
+                if p.origin.spawned {
+                    self.violator = Some(p.origin.peer.pid);
+                }
+                return;
+            }
+        };
+        // One live connection: a second hello is refused, never a replacement.
+        if let Some(live) = &self.client {
+            let why = "a processor is already connected";
+            control::refuse(p.conn.as_fd(), why);
+            self.refusals.connection(
+                why,
+                format!(
+                    "{} (live: pid {})",
+                    p.origin.describe(),
+                    live.origin.peer.pid
+                ),
+            );
+            return;
+        }
+        let result = (|| -> anyhow::Result<()> {
+            match consumer.check_and_reset() {
+                Check::Kept { pending_bytes } => {
+                    debug!(pending_bytes, "ring buffer consumer position checked")
+                }
+                Check::Reset { from, to } => warn!(
+                    from,
+                    to,
+                    "ring buffer consumer position was not one the kernel left; reset to the producer position"
+                ),
+            }
+            let ring = probes.events_fd()?;
+            control::send_welcome(p.conn.as_fd(), ring.as_fd(), probes.ring_buffer_bytes)?;
+            for meta in self.selected.values() {
+                p.conn
+                    .send(&LoaderMessage::ProcessAdded(meta.clone()), now)?;
+            }
+            Ok(())
+        })();
+        let origin = p.origin.clone();
+        if let Err(e) = result {
+            warn!(
+                peer = origin.describe(),
+                error = format!("{e:#}"),
+                "processor handshake failed"
+            );
+            if origin.spawned {
+                self.violator = Some(origin.peer.pid);
+            }
+            return;
+        }
+        info!(
+            pid = origin.peer.pid,
+            uid = origin.peer.uid,
+            spawned = origin.spawned,
+            exe = origin.peer.exe,
+            cgroup = origin.peer.cgroup,
+            agent = hello.agent,
+            landlock = ?hello.sandbox.map(|s| s.landlock),
+            seccomp_filters = ?hello.sandbox.map(|s| s.seccomp_filters),
+            processes = self.selected.len(),
+            "processor connected; ring buffer handed over"
+        );
+        self.status.processor = Some(audit::ProcessorStatus {
+            pid: origin.peer.pid,
+            uid: origin.peer.uid,
+            hello,
+            exe: origin.peer.exe.clone(),
+            cgroup: origin.peer.cgroup.clone(),
+        });
+        self.write_status();
+        self.client = Some(Client {
+            conn: p.conn,
+            origin,
+        });
+    }
+
+    fn flush_client(&mut self, now: Instant) {
+        if let Some(c) = &mut self.client
+            && let Err(e) = c.conn.flush(now)
+        {
+            self.drop_client(&e);
+        }
+    }
+
+    /// Reads what the processor sent (at most `MAX_READS_PER_WAKE` messages). After its hello
+    /// the processor may only narrow the capture or say goodbye; anything else, a flood, or a
+    /// peer that stopped reading closes its connection.
+    fn on_processor_messages(&mut self, probes: &mut Probes, now: Instant) {
+        for _ in 0..MAX_READS_PER_WAKE {
+            let Some(client) = &mut self.client else {
+                return;
+            };
+            let datagram = match client.conn.recv(now) {
+                Ok(Some(d)) => d,
+                Ok(None) => return,
+                Err(e) => return self.drop_client(&e),
+            };
+            let unexpected = match ProcessorMessage::decode(&datagram) {
+                Ok(ProcessorMessage::Narrow(pids)) => {
+                    self.narrow(probes, &pids);
+                    continue;
+                }
+                Ok(ProcessorMessage::Goodbye(reason)) => {
+                    info!(reason, "processor said goodbye");
+                    return self.disconnect(false);
+                }
+                Ok(ProcessorMessage::Hello(_)) => "a second hello".to_string(),
+                Err(e) => format!("{e:#}"),
+            };
+            warn!(
+                error = unexpected,
+                "processor sent an unexpected message; closing its connection"
+            );
+            return self.disconnect(true);
+        }
+    }
+
+    /// Closes the processor's connection for `error`: a violation (stopped reading, flood) or
+    /// the peer going away.
+    fn drop_client(&mut self, error: &ConnError) {
+        match error {
+            ConnError::Violation(v) => {
+                warn!(error = %v, "closing the processor's connection");
+                self.disconnect(true);
+            }
+            e => {
+                info!(reason = error_chain(e), "processor disconnected");
+                self.disconnect(false);
+            }
+        }
+    }
+
+    /// Forgets the processor connection (and its entry in the status file). A `violation` by
+    /// a processor this loader started gets it killed and restarted.
+    fn disconnect(&mut self, violation: bool) {
+        if let Some(c) = self.client.take()
+            && violation
+            && c.origin.spawned
+        {
+            self.violator = Some(c.origin.peer.pid);
+        }
         if self.status.processor.take().is_some() {
             self.write_status();
         }
     }
 
     /// Sends to the processor, if one is connected; a failed send drops the connection.
-    fn with_client(&mut self, what: &str, f: impl FnOnce(BorrowedFd<'_>) -> Result<()>) {
-        let Some(c) = &self.client else { return };
-        if let Err(e) = f(c.as_fd()) {
-            warn!(
-                error = format!("{e:#}"),
-                what, "control send failed; dropping processor connection"
-            );
-            self.disconnect();
+    fn send_client(&mut self, message: &LoaderMessage) {
+        let Some(c) = &mut self.client else { return };
+        if let Err(e) = c.conn.send(message, Instant::now()) {
+            match &e {
+                ConnError::Violation(_) => {}
+                other => warn!(
+                    error = %other,
+                    what = message.name(),
+                    "control send failed; dropping processor connection"
+                ),
+            }
+            self.drop_client(&e);
         }
     }
 
@@ -160,8 +435,7 @@ impl<'a> Capture<'a> {
         }
         // Metadata goes out before the pid enters the filter, so the processor always knows a
         // process before its first event.
-        let added = LoaderMessage::ProcessAdded(meta.clone());
-        self.with_client("process added", |c| Ok(added.send(c, &[])?));
+        self.send_client(&LoaderMessage::ProcessAdded(meta.clone()));
         if let Err(e) = probes.select_pid(meta.pid) {
             warn!(pid = meta.pid, error = %e, "cannot add pid to the kernel filter");
             return;
@@ -177,7 +451,7 @@ impl<'a> Capture<'a> {
     }
 
     /// The processor's request to stop capturing `pids`: honoured for captured processes only;
-    /// anything else is refused and logged, so a processor can never widen the capture.
+    /// anything else is refused and logged (aggregated), so a processor can never widen the capture.
     fn narrow(&mut self, probes: &mut Probes, pids: &[u32]) {
         for &pid in pids {
             if self.selected.contains_key(&pid) {
@@ -185,10 +459,7 @@ impl<'a> Capture<'a> {
                 self.remove(probes, pid);
                 info!(pid, "capture narrowed at the processor's request");
             } else {
-                warn!(
-                    pid,
-                    "refused the processor's narrowing request: pid is not captured (the processor can only narrow)"
-                );
+                self.refusals.narrow(pid);
             }
         }
     }
@@ -196,8 +467,7 @@ impl<'a> Capture<'a> {
     fn remove(&mut self, probes: &mut Probes, pid: u32) {
         if self.selected.remove(&pid).is_some() {
             probes.unselect_pid(pid);
-            let removed = LoaderMessage::ProcessRemoved(pid);
-            self.with_client("process removed", |c| Ok(removed.send(c, &[])?));
+            self.send_client(&LoaderMessage::ProcessRemoved(pid));
             info!(pid, "process deselected");
         }
     }
@@ -268,8 +538,19 @@ impl<'a> Capture<'a> {
     pub fn send_stats(&mut self, counters: &[(&'static str, u64)]) {
         let stats =
             LoaderMessage::KernelStats(counters.iter().map(|&(n, v)| (n.to_string(), v)).collect());
-        self.with_client("kernel stats", |c| Ok(stats.send(c, &[])?));
+        self.send_client(&stats);
     }
+}
+
+/// An error with its sources, as `{:#}` prints an `anyhow::Error`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// Takes every process notice waiting in the ring (all of them first: handling one changes

@@ -121,7 +121,7 @@ pub fn main_with(always_spawn_processor: bool) -> ExitCode {
         eprintln!("sonde: configuration error: {e:#}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    sonde_plumbing::logging::init(config.log_level.as_str());
+    sonde_plumbing::logging::init(config.log_level.as_str(), config.log_format.is_json());
     let options = RunOptions {
         spawn_processor,
         processor_config,

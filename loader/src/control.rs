@@ -5,13 +5,12 @@
 use std::{
     os::{
         fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-        unix::fs::PermissionsExt,
+        unix::fs::{MetadataExt, PermissionsExt},
     },
     path::{Path, PathBuf},
-    time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nix::{
     poll::{PollFd, PollFlags, PollTimeout, poll},
     sys::socket::{
@@ -34,6 +33,29 @@ pub struct PeerPolicy {
     pub uids: Option<Vec<u32>>,
     /// When set, the peer's gid must match.
     pub gid: Option<u32>,
+    /// When set (`processor.binary` configured), the peer's executable must be this file:
+    /// (device, inode).
+    pub exe: Option<(u64, u64)>,
+}
+
+/// A connected peer as the kernel describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// `/proc/<pid>/exe`, for the log and the status file.
+    pub exe: Option<String>,
+    /// The peer's cgroup (v2 path), for the log and the status file.
+    pub cgroup: Option<String>,
+}
+
+/// Why a connection was refused before its hello: a fixed reason (aggregated in the log by
+/// it) and the peer's details.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub detail: String,
 }
 
 impl PeerPolicy {
@@ -53,10 +75,12 @@ impl PeerPolicy {
                         .collect(),
                 ),
                 gid: check_group.then_some(gid),
+                exe: None,
             },
             ProcessorIdentity::AnyUserOfGroup { gid } => PeerPolicy {
                 uids: None,
                 gid: Some(gid),
+                exe: None,
             },
         }
     }
@@ -120,26 +144,88 @@ impl ControlListener {
         })
     }
 
-    /// Accepts one pending connection, if any, and authenticates it.
-    pub fn accept(&self, policy: &PeerPolicy) -> Result<Option<(OwnedFd, u32, u32)>> {
-        let raw = match accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+    /// Accepts one pending connection, if any, and authenticates it: `SO_PEERCRED` uid/gid
+    /// against the policy, then (when the policy names one) the peer's executable, read from
+    /// `/proc/<pid>/exe` while an `SO_PEERPIDFD` pidfd shows the peer still alive, so a
+    /// recycled pid cannot lend its executable to a peer that has exited. A refused peer is
+    /// told why (best effort) and its connection closed.
+    pub fn accept(&self, policy: &PeerPolicy) -> Result<Option<(OwnedFd, Peer)>, Refusal> {
+        let raw = match accept4(
+            self.fd.as_raw_fd(),
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        ) {
             Ok(raw) => raw,
             Err(nix::errno::Errno::EAGAIN) => return Ok(None),
-            Err(e) => return Err(e).context("accept on the control socket"),
+            Err(e) => {
+                return Err(Refusal {
+                    reason: "accept failed",
+                    detail: e.to_string(),
+                });
+            }
         };
         // SAFETY: accept4 returned a fresh fd that nothing else owns.
         let conn = unsafe { OwnedFd::from_raw_fd(raw) };
-        let cred = getsockopt(&conn, PeerCredentials).context("SO_PEERCRED")?;
+        let refuse_with = |reason: &'static str, detail: String| {
+            refuse(conn.as_fd(), reason);
+            Err(Refusal { reason, detail })
+        };
+        let cred = match getsockopt(&conn, PeerCredentials) {
+            Ok(c) => c,
+            Err(e) => return refuse_with("SO_PEERCRED failed", e.to_string()),
+        };
         let (uid, gid, pid) = (cred.uid(), cred.gid(), cred.pid());
+        let who = format!("pid {pid} uid {uid} gid {gid}");
         if !policy.allows(uid, gid) {
-            refuse(conn.as_fd(), "peer credentials not allowed");
-            bail!(
-                "refused control connection from pid {pid} uid {uid} gid {gid}: not in the allowed uids {:?} / gid {:?}",
-                policy.uids,
-                policy.gid
+            return refuse_with(
+                "peer credentials not allowed",
+                format!(
+                    "{who} (allowed uids {:?}, gid {:?})",
+                    policy.uids, policy.gid
+                ),
             );
         }
-        Ok(Some((conn, pid as u32, uid)))
+        let Ok(pid) = u32::try_from(pid) else {
+            return refuse_with("peer credentials not allowed", format!("{who}: no pid"));
+        };
+        let pidfd = peer_pidfd(conn.as_fd());
+        let exe_path = format!("/proc/{pid}/exe");
+        let exe_id = std::fs::metadata(&exe_path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let peer = Peer {
+            pid,
+            uid,
+            gid,
+            exe: std::fs::read_link(&exe_path)
+                .ok()
+                .map(|p| p.display().to_string()),
+            cgroup: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|c| {
+                    c.lines()
+                        .find_map(|l| l.strip_prefix("0::"))
+                        .map(str::to_string)
+                }),
+        };
+        // Everything above was read from /proc/<pid>: it was this peer's only if the peer is
+        // still alive now (a pid is not reused while its owner lives).
+        if let Some(pidfd) = &pidfd
+            && !pidfd_alive(pidfd.as_fd(), pid)
+        {
+            return refuse_with("peer exited during the check", who);
+        }
+        if let Some(expected) = policy.exe
+            && (pidfd.is_none() || exe_id != Some(expected))
+        {
+            return refuse_with(
+                "peer executable is not the processor binary",
+                format!(
+                    "{who} exe {}",
+                    peer.exe.as_deref().unwrap_or("(unreadable)")
+                ),
+            );
+        }
+        Ok(Some((conn, peer)))
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
@@ -153,23 +239,10 @@ impl Drop for ControlListener {
     }
 }
 
-/// Waits (bounded) for the processor's hello; a processor of another protocol version is told
-/// why before the connection closes.
-pub fn read_hello(conn: BorrowedFd<'_>) -> Result<Hello> {
-    let mut fds = [PollFd::new(conn, PollFlags::POLLIN)];
-    let ready = poll(
-        &mut fds,
-        PollTimeout::try_from(Duration::from_secs(5)).unwrap_or(PollTimeout::MAX),
-    )
-    .context("waiting for hello")?;
-    if ready == 0 {
-        bail!("processor sent no hello within 5 s");
-    }
-    let datagram = channel::recv(conn, 0).map_err(|source| ControlError::Recv {
-        expecting: "hello",
-        source,
-    })?;
-    match ProcessorMessage::decode(&datagram) {
+/// The processor's hello from its first datagram; a processor of another protocol version is
+/// told why before the connection closes.
+pub fn decode_hello(conn: BorrowedFd<'_>, datagram: &channel::Datagram) -> Result<Hello> {
+    match ProcessorMessage::decode(datagram) {
         Ok(ProcessorMessage::Hello(hello)) => Ok(hello),
         Ok(other) => Err(ControlError::Unexpected {
             expected: "hello",
@@ -182,6 +255,45 @@ pub fn read_hello(conn: BorrowedFd<'_>) -> Result<Hello> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The peer's pidfd (`SO_PEERPIDFD`, Linux 6.5+); None on older kernels.
+fn peer_pidfd(conn: BorrowedFd<'_>) -> Option<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the c_int on our stack and updates
+    // `len`; the socket fd is borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut fd).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: on success the kernel installed a new pidfd in our table for us alone.
+    (rc == 0 && fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `SO_PEERPIDFD` (not in every libc yet).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// Whether the pidfd names `pid` and that process has not exited (a pidfd polls readable once
+/// its process exits).
+fn pidfd_alive(pidfd: BorrowedFd<'_>, pid: u32) -> bool {
+    let named = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("Pid:"))
+                .and_then(|p| p.trim().parse::<i64>().ok())
+        });
+    if named != Some(i64::from(pid)) {
+        return false;
+    }
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
 }
 
 /// Hands the processor the HTTP event ring buffer: its fd and the geometry to map it.
@@ -197,9 +309,12 @@ pub fn send_welcome(
     LoaderMessage::Welcome(welcome).send(conn, &[ring_fd])
 }
 
-/// Tells a peer why it is not served (best effort: the connection closes either way).
-fn refuse(conn: BorrowedFd<'_>, why: &str) {
-    let _ = LoaderMessage::Refused(why.to_string()).send(conn, &[]);
+/// Tells a peer why it is not served (best effort, never waiting: the connection closes
+/// either way).
+pub fn refuse(conn: BorrowedFd<'_>, why: &str) {
+    if let Ok(bytes) = LoaderMessage::Refused(why.to_string()).encode() {
+        let _ = channel::send_bytes_nonblocking(conn, &bytes, &[]);
+    }
 }
 
 /// The page size the processor maps the ring buffer with (the kernel's, as this side sees it).
@@ -219,18 +334,21 @@ mod tests {
         let user = PeerPolicy {
             uids: Some(vec![1000, 1001]),
             gid: None,
+            exe: None,
         };
         assert!(user.allows(1000, 5) && user.allows(1001, 6));
         assert!(!user.allows(0, 0) && !user.allows(1002, 5));
         let user_and_group = PeerPolicy {
             uids: Some(vec![1000]),
             gid: Some(50),
+            exe: None,
         };
         assert!(user_and_group.allows(1000, 50));
         assert!(!user_and_group.allows(1000, 51));
         let any_of_group = PeerPolicy {
             uids: None,
             gid: Some(50),
+            exe: None,
         };
         assert!(any_of_group.allows(61184, 50) && any_of_group.allows(1, 50));
         assert!(!any_of_group.allows(61184, 51) && !any_of_group.allows(0, 0));
@@ -238,6 +356,7 @@ mod tests {
         let nobody = PeerPolicy {
             uids: None,
             gid: None,
+            exe: None,
         };
         assert!(!nobody.allows(1000, 1000));
     }

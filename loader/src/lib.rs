@@ -9,23 +9,28 @@
 //! 1. [`start`], privileged, in order: check the start-up capabilities (`CAP_BPF`,
 //!    `CAP_PERFMON`), naming any that is missing; resolve the processor's identity
 //!    ([`identity`]); mount tracefs if it is missing ([`kernel_layout`]); load and attach the
-//!    kernel programs ([`probes`]); bind the control socket ([`control`]); drop to the
-//!    run-time capabilities ([`privileges`]); install the stop-signal handlers; install the
-//!    run-time seccomp policy ([`sandbox`]).
+//!    kernel programs ([`probes`]); map the ring's consumer position ([`consumer`]); bind the
+//!    control socket ([`control`], split deployments only: single host hands each processor
+//!    it starts one end of a socketpair); drop to the run-time capabilities ([`privileges`]);
+//!    install the stop-signal handlers; install the run-time seccomp policy ([`sandbox`]).
 //! 2. [`serve`], unprivileged: the event loop, which keeps the capture state ([`capture`]:
-//!    the selected processes, found by [`selection`], and the connected processor) in step
+//!    the selected processes, found by [`selection`], and the one connected processor, each
+//!    connection driven without blocking by [`conn`], refusals logged by [`refusals`]) in step
 //!    until SIGINT/SIGTERM, and in single-host mode keeps the processor running
 //!    ([`supervisor`]).
 
 pub mod audit;
 pub mod capture;
 pub mod cli;
+pub mod conn;
+pub mod consumer;
 pub mod control;
 pub mod identity;
 pub mod kernel_layout;
 pub mod privileges;
 pub mod probes;
 pub mod processor_config;
+pub mod refusals;
 pub mod sandbox;
 pub mod selection;
 pub mod serve;

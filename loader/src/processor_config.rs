@@ -40,11 +40,11 @@ pub fn processor_binary(config: &Config) -> PathBuf {
     })
 }
 
-/// The processor single-host mode starts and supervises, as `uid`/`gid`: it serves
-/// `control_socket` with the configuration file's text on its standard input.
+/// The processor single-host mode starts and supervises, as `uid`/`gid`, with the
+/// configuration file's text on its standard input. Its control socket is not a path: the
+/// supervisor adds `--control-fd N` for the socketpair it makes at each start.
 pub fn supervised(config: &Config, uid: u32, gid: u32, file_text: &str) -> ProcessorSpec {
-    let args = vec!["--control".into(), config.control_socket.clone().into()];
-    spec(processor_binary(config), args, uid, gid, file_text)
+    spec(processor_binary(config), Vec::new(), uid, gid, file_text)
 }
 
 /// `binary args --config -`, with the configuration's environment and the file on stdin.
@@ -117,11 +117,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_supervised_processor_serves_the_socket_and_reads_the_file_on_stdin() {
+    fn the_supervised_processor_has_no_socket_path_and_reads_the_file_on_stdin() {
         let config = Config::default();
         let spec = supervised(&config, 1000, 50, "service_name: a: b\n");
-        let control = config.control_socket.clone().into_os_string();
-        let args: Vec<OsString> = vec!["--control".into(), control, "--config".into(), "-".into()];
+        let args: Vec<OsString> = vec!["--config".into(), "-".into()];
         assert_eq!(spec.args, args);
         assert_eq!((spec.uid, spec.gid), (1000, 50));
         assert_eq!(spec.config_yaml, "service_name: a: b\n");

@@ -4,7 +4,7 @@
 //! forwards the kernel counters and, in single-host mode, keeps the processor running.
 
 use std::{
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::AsFd,
     time::{Duration, Instant},
 };
 
@@ -26,10 +26,13 @@ const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// often.
 const TICK_MS: u16 = 200;
 
-/// Runs the loop until a stop signal, then stops the processor it started (if any).
+/// Runs the loop until a stop signal, then stops the processor it started (if any). Nothing
+/// in it blocks: control connections are non-blocking with deadlines (`capture`), hellos are
+/// awaited by this loop's `poll`, not by a wait of their own.
 pub fn serve(config: &Config, started: Started) -> Result<()> {
     let Started {
         mut probes,
+        consumer,
         listener,
         policy,
         kept_capabilities,
@@ -52,15 +55,18 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
     let mut last_stats = Instant::now();
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
     while !sonde_plumbing::stop::requested() {
-        if let Some(s) = supervisor.as_mut() {
-            s.tick();
+        if let Some(s) = supervisor.as_mut()
+            && let Some((conn, pid)) = s.tick()
+        {
+            capture.adopt_spawned(conn, pid);
         }
-        let ready = wait(&listener, &probes, capture.processor())?;
-        if ready.listener {
-            capture.accept(&listener, &policy, &probes);
-        }
-        if ready.processor {
-            capture.on_processor_message(&mut probes);
+        let ready = wait(listener.as_ref(), &probes, &capture)?;
+        // First, while the connections are still those the wait watched.
+        capture.service(&mut probes, &consumer, &ready.connections, Instant::now());
+        if ready.listener
+            && let Some(l) = &listener
+        {
+            capture.accept(l, &policy);
         }
         if ready.proc_events {
             capture.drain_proc_events(&mut probes);
@@ -75,8 +81,17 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
             capture.send_stats(&counters);
             last_stats = Instant::now();
         }
+        // Single host: a processor that broke the protocol is killed; the supervisor reaps and
+        // restarts it.
+        if let Some(pid) = capture.take_violator()
+            && let Some(s) = supervisor.as_mut()
+            && s.child_pid() == Some(pid)
+        {
+            s.kill("it broke the control protocol");
+        }
     }
     info!("stopping");
+    capture.flush_log();
     if let Some(s) = supervisor.as_mut() {
         s.stop();
     }
@@ -85,33 +100,38 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
     Ok(())
 }
 
-/// Which of the loop's descriptors have something to read.
+/// What the wait found.
 struct Ready {
     listener: bool,
     proc_events: bool,
-    processor: bool,
+    /// Per connection of `Capture::watched`, in its order.
+    connections: Vec<PollFlags>,
 }
 
-/// Waits up to one tick for a connection, a process notice or a processor message. A signal
-/// ends the wait early (no `SA_RESTART`), so a stop request is seen at once.
+/// Waits up to one tick for a connection, a process notice or control traffic. A signal ends
+/// the wait early (no `SA_RESTART`), so a stop request is seen at once.
 fn wait(
-    listener: &ControlListener,
+    listener: Option<&ControlListener>,
     probes: &Probes,
-    processor: Option<BorrowedFd<'_>>,
+    capture: &Capture<'_>,
 ) -> Result<Ready> {
-    let mut fds = vec![
-        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-        PollFd::new(probes.proc_events.as_fd(), PollFlags::POLLIN),
-    ];
-    fds.extend(processor.map(|c| PollFd::new(c, PollFlags::POLLIN)));
+    let mut fds = vec![PollFd::new(probes.proc_events.as_fd(), PollFlags::POLLIN)];
+    fds.extend(listener.map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)));
+    let first_connection = fds.len();
+    fds.extend(
+        capture
+            .watched()
+            .into_iter()
+            .map(|(fd, flags)| PollFd::new(fd, flags)),
+    );
     match poll(&mut fds, PollTimeout::from(TICK_MS)) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => {}
         Err(e) => return Err(e).context("poll"),
     }
-    let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+    let revents = |f: &PollFd<'_>| f.revents().unwrap_or(PollFlags::empty());
     Ok(Ready {
-        listener: ready(&fds[0]),
-        proc_events: ready(&fds[1]),
-        processor: fds.get(2).is_some_and(ready),
+        proc_events: !revents(&fds[0]).is_empty(),
+        listener: listener.is_some() && !revents(&fds[1]).is_empty(),
+        connections: fds[first_connection..].iter().map(revents).collect(),
     })
 }

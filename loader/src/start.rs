@@ -2,12 +2,15 @@
 //! capabilities, as one linear sequence ([`start`]), ending in the run-time capability set and
 //! seccomp policy that [`crate::serve`] then lives under.
 
+use std::os::fd::AsFd;
+
 use anyhow::{Context, Result, bail};
 use caps::{CapSet, Capability};
 use sonde_config::Config;
 use tracing::{info, warn};
 
 use crate::{
+    consumer::ConsumerGuard,
     control::{ControlListener, PeerPolicy},
     identity::{ProcessorIdentity, resolve_processor},
     kernel_layout, privileges,
@@ -26,11 +29,13 @@ pub struct RunOptions {
     pub processor_config: String,
 }
 
-/// What the privileged phase leaves for the unprivileged one: attached programs, the bound
-/// control socket and who may connect to it, and (single-host mode) the processor to start.
+/// What the privileged phase leaves for the unprivileged one: attached programs, the ring's
+/// positions, the bound control socket and who may connect to it (split deployments), and
+/// (single-host mode) the processor to start, which gets a socketpair instead of a path.
 pub struct Started {
     pub probes: Probes,
-    pub listener: ControlListener,
+    pub consumer: ConsumerGuard,
+    pub listener: Option<ControlListener>,
     pub policy: PeerPolicy,
     /// The capabilities still held, by name (for the log and the status file).
     pub kept_capabilities: Vec<String>,
@@ -78,35 +83,80 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
         "kernel programs attached"
     );
 
-    // 5. Bind the control socket and hand it to the processor's identity (CAP_CHOWN).
-    let listener = ControlListener::bind(&config.control_socket, identity)?;
-    let policy = PeerPolicy::for_processor(
+    // 5. Map the ring's consumer page (read-write) and producer page (read-only): before each
+    //    hand-over the consumer position is checked and, if a processor parked it, reset.
+    let consumer = ConsumerGuard::map(
+        probes.events_fd().context("the ring buffer fd")?.as_fd(),
+        config.ebpf.ring_buffer_bytes,
+    )?;
+
+    // 6. Split deployments: bind the control socket and hand it to the processor's identity
+    //    (CAP_CHOWN). Single host has no socket path: each processor it starts gets its own
+    //    socketpair; the status file for --audit still lives in the socket's directory.
+    let mut policy = PeerPolicy::for_processor(
         identity,
         &config.processor.allowed_uids,
         config.processor.group.is_some(),
     );
-    info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, allowed_gid = ?policy.gid, "control socket listening");
+    let listener = if options.spawn_processor {
+        ensure_status_dir(&config.control_socket)?;
+        None
+    } else {
+        policy.exe = expected_executable(config)?;
+        let listener = ControlListener::bind(&config.control_socket, identity)?;
+        info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, allowed_gid = ?policy.gid, executable_checked = policy.exe.is_some(), "control socket listening");
+        Some(listener)
+    };
 
-    // 6. Drop to the run-time capabilities, from every set.
+    // 7. Drop to the run-time capabilities, from every set.
     let keep = privileges::runtime_capabilities(options.spawn_processor);
     let kept_capabilities = privileges::drop_to(&keep).context("dropping capabilities")?;
     info!(capabilities = ?kept_capabilities, "dropped to run-time capabilities");
 
-    // 7. Stop on SIGINT/SIGTERM (before the seccomp policy, which need not allow sigaction).
+    // 8. Stop on SIGINT/SIGTERM (before the seccomp policy, which need not allow sigaction).
     sonde_plumbing::stop::install()?;
 
-    // 8. The run-time seccomp policy: from here on no loading, attaching or mounting.
+    // 9. The run-time seccomp policy: from here on no loading, attaching or mounting.
     let filters = sandbox::apply_runtime_policy(options.spawn_processor)
         .context("installing the run-time seccomp policy")?;
     info!(?filters, "run-time seccomp policy installed");
 
     Ok(Started {
         probes,
+        consumer,
         listener,
         policy,
         kept_capabilities,
         processor,
     })
+}
+
+/// The processor binary's (device, inode) when `processor.binary` is configured: a split
+/// deployment's peers must then run that file.
+fn expected_executable(config: &Config) -> Result<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(binary) = &config.processor.binary else {
+        return Ok(None);
+    };
+    let meta = std::fs::metadata(binary).with_context(|| {
+        format!(
+            "processor.binary {}: the control socket admits only peers running it",
+            binary.display()
+        )
+    })?;
+    Ok(Some((meta.dev(), meta.ino())))
+}
+
+/// Single host: the directory of the status file `--audit` reads (created 0755 when
+/// missing, as the control socket's was).
+fn ensure_status_dir(control_socket: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = control_socket.parent().filter(|d| !d.exists()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("chmod {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn check_startup_capabilities() -> Result<()> {

@@ -1,7 +1,9 @@
 //! Single-host mode: the loader starts `sonde-processor` as an unprivileged user and restarts
 //! it with backoff when it dies. The child sheds everything before `execve`: every capability
 //! set (bounding and ambient included), supplementary groups, gid and uid, then sets
-//! `NO_NEW_PRIVS`; its environment is rebuilt from an allowlist and inherited fds are closed.
+//! `NO_NEW_PRIVS`; its environment is rebuilt from an allowlist and inherited fds are closed,
+//! but for its end of the control `socketpair` made for this child alone (`--control-fd`):
+//! single-host mode has no control socket path another process could connect to.
 //! A step that fails is named in the supervisor's log ([`DropError`]), as Firecracker's jailer
 //! names its steps.
 
@@ -10,7 +12,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::{AsRawFd, RawFd},
+        fd::{AsRawFd, OwnedFd, RawFd},
         unix::process::CommandExt,
     },
     path::PathBuf,
@@ -44,7 +46,7 @@ pub fn run_once(
 ) -> Result<std::process::ExitStatus> {
     let binary =
         File::open(&spec.binary).with_context(|| format!("opening {}", spec.binary.display()))?;
-    let mut child = spawn(spec, Some(&binary), drop_privileges)?;
+    let mut child = spawn(spec, Some(&binary), drop_privileges, None)?;
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait().context("waiting for the processor")? {
@@ -110,8 +112,24 @@ impl Supervisor {
         }
     }
 
-    /// Reaps a dead processor and starts one when due. Call from the main loop.
-    pub fn tick(&mut self) {
+    /// The running processor's pid.
+    pub fn child_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|(c, _)| c.id())
+    }
+
+    /// Kills the running processor (it broke the control protocol); `tick` reaps and restarts
+    /// it.
+    pub fn kill(&mut self, why: &str) {
+        if let Some((child, _)) = &mut self.child {
+            warn!(pid = child.id(), why, "killing the processor");
+            let _ = child.kill();
+        }
+    }
+
+    /// Reaps a dead processor and starts one when due. Call from the main loop. A processor
+    /// started now comes with the loader's end of its control socketpair (non-blocking) and its
+    /// pid.
+    pub fn tick(&mut self) -> Option<(OwnedFd, u32)> {
         if let Some((child, started)) = &mut self.child {
             match child.try_wait() {
                 Ok(Some(status)) => {
@@ -127,18 +145,20 @@ impl Supervisor {
                 Ok(None) => {}
                 Err(e) => warn!(error = %e, "waiting for the processor failed"),
             }
-            return;
+            return None;
         }
         if self.next_start.is_some_and(|t| Instant::now() >= t) {
-            match spawn(&self.spec, self.binary.as_ref(), true) {
-                Ok(child) => {
+            match spawn_with_control(&self.spec, self.binary.as_ref()) {
+                Ok((child, conn)) => {
                     info!(pid = child.id(), uid = self.spec.uid, gid = self.spec.gid, binary = %self.spec.binary.display(), "processor started");
                     if self.spawned > 0 {
                         self.restarts += 1;
                     }
                     self.spawned += 1;
+                    let pid = child.id();
                     self.child = Some((child, Instant::now()));
                     self.next_start = None;
+                    return Some((conn, pid));
                 }
                 Err(e) => {
                     warn!(
@@ -151,6 +171,7 @@ impl Supervisor {
                 }
             }
         }
+        None
     }
 
     /// Stops the processor: SIGTERM, then SIGKILL after two seconds.
@@ -172,7 +193,29 @@ impl Supervisor {
     }
 }
 
-fn spawn(spec: &ProcessorSpec, binary: Option<&File>, drop_privileges: bool) -> Result<Child> {
+/// Starts a supervised processor with a fresh control `socketpair`: the child's end is the
+/// only fd it inherits beyond stdio (`--control-fd N`), the loader keeps the other end.
+fn spawn_with_control(spec: &ProcessorSpec, binary: Option<&File>) -> Result<(Child, OwnedFd)> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .context("creating the control socketpair")?;
+    let child = spawn(spec, binary, true, Some(theirs.as_raw_fd()))?;
+    // The child has its copy; the loader's copy of that end closes here.
+    drop(theirs);
+    Ok((child, ours))
+}
+
+fn spawn(
+    spec: &ProcessorSpec,
+    binary: Option<&File>,
+    drop_privileges: bool,
+    control: Option<RawFd>,
+) -> Result<Child> {
     let mut cmd = match binary {
         // The fd is close-on-exec: execve resolves the path before it closes such fds.
         Some(f) => Command::new(format!("/proc/self/fd/{}", f.as_raw_fd())),
@@ -185,10 +228,11 @@ fn spawn(spec: &ProcessorSpec, binary: Option<&File>, drop_privileges: bool) -> 
     std::io::Write::write_all(&mut File::from(write_end), spec.config_yaml.as_bytes())
         .context("writing the configuration pipe")?;
     cmd.stdin(std::process::Stdio::from(read_end));
-    cmd.arg0("sonde-processor")
-        .args(&spec.args)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    cmd.arg0("sonde-processor").args(&spec.args);
+    if let Some(fd) = control {
+        cmd.arg("--control-fd").arg(fd.to_string());
+    }
+    cmd.env_clear().envs(spec.env.iter().map(|(k, v)| (k, v)));
     let (uid, gid) = (spec.uid, spec.gid);
     // The child writes the number of a failed step here; std's own channel carries only the
     // errno.
@@ -199,7 +243,7 @@ fn spawn(spec: &ProcessorSpec, binary: Option<&File>, drop_privileges: bool) -> 
         // SAFETY: the closure runs in the forked child before exec and only makes raw system
         // calls (no allocation, no locks), which is what pre_exec requires.
         unsafe {
-            cmd.pre_exec(move || drop_everything(uid, gid, report));
+            cmd.pre_exec(move || drop_everything(uid, gid, report, control.unwrap_or(-1)));
         }
     }
     let spawned = cmd.spawn();
@@ -240,11 +284,13 @@ pub enum DropError {
     Capset(#[source] io::Error),
     #[error("PR_SET_NO_NEW_PRIVS failed")]
     NoNewPrivs(#[source] io::Error),
+    #[error("clearing close-on-exec on the control socket failed")]
+    ControlFd(#[source] io::Error),
 }
 
 impl DropError {
     /// Every step, indexed by the number the child reports.
-    const STEPS: [fn(io::Error) -> DropError; 8] = [
+    const STEPS: [fn(io::Error) -> DropError; 9] = [
         DropError::CloseRange,
         DropError::BoundingSet,
         DropError::AmbientSet,
@@ -253,6 +299,7 @@ impl DropError {
         DropError::Setresuid,
         DropError::Capset,
         DropError::NoNewPrivs,
+        DropError::ControlFd,
     ];
 
     /// The step's number (its index in `STEPS`) and the system call's error.
@@ -266,6 +313,7 @@ impl DropError {
             DropError::Setresuid(e) => (5, e),
             DropError::Capset(e) => (6, e),
             DropError::NoNewPrivs(e) => (7, e),
+            DropError::ControlFd(e) => (8, e),
         }
     }
 
@@ -290,8 +338,8 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 /// calls on integers and stack memory, no allocation, no locks (the loader may have other
 /// threads whose locks a fork copies held). A failed step's number goes to `report`, and its
 /// errno back through std's exec-error channel, so `spawn` fails naming the step.
-fn drop_everything(uid: u32, gid: u32, report: RawFd) -> io::Result<()> {
-    drop_steps(uid, gid).map_err(|e| {
+fn drop_everything(uid: u32, gid: u32, report: RawFd, control: RawFd) -> io::Result<()> {
+    drop_steps(uid, gid, control).map_err(|e| {
         let (step, source) = e.into_parts();
         // SAFETY: write(2) of one byte from the stack to a pipe fd that stays open until
         // exec; the result is ignored because nothing better can be done in the child.
@@ -301,8 +349,9 @@ fn drop_everything(uid: u32, gid: u32, report: RawFd) -> io::Result<()> {
 }
 
 /// The privilege drop itself. Order matters: the bounding set can only be reduced while
-/// CAP_SETPCAP is still held, i.e. before the uid changes.
-fn drop_steps(uid: u32, gid: u32) -> Result<(), DropError> {
+/// CAP_SETPCAP is still held, i.e. before the uid changes. `control` (when not -1) is the one
+/// fd above stdio the processor keeps.
+fn drop_steps(uid: u32, gid: u32, control: RawFd) -> Result<(), DropError> {
     // SAFETY: each call below is a raw system call on plain integer arguments or on stack
     // memory that outlives the call; none allocates or touches shared state.
     unsafe {
@@ -345,6 +394,10 @@ fn drop_steps(uid: u32, gid: u32) -> Result<(), DropError> {
         ) as libc::c_int)
         .map_err(DropError::Capset)?;
         check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)).map_err(DropError::NoNewPrivs)?;
+        // Exactly the control socket's end crosses exec.
+        if control >= 0 {
+            check(libc::fcntl(control, libc::F_SETFD, 0)).map_err(DropError::ControlFd)?;
+        }
     }
     Ok(())
 }
@@ -376,7 +429,7 @@ mod tests {
             assert_eq!(back, step);
             assert_eq!(source.raw_os_error(), Some(libc::EPERM));
         }
-        assert!(DropError::from_step(8, io::Error::from_raw_os_error(libc::EPERM)).is_err());
+        assert!(DropError::from_step(9, io::Error::from_raw_os_error(libc::EPERM)).is_err());
     }
 
     /// A child that cannot drop privileges: spawned from a thread without CAP_SETPCAP in its
@@ -399,7 +452,7 @@ mod tests {
         let error = std::thread::spawn(move || {
             caps::drop(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
                 .expect("dropping CAP_SETPCAP from this thread");
-            spawn(&spec, None, true).map(|mut child| child.wait())
+            spawn(&spec, None, true, None).map(|mut child| child.wait())
         })
         .join()
         .expect("thread")

@@ -42,6 +42,7 @@ fn main() {
                 name: "nginx",
                 namespace: None,
             },
+            &Default::default(),
             0,
             &mut ids,
         ) {

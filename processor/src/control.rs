@@ -50,6 +50,33 @@ pub fn connect_to(path: &Path) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Takes the control socket inherited from the loader (`--control-fd`, single-host mode: one
+/// end of a `socketpair` the loader made for this process alone). Checked to be an open
+/// `SOCK_SEQPACKET` socket, then marked close-on-exec so it reaches no other program.
+pub fn inherited(fd: i32) -> Result<OwnedFd> {
+    if fd < 3 {
+        bail!("--control-fd {fd}: not an inherited descriptor");
+    }
+    // SAFETY: fcntl(F_GETFD) on an integer only reports whether the descriptor is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("--control-fd {fd}: no such open descriptor");
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this process alone by
+    // its parent; nothing else in this process owns it, so ownership is taken exactly once.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let kind = nix::sys::socket::getsockopt(&owned, nix::sys::socket::sockopt::SockType)
+        .with_context(|| format!("--control-fd {fd}: not a socket"))?;
+    if kind != SockType::SeqPacket {
+        bail!("--control-fd {fd}: not a SOCK_SEQPACKET socket ({kind:?})");
+    }
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .with_context(|| format!("--control-fd {fd}: setting close-on-exec"))?;
+    Ok(owned)
+}
+
 /// Says hello with the sandbox this process applied and waits (bounded) for the welcome:
 /// the ring buffer's geometry and its fd.
 pub fn hello(conn: BorrowedFd<'_>, sandbox: &SandboxReport) -> Result<(Welcome, OwnedFd)> {

@@ -125,6 +125,183 @@ fn hex_decode(src: &[u8], dst: &mut [u8]) -> Option<()> {
     Some(())
 }
 
+/// Splits a request target into path and query. An absolute-form target
+/// (`http://user:pass@host/p`, sent to proxies) loses its userinfo: credentials are never part
+/// of a span.
+fn split_target(target: &[u8]) -> (String, Option<String>) {
+    let target = String::from_utf8_lossy(target);
+    let target = strip_userinfo(&target);
+    match target.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (target.to_string(), None),
+    }
+}
+
+/// `scheme://user:pass@host/rest` without `user:pass@`; anything else unchanged.
+pub fn strip_userinfo(target: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = target.find("://") else {
+        return target.into();
+    };
+    let scheme = &target[..scheme_end];
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    {
+        return target.into();
+    }
+    let authority_start = scheme_end + 3;
+    let rest = &target[authority_start..];
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_len].rfind('@') {
+        Some(at) => format!("{}{}", &target[..authority_start], &rest[at + 1..]).into(),
+        None => target.into(),
+    }
+}
+
+/// What is shown of a request whose line did not parse: the method and the start of the
+/// target, which ends at the first space or control byte (a request line cut short by the
+/// capture or a bare CR/LF must not carry the next header line, `Authorization: …`, into the
+/// path) and at 64 characters. The query is split off so the query policy applies to it.
+pub fn malformed_request_start(bytes: &[u8]) -> (String, String, Option<String>) {
+    const MAX_CHARS: usize = 64;
+    let sp = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+    let method = String::from_utf8_lossy(&bytes[..sp]).into_owned();
+    let after = bytes.get(sp + 1..).unwrap_or(&[]);
+    let end = after
+        .iter()
+        .position(|&b| b == b' ' || b.is_ascii_control())
+        .unwrap_or(after.len());
+    let target: String = String::from_utf8_lossy(&after[..end])
+        .chars()
+        .take(MAX_CHARS)
+        .collect();
+    let (path, query) = split_target(target.as_bytes());
+    (method, path, query)
+}
+
+/// Query parameters whose values are credentials: signed-URL signatures and keys (AWS S3
+/// v2/v4, Azure SAS, Google Cloud Storage), OAuth tokens and codes, passwords and API keys.
+/// Matched case-insensitively on the percent-decoded name.
+pub const SENSITIVE_QUERY_PARAMS: &[&str] = &[
+    "AWSAccessKeyId",
+    "Signature",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "sig",
+    "X-Goog-Signature",
+    "X-Goog-Credential",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "password",
+    "passwd",
+    "secret",
+    "api_key",
+    "apikey",
+    "key",
+    "client_secret",
+    "code",
+];
+
+/// What replaces the value of a sensitive query parameter.
+pub const REDACTED: &str = "REDACTED";
+
+/// Whether and how `url.query` leaves the processor (printed spans, OTLP `url.query` and the
+/// query part of `url.full`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryPolicy {
+    /// Off by default: no query at all.
+    pub export: bool,
+    /// Names redacted besides `SENSITIVE_QUERY_PARAMS`.
+    pub extra_sensitive: Vec<String>,
+}
+
+impl QueryPolicy {
+    /// The query as it may leave: none when export is off, else with every sensitive
+    /// parameter's value replaced by `REDACTED`.
+    pub fn apply(&self, query: Option<String>) -> Option<String> {
+        let q = query.filter(|_| self.export)?;
+        Some(match redact_query(&q, &self.extra_sensitive) {
+            std::borrow::Cow::Borrowed(_) => q,
+            std::borrow::Cow::Owned(r) => r,
+        })
+    }
+}
+
+/// `name` percent-decoded (`+` is a space); invalid escapes are kept as they are.
+fn decode_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.bytes().any(|b| b == b'%' || b == b'+') {
+        return name.into();
+    }
+    let b = name.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned().into()
+}
+
+/// True when `name` is a credential parameter.
+fn is_sensitive(name: &str, extra: &[String]) -> bool {
+    let name = decode_name(name);
+    let name = name.trim();
+    SENSITIVE_QUERY_PARAMS
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(name))
+        || extra.iter().any(|s| s.eq_ignore_ascii_case(name))
+}
+
+/// `query` with the value of every sensitive parameter (`SENSITIVE_QUERY_PARAMS`, `extra`)
+/// replaced by `REDACTED`; names, order, separators (`&`, and `;` which some servers accept)
+/// and other values are kept.
+pub fn redact_query<'q>(query: &'q str, extra: &[String]) -> std::borrow::Cow<'q, str> {
+    const SEPARATORS: [char; 2] = ['&', ';'];
+    let sensitive_name = |pair: &'q str| -> Option<&'q str> {
+        let (name, value) = pair.split_once('=')?;
+        (!value.is_empty() && is_sensitive(name, extra)).then_some(name)
+    };
+    // Almost every query has nothing to redact: no allocation then.
+    if !query.split(SEPARATORS).any(|p| sensitive_name(p).is_some()) {
+        return query.into();
+    }
+    let mut out = String::with_capacity(query.len());
+    let mut pos = 0;
+    for pair in query.split(SEPARATORS) {
+        match sensitive_name(pair) {
+            Some(name) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            None => out.push_str(pair),
+        }
+        pos += pair.len();
+        // The separator that ended this pair, if any (both are one byte).
+        if let Some(sep) = query.get(pos..pos + 1) {
+            out.push_str(sep);
+            pos += 1;
+        }
+    }
+    out.into()
+}
+
 /// Parses a captured request head.
 pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
     let sp = bytes
@@ -156,11 +333,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
     if target.is_empty() || target.iter().any(|&b| b.is_ascii_control() || b == b' ') {
         return Err(RequestError::BadRequestLine);
     }
-    let target = String::from_utf8_lossy(target);
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
-    };
+    let (path, query) = split_target(target);
     let mut head = RequestHead {
         method: method.to_string(),
         path,
@@ -170,6 +343,12 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
     if let Some(end) = line_end {
         for (name, value) in header_lines(bytes, sp + 1 + end + 2) {
             if name.eq_ignore_ascii_case(b"host") {
+                // `user:password@host` is not a valid Host, but whatever a client sends, the
+                // credentials part never leaves.
+                let value = match value.iter().rposition(|&b| b == b'@') {
+                    Some(at) => &value[at + 1..],
+                    None => value,
+                };
                 head.host = Some(String::from_utf8_lossy(value).into_owned());
             } else if name.eq_ignore_ascii_case(b"content-length") {
                 head.content_length = parse_u64(value);
@@ -330,7 +509,118 @@ mod tests {
         assert!(r.traceparent.is_some());
     }
 
+    fn strings(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_well_known_credential_is_redacted_and_its_name_kept() {
+        for name in SENSITIVE_QUERY_PARAMS {
+            let q = format!("ok=1&{name}=S3CRET&z=2");
+            assert_eq!(
+                redact_query(&q, &[]),
+                format!("ok=1&{name}=REDACTED&z=2"),
+                "{name}"
+            );
+            let upper = format!("{}=S3CRET", name.to_ascii_uppercase());
+            assert!(!redact_query(&upper, &[]).contains("S3CRET"), "{upper}");
+        }
+    }
+
+    #[test]
+    fn redaction_rules() {
+        // The example: both redacted, ok=1 kept.
+        assert_eq!(
+            redact_query("X-Amz-Signature=S&password=S&ok=1", &[]),
+            "X-Amz-Signature=REDACTED&password=REDACTED&ok=1"
+        );
+        // Nothing to redact: borrowed, unchanged.
+        assert!(matches!(
+            redact_query("a=1&b=&token&keys=2", &[]),
+            std::borrow::Cow::Borrowed("a=1&b=&token&keys=2")
+        ));
+        // Percent-encoded names, `;` separators, repeated names, values holding `=`.
+        assert_eq!(
+            redact_query("pass%77ord=S;sig=a=b&sig=c&%73ecret=S", &[]),
+            "pass%77ord=REDACTED;sig=REDACTED&sig=REDACTED&%73ecret=REDACTED"
+        );
+        // Configured extra names, case-insensitive.
+        assert_eq!(
+            redact_query("session=S&ok=1", &strings(&["SESSION"])),
+            "session=REDACTED&ok=1"
+        );
+        assert_eq!(redact_query("session=S", &[]), "session=S");
+        // Broken escapes do not panic and are kept.
+        assert_eq!(redact_query("%=1&%G1=2&%7=3", &[]), "%=1&%G1=2&%7=3");
+    }
+
+    #[test]
+    fn query_policy_is_off_by_default() {
+        let off = QueryPolicy::default();
+        assert_eq!(off.apply(Some("ok=1".into())), None);
+        let on = QueryPolicy {
+            export: true,
+            extra_sensitive: strings(&["session"]),
+        };
+        assert_eq!(
+            on.apply(Some("token=S&session=S&ok=1".into())).as_deref(),
+            Some("token=REDACTED&session=REDACTED&ok=1")
+        );
+        assert_eq!(on.apply(None), None);
+    }
+
+    #[test]
+    fn userinfo_never_reaches_path_or_host() {
+        let r = parse_request(
+            b"GET http://user:S@example.com:80/p?x=1 HTTP/1.1\r\nHost: admin:S@example.com\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.path, "http://example.com:80/p");
+        assert_eq!(r.query.as_deref(), Some("x=1"));
+        assert_eq!(r.host.as_deref(), Some("example.com"));
+        assert_eq!(strip_userinfo("/a@b/c"), "/a@b/c");
+        assert_eq!(strip_userinfo("https://u@h"), "https://h");
+        assert_eq!(strip_userinfo("http://h/p@q"), "http://h/p@q");
+        assert_eq!(strip_userinfo("/x?u=http://a:b@c"), "/x?u=http://a:b@c");
+    }
+
+    #[test]
+    fn malformed_targets_stop_at_space_and_line_ends() {
+        let (m, p, q) =
+            malformed_request_start(b"GET /a b HTTP/1.1\r\nAuthorization: Bearer S\r\n\r\n");
+        assert_eq!((m.as_str(), p.as_str(), q), ("GET", "/a", None));
+        let (_, p, _) = malformed_request_start(b"GET /x\r\nAuthorization: Bearer S");
+        assert_eq!(p, "/x");
+        let (_, p, _) = malformed_request_start(b"GET /x\nCookie: S");
+        assert_eq!(p, "/x");
+        let (_, p, _) = malformed_request_start(b"GET /x\x1b[2J");
+        assert_eq!(p, "/x");
+        let (_, p, q) = malformed_request_start(b"GET /p?password=S&ok=1");
+        assert_eq!((p.as_str(), q.as_deref()), ("/p", Some("password=S&ok=1")));
+        let long = format!("GET /{}", "\u{e9}".repeat(100));
+        let (_, p, _) = malformed_request_start(long.as_bytes());
+        assert_eq!(p.chars().count(), 64);
+        assert_eq!(malformed_request_start(b"GET").1, "");
+    }
+
     proptest::proptest! {
+        #[test]
+        fn redaction_never_panics_and_keeps_no_sensitive_value(
+            q in "[a-zA-Z%&;=_0-9-]{0,80}",
+        ) {
+            let r = redact_query(&q, &[]);
+            let _ = redact_query(&format!("token=S&{q}"), &[]);
+            // Redaction never makes a query longer than replacing every value could.
+            proptest::prop_assert!(r.len() <= q.len() + q.len() * REDACTED.len() + 8);
+        }
+
+        #[test]
+        fn malformed_paths_hold_no_line_end(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let (_, p, q) = malformed_request_start(&bytes);
+            proptest::prop_assert!(!p.contains(['\r', '\n', ' ']));
+            proptest::prop_assert!(!q.unwrap_or_default().contains(['\r', '\n', ' ']));
+        }
+
         #[test]
         fn never_panics_on_any_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let _ = parse_request(&bytes);

@@ -41,8 +41,12 @@ struct Cli {
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
     /// Control socket of the loader (default: control_socket from the configuration).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "control_fd")]
     control: Option<PathBuf>,
+    /// The control socket as an inherited descriptor (single-host mode: `sonde` starts the
+    /// processor with its end of a socketpair; there is no socket path).
+    #[arg(long)]
+    control_fd: Option<i32>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -80,6 +84,18 @@ struct Cli {
     /// which the processor must not be able to reach.
     #[arg(long, requires = "check_sandbox")]
     probe_abstract_socket: Option<String>,
+    /// For --check-sandbox: a local UDP port the processor must not be able to send to.
+    #[arg(long, requires = "check_sandbox")]
+    probe_udp_port: Option<u16>,
+    /// For --check-sandbox: a pathname Unix socket listening outside the sandbox, which the
+    /// processor must not be able to connect to or pass descriptors over.
+    #[arg(long, requires = "check_sandbox")]
+    probe_unix_socket: Option<PathBuf>,
+    /// For --check-sandbox: run the probes WITHOUT applying the sandbox (the control case:
+    /// shows each probe can succeed, so its denial under the sandbox means something). Exits 0
+    /// when every probe ran.
+    #[arg(long, hide = true, requires = "check_sandbox")]
+    probe_without_sandbox: bool,
 }
 
 const CONTROL_TOKEN: u64 = 1;
@@ -96,6 +112,12 @@ fn main() -> ExitCode {
     // Started by fd (`/proc/self/fd/N`) in single-host mode, the kernel would name the process
     // after the fd number; give it its name back for ps, top and pgrep.
     let _ = nix::sys::prctl::set_name(c"sonde-processor");
+    // First, before the configuration (OTLP headers) is read: no same-uid process may read
+    // this process's memory or environment.
+    if let Err(e) = privileges::make_undumpable() {
+        eprintln!("sonde-processor: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let config = match configure(&cli) {
         Ok(config) => config,
@@ -103,16 +125,29 @@ fn main() -> ExitCode {
     };
     // Before the sandbox: one-time set-up stays ahead of it, so the allowlist
     // (seccomp/processor.json) needs only what the run itself calls.
-    sonde_plumbing::logging::init(config.shared.log_level.as_str());
+    let shared = &config.shared;
+    sonde_plumbing::logging::init(shared.log_level.as_str(), shared.log_format.is_json());
     let policy = sandbox_policy(&config, cli.config.as_deref());
     if cli.check_sandbox {
         return check_sandbox(&cli, &config, &policy);
     }
-    let control = cli
-        .control
-        .clone()
-        .unwrap_or_else(|| config.shared.control_socket.clone());
-    match run(&config, &policy, &control) {
+    // An inherited control socket is taken (and checked) before the sandbox; nothing is read
+    // from it until the sandbox is in place.
+    let control = match cli.control_fd {
+        Some(fd) => match control::inherited(fd) {
+            Ok(fd) => Endpoint::Inherited(fd),
+            Err(e) => {
+                error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => Endpoint::Path(
+            cli.control
+                .clone()
+                .unwrap_or_else(|| config.shared.control_socket.clone()),
+        ),
+    };
+    match run(&config, &policy, control) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -121,12 +156,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the loader is: a socket path to connect to (split deployments), or the end of a
+/// socketpair `sonde` handed this process (single host).
+enum Endpoint {
+    Path(PathBuf),
+    Inherited(OwnedFd),
+}
+
 /// Phases 2 to 5 of a normal start, from the sandbox on.
-fn run(config: &Config, policy: &SandboxPolicy, control: &Path) -> Result<()> {
+fn run(config: &Config, policy: &SandboxPolicy, control: Endpoint) -> Result<()> {
     // INVARIANT: the sandbox is in place before the first untrusted byte is read. Nothing
     // from the loader (control socket, ring buffer) or the network is read before this line,
     // and no thread exists yet; threads started later (exporters, the Prometheus endpoint)
     // inherit it.
+    // Refuse privilege before touching the loader at all (the sandbox checks again).
+    privileges::ensure_unprivileged()?;
+    // The control socket is connected (not read) first: seccomp allows no new AF_UNIX socket.
+    let control = match control {
+        Endpoint::Path(path) => Endpoint::Inherited(control::connect_to(&path)?),
+        inherited @ Endpoint::Inherited(_) => inherited,
+    };
     let sandbox = sandbox(policy)?;
     stop::install()?;
     let mut loader = connect(control, &sandbox)?;
@@ -175,6 +224,14 @@ fn sandbox_policy(config: &Config, config_file: Option<&Path>) -> SandboxPolicy 
         .flatten()
         .map(|e| e.port)
         .collect();
+    // Host names resolve over TCP (see `sandbox`): the name servers' port too.
+    if [&config.traces_export.otlp, &config.metrics_export.otlp]
+        .into_iter()
+        .flatten()
+        .any(|e| sandbox::host_needs_resolution(&e.url))
+    {
+        connect_ports.push(sandbox::DNS_PORT);
+    }
     connect_ports.sort_unstable();
     connect_ports.dedup();
     // The configuration file, and the CA files of TLS endpoints (read when the exporters are
@@ -232,9 +289,15 @@ fn check_sandbox(cli: &Cli, config: &Config, policy: &SandboxPolicy) -> ExitCode
         bind_port: cli.probe_bind_port,
         write_dir: cli.probe_write_dir.clone(),
         abstract_socket: cli.probe_abstract_socket.clone(),
+        udp_port: cli.probe_udp_port,
+        unix_socket: cli.probe_unix_socket.clone(),
         allowed_bind_port: config.prometheus_export.port,
         allowed_connect_ports: policy.connect_ports.clone(),
     };
+    if cli.probe_without_sandbox {
+        sandbox_check::run_unsandboxed_and_report(&probes);
+        return ExitCode::SUCCESS;
+    }
     match enter_sandbox(policy) {
         Err(e) => {
             eprintln!("sonde-processor: {e:#}");
@@ -253,9 +316,13 @@ struct Loader {
     epoll: Epoll,
 }
 
-/// Phase 3: connects to the loader, says hello and maps the ring buffer it hands over.
-fn connect(control: &Path, sandbox: &SandboxReport) -> Result<Loader> {
-    let conn = control::connect_to(control)?;
+/// Phase 3: connects to the loader (or takes the inherited socket), says hello and maps the
+/// ring buffer it hands over.
+fn connect(control: Endpoint, sandbox: &SandboxReport) -> Result<Loader> {
+    let conn = match control {
+        Endpoint::Path(path) => control::connect_to(&path)?,
+        Endpoint::Inherited(fd) => fd,
+    };
     let (welcome, ring_fd) = control::hello(conn.as_fd(), sandbox)?;
     let ring = RingReader::new(ring_fd, welcome.data_size, welcome.page_size)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;

@@ -2,44 +2,98 @@
 
 use std::io::Write;
 
+use sonde_plumbing::logging::write_rfc3339;
+
 use crate::config::TracePrinter;
 
 use crate::span::{Address, Span, SpanKind, write_hex};
 
-/// Formats one span as a text line (no trailing newline).
+/// Formats one span as a text line (no trailing newline). Every string taken from traffic or
+/// from the process (method, path, query, `Host`, service name) is escaped (`escape_text`), so a
+/// request cannot start a line, move the cursor or change a terminal's state.
 pub fn text_line(s: &Span) -> String {
+    use std::fmt::Write as _;
     let kind = match s.kind {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
     };
-    let query = s
-        .query
-        .as_ref()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let mut line = format!(
-        "{start} ({dur:.3}ms) {kind} {status} {method} {path}{query} [{client}:{cport} -> {server}:{sport}] service={svc} pid={pid} trace_id={tid} span_id={sid}",
-        start = s.start_unix_nano,
+    let mut line = String::with_capacity(256);
+    write_rfc3339(&mut line, s.start_unix_nano);
+    let _ = write!(
+        line,
+        " ({dur:.3}ms) {kind} {status} ",
         dur = s.duration_ns as f64 / 1e6,
         status = s.status,
-        method = s.method,
-        path = s.path,
+    );
+    escape_text(&mut line, &s.method);
+    line.push(' ');
+    escape_text(&mut line, &s.path);
+    if let Some(q) = &s.query {
+        line.push('?');
+        escape_text(&mut line, q);
+    }
+    let _ = write!(
+        line,
+        " [{client}:{cport} -> {server}:{sport}]",
         client = s.client_address,
         cport = s.client_port,
         server = s.server_address,
         sport = s.server_port,
-        svc = s.service_name,
+    );
+    if let Some(h) = &s.host {
+        line.push_str(" host=");
+        escape_text(&mut line, h);
+    }
+    line.push_str(" service=");
+    escape_text(&mut line, &s.service_name);
+    let _ = write!(
+        line,
+        " pid={pid} trace_id={tid} span_id={sid}",
         pid = s.pid,
         tid = s.trace_id,
         sid = s.span_id,
     );
     if let Some(m) = s.malformed {
-        line.push_str(&format!(" malformed=\"{m}\""));
+        line.push_str(" malformed=\"");
+        escape_text(&mut line, m);
+        line.push('"');
     }
     if s.no_response {
         line.push_str(" no_response");
     }
     line
+}
+
+/// True for characters a terminal acts on: C0 controls (CR, LF, ESC, …), DEL and the C1
+/// controls (U+0080 … U+009F, e.g. U+009B, a one-character CSI for some terminals).
+fn is_control(c: char) -> bool {
+    c.is_control()
+}
+
+/// Appends `s` to `out` with `\` doubled and every control character escaped: `\r`, `\n`,
+/// `\t`, else `\xNN` (C0, DEL) or `\u{NN}` (C1). Unambiguous: the original can be read
+/// back from the escaped form.
+pub fn escape_text(out: &mut String, s: &str) {
+    // Almost every string needs no escaping: one scan, then one copy.
+    if !s.chars().any(|c| c == '\\' || is_control(c)) {
+        out.push_str(s);
+        return;
+    }
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && is_control(c) => {
+                let _ = std::fmt::Write::write_fmt(out, format_args!("\\x{:02x}", c as u32));
+            }
+            c if is_control(c) => {
+                let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
 }
 
 /// Appends `s` as a JSON string literal, escaping only what JSON requires.
@@ -268,6 +322,50 @@ mod tests {
             no_response: optional,
             parent_sampled: optional.then_some(true),
         }
+    }
+
+    #[test]
+    fn text_line_shows_utc_time_and_escapes_controls() {
+        let mut span = sample("/a\r\nX-Injected: 1\x1b[31m\u{9b}2J\\", true);
+        span.query = Some("q=\x7f\0".into());
+        span.service_name = "svc\x1b]0;title\x07".into();
+        span.method = "GET\t".into();
+        span.host = Some("evil\x1b[2J\rX".into());
+        let line = text_line(&span);
+        assert!(
+            line.starts_with("2026-11-18T11:06:40.000000000Z (0.000ms) CLIENT 404 GET\\t "),
+            "{line}"
+        );
+        assert!(
+            line.contains(" /a\\r\\nX-Injected: 1\\x1b[31m\\u{9b}2J\\\\?q=\\x7f\\x00 "),
+            "{line}"
+        );
+        assert!(
+            line.contains("] host=evil\\x1b[2J\\rX service=svc\\x1b]0;title\\x07 "),
+            "{line}"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        let plain = text_line(&sample("/plain", false));
+        assert!(
+            plain.contains(" GET /plain [:40000 -> 127.0.0.1:80] service=svc\u{e9} pid=1 "),
+            "{plain}"
+        );
+    }
+
+    #[test]
+    fn json_escapes_every_c0_control() {
+        let mut span = sample("/a\r\n\x1b[2J", false);
+        span.service_name = "s\x00\x1f".into();
+        let mut line = Vec::new();
+        json_line(&span, &mut line);
+        let body = &line[..line.len() - 1];
+        assert!(
+            !body.iter().any(|&b| b < 0x20),
+            "{:?}",
+            String::from_utf8_lossy(&line)
+        );
+        let text = String::from_utf8(line).expect("utf-8");
+        assert!(text.contains("\"path\":\"/a\\r\\n\\u001b[2J\""), "{text}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The processor's refusal to run with privilege: not as uid 0, and with every capability set
 //! (effective, permitted, inheritable, ambient) empty. Read from `/proc/self/status` so the
-//! check needs no capability syscalls.
+//! check needs no capability syscalls. Also the first thing `main` does: the process is made
+//! non-dumpable, so its memory and environment stay out of reach of same-uid processes.
 
 use sonde_plumbing::proc_status::{ProcStatus, StatusError};
 
@@ -15,8 +16,25 @@ pub enum PrivilegeError {
         "sonde-processor refuses to run holding capabilities: {0}; drop them all (capabilities.drop: [ALL], CapabilityBoundingSet=)"
     )]
     Capabilities(String),
+    #[error("PR_SET_DUMPABLE 0 failed: {0}")]
+    Dumpable(nix::Error),
     #[error("checking this process's privileges")]
     Status(#[from] StatusError),
+}
+
+/// `PR_SET_DUMPABLE 0`, before the configuration (and with it any OTLP header) is read: the
+/// kernel then treats this process as root-owned for `/proc/<pid>/{environ,mem,maps,fd,…}` and
+/// `ptrace`, so another process of the same uid (a compromised neighbour daemon, a local user
+/// sharing the uid) can neither read its environment or memory nor attach to it, with or
+/// without Yama. It also disables core dumps, which would hold the same secrets.
+pub fn make_undumpable() -> Result<(), PrivilegeError> {
+    nix::sys::prctl::set_dumpable(false).map_err(PrivilegeError::Dumpable)
+}
+
+/// Whether this process is dumpable (`PR_GET_DUMPABLE`; `sandbox::apply` reads it before
+/// seccomp, which allows no `prctl` but `PR_SET_NAME`).
+pub fn is_dumpable() -> bool {
+    nix::sys::prctl::get_dumpable().unwrap_or(true)
 }
 
 /// Checks this process; returns its status for the start-up log.
@@ -58,6 +76,13 @@ mod tests {
         Gid:\t65534\t65534\t65534\t65534\nCapInh:\t0000000000000000\n\
         CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t000001ffffffffff\n\
         CapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t10\n";
+
+    #[test]
+    fn make_undumpable_clears_the_dumpable_flag() {
+        // In a thread of the test process it changes the whole process, which is harmless here.
+        make_undumpable().expect("PR_SET_DUMPABLE");
+        assert!(!is_dumpable());
+    }
 
     #[test]
     fn parses_status_fields() {

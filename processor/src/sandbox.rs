@@ -12,7 +12,19 @@
 //!    `processor.insecure_no_landlock`.
 //! 3. seccomp: the allowlist in `seccomp/processor.json`, compiled into BPF by `build.rs`;
 //!    every other system call fails with `EPERM` (`clone3` with `ENOSYS`, so glibc falls back
-//!    to `clone`, which the allowlist restricts to threads).
+//!    to `clone`, which the allowlist restricts to threads). Egress: `socket()` makes TCP
+//!    sockets only (protocol pinned; no UDP, no new `AF_UNIX` socket: the control socket is
+//!    connected or inherited before this point), `sendto`/`sendmsg` never with `MSG_FASTOPEN`
+//!    (TCP Fast Open connects without the connect hook Landlock checks), `setsockopt` only for
+//!    the (level, option) pairs the code sets (never `SO_ATTACH_*`, `TCP_FASTOPEN*`,
+//!    `TCP_ULP`).
+//!
+//! Name resolution without UDP: before the sandbox, `RES_OPTIONS=use-vc` makes glibc's stub
+//! resolver query the `resolv.conf` name servers over TCP port 53 (RFC 7766 requires servers
+//! to answer there; systemd-resolved, CoreDNS and dnsmasq do). Landlock then allows connect to
+//! port 53 only when an endpoint names a host rather than an IP address. Landlock checks
+//! ports, not addresses: which hosts the processor may reach at those ports is the systemd
+//! unit's `IPAddressAllow=` and the Kubernetes `NetworkPolicy`'s job.
 //!
 //! Both are applied to the calling thread, which is the only one at that point; threads
 //! started later inherit them.
@@ -61,6 +73,38 @@ pub struct SandboxPolicy {
     pub insecure_no_landlock: bool,
 }
 
+/// The port glibc's resolver queries name servers on (TCP, with `use-vc`).
+pub const DNS_PORT: u16 = 53;
+
+/// True when `url`'s host is a name to resolve, not an IP address literal.
+pub fn host_needs_resolution(url: &str) -> bool {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => uri.host().is_some_and(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_err()
+        }),
+        // An URL that does not parse is never connected to; resolution is not needed.
+        Err(_) => false,
+    }
+}
+
+/// Makes glibc's stub resolver use TCP (`RES_OPTIONS` gains `use-vc`), so that seccomp can
+/// deny UDP sockets altogether. Called while the process is single-threaded and before the
+/// first lookup (glibc reads `RES_OPTIONS` when it initialises its resolver state).
+fn resolve_names_over_tcp() {
+    const VAR: &str = "RES_OPTIONS";
+    let options = match std::env::var(VAR) {
+        Ok(v) if v.split_whitespace().any(|o| o == "use-vc") => return,
+        Ok(v) if !v.trim().is_empty() => format!("{v} use-vc"),
+        _ => "use-vc".to_string(),
+    };
+    // SAFETY: `apply` runs before any thread is started (see the module comment), so nothing
+    // reads the environment concurrently.
+    unsafe { std::env::set_var(VAR, options) };
+}
+
 /// What was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxReport {
@@ -68,6 +112,8 @@ pub struct SandboxReport {
     pub landlock: bool,
     /// Seccomp filters installed.
     pub seccomp_filters: usize,
+    /// `PR_GET_DUMPABLE` as the sandbox went up (false: `main` made the process non-dumpable).
+    pub dumpable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +147,8 @@ pub fn seccomp_filters() -> [(&'static str, BpfProgram); 2] {
 /// Applies NO_NEW_PRIVS, Landlock and seccomp to the calling thread.
 pub fn apply(policy: &SandboxPolicy) -> Result<SandboxReport, SandboxError> {
     nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
+    resolve_names_over_tcp();
+    let dumpable = crate::privileges::is_dumpable();
     let landlock = if policy.insecure_no_landlock {
         false
     } else {
@@ -115,6 +163,7 @@ pub fn apply(policy: &SandboxPolicy) -> Result<SandboxReport, SandboxError> {
     Ok(SandboxReport {
         landlock,
         seccomp_filters: filters.len(),
+        dumpable,
     })
 }
 

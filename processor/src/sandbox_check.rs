@@ -206,6 +206,168 @@ fn probe_abstract_connect(name: &str) -> Result<(), i32> {
         .map_err(io_errno)
 }
 
+/// A fresh TCP socket (what the allowlist lets the processor create).
+fn tcp_socket() -> Result<OwnedFd, i32> {
+    // SAFETY: socket() takes plain integers; the fd returned is owned here.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd == -1 {
+        Err(last_errno())
+    } else {
+        // SAFETY: just returned by the kernel, owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+fn sockaddr_v4(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+const SOCKADDR_IN_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+
+/// TCP Fast Open: `sendto(MSG_FASTOPEN)` on an unconnected TCP socket connects and sends in
+/// one call, without the `connect` LSM hook Landlock checks ports in. Only seccomp stops it.
+fn probe_fastopen_sendto(port: u16) -> Result<(), i32> {
+    let sock = tcp_socket()?;
+    let addr = sockaddr_v4(Ipv4Addr::LOCALHOST, port);
+    let data = b"sonde-probe";
+    // SAFETY: a live buffer and a sockaddr_in of the stated length.
+    let ret = unsafe {
+        libc::sendto(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN | libc::MSG_NOSIGNAL,
+            (&raw const addr).cast(),
+            SOCKADDR_IN_LEN,
+        )
+    };
+    syscall_result(ret as libc::c_long).map(drop)
+}
+
+/// The same through `sendmsg` with a destination in the message header.
+fn probe_fastopen_sendmsg(port: u16) -> Result<(), i32> {
+    let sock = tcp_socket()?;
+    let mut addr = sockaddr_v4(Ipv4Addr::LOCALHOST, port);
+    let mut data = *b"sonde-probe";
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&raw mut addr).cast();
+    msg.msg_namelen = SOCKADDR_IN_LEN;
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: every pointer in `msg` points into this frame.
+    let ret = unsafe {
+        libc::sendmsg(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            &raw const msg,
+            libc::MSG_FASTOPEN | libc::MSG_NOSIGNAL,
+        )
+    };
+    syscall_result(ret as libc::c_long).map(drop)
+}
+
+/// `setsockopt(level, name, value)` on a fresh TCP socket.
+fn probe_setsockopt(level: libc::c_int, name: libc::c_int, value: &[u8]) -> Result<(), i32> {
+    let sock = tcp_socket()?;
+    // SAFETY: the kernel reads `value.len()` bytes of a live buffer.
+    let ret = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    syscall_result(ret as libc::c_long).map(drop)
+}
+
+/// `SO_ATTACH_FILTER` with a one-instruction classic BPF program (accept everything).
+fn probe_attach_filter() -> Result<(), i32> {
+    let mut insn = [libc::sock_filter {
+        code: 0x06, // BPF_RET | BPF_K
+        jt: 0,
+        jf: 0,
+        k: u32::MAX,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: insn.as_mut_ptr(),
+    };
+    // SAFETY: sock_fprog is plain data pointing at `insn`, alive for the call.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&raw const prog).cast::<u8>(),
+            std::mem::size_of::<libc::sock_fprog>(),
+        )
+    };
+    probe_setsockopt(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, bytes)
+}
+
+/// A UDP datagram to a local port: neither a configured endpoint nor a name server.
+fn probe_udp_send(port: u16) -> Result<(), i32> {
+    let sock = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).map_err(io_errno)?;
+    sock.send_to(b"sonde-probe", SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+        .map(drop)
+        .map_err(io_errno)
+}
+
+/// Connects to a pathname Unix socket (D-Bus, journald, another user's daemon).
+fn probe_unix_connect(path: &std::path::Path) -> Result<(), i32> {
+    std::os::unix::net::UnixStream::connect(path)
+        .map(drop)
+        .map_err(io_errno)
+}
+
+/// Passes a descriptor (this process's stdout) over `sock` with `SCM_RIGHTS`.
+fn send_fd(sock: &std::os::unix::net::UnixStream) -> Result<(), i32> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [libc::STDOUT_FILENO];
+    let iov = [std::io::IoSlice::new(b"fd")];
+    sendmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(sock),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(drop)
+    .map_err(|e| e as i32)
+}
+
+/// Passes a descriptor to whoever listens on a pathname Unix socket.
+fn probe_fd_passing_unix(path: &std::path::Path) -> Result<(), i32> {
+    let sock = std::os::unix::net::UnixStream::connect(path).map_err(io_errno)?;
+    send_fd(&sock)
+}
+
+/// Passes a descriptor over a fresh socketpair (how a descriptor would leave through a
+/// helper socket).
+fn probe_fd_passing_socketpair() -> Result<(), i32> {
+    let (a, _b) = std::os::unix::net::UnixStream::pair().map_err(io_errno)?;
+    send_fd(&a)
+}
+
+/// Resolves `localhost` (the files source): name resolution keeps working without UDP.
+fn probe_resolve_localhost() -> Result<(), i32> {
+    use std::net::ToSocketAddrs;
+    ("localhost", 80)
+        .to_socket_addrs()
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EAI_FAIL.abs()))
+        .and_then(|mut addrs| addrs.next().map(drop).ok_or(libc::ENOENT))
+}
+
 fn probe_simple(nr: libc::c_long, args: [libc::c_long; 5]) -> Result<(), i32> {
     // SAFETY: every caller passes arguments that make the call fail or do nothing harmful when
     // it is allowed (null pointers, invalid ids).
@@ -224,6 +386,10 @@ pub struct ProbeTargets {
     pub write_dir: std::path::PathBuf,
     /// An abstract Unix socket name with a listener outside the sandbox.
     pub abstract_socket: Option<String>,
+    /// A local UDP port (a receiver outside the sandbox).
+    pub udp_port: Option<u16>,
+    /// A pathname Unix socket with a listener outside the sandbox.
+    pub unix_socket: Option<std::path::PathBuf>,
     /// The port the policy lets the processor bind (the Prometheus endpoint), if any.
     pub allowed_bind_port: Option<u16>,
     /// The ports the policy lets the processor connect to (OTLP endpoints); each probe
@@ -240,7 +406,8 @@ pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
         .join(format!("sonde-sandbox-probe-{}", std::process::id()))
         .to_string_lossy()
         .into_owned();
-    let mut outcomes = vec![
+    let mut outcomes = egress(targets);
+    outcomes.extend([
         outcome("bpf", Denied, probe_bpf()),
         outcome("perf_event_open", Denied, probe_perf_event_open()),
         outcome("ptrace", Denied, probe_ptrace()),
@@ -328,7 +495,18 @@ pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
             Allowed,
             probe_socket(libc::AF_INET, libc::SOCK_STREAM, 0),
         ),
-    ];
+        outcome(
+            "socket_tcp_ipproto_tcp",
+            Allowed,
+            probe_socket(libc::AF_INET6, libc::SOCK_STREAM, libc::IPPROTO_TCP),
+        ),
+        outcome(
+            "setsockopt_tcp_nodelay",
+            Allowed,
+            probe_setsockopt(libc::IPPROTO_TCP, libc::TCP_NODELAY, &1i32.to_ne_bytes()),
+        ),
+        outcome("resolve_localhost", Allowed, probe_resolve_localhost()),
+    ]);
     if let Some(port) = targets.allowed_bind_port {
         outcomes.push(outcome(
             "tcp_bind_prometheus_port",
@@ -353,6 +531,94 @@ pub fn run(targets: &ProbeTargets) -> Vec<Outcome> {
     outcomes
 }
 
+/// The egress probes: ways out of the process that the sandbox must close. Each succeeds (or
+/// fails with something other than `EPERM`/`EACCES`) without the sandbox, which
+/// `--probe-without-sandbox` shows.
+pub fn egress(targets: &ProbeTargets) -> Vec<Outcome> {
+    use Expect::Denied;
+    let port = targets.connect_port;
+    let one = 1i32.to_ne_bytes();
+    let mut outcomes = vec![
+        outcome(
+            "tcp_fastopen_sendto_unlisted_port",
+            Denied,
+            probe_fastopen_sendto(port),
+        ),
+        outcome(
+            "tcp_fastopen_sendmsg_unlisted_port",
+            Denied,
+            probe_fastopen_sendmsg(port),
+        ),
+        outcome(
+            "setsockopt_tcp_fastopen",
+            Denied,
+            probe_setsockopt(libc::IPPROTO_TCP, libc::TCP_FASTOPEN, &5i32.to_ne_bytes()),
+        ),
+        outcome(
+            "setsockopt_tcp_fastopen_connect",
+            Denied,
+            probe_setsockopt(libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, &one),
+        ),
+        outcome("setsockopt_so_attach_filter", Denied, probe_attach_filter()),
+        outcome(
+            "setsockopt_so_attach_bpf",
+            Denied,
+            probe_setsockopt(libc::SOL_SOCKET, libc::SO_ATTACH_BPF, &(-1i32).to_ne_bytes()),
+        ),
+        outcome(
+            "setsockopt_tcp_ulp",
+            Denied,
+            probe_setsockopt(libc::IPPROTO_TCP, libc::TCP_ULP, b"tls\0"),
+        ),
+        outcome(
+            "socket_mptcp",
+            Denied,
+            probe_socket(libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_MPTCP),
+        ),
+        outcome(
+            "socket_udp",
+            Denied,
+            probe_socket(libc::AF_INET, libc::SOCK_DGRAM, 0),
+        ),
+        outcome(
+            "socket_udp6",
+            Denied,
+            probe_socket(libc::AF_INET6, libc::SOCK_DGRAM, 0),
+        ),
+        outcome(
+            "socket_unix",
+            Denied,
+            probe_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0),
+        ),
+        outcome("fd_passing_socketpair", Denied, probe_fd_passing_socketpair()),
+    ];
+    if let Some(port) = targets.udp_port {
+        outcomes.push(outcome("udp_send_to_non_resolver", Denied, probe_udp_send(port)));
+    }
+    if let Some(path) = &targets.unix_socket {
+        outcomes.push(outcome(
+            "unix_pathname_connect",
+            Denied,
+            probe_unix_connect(path),
+        ));
+        outcomes.push(outcome(
+            "fd_passing_pathname_socket",
+            Denied,
+            probe_fd_passing_unix(path),
+        ));
+    }
+    outcomes
+}
+
+/// The control case: the egress probes without any sandbox, one JSON line each, then a
+/// summary line saying no sandbox was applied.
+pub fn run_unsandboxed_and_report(targets: &ProbeTargets) {
+    for o in egress(targets) {
+        println!("{}", serde_json::to_string(&o).unwrap_or_default());
+    }
+    println!("{}", serde_json::json!({ "sandbox": false }));
+}
+
 /// Runs every probe under the applied `sandbox` and prints one JSON line per probe, then a
 /// summary line (the sandbox as applied and as `/proc/self/status` shows it). Returns true
 /// when every probe came out as expected.
@@ -369,6 +635,7 @@ pub fn run_and_report(sandbox: &SandboxReport, targets: &ProbeTargets) -> bool {
         serde_json::json!({
             "landlock": sandbox.landlock,
             "seccomp_filters_installed": sandbox.seccomp_filters,
+            "dumpable": sandbox.dumpable,
             "status": status,
             "all_as_expected": all,
         })

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 use sonde_schema::{DIRECTION_CLIENT, FLAG_NO_RESPONSE, HttpEvent};
 
-use crate::http::{self, RequestError};
+use crate::http::{self, QueryPolicy, RequestError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,10 +222,12 @@ pub enum Built {
     NotHttp,
 }
 
-/// Builds the span for `ev`. `mono_to_unix` converts CLOCK_MONOTONIC ns to Unix ns.
+/// Builds the span for `ev`. `mono_to_unix` converts CLOCK_MONOTONIC ns to Unix ns; `query`
+/// decides whether the query is kept and what of it is redacted.
 pub fn build(
     ev: &HttpEvent,
     service: &ServiceInfo<'_>,
+    query: &QueryPolicy,
     mono_to_unix: i128,
     ids: &mut impl IdSource,
 ) -> Built {
@@ -234,15 +236,14 @@ pub fn build(
         Ok(h) => (h, None),
         Err(RequestError::NotHttp) => return Built::NotHttp,
         Err(e) => {
-            // Keep what is readable (the method and the start of the target) for the operator.
-            let text = String::from_utf8_lossy(ev.request());
-            let mut parts = text.splitn(2, ' ');
-            let method = parts.next().unwrap_or("").to_string();
-            let path: String = parts.next().unwrap_or("").chars().take(64).collect();
+            // Keep what is readable (the method and the start of the target) for the operator,
+            // never more than the request line.
+            let (method, path, query) = http::malformed_request_start(ev.request());
             (
                 http::RequestHead {
                     method,
                     path,
+                    query,
                     ..Default::default()
                 },
                 Some(e.as_str()),
@@ -299,7 +300,7 @@ pub fn build(
         },
         method: head.method,
         path: head.path,
-        query: head.query,
+        query: query.apply(head.query),
         route: None,
         status,
         host: head.host,
@@ -361,12 +362,23 @@ mod tests {
     }
 
     fn span(e: &HttpEvent) -> Span {
+        span_with(
+            e,
+            &QueryPolicy {
+                export: true,
+                extra_sensitive: Vec::new(),
+            },
+        )
+    }
+
+    fn span_with(e: &HttpEvent, query: &QueryPolicy) -> Span {
         match build(
             e,
             &ServiceInfo {
                 name: "svc",
                 namespace: None,
             },
+            query,
             1_000_000,
             &mut FixedIds,
         ) {
@@ -438,11 +450,53 @@ mod tests {
                     name: "s",
                     namespace: None
                 },
+                &QueryPolicy::default(),
                 0,
                 &mut FixedIds
             ),
             Built::NotHttp
         ));
+    }
+
+    #[test]
+    fn no_query_by_default_and_credentials_redacted_when_enabled() {
+        let e = event(
+            b"GET /p?X-Amz-Signature=S&password=S&ok=1 HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        let s = span_with(&e, &QueryPolicy::default());
+        assert_eq!((s.path.as_str(), s.query), ("/p", None));
+        let s = span(&e);
+        assert_eq!(
+            s.query.as_deref(),
+            Some("X-Amz-Signature=REDACTED&password=REDACTED&ok=1")
+        );
+    }
+
+    #[test]
+    fn malformed_request_line_does_not_carry_the_next_header() {
+        let e = event(
+            b"GET /a b HTTP/1.1\r\nAuthorization: Bearer S\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+        );
+        for policy in [
+            QueryPolicy::default(),
+            QueryPolicy {
+                export: true,
+                ..Default::default()
+            },
+        ] {
+            let s = span_with(&e, &policy);
+            assert_eq!(s.malformed, Some("malformed request line"));
+            assert_eq!((s.method.as_str(), s.path.as_str()), ("GET", "/a"));
+            assert_eq!(s.query, None);
+        }
+        // A cut request line with a query: the query policy applies to it too.
+        let e = event(b"GET /p?token=S&ok=1", b"HTTP/1.1 414 URI Too Long\r\n\r\n");
+        let s = span_with(&e, &QueryPolicy::default());
+        assert_eq!((s.path.as_str(), s.query), ("/p", None));
+        let s = span(&e);
+        assert_eq!(s.query.as_deref(), Some("token=REDACTED&ok=1"));
     }
 
     #[test]

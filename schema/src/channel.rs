@@ -33,6 +33,9 @@ pub enum ChannelError {
     /// More fds than allowed, or fds where none were expected.
     #[error("control message carried {0} unexpected fds")]
     UnexpectedFds(usize),
+    /// A non-blocking send or receive found the socket's queue full or empty.
+    #[error("control socket would block")]
+    WouldBlock,
 }
 
 /// Sends one message with `fds` attached.
@@ -54,6 +57,25 @@ pub fn send_bytes(
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), ChannelError> {
+    send_bytes_flags(sock, bytes, fds, MsgFlags::empty())
+}
+
+/// `send_bytes` that never waits (`MSG_DONTWAIT`): a full queue is `ChannelError::WouldBlock`,
+/// so the caller decides how long a peer may stay behind.
+pub fn send_bytes_nonblocking(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ChannelError> {
+    send_bytes_flags(sock, bytes, fds, MsgFlags::MSG_DONTWAIT)
+}
+
+fn send_bytes_flags(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: MsgFlags,
+) -> Result<(), ChannelError> {
     if bytes.len() > MAX_MESSAGE_BYTES || fds.len() > MAX_FDS {
         return Err(ChannelError::Truncated);
     }
@@ -64,8 +86,17 @@ pub fn send_bytes(
     } else {
         vec![ControlMessage::ScmRights(&raw)]
     };
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-        .map_err(ChannelError::Io)?;
+    match sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsgs,
+        MsgFlags::MSG_NOSIGNAL | flags,
+        None,
+    ) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EAGAIN) => return Err(ChannelError::WouldBlock),
+        Err(e) => return Err(ChannelError::Io(e)),
+    }
     Ok(())
 }
 
@@ -91,17 +122,33 @@ impl Datagram {
 /// Receives one datagram, accepting at most `max_fds` fds. Fds are received with
 /// `MSG_CMSG_CLOEXEC`, so none leaks into a child process.
 pub fn recv(sock: BorrowedFd<'_>, max_fds: usize) -> Result<Datagram, ChannelError> {
+    recv_flags(sock, max_fds, MsgFlags::empty())
+}
+
+/// `recv` that never waits (`MSG_DONTWAIT`): nothing queued is `ChannelError::WouldBlock`.
+pub fn recv_nonblocking(sock: BorrowedFd<'_>, max_fds: usize) -> Result<Datagram, ChannelError> {
+    recv_flags(sock, max_fds, MsgFlags::MSG_DONTWAIT)
+}
+
+fn recv_flags(
+    sock: BorrowedFd<'_>,
+    max_fds: usize,
+    flags: MsgFlags,
+) -> Result<Datagram, ChannelError> {
     let mut buf = vec![0u8; MAX_MESSAGE_BYTES];
     let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (len, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(
+        let msg = match recvmsg::<()>(
             sock.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg_space),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(ChannelError::Io)?;
+            MsgFlags::MSG_CMSG_CLOEXEC | flags,
+        ) {
+            Ok(msg) => msg,
+            Err(nix::errno::Errno::EAGAIN) => return Err(ChannelError::WouldBlock),
+            Err(e) => return Err(ChannelError::Io(e)),
+        };
         let mut fds = Vec::new();
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {

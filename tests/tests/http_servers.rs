@@ -12,7 +12,9 @@ fn check_server(kind: ServerKind) {
     let server = start_server(kind, port, &dir);
     // nginx answers from its worker, a child of the process we started.
     let port_arg = port.to_string();
-    let sonde = Sonde::start(&["--open-port", &port_arg], &[], &dir, &[server.pid()]);
+    // The standard traffic's queries are asserted: export them (off by default).
+    let env = [("SONDE_URL_QUERY", "true")];
+    let sonde = Sonde::start(&["--open-port", &port_arg], &env, &dir, &[server.pid()]);
     let sent = send_standard_traffic(port);
     let expected: Vec<u16> = sent.iter().map(|s| s.status).collect();
     assert_eq!(

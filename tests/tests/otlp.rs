@@ -56,6 +56,8 @@ fn export(traces: (&str, &str), metrics: (&str, &str), compression: &str) {
             ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", metrics.1),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-sonde-test=a%20b"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", compression),
+            // `url.query` is asserted below: export it (off by default).
+            ("SONDE_URL_QUERY", "true"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
             ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ],

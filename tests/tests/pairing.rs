@@ -12,7 +12,9 @@ fn split_request_split_response_and_byte_counts() {
     let port = free_port();
     let server = start_server(ServerKind::Python, port, &dir);
     let port_arg = port.to_string();
-    let sonde = Sonde::start(&["--open-port", &port_arg], &[], &dir, &[server.pid()]);
+    // The split request's query is asserted: export it (off by default).
+    let env = [("SONDE_URL_QUERY", "true")];
+    let sonde = Sonde::start(&["--open-port", &port_arg], &env, &dir, &[server.pid()]);
 
     // A request written in three pieces, with pauses so the server reads them separately.
     let mut conn = HttpConn::open(port);

@@ -311,6 +311,38 @@ pub static OWN: Table<Config> = Table(&[
             show: |c| show::number(c.routes.max_path_segment_cardinality),
         },
         Setting {
+            key: "attributes.url_query",
+            env: &[var("SONDE_URL_QUERY")],
+            flag: "",
+            default: Some("false"),
+            unset: "",
+            doc: "export the query string (`url.query`, the query part of a client span's `url.full`, printed spans); off by default because queries carry credentials. When on, values of well-known credential parameters (`AWSAccessKeyId`, `Signature`, `X-Amz-Signature`, `X-Amz-Credential`, `X-Amz-Security-Token`, `sig`, `X-Goog-Signature`, `X-Goog-Credential`, `token`, `access_token`, `refresh_token`, `id_token`, `password`, `passwd`, `secret`, `api_key`, `apikey`, `key`, `client_secret`, `code`) and of `attributes.sensitive_query_params` become `REDACTED`",
+            secret: false,
+            apply: |c, i| {
+                c.url_query.export = sonde_config::parse_bool(i.key, &i.text("a boolean")?)?;
+                Ok(())
+            },
+            show: |c| show::flag(c.url_query.export),
+        },
+        Setting {
+            key: "attributes.sensitive_query_params",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "`[]`",
+            doc: "further query parameter names (case-insensitive) whose values are replaced by `REDACTED`",
+            secret: false,
+            apply: |c, i| {
+                let names = i.list("parameter names")?;
+                if let Some(bad) = names.iter().find(|n| n.trim().is_empty()) {
+                    return Err(i.invalid(bad, "non-empty parameter names"));
+                }
+                c.url_query.extra_sensitive = names.iter().map(|n| n.trim().to_string()).collect();
+                Ok(())
+            },
+            show: |c| show::texts(&c.url_query.extra_sensitive),
+        },
+        Setting {
             key: "prometheus_export.port",
             env: &[var("BEYLA_PROMETHEUS_PORT")],
             flag: "",

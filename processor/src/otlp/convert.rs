@@ -17,6 +17,7 @@ use opentelemetry_sdk::{
 };
 
 use crate::{
+    http::strip_userinfo,
     semconv::method_value,
     span::{Span, SpanKind},
 };
@@ -146,14 +147,23 @@ pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
                 .query
                 .as_deref()
                 .map_or(String::new(), |q| format!("?{q}"));
-            let authority = match s.host.as_deref() {
-                Some(h) if !h.is_empty() => h.to_string(),
-                _ => format!("{}:{}", s.server_address, s.server_port),
+            // The query is only there when export is on, and then redacted (`QueryPolicy`);
+            // the parser drops userinfo from the Host header and from absolute-form targets.
+            let full = if s.path.contains("://") {
+                format!("{}{query}", s.path)
+            } else {
+                let authority = match s.host.as_deref() {
+                    Some(h) if !h.is_empty() => h.to_string(),
+                    _ => format!("{}:{}", s.server_address, s.server_port),
+                };
+                format!("http://{authority}{}{query}", s.path)
             };
-            attrs.push(KeyValue::new(
-                "url.full",
-                format!("http://{authority}{}{query}", s.path),
-            ));
+            // And once more here, whatever the span holds: userinfo never leaves.
+            let full = match strip_userinfo(&full) {
+                Cow::Borrowed(_) => full,
+                Cow::Owned(stripped) => stripped,
+            };
+            attrs.push(KeyValue::new("url.full", full));
         }
     }
     attrs.push(KeyValue::new("url.scheme", "http"));
@@ -301,6 +311,30 @@ mod tests {
         assert!(matches!(d.status, trace::Status::Error { .. }));
         assert_eq!(attr(&d, "error.type"), Some(&Value::from("no_response")));
         assert_eq!(attr(&d, "http.response.status_code"), None);
+    }
+
+    #[test]
+    fn url_full_never_holds_userinfo_and_no_query_unless_the_span_has_one() {
+        let mut s = span(SpanKind::Client, 200);
+        s.host = Some("user:S@example.test:8080".into());
+        s.query = None;
+        let d = span_data(s, &scope());
+        assert_eq!(
+            attr(&d, "url.full"),
+            Some(&Value::from("http://example.test:8080/users/7"))
+        );
+        let mut s = span(SpanKind::Client, 200);
+        s.path = "http://u:S@proxy.test/x".into();
+        s.query = Some("token=REDACTED".into());
+        let d = span_data(s, &scope());
+        assert_eq!(
+            attr(&d, "url.full"),
+            Some(&Value::from("http://proxy.test/x?token=REDACTED"))
+        );
+        let mut s = span(SpanKind::Server, 200);
+        s.query = None;
+        let d = span_data(s, &scope());
+        assert_eq!(attr(&d, "url.query"), None);
     }
 
     #[test]

@@ -68,7 +68,13 @@ impl<'a, W: Write> SpanSink<'a, W> {
             name: &name,
             namespace: config.shared.service_namespace.as_deref(),
         };
-        match span::build(ev, &service, self.mono_to_unix, &mut self.ids) {
+        match span::build(
+            ev,
+            &service,
+            &config.url_query,
+            self.mono_to_unix,
+            &mut self.ids,
+        ) {
             Built::NotHttp => stats.not_http += 1,
             Built::Span(mut s) => {
                 let mut ignored = None;
