@@ -22,7 +22,10 @@ pub use setting::{EnvVar, HIDDEN, Setting, Table, show, to_yaml, var, var_millis
 pub use shared::{
     Config, DEFAULT_CONTROL_SOCKET, DEFAULT_OPEN_PORTS, EbpfSettings, ProcessorSettings, SHARED,
 };
-pub use source::{CONFIG_PATH_VAR, FileText, Input, KeyKind, Raw, file_entries};
+pub use source::{
+    CONFIG_PATH_VAR, FileText, Input, KeyKind, Raw, SECRET_ENV_VARS, file_entries, is_secret_var,
+    with_secret_env,
+};
 pub use values::{
     ExeGlob, LogFormat, LogLevel, PortSet, format_duration, non_empty, parse_bool, parse_duration,
     parse_duration_or_millis, parse_in_range, parse_millis,

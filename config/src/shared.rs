@@ -46,6 +46,11 @@ pub struct Config {
     pub open_port: Option<PortSet>,
     pub auto_target_exe: Option<ExeGlob>,
     pub target_pids: Vec<u32>,
+    /// Discovery (by port or executable) only selects processes whose real and effective uid
+    /// are both in this list; empty: any uid.
+    pub discovery_uids: Vec<u32>,
+    /// Discovery never selects processes whose real or effective uid is in this list.
+    pub discovery_exclude_uids: Vec<u32>,
     pub service_name: Option<String>,
     pub service_namespace: Option<String>,
     pub control_socket: PathBuf,
@@ -70,6 +75,8 @@ impl Config {
             open_port: None,
             auto_target_exe: None,
             target_pids: Vec::new(),
+            discovery_uids: Vec::new(),
+            discovery_exclude_uids: Vec::new(),
             service_name: None,
             service_namespace: None,
             control_socket: PathBuf::new(),
@@ -197,6 +204,34 @@ pub static SHARED: Table<Config> = Table(&[&[
             Ok(())
         },
         show: |c| show::numbers(&c.target_pids),
+    },
+    Setting {
+        key: "discovery_uids",
+        env: &[var("SONDE_DISCOVERY_UIDS")],
+        flag: "",
+        default: None,
+        unset: "any uid",
+        doc: "`open_port` and `auto_target_exe` select only processes whose real and effective uid are both listed (e.g. `[0, 33]`); `target_pids` is not filtered",
+        secret: false,
+        apply: |c, i| {
+            c.discovery_uids = numbers(&i, UIDS)?;
+            Ok(())
+        },
+        show: |c| show::numbers(&c.discovery_uids),
+    },
+    Setting {
+        key: "discovery_exclude_uids",
+        env: &[var("SONDE_DISCOVERY_EXCLUDE_UIDS")],
+        flag: "",
+        default: None,
+        unset: "none",
+        doc: "`open_port` and `auto_target_exe` never select a process whose real or effective uid is listed (e.g. local users, so their listeners on a default port are not captured)",
+        secret: false,
+        apply: |c, i| {
+            c.discovery_exclude_uids = numbers(&i, UIDS)?;
+            Ok(())
+        },
+        show: |c| show::numbers(&c.discovery_exclude_uids),
     },
     Setting {
         key: "service_name",

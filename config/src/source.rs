@@ -60,6 +60,107 @@ impl FileText {
     }
 }
 
+/// Environment variables that carry secrets (OTLP authentication headers). `sonde` never
+/// passes them to the processor it starts through the environment, where any process of the
+/// processor's uid could read them (`/proc/<pid>/environ`): they travel on its standard input,
+/// ahead of the configuration file's text (`with_secret_env`, `FileText::take_secret_env`).
+pub const SECRET_ENV_VARS: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+];
+
+/// True for a variable of `SECRET_ENV_VARS`.
+pub fn is_secret_var(name: &str) -> bool {
+    SECRET_ENV_VARS.contains(&name)
+}
+
+/// First line of the block of secret variables on the processor's standard input.
+const SECRET_BLOCK_START: &str = "#sonde-secret-env v1\n";
+/// Last line of that block; the configuration file's text follows.
+const SECRET_BLOCK_END: &str = "#end sonde-secret-env\n";
+
+/// `file_text` preceded by this process's secret variables (`SECRET_ENV_VARS`), one
+/// `NAME=value` line each (`\\`, `\n`, `\r` escaped), between two marker lines; `file_text`
+/// alone when none is set. What `sonde` writes to the processor's standard input.
+pub fn with_secret_env(file_text: &str) -> String {
+    let secrets: Vec<(String, String)> =
+        std::env::vars().filter(|(k, _)| is_secret_var(k)).collect();
+    prepend_secret_env(&secrets, file_text)
+}
+
+fn prepend_secret_env(secrets: &[(String, String)], file_text: &str) -> String {
+    if secrets.is_empty() {
+        return file_text.to_string();
+    }
+    let mut out = String::from(SECRET_BLOCK_START);
+    for (k, v) in secrets {
+        let v = v
+            .replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r");
+        out.push_str(&format!("{k}={v}\n"));
+    }
+    out.push_str(SECRET_BLOCK_END);
+    out.push_str(file_text);
+    out
+}
+
+fn unescape_secret(v: &str) -> Option<String> {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        out.push(match chars.next()? {
+            '\\' => '\\',
+            'n' => '\n',
+            'r' => '\r',
+            _ => return None,
+        });
+    }
+    Some(out)
+}
+
+impl FileText {
+    /// Takes the block `with_secret_env` wrote off the front of standard input's text and
+    /// returns its variables (none for a file, or text without the block). Only the variables
+    /// of `SECRET_ENV_VARS` are accepted.
+    pub fn take_secret_env(&mut self) -> Result<Vec<(String, String)>, ConfigError> {
+        let malformed = |what: &str| ConfigError::Read {
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("secret variables block on standard input: {what}"),
+            ),
+        };
+        if self.path.as_os_str() != "-" {
+            return Ok(Vec::new());
+        }
+        let Some(rest) = self.text.strip_prefix(SECRET_BLOCK_START) else {
+            return Ok(Vec::new());
+        };
+        let Some(end) = rest.find(SECRET_BLOCK_END) else {
+            return Err(malformed("no end marker"));
+        };
+        let mut vars = Vec::new();
+        for line in rest[..end].lines() {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| malformed("a line without ="))?;
+            if !is_secret_var(k) {
+                return Err(malformed("a variable that is not a secret one"));
+            }
+            let v = unescape_secret(v).ok_or_else(|| malformed("a bad escape"))?;
+            vars.push((k.to_string(), v));
+        }
+        self.text = rest[end + SECRET_BLOCK_END.len()..].to_string();
+        Ok(vars)
+    }
+}
+
 /// What a setting table says about a dotted key path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -196,5 +297,43 @@ impl Input<'_> {
     /// The `Invalid` error for this input's key.
     pub fn invalid(&self, value: impl std::fmt::Display, expected: &'static str) -> ConfigError {
         invalid(self.key, value, expected)
+    }
+}
+
+#[cfg(test)]
+mod secret_env_tests {
+    use super::*;
+
+    #[test]
+    fn secret_variables_round_trip_ahead_of_the_file_and_nothing_else_is_accepted() {
+        let secrets = vec![
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS".to_string(),
+                "a=b\\c\nd\r".to_string(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS".to_string(),
+                "x=%20y".to_string(),
+            ),
+        ];
+        let file = "#sonde-secret-env v1\nopen_port: 80\n";
+        let mut t = FileText {
+            path: "-".into(),
+            text: prepend_secret_env(&secrets, file),
+        };
+        assert_eq!(t.take_secret_env().expect("block"), secrets);
+        assert_eq!(t.text, file);
+        // Without secrets the text is the file alone; a named file never carries a block.
+        assert_eq!(prepend_secret_env(&[], file), file);
+        let mut named = FileText {
+            path: "/etc/sonde.yaml".into(),
+            text: prepend_secret_env(&secrets, file),
+        };
+        assert!(named.take_secret_env().expect("file").is_empty());
+        let mut other = FileText {
+            path: "-".into(),
+            text: prepend_secret_env(&[("BEYLA_X".into(), "1".into())], file),
+        };
+        assert!(other.take_secret_env().is_err());
     }
 }

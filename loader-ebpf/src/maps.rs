@@ -7,29 +7,87 @@ use aya_ebpf::{
 };
 use sonde_schema::{HttpEvent, counters};
 
-/// Selected processes as a bitmap over pids (bit `tgid % 64` of word `tgid / 64`), written by
-/// the loader. Checked on every socket read and write of every process, so it is an array
-/// (lookups are inlined by the verifier) rather than a hash map. The loader sizes it from
-/// `kernel.pid_max`.
-#[map(name = "PID_BITMAP")]
-pub static PID_BITMAP: Array<u64> = Array::with_max_entries(65536, 0);
+/// `BPF_F_MMAPABLE`: the loader maps the pid filter into its memory and sets or clears one
+/// byte per pid there, so no 64-bit word shared by other pids is ever rewritten from user space.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Selected processes, one byte per pid (byte `tgid % 8` of word `tgid / 8`; non-zero =
+/// selected). The loader sets and clears bytes through its shared mapping; the kernel only
+/// clears the byte of a pid whose process ended (leader exit) or that a new task just took
+/// (fork), so a recycled pid always starts unselected. Checked on every socket read and write
+/// of every process, so it is an array (lookups are inlined by the verifier) rather than a
+/// hash map. The loader sizes it from `kernel.pid_max` (`pid_max` bytes).
+#[map(name = "PID_FILTER")]
+pub static PID_FILTER: Array<u64> = Array::with_max_entries(4096, BPF_F_MMAPABLE);
 
 #[inline(always)]
 pub fn selected(tgid: u32) -> bool {
-    match PID_BITMAP.get(tgid >> 6) {
-        Some(word) => (*word >> (tgid & 63)) & 1 == 1,
+    match PID_FILTER.get_ptr(tgid >> 3) {
+        // SAFETY: pointer from a successful array lookup, valid for 8 bytes; the byte read is
+        // a single load (the loader writes single bytes too).
+        Some(word) => unsafe {
+            core::ptr::read_volatile(word.cast::<u8>().add((tgid & 7) as usize)) != 0
+        },
         None => false,
     }
 }
 
-/// Clears a pid from the bitmap (the loader, which owns the bitmap, does the same when it
-/// handles the exit notice; this only closes the window before it does).
+/// Clears one pid's byte (only that byte: the neighbours belong to other pids, which the
+/// loader may be setting at the same moment).
 #[inline(always)]
 pub fn deselect(tgid: u32) {
-    if let Some(word) = PID_BITMAP.get_ptr_mut(tgid >> 6) {
-        // SAFETY: pointer from a successful array lookup; a racing loader write of the same
-        // word is benign (the loader rewrites the word from its own set).
-        unsafe { *word &= !(1u64 << (tgid & 63)) };
+    if let Some(word) = PID_FILTER.get_ptr_mut(tgid >> 3) {
+        // SAFETY: pointer from a successful array lookup, valid for 8 bytes; a one-byte store.
+        unsafe { core::ptr::write_volatile(word.cast::<u8>().add((tgid & 7) as usize), 0) };
+    }
+}
+
+/// Flags shared with the loader through a mapping, one byte each (`NOTICE_*`).
+#[map(name = "NOTICES")]
+pub static NOTICES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Byte of `NOTICES` (`sonde_schema::NOTICE_LISTEN_PENDING`): a `listen()` on a selected port
+/// was reported and the loader has not rescanned since. Further listens are not reported until
+/// it has (each rescan sees them all), so a `listen()` loop costs the loader one rescan per
+/// wake-up, not one notice per call.
+pub use sonde_schema::NOTICE_LISTEN_PENDING;
+
+/// Sets a `NOTICES` byte; true if it was clear (the caller reports, and clears it again if the
+/// report could not be written).
+#[inline(always)]
+pub fn notice_claim(byte: usize) -> bool {
+    let Some(word) = NOTICES.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: pointer from a successful array lookup, valid for 8 bytes; one-byte accesses.
+    unsafe {
+        let b = word.cast::<u8>().add(byte & 7);
+        if core::ptr::read_volatile(b) != 0 {
+            return false;
+        }
+        core::ptr::write_volatile(b, 1);
+    }
+    true
+}
+
+#[inline(always)]
+pub fn notice_release(byte: usize) {
+    if let Some(word) = NOTICES.get_ptr_mut(0) {
+        // SAFETY: as in `notice_claim`.
+        unsafe { core::ptr::write_volatile(word.cast::<u8>().add(byte & 7), 0) };
+    }
+}
+
+/// Local ports whose `listen()` the loader wants to hear about (bit `port % 64` of word
+/// `port / 64`), written by the loader once at load time from `open_port`.
+#[map(name = "LISTEN_PORTS")]
+pub static LISTEN_PORTS: Array<u64> = Array::with_max_entries(1024, 0);
+
+#[inline(always)]
+pub fn listen_port_wanted(port: u16) -> bool {
+    match LISTEN_PORTS.get(u32::from(port) >> 6) {
+        Some(word) => (*word >> (port & 63)) & 1 == 1,
+        None => false,
     }
 }
 

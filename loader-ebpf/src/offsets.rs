@@ -18,6 +18,7 @@ offset_global!(SKC_FAMILY_OFF, 16);
 offset_global!(SK_PROTOCOL_OFF, 516);
 offset_global!(SKC_V6_DADDR_OFF, 56);
 offset_global!(SKC_V6_RCV_SADDR_OFF, 72);
+offset_global!(NOTIFY_ALL_EXECS, 0);
 
 /// Reads a global through a volatile load so the compiler keeps the load (the loader rewrites
 /// the value in the object's .rodata before the verifier sees it).
@@ -63,4 +64,10 @@ pub fn skc_v6_daddr() -> u64 {
 #[inline(always)]
 pub fn skc_v6_rcv_saddr() -> u64 {
     read_global!(SKC_V6_RCV_SADDR_OFF) as u64
+}
+
+/// Non-zero when every `execve` on the machine must be reported (executable-path selection).
+#[inline(always)]
+pub fn notify_all_execs() -> bool {
+    read_global!(NOTIFY_ALL_EXECS) != 0
 }

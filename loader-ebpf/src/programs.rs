@@ -6,7 +6,7 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs},
     },
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
@@ -14,7 +14,10 @@ use aya_ebpf::{
 use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, counters};
 
 use crate::{
-    maps::{CONNS, OP_READ, OP_WRITE, PROC_EVENTS, SocketIo, count, deselect, selected},
+    maps::{
+        CONNS, NOTICE_LISTEN_PENDING, OP_READ, OP_WRITE, PROC_EVENTS, SocketIo, count, deselect,
+        listen_port_wanted, notice_claim, notice_release, selected,
+    },
     offsets, pairing, syscall_abi,
 };
 
@@ -115,7 +118,22 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
     let newstate = ctx.arg::<u64>(2) as i32;
     match newstate {
-        TCP_LISTEN => proc_event(PROC_LISTEN, (bpf_get_current_pid_tgid() >> 32) as u32, 0),
+        TCP_LISTEN => {
+            // Only ports the selection covers: a listen() loop on other ports costs one bit
+            // test and never reaches the process ring.
+            let sk: u64 = ctx.arg(0);
+            // SAFETY: bpf_probe_read_kernel copies with fault handling; sk is the tracepoint's.
+            let port = unsafe {
+                aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_num()) as *const u16)
+                    .unwrap_or(0)
+            };
+            if listen_port_wanted(port)
+                && notice_claim(NOTICE_LISTEN_PENDING)
+                && !proc_event(PROC_LISTEN, (bpf_get_current_pid_tgid() >> 32) as u32, 0)
+            {
+                notice_release(NOTICE_LISTEN_PENDING);
+            }
+        }
         TCP_FIN_WAIT1 | TCP_LAST_ACK => pairing::on_close(ctx.arg(0), false),
         TCP_CLOSE => pairing::on_close(ctx.arg(0), true),
         _ => {}
@@ -123,25 +141,37 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
     0
 }
 
+/// Writes a process notice; false (and counted) when the ring was full.
 #[inline(always)]
-fn proc_event(kind: u32, pid: u32, child_pid: u32) {
+fn proc_event(kind: u32, pid: u32, child_pid: u32) -> bool {
     let ev = ProcEvent {
         kind,
         pid,
         child_pid,
         _pad: 0,
+        // SAFETY: no preconditions; reads CLOCK_BOOTTIME.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
     };
     if PROC_EVENTS.output::<ProcEvent>(&ev, 0).is_err() {
         count(counters::PROC_EVENTS_LOST);
+        return false;
     }
+    true
 }
 
+/// An execve: reported for selected processes (their new image is checked again) and, only
+/// when executable-path selection is configured, for every process.
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    proc_event(PROC_EXEC, (bpf_get_current_pid_tgid() >> 32) as u32, 0);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if offsets::notify_all_execs() || selected(tgid) {
+        proc_event(PROC_EXEC, tgid, 0);
+    }
     0
 }
 
+/// A selected process ended: its byte is cleared here, before the loader hears of it, so the
+/// pid is out of the filter before any new task can take it.
 #[tracepoint]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
@@ -155,14 +185,18 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Every new task clears its own pid's byte: a pid the loader selected for an earlier process
+/// can never be selected for the task that reuses it, even if the exit notice was lost or the
+/// loader set the byte late. Forks of selected processes are reported.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    // SAFETY: bounded read of the tracepoint record.
+    let child = unsafe { ctx.read_at::<i32>(offsets::fork_child_pid()).unwrap_or(0) } as u32;
+    deselect(child);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !selected(tgid) {
         return 0;
     }
-    // SAFETY: bounded read of the tracepoint record.
-    let child = unsafe { ctx.read_at::<i32>(offsets::fork_child_pid()).unwrap_or(0) };
-    proc_event(PROC_FORK, tgid, child as u32);
+    proc_event(PROC_FORK, tgid, child);
     0
 }

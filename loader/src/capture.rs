@@ -2,6 +2,12 @@
 //! selected (and so in the kernel PID filter), which ones the processor narrowed out, the
 //! connected processor, and the status file `--audit` reads. Every change to the selection is
 //! told to the processor; the processor can only narrow it.
+//!
+//! Processes are tracked by (pid, start time), never by pid alone: a pid whose start time
+//! changed belongs to a new process, which is evaluated from scratch (see `selection`). The
+//! kernel clears a pid's filter byte when its process exits and when a new task takes the pid,
+//! so a late or lost notice cannot leave a recycled pid captured; a lost notice (the process
+//! ring's loss counter moved) triggers a full resynchronisation from `/proc`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -23,7 +29,7 @@ use crate::{
     control::{self, ControlListener, Peer, PeerPolicy},
     probes::Probes,
     refusals::Refusals,
-    selection::{self, Selector},
+    selection::{self, Candidate, Fate, Selector},
 };
 
 /// How long a connection may stay without saying hello.
@@ -71,9 +77,16 @@ struct Client {
 /// The selected processes and the processor they are reported to.
 pub struct Capture<'a> {
     config: &'a Config,
-    selected: BTreeMap<u32, ProcessRecord>,
-    /// Processes the processor asked to stop capturing; they stay out until they exit.
-    narrowed_out: BTreeSet<u32>,
+    /// Selected processes by pid, each with the start time of the process selected.
+    selected: BTreeMap<u32, Selected>,
+    /// Processes (pid, start time) the processor asked to stop capturing; they stay out until
+    /// they exit.
+    narrowed_out: BTreeSet<(u32, u64)>,
+    /// Start time of the process each configured pid named when first seen.
+    pinned: BTreeMap<u32, u64>,
+    /// The process ring's loss counter when last checked.
+    proc_events_lost: u64,
+    ticks_per_sec: u64,
     /// The one live processor connection.
     client: Option<Client>,
     /// Connections waiting for their hello (at most `MAX_PENDING`).
@@ -92,6 +105,9 @@ impl<'a> Capture<'a> {
             config,
             selected: BTreeMap::new(),
             narrowed_out: BTreeSet::new(),
+            pinned: BTreeMap::new(),
+            proc_events_lost: 0,
+            ticks_per_sec: selection::clock_ticks(),
             client: None,
             pending: Vec::new(),
             refusals: Refusals::new(),
@@ -299,9 +315,9 @@ impl<'a> Capture<'a> {
             }
             let ring = probes.events_fd()?;
             control::send_welcome(p.conn.as_fd(), ring.as_fd(), probes.ring_buffer_bytes)?;
-            for meta in self.selected.values() {
+            for s in self.selected.values() {
                 p.conn
-                    .send(&LoaderMessage::ProcessAdded(meta.clone()), now)?;
+                    .send(&LoaderMessage::ProcessAdded(s.record.clone()), now)?;
             }
             Ok(())
         })();
@@ -429,33 +445,80 @@ impl<'a> Capture<'a> {
         }
     }
 
-    fn add(&mut self, probes: &mut Probes, meta: ProcessRecord) {
-        if self.selected.contains_key(&meta.pid) || self.narrowed_out.contains(&meta.pid) {
+    /// Selects `c` (the process now on `c.record.pid`). A different process recorded on that
+    /// pid is deselected first. The filter byte is set, then the start time read again: if the
+    /// pid changed hands meanwhile, the byte is cleared and nothing is selected.
+    fn add(&mut self, probes: &mut Probes, c: Candidate) {
+        let pid = c.record.pid;
+        if let Some(old) = self.selected.get(&pid) {
+            if old.start == c.start {
+                return;
+            }
+            self.replaced(probes, pid, c.start);
+        }
+        if self.narrowed_out.contains(&(pid, c.start)) {
             return;
         }
         // Metadata goes out before the pid enters the filter, so the processor always knows a
         // process before its first event.
-        self.send_client(&LoaderMessage::ProcessAdded(meta.clone()));
-        if let Err(e) = probes.select_pid(meta.pid) {
-            warn!(pid = meta.pid, error = %e, "cannot add pid to the kernel filter");
+        self.send_client(&LoaderMessage::ProcessAdded(c.record.clone()));
+        if let Err(e) = probes.select_pid(pid) {
+            warn!(pid, error = %e, "cannot add pid to the kernel filter");
+            self.send_client(&LoaderMessage::ProcessRemoved(pid));
             return;
         }
+        // Still the same process after the byte was set? If so it was alive throughout, and
+        // its exit (or any later task on the pid) clears the byte in the kernel.
+        if selection::start_time(pid) != Some(c.start) {
+            probes.unselect_pid(pid);
+            self.send_client(&LoaderMessage::ProcessRemoved(pid));
+            info!(
+                pid,
+                start = c.start,
+                "process ended or its pid was reused while being selected; not selected"
+            );
+            return;
+        }
+        if c.record.reason == "pid" {
+            self.pinned.entry(pid).or_insert(c.start);
+        }
         info!(
-            pid = meta.pid,
-            exe = meta.exe_path,
-            service = meta.service_name,
-            reason = meta.reason,
+            pid,
+            start = c.start,
+            exe = c.record.exe_path,
+            service = c.record.service_name,
+            reason = c.record.reason,
             "process selected"
         );
-        self.selected.insert(meta.pid, meta);
+        self.selected.insert(
+            pid,
+            Selected {
+                start: c.start,
+                record: c.record,
+            },
+        );
+    }
+
+    /// The process selected on `pid` is gone and another one (started at `new_start`) holds
+    /// the pid: the old selection ends; the newcomer is not selected by inheritance.
+    fn replaced(&mut self, probes: &mut Probes, pid: u32, new_start: u64) {
+        if let Some(old) = self.selected.get(&pid) {
+            warn!(
+                pid,
+                old_start = old.start,
+                new_start,
+                "pid reused by a new process; the old process's selection ends"
+            );
+        }
+        self.remove(probes, pid);
     }
 
     /// The processor's request to stop capturing `pids`: honoured for captured processes only;
     /// anything else is refused and logged (aggregated), so a processor can never widen the capture.
     fn narrow(&mut self, probes: &mut Probes, pids: &[u32]) {
         for &pid in pids {
-            if self.selected.contains_key(&pid) {
-                self.narrowed_out.insert(pid);
+            if let Some(s) = self.selected.get(&pid) {
+                self.narrowed_out.insert((pid, s.start));
                 self.remove(probes, pid);
                 info!(pid, "capture narrowed at the processor's request");
             } else {
@@ -472,25 +535,46 @@ impl<'a> Capture<'a> {
         }
     }
 
-    /// Scans `/proc` for the processes the configuration selects: new ones are added, exited
-    /// ones removed.
+    /// Scans `/proc` for the processes the configuration selects: every selected process is
+    /// checked by start time (gone or replaced ones are removed; a replacement is evaluated
+    /// from scratch like any process), then new ones are added.
     pub fn rescan(&mut self, probes: &mut Probes) {
-        let now = Selector::new(self.config).scan();
-        let gone: Vec<u32> = self
-            .selected
-            .keys()
-            .filter(|p| !now.contains_key(p))
-            .copied()
-            .collect();
-        for pid in gone {
-            // A selected process stays selected while it lives (e.g. a fork of a port owner
-            // that closed its listener copy); only exit removes it.
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                self.remove(probes, pid);
+        // Listens from here on are reported again; this scan sees every earlier one.
+        probes.rearm_listen_notice();
+        let pids: Vec<(u32, u64)> = self.selected.iter().map(|(p, s)| (*p, s.start)).collect();
+        for (pid, start) in pids {
+            match selection::fate(start, selection::start_time(pid)) {
+                // A selected process stays selected while it lives (e.g. a fork of a port
+                // owner that closed its listener copy) unless the kernel cleared its byte
+                // (its leader exited).
+                Fate::Same if probes.pid_in_filter(pid) => {}
+                Fate::Same | Fate::Gone => self.remove(probes, pid),
+                Fate::Reused => {
+                    let now = selection::start_time(pid).unwrap_or_default();
+                    self.replaced(probes, pid, now);
+                }
             }
         }
-        for (_, meta) in now {
-            self.add(probes, meta);
+        self.narrowed_out
+            .retain(|&(pid, start)| selection::start_time(pid) == Some(start));
+        let found = Selector::new(self.config, &self.pinned).scan();
+        for (_, c) in found {
+            self.add(probes, c);
+        }
+    }
+
+    /// Checks the process ring's loss counter; if notices were lost since the last check, the
+    /// selection is resynchronised from `/proc` (full rescan with start-time checks).
+    pub fn resync_if_lost(&mut self, probes: &mut Probes) {
+        let lost = probes.proc_events_lost();
+        if lost != self.proc_events_lost {
+            warn!(
+                lost = lost.saturating_sub(self.proc_events_lost),
+                total = lost,
+                "process notices were lost; resynchronising the selection from /proc"
+            );
+            self.proc_events_lost = lost;
+            self.rescan(probes);
         }
     }
 
@@ -501,30 +585,26 @@ impl<'a> Capture<'a> {
             debug!(?ev, "process event");
             match ev.kind {
                 PROC_EXIT => {
-                    self.narrowed_out.remove(&ev.pid);
-                    self.remove(probes, ev.pid);
-                }
-                PROC_EXEC => {
-                    if let Some(meta) = Selector::new(self.config).check(ev.pid) {
-                        self.add(probes, meta);
-                    } else if self.selected.contains_key(&ev.pid) {
-                        // A selected process exec'd something the selection does not cover.
+                    let now = selection::start_time(ev.pid);
+                    self.narrowed_out
+                        .retain(|&(pid, start)| pid != ev.pid || Some(start) == now);
+                    // A late notice about an earlier process must not end a later one.
+                    if let Some(s) = self.selected.get(&ev.pid)
+                        && selection::fate(s.start, now) != Fate::Same
+                    {
                         self.remove(probes, ev.pid);
                     }
                 }
-                PROC_FORK => {
-                    let child = ev.child_pid;
-                    if selection::is_process(child)
-                        && let Some(parent) = self.selected.get(&ev.pid).cloned()
-                    {
-                        let meta = ProcessRecord {
-                            pid: child,
-                            reason: format!("child of {}", ev.pid),
-                            ..parent
-                        };
-                        self.add(probes, meta);
+                PROC_EXEC => {
+                    let found = Selector::new(self.config, &self.pinned).check(ev.pid);
+                    match found {
+                        Some(c) => self.add(probes, c),
+                        // A selected process exec'd something the selection does not cover
+                        // (or the pid is no longer the selected process's).
+                        None => self.remove(probes, ev.pid),
                     }
                 }
+                PROC_FORK => self.forked(probes, ev.pid, ev.child_pid, ev.boot_ns),
                 PROC_LISTEN => rescan |= self.config.open_port.is_some(),
                 _ => {}
             }
@@ -532,6 +612,36 @@ impl<'a> Capture<'a> {
         if rescan {
             self.rescan(probes);
         }
+        self.resync_if_lost(probes);
+    }
+
+    /// A selected process forked: the child is selected with it if it is still the child (its
+    /// start time fits the notice's time) and the parent is still the selected process.
+    fn forked(&mut self, probes: &mut Probes, parent: u32, child: u32, boot_ns: u64) {
+        let Some(p) = self.selected.get(&parent) else {
+            return;
+        };
+        if selection::start_time(parent) != Some(p.start) || !selection::is_process(child) {
+            return;
+        }
+        let Some(start) = selection::start_time(child) else {
+            return;
+        };
+        if !selection::is_forked_child(start, boot_ns, self.ticks_per_sec) {
+            info!(
+                pid = child,
+                start,
+                parent,
+                "fork notice is about an earlier process on this pid; not selected"
+            );
+            return;
+        }
+        let record = ProcessRecord {
+            pid: child,
+            reason: format!("child of {parent}"),
+            ..p.record.clone()
+        };
+        self.add(probes, Candidate { start, record });
     }
 
     /// Forwards the kernel programs' counters to the processor.
@@ -540,6 +650,12 @@ impl<'a> Capture<'a> {
             LoaderMessage::KernelStats(counters.iter().map(|&(n, v)| (n.to_string(), v)).collect());
         self.send_client(&stats);
     }
+}
+
+/// A selected process: its start time (with the pid, its identity) and its metadata.
+struct Selected {
+    start: u64,
+    record: ProcessRecord,
 }
 
 /// An error with its sources, as `{:#}` prints an `anyhow::Error`.

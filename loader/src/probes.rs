@@ -2,8 +2,9 @@
 //! handles (programs stay attached as long as this struct lives).
 
 use std::{
-    collections::HashSet,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU8, Ordering},
 };
 
 use aya::{
@@ -11,6 +12,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
+use sonde_config::{Config, PortSet};
 use sonde_schema::{counters, globals};
 use tracing::{info, warn};
 
@@ -50,6 +52,8 @@ pub enum ProbeError {
     MissingTracepoint(String),
     #[error("duplicating the ring buffer fd: {0}")]
     Dup(std::io::Error),
+    #[error("mapping map {0} into memory: {1}")]
+    MapShared(&'static str, std::io::Error),
 }
 
 /// Raw tracepoints attached, each with a program of the same name taking three arguments.
@@ -66,18 +70,32 @@ const SCHED_TRACEPOINTS: [&str; 3] = [
     "sched_process_fork",
 ];
 
-/// Sizes chosen by configuration.
-pub struct ProbeSizes {
+/// Sizes and kernel-side filters chosen by configuration.
+pub struct ProbeSizes<'a> {
     pub ring_buffer_bytes: u32,
     pub max_connections: u32,
+    /// Ports whose `listen()` the kernel reports (`open_port`); none: no listen notices.
+    pub listen_ports: Option<&'a PortSet>,
+    /// Report every `execve` (executable-path selection), not only those of selected processes.
+    pub notify_all_execs: bool,
+}
+
+impl<'a> ProbeSizes<'a> {
+    pub fn for_config(config: &'a Config) -> Self {
+        ProbeSizes {
+            ring_buffer_bytes: config.ebpf.ring_buffer_bytes,
+            max_connections: config.ebpf.max_connections,
+            listen_ports: config.open_port.as_ref(),
+            notify_all_execs: config.auto_target_exe.is_some(),
+        }
+    }
 }
 
 /// The loaded, attached kernel side.
 pub struct Probes {
     ebpf: Ebpf,
-    pid_bitmap: Array<MapData, u64>,
-    pid_words: u32,
-    selected: HashSet<u32>,
+    pid_filter: SharedBytes,
+    notices: SharedBytes,
     counters: PerCpuArray<MapData, u64>,
     pub proc_events: RingBuf<MapData>,
     pub ring_buffer_bytes: u32,
@@ -85,7 +103,7 @@ pub struct Probes {
 
 impl Probes {
     /// Loads and attaches everything. Every failure names the hook or map concerned.
-    pub fn load(sizes: &ProbeSizes) -> Result<Probes, ProbeError> {
+    pub fn load(sizes: &ProbeSizes<'_>) -> Result<Probes, ProbeError> {
         let child =
             kernel_layout::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
         let btf = kernel_layout::kernel_btf()?;
@@ -101,13 +119,15 @@ impl Probes {
             }
         }
         let so = kernel_layout::sock_offsets(&btf)?;
-        let pid_words = pid_bitmap_words();
+        let pid_max = pid_max();
+        let pid_words = pid_max.div_ceil(8).max(1);
         info!(
             fork_child = child,
             skc_family = so.family,
             sk_protocol = so.sk_protocol,
             skc_v6_daddr = so.v6_daddr,
-            pid_bitmap_words = pid_words,
+            pid_max,
+            pid_filter_bytes = u64::from(pid_words) * 8,
             "kernel layout read from tracefs and BTF"
         );
 
@@ -122,9 +142,14 @@ impl Probes {
             .override_global(globals::SK_PROTOCOL, &so.sk_protocol, true)
             .override_global(globals::SKC_V6_DADDR, &so.v6_daddr, true)
             .override_global(globals::SKC_V6_RCV_SADDR, &so.v6_rcv_saddr, true)
+            .override_global(
+                globals::NOTIFY_ALL_EXECS,
+                &u32::from(sizes.notify_all_execs),
+                true,
+            )
             .map_max_entries(sonde_schema::EVENTS_MAP, sizes.ring_buffer_bytes)
             .map_max_entries(sonde_schema::CONNS_MAP, sizes.max_connections)
-            .map_max_entries(sonde_schema::PID_BITMAP_MAP, pid_words)
+            .map_max_entries(sonde_schema::PID_FILTER_MAP, pid_words)
             .load(object)
             .map_err(ProbeError::Load)?;
 
@@ -135,13 +160,27 @@ impl Probes {
             attach(&mut ebpf, tp, Hook::Tracepoint("sched"))?;
         }
 
-        let pid_bitmap =
-            Array::try_from(take(&mut ebpf, sonde_schema::PID_BITMAP_MAP)?).map_err(|source| {
-                ProbeError::Map {
-                    map: sonde_schema::PID_BITMAP_MAP,
+        let pid_filter = map_shared(&ebpf, sonde_schema::PID_FILTER_MAP, pid_words)?;
+        let notices = map_shared(&ebpf, sonde_schema::NOTICES_MAP, 1)?;
+        let mut listen_ports: Array<MapData, u64> =
+            Array::try_from(take(&mut ebpf, sonde_schema::LISTEN_PORTS_MAP)?).map_err(
+                |source| ProbeError::Map {
+                    map: sonde_schema::LISTEN_PORTS_MAP,
                     source,
+                },
+            )?;
+        if let Some(ports) = sizes.listen_ports {
+            for (word, bits) in port_words(ports).into_iter().enumerate() {
+                if bits != 0 {
+                    listen_ports.set(word as u32, bits, 0).map_err(|source| {
+                        ProbeError::Map {
+                            map: sonde_schema::LISTEN_PORTS_MAP,
+                            source,
+                        }
+                    })?;
                 }
-            })?;
+            }
+        }
         let counters = PerCpuArray::try_from(take(&mut ebpf, sonde_schema::COUNTERS_MAP)?)
             .map_err(|source| ProbeError::Map {
                 map: sonde_schema::COUNTERS_MAP,
@@ -154,9 +193,8 @@ impl Probes {
             })?;
         Ok(Probes {
             ebpf,
-            pid_bitmap,
-            pid_words,
-            selected: HashSet::new(),
+            pid_filter,
+            notices,
             counters,
             proc_events,
             ring_buffer_bytes: sizes.ring_buffer_bytes,
@@ -179,34 +217,37 @@ impl Probes {
             .map_err(ProbeError::Dup)
     }
 
+    /// Sets `pid`'s byte in the kernel filter (that byte only).
     pub fn select_pid(&mut self, pid: u32) -> Result<(), ProbeError> {
-        if pid / 64 >= self.pid_words {
+        if !self.pid_filter.set(pid, true) {
             return Err(ProbeError::PidOutOfRange(pid));
         }
-        self.selected.insert(pid);
-        self.write_word(pid / 64)
+        Ok(())
     }
 
+    /// Clears `pid`'s byte in the kernel filter (that byte only).
     pub fn unselect_pid(&mut self, pid: u32) {
-        if self.selected.remove(&pid) {
-            let _ = self.write_word(pid / 64);
-        }
+        self.pid_filter.set(pid, false);
     }
 
-    /// Rewrites one bitmap word from the selected set (the loader owns the bitmap; the kernel
-    /// only clears bits of exiting processes, which this rewrite also does).
-    fn write_word(&mut self, word: u32) -> Result<(), ProbeError> {
-        let bits = self
-            .selected
-            .iter()
-            .filter(|p| **p / 64 == word)
-            .fold(0u64, |acc, p| acc | 1 << (p % 64));
-        self.pid_bitmap
-            .set(word, bits, 0)
-            .map_err(|source| ProbeError::Map {
-                map: sonde_schema::PID_BITMAP_MAP,
-                source,
-            })
+    /// Whether `pid`'s byte is set: the kernel clears it when the process exits or a new task
+    /// takes the pid.
+    pub fn pid_in_filter(&self, pid: u32) -> bool {
+        self.pid_filter.get(pid)
+    }
+
+    /// Lets the kernel report the next `listen()` on a selected port (called before a rescan,
+    /// which sees every listener up to now).
+    pub fn rearm_listen_notice(&mut self) {
+        self.notices.set(sonde_schema::NOTICE_LISTEN_PENDING as u32, false);
+    }
+
+    /// Process notices the kernel could not write (the process ring was full), summed over CPUs.
+    pub fn proc_events_lost(&self) -> u64 {
+        self.counters
+            .get(&counters::PROC_EVENTS_LOST, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     /// Sums each kernel counter across CPUs, in `counters::NAMES` order.
@@ -230,13 +271,105 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeErro
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
 }
 
-/// Words of the pid bitmap: enough for `kernel.pid_max` (4194304 when unreadable).
-fn pid_bitmap_words() -> u32 {
-    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+/// `kernel.pid_max` (4194304, the largest it can be, when unreadable).
+fn pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(4_194_304);
-    pid_max.div_ceil(64).max(1)
+        .unwrap_or(4_194_304)
+}
+
+/// The `LISTEN_PORTS` bitmap for `ports`: bit `port % 64` of word `port / 64`.
+fn port_words(ports: &PortSet) -> Vec<u64> {
+    let mut words = vec![0u64; 1024];
+    for port in 1..=u16::MAX {
+        if ports.contains(port) {
+            words[usize::from(port / 64)] |= 1 << (port % 64);
+        }
+    }
+    words
+}
+
+/// Maps the mmap-able array `name` (`words` u64 values).
+fn map_shared(ebpf: &Ebpf, name: &'static str, words: u32) -> Result<SharedBytes, ProbeError> {
+    let map = ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+    let aya::maps::Map::Array(data) = map else {
+        return Err(ProbeError::MissingMap(name));
+    };
+    SharedBytes::map(data, words).map_err(|e| ProbeError::MapShared(name, e))
+}
+
+/// An mmap-able kernel array mapped into the loader as bytes: the pid filter (one byte per
+/// pid) and the notice flags. Each change is a single-byte store, so setting one pid can never
+/// undo the kernel's clearing of a neighbour (as rewriting a shared word from a stale view
+/// would).
+struct SharedBytes {
+    base: NonNull<AtomicU8>,
+    /// Bytes holding pids (`pid_max` rounded up to whole words).
+    len: usize,
+    /// Bytes mapped (page-rounded).
+    mapped: usize,
+}
+
+// SAFETY: the mapping is owned by this struct and accessed through atomics only.
+unsafe impl Send for SharedBytes {}
+
+impl SharedBytes {
+    /// Maps the array's `words` u64 values (one page-rounded shared mapping).
+    fn map(data: &MapData, words: u32) -> std::io::Result<SharedBytes> {
+        let bytes = words as usize * 8;
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let mapped = bytes.div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks the length against
+        // the array, and the pointer is only used within `len` bytes until munmap in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(SharedBytes {
+            base: NonNull::new(ptr.cast()).ok_or_else(std::io::Error::last_os_error)?,
+            len: bytes,
+            mapped,
+        })
+    }
+
+    fn byte(&self, pid: u32) -> Option<&AtomicU8> {
+        let i = pid as usize;
+        // SAFETY: in bounds of the live mapping; AtomicU8 has the layout of u8.
+        (i < self.len).then(|| unsafe { &*self.base.as_ptr().add(i) })
+    }
+
+    /// Sets or clears one pid's byte; false when the pid is beyond the filter.
+    fn set(&self, pid: u32, on: bool) -> bool {
+        match self.byte(pid) {
+            Some(b) => {
+                b.store(u8::from(on), Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn get(&self, pid: u32) -> bool {
+        self.byte(pid).is_some_and(|b| b.load(Ordering::SeqCst) != 0)
+    }
+}
+
+impl Drop for SharedBytes {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.mapped) };
+    }
 }
 
 /// Where a program attaches; each program is named after its tracepoint.

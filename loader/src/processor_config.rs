@@ -62,7 +62,8 @@ fn spec(
         uid,
         gid,
         env: supervisor::processor_env(),
-        config_yaml: file_text.to_string(),
+        // Secret variables (OTLP headers) travel ahead of the file on stdin, not in `env`.
+        config_yaml: sonde_config::with_secret_env(file_text),
     }
 }
 

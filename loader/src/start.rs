@@ -72,11 +72,8 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
     }
 
     // 4. Load and attach the kernel programs (CAP_BPF, CAP_PERFMON).
-    let probes = Probes::load(&ProbeSizes {
-        ring_buffer_bytes: config.ebpf.ring_buffer_bytes,
-        max_connections: config.ebpf.max_connections,
-    })
-    .context("loading kernel programs")?;
+    let probes =
+        Probes::load(&ProbeSizes::for_config(config)).context("loading kernel programs")?;
     info!(
         ring_buffer_bytes = config.ebpf.ring_buffer_bytes,
         max_connections = config.ebpf.max_connections,

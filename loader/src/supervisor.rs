@@ -61,14 +61,18 @@ pub fn run_once(
     }
 }
 
-/// Environment variables a processor may inherit: configuration, nothing else.
+/// Environment variables a processor may inherit: configuration, nothing else, and no secret
+/// (`sonde_config::SECRET_ENV_VARS`, the OTLP headers: they reach the processor on its
+/// standard input, `sonde_config::with_secret_env`, since any process of its uid could read
+/// its `/proc/<pid>/environ`).
 pub fn processor_env() -> Vec<(String, String)> {
     std::env::vars()
         .filter(|(k, _)| {
-            k.starts_with("BEYLA_")
+            (k.starts_with("BEYLA_")
                 || k.starts_with("OTEL_")
                 || k.starts_with("SONDE_")
-                || k == "RUST_LOG"
+                || k == "RUST_LOG")
+                && !sonde_config::is_secret_var(k)
         })
         .collect()
 }

@@ -280,12 +280,63 @@ mod tests {
         ] {
             assert!(!allowed.contains(&forbidden), "{forbidden} is allowed");
         }
-        // socket() only with an explicit family and type.
-        for rule in json["processor"]["filter"].as_array().expect("rules") {
-            if rule["syscall"] == "socket" {
-                let family = rule["args"][0]["val"].as_u64().expect("family");
-                assert!([1, 2, 10].contains(&family), "socket family {family}");
+        // Egress (issue 13). socket(): TCP only, family, type and protocol pinned: no
+        // AF_UNIX (the control socket exists before the sandbox), no UDP, raw or MPTCP.
+        let rules = json["processor"]["filter"].as_array().expect("rules");
+        let arg = |rule: &serde_json::Value, index: u64| -> Option<serde_json::Value> {
+            rule["args"]
+                .as_array()?
+                .iter()
+                .find(|a| a["index"] == index)
+                .cloned()
+        };
+        for rule in rules.iter().filter(|r| r["syscall"] == "socket") {
+            let family = arg(rule, 0).expect("family")["val"].as_u64();
+            assert!(
+                [Some(2), Some(10)].contains(&family),
+                "socket family {family:?}"
+            );
+            let kind = arg(rule, 1).expect("type");
+            assert_eq!(kind["op"]["masked_eq"], 15);
+            assert_eq!(kind["val"], 1, "SOCK_STREAM only");
+            let protocol = arg(rule, 2).expect("protocol pinned");
+            assert_eq!(protocol["op"], "eq");
+            assert!([0, 6].contains(&protocol["val"].as_u64().expect("protocol")));
+        }
+        // sendto/sendmsg: never MSG_FASTOPEN (flags are argument 3 and 2).
+        for (call, index) in [("sendto", 3), ("sendmsg", 2)] {
+            let found: Vec<_> = rules.iter().filter(|r| r["syscall"] == call).collect();
+            assert!(!found.is_empty(), "{call}");
+            for rule in found {
+                let flags = arg(rule, index).unwrap_or_else(|| panic!("{call} flags unchecked"));
+                assert_eq!(flags["op"]["masked_eq"], 0x2000_0000, "{call}");
+                assert_eq!(flags["val"], 0, "{call}");
             }
         }
+        // setsockopt: only pinned (level, option) pairs, none of the dangerous ones.
+        let forbidden = [
+            (1, 26),
+            (1, 50),
+            (1, 51),
+            (1, 52),
+            (6, 23),
+            (6, 30),
+            (6, 31),
+        ];
+        for rule in rules.iter().filter(|r| r["syscall"] == "setsockopt") {
+            let level = arg(rule, 1).expect("level pinned");
+            let name = arg(rule, 2).expect("option pinned");
+            assert_eq!(
+                (level["op"].as_str(), name["op"].as_str()),
+                (Some("eq"), Some("eq"))
+            );
+            let pair = (
+                level["val"].as_u64().expect("level"),
+                name["val"].as_u64().expect("option"),
+            );
+            assert!(!forbidden.contains(&pair), "setsockopt {pair:?}");
+        }
+        assert!(!allowed.contains(&"socketpair"), "socketpair");
+        assert!(!allowed.contains(&"sendmmsg"), "sendmmsg");
     }
 }

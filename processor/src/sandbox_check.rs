@@ -229,7 +229,8 @@ fn sockaddr_v4(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     }
 }
 
-const SOCKADDR_IN_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+const SOCKADDR_IN_LEN: libc::socklen_t =
+    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
 
 /// TCP Fast Open: `sendto(MSG_FASTOPEN)` on an unconnected TCP socket connects and sends in
 /// one call, without the `connect` LSM hook Landlock checks ports in. Only seccomp stops it.
@@ -317,7 +318,8 @@ fn probe_attach_filter() -> Result<(), i32> {
 
 /// A UDP datagram to a local port: neither a configured endpoint nor a name server.
 fn probe_udp_send(port: u16) -> Result<(), i32> {
-    let sock = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).map_err(io_errno)?;
+    let sock =
+        std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).map_err(io_errno)?;
     sock.send_to(b"sonde-probe", SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
         .map(drop)
         .map_err(io_errno)
@@ -330,10 +332,12 @@ fn probe_unix_connect(path: &std::path::Path) -> Result<(), i32> {
         .map_err(io_errno)
 }
 
-/// Passes a descriptor (this process's stdout) over `sock` with `SCM_RIGHTS`.
+/// Passes a descriptor (the read end of a fresh pipe) over `sock` with `SCM_RIGHTS`.
 fn send_fd(sock: &std::os::unix::net::UnixStream) -> Result<(), i32> {
     use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-    let fds = [libc::STDOUT_FILENO];
+    let (read_end, _write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e as i32)?;
+    let fds = [std::os::fd::AsRawFd::as_raw_fd(&read_end)];
     let iov = [std::io::IoSlice::new(b"fd")];
     sendmsg::<()>(
         std::os::fd::AsRawFd::as_raw_fd(sock),
@@ -563,7 +567,11 @@ pub fn egress(targets: &ProbeTargets) -> Vec<Outcome> {
         outcome(
             "setsockopt_so_attach_bpf",
             Denied,
-            probe_setsockopt(libc::SOL_SOCKET, libc::SO_ATTACH_BPF, &(-1i32).to_ne_bytes()),
+            probe_setsockopt(
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_BPF,
+                &(-1i32).to_ne_bytes(),
+            ),
         ),
         outcome(
             "setsockopt_tcp_ulp",
@@ -590,10 +598,18 @@ pub fn egress(targets: &ProbeTargets) -> Vec<Outcome> {
             Denied,
             probe_socket(libc::AF_UNIX, libc::SOCK_STREAM, 0),
         ),
-        outcome("fd_passing_socketpair", Denied, probe_fd_passing_socketpair()),
+        outcome(
+            "fd_passing_socketpair",
+            Denied,
+            probe_fd_passing_socketpair(),
+        ),
     ];
     if let Some(port) = targets.udp_port {
-        outcomes.push(outcome("udp_send_to_non_resolver", Denied, probe_udp_send(port)));
+        outcomes.push(outcome(
+            "udp_send_to_non_resolver",
+            Denied,
+            probe_udp_send(port),
+        ));
     }
     if let Some(path) = &targets.unix_socket {
         outcomes.push(outcome(

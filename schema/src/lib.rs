@@ -300,6 +300,11 @@ pub struct ProcEvent {
     /// For `PROC_FORK`: the new task's id.
     pub child_pid: u32,
     pub _pad: u32,
+    /// `CLOCK_BOOTTIME` in nanoseconds when the kernel wrote the notice. For `PROC_FORK` this
+    /// is just after the child's `start_boottime`, so the loader can tell the child from a
+    /// later process that reused its pid (`/proc/<pid>/stat` field 22 is `start_boottime` in
+    /// clock ticks).
+    pub boot_ns: u64,
 }
 
 /// Indices into the kernel's per-CPU `COUNTERS` array; each counts something dropped or
@@ -348,14 +353,25 @@ pub mod globals {
     pub const SK_PROTOCOL: &str = "SK_PROTOCOL_OFF";
     pub const SKC_V6_DADDR: &str = "SKC_V6_DADDR_OFF";
     pub const SKC_V6_RCV_SADDR: &str = "SKC_V6_RCV_SADDR_OFF";
+    /// Non-zero: report every `execve` on the machine (executable-path selection needs them);
+    /// zero: only those of selected processes.
+    pub const NOTIFY_ALL_EXECS: &str = "NOTIFY_ALL_EXECS";
 }
 
 /// Name of the HTTP event ring buffer map.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the process event ring buffer map.
 pub const PROC_EVENTS_MAP: &str = "PROC_EVENTS";
-/// Name of the PID filter bitmap (array of `u64`; bit `pid % 64` of word `pid / 64`).
-pub const PID_BITMAP_MAP: &str = "PID_BITMAP";
+/// Name of the PID filter: an mmap-able array of `u64` holding one byte per pid (byte
+/// `pid % 8` of word `pid / 8`, non-zero = selected).
+pub const PID_FILTER_MAP: &str = "PID_FILTER";
+/// Name of the notice flags shared with the loader (mmap-able, one `u64`, one byte per flag).
+pub const NOTICES_MAP: &str = "NOTICES";
+/// Byte of `NOTICES` set by the kernel when it reports a `listen()` on a selected port; the
+/// kernel reports no further listens until the loader clears it (at the start of a rescan).
+pub const NOTICE_LISTEN_PENDING: usize = 0;
+/// Name of the `listen()` port filter (array of `u64`; bit `port % 64` of word `port / 64`).
+pub const LISTEN_PORTS_MAP: &str = "LISTEN_PORTS";
 /// Name of the per-CPU counters map.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the connection map.
@@ -451,7 +467,7 @@ mod tests {
     fn layout_is_stable() {
         // The kernel writes this struct; its size is part of the wire contract.
         assert_eq!(HTTP_EVENT_SIZE, 104 + REQUEST_CAPTURE + RESPONSE_CAPTURE);
-        assert_eq!(core::mem::size_of::<ProcEvent>(), 16);
+        assert_eq!(core::mem::size_of::<ProcEvent>(), 24);
         assert_eq!(ExchangeUpdate::SIZE, 32);
         assert_eq!(counters::NAMES.len(), counters::COUNT as usize);
     }

@@ -199,3 +199,194 @@ fn only_the_processor_gets_a_read_only_api_token() {
     assert_eq!(binding[0]["subjects"][0]["name"], pod["serviceAccountName"]);
     assert_eq!(binding[0]["roleRef"]["name"], roles[0]["metadata"]["name"]);
 }
+
+/// The processor container's environment variable `name`.
+fn env_var<'a>(c: &'a Value, name: &str) -> (usize, &'a Value) {
+    c["env"]
+        .as_sequence()
+        .expect("env")
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name}"))
+}
+
+/// (protocol, port) pairs of a NetworkPolicy rule.
+fn rule_ports(rule: &Value) -> BTreeSet<(String, u64)> {
+    rule["ports"]
+        .as_sequence()
+        .expect("every rule names its ports")
+        .iter()
+        .map(|p| {
+            (
+                p["protocol"].as_str().unwrap_or("TCP").to_string(),
+                p["port"].as_u64().expect("numeric port"),
+            )
+        })
+        .collect()
+}
+
+/// Egress closed outside the process too (issue 13): a NetworkPolicy selects the DaemonSet's
+/// pods, admits ingress only to the metrics port and egress only to the collector's port and
+/// to kube-dns.
+#[test]
+fn a_network_policy_confines_the_pod_to_the_collector_dns_and_the_metrics_port() {
+    let docs = documents();
+    let policies = of_kind(&docs, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "one NetworkPolicy");
+    let np = policies[0];
+    assert_eq!(np["metadata"]["namespace"], "sonde");
+    let ds = of_kind(&docs, "DaemonSet")[0];
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"], ds["spec"]["template"]["metadata"]["labels"],
+        "the policy selects the DaemonSet's pods"
+    );
+    assert_eq!(
+        strings(&np["spec"]["policyTypes"]),
+        ["Egress".to_string(), "Ingress".to_string()].into()
+    );
+    // Ingress: the metrics port, which is the processor's only container port.
+    let pod = pod_spec(&docs);
+    let processor = container(pod, "sonde-processor");
+    let metrics_port = processor["ports"][0]["containerPort"]
+        .as_u64()
+        .expect("metrics port");
+    let ingress = np["spec"]["ingress"].as_sequence().expect("ingress rules");
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        rule_ports(&ingress[0]),
+        [("TCP".to_string(), metrics_port)].into()
+    );
+    // Egress: the OTLP endpoint's port (from the processor's environment) and DNS to kube-dns.
+    let (_, endpoint) = env_var(processor, "OTEL_EXPORTER_OTLP_ENDPOINT");
+    let otlp_port: u64 = endpoint["value"]
+        .as_str()
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("endpoint port");
+    let egress = np["spec"]["egress"].as_sequence().expect("egress rules");
+    let all: BTreeSet<(String, u64)> = egress.iter().flat_map(rule_ports).collect();
+    assert_eq!(
+        all,
+        [
+            ("TCP".to_string(), otlp_port),
+            ("TCP".to_string(), 53),
+            ("UDP".to_string(), 53)
+        ]
+        .into()
+    );
+    for rule in egress {
+        if rule_ports(rule).iter().any(|(_, p)| *p == 53) {
+            let to = &rule["to"][0];
+            assert_eq!(
+                to["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                "kube-system"
+            );
+            assert_eq!(to["podSelector"]["matchLabels"]["k8s-app"], "kube-dns");
+            assert!(!rule_ports(rule).contains(&("TCP".to_string(), otlp_port)));
+        }
+    }
+}
+
+/// The Prometheus endpoint binds the pod IP (downward API), not every address.
+#[test]
+fn prometheus_binds_the_pod_ip() {
+    let docs = documents();
+    let processor = container(pod_spec(&docs), "sonde-processor");
+    let (pod_ip_at, pod_ip) = env_var(processor, "POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    let (address_at, address) = env_var(processor, "BEYLA_PROMETHEUS_ADDRESS");
+    assert_eq!(address["value"], "$(POD_IP)");
+    assert!(
+        pod_ip_at < address_at,
+        "$(POD_IP) expands only if defined before"
+    );
+}
+
+/// Pod Security: the namespace says `privileged`, which the loader container really needs
+/// (hostPID, a hostPath volume, capabilities beyond baseline), while the processor container
+/// passes every container-level check of the `restricted` profile.
+#[test]
+fn the_namespace_label_is_honest_and_the_processor_container_is_restricted() {
+    let docs = documents();
+    let ns = of_kind(&docs, "Namespace");
+    assert_eq!(ns.len(), 1);
+    let labels = &ns[0]["metadata"]["labels"];
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "privileged");
+    let pod = pod_spec(&docs);
+    // What makes it privileged: without these, the label would overstate.
+    assert_eq!(pod["hostPID"], Value::Bool(true));
+    let loader = &container(pod, "sonde-loader")["securityContext"];
+    let baseline: BTreeSet<String> = [
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert!(!strings(&loader["capabilities"]["add"]).is_subset(&baseline));
+    // restricted, container by container check (Kubernetes Pod Security Standards).
+    let processor = container(pod, "sonde-processor");
+    let sc = &processor["securityContext"];
+    assert_ne!(sc["privileged"], Value::Bool(true), "privileged");
+    assert_eq!(sc["allowPrivilegeEscalation"], Value::Bool(false));
+    assert_eq!(sc["runAsNonRoot"], Value::Bool(true));
+    assert!(sc["runAsUser"].as_u64().is_some_and(|u| u != 0));
+    assert!(matches!(
+        sc["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault" | "Localhost")
+    ));
+    assert_eq!(
+        strings(&sc["capabilities"]["drop"]),
+        ["ALL".to_string()].into()
+    );
+    assert!(
+        strings(&sc["capabilities"]["add"]).is_subset(&["NET_BIND_SERVICE".to_string()].into())
+    );
+    assert!(sc["procMount"].is_null() || sc["procMount"] == "Default");
+    assert!(sc["seLinuxOptions"].is_null());
+    assert!(sc["appArmorProfile"].is_null() || sc["appArmorProfile"]["type"] != "Unconfined");
+    for port in processor["ports"].as_sequence().expect("ports") {
+        assert!(port["hostPort"].is_null(), "hostPort {port:?}");
+    }
+    // The volumes it mounts are of the types `restricted` admits.
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    for mount in processor["volumeMounts"].as_sequence().expect("mounts") {
+        let v = volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("volume");
+        let kind = v
+            .as_mapping()
+            .expect("volume")
+            .keys()
+            .filter_map(|k| k.as_str())
+            .find(|k| *k != "name")
+            .expect("volume type");
+        assert!(
+            [
+                "configMap",
+                "emptyDir",
+                "projected",
+                "secret",
+                "downwardAPI",
+                "csi",
+                "ephemeral",
+                "persistentVolumeClaim"
+            ]
+            .contains(&kind),
+            "volume type {kind}"
+        );
+    }
+}

@@ -16,6 +16,12 @@ use sonde_e2e::*;
 /// Runs `sonde-processor --check-sandbox` as uid/gid 65534 with every capability set empty
 /// and returns the probe lines by name, the summary line and the exit status.
 fn check_sandbox(extra: &[&str]) -> (HashMap<String, Value>, Value, Output) {
+    check_sandbox_as(65534, extra)
+}
+
+/// `check_sandbox` as `uid` (0 only for the unsandboxed control case: the processor refuses
+/// root as soon as it would sandbox itself).
+fn check_sandbox_as(uid: u32, extra: &[&str]) -> (HashMap<String, Value>, Value, Output) {
     let dir = TempDir::new("sandbox");
     let processor = installed_binary("sonde-processor", &dir);
     // A listener the sandbox must not let the processor reach, and a free port it must not
@@ -39,14 +45,28 @@ fn check_sandbox(extra: &[&str]) -> (HashMap<String, Value>, Value, Output) {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .expect("chmod");
+    // Egress targets outside the sandbox: a UDP receiver (neither an endpoint nor a name
+    // server) and a pathname Unix socket anyone may connect to (as D-Bus or journald are).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp receiver");
+    let udp_port = udp.local_addr().expect("addr").port().to_string();
+    let unix_path = writable.join("open.sock");
+    let unix_listener = std::os::unix::net::UnixListener::bind(&unix_path).expect("unix listener");
+    std::fs::set_permissions(
+        &unix_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod socket");
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    // Root (the control case only) keeps its capabilities: some probes (SO_ATTACH_FILTER on
+    // kernels that restrict it) need one to get through without the sandbox.
+    let drop_caps: &[&str] = if uid == 0 {
+        &[]
+    } else {
+        &["--inh-caps=-all", "--bounding-set=-all"]
+    };
     let output = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
+        .args([reuid.as_str(), regid.as_str(), "--clear-groups"])
+        .args(drop_caps)
         .arg(&processor)
         .args([
             "--check-sandbox",
@@ -56,13 +76,25 @@ fn check_sandbox(extra: &[&str]) -> (HashMap<String, Value>, Value, Output) {
             &bind_port,
             "--probe-abstract-socket",
             &abstract_name,
+            "--probe-udp-port",
+            &udp_port,
             "--probe-write-dir",
         ])
         .arg(&writable)
+        .arg("--probe-unix-socket")
+        .arg(&unix_path)
         .args(extra)
         .output()
         .expect("running sonde-processor --check-sandbox");
     drop(abstract_listener);
+    drop(unix_listener);
+    // Nothing reached the UDP receiver under the sandbox.
+    udp.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 64];
+    let received = udp.recv_from(&mut buf).is_ok();
+    if !extra.contains(&"--probe-without-sandbox") {
+        assert!(!received, "a datagram left the sandbox");
+    }
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let mut probes = HashMap::new();
     let mut summary = Value::Null;
@@ -127,6 +159,68 @@ denied! {
     connecting_to_a_port_outside_the_allowlist_fails: "tcp_connect_unlisted_port" => "EACCES",
     binding_a_port_fails: "tcp_bind" => "EACCES",
     abstract_unix_sockets_outside_are_unreachable: "abstract_unix_connect" => "EPERM",
+    // Egress (issue 13): TCP Fast Open would connect past Landlock's connect hook.
+    tcp_fast_open_sendto_to_an_unlisted_port_is_denied: "tcp_fastopen_sendto_unlisted_port" => "EPERM",
+    tcp_fast_open_sendmsg_to_an_unlisted_port_is_denied: "tcp_fastopen_sendmsg_unlisted_port" => "EPERM",
+    setsockopt_tcp_fastopen_is_denied: "setsockopt_tcp_fastopen" => "EPERM",
+    setsockopt_tcp_fastopen_connect_is_denied: "setsockopt_tcp_fastopen_connect" => "EPERM",
+    setsockopt_so_attach_filter_is_denied: "setsockopt_so_attach_filter" => "EPERM",
+    setsockopt_so_attach_bpf_is_denied: "setsockopt_so_attach_bpf" => "EPERM",
+    setsockopt_tcp_ulp_is_denied: "setsockopt_tcp_ulp" => "EPERM",
+    socket_protocols_other_than_tcp_are_denied: "socket_mptcp" => "EPERM",
+    udp_sockets_are_denied: "socket_udp" => "EPERM",
+    udp6_sockets_are_denied: "socket_udp6" => "EPERM",
+    udp_to_an_address_that_is_not_a_resolver_is_denied: "udp_send_to_non_resolver" => "EPERM",
+    new_unix_sockets_are_denied: "socket_unix" => "EPERM",
+    pathname_unix_socket_connect_is_denied: "unix_pathname_connect" => "EPERM",
+    fd_passing_over_a_pathname_socket_is_denied: "fd_passing_pathname_socket" => "EPERM",
+    fd_passing_over_a_socketpair_is_denied: "fd_passing_socketpair" => "EPERM",
+}
+
+/// The control case for the egress probes: the same binary runs them without its sandbox
+/// (as the processor's user, and as root for what the kernel itself refuses an unprivileged
+/// user), and each gets through or fails for a reason other than the sandbox's EPERM/EACCES.
+/// So the EPERMs above are the sandbox's doing.
+#[test]
+fn without_the_sandbox_every_egress_probe_gets_through() {
+    let (as_user, _, out_user) = check_sandbox(&["--probe-without-sandbox"]);
+    let (as_root, _, out_root) = check_sandbox_as(0, &["--probe-without-sandbox"]);
+    assert!(out_user.status.success() && out_root.status.success());
+    assert!(as_user.len() >= 15, "{as_user:?}");
+    let sandbox_errno = |p: &Value| matches!(p["errno"].as_str(), Some("EPERM" | "EACCES"));
+    for (name, p) in &as_user {
+        let root = &as_root[name];
+        assert!(
+            !sandbox_errno(p) || !sandbox_errno(root),
+            "{name} fails even without the sandbox: {p} / as root {root}"
+        );
+    }
+    // The ones that matter most really succeed for the processor's own user.
+    for name in [
+        "tcp_fastopen_sendto_unlisted_port",
+        "tcp_fastopen_sendmsg_unlisted_port",
+        "setsockopt_tcp_fastopen_connect",
+        "socket_udp",
+        "udp_send_to_non_resolver",
+        "unix_pathname_connect",
+        "fd_passing_pathname_socket",
+        "fd_passing_socketpair",
+    ] {
+        assert_eq!(as_user[name]["denied"], false, "{name}: {}", as_user[name]);
+    }
+    assert_eq!(as_root["setsockopt_so_attach_filter"]["denied"], false);
+}
+
+/// Names still resolve under the sandbox (the files source; DNS goes over TCP), and the
+/// process is not dumpable (PR_GET_DUMPABLE read as the sandbox went up).
+#[test]
+fn names_resolve_without_udp_and_the_processor_is_not_dumpable() {
+    let (probes, summary, output) = check_sandbox(&[]);
+    assert_eq!(probes["resolve_localhost"]["denied"], false, "{summary}");
+    assert_eq!(probes["setsockopt_tcp_nodelay"]["denied"], false);
+    assert_eq!(probes["socket_tcp_ipproto_tcp"]["denied"], false);
+    assert_eq!(summary["dumpable"], false, "{summary}");
+    assert!(output.status.success(), "{summary}");
 }
 
 #[test]
@@ -194,14 +288,27 @@ fn without_landlock_the_file_and_port_probes_get_through_and_the_check_fails() {
         "create_file",
         "tcp_connect_unlisted_port",
         "tcp_bind",
-        "abstract_unix_connect",
     ] {
         assert_eq!(probes[probe]["denied"], false, "{probe}: {}", probes[probe]);
         assert_eq!(probes[probe]["as_expected"], false);
     }
-    // seccomp still holds.
+    // seccomp still holds, and alone keeps the egress closed: no Unix socket can be made (so
+    // the abstract socket Landlock scopes away stays out of reach), no UDP, no Fast Open.
     assert_eq!(probes["bpf"]["errno"], "EPERM");
     assert_eq!(probes["execve"]["errno"], "EPERM");
+    for probe in [
+        "abstract_unix_connect",
+        "unix_pathname_connect",
+        "udp_send_to_non_resolver",
+        "tcp_fastopen_sendto_unlisted_port",
+        "fd_passing_socketpair",
+    ] {
+        assert_eq!(
+            probes[probe]["errno"], "EPERM",
+            "{probe}: {}",
+            probes[probe]
+        );
+    }
 }
 
 #[test]

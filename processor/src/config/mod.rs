@@ -98,8 +98,18 @@ impl Config {
         file: Option<&Path>,
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let text = FileText::locate(file, env)?;
-        Config::from_sources(text.as_ref(), env)
+        let mut text = FileText::locate(file, env)?;
+        // Secrets `sonde` handed over on standard input rather than in the environment.
+        let secrets = match text.as_mut() {
+            Some(t) => t.take_secret_env()?,
+            None => Vec::new(),
+        };
+        if secrets.is_empty() {
+            return Config::from_sources(text.as_ref(), env);
+        }
+        let mut env = env.clone();
+        env.extend(secrets);
+        Config::from_sources(text.as_ref(), &env)
     }
 
     /// Builds the configuration from the process environment.

@@ -382,11 +382,11 @@ pub static OWN: Table<Config> = Table(&[
         },
         Setting {
             key: "prometheus_export.address",
-            env: &[],
+            env: &[var("BEYLA_PROMETHEUS_ADDRESS")],
             flag: "",
-            default: Some("0.0.0.0"),
+            default: Some("127.0.0.1"),
             unset: "",
-            doc: "address the endpoint binds",
+            doc: "address the endpoint binds: loopback by default (a scraper on the same host); the Kubernetes manifest sets the pod IP (`status.podIP`) so only in-cluster scrapers of the pod reach it, never `0.0.0.0` on a host network",
             secret: false,
             apply: |c, i| {
                 let v = i.text("an address")?;
