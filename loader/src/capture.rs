@@ -630,9 +630,7 @@ impl<'a> Capture<'a> {
         if !selection::is_forked_child(start, boot_ns, self.ticks_per_sec) {
             info!(
                 pid = child,
-                start,
-                parent,
-                "fork notice is about an earlier process on this pid; not selected"
+                start, parent, "fork notice is about an earlier process on this pid; not selected"
             );
             return;
         }

@@ -172,12 +172,12 @@ impl Probes {
         if let Some(ports) = sizes.listen_ports {
             for (word, bits) in port_words(ports).into_iter().enumerate() {
                 if bits != 0 {
-                    listen_ports.set(word as u32, bits, 0).map_err(|source| {
-                        ProbeError::Map {
+                    listen_ports
+                        .set(word as u32, bits, 0)
+                        .map_err(|source| ProbeError::Map {
                             map: sonde_schema::LISTEN_PORTS_MAP,
                             source,
-                        }
-                    })?;
+                        })?;
                 }
             }
         }
@@ -239,7 +239,8 @@ impl Probes {
     /// Lets the kernel report the next `listen()` on a selected port (called before a rescan,
     /// which sees every listener up to now).
     pub fn rearm_listen_notice(&mut self) {
-        self.notices.set(sonde_schema::NOTICE_LISTEN_PENDING as u32, false);
+        self.notices
+            .set(sonde_schema::NOTICE_LISTEN_PENDING as u32, false);
     }
 
     /// Process notices the kernel could not write (the process ring was full), summed over CPUs.
@@ -361,7 +362,8 @@ impl SharedBytes {
     }
 
     fn get(&self, pid: u32) -> bool {
-        self.byte(pid).is_some_and(|b| b.load(Ordering::SeqCst) != 0)
+        self.byte(pid)
+            .is_some_and(|b| b.load(Ordering::SeqCst) != 0)
     }
 }
 

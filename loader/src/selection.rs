@@ -324,7 +324,10 @@ mod tests {
     fn a_configured_pid_names_one_process() {
         let mut config = Config::default();
         let me = std::process::id();
-        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         config.target_pids = vec![pid];
         let start = start_time(pid).unwrap();
@@ -381,8 +384,10 @@ mod tests {
         .unwrap();
         let port: u16 = line.trim().parse().unwrap();
         let pid = child.id();
-        let mut config = Config::default();
-        config.open_port = Some(sonde_config::PortSet::parse("t", &port.to_string()).unwrap());
+        let mut config = Config {
+            open_port: Some(sonde_config::PortSet::parse("t", &port.to_string()).unwrap()),
+            ..Config::default()
+        };
         let pinned = BTreeMap::new();
         let found = Selector::new(&config, &pinned).check(pid).unwrap();
         assert_eq!(found.record.reason, format!("port {port}"));
@@ -393,7 +398,11 @@ mod tests {
         assert_eq!(Selector::new(&config, &pinned).check(pid), None);
         config.target_pids = vec![pid];
         assert_eq!(
-            Selector::new(&config, &pinned).check(pid).unwrap().record.reason,
+            Selector::new(&config, &pinned)
+                .check(pid)
+                .unwrap()
+                .record
+                .reason,
             "pid"
         );
         child.kill().unwrap();
