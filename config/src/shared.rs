@@ -32,10 +32,56 @@ pub struct ProcessorSettings {
     pub binary: Option<PathBuf>,
     /// Uids (besides the processor user's) allowed to connect to the control socket.
     pub allowed_uids: Vec<u32>,
-    /// Run the processor without its Landlock ruleset when the kernel cannot enforce it
-    /// (otherwise it refuses to start). seccomp, NO_NEW_PRIVS and the empty capability sets
-    /// stay in force either way.
+    /// How strictly the processor's Landlock ruleset is enforced (`processor.landlock`).
+    pub landlock: LandlockMode,
+    /// The older name of `landlock: best_effort` (true: start even when the kernel cannot
+    /// enforce the whole ruleset). seccomp, NO_NEW_PRIVS and the empty capability sets stay in
+    /// force either way.
     pub insecure_no_landlock: bool,
+}
+
+impl ProcessorSettings {
+    /// The Landlock mode in effect: `insecure_no_landlock: true` lowers `required` to
+    /// `best_effort` (it never turns Landlock off).
+    pub fn landlock_mode(&self) -> LandlockMode {
+        match self.landlock {
+            LandlockMode::Required if self.insecure_no_landlock => LandlockMode::BestEffort,
+            mode => mode,
+        }
+    }
+}
+
+/// How the processor treats a kernel that cannot enforce its whole Landlock ruleset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LandlockMode {
+    /// Refuse to start unless every right of the ruleset (Landlock ABI 6) is enforced.
+    Required,
+    /// Enforce what the kernel supports (down to ABI 1, or none), log what is not, start.
+    BestEffort,
+    /// No Landlock ruleset at all (insecure; `--audit` flags it). For diagnosis: shows what
+    /// Landlock stops that seccomp does not.
+    Off,
+}
+
+impl LandlockMode {
+    pub const VALUES: &str = "`required`, `best_effort` or `off`";
+
+    pub fn parse(key: &str, text: &str) -> Result<LandlockMode, crate::ConfigError> {
+        match text.trim() {
+            "required" => Ok(LandlockMode::Required),
+            "best_effort" | "best-effort" => Ok(LandlockMode::BestEffort),
+            "off" => Ok(LandlockMode::Off),
+            other => Err(invalid(key, other, LandlockMode::VALUES)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LandlockMode::Required => "required",
+            LandlockMode::BestEffort => "best_effort",
+            LandlockMode::Off => "off",
+        }
+    }
 }
 
 /// The shared configuration.
@@ -85,6 +131,7 @@ impl Config {
                 group: None,
                 binary: None,
                 allowed_uids: Vec::new(),
+                landlock: LandlockMode::BestEffort,
                 insecure_no_landlock: false,
             },
             ebpf: EbpfSettings {
@@ -341,12 +388,26 @@ pub static SHARED: Table<Config> = Table(&[&[
         show: |c| show::numbers(&c.processor.allowed_uids),
     },
     Setting {
+        key: "processor.landlock",
+        env: &[var("SONDE_LANDLOCK")],
+        flag: "--landlock (processor)",
+        default: Some("best_effort"),
+        unset: "",
+        doc: "`best_effort`: enforce the Landlock rights the kernel has (down to ABI 1; on a kernel without Landlock the processor starts under seccomp alone with one warning) and log once what is and is not enforced; `required`: refuse to start unless the whole ruleset (ABI 6, Linux 6.12) is enforced; `off`: no ruleset (insecure, flagged by `--audit`; processor flag `--insecure-no-landlock`). See `security.md`",
+        secret: false,
+        apply: |c, i| {
+            c.processor.landlock = LandlockMode::parse(i.key, &i.text("a Landlock mode")?)?;
+            Ok(())
+        },
+        show: |c| show::text(c.processor.landlock.as_str()),
+    },
+    Setting {
         key: "processor.insecure_no_landlock",
         env: &[var("SONDE_INSECURE_NO_LANDLOCK")],
-        flag: "--insecure-no-landlock (processor)",
+        flag: "",
         default: Some("false"),
         unset: "",
-        doc: "run the processor without its Landlock ruleset when the kernel cannot enforce it; otherwise it refuses to start (see `security.md`)",
+        doc: "older name of `processor.landlock: best_effort`: `true` lowers `required` to `best_effort` (it does not turn Landlock off)",
         secret: false,
         apply: |c, i| {
             c.processor.insecure_no_landlock = parse_bool(i.key, &i.text("a boolean")?)?;

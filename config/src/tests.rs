@@ -208,6 +208,39 @@ fn landlock_opt_out_is_off_unless_asked_for() {
     assert!(c.processor.insecure_no_landlock);
 }
 
+/// `processor.landlock`: best effort unless the operator requires it; the older
+/// `insecure_no_landlock` lowers `required` to `best_effort` and never turns Landlock off.
+#[test]
+fn landlock_mode_defaults_to_best_effort_and_the_old_name_is_an_alias() {
+    use crate::LandlockMode;
+    let c = Config::load(None, &env(&[])).unwrap();
+    assert_eq!(c.processor.landlock_mode(), LandlockMode::BestEffort);
+    let c = load_yaml("processor:\n  landlock: required\n", &[]).unwrap();
+    assert_eq!(c.processor.landlock_mode(), LandlockMode::Required);
+    assert_eq!(
+        load_yaml(&c.to_yaml(), &[]).unwrap().processor.landlock,
+        LandlockMode::Required
+    );
+    let c = load_yaml(
+        "processor:\n  landlock: required\n  insecure_no_landlock: true\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.processor.landlock_mode(), LandlockMode::BestEffort);
+    let c = load_yaml(
+        "processor:\n  landlock: required\n",
+        &[("SONDE_INSECURE_NO_LANDLOCK", "true")],
+    )
+    .unwrap();
+    assert_eq!(c.processor.landlock_mode(), LandlockMode::BestEffort);
+    let c = load_yaml("processor:\n  landlock: off\n", &[]).unwrap();
+    assert_eq!(c.processor.landlock_mode(), LandlockMode::Off);
+    let c = Config::load(None, &env(&[("SONDE_LANDLOCK", "required")])).unwrap();
+    assert_eq!(c.processor.landlock_mode(), LandlockMode::Required);
+    let e = load_yaml("processor:\n  landlock: maybe\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("processor.landlock"), "{e}");
+}
+
 #[test]
 fn default_selection_only_when_nothing_selected() {
     let mut c = Config::load(None, &env(&[])).unwrap();

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use sonde_config::Config;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::{
     audit, capture::Capture, control::ControlListener, probes::Probes, start::Started,
@@ -53,6 +53,7 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
 
     let mut last_rescan = Instant::now();
     let mut last_stats = Instant::now();
+    let mut losses = LossWatch::default();
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
     while !sonde_plumbing::stop::requested() {
         if let Some(s) = supervisor.as_mut()
@@ -77,7 +78,13 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
         }
         if last_stats.elapsed() >= stats_every {
             let counters = probes.counters();
-            info!(counters = ?counters, restarts = supervisor.as_ref().map_or(0, |s| s.restarts), "kernel counters");
+            let restarts = supervisor.as_ref().map_or(0, |s| s.restarts);
+            // Quiet unless something was lost since the last report: then it is a warning.
+            if losses.grew(&counters) {
+                warn!(counters = ?counters, restarts, "kernel counters: events were lost");
+            } else {
+                debug!(counters = ?counters, restarts, "kernel counters");
+            }
             capture.send_stats(&counters);
             last_stats = Instant::now();
         }
@@ -134,4 +141,39 @@ fn wait(
         listener: listener.is_some() && !revents(&fds[1]).is_empty(),
         connections: fds[first_connection..].iter().map(revents).collect(),
     })
+}
+
+/// Kernel counters that count something lost (events, updates, process notices, tracked
+/// connections), and whether any grew since the last look.
+#[derive(Debug, Default)]
+struct LossWatch {
+    last: u64,
+}
+
+impl LossWatch {
+    fn grew(&mut self, counters: &[(&'static str, u64)]) -> bool {
+        let lost: u64 = counters
+            .iter()
+            .filter(|(name, _)| sonde_schema::counters::is_loss_name(name))
+            .map(|(_, v)| *v)
+            .sum();
+        let grew = lost > self.last;
+        self.last = lost;
+        grew
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LossWatch;
+
+    #[test]
+    fn only_loss_counters_that_grew_count() {
+        let mut watch = LossWatch::default();
+        assert!(!watch.grew(&[("events_sent", 10), ("events_lost_ringbuf_full", 0)]));
+        assert!(!watch.grew(&[("events_sent", 99), ("non_http_payloads", 5)]));
+        assert!(watch.grew(&[("events_sent", 99), ("conn_map_full", 1)]));
+        assert!(!watch.grew(&[("events_sent", 120), ("conn_map_full", 1)]));
+        assert!(watch.grew(&[("proc_events_lost", 1), ("conn_map_full", 1)]));
+    }
 }

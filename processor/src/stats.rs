@@ -42,3 +42,24 @@ pub struct Stats {
     /// Last kernel counters reported by the loader.
     pub kernel: std::collections::BTreeMap<String, u64>,
 }
+
+impl Stats {
+    /// Everything counted as lost so far: undecodable or corrupt records, spans that could not
+    /// be printed or exported, exchanges completed early or updated too late, and the kernel's
+    /// own loss counters.
+    pub fn lost(&self) -> u64 {
+        let kernel: u64 = self
+            .kernel
+            .iter()
+            .filter(|(name, _)| sonde_schema::counters::is_loss_name(name))
+            .map(|(_, v)| *v)
+            .sum();
+        self.decode_errors
+            + self.ring_corrupt
+            + self.print_errors
+            + self.otlp_spans_dropped
+            + self.completed_early
+            + self.late_updates
+            + kernel
+    }
+}

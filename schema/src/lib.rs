@@ -339,6 +339,24 @@ pub mod counters {
         "events_sent",
         "updates_lost_ringbuf_full",
     ];
+
+    /// True for the counters that count something lost (events, updates, process notices,
+    /// connections not tracked because the map was full): a report where one of them grew is
+    /// a warning, any other is routine.
+    pub const fn is_loss(index: u32) -> bool {
+        matches!(
+            index,
+            EVENTS_LOST_RINGBUF_FULL | CONN_MAP_FULL | PROC_EVENTS_LOST | UPDATES_LOST_RINGBUF_FULL
+        )
+    }
+
+    /// `is_loss` by name, for counters that travelled as (name, value) pairs.
+    pub fn is_loss_name(name: &str) -> bool {
+        NAMES
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| is_loss(i as u32))
+    }
 }
 
 /// Offsets the loader computes at start-up (tracefs format files, kernel BTF) and writes into

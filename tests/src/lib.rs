@@ -305,6 +305,9 @@ impl Sonde {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BEYLA_TRACE_PRINTER", "json")
+            // The periodic kernel counters are a debug line unless something was lost; tests
+            // wait on them to know a report went out.
+            .env("RUST_LOG", "info,sonde_loader::serve=debug")
             .env("SONDE_CONTROL_SOCKET", &control_socket)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

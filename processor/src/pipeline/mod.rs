@@ -15,7 +15,7 @@ use std::{
 };
 
 use sonde_schema::Record;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use processes::{ProcessTable, REMOVED_GRACE};
 pub use sink::SpanSink;
@@ -38,6 +38,8 @@ pub struct Pipeline<'a, W: Write> {
     early_seen: u64,
     stats_every: Duration,
     last_stats: Instant,
+    /// `Stats::lost` at the last report.
+    last_lost: u64,
 }
 
 impl<'a, W: Write> Pipeline<'a, W> {
@@ -52,6 +54,7 @@ impl<'a, W: Write> Pipeline<'a, W> {
             stats: Stats::default(),
             early_seen: 0,
             last_stats: Instant::now(),
+            last_lost: 0,
         }
     }
 
@@ -127,7 +130,15 @@ impl<'a, W: Write> Pipeline<'a, W> {
         }
         if self.last_stats.elapsed() >= self.stats_every {
             count_otlp(&self.metrics, &mut self.stats);
-            info!(stats = %serde_json::to_string(&self.stats).unwrap_or_default(), "processor stats");
+            let stats = serde_json::to_string(&self.stats).unwrap_or_default();
+            // Quiet unless something was lost since the last report: then it is a warning.
+            let lost = self.stats.lost();
+            if lost > self.last_lost {
+                warn!(stats = %stats, "processor stats: data was lost");
+            } else {
+                debug!(stats = %stats, "processor stats");
+            }
+            self.last_lost = lost;
             self.last_stats = Instant::now();
         }
     }
