@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 pub use error::{ConfigError, invalid};
 pub use setting::{EnvVar, HIDDEN, Setting, Table, show, to_yaml, var, var_millis};
 pub use shared::{
-    Config, DEFAULT_CONTROL_SOCKET, DEFAULT_OPEN_PORTS, EbpfSettings, LandlockMode, ProcessorSettings,
-    SHARED,
+    Config, DEFAULT_CONTROL_SOCKET, DEFAULT_OPEN_PORTS, EbpfSettings, LandlockMode,
+    ProcessorSettings, SHARED,
 };
 pub use source::{
     CONFIG_PATH_VAR, FileText, Input, KeyKind, Raw, SECRET_ENV_VARS, file_entries, is_secret_var,

@@ -30,6 +30,8 @@ pub struct ProcessorSettings {
     pub group: Option<String>,
     /// Path of the `sonde-processor` binary; next to the loader's own binary when unset.
     pub binary: Option<PathBuf>,
+    /// Split mode: the cgroup a connecting processor must be in (or below).
+    pub cgroup: Option<String>,
     /// Uids (besides the processor user's) allowed to connect to the control socket.
     pub allowed_uids: Vec<u32>,
     /// How strictly the processor's Landlock ruleset is enforced (`processor.landlock`).
@@ -52,11 +54,12 @@ impl ProcessorSettings {
 }
 
 /// How the processor treats a kernel that cannot enforce its whole Landlock ruleset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LandlockMode {
     /// Refuse to start unless every right of the ruleset (Landlock ABI 6) is enforced.
     Required,
     /// Enforce what the kernel supports (down to ABI 1, or none), log what is not, start.
+    #[default]
     BestEffort,
     /// No Landlock ruleset at all (insecure; `--audit` flags it). For diagnosis: shows what
     /// Landlock stops that seccomp does not.
@@ -100,6 +103,9 @@ pub struct Config {
     pub service_name: Option<String>,
     pub service_namespace: Option<String>,
     pub control_socket: PathBuf,
+    /// Single-host mode: the user (name or uid) `sonde` switches to after start-up, keeping
+    /// only its run-time capabilities (`loader.user`).
+    pub loader_user: String,
     pub processor: ProcessorSettings,
     pub ebpf: EbpfSettings,
     /// Seconds between kernel counter reports.
@@ -126,10 +132,12 @@ impl Config {
             service_name: None,
             service_namespace: None,
             control_socket: PathBuf::new(),
+            loader_user: String::new(),
             processor: ProcessorSettings {
                 user: String::new(),
                 group: None,
                 binary: None,
+                cgroup: None,
                 allowed_uids: Vec::new(),
                 landlock: LandlockMode::BestEffort,
                 insecure_no_landlock: false,
@@ -327,6 +335,20 @@ pub static SHARED: Table<Config> = Table(&[&[
         show: |c| show::text(c.control_socket.display()),
     },
     Setting {
+        key: "loader.user",
+        env: &[var("SONDE_LOADER_USER")],
+        flag: "",
+        default: Some("sonde-loader"),
+        unset: "",
+        doc: "single-host mode: the user (name or uid) `sonde` switches to once the programs are attached, keeping only its run-time capabilities; it must exist and differ from `processor.user`. `root` keeps uid 0 (insecure; `--audit` flags it)",
+        secret: false,
+        apply: |c, i| {
+            c.loader_user = non_empty(i.key, i.text("a user")?)?;
+            Ok(())
+        },
+        show: |c| show::text(&c.loader_user),
+    },
+    Setting {
         key: "processor.user",
         env: &[var("SONDE_PROCESSOR_USER")],
         flag: "",
@@ -360,7 +382,7 @@ pub static SHARED: Table<Config> = Table(&[&[
         flag: "",
         default: None,
         unset: "`sonde-processor` next to the loader",
-        doc: "processor binary for single-host mode",
+        doc: "processor binary for single-host mode; in split mode, when set, a connecting peer's executable must be this file (device and inode)",
         secret: false,
         apply: |c, i| {
             c.processor.binary = Some(PathBuf::from(non_empty(i.key, i.text("a path")?)?));
@@ -372,6 +394,24 @@ pub static SHARED: Table<Config> = Table(&[&[
                 .as_ref()
                 .and_then(|p| show::text(p.display()))
         },
+    },
+    Setting {
+        key: "processor.cgroup",
+        env: &[],
+        flag: "",
+        default: None,
+        unset: "not checked",
+        doc: "split mode: a connecting peer's cgroup (v2 path as `/proc/<pid>/cgroup` shows it) must be this one or lie below it, e.g. `/system.slice/sonde-processor.service`",
+        secret: false,
+        apply: |c, i| {
+            let v = i.text("a cgroup path")?;
+            if !v.starts_with('/') || v.contains(char::is_whitespace) {
+                return Err(i.invalid(v, "an absolute cgroup path without spaces"));
+            }
+            c.processor.cgroup = Some(v.trim_end_matches('/').to_string());
+            Ok(())
+        },
+        show: |c| c.processor.cgroup.as_ref().and_then(show::text),
     },
     Setting {
         key: "processor.allowed_uids",

@@ -2,11 +2,15 @@
 //! (uid, capability sets with the reason for each capability, `NoNewPrivs`, seccomp), plus
 //! the sandbox the processor reported when it connected (Landlock is not visible in `/proc`),
 //! checked against the documented policy. The running loader keeps that report in a status
-//! file next to the control socket (`sonde-status.json`, mode 0644, no secrets).
+//! file next to the control socket (`sonde-status.json`, mode 0644, no secrets), opened at
+//! start-up and rewritten in place (the loader can no longer create files there once it left
+//! uid 0).
 
 use std::{
-    io::Write,
+    fs::File,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 use caps::Capability;
@@ -44,27 +48,52 @@ pub struct ProcessorStatus {
     pub cgroup: Option<String>,
 }
 
+/// The status file as the running loader opened it at start-up.
+static STATUS_FILE: OnceLock<(PathBuf, File)> = OnceLock::new();
+
+/// Opens (creating, mode 0644) the status file the loader rewrites from then on; called
+/// while the loader may still create files there. Not following a symbolic link.
+pub fn open_status_file(path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("opening the status file {}", path.display()))?;
+    let _ = STATUS_FILE.set((path.to_path_buf(), file));
+    Ok(())
+}
+
 impl Status {
-    /// Replaces the status file (written aside, then renamed); failures are logged only.
+    /// Rewrites the status file in place (through the file opened at start-up; opened now
+    /// when there is none, as in unit tests). Readers retry a read that does not parse
+    /// ([`read_status`]). Failures are logged only.
     pub fn write(&self, path: &Path) {
-        let tmp = path.with_extension("json.tmp");
         let result = (|| -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-            std::fs::rename(&tmp, path)
+            let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+            let write = |f: &File| {
+                f.write_all_at(&bytes, 0)?;
+                f.set_len(bytes.len() as u64)
+            };
+            match STATUS_FILE.get() {
+                Some((opened, f)) if opened == path => write(f),
+                _ => {
+                    open_status_file(path).map_err(std::io::Error::other)?;
+                    match STATUS_FILE.get() {
+                        Some((opened, f)) if opened == path => write(f),
+                        _ => Err(std::io::Error::other("another status file is open")),
+                    }
+                }
+            }
         })();
         if let Err(e) = result {
             tracing::warn!(path = %path.display(), error = %e, "writing the status file failed");
         }
     }
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// One process as `/proc/<pid>/status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -196,11 +225,17 @@ pub fn report(control_socket: &Path) -> Report {
     }
 }
 
-/// The running loader's status file; None when it is missing or unreadable.
+/// The running loader's status file; None when it is missing or unreadable. The loader
+/// rewrites it in place, so a read that does not parse is retried a few times.
 fn read_status(path: &Path) -> Option<Status> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+    for _ in 0..20 {
+        let bytes = std::fs::read(path).ok()?;
+        if let Ok(s) = serde_json::from_slice(&bytes) {
+            return Some(s);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
 }
 
 /// Every running loader (`sonde` in single-host mode, `sonde-loader` otherwise).
@@ -238,6 +273,20 @@ fn loader_problems(l: &ProcessView, status: Option<&Status>) -> Vec<String> {
             .collect::<Vec<_>>(),
     );
     let mut problems = Vec::new();
+    // Single host leaves uid 0 after start-up (loader.user); the split loader runs as its
+    // unit's user (a root-started sonde-loader is not a shipped configuration).
+    if spawns && l.uid.split_whitespace().any(|u| u == "0") {
+        problems.push(format!(
+            "loader {} runs with uid 0 after start-up (uids {}; loader.user: root?)",
+            l.pid, l.uid
+        ));
+    }
+    if spawns && l.gid.split_whitespace().any(|g| g == "0") {
+        problems.push(format!(
+            "loader {} runs with gid 0 after start-up (gids {})",
+            l.pid, l.gid
+        ));
+    }
     for (cap, _) in &l.capabilities.effective {
         if !allowed.contains(cap) {
             problems.push(format!(

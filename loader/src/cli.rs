@@ -12,7 +12,9 @@ use crate::{
     processor_config::{self, Pass},
     sandbox, serve,
     start::{self, RunOptions},
+    supervisor,
 };
+use sonde_plumbing::notify::Notifier;
 
 /// Exit code of a configuration error (the loader's own, or the processor's).
 pub const EXIT_CONFIG: u8 = 2;
@@ -128,10 +130,13 @@ pub fn main_with(always_spawn_processor: bool) -> ExitCode {
     };
     match run(&config, &options) {
         Ok(()) => ExitCode::SUCCESS,
+        // Once: the log goes to standard error already.
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("sonde: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<supervisor::GaveUp>() {
+                Some(supervisor::GaveUp::Configuration) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -185,8 +190,25 @@ fn print_audit(config: &Config, json: bool) -> ExitCode {
 /// The loader proper: the privileged start, then the unprivileged serve loop until
 /// SIGINT/SIGTERM.
 fn run(config: &Config, options: &RunOptions) -> Result<()> {
+    // systemd's notify socket (Type=notify), connected before the run-time seccomp policy,
+    // which allows no new socket in split mode. Never handed on: the processor's environment
+    // is an allowlist without NOTIFY_SOCKET.
+    let notifier = Notifier::from_env()?;
     let started = start::start(config, options)?;
-    serve::serve(config, started)
+    // The programs are attached and the control socket (split) is listening: ready.
+    if let Err(e) = notifier.ready(if options.spawn_processor {
+        "kernel programs attached; starting the processor"
+    } else {
+        "kernel programs attached; control socket listening"
+    }) {
+        tracing::warn!(error = %e, "telling systemd the loader is ready (READY=1) failed");
+    }
+    serve::serve(config, started)?;
+    // The supervisor stops the loop when it gives up on the processor.
+    match supervisor::gave_up() {
+        Some(why) => Err(why.into()),
+        None => Ok(()),
+    }
 }
 
 /// The exit code for the processor's verdict on its configuration.

@@ -36,6 +36,9 @@ pub struct PeerPolicy {
     /// When set (`processor.binary` configured), the peer's executable must be this file:
     /// (device, inode).
     pub exe: Option<(u64, u64)>,
+    /// When set (`processor.cgroup` configured), the peer's cgroup must be this one or lie
+    /// below it.
+    pub cgroup: Option<String>,
 }
 
 /// A connected peer as the kernel describes it.
@@ -76,13 +79,27 @@ impl PeerPolicy {
                 ),
                 gid: check_group.then_some(gid),
                 exe: None,
+                cgroup: None,
             },
             ProcessorIdentity::AnyUserOfGroup { gid } => PeerPolicy {
                 uids: None,
                 gid: Some(gid),
                 exe: None,
+                cgroup: None,
             },
         }
+    }
+
+    /// Whether a peer in `cgroup` may connect: always when no cgroup is required.
+    pub fn allows_cgroup(&self, cgroup: Option<&str>) -> bool {
+        let Some(required) = &self.cgroup else {
+            return true;
+        };
+        cgroup.is_some_and(|c| {
+            c == required
+                || c.strip_prefix(required.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
     }
 
     pub fn allows(&self, uid: u32, gid: u32) -> bool {
@@ -225,6 +242,16 @@ impl ControlListener {
                 ),
             );
         }
+        if !policy.allows_cgroup(peer.cgroup.as_deref()) {
+            return refuse_with(
+                "peer is not in the processor's cgroup",
+                format!(
+                    "{who} cgroup {} (required {:?})",
+                    peer.cgroup.as_deref().unwrap_or("(unreadable)"),
+                    policy.cgroup
+                ),
+            );
+        }
         Ok(Some((conn, peer)))
     }
 
@@ -335,6 +362,7 @@ mod tests {
             uids: Some(vec![1000, 1001]),
             gid: None,
             exe: None,
+            cgroup: None,
         };
         assert!(user.allows(1000, 5) && user.allows(1001, 6));
         assert!(!user.allows(0, 0) && !user.allows(1002, 5));
@@ -342,6 +370,7 @@ mod tests {
             uids: Some(vec![1000]),
             gid: Some(50),
             exe: None,
+            cgroup: None,
         };
         assert!(user_and_group.allows(1000, 50));
         assert!(!user_and_group.allows(1000, 51));
@@ -349,6 +378,7 @@ mod tests {
             uids: None,
             gid: Some(50),
             exe: None,
+            cgroup: None,
         };
         assert!(any_of_group.allows(61184, 50) && any_of_group.allows(1, 50));
         assert!(!any_of_group.allows(61184, 51) && !any_of_group.allows(0, 0));
@@ -357,6 +387,7 @@ mod tests {
             uids: None,
             gid: None,
             exe: None,
+            cgroup: None,
         };
         assert!(!nobody.allows(1000, 1000));
     }
@@ -371,5 +402,18 @@ mod tests {
         let group = ProcessorIdentity::AnyUserOfGroup { gid: 50 };
         let p = PeerPolicy::for_processor(group, &[1001], false);
         assert_eq!((p.uids, p.gid), (None, Some(50)));
+    }
+
+    #[test]
+    fn a_required_cgroup_admits_itself_and_below_only() {
+        let mut p =
+            PeerPolicy::for_processor(ProcessorIdentity::AnyUserOfGroup { gid: 5 }, &[], true);
+        assert!(p.allows_cgroup(None));
+        p.cgroup = Some("/system.slice/sonde-processor.service".into());
+        assert!(p.allows_cgroup(Some("/system.slice/sonde-processor.service")));
+        assert!(p.allows_cgroup(Some("/system.slice/sonde-processor.service/inner")));
+        assert!(!p.allows_cgroup(Some("/system.slice/sonde-processor.service2")));
+        assert!(!p.allows_cgroup(Some("/user.slice/user-0.slice/session-1.scope")));
+        assert!(!p.allows_cgroup(None));
     }
 }

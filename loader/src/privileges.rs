@@ -9,6 +9,12 @@
 //!   crash), `CAP_SETPCAP` (empty the child's bounding set before exec) and `CAP_KILL` (stop a
 //!   processor running under another uid).
 //!
+//! Single-host `sonde` started as root also leaves uid 0 once the programs are attached
+//! ([`switch_user`]): it becomes `loader.user` (all four uids and gids, no supplementary
+//! groups) and keeps exactly the capabilities above, as the split loader's systemd unit does.
+//! Its `CAP_SETUID`/`CAP_SETGID` are pinned by a seccomp filter to the processor's ids
+//! (`sandbox::setid_filter`): they cannot bring uid 0 back.
+//!
 //! Loading programs (`CAP_BPF`, `CAP_PERFMON`) is a start-up need only, and so is
 //! `CAP_SYS_ADMIN`, which the loader uses only to mount tracefs where it is not mounted yet
 //! (nothing is pinned, so bpffs is never needed); map updates on fds already held need no
@@ -79,4 +85,95 @@ pub fn drop_to(keep: &CapsHashSet) -> Result<Vec<String>> {
     let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
     names.sort();
     Ok(names)
+}
+
+/// The user single-host `sonde` runs as after start-up (`loader.user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoaderUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl LoaderUser {
+    /// Resolves `loader.user` (a name or a numeric uid; gid: the user's primary group). It
+    /// must exist and differ from the processor's uid: a process of the processor's uid could
+    /// otherwise signal the loader and open its `/proc` files. `root` (uid 0) is the
+    /// operator's explicit, insecure choice to stay uid 0; `--audit` flags it.
+    pub fn resolve(user: &str, processor_uid: u32) -> Result<LoaderUser> {
+        let found = match user.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(uid.into())
+                .with_context(|| format!("looking up loader.user {user:?}"))?
+                .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+                .or((uid == 0).then_some((0, 0))),
+            Err(_) => nix::unistd::User::from_name(user)
+                .with_context(|| format!("looking up loader.user {user:?}"))?
+                .map(|u| (u.uid.as_raw(), u.gid.as_raw())),
+        };
+        let Some((uid, gid)) = found else {
+            anyhow::bail!(
+                "loader.user {user:?}: no such user. sonde leaves uid 0 after start-up for this \
+                 user: create it (`useradd --system --no-create-home --shell /usr/sbin/nologin \
+                 sonde-loader`, or the `u` line of deploy/systemd/sonde.sysusers) or set \
+                 loader.user (SONDE_LOADER_USER) to an existing user of its own"
+            );
+        };
+        if uid == processor_uid {
+            anyhow::bail!(
+                "loader.user {user:?} has the processor's uid {uid}: the loader needs a uid of its own"
+            );
+        }
+        Ok(LoaderUser { uid, gid })
+    }
+}
+
+/// Leaves uid 0 for `user`, keeping `keep` (already the only capabilities left, after
+/// [`drop_to`]): `PR_SET_KEEPCAPS` across `setresuid`, then the effective set raised again
+/// (the kernel clears it when the effective uid leaves 0). No supplementary groups remain.
+/// Verifies the result: all four uids and gids are `user`'s, and the permitted set is `keep`.
+pub fn switch_user(user: LoaderUser, keep: &CapsHashSet) -> Result<()> {
+    let os = |what: &str, rc: libc::c_int| -> Result<()> {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error()).with_context(|| what.to_string())
+        } else {
+            Ok(())
+        }
+    };
+    let before: CapsHashSet = caps::read(None, CapSet::Permitted)
+        .context("reading permitted capabilities")?
+        .intersection(keep)
+        .copied()
+        .collect();
+    // SAFETY: plain system calls on integers (setgroups with a count of 0 reads no memory);
+    // the loader is single-threaded here, so the per-thread credential calls cover the process.
+    unsafe {
+        os(
+            "PR_SET_KEEPCAPS",
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
+        )?;
+        os("setgroups", libc::setgroups(0, std::ptr::null()))?;
+        os("setresgid", libc::setresgid(user.gid, user.gid, user.gid))?;
+        os("setresuid", libc::setresuid(user.uid, user.uid, user.uid))?;
+        os(
+            "clearing PR_SET_KEEPCAPS",
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0),
+        )?;
+    }
+    let permitted =
+        caps::read(None, CapSet::Permitted).context("reading permitted capabilities")?;
+    caps::set(None, CapSet::Effective, &permitted).context("raising effective capabilities")?;
+    let (r, e, s) = (
+        nix::unistd::getresuid()?,
+        nix::unistd::getresgid()?,
+        nix::unistd::getgroups()?,
+    );
+    let uids = [r.real.as_raw(), r.effective.as_raw(), r.saved.as_raw()];
+    let gids = [e.real.as_raw(), e.effective.as_raw(), e.saved.as_raw()];
+    if uids != [user.uid; 3] || gids != [user.gid; 3] || !s.is_empty() || permitted != before {
+        anyhow::bail!(
+            "after switching to uid {} gid {}: uids {uids:?}, gids {gids:?}, groups {s:?}, permitted {permitted:?}",
+            user.uid,
+            user.gid
+        );
+    }
+    Ok(())
 }

@@ -9,6 +9,13 @@
 //! processor start (it inherits the filter, then adds its own, stricter one), so that variant
 //! additionally allows `execve`, the `set*id`/`capset` calls, executable mappings, the
 //! Landlock and seccomp calls, and TCP sockets.
+//!
+//! Single-host mode adds a third filter built at start-up ([`setid_filter`]), since it depends
+//! on the configured processor user: the loader (no longer uid 0, see `privileges`) keeps
+//! `CAP_SETUID`/`CAP_SETGID` only to start the processor, so `setresuid`/`setresgid` are
+//! allowed with exactly the processor's uid/gid, `setgroups` only to empty the list, and every
+//! other way to change ids (`setuid`, `setreuid`, `setfsuid`, their gid twins) fails with
+//! `EPERM`. The capabilities cannot bring uid 0 (and root-owned files) back.
 
 use anyhow::Context;
 use seccompiler::BpfProgram;
@@ -30,6 +37,58 @@ pub fn runtime_filters(spawns_processor: bool) -> [(&'static str, BpfProgram); 2
         ("loader_runtime", program(filters::LOADER_RUNTIME))
     };
     [("loader_clone3", program(filters::LOADER_CLONE3)), main]
+}
+
+/// Single host: the filter pinning id changes to the processor's `uid`/`gid` (module doc).
+pub fn setid_filter(uid: u32, gid: u32) -> anyhow::Result<BpfProgram> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    // Rules list what is refused: any argument that is not the pinned id.
+    let not = |arg: u8, value: u32| -> anyhow::Result<SeccompRule> {
+        Ok(SeccompRule::new(vec![SeccompCondition::new(
+            arg,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Ne,
+            u64::from(value),
+        )?])?)
+    };
+    let mut rules = std::collections::BTreeMap::new();
+    rules.insert(
+        libc::SYS_setresuid,
+        vec![not(0, uid)?, not(1, uid)?, not(2, uid)?],
+    );
+    rules.insert(
+        libc::SYS_setresgid,
+        vec![not(0, gid)?, not(1, gid)?, not(2, gid)?],
+    );
+    rules.insert(libc::SYS_setgroups, vec![not(0, 0)?]);
+    for always in [
+        libc::SYS_setuid,
+        libc::SYS_setgid,
+        libc::SYS_setreuid,
+        libc::SYS_setregid,
+        libc::SYS_setfsuid,
+        libc::SYS_setfsgid,
+    ] {
+        rules.insert(always, Vec::new());
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        std::env::consts::ARCH
+            .try_into()
+            .context("seccomp target architecture")?,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// Installs [`setid_filter`] on the calling thread.
+pub fn apply_setid_filter(uid: u32, gid: u32) -> anyhow::Result<&'static str> {
+    seccompiler::apply_filter(&setid_filter(uid, gid)?)
+        .context("installing the seccomp filter loader_setid")?;
+    Ok("loader_setid")
 }
 
 /// Installs the run-time filters on the calling thread (the loader is single-threaded).
@@ -82,8 +141,14 @@ pub fn check_runtime_policy(spawns_processor: bool) -> anyhow::Result<bool> {
     apply_runtime_policy(spawns_processor)?;
     // Zeroed `bpf()`/`perf_event_open` attributes; they outlive every probe below.
     let attr = [0u8; 128];
+    // A one-entry group list (root's group) for the setgroups probe.
+    let root_group: [libc::gid_t; 1] = [0];
     let mut probes = probes_for_every_mode(attr.as_ptr() as libc::c_long);
-    if !spawns_processor {
+    if spawns_processor {
+        // Pinned as for a processor running as nobody.
+        apply_setid_filter(65534, 65534)?;
+        probes.extend(setid_probes(root_group.as_ptr() as libc::c_long));
+    } else {
         probes.extend(probes_without_processor_spawn());
     }
     let mut all = true;
@@ -158,6 +223,27 @@ fn probes_without_processor_spawn() -> [Probe; 2] {
             ],
         ),
         Probe::forbidden("execve", libc::SYS_execve, [0, 0, 0]),
+    ]
+}
+
+/// Single host: no way back to uid 0 (or root's groups) through the kept `CAP_SETUID` and
+/// `CAP_SETGID`. Run as root, each would succeed without the filter.
+fn setid_probes(root_group_ptr: libc::c_long) -> [Probe; 6] {
+    [
+        Probe::forbidden("setresuid_root", libc::SYS_setresuid, [0, 0, 0]),
+        Probe::forbidden(
+            "setresuid_saved_root",
+            libc::SYS_setresuid,
+            [65534, 65534, 0],
+        ),
+        Probe::forbidden("setuid_root", libc::SYS_setuid, [0, 0, 0]),
+        Probe::forbidden("setresgid_root", libc::SYS_setresgid, [0, 0, 0]),
+        Probe::forbidden(
+            "setgroups_root_group",
+            libc::SYS_setgroups,
+            [1, root_group_ptr, 0],
+        ),
+        Probe::forbidden("setfsuid_root", libc::SYS_setfsuid, [0, 0, 0]),
     ]
 }
 

@@ -10,6 +10,7 @@ use sonde_config::Config;
 use tracing::{info, warn};
 
 use crate::{
+    audit,
     consumer::ConsumerGuard,
     control::{ControlListener, PeerPolicy},
     identity::{ProcessorIdentity, resolve_processor},
@@ -65,6 +66,22 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
         .spawn_processor
         .then(|| supervised_processor(config, identity, options))
         .transpose()?;
+    // Single host started as root: the user the loader becomes once the programs are
+    // attached (checked now, before anything is attached).
+    let loader_user = match &processor {
+        Some(spec) if nix::unistd::geteuid().is_root() => {
+            let user = privileges::LoaderUser::resolve(&config.loader_user, spec.uid)?;
+            if user.uid == 0 {
+                warn!(
+                    "loader.user is root: sonde keeps uid 0 after start-up (insecure; --audit flags it)"
+                );
+                None
+            } else {
+                Some(user)
+            }
+        }
+        _ => None,
+    };
 
     // 3. Tracefs, where the tracepoint formats are read (mounted only if missing).
     if kernel_layout::ensure_tracefs()? {
@@ -100,22 +117,48 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
         None
     } else {
         policy.exe = expected_executable(config)?;
+        policy.cgroup = config.processor.cgroup.clone();
         let listener = ControlListener::bind(&config.control_socket, identity)?;
-        info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, allowed_gid = ?policy.gid, executable_checked = policy.exe.is_some(), "control socket listening");
+        info!(socket = %config.control_socket.display(), allowed_uids = ?policy.uids, allowed_gid = ?policy.gid, executable_checked = policy.exe.is_some(), cgroup_required = ?policy.cgroup, "control socket listening");
         Some(listener)
     };
+    // The status file is opened now and rewritten in place: once the loader left uid 0 it may
+    // not create files in that directory.
+    audit::open_status_file(&audit::status_path(&config.control_socket))?;
 
-    // 7. Drop to the run-time capabilities, from every set.
+    // 7. Drop to the run-time capabilities, from every set; single host started as root also
+    //    leaves uid 0 for loader.user, keeping exactly those capabilities.
     let keep = privileges::runtime_capabilities(options.spawn_processor);
     let kept_capabilities = privileges::drop_to(&keep).context("dropping capabilities")?;
+    if let Some(user) = loader_user {
+        privileges::switch_user(user, &keep).with_context(|| {
+            format!(
+                "switching to loader.user {:?} (uid {}, gid {})",
+                config.loader_user, user.uid, user.gid
+            )
+        })?;
+        info!(
+            user = config.loader_user,
+            uid = user.uid,
+            gid = user.gid,
+            "left uid 0"
+        );
+    }
     info!(capabilities = ?kept_capabilities, "dropped to run-time capabilities");
 
     // 8. Stop on SIGINT/SIGTERM (before the seccomp policy, which need not allow sigaction).
     sonde_plumbing::stop::install()?;
 
-    // 9. The run-time seccomp policy: from here on no loading, attaching or mounting.
-    let filters = sandbox::apply_runtime_policy(options.spawn_processor)
-        .context("installing the run-time seccomp policy")?;
+    // 9. The run-time seccomp policy: from here on no loading, attaching or mounting. Single
+    //    host first pins id changes to the processor's ids.
+    let mut filters = Vec::new();
+    if let Some(spec) = &processor {
+        filters.push(sandbox::apply_setid_filter(spec.uid, spec.gid)?);
+    }
+    filters.extend(
+        sandbox::apply_runtime_policy(options.spawn_processor)
+            .context("installing the run-time seccomp policy")?,
+    );
     info!(?filters, "run-time seccomp policy installed");
 
     Ok(Started {

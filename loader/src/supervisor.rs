@@ -77,6 +77,85 @@ pub fn processor_env() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The processor's exit code for a configuration error (as the loader's own).
+const EXIT_CONFIG: i32 = 2;
+/// Start failures in a row, each the same, after which the supervisor gives up.
+pub const GIVE_UP_AFTER: u32 = 5;
+/// A processor that dies sooner than this after its start failed to start.
+pub const START_FAILURE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Why the supervisor stopped restarting the processor: a configuration error (its exit code
+/// 2, which a restart cannot fix) or the same start failure [`GIVE_UP_AFTER`] times in a row.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GaveUp {
+    #[error(
+        "the processor rejected its configuration (exit status 2; its message is above); \
+         not restarting it"
+    )]
+    Configuration,
+    #[error(
+        "the processor failed to start {count} times in a row, each time the same way \
+         ({failure}, within {within_s} s of its start); giving up (its own message is above)",
+        within_s = START_FAILURE_WITHIN.as_secs()
+    )]
+    Repeated { count: u32, failure: String },
+}
+
+/// Consecutive start failures: identical ones add up, anything else starts a new streak.
+#[derive(Debug, Default)]
+pub struct FailureStreak {
+    last: Option<String>,
+    count: u32,
+}
+
+impl FailureStreak {
+    /// Records how a processor ended: `exit_code` (None: killed by a signal, or it never
+    /// started), `failure` as the log names it, `ran` how long it ran. Some when it is time to
+    /// give up.
+    pub fn record(
+        &mut self,
+        exit_code: Option<i32>,
+        failure: &str,
+        ran: Duration,
+    ) -> Option<GaveUp> {
+        if ran >= START_FAILURE_WITHIN {
+            // It started; a later death is not a start failure.
+            self.last = None;
+            self.count = 0;
+            return None;
+        }
+        if exit_code == Some(EXIT_CONFIG) {
+            return Some(GaveUp::Configuration);
+        }
+        if self.last.as_deref() == Some(failure) {
+            self.count += 1;
+        } else {
+            self.last = Some(failure.to_string());
+            self.count = 1;
+        }
+        (self.count >= GIVE_UP_AFTER).then(|| GaveUp::Repeated {
+            count: self.count,
+            failure: failure.to_string(),
+        })
+    }
+}
+
+/// Set once when the supervisor gives up; the loader's main loop stops and `cli` exits with
+/// this error (logged once, there).
+static GAVE_UP: std::sync::Mutex<Option<GaveUp>> = std::sync::Mutex::new(None);
+
+/// Why the supervisor gave up, if it did.
+pub fn gave_up() -> Option<GaveUp> {
+    GAVE_UP.lock().ok().and_then(|g| g.clone())
+}
+
+fn give_up(why: GaveUp) {
+    if let Ok(mut g) = GAVE_UP.lock() {
+        g.get_or_insert(why);
+    }
+    sonde_plumbing::stop::request();
+}
+
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A processor that ran this long is considered healthy: the next restart starts fast again.
@@ -94,6 +173,7 @@ pub struct Supervisor {
     next_start: Option<Instant>,
     spawned: u64,
     pub restarts: u64,
+    failures: FailureStreak,
 }
 
 impl Supervisor {
@@ -113,6 +193,7 @@ impl Supervisor {
             next_start: Some(Instant::now()),
             spawned: 0,
             restarts: 0,
+            failures: FailureStreak::default(),
         }
     }
 
@@ -141,8 +222,17 @@ impl Supervisor {
                     if ran >= HEALTHY_AFTER {
                         self.backoff = BACKOFF_START;
                     }
-                    warn!(pid = child.id(), %status, ran_ms = ran.as_millis() as u64, restart_in_ms = self.backoff.as_millis() as u64, "processor exited; restarting");
+                    let pid = child.id();
                     self.child = None;
+                    if let Some(why) =
+                        self.failures
+                            .record(status.code(), &format!("exited with {status}"), ran)
+                    {
+                        warn!(pid, %status, ran_ms = ran.as_millis() as u64, "processor exited");
+                        give_up(why);
+                        return None;
+                    }
+                    warn!(pid, %status, ran_ms = ran.as_millis() as u64, restart_in_ms = self.backoff.as_millis() as u64, "processor exited; restarting");
                     self.next_start = Some(Instant::now() + self.backoff);
                     self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 }
@@ -165,8 +255,14 @@ impl Supervisor {
                     return Some((conn, pid));
                 }
                 Err(e) => {
+                    let error = format!("{e:#}");
+                    if let Some(why) = self.failures.record(None, &error, Duration::ZERO) {
+                        give_up(why);
+                        self.next_start = None;
+                        return None;
+                    }
                     warn!(
-                        error = format!("{e:#}"),
+                        error,
                         retry_in_ms = self.backoff.as_millis() as u64,
                         "starting the processor failed"
                     );
@@ -381,8 +477,9 @@ fn drop_steps(uid: u32, gid: u32, control: RawFd) -> Result<(), DropError> {
             0,
         ))
         .map_err(DropError::AmbientSet)?;
-        let groups = [gid];
-        check(libc::setgroups(1, groups.as_ptr())).map_err(DropError::Setgroups)?;
+        // No supplementary groups (the primary gid is set below). An empty list is also all
+        // the single-host loader's seccomp filter lets setgroups set (sandbox::setid_filter).
+        check(libc::setgroups(0, std::ptr::null())).map_err(DropError::Setgroups)?;
         check(libc::setresgid(gid, gid, gid)).map_err(DropError::Setresgid)?;
         check(libc::setresuid(uid, uid, uid)).map_err(DropError::Setresuid)?;
         // setresuid away from 0 clears permitted/effective; clear inheritable explicitly too.
@@ -423,6 +520,63 @@ struct CapData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_supervisor_gives_up_on_repeated_identical_start_failures() {
+        let quick = Duration::from_millis(50);
+        let mut streak = FailureStreak::default();
+        for _ in 1..GIVE_UP_AFTER {
+            assert_eq!(
+                streak.record(Some(1), "exited with exit status: 1", quick),
+                None
+            );
+        }
+        let why = streak
+            .record(Some(1), "exited with exit status: 1", quick)
+            .expect("gives up");
+        assert_eq!(
+            why,
+            GaveUp::Repeated {
+                count: GIVE_UP_AFTER,
+                failure: "exited with exit status: 1".into()
+            }
+        );
+        assert!(why.to_string().contains("5 times in a row"), "{why}");
+
+        // A different failure starts a new streak; so does a processor that ran a while.
+        let mut streak = FailureStreak::default();
+        for i in 0..3 * GIVE_UP_AFTER {
+            let failure = if i % 2 == 0 { "a" } else { "b" };
+            assert_eq!(streak.record(Some(1), failure, quick), None);
+        }
+        let mut streak = FailureStreak::default();
+        for i in 0..3 * GIVE_UP_AFTER {
+            let ran = if i % 4 == 3 {
+                START_FAILURE_WITHIN
+            } else {
+                quick
+            };
+            assert_eq!(streak.record(Some(1), "a", ran), None);
+        }
+        // A configuration error (exit code 2) at start: at once.
+        let mut streak = FailureStreak::default();
+        assert_eq!(
+            streak.record(Some(2), "exited with exit status: 2", quick),
+            Some(GaveUp::Configuration)
+        );
+        // ... but not from a processor that had been running.
+        assert_eq!(
+            streak.record(Some(2), "exited with exit status: 2", START_FAILURE_WITHIN),
+            None
+        );
+        // Spawn errors (no exit code) count the same way.
+        let mut streak = FailureStreak::default();
+        let outcomes: Vec<_> = (0..GIVE_UP_AFTER)
+            .map(|_| streak.record(None, "spawning x: No such file", Duration::ZERO))
+            .collect();
+        assert!(outcomes[..4].iter().all(Option::is_none));
+        assert!(outcomes[4].is_some());
+    }
 
     #[test]
     fn step_numbers_round_trip() {

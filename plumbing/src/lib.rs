@@ -5,5 +5,6 @@
 //! `/proc`, and only `nix`, `thiserror` and `tracing-subscriber` as dependencies.
 
 pub mod logging;
+pub mod notify;
 pub mod proc_status;
 pub mod stop;

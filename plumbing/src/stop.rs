@@ -35,6 +35,11 @@ pub fn install() -> Result<(), StopError> {
     Ok(())
 }
 
+/// Asks the main loop to stop as a stop signal would (the supervisor giving up).
+pub fn request() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
 /// True once SIGINT or SIGTERM has arrived (after [`install`]).
 pub fn requested() -> bool {
     STOP.load(Ordering::SeqCst)

@@ -50,6 +50,68 @@ pub fn connect_to(path: &Path) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// First and longest wait between connect attempts while the loader is not up.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// True for the errors of a loader that is not (yet, or no longer) listening: no socket file,
+/// or one nobody accepts on. Anything else (permissions, a bad path) will not pass by itself.
+fn loader_not_up(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<nix::Error>())
+        .any(|e| {
+            matches!(
+                e,
+                nix::Error::ENOENT | nix::Error::ECONNREFUSED | nix::Error::EAGAIN
+            )
+        })
+}
+
+/// `connect_to`, retried while the loader is not up (split deployments start the units in
+/// any order, and a restarting loader is briefly gone): the wait doubles from 100 ms up to
+/// 5 s between attempts, logged once when the waiting starts and once when it ends. The
+/// process's default SIGTERM action still ends it while it waits.
+pub fn connect_retrying(path: &Path) -> Result<OwnedFd> {
+    let started = std::time::Instant::now();
+    let mut delay = RETRY_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match connect_to(path) {
+            Ok(fd) => {
+                if attempts > 1 {
+                    tracing::info!(
+                        socket = %path.display(),
+                        attempts,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "the loader is up; connected"
+                    );
+                }
+                return Ok(fd);
+            }
+            Err(e) if loader_not_up(&e) => {
+                if attempts == 1 {
+                    tracing::warn!(
+                        socket = %path.display(),
+                        error = format!("{e:#}"),
+                        max_retry_ms = RETRY_MAX.as_millis() as u64,
+                        "the loader is not up yet; retrying the connect with backoff"
+                    );
+                } else {
+                    tracing::debug!(
+                        attempts,
+                        error = format!("{e:#}"),
+                        "still waiting for the loader"
+                    );
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Takes the control socket inherited from the loader (`--control-fd`, single-host mode: one
 /// end of a `socketpair` the loader made for this process alone). Checked to be an open
 /// `SOCK_SEQPACKET` socket, then marked close-on-exec so it reaches no other program.
@@ -83,7 +145,8 @@ pub fn hello(conn: BorrowedFd<'_>, sandbox: &SandboxReport) -> Result<(Welcome, 
     ProcessorMessage::Hello(Hello {
         agent: concat!("sonde-processor ", env!("CARGO_PKG_VERSION")).to_string(),
         sandbox: Some(SandboxState {
-            landlock: sandbox.landlock,
+            // The wire keeps a flag: at least the filesystem rules are enforced.
+            landlock: sandbox.landlock.any(),
             seccomp_filters: u8::try_from(sandbox.seccomp_filters).unwrap_or(u8::MAX),
         }),
     })

@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Parser;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use sonde_plumbing::{proc_status::ProcStatus, stop};
+use sonde_plumbing::{notify::Notifier, proc_status::ProcStatus, stop};
 use sonde_processor::{
     config::{Config, TracePrinter},
     control,
@@ -26,7 +26,7 @@ use sonde_processor::{
     pipeline::{self, Pipeline, SpanSink},
     privileges,
     ringbuf::RingReader,
-    sandbox::{self, SandboxPolicy, SandboxReport},
+    sandbox::{self, LandlockMode, SandboxPolicy, SandboxReport},
     sandbox_check::{self, ProbeTargets},
 };
 use tracing::{error, info, warn};
@@ -61,9 +61,12 @@ struct Cli {
     /// Span output: disabled, text or json (overrides trace_printer / BEYLA_TRACE_PRINTER).
     #[arg(long)]
     trace_printer: Option<String>,
-    /// Run without the Landlock ruleset when the kernel cannot enforce it (insecure; same as
-    /// processor.insecure_no_landlock).
-    #[arg(long)]
+    /// Landlock: best_effort (enforce what the kernel has), required (refuse to start without
+    /// the whole ruleset) or off (overrides processor.landlock / SONDE_LANDLOCK).
+    #[arg(long, value_name = "MODE")]
+    landlock: Option<String>,
+    /// Run without any Landlock ruleset (insecure, flagged by --audit; same as --landlock off).
+    #[arg(long, conflicts_with = "landlock")]
     insecure_no_landlock: bool,
     /// Apply the sandbox, try what it must forbid and allow, print one JSON line per probe and
     /// exit (0 when every probe came out as expected). Does not connect to the loader.
@@ -171,15 +174,23 @@ fn run(config: &Config, policy: &SandboxPolicy, control: Endpoint) -> Result<()>
     // inherit it.
     // Refuse privilege before touching the loader at all (the sandbox checks again).
     privileges::ensure_unprivileged()?;
-    // The control socket is connected (not read) first: seccomp allows no new AF_UNIX socket.
+    // Unix sockets are connected (not read) first: seccomp allows no new AF_UNIX socket, and
+    // Landlock scopes abstract ones. The systemd notify socket (Type=notify), then the
+    // control socket: in split deployments the loader may not be up yet (units start in any
+    // order, or it is restarting), so the connect is retried with a bounded backoff.
+    let notifier = Notifier::from_env()?;
     let control = match control {
-        Endpoint::Path(path) => Endpoint::Inherited(control::connect_to(&path)?),
+        Endpoint::Path(path) => Endpoint::Inherited(control::connect_retrying(&path)?),
         inherited @ Endpoint::Inherited(_) => inherited,
     };
     let sandbox = sandbox(policy)?;
     stop::install()?;
     let mut loader = connect(control, &sandbox)?;
     let mut pipeline = start_pipeline(config)?;
+    // Connected, the ring mapped and the exporters up: ready (systemd Type=notify).
+    if let Err(e) = notifier.ready("connected to the loader") {
+        warn!(error = %e, "telling systemd the processor is ready (READY=1) failed");
+    }
     let result = run_passes(&mut loader, &mut pipeline);
     shut_down(&loader, pipeline, &result);
     result
@@ -198,6 +209,14 @@ fn configure(cli: &Cli) -> Result<Config, ExitCode> {
         config.trace_printer =
             TracePrinter::parse("--trace-printer", p).map_err(|e| invalid(&e))?;
     }
+    if let Some(mode) = &cli.landlock {
+        config.shared.processor.landlock =
+            LandlockMode::parse("--landlock", mode).map_err(|e| invalid(&e))?;
+        config.shared.processor.insecure_no_landlock = false;
+    }
+    if cli.insecure_no_landlock {
+        config.shared.processor.landlock = LandlockMode::Off;
+    }
     if cli.print_config {
         print!("{}", config.to_yaml());
         return Err(ExitCode::SUCCESS);
@@ -208,9 +227,6 @@ fn configure(cli: &Cli) -> Result<Config, ExitCode> {
     }
     if cli.check_config {
         return Err(ExitCode::SUCCESS);
-    }
-    if cli.insecure_no_landlock {
-        config.shared.processor.insecure_no_landlock = true;
     }
     Ok(config)
 }
@@ -251,7 +267,7 @@ fn sandbox_policy(config: &Config, config_file: Option<&Path>) -> SandboxPolicy 
         read_paths,
         connect_ports,
         bind_ports: config.prometheus_export.port.into_iter().collect(),
-        insecure_no_landlock: config.shared.processor.insecure_no_landlock,
+        landlock: config.shared.processor.landlock_mode(),
     }
 }
 
@@ -270,13 +286,25 @@ fn sandbox(policy: &SandboxPolicy) -> Result<SandboxReport> {
         uid = status.uid.real,
         no_new_privs = status.no_new_privs,
         cap_bnd = format!("{:016x}", status.cap_bnd),
-        landlock = sandbox.landlock,
+        landlock = sandbox.landlock.any(),
+        landlock_mode = sandbox.landlock_mode.as_str(),
+        landlock_abi = sandbox.landlock.abi,
+        landlock_tcp = sandbox.landlock.tcp,
+        landlock_scoping = sandbox.landlock.scoping,
         seccomp_filters = sandbox.seccomp_filters,
         "running unprivileged and sandboxed"
     );
-    if !sandbox.landlock {
+    // Once, at start: what Landlock does and does not enforce here (seccomp is on either way).
+    if sandbox.landlock_mode == LandlockMode::Off {
         warn!(
-            "Landlock is OFF (processor.insecure_no_landlock): file and TCP access are not restricted"
+            "Landlock is OFF (processor.landlock: off): file and TCP access are not restricted; seccomp still applies"
+        );
+    } else if sandbox.landlock.complete() {
+        info!("{}", sandbox.landlock.describe());
+    } else {
+        warn!(
+            "{} (processor.landlock: best_effort; seccomp still applies)",
+            sandbox.landlock.describe()
         );
     }
     Ok(sandbox)

@@ -7,9 +7,12 @@
 //!    configuration file, TLS trust stores and the name-resolution files; no other file access
 //!    at all (files already open, such as stdout, are unaffected); TCP connect and bind only
 //!    to the ports the configuration exports to or serves on; abstract Unix sockets and
-//!    signals scoped to the processor itself. It fails closed: if the kernel cannot enforce
-//!    the whole ruleset the processor refuses to start, unless the operator set
-//!    `processor.insecure_no_landlock`.
+//!    signals scoped to the processor itself. Best effort by default (`processor.landlock`):
+//!    each right the kernel lacks is left out (filesystem rules need ABI 1, Linux 5.13; TCP
+//!    ports ABI 4, Linux 6.7; abstract-socket and signal scoping ABI 6, Linux 6.12) and `main`
+//!    logs once what is and is not enforced ([`LandlockEnforcement`]); seccomp alone still
+//!    denies new Unix sockets, UDP and `kill`. With `processor.landlock: required` it fails
+//!    closed: a kernel that cannot enforce the whole ruleset stops the start.
 //! 3. seccomp: the allowlist in `seccomp/processor.json`, compiled into BPF by `build.rs`;
 //!    every other system call fails with `EPERM` (`clone3` with `ENOSYS`, so glibc falls back
 //!    to `clone`, which the allowlist restricts to threads). Egress: `socket()` makes TCP
@@ -32,10 +35,12 @@
 use std::path::PathBuf;
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, NetPort, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetStatus, Scope, path_beneath_rules,
+    ABI, Access, AccessFs, AccessNet, LandlockStatus, NetPort, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
 };
 use seccompiler::BpfProgram;
+use serde::Serialize;
+pub use sonde_config::LandlockMode;
 
 mod filters {
     include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
@@ -69,8 +74,8 @@ pub struct SandboxPolicy {
     pub connect_ports: Vec<u16>,
     /// TCP ports the processor may bind (the Prometheus endpoint).
     pub bind_ports: Vec<u16>,
-    /// Run without Landlock (the operator's explicit, insecure choice).
-    pub insecure_no_landlock: bool,
+    /// How strictly Landlock is enforced (`processor.landlock`).
+    pub landlock: LandlockMode,
 }
 
 /// The port glibc's resolver queries name servers on (TCP, with `use-vc`).
@@ -105,11 +110,101 @@ fn resolve_names_over_tcp() {
     unsafe { std::env::set_var(VAR, options) };
 }
 
+/// What of the Landlock ruleset the kernel enforces, from the ABI it offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LandlockEnforcement {
+    /// The Landlock ABI the ruleset was enforced with (0: none: no Landlock in the kernel, not
+    /// enabled in `lsm=`, or `processor.landlock: off`).
+    pub abi: u8,
+    /// File access: read-only `/proc`, configuration and trust stores, nothing else (ABI 1).
+    pub filesystem: bool,
+    /// `truncate(2)` and `ioctl` on devices are covered too (ABI 3 and 5; seccomp denies
+    /// `truncate` and `ioctl` anyway).
+    pub filesystem_complete: bool,
+    /// TCP bind and connect only to the configured ports (ABI 4).
+    pub tcp: bool,
+    /// Abstract Unix sockets and signals scoped to the processor (ABI 6).
+    pub scoping: bool,
+}
+
+impl LandlockEnforcement {
+    /// Nothing enforced.
+    pub const NONE: LandlockEnforcement = LandlockEnforcement {
+        abi: 0,
+        filesystem: false,
+        filesystem_complete: false,
+        tcp: false,
+        scoping: false,
+    };
+
+    /// What the processor's ruleset (written for [`LANDLOCK_ABI`]) enforces on a kernel
+    /// offering `abi`: each right the kernel lacks is left out.
+    pub fn for_abi(abi: ABI) -> LandlockEnforcement {
+        let n = (abi as i32).clamp(0, LANDLOCK_ABI as i32);
+        LandlockEnforcement {
+            abi: n as u8,
+            filesystem: n >= 1,
+            filesystem_complete: n >= 5,
+            tcp: n >= 4,
+            scoping: n >= 6,
+        }
+    }
+
+    /// At least the filesystem rules are enforced.
+    pub fn any(&self) -> bool {
+        self.filesystem
+    }
+
+    /// Every right of the ruleset is enforced.
+    pub fn complete(&self) -> bool {
+        self.filesystem && self.filesystem_complete && self.tcp && self.scoping
+    }
+
+    /// One line for the log: what is enforced, what is not and which kernel would add it.
+    pub fn describe(&self) -> String {
+        if !self.any() {
+            return "Landlock NOT enforced (files, TCP ports and scoping rest on seccomp alone: \
+                    no new Unix or UDP sockets, no kill; file reads and TCP ports are open)"
+                .to_string();
+        }
+        let mut enforced = vec!["filesystem"];
+        let mut missing = Vec::new();
+        if !self.filesystem_complete {
+            missing.push("truncate/device-ioctl file rights (ABI 3/5; seccomp denies both)");
+        }
+        if self.tcp {
+            enforced.push("TCP bind/connect ports");
+        } else {
+            missing.push("TCP bind/connect ports (ABI 4, Linux 6.7)");
+        }
+        if self.scoping {
+            enforced.push("abstract-socket and signal scoping");
+        } else {
+            missing.push(
+                "abstract-socket and signal scoping (ABI 6, Linux 6.12; seccomp still denies \
+                 new Unix sockets and kill)",
+            );
+        }
+        let mut line = format!(
+            "Landlock ABI {}: enforced: {}",
+            self.abi,
+            enforced.join(", ")
+        );
+        if !missing.is_empty() {
+            line.push_str("; NOT enforced: ");
+            line.push_str(&missing.join(", "));
+        }
+        line
+    }
+}
+
 /// What was applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxReport {
-    /// False only when the operator turned Landlock off.
-    pub landlock: bool,
+    /// The Landlock mode asked for.
+    pub landlock_mode: LandlockMode,
+    /// What of the Landlock ruleset is enforced.
+    pub landlock: LandlockEnforcement,
     /// Seccomp filters installed.
     pub seccomp_filters: usize,
     /// `PR_GET_DUMPABLE` as the sandbox went up (false: `main` made the process non-dumpable).
@@ -123,12 +218,12 @@ pub enum SandboxError {
     #[error("building the Landlock ruleset: {0}")]
     Landlock(#[from] landlock::RulesetError),
     #[error(
-        "this kernel cannot fully enforce the processor's Landlock ruleset (status {status}; \
-         it needs Landlock ABI 6, Linux 6.12 or later, with landlock in the lsm= list). \
-         Refusing to run unsandboxed; set processor.insecure_no_landlock: true \
-         (or SONDE_INSECURE_NO_LANDLOCK=true) to run without Landlock anyway"
+        "processor.landlock is required, but this kernel cannot fully enforce the processor's \
+         Landlock ruleset ({enforced}; the whole ruleset needs Landlock ABI 6, Linux 6.12 or \
+         later, with landlock in the lsm= list). Set processor.landlock: best_effort \
+         (SONDE_LANDLOCK=best_effort) to start with what the kernel enforces"
     )]
-    LandlockNotEnforced { status: String },
+    LandlockNotEnforced { enforced: String },
     #[error("installing the seccomp filter {name}: {source}")]
     Seccomp {
         name: &'static str,
@@ -149,11 +244,9 @@ pub fn apply(policy: &SandboxPolicy) -> Result<SandboxReport, SandboxError> {
     nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
     resolve_names_over_tcp();
     let dumpable = crate::privileges::is_dumpable();
-    let landlock = if policy.insecure_no_landlock {
-        false
-    } else {
-        restrict_with_landlock(policy)?;
-        true
+    let landlock = match policy.landlock {
+        LandlockMode::Off => LandlockEnforcement::NONE,
+        mode => restrict_with_landlock(policy, mode)?,
     };
     let filters = seccomp_filters();
     for (name, filter) in &filters {
@@ -161,13 +254,20 @@ pub fn apply(policy: &SandboxPolicy) -> Result<SandboxReport, SandboxError> {
             .map_err(|source| SandboxError::Seccomp { name, source })?;
     }
     Ok(SandboxReport {
+        landlock_mode: policy.landlock,
         landlock,
         seccomp_filters: filters.len(),
         dumpable,
     })
 }
 
-fn restrict_with_landlock(policy: &SandboxPolicy) -> Result<(), SandboxError> {
+/// Builds and enforces the ruleset, best effort (the crate's default compatibility level:
+/// rights the kernel lacks are left out), then reads what the kernel enforced. In `required`
+/// mode anything short of the whole ruleset is an error.
+fn restrict_with_landlock(
+    policy: &SandboxPolicy,
+    mode: LandlockMode,
+) -> Result<LandlockEnforcement, SandboxError> {
     let abi = LANDLOCK_ABI;
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let readable = ["/proc"]
@@ -194,17 +294,73 @@ fn restrict_with_landlock(policy: &SandboxPolicy) -> Result<(), SandboxError> {
         .add_rules(path_beneath_rules(readable, read))?
         .add_rules(ports)?
         .restrict_self()?;
-    if status.ruleset != RulesetStatus::FullyEnforced {
+    let enforced = match (&status.ruleset, status.landlock) {
+        (RulesetStatus::NotEnforced, _) => LandlockEnforcement::NONE,
+        (_, LandlockStatus::Available { effective_abi, .. }) => {
+            LandlockEnforcement::for_abi(effective_abi)
+        }
+        (_, LandlockStatus::NotEnabled | LandlockStatus::NotImplemented) => {
+            LandlockEnforcement::NONE
+        }
+    };
+    if mode == LandlockMode::Required
+        && (status.ruleset != RulesetStatus::FullyEnforced || !enforced.complete())
+    {
         return Err(SandboxError::LandlockNotEnforced {
-            status: format!("{:?}", status.ruleset),
+            enforced: enforced.describe(),
         });
     }
-    Ok(())
+    Ok(enforced)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What each Landlock ABI brings to the processor's ruleset, and how the log says it
+    /// (kernels older than the test machine's cannot be simulated, so the report is checked
+    /// from the ABI alone).
+    #[test]
+    fn enforcement_follows_the_kernel_abi() {
+        let none = LandlockEnforcement::for_abi(ABI::Unsupported);
+        assert_eq!(none, LandlockEnforcement::NONE);
+        assert!(!none.any());
+        assert!(none.describe().contains("Landlock NOT enforced"));
+
+        let v1 = LandlockEnforcement::for_abi(ABI::V1);
+        assert!(v1.filesystem && !v1.filesystem_complete && !v1.tcp && !v1.scoping);
+        let line = v1.describe();
+        assert!(
+            line.starts_with("Landlock ABI 1: enforced: filesystem;"),
+            "{line}"
+        );
+        assert!(line.contains("NOT enforced: "), "{line}");
+        assert!(line.contains("TCP bind/connect ports (ABI 4"), "{line}");
+        assert!(line.contains("signal scoping (ABI 6"), "{line}");
+
+        let v4 = LandlockEnforcement::for_abi(ABI::V4);
+        assert!(v4.filesystem && v4.tcp && !v4.scoping && !v4.filesystem_complete);
+        let line = v4.describe();
+        assert!(
+            line.contains("enforced: filesystem, TCP bind/connect ports;"),
+            "{line}"
+        );
+        assert!(!line.contains("TCP bind/connect ports (ABI 4"), "{line}");
+
+        let v5 = LandlockEnforcement::for_abi(ABI::V5);
+        assert!(v5.filesystem_complete && v5.tcp && !v5.scoping && !v5.complete());
+
+        for abi in [ABI::V6, ABI::V7, ABI::V9] {
+            let full = LandlockEnforcement::for_abi(abi);
+            assert!(full.complete(), "{abi:?}");
+            assert_eq!(full.abi, 6, "the ruleset is written for ABI 6");
+            assert!(
+                !full.describe().contains("NOT enforced"),
+                "{}",
+                full.describe()
+            );
+        }
+    }
 
     /// The filters in the binary are exactly what the policy file compiles to today.
     #[test]

@@ -649,7 +649,10 @@ pub fn run_and_report(sandbox: &SandboxReport, targets: &ProbeTargets) -> bool {
     println!(
         "{}",
         serde_json::json!({
-            "landlock": sandbox.landlock,
+            "landlock": sandbox.landlock.any(),
+            "landlock_mode": sandbox.landlock_mode.as_str(),
+            "landlock_enforced": sandbox.landlock,
+            "landlock_report": sandbox.landlock.describe(),
             "seccomp_filters_installed": sandbox.seccomp_filters,
             "dumpable": sandbox.dumpable,
             "status": status,

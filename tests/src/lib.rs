@@ -254,6 +254,28 @@ pub fn run_python_client(client: &mut Proc) -> Vec<u16> {
         .collect()
 }
 
+/// The user single-host `sonde` switches to after start-up (`loader.user`'s default).
+pub const LOADER_USER: &str = "sonde-loader";
+
+/// Creates a system user (no home, no login shell) unless it exists, as an install would.
+pub fn ensure_system_user(name: &str) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .status()
+            .expect("useradd");
+        assert!(status.success(), "useradd {name}");
+    }
+}
+
 /// Running `sonde` (single host) with its span output collected.
 pub struct Sonde {
     pub proc: Proc,
@@ -289,6 +311,9 @@ impl Sonde {
         dir: &TempDir,
     ) -> Sonde {
         let control_socket = dir.path("control.sock");
+        if binary_name == "sonde" {
+            ensure_system_user(LOADER_USER);
+        }
         let mut cmd = Command::new(binary(binary_name));
         cmd.args(args);
         Sonde::attach(binary_name, cmd, env, control_socket)

@@ -65,10 +65,18 @@ fn audit_of_a_single_host_pair_passes_with_reasons_for_each_capability() {
     let p = &processors[0];
     assert_eq!(p["landlock"], true);
     assert_eq!(p["seccomp_mode"], 2);
-    // Its own two filters on top of the two it inherits from the loader's single-host policy.
-    assert_eq!(p["seccomp_filters"], 4);
+    // Its own two filters on top of the three it inherits from the loader's single-host
+    // policy (clone3, the run-time allowlist, the setid pin).
+    assert_eq!(p["seccomp_filters"], 5);
     assert_eq!(loaders[0]["seccomp_mode"], 2);
-    assert_eq!(loaders[0]["seccomp_filters"], 2);
+    assert_eq!(loaders[0]["seccomp_filters"], 3);
+    // The loader left uid 0 (all four ids).
+    let loader_uid = loaders[0]["uid"].as_str().expect("uid");
+    assert!(
+        loader_uid.split_whitespace().count() == 4
+            && loader_uid.split_whitespace().all(|u| u != "0"),
+        "{loader_uid}"
+    );
     assert_eq!(p["no_new_privs"], true);
     assert_eq!(p["uid"], "65534 65534 65534 65534");
     assert_eq!(p["capabilities"]["effective"], Value::Array(vec![]));
@@ -110,4 +118,38 @@ fn audit_flags_a_processor_running_without_landlock() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("without Landlock"), "{problems:?}");
     assert_eq!(report["processors"][0]["landlock"], false);
+}
+
+/// `loader.user: root` keeps `sonde` at uid 0 after start-up: the operator's choice, which
+/// `--audit` reports as a departure from the policy.
+#[test]
+fn audit_flags_a_single_host_loader_left_at_uid_0() {
+    let _guard = serial();
+    let dir = TempDir::new("audit-root-loader");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[("SONDE_LOADER_USER", "root")],
+        &dir,
+        &[server.pid()],
+    );
+    sonde.wait_log("loader.user is root", Duration::from_secs(5));
+    let (report, ok) = audit(&sonde.control_socket);
+    assert!(!ok, "audit passed a loader at uid 0: {report:#}");
+    let problems: Vec<String> =
+        serde_json::from_value(report["problems"].clone()).expect("problems");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("runs with uid 0 after start-up")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("runs with gid 0 after start-up")),
+        "{problems:?}"
+    );
+    assert_eq!(problems.len(), 2, "{problems:?}");
 }

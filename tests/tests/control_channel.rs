@@ -598,3 +598,104 @@ fn a_poisoned_consumer_position_does_not_blind_the_next_processor() {
         "a request made while the ring was parked is lost, not replayed"
     );
 }
+
+/// A cgroup made for one test under the cgroup v2 mount, removed when dropped (once empty).
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    /// As `/proc/<pid>/cgroup` names it.
+    name: String,
+}
+
+impl TestCgroup {
+    fn new(tag: &str) -> TestCgroup {
+        // The cgroup v2 mount: /sys/fs/cgroup on a unified host, /sys/fs/cgroup/unified on a
+        // hybrid one (this machine).
+        let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&"cgroup2"))
+            .map(|f| f[1].to_string())
+            .expect("a cgroup2 mount");
+        let name = format!("/sonde-e2e-{tag}-{}", std::process::id());
+        let dir = std::path::PathBuf::from(format!("{root}{name}"));
+        std::fs::create_dir(&dir).expect("creating a test cgroup");
+        TestCgroup { dir, name }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_peer_outside_the_processor_cgroup_is_refused() {
+    let _guard = serial();
+    let dir = TempDir::new("cgroup");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let cgroup = TestCgroup::new("proc");
+    let loader = split_loader(
+        &dir,
+        &port.to_string(),
+        &format!("  cgroup: {}\n", cgroup.name),
+    );
+    loader.wait_selected(server.pid());
+
+    // The right uid, the right binary, the wrong cgroup (the test's own): refused.
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ])
+    .arg(installed_binary("sonde-processor", &dir))
+    .arg("--control")
+    .arg(&loader.control_socket);
+    let outsider = Sonde::attach("sonde-processor", cmd, &[], loader.control_socket.clone());
+    let reason = "peer is not in the processor's cgroup";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused_count(&loader, reason) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        refused_count(&loader, reason) >= 1,
+        "{:?}",
+        loader.log_lines()
+    );
+    assert_eq!(outsider.log_count("ring buffer mapped"), 0);
+    drop(outsider);
+
+    // The same processor started inside the cgroup connects and its spans flow.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all -- \"$0\" --control \"$1\"",
+            cgroup.dir.display()
+        ))
+        .arg(installed_binary("sonde-processor", &dir))
+        .arg(&loader.control_socket);
+    let processor = Sonde::attach("sonde-processor", cmd, &[], loader.control_socket.clone());
+    processor.wait_log("ring buffer mapped", Duration::from_secs(30));
+    processor.wait_log(
+        &format!("process added pid={}", server.pid()),
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        HttpConn::open(port).request("GET", "/ok/cgroup", None, true),
+        200
+    );
+    let spans = processor.wait_spans(1, Duration::from_secs(10), |_| true);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["path"], "/ok/cgroup");
+}

@@ -266,3 +266,100 @@ fn any_user_without_a_group_is_refused_naming_the_keys() {
         "{err}"
     );
 }
+
+/// Words that mark a value nobody filled in, or a URL that is not this repository's.
+const PLACEHOLDERS: [&str; 6] = [
+    "placeholder",
+    "example.com",
+    "github.com/sonde",
+    "ghcr.io/sonde",
+    "TODO",
+    "CHANGEME",
+];
+
+/// Every file under `deploy/`, with its text.
+fn deploy_files() -> Vec<(PathBuf, String)> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(PathBuf, String)>) {
+        for entry in std::fs::read_dir(dir).expect("deploy dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                let text = std::fs::read_to_string(&path).expect("text file");
+                out.push((path, text));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo_root().join("deploy"), &mut files);
+    files
+}
+
+#[test]
+fn no_placeholder_remains_in_the_deploy_files() {
+    let files = deploy_files();
+    assert!(files.len() >= 8, "{} files", files.len());
+    for (path, text) in files {
+        for word in PLACEHOLDERS {
+            assert!(
+                !text.contains(word),
+                "{} still contains {word:?}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Both units point at this repository's documents, installed where deploy/README.md's
+/// steps put them, and at nothing else.
+#[test]
+fn unit_documentation_is_this_repositorys_installed_files() {
+    let readme = std::fs::read_to_string(repo_root().join("deploy/README.md")).expect("readme");
+    let install = readme
+        .lines()
+        .find(|l| l.contains("/usr/share/doc/sonde"))
+        .expect("an install step for the documentation");
+    for unit in ["sonde-loader.service", "sonde-processor.service"] {
+        let urls = unit_values(unit, "Documentation");
+        assert!(!urls.is_empty(), "{unit} has no Documentation=");
+        for url in urls {
+            let name = url
+                .strip_prefix("file:///usr/share/doc/sonde/")
+                .unwrap_or_else(|| panic!("{unit}: {url} is not an installed document"));
+            let source = ["", "docs/"]
+                .iter()
+                .map(|d| format!("{d}{name}"))
+                .find(|p| repo_root().join(p).is_file())
+                .unwrap_or_else(|| panic!("{unit}: {name} is not a file of this repository"));
+            assert!(
+                install.contains(&source),
+                "{unit}: {source} is not installed by `{install}`"
+            );
+        }
+    }
+}
+
+/// Readiness and start order: both units are `Type=notify` (only the main process may
+/// notify), and the processor neither requires nor waits for the loader: it retries its
+/// connect, so the units start in any order.
+#[test]
+fn units_are_notify_and_start_in_any_order() {
+    for unit in ["sonde-loader.service", "sonde-processor.service"] {
+        assert_eq!(unit_values(unit, "Type"), ["notify"], "{unit}");
+        assert_eq!(unit_values(unit, "NotifyAccess"), ["main"], "{unit}");
+    }
+    for key in ["Requires", "After", "BindsTo", "Requisite"] {
+        assert!(
+            unit_values("sonde-processor.service", key).is_empty(),
+            "processor unit {key}="
+        );
+        assert!(
+            unit_values("sonde-loader.service", "Before").is_empty(),
+            "loader unit Before="
+        );
+    }
+    assert_eq!(
+        unit_values("sonde-processor.service", "Wants"),
+        ["sonde-loader.service"]
+    );
+}

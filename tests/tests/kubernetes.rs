@@ -390,3 +390,76 @@ fn the_namespace_label_is_honest_and_the_processor_container_is_restricted() {
         );
     }
 }
+
+/// The workspace's version, from the root manifest.
+fn workspace_version() -> String {
+    let manifest =
+        std::fs::read_to_string(repo_root().join("Cargo.toml")).expect("workspace manifest");
+    let manifest: toml_lite::Manifest = toml_lite::parse(&manifest);
+    manifest.version
+}
+
+/// Just enough of the root `Cargo.toml` to find `[workspace.package] version`.
+mod toml_lite {
+    pub struct Manifest {
+        pub version: String,
+    }
+
+    pub fn parse(text: &str) -> Manifest {
+        let mut in_package = false;
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_package = line == "[workspace.package]";
+            } else if in_package && let Some(v) = line.strip_prefix("version") {
+                let v = v
+                    .trim_start()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"');
+                return Manifest {
+                    version: v.to_string(),
+                };
+            }
+        }
+        panic!("no [workspace.package] version");
+    }
+}
+
+/// Both containers run the image this repository's Dockerfile builds (the workspace
+/// version), not a placeholder registry name.
+#[test]
+fn the_image_is_the_one_this_repository_builds() {
+    let docs = documents();
+    let pod = pod_spec(&docs);
+    let tag = format!("sonde:{}", workspace_version());
+    for name in ["sonde-loader", "sonde-processor"] {
+        let c = container(pod, name);
+        assert_eq!(c["image"].as_str(), Some(tag.as_str()), "{name}");
+        assert_eq!(
+            c["imagePullPolicy"].as_str(),
+            Some("IfNotPresent"),
+            "{name}"
+        );
+        let binary = c["command"][0].as_str().expect("command");
+        assert_eq!(binary, format!("/usr/local/bin/{name}"));
+    }
+    let dockerfile = std::fs::read_to_string(repo_root().join("deploy/kubernetes/Dockerfile"))
+        .expect("deploy/kubernetes/Dockerfile");
+    assert!(
+        dockerfile.contains(&format!("-t {tag} .")),
+        "the Dockerfile's build command tags {tag}"
+    );
+    let copy = dockerfile
+        .lines()
+        .find(|l| l.starts_with("COPY "))
+        .expect("COPY line");
+    for name in ["sonde-loader", "sonde-processor"] {
+        assert!(copy.contains(&format!("target/release/{name}")), "{copy}");
+    }
+    assert!(copy.ends_with(" /usr/local/bin/"), "{copy}");
+    let readme = std::fs::read_to_string(repo_root().join("deploy/README.md")).expect("readme");
+    assert!(
+        readme.contains(&format!("-t {tag} .")),
+        "deploy/README.md names {tag}"
+    );
+}

@@ -28,7 +28,9 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
     let first = processor_pid(&sonde, 1);
     assert_eq!(status_field(first, "Uid"), "65534\t65534\t65534\t65534");
     assert_eq!(status_field(first, "Gid"), "65534\t65534\t65534\t65534");
-    assert_eq!(status_field(first, "Groups"), "65534");
+    // No supplementary groups at all (the loader's seccomp filter lets setgroups empty the
+    // list and nothing else).
+    assert_eq!(status_field(first, "Groups"), "");
     for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         assert_eq!(
             status_field(first, caps),
@@ -37,10 +39,10 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
         );
     }
     assert_eq!(status_field(first, "NoNewPrivs"), "1");
-    // Under its seccomp filters (the allowlist and the clone3 one, on top of the two inherited
-    // from the loader's run-time policy) and Landlock.
+    // Under its seccomp filters (the allowlist and the clone3 one, on top of the three
+    // inherited from the loader's run-time policy) and Landlock.
     assert_eq!(status_field(first, "Seccomp"), "2");
-    assert_eq!(status_field(first, "Seccomp_filters"), "4");
+    assert_eq!(status_field(first, "Seccomp_filters"), "5");
     sonde.wait_log("landlock=true", Duration::from_secs(5));
     // The ring buffer is the only BPF object the processor holds.
     let bpf_fds = std::fs::read_dir(format!("/proc/{first}/fd"))
@@ -337,8 +339,9 @@ fn loader_keeps_only_its_documented_runtime_capabilities() {
     let _guard = serial();
     // Bits: DAC_READ_SEARCH 2, KILL 5, SETGID 6, SETUID 7, SETPCAP 8, SYS_PTRACE 19
     // (security.md, "Capabilities"); the bounding set is cut to the same.
-    let cases: [(&str, u64); 2] = [("sonde", 0x801e4), ("sonde-loader", 0x80004)];
-    for (bin, expected) in cases {
+    // Seccomp filters: clone3 and the run-time allowlist; single host adds loader_setid.
+    let cases: [(&str, u64, &str); 2] = [("sonde", 0x801e4, "3"), ("sonde-loader", 0x80004, "2")];
+    for (bin, expected, filters) in cases {
         let dir = TempDir::new("loadercaps");
         let loader = Sonde::start_binary(bin, &["--open-port", "1"], &[], &dir);
         loader.wait_log("dropped to run-time capabilities", Duration::from_secs(30));
@@ -354,7 +357,123 @@ fn loader_keeps_only_its_documented_runtime_capabilities() {
         // And under its run-time seccomp policy, installed right after.
         loader.wait_log("run-time seccomp policy installed", Duration::from_secs(5));
         assert_eq!(status_field(pid, "Seccomp"), "2", "{bin}");
-        assert_eq!(status_field(pid, "Seccomp_filters"), "2", "{bin}");
+        assert_eq!(status_field(pid, "Seccomp_filters"), filters, "{bin}");
         assert_eq!(status_field(pid, "CapAmb"), ZERO_CAPS, "{bin}");
+    }
+}
+
+fn uid_of(name: &str) -> (u32, u32) {
+    let u = nix::unistd::User::from_name(name)
+        .expect("user lookup")
+        .unwrap_or_else(|| panic!("no user {name}"));
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// Issue 13 item 5: `sonde` started as root leaves uid 0 once the programs are attached: all
+/// four uids and gids are `loader.user`'s, no supplementary groups, exactly the documented
+/// capabilities in every set, under three seccomp filters; it still
+/// selects a process started afterwards, restarts a killed processor, and `--audit` passes.
+#[test]
+fn single_host_loader_runs_off_uid_0_after_start_up() {
+    let _guard = serial();
+    let dir = TempDir::new("loader-uid");
+    let first_port = free_port();
+    let first_server = start_server(ServerKind::Python, first_port, &dir);
+    let late_port = free_port();
+    let ports = format!("{first_port},{late_port}");
+    let sonde = Sonde::start(&["--open-port", &ports], &[], &dir, &[first_server.pid()]);
+    let pid = sonde.proc.pid();
+    sonde.wait_log("left uid 0", Duration::from_secs(5));
+
+    let (uid, gid) = uid_of(LOADER_USER);
+    assert_ne!(uid, 0);
+    assert_ne!(uid, 65534, "the loader's uid is not the processor's");
+    assert_eq!(
+        status_field(pid, "Uid"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}")
+    );
+    assert_eq!(
+        status_field(pid, "Gid"),
+        format!("{gid}\t{gid}\t{gid}\t{gid}")
+    );
+    assert_eq!(status_field(pid, "Groups"), "");
+    // DAC_READ_SEARCH, KILL, SETGID, SETUID, SETPCAP, SYS_PTRACE (security.md, "Capabilities").
+    for set in ["CapPrm", "CapEff", "CapBnd"] {
+        assert_eq!(status_field(pid, set), "00000000000801e4", "{set}");
+    }
+    assert_eq!(status_field(pid, "CapInh"), ZERO_CAPS);
+    assert_eq!(status_field(pid, "CapAmb"), ZERO_CAPS);
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp_filters"), "3");
+
+    // Selection still works for a process that starts after the drop.
+    let late_server = start_server(ServerKind::Python, late_port, &dir);
+    sonde.wait_selected(late_server.pid());
+    assert_eq!(
+        HttpConn::open(late_port).request("GET", "/ok/late", None, true),
+        200
+    );
+    sonde.wait_spans(1, Duration::from_secs(10), |s| s["path"] == "/ok/late");
+
+    // A killed processor is restarted (setresuid to the processor's uid, CAP_KILL to stop it).
+    let first = processor_pid(&sonde, 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), Signal::SIGKILL)
+        .expect("kill processor");
+    let second = processor_pid(&sonde, 2);
+    assert_ne!(first, second);
+    sonde.wait_log_nth("processor connected", 2, Duration::from_secs(20));
+    assert_eq!(status_field(second, "Uid"), "65534\t65534\t65534\t65534");
+    assert_eq!(status_field(second, "CapEff"), ZERO_CAPS);
+    assert_eq!(
+        HttpConn::open(first_port).request("GET", "/ok/after-restart", None, true),
+        200
+    );
+    sonde.wait_spans(1, Duration::from_secs(10), |s| {
+        s["path"] == "/ok/after-restart"
+    });
+
+    // And the audit of the pair passes, naming the loader's uid.
+    let out = Command::new(binary("sonde-loader"))
+        .args(["--audit", "--json", "--open-port", "1"])
+        .env("SONDE_CONTROL_SOCKET", &sonde.control_socket)
+        .output()
+        .expect("sonde-loader --audit");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("audit JSON");
+    assert!(out.status.success(), "{report:#}");
+    assert_eq!(
+        report["loaders"][0]["uid"],
+        format!("{uid} {uid} {uid} {uid}")
+    );
+    assert_eq!(report["processors"][0]["pid"], second);
+    // Still uid `loader.user` after all of it.
+    assert_eq!(
+        status_field(pid, "Uid"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}")
+    );
+}
+
+/// A `loader.user` that does not exist stops `sonde` before anything is attached, naming
+/// the key; one that is the processor's is refused too.
+#[test]
+fn single_host_refuses_a_missing_or_shared_loader_user() {
+    let _guard = serial();
+    for (user, expected) in [
+        ("sonde-no-such-user", "no such user"),
+        ("nobody", "has the processor's uid"),
+    ] {
+        let dir = TempDir::new("loader-user");
+        let out = Command::new(binary("sonde"))
+            .args(["--open-port", "1"])
+            .env("SONDE_CONTROL_SOCKET", dir.path("control.sock"))
+            .env("SONDE_LOADER_USER", user)
+            .output()
+            .expect("sonde");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{user}: {stderr}");
+        assert!(
+            stderr.contains("loader.user") && stderr.contains(expected),
+            "{user}: {stderr}"
+        );
+        assert!(!stderr.contains("kernel programs attached"), "{stderr}");
     }
 }

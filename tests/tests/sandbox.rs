@@ -374,3 +374,53 @@ fn loader_runtime_policy_denies_loading_attaching_and_tracing() {
         assert!(out.status.success(), "spawning={spawning}: {stdout}");
     }
 }
+
+/// Landlock is best effort by default and the summary says what this kernel enforces (the
+/// test machines have Landlock ABI 6 or later: everything); `required` starts here too, and
+/// `--insecure-no-landlock` is `off`, reported as nothing enforced.
+#[test]
+fn the_summary_reports_what_landlock_enforces_in_each_mode() {
+    let (_, summary, output) = check_sandbox(&[]);
+    assert!(output.status.success(), "{summary}");
+    assert_eq!(summary["landlock_mode"], "best_effort", "{summary}");
+    let enforced = &summary["landlock_enforced"];
+    assert_eq!(enforced["abi"], 6, "{summary}");
+    for right in ["filesystem", "filesystem_complete", "tcp", "scoping"] {
+        assert_eq!(enforced[right], true, "{right}: {summary}");
+    }
+    let report = summary["landlock_report"].as_str().expect("report line");
+    assert!(
+        report.starts_with("Landlock ABI 6: enforced: filesystem, TCP bind/connect ports, abstract-socket and signal scoping"),
+        "{report}"
+    );
+    assert!(!report.contains("NOT enforced"), "{report}");
+
+    let (_, summary, output) = check_sandbox(&["--landlock", "required"]);
+    assert!(output.status.success(), "{summary}");
+    assert_eq!(summary["landlock_mode"], "required");
+    assert_eq!(summary["landlock_enforced"]["abi"], 6);
+
+    let (_, summary, _) = check_sandbox(&["--insecure-no-landlock"]);
+    assert_eq!(summary["landlock_mode"], "off");
+    assert_eq!(summary["landlock_enforced"]["abi"], 0);
+    assert_eq!(summary["landlock_enforced"]["filesystem"], false);
+    assert!(
+        summary["landlock_report"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Landlock NOT enforced")),
+        "{summary}"
+    );
+
+    // A bad mode is a configuration error naming the flag.
+    let dir = TempDir::new("sandbox-landlock-mode");
+    let out = Command::new(installed_binary("sonde-processor", &dir))
+        .args(["--landlock", "sometimes", "--check-config"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--landlock") && err.contains("best_effort"),
+        "{err}"
+    );
+}
