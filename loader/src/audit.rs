@@ -163,7 +163,17 @@ fn view(pid: u32) -> Option<ProcessView> {
     })
 }
 
-/// Pids whose command name is one of `comms` (this auditing process excluded).
+/// Whether `pid` has exited and waits to be reaped: a zombie holds no credentials,
+/// capabilities or filters any more (its `/proc/<pid>/status` shows none), so it is no
+/// running loader or processor.
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+    })
+}
+
+/// Pids whose command name is one of `comms` (this auditing process and zombies excluded).
 fn pids_named(comms: &[&str]) -> Vec<u32> {
     let me = std::process::id();
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
@@ -174,6 +184,7 @@ fn pids_named(comms: &[&str]) -> Vec<u32> {
             *pid != me
                 && std::fs::read_to_string(format!("/proc/{pid}/comm"))
                     .is_ok_and(|c| comms.contains(&c.trim()))
+                && !is_zombie(*pid)
         })
         .collect();
     pids.sort();
