@@ -73,8 +73,18 @@ else
   log "test virtualenv present"
 fi
 
-# Kernel filesystems the loader also mounts itself; mounting here lets tests inspect them.
+# Tracefs, which the loader also mounts itself where it is missing; mounting here lets tests
+# inspect it.
 grep -q ' /sys/kernel/tracing tracefs' /proc/mounts || mount -t tracefs tracefs /sys/kernel/tracing || true
-grep -q ' /sys/fs/bpf bpf' /proc/mounts || mount -t bpf bpf /sys/fs/bpf || true
+
+# The system users single-host `sonde` runs as after start-up (`loader.user`, default
+# sonde-loader) and the shipped example's processor user (deploy/systemd/sonde.sysusers has the
+# same lines for systemd-sysusers).
+for user in sonde-loader sonde-processor; do
+  if ! id -u "$user" >/dev/null 2>&1; then
+    log "creating system user $user"
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$user"
+  fi
+done
 
 log "done"
