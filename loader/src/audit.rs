@@ -345,7 +345,7 @@ fn processor_problems(p: &ProcessorView, status_path: &Path) -> Vec<String> {
     match p.landlock {
         Some(true) => {}
         Some(false) => problems.push(format!(
-            "processor {pid} runs without Landlock (processor.insecure_no_landlock)"
+            "processor {pid} runs without Landlock (processor.landlock: off)"
         )),
         None => problems.push(format!(
             "processor {pid}: no Landlock report (not the connected processor, or no status file at {})",
@@ -368,7 +368,7 @@ pub fn render(report: &Report) -> String {
                 "  landlock {}\n",
                 match l {
                     Some(true) => "enforced (reported by the processor at connect)",
-                    Some(false) => "OFF (processor.insecure_no_landlock)",
+                    Some(false) => "OFF (processor.landlock: off)",
                     None => "unknown (no report)",
                 }
             );
