@@ -108,26 +108,10 @@ fn print_config_shows_file_env_and_flags() {
     }
 }
 
-/// The shipped example runs the processor as its own user, as an install would create it.
-fn ensure_user(name: &str) {
-    if nix::unistd::User::from_name(name).ok().flatten().is_none() {
-        let status = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                name,
-            ])
-            .status()
-            .expect("useradd");
-        assert!(status.success(), "useradd {name}");
-    }
-}
-
 #[test]
 fn shipped_example_config_is_valid() {
-    ensure_user("sonde-processor");
+    // The shipped example runs the processor as its own user, as an install creates it.
+    ensure_system_user("sonde-processor");
     let path = repo_root().join("deploy/config/sonde.yaml");
     let (code, out, err) = run(
         "sonde",

@@ -117,6 +117,28 @@ fn split_loader(dir: &TempDir, ports: &str, extra_yaml: &str) -> Sonde {
     loader
 }
 
+/// A Python server and a split loader selecting it (`extra_yaml` goes under `processor:`).
+struct SplitSetup {
+    dir: TempDir,
+    port: u16,
+    server: Proc,
+    loader: Sonde,
+}
+
+fn split_setup(tag: &str, extra_yaml: &str) -> SplitSetup {
+    let dir = TempDir::new(tag);
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let loader = split_loader(&dir, &port.to_string(), extra_yaml);
+    loader.wait_selected(server.pid());
+    SplitSetup {
+        dir,
+        port,
+        server,
+        loader,
+    }
+}
+
 /// A real `sonde-processor` as uid 65534 against a split loader.
 fn split_processor(dir: &TempDir, loader: &Sonde) -> Sonde {
     let mut cmd = Command::new("setpriv");
@@ -207,11 +229,12 @@ fn single_host_hands_the_processor_a_socketpair_and_no_socket_path() {
 #[test]
 fn a_second_peer_with_the_processor_uid_gets_no_fd() {
     let _guard = serial();
-    let dir = TempDir::new("second");
-    let port = free_port();
-    let server = start_server(ServerKind::Python, port, &dir);
-    let loader = split_loader(&dir, &port.to_string(), "");
-    loader.wait_selected(server.pid());
+    let SplitSetup {
+        dir,
+        port,
+        server: _server,
+        loader,
+    } = split_setup("second", "");
     let processor = split_processor(&dir, &loader);
     loader.wait_log("processor connected", Duration::from_secs(10));
 
@@ -378,11 +401,12 @@ fn a_processor_that_stops_reading_is_killed_and_restarted_and_capture_goes_on() 
 #[test]
 fn hello_less_connections_and_a_narrow_flood_are_bounded() {
     let _guard = serial();
-    let dir = TempDir::new("flood");
-    let port = free_port();
-    let server = start_server(ServerKind::Python, port, &dir);
-    let loader = split_loader(&dir, &port.to_string(), "");
-    loader.wait_selected(server.pid());
+    let SplitSetup {
+        dir: _dir,
+        port: _port,
+        server: _server,
+        loader,
+    } = split_setup("flood", "");
 
     // Ten connections that never say hello: at most four wait (then time out), a newer one
     // displacing the oldest.
@@ -511,15 +535,19 @@ fn ring_data_pages_cannot_be_mapped_writable() {
 #[test]
 fn a_poisoned_consumer_position_does_not_blind_the_next_processor() {
     let _guard = serial();
-    let dir = TempDir::new("poison");
-    let port = free_port();
-    let server = start_server(ServerKind::Python, port, &dir);
-    let loader = split_loader(&dir, &port.to_string(), "");
-    loader.wait_selected(server.pid());
+    let SplitSetup {
+        dir,
+        port,
+        server: _server,
+        loader,
+    } = split_setup("poison", "");
 
     // A compromised "processor" parks the consumer position past the producer and leaves.
     let conn = connect_to(&loader.control_socket);
     let (ring, data_size) = hello(&conn);
+    // The hand-over is over (process records sent) before this peer leaves; leaving earlier
+    // is a failed handshake, not a disconnection.
+    loader.wait_log("processor connected", Duration::from_secs(10));
     let page = page();
     let page_len = NonZeroUsize::new(page).expect("page");
     // SAFETY: the consumer page of the ring fd, mapped read-write as the processor maps it;
