@@ -18,7 +18,8 @@ use std::{
 
 use nix::poll::PollFlags;
 use sonde_config::Config;
-use sonde_schema::control::{LoaderMessage, ProcessRecord, ProcessorMessage};
+use sonde_schema::channel::ChannelError;
+use sonde_schema::control::{ControlError, LoaderMessage, ProcessRecord, ProcessorMessage};
 use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent};
 use tracing::{debug, info, warn};
 
@@ -198,6 +199,14 @@ impl<'a> Capture<'a> {
     }
 
     /// The processor this loader started that must be killed for breaking the protocol.
+    /// The pid of a processor this loader started that has completed its handshake.
+    pub fn spawned_connected(&self) -> Option<u32> {
+        self.client
+            .as_ref()
+            .filter(|c| c.origin.spawned)
+            .map(|c| c.origin.peer.pid)
+    }
+
     pub fn take_violator(&mut self) -> Option<u32> {
         self.violator.take()
     }
@@ -403,9 +412,25 @@ impl<'a> Capture<'a> {
     /// Closes the processor's connection for `error`: a violation (stopped reading, flood) or
     /// the peer going away.
     fn drop_client(&mut self, error: &ConnError) {
+        // What the protocol forbids (an oversized datagram, fds, undecodable or out-of-place
+        // messages) is a violation like the loader's own limits, not a mere disconnection.
+        let forbidden = matches!(
+            error,
+            ConnError::Channel(ChannelError::Truncated | ChannelError::UnexpectedFds(_))
+        ) || matches!(
+            error,
+            ConnError::Control(c) if !matches!(c, ControlError::Send { .. } | ControlError::Recv { .. })
+        );
         match error {
             ConnError::Violation(v) => {
                 warn!(error = %v, "closing the processor's connection");
+                self.disconnect(true);
+            }
+            e if forbidden => {
+                warn!(
+                    error = error_chain(e),
+                    "the processor sent what the protocol forbids; closing its connection"
+                );
                 self.disconnect(true);
             }
             e => {

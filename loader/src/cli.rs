@@ -19,8 +19,9 @@ use sonde_plumbing::notify::Notifier;
 /// Exit code of a configuration error (the loader's own, or the processor's).
 pub const EXIT_CONFIG: u8 = 2;
 
-/// The file is handed to the processor through a pipe written before the child runs; a pipe
-/// holds 64 KiB, so a larger file could never be written.
+/// The file (and the secret variables' block before it) is handed to the processor through a
+/// pipe written before the child runs, from the loader's event loop; a pipe holds 64 KiB, so
+/// more could never be written and the write would block the loop.
 const MAX_HANDED_CONFIG: usize = 60 << 10;
 
 #[derive(Debug, Parser)]
@@ -67,13 +68,15 @@ impl Cli {
     pub fn config(&self) -> Result<(Config, Option<FileText>)> {
         let env = sonde_config::process_env();
         let file = FileText::locate(self.config.as_deref(), &env)?;
-        if let Some(f) = &file
-            && f.text.len() > MAX_HANDED_CONFIG
-        {
+        // What goes down the pipe: the secret variables' block, then the file.
+        let handed = sonde_config::with_secret_env(file.as_ref().map_or("", |f| f.text.as_str()));
+        if handed.len() > MAX_HANDED_CONFIG {
             bail!(
-                "config file {} is {} bytes; at most {MAX_HANDED_CONFIG} can be handed to the processor",
-                f.path.display(),
-                f.text.len()
+                "the configuration handed to the processor (the config file{} plus the OTEL_EXPORTER_OTLP_*HEADERS variables) is {} bytes; at most {MAX_HANDED_CONFIG} fit its pipe",
+                file.as_ref()
+                    .map(|f| format!(" {}", f.path.display()))
+                    .unwrap_or_default(),
+                handed.len()
             );
         }
         let mut config = Config::load(file.as_ref(), &env)?;

@@ -64,6 +64,9 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
         let ready = wait(listener.as_ref(), &probes, &capture)?;
         // First, while the connections are still those the wait watched.
         capture.service(&mut probes, &consumer, &ready.connections, Instant::now());
+        if let (Some(s), Some(pid)) = (supervisor.as_mut(), capture.spawned_connected()) {
+            s.connected(pid);
+        }
         if ready.listener
             && let Some(l) = &listener
         {

@@ -174,6 +174,11 @@ pub struct Supervisor {
     spawned: u64,
     pub restarts: u64,
     failures: FailureStreak,
+    /// The running child completed its handshake: if a signal ends it later (another process
+    /// of its uid killed it, traffic crashed it: `panic = "abort"`), that is no start failure
+    /// and it is restarted, never given up on. An exit with a status (a port taken, a bad
+    /// endpoint) still counts.
+    child_connected: bool,
 }
 
 impl Supervisor {
@@ -194,6 +199,14 @@ impl Supervisor {
             spawned: 0,
             restarts: 0,
             failures: FailureStreak::default(),
+            child_connected: false,
+        }
+    }
+
+    /// The processor `pid` completed its handshake.
+    pub fn connected(&mut self, pid: u32) {
+        if self.child.as_ref().is_some_and(|(c, _)| c.id() == pid) {
+            self.child_connected = true;
         }
     }
 
@@ -224,7 +237,11 @@ impl Supervisor {
                     }
                     let pid = child.id();
                     self.child = None;
-                    if let Some(why) =
+                    let killed_after_connecting =
+                        std::mem::take(&mut self.child_connected) && status.code().is_none();
+                    if killed_after_connecting {
+                        self.failures = FailureStreak::default();
+                    } else if let Some(why) =
                         self.failures
                             .record(status.code(), &format!("exited with {status}"), ran)
                     {

@@ -191,6 +191,10 @@ fn run(config: &Config, policy: &SandboxPolicy, control: Endpoint) -> Result<()>
     if let Err(e) = notifier.ready("connected to the loader") {
         warn!(error = %e, "telling systemd the processor is ready (READY=1) failed");
     }
+    // The notify socket is a connected datagram socket: kept open, it could be re-connected
+    // or used with a destination address to pass fds to any local datagram socket. It goes
+    // before the first untrusted byte.
+    drop(notifier);
     let result = run_passes(&mut loader, &mut pipeline);
     shut_down(&loader, pipeline, &result);
     result

@@ -167,3 +167,46 @@ fn hostile_values_reach_the_processor_intact() {
         assert_eq!(s["service_name"], name, "{s}");
     }
 }
+
+/// The file and the secret headers travel through one pipe written before the processor runs:
+/// more than it holds is refused at start, naming both, instead of hanging.
+#[test]
+fn a_configuration_too_large_for_the_pipe_is_refused_not_hung() {
+    let dir = TempDir::new("bigconfig");
+    let path = dir.path("big.yaml");
+    let filler = "# filler\n".repeat(50_000 / 9);
+    std::fs::write(&path, format!("open_port: 8080\n{filler}")).expect("write");
+    let header = format!("api-key={}", "x".repeat(12_000));
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(binary("sonde"))
+        .args(["--config", path.to_str().expect("utf-8"), "--print-config"])
+        .env_clear()
+        .env("OTEL_EXPORTER_OTLP_HEADERS", &header)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_*HEADERS") && err.contains("big.yaml"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&"x".repeat(100)),
+        "the header value must not be echoed"
+    );
+    // The same file without the headers fits.
+    let out = Command::new("timeout")
+        .arg("20")
+        .arg(binary("sonde"))
+        .args(["--config", path.to_str().expect("utf-8"), "--print-config"])
+        .env_clear()
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

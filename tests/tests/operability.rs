@@ -281,3 +281,44 @@ fn sonde_gives_up_when_the_processor_cannot_be_spawned() {
     let error = sonde.wait_log("ERROR", Duration::from_secs(1));
     assert!(error.contains(&missing.display().to_string()), "{error}");
 }
+
+/// A processor that connected and then dies is always restarted: killing it again and again
+/// (as another process of its uid could) never makes the supervisor give up.
+#[test]
+fn a_processor_killed_after_connecting_is_always_restarted() {
+    let _guard = serial();
+    let dir = TempDir::new("killloop");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let mut sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
+    let kills = 6;
+    for n in 1..=kills {
+        sonde.wait_log_nth("processor connected", n, Duration::from_secs(30));
+        let line = sonde.wait_log_nth("processor started", n, Duration::from_secs(5));
+        let pid: i32 = log_field(&line, "pid")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {line}"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the processor");
+    }
+    // A seventh processor connects and capture goes on; the loader never gave up.
+    sonde.wait_log_nth("processor connected", kills + 1, Duration::from_secs(40));
+    assert!(sonde.proc.is_running(), "sonde exited");
+    assert_eq!(sonde.log_count("giving up"), 0, "{:?}", sonde.log_lines());
+    assert_eq!(
+        HttpConn::open(port).request("GET", "/ok/after-kills", None, true),
+        200
+    );
+    let spans = sonde.wait_spans(1, Duration::from_secs(10), |s| {
+        s["path"] == "/ok/after-kills"
+    });
+    assert_eq!(spans.len(), 1);
+}
