@@ -95,9 +95,16 @@ pub struct Capture<'a> {
     refusals: Refusals,
     /// A processor this loader started that broke the protocol: to be killed (and restarted).
     violator: Option<u32>,
+    /// When a `listen()` notice last caused a rescan, and whether one is owed: a listen loop
+    /// on a covered port could otherwise make every wake-up walk all of `/proc`.
+    listen_rescanned_at: Option<Instant>,
+    listen_rescan_owed: bool,
     status: audit::Status,
     status_path: PathBuf,
 }
+
+/// At most one `listen()`-triggered rescan this often; the periodic rescan covers the rest.
+const LISTEN_RESCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl<'a> Capture<'a> {
     /// Nothing selected yet and no processor; `status` describes this loader.
@@ -113,6 +120,8 @@ impl<'a> Capture<'a> {
             pending: Vec::new(),
             refusals: Refusals::new(),
             violator: None,
+            listen_rescanned_at: None,
+            listen_rescan_owed: false,
             status,
             status_path: audit::status_path(&config.control_socket),
         }
@@ -484,6 +493,17 @@ impl<'a> Capture<'a> {
         if self.narrowed_out.contains(&(pid, c.start)) {
             return;
         }
+        // The pid may have changed hands since the candidate was read: check right before
+        // selecting (and again right after, below), so the window in which a newcomer could
+        // be captured under this record is the few instructions between the two reads.
+        if selection::start_time(pid) != Some(c.start) {
+            info!(
+                pid,
+                start = c.start,
+                "process ended or its pid was reused before being selected; not selected"
+            );
+            return;
+        }
         // Metadata goes out before the pid enters the filter, so the processor always knows a
         // process before its first event.
         self.send_client(&LoaderMessage::ProcessAdded(c.record.clone()));
@@ -634,10 +654,22 @@ impl<'a> Capture<'a> {
                 _ => {}
             }
         }
-        if rescan {
+        self.listen_rescan_owed |= rescan;
+        self.rescan_if_owed(probes);
+        self.resync_if_lost(probes);
+    }
+
+    /// Runs the rescan a `listen()` notice asked for, unless one ran less than
+    /// `LISTEN_RESCAN_EVERY` ago (then a later call runs it: the loop calls this every tick).
+    pub fn rescan_if_owed(&mut self, probes: &mut Probes) {
+        let due = self
+            .listen_rescanned_at
+            .is_none_or(|t| t.elapsed() >= LISTEN_RESCAN_EVERY);
+        if self.listen_rescan_owed && due {
+            self.listen_rescan_owed = false;
+            self.listen_rescanned_at = Some(Instant::now());
             self.rescan(probes);
         }
-        self.resync_if_lost(probes);
     }
 
     /// A selected process forked: the child is selected with it if it is still the child (its

@@ -75,6 +75,7 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
         if ready.proc_events {
             capture.drain_proc_events(&mut probes);
         }
+        capture.rescan_if_owed(&mut probes);
         if last_rescan.elapsed() >= RESCAN_EVERY {
             capture.rescan(&mut probes);
             last_rescan = Instant::now();
