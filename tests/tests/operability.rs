@@ -148,6 +148,38 @@ fn processor_started_first_waits_for_the_loader_and_both_notify_readiness() {
             .is_some_and(|p| p.starts_with("/ok/order"))
     });
     assert_eq!(spans.len(), 3);
+    // READY sent, the notify socket is closed: the processor holds no Unix datagram socket it
+    // could re-connect, or pass fds through to any local datagram socket.
+    let datagram = unix_datagram_sockets(processor.proc.pid());
+    assert!(
+        datagram.is_empty(),
+        "datagram sockets left open: {datagram:?}"
+    );
+}
+
+/// The inodes of the Unix datagram sockets `pid` holds (`/proc/<pid>/fd` against
+/// `/proc/net/unix`, whose Type column is 0002 for `SOCK_DGRAM`).
+fn unix_datagram_sockets(pid: u32) -> Vec<String> {
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd directory")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_string)
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(4) == Some(&"0002")).then(|| f.get(6).map(|s| s.to_string()))?
+        })
+        .filter(|inode| held.contains(inode))
+        .collect()
 }
 
 /// Single host: `sonde` says READY=1 once started (the notify socket is not handed to the
