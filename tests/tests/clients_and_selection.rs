@@ -123,3 +123,57 @@ fn port_ranges_select_servers_started_later() {
         "{line}"
     );
 }
+
+/// `discovery_exclude_uids`: a local user's listener on a selected port is not captured, while
+/// the service on the other selected port is.
+#[test]
+fn a_listener_of_an_excluded_uid_is_not_selected() {
+    let _guard = serial();
+    let dir = TempDir::new("uidfilter");
+    let (service_port, user_port) = (free_port(), free_port());
+    let service = start_server(ServerKind::Python, service_port, &dir);
+    // The same server as uid 65534, run from a copy it can read with Debian's python.
+    let script = dir.path("python_server.py");
+    std::fs::copy(server_script("python_server.py"), &script).expect("copy the server");
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        "/usr/bin/python3",
+    ])
+    .arg(&script)
+    .arg(user_port.to_string());
+    let user = Proc::spawn("python as uid 65534", &mut cmd);
+    wait_for_port(user_port, Duration::from_secs(10));
+
+    let config = dir.path("sonde.yaml");
+    std::fs::write(&config, "discovery_exclude_uids: [65534]\n").expect("config");
+    let ports = format!("{service_port},{user_port}");
+    let sonde = Sonde::start(
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--open-port",
+            &ports,
+        ],
+        &[],
+        &dir,
+        &[service.pid()],
+    );
+    for port in [service_port, user_port, service_port, user_port] {
+        assert_eq!(HttpConn::open(port).request("GET", "/uid", None, true), 404);
+    }
+    let spans = sonde.wait_spans(2, Duration::from_secs(10), |_| true);
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    for s in &spans {
+        assert_eq!(s["server_port"], service_port, "{s}");
+    }
+    assert_eq!(
+        sonde.log_count(&format!("process selected pid={}", user.pid())),
+        0,
+        "{:?}",
+        sonde.log_lines()
+    );
+}
