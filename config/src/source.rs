@@ -80,12 +80,15 @@ const SECRET_BLOCK_START: &str = "#sonde-secret-env v1\n";
 /// Last line of that block; the configuration file's text follows.
 const SECRET_BLOCK_END: &str = "#end sonde-secret-env\n";
 
-/// `file_text` preceded by this process's secret variables (`SECRET_ENV_VARS`), one
+/// `file_text` preceded by the secret variables of `env` (`SECRET_ENV_VARS`), one
 /// `NAME=value` line each (`\\`, `\n`, `\r` escaped), between two marker lines; `file_text`
 /// alone when none is set. What `sonde` writes to the processor's standard input.
-pub fn with_secret_env(file_text: &str) -> String {
-    let secrets: Vec<(String, String)> =
-        std::env::vars().filter(|(k, _)| is_secret_var(k)).collect();
+pub fn with_secret_env(env: &BTreeMap<String, String>, file_text: &str) -> String {
+    let secrets: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| is_secret_var(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     prepend_secret_env(&secrets, file_text)
 }
 

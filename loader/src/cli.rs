@@ -64,12 +64,14 @@ pub struct Cli {
 
 impl Cli {
     /// Builds the effective configuration: defaults < file < environment < flags; also
-    /// returns the file's text, handed unchanged to the processor `sonde` starts.
-    pub fn config(&self) -> Result<(Config, Option<FileText>)> {
+    /// returns what the processor gets on its standard input: the secret variables' block,
+    /// then the file's text unchanged.
+    pub fn config(&self) -> Result<(Config, String)> {
         let env = sonde_config::process_env();
         let file = FileText::locate(self.config.as_deref(), &env)?;
         // What goes down the pipe: the secret variables' block, then the file.
-        let handed = sonde_config::with_secret_env(file.as_ref().map_or("", |f| f.text.as_str()));
+        let handed =
+            sonde_config::with_secret_env(&env, file.as_ref().map_or("", |f| f.text.as_str()));
         if handed.len() > MAX_HANDED_CONFIG {
             bail!(
                 "the configuration handed to the processor (the config file{} plus the OTEL_EXPORTER_OTLP_*HEADERS variables) is {} bytes; at most {MAX_HANDED_CONFIG} fit its pipe",
@@ -95,7 +97,7 @@ impl Cli {
                 sonde_config::DEFAULT_OPEN_PORTS
             );
         }
-        Ok((config, file))
+        Ok((config, handed))
     }
 }
 
@@ -103,14 +105,13 @@ impl Cli {
 pub fn main_with(always_spawn_processor: bool) -> ExitCode {
     let cli = Cli::parse();
     let spawn_processor = always_spawn_processor || cli.spawn_processor;
-    let (config, file) = match cli.config() {
+    let (config, processor_config) = match cli.config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sonde: configuration error: {e:#}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let processor_config = file.map(|f| f.text).unwrap_or_default();
     if cli.print_config {
         return print_config(&config, &processor_config, spawn_processor);
     }

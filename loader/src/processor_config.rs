@@ -40,20 +40,22 @@ pub fn processor_binary(config: &Config) -> PathBuf {
     })
 }
 
-/// The processor single-host mode starts and supervises, as `uid`/`gid`, with the
-/// configuration file's text on its standard input. Its control socket is not a path: the
-/// supervisor adds `--control-fd N` for the socketpair it makes at each start.
-pub fn supervised(config: &Config, uid: u32, gid: u32, file_text: &str) -> ProcessorSpec {
-    spec(processor_binary(config), Vec::new(), uid, gid, file_text)
+/// The processor single-host mode starts and supervises, as `uid`/`gid`, with `handed` (the
+/// secret variables' block and the file, `Cli::config`) on its standard input. Its control
+/// socket is not a path: the supervisor adds `--control-fd N` for the socketpair it makes at
+/// each start.
+pub fn supervised(config: &Config, uid: u32, gid: u32, handed: &str) -> ProcessorSpec {
+    spec(processor_binary(config), Vec::new(), uid, gid, handed)
 }
 
-/// `binary args --config -`, with the configuration's environment and the file on stdin.
+/// `binary args --config -`, with the configuration's environment and `handed` on stdin.
+/// Secret variables (OTLP headers) are in `handed`, never in `env`.
 fn spec(
     binary: PathBuf,
     mut args: Vec<OsString>,
     uid: u32,
     gid: u32,
-    file_text: &str,
+    handed: &str,
 ) -> ProcessorSpec {
     args.extend(["--config".into(), "-".into()]);
     ProcessorSpec {
@@ -62,14 +64,13 @@ fn spec(
         uid,
         gid,
         env: supervisor::processor_env(),
-        // Secret variables (OTLP headers) travel ahead of the file on stdin, not in `env`.
-        config_yaml: sonde_config::with_secret_env(file_text),
+        config_yaml: handed.to_string(),
     }
 }
 
 /// Runs one configuration pass of the processor binary. Without a processor binary a check
 /// is skipped (a split install may ship the loader alone) and a print fails.
-pub fn run(config: &Config, file_text: &str, pass: Pass) -> Result<()> {
+pub fn run(config: &Config, handed: &str, pass: Pass) -> Result<()> {
     let binary = processor_binary(config);
     if !binary.exists() {
         if pass == Pass::Check {
@@ -101,7 +102,7 @@ pub fn run(config: &Config, file_text: &str, pass: Pass) -> Result<()> {
         Pass::PrintOwn => "--print-own-config",
     };
     let (uid, gid) = drop_to.unwrap_or((0, 0));
-    let spec = spec(binary.clone(), vec![flag.into()], uid, gid, file_text);
+    let spec = spec(binary.clone(), vec![flag.into()], uid, gid, handed);
     let status = supervisor::run_once(&spec, drop_to.is_some(), PASS_TIMEOUT)
         .with_context(|| format!("running {} {flag}", binary.display()))?;
     if !status.success() {

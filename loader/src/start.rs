@@ -25,8 +25,8 @@ use crate::{
 pub struct RunOptions {
     /// Single-host mode: start and supervise `sonde-processor` as the configured user.
     pub spawn_processor: bool,
-    /// The configuration file's text, handed unchanged to the processor `sonde` starts (on
-    /// its standard input: it may not be allowed to read the file).
+    /// What the processor `sonde` starts reads on its standard input (it may not be allowed
+    /// to read the file): the secret variables' block, then the file's text unchanged.
     pub processor_config: String,
 }
 
