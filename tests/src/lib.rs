@@ -276,6 +276,35 @@ pub fn ensure_system_user(name: &str) {
     }
 }
 
+/// A Python test server and single-host `sonde` selecting it by its port: the opening most
+/// end-to-end tests share.
+pub struct Served {
+    pub dir: TempDir,
+    pub port: u16,
+    pub server: Proc,
+    pub sonde: Sonde,
+}
+
+/// Starts a Python test server in a fresh `TempDir` tagged `tag`, then `sonde --open-port`
+/// on its port, and waits until the server is selected.
+pub fn serve_python_with_sonde(tag: &str) -> Served {
+    let dir = TempDir::new(tag);
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
+    Served {
+        dir,
+        port,
+        server,
+        sonde,
+    }
+}
+
 /// Running `sonde` (single host) with its span output collected.
 pub struct Sonde {
     pub proc: Proc,

@@ -26,15 +26,12 @@ fn audit(control_socket: &std::path::Path) -> (Value, bool) {
 #[test]
 fn audit_of_a_single_host_pair_passes_with_reasons_for_each_capability() {
     let _guard = serial();
-    let dir = TempDir::new("audit");
-    let port = free_port();
-    let server = start_server(ServerKind::Python, port, &dir);
-    let sonde = Sonde::start(
-        &["--open-port", &port.to_string()],
-        &[],
-        &dir,
-        &[server.pid()],
-    );
+    let Served {
+        dir: _dir,
+        port: _port,
+        server: _server,
+        sonde,
+    } = serve_python_with_sonde("audit");
 
     let (report, ok) = audit(&sonde.control_socket);
     assert!(ok, "audit failed: {report:#}");

@@ -161,15 +161,12 @@ fn split_processor(dir: &TempDir, loader: &Sonde) -> Sonde {
 #[test]
 fn single_host_hands_the_processor_a_socketpair_and_no_socket_path() {
     let _guard = serial();
-    let dir = TempDir::new("pair");
-    let port = free_port();
-    let server = start_server(ServerKind::Python, port, &dir);
-    let sonde = Sonde::start(
-        &["--open-port", &port.to_string()],
-        &[],
-        &dir,
-        &[server.pid()],
-    );
+    let Served {
+        dir,
+        port,
+        server: _server,
+        sonde,
+    } = serve_python_with_sonde("pair");
     assert!(
         !sonde.control_socket.exists(),
         "single host must not create {}",

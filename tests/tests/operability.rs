@@ -319,15 +319,12 @@ fn sonde_gives_up_when_the_processor_cannot_be_spawned() {
 #[test]
 fn a_processor_killed_after_connecting_is_always_restarted() {
     let _guard = serial();
-    let dir = TempDir::new("killloop");
-    let port = free_port();
-    let server = start_server(ServerKind::Python, port, &dir);
-    let mut sonde = Sonde::start(
-        &["--open-port", &port.to_string()],
-        &[],
-        &dir,
-        &[server.pid()],
-    );
+    let Served {
+        dir: _dir,
+        port,
+        server: _server,
+        mut sonde,
+    } = serve_python_with_sonde("killloop");
     let kills = 6;
     for n in 1..=kills {
         sonde.wait_log_nth("processor connected", n, Duration::from_secs(30));

@@ -55,15 +55,12 @@ fn traceidratio_keeps_about_a_tenth() {
 #[test]
 fn parent_based_default_follows_the_callers_flag() {
     let _guard = serial();
-    let dir = TempDir::new("sampling-parent");
-    let port = free_port();
-    let server = start_server(ServerKind::Python, port, &dir);
-    let sonde = Sonde::start(
-        &["--open-port", &port.to_string()],
-        &[],
-        &dir,
-        &[server.pid()],
-    );
+    let Served {
+        dir: _dir,
+        port,
+        server: _server,
+        sonde,
+    } = serve_python_with_sonde("sampling-parent");
     for (path, flags) in [
         ("/ok/sampled", "01"),
         ("/ok/not-sampled", "00"),
