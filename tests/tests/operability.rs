@@ -223,6 +223,24 @@ fn wait_exit(sonde: &mut Sonde, timeout: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// `sonde --config <yaml> --open-port <a free port>`, started without waiting for a processor
+/// (the give-up tests expect none to last).
+fn sonde_with_config(dir: &TempDir, yaml: &str) -> Sonde {
+    let config = dir.path("sonde.yaml");
+    std::fs::write(&config, yaml).expect("config");
+    Sonde::start_binary(
+        "sonde",
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--open-port",
+            &free_port().to_string(),
+        ],
+        &[],
+        dir,
+    )
+}
+
 /// A processor that fails the same way at every start (its Prometheus port is taken, which
 /// the configuration check cannot know): `sonde` gives up after five tries, with one error
 /// naming the failure, and exits non-zero, within a bounded time.
@@ -232,23 +250,10 @@ fn sonde_gives_up_on_a_processor_that_fails_every_start() {
     let dir = TempDir::new("give-up");
     let taken = TcpListener::bind("127.0.0.1:0").expect("listener");
     let prometheus_port = taken.local_addr().expect("addr").port();
-    let config = dir.path("sonde.yaml");
-    std::fs::write(
-        &config,
-        format!("prometheus_export:\n  port: {prometheus_port}\n"),
-    )
-    .expect("config");
     let started = Instant::now();
-    let mut sonde = Sonde::start_binary(
-        "sonde",
-        &[
-            "--config",
-            config.to_str().expect("utf-8 path"),
-            "--open-port",
-            &free_port().to_string(),
-        ],
-        &[],
+    let mut sonde = sonde_with_config(
         &dir,
+        &format!("prometheus_export:\n  port: {prometheus_port}\n"),
     );
     let status = wait_exit(&mut sonde, Duration::from_secs(60));
     assert!(!status.success(), "{status}");
@@ -281,23 +286,10 @@ fn sonde_gives_up_on_a_processor_that_fails_every_start() {
 fn sonde_gives_up_when_the_processor_cannot_be_spawned() {
     let _guard = serial();
     let dir = TempDir::new("give-up-spawn");
-    let config = dir.path("sonde.yaml");
     let missing = dir.path("no-such-processor");
-    std::fs::write(
-        &config,
-        format!("processor:\n  binary: {}\n", missing.display()),
-    )
-    .expect("config");
-    let mut sonde = Sonde::start_binary(
-        "sonde",
-        &[
-            "--config",
-            config.to_str().expect("utf-8 path"),
-            "--open-port",
-            &free_port().to_string(),
-        ],
-        &[],
+    let mut sonde = sonde_with_config(
         &dir,
+        &format!("processor:\n  binary: {}\n", missing.display()),
     );
     let status = wait_exit(&mut sonde, Duration::from_secs(30));
     assert_eq!(status.code(), Some(1), "{status}");
