@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod prehashed;
 pub mod printer;
 pub mod privileges;
+pub mod protocols;
 pub mod red;
 pub mod ringbuf;
 pub mod routes;
