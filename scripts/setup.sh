@@ -17,6 +17,7 @@ DEB_PACKAGES=(
   prometheus                                            # real Prometheus server and promtool
   systemd                                               # systemd-analyze security (unit scores)
   openssl                                               # test certificates for OTLP over TLS
+  nghttp2-client                                        # HTTP/2 load (h2load)
 )
 
 missing=()

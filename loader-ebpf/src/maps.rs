@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use sonde_schema::{HttpEvent, counters};
+use sonde_schema::{ChunkHeader, HttpEvent, STREAM_CAPTURE, counters};
 
 /// `BPF_F_MMAPABLE`: the loader maps the pid filter into its memory and sets or clears one
 /// byte per pid there, so no 64-bit word shared by other pids is ever rewritten from user space.
@@ -108,6 +108,8 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::
 pub struct SocketIo {
     /// User pointer: the data buffer, the iovec array or the msghdr, per `buf_kind`.
     pub buf: u64,
+    /// Entries in the iovec array (`BUF_IOVEC` only).
+    pub iov_count: u64,
     /// `struct sock *` from the tracepoint.
     pub sk: u64,
     pub fd: u32,
@@ -127,6 +129,8 @@ pub const BUF_NONE: u8 = 3;
 pub const PHASE_IDLE: u8 = 0;
 pub const PHASE_REQUEST: u8 = 1;
 pub const PHASE_RESPONSE: u8 = 2;
+/// A stream connection whose close notice went out.
+pub const PHASE_CLOSED: u8 = 3;
 
 /// Bytes after the event's capture buffers that are never read: appends to the capture
 /// buffers use a masked offset plus a masked length, and the verifier must be able to prove
@@ -140,7 +144,11 @@ pub struct ConnState {
     pub slack: [u8; VERIFIER_SLACK],
     pub phase: u8,
     pub role: u8,
-    pub _pad: [u8; 6],
+    /// `sonde_schema::protocol::*`: how the connection's bytes are reported.
+    pub protocol: u8,
+    /// `CHUNK_*` flags for the connection's next stream chunk.
+    pub chunk_flags: u8,
+    pub _pad: [u8; 4],
 }
 
 /// Connections being paired, keyed by the kernel's `struct sock *`: the one identity that
@@ -163,3 +171,16 @@ pub fn count(index: u32) {
         unsafe { *slot += 1 };
     }
 }
+
+/// Room for one stream chunk record: the header, then the captured bytes. Three times the capture
+/// size because segments are appended at a masked offset below `STREAM_CAPTURE` with a masked length, and the
+/// verifier must see that the largest such copy stays inside the value.
+#[repr(C)]
+pub struct ChunkBuf {
+    pub header: ChunkHeader,
+    pub data: [u8; 3 * STREAM_CAPTURE],
+}
+
+/// Per-CPU scratch space a stream chunk is assembled in (too large for the eBPF stack).
+#[map(name = "CHUNK_BUF")]
+pub static CHUNK_BUF: PerCpuArray<ChunkBuf> = PerCpuArray::with_max_entries(1, 0);

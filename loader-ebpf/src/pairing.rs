@@ -15,15 +15,15 @@ use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_schema::{
     DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_CONN_CLOSED, EVENT_HTTP, EVENT_RESPONSE_MORE,
     ExchangeUpdate, FLAG_CLOSED, FLAG_NO_RESPONSE, HTTP_EVENT_MIN_SIZE, REQUEST_CAPTURE,
-    RESPONSE_CAPTURE, counters,
+    RESPONSE_CAPTURE, counters, protocol,
 };
 
 use crate::{
     maps::{
-        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, PHASE_IDLE,
-        PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, PHASE_CLOSED,
+        PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
     },
-    offsets,
+    offsets, stream,
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -87,25 +87,24 @@ fn first_segment(io: &SocketIo, ret: u64) -> Option<Segment> {
     })
 }
 
-/// True when the bytes start like an HTTP/1.x request line.
-#[inline(always)]
-fn looks_like_request(seg: &Segment) -> bool {
-    if seg.len < 4 {
-        return false;
-    }
-    let Some(head) = read_user::<[u8; 4]>(seg.ptr) else {
-        return false;
-    };
-    is_method(&head)
-}
-
-/// True when four bytes start an HTTP/1.x request line.
+/// True when four bytes start an HTTP/1.x request line: a standard method, or (checked only
+/// when that fails) four upper-case letters or three and a space, how non-standard methods
+/// such as `PROPFIND` or `PURGE` start. The processor confirms the `HTTP/1.x` version and
+/// counts what is not HTTP. `PRI ` (the HTTP/2 preface) is not a method.
 #[inline(always)]
 fn is_method(head: &[u8; 4]) -> bool {
-    matches!(
+    if matches!(
         head,
         b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"CONN" | b"TRAC"
-    )
+    ) {
+        return true;
+    }
+    let upper = |b: u8| b.is_ascii_uppercase();
+    head != H2_PREFACE_HEAD
+        && upper(head[0])
+        && upper(head[1])
+        && upper(head[2])
+        && (upper(head[3]) || head[3] == b' ')
 }
 
 /// Appends up to the remaining capture room from `seg` into the request buffer.
@@ -204,7 +203,7 @@ fn read_tuple(state: &mut ConnState, sk: u64) {
 
 /// Ring buffer output flags: wake the processor only once `WAKEUP_BYTES` are queued.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+pub fn wakeup_flags() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -304,13 +303,50 @@ fn new_conn_id() -> u64 {
     ((hi as u64) << 32) | lo as u64
 }
 
-/// First bytes on a connection with no state: track it if they start an HTTP/1.x request.
+/// The HTTP/2 client preface starts with these bytes (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const H2_PREFACE_HEAD: &[u8; 4] = b"PRI ";
+
+/// What the first bytes on an untracked connection say it carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstBytes {
+    Http1,
+    Http2Preface,
+    Http2MidStream,
+    Other,
+}
+
+#[inline(always)]
+fn classify(seg: &Segment, ret: u64) -> FirstBytes {
+    if seg.len < 4 {
+        return FirstBytes::Other;
+    }
+    let Some(head) = read_user::<[u8; 4]>(seg.ptr) else {
+        return FirstBytes::Other;
+    };
+    if is_method(&head) {
+        return FirstBytes::Http1;
+    }
+    if &head == H2_PREFACE_HEAD {
+        return FirstBytes::Http2Preface;
+    }
+    if seg.len >= 9
+        && let Some(frame) = read_user::<[u8; 9]>(seg.ptr)
+        && stream::plausible_frame(&frame, ret)
+    {
+        return FirstBytes::Http2MidStream;
+    }
+    FirstBytes::Other
+}
+
+/// First bytes on a connection with no state: track it if they start an HTTP/1.x request
+/// (paired here) or HTTP/2 (sent on as stream chunks).
 #[inline(always)]
 pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
     let Some(seg) = first_segment(io, ret) else {
         return;
     };
-    if !looks_like_request(&seg) {
+    let first = classify(&seg, ret);
+    if first == FirstBytes::Other {
         count(counters::NON_HTTP_PAYLOADS);
         return;
     }
@@ -329,12 +365,22 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
     let state = unsafe { &mut *p };
     state.event.conn_id = new_conn_id();
     read_tuple(state, io.sk);
-    start_request(state, io, id, &seg, ret, now_ns(), true);
+    if first == FirstBytes::Http1 {
+        start_request(state, io, id, &seg, ret, now_ns(), true);
+    } else {
+        state.event.pid = (id >> 32) as u32;
+        stream::adopt(state, first == FirstBytes::Http2MidStream);
+        stream::emit_chunk(state, io, id, ret);
+    }
 }
 
 /// Handles `ret` > 0 bytes read or written on a tracked connection.
 #[inline(always)]
 pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
+    if state.protocol == protocol::HTTP2 {
+        stream::emit_chunk(state, io, id, ret);
+        return;
+    }
     let now = now_ns();
     let seg = first_segment(io, ret);
     let inbound = io.op == OP_READ;
@@ -367,8 +413,15 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
             append_request(state, &seg);
             let head = &state.event.request;
             let len = state.event.request_len;
-            if len >= 4 && is_method(&[head[0], head[1], head[2], head[3]]) {
+            let first4 = [head[0], head[1], head[2], head[3]];
+            if len >= 4 && is_method(&first4) {
                 start_request(state, io, id, &seg, ret, now, false);
+            } else if len >= 4 && &first4 == H2_PREFACE_HEAD {
+                // `Upgrade: h2c` answered with 101: the connection continues as HTTP/2.
+                state.event.request_len = 0;
+                state.phase = PHASE_IDLE;
+                stream::adopt(state, false);
+                stream::emit_chunk(state, io, id, ret);
             } else {
                 state.event.request_len = 0;
                 state.phase = PHASE_IDLE;
@@ -386,6 +439,18 @@ pub fn on_close(sk: u64, closed_for_good: bool) {
     if let Some(p) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: pointer from a successful map lookup.
         let state = unsafe { &mut *p };
+        if state.protocol == protocol::HTTP2 {
+            // One close notice per connection: the local close and the socket's end both land
+            // here.
+            if state.phase != PHASE_CLOSED {
+                state.phase = PHASE_CLOSED;
+                emit_update(state, EVENT_CONN_CLOSED, 0, now_ns());
+            }
+            if closed_for_good {
+                let _ = CONNS.remove(&sk);
+            }
+            return;
+        }
         match state.phase {
             PHASE_REQUEST => emit_event(state, FLAG_NO_RESPONSE | FLAG_CLOSED),
             PHASE_RESPONSE => emit_update(state, EVENT_CONN_CLOSED, 0, now_ns()),

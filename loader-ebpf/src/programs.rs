@@ -55,19 +55,20 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
     // SAFETY: both helpers only return pointers into the current task; the registers are then
     // read with bpf_probe_read_kernel, which faults safely.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let Some((nr, arg0, buf)) = syscall_abi::syscall_args(regs) else {
+    let Some(args) = syscall_abi::syscall_args(regs) else {
         return 0;
     };
-    let Some(buf_kind) = syscall_abi::buffer_kind(nr) else {
+    let Some(buf_kind) = syscall_abi::buffer_kind(args.nr) else {
         if is_tcp(sk) {
             count(counters::UNTRACKED_SYSCALLS);
         }
         return 0;
     };
     let io = SocketIo {
-        buf,
+        buf: args.arg1,
+        iov_count: args.arg2,
         sk,
-        fd: arg0 as u32,
+        fd: args.arg0 as u32,
         op,
         buf_kind,
     };

@@ -15,6 +15,7 @@ mod arch {
     /// `struct pt_regs` byte offsets (arch/x86/include/uapi/asm/ptrace.h).
     pub const ARG0: u64 = 112; // di
     pub const ARG1: u64 = 104; // si
+    pub const ARG2: u64 = 96; // dx
     pub const SYSCALL_NR: u64 = 120; // orig_ax
 
     pub const READ: u64 = 0;
@@ -34,6 +35,7 @@ mod arch {
     /// the return value, so the first argument comes from orig_x0.
     pub const ARG0: u64 = 272; // orig_x0
     pub const ARG1: u64 = 8; // regs[1]
+    pub const ARG2: u64 = 16; // regs[2]
     pub const SYSCALL_NR: u64 = 280; // syscallno
 
     pub const READ: u64 = 63;
@@ -47,17 +49,31 @@ mod arch {
     pub const RECVMSG: u64 = 212;
 }
 
-/// The syscall number and its first two arguments from a task's saved registers.
+/// A syscall's number and its first three arguments, from a task's saved registers.
+#[derive(Clone, Copy)]
+pub struct SyscallArgs {
+    pub nr: u64,
+    pub arg0: u64,
+    pub arg1: u64,
+    /// The iovec count of `readv`/`writev`.
+    pub arg2: u64,
+}
+
 #[inline(always)]
-pub fn syscall_args(regs: u64) -> Option<(u64, u64, u64)> {
+pub fn syscall_args(regs: u64) -> Option<SyscallArgs> {
     #[cfg(bpf_target_arch = "x86_64")]
     {
-        // si, di and orig_ax are adjacent: one read.
+        // dx, si, di and orig_ax are adjacent: one read.
         // SAFETY: bpf_probe_read_kernel copies with fault handling.
-        let [arg1, arg0, nr]: [u64; 3] = unsafe {
-            aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG1) as *const [u64; 3]).ok()?
+        let [arg2, arg1, arg0, nr]: [u64; 4] = unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG2) as *const [u64; 4]).ok()?
         };
-        Some((nr, arg0, arg1))
+        Some(SyscallArgs {
+            nr,
+            arg0,
+            arg1,
+            arg2,
+        })
     }
     #[cfg(not(bpf_target_arch = "x86_64"))]
     {
@@ -70,7 +86,14 @@ pub fn syscall_args(regs: u64) -> Option<(u64, u64, u64)> {
                 aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG0) as *const u64).ok()?;
             let arg1 =
                 aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG1) as *const u64).ok()?;
-            Some((nr, arg0, arg1))
+            let arg2 =
+                aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG2) as *const u64).ok()?;
+            Some(SyscallArgs {
+                nr,
+                arg0,
+                arg1,
+                arg2,
+            })
         }
     }
 }

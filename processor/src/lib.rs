@@ -4,8 +4,6 @@
 
 pub mod config;
 pub mod control;
-pub mod exchange;
-pub mod http;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;

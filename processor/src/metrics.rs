@@ -14,6 +14,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    protocols::grpc,
     semconv::{self, DURATION_BUCKETS, SIZE_BUCKETS},
     span::{Span, SpanKind},
 };
@@ -54,7 +55,46 @@ struct ClientLabels {
     service_namespace: String,
 }
 
+/// Labels of `rpc_server_call_duration_seconds` (the reference system's default set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcServerLabels {
+    rpc_method: String,
+    rpc_system_name: String,
+    rpc_response_status_code: String,
+    server_address: String,
+    server_port: u16,
+    service_name: String,
+    service_namespace: String,
+}
+
+/// Labels of `rpc_client_call_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcClientLabels {
+    rpc_method: String,
+    rpc_system_name: String,
+    rpc_response_status_code: String,
+    error_type: String,
+    server_address: String,
+    server_port: u16,
+    service_name: String,
+    service_namespace: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn register_durations<L>(registry: &mut Registry, instrument: &semconv::Instrument) -> Histograms<L>
+where
+    L: EncodeLabelSet + Clone + Hash + Eq + Debug + Send + Sync + 'static,
+{
+    let family: Histograms<L> = Family::new_with_constructor(durations as fn() -> Histogram);
+    registry.register_with_unit(
+        instrument.name.replace('.', "_"),
+        instrument.description,
+        Unit::Seconds,
+        family.clone(),
+    );
+    family
+}
 
 fn durations() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
@@ -99,29 +139,30 @@ where
     fn series(&self, labels: &L) -> PromSeries {
         PromSeries {
             duration: self.duration.get_or_create(labels).clone(),
-            request_size: self.request_size.get_or_create(labels).clone(),
-            response_size: self.response_size.get_or_create(labels).clone(),
+            request_size: Some(self.request_size.get_or_create(labels).clone()),
+            response_size: Some(self.response_size.get_or_create(labels).clone()),
         }
     }
 }
 
-/// The three histograms of one series (method, status, route, service; peer for clients).
+/// The histograms of one series (method, status, route, service; peer for clients): duration
+/// and, for HTTP, body sizes.
 #[derive(Clone)]
 pub struct PromSeries {
     duration: Histogram,
-    request_size: Histogram,
-    response_size: Histogram,
+    request_size: Option<Histogram>,
+    response_size: Option<Histogram>,
 }
 
 impl PromSeries {
     /// Counts one request of this series.
     pub fn observe(&self, s: &Span) {
         self.duration.observe(s.duration_ns as f64 / 1e9);
-        if let Some(n) = s.request_body_size {
-            self.request_size.observe(n as f64);
+        if let (Some(h), Some(n)) = (&self.request_size, s.request_body_size) {
+            h.observe(n as f64);
         }
-        if let Some(n) = s.response_body_size {
-            self.response_size.observe(n as f64);
+        if let (Some(h), Some(n)) = (&self.response_size, s.response_body_size) {
+            h.observe(n as f64);
         }
     }
 }
@@ -131,6 +172,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     server: RedFamilies<ServerLabels>,
     client: RedFamilies<ClientLabels>,
+    rpc_server: Histograms<RpcServerLabels>,
+    rpc_client: Histograms<RpcClientLabels>,
     /// Ring buffer records received.
     pub events: Counter,
     /// Events lost in the kernel (ring buffer full), as last reported by the loader.
@@ -151,6 +194,8 @@ impl Metrics {
         let mut registry = Registry::default();
         let server = RedFamilies::register(&mut registry, &semconv::SERVER);
         let client = RedFamilies::register(&mut registry, &semconv::CLIENT);
+        let rpc_server = register_durations(&mut registry, &grpc::SERVER_DURATION);
+        let rpc_client = register_durations(&mut registry, &grpc::CLIENT_DURATION);
         // A gauge of 1 rather than an OpenMetrics `info` metric: the Prometheus text
         // format (and promtool) knows no `info` type.
         let target_info = Family::<Vec<(String, String)>, Gauge>::default();
@@ -231,6 +276,8 @@ impl Metrics {
             registry: Arc::new(registry),
             server,
             client,
+            rpc_server,
+            rpc_client,
             events,
             kernel_events_lost,
             export_errors,
@@ -243,8 +290,51 @@ impl Metrics {
     /// that keeps them records later requests of the same series without building labels or
     /// looking them up again.
     pub fn series(&self, s: &Span) -> PromSeries {
-        let route = s.route.clone().unwrap_or_default();
         let namespace = s.service_namespace.clone().unwrap_or_default();
+        if let Some(rpc) = &s.rpc {
+            let status = rpc
+                .status_code
+                .filter(|c| *c <= 16)
+                .map_or("", grpc::status_name)
+                .to_string();
+            let duration = match s.kind {
+                SpanKind::Server => self
+                    .rpc_server
+                    .get_or_create(&RpcServerLabels {
+                        rpc_method: rpc.method.clone(),
+                        rpc_system_name: rpc.system.to_string(),
+                        rpc_response_status_code: status,
+                        server_address: s.server_address.to_string(),
+                        server_port: s.server_port,
+                        service_name: s.service_name.clone(),
+                        service_namespace: namespace,
+                    })
+                    .clone(),
+                SpanKind::Client => self
+                    .rpc_client
+                    .get_or_create(&RpcClientLabels {
+                        rpc_method: rpc.method.clone(),
+                        rpc_system_name: rpc.system.to_string(),
+                        rpc_response_status_code: status,
+                        error_type: if grpc::is_error(s.kind, rpc.status_code) {
+                            grpc::error_type(rpc.status_code).to_string()
+                        } else {
+                            String::new()
+                        },
+                        server_address: s.server_address.to_string(),
+                        server_port: s.server_port,
+                        service_name: s.service_name.clone(),
+                        service_namespace: namespace,
+                    })
+                    .clone(),
+            };
+            return PromSeries {
+                duration,
+                request_size: None,
+                response_size: None,
+            };
+        }
+        let route = s.route.clone().unwrap_or_default();
         // Non-standard methods count as `_OTHER`, so a scanner cannot mint new series.
         let method = semconv::method_value(&s.method);
         match s.kind {

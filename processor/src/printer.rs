@@ -25,7 +25,7 @@ pub fn text_line(s: &Span) -> String {
         dur = s.duration_ns as f64 / 1e6,
         status = s.status,
     );
-    escape_text(&mut line, &s.method);
+    escape_text(&mut line, s.method_original.as_deref().unwrap_or(&s.method));
     line.push(' ');
     escape_text(&mut line, &s.path);
     if let Some(q) = &s.query {
@@ -43,6 +43,15 @@ pub fn text_line(s: &Span) -> String {
     if let Some(h) = &s.host {
         line.push_str(" host=");
         escape_text(&mut line, h);
+    }
+    if let Some(rpc) = &s.rpc {
+        let _ = write!(line, " {}", rpc.system);
+        if let Some(code) = rpc.status_code {
+            let _ = write!(line, " rpc_status={code}");
+        }
+    }
+    if s.protocol_version == "2" {
+        line.push_str(" h2");
     }
     line.push_str(" service=");
     escape_text(&mut line, &s.service_name);
@@ -208,6 +217,28 @@ pub fn json_line(s: &Span, out: &mut Vec<u8>) {
     if let Some(h) = &s.host {
         key(out, "host");
         json_str(out, h);
+    }
+    key(out, "protocol_version");
+    json_str(out, s.protocol_version);
+    key(out, "scheme");
+    json_str(out, s.scheme);
+    if let Some(ua) = &s.user_agent {
+        key(out, "user_agent");
+        json_str(out, ua);
+    }
+    if let Some(m) = &s.method_original {
+        key(out, "method_original");
+        json_str(out, m);
+    }
+    if let Some(rpc) = &s.rpc {
+        key(out, "rpc_system");
+        json_str(out, rpc.system);
+        key(out, "rpc_method");
+        json_str(out, &rpc.method);
+        if let Some(code) = rpc.status_code {
+            key(out, "rpc_status");
+            json_num(out, code);
+        }
     }
     key(out, "server_address");
     json_address(out, &s.server_address);

@@ -27,6 +27,8 @@ struct Entry {
     status: u16,
     route: Option<String>,
     peer: Option<(Address, u16)>,
+    /// RPC method and status, for RPC spans.
+    rpc: Option<(String, Option<u32>)>,
     prometheus: Option<PromSeries>,
     otlp: Option<Vec<KeyValue>>,
 }
@@ -39,6 +41,8 @@ impl Entry {
             && self.status == s.status
             && self.route.as_deref() == s.route.as_deref()
             && self.peer == peer
+            && self.rpc.as_ref().map(|(m, c)| (m.as_str(), *c))
+                == s.rpc.as_ref().map(|r| (r.method.as_str(), r.status_code))
     }
 }
 
@@ -66,7 +70,15 @@ impl RedRecorder {
         let peer = (s.kind == SpanKind::Client).then_some((s.server_address, s.server_port));
         let h = self
             .hasher
-            .hash_one((s.pid, s.kind, method, s.status, s.route.as_deref(), peer));
+            .hash_one((
+                s.pid,
+                s.kind,
+                method,
+                s.status,
+                s.route.as_deref(),
+                peer,
+                s.rpc.as_ref().map(|r| (r.method.as_str(), r.status_code)),
+            ));
         let found = self
             .series
             .get(&h)
@@ -85,6 +97,7 @@ impl RedRecorder {
                     status: s.status,
                     route: s.route.clone(),
                     peer,
+                    rpc: s.rpc.as_ref().map(|r| (r.method.clone(), r.status_code)),
                     prometheus: prometheus.map(|m| m.series(s)),
                     otlp: otlp
                         .as_deref_mut()

@@ -61,8 +61,8 @@ pub const CLIENT: RedInstruments = RedInstruments {
 /// The method as a static string when it is a standard one (no allocation); other methods
 /// are reported as `_OTHER`, as the conventions ask, so a scanner cannot mint new series.
 pub fn method_value(method: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    const KNOWN: [&str; 10] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "QUERY",
     ];
     KNOWN
         .iter()

@@ -1,12 +1,10 @@
-//! Turns one kernel `HttpEvent` into a span: W3C ids (continuing an incoming `traceparent`
-//! when there is one), kind, wall-clock times, HTTP attributes and the service it belongs to.
+//! The finished span every protocol produces: W3C ids, kind, wall-clock times, the endpoints,
+//! the service it belongs to, and the attributes of its protocol. Protocol modules
+//! (`protocols::*`) build spans; printers, metrics and OTLP read them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
-use sonde_schema::{DIRECTION_CLIENT, FLAG_NO_RESPONSE, HttpEvent};
-
-use crate::http::{self, QueryPolicy, RequestError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +33,18 @@ pub struct Span {
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// `network.protocol.version`: `1.0`, `1.1` or `2` (empty when unknown).
+    pub protocol_version: &'static str,
+    /// `url.scheme`: `http` or `https`.
+    pub scheme: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The request's method when it is not a standard one (`method` is then `_OTHER`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method_original: Option<String>,
+    /// Set on RPC spans (gRPC).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<Rpc>,
     pub server_address: Address,
     pub server_port: u16,
     pub client_address: Address,
@@ -60,6 +70,20 @@ pub struct Span {
     /// The caller's sampling decision (the `sampled` flag of an incoming `traceparent`).
     #[serde(skip)]
     pub parent_sampled: Option<bool>,
+}
+
+/// What an RPC span adds to its HTTP/2 exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rpc {
+    /// `rpc.system`: `grpc`.
+    #[serde(rename = "rpc_system")]
+    pub system: &'static str,
+    /// `service/method`, the request path without its leading slash.
+    #[serde(rename = "rpc_method")]
+    pub method: String,
+    /// The gRPC status code from the trailers; None when the call ended without one.
+    #[serde(rename = "rpc_status", skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u32>,
 }
 
 /// Where a span's service identity comes from.
@@ -125,7 +149,7 @@ impl Serialize for Address {
 }
 
 /// Decodes an address of the event (v4-mapped v6 shown as v4).
-fn addr(family: u16, bytes: &[u8; 16]) -> Address {
+pub fn addr(family: u16, bytes: &[u8; 16]) -> Address {
     Address(match family {
         2 => Some(IpAddr::V4(Ipv4Addr::new(
             bytes[0], bytes[1], bytes[2], bytes[3],
@@ -168,6 +192,11 @@ impl Span {
             route: None,
             status: 200,
             host: None,
+            protocol_version: "1.1",
+            scheme: "http",
+            user_agent: None,
+            method_original: None,
+            rpc: None,
             server_address: Address(None),
             server_port: 80,
             client_address: Address(None),
@@ -215,289 +244,9 @@ impl<R: rand::Rng> IdSource for R {
     }
 }
 
-/// Outcome of building a span.
-pub enum Built {
-    Span(Box<Span>),
-    /// The request bytes are not HTTP at all: no span, counted by the caller.
-    NotHttp,
-}
-
-/// Builds the span for `ev`. `mono_to_unix` converts CLOCK_MONOTONIC ns to Unix ns; `query`
-/// decides whether the query is kept and what of it is redacted.
-pub fn build(
-    ev: &HttpEvent,
-    service: &ServiceInfo<'_>,
-    query: &QueryPolicy,
-    mono_to_unix: i128,
-    ids: &mut impl IdSource,
-) -> Built {
-    let request = http::parse_request(ev.request());
-    let (head, malformed) = match request {
-        Ok(h) => (h, None),
-        Err(RequestError::NotHttp) => return Built::NotHttp,
-        Err(e) => {
-            // Keep what is readable (the method and the start of the target) for the operator,
-            // never more than the request line.
-            let (method, path, query) = http::malformed_request_start(ev.request());
-            (
-                http::RequestHead {
-                    method,
-                    path,
-                    query,
-                    ..Default::default()
-                },
-                Some(e.as_str()),
-            )
-        }
-    };
-    let response = http::parse_response(ev.response());
-    let no_response = ev.flags & FLAG_NO_RESPONSE != 0 || ev.response_bytes == 0;
-    let status = response.as_ref().map_or(0, |r| r.status);
-    let malformed = malformed.or(if !no_response && response.is_none() {
-        Some("response is not HTTP/1.x")
-    } else {
-        None
-    });
-
-    let kind = if ev.direction == DIRECTION_CLIENT {
-        SpanKind::Client
-    } else {
-        SpanKind::Server
-    };
-    let local = addr(ev.family, &ev.local_addr);
-    let peer = addr(ev.family, &ev.peer_addr);
-    let (server_address, server_port, client_address, client_port) = match kind {
-        SpanKind::Server => (local, ev.local_port, peer, ev.peer_port),
-        SpanKind::Client => (peer, ev.peer_port, local, ev.local_port),
-    };
-
-    // A server span continues the caller's trace when the request carried traceparent.
-    let (trace_id, parent, parent_sampled) = match (kind, head.traceparent) {
-        (SpanKind::Server, Some((trace, parent, flags))) => {
-            (trace, Some(parent), Some(flags & 1 == 1))
-        }
-        _ => (ids.trace_id(), None, None),
-    };
-    let span_id = ids.span_id();
-
-    let to_unix =
-        |mono: u64| -> u64 { (mono as i128 + mono_to_unix).clamp(0, u64::MAX as i128) as u64 };
-    let end_ns = ev.end_ns.max(ev.start_ns);
-    let request_body_size = http::body_size(ev.request_bytes, head.head_len, head.content_length);
-    let response_body_size = response
-        .as_ref()
-        .and_then(|r| http::body_size(ev.response_bytes, r.head_len, r.content_length));
-
-    Built::Span(Box::new(Span {
-        trace_id: TraceId(trace_id),
-        span_id: SpanId(span_id),
-        parent_span_id: parent.map(SpanId),
-        kind,
-        name: if head.method.is_empty() {
-            "HTTP".into()
-        } else {
-            head.method.clone()
-        },
-        method: head.method,
-        path: head.path,
-        query: query.apply(head.query),
-        route: None,
-        status,
-        host: head.host,
-        server_address,
-        server_port,
-        client_address,
-        client_port,
-        request_body_size,
-        response_body_size,
-        request_bytes: ev.request_bytes,
-        response_bytes: ev.response_bytes,
-        start_unix_nano: to_unix(ev.start_ns),
-        end_unix_nano: to_unix(end_ns),
-        duration_ns: end_ns - ev.start_ns,
-        service_name: service.name.to_string(),
-        service_namespace: service.namespace.map(str::to_string),
-        pid: ev.pid,
-        tid: ev.tid,
-        malformed,
-        no_response,
-        parent_sampled,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sonde_schema::{DIRECTION_SERVER, EVENT_HTTP};
-
-    struct FixedIds;
-    impl IdSource for FixedIds {
-        fn trace_id(&mut self) -> [u8; 16] {
-            [1; 16]
-        }
-        fn span_id(&mut self) -> [u8; 8] {
-            [2; 8]
-        }
-    }
-
-    fn event(req: &[u8], resp: &[u8]) -> HttpEvent {
-        let mut e = HttpEvent::zeroed();
-        e.kind = EVENT_HTTP;
-        e.direction = DIRECTION_SERVER;
-        e.family = 2;
-        e.pid = 10;
-        e.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-        e.peer_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
-        e.local_port = 8080;
-        e.peer_port = 40000;
-        e.start_ns = 1_000;
-        e.end_ns = 5_000;
-        e.request_len = req.len() as u16;
-        e.request[..req.len()].copy_from_slice(req);
-        e.response_len = resp.len() as u16;
-        e.response[..resp.len()].copy_from_slice(resp);
-        e.request_bytes = req.len() as u64;
-        e.response_bytes = resp.len() as u64;
-        e
-    }
-
-    fn span(e: &HttpEvent) -> Span {
-        span_with(
-            e,
-            &QueryPolicy {
-                export: true,
-                extra_sensitive: Vec::new(),
-            },
-        )
-    }
-
-    fn span_with(e: &HttpEvent, query: &QueryPolicy) -> Span {
-        match build(
-            e,
-            &ServiceInfo {
-                name: "svc",
-                namespace: None,
-            },
-            query,
-            1_000_000,
-            &mut FixedIds,
-        ) {
-            Built::Span(s) => *s,
-            Built::NotHttp => panic!("expected a span"),
-        }
-    }
-
-    #[test]
-    fn server_span_fields() {
-        let s = span(&event(
-            b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n",
-            b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnope",
-        ));
-        assert_eq!(s.kind, SpanKind::Server);
-        assert_eq!(
-            (s.method.as_str(), s.path.as_str(), s.query.as_deref()),
-            ("GET", "/a", Some("b=1"))
-        );
-        assert_eq!(s.status, 404);
-        assert_eq!(
-            (s.server_address.to_string().as_str(), s.server_port),
-            ("127.0.0.1", 8080)
-        );
-        assert_eq!(
-            (s.client_address.to_string().as_str(), s.client_port),
-            ("127.0.0.2", 40000)
-        );
-        assert_eq!(s.duration_ns, 4_000);
-        assert_eq!(s.start_unix_nano, 1_001_000);
-        assert_eq!(s.request_body_size, Some(0));
-        assert_eq!(s.response_body_size, Some(4));
-        assert_eq!(s.trace_id.to_string(), "01".repeat(16));
-        assert!(s.malformed.is_none() && !s.no_response);
-    }
-
-    #[test]
-    fn continues_incoming_trace() {
-        let s = span(&event(
-            b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\n\r\n",
-        ));
-        assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(
-            s.parent_span_id.map(|p| p.to_string()).as_deref(),
-            Some("00f067aa0ba902b7")
-        );
-    }
-
-    #[test]
-    fn malformed_and_missing_responses() {
-        let s = span(&event(
-            b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-            b"HTTP/1.1 414 URI Too Long\r\n",
-        ));
-        assert_eq!(s.malformed, Some("request line exceeds the captured bytes"));
-        assert_eq!(s.status, 414);
-        let mut e = event(b"GET / HTTP/1.1\r\n\r\n", b"");
-        e.flags = FLAG_NO_RESPONSE;
-        let s = span(&e);
-        assert!(s.no_response);
-        assert_eq!(s.status, 0);
-        let s = span(&event(b"GET / HTTP/1.1\r\n\r\n", b"\x00\x01garbage"));
-        assert_eq!(s.malformed, Some("response is not HTTP/1.x"));
-        assert!(matches!(
-            build(
-                &event(b"\x16\x03\x01", b""),
-                &ServiceInfo {
-                    name: "s",
-                    namespace: None
-                },
-                &QueryPolicy::default(),
-                0,
-                &mut FixedIds
-            ),
-            Built::NotHttp
-        ));
-    }
-
-    #[test]
-    fn no_query_by_default_and_credentials_redacted_when_enabled() {
-        let e = event(
-            b"GET /p?X-Amz-Signature=S&password=S&ok=1 HTTP/1.1\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\n\r\n",
-        );
-        let s = span_with(&e, &QueryPolicy::default());
-        assert_eq!((s.path.as_str(), s.query), ("/p", None));
-        let s = span(&e);
-        assert_eq!(
-            s.query.as_deref(),
-            Some("X-Amz-Signature=REDACTED&password=REDACTED&ok=1")
-        );
-    }
-
-    #[test]
-    fn malformed_request_line_does_not_carry_the_next_header() {
-        let e = event(
-            b"GET /a b HTTP/1.1\r\nAuthorization: Bearer S\r\n\r\n",
-            b"HTTP/1.1 400 Bad Request\r\n\r\n",
-        );
-        for policy in [
-            QueryPolicy::default(),
-            QueryPolicy {
-                export: true,
-                ..Default::default()
-            },
-        ] {
-            let s = span_with(&e, &policy);
-            assert_eq!(s.malformed, Some("malformed request line"));
-            assert_eq!((s.method.as_str(), s.path.as_str()), ("GET", "/a"));
-            assert_eq!(s.query, None);
-        }
-        // A cut request line with a query: the query policy applies to it too.
-        let e = event(b"GET /p?token=S&ok=1", b"HTTP/1.1 414 URI Too Long\r\n\r\n");
-        let s = span_with(&e, &QueryPolicy::default());
-        assert_eq!((s.path.as_str(), s.query), ("/p", None));
-        let s = span(&e);
-        assert_eq!(s.query.as_deref(), Some("token=REDACTED&ok=1"));
-    }
 
     #[test]
     fn ipv4_mapped_addresses_print_as_ipv4() {

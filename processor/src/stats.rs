@@ -39,6 +39,10 @@ pub struct Stats {
     pub otlp_spans_exported: u64,
     /// Spans dropped on the way to the collector: queue full or export failed.
     pub otlp_spans_dropped: u64,
+    /// Multiplexed connections (HTTP/2) and their parser's counters.
+    pub streams: crate::protocols::streams::StreamStats,
+    /// HTTP/2 streams with no span: their request headers could not be decoded.
+    pub h2_headers_unknown: u64,
     /// Last kernel counters reported by the loader.
     pub kernel: std::collections::BTreeMap<String, u64>,
 }

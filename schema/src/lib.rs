@@ -48,6 +48,130 @@ pub const EVENT_HTTP: u8 = 1;
 pub const EVENT_RESPONSE_MORE: u8 = 2;
 /// Record kind: an `ExchangeUpdate` saying the connection closed; its open exchange is over.
 pub const EVENT_CONN_CLOSED: u8 = 3;
+/// Record kind: a `ChunkHeader` followed by the bytes of one socket read or write on a
+/// connection whose protocol multiplexes exchanges (HTTP/2): the processor reassembles the
+/// stream itself.
+pub const EVENT_STREAM_CHUNK: u8 = 4;
+
+/// The protocol the kernel tagged a connection with, from its first bytes. Cheap and
+/// provisional: the processor's protocol layer confirms it.
+pub mod protocol {
+    /// An HTTP/1.x request line: paired into `HttpEvent`s in the kernel.
+    pub const HTTP1: u8 = 1;
+    /// The HTTP/2 client preface, or (picked up mid-stream) a plausible HTTP/2 frame header:
+    /// every read and write goes out as a `ChunkHeader` record.
+    pub const HTTP2: u8 = 2;
+}
+
+/// Bytes of one socket read or write captured into a stream chunk (at most; the chunk says how
+/// many moved). HTTP/2's default largest frame is 16 KiB plus its 9-byte header.
+pub const STREAM_CAPTURE: usize = 16 * 1024;
+
+/// `ChunkHeader::flow`: the instrumented process read these bytes.
+pub const FLOW_INBOUND: u8 = 1;
+/// `ChunkHeader::flow`: the instrumented process wrote these bytes.
+pub const FLOW_OUTBOUND: u8 = 2;
+
+/// `ChunkHeader::flags`: the first chunk of the connection the kernel saw.
+pub const CHUNK_FIRST: u8 = 1 << 0;
+/// `ChunkHeader::flags`: the connection was picked up mid-stream (no preface seen), so its
+/// header-compression state is unknown.
+pub const CHUNK_MIDSTREAM: u8 = 1 << 1;
+
+/// The fixed part of a stream chunk record; `captured` payload bytes follow it. Addresses as in
+/// `HttpEvent`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkHeader {
+    pub kind: u8,
+    /// `protocol::*`.
+    pub protocol: u8,
+    /// `FLOW_INBOUND` or `FLOW_OUTBOUND`.
+    pub flow: u8,
+    /// `CHUNK_*`.
+    pub flags: u8,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    /// Opaque id of the connection, as in `HttpEvent`.
+    pub conn_id: u64,
+    /// CLOCK_MONOTONIC nanoseconds when the bytes had moved.
+    pub ts_ns: u64,
+    /// Bytes the syscall moved; the first `captured` of them follow.
+    pub total: u64,
+    pub captured: u32,
+    pub family: u16,
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad: [u8; 6],
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+
+impl ChunkHeader {
+    pub const SIZE: usize = core::mem::size_of::<ChunkHeader>();
+
+    /// An all-zero header.
+    pub const fn zeroed() -> Self {
+        ChunkHeader {
+            kind: 0,
+            protocol: 0,
+            flow: 0,
+            flags: 0,
+            pid: 0,
+            tid: 0,
+            fd: 0,
+            conn_id: 0,
+            ts_ns: 0,
+            total: 0,
+            captured: 0,
+            family: 0,
+            local_port: 0,
+            peer_port: 0,
+            _pad: [0; 6],
+            local_addr: [0; 16],
+            peer_addr: [0; 16],
+        }
+    }
+
+    /// Decodes a chunk record into its header and payload (size, kind and lengths checked).
+    /// Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<(ChunkHeader, &[u8]), DecodeError> {
+        if bytes.len() < Self::SIZE {
+            return Err(DecodeError::Truncated {
+                needed: Self::SIZE,
+                got: bytes.len(),
+            });
+        }
+        if bytes[0] != EVENT_STREAM_CHUNK {
+            return Err(DecodeError::UnknownKind(bytes[0]));
+        }
+        let mut header = ChunkHeader::zeroed();
+        // SAFETY: SIZE bytes fit both the source slice (checked above) and the destination,
+        // a repr(C) struct of integers and byte arrays (every bit pattern is valid).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&mut header as *mut ChunkHeader).cast::<u8>(),
+                Self::SIZE,
+            )
+        };
+        let payload = &bytes[Self::SIZE..];
+        let captured = header.captured as usize;
+        if captured > payload.len() || captured > STREAM_CAPTURE || captured as u64 > header.total
+        {
+            return Err(DecodeError::BadLength);
+        }
+        Ok((header, &payload[..captured]))
+    }
+
+    /// The header's bytes as the kernel writes them (used by tests and fuzzers).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C) plain integers and byte arrays with explicit padding: all SIZE bytes
+        // are initialised; the slice borrows self.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), Self::SIZE) }
+    }
+}
 
 /// One HTTP/1.x request and the start of its response on one TCP connection, paired in the
 /// kernel. The kernel emits it when the response starts (the first byte moves the other way),
@@ -225,18 +349,23 @@ pub struct ExchangeUpdate {
     clippy::large_enum_variant,
     reason = "a record lives on the stack for one call; boxing would allocate per event"
 )]
-pub enum Record {
+pub enum Record<'a> {
     Http(HttpEvent),
     Update(ExchangeUpdate),
+    /// A stream chunk's header and its captured bytes.
+    Chunk(ChunkHeader, &'a [u8]),
 }
 
-impl Record {
+impl Record<'_> {
     /// Decodes a ring-buffer sample by its kind byte. Never panics, whatever the bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
+    pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         match bytes.first() {
             Some(&EVENT_HTTP) => HttpEvent::decode(bytes).map(Record::Http),
             Some(&(EVENT_RESPONSE_MORE | EVENT_CONN_CLOSED)) => {
                 ExchangeUpdate::decode(bytes).map(Record::Update)
+            }
+            Some(&EVENT_STREAM_CHUNK) => {
+                ChunkHeader::decode(bytes).map(|(h, payload)| Record::Chunk(h, payload))
             }
             Some(&other) => Err(DecodeError::UnknownKind(other)),
             None => Err(DecodeError::Truncated { needed: 1, got: 0 }),
@@ -326,8 +455,16 @@ pub mod counters {
     /// An `ExchangeUpdate` (more response bytes, close notice) could not be written: the ring
     /// buffer was full. The span of that exchange still goes out, short of those bytes.
     pub const UPDATES_LOST_RINGBUF_FULL: u32 = 6;
+    /// A stream chunk (HTTP/2 bytes) could not be written: the ring buffer was full. The
+    /// processor loses that connection's frame sync until it finds it again.
+    pub const CHUNKS_LOST_RINGBUF_FULL: u32 = 7;
+    /// Stream chunks written to the ring buffer.
+    pub const CHUNKS_SENT: u32 = 8;
+    /// Stream chunks whose syscall moved more bytes than were captured (more than
+    /// `STREAM_CAPTURE`, or more iovec segments than the kernel walks).
+    pub const CHUNKS_TRUNCATED: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 10;
 
     /// Names, in index order, as reported by the loader and the processor.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -338,6 +475,9 @@ pub mod counters {
         "proc_events_lost",
         "events_sent",
         "updates_lost_ringbuf_full",
+        "chunks_lost_ringbuf_full",
+        "chunks_sent",
+        "chunks_truncated",
     ];
 
     /// True for the counters that count something lost (events, updates, process notices,
@@ -346,7 +486,11 @@ pub mod counters {
     pub const fn is_loss(index: u32) -> bool {
         matches!(
             index,
-            EVENTS_LOST_RINGBUF_FULL | CONN_MAP_FULL | PROC_EVENTS_LOST | UPDATES_LOST_RINGBUF_FULL
+            EVENTS_LOST_RINGBUF_FULL
+                | CONN_MAP_FULL
+                | PROC_EVENTS_LOST
+                | UPDATES_LOST_RINGBUF_FULL
+                | CHUNKS_LOST_RINGBUF_FULL
         )
     }
 
@@ -482,11 +626,42 @@ mod tests {
     }
 
     #[test]
+    fn chunks_decode_with_their_payload() {
+        let mut h = ChunkHeader::zeroed();
+        h.kind = EVENT_STREAM_CHUNK;
+        h.conn_id = 3;
+        h.total = 100;
+        h.captured = 4;
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend_from_slice(b"abcdEXTRA");
+        match Record::decode(&bytes) {
+            Ok(Record::Chunk(d, payload)) => {
+                assert_eq!(d, h);
+                assert_eq!(payload, b"abcd");
+            }
+            _ => panic!("chunk not decoded"),
+        }
+        // More captured than present, or than moved, is rejected.
+        assert_eq!(
+            ChunkHeader::decode(&bytes[..ChunkHeader::SIZE + 3]).err(),
+            Some(DecodeError::BadLength)
+        );
+        h.total = 2;
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend_from_slice(b"abcd");
+        assert_eq!(
+            ChunkHeader::decode(&bytes).err(),
+            Some(DecodeError::BadLength)
+        );
+    }
+
+    #[test]
     fn layout_is_stable() {
         // The kernel writes this struct; its size is part of the wire contract.
         assert_eq!(HTTP_EVENT_SIZE, 104 + REQUEST_CAPTURE + RESPONSE_CAPTURE);
         assert_eq!(core::mem::size_of::<ProcEvent>(), 24);
         assert_eq!(ExchangeUpdate::SIZE, 32);
+        assert_eq!(ChunkHeader::SIZE, 88);
         assert_eq!(counters::NAMES.len(), counters::COUNT as usize);
     }
 }

@@ -30,7 +30,7 @@ pub struct Config {
     pub traces_export: TracesExport,
     pub metrics_export: MetricsExport,
     /// Whether `url.query` is exported and which parameters are redacted.
-    pub url_query: crate::http::QueryPolicy,
+    pub url_query: crate::protocols::http1::parse::QueryPolicy,
     /// Values that combine with others before they mean anything (an endpoint with its
     /// protocol, a sampler with its argument), resolved once all sources are read.
     pending: Pending,
@@ -87,7 +87,7 @@ impl Config {
                 interval: std::time::Duration::ZERO,
                 timeout: std::time::Duration::ZERO,
             },
-            url_query: crate::http::QueryPolicy::default(),
+            url_query: crate::protocols::http1::parse::QueryPolicy::default(),
             pending: Pending::default(),
         }
     }

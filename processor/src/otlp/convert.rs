@@ -17,9 +17,12 @@ use opentelemetry_sdk::{
 };
 
 use crate::{
-    http::strip_userinfo,
+    protocols::{
+        grpc::{self, AttrValue},
+        http1::parse::strip_userinfo,
+    },
     semconv::method_value,
-    span::{Span, SpanKind},
+    span::{Rpc, Span, SpanKind},
 };
 
 /// What an instrumented process's OTLP resource is built from.
@@ -114,85 +117,41 @@ fn server_address(s: &Span) -> String {
     s.server_address.to_string()
 }
 
-/// Converts a span into the SDK's export form, moving its strings rather than copying them.
-pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
-    let error = is_error(&s);
-    let server_address = server_address(&s);
-    let mut attrs = Vec::with_capacity(16);
-    let method: Value = match method_value(&s.method) {
-        "_OTHER" => s.method.into(),
-        known => known.into(),
-    };
-    attrs.push(KeyValue::new("http.request.method", method));
-    if s.status > 0 {
+/// The attributes and error outcome of an RPC span (`protocols::grpc` names them).
+fn rpc_attributes(s: &Span, rpc: &Rpc, attrs: &mut Vec<KeyValue>) -> Option<&'static str> {
+    grpc::span_attributes(s.kind, rpc, &mut |key, value| {
         attrs.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(s.status),
+            key,
+            match value {
+                AttrValue::Static(v) => Value::from(v),
+                AttrValue::Str(v) => Value::from(v),
+            },
+        ))
+    });
+    if s.kind == SpanKind::Server {
+        attrs.push(KeyValue::new(
+            "client.address",
+            s.client_address.to_string(),
         ));
+        attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
     }
-    match s.kind {
-        SpanKind::Server => {
-            attrs.push(KeyValue::new("url.path", s.path));
-            if let Some(q) = s.query {
-                attrs.push(KeyValue::new("url.query", q));
-            }
-            attrs.push(KeyValue::new(
-                "client.address",
-                s.client_address.to_string(),
-            ));
-            attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
-        }
-        SpanKind::Client => {
-            let query = s
-                .query
-                .as_deref()
-                .map_or(String::new(), |q| format!("?{q}"));
-            // The query is only there when export is on, and then redacted (`QueryPolicy`);
-            // the parser drops userinfo from the Host header and from absolute-form targets.
-            let full = if s.path.contains("://") {
-                format!("{}{query}", s.path)
-            } else {
-                let authority = match s.host.as_deref() {
-                    Some(h) if !h.is_empty() => h.to_string(),
-                    _ => format!("{}:{}", s.server_address, s.server_port),
-                };
-                format!("http://{authority}{}{query}", s.path)
-            };
-            // And once more here, whatever the span holds: userinfo never leaves.
-            let full = match strip_userinfo(&full) {
-                Cow::Borrowed(_) => full,
-                Cow::Owned(stripped) => stripped,
-            };
-            attrs.push(KeyValue::new("url.full", full));
-        }
-    }
-    attrs.push(KeyValue::new("url.scheme", "http"));
-    attrs.push(KeyValue::new("server.address", server_address));
+    attrs.push(KeyValue::new("server.address", server_address(s)));
     attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
-    if let Some(route) = s.route {
-        attrs.push(KeyValue::new("http.route", route));
-    }
-    if let Some(n) = s.request_body_size {
-        attrs.push(KeyValue::new("http.request.body.size", n as i64));
-    }
-    if let Some(n) = s.response_body_size {
-        attrs.push(KeyValue::new("http.response.body.size", n as i64));
-    }
-    if let Some(reason) = s.malformed {
-        attrs.push(KeyValue::new("sonde.malformed", reason));
-    }
-    let status = if error {
-        let (description, error_type): (&'static str, Value) = if s.status == 0 {
-            ("no response", "no_response".into())
-        } else {
-            ("", i64::from(s.status).to_string().into())
-        };
-        attrs.push(KeyValue::new("error.type", error_type));
-        trace::Status::Error {
-            description: Cow::Borrowed(description),
-        }
-    } else {
-        trace::Status::Unset
+    attrs.push(KeyValue::new("network.protocol.version", s.protocol_version));
+    grpc::is_error(s.kind, rpc.status_code).then_some("")
+}
+
+/// Converts a span into the SDK's export form, moving its strings rather than copying them.
+pub fn span_data(mut s: Span, scope: &InstrumentationScope) -> SpanData {
+    let mut attrs = Vec::with_capacity(16);
+    let status = match s.rpc.take() {
+        Some(rpc) => match rpc_attributes(&s, &rpc, &mut attrs) {
+            Some(description) => trace::Status::Error {
+                description: Cow::Borrowed(description),
+            },
+            None => trace::Status::Unset,
+        },
+        None => http_attributes(&mut s, &mut attrs),
     };
     let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
     SpanData {
@@ -220,6 +179,98 @@ pub fn span_data(s: Span, scope: &InstrumentationScope) -> SpanData {
         links: SpanLinks::default(),
         status,
         instrumentation_scope: scope.clone(),
+    }
+}
+
+/// The HTTP attributes of a span (HTTP/1 and plain HTTP/2), moving its strings out; returns
+/// the span status under the HTTP rules.
+fn http_attributes(s: &mut Span, attrs: &mut Vec<KeyValue>) -> trace::Status {
+    let error = is_error(s);
+    let server_address = server_address(s);
+    let method = std::mem::take(&mut s.method);
+    let method: Value = match method_value(&method) {
+        "_OTHER" => "_OTHER".into(),
+        known => known.into(),
+    };
+    attrs.push(KeyValue::new("http.request.method", method));
+    if let Some(original) = s.method_original.take() {
+        attrs.push(KeyValue::new("http.request.method_original", original));
+    }
+    if s.status > 0 {
+        attrs.push(KeyValue::new(
+            "http.response.status_code",
+            i64::from(s.status),
+        ));
+    }
+    match s.kind {
+        SpanKind::Server => {
+            attrs.push(KeyValue::new("url.path", std::mem::take(&mut s.path)));
+            if let Some(q) = s.query.take() {
+                attrs.push(KeyValue::new("url.query", q));
+            }
+            attrs.push(KeyValue::new(
+                "client.address",
+                s.client_address.to_string(),
+            ));
+            attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
+        }
+        SpanKind::Client => {
+            let query = s
+                .query
+                .as_deref()
+                .map_or(String::new(), |q| format!("?{q}"));
+            // The query is only there when export is on, and then redacted (`QueryPolicy`);
+            // the parser drops userinfo from the Host header and from absolute-form targets.
+            let full = if s.path.contains("://") {
+                format!("{}{query}", s.path)
+            } else {
+                let authority = match s.host.as_deref() {
+                    Some(h) if !h.is_empty() => h.to_string(),
+                    _ => format!("{}:{}", s.server_address, s.server_port),
+                };
+                format!("{}://{authority}{}{query}", s.scheme, s.path)
+            };
+            // And once more here, whatever the span holds: userinfo never leaves.
+            let full = match strip_userinfo(&full) {
+                Cow::Borrowed(_) => full,
+                Cow::Owned(stripped) => stripped,
+            };
+            attrs.push(KeyValue::new("url.full", full));
+        }
+    }
+    attrs.push(KeyValue::new("url.scheme", s.scheme));
+    if !s.protocol_version.is_empty() {
+        attrs.push(KeyValue::new("network.protocol.version", s.protocol_version));
+    }
+    if let Some(ua) = s.user_agent.take() {
+        attrs.push(KeyValue::new("user_agent.original", ua));
+    }
+    attrs.push(KeyValue::new("server.address", server_address));
+    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
+    if let Some(route) = s.route.take() {
+        attrs.push(KeyValue::new("http.route", route));
+    }
+    if let Some(n) = s.request_body_size {
+        attrs.push(KeyValue::new("http.request.body.size", n as i64));
+    }
+    if let Some(n) = s.response_body_size {
+        attrs.push(KeyValue::new("http.response.body.size", n as i64));
+    }
+    if let Some(reason) = s.malformed {
+        attrs.push(KeyValue::new("sonde.malformed", reason));
+    }
+    if error {
+        let (description, error_type): (&'static str, Value) = if s.status == 0 {
+            ("no response", "no_response".into())
+        } else {
+            ("", i64::from(s.status).to_string().into())
+        };
+        attrs.push(KeyValue::new("error.type", error_type));
+        trace::Status::Error {
+            description: Cow::Borrowed(description),
+        }
+    } else {
+        trace::Status::Unset
     }
 }
 

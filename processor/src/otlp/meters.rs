@@ -1,5 +1,6 @@
 //! OTLP RED metrics as the reader thread records them: one `SdkMeterProvider` per
-//! instrumented process, carrying that process's resource, with its six histograms and the
+//! instrumented process, carrying that process's resource, with its eight histograms (HTTP
+//! duration and body sizes per kind, RPC duration per kind) and the
 //! attributes a request is counted under. Recording stays in memory; the worker collects
 //! every provider each interval through the shared map (`Providers`).
 //!
@@ -27,8 +28,9 @@ use opentelemetry_sdk::{
 
 use super::convert::ProcessResource;
 use crate::{
+    protocols::grpc,
     semconv::{self, DURATION_BUCKETS, RedInstruments, SIZE_BUCKETS, method_value},
-    span::{Span, SpanKind},
+    span::{Rpc, Span, SpanKind},
 };
 
 /// A process's metric pipeline, collected by the worker.
@@ -153,6 +155,17 @@ struct ProcessInstruments {
     labels: ServiceLabels,
     server: KindHistograms,
     client: KindHistograms,
+    rpc_server: Histogram<f64>,
+    rpc_client: Histogram<f64>,
+}
+
+fn duration_histogram(meter: &Meter, i: &semconv::Instrument) -> Histogram<f64> {
+    meter
+        .f64_histogram(i.name)
+        .with_unit("s")
+        .with_description(i.description)
+        .with_boundaries(DURATION_BUCKETS.to_vec())
+        .build()
 }
 
 /// The reader thread's side of OTLP metrics: the instruments of every known process.
@@ -183,6 +196,8 @@ impl Meters {
                 labels: ServiceLabels::new(process),
                 server: KindHistograms::new(&meter, &semconv::SERVER),
                 client: KindHistograms::new(&meter, &semconv::CLIENT),
+                rpc_server: duration_histogram(&meter, &grpc::SERVER_DURATION),
+                rpc_client: duration_histogram(&meter, &grpc::CLIENT_DURATION),
             },
         );
         lock(&self.providers).insert(
@@ -205,9 +220,12 @@ impl Meters {
     /// Counts one request under attributes from `attributes`.
     pub(super) fn record(&self, s: &Span, attrs: &[KeyValue]) {
         if let Some(i) = self.instruments.get(&s.pid) {
-            match s.kind {
-                SpanKind::Server => i.server.record(s, attrs),
-                SpanKind::Client => i.client.record(s, attrs),
+            let seconds = s.duration_ns as f64 / 1e9;
+            match (s.kind, s.rpc.is_some()) {
+                (SpanKind::Server, false) => i.server.record(s, attrs),
+                (SpanKind::Client, false) => i.client.record(s, attrs),
+                (SpanKind::Server, true) => i.rpc_server.record(seconds, attrs),
+                (SpanKind::Client, true) => i.rpc_client.record(seconds, attrs),
             }
         }
     }
@@ -221,8 +239,37 @@ impl Meters {
     }
 }
 
+/// The attributes an RPC call is counted under (the reference system's default set).
+fn rpc_metric_attributes(s: &Span, rpc: &Rpc, labels: &ServiceLabels) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(8);
+    attrs.push(KeyValue::new(grpc::METHOD_KEY, rpc.method.clone()));
+    attrs.push(KeyValue::new(grpc::SYSTEM_KEY, rpc.system));
+    if let Some(code) = rpc.status_code.filter(|c| *c <= 16) {
+        attrs.push(KeyValue::new(grpc::STATUS_KEY, grpc::status_name(code)));
+    }
+    if s.kind == SpanKind::Client && grpc::is_error(s.kind, rpc.status_code) {
+        attrs.push(KeyValue::new(
+            "error.type",
+            grpc::error_type(rpc.status_code),
+        ));
+    }
+    attrs.push(KeyValue::new(
+        "server.address",
+        s.server_address.to_string(),
+    ));
+    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
+    attrs.push(KeyValue::new("service.name", labels.service_name.clone()));
+    if let Some(ns) = &labels.service_namespace {
+        attrs.push(KeyValue::new("service.namespace", ns.clone()));
+    }
+    attrs
+}
+
 /// The attributes a span's request is counted under in the RED histograms.
 fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
+    if let Some(rpc) = &s.rpc {
+        return rpc_metric_attributes(s, rpc, labels);
+    }
     let mut attrs = Vec::with_capacity(8);
     attrs.push(KeyValue::new(
         "http.request.method",
@@ -239,7 +286,7 @@ fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
     if let Some(route) = &s.route {
         attrs.push(KeyValue::new("http.route", route.clone()));
     }
-    attrs.push(KeyValue::new("url.scheme", "http"));
+    attrs.push(KeyValue::new("url.scheme", s.scheme));
     if s.kind == SpanKind::Client {
         attrs.push(KeyValue::new(
             "server.address",

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_schema::Record;
+use sonde_schema::{EVENT_CONN_CLOSED, Record};
 use tracing::{debug, info, warn};
 
 pub use processes::{ProcessTable, REMOVED_GRACE};
@@ -22,14 +22,18 @@ pub use sink::SpanSink;
 
 use crate::{
     control::Update,
-    exchange::{self, Assembler},
     metrics::Metrics,
+    protocols::{
+        http1::exchange::{self, Assembler},
+        streams::{self, StreamTable},
+    },
     stats::Stats,
 };
 
 /// The pipeline's state for one run of the processor.
 pub struct Pipeline<'a, W: Write> {
     assembler: Assembler,
+    streams: StreamTable,
     sink: SpanSink<'a, W>,
     processes: ProcessTable,
     stats: Stats,
@@ -47,6 +51,7 @@ impl<'a, W: Write> Pipeline<'a, W> {
     pub fn new(sink: SpanSink<'a, W>) -> Self {
         Pipeline {
             assembler: Assembler::new(exchange::DEFAULT_HOLD, exchange::DEFAULT_MAX_HELD),
+            streams: StreamTable::new(streams::DEFAULT_MAX_CONNS, streams::DEFAULT_IDLE),
             stats_every: Duration::from_secs(u64::from(sink.config.shared.stats_interval_secs)),
             metrics: Arc::clone(&sink.metrics),
             sink,
@@ -103,8 +108,21 @@ impl<'a, W: Write> Pipeline<'a, W> {
             }
         };
         let (sink, processes, stats) = (&mut self.sink, &self.processes, &mut self.stats);
-        self.assembler
-            .feed(record, now, |ev| sink.emit(ev, processes, stats));
+        match record {
+            Record::Chunk(header, payload) => {
+                self.streams.feed(&header, payload, now, |meta, ex| {
+                    sink.emit_stream(meta, ex, processes, stats)
+                })
+            }
+            Record::Update(u)
+                if u.kind == EVENT_CONN_CLOSED
+                    && self.streams.close(u.conn_id, u.end_ns, |meta, ex| {
+                        sink.emit_stream(meta, ex, processes, stats)
+                    }) => {}
+            record => self
+                .assembler
+                .feed(record, now, |ev| sink.emit(ev, processes, stats)),
+        }
     }
 
     /// Ends a pass begun at `now`, once the ring buffer is drained: completes exchanges held
@@ -114,6 +132,8 @@ impl<'a, W: Write> Pipeline<'a, W> {
         let (sink, processes, stats) = (&mut self.sink, &self.processes, &mut self.stats);
         self.assembler
             .expire(now, |ev| sink.emit(ev, processes, stats));
+        self.streams
+            .expire(now, |meta, ex| sink.emit_stream(meta, ex, processes, stats));
         self.stats.late_updates = self.assembler.late_updates;
         self.stats.completed_early = self.assembler.completed_early;
         self.metrics
@@ -130,6 +150,7 @@ impl<'a, W: Write> Pipeline<'a, W> {
         }
         if self.last_stats.elapsed() >= self.stats_every {
             count_otlp(&self.metrics, &mut self.stats);
+            self.stats.streams = self.streams.stats();
             let stats = serde_json::to_string(&self.stats).unwrap_or_default();
             // Quiet unless something was lost since the last report: then it is a warning.
             let lost = self.stats.lost();
@@ -148,8 +169,11 @@ impl<'a, W: Write> Pipeline<'a, W> {
     pub fn finish(mut self) -> Stats {
         let (sink, processes, stats) = (&mut self.sink, &self.processes, &mut self.stats);
         self.assembler.finish(|ev| sink.emit(ev, processes, stats));
+        self.streams
+            .finish(|meta, ex| sink.emit_stream(meta, ex, processes, stats));
         self.sink.shut_down();
         count_otlp(&self.metrics, &mut self.stats);
+        self.stats.streams = self.streams.stats();
         self.stats
     }
 }

@@ -15,8 +15,14 @@ use crate::{
     printer::Printer,
     red::RedRecorder,
     routes::Router,
+    protocols::{
+        http1::{self, Built},
+        http2,
+        http2_spans::{self, NoSpan},
+        streams::ConnMeta,
+    },
     sampling,
-    span::{self, Built, ServiceInfo},
+    span::{ServiceInfo, Span},
     stats::Stats,
 };
 
@@ -56,19 +62,29 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
     }
 
-    /// Builds the span of one completed exchange and prints it, counting what happened.
+    /// The service a process's spans belong to.
+    fn service<'p>(
+        config: &'p Config,
+        pid: u32,
+        processes: &'p ProcessTable,
+        stats: &mut Stats,
+    ) -> Cow<'p, str> {
+        // Borrowed on the hot path: no allocation per event for a known process.
+        match &config.shared.service_name {
+            Some(name) => Cow::Borrowed(name.as_str()),
+            None => processes.service_name(pid, stats),
+        }
+    }
+
+    /// Builds the span of one completed HTTP/1 exchange and passes it on.
     pub fn emit(&mut self, ev: &HttpEvent, processes: &ProcessTable, stats: &mut Stats) {
         let config = self.config;
-        // Borrowed on the hot path: no allocation per event for a known process.
-        let name = match &config.shared.service_name {
-            Some(name) => Cow::Borrowed(name.as_str()),
-            None => processes.service_name(ev.pid, stats),
-        };
+        let name = Self::service(config, ev.pid, processes, stats);
         let service = ServiceInfo {
             name: &name,
             namespace: config.shared.service_namespace.as_deref(),
         };
-        match span::build(
+        match http1::build(
             ev,
             &service,
             &config.url_query,
@@ -76,51 +92,83 @@ impl<'a, W: Write> SpanSink<'a, W> {
             &mut self.ids,
         ) {
             Built::NotHttp => stats.not_http += 1,
-            Built::Span(mut s) => {
-                let mut ignored = None;
-                if s.malformed.is_none() {
-                    let routed = self.router.route(&s.service_name, &s.path);
-                    ignored = routed.ignored;
-                    s.set_route(routed.route);
-                }
-                // HTTP metrics only when something serves them: no label strings per span
-                // otherwise.
-                if !ignored.is_some_and(|m| m.drops_metrics()) {
-                    let prometheus = config
-                        .prometheus_export
-                        .port
-                        .is_some()
-                        .then_some(&*self.metrics);
-                    let otlp = self.otlp.as_mut().filter(|o| o.exports_metrics());
-                    if prometheus.is_some() || otlp.is_some() {
-                        let meta = || processes.meta(s.pid, config, &s.service_name);
-                        self.red.record(&s, prometheus, otlp, &meta);
-                    }
-                }
-                if ignored.is_some_and(|m| m.drops_traces()) {
-                    stats.ignored_routes += 1;
-                    return;
-                }
-                stats.spans += 1;
-                stats.malformed += u64::from(s.malformed.is_some());
-                stats.no_response += u64::from(s.no_response);
-                if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
-                    stats.unsampled += 1;
-                    return;
-                }
-                if self.printer.print(&s).is_err() {
-                    stats.print_errors += 1;
-                    self.metrics.export_errors.inc();
-                }
-                if let Some(o) = self.otlp.as_mut()
-                    && o.exports_traces()
-                {
-                    o.ensure_process(&|| processes.meta(s.pid, config, &s.service_name), s.pid);
-                    o.export_span(s);
-                }
-            }
+            Built::Span(s) => self.finish_span(s, processes, stats),
         }
     }
+
+    /// Builds the span of one completed stream of a multiplexed connection and passes it on.
+    pub fn emit_stream(
+        &mut self,
+        meta: &ConnMeta,
+        ex: &http2::Exchange,
+        processes: &ProcessTable,
+        stats: &mut Stats,
+    ) {
+        let config = self.config;
+        let name = Self::service(config, meta.pid, processes, stats);
+        let service = ServiceInfo {
+            name: &name,
+            namespace: config.shared.service_namespace.as_deref(),
+        };
+        match http2_spans::build(
+            meta,
+            ex,
+            &service,
+            &config.url_query,
+            self.mono_to_unix,
+            &mut self.ids,
+        ) {
+            Ok(s) => self.finish_span(Box::new(s), processes, stats),
+            Err(NoSpan::HeadersUnknown) => stats.h2_headers_unknown += 1,
+        }
+    }
+
+    /// Decorates, counts, samples, prints and exports a built span, whatever its protocol.
+    fn finish_span(&mut self, mut s: Box<Span>, processes: &ProcessTable, stats: &mut Stats) {
+        let config = self.config;
+        let mut ignored = None;
+        // Routes are HTTP's: an RPC's method is already low-cardinality.
+        if s.malformed.is_none() && s.rpc.is_none() {
+            let routed = self.router.route(&s.service_name, &s.path);
+            ignored = routed.ignored;
+            s.set_route(routed.route);
+        }
+        // Metrics only when something serves them: no label strings per span otherwise.
+        if !ignored.is_some_and(|m| m.drops_metrics()) {
+            let prometheus = config
+                .prometheus_export
+                .port
+                .is_some()
+                .then_some(&*self.metrics);
+            let otlp = self.otlp.as_mut().filter(|o| o.exports_metrics());
+            if prometheus.is_some() || otlp.is_some() {
+                let meta = || processes.meta(s.pid, config, &s.service_name);
+                self.red.record(&s, prometheus, otlp, &meta);
+            }
+        }
+        if ignored.is_some_and(|m| m.drops_traces()) {
+            stats.ignored_routes += 1;
+            return;
+        }
+        stats.spans += 1;
+        stats.malformed += u64::from(s.malformed.is_some());
+        stats.no_response += u64::from(s.no_response);
+        if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
+            stats.unsampled += 1;
+            return;
+        }
+        if self.printer.print(&s).is_err() {
+            stats.print_errors += 1;
+            self.metrics.export_errors.inc();
+        }
+        if let Some(o) = self.otlp.as_mut()
+            && o.exports_traces()
+        {
+            o.ensure_process(&|| processes.meta(s.pid, config, &s.service_name), s.pid);
+            o.export_span(s);
+        }
+    }
+
     /// Hands queued spans to the exporter thread and writes out printed ones (a failed write
     /// is counted in `stats.print_errors`).
     pub fn flush(&mut self, stats: &mut Stats) {

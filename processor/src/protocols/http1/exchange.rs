@@ -53,7 +53,7 @@ impl Assembler {
     }
 
     /// Takes one decoded record; every exchange it completes is passed to `done`.
-    pub fn feed(&mut self, record: Record, now: Instant, mut done: impl FnMut(&HttpEvent)) {
+    pub fn feed(&mut self, record: Record<'_>, now: Instant, mut done: impl FnMut(&HttpEvent)) {
         match record {
             Record::Http(event) => {
                 // A new request on the connection: the previous exchange is over.
@@ -90,6 +90,8 @@ impl Assembler {
                 }
                 None => self.late_updates += 1,
             },
+            // Stream chunks belong to `protocols::streams`; the pipeline never sends them here.
+            Record::Chunk(..) => {}
         }
     }
 
@@ -129,7 +131,7 @@ mod tests {
         e
     }
 
-    fn update(kind: u8, conn_id: u64, bytes: u64, end_ns: u64) -> Record {
+    fn update(kind: u8, conn_id: u64, bytes: u64, end_ns: u64) -> Record<'static> {
         Record::Update(ExchangeUpdate {
             kind,
             _pad: [0; 3],

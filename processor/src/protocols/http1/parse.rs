@@ -3,15 +3,25 @@
 //! function here takes any byte slice, never panics, and reports truncation instead of
 //! guessing.
 
-/// Methods accepted on a request line.
-const METHODS: &[&str] = &[
-    "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
-];
+/// Longest method token accepted (`VERSION-CONTROL`, `BASELINE-CONTROL` fit).
+const MAX_METHOD_LEN: usize = 20;
+/// Longest `User-Agent` value kept.
+const MAX_USER_AGENT_LEN: usize = 256;
+
+/// True for a method token: upper-case letters, `-` and `_` (standard methods and the WebDAV
+/// and cache ones servers see, such as `PROPFIND` or `PURGE`).
+fn is_method_token(m: &[u8]) -> bool {
+    !m.is_empty()
+        && m.len() <= MAX_METHOD_LEN
+        && m[0].is_ascii_uppercase()
+        && m.iter()
+            .all(|&b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
 
 /// Why a request head could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestError {
-    /// The bytes do not start with a known method followed by a space.
+    /// The bytes do not start with a method token followed by a space.
     NotHttp,
     /// The request line has no target or no `HTTP/1.x` version where one must be.
     BadRequestLine,
@@ -36,6 +46,9 @@ pub struct RequestHead {
     pub path: String,
     pub query: Option<String>,
     pub host: Option<String>,
+    /// `1.0` or `1.1`, from the request line.
+    pub version: &'static str,
+    pub user_agent: Option<String>,
     pub content_length: Option<u64>,
     /// W3C `traceparent` header, when present and well formed: (trace id, parent span id, flags).
     pub traceparent: Option<([u8; 16], [u8; 8], u8)>,
@@ -308,10 +321,10 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
         .iter()
         .position(|&b| b == b' ')
         .ok_or(RequestError::NotHttp)?;
-    let method = std::str::from_utf8(&bytes[..sp]).map_err(|_| RequestError::NotHttp)?;
-    if !METHODS.contains(&method) {
+    if !is_method_token(&bytes[..sp]) {
         return Err(RequestError::NotHttp);
     }
+    let method = std::str::from_utf8(&bytes[..sp]).map_err(|_| RequestError::NotHttp)?;
     let after_method = &bytes[sp + 1..];
     let line_end = find_crlf(after_method);
     let line = match line_end {
@@ -338,6 +351,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
         method: method.to_string(),
         path,
         query,
+        version: if version == b"HTTP/1.0" { "1.0" } else { "1.1" },
         ..Default::default()
     };
     if let Some(end) = line_end {
@@ -354,6 +368,9 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
                 head.content_length = parse_u64(value);
             } else if name.eq_ignore_ascii_case(b"traceparent") {
                 head.traceparent = parse_traceparent(value);
+            } else if name.eq_ignore_ascii_case(b"user-agent") {
+                let value = &value[..value.len().min(MAX_USER_AGENT_LEN)];
+                head.user_agent = Some(String::from_utf8_lossy(value).into_owned());
             }
         }
     }
@@ -445,7 +462,13 @@ mod tests {
             Err(RequestError::NotHttp)
         );
         assert_eq!(
-            parse_request(b"FOO / HTTP/1.1\r\n"),
+            parse_request(b"foo / HTTP/1.1\r\n"),
+            Err(RequestError::NotHttp)
+        );
+        // A non-standard method token is HTTP (reported as `_OTHER`); a space-less blob is not.
+        assert_eq!(parse_request(b"FOO / HTTP/1.1\r\n").map(|h| h.method), Ok("FOO".into()));
+        assert_eq!(
+            parse_request(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA / HTTP/1.1\r\n"),
             Err(RequestError::NotHttp)
         );
         assert_eq!(

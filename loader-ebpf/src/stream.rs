@@ -1,0 +1,186 @@
+//! Stream chunks: for connections whose protocol multiplexes exchanges (HTTP/2), the kernel
+//! does not pair anything. It copies the bytes of every read and write (up to
+//! `STREAM_CAPTURE`, across up to `MAX_SEGMENTS` iovec entries) into one ring-buffer record,
+//! in syscall order, and the processor reassembles frames and streams. Header compression
+//! state depends on every header block of the connection, so nothing may be filtered here.
+
+use sonde_schema::{
+    CHUNK_FIRST, CHUNK_MIDSTREAM, ChunkHeader, EVENT_STREAM_CHUNK, FLOW_INBOUND, FLOW_OUTBOUND,
+    STREAM_CAPTURE, counters, protocol,
+};
+
+use crate::{
+    maps::{
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CHUNK_BUF, ChunkBuf, ConnState, EVENTS, OP_READ,
+        SocketIo, count,
+    },
+    pairing::{now_ns, wakeup_flags},
+};
+
+/// Iovec entries walked per syscall. A write gathered from more segments than this is sent
+/// truncated (and counted); in practice HTTP/2 stacks write a frame header and its payload as
+/// two or three segments.
+const MAX_SEGMENTS: u64 = 8;
+/// Masks that restate bounds for the verifier: a segment starts below `STREAM_CAPTURE` and
+/// copies at most `2 * STREAM_CAPTURE - 1` bytes, so every copy ends inside `ChunkBuf::data`.
+const OFFSET_MASK: u64 = STREAM_CAPTURE as u64 - 1;
+const LEN_MASK: u64 = 2 * STREAM_CAPTURE as u64 - 1;
+
+/// `frame_type, minimum and maximum payload length` of the HTTP/2 frame types (RFC 9113 §6).
+#[inline(always)]
+fn frame_length_ok(frame_type: u8, len: u32, stream: u32) -> bool {
+    match frame_type {
+        // DATA, HEADERS, CONTINUATION: on a stream.
+        0 | 1 | 9 => stream != 0 && len <= STREAM_CAPTURE as u32,
+        // PRIORITY, RST_STREAM: fixed sizes, on a stream.
+        2 => stream != 0 && len == 5,
+        3 => stream != 0 && len == 4,
+        // SETTINGS: connection-level, six bytes a setting.
+        4 => stream == 0 && len % 6 == 0 && len <= 60,
+        // PING, GOAWAY: connection-level.
+        6 => stream == 0 && len == 8,
+        7 => stream == 0 && (8..=1024).contains(&len),
+        // WINDOW_UPDATE: on a stream or the connection.
+        8 => len == 4,
+        _ => false,
+    }
+}
+
+/// True when nine bytes read as a plausible HTTP/2 frame header whose frame fits in the `ret`
+/// bytes that moved: how a connection already under way when Sonde started is recognised.
+#[inline(always)]
+pub fn plausible_frame(head: &[u8; 9], ret: u64) -> bool {
+    let len = (head[0] as u32) << 16 | (head[1] as u32) << 8 | head[2] as u32;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]);
+    stream & 0x8000_0000 == 0 && 9 + len as u64 <= ret && frame_length_ok(head[3], len, stream)
+}
+
+/// Marks a freshly inserted connection as HTTP/2; `midstream` when no preface was seen.
+#[inline(always)]
+pub fn adopt(state: &mut ConnState, midstream: bool) {
+    state.protocol = protocol::HTTP2;
+    state.chunk_flags = if midstream {
+        CHUNK_FIRST | CHUNK_MIDSTREAM
+    } else {
+        CHUNK_FIRST
+    };
+}
+
+/// Copies up to `want` bytes from the iovec array at `iov` (`count` entries) into `buf`.
+#[inline(always)]
+fn copy_iovecs(buf: &mut ChunkBuf, iov: u64, count: u64, want: u64) -> u64 {
+    let mut got: u64 = 0;
+    let mut i: u64 = 0;
+    while i < MAX_SEGMENTS {
+        if i >= count || got >= want {
+            break;
+        }
+        // struct iovec { void *iov_base; size_t iov_len; }
+        // SAFETY: bpf_probe_read_user copies from an arbitrary user address with fault
+        // handling; a bad address yields an error.
+        let Ok([base, len]) =
+            (unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
+        else {
+            break;
+        };
+        let n = if len < want - got { len } else { want - got };
+        if n > 0 {
+            // SAFETY: destination offset < STREAM_CAPTURE and length < 2 * STREAM_CAPTURE, so
+            // the copy stays inside `data` (3 * STREAM_CAPTURE bytes); the
+            // helper faults safely on bad user addresses.
+            let rc = unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    buf.data
+                        .as_mut_ptr()
+                        .add((got & OFFSET_MASK) as usize)
+                        .cast(),
+                    (n & LEN_MASK) as u32,
+                    base as *const _,
+                )
+            };
+            if rc != 0 {
+                break;
+            }
+            got += n;
+        }
+        i += 1;
+    }
+    got
+}
+
+/// Sends the bytes one read or write moved on an HTTP/2 connection as a stream chunk.
+#[inline(always)]
+pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
+    let Some(p) = CHUNK_BUF.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: pointer from a successful per-CPU array lookup; only this CPU's program uses it
+    // while we run.
+    let buf = unsafe { &mut *p };
+    let want = if ret < STREAM_CAPTURE as u64 {
+        ret
+    } else {
+        STREAM_CAPTURE as u64
+    };
+    let captured = match io.buf_kind {
+        BUF_NONE => 0,
+        BUF_IOVEC => copy_iovecs(buf, io.buf, io.iov_count, want),
+        BUF_MSGHDR => {
+            // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov;
+            // size_t msg_iovlen; ... }
+            // SAFETY: as in copy_iovecs.
+            match unsafe { aya_ebpf::helpers::bpf_probe_read_user((io.buf + 16) as *const [u64; 2]) }
+            {
+                Ok([iov, count]) => copy_iovecs(buf, iov, count, want),
+                Err(_) => 0,
+            }
+        }
+        _ => {
+            // SAFETY: as in copy_iovecs; offset 0, length < 2 * STREAM_CAPTURE.
+            let rc = unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_user(
+                    buf.data.as_mut_ptr().cast(),
+                    (want & LEN_MASK) as u32,
+                    io.buf as *const _,
+                )
+            };
+            if rc == 0 { want } else { 0 }
+        }
+    };
+    if captured < ret {
+        count(counters::CHUNKS_TRUNCATED);
+    }
+    let ev = &state.event;
+    let h = &mut buf.header;
+    h.kind = EVENT_STREAM_CHUNK;
+    h.protocol = state.protocol;
+    h.flow = if io.op == OP_READ {
+        FLOW_INBOUND
+    } else {
+        FLOW_OUTBOUND
+    };
+    h.flags = state.chunk_flags;
+    h.pid = (id >> 32) as u32;
+    h.tid = id as u32;
+    h.fd = io.fd;
+    h.conn_id = ev.conn_id;
+    h.ts_ns = now_ns();
+    h.total = ret;
+    h.captured = captured as u32;
+    h.family = ev.family;
+    h.local_port = ev.local_port;
+    h.peer_port = ev.peer_port;
+    h.local_addr = ev.local_addr;
+    h.peer_addr = ev.peer_addr;
+    let len = ChunkHeader::SIZE + (captured & LEN_MASK) as usize;
+    // SAFETY: the header starts the map value and `len` < SIZE + 2 * STREAM_CAPTURE bytes are
+    // inside it; the ring buffer copies them.
+    let record = unsafe { core::slice::from_raw_parts((buf as *const ChunkBuf).cast::<u8>(), len) };
+    match EVENTS.output::<[u8]>(record, wakeup_flags()) {
+        Ok(()) => {
+            state.chunk_flags = 0;
+            count(counters::CHUNKS_SENT)
+        }
+        Err(_) => count(counters::CHUNKS_LOST_RINGBUF_FULL),
+    }
+}

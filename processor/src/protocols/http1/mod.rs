@@ -1,0 +1,330 @@
+//! HTTP/1.x: the kernel pairs each request with the start of its response (`HttpEvent`),
+//! `exchange` completes the exchange from later records, `parse` reads the captured heads, and
+//! `build` turns a completed exchange into a span.
+
+pub mod exchange;
+pub mod parse;
+
+use sonde_schema::{DIRECTION_CLIENT, FLAG_NO_RESPONSE, HttpEvent};
+
+use self::parse::{QueryPolicy, RequestError};
+use crate::{
+    semconv::method_value,
+    span::{IdSource, ServiceInfo, Span, SpanId, SpanKind, TraceId, addr},
+};
+
+/// Outcome of building a span.
+pub enum Built {
+    Span(Box<Span>),
+    /// The request bytes are not HTTP at all: no span, counted by the caller.
+    NotHttp,
+}
+
+/// Builds the span for `ev`. `mono_to_unix` converts CLOCK_MONOTONIC ns to Unix ns; `query`
+/// decides whether the query is kept and what of it is redacted.
+pub fn build(
+    ev: &HttpEvent,
+    service: &ServiceInfo<'_>,
+    query: &QueryPolicy,
+    mono_to_unix: i128,
+    ids: &mut impl IdSource,
+) -> Built {
+    let request = parse::parse_request(ev.request());
+    let (head, malformed) = match request {
+        Ok(h) => (h, None),
+        Err(RequestError::NotHttp) => return Built::NotHttp,
+        Err(e) => {
+            // Keep what is readable (the method and the start of the target) for the operator,
+            // never more than the request line.
+            let (method, path, query) = parse::malformed_request_start(ev.request());
+            (
+                parse::RequestHead {
+                    method,
+                    path,
+                    query,
+                    ..Default::default()
+                },
+                Some(e.as_str()),
+            )
+        }
+    };
+    let response = parse::parse_response(ev.response());
+    let no_response = ev.flags & FLAG_NO_RESPONSE != 0 || ev.response_bytes == 0;
+    let status = response.as_ref().map_or(0, |r| r.status);
+    let malformed = malformed.or(if !no_response && response.is_none() {
+        Some("response is not HTTP/1.x")
+    } else {
+        None
+    });
+
+    let kind = if ev.direction == DIRECTION_CLIENT {
+        SpanKind::Client
+    } else {
+        SpanKind::Server
+    };
+    let local = addr(ev.family, &ev.local_addr);
+    let peer = addr(ev.family, &ev.peer_addr);
+    let (server_address, server_port, client_address, client_port) = match kind {
+        SpanKind::Server => (local, ev.local_port, peer, ev.peer_port),
+        SpanKind::Client => (peer, ev.peer_port, local, ev.local_port),
+    };
+
+    // A server span continues the caller's trace when the request carried traceparent.
+    let (trace_id, parent, parent_sampled) = match (kind, head.traceparent) {
+        (SpanKind::Server, Some((trace, parent, flags))) => {
+            (trace, Some(parent), Some(flags & 1 == 1))
+        }
+        _ => (ids.trace_id(), None, None),
+    };
+    let span_id = ids.span_id();
+
+    let to_unix =
+        |mono: u64| -> u64 { (mono as i128 + mono_to_unix).clamp(0, u64::MAX as i128) as u64 };
+    let end_ns = ev.end_ns.max(ev.start_ns);
+    let request_body_size = parse::body_size(ev.request_bytes, head.head_len, head.content_length);
+    let response_body_size = response
+        .as_ref()
+        .and_then(|r| parse::body_size(ev.response_bytes, r.head_len, r.content_length));
+
+    // Methods outside the standard set are `_OTHER`, named `HTTP`, with the original kept
+    // apart, as the HTTP conventions ask.
+    let (method, method_original) = match method_value(&head.method) {
+        "_OTHER" if !head.method.is_empty() => ("_OTHER".to_string(), Some(head.method)),
+        _ => (head.method, None),
+    };
+    Built::Span(Box::new(Span {
+        trace_id: TraceId(trace_id),
+        span_id: SpanId(span_id),
+        parent_span_id: parent.map(SpanId),
+        kind,
+        name: if method.is_empty() || method_original.is_some() {
+            "HTTP".into()
+        } else {
+            method.clone()
+        },
+        method,
+        path: head.path,
+        query: query.apply(head.query),
+        route: None,
+        status,
+        host: head.host,
+        protocol_version: head.version,
+        scheme: "http",
+        user_agent: head.user_agent,
+        method_original,
+        rpc: None,
+        server_address,
+        server_port,
+        client_address,
+        client_port,
+        request_body_size,
+        response_body_size,
+        request_bytes: ev.request_bytes,
+        response_bytes: ev.response_bytes,
+        start_unix_nano: to_unix(ev.start_ns),
+        end_unix_nano: to_unix(end_ns),
+        duration_ns: end_ns - ev.start_ns,
+        service_name: service.name.to_string(),
+        service_namespace: service.namespace.map(str::to_string),
+        pid: ev.pid,
+        tid: ev.tid,
+        malformed,
+        no_response,
+        parent_sampled,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv6Addr;
+    use sonde_schema::{DIRECTION_SERVER, EVENT_HTTP};
+
+    struct FixedIds;
+    impl IdSource for FixedIds {
+        fn trace_id(&mut self) -> [u8; 16] {
+            [1; 16]
+        }
+        fn span_id(&mut self) -> [u8; 8] {
+            [2; 8]
+        }
+    }
+
+    fn event(req: &[u8], resp: &[u8]) -> HttpEvent {
+        let mut e = HttpEvent::zeroed();
+        e.kind = EVENT_HTTP;
+        e.direction = DIRECTION_SERVER;
+        e.family = 2;
+        e.pid = 10;
+        e.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        e.peer_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        e.local_port = 8080;
+        e.peer_port = 40000;
+        e.start_ns = 1_000;
+        e.end_ns = 5_000;
+        e.request_len = req.len() as u16;
+        e.request[..req.len()].copy_from_slice(req);
+        e.response_len = resp.len() as u16;
+        e.response[..resp.len()].copy_from_slice(resp);
+        e.request_bytes = req.len() as u64;
+        e.response_bytes = resp.len() as u64;
+        e
+    }
+
+    fn span(e: &HttpEvent) -> Span {
+        span_with(
+            e,
+            &QueryPolicy {
+                export: true,
+                extra_sensitive: Vec::new(),
+            },
+        )
+    }
+
+    fn span_with(e: &HttpEvent, query: &QueryPolicy) -> Span {
+        match build(
+            e,
+            &ServiceInfo {
+                name: "svc",
+                namespace: None,
+            },
+            query,
+            1_000_000,
+            &mut FixedIds,
+        ) {
+            Built::Span(s) => *s,
+            Built::NotHttp => panic!("expected a span"),
+        }
+    }
+
+    #[test]
+    fn server_span_fields() {
+        let s = span(&event(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnope",
+        ));
+        assert_eq!(s.kind, SpanKind::Server);
+        assert_eq!(
+            (s.method.as_str(), s.path.as_str(), s.query.as_deref()),
+            ("GET", "/a", Some("b=1"))
+        );
+        assert_eq!(s.status, 404);
+        assert_eq!(
+            (s.server_address.to_string().as_str(), s.server_port),
+            ("127.0.0.1", 8080)
+        );
+        assert_eq!(
+            (s.client_address.to_string().as_str(), s.client_port),
+            ("127.0.0.2", 40000)
+        );
+        assert_eq!(s.duration_ns, 4_000);
+        assert_eq!(s.start_unix_nano, 1_001_000);
+        assert_eq!(s.request_body_size, Some(0));
+        assert_eq!(s.response_body_size, Some(4));
+        assert_eq!(s.trace_id.to_string(), "01".repeat(16));
+        assert!(s.malformed.is_none() && !s.no_response);
+    }
+
+    #[test]
+    fn version_user_agent_and_non_standard_methods() {
+        let s = span(&event(
+            b"PROPFIND /dav HTTP/1.0\r\nUser-Agent: curl/7.88.1\r\n\r\n",
+            b"HTTP/1.0 207 Multi-Status\r\n\r\n",
+        ));
+        assert_eq!(
+            (s.method.as_str(), s.method_original.as_deref(), s.name.as_str()),
+            ("_OTHER", Some("PROPFIND"), "HTTP")
+        );
+        assert_eq!(s.protocol_version, "1.0");
+        assert_eq!(s.user_agent.as_deref(), Some("curl/7.88.1"));
+        assert_eq!(s.status, 207);
+        let s = span(&event(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n"));
+        assert_eq!((s.name.as_str(), s.method_original), ("GET", None));
+        assert_eq!((s.protocol_version, s.scheme, s.user_agent), ("1.1", "http", None));
+    }
+
+    #[test]
+    fn continues_incoming_trace() {
+        let s = span(&event(
+            b"GET / HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        ));
+        assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            s.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+    }
+
+    #[test]
+    fn malformed_and_missing_responses() {
+        let s = span(&event(
+            b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            b"HTTP/1.1 414 URI Too Long\r\n",
+        ));
+        assert_eq!(s.malformed, Some("request line exceeds the captured bytes"));
+        assert_eq!(s.status, 414);
+        let mut e = event(b"GET / HTTP/1.1\r\n\r\n", b"");
+        e.flags = FLAG_NO_RESPONSE;
+        let s = span(&e);
+        assert!(s.no_response);
+        assert_eq!(s.status, 0);
+        let s = span(&event(b"GET / HTTP/1.1\r\n\r\n", b"\x00\x01garbage"));
+        assert_eq!(s.malformed, Some("response is not HTTP/1.x"));
+        assert!(matches!(
+            build(
+                &event(b"\x16\x03\x01", b""),
+                &ServiceInfo {
+                    name: "s",
+                    namespace: None
+                },
+                &QueryPolicy::default(),
+                0,
+                &mut FixedIds
+            ),
+            Built::NotHttp
+        ));
+    }
+
+    #[test]
+    fn no_query_by_default_and_credentials_redacted_when_enabled() {
+        let e = event(
+            b"GET /p?X-Amz-Signature=S&password=S&ok=1 HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        let s = span_with(&e, &QueryPolicy::default());
+        assert_eq!((s.path.as_str(), s.query), ("/p", None));
+        let s = span(&e);
+        assert_eq!(
+            s.query.as_deref(),
+            Some("X-Amz-Signature=REDACTED&password=REDACTED&ok=1")
+        );
+    }
+
+    #[test]
+    fn malformed_request_line_does_not_carry_the_next_header() {
+        let e = event(
+            b"GET /a b HTTP/1.1\r\nAuthorization: Bearer S\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\n\r\n",
+        );
+        for policy in [
+            QueryPolicy::default(),
+            QueryPolicy {
+                export: true,
+                ..Default::default()
+            },
+        ] {
+            let s = span_with(&e, &policy);
+            assert_eq!(s.malformed, Some("malformed request line"));
+            assert_eq!((s.method.as_str(), s.path.as_str()), ("GET", "/a"));
+            assert_eq!(s.query, None);
+        }
+        // A cut request line with a query: the query policy applies to it too.
+        let e = event(b"GET /p?token=S&ok=1", b"HTTP/1.1 414 URI Too Long\r\n\r\n");
+        let s = span_with(&e, &QueryPolicy::default());
+        assert_eq!((s.path.as_str(), s.query), ("/p", None));
+        let s = span(&e);
+        assert_eq!(s.query.as_deref(), Some("token=REDACTED&ok=1"));
+    }
+
+}
