@@ -181,6 +181,10 @@ pub struct ChunkBuf {
     pub data: [u8; 3 * STREAM_CAPTURE],
 }
 
-/// Per-CPU scratch space a stream chunk is assembled in (too large for the eBPF stack).
+/// Scratch space a stream chunk is assembled in (too large for the eBPF stack), one slot per
+/// CPU, indexed by the current CPU: a per-CPU array would do, but its values are limited to
+/// 32 KiB. The loader sizes it to the number of possible CPUs. Programs run with migration
+/// disabled and the socket tracepoints fire in process context, so a slot has one user at a
+/// time.
 #[map(name = "CHUNK_BUF")]
-pub static CHUNK_BUF: PerCpuArray<ChunkBuf> = PerCpuArray::with_max_entries(1, 0);
+pub static CHUNK_BUF: Array<ChunkBuf> = Array::with_max_entries(1, 0);

@@ -20,8 +20,8 @@ use sonde_schema::{
 
 use crate::{
     maps::{
-        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, PHASE_CLOSED,
-        PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ,
+        PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
     },
     offsets, stream,
 };

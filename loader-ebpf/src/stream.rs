@@ -11,8 +11,8 @@ use sonde_schema::{
 
 use crate::{
     maps::{
-        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CHUNK_BUF, ChunkBuf, ConnState, EVENTS, OP_READ,
-        SocketIo, count,
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CHUNK_BUF, ChunkBuf, ConnState, EVENTS, OP_READ, SocketIo,
+        count,
     },
     pairing::{now_ns, wakeup_flags},
 };
@@ -111,11 +111,13 @@ fn copy_iovecs(buf: &mut ChunkBuf, iov: u64, count: u64, want: u64) -> u64 {
 /// Sends the bytes one read or write moved on an HTTP/2 connection as a stream chunk.
 #[inline(always)]
 pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
-    let Some(p) = CHUNK_BUF.get_ptr_mut(0) else {
+    // SAFETY: no preconditions; returns the id of the CPU the program runs on.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    let Some(p) = CHUNK_BUF.get_ptr_mut(cpu) else {
         return;
     };
-    // SAFETY: pointer from a successful per-CPU array lookup; only this CPU's program uses it
-    // while we run.
+    // SAFETY: pointer from a successful array lookup of this CPU's slot; only this CPU's
+    // program uses it while we run (see CHUNK_BUF).
     let buf = unsafe { &mut *p };
     let want = if ret < STREAM_CAPTURE as u64 {
         ret
@@ -129,8 +131,9 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
             // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov;
             // size_t msg_iovlen; ... }
             // SAFETY: as in copy_iovecs.
-            match unsafe { aya_ebpf::helpers::bpf_probe_read_user((io.buf + 16) as *const [u64; 2]) }
-            {
+            match unsafe {
+                aya_ebpf::helpers::bpf_probe_read_user((io.buf + 16) as *const [u64; 2])
+            } {
                 Ok([iov, count]) => copy_iovecs(buf, iov, count, want),
                 Err(_) => 0,
             }

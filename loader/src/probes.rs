@@ -46,6 +46,8 @@ pub enum ProbeError {
         tracepoint: &'static str,
         arity: usize,
     },
+    #[error("reading the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    PossibleCpus(String),
     #[error("pid {0} is beyond kernel.pid_max")]
     PidOutOfRange(u32),
     #[error("required tracepoint {0} is not available in this kernel")]
@@ -150,6 +152,7 @@ impl Probes {
             .map_max_entries(sonde_schema::EVENTS_MAP, sizes.ring_buffer_bytes)
             .map_max_entries(sonde_schema::CONNS_MAP, sizes.max_connections)
             .map_max_entries(sonde_schema::PID_FILTER_MAP, pid_words)
+            .map_max_entries(sonde_schema::CHUNK_BUF_MAP, possible_cpus()?)
             .load(object)
             .map_err(ProbeError::Load)?;
 
@@ -270,6 +273,13 @@ impl Probes {
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
     ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))
+}
+
+/// How many CPUs the kernel can bring up: the size of per-CPU scratch arrays indexed by CPU id.
+fn possible_cpus() -> Result<u32, ProbeError> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(path, e)| ProbeError::PossibleCpus(format!("{path}: {e}")))?;
+    u32::try_from(cpus.max(1)).map_err(|e| ProbeError::PossibleCpus(e.to_string()))
 }
 
 /// `kernel.pid_max` (4194304, the largest it can be, when unreadable).

@@ -158,8 +158,7 @@ impl ChunkHeader {
         };
         let payload = &bytes[Self::SIZE..];
         let captured = header.captured as usize;
-        if captured > payload.len() || captured > STREAM_CAPTURE || captured as u64 > header.total
-        {
+        if captured > payload.len() || captured > STREAM_CAPTURE || captured as u64 > header.total {
             return Err(DecodeError::BadLength);
         }
         Ok((header, &payload[..captured]))
@@ -538,6 +537,8 @@ pub const LISTEN_PORTS_MAP: &str = "LISTEN_PORTS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the connection map.
 pub const CONNS_MAP: &str = "CONNS";
+/// Name of the stream-chunk scratch array (one slot per possible CPU).
+pub const CHUNK_BUF_MAP: &str = "CHUNK_BUF";
 
 #[cfg(test)]
 mod tests {
