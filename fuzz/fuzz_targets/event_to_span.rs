@@ -1,23 +1,29 @@
-//! Any ring-buffer record through decoding, exchange assembly, span building, route
-//! decoration, RED metrics and conversion to OTLP span data, as the processor does it. The input is split into records at every 0xff 0xff 0xff 0xff marker, so
-//! one input can carry a sequence (an event, its updates, a close).
+//! Any ring-buffer record through decoding, exchange assembly (HTTP/1 pairing and the
+//! multiplexed-stream table), span building, route decoration, RED metrics and conversion to
+//! OTLP span data, as the processor does it. The input is split into records at every 0xff
+//! byte, so one input can carry a sequence (an event, its updates, chunks, a close).
 #![no_main]
 
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use sonde_processor::{
-    exchange::Assembler,
     metrics::Metrics,
     otlp::convert,
+    protocols::{
+        http1::{self, Built, exchange::Assembler, parse::QueryPolicy},
+        http2_spans,
+        streams::StreamTable,
+    },
     red::RedRecorder,
     routes::Router,
-    span::{self, Built, ServiceInfo},
+    span::{ServiceInfo, Span},
 };
-use sonde_schema::Record;
+use sonde_schema::{EVENT_CONN_CLOSED, Record};
 
 fuzz_target!(|data: &[u8]| {
     let mut assembler = Assembler::new(Duration::from_millis(1), 4);
+    let mut streams = StreamTable::new(4, Duration::from_millis(1));
     let mut rng = rand::rng();
     let now = Instant::now();
     let routes = sonde_processor::config::RoutesConfig {
@@ -36,24 +42,48 @@ fuzz_target!(|data: &[u8]| {
         service_namespace: None,
         exe_path: "/fuzz".into(),
     };
-    let query = sonde_processor::http::QueryPolicy {
+    let query = QueryPolicy {
         export: true,
         extra_sensitive: vec!["session".into()],
     };
-    let mut build = |ev: &sonde_schema::HttpEvent| {
-        let service = ServiceInfo { name: "fuzz", namespace: None };
-        if let Built::Span(mut s) = span::build(ev, &service, &query, 0, &mut rng) {
+    let service = ServiceInfo { name: "fuzz", namespace: None };
+    let mut finish = |mut s: Span| {
+        if s.rpc.is_none() {
             let routed = router.route("fuzz", &s.path);
             s.set_route(routed.route);
-            red.record(&s, Some(&metrics), None, &meta);
-            let _ = convert::span_data(*s, &scope);
         }
+        red.record(&s, Some(&metrics), None, &meta);
+        let _ = convert::span_data(s, &scope);
     };
+    let mut spans = Vec::new();
     for chunk in data.split(|&b| b == 0xff).filter(|c| !c.is_empty()) {
-        if let Ok(record) = Record::decode(chunk) {
-            assembler.feed(record, now, &mut build);
+        match Record::decode(chunk) {
+            Ok(Record::Chunk(h, payload)) => streams.feed(&h, payload, now, |meta, ex| {
+                spans.extend(http2_spans::build(meta, ex, &service, &query, 0, &mut rng).ok())
+            }),
+            Ok(Record::Update(u))
+                if u.kind == EVENT_CONN_CLOSED
+                    && streams.close(u.conn_id, u.end_ns, |meta, ex| {
+                        spans.extend(http2_spans::build(meta, ex, &service, &query, 0, &mut rng).ok())
+                    }) => {}
+            Ok(record) => assembler.feed(record, now, |ev| {
+                if let Built::Span(s) = http1::build(ev, &service, &query, 0, &mut rng) {
+                    spans.push(*s);
+                }
+            }),
+            Err(_) => {}
         }
     }
-    assembler.expire(now + Duration::from_millis(2), &mut build);
-    assembler.finish(&mut build);
+    let later = now + Duration::from_millis(2);
+    assembler.expire(later, |ev| {
+        if let Built::Span(s) = http1::build(ev, &service, &query, 0, &mut rng) {
+            spans.push(*s);
+        }
+    });
+    streams.expire(later, |meta, ex| {
+        spans.extend(http2_spans::build(meta, ex, &service, &query, 0, &mut rng).ok())
+    });
+    for s in spans {
+        finish(s);
+    }
 });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonde_processor::http;
+use sonde_processor::protocols::http1::parse as http;
 
 fuzz_target!(|data: &[u8]| {
     let line_break = |s: &str| s.contains(['\r', '\n']);

@@ -20,7 +20,7 @@ use sonde_schema::{
 
 use crate::{
     maps::{
-        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ,
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, OP_WRITE,
         PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
     },
     offsets, stream,
@@ -316,7 +316,7 @@ enum FirstBytes {
 }
 
 #[inline(always)]
-fn classify(seg: &Segment, ret: u64) -> FirstBytes {
+fn classify(io: &SocketIo, seg: &Segment, ret: u64) -> FirstBytes {
     if seg.len < 4 {
         return FirstBytes::Other;
     }
@@ -333,6 +333,11 @@ fn classify(seg: &Segment, ret: u64) -> FirstBytes {
         && let Some(frame) = read_user::<[u8; 9]>(seg.ptr)
         && stream::plausible_frame(&frame, ret)
     {
+        // A server writes its SETTINGS before it reads the client's preface: that is the
+        // connection's start, not the middle.
+        if io.op == OP_WRITE && stream::is_settings(&frame) {
+            return FirstBytes::Http2Preface;
+        }
         return FirstBytes::Http2MidStream;
     }
     FirstBytes::Other
@@ -345,7 +350,12 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
     let Some(seg) = first_segment(io, ret) else {
         return;
     };
-    let first = classify(&seg, ret);
+    // A socket already closed (unhashed: no local port) carries nothing to pair: a peer's
+    // last GOAWAY or a late write after the connection's end.
+    if read_kernel::<u16>(io.sk + offsets::skc_num()).unwrap_or(0) == 0 {
+        return;
+    }
+    let first = classify(io, &seg, ret);
     if first == FirstBytes::Other {
         count(counters::NON_HTTP_PAYLOADS);
         return;

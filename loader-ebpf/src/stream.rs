@@ -17,10 +17,10 @@ use crate::{
     pairing::{now_ns, wakeup_flags},
 };
 
-/// Iovec entries walked per syscall. A write gathered from more segments than this is sent
-/// truncated (and counted); in practice HTTP/2 stacks write a frame header and its payload as
-/// two or three segments.
-const MAX_SEGMENTS: u64 = 8;
+/// Iovec entries walked per syscall (Linux's `IOV_MAX`). HTTP/2 stacks gather many frames into
+/// one `writev`: Node.js puts each frame header and payload in a segment of its own, so ten
+/// concurrent responses are forty segments.
+const MAX_SEGMENTS: u64 = 1024;
 /// Masks that restate bounds for the verifier: a segment starts below `STREAM_CAPTURE` and
 /// copies at most `2 * STREAM_CAPTURE - 1` bytes, so every copy ends inside `ChunkBuf::data`.
 const OFFSET_MASK: u64 = STREAM_CAPTURE as u64 - 1;
@@ -46,6 +46,13 @@ fn frame_length_ok(frame_type: u8, len: u32, stream: u32) -> bool {
     }
 }
 
+/// True for the server's connection preface: a SETTINGS frame (type 4, stream 0) without the
+/// ACK flag. A server writes it first, before it reads the client's preface.
+#[inline(always)]
+pub fn is_settings(head: &[u8; 9]) -> bool {
+    head[3] == 4 && head[4] & 1 == 0 && head[5..9] == [0, 0, 0, 0]
+}
+
 /// True when nine bytes read as a plausible HTTP/2 frame header whose frame fits in the `ret`
 /// bytes that moved: how a connection already under way when Sonde started is recognised.
 #[inline(always)]
@@ -66,46 +73,90 @@ pub fn adopt(state: &mut ConnState, midstream: bool) {
     };
 }
 
-/// Copies up to `want` bytes from the iovec array at `iov` (`count` entries) into `buf`.
-#[inline(always)]
-fn copy_iovecs(buf: &mut ChunkBuf, iov: u64, count: u64, want: u64) -> u64 {
-    let mut got: u64 = 0;
-    let mut i: u64 = 0;
-    while i < MAX_SEGMENTS {
-        if i >= count || got >= want {
-            break;
-        }
-        // struct iovec { void *iov_base; size_t iov_len; }
-        // SAFETY: bpf_probe_read_user copies from an arbitrary user address with fault
-        // handling; a bad address yields an error.
-        let Ok([base, len]) =
-            (unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
-        else {
-            break;
-        };
-        let n = if len < want - got { len } else { want - got };
-        if n > 0 {
-            // SAFETY: destination offset < STREAM_CAPTURE and length < 2 * STREAM_CAPTURE, so
-            // the copy stays inside `data` (3 * STREAM_CAPTURE bytes); the
-            // helper faults safely on bad user addresses.
-            let rc = unsafe {
-                aya_ebpf::helpers::generated::bpf_probe_read_user(
-                    buf.data
-                        .as_mut_ptr()
-                        .add((got & OFFSET_MASK) as usize)
-                        .cast(),
-                    (n & LEN_MASK) as u32,
-                    base as *const _,
-                )
-            };
-            if rc != 0 {
-                break;
-            }
-            got += n;
-        }
-        i += 1;
+/// What `copy_segment` works on, on the caller's stack.
+#[repr(C)]
+struct SegmentWalk {
+    /// The user iovec array.
+    iov: u64,
+    /// Its entries.
+    count: u64,
+    /// Bytes to capture in all.
+    want: u64,
+    /// Bytes captured so far.
+    got: u64,
+}
+
+/// One iteration of the `bpf_loop` over a syscall's iovec entries: copies entry `index` into
+/// this CPU's chunk buffer. A `bpf_loop` callback is verified once, whatever the count, where
+/// an unrolled or bounded loop is verified once per iteration and per call site (64 segments
+/// exceeded the verifier's budget). Returns 1 to stop.
+extern "C" fn copy_segment(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `SegmentWalk` on the caller's stack, passed to bpf_loop by
+    // `copy_iovecs`; the verifier checks every access against that stack slot.
+    let walk = unsafe { &mut *(ctx as *mut SegmentWalk) };
+    if index >= walk.count || walk.got >= walk.want {
+        return 1;
     }
-    got
+    // SAFETY: no preconditions; returns the id of the CPU the program runs on.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    let Some(p) = CHUNK_BUF.get_ptr_mut(cpu) else {
+        return 1;
+    };
+    // struct iovec { void *iov_base; size_t iov_len; }
+    // SAFETY: bpf_probe_read_user copies from an arbitrary user address with fault handling;
+    // a bad address yields an error.
+    let Ok([base, len]) = (unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user((walk.iov + index * 16) as *const [u64; 2])
+    }) else {
+        return 1;
+    };
+    let room = walk.want - walk.got;
+    let n = if len < room { len } else { room };
+    if n == 0 {
+        return 0;
+    }
+    // SAFETY: this CPU's slot (see CHUNK_BUF); destination offset < STREAM_CAPTURE and length
+    // < 2 * STREAM_CAPTURE, so the copy stays inside `data` (3 * STREAM_CAPTURE bytes); the
+    // helper faults safely on bad user addresses.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            (*p).data
+                .as_mut_ptr()
+                .add((walk.got & OFFSET_MASK) as usize)
+                .cast(),
+            (n & LEN_MASK) as u32,
+            base as *const _,
+        )
+    };
+    if rc != 0 {
+        return 1;
+    }
+    walk.got += n;
+    0
+}
+
+/// Copies up to `want` bytes from the iovec array at `iov` (`count` entries) into this CPU's
+/// chunk buffer.
+#[inline(always)]
+fn copy_iovecs(iov: u64, count: u64, want: u64) -> u64 {
+    let mut walk = SegmentWalk {
+        iov,
+        count,
+        want,
+        got: 0,
+    };
+    let loops = if count < MAX_SEGMENTS { count } else { MAX_SEGMENTS };
+    // SAFETY: bpf_loop calls `copy_segment` at most `loops` times with a pointer to `walk`,
+    // which outlives the call.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_loop(
+            loops as u32,
+            copy_segment as *mut core::ffi::c_void,
+            (&mut walk as *mut SegmentWalk).cast(),
+            0,
+        );
+    }
+    walk.got
 }
 
 /// Sends the bytes one read or write moved on an HTTP/2 connection as a stream chunk.
@@ -126,7 +177,7 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     };
     let captured = match io.buf_kind {
         BUF_NONE => 0,
-        BUF_IOVEC => copy_iovecs(buf, io.buf, io.iov_count, want),
+        BUF_IOVEC => copy_iovecs(io.buf, io.iov_count, want),
         BUF_MSGHDR => {
             // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov;
             // size_t msg_iovlen; ... }
@@ -134,7 +185,7 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
             match unsafe {
                 aya_ebpf::helpers::bpf_probe_read_user((io.buf + 16) as *const [u64; 2])
             } {
-                Ok([iov, count]) => copy_iovecs(buf, iov, count, want),
+                Ok([iov, count]) => copy_iovecs(iov, count, want),
                 Err(_) => 0,
             }
         }

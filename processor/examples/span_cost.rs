@@ -6,7 +6,8 @@ use std::{io::Write, time::Instant};
 use sonde_processor::config::TracePrinter;
 use sonde_processor::{
     printer::Printer,
-    span::{self, Built, ServiceInfo},
+    protocols::http1::{self, Built},
+    span::ServiceInfo,
 };
 use sonde_schema::{DIRECTION_SERVER, EVENT_HTTP, HttpEvent};
 
@@ -36,7 +37,7 @@ fn main() {
     let start = Instant::now();
     for _ in 0..iterations {
         let ev = HttpEvent::decode(&bytes).expect("decode");
-        if let Built::Span(s) = span::build(
+        if let Built::Span(s) = http1::build(
             &ev,
             &ServiceInfo {
                 name: "nginx",

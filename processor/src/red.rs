@@ -68,17 +68,15 @@ impl RedRecorder {
     ) {
         let method = method_value(&s.method);
         let peer = (s.kind == SpanKind::Client).then_some((s.server_address, s.server_port));
-        let h = self
-            .hasher
-            .hash_one((
-                s.pid,
-                s.kind,
-                method,
-                s.status,
-                s.route.as_deref(),
-                peer,
-                s.rpc.as_ref().map(|r| (r.method.as_str(), r.status_code)),
-            ));
+        let h = self.hasher.hash_one((
+            s.pid,
+            s.kind,
+            method,
+            s.status,
+            s.route.as_deref(),
+            peer,
+            s.rpc.as_ref().map(|r| (r.method.as_str(), r.status_code)),
+        ));
         let found = self
             .series
             .get(&h)

@@ -33,24 +33,53 @@ const STREAM: &str = "10,100";
 /// trailers would be shorter.
 const SAY_HOLD_NS: u64 = 100_000_000;
 
-/// The metric and attribute names the assertions use, in one place.
+/// The metric and attribute names the assertions use, in one place (as the processor names
+/// them in `protocols/grpc.rs`: the reference system's current RPC conventions).
 mod names {
-    // OTLP (OpenTelemetry RPC semantic conventions).
+    // OTLP span and metric attributes, and the duration histograms.
     pub const OTLP_SERVER_DURATION: &str = "rpc.server.call.duration";
     pub const OTLP_CLIENT_DURATION: &str = "rpc.client.call.duration";
-    pub const OTLP_SYSTEM: &str = "rpc.system";
+    pub const OTLP_SYSTEM: &str = "rpc.system.name";
     pub const OTLP_METHOD: &str = "rpc.method";
-    pub const OTLP_STATUS: &str = "rpc.grpc.status_code";
-    /// The OTLP status attribute's value for a code (an integer attribute).
+    pub const OTLP_STATUS: &str = "rpc.response.status_code";
+    /// The OTLP status attribute's value for a code: the status name, as a string.
     pub fn otlp_status(code: u64) -> serde_json::Value {
-        serde_json::json!(code)
+        serde_json::json!(status_name(code))
     }
     // Prometheus.
     pub const PROM_SERVER_COUNT: &str = "rpc_server_call_duration_seconds_count";
     pub const PROM_CLIENT_COUNT: &str = "rpc_client_call_duration_seconds_count";
-    pub const PROM_SYSTEM: &str = "rpc_system";
+    pub const PROM_SYSTEM: &str = "rpc_system_name";
     pub const PROM_METHOD: &str = "rpc_method";
-    pub const PROM_STATUS: &str = "rpc_grpc_status_code";
+    pub const PROM_STATUS: &str = "rpc_response_status_code";
+    /// The Prometheus status label's value for a code.
+    pub fn prom_status(code: u64) -> String {
+        status_name(code).to_string()
+    }
+
+    /// The canonical name of a gRPC status code (`grpc/doc/statuscodes.md`).
+    pub fn status_name(code: u64) -> &'static str {
+        const NAMES: [&str; 17] = [
+            "OK",
+            "CANCELLED",
+            "UNKNOWN",
+            "INVALID_ARGUMENT",
+            "DEADLINE_EXCEEDED",
+            "NOT_FOUND",
+            "ALREADY_EXISTS",
+            "PERMISSION_DENIED",
+            "RESOURCE_EXHAUSTED",
+            "FAILED_PRECONDITION",
+            "ABORTED",
+            "OUT_OF_RANGE",
+            "UNIMPLEMENTED",
+            "INTERNAL",
+            "UNAVAILABLE",
+            "DATA_LOSS",
+            "UNAUTHENTICATED",
+        ];
+        NAMES.get(code as usize).copied().unwrap_or("_OTHER")
+    }
 }
 
 /// Calls per (method, gRPC status code) the client makes.
@@ -204,7 +233,10 @@ fn assert_rpc_spans(spans: &[Value], kind: &str, port: u16) {
             // Ten messages 100 ms apart: the span ends at the trailers, not the first message.
             assert!(duration >= 900_000_000, "Count lasted {duration} ns: {s}");
         } else {
-            assert!(duration >= SAY_HOLD_NS - 1_000_000, "Say lasted {duration} ns: {s}");
+            assert!(
+                duration >= SAY_HOLD_NS - 1_000_000,
+                "Say lasted {duration} ns: {s}"
+            );
         }
     }
 }
@@ -392,7 +424,11 @@ fn grpc_otlp_and_prometheus_count_calls_per_method_and_status() {
         std::thread::sleep(Duration::from_millis(200));
     }
     for metric in [names::PROM_SERVER_COUNT, names::PROM_CLIENT_COUNT] {
-        assert_eq!(prom_count(&text, metric, &[]), n as u64, "{metric}:\n{text}");
+        assert_eq!(
+            prom_count(&text, metric, &[]),
+            n as u64,
+            "{metric}:\n{text}"
+        );
         for ((method, code), want) in expected_calls() {
             let got = prom_count(
                 &text,
@@ -400,7 +436,7 @@ fn grpc_otlp_and_prometheus_count_calls_per_method_and_status() {
                 &[
                     (names::PROM_SYSTEM, "grpc".to_string()),
                     (names::PROM_METHOD, method.clone()),
-                    (names::PROM_STATUS, code.to_string()),
+                    (names::PROM_STATUS, names::prom_status(code)),
                 ],
             );
             assert_eq!(got, want, "{metric} {method} {code}:\n{text}");

@@ -137,7 +137,10 @@ fn rpc_attributes(s: &Span, rpc: &Rpc, attrs: &mut Vec<KeyValue>) -> Option<&'st
     }
     attrs.push(KeyValue::new("server.address", server_address(s)));
     attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
-    attrs.push(KeyValue::new("network.protocol.version", s.protocol_version));
+    attrs.push(KeyValue::new(
+        "network.protocol.version",
+        s.protocol_version,
+    ));
     grpc::is_error(s.kind, rpc.status_code).then_some("")
 }
 
@@ -240,7 +243,10 @@ fn http_attributes(s: &mut Span, attrs: &mut Vec<KeyValue>) -> trace::Status {
     }
     attrs.push(KeyValue::new("url.scheme", s.scheme));
     if !s.protocol_version.is_empty() {
-        attrs.push(KeyValue::new("network.protocol.version", s.protocol_version));
+        attrs.push(KeyValue::new(
+            "network.protocol.version",
+            s.protocol_version,
+        ));
     }
     if let Some(ua) = s.user_agent.take() {
         attrs.push(KeyValue::new("user_agent.original", ua));

@@ -126,6 +126,16 @@ impl StreamTable {
             self.stats.connections += 1;
             let midstream = h.flags & CHUNK_MIDSTREAM != 0;
             self.stats.connections_midstream += u64::from(midstream);
+            tracing::debug!(
+                conn_id = h.conn_id,
+                pid = h.pid,
+                local_port = h.local_port,
+                peer_port = h.peer_port,
+                flags = h.flags,
+                inbound = h.flow == FLOW_INBOUND,
+                bytes = h.total,
+                "multiplexed connection tracked"
+            );
             let mut conn = http2::Connection::new(http2::Limits::default());
             if midstream {
                 conn.picked_up_mid_stream();
@@ -150,7 +160,8 @@ impl StreamTable {
             http2::Flow::Outbound
         };
         self.scratch.clear();
-        t.conn.feed(flow, payload, h.total, h.ts_ns, &mut self.scratch);
+        t.conn
+            .feed(flow, payload, h.total, h.ts_ns, &mut self.scratch);
         self.stats.exchanges += self.scratch.len() as u64;
         for ex in &self.scratch {
             done(&t.meta, ex);

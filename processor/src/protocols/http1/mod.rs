@@ -137,8 +137,8 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv6Addr;
     use sonde_schema::{DIRECTION_SERVER, EVENT_HTTP};
+    use std::net::Ipv6Addr;
 
     struct FixedIds;
     impl IdSource for FixedIds {
@@ -232,15 +232,25 @@ mod tests {
             b"HTTP/1.0 207 Multi-Status\r\n\r\n",
         ));
         assert_eq!(
-            (s.method.as_str(), s.method_original.as_deref(), s.name.as_str()),
+            (
+                s.method.as_str(),
+                s.method_original.as_deref(),
+                s.name.as_str()
+            ),
             ("_OTHER", Some("PROPFIND"), "HTTP")
         );
         assert_eq!(s.protocol_version, "1.0");
         assert_eq!(s.user_agent.as_deref(), Some("curl/7.88.1"));
         assert_eq!(s.status, 207);
-        let s = span(&event(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n"));
+        let s = span(&event(
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        ));
         assert_eq!((s.name.as_str(), s.method_original), ("GET", None));
-        assert_eq!((s.protocol_version, s.scheme, s.user_agent), ("1.1", "http", None));
+        assert_eq!(
+            (s.protocol_version, s.scheme, s.user_agent),
+            ("1.1", "http", None)
+        );
     }
 
     #[test]
@@ -326,5 +336,4 @@ mod tests {
         let s = span(&e);
         assert_eq!(s.query.as_deref(), Some("token=REDACTED&ok=1"));
     }
-
 }

@@ -466,7 +466,10 @@ mod tests {
             Err(RequestError::NotHttp)
         );
         // A non-standard method token is HTTP (reported as `_OTHER`); a space-less blob is not.
-        assert_eq!(parse_request(b"FOO / HTTP/1.1\r\n").map(|h| h.method), Ok("FOO".into()));
+        assert_eq!(
+            parse_request(b"FOO / HTTP/1.1\r\n").map(|h| h.method),
+            Ok("FOO".into())
+        );
         assert_eq!(
             parse_request(b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA / HTTP/1.1\r\n"),
             Err(RequestError::NotHttp)

@@ -28,6 +28,12 @@ pub const FLAG_PRIORITY: u8 = 0x20;
 
 /// SETTINGS_HEADER_TABLE_SIZE.
 pub const SETTING_HEADER_TABLE_SIZE: u16 = 0x1;
+/// SETTINGS_MAX_FRAME_SIZE.
+pub const SETTING_MAX_FRAME_SIZE: u16 = 0x5;
+/// The frame size limit until a peer announces another (RFC 9113 6.5.2).
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16_384;
+/// The largest length a frame header can carry.
+pub const MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
 
 /// A parsed frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +70,7 @@ impl FrameHeader {
             RST_STREAM => !on_stream || self.length != 4,
             SETTINGS => {
                 on_stream
-                    || self.length % 6 != 0
+                    || !self.length.is_multiple_of(6)
                     || (self.has(FLAG_ACK) && self.length != 0)
             }
             PING => on_stream || self.length != 8,

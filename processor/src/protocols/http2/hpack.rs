@@ -52,6 +52,9 @@ pub struct BlockSummary {
     pub unresolved: usize,
 }
 
+/// A header field's name and value.
+type Field<'a> = (&'a [u8], &'a [u8]);
+
 struct Entry {
     name: Box<[u8]>,
     value: Box<[u8]>,
@@ -255,12 +258,8 @@ impl Decoder {
                     NameRef::Unresolved => None,
                 };
                 let name_len = name.map_or(0, <[u8]>::len);
-                let value = read_string(
-                    block,
-                    &mut pos,
-                    value_buf,
-                    budget.saturating_sub(name_len),
-                )?;
+                let value =
+                    read_string(block, &mut pos, value_buf, budget.saturating_sub(name_len))?;
                 list_size = add_list(list_size, name_len, value.len(), max_list)?;
                 match name {
                     Some(name) => {
@@ -288,7 +287,7 @@ impl Decoder {
         Ok(summary)
     }
 
-    fn lookup(&self, index: u32) -> Result<Option<(&[u8], &[u8])>, HpackError> {
+    fn lookup(&self, index: u32) -> Result<Option<Field<'_>>, HpackError> {
         match self.name_ref(index)? {
             NameRef::Static(i) => Ok(STATIC_TABLE
                 .get(i)
@@ -370,7 +369,8 @@ fn add_list(total: usize, name: usize, value: usize, max: usize) -> Result<usize
 
 /// Reads a prefixed integer (RFC 7541 5.1) starting at `block[*pos]`.
 fn read_int(block: &[u8], pos: &mut usize, prefix: u32) -> Result<u32, HpackError> {
-    let mask = (1u8 << prefix) - 1;
+    // Computed wide: an 8-bit prefix (RFC 7541 C.1.3) must not overflow.
+    let mask = ((1u16 << prefix) - 1) as u8;
     let first = *block.get(*pos).ok_or(HpackError::Truncated)?;
     *pos += 1;
     let mut value = u64::from(first & mask);
@@ -592,13 +592,22 @@ mod tests {
         let mut over = Vec::new();
         enc::int(&mut over, 0, 7, u64::from(u32::MAX) + 1);
         pos = 0;
-        assert_eq!(read_int(&over, &mut pos, 7), Err(HpackError::IntegerOverflow));
+        assert_eq!(
+            read_int(&over, &mut pos, 7),
+            Err(HpackError::IntegerOverflow)
+        );
         // Endless continuation bytes (zero-valued) stop after five.
         pos = 0;
         let long = [0x7f, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00];
-        assert_eq!(read_int(&long, &mut pos, 7), Err(HpackError::IntegerOverflow));
+        assert_eq!(
+            read_int(&long, &mut pos, 7),
+            Err(HpackError::IntegerOverflow)
+        );
         pos = 0;
-        assert_eq!(read_int(&[0x7f, 0x80], &mut pos, 7), Err(HpackError::Truncated));
+        assert_eq!(
+            read_int(&[0x7f, 0x80], &mut pos, 7),
+            Err(HpackError::Truncated)
+        );
     }
 
     #[test]
@@ -650,7 +659,11 @@ mod tests {
                 enc::size_update(&mut block, size);
             }
             block.extend_from_slice(&hex(ex.block));
-            assert_eq!(decode_all(&mut d, &block).unwrap(), pairs(ex.fields), "#{i}");
+            assert_eq!(
+                decode_all(&mut d, &block).unwrap(),
+                pairs(ex.fields),
+                "#{i}"
+            );
             assert_eq!(d.snapshot(), pairs(ex.table), "#{i}");
             assert_eq!(d.table_size(), ex.size, "#{i}");
         }
@@ -925,11 +938,20 @@ mod tests {
     #[test]
     fn invalid_index_and_truncation() {
         let mut d = Decoder::new(65536);
-        assert_eq!(decode_all(&mut d, &[0x80]), Err(HpackError::InvalidIndex(0)));
+        assert_eq!(
+            decode_all(&mut d, &[0x80]),
+            Err(HpackError::InvalidIndex(0))
+        );
         let mut d = Decoder::new(65536);
-        assert_eq!(decode_all(&mut d, &[0xbe]), Err(HpackError::InvalidIndex(62)));
+        assert_eq!(
+            decode_all(&mut d, &[0xbe]),
+            Err(HpackError::InvalidIndex(62))
+        );
         let mut d = Decoder::new(65536);
-        assert_eq!(decode_all(&mut d, &[0x40, 0x05, b'a']), Err(HpackError::Truncated));
+        assert_eq!(
+            decode_all(&mut d, &[0x40, 0x05, b'a']),
+            Err(HpackError::Truncated)
+        );
     }
 
     #[test]
@@ -942,18 +964,34 @@ mod tests {
         enc::literal(&mut block, "k", "v", true, false);
         let mut fields = Vec::new();
         let summary = d
-            .decode(&block, 65536, &mut |n, v| fields.push((n.to_vec(), v.to_vec())))
+            .decode(&block, 65536, &mut |n, v| {
+                fields.push((n.to_vec(), v.to_vec()))
+            })
             .unwrap();
-        assert_eq!(summary, BlockSummary { fields: 2, unresolved: 1 });
+        assert_eq!(
+            summary,
+            BlockSummary {
+                fields: 2,
+                unresolved: 1
+            }
+        );
         // The entry inserted since is the newest in the real table too: index 62 is right.
         let mut block = Vec::new();
         enc::indexed(&mut block, 62);
         enc::indexed(&mut block, 63);
         fields.clear();
         let summary = d
-            .decode(&block, 65536, &mut |n, v| fields.push((n.to_vec(), v.to_vec())))
+            .decode(&block, 65536, &mut |n, v| {
+                fields.push((n.to_vec(), v.to_vec()))
+            })
             .unwrap();
-        assert_eq!(summary, BlockSummary { fields: 1, unresolved: 1 });
+        assert_eq!(
+            summary,
+            BlockSummary {
+                fields: 1,
+                unresolved: 1
+            }
+        );
         assert_eq!(fields, vec![(b"k".to_vec(), b"v".to_vec())]);
         assert!(d.is_state_unknown());
         // An inserted literal whose name is unresolved puts an unknown entry in front.
@@ -968,6 +1006,9 @@ mod tests {
         enc::size_update(&mut block, 4096);
         d.decode(&block, 65536, &mut |_, _| {}).unwrap();
         assert!(!d.is_state_unknown());
-        assert_eq!(decode_all(&mut d, &[0xbe]), Err(HpackError::InvalidIndex(62)));
+        assert_eq!(
+            decode_all(&mut d, &[0xbe]),
+            Err(HpackError::InvalidIndex(62))
+        );
     }
 }

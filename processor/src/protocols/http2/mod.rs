@@ -70,7 +70,7 @@ pub const MAX_VALUE_LEN: usize = 1024;
 
 /// Everything a connection lost or skipped, and what it saw. Plain counters, summed by the
 /// caller across connections.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     /// Complete frame headers parsed.
     pub frames: u64,
@@ -81,7 +81,8 @@ pub struct Counters {
     pub desync: u64,
     /// Frame boundaries found again at the start of a later chunk.
     pub resyncs: u64,
-    /// Connections (directions) picked up without the preface or server SETTINGS.
+    /// Directions picked up mid-stream: told so (`Connection::picked_up_mid_stream`), or
+    /// starting with neither the preface nor a SETTINGS frame. Their HPACK state is unknown.
     pub midstream_pickups: u64,
     /// Header blocks with uncaptured bytes, or too large to buffer: not decoded, and the
     /// direction's HPACK state becomes unknown.
@@ -109,6 +110,47 @@ pub struct Counters {
     pub orphan_frames: u64,
     /// Uncaptured bytes skipped inside frame payloads without losing sync.
     pub uncaptured_bytes_skipped: u64,
+}
+
+impl Counters {
+    /// Adds `other` to these (summing connections).
+    pub fn add(&mut self, other: &Counters) {
+        // Destructured so that a new counter cannot be forgotten here.
+        let Counters {
+            frames,
+            headers_blocks,
+            desync,
+            resyncs,
+            midstream_pickups,
+            header_blocks_lost,
+            hpack_errors,
+            hpack_state_unknown,
+            header_list_too_large,
+            streams_over_limit,
+            push_promises,
+            resets,
+            goaways,
+            malformed_frames,
+            orphan_frames,
+            uncaptured_bytes_skipped,
+        } = other;
+        self.frames += frames;
+        self.headers_blocks += headers_blocks;
+        self.desync += desync;
+        self.resyncs += resyncs;
+        self.midstream_pickups += midstream_pickups;
+        self.header_blocks_lost += header_blocks_lost;
+        self.hpack_errors += hpack_errors;
+        self.hpack_state_unknown += hpack_state_unknown;
+        self.header_list_too_large += header_list_too_large;
+        self.streams_over_limit += streams_over_limit;
+        self.push_promises += push_promises;
+        self.resets += resets;
+        self.goaways += goaways;
+        self.malformed_frames += malformed_frames;
+        self.orphan_frames += orphan_frames;
+        self.uncaptured_bytes_skipped += uncaptured_bytes_skipped;
+    }
 }
 
 /// The request's fields of interest, each cut at [`MAX_VALUE_LEN`].
@@ -172,3 +214,6 @@ pub struct Exchange {
     pub response_body_bytes: u64,
     pub outcome: Outcome,
 }
+
+#[cfg(test)]
+mod tests;
