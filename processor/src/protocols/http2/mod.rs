@@ -76,8 +76,8 @@ pub struct Counters {
     pub frames: u64,
     /// Header blocks (HEADERS or PUSH_PROMISE plus CONTINUATIONs) finished, decoded or not.
     pub headers_blocks: u64,
-    /// Frame boundaries lost: a frame header fell into uncaptured bytes, or bytes made no
-    /// sense (a broken preface, CONTINUATION out of place).
+    /// Frame boundaries lost: a frame header fell into uncaptured bytes, the preface broke
+    /// off, or a frame was longer than the receiver's SETTINGS_MAX_FRAME_SIZE (garbage).
     pub desync: u64,
     /// Frame boundaries found again at the start of a later chunk.
     pub resyncs: u64,
@@ -103,7 +103,8 @@ pub struct Counters {
     pub resets: u64,
     /// GOAWAY frames.
     pub goaways: u64,
-    /// Frames that break a framing rule (wrong stream id or length, bad padding); skipped.
+    /// Frames that break a framing rule (wrong stream id or length, bad padding, too long,
+    /// CONTINUATION out of place, a frame inside a header block); skipped.
     pub malformed_frames: u64,
     /// Frames for streams not tracked (closed, never seen, over the limit), and response
     /// headers with no request; ignored.
