@@ -334,6 +334,15 @@ mod tests {
             route: optional.then(|| "/we/{id}".into()),
             status: 404,
             host: optional.then(|| "h:80".into()),
+            protocol_version: if optional { "2" } else { "1.1" },
+            scheme: "http",
+            user_agent: optional.then(|| "curl/8\n".into()),
+            method_original: optional.then(|| "PURGE".into()),
+            rpc: optional.then(|| crate::span::Rpc {
+                system: "grpc",
+                method: "pkg.Svc/Do".into(),
+                status_code: Some(5),
+            }),
             server_address: Address(Some("127.0.0.1".parse().expect("v4"))),
             server_port: 80,
             client_address: Address(optional.then(|| "::1".parse().expect("v6"))),
@@ -356,11 +365,21 @@ mod tests {
     }
 
     #[test]
+    fn text_line_shows_the_original_method_rpc_status_and_h2() {
+        let line = text_line(&sample("/pkg.Svc/Do", true));
+        assert!(line.contains(" CLIENT 404 PURGE /pkg.Svc/Do?"), "{line}");
+        assert!(line.contains(" host=h:80 grpc rpc_status=5 h2 service="), "{line}");
+    }
+
+    #[test]
     fn text_line_shows_utc_time_and_escapes_controls() {
         let mut span = sample("/a\r\nX-Injected: 1\x1b[31m\u{9b}2J\\", true);
         span.query = Some("q=\x7f\0".into());
         span.service_name = "svc\x1b]0;title\x07".into();
         span.method = "GET\t".into();
+        span.method_original = None;
+        span.rpc = None;
+        span.protocol_version = "1.1";
         span.host = Some("evil\x1b[2J\rX".into());
         let line = text_line(&span);
         assert!(

@@ -138,7 +138,6 @@ pub fn build(
 mod tests {
     use super::*;
     use sonde_schema::{DIRECTION_SERVER, EVENT_HTTP};
-    use std::net::Ipv6Addr;
 
     struct FixedIds;
     impl IdSource for FixedIds {

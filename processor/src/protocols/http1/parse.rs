@@ -483,6 +483,7 @@ mod tests {
             Ok(RequestHead {
                 method: "GET".into(),
                 path: "/".into(),
+                version: "1.1",
                 ..Default::default()
             })
         );

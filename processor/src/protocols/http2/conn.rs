@@ -88,6 +88,8 @@ struct Direction {
     max_opened: u32,
     /// Highest stream id this direction promised with PUSH_PROMISE.
     max_promised: u32,
+    /// Parity (id % 2) of the streams this direction opened with decoded requests.
+    opened_parity: Option<u32>,
     /// SETTINGS_MAX_FRAME_SIZE of the receiving end: a longer frame would have ended the
     /// connection, so here it means we are reading something else.
     max_frame_size: u32,
@@ -107,6 +109,7 @@ impl Direction {
             block: None,
             max_opened: 0,
             max_promised: 0,
+            opened_parity: None,
         }
     }
 }
@@ -819,14 +822,25 @@ impl Connection {
             self.counters.orphan_frames += 1;
             return;
         }
-        if let Some((fields, partial)) = &decoded
-            && (fields.has_status || (fields.request.method.is_none() && !partial))
-        {
-            // Response headers for a request we never saw (picked up mid-stream).
+        let is_request = match &decoded {
+            Some((fields, _)) if fields.has_status => false,
+            Some((fields, _)) if fields.request.method.is_some() => true,
+            // Fully decoded, yet neither a request nor a response: nothing to report.
+            Some((_, false)) => false,
+            // Lost or partly unresolved: only the roles of the two ends can tell.
+            _ => self.opens_streams(flow, id),
+        };
+        if !is_request {
+            // Response headers for a request we never saw (picked up mid-stream, or its
+            // HEADERS was lost).
             self.counters.orphan_frames += 1;
             return;
         }
-        self.dir_mut(flow).max_opened = id;
+        let dir = self.dir_mut(flow);
+        dir.max_opened = id;
+        if decoded.is_some() {
+            dir.opened_parity = Some(id % 2);
+        }
         if self.streams.len() >= self.limits.max_streams {
             self.counters.streams_over_limit += 1;
             return;
@@ -856,6 +870,20 @@ impl Connection {
                 response_body_bytes: 0,
             },
         );
+    }
+
+    /// Whether `flow` is the end that opens stream `id` with a request, when its header
+    /// block cannot say: the client opens odd streams (RFC 9113 5.1.1) and a server opens
+    /// none with HEADERS (its pushes are promised first). Which end is the client is known
+    /// from the preface, or else from the parity of the requests the flow sent before; with
+    /// neither, the block is not taken for a request.
+    fn opens_streams(&self, flow: Flow, id: u32) -> bool {
+        let odd = id % 2 == 1;
+        match (self.dir(flow).start, self.dir(flow.opposite()).start) {
+            (Some(Start::Preface), _) | (_, Some(Start::ServerSettings)) => odd,
+            (Some(Start::ServerSettings), _) | (_, Some(Start::Preface)) => false,
+            _ => self.dir(flow).opened_parity == Some(id % 2),
+        }
     }
 
     fn on_data(

@@ -340,6 +340,52 @@ proptest! {
         prop_assert_eq!(conn.counters().desync, 0);
     }
 
+    /// Chunks captured only in part lose information, but what is reported is never wrong:
+    /// each path, status and traceparent is the one its stream carried, or absent.
+    #[test]
+    fn truncated_capture_never_guesses(
+        client_cuts in prop::collection::vec(any::<usize>(), 0..60),
+        server_cuts in prop::collection::vec(any::<usize>(), 0..60),
+        keep in prop::collection::vec(any::<Option<u8>>(), 1..60),
+    ) {
+        let (s, _, _) = interleaved();
+        let mut conn = Connection::new(Limits::default());
+        let mut out = Vec::new();
+        let mut keep = keep.iter().cycle();
+        let mut ts = 0;
+        // All requests first, then all responses: the order is not what is tested here.
+        for (flow, bytes, cuts) in [(IN, &s.client, &client_cuts), (OUT, &s.server, &server_cuts)] {
+            for (_, chunk) in split(bytes, cuts) {
+                let captured = match keep.next().copied().flatten() {
+                    Some(n) => &chunk[..usize::from(n).min(chunk.len())],
+                    None => chunk,
+                };
+                ts += 1;
+                conn.feed(flow, captured, chunk.len() as u64, ts, &mut out);
+            }
+        }
+        conn.close(ts + 1, &mut out);
+        prop_assert_eq!(conn.open_streams(), 0);
+        for x in &out {
+            prop_assert!(x.stream_id % 2 == 1 && x.stream_id < 40, "{:?}", x);
+            let i = (x.stream_id as usize - 1) / 2;
+            if let Some(path) = &x.request.path {
+                prop_assert_eq!(path, &format!("/item/{i}"));
+            }
+            if let Some(method) = &x.request.method {
+                prop_assert_eq!(method, "GET");
+            }
+            if let Some(tp) = &x.request.traceparent {
+                prop_assert_eq!(tp, &format!("00-{:032x}-{:016x}-01", i + 1, i + 7));
+            }
+            if let Some(status) = x.response.status {
+                prop_assert_eq!(status, 200 + i as u16);
+            }
+            prop_assert!(x.response_body_bytes <= i as u64 + 1 + 10, "{:?}", x);
+            prop_assert!(x.request_body_bytes <= i as u64, "{:?} {:?}", x, conn.counters());
+        }
+    }
+
     /// Whatever the bytes after a preface, in whatever chunks and with whatever truncation:
     /// no panic, bounded state, and close empties the connection.
     #[test]
