@@ -19,6 +19,9 @@ pub struct EbpfSettings {
     pub ring_buffer_bytes: u32,
     /// Connections tracked at once (LRU beyond that).
     pub max_connections: u32,
+    /// Capture HTTPS plaintext through OpenSSL uprobes (uprobe-multi links per selected
+    /// process; the loader keeps `CAP_BPF` + `CAP_PERFMON` at run time to attach them).
+    pub tls: bool,
 }
 
 /// Who the processor is and how single-host mode runs it.
@@ -145,6 +148,7 @@ impl Config {
             ebpf: EbpfSettings {
                 ring_buffer_bytes: 0,
                 max_connections: 0,
+                tls: false,
             },
             stats_interval_secs: 0,
         }
@@ -490,6 +494,20 @@ pub static SHARED: Table<Config> = Table(&[&[
             Ok(())
         },
         show: |c| show::number(c.ebpf.max_connections),
+    },
+    Setting {
+        key: "ebpf.tls",
+        env: &[var("SONDE_TLS")],
+        flag: "",
+        default: Some("true"),
+        unset: "",
+        doc: "capture HTTPS through OpenSSL uprobes (`libssl.so*`, and executables that export `SSL_write` such as `node`); the loader then keeps `CAP_BPF` and `CAP_PERFMON` at run time to attach to processes selected later (see security.md)",
+        secret: false,
+        apply: |c, i| {
+            c.ebpf.tls = parse_bool(i.key, &i.text("a boolean")?)?;
+            Ok(())
+        },
+        show: |c| show::flag(c.ebpf.tls),
     },
     Setting {
         key: "stats_interval_secs",

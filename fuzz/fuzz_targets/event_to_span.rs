@@ -66,11 +66,16 @@ fuzz_target!(|data: &[u8]| {
                     && streams.close(u.conn_id, u.end_ns, |meta, ex| {
                         spans.extend(http2_spans::build(meta, ex, &service, &query, 0, &mut rng).ok())
                     }) => {}
-            Ok(record) => assembler.feed(record, now, |ev| {
-                if let Built::Span(s) = http1::build(ev, &service, &query, 0, &mut rng) {
-                    spans.push(*s);
+            Ok(record) => {
+                if let Record::Tuple(t) = &record {
+                    streams.apply_tuple(t);
                 }
-            }),
+                assembler.feed(record, now, |ev| {
+                    if let Built::Span(s) = http1::build(ev, &service, &query, 0, &mut rng) {
+                        spans.push(*s);
+                    }
+                })
+            }
             Err(_) => {}
         }
     }

@@ -27,6 +27,8 @@ mod programs;
 mod stream;
 #[cfg(target_arch = "bpf")]
 mod syscall_abi;
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

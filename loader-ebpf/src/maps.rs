@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sonde_schema::{ChunkHeader, HttpEvent, STREAM_CAPTURE, counters};
 
@@ -148,7 +148,9 @@ pub struct ConnState {
     pub protocol: u8,
     /// `CHUNK_*` flags for the connection's next stream chunk.
     pub chunk_flags: u8,
-    pub _pad: [u8; 4],
+    /// Non-zero for the plaintext side of a TLS connection (kept in `TLS_CONNS`).
+    pub tls: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Connections being paired, keyed by the kernel's `struct sock *`: the one identity that
@@ -188,3 +190,47 @@ pub struct ChunkBuf {
 /// time.
 #[map(name = "CHUNK_BUF")]
 pub static CHUNK_BUF: Array<ChunkBuf> = Array::with_max_entries(1, 0);
+
+/// A TLS connection: the process and its OpenSSL `SSL *` (unique within the process while the
+/// connection lives).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsKey {
+    pub tgid: u64,
+    pub ssl: u64,
+}
+
+/// An `SSL_read`/`SSL_write` (or `_ex`) call in progress on a thread, from entry to return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `_ex` variants: where the byte count is written (`size_t *`); 0 otherwise.
+    pub len_ptr: u64,
+    /// `tls::FUNC_*`, from the uprobe's cookie.
+    pub func: u64,
+}
+
+/// SSL calls in progress, by thread (`pid_tgid`).
+#[map(name = "SSL_CALLS")]
+pub static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(16384, 0);
+
+/// The `SSL *` a thread last wrote through, by thread: the next socket write of that thread
+/// carries its ciphertext (Node.js and Python's `SSLObject` send after `SSL_write` returns),
+/// so that socket is linked to it.
+#[map(name = "SSL_PENDING_WRITE")]
+pub static SSL_PENDING_WRITE: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+
+/// Sockets linked to a TLS connection: their bytes are ciphertext, skipped by the socket path;
+/// their close ends the TLS connection.
+#[map(name = "SOCK_TLS")]
+pub static SOCK_TLS: LruHashMap<u64, TlsKey> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket of a TLS connection, once linked: where its endpoints are read from.
+#[map(name = "TLS_SOCK")]
+pub static TLS_SOCK: LruHashMap<TlsKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Pairing state of TLS connections (plaintext), as `CONNS` for cleartext ones.
+#[map(name = "TLS_CONNS")]
+pub static TLS_CONNS: LruHashMap<TlsKey, ConnState> = LruHashMap::with_max_entries(4096, 0);

@@ -19,6 +19,7 @@ offset_global!(SK_PROTOCOL_OFF, 516);
 offset_global!(SKC_V6_DADDR_OFF, 56);
 offset_global!(SKC_V6_RCV_SADDR_OFF, 72);
 offset_global!(NOTIFY_ALL_EXECS, 0);
+offset_global!(TLS_ENABLED, 0);
 
 /// Reads a global through a volatile load so the compiler keeps the load (the loader rewrites
 /// the value in the object's .rodata before the verifier sees it).
@@ -70,4 +71,11 @@ pub fn skc_v6_rcv_saddr() -> u64 {
 #[inline(always)]
 pub fn notify_all_execs() -> bool {
     read_global!(NOTIFY_ALL_EXECS) != 0
+}
+
+/// True when the loader attaches the OpenSSL uprobes: only then do untracked sockets and
+/// closes look for a TLS link.
+#[inline(always)]
+pub fn tls_enabled() -> bool {
+    read_global!(TLS_ENABLED) != 0
 }

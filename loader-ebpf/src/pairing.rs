@@ -14,14 +14,15 @@
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_schema::{
     DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_CONN_CLOSED, EVENT_HTTP, EVENT_RESPONSE_MORE,
-    ExchangeUpdate, FLAG_CLOSED, FLAG_NO_RESPONSE, HTTP_EVENT_MIN_SIZE, REQUEST_CAPTURE,
+    ExchangeUpdate, FLAG_CLOSED, FLAG_NO_RESPONSE, FLAG_TLS, HTTP_EVENT_MIN_SIZE, REQUEST_CAPTURE,
     RESPONSE_CAPTURE, counters, protocol,
 };
 
 use crate::{
     maps::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, OP_WRITE,
-        PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SocketIo, count,
+        PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS, SocketIo, TLS_CONNS,
+        TLS_SOCK, count,
     },
     offsets, stream,
 };
@@ -45,28 +46,28 @@ pub fn now_ns() -> u64 {
 }
 
 /// The user memory holding the first bytes that moved, and how many bytes are there.
-struct Segment {
+pub struct Segment {
     ptr: u64,
     len: u64,
 }
 
 /// Reads `T` from user memory, or None on a fault.
 #[inline(always)]
-fn read_user<T: Copy>(addr: u64) -> Option<T> {
+pub fn read_user<T: Copy>(addr: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_user copies from an arbitrary user address with fault handling;
     // a bad address yields an error, never undefined behaviour.
     unsafe { aya_ebpf::helpers::bpf_probe_read_user(addr as *const T).ok() }
 }
 
 #[inline(always)]
-fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
+pub fn read_kernel<T: Copy>(addr: u64) -> Option<T> {
     // SAFETY: bpf_probe_read_kernel copies with fault handling; a bad address yields an error.
     unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
 /// Finds the first data segment of a completed syscall that moved `ret` bytes.
 #[inline(always)]
-fn first_segment(io: &SocketIo, ret: u64) -> Option<Segment> {
+pub fn first_segment(io: &SocketIo, ret: u64) -> Option<Segment> {
     let iov = match io.buf_kind {
         BUF_NONE => return None,
         BUF_IOVEC => io.buf,
@@ -169,7 +170,7 @@ fn append_response(state: &mut ConnState, seg: &Segment) {
 
 /// Fills in the 4-tuple from the kernel socket (offsets from BTF, set by the loader).
 #[inline(always)]
-fn read_tuple(state: &mut ConnState, sk: u64) {
+pub fn read_tuple(state: &mut ConnState, sk: u64) {
     let family: u16 = read_kernel(sk + offsets::skc_family()).unwrap_or(0);
     let ev = &mut state.event;
     ev.family = family;
@@ -214,7 +215,11 @@ pub fn wakeup_flags() -> u64 {
 /// Emits the exchange held by `state` (request capture plus what was seen of the response).
 #[inline(always)]
 fn emit_event(state: &mut ConnState, flags: u32) {
-    state.event.flags = flags;
+    state.event.flags = if state.tls != 0 {
+        flags | FLAG_TLS
+    } else {
+        flags
+    };
     // Send only the captured request bytes: the request buffer is last in the event. The mask
     // restates `request_len <= REQUEST_CAPTURE` for the verifier (the slack keeps it in the
     // map value).
@@ -235,7 +240,7 @@ fn emit_event(state: &mut ConnState, flags: u32) {
 
 /// Emits a small record about the connection's already emitted exchange.
 #[inline(always)]
-fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
+pub fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
     let update = ExchangeUpdate {
         kind,
         _pad: [0; 3],
@@ -308,7 +313,7 @@ const H2_PREFACE_HEAD: &[u8; 4] = b"PRI ";
 
 /// What the first bytes on an untracked connection say it carries.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum FirstBytes {
+pub enum FirstBytes {
     Http1,
     Http2Preface,
     Http2MidStream,
@@ -316,7 +321,7 @@ enum FirstBytes {
 }
 
 #[inline(always)]
-fn classify(io: &SocketIo, seg: &Segment, ret: u64) -> FirstBytes {
+pub fn classify(io: &SocketIo, seg: &Segment, ret: u64) -> FirstBytes {
     if seg.len < 4 {
         return FirstBytes::Other;
     }
@@ -357,7 +362,11 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
     }
     let first = classify(io, &seg, ret);
     if first == FirstBytes::Other {
-        count(counters::NON_HTTP_PAYLOADS);
+        count(if looks_like_tls_record(&seg) {
+            counters::TLS_UNLINKED_PAYLOADS
+        } else {
+            counters::NON_HTTP_PAYLOADS
+        });
         return;
     }
     let Some(zero) = CONN_ZERO.get_ptr(0) else {
@@ -373,14 +382,37 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
     };
     // SAFETY: pointer from a successful lookup of the entry just inserted.
     let state = unsafe { &mut *p };
-    state.event.conn_id = new_conn_id();
     read_tuple(state, io.sk);
+    begin(state, io, id, ret, &seg, first);
+}
+
+/// Starts a freshly inserted connection (cleartext or TLS plaintext) from its first bytes.
+#[inline(always)]
+pub fn begin(
+    state: &mut ConnState,
+    io: &SocketIo,
+    id: u64,
+    ret: u64,
+    seg: &Segment,
+    first: FirstBytes,
+) {
+    state.event.conn_id = new_conn_id();
     if first == FirstBytes::Http1 {
-        start_request(state, io, id, &seg, ret, now_ns(), true);
+        start_request(state, io, id, seg, ret, now_ns(), true);
     } else {
         state.event.pid = (id >> 32) as u32;
         stream::adopt(state, first == FirstBytes::Http2MidStream);
         stream::emit_chunk(state, io, id, ret);
+    }
+}
+
+/// True when the bytes start like a TLS record (content type 20–23, version 3.x): ciphertext
+/// on a socket not linked to an `SSL` object, counted apart from garbage.
+#[inline(always)]
+fn looks_like_tls_record(seg: &Segment) -> bool {
+    match read_user::<[u8; 2]>(seg.ptr) {
+        Some([kind, major]) => (20..=23).contains(&kind) && major == 3,
+        None => false,
     }
 }
 
@@ -443,32 +475,51 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
 
 /// The connection is closing (`closed_for_good`: the socket is being torn down). A request
 /// still waiting for its response goes out marked; an exchange already out gets a close
-/// notice, so the processor completes its span without waiting.
+/// notice, so the processor completes its span without waiting. A socket linked to a TLS
+/// connection closes that connection.
 #[inline(always)]
 pub fn on_close(sk: u64, closed_for_good: bool) {
     if let Some(p) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: pointer from a successful map lookup.
-        let state = unsafe { &mut *p };
-        if state.protocol == protocol::HTTP2 {
-            // One close notice per connection: the local close and the socket's end both land
-            // here.
-            if state.phase != PHASE_CLOSED {
-                state.phase = PHASE_CLOSED;
-                emit_update(state, EVENT_CONN_CLOSED, 0, now_ns());
-            }
-            if closed_for_good {
-                let _ = CONNS.remove(&sk);
-            }
-            return;
+        close_state(unsafe { &mut *p });
+        if closed_for_good {
+            let _ = CONNS.remove(&sk);
         }
-        match state.phase {
-            PHASE_REQUEST => emit_event(state, FLAG_NO_RESPONSE | FLAG_CLOSED),
-            PHASE_RESPONSE => emit_update(state, EVENT_CONN_CLOSED, 0, now_ns()),
-            _ => {}
+        return;
+    }
+    if !offsets::tls_enabled() {
+        return;
+    }
+    // SAFETY: pointer from a successful map lookup, copied at once.
+    if let Some(key) = SOCK_TLS.get_ptr(&sk).map(|k| unsafe { *k }) {
+        if let Some(p) = TLS_CONNS.get_ptr_mut(&key) {
+            // SAFETY: pointer from a successful map lookup.
+            close_state(unsafe { &mut *p });
         }
-        state.phase = PHASE_IDLE;
+        if closed_for_good {
+            let _ = TLS_CONNS.remove(&key);
+            let _ = TLS_SOCK.remove(&key);
+            let _ = SOCK_TLS.remove(&sk);
+        }
     }
-    if closed_for_good {
-        let _ = CONNS.remove(&sk);
+}
+
+/// Ends what a closing connection has open (see `on_close`).
+#[inline(always)]
+fn close_state(state: &mut ConnState) {
+    if state.protocol == protocol::HTTP2 {
+        // One close notice per connection: the local close and the socket's end both land
+        // here.
+        if state.phase != PHASE_CLOSED {
+            state.phase = PHASE_CLOSED;
+            emit_update(state, EVENT_CONN_CLOSED, 0, now_ns());
+        }
+        return;
     }
+    match state.phase {
+        PHASE_REQUEST => emit_event(state, FLAG_NO_RESPONSE | FLAG_CLOSED),
+        PHASE_RESPONSE => emit_update(state, EVENT_CONN_CLOSED, 0, now_ns()),
+        _ => {}
+    }
+    state.phase = PHASE_IDLE;
 }

@@ -18,7 +18,7 @@ use crate::{
         CONNS, NOTICE_LISTEN_PENDING, OP_READ, OP_WRITE, PROC_EVENTS, SocketIo, count, deselect,
         listen_port_wanted, notice_claim, notice_release, selected,
     },
-    offsets, pairing, syscall_abi,
+    offsets, pairing, syscall_abi, tls,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -79,8 +79,12 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
             pairing::on_data(state, &io, id, ret as u64);
         }
         // Only a new connection needs the socket checked: a tracked socket was TCP when its
-        // first request was seen.
-        None if is_tcp(sk) => pairing::on_new_connection(&io, id, ret as u64),
+        // first request was seen. A socket carrying TLS is the uprobes' business.
+        None if is_tcp(sk) => {
+            if !(offsets::tls_enabled() && tls::claims_socket(sk, id, op)) {
+                pairing::on_new_connection(&io, id, ret as u64)
+            }
+        }
         None => {}
     }
     0

@@ -5,8 +5,8 @@
 //! state depends on every header block of the connection, so nothing may be filtered here.
 
 use sonde_schema::{
-    CHUNK_FIRST, CHUNK_MIDSTREAM, ChunkHeader, EVENT_STREAM_CHUNK, FLOW_INBOUND, FLOW_OUTBOUND,
-    STREAM_CAPTURE, counters, protocol,
+    CHUNK_FIRST, CHUNK_MIDSTREAM, CHUNK_TLS, ChunkHeader, EVENT_STREAM_CHUNK, FLOW_INBOUND,
+    FLOW_OUTBOUND, STREAM_CAPTURE, counters, protocol,
 };
 
 use crate::{
@@ -145,7 +145,11 @@ fn copy_iovecs(iov: u64, count: u64, want: u64) -> u64 {
         want,
         got: 0,
     };
-    let loops = if count < MAX_SEGMENTS { count } else { MAX_SEGMENTS };
+    let loops = if count < MAX_SEGMENTS {
+        count
+    } else {
+        MAX_SEGMENTS
+    };
     // SAFETY: bpf_loop calls `copy_segment` at most `loops` times with a pointer to `walk`,
     // which outlives the call.
     unsafe {
@@ -213,7 +217,11 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     } else {
         FLOW_OUTBOUND
     };
-    h.flags = state.chunk_flags;
+    h.flags = if state.tls != 0 {
+        state.chunk_flags | CHUNK_TLS
+    } else {
+        state.chunk_flags
+    };
     h.pid = (id >> 32) as u32;
     h.tid = id as u32;
     h.fd = io.fd;

@@ -80,6 +80,9 @@ pub struct ProbeSizes<'a> {
     pub listen_ports: Option<&'a PortSet>,
     /// Report every `execve` (executable-path selection), not only those of selected processes.
     pub notify_all_execs: bool,
+    /// The OpenSSL uprobes will be attached (`ebpf.tls`): sockets may be linked to TLS
+    /// connections.
+    pub tls: bool,
 }
 
 impl<'a> ProbeSizes<'a> {
@@ -89,6 +92,7 @@ impl<'a> ProbeSizes<'a> {
             max_connections: config.ebpf.max_connections,
             listen_ports: config.open_port.as_ref(),
             notify_all_execs: config.auto_target_exe.is_some(),
+            tls: config.ebpf.tls,
         }
     }
 }
@@ -149,6 +153,7 @@ impl Probes {
                 &u32::from(sizes.notify_all_execs),
                 true,
             )
+            .override_global(globals::TLS_ENABLED, &u32::from(sizes.tls), true)
             .map_max_entries(sonde_schema::EVENTS_MAP, sizes.ring_buffer_bytes)
             .map_max_entries(sonde_schema::CONNS_MAP, sizes.max_connections)
             .map_max_entries(sonde_schema::PID_FILTER_MAP, pid_words)

@@ -368,7 +368,10 @@ mod tests {
     fn text_line_shows_the_original_method_rpc_status_and_h2() {
         let line = text_line(&sample("/pkg.Svc/Do", true));
         assert!(line.contains(" CLIENT 404 PURGE /pkg.Svc/Do?"), "{line}");
-        assert!(line.contains(" host=h:80 grpc rpc_status=5 h2 service="), "{line}");
+        assert!(
+            line.contains(" host=h:80 grpc rpc_status=5 h2 service="),
+            "{line}"
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub const DIRECTION_CLIENT: u8 = 2;
 pub const FLAG_NO_RESPONSE: u32 = 1 << 0;
 /// `HttpEvent::flags`: the event was emitted because the connection closed.
 pub const FLAG_CLOSED: u32 = 1 << 1;
+/// `HttpEvent::flags`: the bytes are the plaintext of a TLS connection (OpenSSL uprobes).
+pub const FLAG_TLS: u32 = 1 << 2;
 
 /// Record kind (first byte of every HTTP ring buffer record): an `HttpEvent`.
 pub const EVENT_HTTP: u8 = 1;
@@ -77,6 +79,75 @@ pub const CHUNK_FIRST: u8 = 1 << 0;
 /// `ChunkHeader::flags`: the connection was picked up mid-stream (no preface seen), so its
 /// header-compression state is unknown.
 pub const CHUNK_MIDSTREAM: u8 = 1 << 1;
+/// `ChunkHeader::flags`: the bytes are the plaintext of a TLS connection.
+pub const CHUNK_TLS: u8 = 1 << 2;
+
+/// Record kind: a `ConnTuple`, the endpoints of a TLS connection learned after its first
+/// exchange or chunk went out (the socket is found at the first socket I/O that follows an
+/// `SSL_write`, which for Node.js comes after the plaintext was handed over).
+pub const EVENT_CONN_TUPLE: u8 = 5;
+
+/// The endpoints of a connection, for records that went out before they were known.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnTuple {
+    pub kind: u8,
+    pub _pad: u8,
+    pub family: u16,
+    pub pid: u32,
+    pub conn_id: u64,
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub _pad2: u32,
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+
+impl ConnTuple {
+    pub const SIZE: usize = core::mem::size_of::<ConnTuple>();
+
+    /// Decodes a tuple record (size and kind checked).
+    pub fn decode(bytes: &[u8]) -> Result<ConnTuple, DecodeError> {
+        if bytes.len() < Self::SIZE {
+            return Err(DecodeError::Truncated {
+                needed: Self::SIZE,
+                got: bytes.len(),
+            });
+        }
+        if bytes[0] != EVENT_CONN_TUPLE {
+            return Err(DecodeError::UnknownKind(bytes[0]));
+        }
+        let mut t = ConnTuple {
+            kind: 0,
+            _pad: 0,
+            family: 0,
+            pid: 0,
+            conn_id: 0,
+            local_port: 0,
+            peer_port: 0,
+            _pad2: 0,
+            local_addr: [0; 16],
+            peer_addr: [0; 16],
+        };
+        // SAFETY: SIZE bytes fit the source (checked) and the destination, a repr(C) struct of
+        // integers and byte arrays (every bit pattern is valid).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&mut t as *mut ConnTuple).cast::<u8>(),
+                Self::SIZE,
+            )
+        };
+        Ok(t)
+    }
+
+    /// The record the kernel writes (used by tests and fuzzers).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C) plain integers and byte arrays with explicit padding: all SIZE bytes
+        // are initialised; the slice borrows self.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), Self::SIZE) }
+    }
+}
 
 /// The fixed part of a stream chunk record; `captured` payload bytes follow it. Addresses as in
 /// `HttpEvent`.
@@ -353,6 +424,8 @@ pub enum Record<'a> {
     Update(ExchangeUpdate),
     /// A stream chunk's header and its captured bytes.
     Chunk(ChunkHeader, &'a [u8]),
+    /// The endpoints of a TLS connection, learned late.
+    Tuple(ConnTuple),
 }
 
 impl Record<'_> {
@@ -366,6 +439,7 @@ impl Record<'_> {
             Some(&EVENT_STREAM_CHUNK) => {
                 ChunkHeader::decode(bytes).map(|(h, payload)| Record::Chunk(h, payload))
             }
+            Some(&EVENT_CONN_TUPLE) => ConnTuple::decode(bytes).map(Record::Tuple),
             Some(&other) => Err(DecodeError::UnknownKind(other)),
             None => Err(DecodeError::Truncated { needed: 1, got: 0 }),
         }
@@ -462,8 +536,18 @@ pub mod counters {
     /// Stream chunks whose syscall moved more bytes than were captured (more than
     /// `STREAM_CAPTURE`, or more iovec segments than the kernel walks).
     pub const CHUNKS_TRUNCATED: u32 = 9;
+    /// Sockets linked to an OpenSSL `SSL` object (their bytes are ciphertext; the plaintext
+    /// comes from the uprobes).
+    pub const TLS_LINKS: u32 = 10;
+    /// TLS records on sockets not linked to an `SSL` object: handshakes, and connections of
+    /// libraries Sonde cannot see into. Counted, never parsed.
+    pub const TLS_UNLINKED_PAYLOADS: u32 = 11;
+    /// An `SSL_read`/`SSL_write` call could not be followed: the per-thread call table was full.
+    pub const TLS_CALLS_UNTRACKED: u32 = 12;
+    /// A tuple record (a TLS connection's endpoints) could not be written: ring buffer full.
+    pub const TUPLES_LOST_RINGBUF_FULL: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 14;
 
     /// Names, in index order, as reported by the loader and the processor.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -477,6 +561,10 @@ pub mod counters {
         "chunks_lost_ringbuf_full",
         "chunks_sent",
         "chunks_truncated",
+        "tls_links",
+        "tls_unlinked_payloads",
+        "tls_calls_untracked",
+        "tuples_lost_ringbuf_full",
     ];
 
     /// True for the counters that count something lost (events, updates, process notices,
@@ -490,6 +578,8 @@ pub mod counters {
                 | PROC_EVENTS_LOST
                 | UPDATES_LOST_RINGBUF_FULL
                 | CHUNKS_LOST_RINGBUF_FULL
+                | TLS_CALLS_UNTRACKED
+                | TUPLES_LOST_RINGBUF_FULL
         )
     }
 
@@ -517,6 +607,28 @@ pub mod globals {
     /// Non-zero: report every `execve` on the machine (executable-path selection needs them);
     /// zero: only those of selected processes.
     pub const NOTIFY_ALL_EXECS: &str = "NOTIFY_ALL_EXECS";
+    /// Non-zero: the OpenSSL uprobes are attached, so sockets may be linked to TLS connections.
+    pub const TLS_ENABLED: &str = "TLS_ENABLED";
+}
+
+/// The OpenSSL uprobes: program names and the cookie each link carries to say which function
+/// it is attached to.
+pub mod tls {
+    /// Entry program (a uprobe), attached to every function below.
+    pub const ENTRY_PROGRAM: &str = "ssl_entry";
+    /// Return program (a uretprobe), attached to every function below.
+    pub const RETURN_PROGRAM: &str = "ssl_return";
+    pub const COOKIE_READ: u64 = 1;
+    pub const COOKIE_WRITE: u64 = 2;
+    pub const COOKIE_READ_EX: u64 = 3;
+    pub const COOKIE_WRITE_EX: u64 = 4;
+    /// The functions probed, with their cookies.
+    pub const FUNCTIONS: [(&str, u64); 4] = [
+        ("SSL_read", COOKIE_READ),
+        ("SSL_write", COOKIE_WRITE),
+        ("SSL_read_ex", COOKIE_READ_EX),
+        ("SSL_write_ex", COOKIE_WRITE_EX),
+    ];
 }
 
 /// Name of the HTTP event ring buffer map.
@@ -663,6 +775,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<ProcEvent>(), 24);
         assert_eq!(ExchangeUpdate::SIZE, 32);
         assert_eq!(ChunkHeader::SIZE, 88);
+        assert_eq!(ConnTuple::SIZE, 56);
         assert_eq!(counters::NAMES.len(), counters::COUNT as usize);
     }
 }

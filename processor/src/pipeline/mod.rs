@@ -114,6 +114,11 @@ impl<'a, W: Write> Pipeline<'a, W> {
                     sink.emit_stream(meta, ex, processes, stats)
                 })
             }
+            Record::Tuple(t) => {
+                self.streams.apply_tuple(&t);
+                self.assembler
+                    .feed(record, now, |ev| sink.emit(ev, processes, stats));
+            }
             Record::Update(u)
                 if u.kind == EVENT_CONN_CLOSED
                     && self.streams.close(u.conn_id, u.end_ns, |meta, ex| {

@@ -90,7 +90,7 @@ pub fn build(
         status,
         host: req.authority.clone(),
         protocol_version: "2",
-        scheme: "http",
+        scheme: if meta.tls { "https" } else { "http" },
         user_agent: req.user_agent.clone(),
         method_original,
         rpc,

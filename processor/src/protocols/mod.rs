@@ -2,8 +2,8 @@
 //! captured bytes into finished exchanges. Exchange assembly common to all, decoration and
 //! export stay protocol-neutral.
 
+pub mod grpc;
 pub mod http1;
 pub mod http2;
-pub mod grpc;
 pub mod http2_spans;
 pub mod streams;

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sonde_schema::{CHUNK_MIDSTREAM, ChunkHeader, FLOW_INBOUND, protocol};
+use sonde_schema::{CHUNK_MIDSTREAM, CHUNK_TLS, ChunkHeader, ConnTuple, FLOW_INBOUND, protocol};
 
 use super::http2;
 use crate::prehashed::PrehashedMap;
@@ -28,6 +28,8 @@ pub struct ConnMeta {
     pub peer_addr: [u8; 16],
     pub local_port: u16,
     pub peer_port: u16,
+    /// The bytes are a TLS connection's plaintext.
+    pub tls: bool,
 }
 
 impl ConnMeta {
@@ -40,6 +42,7 @@ impl ConnMeta {
             peer_addr: h.peer_addr,
             local_port: h.local_port,
             peer_port: h.peer_port,
+            tls: h.flags & CHUNK_TLS != 0,
         }
     }
 }
@@ -165,6 +168,20 @@ impl StreamTable {
         self.stats.exchanges += self.scratch.len() as u64;
         for ex in &self.scratch {
             done(&t.meta, ex);
+        }
+    }
+
+    /// A TLS connection's endpoints, learned after its first chunks went out.
+    pub fn apply_tuple(&mut self, t: &ConnTuple) {
+        if let Some(tracked) = self.conns.get_mut(&t.conn_id)
+            && tracked.meta.family == 0
+        {
+            let m = &mut tracked.meta;
+            m.family = t.family;
+            m.local_port = t.local_port;
+            m.peer_port = t.peer_port;
+            m.local_addr = t.local_addr;
+            m.peer_addr = t.peer_addr;
         }
     }
 

@@ -90,6 +90,19 @@ impl Assembler {
                 }
                 None => self.late_updates += 1,
             },
+            // A TLS connection's endpoints, learned after its first exchange went out.
+            Record::Tuple(t) => {
+                if let Some(held) = self.held.get_mut(&t.conn_id)
+                    && held.event.family == 0
+                {
+                    let e = &mut held.event;
+                    e.family = t.family;
+                    e.local_port = t.local_port;
+                    e.peer_port = t.peer_port;
+                    e.local_addr = t.local_addr;
+                    e.peer_addr = t.peer_addr;
+                }
+            }
             // Stream chunks belong to `protocols::streams`; the pipeline never sends them here.
             Record::Chunk(..) => {}
         }
@@ -178,6 +191,29 @@ mod tests {
         a.feed(update(EVENT_RESPONSE_MORE, 9, 10, 1), t, collect(&mut out));
         a.finish(collect(&mut out));
         assert_eq!(out, vec![(9, u64::MAX, 100, 0)]);
+    }
+
+    #[test]
+    fn a_late_tuple_fills_the_held_exchange() {
+        let mut a = Assembler::new(DEFAULT_HOLD, 10);
+        let mut out = Vec::new();
+        let t = Instant::now();
+        a.feed(Record::Http(event(4, 10)), t, |_| {});
+        let tuple = sonde_schema::ConnTuple {
+            kind: sonde_schema::EVENT_CONN_TUPLE,
+            _pad: 0,
+            family: 2,
+            pid: 1,
+            conn_id: 4,
+            local_port: 8443,
+            peer_port: 5000,
+            _pad2: 0,
+            local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            peer_addr: [0; 16],
+        };
+        a.feed(Record::Tuple(tuple), t, |_| {});
+        a.finish(|e| out.push((e.family, e.local_port, e.peer_port)));
+        assert_eq!(out, vec![(2, 8443, 5000)]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 pub mod exchange;
 pub mod parse;
 
-use sonde_schema::{DIRECTION_CLIENT, FLAG_NO_RESPONSE, HttpEvent};
+use sonde_schema::{DIRECTION_CLIENT, FLAG_NO_RESPONSE, FLAG_TLS, HttpEvent};
 
 use self::parse::{QueryPolicy, RequestError};
 use crate::{
@@ -109,7 +109,11 @@ pub fn build(
         status,
         host: head.host,
         protocol_version: head.version,
-        scheme: "http",
+        scheme: if ev.flags & FLAG_TLS != 0 {
+            "https"
+        } else {
+            "http"
+        },
         user_agent: head.user_agent,
         method_original,
         rpc: None,

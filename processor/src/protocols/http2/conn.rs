@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::frame::{self, FrameHeader, HEADER_LEN, PREFACE};
+use super::frame::{self, FrameHeader, HEADER_LEN, PREFACE, Resync};
 use super::hpack::{Decoder, HpackError};
 use super::{
     Counters, Exchange, Flow, Limits, MAX_VALUE_LEN, Outcome, RequestHeaders, ResponseHeaders,
@@ -45,8 +45,6 @@ struct Frame {
     keep: usize,
     /// Some of those leading bytes were not captured.
     missing: bool,
-    /// Skip the payload and do nothing at the end (malformed, or too large to buffer).
-    ignore: bool,
 }
 
 /// How a direction's byte stream began.
@@ -191,6 +189,26 @@ fn keep_value(value: &[u8]) -> String {
     kept
 }
 
+/// What a finished header block yielded.
+enum Decoded {
+    /// Decoded; `partial` if some fields referred to dynamic entries lost with the state.
+    Fields { fields: Box<Fields>, partial: bool },
+    /// Not captured, too large to buffer or decode, or rejected by HPACK: its fields are
+    /// unknown.
+    Lost,
+}
+
+/// Where a finished header block belongs.
+#[derive(Debug, Clone, Copy)]
+struct BlockEnd {
+    id: u32,
+    end_stream: bool,
+    /// The chunk the block's first frame started in.
+    start_ns: u64,
+    /// The chunk that completed it.
+    ts_ns: u64,
+}
+
 /// A tracked stream.
 struct Stream {
     request_flow: Flow,
@@ -306,7 +324,7 @@ impl Connection {
             self.start(flow, captured);
         }
         if let Parse::Lost = self.dir(flow).parse {
-            if !frame::plausible_start(captured) {
+            if !frame::plausible_start(captured, self.resync_fit(flow)) {
                 return;
             }
             self.counters.resyncs += 1;
@@ -396,7 +414,7 @@ impl Connection {
         let preface = !captured.is_empty()
             && PREFACE.starts_with(&captured[..captured.len().min(PREFACE.len())]);
         let settings_first = captured.len() >= HEADER_LEN
-            && frame::plausible_start(captured)
+            && frame::plausible_start(captured, Resync::UNKNOWN)
             && captured[3] == frame::SETTINGS
             && captured[4] & frame::FLAG_ACK == 0;
         let (start, parse) = if preface && !self.midstream {
@@ -409,7 +427,7 @@ impl Connection {
             };
             (Start::ServerSettings, parse)
         } else {
-            let parse = if frame::plausible_start(captured) {
+            let parse = if frame::plausible_start(captured, Resync::UNKNOWN) {
                 Parse::Header {
                     buf: [0; HEADER_LEN],
                     len: 0,
@@ -436,6 +454,29 @@ impl Connection {
         let dir = self.dir_mut(flow);
         dir.start = Some(start);
         dir.parse = parse;
+    }
+
+    /// What a frame must fit to resynchronize `flow` on it.
+    fn resync_fit(&self, flow: Flow) -> Resync {
+        let highest = [Flow::Inbound, Flow::Outbound]
+            .iter()
+            .map(|&f| self.dir(f).max_opened.max(self.dir(f).max_promised))
+            .chain(self.streams.keys().copied())
+            .max()
+            .unwrap_or(0);
+        // Seen from its start, the connection has opened no stream we did not see beyond
+        // the window; picked up mid-stream, stream ids start anywhere until one is seen.
+        let from_start = [Flow::Inbound, Flow::Outbound].iter().any(|&f| {
+            matches!(
+                self.dir(f).start,
+                Some(Start::Preface | Start::ServerSettings)
+            )
+        });
+        let max_stream = (from_start || highest > 0).then_some(highest);
+        Resync {
+            max_len: self.dir(flow).max_frame_size,
+            max_stream,
+        }
     }
 
     /// Frame boundaries are lost in this direction: whatever was partial goes, and so does
@@ -479,18 +520,12 @@ impl Connection {
             self.counters.malformed_frames += 1;
             self.abandon_block(flow, ts_ns, out);
         }
-        let mut ignore = false;
         if header.is_malformed() {
+            // A receiver would have ended the connection (PROTOCOL_ERROR): more likely than
+            // a broken peer, we are not reading frames where we think we are.
             self.counters.malformed_frames += 1;
-            ignore = true;
-            if matches!(
-                header.kind,
-                frame::HEADERS | frame::CONTINUATION | frame::PUSH_PROMISE
-            ) {
-                // A header block fragment nobody decoded: the table may now differ.
-                self.abandon_block(flow, ts_ns, out);
-                self.dir_mut(flow).decoder.lose_state();
-            }
+            self.desync(flow, ts_ns, out);
+            return;
         }
         let length = header.length as usize;
         let keep = match header.kind {
@@ -512,9 +547,8 @@ impl Connection {
             header,
             ts: frame_ts,
             pos: 0,
-            keep: if ignore { 0 } else { keep },
+            keep,
             missing: false,
-            ignore,
         };
         self.dir_mut(flow).payload.clear();
         self.continue_frame(flow, f, ts_ns, out);
@@ -558,9 +592,6 @@ impl Connection {
     }
 
     fn end_frame(&mut self, flow: Flow, f: Frame, ts_ns: u64, out: &mut Vec<Exchange>) {
-        if f.ignore {
-            return;
-        }
         let h = f.header;
         let payload = std::mem::take(&mut self.dir_mut(flow).payload);
         match h.kind {
@@ -728,7 +759,7 @@ impl Connection {
         let decoded = if block.lost {
             self.counters.header_blocks_lost += 1;
             self.dir_mut(flow).decoder.lose_state();
-            None
+            Decoded::Lost
         } else {
             let mut fields = Fields::default();
             let result = self
@@ -740,41 +771,38 @@ impl Connection {
                     if summary.unresolved > 0 {
                         self.counters.hpack_state_unknown += 1;
                     }
-                    Some((fields, summary.unresolved > 0))
+                    Decoded::Fields {
+                        fields: Box::new(fields),
+                        partial: summary.unresolved > 0,
+                    }
                 }
                 Err(e) => {
                     self.counters.hpack_errors += 1;
                     if let HpackError::HeaderListTooLarge(_) = e {
                         self.counters.header_list_too_large += 1;
                     }
-                    None
+                    Decoded::Lost
                 }
             }
         };
         if let BlockKind::Headers { end_stream } = block.kind {
-            self.on_headers(
-                flow,
-                block.stream_id,
-                decoded,
+            let end = BlockEnd {
+                id: block.stream_id,
                 end_stream,
-                block.ts,
+                start_ns: block.ts,
                 ts_ns,
-                out,
-            );
+            };
+            self.on_headers(flow, end, decoded, out);
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_headers(
-        &mut self,
-        flow: Flow,
-        id: u32,
-        decoded: Option<(Fields, bool)>,
-        end_stream: bool,
-        start_ns: u64,
-        ts_ns: u64,
-        out: &mut Vec<Exchange>,
-    ) {
+    fn on_headers(&mut self, flow: Flow, end: BlockEnd, decoded: Decoded, out: &mut Vec<Exchange>) {
+        let BlockEnd {
+            id,
+            end_stream,
+            start_ns,
+            ts_ns,
+        } = end;
         if let Some(stream) = self.streams.get_mut(&id) {
             if flow == stream.request_flow {
                 // Request trailers: nothing kept but the end.
@@ -782,7 +810,7 @@ impl Connection {
                 return;
             }
             match decoded {
-                Some((fields, _)) if !stream.response_started => {
+                Decoded::Fields { fields, .. } if !stream.response_started => {
                     if fields.status.is_some_and(|s| s < 200) && !end_stream {
                         // 1xx: informational, the final status is still to come.
                         return;
@@ -795,7 +823,7 @@ impl Connection {
                     stream.response.grpc_status = fields.grpc_status;
                     stream.response.grpc_message = fields.grpc_message;
                 }
-                Some((fields, _)) => {
+                Decoded::Fields { fields, .. } => {
                     if fields.grpc_status.is_some() {
                         stream.response.grpc_status = fields.grpc_status;
                     }
@@ -803,7 +831,7 @@ impl Connection {
                         stream.response.grpc_message = fields.grpc_message;
                     }
                 }
-                None => {
+                Decoded::Lost => {
                     if !stream.response_started {
                         stream.response_started = true;
                         stream.response_start_ns = Some(start_ns);
@@ -823,12 +851,12 @@ impl Connection {
             return;
         }
         let is_request = match &decoded {
-            Some((fields, _)) if fields.has_status => false,
-            Some((fields, _)) if fields.request.method.is_some() => true,
+            Decoded::Fields { fields, .. } if fields.has_status => false,
+            Decoded::Fields { fields, .. } if fields.request.method.is_some() => true,
             // Fully decoded, yet neither a request nor a response: nothing to report.
-            Some((_, false)) => false,
+            Decoded::Fields { partial: false, .. } => false,
             // Lost or partly unresolved: only the roles of the two ends can tell.
-            _ => self.opens_streams(flow, id),
+            Decoded::Fields { .. } | Decoded::Lost => self.opens_streams(flow, id),
         };
         if !is_request {
             // Response headers for a request we never saw (picked up mid-stream, or its
@@ -838,7 +866,7 @@ impl Connection {
         }
         let dir = self.dir_mut(flow);
         dir.max_opened = id;
-        if decoded.is_some() {
+        if let Decoded::Fields { .. } = decoded {
             dir.opened_parity = Some(id % 2);
         }
         if self.streams.len() >= self.limits.max_streams {
@@ -846,14 +874,14 @@ impl Connection {
             return;
         }
         let (request, headers_unknown) = match decoded {
-            Some((fields, partial)) => {
+            Decoded::Fields { fields, partial } => {
                 let unknown =
                     partial && (fields.request.method.is_none() || fields.request.path.is_none());
                 let mut request = fields.request;
                 request.content_type = fields.content_type;
                 (request, unknown)
             }
-            None => (RequestHeaders::default(), true),
+            Decoded::Lost => (RequestHeaders::default(), true),
         };
         self.streams.insert(
             id,

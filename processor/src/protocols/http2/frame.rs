@@ -8,6 +8,9 @@ pub const HEADER_LEN: usize = 9;
 /// The largest frame length accepted when resynchronizing: real peers rarely raise
 /// SETTINGS_MAX_FRAME_SIZE past this, and a lower bound makes false matches rarer.
 pub const RESYNC_MAX_LEN: u32 = 1 << 20;
+/// When resynchronizing, how far past the highest stream id seen a frame's stream id may
+/// be: streams opened while sync was lost are missed, but not a billion of them.
+pub const RESYNC_STREAM_WINDOW: u32 = 1 << 16;
 
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
@@ -95,37 +98,78 @@ fn defined_flags(kind: u8) -> Option<u8> {
     })
 }
 
+/// What a frame found where sync was lost must fit.
+#[derive(Debug, Clone, Copy)]
+pub struct Resync {
+    /// The longest length accepted (the receiver's frame size limit, at most
+    /// `RESYNC_MAX_LEN`).
+    pub max_len: u32,
+    /// The highest stream id seen on the connection, if any: stream ids may not be more
+    /// than `RESYNC_STREAM_WINDOW` beyond it.
+    pub max_stream: Option<u32>,
+}
+
+impl Resync {
+    /// Nothing known about the connection yet.
+    pub const UNKNOWN: Resync = Resync {
+        max_len: RESYNC_MAX_LEN,
+        max_stream: None,
+    };
+}
+
 /// Whether `header` could be a real frame header at a point where sync was lost: a known
-/// type with only its defined flags, a plausible length, stream id rules per type, the
-/// reserved bit clear. CONTINUATION is refused: its HEADERS frame would have been lost.
-fn plausible(raw: &[u8; HEADER_LEN]) -> bool {
+/// type with only its defined flags, a plausible length and stream id, stream id and
+/// length rules per type (a HEADERS frame carries a block), the reserved bit clear.
+/// `continuing` is the stream whose header block the previous frame left open: then only a
+/// CONTINUATION of it fits, and otherwise no CONTINUATION does.
+fn plausible(raw: &[u8; HEADER_LEN], fit: Resync, continuing: Option<u32>) -> bool {
     let header = FrameHeader::parse(raw);
     let Some(flags) = defined_flags(header.kind) else {
         return false;
     };
+    let fixed = match header.kind {
+        HEADERS => {
+            1 + u32::from(header.has(FLAG_PADDED)) + 5 * u32::from(header.has(FLAG_PRIORITY))
+        }
+        PUSH_PROMISE => 4 + u32::from(header.has(FLAG_PADDED)),
+        DATA => u32::from(header.has(FLAG_PADDED)),
+        _ => 0,
+    };
+    let sequence = match continuing {
+        Some(id) => header.kind == CONTINUATION && header.stream_id == id,
+        None => header.kind != CONTINUATION,
+    };
     raw[5] & 0x80 == 0
-        && header.kind != CONTINUATION
+        && sequence
         && header.flags & !flags == 0
-        && header.length <= RESYNC_MAX_LEN
+        && header.length >= fixed
+        && header.length <= fit.max_len.min(RESYNC_MAX_LEN)
+        && fit
+            .max_stream
+            .is_none_or(|max| header.stream_id <= max.saturating_add(RESYNC_STREAM_WINDOW))
         && !header.is_malformed()
 }
 
 /// Whether a chunk plausibly starts at a frame boundary: its first frame header is
 /// plausible, and so is every later frame header that lies within the captured bytes.
-pub fn plausible_start(captured: &[u8]) -> bool {
+pub fn plausible_start(captured: &[u8], fit: Resync) -> bool {
     let mut at = 0usize;
     let mut frames = 0usize;
+    let mut continuing = None;
     while let Some(raw) = captured
         .get(at..at.saturating_add(HEADER_LEN))
         .and_then(|s| <&[u8; HEADER_LEN]>::try_from(s).ok())
     {
-        if !plausible(raw) {
+        if !plausible(raw, fit, continuing) {
             return false;
         }
+        let header = FrameHeader::parse(raw);
+        let opens_block = matches!(header.kind, HEADERS | PUSH_PROMISE | CONTINUATION);
+        continuing = (opens_block && !header.has(FLAG_END_HEADERS)).then_some(header.stream_id);
         frames += 1;
         at = at
             .saturating_add(HEADER_LEN)
-            .saturating_add(FrameHeader::parse(raw).length as usize);
+            .saturating_add(header.length as usize);
     }
     frames > 0
 }
@@ -157,24 +201,61 @@ mod tests {
 
     #[test]
     fn plausibility() {
-        assert!(plausible_start(&raw(0, SETTINGS, 0, 0)));
-        assert!(plausible_start(&raw(0, SETTINGS, FLAG_ACK, 0)));
-        assert!(!plausible_start(&raw(0, SETTINGS, 0, 1)));
-        assert!(!plausible_start(&raw(7, SETTINGS, 0, 0)));
-        assert!(!plausible_start(&raw(4, CONTINUATION, 4, 1)));
-        assert!(!plausible_start(&raw(4, 0x42, 0, 1)));
-        assert!(!plausible_start(&raw(4, DATA, 0x40, 1)));
-        assert!(!plausible_start(&raw(RESYNC_MAX_LEN + 1, DATA, 0, 1)));
-        assert!(!plausible_start(&raw(4, DATA, 0, 0)));
-        assert!(!plausible_start(&raw(4, DATA, 0, 0x8000_0001)));
-        assert!(!plausible_start(b"GET / HTTP/1.1\r\n"));
-        assert!(!plausible_start(&[0, 0]));
+        assert!(plausible_start(&raw(0, SETTINGS, 0, 0), Resync::UNKNOWN));
+        assert!(plausible_start(
+            &raw(0, SETTINGS, FLAG_ACK, 0),
+            Resync::UNKNOWN
+        ));
+        assert!(!plausible_start(&raw(0, SETTINGS, 0, 1), Resync::UNKNOWN));
+        assert!(!plausible_start(&raw(7, SETTINGS, 0, 0), Resync::UNKNOWN));
+        assert!(!plausible_start(
+            &raw(4, CONTINUATION, 4, 1),
+            Resync::UNKNOWN
+        ));
+        assert!(!plausible_start(&raw(4, 0x42, 0, 1), Resync::UNKNOWN));
+        assert!(!plausible_start(&raw(4, DATA, 0x40, 1), Resync::UNKNOWN));
+        assert!(!plausible_start(
+            &raw(RESYNC_MAX_LEN + 1, DATA, 0, 1),
+            Resync::UNKNOWN
+        ));
+        assert!(!plausible_start(&raw(4, DATA, 0, 0), Resync::UNKNOWN));
+        assert!(!plausible_start(
+            &raw(4, DATA, 0, 0x8000_0001),
+            Resync::UNKNOWN
+        ));
+        assert!(!plausible_start(b"GET / HTTP/1.1\r\n", Resync::UNKNOWN));
+        assert!(!plausible_start(&[0, 0], Resync::UNKNOWN));
         // Every frame header inside the captured bytes has to be plausible too.
         let mut two = raw(2, DATA, 0, 1).to_vec();
         two.extend_from_slice(&[0xaa, 0xbb]);
         two.extend_from_slice(&raw(4, WINDOW_UPDATE, 0, 0));
-        assert!(plausible_start(&two));
+        assert!(plausible_start(&two, Resync::UNKNOWN));
         two[2 + 9 + 3] = 0x77;
-        assert!(!plausible_start(&two));
+        assert!(!plausible_start(&two, Resync::UNKNOWN));
+        // A HEADERS frame carries a block; one left open continues, and only then.
+        assert!(!plausible_start(&raw(0, HEADERS, 4, 1), Resync::UNKNOWN));
+        assert!(!plausible_start(&raw(5, HEADERS, 0x24, 1), Resync::UNKNOWN));
+        let mut open = raw(1, HEADERS, 0, 1).to_vec();
+        open.push(0x82);
+        let mut wrong = open.clone();
+        open.extend_from_slice(&raw(1, CONTINUATION, 4, 1));
+        assert!(plausible_start(&open, Resync::UNKNOWN));
+        wrong.extend_from_slice(&raw(1, CONTINUATION, 4, 3));
+        assert!(!plausible_start(&wrong, Resync::UNKNOWN));
+        // Limits from what the connection showed so far.
+        let fit = Resync {
+            max_len: 16_384,
+            max_stream: Some(101),
+        };
+        assert!(plausible_start(&raw(16_384, DATA, 0, 101), fit));
+        assert!(!plausible_start(&raw(16_385, DATA, 0, 101), fit));
+        assert!(plausible_start(
+            &raw(4, HEADERS, 4, 101 + RESYNC_STREAM_WINDOW),
+            fit
+        ));
+        assert!(!plausible_start(
+            &raw(4, HEADERS, 4, 103 + RESYNC_STREAM_WINDOW),
+            fit
+        ));
     }
 }
