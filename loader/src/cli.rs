@@ -116,7 +116,7 @@ pub fn main_with(always_spawn_processor: bool) -> ExitCode {
         return print_config(&config, &processor_config, spawn_processor);
     }
     if cli.check_runtime_policy {
-        return check_runtime_policy(spawn_processor);
+        return check_runtime_policy(spawn_processor, config.ebpf.tls);
     }
     if cli.audit {
         return print_audit(&config, cli.json);
@@ -162,8 +162,8 @@ fn print_config(config: &Config, processor_config: &str, spawn_processor: bool) 
 }
 
 /// `--check-runtime-policy`: success when the run-time seccomp policy forbids what it must.
-fn check_runtime_policy(spawn_processor: bool) -> ExitCode {
-    match sandbox::check_runtime_policy(spawn_processor) {
+fn check_runtime_policy(spawn_processor: bool, tls: bool) -> ExitCode {
+    match sandbox::check_runtime_policy(spawn_processor, tls) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

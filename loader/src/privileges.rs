@@ -15,7 +15,10 @@
 //! Its `CAP_SETUID`/`CAP_SETGID` are pinned by a seccomp filter to the processor's ids
 //! (`sandbox::setid_filter`): they cannot bring uid 0 back.
 //!
-//! Loading programs (`CAP_BPF`, `CAP_PERFMON`) is a start-up need only, and so is
+//! Loading programs (`CAP_BPF`, `CAP_PERFMON`) is a start-up need only, unless `ebpf.tls` is
+//! on: then the loader keeps both to attach the OpenSSL uprobes (uprobe-multi links, which this
+//! kernel allows with exactly these two; a perf-event uprobe would need `CAP_SYS_ADMIN`) to
+//! processes selected after start-up. `CAP_SYS_ADMIN` is a start-up need only, and so is
 //! `CAP_SYS_ADMIN`, which the loader uses only to mount tracefs where it is not mounted yet
 //! (nothing is pinned, so bpffs is never needed); map updates on fds already held need no
 //! capability (Linux ≥ 6.5).
@@ -41,7 +44,7 @@ pub fn reason(cap: Capability) -> Option<&'static str> {
         }
         Capability::CAP_KILL => "single-host mode: stop a processor running under another uid",
         Capability::CAP_BPF | Capability::CAP_PERFMON => {
-            "start-up only: load and attach the kernel programs"
+            "load and attach the kernel programs at start-up; with ebpf.tls also at run time: attach the OpenSSL uprobes (uprobe-multi links) to processes selected later"
         }
         Capability::CAP_CHOWN => "start-up only: give the control socket to the processor",
         Capability::CAP_SYS_ADMIN => "start-up only, when tracefs is not mounted: mount it",
@@ -49,11 +52,14 @@ pub fn reason(cap: Capability) -> Option<&'static str> {
     })
 }
 
-/// The capabilities the loader keeps at run time.
-pub fn runtime_capabilities(spawns_processor: bool) -> CapsHashSet {
+/// The capabilities the loader keeps at run time; `tls`: `ebpf.tls` is on.
+pub fn runtime_capabilities(spawns_processor: bool, tls: bool) -> CapsHashSet {
     let mut keep: CapsHashSet = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]
         .into_iter()
         .collect();
+    if tls {
+        keep.extend([Capability::CAP_BPF, Capability::CAP_PERFMON]);
+    }
     if spawns_processor {
         keep.extend([
             Capability::CAP_SETUID,

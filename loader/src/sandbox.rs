@@ -2,7 +2,8 @@
 //! `build.rs`), installed once the programs are attached and the capabilities dropped. What it
 //! takes away from a compromised loader even though it still holds CAP_SYS_PTRACE and
 //! CAP_DAC_READ_SEARCH: every `bpf()` command but map lookups, updates, deletes and key walks
-//! on maps it already holds (no loading, attaching or new maps), `perf_event_open`, `ptrace`
+//! on maps it already holds (no loading, attaching or new maps; `BPF_LINK_CREATE` only with
+//! `ebpf.tls`, see below), `perf_event_open`, `ptrace`
 //! and `process_vm_*` (CAP_SYS_PTRACE stays for `/proc` access checks only), mounts, modules,
 //! `kexec`, namespaces, keyrings, and every socket but `AF_UNIX`. In single-host mode the
 //! filter must also let the forked child drop privileges and exec the processor, and the
@@ -10,7 +11,13 @@
 //! additionally allows `execve`, the `set*id`/`capset` calls, executable mappings, the
 //! Landlock and seccomp calls, and TCP sockets.
 //!
-//! Single-host mode adds a third filter built at start-up ([`setid_filter`]), since it depends
+//! With `ebpf.tls` the loader attaches the OpenSSL uprobes to processes selected after
+//! start-up, so the run-time filters let `bpf(BPF_LINK_CREATE)` through (it creates a link for
+//! a program fd the loader already holds; loading programs and every other attach command stay
+//! denied). With `ebpf.tls` off, one more filter built at start-up ([`no_attach_filter`])
+//! denies `BPF_LINK_CREATE` again, so that mode is exactly as strict as before.
+//!
+//! Single-host mode adds a filter built at start-up ([`setid_filter`]), since it depends
 //! on the configured processor user: the loader (no longer uid 0, see `privileges`) keeps
 //! `CAP_SETUID`/`CAP_SETGID` only to start the processor, so `setresuid`/`setresgid` are
 //! allowed with exactly the processor's uid/gid, `setgroups` only to empty the list, and every
@@ -84,6 +91,35 @@ pub fn setid_filter(uid: u32, gid: u32) -> anyhow::Result<BpfProgram> {
     Ok(filter.try_into()?)
 }
 
+/// `BPF_LINK_CREATE`, the one attach command the run-time filters let through for `ebpf.tls`.
+const BPF_LINK_CREATE: u64 = 28;
+
+/// `ebpf.tls` off: the filter that denies `bpf(BPF_LINK_CREATE)` (module doc).
+pub fn no_attach_filter() -> anyhow::Result<BpfProgram> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    let mut rules = std::collections::BTreeMap::new();
+    rules.insert(
+        libc::SYS_bpf,
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            BPF_LINK_CREATE,
+        )?])?],
+    );
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        std::env::consts::ARCH
+            .try_into()
+            .context("seccomp target architecture")?,
+    )?;
+    Ok(filter.try_into()?)
+}
+
 /// Installs [`setid_filter`] on the calling thread.
 pub fn apply_setid_filter(uid: u32, gid: u32) -> anyhow::Result<&'static str> {
     seccompiler::apply_filter(&setid_filter(uid, gid)?)
@@ -91,13 +127,22 @@ pub fn apply_setid_filter(uid: u32, gid: u32) -> anyhow::Result<&'static str> {
     Ok("loader_setid")
 }
 
-/// Installs the run-time filters on the calling thread (the loader is single-threaded).
-pub fn apply_runtime_policy(spawns_processor: bool) -> anyhow::Result<Vec<&'static str>> {
+/// Installs the run-time filters on the calling thread (the loader is single-threaded);
+/// `tls`: `ebpf.tls` is on, so `BPF_LINK_CREATE` stays allowed.
+pub fn apply_runtime_policy(
+    spawns_processor: bool,
+    tls: bool,
+) -> anyhow::Result<Vec<&'static str>> {
     let mut names = Vec::new();
     for (name, filter) in runtime_filters(spawns_processor) {
         seccompiler::apply_filter(&filter)
             .with_context(|| format!("installing the seccomp filter {name}"))?;
         names.push(name);
+    }
+    if !tls {
+        seccompiler::apply_filter(&no_attach_filter()?)
+            .context("installing the seccomp filter loader_no_attach")?;
+        names.push("loader_no_attach");
     }
     Ok(names)
 }
@@ -137,13 +182,27 @@ impl Probe {
 /// `sonde-loader --check-runtime-policy`: installs the run-time policy of the given mode and
 /// tries what it must forbid, printing one JSON line per probe. True when all came out as
 /// expected. Probes use arguments that make the call harmless had it been allowed.
-pub fn check_runtime_policy(spawns_processor: bool) -> anyhow::Result<bool> {
-    apply_runtime_policy(spawns_processor)?;
+pub fn check_runtime_policy(spawns_processor: bool, tls: bool) -> anyhow::Result<bool> {
+    apply_runtime_policy(spawns_processor, tls)?;
     // Zeroed `bpf()`/`perf_event_open` attributes; they outlive every probe below.
     let attr = [0u8; 128];
     // A one-entry group list (root's group) for the setgroups probe.
     let root_group: [libc::gid_t; 1] = [0];
     let mut probes = probes_for_every_mode(attr.as_ptr() as libc::c_long);
+    probes.push(if tls {
+        // Reaches the kernel, which rejects the zeroed attributes.
+        Probe::allowed(
+            "bpf_link_create_allowed_for_tls",
+            libc::SYS_bpf,
+            [28, attr.as_ptr() as libc::c_long, 128],
+        )
+    } else {
+        Probe::forbidden(
+            "bpf_link_create",
+            libc::SYS_bpf,
+            [28, attr.as_ptr() as libc::c_long, 128],
+        )
+    });
     if spawns_processor {
         // Pinned as for a processor running as nobody.
         apply_setid_filter(65534, 65534)?;
@@ -172,7 +231,6 @@ fn probes_for_every_mode(attr_ptr: libc::c_long) -> Vec<Probe> {
             libc::SYS_bpf,
             [17, attr_ptr, 128],
         ),
-        Probe::forbidden("bpf_link_create", libc::SYS_bpf, [28, attr_ptr, 128]),
         Probe::forbidden(
             "perf_event_open",
             libc::SYS_perf_event_open,

@@ -128,7 +128,7 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
 
     // 7. Drop to the run-time capabilities, from every set; single host started as root also
     //    leaves uid 0 for loader.user, keeping exactly those capabilities.
-    let keep = privileges::runtime_capabilities(options.spawn_processor);
+    let keep = privileges::runtime_capabilities(options.spawn_processor, config.ebpf.tls);
     let kept_capabilities = privileges::drop_to(&keep).context("dropping capabilities")?;
     if let Some(user) = loader_user {
         privileges::switch_user(user, &keep).with_context(|| {
@@ -156,7 +156,7 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
         filters.push(sandbox::apply_setid_filter(spec.uid, spec.gid)?);
     }
     filters.extend(
-        sandbox::apply_runtime_policy(options.spawn_processor)
+        sandbox::apply_runtime_policy(options.spawn_processor, config.ebpf.tls)
             .context("installing the run-time seccomp policy")?,
     );
     info!(?filters, "run-time seccomp policy installed");
