@@ -134,15 +134,16 @@ pub fn apply_runtime_policy(
     tls: bool,
 ) -> anyhow::Result<Vec<&'static str>> {
     let mut names = Vec::new();
-    for (name, filter) in runtime_filters(spawns_processor) {
-        seccompiler::apply_filter(&filter)
-            .with_context(|| format!("installing the seccomp filter {name}"))?;
-        names.push(name);
-    }
+    // First: the run-time filters do not allow installing more filters.
     if !tls {
         seccompiler::apply_filter(&no_attach_filter()?)
             .context("installing the seccomp filter loader_no_attach")?;
         names.push("loader_no_attach");
+    }
+    for (name, filter) in runtime_filters(spawns_processor) {
+        seccompiler::apply_filter(&filter)
+            .with_context(|| format!("installing the seccomp filter {name}"))?;
+        names.push(name);
     }
     Ok(names)
 }

@@ -327,15 +327,17 @@ fn the_processor_refuses_to_start_when_run_as_root() {
     );
 }
 
-/// The loader's run-time policy, both variants: it installs the filter, then tries loading,
-/// attaching, perf events, ptrace, process_vm_readv, mounts, modules, namespaces and netlink
-/// (and, without the processor to spawn, TCP sockets and execve), all EPERM, while a map
-/// lookup still reaches the kernel.
+/// The loader's run-time policy, all four variants (split or single host, `ebpf.tls` on or
+/// off): it installs the filter, then tries loading, attaching, perf events, ptrace,
+/// process_vm_readv, mounts, modules, namespaces and netlink (and, without the processor to
+/// spawn, TCP sockets and execve), all EPERM, while a map lookup still reaches the kernel.
+/// `BPF_LINK_CREATE` is EPERM with `ebpf.tls` off and reaches the kernel with it on.
 #[test]
 fn loader_runtime_policy_denies_loading_attaching_and_tracing() {
-    for spawning in [false, true] {
+    for (spawning, tls) in [(false, false), (true, false), (false, true), (true, true)] {
         let mut cmd = std::process::Command::new(binary("sonde-loader"));
         cmd.args(["--check-runtime-policy", "--open-port", "1"]);
+        cmd.env("SONDE_TLS", if tls { "true" } else { "false" });
         if spawning {
             cmd.arg("--spawn-processor");
         }
@@ -350,7 +352,6 @@ fn loader_runtime_policy_denies_loading_attaching_and_tracing() {
             "bpf_map_create",
             "bpf_prog_load",
             "bpf_raw_tracepoint_open",
-            "bpf_link_create",
             "perf_event_open",
             "ptrace_attach_pid_1",
             "process_vm_readv",
@@ -370,6 +371,16 @@ fn loader_runtime_policy_denies_loading_attaching_and_tracing() {
             .find(|p| p["probe"] == "bpf_map_lookup_elem_allowed")
             .expect("lookup probe");
         assert_ne!(lookup["errno"], "EPERM", "{lookup}");
+        let link = if tls {
+            "bpf_link_create_allowed_for_tls"
+        } else {
+            "bpf_link_create"
+        };
+        let link = probes
+            .iter()
+            .find(|p| p["probe"] == link)
+            .unwrap_or_else(|| panic!("{link} missing from {names:?}"));
+        assert_eq!(link["errno"] == "EPERM", !tls, "{link}");
         assert_eq!(names.contains(&"execve"), !spawning);
         assert!(out.status.success(), "spawning={spawning}: {stdout}");
     }
