@@ -166,10 +166,16 @@ pub fn addr(family: u16, bytes: &[u8; 16]) -> Address {
 }
 
 impl Span {
-    /// Sets `http.route` and, with it, the span name (`METHOD route`).
+    /// Sets `http.route` and, with it, the span name (`METHOD route`; `HTTP route` for a
+    /// non-standard method).
     pub fn set_route(&mut self, route: Option<String>) {
         if let Some(r) = &route {
-            self.name = format!("{} {r}", self.method);
+            let method = if self.method_original.is_some() {
+                "HTTP"
+            } else {
+                &self.method
+            };
+            self.name = format!("{method} {r}");
         }
         self.route = route;
     }

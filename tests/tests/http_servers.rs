@@ -48,3 +48,56 @@ fn node_server_spans() {
 fn java_server_spans() {
     check_server(ServerKind::Java);
 }
+
+/// HTTP/1 details the semantic conventions ask for, from a real server: the protocol version
+/// of the request line (`1.0`, `1.1`), `User-Agent`, and a non-standard method reported as
+/// `_OTHER` with the original kept apart and the span named `HTTP` (plus its route).
+#[test]
+fn protocol_version_user_agent_and_non_standard_methods() {
+    let _guard = serial();
+    let Served {
+        dir: _dir,
+        port,
+        server: _server,
+        sonde,
+    } = serve_python_with_sonde("h1details");
+    // A WebDAV method Python's server does not implement (501; it closes the connection).
+    assert_eq!(
+        HttpConn::open(port).request("PROPFIND", "/dav/x", None, false),
+        501
+    );
+    assert_eq!(
+        HttpConn::open(port).request("GET", "/ok/ua", None, true),
+        200
+    );
+    // HTTP/1.0: the server closes after the response.
+    let mut raw = HttpConn::open(port);
+    raw.write_raw(b"GET /ok/old HTTP/1.0\r\nUser-Agent: old-client/1.0\r\n\r\n");
+    assert_eq!(raw.read_response(), 200);
+
+    let spans = sonde.wait_spans(3, Duration::from_secs(15), |s| s["server_port"] == port);
+    assert_eq!(spans.len(), 3, "{spans:#?}");
+    let by_path = |p: &str| {
+        spans
+            .iter()
+            .find(|s| s["path"] == p)
+            .unwrap_or_else(|| panic!("no span for {p}: {spans:#?}"))
+    };
+    let dav = by_path("/dav/x");
+    assert_eq!(dav["method"], "_OTHER");
+    assert_eq!(dav["method_original"], "PROPFIND");
+    // `HTTP`, with the route the default learned tree gives the path.
+    assert_eq!(dav["name"], "HTTP /dav/x");
+    assert_eq!(dav["status"], 501);
+    assert_eq!(dav["protocol_version"], "1.1");
+    assert_eq!(dav["user_agent"], "sonde-e2e");
+    let ua = by_path("/ok/ua");
+    assert_eq!(ua["method"], "GET");
+    assert!(ua.get("method_original").is_none(), "{ua}");
+    assert_eq!(ua["protocol_version"], "1.1");
+    assert_eq!(ua["scheme"], "http");
+    let old = by_path("/ok/old");
+    assert_eq!(old["protocol_version"], "1.0");
+    assert_eq!(old["user_agent"], "old-client/1.0");
+    assert_eq!(old["status"], 200);
+}

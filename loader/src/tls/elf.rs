@@ -280,6 +280,19 @@ mod tests {
     }
 
     #[test]
+    fn detects_go_binaries() {
+        // Debian's Prometheus tools are Go programs (the project's setup installs them).
+        let path = "/usr/bin/promtool";
+        let Ok(file) = File::open(path) else {
+            eprintln!("skipping: {path} is not on this machine");
+            return;
+        };
+        let facts = ElfCache::new(4).facts(&file, path).expect("analyze");
+        assert!(facts.go, "{path} is a Go binary");
+        assert!(!facts.has_ssl_write());
+    }
+
+    #[test]
     fn not_elf_is_an_error() {
         assert!(analyze(&b"#!/bin/sh\necho hi\n"[..]).is_err());
     }

@@ -317,3 +317,64 @@ fn limits_are_counted() {
     assert_eq!(tls.refusals(), Refusals { processes: 1, files: 1 });
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The loader attaches after dropping to its run-time user and capabilities. The kernel
+/// checks capabilities when a program is loaded, not when a uprobe-multi link is made (6.6+
+/// has no blanket `CAP_BPF` check on `bpf()`, and `link_create` has none for uprobe-multi):
+/// holding the program fd is what allows attaching. So as another user with `CAP_SYS_PTRACE`
+/// alone (to read a root process's `/proc/<pid>/maps` and reach `/proc/<pid>/root`) a root
+/// process's libssl is probed and the probes fire; with no capability its maps are refused. Credentials change on one thread only (raw `setresuid`, `capset` are per thread),
+/// which ends before the test goes on.
+#[test]
+fn attaches_with_the_run_time_capabilities() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipping: needs root (to switch a thread to another user)");
+        return;
+    }
+    let _stats = enable_stats();
+    let cpus = aya::util::nr_cpus().expect("cpus") as u32;
+    let ebpf = EbpfLoader::new()
+        .map_max_entries(sonde_schema::CHUNK_BUF_MAP, cpus)
+        .load(OBJECT)
+        .expect("aya loads the object");
+    let mut tls =
+        TlsProbes::load(OBJECT, &MapFds::from_ebpf(&ebpf), Limits::default()).expect("loads");
+    let dir = make_cert("caps");
+    let mut peer = Peer::start(&dir);
+    let pid = peer.pid();
+
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: PR_SET_KEEPCAPS and the raw setresuid/setresgid affect this thread only,
+            // which ends with the scope.
+            unsafe {
+                assert_eq!(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0), 0);
+                assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+                assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+            }
+            let only = |set: &[Capability]| {
+                let set = set.iter().copied().collect();
+                caps::set(None, CapSet::Effective, &set).expect("capset");
+                let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+                let line = status.lines().find(|l| l.starts_with("CapEff:"));
+                eprintln!("uid 65534, {line:?}");
+            };
+            only(&[]);
+            assert!(
+                matches!(tls.attach_process(pid), Err(TlsError::ReadMaps { .. })),
+                "another user's maps need a capability"
+            );
+            only(&[Capability::CAP_SYS_PTRACE]);
+            let report = tls.attach_process(pid).expect("attach");
+            assert_eq!(report.instrumented.len(), 1, "{report:?}");
+        })
+        .join()
+        .expect("thread");
+    });
+    peer.round();
+    let runs = run_count(&tls.entry);
+    eprintln!("entry probe ran {runs} times");
+    assert!(runs >= WRITES);
+    let _ = std::fs::remove_dir_all(dir);
+}
