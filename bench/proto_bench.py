@@ -20,7 +20,8 @@ session). Spans are counted by the processor (printer disabled, the default) or 
 (--printer json). Run as root; builds the release binaries only when they are missing.
 
 Usage: proto_bench.py {h2c,https} [--server nginx|node] [--rounds 3] [--duration 10]
-                      [--printer disabled|json] [--json out.json] [-- extra sonde args]
+                      [--printer disabled|json] [--json out.json] [--keep]
+                      [-- extra sonde args]
 """
 import argparse
 import json
@@ -179,9 +180,11 @@ def instrumented_round(load, port, duration, workdir, extra, printer):
         nb.stop(sonde, signal.SIGINT, 20)
         if proc_pid is not None:
             # The processor exits with the loader; make sure of it (our own child's child).
+            deadline = time.time() + 5
             try:
-                os.kill(proc_pid, 0)
-                time.sleep(2)
+                while time.time() < deadline:
+                    os.kill(proc_pid, 0)
+                    time.sleep(0.1)
                 os.kill(proc_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
@@ -229,6 +232,8 @@ def main():
     ap.add_argument("--printer", default="disabled", choices=["disabled", "json", "text"],
                     help="trace printer of the instrumented runs (disabled: spans counted from "
                          "the processor's final stats; json: written to a file, counted)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work directory (sonde.log of the last round, server logs)")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -241,8 +246,10 @@ def main():
             raise SystemExit(f"{tool} missing: run scripts/setup.sh")
     ensure_release()
     # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally blocks stop everything started here.
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(sig, interrupted)
 
     load = LOADS[args.mode]
     workdir = tempfile.mkdtemp(prefix=f"sonde-bench-{args.mode}-")
@@ -286,7 +293,10 @@ def main():
         if server is not None:
             stop_server(args.server, server)
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {workdir}", flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     base = sum(r["baseline_rps"] for r in rounds) / len(rounds)
     inst = sum(r["rps"] for r in rounds) / len(rounds)

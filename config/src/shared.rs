@@ -20,7 +20,7 @@ pub struct EbpfSettings {
     /// Connections tracked at once (LRU beyond that).
     pub max_connections: u32,
     /// Capture HTTPS plaintext through OpenSSL uprobes (uprobe-multi links per selected
-    /// process; the loader keeps `CAP_BPF` + `CAP_PERFMON` at run time to attach them).
+    /// process, created at run time; the seccomp policy then allows `BPF_LINK_CREATE`).
     pub tls: bool,
 }
 
@@ -501,7 +501,7 @@ pub static SHARED: Table<Config> = Table(&[&[
         flag: "",
         default: Some("true"),
         unset: "",
-        doc: "capture HTTPS through OpenSSL uprobes (`libssl.so*`, and executables that export `SSL_write` such as `node`); the loader then keeps `CAP_BPF` and `CAP_PERFMON` at run time to attach to processes selected later (see security.md)",
+        doc: "capture HTTPS through OpenSSL uprobes (`libssl.so*`, and executables that export `SSL_write` such as `node`), attached per selected process with uprobe-multi links; the loader's run-time seccomp policy then allows `BPF_LINK_CREATE` (see security.md)",
         secret: false,
         apply: |c, i| {
             c.ebpf.tls = parse_bool(i.key, &i.text("a boolean")?)?;

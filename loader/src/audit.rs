@@ -30,7 +30,8 @@ pub fn status_path(control_socket: &Path) -> PathBuf {
 pub struct Status {
     pub loader_pid: u32,
     pub spawns_processor: bool,
-    /// `ebpf.tls`: the loader keeps CAP_BPF and CAP_PERFMON to attach the OpenSSL uprobes.
+    /// `ebpf.tls`: the loader attaches the OpenSSL uprobes at run time (`BPF_LINK_CREATE`
+    /// allowed by its seccomp policy).
     #[serde(default)]
     pub tls: bool,
     pub kept_capabilities: Vec<String>,
@@ -278,12 +279,11 @@ fn processor_views(status: Option<&Status>) -> Vec<ProcessorView> {
 /// How a loader departs from its run-time capability set. Its mode comes from the status
 /// file when that is this loader's, else from its name (`sonde` spawns the processor).
 fn loader_problems(l: &ProcessView, status: Option<&Status>) -> Vec<String> {
-    let own = status.filter(|s| s.loader_pid == l.pid);
-    let spawns = own.map_or(l.comm == "sonde", |s| s.spawns_processor);
-    // Without this loader's status file, assume the strictest mode (TLS off).
-    let tls = own.is_some_and(|s| s.tls);
+    let spawns = status
+        .filter(|s| s.loader_pid == l.pid)
+        .map_or(l.comm == "sonde", |s| s.spawns_processor);
     let allowed = names(
-        &privileges::runtime_capabilities(spawns, tls)
+        &privileges::runtime_capabilities(spawns)
             .into_iter()
             .collect::<Vec<_>>(),
     );

@@ -535,11 +535,13 @@ impl<'a> Capture<'a> {
             reason = c.record.reason,
             "process selected"
         );
+        probes.attach_tls(pid);
         self.selected.insert(
             pid,
             Selected {
                 start: c.start,
                 record: c.record,
+                since: std::time::Instant::now(),
             },
         );
     }
@@ -592,7 +594,15 @@ impl<'a> Capture<'a> {
                 // A selected process stays selected while it lives (e.g. a fork of a port
                 // owner that closed its listener copy) unless the kernel cleared its byte
                 // (its leader exited).
-                Fate::Same if probes.pid_in_filter(pid) => {}
+                Fate::Same if probes.pid_in_filter(pid) => {
+                    if self
+                        .selected
+                        .get(&pid)
+                        .is_some_and(|s| s.since.elapsed() < TLS_LATE_LIBRARIES)
+                    {
+                        probes.attach_tls(pid);
+                    }
+                }
                 Fate::Same | Fate::Gone => self.remove(probes, pid),
                 Fate::Reused => {
                     let now = selection::start_time(pid).unwrap_or_default();
@@ -711,7 +721,13 @@ impl<'a> Capture<'a> {
 struct Selected {
     start: u64,
     record: ProcessRecord,
+    /// When it was selected: a young process may still `dlopen` its TLS library (Python
+    /// imports `ssl` on first use), so rescans look for new ones for a while.
+    since: std::time::Instant,
 }
+
+/// How long after its selection a process's mappings are looked at again for TLS libraries.
+const TLS_LATE_LIBRARIES: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An error with its sources, as `{:#}` prints an `anyhow::Error`.
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -9,7 +9,7 @@
 //! 1. [`start`], privileged, in order: check the start-up capabilities (`CAP_BPF`,
 //!    `CAP_PERFMON`), naming any that is missing; resolve the processor's identity
 //!    ([`identity`]); mount tracefs if it is missing ([`kernel_layout`]); load and attach the
-//!    kernel programs ([`probes`]); map the ring's consumer position ([`consumer`]); bind the
+//!    kernel programs ([`probes`], and with `ebpf.tls` the OpenSSL uprobes, [`tls`]); map the ring's consumer position ([`consumer`]); bind the
 //!    control socket ([`control`], split deployments only: single host hands each processor
 //!    it starts one end of a socketpair); drop to the run-time capabilities ([`privileges`]);
 //!    install the stop-signal handlers; install the run-time seccomp policy ([`sandbox`]).
@@ -36,3 +36,4 @@ pub mod selection;
 pub mod serve;
 pub mod start;
 pub mod supervisor;
+pub mod tls;

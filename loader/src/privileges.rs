@@ -15,10 +15,13 @@
 //! Its `CAP_SETUID`/`CAP_SETGID` are pinned by a seccomp filter to the processor's ids
 //! (`sandbox::setid_filter`): they cannot bring uid 0 back.
 //!
-//! Loading programs (`CAP_BPF`, `CAP_PERFMON`) is a start-up need only, unless `ebpf.tls` is
-//! on: then the loader keeps both to attach the OpenSSL uprobes (uprobe-multi links, which this
-//! kernel allows with exactly these two; a perf-event uprobe would need `CAP_SYS_ADMIN`) to
-//! processes selected after start-up. `CAP_SYS_ADMIN` is a start-up need only, and so is
+//! Loading programs (`CAP_BPF`, `CAP_PERFMON`) is a start-up need only, even with `ebpf.tls`:
+//! the OpenSSL uprobes are loaded at start-up, and attaching them to a process selected later
+//! (a uprobe-multi link, `BPF_LINK_CREATE` on a program fd the loader holds) needs no
+//! capability on Linux 6.18 (measured: created and fired with `CapEff` = `CAP_SYS_PTRACE`
+//! alone, which reads the process's `/proc/<pid>/root`); a perf-event uprobe would need
+//! `CAP_SYS_ADMIN`. A kernel that wants more refuses the link (logged, counted), and TLS
+//! capture is off for that process. `CAP_SYS_ADMIN` is a start-up need only, and so is
 //! `CAP_SYS_ADMIN`, which the loader uses only to mount tracefs where it is not mounted yet
 //! (nothing is pinned, so bpffs is never needed); map updates on fds already held need no
 //! capability (Linux ≥ 6.5).
@@ -44,7 +47,7 @@ pub fn reason(cap: Capability) -> Option<&'static str> {
         }
         Capability::CAP_KILL => "single-host mode: stop a processor running under another uid",
         Capability::CAP_BPF | Capability::CAP_PERFMON => {
-            "load and attach the kernel programs at start-up; with ebpf.tls also at run time: attach the OpenSSL uprobes (uprobe-multi links) to processes selected later"
+            "start-up only: load and attach the kernel programs (and load the OpenSSL uprobes)"
         }
         Capability::CAP_CHOWN => "start-up only: give the control socket to the processor",
         Capability::CAP_SYS_ADMIN => "start-up only, when tracefs is not mounted: mount it",
@@ -52,14 +55,11 @@ pub fn reason(cap: Capability) -> Option<&'static str> {
     })
 }
 
-/// The capabilities the loader keeps at run time; `tls`: `ebpf.tls` is on.
-pub fn runtime_capabilities(spawns_processor: bool, tls: bool) -> CapsHashSet {
+/// The capabilities the loader keeps at run time (the same with or without `ebpf.tls`).
+pub fn runtime_capabilities(spawns_processor: bool) -> CapsHashSet {
     let mut keep: CapsHashSet = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH]
         .into_iter()
         .collect();
-    if tls {
-        keep.extend([Capability::CAP_BPF, Capability::CAP_PERFMON]);
-    }
     if spawns_processor {
         keep.extend([
             Capability::CAP_SETUID,

@@ -16,7 +16,10 @@ use sonde_config::{Config, PortSet};
 use sonde_schema::{counters, globals};
 use tracing::{info, warn};
 
-use crate::kernel_layout::{self, LayoutError};
+use crate::{
+    kernel_layout::{self, LayoutError},
+    tls::{self, MapFds, TlsProbes},
+};
 
 /// Errors from loading or attaching.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,8 @@ impl<'a> ProbeSizes<'a> {
 /// The loaded, attached kernel side.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The OpenSSL uprobes, when `ebpf.tls` is on and this kernel has uprobe-multi links.
+    tls: Option<TlsProbes>,
     pid_filter: SharedBytes,
     notices: SharedBytes,
     counters: PerCpuArray<MapData, u64>,
@@ -167,6 +172,9 @@ impl Probes {
         for tp in SCHED_TRACEPOINTS {
             attach(&mut ebpf, tp, Hook::Tracepoint("sched"))?;
         }
+        // The OpenSSL uprobes are loaded now (CAP_BPF, CAP_PERFMON) on the same maps, and
+        // attached per selected process later (no capability needed for the links).
+        let tls = sizes.tls.then(|| load_tls(object, &ebpf)).flatten();
 
         let pid_filter = map_shared(&ebpf, sonde_schema::PID_FILTER_MAP, pid_words)?;
         let notices = map_shared(&ebpf, sonde_schema::NOTICES_MAP, 1)?;
@@ -201,6 +209,7 @@ impl Probes {
             })?;
         Ok(Probes {
             ebpf,
+            tls,
             pid_filter,
             notices,
             counters,
@@ -236,6 +245,46 @@ impl Probes {
     /// Clears `pid`'s byte in the kernel filter (that byte only).
     pub fn unselect_pid(&mut self, pid: u32) {
         self.pid_filter.set(pid, false);
+        if let Some(t) = self.tls.as_mut() {
+            t.detach_process(pid);
+        }
+    }
+
+    /// With `ebpf.tls`: probes the OpenSSL functions of every file the selected process `pid`
+    /// maps (again: only files mapped since the last call), logging what was attached and,
+    /// once per kind, TLS libraries Sonde cannot see into.
+    pub fn attach_tls(&mut self, pid: u32) {
+        let Some(t) = self.tls.as_mut() else {
+            return;
+        };
+        match t.attach_process(pid) {
+            Ok(report) => {
+                for n in report.not_instrumentable.iter().filter(|n| n.first_sighting) {
+                    warn!(pid, path = n.path, "TLS library not instrumentable: {}", n.library.reason());
+                }
+                for (path, error) in &report.failed {
+                    warn!(pid, path, error, "TLS probes not attached to this file");
+                }
+                if !report.instrumented.is_empty() {
+                    let files: Vec<String> = report
+                        .instrumented
+                        .iter()
+                        .map(|i| format!("{} ({})", i.path, i.functions.join(",")))
+                        .collect();
+                    info!("TLS probes attached pid={pid} files={files:?}");
+                }
+            }
+            // Gone already: its exit deselects it.
+            Err(tls::TlsError::NoProcess(_)) => {}
+            Err(e) => warn!(pid, error = %e, "TLS probes not attached"),
+        }
+    }
+
+    /// Processes with TLS probes attached, and what the link limits refused.
+    pub fn tls_status(&self) -> Option<(usize, tls::Refusals)> {
+        self.tls
+            .as_ref()
+            .map(|t| (t.processes().count(), t.refusals()))
     }
 
     /// Whether `pid`'s byte is set: the kernel clears it when the process exits or a new task
@@ -285,6 +334,38 @@ fn possible_cpus() -> Result<u32, ProbeError> {
     let cpus = aya::util::nr_cpus()
         .map_err(|(path, e)| ProbeError::PossibleCpus(format!("{path}: {e}")))?;
     u32::try_from(cpus.max(1)).map_err(|e| ProbeError::PossibleCpus(e.to_string()))
+}
+
+/// Loads the OpenSSL uprobes for `ebpf.tls`; None (TLS capture off, said once) when this kernel
+/// has no uprobe-multi links or the programs do not load.
+fn load_tls(object: &[u8], ebpf: &Ebpf) -> Option<TlsProbes> {
+    match tls::probe_uprobe_multi() {
+        Ok(true) => {}
+        Ok(false) => {
+            warn!(
+                "TLS capture off: this kernel has no uprobe-multi links (BPF_TRACE_UPROBE_MULTI, Linux ≥ 6.6); perf-event uprobes would need CAP_SYS_ADMIN, which Sonde does not take"
+            );
+            return None;
+        }
+        Err(e) => {
+            warn!(error = %e, "TLS capture off: probing for uprobe-multi links failed");
+            return None;
+        }
+    }
+    match TlsProbes::load(object, &MapFds::from_ebpf(ebpf), tls::Limits::default()) {
+        Ok(probes) => {
+            info!(
+                functions = ?sonde_schema::tls::FUNCTIONS.map(|(f, _)| f),
+                "TLS capture on: OpenSSL uprobes loaded (attached per selected process with uprobe-multi links)"
+            );
+            info!("{}", tls::UNDETECTABLE);
+            Some(probes)
+        }
+        Err(e) => {
+            warn!(error = %e, "TLS capture off: loading the OpenSSL uprobes failed");
+            None
+        }
+    }
 }
 
 /// `kernel.pid_max` (4194304, the largest it can be, when unreadable).

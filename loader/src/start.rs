@@ -128,7 +128,7 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
 
     // 7. Drop to the run-time capabilities, from every set; single host started as root also
     //    leaves uid 0 for loader.user, keeping exactly those capabilities.
-    let keep = privileges::runtime_capabilities(options.spawn_processor, config.ebpf.tls);
+    let keep = privileges::runtime_capabilities(options.spawn_processor);
     let kept_capabilities = privileges::drop_to(&keep).context("dropping capabilities")?;
     if let Some(user) = loader_user {
         privileges::switch_user(user, &keep).with_context(|| {

@@ -44,13 +44,9 @@ fn audit_of_a_single_host_pair_passes_with_reasons_for_each_capability() {
     let names: Vec<&str> = effective.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(
         names,
-        // CAP_BPF and CAP_PERFMON: ebpf.tls (on by default) attaches the OpenSSL uprobes to
-        // processes selected after start-up.
         [
-            "CAP_BPF",
             "CAP_DAC_READ_SEARCH",
             "CAP_KILL",
-            "CAP_PERFMON",
             "CAP_SETGID",
             "CAP_SETPCAP",
             "CAP_SETUID",

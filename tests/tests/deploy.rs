@@ -138,8 +138,6 @@ fn cap_mask(caps: &[u32]) -> String {
 
 const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_PTRACE: u32 = 19;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 
 #[test]
 fn two_units_as_unprivileged_users_produce_spans() {
@@ -194,8 +192,7 @@ fn two_units_as_unprivileged_users_produce_spans() {
     loader.wait_selected(server.pid());
 
     // After attaching, the loader holds only its two run-time capabilities, as its uid.
-    // ebpf.tls (on by default) keeps CAP_BPF and CAP_PERFMON to attach the OpenSSL uprobes.
-    let runtime = cap_mask(&[CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_BPF, CAP_PERFMON]);
+    let runtime = cap_mask(&[CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]);
     let lpid = loader.proc.pid();
     assert_eq!(
         status_field(lpid, "Uid"),

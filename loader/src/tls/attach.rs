@@ -3,11 +3,14 @@
 //! this kernel has uprobe-multi links at all.
 //!
 //! Why uprobe-multi links rather than aya's `UProbe::attach`: a perf-event uprobe needs
-//! `CAP_SYS_ADMIN` on kernels 6.16+, a uprobe-multi link only `CAP_BPF` (plus `CAP_PERFMON`
-//! to load the program), so the loader can keep attaching to newly selected processes after
-//! it has dropped to its run-time capabilities. The attribute layout comes from aya-obj's
-//! generated `bpf_attr` (the same bindings aya itself uses); a test pins the offsets of the
-//! fields used here to `include/uapi/linux/bpf.h`.
+//! `CAP_SYS_ADMIN` at every attach on kernels 6.16+; loading a uprobe-multi program needs
+//! `CAP_BPF` + `CAP_PERFMON`, and making its links then needs no capability at all (verified
+//! on 6.18: `bpf()` no longer has a blanket `CAP_BPF` check and `link_create` checks none for
+//! uprobe-multi; the program fd is the permission, so it must never leave the loader). So the
+//! loader can keep attaching to newly selected processes after it has dropped its
+//! capabilities. The attribute layout comes from aya-obj's generated `bpf_attr` (the same
+//! bindings aya itself uses); a test pins the offsets of the fields used here to
+//! `include/uapi/linux/bpf.h`.
 
 use std::{
     ffi::CStr,
@@ -109,8 +112,8 @@ const VERIFIER_LOG_BYTES: usize = 256 * 1024;
 /// it the kernel refuses the uprobe-multi link with EINVAL). On failure the load is repeated
 /// with the verifier log on, and the log goes into the error.
 pub(super) fn load_program(p: &ProgramLoad<'_>) -> Result<OwnedFd, TlsError> {
-    let insn_cnt = u32::try_from(p.instructions.len())
-        .map_err(|_| TlsError::BadAttach("program too long"))?;
+    let insn_cnt =
+        u32::try_from(p.instructions.len()).map_err(|_| TlsError::BadAttach("program too long"))?;
     let build = |log: Option<&mut [u8]>| {
         let mut attr = zeroed_attr();
         // SAFETY: writing plain integer fields of the `prog_load` member (bindgen's

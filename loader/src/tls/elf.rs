@@ -6,19 +6,12 @@
 //! the address moved from the `PT_LOAD` segment containing it to that segment's file offset.
 //! Symbols come from `.dynsym` (what a shared library or an executable like node exports) and,
 //! for what `.dynsym` lacks, `.symtab` when the file was not stripped. Only defined function
-//! symbols count. Files are read through `object`'s `ReadCache`, which reads only the headers
+//! symbols count. Big files are read through `object`'s `ReadCache`, which reads only the headers
 //! and tables it needs (node is ~100 MB), and the result is cached per file (device, inode).
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    os::unix::fs::MetadataExt,
-    sync::Arc,
-};
+use std::{collections::HashMap, fs::File, io::Read, os::unix::fs::MetadataExt, sync::Arc};
 
-use object::{
-    Object, ObjectSegment, ObjectSymbol, ReadCache, ReadRef, SymbolKind,
-};
+use object::{Object, ObjectSegment, ObjectSymbol, ReadCache, ReadRef, SymbolKind};
 
 use super::TlsError;
 
@@ -97,31 +90,35 @@ pub fn analyze<'data, R: ReadRef<'data>>(data: R) -> Result<ElfFacts, object::Er
         go: file.section_by_name(".go.buildinfo").is_some(),
         ..ElfFacts::default()
     };
-    let lookup = |facts: &mut ElfFacts,
-                      symbols: &mut dyn Iterator<Item = object::Symbol<'data, '_, R>>| {
-        let look_for_go = !facts.go;
-        for symbol in symbols {
-            if !symbol.is_definition() || symbol.kind() != SymbolKind::Text {
-                continue;
+    let lookup =
+        |facts: &mut ElfFacts, symbols: &mut dyn Iterator<Item = object::Symbol<'data, '_, R>>| {
+            let look_for_go = !facts.go;
+            for symbol in symbols {
+                if !symbol.is_definition() || symbol.kind() != SymbolKind::Text {
+                    continue;
+                }
+                let Ok(name) = symbol.name() else { continue };
+                if look_for_go && name == "runtime.main" {
+                    facts.go = true;
+                }
+                if let Some(i) = SSL_FUNCTIONS.iter().position(|f| f.name == name)
+                    && facts.ssl_offsets[i].is_none()
+                {
+                    facts.ssl_offsets[i] = file_offset(symbol.address());
+                }
             }
-            let Ok(name) = symbol.name() else { continue };
-            if look_for_go && name == "runtime.main" {
-                facts.go = true;
-            }
-            if let Some(i) = SSL_FUNCTIONS.iter().position(|f| f.name == name)
-                && facts.ssl_offsets[i].is_none()
-            {
-                facts.ssl_offsets[i] = file_offset(symbol.address());
-            }
-        }
-    };
+        };
     lookup(&mut facts, &mut file.dynamic_symbols());
-    // `.symtab` only when `.dynsym` left something open (it can be large).
-    if facts.ssl_offsets.iter().any(Option::is_none) || !facts.go {
+    // `.symtab` (present when the file was not stripped) only when `.dynsym` left a function
+    // open: it is large, and it is where a statically linked, unexported OpenSSL shows.
+    if facts.ssl_offsets.iter().any(Option::is_none) {
         lookup(&mut facts, &mut file.symbols());
     }
     Ok(facts)
 }
+
+/// Files up to this size are read into memory whole to be analysed.
+const READ_WHOLE_BYTES: u64 = 32 << 20;
 
 /// What was cached for one file: the facts and how to tell the file changed in place.
 struct Cached {
@@ -159,11 +156,25 @@ impl ElfCache {
         {
             return Ok(Arc::clone(&c.facts));
         }
-        let cache = ReadCache::new(file);
-        let facts = Arc::new(analyze(&cache).map_err(|source| TlsError::Elf {
+        let elf_error = |source| TlsError::Elf {
             path: path.to_owned(),
             source,
-        })?);
+        };
+        // Small files (nearly every library) are read whole: `ReadCache` reads each symbol
+        // name separately, thousands of small reads for a libcrypto. Big ones (node) are read
+        // piecemeal, only the headers and tables looked at.
+        let facts = Arc::new(if meta.len() <= READ_WHOLE_BYTES {
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            file.take(READ_WHOLE_BYTES)
+                .read_to_end(&mut bytes)
+                .map_err(|source| TlsError::Open {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            analyze(&bytes[..]).map_err(elf_error)?
+        } else {
+            analyze(&ReadCache::new(file)).map_err(elf_error)?
+        });
         if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
             // Simplest bound that cannot grow: start over. Files are re-read at most once
             // per process attach after that.
@@ -201,7 +212,9 @@ mod tests {
     /// What `nm -D` and `readelf -lW` say: symbol address → file offset through the PT_LOAD
     /// segment containing it.
     fn expected_offsets(path: &str) -> [Option<u64>; 4] {
-        let nm = Command::new("nm").args(["-D", "--defined-only", path]).output();
+        let nm = Command::new("nm")
+            .args(["-D", "--defined-only", path])
+            .output();
         let readelf = Command::new("readelf").args(["-lW", path]).output();
         let (Ok(nm), Ok(readelf)) = (nm, readelf) else {
             panic!("nm/readelf (binutils) are needed for this test");
@@ -274,7 +287,9 @@ mod tests {
         let Ok(file) = File::open("/usr/bin/true") else {
             return;
         };
-        let facts = ElfCache::new(4).facts(&file, "/usr/bin/true").expect("analyze");
+        let facts = ElfCache::new(4)
+            .facts(&file, "/usr/bin/true")
+            .expect("analyze");
         assert_eq!(*facts, ElfFacts::default());
         assert!(!facts.has_ssl_write());
     }

@@ -212,11 +212,21 @@ mod tests {
 
     #[test]
     fn classifies_names() {
-        assert_eq!(classify("/usr/lib/x86_64-linux-gnu/libssl.so.3"), ByName::LibSsl);
+        assert_eq!(
+            classify("/usr/lib/x86_64-linux-gnu/libssl.so.3"),
+            ByName::LibSsl
+        );
         assert_eq!(classify("/opt/app/lib/libssl.so.1.1"), ByName::LibSsl);
         assert_eq!(classify("/usr/lib/libssl.so"), ByName::LibSsl);
-        assert_eq!(classify("/usr/lib/libssl3.so"), ByName::Other, "NSS's libssl3");
-        assert_eq!(classify("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"), ByName::Other);
+        assert_eq!(
+            classify("/usr/lib/libssl3.so"),
+            ByName::Other,
+            "NSS's libssl3"
+        );
+        assert_eq!(
+            classify("/usr/lib/x86_64-linux-gnu/libcrypto.so.3"),
+            ByName::Other
+        );
         assert_eq!(
             classify("/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so"),
             ByName::Opaque(OpaqueTls::Java)
@@ -234,7 +244,9 @@ mod tests {
             ByName::Opaque(OpaqueTls::Nss)
         );
         assert_eq!(
-            classify("/venv/lib/python3.11/site-packages/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so"),
+            classify(
+                "/venv/lib/python3.11/site-packages/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so"
+            ),
             ByName::Opaque(OpaqueTls::GrpcBoringSsl)
         );
         assert_eq!(classify("/usr/bin/node"), ByName::Other);

@@ -4,8 +4,9 @@
 //! Links are per process, so nothing is global to refresh: a process selected after start-up
 //! that maps a libssl no other process uses (a container's own copy, say) gets its own links
 //! to that file, and dropping the process's links detaches it. The loader keeps doing this
-//! after dropping privileges, which is why the links are uprobe-multi links (`CAP_BPF` at
-//! attach time) rather than perf-event uprobes (`CAP_SYS_ADMIN` on kernels 6.16+).
+//! after dropping privileges, which is why the links are uprobe-multi links (the kernel checks
+//! capabilities when the program is loaded, none when the link is made) rather than
+//! perf-event uprobes (`CAP_SYS_ADMIN` at every attach on kernels 6.16+).
 //!
 //! The parts, pure functions separated from system calls:
 //! * [`libraries`]: which mapped files of a process may carry OpenSSL, and which TLS
@@ -28,6 +29,8 @@ use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd},
     path::PathBuf,
 };
+
+use crate::selection;
 
 pub use attach::{attach_uprobe_multi, probe_uprobe_multi, uprobe_multi_supported};
 pub use elf::{ElfCache, ElfFacts, SSL_FUNCTIONS, SslFunction};
@@ -58,7 +61,7 @@ pub enum TlsError {
     },
     #[error("invalid uprobe-multi arguments: {0}")]
     BadAttach(&'static str),
-    #[error("creating the uprobe-multi {} link on {path}: {source}", if *ret { "return" } else { "entry" })]
+    #[error("creating a uprobe-multi link on {path} (return probe: {ret}): {source}")]
     LinkCreate {
         path: String,
         ret: bool,
@@ -69,10 +72,9 @@ pub enum TlsError {
     #[error("opening {path}: {source}")]
     Open { path: String, source: io::Error },
     #[error("reading ELF file {path}: {source}")]
-    Elf {
-        path: String,
-        source: object::Error,
-    },
+    Elf { path: String, source: object::Error },
+    #[error("no live process {0}")]
+    NoProcess(u32),
     #[error("{tracked} processes already have TLS probes (the limit); pid {pid} refused")]
     TooManyProcesses { pid: u32, tracked: usize },
 }
@@ -137,6 +139,16 @@ struct FileLinks {
     _ret: OwnedFd,
 }
 
+/// The links made for one process.
+#[derive(Default)]
+struct ProcessLinks {
+    /// Start time of the process (`/proc/<pid>/stat` field 22): a pid taken by a new process
+    /// is a different process, whose links start from nothing.
+    start: u64,
+    /// (maps device, inode) → links.
+    files: HashMap<(u64, u64), FileLinks>,
+}
+
 /// What became of one candidate file.
 enum FileOutcome {
     Probed(Instrumented, FileLinks),
@@ -144,7 +156,10 @@ enum FileOutcome {
     /// The process is at its link limit.
     Refused,
     /// Not probed; `always`: worth reporting even for a file not named libssl.
-    Failed { reason: String, always: bool },
+    Failed {
+        reason: String,
+        always: bool,
+    },
 }
 
 /// What [`TlsProbes`] refused because of its [`Limits`], since it was made.
@@ -160,8 +175,7 @@ pub struct TlsProbes {
     ret: OwnedFd,
     limits: Limits,
     elf: ElfCache,
-    /// pid → (maps device, inode) → links.
-    processes: HashMap<u32, HashMap<(u64, u64), FileLinks>>,
+    processes: HashMap<u32, ProcessLinks>,
     seen_opaque: HashSet<OpaqueTls>,
     refused: Refusals,
 }
@@ -171,8 +185,12 @@ impl TlsProbes {
     /// (needs `CAP_BPF` + `CAP_PERFMON`).
     pub fn load(object: &[u8], maps: &MapFds<'_>, limits: Limits) -> Result<Self, TlsError> {
         let mut fds = load_uprobe_multi_programs(object, &[ENTRY_PROGRAM, RETURN_PROGRAM], maps)?;
-        let ret = fds.pop().ok_or(TlsError::MissingProgram(RETURN_PROGRAM.into()))?;
-        let entry = fds.pop().ok_or(TlsError::MissingProgram(ENTRY_PROGRAM.into()))?;
+        let ret = fds
+            .pop()
+            .ok_or(TlsError::MissingProgram(RETURN_PROGRAM.into()))?;
+        let entry = fds
+            .pop()
+            .ok_or(TlsError::MissingProgram(ENTRY_PROGRAM.into()))?;
         Ok(Self::from_programs(entry, ret, limits))
     }
 
@@ -191,28 +209,40 @@ impl TlsProbes {
 
     /// Probes the OpenSSL functions of every file `pid` maps that has them (libssl, or a
     /// program with OpenSSL linked in), for that process only. Calling it again for the same
-    /// process adds files mapped since (a `dlopen`ed libssl) and leaves the others alone.
+    /// process adds files mapped since (a `dlopen`ed libssl) and leaves the others alone; if
+    /// another process has taken the pid since (its start time differs), the old links are
+    /// dropped first. Call [`TlsProbes::detach_process`] when the process exits or leaves
+    /// the selection.
     ///
     /// Files are opened through `/proc/<pid>/root/<path>` (a container's files are at their
     /// own paths in their own mount namespace) and the link is made on that open file
     /// (`/proc/self/fd/<n>`), so the probes land on exactly the file whose symbols were read.
-    /// Needs `CAP_BPF`, plus ptrace-read access to `pid` (`CAP_SYS_PTRACE` for another
-    /// user's process) and read access to the files (`CAP_DAC_READ_SEARCH` where needed).
+    /// The link itself needs no capability (holding the program fd is what the kernel checks);
+    /// reading `/proc/<pid>/maps` and `/proc/<pid>/root` of another user's process needs
+    /// ptrace-read access (`CAP_SYS_PTRACE`), and files the loader's user cannot read need
+    /// `CAP_DAC_READ_SEARCH`.
     pub fn attach_process(&mut self, pid: u32) -> Result<AttachReport, TlsError> {
-        if !self.processes.contains_key(&pid) && self.processes.len() >= self.limits.max_processes
-        {
+        if !self.processes.contains_key(&pid) && self.processes.len() >= self.limits.max_processes {
             self.refused.processes += 1;
             return Err(TlsError::TooManyProcesses {
                 pid,
                 tracked: self.processes.len(),
             });
         }
+        let start = selection::start_time(pid).ok_or(TlsError::NoProcess(pid))?;
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map_err(|source| TlsError::ReadMaps { pid, source })?;
         let mut report = AttachReport::default();
-        let mut links = self.processes.remove(&pid).unwrap_or_default();
+        let mut links = match self.processes.remove(&pid) {
+            Some(links) if links.start == start => links,
+            // None yet, or they were made for an earlier process on this pid: dropped.
+            _ => ProcessLinks {
+                start,
+                files: HashMap::new(),
+            },
+        };
         for file in libraries::parse_maps(&maps) {
-            if links.contains_key(&(file.dev, file.inode)) {
+            if links.files.contains_key(&(file.dev, file.inode)) {
                 report.already += 1;
                 continue;
             }
@@ -225,14 +255,12 @@ impl TlsProbes {
                 ByName::Other if file.executable => false,
                 ByName::Other => continue,
             };
-            match self.probe_file(pid, &file, links.len()) {
+            match self.probe_file(pid, &file, links.files.len()) {
                 FileOutcome::Probed(instrumented, file_links) => {
-                    links.insert((file.dev, file.inode), file_links);
+                    links.files.insert((file.dev, file.inode), file_links);
                     report.instrumented.push(instrumented);
                 }
-                FileOutcome::Opaque(library) => {
-                    self.saw_opaque(&mut report, library, &file.path)
-                }
+                FileOutcome::Opaque(library) => self.saw_opaque(&mut report, library, &file.path),
                 FileOutcome::Refused => {
                     self.refused.files += 1;
                     report.refused_files += 1;
@@ -244,6 +272,11 @@ impl TlsProbes {
                 }
                 FileOutcome::Failed { .. } => {}
             }
+        }
+        // The kernel resolved `pid` when each link was made: if the process exited and the
+        // pid was taken meanwhile, the links may watch a stranger. Drop them.
+        if selection::start_time(pid) != Some(start) {
+            return Err(TlsError::NoProcess(pid));
         }
         // Kept even when empty: the process counts against the limit until detached, and a
         // later call adds what it maps then.
@@ -328,7 +361,9 @@ impl TlsProbes {
 
     /// Processes with links, and how many files each has probed.
     pub fn processes(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
-        self.processes.iter().map(|(pid, files)| (*pid, files.len()))
+        self.processes
+            .iter()
+            .map(|(pid, links)| (*pid, links.files.len()))
     }
 
     /// What the limits refused so far.

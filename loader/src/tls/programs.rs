@@ -132,10 +132,9 @@ pub fn prepare(
             .ok_or_else(|| TlsError::MissingProgram((*name).to_owned()))?;
         let s = match (&program.section, check) {
             (ProgramSection::KProbe | ProgramSection::KRetProbe, _) => false,
-            (
-                ProgramSection::UProbe { sleepable } | ProgramSection::URetProbe { sleepable },
-                _,
-            ) => *sleepable,
+            (ProgramSection::UProbe { sleepable } | ProgramSection::URetProbe { sleepable }, _) => {
+                *sleepable
+            }
             (_, SectionCheck::Any) => false,
             (other, SectionCheck::KprobeType) => {
                 return Err(TlsError::NotAUprobe {

@@ -49,8 +49,7 @@ fn relocates_map_references_to_the_given_fds() {
             .position(|n| n == name)
             .map(|i| 1000 + i as RawFd)
     };
-    let prepared =
-        prepare(OBJECT, &[STAND_IN], &fd_of, SectionCheck::Any).expect("relocates");
+    let prepared = prepare(OBJECT, &[STAND_IN], &fd_of, SectionCheck::Any).expect("relocates");
     assert_eq!(prepared.len(), 1);
     let loads = map_loads(&prepared[0]);
     assert!(!loads.is_empty(), "the program uses maps");
@@ -60,9 +59,42 @@ fn relocates_map_references_to_the_given_fds() {
             "map reference {imm} is one of the given fds"
         );
     }
-    // Calls into .text were linked: the program is longer than its own section.
-    assert!(prepared[0].instructions.len() > 1);
+    assert_calls_linked(&prepared[0]);
     assert_eq!(prepared[0].license.to_bytes(), b"GPL");
+}
+
+/// Every bpf-to-bpf call (`call` with `BPF_PSEUDO_CALL`) lands inside the program: the
+/// `.text` functions it calls were appended.
+fn assert_calls_linked(p: &programs::PreparedProgram) {
+    let len = p.instructions.len() as i64;
+    let calls: Vec<i64> = p
+        .instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.code == 0x85 && i.src_reg() == 1)
+        .map(|(at, i)| at as i64 + 1 + i64::from(i.imm))
+        .collect();
+    for target in calls {
+        assert!((0..len).contains(&target), "{}: call to {target}", p.name);
+    }
+}
+
+#[test]
+fn prepares_the_tls_programs() {
+    let fd = |_: &str| Some(1000);
+    let prepared = prepare(
+        OBJECT,
+        &[ENTRY_PROGRAM, RETURN_PROGRAM],
+        &fd,
+        SectionCheck::KprobeType,
+    )
+    .expect("the object's uprobe programs relocate");
+    assert_eq!(prepared.len(), 2);
+    for p in &prepared {
+        assert!(!map_loads(p).is_empty(), "{} uses maps", p.name);
+        assert_calls_linked(p);
+        assert!(!p.sleepable);
+    }
 }
 
 #[test]
@@ -266,7 +298,10 @@ fn probes_fire_in_the_attached_process_only() {
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     // A second call finds nothing new.
     let again = tls.attach_process(selected.pid()).expect("attach again");
-    assert!(again.instrumented.is_empty() && again.already == 1, "{again:?}");
+    assert!(
+        again.instrumented.is_empty() && again.already == 1,
+        "{again:?}"
+    );
 
     // The process not attached runs libssl too: the probes must not fire for it.
     other.round();
@@ -284,6 +319,13 @@ fn probes_fire_in_the_attached_process_only() {
     selected.round();
     assert_eq!(run_count(&tls.entry), entries, "detached");
     assert_eq!(run_count(&tls.ret), returns, "detached");
+
+    let pid = selected.pid();
+    drop(selected);
+    assert!(matches!(
+        tls.attach_process(pid),
+        Err(TlsError::NoProcess(p)) if p == pid
+    ));
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -314,17 +356,24 @@ fn limits_are_counted() {
         tls.attach_process(b.pid()),
         Err(TlsError::TooManyProcesses { .. })
     ));
-    assert_eq!(tls.refusals(), Refusals { processes: 1, files: 1 });
+    assert_eq!(
+        tls.refusals(),
+        Refusals {
+            processes: 1,
+            files: 1
+        }
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The loader attaches after dropping to its run-time user and capabilities. The kernel
-/// checks capabilities when a program is loaded, not when a uprobe-multi link is made (6.6+
-/// has no blanket `CAP_BPF` check on `bpf()`, and `link_create` has none for uprobe-multi):
-/// holding the program fd is what allows attaching. So as another user with `CAP_SYS_PTRACE`
-/// alone (to read a root process's `/proc/<pid>/maps` and reach `/proc/<pid>/root`) a root
-/// process's libssl is probed and the probes fire; with no capability its maps are refused. Credentials change on one thread only (raw `setresuid`, `capset` are per thread),
-/// which ends before the test goes on.
+/// checks capabilities when a program is loaded, not when a uprobe-multi link is made (no
+/// blanket `CAP_BPF` check on `bpf()` in this kernel, and `link_create` has none for
+/// uprobe-multi): holding the program fd is what allows attaching. So as another user with
+/// `CAP_SYS_PTRACE` alone (to reach a root process's `/proc/<pid>/root`) a root process's
+/// libssl is probed and the probes fire; with no capability its maps are refused.
+/// Credentials change on one thread only (raw `setresuid`, `capset` are per thread), which
+/// ends before the test goes on.
 #[test]
 fn attaches_with_the_run_time_capabilities() {
     // SAFETY: geteuid has no preconditions.
