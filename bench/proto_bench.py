@@ -20,7 +20,7 @@ session). Spans are counted by the processor (printer disabled, the default) or 
 (--printer json). Run as root; builds the release binaries only when they are missing.
 
 Usage: proto_bench.py {h2c,https} [--server nginx|node] [--rounds 3] [--duration 10]
-                      [--printer disabled|json] [--json out.json] [--keep]
+                      [--printer disabled|json] [--tls true|false] [--json out.json] [--keep]
                       [-- extra sonde args]
 """
 import argparse
@@ -138,15 +138,42 @@ def notable_log_lines(log_path, limit=12):
     """Warnings, errors and TLS/OpenSSL mentions of the sonde log, for a 0-span diagnosis."""
     log = re.sub(r"\x1b\[[0-9;]*m", "", open(log_path, errors="replace").read())
     lines = [l for l in log.splitlines()
-             if re.search(r"WARN|ERROR|tls|ssl|uprobe", l, re.I) and "final processor stats" not in l]
+             if re.search(r"WARN|ERROR|tls|ssl|uprobe", l, re.I)
+             and "final processor stats" not in l and "final kernel counters" not in l]
     return lines[:limit]
 
 
-def instrumented_round(load, port, duration, workdir, extra, printer):
+def loader_prog_ids(pid):
+    """Ids of the eBPF programs the loader holds (its program and link fds' fdinfo): exactly
+    Sonde's, even when other tools or test runs load programs at the same time."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            m = re.search(r"^prog_id:\s+(\d+)", open(f"/proc/{pid}/fdinfo/{fd}").read(), re.M)
+        except OSError:
+            continue
+        if m:
+            ids.add(int(m.group(1)))
+    return ids
+
+
+def bpf_per_program(ids):
+    """{program name: (run_cnt, run_time_ns)} over the given ids (names summed)."""
+    out = {}
+    for p in nb.bpf_progs():
+        if p["id"] in ids:
+            cnt, ns = out.get(p.get("name", "?"), (0, 0))
+            out[p.get("name", "?")] = (cnt + p.get("run_cnt", 0), ns + p.get("run_time_ns", 0))
+    return out
+
+
+def instrumented_round(load, port, duration, workdir, extra, printer, tls=None):
     spans_path = os.path.join(workdir, "spans.json")
     log_path = os.path.join(workdir, "sonde.log")
     env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": printer, "NO_COLOR": "1",
            "SONDE_CONTROL_SOCKET": os.path.join(workdir, "control.sock")}
+    if tls is not None:
+        env["SONDE_TLS"] = tls  # ebpf.tls: OpenSSL uprobes (default true)
     before = {p["id"] for p in nb.bpf_progs()}
     with open(spans_path, "w") as out, open(log_path, "w") as err:
         sonde = subprocess.Popen([os.path.join(RELEASE, "sonde"), "--open-port", str(port)] + extra,
@@ -156,15 +183,19 @@ def instrumented_round(load, port, duration, workdir, extra, printer):
         nb.wait_log(log_path, r"processor connected")
         proc_pid = int(nb.wait_log(log_path, r"processor started pid=(\d+)").group(1))
         time.sleep(1.0)  # let the selection settle (master and worker; uprobes attached)
-        ours = {p["id"] for p in nb.bpf_progs() if p["id"] not in before}
         cpu0 = nb.cpu_seconds(sonde.pid) + nb.cpu_seconds(proc_pid)
         requests, rps, details = load(port, duration)
         # In-kernel cost in a separate short run (bpf_stats' own clock reads must not weigh on
         # the throughput figure).
+        # Sonde's programs, read now (uprobes may attach after the selection).
+        ours = loader_prog_ids(sonde.pid) or {p["id"] for p in nb.bpf_progs() if p["id"] not in before}
+        names = sorted(p.get("name", "?") for p in nb.bpf_progs() if p["id"] in ours)
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
         ns0, cnt0 = nb.bpf_run_stats(ours)
+        per0 = bpf_per_program(ours)
         stats_requests, _, _ = load(port, STATS_SECONDS)
         ns1, cnt1 = nb.bpf_run_stats(ours)
+        per1 = bpf_per_program(ours)
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
         # Let the processor drain before measuring its CPU and memory.
         deadline, last = time.time() + 20, -1
@@ -198,7 +229,12 @@ def instrumented_round(load, port, duration, workdir, extra, printer):
     return {
         "requests": requests, "rps": rps, "spans": spans, "stats_requests": stats_requests,
         "cpu_s": cpu1 - cpu0, "processor_hwm_kib": hwm,
-        "bpf_ns": ns1 - ns0, "bpf_runs": cnt1 - cnt0, "bpf_programs": len(ours),
+        "bpf_ns": ns1 - ns0, "bpf_runs": cnt1 - cnt0, "bpf_programs": names,
+        # Per program over the stats run: runs per request and mean ns per run.
+        "bpf_per_program": {
+            name: {"runs_per_request": (c1 - per0.get(name, (0, 0))[0]) / max(stats_requests, 1),
+                   "ns_per_run": (n1 - per0.get(name, (0, 0))[1]) / max(c1 - per0.get(name, (0, 0))[0], 1)}
+            for name, (c1, n1) in per1.items()},
         "load": details,
         "processor_stats": {k: stats[k] for k in keep if stats and k in stats},
         "kernel_counters": {k: v for k, v in (stats or {}).get("kernel", {}).items() if v},
@@ -232,6 +268,8 @@ def main():
     ap.add_argument("--printer", default="disabled", choices=["disabled", "json", "text"],
                     help="trace printer of the instrumented runs (disabled: spans counted from "
                          "the processor's final stats; json: written to a file, counted)")
+    ap.add_argument("--tls", choices=["true", "false"],
+                    help="ebpf.tls of the instrumented runs (SONDE_TLS; default: Sonde's, true)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the work directory (sonde.log of the last round, server logs)")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
@@ -257,7 +295,8 @@ def main():
     port = nb.free_port()
     label = f"{args.mode} ({args.server}, " + (
         "h2load -c 16 -m 10" if args.mode == "h2c" else "wrk -t1 -c16 https") + ")"
-    print(f"{label}: {args.rounds} rounds of {args.duration} s, printer {args.printer}", flush=True)
+    print(f"{label}: {args.rounds} rounds of {args.duration} s, printer {args.printer}, "
+          f"ebpf.tls {args.tls or 'default'}", flush=True)
     rounds = []
     server = None
     try:
@@ -265,7 +304,8 @@ def main():
         load(port, 2)  # warm-up
         for i in range(args.rounds):
             base_req, base_rps, base_details = load(port, args.duration)
-            inst = instrumented_round(load, port, args.duration, workdir, args.extra, args.printer)
+            inst = instrumented_round(load, port, args.duration, workdir, args.extra, args.printer,
+                                      args.tls)
             r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps,
                  "baseline_load": base_details, **inst}
             rounds.append(r)
@@ -277,16 +317,27 @@ def main():
                   f"processor HWM {inst['processor_hwm_kib']/1024:.1f} MiB, "
                   f"bpf {inst['bpf_ns']/max(inst['stats_requests'], 1):.0f} ns/request "
                   f"({inst['bpf_runs']/max(inst['stats_requests'], 1):.1f} runs/request, "
-                  f"{inst['bpf_programs']} programs)", flush=True)
+                  f"{len(inst['bpf_programs'])} programs)", flush=True)
+            print("         programs (runs/request × ns/run): " + ", ".join(
+                f"{n} {v['runs_per_request']:.2f}×{v['ns_per_run']:.0f}"
+                for n, v in sorted(inst["bpf_per_program"].items())), flush=True)
             ps = inst["processor_stats"]
+            if ps.get("no_response"):
+                # h2load stops with requests in flight (started - done); nginx may not answer
+                # them before the connection closes: spans marked no_response.
+                print(f"         spans with a response / requests: {inst['spans'] - ps['no_response']}/{total}",
+                      flush=True)
             print(f"         processor: events {ps.get('events')}, spans {ps.get('spans')}, "
                   f"not_http {ps.get('not_http')}, malformed {ps.get('malformed')}, "
                   f"no_response {ps.get('no_response')}; load {inst['load']}", flush=True)
+            print(f"         kernel counters (non-zero): {inst['kernel_counters']}", flush=True)
             if inst["spans"] == 0:
                 print("         NOTE: 0 spans" + (
                     " — HTTPS spans need the OpenSSL uprobes (ebpf.tls); with them missing or "
                     "not yet producing, only the encrypted socket bytes are seen"
-                    if args.mode == "https" else "") + ". Sonde log, notable lines:", flush=True)
+                    if args.mode == "https" else "") + ".", flush=True)
+                print("         sonde log, warnings and TLS lines:" +
+                      ("" if inst["log_notes"] else " none"), flush=True)
                 for line in inst["log_notes"]:
                     print(f"           {line[:240]}", flush=True)
     finally:
@@ -304,11 +355,15 @@ def main():
     stats_reqs = sum(r["stats_requests"] for r in rounds)
     summary = {
         "mode": args.mode, "server": args.server, "printer": args.printer,
+        "tls": args.tls or "default",
         "throughput_ratio": inst / base,
         "throughput_ratio_median_round": median([r["rps"] / r["baseline_rps"] for r in rounds]),
         "baseline_rps_mean": base,
         "instrumented_rps_mean": inst,
         "spans_per_request": sum(r["spans"] for r in rounds) / reqs,
+        # Spans less those marked no_response (exchanges cut by the load generator's stop).
+        "spans_with_response_per_request":
+            sum(r["spans"] - r["processor_stats"].get("no_response", 0) for r in rounds) / reqs,
         "cpu_s_per_100k_requests": sum(r["cpu_s"] for r in rounds) / reqs * 100_000,
         "processor_peak_rss_mib": max(r["processor_hwm_kib"] for r in rounds) / 1024,
         "bpf_ns_per_request": sum(r["bpf_ns"] for r in rounds) / stats_reqs,
@@ -323,4 +378,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        sys.exit(f"interrupted ({e or 'Ctrl-C'}); everything started here was stopped")

@@ -13,9 +13,9 @@
 
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_schema::{
-    DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_CONN_CLOSED, EVENT_HTTP, EVENT_RESPONSE_MORE,
-    ExchangeUpdate, FLAG_CLOSED, FLAG_NO_RESPONSE, FLAG_TLS, HTTP_EVENT_MIN_SIZE, REQUEST_CAPTURE,
-    RESPONSE_CAPTURE, counters, protocol,
+    DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_CONN_CLOSED, EVENT_HTTP, EVENT_REQUEST_MORE,
+    EVENT_RESPONSE_MORE, ExchangeUpdate, FLAG_CLOSED, FLAG_NO_RESPONSE, FLAG_TLS,
+    HTTP_EVENT_MIN_SIZE, REQUEST_CAPTURE, RESPONSE_CAPTURE, counters, protocol,
 };
 
 use crate::{
@@ -409,7 +409,7 @@ pub fn begin(
 /// True when the bytes start like a TLS record (content type 20–23, version 3.x): ciphertext
 /// on a socket not linked to an `SSL` object, counted apart from garbage.
 #[inline(always)]
-fn looks_like_tls_record(seg: &Segment) -> bool {
+pub fn looks_like_tls_record(seg: &Segment) -> bool {
     match read_user::<[u8; 2]>(seg.ptr) {
         Some([kind, major]) => (20..=23).contains(&kind) && major == 3,
         None => false,
@@ -458,6 +458,11 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
             let first4 = [head[0], head[1], head[2], head[3]];
             if len >= 4 && is_method(&first4) {
                 start_request(state, io, id, &seg, ret, now, false);
+            } else if state.phase == PHASE_RESPONSE && request_direction {
+                // Not a new request: the rest of a body the server answered before reading
+                // it all (nginx `return`, early errors). The exchange keeps its response.
+                state.event.request_len = 0;
+                emit_update(state, EVENT_REQUEST_MORE, ret, now);
             } else if len >= 4 && &first4 == H2_PREFACE_HEAD {
                 // `Upgrade: h2c` answered with 101: the connection continues as HTTP/2.
                 state.event.request_len = 0;

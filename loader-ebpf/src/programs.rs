@@ -81,7 +81,7 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         // Only a new connection needs the socket checked: a tracked socket was TCP when its
         // first request was seen. A socket carrying TLS is the uprobes' business.
         None if is_tcp(sk) => {
-            if !(offsets::tls_enabled() && tls::claims_socket(sk, id, op)) {
+            if !(offsets::tls_enabled() && tls::claims_socket(&io, id, ret as u64)) {
                 pairing::on_new_connection(&io, id, ret as u64)
             }
         }

@@ -157,14 +157,33 @@ fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) {
 /// Socket I/O of a selected process on a socket the cleartext path does not track: true when
 /// it belongs to TLS (already linked, or linked now) and must not be paired as cleartext.
 #[inline(always)]
-pub fn claims_socket(sk: u64, id: u64, op: u8) -> bool {
+pub fn claims_socket(io: &SocketIo, id: u64, ret: u64) -> bool {
+    let (sk, op) = (io.sk, io.op);
+    // An SSL_write's ciphertext goes out with the thread's next socket write, whichever socket
+    // that is: the pending write is used up by it, linked or not, so a stale one can never
+    // link the next connection's handshake to an earlier SSL object.
+    let pending = if op == OP_WRITE {
+        // SAFETY: pointer from a successful map lookup, copied at once.
+        let pending = SSL_PENDING_WRITE.get_ptr(&id).map(|s| unsafe { *s });
+        if pending.is_some() {
+            let _ = SSL_PENDING_WRITE.remove(&id);
+        }
+        pending
+    } else {
+        None
+    };
     if SOCK_TLS.get_ptr(&sk).is_some() {
         return true;
     }
+    // Only bytes that are TLS records link a socket: a write to some other socket between an
+    // SSL_write and its ciphertext (Node.js under backpressure) must not take the link.
+    match pairing::first_segment(io, ret) {
+        Some(seg) if pairing::looks_like_tls_record(&seg) => {}
+        _ => return false,
+    }
     let ssl = if op == OP_WRITE {
-        match SSL_PENDING_WRITE.get_ptr(&id) {
-            // SAFETY: pointer from a successful map lookup.
-            Some(ssl) => unsafe { *ssl },
+        match pending {
+            Some(ssl) => ssl,
             None => return false,
         }
     } else {
@@ -175,7 +194,6 @@ pub fn claims_socket(sk: u64, id: u64, op: u8) -> bool {
             _ => return false,
         }
     };
-    let _ = SSL_PENDING_WRITE.remove(&id);
     link(
         sk,
         TlsKey {

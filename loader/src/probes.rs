@@ -259,8 +259,17 @@ impl Probes {
         };
         match t.attach_process(pid) {
             Ok(report) => {
-                for n in report.not_instrumentable.iter().filter(|n| n.first_sighting) {
-                    warn!(pid, path = n.path, "TLS library not instrumentable: {}", n.library.reason());
+                for n in report
+                    .not_instrumentable
+                    .iter()
+                    .filter(|n| n.first_sighting)
+                {
+                    warn!(
+                        pid,
+                        path = n.path,
+                        "TLS library not instrumentable: {}",
+                        n.library.reason()
+                    );
                 }
                 for (path, error) in &report.failed {
                     warn!(pid, path, error, "TLS probes not attached to this file");

@@ -50,6 +50,10 @@ pub const EVENT_HTTP: u8 = 1;
 pub const EVENT_RESPONSE_MORE: u8 = 2;
 /// Record kind: an `ExchangeUpdate` saying the connection closed; its open exchange is over.
 pub const EVENT_CONN_CLOSED: u8 = 3;
+/// Record kind: an `ExchangeUpdate` carrying more request bytes of the connection's open
+/// exchange, read after its response started: the rest of a body the server answered before
+/// reading (nginx `return`, early errors).
+pub const EVENT_REQUEST_MORE: u8 = 6;
 /// Record kind: a `ChunkHeader` followed by the bytes of one socket read or write on a
 /// connection whose protocol multiplexes exchanges (HTTP/2): the processor reassembles the
 /// stream itself.
@@ -433,7 +437,7 @@ impl Record<'_> {
     pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         match bytes.first() {
             Some(&EVENT_HTTP) => HttpEvent::decode(bytes).map(Record::Http),
-            Some(&(EVENT_RESPONSE_MORE | EVENT_CONN_CLOSED)) => {
+            Some(&(EVENT_RESPONSE_MORE | EVENT_CONN_CLOSED | EVENT_REQUEST_MORE)) => {
                 ExchangeUpdate::decode(bytes).map(Record::Update)
             }
             Some(&EVENT_STREAM_CHUNK) => {
@@ -463,7 +467,7 @@ impl ExchangeUpdate {
             u64::from_ne_bytes(b)
         };
         let kind = bytes[0];
-        if kind != EVENT_RESPONSE_MORE && kind != EVENT_CONN_CLOSED {
+        if kind != EVENT_RESPONSE_MORE && kind != EVENT_CONN_CLOSED && kind != EVENT_REQUEST_MORE {
             return Err(DecodeError::UnknownKind(kind));
         }
         Ok(ExchangeUpdate {

@@ -66,6 +66,9 @@ class Client:
     def request(self, conn, method, path, body, close=False):
         headers = {"Connection": "close"} if close else {}
         conn.request(method, path, body=body, headers=headers)
+        # The port the request really went out on: http.client reconnects by itself when the
+        # server closed the previous connection (nginx does after some error statuses).
+        self.last_port = conn.sock.getsockname()[1]
         resp = conn.getresponse()
         data = resp.read()
         if method == "POST" and path == "/echo":
@@ -114,10 +117,9 @@ def main():
 
     if a.keepalive:
         conn = c.connect()
-        port = conn.sock.getsockname()[1]
         for spec in a.keepalive.split(","):
             out["statuses"].append(c.request(conn, *parse_req(spec)))
-            out["ports"].append(port)
+            out["ports"].append(c.last_port)
         conn.close()
 
     for spec in filter(None, a.new.split(",")):

@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use sonde_schema::{EVENT_CONN_CLOSED, FLAG_CLOSED, FLAG_NO_RESPONSE, HttpEvent, Record};
+use sonde_schema::{
+    EVENT_CONN_CLOSED, EVENT_REQUEST_MORE, FLAG_CLOSED, FLAG_NO_RESPONSE, HttpEvent, Record,
+};
 
 use crate::prehashed::PrehashedMap;
 
@@ -79,6 +81,16 @@ impl Assembler {
                 if let Some(mut held) = self.held.remove(&update.conn_id) {
                     held.event.flags |= FLAG_CLOSED;
                     done(&held.event);
+                }
+            }
+            Record::Update(update) if update.kind == EVENT_REQUEST_MORE => {
+                match self.held.get_mut(&update.conn_id) {
+                    Some(held) => {
+                        held.event.request_bytes =
+                            held.event.request_bytes.saturating_add(update.bytes);
+                        held.last_news = now;
+                    }
+                    None => self.late_updates += 1,
                 }
             }
             Record::Update(update) => match self.held.get_mut(&update.conn_id) {
@@ -214,6 +226,19 @@ mod tests {
         a.feed(Record::Tuple(tuple), t, |_| {});
         a.finish(|e| out.push((e.family, e.local_port, e.peer_port)));
         assert_eq!(out, vec![(2, 8443, 5000)]);
+    }
+
+    #[test]
+    fn request_bytes_read_after_the_response_started_are_added() {
+        let mut a = Assembler::new(DEFAULT_HOLD, 10);
+        let mut out = Vec::new();
+        let t = Instant::now();
+        let mut e = event(6, 10);
+        e.request_bytes = 100;
+        a.feed(Record::Http(e), t, |_| {});
+        a.feed(update(EVENT_REQUEST_MORE, 6, 2000, 300), t, |_| {});
+        a.finish(|e| out.push(e.request_bytes));
+        assert_eq!(out, vec![2100]);
     }
 
     #[test]
