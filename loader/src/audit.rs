@@ -20,6 +20,25 @@ use sonde_schema::control::Hello;
 
 use crate::privileges;
 
+/// What `--audit` says about TLS capture: whether it is on, by which path, and what that path
+/// needs at run time. `configured`: `ebpf.tls`; `active`: the uprobes loaded.
+pub fn tls_capture(configured: bool, active: bool) -> String {
+    match (configured, active) {
+        (_, true) => "on: OpenSSL uprobes attached per selected process with uprobe-multi links \
+            (BPF_LINK_CREATE on the two programs loaded at start-up); needs no run-time \
+            capability (no CAP_SYS_ADMIN, no CAP_BPF/CAP_PERFMON after start-up); the run-time \
+            seccomp policy allows BPF_LINK_CREATE"
+            .into(),
+        (true, false) => "off: ebpf.tls is on but this kernel has no uprobe-multi links or the \
+            uprobes did not load (see the loader log); the run-time seccomp policy denies \
+            BPF_LINK_CREATE (loader_no_attach)"
+            .into(),
+        (false, false) => "off (ebpf.tls: false); the run-time seccomp policy denies \
+            BPF_LINK_CREATE (loader_no_attach)"
+            .into(),
+    }
+}
+
 /// The status file for a control socket path.
 pub fn status_path(control_socket: &Path) -> PathBuf {
     control_socket.with_file_name("sonde-status.json")
@@ -30,10 +49,9 @@ pub fn status_path(control_socket: &Path) -> PathBuf {
 pub struct Status {
     pub loader_pid: u32,
     pub spawns_processor: bool,
-    /// `ebpf.tls`: the loader attaches the OpenSSL uprobes at run time (`BPF_LINK_CREATE`
-    /// allowed by its seccomp policy).
+    /// How HTTPS is captured, for `--audit` (see [`tls_capture`]).
     #[serde(default)]
-    pub tls: bool,
+    pub tls_capture: String,
     pub kept_capabilities: Vec<String>,
     pub processor: Option<ProcessorStatus>,
 }
@@ -198,6 +216,8 @@ fn pids_named(comms: &[&str]) -> Vec<u32> {
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// TLS capture as the loader recorded it ([`tls_capture`]); empty without a status file.
+    pub tls_capture: String,
     pub loaders: Vec<ProcessView>,
     pub processors: Vec<ProcessorView>,
     pub status_file: String,
@@ -233,6 +253,10 @@ pub fn report(control_socket: &Path) -> Report {
         problems.extend(processor_problems(p, &path));
     }
     Report {
+        tls_capture: status
+            .as_ref()
+            .map(|s| s.tls_capture.clone())
+            .unwrap_or_default(),
         loaders,
         processors,
         status_file: path.display().to_string(),
@@ -406,6 +430,9 @@ pub fn render(report: &Report) -> String {
     }
     for p in &report.processors {
         process("processor", &p.process, Some(p.landlock));
+    }
+    if !report.tls_capture.is_empty() {
+        out += &format!("TLS capture: {}\n", report.tls_capture);
     }
     if report.problems.is_empty() {
         out += "verdict: the running pair matches the documented least-privilege policy\n";

@@ -289,6 +289,12 @@ impl Probes {
         }
     }
 
+    /// True when the OpenSSL uprobes are loaded (`ebpf.tls` on and this kernel has uprobe-multi
+    /// links): only then does the run-time policy keep `BPF_LINK_CREATE`.
+    pub fn tls_active(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Processes with TLS probes attached, and what the link limits refused.
     pub fn tls_status(&self) -> Option<(usize, tls::Refusals)> {
         self.tls

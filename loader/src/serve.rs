@@ -44,7 +44,7 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
         audit::Status {
             loader_pid: std::process::id(),
             spawns_processor: supervisor.is_some(),
-            tls: config.ebpf.tls,
+            tls_capture: audit::tls_capture(config.ebpf.tls, probes.tls_active()),
             kept_capabilities,
             processor: None,
         },

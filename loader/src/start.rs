@@ -156,7 +156,7 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
         filters.push(sandbox::apply_setid_filter(spec.uid, spec.gid)?);
     }
     filters.extend(
-        sandbox::apply_runtime_policy(options.spawn_processor, config.ebpf.tls)
+        sandbox::apply_runtime_policy(options.spawn_processor, probes.tls_active())
             .context("installing the run-time seccomp policy")?,
     );
     info!(?filters, "run-time seccomp policy installed");

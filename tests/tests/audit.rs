@@ -77,6 +77,50 @@ fn audit_of_a_single_host_pair_passes_with_reasons_for_each_capability() {
     assert_eq!(p["no_new_privs"], true);
     assert_eq!(p["uid"], "65534 65534 65534 65534");
     assert_eq!(p["capabilities"]["effective"], Value::Array(vec![]));
+    // TLS capture is on by default, through uprobe-multi links: no capability for it at run
+    // time (the capability list above is the whole of it, no CAP_SYS_ADMIN or CAP_BPF).
+    let tls = report["tls_capture"].as_str().expect("tls_capture");
+    assert!(
+        tls.starts_with("on: ") && tls.contains("uprobe-multi"),
+        "{tls}"
+    );
+}
+
+/// With `ebpf.tls: false` the loader holds exactly the same capabilities, one more seccomp
+/// filter (`loader_no_attach`, which denies `BPF_LINK_CREATE` again), and `--audit` says TLS
+/// capture is off.
+#[test]
+fn audit_with_tls_capture_off_shows_the_same_capabilities_and_says_so() {
+    let _guard = serial();
+    let dir = TempDir::new("audit-notls");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[("SONDE_TLS", "false")],
+        &dir,
+        &[server.pid()],
+    );
+    let (report, ok) = audit(&sonde.control_socket);
+    assert!(ok, "audit failed: {report:#}");
+    let loaders = report["loaders"].as_array().expect("loaders");
+    let effective: Vec<(String, String)> =
+        serde_json::from_value(loaders[0]["capabilities"]["effective"].clone()).expect("caps");
+    let names: Vec<&str> = effective.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "CAP_DAC_READ_SEARCH",
+            "CAP_KILL",
+            "CAP_SETGID",
+            "CAP_SETPCAP",
+            "CAP_SETUID",
+            "CAP_SYS_PTRACE"
+        ]
+    );
+    assert_eq!(loaders[0]["seccomp_filters"], 4);
+    let tls = report["tls_capture"].as_str().expect("tls_capture");
+    assert!(tls.starts_with("off (ebpf.tls: false)"), "{tls}");
 }
 
 #[test]

@@ -987,3 +987,29 @@ fn node_h2_over_tls_exact_spans() {
 fn nginx_h2_over_tls_exact_spans() {
     check_h2_over_tls(true);
 }
+
+/// A process whose TLS library Sonde cannot see into (Java's JSSE) is named once in the log,
+/// and its plain HTTP still becomes spans.
+#[test]
+fn a_tls_library_sonde_cannot_see_into_is_named_once() {
+    let _guard = serial();
+    let dir = TempDir::new("https-opaque");
+    let port = free_port();
+    let server = start_server(ServerKind::Java, port, &dir);
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
+    let line = sonde.wait_log("TLS library not instrumentable", Duration::from_secs(20));
+    assert!(line.contains("Java") || line.contains("JSSE"), "{line}");
+    assert_eq!(
+        HttpConn::open(port).request("GET", "/ok/java", None, true),
+        200
+    );
+    sonde.wait_spans(1, Duration::from_secs(10), |s| s["path"] == "/ok/java");
+    // Once per kind of library, not once per process scan.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sonde.log_count("TLS library not instrumentable"), 1);
+}
