@@ -2,7 +2,8 @@
 # Sets up everything, builds release binaries and runs the core benchmark twice: spans printed
 # as JSON to a file (counted line by line) and with the printer disabled (spans built and
 # counted by the processor); then with export on (OTLP/gRPC to a real collector and the
-# Prometheus endpoint): metrics only, traces sampled at 10 %, and every trace. Results go to
+# Prometheus endpoint): metrics only, traces sampled at 10 %, and every trace; then HTTP/2
+# (nginx h2c under h2load) and HTTPS (nginx ssl under wrk). Results go to
 # bench/results/ and the terminal; BENCHMARKS.md records them. Must run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,9 @@ for variant in "metrics --export-signals metrics" "sampled10 --sampler-ratio 0.1
   # shellcheck disable=SC2086
   python3 bench/nginx_bench.py --rounds "${ROUNDS:-3}" --duration "${DURATION:-10}" \
     --export $args --json "bench/results/nginx-export-$name-$stamp.json"
+done
+for mode in h2c https; do
+  echo "== protocol: $mode"
+  python3 bench/proto_bench.py "$mode" --rounds "${ROUNDS:-3}" --duration "${DURATION:-10}" \
+    --json "bench/results/proto-$mode-$stamp.json"
 done
