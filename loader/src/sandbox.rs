@@ -46,20 +46,39 @@ pub fn runtime_filters(spawns_processor: bool) -> [(&'static str, BpfProgram); 2
     [("loader_clone3", program(filters::LOADER_CLONE3)), main]
 }
 
+use seccompiler::{
+    SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+};
+
+/// A filter built at start-up that refuses (`EPERM`) what `rules` match and allows the rest.
+fn refusing(
+    rules: std::collections::BTreeMap<i64, Vec<SeccompRule>>,
+) -> anyhow::Result<BpfProgram> {
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        std::env::consts::ARCH
+            .try_into()
+            .context("seccomp target architecture")?,
+    )?;
+    Ok(filter.try_into()?)
+}
+
+/// A rule matching when argument `arg` compares to `value` with `op`.
+fn arg_rule(arg: u8, op: SeccompCmpOp, value: u64) -> anyhow::Result<SeccompRule> {
+    Ok(SeccompRule::new(vec![SeccompCondition::new(
+        arg,
+        SeccompCmpArgLen::Dword,
+        op,
+        value,
+    )?])?)
+}
+
 /// Single host: the filter pinning id changes to the processor's `uid`/`gid` (module doc).
 pub fn setid_filter(uid: u32, gid: u32) -> anyhow::Result<BpfProgram> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    };
     // Rules list what is refused: any argument that is not the pinned id.
-    let not = |arg: u8, value: u32| -> anyhow::Result<SeccompRule> {
-        Ok(SeccompRule::new(vec![SeccompCondition::new(
-            arg,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Ne,
-            u64::from(value),
-        )?])?)
-    };
+    let not = |arg: u8, value: u32| arg_rule(arg, SeccompCmpOp::Ne, u64::from(value));
     let mut rules = std::collections::BTreeMap::new();
     rules.insert(
         libc::SYS_setresuid,
@@ -80,15 +99,7 @@ pub fn setid_filter(uid: u32, gid: u32) -> anyhow::Result<BpfProgram> {
     ] {
         rules.insert(always, Vec::new());
     }
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        std::env::consts::ARCH
-            .try_into()
-            .context("seccomp target architecture")?,
-    )?;
-    Ok(filter.try_into()?)
+    refusing(rules)
 }
 
 /// `BPF_LINK_CREATE`, the one attach command the run-time filters let through for `ebpf.tls`.
@@ -96,28 +107,12 @@ const BPF_LINK_CREATE: u64 = 28;
 
 /// `ebpf.tls` off: the filter that denies `bpf(BPF_LINK_CREATE)` (module doc).
 pub fn no_attach_filter() -> anyhow::Result<BpfProgram> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    };
     let mut rules = std::collections::BTreeMap::new();
     rules.insert(
         libc::SYS_bpf,
-        vec![SeccompRule::new(vec![SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            BPF_LINK_CREATE,
-        )?])?],
+        vec![arg_rule(0, SeccompCmpOp::Eq, BPF_LINK_CREATE)?],
     );
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        std::env::consts::ARCH
-            .try_into()
-            .context("seccomp target architecture")?,
-    )?;
-    Ok(filter.try_into()?)
+    refusing(rules)
 }
 
 /// Installs [`setid_filter`] on the calling thread.

@@ -15,6 +15,7 @@ use std::{
 use serde_json::Value;
 
 pub mod otlp;
+pub mod peers;
 
 /// e2e tests share the kernel, the machine's two cores and tracefs: run them one at a time.
 pub fn serial() -> MutexGuard<'static, ()> {

@@ -10,15 +10,13 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpStream,
+    io::Write,
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
-use sonde_e2e::{otlp::*, *};
+use sonde_e2e::{otlp::*, peers::*, *};
 
 const SAY: &str = "sonde.test.Echo/Say";
 const COUNT: &str = "sonde.test.Echo/Count";
@@ -96,19 +94,6 @@ fn expected_calls() -> BTreeMap<(String, u64), u64> {
 
 fn total_calls() -> usize {
     expected_calls().values().sum::<u64>() as usize
-}
-
-/// Reads one stdout line of `proc` within `timeout`.
-fn read_line(proc: &mut Proc, timeout: Duration) -> String {
-    let stdout = proc.child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    rx.recv_timeout(timeout)
-        .unwrap_or_else(|_| panic!("{} printed nothing within {timeout:?}", proc.name))
 }
 
 fn grpc_peer(mode: &str, port: u16) -> Command {
@@ -276,24 +261,6 @@ fn grpc_server_and_client_spans_per_method_and_status() {
 
 // ---- Metrics ---------------------------------------------------------------------------------
 
-fn http_get(port: u16, target: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        // HTTP/1.0: the body comes whole, never chunked (the exposition is larger than the
-        // server's chunking threshold once RPC series exist).
-        "GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
 /// Sum of the `metric` samples whose labels include every `name="value"` of `labels`.
 fn prom_count(text: &str, metric: &str, labels: &[(&str, String)]) -> u64 {
     text.lines()
@@ -444,25 +411,6 @@ fn grpc_otlp_and_prometheus_count_calls_per_method_and_status() {
             assert_eq!(got, want, "{metric} {method} {code}:\n{text}");
         }
     }
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    check
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = check.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
     drop(sonde);
 }

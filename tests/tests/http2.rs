@@ -6,16 +6,14 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
-    path::PathBuf,
     process::{Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
 use serde_json::Value;
-use sonde_e2e::*;
+use sonde_e2e::{peers::*, *};
 
 /// The routes both test servers answer, with their statuses.
 const ROUTES: [(&str, u16); 3] = [("/ok", 200), ("/missing", 404), ("/fail", 500)];
@@ -38,25 +36,6 @@ const H2_PROBLEM_STATS: &[(&[&str], u64)] = &[
     ),
 ];
 
-fn peer(name: &str) -> PathBuf {
-    repo_root().join("tests/peers").join(name)
-}
-
-/// Reads the first stdout line of `proc` (bounded); the peers print `ready` once listening.
-fn wait_ready(proc: &mut Proc, timeout: Duration) {
-    let stdout = proc.child.stdout.take().expect("peer stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(timeout)
-        .unwrap_or_else(|_| panic!("{} printed nothing within {timeout:?}", proc.name));
-    assert_eq!(line.trim(), "ready", "{} did not start", proc.name);
-}
-
 /// `tests/peers/h2_server.js` (Node.js `http2`, h2c) on `port`.
 fn start_node_h2(port: u16) -> Proc {
     let mut cmd = Command::new("node");
@@ -64,112 +43,17 @@ fn start_node_h2(port: u16) -> Proc {
         .arg(port.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut p = Proc::spawn("node-h2", &mut cmd);
-    wait_ready(&mut p, Duration::from_secs(30));
-    p
-}
-
-/// nginx with `tests/peers/nginx_h2c.conf` (`listen ... http2` on cleartext) on `port`.
-fn start_nginx_h2c(port: u16, dir: &TempDir) -> Proc {
-    let conf = std::fs::read_to_string(peer("nginx_h2c.conf")).expect("nginx_h2c.conf");
-    let prefix = dir.path("nginx-h2c");
-    std::fs::create_dir_all(&prefix).expect("nginx prefix");
-    let conf = conf
-        .replace("PREFIX", prefix.to_str().expect("utf-8 path"))
-        .replace("PORT", &port.to_string());
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let mut cmd = Command::new("/usr/sbin/nginx");
-    cmd.arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let p = Proc::spawn("nginx-h2c", &mut cmd);
-    wait_for_port(port, Duration::from_secs(30));
-    p
-}
-
-/// What h2load reported: requests done, and responses per status class (2, 3, 4, 5).
-#[derive(Debug)]
-struct H2load {
-    done: u64,
-    errored: u64,
-    timeout: u64,
-    classes: BTreeMap<u16, u64>,
-    output: String,
-}
-
-/// The number before `label` in h2load's comma-separated summary line.
-fn field(line: &str, label: &str) -> u64 {
-    line.split(',')
-        .map(str::trim)
-        .find_map(|part| {
-            let (n, rest) = part.split_once(' ')?;
-            (rest == label).then(|| n.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"))
-}
-
-/// Runs `h2load -n n -c c -m m` over the `ROUTES` paths (h2load takes them round-robin, per
-/// client) against 127.0.0.1:`port`, bounded.
-fn h2load(port: u16, n: u32, c: u32, m: u32) -> H2load {
-    let mut cmd = Command::new("h2load");
-    cmd.args([
-        "-n",
-        &n.to_string(),
-        "-c",
-        &c.to_string(),
-        "-m",
-        &m.to_string(),
-    ])
-    .args(["-N", "10s"])
-    .args(
-        ROUTES
-            .iter()
-            .map(|(path, _)| format!("http://127.0.0.1:{port}{path}")),
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    let mut p = Proc::spawn("h2load", &mut cmd);
-    let mut stdout = p.child.stdout.take().expect("h2load stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        let _ = tx.send(out);
-    });
-    let output = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("h2load finished within 60 s");
-    let _ = p.child.wait();
-    let line = |prefix: &str| {
-        output
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} line in h2load's output:\n{output}"))
-            .to_string()
-    };
-    let requests = line("requests: ");
-    let codes = line("status codes: ");
-    let classes = [2u16, 3, 4, 5]
-        .into_iter()
-        .map(|k| (k, field(&codes, &format!("{k}xx"))))
-        .collect();
-    H2load {
-        done: field(&requests, "done"),
-        errored: field(&requests, "errored"),
-        timeout: field(&requests, "timeout"),
-        classes,
-        output,
-    }
+    spawn_ready("node-h2", &mut cmd)
 }
 
 /// Runs h2load and returns how many requests went to each path, from the statuses the
 /// server answered (each path has its own status class); all `n` must have completed.
 fn drive(port: u16, n: u32) -> BTreeMap<&'static str, u64> {
-    let run = h2load(port, n, 3, 10);
+    let urls: Vec<String> = ROUTES
+        .iter()
+        .map(|(path, _)| format!("http://127.0.0.1:{port}{path}"))
+        .collect();
+    let run = h2load(&urls, n, 3, 10);
     assert_eq!(run.done, u64::from(n), "{}", run.output);
     assert_eq!((run.errored, run.timeout), (0, 0), "{}", run.output);
     assert_eq!(run.classes[&3], 0, "{}", run.output);
@@ -294,7 +178,7 @@ fn nginx_h2c_h2load_exact_spans() {
     let dir = TempDir::new("h2-nginx");
     let port = free_port();
     // nginx answers from its worker, a child of the master we started.
-    let server = start_nginx_h2c(port, &dir);
+    let server = start_nginx_template("nginx_h2c.conf", port, &dir, &[]);
     let sonde = Sonde::start(
         &["--open-port", &port.to_string()],
         &[],

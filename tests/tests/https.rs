@@ -16,15 +16,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::PathBuf,
-    process::{Command, Output, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use sonde_e2e::*;
+use sonde_e2e::{peers::*, *};
 
 /// TODO(lead): confirm. The loader's log line once the TLS uprobes are attached for a selected
 /// process (followed by ` pid=<pid> `). Tests wait for it before sending traffic, since a
@@ -34,10 +33,6 @@ const TLS_ATTACHED_LOG: Option<&str> = Some("TLS probes attached");
 
 /// The system's libssl (Debian bookworm, x86_64), as mapped by Python's `_ssl` and nginx.
 const SYSTEM_LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
-
-fn peer(name: &str) -> PathBuf {
-    repo_root().join("tests/peers").join(name)
-}
 
 // ---- Certificates ------------------------------------------------------------------------------
 
@@ -125,53 +120,6 @@ fn make_certs(dir: &TempDir) -> Certs {
 
 // ---- Processes ---------------------------------------------------------------------------------
 
-/// Runs `cmd` to completion with its output collected; SIGKILL and panic after `timeout`.
-fn run_bounded(name: &str, cmd: &mut Command, timeout: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("{name}: {e}")),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            panic!("{name} did not finish within {timeout:?}");
-        }
-    }
-}
-
-/// Reads one stdout line of `proc` within `timeout`.
-fn read_line(proc: &mut Proc, timeout: Duration) -> String {
-    let stdout = proc.child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    rx.recv_timeout(timeout)
-        .unwrap_or_else(|_| panic!("{} printed nothing within {timeout:?}", proc.name))
-}
-
-/// Spawns a peer that prints `ready` once listening, and waits for it.
-fn spawn_ready(name: &str, cmd: &mut Command) -> Proc {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut p = Proc::spawn(name, cmd);
-    let line = read_line(&mut p, Duration::from_secs(30));
-    assert_eq!(line.trim(), "ready", "{name} did not start");
-    p
-}
-
 /// `https_server.py PORT CERT KEY` (the harness's Python) with extra `env`, and a raw TLS echo
 /// listener on `echo_port` in the same process if asked for.
 fn start_python_https(
@@ -203,30 +151,6 @@ fn start_node_https(port: u16, certs: &Certs, h2: bool) -> Proc {
         cmd.arg("--h2");
     }
     spawn_ready(if h2 { "node-h2-tls" } else { "node-https" }, &mut cmd)
-}
-
-/// nginx with `tests/peers/nginx_ssl.conf` (one worker; ALPN h2 and http/1.1) on `port`.
-fn start_nginx_ssl(port: u16, certs: &Certs, dir: &TempDir) -> Proc {
-    let conf = std::fs::read_to_string(peer("nginx_ssl.conf")).expect("nginx_ssl.conf");
-    let prefix = dir.path("nginx-ssl");
-    std::fs::create_dir_all(&prefix).expect("nginx prefix");
-    std::fs::copy(&certs.cert, prefix.join("server.crt")).expect("copy the certificate");
-    std::fs::copy(&certs.key, prefix.join("server.key")).expect("copy the key");
-    let conf = conf
-        .replace("PREFIX", prefix.to_str().expect("utf-8 path"))
-        .replace("PORT", &port.to_string());
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("write nginx.conf");
-    let mut cmd = Command::new("/usr/sbin/nginx");
-    cmd.arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let p = Proc::spawn("nginx-ssl", &mut cmd);
-    wait_for_port(port, Duration::from_secs(30));
-    p
 }
 
 /// The pid of nginx's (only) worker, a child of `master`.
@@ -546,7 +470,12 @@ fn check_https_server(kind: Tls) {
     let server = match kind {
         Tls::Python => start_python_https(port, &certs, &[], None),
         Tls::Node => start_node_https(port, &certs, false),
-        Tls::Nginx => start_nginx_ssl(port, &certs, &dir),
+        Tls::Nginx => start_nginx_template(
+            "nginx_ssl.conf",
+            port,
+            &dir,
+            &[(&certs.cert, "server.crt"), (&certs.key, "server.key")],
+        ),
     };
     // nginx answers from its worker (TLS included), a child of the master we started.
     let tls_pid = match kind {
@@ -880,49 +809,22 @@ fn non_http_tls_gives_no_span_and_breaks_nothing() {
 /// The routes the HTTP/2 runs request, with their statuses.
 const H2_ROUTES: [(&str, u16); 3] = [("/ok", 200), ("/missing", 404), ("/fail", 500)];
 
-/// The number before `label` in h2load's comma-separated summary line.
-fn h2load_field(line: &str, label: &str) -> u64 {
-    line.split(',')
-        .map(str::trim)
-        .find_map(|part| {
-            let (n, rest) = part.split_once(' ')?;
-            (rest == label).then(|| n.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"))
-}
-
 /// Runs `h2load -n n -c 3 -m 10` over https://127.0.0.1:`port` (ALPN h2) on the three routes
 /// and returns how many requests went to each path (each has its own status class).
 fn h2load_tls(port: u16, n: u32) -> BTreeMap<&'static str, u64> {
-    let out = run_bounded(
-        "h2load",
-        Command::new("h2load")
-            .args(["-n", &n.to_string(), "-c", "3", "-m", "10", "-N", "10s"])
-            .args(
-                H2_ROUTES
-                    .iter()
-                    .map(|(path, _)| format!("https://127.0.0.1:{port}{path}")),
-            ),
-        Duration::from_secs(60),
-    );
-    let output = String::from_utf8_lossy(&out.stdout).to_string();
-    let line = |prefix: &str| {
-        output
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("no {prefix:?} line in h2load's output:\n{output}"))
-            .to_string()
-    };
-    assert_eq!(line("Application protocol: ").trim(), "h2", "{output}");
-    let requests = line("requests: ");
-    assert_eq!(h2load_field(&requests, "done"), u64::from(n), "{output}");
-    assert_eq!(h2load_field(&requests, "errored"), 0, "{output}");
-    assert_eq!(h2load_field(&requests, "timeout"), 0, "{output}");
-    let codes = line("status codes: ");
-    assert_eq!(h2load_field(&codes, "3xx"), 0, "{output}");
+    let urls: Vec<String> = H2_ROUTES
+        .iter()
+        .map(|(path, _)| format!("https://127.0.0.1:{port}{path}"))
+        .collect();
+    let run = h2load(&urls, n, 3, 10);
+    let output = &run.output;
+    assert_eq!(run.protocol.as_deref(), Some("h2"), "{output}");
+    assert_eq!(run.done, u64::from(n), "{output}");
+    assert_eq!((run.errored, run.timeout), (0, 0), "{output}");
+    assert_eq!(run.classes[&3], 0, "{output}");
     let per_path: BTreeMap<&str, u64> = H2_ROUTES
         .iter()
-        .map(|(path, status)| (*path, h2load_field(&codes, &format!("{}xx", status / 100))))
+        .map(|(path, status)| (*path, run.classes[&(status / 100)]))
         .collect();
     assert_eq!(per_path.values().sum::<u64>(), u64::from(n), "{output}");
     per_path
@@ -934,7 +836,12 @@ fn check_h2_over_tls(nginx: bool) {
     let certs = make_certs(&dir);
     let port = free_port();
     let server = if nginx {
-        start_nginx_ssl(port, &certs, &dir)
+        start_nginx_template(
+            "nginx_ssl.conf",
+            port,
+            &dir,
+            &[(&certs.cert, "server.crt"), (&certs.key, "server.key")],
+        )
     } else {
         start_node_https(port, &certs, true)
     };

@@ -3,30 +3,12 @@
 //! PromQL with exactly the requests the client sent, per method, route and status.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use sonde_e2e::*;
-
-fn http_get(port: u16, target: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
+use sonde_e2e::{peers::*, *};
 
 /// Sum of `http_server_request_duration_seconds_count` samples whose labels contain all of
 /// `labels`.
@@ -96,26 +78,7 @@ fn prometheus_scrapes_exact_counts_per_route_and_status() {
     assert!(http_get(metrics_port, "/other").contains("not found"));
 
     // promtool accepts the exposition.
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    check
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = check.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
 
     // A real Prometheus server scrapes Sonde and answers PromQL.
     let prom_port = free_port();

@@ -1,0 +1,197 @@
+//! Helpers for the peers in `tests/peers/` and the tools that drive them: starting a peer that
+//! says `ready`, nginx from a template, bounded runs of a command, h2load's summary, a plain
+//! HTTP/1.0 GET and `promtool check metrics`.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use crate::{Proc, TempDir, repo_root, wait_for_port};
+
+/// A file in `tests/peers/`.
+pub fn peer(name: &str) -> PathBuf {
+    repo_root().join("tests/peers").join(name)
+}
+
+/// Reads one stdout line of `proc` (spawned with piped stdout) within `timeout`.
+pub fn read_line(proc: &mut Proc, timeout: Duration) -> String {
+    let stdout = proc.child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(timeout)
+        .unwrap_or_else(|_| panic!("{} printed nothing within {timeout:?}", proc.name))
+}
+
+/// Spawns a peer that prints `ready` once listening, and waits for it.
+pub fn spawn_ready(name: &str, cmd: &mut Command) -> Proc {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut p = Proc::spawn(name, cmd);
+    let line = read_line(&mut p, Duration::from_secs(30));
+    assert_eq!(line.trim(), "ready", "{name} did not start");
+    p
+}
+
+/// Runs `cmd` to completion with its output collected; SIGKILL and panic after `timeout`.
+pub fn run_bounded(name: &str, cmd: &mut Command, timeout: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("{name}: {e}")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("{name} did not finish within {timeout:?}");
+        }
+    }
+}
+
+/// nginx (one worker) from the template `tests/peers/<template>` (placeholders `PREFIX` and
+/// `PORT`) on `port`, in its own prefix under `dir`, with `files` (source, name) copied into
+/// the prefix first (certificates).
+pub fn start_nginx_template(
+    template: &str,
+    port: u16,
+    dir: &TempDir,
+    files: &[(&Path, &str)],
+) -> Proc {
+    let conf = std::fs::read_to_string(peer(template)).expect("nginx template");
+    let prefix = dir.path(template.trim_end_matches(".conf"));
+    std::fs::create_dir_all(&prefix).expect("nginx prefix");
+    for (source, name) in files {
+        std::fs::copy(source, prefix.join(name)).expect("copy into the nginx prefix");
+    }
+    let conf = conf
+        .replace("PREFIX", prefix.to_str().expect("utf-8 path"))
+        .replace("PORT", &port.to_string());
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("write nginx.conf");
+    let mut cmd = Command::new("/usr/sbin/nginx");
+    cmd.arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let p = Proc::spawn(template, &mut cmd);
+    wait_for_port(port, Duration::from_secs(30));
+    p
+}
+
+/// What h2load reported.
+#[derive(Debug)]
+pub struct H2load {
+    pub done: u64,
+    pub errored: u64,
+    pub timeout: u64,
+    /// Responses per status class (2, 3, 4, 5).
+    pub classes: BTreeMap<u16, u64>,
+    /// The negotiated protocol (`h2`), when h2load printed one.
+    pub protocol: Option<String>,
+    pub output: String,
+}
+
+/// The number before `label` in one of h2load's comma-separated summary lines.
+fn field(line: &str, label: &str) -> u64 {
+    line.split(',')
+        .map(str::trim)
+        .find_map(|part| {
+            let (n, rest) = part.split_once(' ')?;
+            (rest == label).then(|| n.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"))
+}
+
+/// Runs `h2load -n n -c c -m m` over `urls` (taken round-robin per client), bounded.
+pub fn h2load(urls: &[String], n: u32, c: u32, m: u32) -> H2load {
+    let out = run_bounded(
+        "h2load",
+        Command::new("h2load")
+            .args(["-n", &n.to_string(), "-c", &c.to_string()])
+            .args(["-m", &m.to_string(), "-N", "10s"])
+            .args(urls),
+        Duration::from_secs(60),
+    );
+    let output = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = |prefix: &str| {
+        output
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in h2load's output:\n{output}"))
+            .to_string()
+    };
+    let requests = line("requests: ");
+    let codes = line("status codes: ");
+    H2load {
+        done: field(&requests, "done"),
+        errored: field(&requests, "errored"),
+        timeout: field(&requests, "timeout"),
+        classes: [2u16, 3, 4, 5]
+            .into_iter()
+            .map(|k| (k, field(&codes, &format!("{k}xx"))))
+            .collect(),
+        protocol: output
+            .lines()
+            .find_map(|l| l.strip_prefix("Application protocol: "))
+            .map(|p| p.trim().to_string()),
+        output,
+    }
+}
+
+/// The body of `GET target` on 127.0.0.1:`port` over HTTP/1.0, so it comes whole, never
+/// chunked.
+pub fn http_get(port: u16, target: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {target} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Asserts that `promtool check metrics` accepts the exposition `text`.
+pub fn promtool_check(text: &str) {
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
