@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Per-program in-kernel cost: runs nginx (one worker) and `sonde` (release, printer disabled),
 # drives `wrk -t1 -c16` for DURATION seconds with kernel.bpf_stats_enabled=1 and prints each
-# Sonde program's run count and mean ns per run. Run as root after a release build.
+# Sonde program's run count and mean ns per run. Run as root after a release build
+# (SONDE_BIN_DIR: another build's directory, to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${DURATION:-4}"
@@ -10,7 +11,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 sed -e "s#PREFIX#$dir#g" -e "s#PORT#$port#" tests/servers/nginx.conf > "$dir/nginx.conf"
 /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" & nginx=$!
 before=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
-SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled ./target/release/sonde --open-port "$port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
+SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled "${SONDE_BIN_DIR:-./target/release}/sonde" --open-port "$port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
 trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q 'processor connected' "$dir/sonde.log" && break; sleep 0.1; done
 sleep 1

@@ -91,7 +91,9 @@ pub fn first_segment(io: &SocketIo, ret: u64) -> Option<Segment> {
 /// True when four bytes start an HTTP/1.x request line: a standard method, or (checked only
 /// when that fails) four upper-case letters or three and a space, how non-standard methods
 /// such as `PROPFIND` or `PURGE` start. The processor confirms the `HTTP/1.x` version and
-/// counts what is not HTTP. `PRI ` (the HTTP/2 preface) is not a method.
+/// counts what is not HTTP. `PRI ` (the HTTP/2 preface) is not a method, and neither is
+/// `HTTP`: a status line (the first bytes of a keep-alive connection picked up between a
+/// request and its response) must not start an exchange in the wrong direction.
 #[inline(always)]
 fn is_method(head: &[u8; 4]) -> bool {
     if matches!(
@@ -102,6 +104,7 @@ fn is_method(head: &[u8; 4]) -> bool {
     }
     let upper = |b: u8| b.is_ascii_uppercase();
     head != H2_PREFACE_HEAD
+        && head != b"HTTP"
         && upper(head[0])
         && upper(head[1])
         && upper(head[2])

@@ -113,3 +113,40 @@ fn idle_keepalive_exchange_is_emitted_without_waiting_for_the_next_request() {
     assert_eq!(spans[0]["status"], 200);
     drop(conn);
 }
+
+/// A keep-alive connection picked up between a request and its response: the first bytes
+/// Sonde sees are the status line, which must not start an exchange (in the wrong direction);
+/// the next requests pair exactly. The client here is this test process, selected by pid.
+#[test]
+fn a_connection_picked_up_at_its_response_pairs_the_next_requests() {
+    let _guard = serial();
+    let dir = TempDir::new("pickup-response");
+    let port = free_port();
+    let _server = start_server(ServerKind::Python, port, &dir);
+    let mut conn = HttpConn::open(port);
+    // The request goes out before Sonde starts; its response waits in the socket buffer.
+    conn.write_raw(
+        format!("GET /ok/before HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
+    );
+    let me = std::process::id();
+    let sonde = Sonde::start(&["--pid", &me.to_string()], &[], &dir, &[me]);
+    assert_eq!(conn.read_response(), 200);
+    for i in 0..3 {
+        assert_eq!(
+            conn.request("GET", &format!("/ok/after{i}"), None, false),
+            200
+        );
+    }
+    let spans = sonde.wait_spans(3, Duration::from_secs(10), |s| s["server_port"] == port);
+    let paths: Vec<&str> = spans.iter().filter_map(|s| s["path"].as_str()).collect();
+    assert_eq!(paths, ["/ok/after0", "/ok/after1", "/ok/after2"]);
+    assert!(spans.iter().all(|s| s["kind"] == "client"), "{spans:#?}");
+    drop(conn);
+    let mut sonde = sonde;
+    assert!(
+        sonde.proc.stop(Duration::from_secs(10)).is_some(),
+        "sonde did not stop on SIGTERM"
+    );
+    let stats = final_processor_stats(&sonde);
+    assert_eq!(stats["not_http"], 0, "{stats}");
+}
