@@ -920,3 +920,79 @@ fn a_tls_library_sonde_cannot_see_into_is_named_once() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(sonde.log_count("TLS library not instrumentable"), 1);
 }
+
+/// curl as an HTTPS client (its `libssl.so.3`, keep-alive across the URLs of one run): curl
+/// reads its configuration from standard input before it starts, so it is selected by pid
+/// (and its probes attached) before the URLs arrive; exactly one client span per URL.
+#[test]
+fn curl_https_client_spans() {
+    let _guard = serial();
+    let dir = TempDir::new("https-curl");
+    let certs = make_certs(&dir);
+    let port = free_port();
+    let _server = start_node_https(port, &certs, false);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-K", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut curl = Proc::spawn("curl", &mut cmd);
+    let pid = curl.pid();
+    // curl maps libssl at start-up, before it reads its configuration.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !mapped_libssl(pid).iter().any(|p| p.contains("libssl")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "curl mapped no libssl"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sonde = start_sonde(&["--pid", &pid.to_string()], &dir, &[pid]);
+    let paths = ["/ok/curl1", "/missing", "/fail", "/ok/curl2"];
+    let mut config = format!("silent\ncacert = \"{}\"\n", certs.ca.display());
+    for path in paths {
+        config += &format!("url = \"https://127.0.0.1:{port}{path}\"\noutput = \"/dev/null\"\n");
+    }
+    {
+        let mut stdin = curl.child.stdin.take().expect("curl stdin");
+        stdin
+            .write_all(config.as_bytes())
+            .expect("write curl config");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(s)) = curl.child.try_wait() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "curl did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "curl failed: {status:?}");
+    let spans = sonde.wait_spans(paths.len(), Duration::from_secs(20), |s| s["pid"] == pid);
+    let got: Vec<(String, u64)> = spans
+        .iter()
+        .map(|s| {
+            assert_https_span(s, "client", port, "1.1");
+            (
+                s["path"].as_str().unwrap_or_default().to_string(),
+                s["status"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/ok/curl1".to_string(), 200),
+            ("/missing".to_string(), 404),
+            ("/fail".to_string(), 500),
+            ("/ok/curl2".to_string(), 200)
+        ]
+    );
+    // One connection, reused.
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["client_port"] == spans[0]["client_port"])
+    );
+    assert_eq!(sonde.spans().len(), paths.len());
+}

@@ -125,9 +125,7 @@ fn a_connection_picked_up_at_its_response_pairs_the_next_requests() {
     let _server = start_server(ServerKind::Python, port, &dir);
     let mut conn = HttpConn::open(port);
     // The request goes out before Sonde starts; its response waits in the socket buffer.
-    conn.write_raw(
-        format!("GET /ok/before HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
-    );
+    conn.write_raw(format!("GET /ok/before HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes());
     let me = std::process::id();
     let sonde = Sonde::start(&["--pid", &me.to_string()], &[], &dir, &[me]);
     assert_eq!(conn.read_response(), 200);
