@@ -7,3 +7,7 @@ pub mod http1;
 pub mod http2;
 pub mod http2_spans;
 pub mod streams;
+pub mod db;
+pub mod postgres;
+pub mod redis;
+pub mod sql;
