@@ -365,12 +365,12 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
     }
     let first = classify(io, &seg, ret);
     if first == FirstBytes::Other {
-        count(if looks_like_tls_record(&seg) {
-            counters::TLS_UNLINKED_PAYLOADS
-        } else {
-            counters::NON_HTTP_PAYLOADS
-        });
-        return;
+        if looks_like_tls_record(&seg) {
+            count(counters::TLS_UNLINKED_PAYLOADS);
+            return;
+        }
+        // Any other protocol: the processor classifies the stream (databases, caches, …).
+        count(counters::NON_HTTP_PAYLOADS);
     }
     let Some(zero) = CONN_ZERO.get_ptr(0) else {
         return;
@@ -400,12 +400,18 @@ pub fn begin(
     first: FirstBytes,
 ) {
     state.event.conn_id = new_conn_id();
-    if first == FirstBytes::Http1 {
-        start_request(state, io, id, seg, ret, now_ns(), true);
-    } else {
-        state.event.pid = (id >> 32) as u32;
-        stream::adopt(state, first == FirstBytes::Http2MidStream);
-        stream::emit_chunk(state, io, id, ret);
+    match first {
+        FirstBytes::Http1 => start_request(state, io, id, seg, ret, now_ns(), true),
+        FirstBytes::Other => {
+            state.event.pid = (id >> 32) as u32;
+            stream::adopt_other(state);
+            stream::emit_chunk(state, io, id, ret);
+        }
+        _ => {
+            state.event.pid = (id >> 32) as u32;
+            stream::adopt(state, first == FirstBytes::Http2MidStream);
+            stream::emit_chunk(state, io, id, ret);
+        }
     }
 }
 
@@ -422,7 +428,7 @@ pub fn looks_like_tls_record(seg: &Segment) -> bool {
 /// Handles `ret` > 0 bytes read or written on a tracked connection.
 #[inline(always)]
 pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
-    if state.protocol == protocol::HTTP2 {
+    if state.protocol >= protocol::HTTP2 {
         stream::emit_chunk(state, io, id, ret);
         return;
     }
@@ -515,7 +521,7 @@ pub fn on_close(sk: u64, closed_for_good: bool) {
 /// Ends what a closing connection has open (see `on_close`).
 #[inline(always)]
 fn close_state(state: &mut ConnState) {
-    if state.protocol == protocol::HTTP2 {
+    if state.protocol >= protocol::HTTP2 {
         // One close notice per connection: the local close and the socket's end both land
         // here.
         if state.phase != PHASE_CLOSED {

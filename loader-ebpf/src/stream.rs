@@ -6,7 +6,7 @@
 
 use sonde_schema::{
     CHUNK_FIRST, CHUNK_MIDSTREAM, CHUNK_TLS, ChunkHeader, EVENT_STREAM_CHUNK, FLOW_INBOUND,
-    FLOW_OUTBOUND, STREAM_CAPTURE, counters, protocol,
+    FLOW_OUTBOUND, STREAM_CAPTURE, STREAM_CAPTURE_OTHER, counters, protocol,
 };
 
 use crate::{
@@ -71,6 +71,13 @@ pub fn adopt(state: &mut ConnState, midstream: bool) {
     } else {
         CHUNK_FIRST
     };
+}
+
+/// Marks a freshly inserted connection as an "other TCP" stream (its first bytes were seen).
+#[inline(always)]
+pub fn adopt_other(state: &mut ConnState) {
+    state.protocol = protocol::OTHER;
+    state.chunk_flags = CHUNK_FIRST;
 }
 
 /// What `copy_segment` works on, on the caller's stack.
@@ -174,11 +181,12 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     // SAFETY: pointer from a successful array lookup of this CPU's slot; only this CPU's
     // program uses it while we run (see CHUNK_BUF).
     let buf = unsafe { &mut *p };
-    let want = if ret < STREAM_CAPTURE as u64 {
-        ret
+    let cap = if state.protocol == protocol::OTHER {
+        STREAM_CAPTURE_OTHER as u64
     } else {
         STREAM_CAPTURE as u64
     };
+    let want = if ret < cap { ret } else { cap };
     let captured = match io.buf_kind {
         BUF_NONE => 0,
         BUF_IOVEC => copy_iovecs(io.buf, io.iov_count, want),

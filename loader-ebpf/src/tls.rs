@@ -130,8 +130,8 @@ fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) {
     };
     let first = pairing::classify(io, &seg, bytes);
     if first == FirstBytes::Other {
+        // Any other protocol over TLS (PostgreSQL, Redis): an "other TCP" stream.
         count(counters::NON_HTTP_PAYLOADS);
-        return;
     }
     let Some(zero) = CONN_ZERO.get_ptr(0) else {
         return;

@@ -14,7 +14,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    protocols::grpc,
+    protocols::{db, grpc},
     semconv::{self, DURATION_BUCKETS, SIZE_BUCKETS},
     span::{Span, SpanKind},
 };
@@ -76,6 +76,18 @@ struct RpcClientLabels {
     error_type: String,
     server_address: String,
     server_port: u16,
+    service_name: String,
+    service_namespace: String,
+}
+
+/// Labels of `db_client_operation_duration_seconds` and `db_server_operation_duration_seconds`
+/// (the reference system's default set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbLabels {
+    db_operation_name: String,
+    db_system_name: String,
+    error_type: String,
+    server_address: String,
     service_name: String,
     service_namespace: String,
 }
@@ -174,6 +186,8 @@ pub struct Metrics {
     client: RedFamilies<ClientLabels>,
     rpc_server: Histograms<RpcServerLabels>,
     rpc_client: Histograms<RpcClientLabels>,
+    db_client: Histograms<DbLabels>,
+    db_server: Histograms<DbLabels>,
     /// Ring buffer records received.
     pub events: Counter,
     /// Events lost in the kernel (ring buffer full), as last reported by the loader.
@@ -196,6 +210,8 @@ impl Metrics {
         let client = RedFamilies::register(&mut registry, &semconv::CLIENT);
         let rpc_server = register_durations(&mut registry, &grpc::SERVER_DURATION);
         let rpc_client = register_durations(&mut registry, &grpc::CLIENT_DURATION);
+        let db_client = register_durations(&mut registry, &db::CLIENT_DURATION);
+        let db_server = register_durations(&mut registry, &db::SERVER_DURATION);
         // A gauge of 1 rather than an OpenMetrics `info` metric: the Prometheus text
         // format (and promtool) knows no `info` type.
         let target_info = Family::<Vec<(String, String)>, Gauge>::default();
@@ -278,6 +294,8 @@ impl Metrics {
             client,
             rpc_server,
             rpc_client,
+            db_client,
+            db_server,
             events,
             kernel_events_lost,
             export_errors,
@@ -291,6 +309,27 @@ impl Metrics {
     /// looking them up again.
     pub fn series(&self, s: &Span) -> PromSeries {
         let namespace = s.service_namespace.clone().unwrap_or_default();
+        if let Some(d) = &s.db {
+            let labels = DbLabels {
+                db_operation_name: d.operation.clone().unwrap_or_default(),
+                db_system_name: d.system.to_string(),
+                error_type: db::error_type(d, s.no_response)
+                    .unwrap_or_default()
+                    .to_string(),
+                server_address: s.server_address.to_string(),
+                service_name: s.service_name.clone(),
+                service_namespace: namespace,
+            };
+            let family = match s.kind {
+                SpanKind::Client => &self.db_client,
+                SpanKind::Server => &self.db_server,
+            };
+            return PromSeries {
+                duration: family.get_or_create(&labels).clone(),
+                request_size: None,
+                response_size: None,
+            };
+        }
         if let Some(rpc) = &s.rpc {
             let status = rpc
                 .status_code

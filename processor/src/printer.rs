@@ -44,6 +44,18 @@ pub fn text_line(s: &Span) -> String {
         line.push_str(" host=");
         escape_text(&mut line, h);
     }
+    if let Some(db) = &s.db {
+        let _ = write!(line, " {}", db.system);
+        if let Some(q) = &db.query_text {
+            line.push_str(" query=\"");
+            escape_text(&mut line, q);
+            line.push('"');
+        }
+        if let Some(code) = &db.error_code {
+            line.push_str(" db_status=");
+            escape_text(&mut line, code);
+        }
+    }
     if let Some(rpc) = &s.rpc {
         let _ = write!(line, " {}", rpc.system);
         if let Some(code) = rpc.status_code {
@@ -230,6 +242,22 @@ pub fn json_line(s: &Span, out: &mut Vec<u8>) {
         key(out, "method_original");
         json_str(out, m);
     }
+    if let Some(db) = &s.db {
+        key(out, "db_system");
+        json_str(out, db.system);
+        for (k, v) in [
+            ("db_operation", &db.operation),
+            ("db_collection", &db.collection),
+            ("db_namespace", &db.namespace),
+            ("db_query_text", &db.query_text),
+            ("db_status", &db.error_code),
+        ] {
+            if let Some(v) = v {
+                key(out, k);
+                json_str(out, v);
+            }
+        }
+    }
     if let Some(rpc) = &s.rpc {
         key(out, "rpc_system");
         json_str(out, rpc.system);
@@ -338,6 +366,7 @@ mod tests {
             scheme: "http",
             user_agent: optional.then(|| "curl/8\n".into()),
             method_original: optional.then(|| "PURGE".into()),
+            db: None,
             rpc: optional.then(|| crate::span::Rpc {
                 system: "grpc",
                 method: "pkg.Svc/Do".into(),

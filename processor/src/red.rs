@@ -27,8 +27,11 @@ struct Entry {
     status: u16,
     route: Option<String>,
     peer: Option<(Address, u16)>,
+    no_response: bool,
     /// RPC method and status, for RPC spans.
     rpc: Option<(String, Option<u32>)>,
+    /// Database system, operation and error code, for database spans.
+    db: Option<(&'static str, Option<String>, Option<String>)>,
     prometheus: Option<PromSeries>,
     otlp: Option<Vec<KeyValue>>,
 }
@@ -43,6 +46,14 @@ impl Entry {
             && self.peer == peer
             && self.rpc.as_ref().map(|(m, c)| (m.as_str(), *c))
                 == s.rpc.as_ref().map(|r| (r.method.as_str(), r.status_code))
+            && self
+                .db
+                .as_ref()
+                .map(|(sys, op, e)| (*sys, op.as_deref(), e.as_deref()))
+                == s.db.as_ref().map(|d| {
+                    (d.system, d.operation.as_deref(), d.error_code.as_deref())
+                })
+            && self.no_response == s.no_response
     }
 }
 
@@ -76,6 +87,9 @@ impl RedRecorder {
             s.route.as_deref(),
             peer,
             s.rpc.as_ref().map(|r| (r.method.as_str(), r.status_code)),
+            s.db.as_ref()
+                .map(|d| (d.system, d.operation.as_deref(), d.error_code.as_deref())),
+            s.no_response,
         ));
         let found = self
             .series
@@ -96,6 +110,11 @@ impl RedRecorder {
                     route: s.route.clone(),
                     peer,
                     rpc: s.rpc.as_ref().map(|r| (r.method.clone(), r.status_code)),
+                    db: s
+                        .db
+                        .as_ref()
+                        .map(|d| (d.system, d.operation.clone(), d.error_code.clone())),
+                    no_response: s.no_response,
                     prometheus: prometheus.map(|m| m.series(s)),
                     otlp: otlp
                         .as_deref_mut()

@@ -45,6 +45,9 @@ pub struct Span {
     /// Set on RPC spans (gRPC).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub rpc: Option<Rpc>,
+    /// Set on database and cache spans (PostgreSQL, Redis, …).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub db: Option<Db>,
     pub server_address: Address,
     pub server_port: u16,
     pub client_address: Address,
@@ -84,6 +87,29 @@ pub struct Rpc {
     /// The gRPC status code from the trailers; None when the call ended without one.
     #[serde(rename = "rpc_status", skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u32>,
+}
+
+/// What a database or cache span carries (the database semantic conventions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Db {
+    /// `db.system.name`.
+    #[serde(rename = "db_system")]
+    pub system: &'static str,
+    /// `db.operation.name`.
+    #[serde(rename = "db_operation", skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// `db.collection.name`.
+    #[serde(rename = "db_collection", skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// `db.namespace`.
+    #[serde(rename = "db_namespace", skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `db.query.text`, sanitized unless `attributes.db_query_sanitize` is off.
+    #[serde(rename = "db_query_text", skip_serializing_if = "Option::is_none")]
+    pub query_text: Option<String>,
+    /// `db.response.status_code` of a failed operation.
+    #[serde(rename = "db_status", skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }
 
 /// Where a span's service identity comes from.
@@ -203,6 +229,7 @@ impl Span {
             user_agent: None,
             method_original: None,
             rpc: None,
+            db: None,
             server_address: Address(None),
             server_port: 80,
             client_address: Address(None),

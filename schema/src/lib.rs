@@ -67,11 +67,18 @@ pub mod protocol {
     /// The HTTP/2 client preface, or (picked up mid-stream) a plausible HTTP/2 frame header:
     /// every read and write goes out as a `ChunkHeader` record.
     pub const HTTP2: u8 = 2;
+    /// Any other TCP stream of a selected process (databases, caches, queues): sent on as
+    /// stream chunks of at most `STREAM_CAPTURE_OTHER` bytes for the processor to classify.
+    pub const OTHER: u8 = 3;
 }
 
 /// Bytes of one socket read or write captured into a stream chunk (at most; the chunk says how
 /// many moved). HTTP/2's default largest frame is 16 KiB plus its 9-byte header.
 pub const STREAM_CAPTURE: usize = 16 * 1024;
+
+/// Bytes captured per read or write of an "other TCP" stream: commands and statements are
+/// short, values and rows are skipped by the length fields that precede them.
+pub const STREAM_CAPTURE_OTHER: usize = 2048;
 
 /// `ChunkHeader::flow`: the instrumented process read these bytes.
 pub const FLOW_INBOUND: u8 = 1;
@@ -523,7 +530,9 @@ pub mod counters {
     /// Socket I/O through a syscall whose fd is not in its first argument (io_uring,
     /// recvmmsg, …): not paired.
     pub const UNTRACKED_SYSCALLS: u32 = 2;
-    /// Inbound or outbound data on an untracked connection that did not start like HTTP/1.x.
+    /// Inbound or outbound data on an untracked connection that started like neither HTTP/1.x
+    /// nor HTTP/2 (sent on as an "other TCP" stream for the processor to classify), or non-HTTP
+    /// bytes where an HTTP/1 request was expected.
     pub const NON_HTTP_PAYLOADS: u32 = 3;
     /// A process event could not be written: the process ring buffer was full.
     pub const PROC_EVENTS_LOST: u32 = 4;

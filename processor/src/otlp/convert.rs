@@ -18,11 +18,12 @@ use opentelemetry_sdk::{
 
 use crate::{
     protocols::{
+        db,
         grpc::{self, AttrValue},
         http1::parse::strip_userinfo,
     },
     semconv::method_value,
-    span::{Rpc, Span, SpanKind},
+    span::{Db, Rpc, Span, SpanKind},
 };
 
 /// What an instrumented process's OTLP resource is built from.
@@ -144,17 +145,57 @@ fn rpc_attributes(s: &Span, rpc: &Rpc, attrs: &mut Vec<KeyValue>) -> Option<&'st
     grpc::is_error(s.kind, rpc.status_code).then_some("")
 }
 
+/// The attributes and status of a database span (the database semantic conventions).
+fn db_attributes(s: &Span, d: Db, attrs: &mut Vec<KeyValue>) -> trace::Status {
+    let error = db::error_type(&d, s.no_response).map(str::to_string);
+    attrs.push(KeyValue::new("db.system.name", d.system));
+    if let Some(op) = d.operation {
+        attrs.push(KeyValue::new("db.operation.name", op));
+    }
+    if let Some(c) = d.collection {
+        attrs.push(KeyValue::new("db.collection.name", c));
+    }
+    if let Some(ns) = d.namespace {
+        attrs.push(KeyValue::new("db.namespace", ns));
+    }
+    if let Some(q) = d.query_text {
+        attrs.push(KeyValue::new("db.query.text", q));
+    }
+    if let Some(code) = d.error_code {
+        attrs.push(KeyValue::new("db.response.status_code", code));
+    }
+    if s.kind == SpanKind::Server {
+        attrs.push(KeyValue::new(
+            "client.address",
+            s.client_address.to_string(),
+        ));
+        attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
+    }
+    attrs.push(KeyValue::new("server.address", s.server_address.to_string()));
+    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
+    match error {
+        Some(e) => {
+            attrs.push(KeyValue::new("error.type", e));
+            trace::Status::Error {
+                description: Cow::Borrowed(""),
+            }
+        }
+        None => trace::Status::Unset,
+    }
+}
+
 /// Converts a span into the SDK's export form, moving its strings rather than copying them.
 pub fn span_data(mut s: Span, scope: &InstrumentationScope) -> SpanData {
     let mut attrs = Vec::with_capacity(16);
-    let status = match s.rpc.take() {
-        Some(rpc) => match rpc_attributes(&s, &rpc, &mut attrs) {
+    let status = match (s.rpc.take(), s.db.take()) {
+        (Some(rpc), _) => match rpc_attributes(&s, &rpc, &mut attrs) {
             Some(description) => trace::Status::Error {
                 description: Cow::Borrowed(description),
             },
             None => trace::Status::Unset,
         },
-        None => http_attributes(&mut s, &mut attrs),
+        (None, Some(d)) => db_attributes(&s, d, &mut attrs),
+        (None, None) => http_attributes(&mut s, &mut attrs),
     };
     let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
     SpanData {

@@ -28,7 +28,7 @@ use opentelemetry_sdk::{
 
 use super::convert::ProcessResource;
 use crate::{
-    protocols::grpc,
+    protocols::{db, grpc},
     semconv::{self, DURATION_BUCKETS, RedInstruments, SIZE_BUCKETS, method_value},
     span::{Rpc, Span, SpanKind},
 };
@@ -157,6 +157,8 @@ struct ProcessInstruments {
     client: KindHistograms,
     rpc_server: Histogram<f64>,
     rpc_client: Histogram<f64>,
+    db_client: Histogram<f64>,
+    db_server: Histogram<f64>,
 }
 
 fn duration_histogram(meter: &Meter, i: &semconv::Instrument) -> Histogram<f64> {
@@ -198,6 +200,8 @@ impl Meters {
                 client: KindHistograms::new(&meter, &semconv::CLIENT),
                 rpc_server: duration_histogram(&meter, &grpc::SERVER_DURATION),
                 rpc_client: duration_histogram(&meter, &grpc::CLIENT_DURATION),
+                db_client: duration_histogram(&meter, &db::CLIENT_DURATION),
+                db_server: duration_histogram(&meter, &db::SERVER_DURATION),
             },
         );
         lock(&self.providers).insert(
@@ -221,11 +225,13 @@ impl Meters {
     pub(super) fn record(&self, s: &Span, attrs: &[KeyValue]) {
         if let Some(i) = self.instruments.get(&s.pid) {
             let seconds = s.duration_ns as f64 / 1e9;
-            match (s.kind, s.rpc.is_some()) {
-                (SpanKind::Server, false) => i.server.record(s, attrs),
-                (SpanKind::Client, false) => i.client.record(s, attrs),
-                (SpanKind::Server, true) => i.rpc_server.record(seconds, attrs),
-                (SpanKind::Client, true) => i.rpc_client.record(seconds, attrs),
+            match (s.kind, s.rpc.is_some(), s.db.is_some()) {
+                (SpanKind::Server, _, true) => i.db_server.record(seconds, attrs),
+                (SpanKind::Client, _, true) => i.db_client.record(seconds, attrs),
+                (SpanKind::Server, true, _) => i.rpc_server.record(seconds, attrs),
+                (SpanKind::Client, true, _) => i.rpc_client.record(seconds, attrs),
+                (SpanKind::Server, false, false) => i.server.record(s, attrs),
+                (SpanKind::Client, false, false) => i.client.record(s, attrs),
             }
         }
     }
@@ -269,6 +275,25 @@ fn rpc_metric_attributes(s: &Span, rpc: &Rpc, labels: &ServiceLabels) -> Vec<Key
 fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
     if let Some(rpc) = &s.rpc {
         return rpc_metric_attributes(s, rpc, labels);
+    }
+    if let Some(d) = &s.db {
+        let mut attrs = Vec::with_capacity(7);
+        if let Some(op) = &d.operation {
+            attrs.push(KeyValue::new("db.operation.name", op.clone()));
+        }
+        attrs.push(KeyValue::new("db.system.name", d.system));
+        if let Some(e) = db::error_type(d, s.no_response) {
+            attrs.push(KeyValue::new("error.type", e.to_string()));
+        }
+        attrs.push(KeyValue::new(
+            "server.address",
+            s.server_address.to_string(),
+        ));
+        attrs.push(KeyValue::new("service.name", labels.service_name.clone()));
+        if let Some(ns) = &labels.service_namespace {
+            attrs.push(KeyValue::new("service.namespace", ns.clone()));
+        }
+        return attrs;
     }
     let mut attrs = Vec::with_capacity(8);
     attrs.push(KeyValue::new(

@@ -3,6 +3,7 @@
 //! `db.client.operation.duration` / `db.server.operation.duration` metrics.
 
 use super::http2::Flow;
+use crate::{semconv::Instrument, span::Db};
 
 /// One command (Redis) or executed statement (PostgreSQL) and its reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,4 +36,59 @@ pub struct DbExchange {
     /// Some field that would otherwise be there is unknown because of the connection's past
     /// (a statement prepared before Sonde started, a database selected before): counted.
     pub partial: bool,
+}
+
+/// The database operation histograms (seconds, the HTTP duration buckets), the reference
+/// system's names: client calls, and server-side operations of a selected database server.
+pub const CLIENT_DURATION: Instrument = Instrument {
+    name: "db.client.operation.duration",
+    description: "Duration of database client operations",
+};
+pub const SERVER_DURATION: Instrument = Instrument {
+    name: "db.server.operation.duration",
+    description: "Duration of database server operations",
+};
+
+/// Whether a database span is an error: a failed operation (an error reply, with its code), or
+/// one that got no reply at all.
+pub fn is_error(db: &Db, no_response: bool) -> bool {
+    db.error_code.is_some() || no_response
+}
+
+/// `error.type` of a failed operation: its code, or `no_response`.
+pub fn error_type(db: &Db, no_response: bool) -> Option<&str> {
+    match (&db.error_code, no_response) {
+        (Some(code), _) => Some(code),
+        (None, true) => Some("no_response"),
+        (None, false) => None,
+    }
+}
+
+/// The span name the conventions give: `OPERATION collection`, else `OPERATION namespace`
+/// (SQL), else the operation, else the system's generic name.
+pub fn span_name(db: &Db) -> String {
+    match (&db.operation, &db.collection, &db.namespace) {
+        (Some(op), Some(coll), _) => format!("{op} {coll}"),
+        (Some(op), None, Some(ns)) if db.system != "redis" => format!("{op} {ns}"),
+        (Some(op), _, _) => op.clone(),
+        (None, _, _) => match db.system {
+            "redis" => "REDIS".into(),
+            "memcached" => "MEMCACHED".into(),
+            _ => "SQL".into(),
+        },
+    }
+}
+
+impl DbExchange {
+    /// The span-side view of the exchange.
+    pub fn db(&self) -> Db {
+        Db {
+            system: self.system,
+            operation: self.operation.clone(),
+            collection: self.collection.clone(),
+            namespace: self.namespace.clone(),
+            query_text: self.query_text.clone(),
+            error_code: self.error_code.clone(),
+        }
+    }
 }

@@ -94,6 +94,7 @@ pub fn build(
         user_agent: req.user_agent.clone(),
         method_original,
         rpc,
+        db: None,
         server_address,
         server_port,
         client_address,

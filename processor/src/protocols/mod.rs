@@ -8,6 +8,7 @@ pub mod http2;
 pub mod http2_spans;
 pub mod streams;
 pub mod db;
+pub mod db_spans;
 pub mod postgres;
 pub mod redis;
 pub mod sql;

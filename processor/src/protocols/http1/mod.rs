@@ -117,6 +117,7 @@ pub fn build(
         user_agent: head.user_agent,
         method_original,
         rpc: None,
+        db: None,
         server_address,
         server_port,
         client_address,
