@@ -43,6 +43,9 @@ pub struct Stats {
     pub streams: crate::protocols::streams::StreamStats,
     /// HTTP/2 streams with no span: their request headers could not be decoded.
     pub h2_headers_unknown: u64,
+    /// Database spans missing a field the connection's past would have given (a statement
+    /// prepared, or a database selected, before Sonde started): emitted with what is known.
+    pub db_partial: u64,
     /// Last kernel counters reported by the loader.
     pub kernel: std::collections::BTreeMap<String, u64>,
 }

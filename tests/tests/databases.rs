@@ -1,0 +1,327 @@
+//! Databases and caches from the wire protocol, with real servers and real clients: Redis
+//! (`redis-server`, `redis-benchmark` pipelining, `redis-cli`) and PostgreSQL 15 (`postgres`,
+//! `psql`, `pgbench` with the simple, extended and prepared protocols). Exact span counts per
+//! operation and status; literals never leave the processor.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use sonde_e2e::{peers::*, *};
+
+// ---- Redis -------------------------------------------------------------------------------------
+
+/// `redis-server` on 127.0.0.1:`port`, no persistence.
+fn start_redis(port: u16) -> Proc {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let p = Proc::spawn("redis-server", &mut cmd);
+    wait_for_port(port, Duration::from_secs(20));
+    p
+}
+
+/// Spans per (operation, status) among `spans`.
+fn per_operation(spans: &[Value]) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for s in spans {
+        let op = s["db_operation"].as_str().unwrap_or("-").to_string();
+        let status = s["db_status"].as_str().unwrap_or("ok").to_string();
+        *out.entry((op, status)).or_insert(0) += 1;
+    }
+    out
+}
+
+/// `redis-benchmark -P 16` (16 commands per write, 16 replies per read) against a selected
+/// `redis-server`: one SERVER span per GET and per SET, exactly.
+#[test]
+fn redis_server_spans_under_pipelining() {
+    let _guard = serial();
+    let dir = TempDir::new("redis-pipe");
+    let port = free_port();
+    let server = start_redis(port);
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
+    let out = run_bounded(
+        "redis-benchmark",
+        Command::new("redis-benchmark").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-n",
+            "2000",
+            "-c",
+            "4",
+            "-P",
+            "16",
+            "-t",
+            "set,get",
+            "-q",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let want = 4000;
+    let spans = sonde.wait_spans(want, Duration::from_secs(30), |s| {
+        s["server_port"] == port
+            && (s["db_operation"] == "GET" || s["db_operation"] == "SET")
+    });
+    let counts = per_operation(&spans);
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            (("GET".into(), "ok".into()), 2000),
+            (("SET".into(), "ok".into()), 2000)
+        ])
+    );
+    for s in &spans {
+        assert_eq!(s["kind"], "server", "{s}");
+        assert_eq!(s["db_system"], "redis", "{s}");
+        // Every argument is a `?`: no key, no value.
+        let q = s["db_query_text"].as_str().unwrap_or_default();
+        assert!(q == "GET ?" || q == "SET ? ?", "{s}");
+        assert!(!s.to_string().contains("key:__rand_int__"), "{s}");
+    }
+}
+
+/// `redis-cli` as a client, selected by pid before its commands arrive on standard input:
+/// one CLIENT span per command, errors with their prefix, the database index after SELECT,
+/// and no key or value in any output.
+#[test]
+fn redis_client_spans_errors_and_select() {
+    let _guard = serial();
+    let dir = TempDir::new("redis-cli");
+    let port = free_port();
+    let _server = start_redis(port);
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut cli = Proc::spawn("redis-cli", &mut cmd);
+    let pid = cli.pid();
+    let sonde = Sonde::start(&["--pid", &pid.to_string()], &[], &dir, &[pid]);
+    let script = "SET secretkey1 topsecretvalue\nGET secretkey1\nINCR secretkey1\n\
+                  SELECT 3\nSET k2 v2\nLPUSH secretkey1 x\nDEL k2\n";
+    {
+        let mut stdin = cli.child.stdin.take().expect("stdin");
+        stdin.write_all(script.as_bytes()).expect("write commands");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while cli.child.try_wait().ok().flatten().is_none() {
+        assert!(std::time::Instant::now() < deadline, "redis-cli did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let spans = sonde.wait_spans(7, Duration::from_secs(20), |s| s["pid"] == pid);
+    let got: Vec<(String, String, String)> = spans
+        .iter()
+        .map(|s| {
+            assert_eq!(s["kind"], "client", "{s}");
+            assert_eq!(s["server_port"], port, "{s}");
+            (
+                s["db_operation"].as_str().unwrap_or("-").to_string(),
+                s["db_status"].as_str().unwrap_or("ok").to_string(),
+                s["db_namespace"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let row = |op: &str, status: &str, ns: &str| (op.to_string(), status.to_string(), ns.to_string());
+    assert_eq!(
+        got,
+        [
+            row("SET", "ok", "0"),
+            row("GET", "ok", "0"),
+            row("INCR", "ERR", "0"),
+            row("SELECT", "ok", "0"),
+            row("SET", "ok", "3"),
+            row("LPUSH", "ok", "3"),
+            row("DEL", "ok", "3"),
+        ]
+    );
+    let everything = sonde.spans().iter().map(Value::to_string).collect::<String>()
+        + &sonde.log_lines().join("\n");
+    for secret in ["secretkey1", "topsecretvalue"] {
+        assert!(!everything.contains(secret), "{secret} left the processor");
+    }
+}
+
+// ---- PostgreSQL --------------------------------------------------------------------------------
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A throwaway PostgreSQL 15 cluster (trust auth) on 127.0.0.1:`port`, run as `postgres`
+/// through `setpriv` (which execs: the returned pid is the postmaster's).
+fn start_postgres(port: u16, dir: &TempDir) -> Proc {
+    let data = dir.path("pgdata");
+    std::fs::create_dir_all(&data).expect("pgdata");
+    let chown = |path: &std::path::Path| {
+        let out = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .output()
+            .expect("chown");
+        assert!(out.status.success());
+    };
+    chown(&data);
+    // The TempDir itself must be traversable by postgres.
+    let _ = Command::new("chmod").arg("755").arg(&dir.0).status();
+    let out = run_bounded(
+        "initdb",
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/initdb"))
+            .args(["--auth=trust", "-U", "postgres", "-D"])
+            .arg(&data),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"])
+        .arg(format!("{PG_BIN}/postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+        .args(["-c", "fsync=off", "-c"])
+        .arg(format!("unix_socket_directories={}", data.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let p = Proc::spawn("postgres", &mut cmd);
+    wait_for_port(port, Duration::from_secs(30));
+    p
+}
+
+/// `psql -c` for each statement (the simple query protocol), on 127.0.0.1:`port`.
+fn psql(port: u16, statements: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("psql");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-X", "-q"]);
+    for s in statements {
+        cmd.args(["-c", s]);
+    }
+    run_bounded("psql", &mut cmd, Duration::from_secs(30))
+}
+
+/// A selected PostgreSQL server (its backends are forks of the postmaster): one SERVER span
+/// per simple query, with operation, table, database, the sanitized text, and the SQLSTATE of
+/// a failing statement; the literal never leaves the processor.
+#[test]
+fn postgres_server_spans_simple_queries_and_errors() {
+    let _guard = serial();
+    let dir = TempDir::new("pg-simple");
+    let port = free_port();
+    let server = start_postgres(port, &dir);
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
+    let out = psql(
+        port,
+        &[
+            "CREATE TABLE orders (id int, email text)",
+            "INSERT INTO orders VALUES (1, 'alice@example.com')",
+            "SELECT id FROM orders WHERE email = 'alice@example.com'",
+            "SELECT * FROM missing_table",
+        ],
+    );
+    // psql stops at the failing statement and says so.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing_table"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = sonde.wait_spans(4, Duration::from_secs(20), |s| {
+        s["server_port"] == port && s["db_system"] == "postgresql"
+    });
+    let got: Vec<(String, String, String, String)> = spans
+        .iter()
+        .map(|s| {
+            assert_eq!(s["kind"], "server", "{s}");
+            assert_eq!(s["db_namespace"], "postgres", "{s}");
+            (
+                s["db_operation"].as_str().unwrap_or("-").to_string(),
+                s["db_collection"].as_str().unwrap_or("-").to_string(),
+                s["db_status"].as_str().unwrap_or("ok").to_string(),
+                s["db_query_text"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let row = |op: &str, coll: &str, status: &str, q: &str| {
+        (op.to_string(), coll.to_string(), status.to_string(), q.to_string())
+    };
+    assert_eq!(
+        got,
+        [
+            row("CREATE", "orders", "ok", "CREATE TABLE orders (id int, email text)"),
+            row("INSERT", "orders", "ok", "INSERT INTO orders VALUES (?, ?)"),
+            row(
+                "SELECT",
+                "orders",
+                "ok",
+                "SELECT id FROM orders WHERE email = ?"
+            ),
+            row("SELECT", "missing_table", "42P01", "SELECT * FROM missing_table"),
+        ]
+    );
+    let everything = sonde.spans().iter().map(Value::to_string).collect::<String>()
+        + &sonde.log_lines().join("\n");
+    assert!(!everything.contains("alice@example.com"), "a literal left the processor");
+}
+
+/// pgbench's select-only transaction over the extended protocol (`-M extended`: Parse, Bind,
+/// Execute per statement) and with prepared statements (`-M prepared`: parsed once, then
+/// Bind/Execute): one SERVER span per executed statement, its text resolved.
+#[test]
+fn postgres_server_spans_extended_and_prepared() {
+    let _guard = serial();
+    let dir = TempDir::new("pg-bench");
+    let port = free_port();
+    let server = start_postgres(port, &dir);
+    let bench = |args: &[&str]| {
+        let out = run_bounded(
+            "pgbench",
+            Command::new("pgbench")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                .args(args)
+                .arg("postgres"),
+            Duration::from_secs(120),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    // The tables exist before Sonde starts: only the measured runs are captured.
+    bench(&["-i", "-s", "1", "-q"]);
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
+    const SELECT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+    for mode in ["extended", "prepared"] {
+        bench(&["-M", mode, "-S", "-c", "2", "-t", "25", "-n"]);
+    }
+    let spans = sonde.wait_spans(100, Duration::from_secs(30), |s| {
+        s["server_port"] == port
+            && s["db_query_text"]
+                .as_str()
+                .is_some_and(|q| q.starts_with(SELECT))
+    });
+    assert_eq!(spans.len(), 100);
+    for s in &spans {
+        assert_eq!(s["db_operation"], "SELECT", "{s}");
+        assert_eq!(s["db_collection"], "pgbench_accounts", "{s}");
+        assert!(s.get("db_status").is_none(), "{s}");
+    }
+}
