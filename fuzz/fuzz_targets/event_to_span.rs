@@ -12,14 +12,28 @@ use sonde_processor::{
     otlp::convert,
     protocols::{
         http1::{self, Built, exchange::Assembler, parse::QueryPolicy},
-        http2_spans,
-        streams::StreamTable,
+        db_spans, http2_spans,
+        streams::{StreamExchange, StreamTable},
     },
     red::RedRecorder,
     routes::Router,
     span::{ServiceInfo, Span},
 };
 use sonde_schema::{EVENT_CONN_CLOSED, Record};
+
+/// The span of one stream exchange, as the processor's sink builds it.
+fn stream_span(
+    meta: &sonde_processor::protocols::streams::ConnMeta,
+    ex: StreamExchange<'_>,
+    service: &ServiceInfo<'_>,
+    query: &QueryPolicy,
+    rng: &mut impl sonde_processor::span::IdSource,
+) -> Option<Span> {
+    match ex {
+        StreamExchange::Http2(ex) => http2_spans::build(meta, ex, service, query, 0, rng).ok(),
+        StreamExchange::Db(ex) => Some(db_spans::build(meta, ex, service, 0, rng)),
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let mut assembler = Assembler::new(Duration::from_millis(1), 4);
@@ -59,12 +73,12 @@ fuzz_target!(|data: &[u8]| {
     for chunk in data.split(|&b| b == 0xff).filter(|c| !c.is_empty()) {
         match Record::decode(chunk) {
             Ok(Record::Chunk(h, payload)) => streams.feed(&h, payload, now, |meta, ex| {
-                spans.extend(http2_spans::build(meta, ex, &service, &query, 0, &mut rng).ok())
+                spans.extend(stream_span(meta, ex, &service, &query, &mut rng))
             }),
             Ok(Record::Update(u))
                 if u.kind == EVENT_CONN_CLOSED
                     && streams.close(u.conn_id, u.end_ns, |meta, ex| {
-                        spans.extend(http2_spans::build(meta, ex, &service, &query, 0, &mut rng).ok())
+                        spans.extend(stream_span(meta, ex, &service, &query, &mut rng))
                     }) => {}
             Ok(record) => {
                 if let Record::Tuple(t) = &record {
@@ -86,7 +100,7 @@ fuzz_target!(|data: &[u8]| {
         }
     });
     streams.expire(later, |meta, ex| {
-        spans.extend(http2_spans::build(meta, ex, &service, &query, 0, &mut rng).ok())
+        spans.extend(stream_span(meta, ex, &service, &query, &mut rng))
     });
     for s in spans {
         finish(s);

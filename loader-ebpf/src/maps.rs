@@ -42,6 +42,15 @@ pub fn deselect(tgid: u32) {
     }
 }
 
+/// Sets one pid's byte (a fork of a selected process; see `sched_process_fork`).
+#[inline(always)]
+pub fn select(tgid: u32) {
+    if let Some(word) = PID_FILTER.get_ptr_mut(tgid >> 3) {
+        // SAFETY: pointer from a successful array lookup, valid for 8 bytes; a one-byte store.
+        unsafe { core::ptr::write_volatile(word.cast::<u8>().add((tgid & 7) as usize), 1) };
+    }
+}
+
 /// Flags shared with the loader through a mapping, one byte each (`NOTICE_*`).
 #[map(name = "NOTICES")]
 pub static NOTICES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);

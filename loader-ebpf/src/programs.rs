@@ -16,7 +16,7 @@ use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, coun
 use crate::{
     maps::{
         CONNS, NOTICE_LISTEN_PENDING, OP_READ, OP_WRITE, PROC_EVENTS, SocketIo, count, deselect,
-        listen_port_wanted, notice_claim, notice_release, selected,
+        listen_port_wanted, notice_claim, notice_release, select, selected,
     },
     offsets, pairing, syscall_abi, tls,
 };
@@ -190,18 +190,22 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Every new task clears its own pid's byte: a pid the loader selected for an earlier process
-/// can never be selected for the task that reuses it, even if the exit notice was lost or the
-/// loader set the byte late. Forks of selected processes are reported.
+/// Every new task sets its own pid's byte from scratch: a pid the loader selected for an
+/// earlier process can never be selected for the task that reuses it, even if the exit notice
+/// was lost or the loader set the byte late. A fork of a selected process is selected here at
+/// once (the loader selects every fork of a selected process, with its parent's metadata, when
+/// it reads the notice): a server that forks per connection (PostgreSQL) reads the client's
+/// first bytes right after `fork`, before the loader could set the byte.
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // SAFETY: bounded read of the tracepoint record.
     let child = unsafe { ctx.read_at::<i32>(offsets::fork_child_pid()).unwrap_or(0) } as u32;
-    deselect(child);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !selected(tgid) {
+        deselect(child);
         return 0;
     }
+    select(child);
     proc_event(PROC_FORK, tgid, child);
     0
 }

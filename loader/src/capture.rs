@@ -685,13 +685,18 @@ impl<'a> Capture<'a> {
     /// A selected process forked: the child is selected with it if it is still the child (its
     /// start time fits the notice's time) and the parent is still the selected process.
     fn forked(&mut self, probes: &mut Probes, parent: u32, child: u32, boot_ns: u64) {
+        // The kernel selected the child at fork (its parent was selected there): every way
+        // out without selecting it here clears that byte again.
         let Some(p) = self.selected.get(&parent) else {
+            self.refuse_fork(probes, child);
             return;
         };
         if selection::start_time(parent) != Some(p.start) || !selection::is_process(child) {
+            self.refuse_fork(probes, child);
             return;
         }
         let Some(start) = selection::start_time(child) else {
+            self.refuse_fork(probes, child);
             return;
         };
         if !selection::is_forked_child(start, boot_ns, self.ticks_per_sec) {
@@ -707,6 +712,14 @@ impl<'a> Capture<'a> {
             ..p.record.clone()
         };
         self.add(probes, Candidate { start, record });
+    }
+
+    /// A fork the kernel selected that the loader does not take: its byte is cleared, unless
+    /// the pid is a process the loader selected on its own account.
+    fn refuse_fork(&mut self, probes: &mut Probes, child: u32) {
+        if !self.selected.contains_key(&child) {
+            probes.unselect_pid(child);
+        }
     }
 
     /// Forwards the kernel programs' counters to the processor.

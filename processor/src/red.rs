@@ -50,9 +50,9 @@ impl Entry {
                 .db
                 .as_ref()
                 .map(|(sys, op, e)| (*sys, op.as_deref(), e.as_deref()))
-                == s.db.as_ref().map(|d| {
-                    (d.system, d.operation.as_deref(), d.error_code.as_deref())
-                })
+                == s.db
+                    .as_ref()
+                    .map(|d| (d.system, d.operation.as_deref(), d.error_code.as_deref()))
             && self.no_response == s.no_response
     }
 }

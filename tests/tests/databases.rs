@@ -71,11 +71,14 @@ fn redis_server_spans_under_pipelining() {
         ]),
         Duration::from_secs(60),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = 4000;
     let spans = sonde.wait_spans(want, Duration::from_secs(30), |s| {
-        s["server_port"] == port
-            && (s["db_operation"] == "GET" || s["db_operation"] == "SET")
+        s["server_port"] == port && (s["db_operation"] == "GET" || s["db_operation"] == "SET")
     });
     let counts = per_operation(&spans);
     assert_eq!(
@@ -120,7 +123,10 @@ fn redis_client_spans_errors_and_select() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while cli.child.try_wait().ok().flatten().is_none() {
-        assert!(std::time::Instant::now() < deadline, "redis-cli did not finish");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-cli did not finish"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let spans = sonde.wait_spans(7, Duration::from_secs(20), |s| s["pid"] == pid);
@@ -136,7 +142,8 @@ fn redis_client_spans_errors_and_select() {
             )
         })
         .collect();
-    let row = |op: &str, status: &str, ns: &str| (op.to_string(), status.to_string(), ns.to_string());
+    let row =
+        |op: &str, status: &str, ns: &str| (op.to_string(), status.to_string(), ns.to_string());
     assert_eq!(
         got,
         [
@@ -149,7 +156,11 @@ fn redis_client_spans_errors_and_select() {
             row("DEL", "ok", "3"),
         ]
     );
-    let everything = sonde.spans().iter().map(Value::to_string).collect::<String>()
+    let everything = sonde
+        .spans()
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>()
         + &sonde.log_lines().join("\n");
     for secret in ["secretkey1", "topsecretvalue"] {
         assert!(!everything.contains(secret), "{secret} left the processor");
@@ -185,17 +196,26 @@ fn start_postgres(port: u16, dir: &TempDir) -> Proc {
             .arg(&data),
         Duration::from_secs(60),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=postgres", "--regid=postgres", "--clear-groups", "--"])
-        .arg(format!("{PG_BIN}/postgres"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-        .args(["-c", "fsync=off", "-c"])
-        .arg(format!("unix_socket_directories={}", data.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(format!("{PG_BIN}/postgres"))
+    .arg("-D")
+    .arg(&data)
+    .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+    .args(["-c", "fsync=off", "-c"])
+    .arg(format!("unix_socket_directories={}", data.display()))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let p = Proc::spawn("postgres", &mut cmd);
     wait_for_port(port, Duration::from_secs(30));
     p
@@ -259,12 +279,22 @@ fn postgres_server_spans_simple_queries_and_errors() {
         })
         .collect();
     let row = |op: &str, coll: &str, status: &str, q: &str| {
-        (op.to_string(), coll.to_string(), status.to_string(), q.to_string())
+        (
+            op.to_string(),
+            coll.to_string(),
+            status.to_string(),
+            q.to_string(),
+        )
     };
     assert_eq!(
         got,
         [
-            row("CREATE", "orders", "ok", "CREATE TABLE orders (id int, email text)"),
+            row(
+                "CREATE",
+                "orders",
+                "ok",
+                "CREATE TABLE orders (id int, email text)"
+            ),
             row("INSERT", "orders", "ok", "INSERT INTO orders VALUES (?, ?)"),
             row(
                 "SELECT",
@@ -272,12 +302,24 @@ fn postgres_server_spans_simple_queries_and_errors() {
                 "ok",
                 "SELECT id FROM orders WHERE email = ?"
             ),
-            row("SELECT", "missing_table", "42P01", "SELECT * FROM missing_table"),
+            row(
+                "SELECT",
+                "missing_table",
+                "42P01",
+                "SELECT * FROM missing_table"
+            ),
         ]
     );
-    let everything = sonde.spans().iter().map(Value::to_string).collect::<String>()
+    let everything = sonde
+        .spans()
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>()
         + &sonde.log_lines().join("\n");
-    assert!(!everything.contains("alice@example.com"), "a literal left the processor");
+    assert!(
+        !everything.contains("alice@example.com"),
+        "a literal left the processor"
+    );
 }
 
 /// pgbench's select-only transaction over the extended protocol (`-M extended`: Parse, Bind,
@@ -298,7 +340,11 @@ fn postgres_server_spans_extended_and_prepared() {
                 .arg("postgres"),
             Duration::from_secs(120),
         );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     // The tables exist before Sonde starts: only the measured runs are captured.
     bench(&["-i", "-s", "1", "-q"]);

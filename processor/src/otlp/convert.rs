@@ -171,7 +171,10 @@ fn db_attributes(s: &Span, d: Db, attrs: &mut Vec<KeyValue>) -> trace::Status {
         ));
         attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
     }
-    attrs.push(KeyValue::new("server.address", s.server_address.to_string()));
+    attrs.push(KeyValue::new(
+        "server.address",
+        s.server_address.to_string(),
+    ));
     attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
     match error {
         Some(e) => {

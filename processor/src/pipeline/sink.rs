@@ -14,10 +14,10 @@ use crate::{
     otlp::Otlp,
     printer::Printer,
     protocols::{
+        db_spans,
         http1::{self, Built},
-        http2,
         http2_spans::{self, NoSpan},
-        streams::ConnMeta,
+        streams::{ConnMeta, StreamExchange},
     },
     red::RedRecorder,
     routes::Router,
@@ -96,11 +96,12 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
     }
 
-    /// Builds the span of one completed stream of a multiplexed connection and passes it on.
+    /// Builds the span of one completed exchange of a stream connection (an HTTP/2 stream, a
+    /// database operation) and passes it on.
     pub fn emit_stream(
         &mut self,
         meta: &ConnMeta,
-        ex: &http2::Exchange,
+        ex: StreamExchange<'_>,
         processes: &ProcessTable,
         stats: &mut Stats,
     ) {
@@ -109,6 +110,15 @@ impl<'a, W: Write> SpanSink<'a, W> {
         let service = ServiceInfo {
             name: &name,
             namespace: config.shared.service_namespace.as_deref(),
+        };
+        let ex = match ex {
+            StreamExchange::Http2(ex) => ex,
+            StreamExchange::Db(ex) => {
+                let span = db_spans::build(meta, ex, &service, self.mono_to_unix, &mut self.ids);
+                stats.db_partial += u64::from(ex.partial);
+                self.finish_span(Box::new(span), processes, stats);
+                return;
+            }
         };
         match http2_spans::build(
             meta,
@@ -127,8 +137,9 @@ impl<'a, W: Write> SpanSink<'a, W> {
     fn finish_span(&mut self, mut s: Box<Span>, processes: &ProcessTable, stats: &mut Stats) {
         let config = self.config;
         let mut ignored = None;
-        // Routes are HTTP's: an RPC's method is already low-cardinality.
-        if s.malformed.is_none() && s.rpc.is_none() {
+        // Routes are HTTP's: an RPC's method or a database operation is already
+        // low-cardinality.
+        if s.malformed.is_none() && s.rpc.is_none() && s.db.is_none() {
             let routed = self.router.route(&s.service_name, &s.path);
             ignored = routed.ignored;
             s.set_route(routed.route);

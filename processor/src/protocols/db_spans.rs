@@ -2,9 +2,9 @@
 //! sent it: CLIENT; it received it, a selected database server: SERVER), endpoints from the
 //! connection, the database attributes from the exchange.
 
+use super::http2::Flow;
 use super::{db, db::DbExchange, streams::ConnMeta};
 use crate::span::{IdSource, ServiceInfo, Span, SpanId, SpanKind, TraceId, addr};
-use super::http2::Flow;
 
 /// Builds the span of one database operation.
 pub fn build(

@@ -2,13 +2,13 @@
 //! captured bytes into finished exchanges. Exchange assembly common to all, decoration and
 //! export stay protocol-neutral.
 
+pub mod db;
+pub mod db_spans;
 pub mod grpc;
 pub mod http1;
 pub mod http2;
 pub mod http2_spans;
-pub mod streams;
-pub mod db;
-pub mod db_spans;
 pub mod postgres;
 pub mod redis;
 pub mod sql;
+pub mod streams;

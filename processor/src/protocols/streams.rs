@@ -1,15 +1,18 @@
-//! Connections whose exchanges are multiplexed (HTTP/2 today): the kernel sends their bytes as
-//! stream chunks, in syscall order, and this table keeps one protocol state machine per
-//! connection, fed chunk by chunk, until the connection closes. Bounded: past `max_conns` the
+//! Connections the kernel sends as stream chunks (their bytes, in syscall order): HTTP/2, and
+//! "other TCP", which this table classifies from its first bytes (Redis, PostgreSQL; anything
+//! else is counted and ignored). It keeps one protocol state machine per connection, fed chunk
+//! by chunk, until the connection closes. Bounded: past `max_conns` the
 //! least recently active connection is dropped (its open streams completed, marked), and a
 //! connection without traffic for `idle` is dropped too (its close notice may have been lost).
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sonde_schema::{CHUNK_MIDSTREAM, CHUNK_TLS, ChunkHeader, ConnTuple, FLOW_INBOUND, protocol};
+use sonde_schema::{
+    CHUNK_FIRST, CHUNK_MIDSTREAM, CHUNK_TLS, ChunkHeader, ConnTuple, FLOW_INBOUND, protocol,
+};
 
-use super::http2;
+use super::{db::DbExchange, http2, http2::Flow, postgres, redis};
 use crate::prehashed::PrehashedMap;
 
 /// Most multiplexed connections tracked at once.
@@ -47,13 +50,7 @@ impl ConnMeta {
     }
 }
 
-struct Tracked {
-    meta: ConnMeta,
-    conn: http2::Connection,
-    last_seen: Instant,
-}
-
-/// Counters of the multiplexed-connection table, with the HTTP/2 parser's own summed over
+/// Counters of the stream-connection table, with the HTTP/2 parser's own summed over
 /// every connection it has tracked.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct StreamStats {
@@ -69,19 +66,62 @@ pub struct StreamStats {
     pub unknown_protocol: u64,
     /// Exchanges (streams) completed.
     pub exchanges: u64,
+    /// "Other TCP" connections by what they turned out to be.
+    pub redis_connections: u64,
+    pub postgres_connections: u64,
+    /// Other TCP connections whose first bytes matched no protocol Sonde parses (counted,
+    /// never parsed further).
+    pub unclassified_connections: u64,
+    /// Database and cache operations completed.
+    pub db_exchanges: u64,
     /// The HTTP/2 parser's counters over all connections.
     pub http2: http2::Counters,
+    pub redis: redis::Counters,
+    pub postgres: postgres::Counters,
 }
 
-/// Tracked multiplexed connections, by connection id.
+/// What a connection's chunks are parsed as.
+enum Tracker {
+    Http2(Box<http2::Connection>),
+    Redis(Box<redis::Connection>),
+    Postgres(Box<postgres::Connection>),
+    /// Other TCP not recognised yet: the first few chunks with bytes are tried (a connection
+    /// picked up mid-stream may show a reply before its next command).
+    Classifying {
+        tries: u8,
+        fresh: bool,
+    },
+    /// Other TCP of a protocol Sonde does not parse.
+    Unclassified,
+}
+
+/// Chunks with bytes tried before an "other TCP" connection is given up as unclassified.
+const CLASSIFY_TRIES: u8 = 8;
+
+/// One completed exchange of a stream connection, by protocol.
+pub enum StreamExchange<'a> {
+    Http2(&'a http2::Exchange),
+    Db(&'a DbExchange),
+}
+
+struct Tracked {
+    meta: ConnMeta,
+    tracker: Tracker,
+    last_seen: Instant,
+    /// CLOCK_MONOTONIC ns of its latest chunk.
+    last_ts: u64,
+}
+
+/// Tracked stream connections, by connection id.
 pub struct StreamTable {
     conns: PrehashedMap<Tracked>,
     max_conns: usize,
     idle: Duration,
     /// Parser counters of connections already dropped.
-    retired: http2::Counters,
+    retired: StreamStats,
     stats: StreamStats,
-    scratch: Vec<http2::Exchange>,
+    h2_scratch: Vec<http2::Exchange>,
+    db_scratch: Vec<DbExchange>,
 }
 
 impl StreamTable {
@@ -90,9 +130,10 @@ impl StreamTable {
             conns: PrehashedMap::default(),
             max_conns,
             idle,
-            retired: http2::Counters::default(),
+            retired: StreamStats::default(),
             stats: StreamStats::default(),
-            scratch: Vec::new(),
+            h2_scratch: Vec::new(),
+            db_scratch: Vec::new(),
         }
     }
 
@@ -105,7 +146,7 @@ impl StreamTable {
         self.conns.is_empty()
     }
 
-    /// True when `conn_id` is a tracked multiplexed connection.
+    /// True when `conn_id` is a tracked stream connection.
     pub fn tracks(&self, conn_id: u64) -> bool {
         self.conns.contains_key(&conn_id)
     }
@@ -116,9 +157,9 @@ impl StreamTable {
         h: &ChunkHeader,
         payload: &[u8],
         now: Instant,
-        mut done: impl FnMut(&ConnMeta, &http2::Exchange),
+        mut done: impl FnMut(&ConnMeta, StreamExchange<'_>),
     ) {
-        if h.protocol != protocol::HTTP2 {
+        if h.protocol != protocol::HTTP2 && h.protocol != protocol::OTHER {
             self.stats.unknown_protocol += 1;
             return;
         }
@@ -135,20 +176,30 @@ impl StreamTable {
                 local_port = h.local_port,
                 peer_port = h.peer_port,
                 flags = h.flags,
+                protocol = h.protocol,
                 inbound = h.flow == FLOW_INBOUND,
                 bytes = h.total,
-                "multiplexed connection tracked"
+                "stream connection tracked"
             );
-            let mut conn = http2::Connection::new(http2::Limits::default());
-            if midstream {
-                conn.picked_up_mid_stream();
-            }
+            let tracker = if h.protocol == protocol::HTTP2 {
+                let mut conn = http2::Connection::new(http2::Limits::default());
+                if midstream {
+                    conn.picked_up_mid_stream();
+                }
+                Tracker::Http2(Box::new(conn))
+            } else {
+                Tracker::Classifying {
+                    tries: 0,
+                    fresh: h.flags & CHUNK_FIRST != 0,
+                }
+            };
             self.conns.insert(
                 h.conn_id,
                 Tracked {
                     meta: ConnMeta::from_chunk(h),
-                    conn,
+                    tracker,
                     last_seen: now,
+                    last_ts: h.ts_ns,
                 },
             );
         }
@@ -156,18 +207,47 @@ impl StreamTable {
             return;
         };
         t.last_seen = now;
+        t.last_ts = t.last_ts.max(h.ts_ns);
         t.meta.tid = h.tid;
         let flow = if h.flow == FLOW_INBOUND {
-            http2::Flow::Inbound
+            Flow::Inbound
         } else {
-            http2::Flow::Outbound
+            Flow::Outbound
         };
-        self.scratch.clear();
-        t.conn
-            .feed(flow, payload, h.total, h.ts_ns, &mut self.scratch);
-        self.stats.exchanges += self.scratch.len() as u64;
-        for ex in &self.scratch {
-            done(&t.meta, ex);
+        if let Tracker::Classifying { tries, fresh } = &mut t.tracker
+            && !payload.is_empty()
+        {
+            t.tracker = if let Some(request_flow) = redis::Connection::detect(flow, payload) {
+                self.stats.redis_connections += 1;
+                Tracker::Redis(Box::new(redis::Connection::new(request_flow, *fresh)))
+            } else if let Some(request_flow) = postgres::Connection::detect(flow, payload) {
+                self.stats.postgres_connections += 1;
+                Tracker::Postgres(Box::new(postgres::Connection::new(request_flow, *fresh)))
+            } else if *tries + 1 >= CLASSIFY_TRIES {
+                self.stats.unclassified_connections += 1;
+                Tracker::Unclassified
+            } else {
+                *tries += 1;
+                // Later chunks no longer start the connection.
+                *fresh = false;
+                return;
+            };
+        }
+        self.h2_scratch.clear();
+        self.db_scratch.clear();
+        match &mut t.tracker {
+            Tracker::Http2(c) => c.feed(flow, payload, h.total, h.ts_ns, &mut self.h2_scratch),
+            Tracker::Redis(c) => c.feed(flow, payload, h.total, h.ts_ns, &mut self.db_scratch),
+            Tracker::Postgres(c) => c.feed(flow, payload, h.total, h.ts_ns, &mut self.db_scratch),
+            Tracker::Classifying { .. } | Tracker::Unclassified => {}
+        }
+        self.stats.exchanges += self.h2_scratch.len() as u64;
+        self.stats.db_exchanges += self.db_scratch.len() as u64;
+        for ex in &self.h2_scratch {
+            done(&t.meta, StreamExchange::Http2(ex));
+        }
+        for ex in &self.db_scratch {
+            done(&t.meta, StreamExchange::Db(ex));
         }
     }
 
@@ -185,13 +265,13 @@ impl StreamTable {
         }
     }
 
-    /// The connection closed at `end_ns`: its open streams are completed. False when the
+    /// The connection closed at `end_ns`: its open exchanges are completed. False when the
     /// connection is not one of this table's.
     pub fn close(
         &mut self,
         conn_id: u64,
         end_ns: u64,
-        mut done: impl FnMut(&ConnMeta, &http2::Exchange),
+        mut done: impl FnMut(&ConnMeta, StreamExchange<'_>),
     ) -> bool {
         let Some(t) = self.conns.remove(&conn_id) else {
             return false;
@@ -201,7 +281,7 @@ impl StreamTable {
     }
 
     /// Forgets connections silent for longer than the idle limit.
-    pub fn expire(&mut self, now: Instant, mut done: impl FnMut(&ConnMeta, &http2::Exchange)) {
+    pub fn expire(&mut self, now: Instant, mut done: impl FnMut(&ConnMeta, StreamExchange<'_>)) {
         let idle = self.idle;
         let stale: Vec<u64> = self
             .conns
@@ -212,34 +292,36 @@ impl StreamTable {
         for id in stale {
             if let Some(t) = self.conns.remove(&id) {
                 self.stats.connections_idle += 1;
-                let end = t.conn.last_ts_ns();
+                let end = t.last_ts;
                 self.retire(t, end, &mut done);
             }
         }
     }
 
     /// Completes every tracked connection (at shutdown).
-    pub fn finish(&mut self, mut done: impl FnMut(&ConnMeta, &http2::Exchange)) {
+    pub fn finish(&mut self, mut done: impl FnMut(&ConnMeta, StreamExchange<'_>)) {
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             if let Some(t) = self.conns.remove(&id) {
-                let end = t.conn.last_ts_ns();
+                let end = t.last_ts;
                 self.retire(t, end, &mut done);
             }
         }
     }
 
-    /// The table's counters, the parser's summed over live and dropped connections.
+    /// The table's counters, the parsers' summed over live and dropped connections.
     pub fn stats(&self) -> StreamStats {
         let mut stats = self.stats.clone();
-        stats.http2 = self.retired.clone();
+        stats.http2 = self.retired.http2.clone();
+        stats.redis = self.retired.redis.clone();
+        stats.postgres = self.retired.postgres.clone();
         for t in self.conns.values() {
-            stats.http2.add(t.conn.counters());
+            add_counters(&mut stats, &t.tracker);
         }
         stats
     }
 
-    fn evict_oldest(&mut self, done: &mut impl FnMut(&ConnMeta, &http2::Exchange)) {
+    fn evict_oldest(&mut self, done: &mut impl FnMut(&ConnMeta, StreamExchange<'_>)) {
         let oldest = self
             .conns
             .iter()
@@ -247,7 +329,7 @@ impl StreamTable {
             .map(|(id, _)| *id);
         if let Some(t) = oldest.and_then(|id| self.conns.remove(&id)) {
             self.stats.connections_evicted += 1;
-            let end = t.conn.last_ts_ns();
+            let end = t.last_ts;
             self.retire(t, end, done);
         }
     }
@@ -256,14 +338,34 @@ impl StreamTable {
         &mut self,
         mut t: Tracked,
         end_ns: u64,
-        done: &mut impl FnMut(&ConnMeta, &http2::Exchange),
+        done: &mut impl FnMut(&ConnMeta, StreamExchange<'_>),
     ) {
-        self.scratch.clear();
-        t.conn.close(end_ns, &mut self.scratch);
-        self.stats.exchanges += self.scratch.len() as u64;
-        for ex in &self.scratch {
-            done(&t.meta, ex);
+        self.h2_scratch.clear();
+        self.db_scratch.clear();
+        match &mut t.tracker {
+            Tracker::Http2(c) => c.close(end_ns, &mut self.h2_scratch),
+            Tracker::Redis(c) => c.close(end_ns, &mut self.db_scratch),
+            Tracker::Postgres(c) => c.close(end_ns, &mut self.db_scratch),
+            Tracker::Classifying { .. } | Tracker::Unclassified => {}
         }
-        self.retired.add(t.conn.counters());
+        self.stats.exchanges += self.h2_scratch.len() as u64;
+        self.stats.db_exchanges += self.db_scratch.len() as u64;
+        for ex in &self.h2_scratch {
+            done(&t.meta, StreamExchange::Http2(ex));
+        }
+        for ex in &self.db_scratch {
+            done(&t.meta, StreamExchange::Db(ex));
+        }
+        add_counters(&mut self.retired, &t.tracker);
+    }
+}
+
+/// Adds a connection's parser counters to `stats`.
+fn add_counters(stats: &mut StreamStats, tracker: &Tracker) {
+    match tracker {
+        Tracker::Http2(c) => stats.http2.add(c.counters()),
+        Tracker::Redis(c) => stats.redis.add(c.counters()),
+        Tracker::Postgres(c) => stats.postgres.add(c.counters()),
+        Tracker::Classifying { .. } | Tracker::Unclassified => {}
     }
 }

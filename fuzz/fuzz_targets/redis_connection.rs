@@ -1,0 +1,95 @@
+//! Arbitrary chunks through a Redis connection tracker: flows, chunk lengths and uncaptured
+//! tails are drawn from the input. It must never panic, keep its pending queue within the
+//! limit, emit only consistent exchanges whose query text holds no argument, and leave
+//! nothing pending after close.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sonde_processor::protocols::db::DbExchange;
+use sonde_processor::protocols::http2::Flow;
+use sonde_processor::protocols::redis::{Connection, MAX_PENDING};
+
+fn check(x: &DbExchange) {
+    assert_eq!(x.system, "redis");
+    assert!(x.start_ns <= x.end_ns, "{x:?}");
+    assert!(x.collection.is_none());
+    if x.no_response {
+        assert!(x.response_bytes == 0 && x.error_code.is_none(), "{x:?}");
+    }
+    if let Some(op) = &x.operation {
+        assert!(!op.is_empty() && op.len() <= 64, "{x:?}");
+        assert!(
+            op.bytes().all(|b| b.is_ascii_uppercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'.' | b'_' | b'-' | b' ')),
+            "{x:?}"
+        );
+    }
+    // The query text is the operation and placeholders, nothing taken from the arguments.
+    match (&x.operation, &x.query_text) {
+        (Some(op), Some(q)) => {
+            let rest = q
+                .strip_prefix(op.as_str())
+                .expect("query starts with the operation");
+            let rest = rest.strip_suffix(" ...").unwrap_or(rest);
+            assert!(rest.len() % 2 == 0 && rest.len() <= 128, "{x:?}");
+            assert!(rest.as_bytes().chunks(2).all(|p| p == b" ?"), "{x:?}");
+        }
+        (None, None) => {}
+        _ => panic!("query text without operation or the reverse: {x:?}"),
+    }
+    if let Some(code) = &x.error_code {
+        assert!(!code.is_empty() && code.len() <= 32, "{x:?}");
+        assert!(
+            code.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+            "{x:?}"
+        );
+    }
+    if let Some(ns) = &x.namespace {
+        assert!(
+            ns.bytes().all(|b| b.is_ascii_digit()) && !x.partial,
+            "{x:?}"
+        );
+    } else {
+        assert!(x.partial, "{x:?}");
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, mut rest)) = data.split_first() else {
+        return;
+    };
+    let request_flow = if mode & 1 != 0 {
+        Flow::Inbound
+    } else {
+        Flow::Outbound
+    };
+    let mut conn = Connection::new(request_flow, mode & 2 != 0);
+    let mut out = Vec::new();
+    let mut ts = 1u64;
+    // Each chunk: control byte (flow, whether a tail is uncaptured), length, bytes.
+    while let [control, len, tail @ ..] = rest {
+        let flow = if control & 1 != 0 {
+            request_flow
+        } else {
+            request_flow.opposite()
+        };
+        let len = usize::from(*len).min(tail.len());
+        let (chunk, after) = tail.split_at(len);
+        let uncaptured = if control & 2 != 0 {
+            u64::from(control >> 2) * 37
+        } else {
+            0
+        };
+        ts += 1;
+        conn.feed(flow, chunk, chunk.len() as u64 + uncaptured, ts, &mut out);
+        assert!(conn.pending() <= MAX_PENDING);
+        rest = after;
+    }
+    conn.close(ts + 1, &mut out);
+    assert_eq!(conn.pending(), 0);
+    for x in &out {
+        check(x);
+    }
+});
