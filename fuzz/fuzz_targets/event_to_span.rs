@@ -31,7 +31,7 @@ fn stream_span(
 ) -> Option<Span> {
     match ex {
         StreamExchange::Http2(ex) => http2_spans::build(meta, ex, service, query, 0, rng).ok(),
-        StreamExchange::Db(ex) => Some(db_spans::build(meta, ex, service, 0, rng)),
+        StreamExchange::Db(ex) => Some(db_spans::build(meta, ex, service, true, 0, rng)),
     }
 }
 

@@ -371,3 +371,33 @@ fn postgres_server_spans_extended_and_prepared() {
         assert!(s.get("db_status").is_none(), "{s}");
     }
 }
+
+/// `attributes.db_query_sanitize: false` (documented as a risk): the statement goes out as
+/// sent, literal included; Redis arguments stay hidden whatever it says.
+#[test]
+fn postgres_query_text_as_sent_when_sanitizing_is_off() {
+    let _guard = serial();
+    let dir = TempDir::new("pg-raw");
+    let port = free_port();
+    let server = start_postgres(port, &dir);
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[("SONDE_DB_QUERY_SANITIZE", "false")],
+        &dir,
+        &[server.pid()],
+    );
+    let out = psql(port, &["SELECT 'bob@example.com' AS email"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = sonde.wait_spans(1, Duration::from_secs(20), |s| {
+        s["server_port"] == port && s["db_system"] == "postgresql"
+    });
+    assert_eq!(
+        spans[0]["db_query_text"], "SELECT 'bob@example.com' AS email",
+        "{}",
+        spans[0]
+    );
+}

@@ -31,6 +31,9 @@ pub struct Config {
     pub metrics_export: MetricsExport,
     /// Whether `url.query` is exported and which parameters are redacted.
     pub url_query: crate::protocols::http1::parse::QueryPolicy,
+    /// `db.query.text` of SQL statements with literals replaced by `?` (true, the default) or
+    /// as the application sent it (`attributes.db_query_sanitize: false`).
+    pub db_query_sanitize: bool,
     /// Values that combine with others before they mean anything (an endpoint with its
     /// protocol, a sampler with its argument), resolved once all sources are read.
     pending: Pending,
@@ -88,6 +91,7 @@ impl Config {
                 timeout: std::time::Duration::ZERO,
             },
             url_query: crate::protocols::http1::parse::QueryPolicy::default(),
+            db_query_sanitize: true,
             pending: Pending::default(),
         }
     }

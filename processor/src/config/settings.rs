@@ -325,6 +325,20 @@ pub static OWN: Table<Config> = Table(&[
             show: |c| show::flag(c.url_query.export),
         },
         Setting {
+            key: "attributes.db_query_sanitize",
+            env: &[var("SONDE_DB_QUERY_SANITIZE")],
+            flag: "",
+            default: Some("true"),
+            unset: "",
+            doc: "replace every literal of a SQL statement's `db.query.text` with `?` (on by default). `false` exports statements as the application sent them, values included (passwords, e-mail addresses, card numbers: a risk to weigh before turning it off). Redis commands never show keys or values, whatever this says",
+            secret: false,
+            apply: |c, i| {
+                c.db_query_sanitize = sonde_config::parse_bool(i.key, &i.text("a boolean")?)?;
+                Ok(())
+            },
+            show: |c| show::flag(c.db_query_sanitize),
+        },
+        Setting {
             key: "attributes.sensitive_query_params",
             env: &[],
             flag: "",

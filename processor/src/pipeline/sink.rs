@@ -114,7 +114,14 @@ impl<'a, W: Write> SpanSink<'a, W> {
         let ex = match ex {
             StreamExchange::Http2(ex) => ex,
             StreamExchange::Db(ex) => {
-                let span = db_spans::build(meta, ex, &service, self.mono_to_unix, &mut self.ids);
+                let span = db_spans::build(
+                    meta,
+                    ex,
+                    &service,
+                    config.db_query_sanitize,
+                    self.mono_to_unix,
+                    &mut self.ids,
+                );
                 stats.db_partial += u64::from(ex.partial);
                 self.finish_span(Box::new(span), processes, stats);
                 return;

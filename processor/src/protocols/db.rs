@@ -19,9 +19,12 @@ pub struct DbExchange {
     /// `db.namespace`: the database name (PostgreSQL, from the startup message) or index
     /// (Redis, after `SELECT n`); None when not seen (connection older than Sonde).
     pub namespace: Option<String>,
-    /// `db.query.text`, already sanitized (every literal or argument replaced by `?`) unless
-    /// sanitizing is off; None when not known (a prepared statement whose text was never seen).
+    /// `db.query.text`, sanitized (every literal or argument replaced by `?`); None when not
+    /// known (a prepared statement whose text was never seen).
     pub query_text: Option<String>,
+    /// The SQL statement as sent (bounded), for `attributes.db_query_sanitize: false`; never
+    /// set for protocols whose arguments must not leave the processor (Redis).
+    pub raw_query_text: Option<String>,
     /// `db.response.status_code` of a failed command: the SQLSTATE (`42P01`) or the Redis
     /// error prefix (`ERR`, `WRONGTYPE`); None on success.
     pub error_code: Option<String>,
@@ -80,14 +83,18 @@ pub fn span_name(db: &Db) -> String {
 }
 
 impl DbExchange {
-    /// The span-side view of the exchange.
-    pub fn db(&self) -> Db {
+    /// The span-side view of the exchange; `sanitize`: `attributes.db_query_sanitize`.
+    pub fn db(&self, sanitize: bool) -> Db {
+        let query_text = match (&self.raw_query_text, sanitize) {
+            (Some(raw), false) => Some(raw.clone()),
+            _ => self.query_text.clone(),
+        };
         Db {
             system: self.system,
             operation: self.operation.clone(),
             collection: self.collection.clone(),
             namespace: self.namespace.clone(),
-            query_text: self.query_text.clone(),
+            query_text,
             error_code: self.error_code.clone(),
         }
     }

@@ -11,6 +11,7 @@ pub fn build(
     meta: &ConnMeta,
     ex: &DbExchange,
     service: &ServiceInfo<'_>,
+    sanitize: bool,
     mono_to_unix: i128,
     ids: &mut impl IdSource,
 ) -> Span {
@@ -28,7 +29,7 @@ pub fn build(
         |mono: u64| -> u64 { (mono as i128 + mono_to_unix).clamp(0, u64::MAX as i128) as u64 };
     let start = ex.start_ns;
     let end = ex.end_ns.max(start);
-    let db = ex.db();
+    let db = ex.db(sanitize);
     Span {
         trace_id: TraceId(ids.trace_id()),
         span_id: SpanId(ids.span_id()),

@@ -252,6 +252,8 @@ struct Direction {
 #[derive(Debug)]
 struct Statement {
     query_text: String,
+    /// The text as sent, bounded like the sanitized one.
+    raw_text: String,
     operation: Option<String>,
     collection: Option<String>,
 }
@@ -259,8 +261,17 @@ struct Statement {
 impl Statement {
     fn from_text(raw: &[u8]) -> Statement {
         let text = String::from_utf8_lossy(raw);
+        let mut raw_text = text.to_string();
+        if raw_text.len() > sql::MAX_SANITIZED_LEN {
+            let mut cut = sql::MAX_SANITIZED_LEN;
+            while !raw_text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            raw_text.truncate(cut);
+        }
         Statement {
             query_text: sql::sanitize(&text),
+            raw_text,
             operation: sql::operation(&text),
             collection: sql::collection(&text),
         }
@@ -1026,6 +1037,7 @@ impl Connection {
             collection: statement.and_then(|s| s.collection.clone()),
             namespace: self.namespace.clone(),
             query_text: statement.map(|s| s.query_text.clone()),
+            raw_query_text: statement.map(|s| s.raw_text.clone()),
             error_code: call.error_code,
             start_ns: call.start_ns,
             end_ns: end_ns.max(call.start_ns),

@@ -1627,6 +1627,7 @@ impl Connection {
             collection: None,
             namespace: self.namespace.clone(),
             query_text: p.query_text,
+            raw_query_text: None,
             error_code,
             start_ns: p.start_ns,
             end_ns: end_ns.max(p.start_ns),
