@@ -17,6 +17,8 @@ DEB_PACKAGES=(
   prometheus                                            # real Prometheus server and promtool
   systemd                                               # systemd-analyze security (unit scores)
   openssl                                               # test certificates for OTLP over TLS
+  redis-server redis-tools                              # Redis server, redis-cli, redis-benchmark
+  postgresql-15 postgresql-client-15                    # PostgreSQL server, psql, pgbench
   nghttp2-client                                        # HTTP/2 load (h2load)
 )
 
@@ -65,8 +67,10 @@ fi
 # Python peers of the OTLP tests and benchmark: a receiver on the official protobuf definitions
 # (grpcio + opentelemetry-proto) and the rotel collector, in a virtualenv of their own.
 VENV="${SONDE_TEST_VENV:-$HOME/.local/share/sonde/venv}"
-PY_PACKAGES=(grpcio==1.85.1 opentelemetry-proto==1.45.2 protobuf==7.36.2 rotel==0.0.1a15)
-if ! "$VENV/bin/python" -c 'import grpc, opentelemetry.proto, rotel' >/dev/null 2>&1; then
+# psycopg2 and redis: the database clients of the instrumented web app (tests/peers/db_app.py).
+PY_PACKAGES=(grpcio==1.85.1 opentelemetry-proto==1.45.2 protobuf==7.36.2 rotel==0.0.1a15
+  psycopg2-binary==2.9.10 redis==5.2.1)
+if ! "$VENV/bin/python" -c 'import grpc, opentelemetry.proto, rotel, psycopg2, redis' >/dev/null 2>&1; then
   log "creating the test virtualenv $VENV (${PY_PACKAGES[*]})"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --pre "${PY_PACKAGES[@]}"

@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sonde_e2e::{peers::*, *};
+use sonde_e2e::{otlp::otlp_python, peers::*, *};
 
 // ---- Redis -------------------------------------------------------------------------------------
 
@@ -399,5 +399,88 @@ fn postgres_query_text_as_sent_when_sanitizing_is_off() {
         spans[0]["db_query_text"], "SELECT 'bob@example.com' AS email",
         "{}",
         spans[0]
+    );
+}
+
+/// A Python web app (selected by its HTTP port) that per request runs a PostgreSQL SELECT and
+/// INSERT through psycopg2 and a Redis SET and GET through redis-py, on connections it opened
+/// before Sonde started: for N requests, exactly N server spans and N client spans of each
+/// database operation, with system, operation, table and status; the e-mail literals psycopg2
+/// puts on the wire leave the processor nowhere.
+#[test]
+fn web_app_database_client_spans() {
+    let _guard = serial();
+    let dir = TempDir::new("db-app");
+    let (pg_port, redis_port, http_port) = (free_port(), free_port(), free_port());
+    let _pg = start_postgres(pg_port, &dir);
+    let _redis = start_redis(redis_port);
+    let mut cmd = Command::new(otlp_python());
+    cmd.arg(peer("db_app.py"))
+        .args([http_port, pg_port, redis_port].map(|p| p.to_string()));
+    let app = spawn_ready("db_app", &mut cmd);
+    let sonde = Sonde::start(
+        &["--open-port", &http_port.to_string()],
+        &[],
+        &dir,
+        &[app.pid()],
+    );
+    const N: usize = 10;
+    for n in 0..N {
+        assert_eq!(
+            HttpConn::open(http_port).request("GET", &format!("/order/{n}"), None, true),
+            200
+        );
+    }
+    let spans = sonde.wait_spans(5 * N, Duration::from_secs(30), |s| s["pid"] == app.pid());
+    let mut counts: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+    for s in &spans {
+        let key = (
+            s["kind"].as_str().unwrap_or("-").to_string(),
+            s["db_system"].as_str().unwrap_or("http").to_string(),
+            s["db_operation"]
+                .as_str()
+                .or(s["method"].as_str())
+                .unwrap_or("-")
+                .to_string(),
+            s["db_collection"].as_str().unwrap_or("-").to_string(),
+        );
+        *counts.entry(key).or_insert(0) += 1;
+        assert!(s.get("db_status").is_none(), "{s}");
+    }
+    let key = |k: &str, sys: &str, op: &str, coll: &str| {
+        (
+            k.to_string(),
+            sys.to_string(),
+            op.to_string(),
+            coll.to_string(),
+        )
+    };
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            (key("server", "http", "GET", "-"), N),
+            (key("client", "postgresql", "SELECT", "orders"), N),
+            (key("client", "postgresql", "INSERT", "orders"), N),
+            (key("client", "redis", "SET", "-"), N),
+            (key("client", "redis", "GET", "-"), N),
+        ])
+    );
+    for s in spans.iter().filter(|s| s["db_system"] == "postgresql") {
+        assert_eq!(s["server_port"], pg_port, "{s}");
+        let q = s["db_query_text"].as_str().unwrap_or_default();
+        assert!(
+            q == "SELECT id FROM orders WHERE email = ?" || q == "INSERT INTO orders VALUES (?, ?)",
+            "{s}"
+        );
+    }
+    let everything = sonde
+        .spans()
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>()
+        + &sonde.log_lines().join("\n");
+    assert!(
+        !everything.contains("@example.com"),
+        "a literal left the processor"
     );
 }
