@@ -166,7 +166,7 @@ class Redis:
 
     def load(self, port, seconds):
         """(operations, ops/s, details) for a run sized for `seconds` at the measured rate."""
-        n = self.n if seconds == self.duration else max(10_000, round(self.n * seconds / self.duration, -3))
+        n = self.n if seconds == self.duration else max(10_000, int(round(self.n * seconds / self.duration, -3)))
         n, rates, delta = self.bench(n)
         # The two tests run one after the other: 2n operations over the sum of their times.
         ops_s = 2 * n / (n / rates["SET"] + n / rates["GET"])
@@ -181,7 +181,7 @@ class Redis:
         self.bench(100_000)
         n, rates, _ = self.bench(300_000)
         rate = 2 / (1 / rates["SET"] + 1 / rates["GET"])
-        self.n = max(50_000, round(rate * duration / 2, -4))
+        self.n = max(50_000, int(round(rate * duration / 2, -4)))
         print(f"redis: measured {rate:.0f} ops/s uninstrumented; -n {self.n} per test "
               f"({2 * self.n} operations, ~{duration} s)", flush=True)
 
@@ -221,7 +221,11 @@ class Postgres:
             self.proc.kill()
             raise SystemExit("postgres did not listen:\n" +
                              open(os.path.join(workdir, "server.out")).read()[-2000:])
-        self.pgbench(["-i", "-s", "1", "-q"], timeout=300)
+        try:
+            self.pgbench(["-i", "-s", "1", "-q"], timeout=300)
+        except BaseException:
+            self.stop()  # not yet known to main's finally
+            raise
 
     def pgbench(self, args, timeout):
         cmd = ["pgbench", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"] + args + ["postgres"]
@@ -351,8 +355,8 @@ def main():
                       flush=True)
             else:
                 print(f"         server transactions (pg_stat_database) {r['load'].get('server_transactions')} "
-                      f"vs pgbench's {r['operations']} in the main run; failed {r['load']['failed']}",
-                      flush=True)
+                      f"vs pgbench's {r['operations']} in the main run; failed {r['load']['failed']}; "
+                      f"spans beyond operations {r['spans'] - total} (2 pgbench runs)", flush=True)
             print(f"         processor: events {ps.get('events')}, spans {ps.get('spans')}, "
                   f"malformed {ps.get('malformed')}, no_response {ps.get('no_response')}, "
                   f"db_partial {ps.get('db_partial')}, lost {r['lost']}", flush=True)
@@ -396,6 +400,11 @@ def main():
             2 * sum(r["other_commands"].values()) for r in rounds) / len(rounds)
         summary["spans_per_command"] = sum(r["spans"] for r in rounds) / (
             ops + sum(2 * sum(r["other_commands"].values()) for r in rounds))
+    else:
+        # Spans beyond pgbench's transactions: statements pgbench runs itself before its
+        # clients start (table checks), per instrumented session (two pgbench runs).
+        summary["extra_spans_per_session"] = sum(
+            r["spans"] - r["operations"] - r["stats_operations"] for r in rounds) / len(rounds)
     print("summary: " + json.dumps(summary, indent=1))
     if summary["spans_per_operation"] == 0:
         print(f"NOTE: no {args.mode} spans were built; the throughput, CPU and kernel figures "
