@@ -236,6 +236,11 @@ pub static SSL_PENDING_WRITE: HashMap<u64, u64> = HashMap::with_max_entries(1638
 #[map(name = "SOCK_TLS")]
 pub static SOCK_TLS: LruHashMap<u64, TlsKey> = LruHashMap::with_max_entries(16384, 0);
 
+/// Sockets whose first bytes were a TLS record but that are not linked (yet): their later
+/// bytes are ciphertext too (see `pairing::on_new_connection`). The value is unused.
+#[map(name = "TLS_SEEN")]
+pub static TLS_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
 /// The socket of a TLS connection, once linked: where its endpoints are read from.
 #[map(name = "TLS_SOCK")]
 pub static TLS_SOCK: LruHashMap<TlsKey, u64> = LruHashMap::with_max_entries(16384, 0);

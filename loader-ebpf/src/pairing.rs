@@ -22,7 +22,7 @@ use crate::{
     maps::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, OP_WRITE,
         PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS, SocketIo, TLS_CONNS,
-        TLS_SOCK, count,
+        TLS_SEEN, TLS_SOCK, count,
     },
     offsets, stream,
 };
@@ -318,6 +318,9 @@ const H2_PREFACE_HEAD: &[u8; 4] = b"PRI ";
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum FirstBytes {
     Http1,
+    /// An HTTP/1 status line: a keep-alive connection picked up between a request and its
+    /// response; left untracked so its next request starts the pairing.
+    Http1Response,
     Http2Preface,
     Http2MidStream,
     Other,
@@ -336,6 +339,9 @@ pub fn classify(io: &SocketIo, seg: &Segment, ret: u64) -> FirstBytes {
     }
     if &head == H2_PREFACE_HEAD {
         return FirstBytes::Http2Preface;
+    }
+    if &head == b"HTTP" {
+        return FirstBytes::Http1Response;
     }
     if seg.len >= 9
         && let Some(frame) = read_user::<[u8; 9]>(seg.ptr)
@@ -364,8 +370,20 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
         return;
     }
     let first = classify(io, &seg, ret);
+    if first == FirstBytes::Http1Response {
+        return;
+    }
     if first == FirstBytes::Other {
+        // TLS on a socket not linked to an `SSL` object (a handshake, a library Sonde cannot
+        // see into): counted, never parsed. OpenSSL reads a record's 5-byte header and its
+        // body apart, so a socket that showed a record header is remembered: its body reads
+        // look like any bytes, and must not become an "other TCP" stream.
         if looks_like_tls_record(&seg) {
+            let _ = TLS_SEEN.insert(&io.sk, &1, 0);
+            count(counters::TLS_UNLINKED_PAYLOADS);
+            return;
+        }
+        if TLS_SEEN.get_ptr(&io.sk).is_some() {
             count(counters::TLS_UNLINKED_PAYLOADS);
             return;
         }
@@ -493,6 +511,9 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
 /// connection closes that connection.
 #[inline(always)]
 pub fn on_close(sk: u64, closed_for_good: bool) {
+    if closed_for_good {
+        let _ = TLS_SEEN.remove(&sk);
+    }
     if let Some(p) = CONNS.get_ptr_mut(&sk) {
         // SAFETY: pointer from a successful map lookup.
         close_state(unsafe { &mut *p });
