@@ -425,7 +425,9 @@ pub fn begin(
             stream::adopt_other(state);
             stream::emit_chunk(state, io, id, ret);
         }
-        _ => {
+        // Callers leave these untracked; nothing to start.
+        FirstBytes::Http1Response => {}
+        FirstBytes::Http2Preface | FirstBytes::Http2MidStream => {
             state.event.pid = (id >> 32) as u32;
             stream::adopt(state, first == FirstBytes::Http2MidStream);
             stream::emit_chunk(state, io, id, ret);

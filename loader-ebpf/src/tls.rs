@@ -129,6 +129,11 @@ fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) {
         return;
     };
     let first = pairing::classify(io, &seg, bytes);
+    // Picked up at a response (the probes were attached while the request was under way):
+    // the next request starts the pairing.
+    if first == FirstBytes::Http1Response {
+        return;
+    }
     if first == FirstBytes::Other {
         // Any other protocol over TLS (PostgreSQL, Redis): an "other TCP" stream.
         count(counters::NON_HTTP_PAYLOADS);
