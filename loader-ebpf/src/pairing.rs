@@ -529,13 +529,21 @@ pub fn on_close(sk: u64, closed_for_good: bool) {
     }
     // SAFETY: pointer from a successful map lookup, copied at once.
     if let Some(key) = SOCK_TLS.get_ptr(&sk).map(|k| unsafe { *k }) {
-        if let Some(p) = TLS_CONNS.get_ptr_mut(&key) {
-            // SAFETY: pointer from a successful map lookup.
-            close_state(unsafe { &mut *p });
+        // The `SSL *` may already serve a newer connection (a client that closes one and
+        // opens the next gets the freed object back): only its own socket ends it.
+        // SAFETY: pointer from a successful map lookup, copied at once.
+        let owner = TLS_SOCK.get_ptr(&key).map(|s| unsafe { *s });
+        if owner == Some(sk) {
+            if let Some(p) = TLS_CONNS.get_ptr_mut(&key) {
+                // SAFETY: pointer from a successful map lookup.
+                close_state(unsafe { &mut *p });
+            }
+            if closed_for_good {
+                let _ = TLS_CONNS.remove(&key);
+                let _ = TLS_SOCK.remove(&key);
+            }
         }
         if closed_for_good {
-            let _ = TLS_CONNS.remove(&key);
-            let _ = TLS_SOCK.remove(&key);
             let _ = SOCK_TLS.remove(&sk);
         }
     }

@@ -213,6 +213,15 @@ pub fn claims_socket(io: &SocketIo, id: u64, ret: u64) -> bool {
 /// endpoints, they follow now in a `ConnTuple`.
 #[inline(always)]
 fn link(sk: u64, key: TlsKey) {
+    // The `SSL *` was linked to another socket: the object was freed and reused for this new
+    // connection; what is kept for the old one is stale.
+    // SAFETY: pointer from a successful map lookup, copied at once.
+    if let Some(old) = TLS_SOCK.get_ptr(&key).map(|s| unsafe { *s })
+        && old != sk
+    {
+        let _ = TLS_CONNS.remove(&key);
+        let _ = SOCK_TLS.remove(&old);
+    }
     if SOCK_TLS.insert(&sk, &key, 0).is_err() || TLS_SOCK.insert(&key, &sk, 0).is_err() {
         return;
     }
