@@ -126,6 +126,8 @@ impl<'a, W: Write> SpanSink<'a, W> {
                 self.finish_span(Box::new(span), processes, stats);
                 return;
             }
+            // Messaging spans: being written (issue 11, Kafka).
+            StreamExchange::Messaging(_) => return,
         };
         match http2_spans::build(
             meta,

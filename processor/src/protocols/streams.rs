@@ -1,6 +1,6 @@
 //! Connections the kernel sends as stream chunks (their bytes, in syscall order): HTTP/2, and
-//! "other TCP", which this table classifies from its first bytes (Redis, PostgreSQL; anything
-//! else is counted and ignored). It keeps one protocol state machine per connection, fed chunk
+//! "other TCP", which this table classifies from its first bytes (Memcached, Redis,
+//! PostgreSQL, MySQL, Kafka; anything else is counted and ignored). It keeps one protocol state machine per connection, fed chunk
 //! by chunk, until the connection closes. Bounded: past `max_conns` the
 //! least recently active connection is dropped (its open streams completed, marked), and a
 //! connection without traffic for `idle` is dropped too (its close notice may have been lost).
@@ -12,7 +12,10 @@ use sonde_schema::{
     CHUNK_FIRST, CHUNK_MIDSTREAM, CHUNK_TLS, ChunkHeader, ConnTuple, FLOW_INBOUND, protocol,
 };
 
-use super::{db::DbExchange, http2, http2::Flow, postgres, redis};
+use super::{
+    db::DbExchange, http2, http2::Flow, kafka, memcached, messaging::MessagingExchange, mysql,
+    postgres, redis,
+};
 use crate::prehashed::PrehashedMap;
 
 /// Most multiplexed connections tracked at once.
@@ -69,15 +72,23 @@ pub struct StreamStats {
     /// "Other TCP" connections by what they turned out to be.
     pub redis_connections: u64,
     pub postgres_connections: u64,
+    pub mysql_connections: u64,
+    pub memcached_connections: u64,
+    pub kafka_connections: u64,
     /// Other TCP connections whose first bytes matched no protocol Sonde parses (counted,
     /// never parsed further).
     pub unclassified_connections: u64,
     /// Database and cache operations completed.
     pub db_exchanges: u64,
+    /// Messaging requests (Kafka) completed.
+    pub messaging_exchanges: u64,
     /// The HTTP/2 parser's counters over all connections.
     pub http2: http2::Counters,
     pub redis: redis::Counters,
     pub postgres: postgres::Counters,
+    pub mysql: mysql::Counters,
+    pub memcached: memcached::Counters,
+    pub kafka: kafka::Counters,
 }
 
 /// What a connection's chunks are parsed as.
@@ -85,6 +96,9 @@ enum Tracker {
     Http2(Box<http2::Connection>),
     Redis(Box<redis::Connection>),
     Postgres(Box<postgres::Connection>),
+    Mysql(Box<mysql::Connection>),
+    Memcached(Box<memcached::Connection>),
+    Kafka(Box<kafka::Connection>),
     /// Other TCP not recognised yet: the first few chunks with bytes are tried (a connection
     /// picked up mid-stream may show a reply before its next command).
     Classifying {
@@ -102,6 +116,7 @@ const CLASSIFY_TRIES: u8 = 8;
 pub enum StreamExchange<'a> {
     Http2(&'a http2::Exchange),
     Db(&'a DbExchange),
+    Messaging(&'a MessagingExchange),
 }
 
 struct Tracked {
@@ -122,6 +137,7 @@ pub struct StreamTable {
     stats: StreamStats,
     h2_scratch: Vec<http2::Exchange>,
     db_scratch: Vec<DbExchange>,
+    messaging_scratch: Vec<MessagingExchange>,
 }
 
 impl StreamTable {
@@ -134,6 +150,7 @@ impl StreamTable {
             stats: StreamStats::default(),
             h2_scratch: Vec::new(),
             db_scratch: Vec::new(),
+            messaging_scratch: Vec::new(),
         }
     }
 
@@ -217,12 +234,8 @@ impl StreamTable {
         if let Tracker::Classifying { tries, fresh } = &mut t.tracker
             && !payload.is_empty()
         {
-            t.tracker = if let Some(request_flow) = redis::Connection::detect(flow, payload) {
-                self.stats.redis_connections += 1;
-                Tracker::Redis(Box::new(redis::Connection::new(request_flow, *fresh)))
-            } else if let Some(request_flow) = postgres::Connection::detect(flow, payload) {
-                self.stats.postgres_connections += 1;
-                Tracker::Postgres(Box::new(postgres::Connection::new(request_flow, *fresh)))
+            t.tracker = if let Some(tracker) = classify(flow, payload, *fresh, &mut self.stats) {
+                tracker
             } else if *tries + 1 >= CLASSIFY_TRIES {
                 self.stats.unclassified_connections += 1;
                 Tracker::Unclassified
@@ -235,19 +248,47 @@ impl StreamTable {
         }
         self.h2_scratch.clear();
         self.db_scratch.clear();
+        self.messaging_scratch.clear();
+        let (total, ts) = (h.total, h.ts_ns);
         match &mut t.tracker {
-            Tracker::Http2(c) => c.feed(flow, payload, h.total, h.ts_ns, &mut self.h2_scratch),
-            Tracker::Redis(c) => c.feed(flow, payload, h.total, h.ts_ns, &mut self.db_scratch),
-            Tracker::Postgres(c) => c.feed(flow, payload, h.total, h.ts_ns, &mut self.db_scratch),
+            Tracker::Http2(c) => c.feed(flow, payload, total, ts, &mut self.h2_scratch),
+            Tracker::Redis(c) => c.feed(flow, payload, total, ts, &mut self.db_scratch),
+            Tracker::Postgres(c) => c.feed(flow, payload, total, ts, &mut self.db_scratch),
+            Tracker::Mysql(c) => c.feed(flow, payload, total, ts, &mut self.db_scratch),
+            Tracker::Memcached(c) => c.feed(flow, payload, total, ts, &mut self.db_scratch),
+            Tracker::Kafka(c) => c.feed(flow, payload, total, ts, &mut self.messaging_scratch),
             Tracker::Classifying { .. } | Tracker::Unclassified => {}
         }
-        self.stats.exchanges += self.h2_scratch.len() as u64;
-        self.stats.db_exchanges += self.db_scratch.len() as u64;
-        for ex in &self.h2_scratch {
-            done(&t.meta, StreamExchange::Http2(ex));
+        Self::hand_on(
+            &mut self.stats,
+            &self.h2_scratch,
+            &self.db_scratch,
+            &self.messaging_scratch,
+            &t.meta,
+            &mut done,
+        );
+    }
+
+    /// Counts and passes on the exchanges one chunk or close completed.
+    fn hand_on(
+        stats: &mut StreamStats,
+        h2: &[http2::Exchange],
+        db: &[DbExchange],
+        messaging: &[MessagingExchange],
+        meta: &ConnMeta,
+        done: &mut impl FnMut(&ConnMeta, StreamExchange<'_>),
+    ) {
+        stats.exchanges += h2.len() as u64;
+        stats.db_exchanges += db.len() as u64;
+        stats.messaging_exchanges += messaging.len() as u64;
+        for ex in h2 {
+            done(meta, StreamExchange::Http2(ex));
         }
-        for ex in &self.db_scratch {
-            done(&t.meta, StreamExchange::Db(ex));
+        for ex in db {
+            done(meta, StreamExchange::Db(ex));
+        }
+        for ex in messaging {
+            done(meta, StreamExchange::Messaging(ex));
         }
     }
 
@@ -315,6 +356,9 @@ impl StreamTable {
         stats.http2 = self.retired.http2.clone();
         stats.redis = self.retired.redis.clone();
         stats.postgres = self.retired.postgres.clone();
+        stats.mysql = self.retired.mysql.clone();
+        stats.memcached = self.retired.memcached.clone();
+        stats.kafka = self.retired.kafka.clone();
         for t in self.conns.values() {
             add_counters(&mut stats, &t.tracker);
         }
@@ -342,20 +386,24 @@ impl StreamTable {
     ) {
         self.h2_scratch.clear();
         self.db_scratch.clear();
+        self.messaging_scratch.clear();
         match &mut t.tracker {
             Tracker::Http2(c) => c.close(end_ns, &mut self.h2_scratch),
             Tracker::Redis(c) => c.close(end_ns, &mut self.db_scratch),
             Tracker::Postgres(c) => c.close(end_ns, &mut self.db_scratch),
+            Tracker::Mysql(c) => c.close(end_ns, &mut self.db_scratch),
+            Tracker::Memcached(c) => c.close(end_ns, &mut self.db_scratch),
+            Tracker::Kafka(c) => c.close(end_ns, &mut self.messaging_scratch),
             Tracker::Classifying { .. } | Tracker::Unclassified => {}
         }
-        self.stats.exchanges += self.h2_scratch.len() as u64;
-        self.stats.db_exchanges += self.db_scratch.len() as u64;
-        for ex in &self.h2_scratch {
-            done(&t.meta, StreamExchange::Http2(ex));
-        }
-        for ex in &self.db_scratch {
-            done(&t.meta, StreamExchange::Db(ex));
-        }
+        Self::hand_on(
+            &mut self.stats,
+            &self.h2_scratch,
+            &self.db_scratch,
+            &self.messaging_scratch,
+            &t.meta,
+            done,
+        );
         add_counters(&mut self.retired, &t.tracker);
     }
 }
@@ -366,6 +414,50 @@ fn add_counters(stats: &mut StreamStats, tracker: &Tracker) {
         Tracker::Http2(c) => stats.http2.add(c.counters()),
         Tracker::Redis(c) => stats.redis.add(c.counters()),
         Tracker::Postgres(c) => stats.postgres.add(c.counters()),
+        Tracker::Mysql(c) => stats.mysql.add(c.counters()),
+        Tracker::Memcached(c) => stats.memcached.add(c.counters()),
+        Tracker::Kafka(c) => stats.kafka.add(c.counters()),
         Tracker::Classifying { .. } | Tracker::Unclassified => {}
+    }
+}
+
+/// The tracker for an "other TCP" connection whose chunk on `flow` shows `payload`, when a
+/// protocol recognises it. Memcached goes first: its lower-case text commands (`get k`) would
+/// also pass for Redis inline commands, which real Redis clients do not send (they write
+/// multibulk `*`). The binary protocols check lengths and fields strictly enough not to
+/// collide.
+fn classify(flow: Flow, payload: &[u8], fresh: bool, stats: &mut StreamStats) -> Option<Tracker> {
+    if let Some(request_flow) = memcached::Connection::detect(flow, payload) {
+        stats.memcached_connections += 1;
+        Some(Tracker::Memcached(Box::new(memcached::Connection::new(
+            request_flow,
+            fresh,
+        ))))
+    } else if let Some(request_flow) = redis::Connection::detect(flow, payload) {
+        stats.redis_connections += 1;
+        Some(Tracker::Redis(Box::new(redis::Connection::new(
+            request_flow,
+            fresh,
+        ))))
+    } else if let Some(request_flow) = postgres::Connection::detect(flow, payload) {
+        stats.postgres_connections += 1;
+        Some(Tracker::Postgres(Box::new(postgres::Connection::new(
+            request_flow,
+            fresh,
+        ))))
+    } else if let Some(request_flow) = mysql::Connection::detect(flow, payload) {
+        stats.mysql_connections += 1;
+        Some(Tracker::Mysql(Box::new(mysql::Connection::new(
+            request_flow,
+            fresh,
+        ))))
+    } else if let Some(request_flow) = kafka::Connection::detect(flow, payload) {
+        stats.kafka_connections += 1;
+        Some(Tracker::Kafka(Box::new(kafka::Connection::new(
+            request_flow,
+            fresh,
+        ))))
+    } else {
+        None
     }
 }
