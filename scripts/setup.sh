@@ -19,6 +19,8 @@ DEB_PACKAGES=(
   openssl                                               # test certificates for OTLP over TLS
   redis-server redis-tools                              # Redis server, redis-cli, redis-benchmark
   postgresql-15 postgresql-client-15                    # PostgreSQL server, psql, pgbench
+  mariadb-server mariadb-client                         # MySQL-protocol server and client
+  memcached                                             # Memcached server
   nghttp2-client                                        # HTTP/2 load (h2load)
 )
 
@@ -67,15 +69,27 @@ fi
 # Python peers of the OTLP tests and benchmark: a receiver on the official protobuf definitions
 # (grpcio + opentelemetry-proto) and the rotel collector, in a virtualenv of their own.
 VENV="${SONDE_TEST_VENV:-$HOME/.local/share/sonde/venv}"
-# psycopg2 and redis: the database clients of the instrumented web app (tests/peers/db_app.py).
+# psycopg2, redis, PyMySQL, kafka-python, pymemcache: the database, cache and broker clients
+# of the instrumented web app (tests/peers/db_app.py) and the protocol tests.
 PY_PACKAGES=(grpcio==1.85.1 opentelemetry-proto==1.45.2 protobuf==7.36.2 rotel==0.0.1a15
-  psycopg2-binary==2.9.10 redis==5.2.1)
-if ! "$VENV/bin/python" -c 'import grpc, opentelemetry.proto, rotel, psycopg2, redis' >/dev/null 2>&1; then
+  psycopg2-binary==2.9.10 redis==5.2.1 PyMySQL==1.1.1 kafka-python==2.0.2 pymemcache==4.0.0)
+PY_IMPORTS='import grpc, opentelemetry.proto, rotel, psycopg2, redis, pymysql, kafka, pymemcache'
+if ! "$VENV/bin/python" -c "$PY_IMPORTS" >/dev/null 2>&1; then
   log "creating the test virtualenv $VENV (${PY_PACKAGES[*]})"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --pre "${PY_PACKAGES[@]}"
 else
   log "test virtualenv present"
+fi
+
+# A Kafka-protocol broker for the messaging tests: the tansu crate, built once and cached
+# outside the checkout (a clean clone reuses it; the build takes ~13 minutes).
+TANSU_ROOT="${SONDE_TANSU_ROOT:-$HOME/.local/share/sonde/tansu-0.6.0}"
+if [[ ! -x "$TANSU_ROOT/bin/tansu" ]]; then
+  log "building the tansu 0.6.0 Kafka broker into $TANSU_ROOT (~13 minutes, once)"
+  cargo install tansu --version 0.6.0 --features dynostore --locked --root "$TANSU_ROOT"
+else
+  log "tansu 0.6.0 present"
 fi
 
 # Tracefs, which the loader also mounts itself where it is missing; mounting here lets tests
