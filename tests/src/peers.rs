@@ -195,3 +195,64 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A throwaway MariaDB server (Debian `mariadb-server`) on 127.0.0.1:`port`, data and socket in
+/// `dir`, `root` without a password over TCP, binary log off. The returned pid is `mariadbd`'s.
+pub fn start_mariadb(port: u16, dir: &TempDir) -> Proc {
+    let data = dir.path("mariadb-data");
+    std::fs::create_dir_all(&data).expect("mariadb data dir");
+    let out = run_bounded(
+        "mariadb-install-db",
+        Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ]),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "mariadb-install-db: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new("mariadbd");
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--socket={}", dir.path("mariadb.sock").display()))
+        .arg(format!("--port={port}"))
+        .args([
+            "--user=root",
+            "--bind-address=127.0.0.1",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=16M",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let p = Proc::spawn("mariadbd", &mut cmd);
+    wait_for_port(port, Duration::from_secs(60));
+    p
+}
+
+/// `memcached` (Debian) on 127.0.0.1:`port`, TCP only.
+pub fn start_memcached(port: u16) -> Proc {
+    let mut cmd = Command::new("memcached");
+    cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-u", "root"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let p = Proc::spawn("memcached", &mut cmd);
+    wait_for_port(port, Duration::from_secs(20));
+    p
+}
+
+/// The cached tansu Kafka-protocol broker (`scripts/setup.sh` builds it): `$SONDE_TANSU`, else
+/// `$HOME/.local/share/sonde/tansu-0.6.0/bin/tansu`.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SONDE_TANSU") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".local/share/sonde/tansu-0.6.0/bin/tansu")
+}
