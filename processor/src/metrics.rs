@@ -14,7 +14,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    protocols::{db, grpc},
+    protocols::{db, grpc, messaging},
     semconv::{self, DURATION_BUCKETS, SIZE_BUCKETS},
     span::{Span, SpanKind},
 };
@@ -86,6 +86,19 @@ struct RpcClientLabels {
 struct DbLabels {
     db_operation_name: String,
     db_system_name: String,
+    error_type: String,
+    server_address: String,
+    service_name: String,
+    service_namespace: String,
+}
+
+/// Labels of `messaging_client_operation_duration_seconds` and
+/// `messaging_process_duration_seconds` (the reference system's default set, and the error).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessagingLabels {
+    messaging_system: String,
+    messaging_destination_name: String,
+    messaging_operation_name: String,
     error_type: String,
     server_address: String,
     service_name: String,
@@ -188,6 +201,8 @@ pub struct Metrics {
     rpc_client: Histograms<RpcClientLabels>,
     db_client: Histograms<DbLabels>,
     db_server: Histograms<DbLabels>,
+    messaging_client: Histograms<MessagingLabels>,
+    messaging_process: Histograms<MessagingLabels>,
     /// Ring buffer records received.
     pub events: Counter,
     /// Events lost in the kernel (ring buffer full), as last reported by the loader.
@@ -212,6 +227,9 @@ impl Metrics {
         let rpc_client = register_durations(&mut registry, &grpc::CLIENT_DURATION);
         let db_client = register_durations(&mut registry, &db::CLIENT_DURATION);
         let db_server = register_durations(&mut registry, &db::SERVER_DURATION);
+        let messaging_client =
+            register_durations(&mut registry, &messaging::CLIENT_OPERATION_DURATION);
+        let messaging_process = register_durations(&mut registry, &messaging::PROCESS_DURATION);
         // A gauge of 1 rather than an OpenMetrics `info` metric: the Prometheus text
         // format (and promtool) knows no `info` type.
         let target_info = Family::<Vec<(String, String)>, Gauge>::default();
@@ -296,6 +314,8 @@ impl Metrics {
             rpc_client,
             db_client,
             db_server,
+            messaging_client,
+            messaging_process,
             events,
             kernel_events_lost,
             export_errors,
@@ -323,6 +343,26 @@ impl Metrics {
             let family = match s.kind {
                 SpanKind::Client => &self.db_client,
                 SpanKind::Server => &self.db_server,
+            };
+            return PromSeries {
+                duration: family.get_or_create(&labels).clone(),
+                request_size: None,
+                response_size: None,
+            };
+        }
+        if let Some(m) = &s.messaging {
+            let labels = MessagingLabels {
+                messaging_system: m.system.to_string(),
+                messaging_destination_name: m.destination.clone().unwrap_or_default(),
+                messaging_operation_name: m.operation.name().to_string(),
+                error_type: messaging::error_type(m, s.no_response).unwrap_or_default(),
+                server_address: s.server_address.to_string(),
+                service_name: s.service_name.clone(),
+                service_namespace: namespace,
+            };
+            let family = match m.operation {
+                messaging::Operation::Publish => &self.messaging_client,
+                messaging::Operation::Process => &self.messaging_process,
             };
             return PromSeries {
                 duration: family.get_or_create(&labels).clone(),

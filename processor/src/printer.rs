@@ -6,16 +6,18 @@ use sonde_plumbing::logging::write_rfc3339;
 
 use crate::config::TracePrinter;
 
-use crate::span::{Address, Span, SpanKind, write_hex};
+use crate::span::{Address, ExportKind, Span, write_hex};
 
 /// Formats one span as a text line (no trailing newline). Every string taken from traffic or
 /// from the process (method, path, query, `Host`, service name) is escaped (`escape_text`), so a
 /// request cannot start a line, move the cursor or change a terminal's state.
 pub fn text_line(s: &Span) -> String {
     use std::fmt::Write as _;
-    let kind = match s.kind {
-        SpanKind::Server => "SERVER",
-        SpanKind::Client => "CLIENT",
+    let kind = match s.export_kind() {
+        ExportKind::Server => "SERVER",
+        ExportKind::Client => "CLIENT",
+        ExportKind::Producer => "PRODUCER",
+        ExportKind::Consumer => "CONSUMER",
     };
     let mut line = String::with_capacity(256);
     write_rfc3339(&mut line, s.start_unix_nano);
@@ -54,6 +56,16 @@ pub fn text_line(s: &Span) -> String {
         if let Some(code) = &db.error_code {
             line.push_str(" db_status=");
             escape_text(&mut line, code);
+        }
+    }
+    if let Some(m) = &s.messaging {
+        let _ = write!(line, " {} {}", m.system, m.operation.name());
+        if let Some(d) = &m.destination {
+            line.push_str(" topic=");
+            escape_text(&mut line, d);
+        }
+        if let Some(code) = m.error_code {
+            let _ = write!(line, " kafka_error={code}");
         }
     }
     if let Some(rpc) = &s.rpc {
@@ -205,9 +217,11 @@ pub fn json_line(s: &Span, out: &mut Vec<u8>) {
     key(out, "kind");
     json_str(
         out,
-        match s.kind {
-            SpanKind::Server => "server",
-            SpanKind::Client => "client",
+        match s.export_kind() {
+            ExportKind::Server => "server",
+            ExportKind::Client => "client",
+            ExportKind::Producer => "producer",
+            ExportKind::Consumer => "consumer",
         },
     );
     key(out, "name");
@@ -256,6 +270,25 @@ pub fn json_line(s: &Span, out: &mut Vec<u8>) {
                 key(out, k);
                 json_str(out, v);
             }
+        }
+    }
+    if let Some(m) = &s.messaging {
+        key(out, "messaging_system");
+        json_str(out, m.system);
+        key(out, "messaging_operation");
+        json_str(out, m.operation.name());
+        for (k, v) in [
+            ("messaging_destination", &m.destination),
+            ("messaging_client_id", &m.client_id),
+        ] {
+            if let Some(v) = v {
+                key(out, k);
+                json_str(out, v);
+            }
+        }
+        if let Some(code) = m.error_code {
+            key(out, "messaging_error_code");
+            json_num(out, code);
         }
     }
     if let Some(rpc) = &s.rpc {
@@ -367,6 +400,7 @@ mod tests {
             user_agent: optional.then(|| "curl/8\n".into()),
             method_original: optional.then(|| "PURGE".into()),
             db: None,
+            messaging: None,
             rpc: optional.then(|| crate::span::Rpc {
                 system: "grpc",
                 method: "pkg.Svc/Do".into(),

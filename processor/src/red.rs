@@ -12,6 +12,7 @@ use crate::{
     metrics::{Metrics, PromSeries},
     otlp::{Otlp, ProcessResource},
     prehashed::PrehashedMap,
+    protocols::messaging::Operation,
     semconv::method_value,
     span::{Address, Span, SpanKind},
 };
@@ -32,6 +33,8 @@ struct Entry {
     rpc: Option<(String, Option<u32>)>,
     /// Database system, operation and error code, for database spans.
     db: Option<(&'static str, Option<String>, Option<String>)>,
+    /// Operation, topic and error code, for messaging spans.
+    messaging: Option<MessagingKey>,
     prometheus: Option<PromSeries>,
     otlp: Option<Vec<KeyValue>>,
 }
@@ -53,8 +56,19 @@ impl Entry {
                 == s.db
                     .as_ref()
                     .map(|d| (d.system, d.operation.as_deref(), d.error_code.as_deref()))
+            && self.messaging.as_ref().map(|(o, d, e)| (*o, d.as_deref(), *e)) == messaging_key(s)
             && self.no_response == s.no_response
     }
+}
+
+/// What a messaging span's series depends on besides the common fields.
+type MessagingKey = (Operation, Option<String>, Option<i16>);
+type MessagingKeyRef<'a> = (Operation, Option<&'a str>, Option<i16>);
+
+fn messaging_key(s: &Span) -> Option<MessagingKeyRef<'_>> {
+    s.messaging
+        .as_ref()
+        .map(|m| (m.operation, m.destination.as_deref(), m.error_code))
 }
 
 /// Records requests into the Prometheus and OTLP histograms through per-series shortcuts.
@@ -89,6 +103,7 @@ impl RedRecorder {
             s.rpc.as_ref().map(|r| (r.method.as_str(), r.status_code)),
             s.db.as_ref()
                 .map(|d| (d.system, d.operation.as_deref(), d.error_code.as_deref())),
+            messaging_key(s),
             s.no_response,
         ));
         let found = self
@@ -114,6 +129,10 @@ impl RedRecorder {
                         .db
                         .as_ref()
                         .map(|d| (d.system, d.operation.clone(), d.error_code.clone())),
+                    messaging: s
+                        .messaging
+                        .as_ref()
+                        .map(|m| (m.operation, m.destination.clone(), m.error_code)),
                     no_response: s.no_response,
                     prometheus: prometheus.map(|m| m.series(s)),
                     otlp: otlp

@@ -48,6 +48,11 @@ pub struct Span {
     /// Set on database and cache spans (PostgreSQL, Redis, …).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub db: Option<Db>,
+    /// Set on messaging spans (Kafka). `kind` stays the direction (CLIENT: this process sent
+    /// the request; SERVER: a selected broker received it); [`Span::export_kind`] gives the
+    /// exported kind (PRODUCER / CONSUMER for a messaging client).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub messaging: Option<Messaging>,
     pub server_address: Address,
     pub server_port: u16,
     pub client_address: Address,
@@ -110,6 +115,35 @@ pub struct Db {
     /// `db.response.status_code` of a failed operation.
     #[serde(rename = "db_status", skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+}
+
+/// What a messaging span carries (the messaging semantic conventions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Messaging {
+    /// `messaging.system`: `kafka`.
+    #[serde(rename = "messaging_system")]
+    pub system: &'static str,
+    /// `messaging.operation.name` and `messaging.operation.type`.
+    #[serde(rename = "messaging_operation")]
+    pub operation: crate::protocols::messaging::Operation,
+    /// `messaging.destination.name`: the topic.
+    #[serde(rename = "messaging_destination", skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// `messaging.client.id`.
+    #[serde(rename = "messaging_client_id", skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The Kafka error code of a failed operation.
+    #[serde(rename = "messaging_error_code", skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i16>,
+}
+
+/// The OpenTelemetry span kind a span is exported as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    Server,
+    Client,
+    Producer,
+    Consumer,
 }
 
 /// Where a span's service identity comes from.
@@ -192,6 +226,20 @@ pub fn addr(family: u16, bytes: &[u8; 16]) -> Address {
 }
 
 impl Span {
+    /// The kind the span is exported as: a messaging client's spans are PRODUCER (publish)
+    /// or CONSUMER (process); everything else is its direction.
+    pub fn export_kind(&self) -> ExportKind {
+        use crate::protocols::messaging::Operation;
+        match (self.kind, &self.messaging) {
+            (SpanKind::Server, _) => ExportKind::Server,
+            (SpanKind::Client, None) => ExportKind::Client,
+            (SpanKind::Client, Some(m)) => match m.operation {
+                Operation::Publish => ExportKind::Producer,
+                Operation::Process => ExportKind::Consumer,
+            },
+        }
+    }
+
     /// Sets `http.route` and, with it, the span name (`METHOD route`; `HTTP route` for a
     /// non-standard method).
     pub fn set_route(&mut self, route: Option<String>) {
@@ -230,6 +278,7 @@ impl Span {
             method_original: None,
             rpc: None,
             db: None,
+            messaging: None,
             server_address: Address(None),
             server_port: 80,
             client_address: Address(None),

@@ -20,10 +20,11 @@ use crate::{
     protocols::{
         db,
         grpc::{self, AttrValue},
+        messaging,
         http1::parse::strip_userinfo,
     },
     semconv::method_value,
-    span::{Db, Rpc, Span, SpanKind},
+    span::{Db, ExportKind, Messaging, Rpc, Span, SpanKind},
 };
 
 /// What an instrumented process's OTLP resource is built from.
@@ -187,18 +188,65 @@ fn db_attributes(s: &Span, d: Db, attrs: &mut Vec<KeyValue>) -> trace::Status {
     }
 }
 
+/// The attributes and status of a messaging span (the messaging semantic conventions; the
+/// operation word also gives `messaging.operation.type`, as the reference system does). A
+/// failed operation's status description is its Kafka error code.
+fn messaging_attributes(s: &Span, m: Messaging, attrs: &mut Vec<KeyValue>) -> trace::Status {
+    let error = messaging::error_type(&m, s.no_response);
+    attrs.push(KeyValue::new("messaging.system", m.system));
+    attrs.push(KeyValue::new("messaging.operation.name", m.operation.name()));
+    attrs.push(KeyValue::new("messaging.operation.type", m.operation.name()));
+    if let Some(d) = m.destination {
+        attrs.push(KeyValue::new("messaging.destination.name", d));
+    }
+    if let Some(id) = m.client_id {
+        attrs.push(KeyValue::new("messaging.client.id", id));
+    }
+    if s.kind == SpanKind::Server {
+        attrs.push(KeyValue::new(
+            "client.address",
+            s.client_address.to_string(),
+        ));
+        attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
+    }
+    attrs.push(KeyValue::new(
+        "server.address",
+        s.server_address.to_string(),
+    ));
+    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
+    match error {
+        Some(e) => {
+            attrs.push(KeyValue::new("error.type", e));
+            trace::Status::Error {
+                description: match m.error_code {
+                    Some(code) => Cow::Owned(format!("kafka error code {code}")),
+                    None => Cow::Borrowed(""),
+                },
+            }
+        }
+        None => trace::Status::Unset,
+    }
+}
+
 /// Converts a span into the SDK's export form, moving its strings rather than copying them.
 pub fn span_data(mut s: Span, scope: &InstrumentationScope) -> SpanData {
     let mut attrs = Vec::with_capacity(16);
-    let status = match (s.rpc.take(), s.db.take()) {
-        (Some(rpc), _) => match rpc_attributes(&s, &rpc, &mut attrs) {
+    let span_kind = match s.export_kind() {
+        ExportKind::Server => trace::SpanKind::Server,
+        ExportKind::Client => trace::SpanKind::Client,
+        ExportKind::Producer => trace::SpanKind::Producer,
+        ExportKind::Consumer => trace::SpanKind::Consumer,
+    };
+    let status = match (s.rpc.take(), s.db.take(), s.messaging.take()) {
+        (_, _, Some(m)) => messaging_attributes(&s, m, &mut attrs),
+        (Some(rpc), _, _) => match rpc_attributes(&s, &rpc, &mut attrs) {
             Some(description) => trace::Status::Error {
                 description: Cow::Borrowed(description),
             },
             None => trace::Status::Unset,
         },
-        (None, Some(d)) => db_attributes(&s, d, &mut attrs),
-        (None, None) => http_attributes(&mut s, &mut attrs),
+        (None, Some(d), _) => db_attributes(&s, d, &mut attrs),
+        (None, None, None) => http_attributes(&mut s, &mut attrs),
     };
     let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
     SpanData {
@@ -213,10 +261,7 @@ pub fn span_data(mut s: Span, scope: &InstrumentationScope) -> SpanData {
             .parent_span_id
             .map_or(trace::SpanId::INVALID, |p| trace::SpanId::from_bytes(p.0)),
         parent_span_is_remote: s.parent_span_id.is_some(),
-        span_kind: match s.kind {
-            SpanKind::Server => trace::SpanKind::Server,
-            SpanKind::Client => trace::SpanKind::Client,
-        },
+        span_kind,
         name: Cow::Owned(s.name),
         start_time: at(s.start_unix_nano),
         end_time: at(s.end_unix_nano),

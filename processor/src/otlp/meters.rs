@@ -28,7 +28,7 @@ use opentelemetry_sdk::{
 
 use super::convert::ProcessResource;
 use crate::{
-    protocols::{db, grpc},
+    protocols::{db, grpc, messaging},
     semconv::{self, DURATION_BUCKETS, RedInstruments, SIZE_BUCKETS, method_value},
     span::{Rpc, Span, SpanKind},
 };
@@ -159,6 +159,8 @@ struct ProcessInstruments {
     rpc_client: Histogram<f64>,
     db_client: Histogram<f64>,
     db_server: Histogram<f64>,
+    messaging_client: Histogram<f64>,
+    messaging_process: Histogram<f64>,
 }
 
 fn duration_histogram(meter: &Meter, i: &semconv::Instrument) -> Histogram<f64> {
@@ -202,6 +204,11 @@ impl Meters {
                 rpc_client: duration_histogram(&meter, &grpc::CLIENT_DURATION),
                 db_client: duration_histogram(&meter, &db::CLIENT_DURATION),
                 db_server: duration_histogram(&meter, &db::SERVER_DURATION),
+                messaging_client: duration_histogram(
+                    &meter,
+                    &messaging::CLIENT_OPERATION_DURATION,
+                ),
+                messaging_process: duration_histogram(&meter, &messaging::PROCESS_DURATION),
             },
         );
         lock(&self.providers).insert(
@@ -225,6 +232,13 @@ impl Meters {
     pub(super) fn record(&self, s: &Span, attrs: &[KeyValue]) {
         if let Some(i) = self.instruments.get(&s.pid) {
             let seconds = s.duration_ns as f64 / 1e9;
+            if let Some(m) = &s.messaging {
+                match m.operation {
+                    messaging::Operation::Publish => i.messaging_client.record(seconds, attrs),
+                    messaging::Operation::Process => i.messaging_process.record(seconds, attrs),
+                }
+                return;
+            }
             match (s.kind, s.rpc.is_some(), s.db.is_some()) {
                 (SpanKind::Server, _, true) => i.db_server.record(seconds, attrs),
                 (SpanKind::Client, _, true) => i.db_client.record(seconds, attrs),
@@ -275,6 +289,26 @@ fn rpc_metric_attributes(s: &Span, rpc: &Rpc, labels: &ServiceLabels) -> Vec<Key
 fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
     if let Some(rpc) = &s.rpc {
         return rpc_metric_attributes(s, rpc, labels);
+    }
+    if let Some(m) = &s.messaging {
+        let mut attrs = Vec::with_capacity(8);
+        attrs.push(KeyValue::new("messaging.system", m.system));
+        if let Some(d) = &m.destination {
+            attrs.push(KeyValue::new("messaging.destination.name", d.clone()));
+        }
+        attrs.push(KeyValue::new("messaging.operation.name", m.operation.name()));
+        if let Some(e) = messaging::error_type(m, s.no_response) {
+            attrs.push(KeyValue::new("error.type", e));
+        }
+        attrs.push(KeyValue::new(
+            "server.address",
+            s.server_address.to_string(),
+        ));
+        attrs.push(KeyValue::new("service.name", labels.service_name.clone()));
+        if let Some(ns) = &labels.service_namespace {
+            attrs.push(KeyValue::new("service.namespace", ns.clone()));
+        }
+        return attrs;
     }
     if let Some(d) = &s.db {
         let mut attrs = Vec::with_capacity(7);

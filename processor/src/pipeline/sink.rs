@@ -14,7 +14,7 @@ use crate::{
     otlp::Otlp,
     printer::Printer,
     protocols::{
-        db_spans,
+        db_spans, messaging_spans,
         http1::{self, Built},
         http2_spans::{self, NoSpan},
         streams::{ConnMeta, StreamExchange},
@@ -126,8 +126,13 @@ impl<'a, W: Write> SpanSink<'a, W> {
                 self.finish_span(Box::new(span), processes, stats);
                 return;
             }
-            // Messaging spans: being written (issue 11, Kafka).
-            StreamExchange::Messaging(_) => return,
+            StreamExchange::Messaging(ex) => {
+                // Partial exchanges are counted by the parser (`streams.kafka.partial`).
+                let span =
+                    messaging_spans::build(meta, ex, &service, self.mono_to_unix, &mut self.ids);
+                self.finish_span(Box::new(span), processes, stats);
+                return;
+            }
         };
         match http2_spans::build(
             meta,
@@ -146,9 +151,10 @@ impl<'a, W: Write> SpanSink<'a, W> {
     fn finish_span(&mut self, mut s: Box<Span>, processes: &ProcessTable, stats: &mut Stats) {
         let config = self.config;
         let mut ignored = None;
-        // Routes are HTTP's: an RPC's method or a database operation is already
-        // low-cardinality.
-        if s.malformed.is_none() && s.rpc.is_none() && s.db.is_none() {
+        // Routes are HTTP's: an RPC's method, a database operation or a messaging topic is
+        // already low-cardinality.
+        if s.malformed.is_none() && s.rpc.is_none() && s.db.is_none() && s.messaging.is_none()
+        {
             let routed = self.router.route(&s.service_name, &s.path);
             ignored = routed.ignored;
             s.set_route(routed.route);

@@ -48,6 +48,7 @@ pub fn build(
         method_original: None,
         rpc: None,
         db: Some(db),
+        messaging: None,
         server_address,
         server_port,
         client_address,

@@ -95,6 +95,7 @@ pub fn build(
         method_original,
         rpc,
         db: None,
+        messaging: None,
         server_address,
         server_port,
         client_address,

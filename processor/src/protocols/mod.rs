@@ -11,6 +11,7 @@ pub mod http2_spans;
 pub mod kafka;
 pub mod memcached;
 pub mod messaging;
+pub mod messaging_spans;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;

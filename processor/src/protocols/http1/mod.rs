@@ -118,6 +118,7 @@ pub fn build(
         method_original,
         rpc: None,
         db: None,
+        messaging: None,
         server_address,
         server_port,
         client_address,
