@@ -51,42 +51,6 @@ pub fn select(tgid: u32) {
     }
 }
 
-/// Flags shared with the loader through a mapping, one byte each (`NOTICE_*`).
-#[map(name = "NOTICES")]
-pub static NOTICES: Array<u64> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-
-/// Byte of `NOTICES` (`sonde_schema::NOTICE_LISTEN_PENDING`): a `listen()` on a selected port
-/// was reported and the loader has not rescanned since. Further listens are not reported until
-/// it has (each rescan sees them all), so a `listen()` loop costs the loader one rescan per
-/// wake-up, not one notice per call.
-pub use sonde_schema::NOTICE_LISTEN_PENDING;
-
-/// Sets a `NOTICES` byte; true if it was clear (the caller reports, and clears it again if the
-/// report could not be written).
-#[inline(always)]
-pub fn notice_claim(byte: usize) -> bool {
-    let Some(word) = NOTICES.get_ptr_mut(0) else {
-        return true;
-    };
-    // SAFETY: pointer from a successful array lookup, valid for 8 bytes; one-byte accesses.
-    unsafe {
-        let b = word.cast::<u8>().add(byte & 7);
-        if core::ptr::read_volatile(b) != 0 {
-            return false;
-        }
-        core::ptr::write_volatile(b, 1);
-    }
-    true
-}
-
-#[inline(always)]
-pub fn notice_release(byte: usize) {
-    if let Some(word) = NOTICES.get_ptr_mut(0) {
-        // SAFETY: as in `notice_claim`.
-        unsafe { core::ptr::write_volatile(word.cast::<u8>().add(byte & 7), 0) };
-    }
-}
-
 /// Local ports whose `listen()` the loader wants to hear about (bit `port % 64` of word
 /// `port / 64`), written by the loader once at load time from `open_port`.
 #[map(name = "LISTEN_PORTS")]

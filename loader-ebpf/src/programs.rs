@@ -15,8 +15,8 @@ use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, coun
 
 use crate::{
     maps::{
-        CONNS, NOTICE_LISTEN_PENDING, OP_READ, OP_WRITE, PROC_EVENTS, SocketIo, count, deselect,
-        listen_port_wanted, notice_claim, notice_release, select, selected,
+        CONNS, OP_READ, OP_WRITE, PROC_EVENTS, SocketIo, count, deselect, listen_port_wanted,
+        select, selected,
     },
     offsets, pairing, syscall_abi, tls,
 };
@@ -125,18 +125,21 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
     match newstate {
         TCP_LISTEN => {
             // Only ports the selection covers: a listen() loop on other ports costs one bit
-            // test and never reaches the process ring.
+            // test and never reaches the process ring. Every covered listen is reported with
+            // the listening process: the loader looks at that process's network namespace
+            // only (its own `/proc/<pid>/net/tcp{,6}`), whichever namespace it is.
             let sk: u64 = ctx.arg(0);
             // SAFETY: bpf_probe_read_kernel copies with fault handling; sk is the tracepoint's.
             let port = unsafe {
                 aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_num()) as *const u16)
                     .unwrap_or(0)
             };
-            if listen_port_wanted(port)
-                && notice_claim(NOTICE_LISTEN_PENDING)
-                && !proc_event(PROC_LISTEN, (bpf_get_current_pid_tgid() >> 32) as u32, 0)
-            {
-                notice_release(NOTICE_LISTEN_PENDING);
+            if listen_port_wanted(port) {
+                proc_event(
+                    PROC_LISTEN,
+                    (bpf_get_current_pid_tgid() >> 32) as u32,
+                    u32::from(port),
+                );
             }
         }
         TCP_FIN_WAIT1 | TCP_LAST_ACK => pairing::on_close(ctx.arg(0), false),

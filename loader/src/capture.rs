@@ -95,16 +95,20 @@ pub struct Capture<'a> {
     refusals: Refusals,
     /// A processor this loader started that broke the protocol: to be killed (and restarted).
     violator: Option<u32>,
-    /// When a `listen()` notice last caused a rescan, and whether one is owed: a listen loop
-    /// on a covered port could otherwise make every wake-up walk all of `/proc`.
-    listen_rescanned_at: Option<Instant>,
-    listen_rescan_owed: bool,
+    /// Listening sockets on covered ports, per network namespace, as last read.
+    listeners: selection::Listeners,
+    /// Network namespaces a `listen()` notice named since their last reading, with the
+    /// processes that listened there (to be checked once the namespace is read).
+    dirty_netns: BTreeMap<u64, BTreeSet<u32>>,
+    /// Whether the next `rescan` walks all of `/proc` (at start-up, and after lost notices).
+    full_scan_owed: bool,
     status: audit::Status,
     status_path: PathBuf,
 }
 
-/// At most one `listen()`-triggered rescan this often; the periodic rescan covers the rest.
-const LISTEN_RESCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// A namespace's listening sockets are read at most this often for `listen()` notices; a
+/// listen loop on a covered port waits (the loop ticks every 200 ms), it is not lost.
+const NETNS_REREAD_EVERY: Duration = Duration::from_millis(250);
 
 impl<'a> Capture<'a> {
     /// Nothing selected yet and no processor; `status` describes this loader.
@@ -120,8 +124,9 @@ impl<'a> Capture<'a> {
             pending: Vec::new(),
             refusals: Refusals::new(),
             violator: None,
-            listen_rescanned_at: None,
-            listen_rescan_owed: false,
+            listeners: selection::Listeners::default(),
+            dirty_netns: BTreeMap::new(),
+            full_scan_owed: true,
             status,
             status_path: audit::status_path(&config.control_socket),
         }
@@ -582,12 +587,14 @@ impl<'a> Capture<'a> {
         }
     }
 
-    /// Scans `/proc` for the processes the configuration selects: every selected process is
-    /// checked by start time (gone or replaced ones are removed; a replacement is evaluated
-    /// from scratch like any process), then new ones are added.
+    /// Keeps the selection in step (called at start-up and then periodically): every selected
+    /// process is checked by start time (gone or replaced ones are removed; a replacement is
+    /// evaluated from scratch like any process) and configured pids not selected yet are
+    /// looked at. Only the first call, and the first after lost notices, walks all of `/proc`
+    /// (and reads the listening sockets of each network namespace once): in between, the
+    /// kernel's notices (exec, fork, exit, and every `listen()` on a covered port) say what
+    /// changed, so an idle loader reads nothing but the selected processes' `stat` files.
     pub fn rescan(&mut self, probes: &mut Probes) {
-        // Listens from here on are reported again; this scan sees every earlier one.
-        probes.rearm_listen_notice();
         let pids: Vec<(u32, u64)> = self.selected.iter().map(|(p, s)| (*p, s.start)).collect();
         for (pid, start) in pids {
             match selection::fate(start, selection::start_time(pid)) {
@@ -612,9 +619,30 @@ impl<'a> Capture<'a> {
         }
         self.narrowed_out
             .retain(|&(pid, start)| selection::start_time(pid) == Some(start));
-        let found = Selector::new(self.config, &self.pinned).scan();
-        for (_, c) in found {
-            self.add(probes, c);
+        if std::mem::take(&mut self.full_scan_owed) {
+            // Every listen up to now is seen by this scan.
+            self.dirty_netns.clear();
+            let started = Instant::now();
+            let found = Selector::new(self.config, &self.pinned).scan(&mut self.listeners);
+            debug!(
+                took_ms = started.elapsed().as_millis() as u64,
+                network_namespaces = self.listeners.namespaces(),
+                "selection: full scan of /proc"
+            );
+            for (_, c) in found {
+                self.add(probes, c);
+            }
+        } else {
+            // Namespaces that come and go (short-lived containers) do not pile up.
+            self.listeners.prune(Duration::from_secs(60));
+            for &pid in &self.config.target_pids {
+                if !self.selected.contains_key(&pid)
+                    && let Some(c) =
+                        Selector::new(self.config, &self.pinned).check(pid, &mut self.listeners)
+                {
+                    self.add(probes, c);
+                }
+            }
         }
     }
 
@@ -629,13 +657,13 @@ impl<'a> Capture<'a> {
                 "process notices were lost; resynchronising the selection from /proc"
             );
             self.proc_events_lost = lost;
+            self.full_scan_owed = true;
             self.rescan(probes);
         }
     }
 
     /// Applies the kernel's process notices (exit, exec, fork, listen) waiting in the ring.
     pub fn drain_proc_events(&mut self, probes: &mut Probes) {
-        let mut rescan = false;
         for ev in read_proc_events(probes) {
             debug!(?ev, "process event");
             match ev.kind {
@@ -651,7 +679,8 @@ impl<'a> Capture<'a> {
                     }
                 }
                 PROC_EXEC => {
-                    let found = Selector::new(self.config, &self.pinned).check(ev.pid);
+                    let found =
+                        Selector::new(self.config, &self.pinned).check(ev.pid, &mut self.listeners);
                     match found {
                         Some(c) => self.add(probes, c),
                         // A selected process exec'd something the selection does not cover
@@ -660,25 +689,70 @@ impl<'a> Capture<'a> {
                     }
                 }
                 PROC_FORK => self.forked(probes, ev.pid, ev.child_pid, ev.boot_ns),
-                PROC_LISTEN => rescan |= self.config.open_port.is_some(),
+                PROC_LISTEN if self.config.open_port.is_some() => self.listened(ev.pid),
                 _ => {}
             }
         }
-        self.listen_rescan_owed |= rescan;
         self.rescan_if_owed(probes);
         self.resync_if_lost(probes);
     }
 
-    /// Runs the rescan a `listen()` notice asked for, unless one ran less than
-    /// `LISTEN_RESCAN_EVERY` ago (then a later call runs it: the loop calls this every tick).
+    /// A process listened on a covered port: its network namespace is read again (soon, see
+    /// `rescan_if_owed`) and the process checked. A selected process needs nothing.
+    fn listened(&mut self, pid: u32) {
+        if let Some(s) = self.selected.get(&pid)
+            && selection::start_time(pid) == Some(s.start)
+        {
+            return;
+        }
+        // Gone already (a short-lived listener): nothing to select.
+        if let Some(ns) = selection::netns_of(pid) {
+            self.dirty_netns.entry(ns).or_default().insert(pid);
+        }
+    }
+
+    /// Reads the network namespaces `listen()` notices named (each once, through one of the
+    /// processes that listened there, at most every `NETNS_REREAD_EVERY`) and checks those
+    /// processes; the loop calls this every tick, so a deferred namespace is read soon.
     pub fn rescan_if_owed(&mut self, probes: &mut Probes) {
-        let due = self
-            .listen_rescanned_at
-            .is_none_or(|t| t.elapsed() >= LISTEN_RESCAN_EVERY);
-        if self.listen_rescan_owed && due {
-            self.listen_rescan_owed = false;
-            self.listen_rescanned_at = Some(Instant::now());
-            self.rescan(probes);
+        let Some(ports) = &self.config.open_port else {
+            self.dirty_netns.clear();
+            return;
+        };
+        let due: Vec<u64> = self
+            .dirty_netns
+            .keys()
+            .copied()
+            .filter(|&ns| {
+                self.listeners
+                    .age(ns)
+                    .is_none_or(|a| a >= NETNS_REREAD_EVERY)
+            })
+            .collect();
+        for ns in due {
+            let pids = self.dirty_netns.remove(&ns).unwrap_or_default();
+            if !pids.iter().any(|&pid| self.listeners.read(ns, pid, ports)) {
+                // Every process that listened there is gone or elsewhere.
+                continue;
+            }
+            let Some(listening) = self.listeners.get(ns) else {
+                continue;
+            };
+            let selector = Selector::new(self.config, &self.pinned);
+            let found: Vec<Candidate> = pids
+                .iter()
+                .filter_map(|&pid| selector.check_with(pid, listening))
+                .collect();
+            debug!(
+                netns = ns,
+                listeners = listening.len(),
+                checked = pids.len(),
+                selected = found.len(),
+                "listen notice: network namespace read"
+            );
+            for c in found {
+                self.add(probes, c);
+            }
         }
     }
 

@@ -106,7 +106,6 @@ pub struct Probes {
     /// The OpenSSL uprobes, when `ebpf.tls` is on and this kernel has uprobe-multi links.
     tls: Option<TlsProbes>,
     pid_filter: SharedBytes,
-    notices: SharedBytes,
     counters: PerCpuArray<MapData, u64>,
     pub proc_events: RingBuf<MapData>,
     pub ring_buffer_bytes: u32,
@@ -177,7 +176,6 @@ impl Probes {
         let tls = sizes.tls.then(|| load_tls(object, &ebpf)).flatten();
 
         let pid_filter = map_shared(&ebpf, sonde_schema::PID_FILTER_MAP, pid_words)?;
-        let notices = map_shared(&ebpf, sonde_schema::NOTICES_MAP, 1)?;
         let mut listen_ports: Array<MapData, u64> =
             Array::try_from(take(&mut ebpf, sonde_schema::LISTEN_PORTS_MAP)?).map_err(
                 |source| ProbeError::Map {
@@ -211,7 +209,6 @@ impl Probes {
             ebpf,
             tls,
             pid_filter,
-            notices,
             counters,
             proc_events,
             ring_buffer_bytes: sizes.ring_buffer_bytes,
@@ -306,13 +303,6 @@ impl Probes {
     /// takes the pid.
     pub fn pid_in_filter(&self, pid: u32) -> bool {
         self.pid_filter.get(pid)
-    }
-
-    /// Lets the kernel report the next `listen()` on a selected port (called before a rescan,
-    /// which sees every listener up to now).
-    pub fn rearm_listen_notice(&mut self) {
-        self.notices
-            .set(sonde_schema::NOTICE_LISTEN_PENDING as u32, false);
     }
 
     /// Process notices the kernel could not write (the process ring was full), summed over CPUs.

@@ -7,11 +7,13 @@
 //! process that is selected.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
+    io::Read,
+    time::{Duration, Instant},
 };
 
-use sonde_config::Config;
+use sonde_config::{Config, PortSet};
 use sonde_plumbing::proc_status::ProcStatus;
 use sonde_schema::control::ProcessRecord;
 
@@ -40,40 +42,67 @@ impl<'a> Selector<'a> {
         }
     }
 
-    /// Every live process the configuration selects, with the reason.
-    pub fn scan(&self) -> BTreeMap<u32, Candidate> {
+    /// Every live process the configuration selects, with the reason. With `open_port`, the
+    /// listening sockets of every network namespace a process lives in are read once (through
+    /// the first process found in it) into `listeners`, which then holds exactly the
+    /// namespaces seen.
+    pub fn scan(&self, listeners: &mut Listeners) -> BTreeMap<u32, Candidate> {
         let mut out = BTreeMap::new();
-        let listening = match &self.config.open_port {
-            Some(ports) => listening_inodes(|p| ports.contains(p)),
-            None => BTreeMap::new(),
-        };
+        let mut seen = HashSet::new();
+        let none = HashMap::new();
         for pid in all_pids() {
-            if let Some(c) = self.evaluate(pid, &listening) {
+            let ns = match &self.config.open_port {
+                Some(ports) => netns_of(pid).inspect(|&ns| {
+                    if seen.insert(ns) && !listeners.read(ns, pid, ports) {
+                        // Gone or moved: the next process in the namespace reads it.
+                        seen.remove(&ns);
+                    }
+                }),
+                None => None,
+            };
+            let listening = ns.and_then(|ns| listeners.get(ns)).unwrap_or(&none);
+            if let Some(c) = self.evaluate(pid, listening) {
                 out.insert(pid, c);
             }
         }
+        listeners.retain(|ns| seen.contains(&ns));
         out
     }
 
-    /// Checks one process (after an exec notice).
-    pub fn check(&self, pid: u32) -> Option<Candidate> {
+    /// Checks one process (after an exec notice). Its namespace's listeners are read again
+    /// when the last reading is older than `LISTENERS_FRESH`.
+    pub fn check(&self, pid: u32, listeners: &mut Listeners) -> Option<Candidate> {
+        let none = HashMap::new();
         let listening = match &self.config.open_port {
-            Some(ports) => listening_inodes(|p| ports.contains(p)),
-            None => BTreeMap::new(),
+            Some(ports) => match netns_of(pid) {
+                Some(ns) => {
+                    if listeners.age(ns).is_none_or(|a| a >= LISTENERS_FRESH) {
+                        listeners.read(ns, pid, ports);
+                    }
+                    listeners.get(ns).unwrap_or(&none)
+                }
+                None => &none,
+            },
+            None => &none,
         };
-        self.evaluate(pid, &listening)
+        self.evaluate(pid, listening)
+    }
+
+    /// Checks one process against `listening` (its namespace's listeners, just read).
+    pub fn check_with(&self, pid: u32, listening: &HashMap<u64, u16>) -> Option<Candidate> {
+        self.evaluate(pid, listening)
     }
 
     /// The process now on `pid`, if selected: its start time is read before and after the
     /// checks and must not change (else the pid changed hands while it was looked at).
-    fn evaluate(&self, pid: u32, listening: &BTreeMap<u64, u16>) -> Option<Candidate> {
+    fn evaluate(&self, pid: u32, listening: &HashMap<u64, u16>) -> Option<Candidate> {
         let start = start_time(pid)?;
         let reason = self.reason_for(pid, start, listening)?;
         let record = read_record(pid, reason)?;
         (start_time(pid) == Some(start)).then_some(Candidate { start, record })
     }
 
-    fn reason_for(&self, pid: u32, start: u64, listening: &BTreeMap<u64, u16>) -> Option<String> {
+    fn reason_for(&self, pid: u32, start: u64, listening: &HashMap<u64, u16>) -> Option<String> {
         let status = ProcStatus::of(pid).ok()?;
         // A thread-group leader (a process, not a thread), and not this loader.
         if pid == self.own_pid || status.tgid != pid {
@@ -206,36 +235,162 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
     .collect()
 }
 
-/// Inodes of TCP sockets in LISTEN state whose local port passes `wanted`, mapped to the port.
-fn listening_inodes(wanted: impl Fn(u16) -> bool) -> BTreeMap<u64, u16> {
-    let mut out = BTreeMap::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(table) else {
-            continue;
-        };
-        for (port, inode) in parse_listeners(&text) {
-            if wanted(port) {
-                out.insert(inode, port);
-            }
-        }
-    }
-    out
+/// How long an exec check trusts a namespace's listeners as last read (`listen()` notices make
+/// the namespace be read again at once, so this only bounds the life of a stale entry).
+pub const LISTENERS_FRESH: Duration = Duration::from_secs(2);
+
+/// Listening TCP sockets on covered ports, per network namespace (keyed by the inode of
+/// `/proc/<pid>/ns/net`): socket inode → port.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    by_netns: HashMap<u64, NetnsListeners>,
+    /// Tables read so far (for tests and logs).
+    pub reads: u64,
 }
 
-/// Parses `/proc/net/tcp{,6}`: (local port, inode) of every LISTEN (state 0A) socket.
-pub fn parse_listeners(text: &str) -> Vec<(u16, u64)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" {
-                return None;
+#[derive(Debug)]
+struct NetnsListeners {
+    read_at: Instant,
+    inodes: HashMap<u64, u16>,
+}
+
+impl Listeners {
+    /// Reads the listeners of namespace `ns` through `pid`, a process in it, keeping those on
+    /// `ports`. False (and nothing changed) when the process is gone or no longer in `ns`.
+    pub fn read(&mut self, ns: u64, pid: u32, ports: &PortSet) -> bool {
+        let Some(found) = netns_listeners(pid) else {
+            return false;
+        };
+        // The tables are the namespace's only if the process was still in it afterwards.
+        if netns_of(pid) != Some(ns) {
+            return false;
+        }
+        self.reads += 1;
+        let inodes = found
+            .into_iter()
+            .filter(|(port, _)| ports.contains(*port))
+            .map(|(port, inode)| (inode, port))
+            .collect();
+        self.by_netns.insert(
+            ns,
+            NetnsListeners {
+                read_at: Instant::now(),
+                inodes,
+            },
+        );
+        true
+    }
+
+    pub fn get(&self, ns: u64) -> Option<&HashMap<u64, u16>> {
+        self.by_netns.get(&ns).map(|l| &l.inodes)
+    }
+
+    /// How long ago namespace `ns` was read (None: never).
+    pub fn age(&self, ns: u64) -> Option<Duration> {
+        self.by_netns.get(&ns).map(|l| l.read_at.elapsed())
+    }
+
+    /// Forgets namespaces not read for `max_age` (they are read again when next needed).
+    pub fn prune(&mut self, max_age: Duration) {
+        self.by_netns.retain(|_, l| l.read_at.elapsed() < max_age);
+    }
+
+    pub fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.by_netns.retain(|&ns, _| keep(ns));
+    }
+
+    pub fn namespaces(&self) -> usize {
+        self.by_netns.len()
+    }
+}
+
+/// The network namespace of a process: the inode `/proc/<pid>/ns/net` names (`net:[N]`).
+/// Reading the link is a ptrace-read access check, like `/proc/<pid>/fd`.
+pub fn netns_of(pid: u32) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    link.to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// (local port, inode) of every LISTEN TCP socket in `pid`'s network namespace, from the
+/// process's own view, `/proc/<pid>/net/tcp{,6}` (world-readable: no capability, and no
+/// `setns`). None when neither table can be opened (the process is gone).
+pub fn netns_listeners(pid: u32) -> Option<Vec<(u16, u64)>> {
+    let mut out = Vec::new();
+    let mut opened = false;
+    for table in ["tcp", "tcp6"] {
+        if let Ok(file) = fs::File::open(format!("/proc/{pid}/net/{table}")) {
+            opened = true;
+            read_listeners(file, &mut out);
+        }
+    }
+    opened.then_some(out)
+}
+
+/// Reads a `/proc/net/tcp{,6}` table up to its first socket that is not listening. The
+/// kernel lists the listening hash before the established one (`tcp_get_idx`), so on a host
+/// with tens of thousands of established or TIME_WAIT sockets this formats a few extra lines,
+/// never the whole table.
+pub fn read_listeners(mut table: impl Read, out: &mut Vec<(u16, u64)>) {
+    let mut buf = vec![0u8; 16 << 10];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut header = true;
+    loop {
+        let n = match table.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        let mut consumed = 0;
+        while let Some(nl) = pending[consumed..].iter().position(|&b| b == b'\n') {
+            let line = &pending[consumed..consumed + nl];
+            consumed += nl + 1;
+            if std::mem::take(&mut header) {
+                continue;
             }
-            let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
-            let inode = f[9].parse().ok()?;
-            Some((port, inode))
-        })
-        .collect()
+            match parse_listener(&String::from_utf8_lossy(line)) {
+                Line::Listen(port, inode) => out.push((port, inode)),
+                Line::Other => return,
+                Line::Garbled => {}
+            }
+        }
+        pending.drain(..consumed);
+    }
+}
+
+enum Line {
+    Listen(u16, u64),
+    Other,
+    Garbled,
+}
+
+fn parse_listener(line: &str) -> Line {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 10 {
+        return Line::Garbled;
+    }
+    if f[3] != "0A" {
+        return Line::Other;
+    }
+    let port = f[1]
+        .rsplit(':')
+        .next()
+        .and_then(|p| u16::from_str_radix(p, 16).ok());
+    match (port, f[9].parse()) {
+        (Some(port), Ok(inode)) => Line::Listen(port, inode),
+        _ => Line::Garbled,
+    }
+}
+
+/// Parses a whole `/proc/net/tcp{,6}` text: (local port, inode) of its leading LISTEN
+/// (state 0A) sockets.
+pub fn parse_listeners(text: &str) -> Vec<(u16, u64)> {
+    let mut out = Vec::new();
+    read_listeners(text.as_bytes(), &mut out);
+    out
 }
 
 fn read_record(pid: u32, reason: String) -> Option<ProcessRecord> {
@@ -332,17 +487,29 @@ mod tests {
         config.target_pids = vec![pid];
         let start = start_time(pid).unwrap();
         let mut pinned = BTreeMap::new();
-        let found = Selector::new(&config, &pinned).check(pid).unwrap();
+        let found = Selector::new(&config, &pinned)
+            .check(pid, &mut Listeners::default())
+            .unwrap();
         assert_eq!((found.start, found.record.reason.as_str()), (start, "pid"));
         // Pinned to this process: selected while it lives.
         pinned.insert(pid, start);
-        assert!(Selector::new(&config, &pinned).check(pid).is_some());
+        assert!(
+            Selector::new(&config, &pinned)
+                .check(pid, &mut Listeners::default())
+                .is_some()
+        );
         // Pinned to another process that held the pid: not selected.
         pinned.insert(pid, start + 1);
-        assert_eq!(Selector::new(&config, &pinned).check(pid), None);
+        assert_eq!(
+            Selector::new(&config, &pinned).check(pid, &mut Listeners::default()),
+            None
+        );
         // The loader never selects itself.
         config.target_pids = vec![me];
-        assert_eq!(Selector::new(&config, &BTreeMap::new()).check(me), None);
+        assert_eq!(
+            Selector::new(&config, &BTreeMap::new()).check(me, &mut Listeners::default()),
+            None
+        );
         let mut child = child;
         child.kill().unwrap();
         child.wait().unwrap();
@@ -389,17 +556,25 @@ mod tests {
             ..Config::default()
         };
         let pinned = BTreeMap::new();
-        let found = Selector::new(&config, &pinned).check(pid).unwrap();
+        let found = Selector::new(&config, &pinned)
+            .check(pid, &mut Listeners::default())
+            .unwrap();
         assert_eq!(found.record.reason, format!("port {port}"));
         config.discovery_exclude_uids = vec![65534];
-        assert_eq!(Selector::new(&config, &pinned).check(pid), None);
+        assert_eq!(
+            Selector::new(&config, &pinned).check(pid, &mut Listeners::default()),
+            None
+        );
         config.discovery_exclude_uids = vec![];
         config.discovery_uids = vec![0];
-        assert_eq!(Selector::new(&config, &pinned).check(pid), None);
+        assert_eq!(
+            Selector::new(&config, &pinned).check(pid, &mut Listeners::default()),
+            None
+        );
         config.target_pids = vec![pid];
         assert_eq!(
             Selector::new(&config, &pinned)
-                .check(pid)
+                .check(pid, &mut Listeners::default())
                 .unwrap()
                 .record
                 .reason,
@@ -439,9 +614,80 @@ mod tests {
     fn finds_own_listener_by_port() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let inodes = listening_inodes(|p| p == port);
-        assert_eq!(inodes.len(), 1);
-        let mine = socket_inodes(std::process::id());
-        assert!(inodes.keys().all(|i| mine.contains(i)));
+        let me = std::process::id();
+        let found: Vec<u64> = netns_listeners(me)
+            .unwrap()
+            .into_iter()
+            .filter(|&(p, _)| p == port)
+            .map(|(_, inode)| inode)
+            .collect();
+        assert_eq!(found.len(), 1);
+        assert!(socket_inodes(me).contains(&found[0]));
+        let ns = netns_of(me).unwrap();
+        let mut listeners = Listeners::default();
+        let ports = sonde_config::PortSet::parse("t", &port.to_string()).unwrap();
+        assert!(listeners.read(ns, me, &ports));
+        assert_eq!(listeners.get(ns).unwrap().get(&found[0]), Some(&port));
+        assert!(!listeners.read(ns, u32::MAX, &ports));
+    }
+
+    #[test]
+    fn reading_stops_at_the_first_socket_not_listening() {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        let listen = |port: u16, inode: u64| {
+            format!(
+                "   0: 00000000:{port:04X} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 100 0 0 10 0\n"
+            )
+        };
+        let tw = "   2: 0100007F:1F90 0100007F:D2A4 06 00000000:00000000 03:00001234 00000000     0        0 0 3 0000000000000000\n";
+        let mut text = String::from(header);
+        text += &listen(80, 11);
+        text += &listen(8080, 12);
+        for _ in 0..5000 {
+            text += tw;
+        }
+        // A listener after other sockets is never there in a real table: not read.
+        text += &listen(9090, 13);
+        /// A reader that counts how much of it was read.
+        struct Counting<'a>(&'a [u8], usize);
+        impl Read for Counting<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        let mut reader = Counting(text.as_bytes(), 0);
+        let mut out = Vec::new();
+        read_listeners(&mut reader, &mut out);
+        assert_eq!(out, vec![(80, 11), (8080, 12)]);
+        assert!(
+            reader.1 <= 16 << 10,
+            "read {} of {} bytes",
+            reader.1,
+            text.len()
+        );
+        // A line split across reads is put together.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.len().min(7).min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut out = Vec::new();
+        read_listeners(Trickle(text.as_bytes()), &mut out);
+        assert_eq!(out, vec![(80, 11), (8080, 12)]);
+    }
+
+    #[test]
+    fn a_namespace_is_named_by_its_inode() {
+        let me = std::process::id();
+        let ns = netns_of(me).unwrap();
+        let meta = fs::metadata(format!("/proc/{me}/ns/net")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), ns);
+        assert_eq!(netns_of(u32::MAX), None);
     }
 }

@@ -501,7 +501,8 @@ pub const PROC_EXEC: u32 = 1;
 pub const PROC_EXIT: u32 = 2;
 /// `ProcEvent::kind`: a selected process forked.
 pub const PROC_FORK: u32 = 3;
-/// `ProcEvent::kind`: a process started listening on a socket.
+/// `ProcEvent::kind`: a process started listening on a TCP port the selection covers (every
+/// such `listen()`, in any network namespace; `child_pid` holds the port).
 pub const PROC_LISTEN: u32 = 4;
 
 /// Process lifecycle notice for the loader (never carries payload bytes).
@@ -510,7 +511,7 @@ pub const PROC_LISTEN: u32 = 4;
 pub struct ProcEvent {
     pub kind: u32,
     pub pid: u32,
-    /// For `PROC_FORK`: the new task's id.
+    /// For `PROC_FORK`: the new task's id. For `PROC_LISTEN`: the local port.
     pub child_pid: u32,
     pub _pad: u32,
     /// `CLOCK_BOOTTIME` in nanoseconds when the kernel wrote the notice. For `PROC_FORK` this
@@ -651,11 +652,6 @@ pub const PROC_EVENTS_MAP: &str = "PROC_EVENTS";
 /// Name of the PID filter: an mmap-able array of `u64` holding one byte per pid (byte
 /// `pid % 8` of word `pid / 8`, non-zero = selected).
 pub const PID_FILTER_MAP: &str = "PID_FILTER";
-/// Name of the notice flags shared with the loader (mmap-able, one `u64`, one byte per flag).
-pub const NOTICES_MAP: &str = "NOTICES";
-/// Byte of `NOTICES` set by the kernel when it reports a `listen()` on a selected port; the
-/// kernel reports no further listens until the loader clears it (at the start of a rescan).
-pub const NOTICE_LISTEN_PENDING: usize = 0;
 /// Name of the `listen()` port filter (array of `u64`; bit `port % 64` of word `port / 64`).
 pub const LISTEN_PORTS_MAP: &str = "LISTEN_PORTS";
 /// Name of the per-CPU counters map.
