@@ -377,7 +377,7 @@ impl<W: Write> Printer<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::{SpanId, TraceId};
+    use crate::span::{SpanId, SpanKind, TraceId};
 
     fn sample(path: &str, optional: bool) -> Span {
         Span {

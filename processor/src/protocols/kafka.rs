@@ -30,7 +30,9 @@
 //! read; sync is lost only when a size falls into uncaptured bytes, and found again at a
 //! later chunk that starts with a plausible request (request direction) or a response to a
 //! pending request (response direction). A connection picked up mid-stream starts that way.
-//! A response-first connection is not detected ([`Connection::detect`] needs a request).
+//! A connection first seen at a response is not detected reliably ([`Connection::detect`]
+//! needs a request header; some responses happen to look like one, and such a connection's
+//! flows would be taken the wrong way round: a mid-stream pickup risk only).
 //! Nothing of the records (message keys, values, headers) is ever read or kept.
 
 use std::collections::{HashMap, VecDeque};
@@ -432,8 +434,7 @@ enum Topic {
 }
 
 fn topic_name(b: &[u8]) -> Option<String> {
-    (!b.is_empty() && b.len() <= MAX_TOPIC_LEN)
-        .then(|| String::from_utf8_lossy(b).into_owned())
+    (!b.is_empty() && b.len() <= MAX_TOPIC_LEN).then(|| String::from_utf8_lossy(b).into_owned())
 }
 
 /// The request header's fields, read from a message body (after its size).
@@ -982,7 +983,15 @@ impl Connection {
                         request_bytes: m.len,
                         exchange: None,
                     };
-                    self.emit(&p, req, Outcome::default(), m.end_ns, 0, out, End::NotExpected);
+                    self.emit(
+                        &p,
+                        req,
+                        Outcome::default(),
+                        m.end_ns,
+                        0,
+                        out,
+                        End::NotExpected,
+                    );
                     return;
                 }
                 Some(req)
