@@ -56,7 +56,11 @@ impl Entry {
                 == s.db
                     .as_ref()
                     .map(|d| (d.system, d.operation.as_deref(), d.error_code.as_deref()))
-            && self.messaging.as_ref().map(|(o, d, e)| (*o, d.as_deref(), *e)) == messaging_key(s)
+            && self
+                .messaging
+                .as_ref()
+                .map(|(o, d, e)| (*o, d.as_deref(), *e))
+                == messaging_key(s)
             && self.no_response == s.no_response
     }
 }

@@ -127,13 +127,22 @@ pub struct Messaging {
     #[serde(rename = "messaging_operation")]
     pub operation: crate::protocols::messaging::Operation,
     /// `messaging.destination.name`: the topic.
-    #[serde(rename = "messaging_destination", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "messaging_destination",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub destination: Option<String>,
     /// `messaging.client.id`.
-    #[serde(rename = "messaging_client_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "messaging_client_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_id: Option<String>,
     /// The Kafka error code of a failed operation.
-    #[serde(rename = "messaging_error_code", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "messaging_error_code",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub error_code: Option<i16>,
 }
 

@@ -20,8 +20,8 @@ use crate::{
     protocols::{
         db,
         grpc::{self, AttrValue},
-        messaging,
         http1::parse::strip_userinfo,
+        messaging,
     },
     semconv::method_value,
     span::{Db, ExportKind, Messaging, Rpc, Span, SpanKind},
@@ -194,8 +194,14 @@ fn db_attributes(s: &Span, d: Db, attrs: &mut Vec<KeyValue>) -> trace::Status {
 fn messaging_attributes(s: &Span, m: Messaging, attrs: &mut Vec<KeyValue>) -> trace::Status {
     let error = messaging::error_type(&m, s.no_response);
     attrs.push(KeyValue::new("messaging.system", m.system));
-    attrs.push(KeyValue::new("messaging.operation.name", m.operation.name()));
-    attrs.push(KeyValue::new("messaging.operation.type", m.operation.name()));
+    attrs.push(KeyValue::new(
+        "messaging.operation.name",
+        m.operation.name(),
+    ));
+    attrs.push(KeyValue::new(
+        "messaging.operation.type",
+        m.operation.name(),
+    ));
     if let Some(d) = m.destination {
         attrs.push(KeyValue::new("messaging.destination.name", d));
     }

@@ -204,10 +204,7 @@ impl Meters {
                 rpc_client: duration_histogram(&meter, &grpc::CLIENT_DURATION),
                 db_client: duration_histogram(&meter, &db::CLIENT_DURATION),
                 db_server: duration_histogram(&meter, &db::SERVER_DURATION),
-                messaging_client: duration_histogram(
-                    &meter,
-                    &messaging::CLIENT_OPERATION_DURATION,
-                ),
+                messaging_client: duration_histogram(&meter, &messaging::CLIENT_OPERATION_DURATION),
                 messaging_process: duration_histogram(&meter, &messaging::PROCESS_DURATION),
             },
         );
@@ -296,7 +293,10 @@ fn metric_attributes(s: &Span, labels: &ServiceLabels) -> Vec<KeyValue> {
         if let Some(d) = &m.destination {
             attrs.push(KeyValue::new("messaging.destination.name", d.clone()));
         }
-        attrs.push(KeyValue::new("messaging.operation.name", m.operation.name()));
+        attrs.push(KeyValue::new(
+            "messaging.operation.name",
+            m.operation.name(),
+        ));
         if let Some(e) = messaging::error_type(m, s.no_response) {
             attrs.push(KeyValue::new("error.type", e));
         }

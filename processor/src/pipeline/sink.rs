@@ -14,9 +14,10 @@ use crate::{
     otlp::Otlp,
     printer::Printer,
     protocols::{
-        db_spans, messaging_spans,
+        db_spans,
         http1::{self, Built},
         http2_spans::{self, NoSpan},
+        messaging_spans,
         streams::{ConnMeta, StreamExchange},
     },
     red::RedRecorder,
@@ -153,8 +154,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         let mut ignored = None;
         // Routes are HTTP's: an RPC's method, a database operation or a messaging topic is
         // already low-cardinality.
-        if s.malformed.is_none() && s.rpc.is_none() && s.db.is_none() && s.messaging.is_none()
-        {
+        if s.malformed.is_none() && s.rpc.is_none() && s.db.is_none() && s.messaging.is_none() {
             let routed = self.router.route(&s.service_name, &s.path);
             ignored = routed.ignored;
             s.set_route(routed.route);
