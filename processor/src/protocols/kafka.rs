@@ -846,8 +846,10 @@ impl Connection {
     /// A tracker for a connection whose requests travel on `request_flow`; `fresh`: its
     /// start is being captured (else it is picked up mid-stream and sync is looked for).
     pub fn new(request_flow: Flow, fresh: bool) -> Connection {
-        let mut counters = Counters::default();
-        counters.midstream_pickups = u64::from(!fresh);
+        let counters = Counters {
+            midstream_pickups: u64::from(!fresh),
+            ..Counters::default()
+        };
         Connection {
             request_flow,
             requests: Dir {

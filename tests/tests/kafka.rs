@@ -1,0 +1,368 @@
+//! Kafka from the wire protocol, with a real broker (`tansu` 0.6.0, in-memory storage) and a
+//! real client (kafka-python 2.0.2): PRODUCER spans per Produce, CONSUMER spans per Fetch,
+//! SERVER spans on a broker selected by its port, the error code of a failed request, the
+//! messaging metrics over Prometheus and OTLP, and no record bytes in any output.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use sonde_e2e::{otlp::*, peers::*, *};
+
+/// What the records carry; must never reach any output.
+const MARKER: &str = "sonde-secret-payload";
+
+/// `tansu broker` on 127.0.0.1:`port`, advertising the same address, storing in memory.
+fn start_tansu(port: u16) -> Proc {
+    let binary = tansu_binary();
+    assert!(
+        binary.exists(),
+        "{} is missing: scripts/setup.sh builds it (or set SONDE_TANSU)",
+        binary.display()
+    );
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new(binary);
+    cmd.args(["broker", "--listener-url", &url])
+        .args(["--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let p = Proc::spawn("tansu", &mut cmd);
+    wait_for_port(port, Duration::from_secs(20));
+    p
+}
+
+/// A `tests/peers/kafka_client.py` run: started (it says `ready` and waits), then told to go.
+struct Client {
+    proc: Proc,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Client {
+    fn start(mode: &str, port: u16, topic: &str, n: usize) -> Client {
+        let mut cmd = Command::new(otlp_python());
+        cmd.arg(peer("kafka_client.py"))
+            .args([mode, &format!("127.0.0.1:{port}"), topic, &n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(&format!("kafka {mode}"), &mut cmd);
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let c = Client { proc, lines };
+        assert_eq!(c.line(), "ready");
+        c
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{} printed nothing within 60 s", self.proc.name))
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Lets it run; returns what it printed, and waits for it to exit.
+    fn go(mut self) -> Vec<String> {
+        let mut stdin = self.proc.child.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("writing to the client");
+        drop(stdin);
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(60)) {
+            out.push(l);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.proc.is_running() {
+            assert!(Instant::now() < deadline, "{} did not exit", self.proc.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out
+    }
+}
+
+/// Runs a client nobody watches (topic creation) to completion.
+fn run_unwatched(mode: &str, port: u16, topic: &str, n: usize) -> Vec<String> {
+    Client::start(mode, port, topic, n).go()
+}
+
+/// The messaging spans of `pid`.
+fn messaging_of(spans: &[Value], pid: u32) -> Vec<Value> {
+    spans
+        .iter()
+        .filter(|s| s["pid"] == pid && s["messaging_system"] == "kafka")
+        .cloned()
+        .collect()
+}
+
+fn prom_count(text: &str, metric: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// A producer and a consumer selected by pid: one PRODUCER span `publish <topic>` per record
+/// sent (each flushed), CONSUMER spans `process <topic>` for the fetches, no span for the
+/// other requests (ApiVersions, Metadata, …), the metrics over Prometheus and OTLP with the
+/// messaging labels, and no record bytes anywhere.
+#[test]
+fn kafka_client_spans_and_metrics() {
+    let _guard = serial();
+    let dir = TempDir::new("kafka-client");
+    let port = free_port();
+    let metrics_port = free_port();
+    let _broker = start_tansu(port);
+    let topic = "sonde-orders";
+    let created = run_unwatched("create", port, topic, 0);
+    assert_eq!(created, ["created"]);
+    let receiver = Receiver::start(&dir, free_port(), 0);
+    let n = 5;
+    let producer = Client::start("produce", port, topic, n);
+    let consumer = Client::start("consume", port, topic, n);
+    let (ppid, cpid) = (producer.pid(), consumer.pid());
+    let config = dir.path("sonde.yaml");
+    std::fs::write(
+        &config,
+        format!("prometheus_export:\n  port: {metrics_port}\n  address: 127.0.0.1\n"),
+    )
+    .expect("writing the test configuration");
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let sonde = Sonde::start(
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--pid",
+            &ppid.to_string(),
+            "--pid",
+            &cpid.to_string(),
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+        &dir,
+        &[ppid, cpid],
+    );
+    sonde.wait_log("Prometheus endpoint listening", Duration::from_secs(5));
+    assert_eq!(producer.go(), [format!("sent {n}")]);
+    assert_eq!(consumer.go(), [format!("received {n}")]);
+
+    let spans = sonde.wait_spans(n, Duration::from_secs(20), |s| {
+        s["pid"] == ppid && s["messaging_system"] == "kafka"
+    });
+    assert_eq!(spans.len(), n, "{spans:#?}");
+    for s in &spans {
+        assert_eq!(s["kind"], "producer", "{s}");
+        assert_eq!(s["name"], format!("publish {topic}"), "{s}");
+        assert_eq!(s["messaging_operation"], "publish", "{s}");
+        assert_eq!(s["messaging_destination"], topic, "{s}");
+        assert_eq!(s["messaging_client_id"], "sonde-producer", "{s}");
+        assert_eq!(s["server_port"], port, "{s}");
+        assert_eq!(s["server_address"], "127.0.0.1", "{s}");
+        assert!(s.get("messaging_error_code").is_none(), "{s}");
+        assert_eq!(s["no_response"], false, "{s}");
+    }
+    let all = sonde.spans();
+    let fetches = messaging_of(&all, cpid);
+    assert!(!fetches.is_empty(), "no consumer spans: {all:#?}");
+    for s in &fetches {
+        assert_eq!(s["kind"], "consumer", "{s}");
+        assert_eq!(s["name"], format!("process {topic}"), "{s}");
+        assert_eq!(s["messaging_destination"], topic, "{s}");
+        assert_eq!(s["messaging_client_id"], "sonde-consumer", "{s}");
+        assert_eq!(s["server_port"], port, "{s}");
+    }
+    // Only Produce and Fetch make spans; nothing of the records leaves.
+    for s in all.iter().filter(|s| s["pid"] == ppid || s["pid"] == cpid) {
+        assert_eq!(s["messaging_system"], "kafka", "{s}");
+        assert!(!s.to_string().contains(MARKER), "{s}");
+    }
+
+    // Prometheus: publish counted per topic; the fetches in the process histogram.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let publish = [
+        ("messaging_system", "kafka"),
+        ("messaging_destination_name", topic),
+        ("messaging_operation_name", "publish"),
+    ];
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = http_get(metrics_port, "/metrics");
+        if prom_count(
+            &text,
+            "messaging_client_operation_duration_seconds_count",
+            &publish,
+        ) >= n as u64
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        prom_count(
+            &text,
+            "messaging_client_operation_duration_seconds_count",
+            &publish
+        ),
+        n as u64,
+        "{text}"
+    );
+    assert_eq!(
+        prom_count(
+            &text,
+            "messaging_process_duration_seconds_count",
+            &[
+                ("messaging_system", "kafka"),
+                ("messaging_destination_name", topic),
+                ("messaging_operation_name", "process"),
+            ]
+        ),
+        fetches.len() as u64,
+        "{text}"
+    );
+    assert!(!text.contains(MARKER));
+    promtool_check(&text);
+
+    // OTLP: the same spans with the semantic-convention attributes and kinds (4 PRODUCER,
+    // 5 CONSUMER), and the duration histograms.
+    let otlp = receiver.wait_spans(n + fetches.len(), Duration::from_secs(30), |s| {
+        s["resource"]["process.pid"] == ppid || s["resource"]["process.pid"] == cpid
+    });
+    assert_eq!(otlp.len(), n + fetches.len(), "{otlp:#?}");
+    for s in &otlp {
+        let a = &s["attributes"];
+        let producer = s["resource"]["process.pid"] == ppid;
+        assert_eq!(s["kind"], if producer { 4 } else { 5 }, "{s}");
+        assert_eq!(a["messaging.system"], "kafka", "{s}");
+        assert_eq!(a["messaging.destination.name"], topic, "{s}");
+        let op = if producer { "publish" } else { "process" };
+        assert_eq!(a["messaging.operation.name"], op, "{s}");
+        assert_eq!(a["messaging.operation.type"], op, "{s}");
+        assert_eq!(s["name"], format!("{op} {topic}"), "{s}");
+        assert_eq!(a["server.port"], port, "{s}");
+        assert_eq!(s["status_code"], 0, "{s}");
+        assert!(!s.to_string().contains(MARKER), "{s}");
+    }
+    let points = receiver.wait_points(
+        "messaging.client.operation.duration",
+        n as u64,
+        Duration::from_secs(20),
+        |p| p["resource"]["process.pid"] == ppid,
+    );
+    assert_eq!(
+        count_where(
+            &points,
+            "messaging.client.operation.duration",
+            &[
+                ("messaging.system", json!("kafka")),
+                ("messaging.destination.name", json!(topic)),
+                ("messaging.operation.name", json!("publish")),
+            ]
+        ),
+        n as u64,
+        "{points:#?}"
+    );
+    let points = receiver.wait_points(
+        "messaging.process.duration",
+        fetches.len() as u64,
+        Duration::from_secs(20),
+        |p| p["resource"]["process.pid"] == cpid,
+    );
+    assert_eq!(
+        count_where(&points, "messaging.process.duration", &[]),
+        fetches.len() as u64,
+        "{points:#?}"
+    );
+    drop(sonde);
+}
+
+/// The broker selected by its port: one SERVER span per Produce it answers, with the topic;
+/// a raw Produce to a topic that does not exist fails with the broker's error code, on the
+/// client's PRODUCER span and on the broker's SERVER span alike.
+#[test]
+fn kafka_broker_server_spans_and_a_failed_produce() {
+    let _guard = serial();
+    let dir = TempDir::new("kafka-broker");
+    let port = free_port();
+    let broker = start_tansu(port);
+    let topic = "sonde-events";
+    assert_eq!(run_unwatched("create", port, topic, 0), ["created"]);
+    let raw = Client::start("raw", port, "sonde-no-such-topic", 0);
+    let rpid = raw.pid();
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string(), "--pid", &rpid.to_string()],
+        &[],
+        &dir,
+        &[broker.pid(), rpid],
+    );
+    let n = 4;
+    assert_eq!(
+        run_unwatched("produce", port, topic, n),
+        [format!("sent {n}")]
+    );
+    let answered = raw.go();
+    let code: i64 = answered
+        .iter()
+        .find_map(|l| l.strip_prefix("produce_error "))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no produce error: {answered:?}"));
+    assert_eq!(code, UNKNOWN_TOPIC_OR_PARTITION, "{answered:?}");
+
+    let bpid = broker.pid();
+    let spans = sonde.wait_spans(n + 1, Duration::from_secs(20), |s| {
+        s["pid"] == bpid && s["messaging_operation"] == "publish"
+    });
+    let ok: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["messaging_destination"] == topic)
+        .collect();
+    assert_eq!(ok.len(), n, "{spans:#?}");
+    for s in &ok {
+        assert_eq!(s["kind"], "server", "{s}");
+        assert_eq!(s["name"], format!("publish {topic}"), "{s}");
+        assert_eq!(s["server_port"], port, "{s}");
+        assert!(s.get("messaging_error_code").is_none(), "{s}");
+    }
+    let failed: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["messaging_destination"] == "sonde-no-such-topic")
+        .collect();
+    assert_eq!(failed.len(), 1, "{spans:#?}");
+    assert_eq!(failed[0]["kind"], "server");
+    assert_eq!(failed[0]["messaging_error_code"], code);
+    assert_eq!(failed[0]["messaging_client_id"], "sonde-raw");
+
+    let client = sonde.wait_spans(1, Duration::from_secs(20), |s| s["pid"] == rpid);
+    assert_eq!(client.len(), 1, "{client:#?}");
+    let c = &client[0];
+    assert_eq!(c["kind"], "producer", "{c}");
+    assert_eq!(c["name"], "publish sonde-no-such-topic", "{c}");
+    assert_eq!(c["messaging_error_code"], code, "{c}");
+    for s in sonde.spans() {
+        assert!(!s.to_string().contains(MARKER), "{s}");
+    }
+    drop(sonde);
+}
+
+/// Kafka's `UNKNOWN_TOPIC_OR_PARTITION`.
+const UNKNOWN_TOPIC_OR_PARTITION: i64 = 3;
