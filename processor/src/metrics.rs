@@ -582,4 +582,33 @@ mod tests {
         assert!(classic.contains("# TYPE http_server_request_duration_seconds histogram\n"));
         assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
     }
+    #[test]
+    fn messaging_histograms_count_per_operation_and_topic() {
+        use crate::{protocols::messaging::Operation, span::Messaging};
+        let m = Metrics::new("host-a");
+        let messaging = |operation, error_code| {
+            let mut s = span(SpanKind::Client, 0, "", 1_000_000);
+            s.messaging = Some(Messaging {
+                system: "kafka",
+                operation,
+                destination: Some("orders".into()),
+                client_id: Some("c".into()),
+                error_code,
+            });
+            s
+        };
+        record(&m, &messaging(Operation::Publish, None));
+        record(&m, &messaging(Operation::Publish, None));
+        record(&m, &messaging(Operation::Publish, Some(3)));
+        record(&m, &messaging(Operation::Process, None));
+        let text = m.encode();
+        assert!(text.contains(
+            "messaging_client_operation_duration_seconds_count{messaging_system=\"kafka\",messaging_destination_name=\"orders\",messaging_operation_name=\"publish\",error_type=\"\",server_address=\"127.0.0.1\",service_name=\"svc\",service_namespace=\"\"} 2"
+        ), "{text}");
+        assert!(text.contains("error_type=\"UNKNOWN_TOPIC_OR_PARTITION\""), "{text}");
+        assert!(text.contains(
+            "messaging_process_duration_seconds_count{messaging_system=\"kafka\",messaging_destination_name=\"orders\",messaging_operation_name=\"process\""
+        ), "{text}");
+        assert!(!text.contains("http_client_request_duration_seconds_count"), "{text}");
+    }
 }
