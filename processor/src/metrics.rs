@@ -605,10 +605,16 @@ mod tests {
         assert!(text.contains(
             "messaging_client_operation_duration_seconds_count{messaging_system=\"kafka\",messaging_destination_name=\"orders\",messaging_operation_name=\"publish\",error_type=\"\",server_address=\"127.0.0.1\",service_name=\"svc\",service_namespace=\"\"} 2"
         ), "{text}");
-        assert!(text.contains("error_type=\"UNKNOWN_TOPIC_OR_PARTITION\""), "{text}");
+        assert!(
+            text.contains("error_type=\"UNKNOWN_TOPIC_OR_PARTITION\""),
+            "{text}"
+        );
         assert!(text.contains(
             "messaging_process_duration_seconds_count{messaging_system=\"kafka\",messaging_destination_name=\"orders\",messaging_operation_name=\"process\""
         ), "{text}");
-        assert!(!text.contains("http_client_request_duration_seconds_count"), "{text}");
+        assert!(
+            !text.contains("http_client_request_duration_seconds_count"),
+            "{text}"
+        );
     }
 }
