@@ -607,6 +607,14 @@ impl Connection {
                     self.client.parse = HEADER_START;
                     self.client.continues = false;
                 }
+                Side::Server if self.counters.commands == 0 && greeting_like(captured) => {
+                    // Taken for an older connection, but this is its start after all.
+                    self.counters.midstream_pickups =
+                        self.counters.midstream_pickups.saturating_sub(1);
+                    self.phase = Phase::Greeting;
+                    self.server.parse = HEADER_START;
+                    self.client.parse = HEADER_START;
+                }
                 Side::Server => {
                     self.add_reply_bytes(total);
                     self.server_suffix_resync(captured, total, ts_ns, out);

@@ -849,6 +849,19 @@ fn midstream_pickup_starts_at_the_first_command() {
 }
 
 #[test]
+fn greeting_of_a_connection_taken_as_older_starts_the_handshake() {
+    let mut c = Connection::new(IN, false);
+    let mut out = Vec::new();
+    for (i, (client, bytes)) in chunks(PYMYSQL).into_iter().enumerate() {
+        let flow = if client { IN } else { OUT };
+        feed(&mut c, flow, &bytes, i as u64 + 1, &mut out);
+    }
+    assert_eq!(out.len(), 4);
+    assert!(out.iter().all(|x| !x.partial && x.system == "mariadb"));
+    assert_eq!(c.counters().midstream_pickups, 0);
+}
+
+#[test]
 fn ssl_request_stops_parsing() {
     let mut c = Connection::new(OUT, true);
     let mut out = Vec::new();
