@@ -166,6 +166,7 @@ def main():
     ap.add_argument("--label", default="")
     ap.add_argument("--time-wait", type=int, default=30000)
     ap.add_argument("--window", type=float, default=20.0, help="seconds per measurement")
+    ap.add_argument("--only", help="run only this phase (idle, exec_unrelated…, exec_children…)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="sonde-selbench-")
@@ -205,6 +206,7 @@ def main():
                 stderr=logf,
             )
         procs.append(sonde)
+        print(f"sonde pid {sonde.pid}", file=sys.stderr, flush=True)
         if not wait_for(log, f"process selected pid={server.pid} ", 60):
             sys.exit(f"the server was not selected; see {log}")
         time.sleep(3)  # past start-up
@@ -225,6 +227,8 @@ def main():
             ("exec_unrelated_100_per_s", unrelated_flag),
             ("exec_children_of_selected_100_per_s", children_flag),
         ]:
+            if args.only and not phase.startswith(args.only):
+                continue
             if flag:
                 open(flag, "w").close()
                 time.sleep(1)

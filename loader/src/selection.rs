@@ -61,7 +61,10 @@ impl<'a> Selector<'a> {
                 None => None,
             };
             let listening = ns.and_then(|ns| listeners.get(ns)).unwrap_or(&none);
-            if let Some(c) = self.evaluate(pid, listening) {
+            let found = self.evaluate(pid, &mut |sockets| {
+                sockets.iter().find_map(|i| listening.get(i).copied())
+            });
+            if let Some(c) = found {
                 out.insert(pid, c);
             }
         }
@@ -69,40 +72,48 @@ impl<'a> Selector<'a> {
         out
     }
 
-    /// Checks one process (after an exec notice). Its namespace's listeners are read again
-    /// when the last reading is older than `LISTENERS_FRESH`.
+    /// Checks one process (after an exec notice). A process holding no socket is decided
+    /// without looking at any table; one holding sockets is matched against its namespace's
+    /// listeners as last read (every `listen()` on a covered port has them read again), read
+    /// now if never read or when none matches and the reading is older than `LISTENERS_FRESH`.
     pub fn check(&self, pid: u32, listeners: &mut Listeners) -> Option<Candidate> {
-        let none = HashMap::new();
-        let listening = match &self.config.open_port {
-            Some(ports) => match netns_of(pid) {
-                Some(ns) => {
-                    if listeners.age(ns).is_none_or(|a| a >= LISTENERS_FRESH) {
-                        listeners.read(ns, pid, ports);
-                    }
-                    listeners.get(ns).unwrap_or(&none)
-                }
-                None => &none,
-            },
-            None => &none,
-        };
-        self.evaluate(pid, listening)
+        let ports = self.config.open_port.as_ref();
+        self.evaluate(pid, &mut |sockets| {
+            let ports = ports?;
+            let ns = netns_of(pid)?;
+            let hit = |l: &Listeners| {
+                let map = l.get(ns)?;
+                sockets.iter().find_map(|i| map.get(i).copied())
+            };
+            if let Some(port) = hit(listeners) {
+                return Some(port);
+            }
+            if listeners.age(ns).is_some_and(|a| a < LISTENERS_FRESH) {
+                return None;
+            }
+            listeners.read(ns, pid, ports);
+            hit(listeners)
+        })
     }
 
     /// Checks one process against `listening` (its namespace's listeners, just read).
     pub fn check_with(&self, pid: u32, listening: &HashMap<u64, u16>) -> Option<Candidate> {
-        self.evaluate(pid, listening)
+        self.evaluate(pid, &mut |sockets| {
+            sockets.iter().find_map(|i| listening.get(i).copied())
+        })
     }
 
     /// The process now on `pid`, if selected: its start time is read before and after the
     /// checks and must not change (else the pid changed hands while it was looked at).
-    fn evaluate(&self, pid: u32, listening: &HashMap<u64, u16>) -> Option<Candidate> {
+    /// `port_of` names the covered port of a listener among the process's socket inodes.
+    fn evaluate(&self, pid: u32, port_of: PortOf<'_>) -> Option<Candidate> {
         let start = start_time(pid)?;
-        let reason = self.reason_for(pid, start, listening)?;
+        let reason = self.reason_for(pid, start, port_of)?;
         let record = read_record(pid, reason)?;
         (start_time(pid) == Some(start)).then_some(Candidate { start, record })
     }
 
-    fn reason_for(&self, pid: u32, start: u64, listening: &HashMap<u64, u16>) -> Option<String> {
+    fn reason_for(&self, pid: u32, start: u64, port_of: PortOf<'_>) -> Option<String> {
         let status = ProcStatus::of(pid).ok()?;
         // A thread-group leader (a process, not a thread), and not this loader.
         if pid == self.own_pid || status.tgid != pid {
@@ -122,14 +133,20 @@ impl<'a> Selector<'a> {
         {
             return Some(format!("exe {}", glob.pattern));
         }
-        if !listening.is_empty()
-            && let Some(port) = socket_inodes(pid).iter().find_map(|i| listening.get(i))
-        {
-            return Some(format!("port {port}"));
+        if self.config.open_port.is_some() {
+            let sockets = socket_inodes(pid);
+            if !sockets.is_empty()
+                && let Some(port) = port_of(&sockets)
+            {
+                return Some(format!("port {port}"));
+            }
         }
         None
     }
 }
+
+/// Finds the covered port a process listens on, from its socket inodes.
+type PortOf<'a> = &'a mut dyn FnMut(&HashSet<u64>) -> Option<u16>;
 
 /// What `/proc/<pid>/stat` says about a process's identity and life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
