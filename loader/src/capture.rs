@@ -110,6 +110,9 @@ pub struct Capture<'a> {
 /// listen loop on a covered port waits (the loop ticks every 200 ms), it is not lost.
 const NETNS_REREAD_EVERY: Duration = Duration::from_millis(250);
 
+/// Descendants of a listener looked at after its `listen()` notice, at most.
+const MAX_DESCENDANTS: usize = 4096;
+
 impl<'a> Capture<'a> {
     /// Nothing selected yet and no processor; `status` describes this loader.
     pub fn new(config: &'a Config, status: audit::Status) -> Self {
@@ -738,15 +741,23 @@ impl<'a> Capture<'a> {
             let Some(listening) = self.listeners.get(ns) else {
                 continue;
             };
+            // The listeners, and their descendants: a server that forks its workers right
+            // after `listen()` (before it was selected here, so the forks were not) has them
+            // holding the socket too.
+            let mut checked = pids.clone();
+            for &pid in &pids {
+                checked.extend(selection::descendants(pid, MAX_DESCENDANTS));
+            }
             let selector = Selector::new(self.config, &self.pinned);
-            let found: Vec<Candidate> = pids
+            let found: Vec<Candidate> = checked
                 .iter()
+                .filter(|pid| !self.selected.contains_key(pid))
                 .filter_map(|&pid| selector.check_with(pid, listening))
                 .collect();
             debug!(
                 netns = ns,
                 listeners = listening.len(),
-                checked = pids.len(),
+                checked = checked.len(),
                 selected = found.len(),
                 "listen notice: network namespace read"
             );

@@ -236,6 +236,34 @@ fn all_pids() -> Vec<u32> {
         .collect()
 }
 
+/// The descendants of `pid` (children, their children, …), from
+/// `/proc/<pid>/task/<tid>/children`; at most `limit` of them.
+pub fn descendants(pid: u32, limit: usize) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    let mut seen = HashSet::from([pid]);
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.filter_map(|t| t.ok()) {
+            let Ok(text) = fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in text.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if out.len() >= limit {
+                    return out;
+                }
+                if seen.insert(child) {
+                    out.push(child);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Socket inodes held by a process.
 fn socket_inodes(pid: u32) -> HashSet<u64> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -697,6 +725,29 @@ mod tests {
         let mut out = Vec::new();
         read_listeners(Trickle(text.as_bytes()), &mut out);
         assert_eq!(out, vec![(80, 11), (8080, 12)]);
+    }
+
+    #[test]
+    fn descendants_of_a_process() {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut found = Vec::new();
+        while found.len() < 3 && Instant::now() < deadline {
+            found = descendants(std::process::id(), 1000);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(found.contains(&child.id()), "{found:?}");
+        assert!(found.len() >= 3, "{found:?}");
+        assert!(descendants(std::process::id(), 1).len() == 1);
+        for pid in found.iter().filter(|&&p| p != child.id()) {
+            // SAFETY: plain kill(2) of a sleep this test started.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

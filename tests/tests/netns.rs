@@ -197,3 +197,73 @@ fn a_server_in_another_network_namespace_started_after_sonde_is_selected() {
         0
     );
 }
+
+/// A pre-fork server: the parent listens and at once forks two workers that accept on the
+/// inherited socket; the parent itself never serves.
+const PREFORK: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(64)
+for _ in range(2):
+    if os.fork() == 0:
+        while True:
+            c, _ = s.accept()
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            c.close()
+os.wait()
+"#;
+
+/// The workers a server forks right after `listen()` (before the loader could select it, so
+/// the kernel did not select the forks) are found with it, as owners of the listening socket.
+#[test]
+fn workers_forked_right_after_listen_in_another_namespace_are_selected() {
+    let _guard = serial();
+    let dir = TempDir::new("netns-prefork");
+    let port = free_port();
+    let sonde = Sonde::start(&["--open-port", &port.to_string()], &[], &dir, &[]);
+    let script = format!(
+        "ip link set lo up && exec {} -c '{}' {port}",
+        python().display(),
+        PREFORK.replace('\'', "'\\''")
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let parent = Proc::spawn("prefork", &mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let workers = loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", parent.pid()))
+                .unwrap_or_default();
+        let pids: Vec<u32> = children
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(Instant::now() < deadline, "the workers did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    wait_for_port_in(parent.pid(), port);
+    sonde.wait_selected(parent.pid());
+    for w in &workers {
+        sonde.wait_selected(*w);
+    }
+    requests_in(parent.pid(), port, "w", 8);
+    let spans = sonde.wait_spans(8, Duration::from_secs(15), |s| s["server_port"] == port);
+    assert_eq!(spans.len(), 8, "{spans:?}");
+    assert!(
+        spans.iter().all(|s| workers.iter().any(|w| s["pid"] == *w)),
+        "{spans:?}"
+    );
+}
