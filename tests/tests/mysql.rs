@@ -326,3 +326,44 @@ fn pymysql_client_spans_by_pid() {
     assert_eq!(selects, N);
     assert!(!everything(&sonde).contains("carol@example.com"));
 }
+
+/// A PyMySQL connection opened before Sonde started, selected both ways (the client by pid,
+/// the server by port): three 200 kB results (read and written in chunks whose packet
+/// headers are mostly not captured) each end as one successful span, and the N SELECTs after
+/// them pair exactly. The greeting was not seen: `db.system.name` is `mysql`, no namespace.
+#[test]
+fn large_results_on_a_connection_older_than_sonde() {
+    let _guard = serial();
+    let dir = TempDir::new("mysql-old");
+    let port = free_port();
+    let server = start_with_orders(port, &dir);
+    const N: usize = 10;
+    let client = Client::start("old", port, N);
+    let pid = client.proc.pid();
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string(), "--pid", &pid.to_string()],
+        &[],
+        &dir,
+        &[server.pid(), pid],
+    );
+    let printed = client.go();
+    assert_eq!(printed[..3], ["rows 200", "rows 200", "rows 200"]);
+    assert_eq!(printed.len(), N + 3, "{printed:?}");
+    let spans = sonde.wait_spans(2 * (N + 3), Duration::from_secs(30), |s| {
+        s["server_port"] == port && s["db_system"].is_string()
+    });
+    assert_eq!(
+        per_statement(&spans),
+        BTreeMap::from([
+            (key("client", "SELECT", "orders", "ok"), N),
+            (key("client", "SELECT", "seq_1_to_200", "ok"), 3),
+            (key("server", "SELECT", "orders", "ok"), N),
+            (key("server", "SELECT", "seq_1_to_200", "ok"), 3),
+        ]),
+        "{spans:#?}"
+    );
+    for s in &spans {
+        assert_eq!(s["db_system"], "mysql", "{s}");
+        assert!(s.get("db_namespace").is_none(), "{s}");
+    }
+}

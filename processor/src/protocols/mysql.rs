@@ -482,6 +482,8 @@ pub struct Connection {
     trailing_eof: Option<u8>,
     /// The latest server chunk: where a reply whose end was not captured ends.
     last_reply_ns: u64,
+    /// The client direction resynced at a lone header: its payload must be a command.
+    verify_command: bool,
     counters: Counters,
 }
 
@@ -513,6 +515,7 @@ impl Connection {
             namespace_known: false,
             trailing_eof: None,
             last_reply_ns: 0,
+            verify_command: false,
             counters: Counters {
                 midstream_pickups: u64::from(!fresh),
                 ..Counters::default()
@@ -533,6 +536,9 @@ impl Connection {
     pub fn detect(flow: Flow, first: &[u8]) -> Option<Flow> {
         if greeting_like(first) {
             return Some(flow.opposite());
+        }
+        if bare_command_like(first, first.len() as u64) {
+            return Some(flow);
         }
         let w = walk_commands(first, None);
         (w.plausible && (w.strong || w.complete >= 2)).then_some(flow)
@@ -600,12 +606,37 @@ impl Connection {
             Parse::Stopped => return,
             Parse::Lost => match side {
                 Side::Client => {
-                    if !walk_commands(captured, Some(total)).plausible {
+                    if walk_commands(captured, Some(total)).plausible {
+                        self.counters.resyncs += 1;
+                        self.client.parse = HEADER_START;
+                        self.client.continues = false;
+                    } else if header_only(captured, total) {
+                        // A server reads a packet's header, then its payload: the payload
+                        // (next chunk) must check out as a command.
+                        self.counters.resyncs += 1;
+                        self.client.parse = HEADER_START;
+                        self.client.continues = false;
+                        self.verify_command = true;
+                    } else if bare_command_like(captured, total) {
+                        // The payload of such a read, its header read before.
+                        self.counters.resyncs += 1;
+                        self.counters.packets += 1;
+                        self.client.parse = HEADER_START;
+                        self.client.continues = false;
+                        let keep = captured.len().min(MAX_CLIENT_KEEP);
+                        let pkt = Pkt {
+                            seq: 0,
+                            // Below MAX_PAYLOAD.
+                            len: total as u32,
+                            body: &captured[..keep],
+                            continued: false,
+                            ts: ts_ns,
+                        };
+                        self.on_client(&pkt, out);
+                        return;
+                    } else {
                         return;
                     }
-                    self.counters.resyncs += 1;
-                    self.client.parse = HEADER_START;
-                    self.client.continues = false;
                 }
                 Side::Server if self.counters.commands == 0 && greeting_like(captured) => {
                     // Taken for an older connection, but this is its start after all.
@@ -756,6 +787,14 @@ impl Connection {
             ts: body.ts,
         };
         match side {
+            Side::Client if std::mem::take(&mut self.verify_command) => {
+                let whole = !body.truncated && buf.len() as u64 == u64::from(body.len);
+                if body.seq == 0 && command_check(&buf, body.len as usize, whole).is_some() {
+                    self.on_client(&pkt, out);
+                } else {
+                    self.desync(Side::Client, out);
+                }
+            }
             Side::Client => self.on_client(&pkt, out),
             Side::Server => self.on_server(&pkt, ts_ns, out),
         }
@@ -1541,6 +1580,35 @@ fn command_check(b: &[u8], len: usize, whole: bool) -> Option<bool> {
         0x1b => (len == 3 && body.get(1) == Some(&0)).then_some(false),
         COM_STMT_SEND_LONG_DATA => (len >= 7).then_some(false),
         _ => None,
+    }
+}
+
+/// Whether a chunk is a lone packet header of a command (sequence id 0), as servers read
+/// them (the header, then exactly the payload).
+fn header_only(b: &[u8], total: u64) -> bool {
+    b.len() == 4 && total == 4 && b[3] == 0 && (1..MAX_PAYLOAD).contains(&le24(b))
+}
+
+/// Whether a chunk is a statement command's payload without its header (a server's read of
+/// the payload after the header): `COM_QUERY` or `COM_STMT_PREPARE` with SQL text starting
+/// with a known statement keyword, or `COM_STMT_EXECUTE` with its iteration count of 1.
+fn bare_command_like(b: &[u8], total: u64) -> bool {
+    if b.len() < 2 || total >= u64::from(MAX_PAYLOAD) {
+        return false;
+    }
+    match b[0] {
+        COM_QUERY | COM_STMT_PREPARE => {
+            let text = &b[1..];
+            let text = if b[0] == COM_QUERY {
+                text.strip_prefix(&[0, 1]).unwrap_or(text)
+            } else {
+                text
+            };
+            sql_like(text)
+                && sql::operation_with(&String::from_utf8_lossy(text), Dialect::MySql).is_some()
+        }
+        COM_STMT_EXECUTE => b.len() >= 10 && b[5] <= 0x0f && b[6..10] == [1, 0, 0, 0],
+        _ => false,
     }
 }
 

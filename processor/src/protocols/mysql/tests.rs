@@ -419,6 +419,8 @@ fn detects_greetings_and_commands_only() {
         b"\x07\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00",
         b"\x05\x00\x00\x00\x03\x01\x02\x03\x04",
         b"\x0a\x00\x00\x00\x03SELECT 1",
+        // Text after a command byte that is not SQL.
+        b"\x03hello world",
         // A greeting-like packet with a non-numeric version.
         b"\x10\x00\x00\x00\x0ahello\x00",
     ];
@@ -859,6 +861,60 @@ fn greeting_of_a_connection_taken_as_older_starts_the_handshake() {
     assert_eq!(out.len(), 4);
     assert!(out.iter().all(|x| !x.partial && x.system == "mariadb"));
     assert_eq!(c.counters().midstream_pickups, 0);
+}
+
+/// A server reads each packet's header, then its payload: an older connection seen from the
+/// server starts at a payload or a lone header.
+#[test]
+fn server_reads_of_headers_and_payloads_apart() {
+    let payload = b"\x03SELECT a FROM t WHERE b = 'secret'";
+    assert_eq!(Connection::detect(IN, payload), Some(IN));
+    let mut c = Connection::new(IN, false);
+    let mut out = Vec::new();
+    feed(&mut c, IN, payload, 1, &mut out);
+    let reply = [
+        pkt(1, &[1]),
+        coldef(2, "a"),
+        eof(3, 2),
+        row(4, "1"),
+        eof(5, 2),
+    ]
+    .concat();
+    feed(&mut c, OUT, &reply, 2, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].query_text.as_deref(),
+        Some("SELECT a FROM t WHERE b = ?")
+    );
+    assert_eq!(out[0].end_ns, 2);
+    // Header, then payload, in sync.
+    let q = query("DELETE FROM t");
+    feed(&mut c, IN, &q[..4], 3, &mut out);
+    feed(&mut c, IN, &q[4..], 4, &mut out);
+    feed(&mut c, OUT, &ok(1), 5, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[1].start_ns, out[1].end_ns), (3, 5));
+
+    // Out of sync (a payload of unknown commands), then a lone header and its payload.
+    let mut c = Connection::new(IN, false);
+    let mut out = Vec::new();
+    feed(&mut c, IN, b"\x03RANDOM words here", 1, &mut out);
+    feed(&mut c, OUT, &ok(1), 2, &mut out);
+    feed(&mut c, IN, &q[..4], 3, &mut out);
+    feed(&mut c, IN, &q[4..], 4, &mut out);
+    feed(&mut c, OUT, &ok(1), 5, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].operation.as_deref(), Some("DELETE"));
+    // Out of sync again (a header not captured); a lone header whose payload is no
+    // command: no exchange, still out of sync.
+    c.feed(IN, &[9], 50, 6, &mut out);
+    assert_eq!(c.counters().desync, 1);
+    feed(&mut c, IN, &[5, 0, 0, 0], 7, &mut out);
+    feed(&mut c, IN, b"\x99abcd", 8, &mut out);
+    feed(&mut c, OUT, &ok(1), 9, &mut out);
+    c.close(10, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(c.counters().desync, 2);
 }
 
 #[test]
