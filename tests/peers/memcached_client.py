@@ -3,9 +3,12 @@
 connection, printing one line per step, then `done`.
 
 `plan PORT N M`:
-- N times `set secretkey-i topsecretvalue-i` (noreply off: each answered STORED);
+- N times `set secretkey-i topsecretvalue-i…` (300-byte values; noreply off: each answered
+  STORED);
 - N times `get secretkey-i` (hits);
-- one multi-get of the first five keys and a missing one (one `get` command);
+- one multi-get of the first five keys and a missing one (one `get` command), then one of
+  all N keys (with N = 20, a reply of 6.5 KB written at once: more than capture keeps of a
+  syscall);
 - M times `set` with noreply (pymemcache's default: no reply at all);
 - a 100 000-byte value set and read back (larger than what capture keeps of a syscall);
 - `incr` of a non-numeric value (CLIENT_ERROR: pymemcache then closes its socket and the
@@ -24,14 +27,21 @@ assert sys.argv[1] == "plan"
 print("ready", flush=True)
 sys.stdin.readline()
 
+
+def value(i):
+    return f"topsecretvalue-{i:02}".ljust(300, "v")
+
+
 c = Client(("127.0.0.1", port), default_noreply=False)
 for i in range(n):
-    assert c.set(f"secretkey-{i}", f"topsecretvalue-{i}", noreply=False)
+    assert c.set(f"secretkey-{i}", value(i), noreply=False)
 print("set", n, flush=True)
-hits = sum(c.get(f"secretkey-{i}") == f"topsecretvalue-{i}".encode() for i in range(n))
+hits = sum(c.get(f"secretkey-{i}") == value(i).encode() for i in range(n))
 print("hits", hits, flush=True)
 many = c.get_many([f"secretkey-{i}" for i in range(5)] + ["secretkey-missing"])
 print("many", len(many), flush=True)
+every = c.get_many([f"secretkey-{i}" for i in range(n)])
+print("every", len(every), flush=True)
 for i in range(m):
     c.set(f"secretquiet-{i}", "topsecretquiet", noreply=True)
 big = b"B" * 100_000

@@ -51,12 +51,18 @@
 //!   One exception: a retrieval line cut by capture (a multi-get of many keys written at
 //!   once) is still one command, whose reply is the next one; it is emitted with the keys
 //!   seen (`get ? ? ...`) and the loss starts after it.
-//! - reply side: every pending command ends without a reply. Replies are attributed again
-//!   only at a *quiet point*: a command that starts a write, written after the last reply
-//!   chunk, with nothing else pending, on a connection never seen writing a command while an
-//!   earlier one was unanswered. Its reply is then the first reply chunk that follows, when
-//!   that chunk starts like a reply. `watch` turns the reply flow into a log feed for good:
-//!   its replies are never attributed again.
+//! - reply side: a multi-line reply (a multi-get of many values read at once, `stats`) cut
+//!   by capture, for the only command pending on a connection never seen pipelining, is
+//!   waited out: it ends when the client sends its next command, at the reply's last chunk,
+//!   as successful (its end is rarely an error once values flow, and calling every large
+//!   multi-get failed would be wrong far more often); the first command queued after it is
+//!   then a quiet point wherever it starts in a write (a client that does not pipeline read
+//!   the whole reply before writing again). Otherwise every pending command ends
+//!   without a reply. Replies are attributed again only at a *quiet point*: a command that
+//!   starts a write, written after the last reply chunk, with nothing else pending, on a
+//!   connection never seen writing a command while an earlier one was unanswered. Its reply
+//!   is then the first reply chunk that follows, when that chunk starts like a reply. `watch`
+//!   turns the reply flow into a log feed for good: its replies are never attributed again.
 //!
 //! Chunks must be fed in the order they happened, across both directions.
 //!
@@ -135,6 +141,10 @@ pub struct Counters {
     /// Retrieval replies whose `END` was in the uncaptured end of a read (after a large
     /// value): taken as read.
     pub inferred_ends: u64,
+    /// Multi-line replies (a multi-get of many values, `stats`) whose end was not captured,
+    /// on a connection that does not pipeline: ended when the client sent its next command,
+    /// at the reply's last chunk, as successful (also in `replies`).
+    pub replies_cut: u64,
 }
 
 impl Counters {
@@ -159,6 +169,7 @@ impl Counters {
             quiet_meta,
             uncaptured_bytes_skipped,
             inferred_ends,
+            replies_cut,
         } = other;
         self.commands += commands;
         self.noreply += noreply;
@@ -177,6 +188,7 @@ impl Counters {
         self.quiet_meta += quiet_meta;
         self.uncaptured_bytes_skipped += uncaptured_bytes_skipped;
         self.inferred_ends += inferred_ends;
+        self.replies_cut += replies_cut;
     }
 }
 
@@ -1016,6 +1028,14 @@ impl Entry {
     }
 }
 
+/// A command whose reply began and whose end was not captured: it ends when the client sends
+/// its next command, at the reply's last chunk.
+#[derive(Debug)]
+struct Cut {
+    p: Pending,
+    end_ns: u64,
+}
+
 /// What a reply unit does to the command it would answer.
 enum Fit {
     /// It ends the command's reply; with an error code when it is an error.
@@ -1066,6 +1086,11 @@ pub struct Connection {
     skip: VecDeque<Kind>,
     /// `watch` was answered: the reply flow is a log feed, never attributed again.
     feed: bool,
+    /// The command whose reply's end was cut by capture, and its last reply chunk so far.
+    cut: Option<Cut>,
+    /// A cut reply ended as the client wrote again: the next command queued (no reply chunk
+    /// having come since) is answered by the next reply chunk, wherever it starts in a write.
+    after_cut: bool,
     /// A command was once written while an earlier chunk's command was unanswered: replies
     /// lost here are never attributed again (an old reply may still be coming).
     overlap_seen: bool,
@@ -1098,6 +1123,8 @@ impl Connection {
             queue: VecDeque::new(),
             skip: VecDeque::new(),
             feed: false,
+            cut: None,
+            after_cut: false,
             overlap_seen: false,
             chunks: 0,
             last_reply_chunk: 0,
@@ -1139,6 +1166,7 @@ impl Connection {
 
     /// The connection closed: every pending command ends without a reply.
     pub fn close(&mut self, ts_ns: u64, out: &mut Vec<DbExchange>) {
+        self.finish_cut(out);
         self.drain(ts_ns, out);
         self.request.lose();
         self.reply.lose();
@@ -1151,6 +1179,10 @@ impl Connection {
         ts: u64,
         out: &mut Vec<DbExchange>,
     ) {
+        if self.cut.is_some() {
+            self.finish_cut(out);
+            self.after_cut = true;
+        }
         if self.request.step == ReqStep::Lost {
             if !looks_like_command(captured) {
                 return;
@@ -1192,6 +1224,13 @@ impl Connection {
     }
 
     fn feed_reply(&mut self, captured: &[u8], uncaptured: u64, ts: u64, out: &mut Vec<DbExchange>) {
+        self.after_cut = false;
+        if let Some(cut) = self.cut.as_mut() {
+            // More of the reply whose end was cut.
+            cut.end_ns = ts;
+            cut.p.reply_bytes += captured.len() as u64 + uncaptured;
+            return;
+        }
         if self.reply.lost() {
             let candidate = matches!(self.queue.front(), Some(Entry::Command(p)) if p.candidate);
             if !(candidate && !self.feed && looks_like_reply(captured)) {
@@ -1219,11 +1258,18 @@ impl Connection {
                 self.on_reply(unit, ts, out);
             }
             if desync && !self.reply.lost() {
-                if self.end_uncaptured(uncaptured - skipped) {
+                let rest = uncaptured - skipped;
+                if self.end_uncaptured(rest) {
                     self.counters.inferred_ends += 1;
                     self.reply.line.clear();
                     let end = ReplyUnit::of(b"END\r\n");
                     self.on_reply(end, ts, out);
+                } else if self.cut_allowed() {
+                    if let Some(Entry::Command(mut p)) = self.queue.pop_front() {
+                        p.reply_bytes += self.reply.line.len() as u64 + rest;
+                        self.cut = Some(Cut { p, end_ns: ts });
+                    }
+                    self.reply.lose();
                 } else {
                     self.reply_desync(false, ts, out);
                 }
@@ -1242,6 +1288,30 @@ impl Connection {
             && matches!(self.queue.front(), Some(Entry::Command(p)) if p.kind == Kind::Retrieval && p.reply_bytes > 0)
             && partial.len() as u64 + rest == 5
             && b"END\r\n".starts_with(partial)
+    }
+
+    /// Whether the front command's reply, begun and cut by capture, can be waited out: it is
+    /// the only command pending and of a kind whose reply runs over many lines (a multi-get of
+    /// many values read at once), on a connection never seen pipelining.
+    fn cut_allowed(&self) -> bool {
+        self.queue.len() == 1
+            && self.skip.is_empty()
+            && !self.overlap_seen
+            && matches!(
+                self.queue.front(),
+                Some(Entry::Command(p))
+                    if matches!(p.kind, Kind::Retrieval | Kind::Stats | Kind::Dump)
+                        && p.reply_bytes > 0
+            )
+    }
+
+    /// The client moved on (or the connection closed): a reply whose end was cut is complete.
+    fn finish_cut(&mut self, out: &mut Vec<DbExchange>) {
+        if let Some(Cut { p, end_ns }) = self.cut.take() {
+            self.counters.replies += 1;
+            self.counters.replies_cut += 1;
+            out.push(self.exchange(p, end_ns, None, false));
+        }
     }
 
     fn on_command(&mut self, cmd: Command, ts: u64, out: &mut Vec<DbExchange>) {
@@ -1285,7 +1355,7 @@ impl Connection {
         }
         if self.reply.lost() {
             pending.candidate = self.queue.is_empty()
-                && cmd.start.at_chunk_start
+                && (cmd.start.at_chunk_start || std::mem::take(&mut self.after_cut))
                 && cmd.start.chunk > self.last_reply_chunk
                 && !self.overlap_seen;
         }

@@ -502,6 +502,80 @@ fn truncated_multi_get_is_one_command() {
     no_secrets(&c, &["key:"]);
 }
 
+/// A multi-get of many values read at once: the reply's end is not captured.
+fn big_multi_get() -> (Vec<u8>, Vec<u8>) {
+    let mut line = b"get".to_vec();
+    let mut reply = Vec::new();
+    for i in 0..100 {
+        line.extend_from_slice(format!(" key:{i:03}").as_bytes());
+        reply.extend_from_slice(format!("VALUE key:{i:03} 0 50\r\n").as_bytes());
+        reply.extend_from_slice(&[b'v'; 50]);
+        reply.extend_from_slice(b"\r\n");
+    }
+    line.extend_from_slice(b"\r\n");
+    reply.extend_from_slice(b"END\r\n");
+    (line, reply)
+}
+
+#[test]
+fn cut_multi_get_reply_ends_at_the_next_command() {
+    let mut c = Client::new();
+    let (line, reply) = big_multi_get();
+    assert!(line.len() < 2048 && reply.len() > 7000);
+    let t0 = c.send(&line);
+    let (a, b) = reply.split_at(4096);
+    c.read(a, 2048);
+    let t1 = c.read(b, 2048);
+    assert!(c.out.is_empty());
+    c.send(b"get k\r\n");
+    // The multi-get ends at its last reply chunk, successful; the next get is a quiet point.
+    assert_eq!(
+        c.summary(),
+        [row(
+            "get",
+            &format!("get{} ...", " ?".repeat(64)),
+            "",
+            false
+        )]
+    );
+    assert_eq!((c.out[0].start_ns, c.out[0].end_ns), (t0, t1));
+    assert_eq!(c.out[0].response_bytes, reply.len() as u64);
+    c.recv(b"END\r\n");
+    assert_eq!(c.summary()[1], row("get", "get ?", "", false));
+    let n = c.conn.counters();
+    assert_eq!((n.replies_cut, n.replies, n.reply_resyncs), (1, 2, 1));
+    assert_eq!((n.no_response, n.reply_desync), (0, 0));
+    // Cut again; the next write starts with noreply commands: the first command queued is
+    // still answered by the next reply.
+    c.send(&line);
+    c.read(&reply, 2048);
+    c.send(b"set q 0 0 1 noreply\r\nx\r\nget k\r\n");
+    c.recv(b"END\r\n");
+    assert_eq!(c.ops()[2..], ["get", "set", "get"]);
+    assert!(c.out.iter().all(|x| !x.no_response));
+    assert_eq!(c.conn.counters().replies_cut, 2);
+    // Closed while cut: it ends at close.
+    let mut c = Client::new();
+    c.send(&line);
+    c.read(&reply, 2048);
+    c.close();
+    assert_eq!(c.out.len(), 1);
+    assert!(!c.out[0].no_response);
+}
+
+#[test]
+fn cut_reply_with_pipelined_commands_is_a_desync() {
+    let mut c = Client::new();
+    let (mut line, reply) = big_multi_get();
+    line.extend_from_slice(b"get k\r\n");
+    c.send(&line);
+    c.read(&reply, 2048);
+    c.recv(b"END\r\n");
+    assert_eq!(c.out.len(), 2);
+    assert!(c.out.iter().all(|x| x.no_response));
+    assert_eq!(c.conn.counters().replies_cut, 0);
+}
+
 #[test]
 fn mismatched_reply_is_a_desync_not_an_answer() {
     let mut c = Client::new();
