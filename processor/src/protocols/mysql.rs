@@ -29,12 +29,17 @@
 //! Capture may miss bytes (only the first bytes of a read or write are kept, or the
 //! connection is older than Sonde). Uncaptured bytes inside a packet are skipped by its
 //! length; sync is lost only when a packet header falls into uncaptured bytes. The client
-//! direction finds it again at a later chunk that starts with a command; the server direction
-//! at a chunk that ends with a result set's terminator (the tail of a large result), or at
-//! the client's next command (a client sends one only after reading the whole reply, so the
-//! server's next bytes start the new reply; a pipelining client could defeat this, and the
-//! sequence ids then catch most mismatches). Commands whose replies were lost end without a
-//! response. Everything lost is counted in [`Counters`]; memory per connection is bounded.
+//! direction finds it again at a later chunk that starts with a command, or — servers read a
+//! packet's header and then exactly its payload — at a lone command header (its payload must
+//! then check out) or a lone statement payload. The server direction finds it at a chunk that
+//! ends with a reply's last packet (the tail of a large result), or at the client's next
+//! command: a client sends one only after reading the whole reply, so the server's next bytes
+//! start the new reply (a pipelining client could defeat this; the sequence ids then catch
+//! most mismatches). A reply that had begun and whose end was lost so ends at the last server
+//! chunk, taken as successful (an error after the first rows is rare: a large result set,
+//! written in many chunks, is the common case); a command whose reply was never seen ends
+//! without a response. Everything lost is counted in [`Counters`]; memory per connection is
+//! bounded.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -128,8 +133,9 @@ pub struct Counters {
     pub partial: u64,
     /// Of those, without a reply (connection closed, capture lost it, or its end was cut).
     pub no_response: u64,
-    /// Of those, ended because the client sent its next command while the reply's end was not
-    /// captured: the end is the reply's last captured chunk, the status unknown.
+    /// Of those, ended because the client sent its next command (or the next reply began)
+    /// while the reply's end was not captured: the end is the reply's last captured chunk,
+    /// the status taken as successful if the reply had begun, else no response.
     pub replies_cut: u64,
     /// Executes of statements whose text was never seen (prepared before capture started, or
     /// evicted from the cache).
@@ -1046,11 +1052,12 @@ impl Connection {
             }
             if started && p.seq == 1 && !p.continued && self.pending.len() > 1 {
                 // The front's reply ended without the end this parser expected, and the next
-                // command's reply begins: end it where its last packet was.
+                // command's reply begins: end it where its last packet was, as a reply of
+                // unknown status (taken as successful).
                 if let Some(done) = self.pending.pop_front() {
                     self.counters.replies_cut += 1;
                     let end = self.last_reply_ns;
-                    self.finish(done, None, end, true, out);
+                    self.finish(done, None, end, false, out);
                 }
                 continue;
             }
