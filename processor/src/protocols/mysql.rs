@@ -1424,11 +1424,12 @@ fn step(front: &mut Pending, p: &Pkt, deprecate_eof: Option<bool>) -> Outcome {
                 let Some((count, rest)) = lenenc(p.body) else {
                     return Outcome::Ok;
                 };
-                // MariaDB's cached metadata: a flag byte says whether definitions follow.
+                // MariaDB's cached metadata: a flag byte says whether definitions (and the EOF
+                // after them) follow; without them the rows come at once.
                 front.reply = if count == 0 {
                     return Outcome::Ok;
                 } else if rest.first() == Some(&0) {
-                    Reply::AfterColumns
+                    Reply::Rows
                 } else {
                     Reply::Columns { left: count }
                 };

@@ -652,6 +652,36 @@ fn execute_of_a_statement_prepared_before_capture_is_partial() {
     assert_eq!(c.counters().midstream_pickups, 1);
 }
 
+/// MariaDB's `MARIADB_CLIENT_CACHE_METADATA`: an execute's result may skip the column
+/// definitions (flag byte 0 after the column count), and with them the EOF that ends them.
+#[test]
+fn mariadb_cached_metadata_skips_the_definitions() {
+    let mut c = Connection::new(OUT, false);
+    let mut out = Vec::new();
+    // No rows: the EOF right after the count ends the result.
+    feed(&mut c, OUT, &execute(1), 1, &mut out);
+    feed(
+        &mut c,
+        IN,
+        &[pkt(1, &[1, 0]), eof(2, 2)].concat(),
+        2,
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].end_ns, 2);
+    // Rows, then the EOF.
+    feed(&mut c, OUT, &execute(1), 3, &mut out);
+    let reply = [pkt(1, &[1, 0]), pkt(2, &[0, 0, 1, 0, 0, 0]), eof(3, 2)].concat();
+    feed(&mut c, IN, &reply, 4, &mut out);
+    // Definitions sent (flag 1).
+    feed(&mut c, OUT, &execute(1), 5, &mut out);
+    let reply = [pkt(1, &[1, 1]), coldef(2, "a"), eof(3, 2), eof(4, 2)].concat();
+    feed(&mut c, IN, &reply, 6, &mut out);
+    let ends: Vec<_> = out.iter().map(|x| (x.end_ns, x.no_response)).collect();
+    assert_eq!(ends, [(2, false), (4, false), (6, false)]);
+    assert_eq!(c.pending(), 0);
+}
+
 #[test]
 fn mariadb_pipelined_prepare_and_execute_of_the_last_statement() {
     let mut c = Connection::new(OUT, false);
