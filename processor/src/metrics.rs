@@ -361,7 +361,9 @@ impl Metrics {
                 service_namespace: namespace,
             };
             let family = match m.operation {
-                messaging::Operation::Publish => &self.messaging_client,
+                messaging::Operation::Publish | messaging::Operation::Metadata => {
+                    &self.messaging_client
+                }
                 messaging::Operation::Process => &self.messaging_process,
             };
             return PromSeries {

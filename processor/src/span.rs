@@ -236,7 +236,7 @@ pub fn addr(family: u16, bytes: &[u8; 16]) -> Address {
 
 impl Span {
     /// The kind the span is exported as: a messaging client's spans are PRODUCER (publish)
-    /// or CONSUMER (process); everything else is its direction.
+    /// or CONSUMER (process), CLIENT for metadata; everything else is its direction.
     pub fn export_kind(&self) -> ExportKind {
         use crate::protocols::messaging::Operation;
         match (self.kind, &self.messaging) {
@@ -245,6 +245,7 @@ impl Span {
             (SpanKind::Client, Some(m)) => match m.operation {
                 Operation::Publish => ExportKind::Producer,
                 Operation::Process => ExportKind::Consumer,
+                Operation::Metadata => ExportKind::Client,
             },
         }
     }

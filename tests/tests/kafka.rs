@@ -296,41 +296,50 @@ fn kafka_client_spans_and_metrics() {
     drop(sonde);
 }
 
-/// The broker selected by its port: one SERVER span per Produce it answers, with the topic;
-/// a raw Produce to a topic that does not exist fails with the broker's error code, on the
-/// client's PRODUCER span and on the broker's SERVER span alike.
+/// The broker selected by its port: one SERVER span per Produce it answers, with the topic.
+/// The failing request: tansu 0.6 accepts a raw Produce to a topic that does not exist
+/// (error 0, so a span without error), and answers the Metadata request for it with
+/// UNKNOWN_TOPIC_OR_PARTITION (3): a `metadata <topic>` span with status ERROR and that code,
+/// on the client (CLIENT) and on the broker (SERVER) alike, in the printer and over OTLP.
 #[test]
-fn kafka_broker_server_spans_and_a_failed_produce() {
+fn kafka_broker_server_spans_and_a_failed_request() {
     let _guard = serial();
     let dir = TempDir::new("kafka-broker");
     let port = free_port();
     let broker = start_tansu(port);
     let topic = "sonde-events";
+    let missing = "sonde-no-such-topic";
     assert_eq!(run_unwatched("create", port, topic, 0), ["created"]);
-    let raw = Client::start("raw", port, "sonde-no-such-topic", 0);
-    let rpid = raw.pid();
+    let receiver = Receiver::start(&dir, free_port(), 0);
+    let raw = Client::start("raw", port, missing, 0);
+    let (rpid, bpid) = (raw.pid(), broker.pid());
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
     let sonde = Sonde::start(
         &["--open-port", &port.to_string(), "--pid", &rpid.to_string()],
-        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
         &dir,
-        &[broker.pid(), rpid],
+        &[bpid, rpid],
     );
     let n = 4;
     assert_eq!(
         run_unwatched("produce", port, topic, n),
         [format!("sent {n}")]
     );
-    let answered = raw.go();
-    let code: i64 = answered
-        .iter()
-        .find_map(|l| l.strip_prefix("produce_error "))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no produce error: {answered:?}"));
-    assert_eq!(code, UNKNOWN_TOPIC_OR_PARTITION, "{answered:?}");
+    // What tansu answers: Produce accepted, Metadata UNKNOWN_TOPIC_OR_PARTITION.
+    assert_eq!(
+        raw.go(),
+        [
+            "produce_error 0".to_string(),
+            format!("metadata_error {UNKNOWN_TOPIC_OR_PARTITION}")
+        ]
+    );
 
-    let bpid = broker.pid();
-    let spans = sonde.wait_spans(n + 1, Duration::from_secs(20), |s| {
-        s["pid"] == bpid && s["messaging_operation"] == "publish"
+    let spans = sonde.wait_spans(n + 2, Duration::from_secs(20), |s| {
+        s["pid"] == bpid && s["messaging_system"] == "kafka"
     });
     let ok: Vec<&Value> = spans
         .iter()
@@ -340,25 +349,84 @@ fn kafka_broker_server_spans_and_a_failed_produce() {
     for s in &ok {
         assert_eq!(s["kind"], "server", "{s}");
         assert_eq!(s["name"], format!("publish {topic}"), "{s}");
+        assert_eq!(s["messaging_client_id"], "sonde-producer", "{s}");
         assert_eq!(s["server_port"], port, "{s}");
         assert!(s.get("messaging_error_code").is_none(), "{s}");
     }
-    let failed: Vec<&Value> = spans
+    let on_missing: Vec<(String, String, Value)> = spans
         .iter()
-        .filter(|s| s["messaging_destination"] == "sonde-no-such-topic")
+        .filter(|s| s["messaging_destination"] == missing)
+        .map(|s| {
+            assert_eq!(s["kind"], "server", "{s}");
+            assert_eq!(s["messaging_client_id"], "sonde-raw", "{s}");
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s["messaging_operation"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                s["messaging_error_code"].clone(),
+            )
+        })
         .collect();
-    assert_eq!(failed.len(), 1, "{spans:#?}");
-    assert_eq!(failed[0]["kind"], "server");
-    assert_eq!(failed[0]["messaging_error_code"], code);
-    assert_eq!(failed[0]["messaging_client_id"], "sonde-raw");
+    let expected = vec![
+        (format!("publish {missing}"), "publish".into(), Value::Null),
+        (
+            format!("metadata {missing}"),
+            "metadata".into(),
+            json!(UNKNOWN_TOPIC_OR_PARTITION),
+        ),
+    ];
+    assert_eq!(on_missing, expected, "{spans:#?}");
+    assert_eq!(spans.len(), n + 2, "{spans:#?}");
 
-    let client = sonde.wait_spans(1, Duration::from_secs(20), |s| s["pid"] == rpid);
-    assert_eq!(client.len(), 1, "{client:#?}");
-    let c = &client[0];
-    assert_eq!(c["kind"], "producer", "{c}");
-    assert_eq!(c["name"], "publish sonde-no-such-topic", "{c}");
-    assert_eq!(c["messaging_error_code"], code, "{c}");
+    let client = sonde.wait_spans(2, Duration::from_secs(20), |s| s["pid"] == rpid);
+    let got: Vec<(String, String, Value)> = client
+        .iter()
+        .map(|s| {
+            (
+                s["kind"].as_str().unwrap_or_default().to_string(),
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s["messaging_error_code"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("producer".into(), format!("publish {missing}"), Value::Null),
+            (
+                "client".into(),
+                format!("metadata {missing}"),
+                json!(UNKNOWN_TOPIC_OR_PARTITION)
+            ),
+        ],
+        "{client:#?}"
+    );
+
+    // OTLP: the failed request has status ERROR and the Kafka error's name.
+    let otlp = receiver.wait_spans(2, Duration::from_secs(30), |s| {
+        (s["resource"]["process.pid"] == rpid || s["resource"]["process.pid"] == bpid)
+            && s["name"] == format!("metadata {missing}")
+    });
+    assert_eq!(otlp.len(), 2, "{otlp:#?}");
+    for s in &otlp {
+        let a = &s["attributes"];
+        assert_eq!(s["status_code"], 2, "{s}");
+        assert_eq!(a["error.type"], "UNKNOWN_TOPIC_OR_PARTITION", "{s}");
+        assert_eq!(a["messaging.operation.name"], "metadata", "{s}");
+        assert_eq!(a["messaging.destination.name"], missing, "{s}");
+        let kind = if s["resource"]["process.pid"] == rpid {
+            3
+        } else {
+            2
+        };
+        assert_eq!(s["kind"], kind, "{s}");
+    }
     for s in sonde.spans() {
+        assert!(!s.to_string().contains(MARKER), "{s}");
+    }
+    for s in receiver.spans() {
         assert!(!s.to_string().contains(MARKER), "{s}");
     }
     drop(sonde);

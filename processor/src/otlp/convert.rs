@@ -198,10 +198,9 @@ fn messaging_attributes(s: &Span, m: Messaging, attrs: &mut Vec<KeyValue>) -> tr
         "messaging.operation.name",
         m.operation.name(),
     ));
-    attrs.push(KeyValue::new(
-        "messaging.operation.type",
-        m.operation.name(),
-    ));
+    if let Some(t) = m.operation.operation_type() {
+        attrs.push(KeyValue::new("messaging.operation.type", t));
+    }
     if let Some(d) = m.destination {
         attrs.push(KeyValue::new("messaging.destination.name", d));
     }

@@ -231,7 +231,9 @@ impl Meters {
             let seconds = s.duration_ns as f64 / 1e9;
             if let Some(m) = &s.messaging {
                 match m.operation {
-                    messaging::Operation::Publish => i.messaging_client.record(seconds, attrs),
+                    messaging::Operation::Publish | messaging::Operation::Metadata => {
+                        i.messaging_client.record(seconds, attrs)
+                    }
                     messaging::Operation::Process => i.messaging_process.record(seconds, attrs),
                 }
                 return;

@@ -1,6 +1,7 @@
 //! Kafka connection tracking for a passive observer: turns the bytes one endpoint of a
 //! connection read and wrote (the Kafka wire protocol) into one [`MessagingExchange`] per
-//! Produce (`publish`) and per Fetch (`process`), whichever end of the connection the
+//! Produce (`publish`), per Fetch (`process`) and per failed Metadata request (`metadata`),
+//! whichever end of the connection the
 //! instrumented process is (a client: PRODUCER / CONSUMER spans; a selected broker: SERVER
 //! spans; see `messaging` for the naming).
 //!
@@ -19,10 +20,14 @@
 //! absent and the exchange partial), the client id, and the first non-zero error code of
 //! the response (Fetch's top-level code, else the per-partition codes in order; Produce's
 //! per-partition codes). Error codes name the failure in `error.type` ([`error_name`], the
-//! number when the name is not known). Metadata requests yield no span: a client's metadata
-//! errors show on the Produce or Fetch that follows. Every Fetch yields a span, also one that
-//! returns no records (a long poll that timed out), as the reference system does: it is an
-//! operation the consumer made and waited for.
+//! number when the name is not known). A Metadata request yields an exchange (operation
+//! `metadata`) only when its response carries a topic error: that is the failure a client meets
+//! first (kafka-python asks for metadata before it produces, and never sends a Produce for a
+//! topic the broker does not know; tansu 0.6 even accepts a raw Produce to such a topic and
+//! answers it with error 0, while its Metadata answers 3, UNKNOWN_TOPIC_OR_PARTITION).
+//! Successful Metadata requests are housekeeping and yield none. Every Fetch yields a span,
+//! also one that returns no records (a long poll that timed out), as the reference system
+//! does: it is an operation the consumer made and waited for.
 //!
 //! Capture may miss bytes (only the first bytes of a read or write are kept, or the
 //! connection is older than Sonde). Every message carries its size, so uncaptured bytes
@@ -87,7 +92,7 @@ pub struct Counters {
     pub requests: u64,
     /// Responses parsed.
     pub responses: u64,
-    /// Exchanges emitted (Produce and Fetch).
+    /// Exchanges emitted (Produce, Fetch, and Metadata with an error).
     pub exchanges: u64,
     /// Of those, Produce requests with `acks=0` (no response expected).
     pub fire_and_forget: u64,
@@ -115,6 +120,8 @@ pub struct Counters {
     pub uncaptured_bytes_skipped: u64,
     /// Connections tracked without their start (older than Sonde).
     pub midstream_pickups: u64,
+    /// Metadata responses with an error (emitted as `metadata` exchanges).
+    pub metadata_errors: u64,
     /// Topic ids learned from Metadata responses.
     pub topic_ids_learned: u64,
     /// Fetch or Produce requests naming a topic id no Metadata response taught.
@@ -141,6 +148,7 @@ impl Counters {
             chunks_skipped,
             uncaptured_bytes_skipped,
             midstream_pickups,
+            metadata_errors,
             topic_ids_learned,
             topic_ids_unknown,
         } = other;
@@ -159,6 +167,7 @@ impl Counters {
         self.chunks_skipped += chunks_skipped;
         self.uncaptured_bytes_skipped += uncaptured_bytes_skipped;
         self.midstream_pickups += midstream_pickups;
+        self.metadata_errors += metadata_errors;
         self.topic_ids_learned += topic_ids_learned;
         self.topic_ids_unknown += topic_ids_unknown;
     }
@@ -657,34 +666,53 @@ fn fetch_response(r: &mut Rd<'_>, v: i16, o: &mut Outcome) -> Option<()> {
     Some(())
 }
 
-/// Learns the topic ids of a Metadata response (v10+) as far as it was captured.
-fn metadata_response(r: &mut Rd<'_>, v: i16, counters: &mut Counters) -> Option<()> {
-    if v < 10 {
-        return Some(());
-    }
+/// Reads a Metadata response as far as it was captured: the first topic with a non-zero
+/// error code (and that code), and (v10+) the topic ids it names, learned.
+fn metadata_response(
+    r: &mut Rd<'_>,
+    v: i16,
+    o: &mut Outcome,
+    counters: &mut Counters,
+) -> Option<()> {
     let flex = v >= 9;
     r.tagged(flex)?;
-    r.i32()?; // throttle_time_ms
+    if v >= 3 {
+        r.i32()?; // throttle_time_ms
+    }
     for _ in 0..r.array(flex)? {
         r.i32()?; // node_id
         r.string(flex)?; // host
         r.i32()?; // port
-        r.string(flex)?; // rack
+        if v >= 1 {
+            r.string(flex)?; // rack
+        }
         r.tagged(flex)?;
     }
-    r.string(flex)?; // cluster_id
-    r.i32()?; // controller_id
+    if v >= 2 {
+        r.string(flex)?; // cluster_id
+    }
+    if v >= 1 {
+        r.i32()?; // controller_id
+    }
     for _ in 0..r.array(flex)? {
-        r.i16()?; // error_code
-        let name = r.string(flex)?;
-        let id = r.uuid()?;
-        if let Some(name) = name.and_then(topic_name)
-            && id != [0; 16]
-        {
-            topic_ids().learn(id, &name);
-            counters.topic_ids_learned += 1;
+        let code = r.i16()?;
+        let name = r.string(flex)?.and_then(topic_name);
+        if code != 0 && o.error.is_none() {
+            o.error = Some(code);
+            o.topic = name.clone().map(Topic::Name);
         }
-        r.i8()?; // is_internal
+        if v >= 10 {
+            let id = r.uuid()?;
+            if let Some(name) = &name
+                && id != [0; 16]
+            {
+                topic_ids().learn(id, name);
+                counters.topic_ids_learned += 1;
+            }
+        }
+        if v >= 1 {
+            r.i8()?; // is_internal
+        }
         for _ in 0..r.array(flex)? {
             r.skip(10)?; // error_code, partition_index, leader_id
             if v >= 7 {
@@ -703,6 +731,18 @@ fn metadata_response(r: &mut Rd<'_>, v: i16, counters: &mut Counters) -> Option<
         r.tagged(flex)?;
     }
     Some(())
+}
+
+/// A Metadata request's first topic (none when it asks for all topics).
+fn parse_metadata(r: &mut Rd<'_>, v: i16) -> Option<Topic> {
+    let flex = v >= 9;
+    if r.array(flex)? == 0 {
+        return None;
+    }
+    if v >= 10 {
+        r.uuid()?; // topic_id
+    }
+    topic_name(r.string(flex)??).map(Topic::Name)
 }
 
 /// A request waiting for its response.
@@ -1003,6 +1043,11 @@ impl Connection {
                 topic: body_ok.and_then(|()| parse_fetch(&mut r, h.version)),
                 client_id: h.client_id,
             }),
+            METADATA => Some(Request {
+                operation: Operation::Metadata,
+                topic: body_ok.and_then(|()| parse_metadata(&mut r, h.version)),
+                client_id: h.client_id,
+            }),
             _ => None,
         };
         if self.pending.len() >= MAX_PENDING {
@@ -1034,6 +1079,7 @@ impl Connection {
         for _ in 0..i {
             if let Some(mut lost) = self.pending.pop_front()
                 && let Some(req) = lost.exchange.take()
+                && req.operation != Operation::Metadata
             {
                 self.counters.responses_lost += 1;
                 self.emit(&lost, req, Outcome::default(), m.end_ns, 0, out, End::Lost);
@@ -1051,11 +1097,14 @@ impl Connection {
                 let _ = fetch_response(&mut r, p.version, &mut outcome);
             }
             METADATA => {
-                let _ = metadata_response(&mut r, p.version, &mut self.counters);
+                let _ = metadata_response(&mut r, p.version, &mut outcome, &mut self.counters);
             }
             _ => {}
         }
-        if let Some(req) = p.exchange.take() {
+        if let Some(req) = p.exchange.take()
+            && (req.operation != Operation::Metadata || outcome.error.is_some())
+        {
+            self.counters.metadata_errors += u64::from(req.operation == Operation::Metadata);
             self.emit(&p, req, outcome, m.end_ns, m.len, out, End::Response);
         }
     }
@@ -1105,7 +1154,9 @@ impl Connection {
     /// The connection closed at `ts_ns`: requests still waiting end without a response.
     pub fn close(&mut self, ts_ns: u64, out: &mut Vec<MessagingExchange>) {
         while let Some(mut p) = self.pending.pop_front() {
-            if let Some(req) = p.exchange.take() {
+            if let Some(req) = p.exchange.take()
+                && req.operation != Operation::Metadata
+            {
                 self.emit(&p, req, Outcome::default(), ts_ns, 0, out, End::Closed);
             }
         }

@@ -7,9 +7,11 @@
 //! CONSUMER on the client); `messaging.operation.name` and `messaging.operation.type` both
 //! carry that word, the span is named `publish <topic>` / `process <topic>`. A selected
 //! broker sees the same requests inbound: SERVER spans with the same names and attributes.
-//! Metrics: `publish` is counted in `messaging.client.operation.duration`, `process` in
-//! `messaging.process.duration` (seconds), whichever end the span is, so spans and metrics
-//! always agree on the operation.
+//! A Metadata request the broker answered with an error is the operation `metadata` (kind
+//! CLIENT; no `messaging.operation.type`), so that the failure a client meets first (a topic
+//! that does not exist) shows. Metrics: `publish` and `metadata` are counted in
+//! `messaging.client.operation.duration`, `process` in `messaging.process.duration`
+//! (seconds), whichever end the span is, so spans and metrics always agree on the operation.
 
 use super::http2::Flow;
 use crate::semconv::Instrument;
@@ -23,6 +25,10 @@ pub enum Operation {
     Publish,
     /// Messages fetched from the broker (Kafka Fetch).
     Process,
+    /// Topic metadata asked of the broker (Kafka Metadata): an exchange only when the broker
+    /// answered with an error (the error a client gets first, e.g. for a topic that does not
+    /// exist); successful metadata requests are housekeeping and make no span.
+    Metadata,
 }
 
 impl Operation {
@@ -31,13 +37,23 @@ impl Operation {
         match self {
             Operation::Publish => "publish",
             Operation::Process => "process",
+            Operation::Metadata => "metadata",
+        }
+    }
+
+    /// `messaging.operation.type`: the operation word for publish and process; none for
+    /// metadata, which the conventions have no type for.
+    pub fn operation_type(self) -> Option<&'static str> {
+        match self {
+            Operation::Publish | Operation::Process => Some(self.name()),
+            Operation::Metadata => None,
         }
     }
 
     /// The histogram this operation's durations are counted in.
     pub fn instrument(self) -> &'static Instrument {
         match self {
-            Operation::Publish => &CLIENT_OPERATION_DURATION,
+            Operation::Publish | Operation::Metadata => &CLIENT_OPERATION_DURATION,
             Operation::Process => &PROCESS_DURATION,
         }
     }

@@ -777,3 +777,83 @@ fn garbage_never_panics() {
         }
     }
 }
+
+/// The capture replayed, each recv as one chunk, client side: exactly the exchanges the
+/// clients made, from the bytes kafka-python and tansu really exchanged.
+#[test]
+fn kafka_python_and_tansu_replayed() {
+    let capture = include_str!("tansu_capture.txt");
+    let mut conns: std::collections::BTreeMap<u32, Harness> = Default::default();
+    for line in capture.lines().filter(|l| !l.starts_with('#')) {
+        let mut f = line.split(' ');
+        let (Some(id), Some(dir), Some(hex)) = (f.next(), f.next(), f.next()) else {
+            panic!("bad line {line}");
+        };
+        let h = conns
+            .entry(id.parse().unwrap())
+            .or_insert_with(Harness::new);
+        let bytes = unhex(hex);
+        if dir == "C" {
+            assert!(h.conn.pending() > 0 || Connection::detect(Flow::Outbound, &bytes).is_some());
+            h.send(&bytes);
+        } else {
+            h.recv(&bytes);
+        }
+    }
+    let summary: Vec<(u32, &str, Option<String>, Option<i16>)> = conns
+        .iter()
+        .flat_map(|(id, h)| {
+            assert_eq!(h.conn.pending(), 0, "connection {id}");
+            assert_eq!(h.conn.counters().orphan_responses, 0);
+            assert_eq!(h.conn.counters().desync, 0);
+            h.out
+                .iter()
+                .map(|x| (*id, x.operation.name(), x.destination.clone(), x.error_code))
+        })
+        .collect();
+    let t1 = || Some("t1".to_string());
+    let nosuch = || Some("nosuch".to_string());
+    assert_eq!(
+        summary,
+        vec![
+            (4, "publish", t1(), None),
+            (4, "publish", t1(), None),
+            (4, "publish", t1(), None),
+            (6, "process", t1(), None),
+            // tansu accepts a Produce to a topic it does not know (error 0)...
+            (7, "publish", nosuch(), None),
+            // ... and its Metadata answers UNKNOWN_TOPIC_OR_PARTITION.
+            (7, "metadata", nosuch(), Some(3)),
+        ]
+    );
+    let producer = &conns[&4].out[0];
+    assert_eq!(producer.client_id.as_deref(), Some("sonde-producer"));
+    assert_eq!((producer.request_bytes, producer.response_bytes), (146, 54));
+    assert_eq!(
+        conns[&6].out[0].client_id.as_deref(),
+        Some("sonde-consumer")
+    );
+}
+
+#[test]
+fn a_failed_metadata_request_is_an_exchange_a_successful_one_is_not() {
+    let mut h = Harness::new();
+    // Metadata v1 for `nosuch` (kafka-python's encoding), answered with error 3 by tansu.
+    h.send(&unhex(
+        "0000001f00030001000000020009736f6e64652d7261770000000100066e6f73756368",
+    ));
+    h.recv(&unhex(
+        "0000003400000002000000010000006f00093132372e302e302e31000098b5ffff0000006f000000010003\
+         00066e6f737563680000000000",
+    ));
+    assert_eq!(h.out.len(), 1);
+    let x = &h.out[0];
+    assert_eq!(x.operation, Operation::Metadata);
+    assert_eq!(x.destination.as_deref(), Some("nosuch"));
+    assert_eq!(x.error_code, Some(3));
+    assert_eq!(h.conn.counters().metadata_errors, 1);
+    // Flexible v12 with no error: nothing.
+    h.send(&metadata_request(12, 3));
+    h.recv(&metadata_response(12, 3, &[("t1", [9; 16])]));
+    assert_eq!(h.out.len(), 1);
+}
