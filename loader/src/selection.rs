@@ -170,7 +170,16 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 
 /// The start time of the live process on `pid` (None when there is none, or only a zombie).
 pub fn start_time(pid: u32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One open and one read (the file is a few hundred bytes): this runs several times per
+    // process notice.
+    let mut buf = [0u8; 1024];
+    let mut file = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = file.read(&mut buf).ok()?;
+    let text = if n < buf.len() {
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    } else {
+        fs::read_to_string(format!("/proc/{pid}/stat")).ok()?
+    };
     let stat = parse_stat(&text)?;
     (!matches!(stat.state, 'Z' | 'X' | 'x')).then_some(stat.start)
 }
