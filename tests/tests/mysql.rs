@@ -241,39 +241,41 @@ fn mariadb_server_spans_cli_statements_and_error() {
     assert_eq!(mysql["partial"], 0, "{stats}");
 }
 
-/// Server-side prepared statements (mysql-connector-python, `cursor(prepared=True)`) against a
-/// selected MariaDB server: one SERVER span per COM_STMT_EXECUTE, its text resolved from the
-/// prepare (N executes of one SELECT, an INSERT, the same INSERT failing with 1062), plus the
-/// connector's two SET statements; prepares, resets, closes and pings give none.
+/// Server-side prepared statements (mysql-connector-python, `cursor(prepared=True)`), seen
+/// from a selected MariaDB server and from the selected client process (which reads each
+/// packet's header and payload apart): one SERVER and one CLIENT span per COM_STMT_EXECUTE,
+/// its text resolved from the prepare (N executes of one SELECT, an INSERT, the same INSERT
+/// failing with 1062), plus the connector's two SET statements; prepares, resets, closes and
+/// pings give none.
 #[test]
 fn mariadb_server_spans_prepared_statements() {
     let _guard = serial();
     let dir = TempDir::new("mysql-prepared");
     let port = free_port();
     let server = start_with_orders(port, &dir);
-    let sonde = Sonde::start(
-        &["--open-port", &port.to_string()],
-        &[],
-        &dir,
-        &[server.pid()],
-    );
     const N: usize = 20;
     let client = Client::start("prepared", port, N);
+    let pid = client.proc.pid();
+    let sonde = Sonde::start(
+        &["--open-port", &port.to_string(), "--pid", &pid.to_string()],
+        &[],
+        &dir,
+        &[server.pid(), pid],
+    );
     let printed = client.go();
     assert_eq!(printed.len(), N + 2, "{printed:?}");
     assert_eq!(printed[N..], ["inserted 1", "error 1062"]);
-    let spans = sonde.wait_spans(N + 4, Duration::from_secs(30), |s| {
+    let spans = sonde.wait_spans(2 * (N + 4), Duration::from_secs(30), |s| {
         s["server_port"] == port && s["db_system"].is_string()
     });
-    assert_eq!(
-        per_statement(&spans),
-        BTreeMap::from([
-            (key("server", "SET", "-", "ok"), 2),
-            (key("server", "SELECT", "orders", "ok"), N),
-            (key("server", "INSERT", "orders", "ok"), 1),
-            (key("server", "INSERT", "orders", "1062"), 1),
-        ])
-    );
+    let mut want = BTreeMap::new();
+    for kind in ["server", "client"] {
+        want.insert(key(kind, "SET", "-", "ok"), 2);
+        want.insert(key(kind, "SELECT", "orders", "ok"), N);
+        want.insert(key(kind, "INSERT", "orders", "ok"), 1);
+        want.insert(key(kind, "INSERT", "orders", "1062"), 1);
+    }
+    assert_eq!(per_statement(&spans), want, "{spans:#?}");
     for s in spans.iter().filter(|s| s["db_operation"] != "SET") {
         assert_eq!(s["db_system"], "mariadb", "{s}");
         assert_eq!(s["db_namespace"], "app", "{s}");

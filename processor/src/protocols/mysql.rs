@@ -540,7 +540,7 @@ impl Connection {
     /// `COM_STMT_PREPARE` with SQL text, `COM_STMT_EXECUTE` with iteration count 1,
     /// `COM_INIT_DB` with a name) or two or more commands; then `flow` is the request flow.
     pub fn detect(flow: Flow, first: &[u8]) -> Option<Flow> {
-        if greeting_like(first) {
+        if greeting_like(first) || greeting_payload_alone(first, first.len() as u64) {
             return Some(flow.opposite());
         }
         if bare_command_like(first, first.len() as u64) {
@@ -651,6 +651,19 @@ impl Connection {
                     self.phase = Phase::Greeting;
                     self.server.parse = HEADER_START;
                     self.client.parse = HEADER_START;
+                }
+                Side::Server
+                    if self.counters.commands == 0 && greeting_payload_alone(captured, total) =>
+                {
+                    // The same, read by a client as header, then payload (this).
+                    self.counters.midstream_pickups =
+                        self.counters.midstream_pickups.saturating_sub(1);
+                    self.counters.packets += 1;
+                    self.greeting(captured);
+                    self.phase = Phase::Response;
+                    self.server.parse = HEADER_START;
+                    self.client.parse = HEADER_START;
+                    return;
                 }
                 Side::Server => {
                     self.add_reply_bytes(total);
@@ -1642,7 +1655,14 @@ fn greeting_like(b: &[u8]) -> bool {
     if !(32..=1024).contains(&len) {
         return false;
     }
-    let body = &b[5..b.len().min(4 + len)];
+    b.len() <= 4 + len && greeting_payload_like(&b[4..])
+}
+
+/// Whether `p` starts like a greeting's payload (from protocol version 10 on).
+fn greeting_payload_like(p: &[u8]) -> bool {
+    let Some((&0x0a, body)) = p.split_first() else {
+        return false;
+    };
     let Some(nul) = memchr::memchr(0, body) else {
         return false;
     };
@@ -1651,7 +1671,12 @@ fn greeting_like(b: &[u8]) -> bool {
         && version[0].is_ascii_digit()
         && version.iter().all(|c| c.is_ascii_graphic() || *c == b' ')
         && body.get(nul + 13) == Some(&0)
-        && b.len() <= 4 + len
+}
+
+/// Whether a chunk is a whole greeting payload without its header (a client's read of it
+/// after reading the header apart).
+fn greeting_payload_alone(b: &[u8], total: u64) -> bool {
+    (32..=1024).contains(&b.len()) && b.len() as u64 == total && greeting_payload_like(b)
 }
 
 /// A database name as kept: cut at [`MAX_NAMESPACE_LEN`] bytes.

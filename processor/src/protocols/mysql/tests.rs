@@ -947,6 +947,40 @@ fn server_reads_of_headers_and_payloads_apart() {
     assert_eq!(c.counters().desync, 2);
 }
 
+/// A client that reads each packet's header, then its payload (mysql-connector-python):
+/// classified at the greeting's payload, which starts the handshake.
+#[test]
+fn client_reads_of_headers_and_payloads_apart() {
+    let mut c = None;
+    let mut out = Vec::new();
+    for (i, (client, bytes)) in chunks(CLI).into_iter().enumerate() {
+        let flow = if client { OUT } else { IN };
+        let parts: Vec<&[u8]> = if client || bytes.len() < 4 {
+            vec![&bytes]
+        } else {
+            vec![&bytes[..4], &bytes[4..]]
+        };
+        for part in parts {
+            let conn = match &mut c {
+                Some(conn) => conn,
+                None => match Connection::detect(flow, part) {
+                    Some(request_flow) => c.insert(Connection::new(request_flow, false)),
+                    None => continue,
+                },
+            };
+            feed(conn, flow, part, i as u64 + 1, &mut out);
+        }
+    }
+    let c = c.expect("classified");
+    assert_eq!(out.len(), 4);
+    assert!(
+        out.iter().all(|x| !x.partial && x.system == "mariadb"),
+        "{out:?}"
+    );
+    assert!(out.iter().all(|x| x.namespace.as_deref() == Some("app")));
+    assert_eq!(c.counters().midstream_pickups, 0);
+}
+
 #[test]
 fn ssl_request_stops_parsing() {
     let mut c = Connection::new(OUT, true);
