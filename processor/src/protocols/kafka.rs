@@ -34,7 +34,11 @@
 //! inside a message are skipped by count and only its first [`MAX_KEEP`] bytes are kept to be
 //! read; sync is lost only when a size falls into uncaptured bytes, and found again at a
 //! later chunk that starts with a plausible request (request direction) or a response to a
-//! pending request (response direction). A connection picked up mid-stream starts that way.
+//! pending request (response direction), or with a 4-byte chunk and such a start after it:
+//! many readers (tansu, the Java broker and clients) read a message's size apart from its
+//! body. A connection picked up mid-stream starts that way, and so does the request side of a
+//! fresh one: its first request's size may have gone by while the connection was being
+//! classified, so a lone request header (with a non-empty client id) is taken too.
 //! A connection first seen at a response is not detected reliably ([`Connection::detect`]
 //! needs a request header; some responses happen to look like one, and such a connection's
 //! flows would be taken the wrong way round: a mid-stream pickup risk only).
@@ -112,7 +116,7 @@ pub struct Counters {
     pub malformed: u64,
     /// Message boundaries lost: a size fell into uncaptured bytes, or was impossible.
     pub desync: u64,
-    /// Message boundaries found again (including a mid-stream connection's first).
+    /// Message boundaries found (each connection's first request, and again after a loss).
     pub resyncs: u64,
     /// Chunks skipped while out of sync.
     pub chunks_skipped: u64,
@@ -494,6 +498,25 @@ fn plausible_request(b: &[u8]) -> bool {
     }
 }
 
+/// Whether `b` (a chunk's bytes) is a plausible request header without its size, as a reader
+/// that reads the size apart shows it: known api key and version, non-negative correlation
+/// id, and (stricter, having no size to check) a non-empty printable client id, all in the
+/// chunk.
+fn plausible_header(b: &[u8]) -> bool {
+    let mut r = Rd::new(b);
+    let (Some(key), Some(version), Some(corr), Some(id_len)) = (r.i16(), r.i16(), r.i32(), r.i16())
+    else {
+        return false;
+    };
+    let Ok(n) = usize::try_from(id_len) else {
+        return false;
+    };
+    known_key(key, version)
+        && corr >= 0
+        && (1..=MAX_CLIENT_ID).contains(&n)
+        && b.get(10..10 + n).is_some_and(printable)
+}
+
 fn parse_header(r: &mut Rd<'_>) -> Option<Header> {
     let key = r.i16()?;
     let version = r.i16()?;
@@ -782,6 +805,8 @@ struct Dir {
     keep: Vec<u8>,
     gap: bool,
     start_ns: u64,
+    /// While out of sync: a chunk of exactly 4 bytes, perhaps a size read apart, and its time.
+    candidate: Option<([u8; 4], u64)>,
 }
 
 impl Dir {
@@ -877,10 +902,11 @@ pub struct Connection {
 
 impl Connection {
     /// The flow that carries requests when `first` (a connection's first bytes with data, on
-    /// `flow`) is Kafka: a strictly plausible request header; None otherwise (a connection
-    /// first seen at a response is not recognised).
+    /// `flow`) is Kafka: a strictly plausible request header, with its size or (a reader that
+    /// reads the size apart) without; None otherwise (a connection first seen at a response is
+    /// not recognised).
     pub fn detect(flow: Flow, first: &[u8]) -> Option<Flow> {
-        plausible_request(first).then_some(flow)
+        (plausible_request(first) || plausible_header(first)).then_some(flow)
     }
 
     /// A tracker for a connection whose requests travel on `request_flow`; `fresh`: its
@@ -892,10 +918,9 @@ impl Connection {
         };
         Connection {
             request_flow,
-            requests: Dir {
-                synced: fresh,
-                ..Dir::default()
-            },
+            // Requests look for their first message even on a fresh connection: the size of
+            // the first one may have been read apart and seen during classification.
+            requests: Dir::default(),
             responses: Dir {
                 synced: fresh,
                 ..Dir::default()
@@ -936,28 +961,64 @@ impl Connection {
         } else {
             self.responses.synced
         };
+        let mut done = std::mem::take(&mut self.scratch);
+        let min_len = if is_request { 10 } else { 4 };
         if !synced {
-            let found = if is_request {
-                plausible_request(captured)
-            } else {
-                self.response_start(captured)
+            let candidate = self.dir(is_request).candidate.take();
+            let start = |c: &Connection, b: &[u8]| {
+                if is_request {
+                    plausible_request(b)
+                } else {
+                    c.response_start(b)
+                }
             };
-            if !found {
-                self.counters.chunks_skipped += 1;
+            // A size read apart, then the message's start: the readers of tansu and of the
+            // Java clients and broker read the 4-byte size first.
+            let joined = candidate.filter(|(size, _)| {
+                let mut j = size.to_vec();
+                j.extend_from_slice(&captured[..captured.len().min(16 + MAX_CLIENT_ID)]);
+                start(self, &j)
+            });
+            if joined.is_none() && !start(self, captured) {
+                if is_request && uncaptured == 0 && plausible_header(captured) {
+                    // A request header whose size was read apart before (the connection's
+                    // first request, its size seen while it was being classified): the chunk
+                    // is that request; its end is not known, so sync waits for a size read.
+                    self.counters.resyncs += 1;
+                    let m = Message {
+                        body: captured[..captured.len().min(MAX_KEEP)].to_vec(),
+                        start_ns: ts_ns,
+                        end_ns: ts_ns,
+                        len: 4 + total,
+                    };
+                    self.on_request(m, out);
+                } else if captured.len() == 4 && uncaptured == 0 {
+                    let mut size = [0; 4];
+                    size.copy_from_slice(captured);
+                    self.dir(is_request).candidate = Some((size, ts_ns));
+                } else {
+                    self.counters.chunks_skipped += 1;
+                }
+                self.scratch = done;
                 return;
             }
             self.counters.resyncs += 1;
-            let d = self.dir(is_request);
+            let (d, counters) = if is_request {
+                (&mut self.requests, &mut self.counters)
+            } else {
+                (&mut self.responses, &mut self.counters)
+            };
             d.reset();
             d.synced = true;
+            if let Some((size, ts0)) = joined {
+                d.frame(&size, 0, ts0, min_len, counters, &mut done);
+            }
         }
-        let mut done = std::mem::take(&mut self.scratch);
         let (d, counters) = if is_request {
             (&mut self.requests, &mut self.counters)
         } else {
             (&mut self.responses, &mut self.counters)
         };
-        let min_len = if is_request { 10 } else { 4 };
         if !d.frame(captured, uncaptured, ts_ns, min_len, counters, &mut done) {
             counters.desync += 1;
             d.reset();

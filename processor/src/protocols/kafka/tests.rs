@@ -525,7 +525,8 @@ fn a_response_lost_to_capture_is_given_up_at_the_next() {
     assert_eq!(h.out[0].destination.as_deref(), Some("a"));
     assert!(!h.out[1].no_response && !h.out[1].partial);
     assert_eq!(h.conn.counters().responses_lost, 1);
-    assert_eq!(h.conn.counters().resyncs, 1);
+    // The requests' first sync, and the responses' after the loss.
+    assert_eq!(h.conn.counters().resyncs, 2);
 }
 
 #[test]
@@ -568,6 +569,8 @@ fn uncaptured_bytes_inside_a_message_are_skipped_by_count() {
 #[test]
 fn a_gap_across_requests_resyncs_at_the_next_plausible_request() {
     let mut h = Harness::new();
+    h.send(&produce(8, 0, 1, "z"));
+    h.recv(&produce_response(8, 0, "z", 0));
     let mut w = produce(8, 1, 1, "a");
     w.extend(produce(8, 2, 1, "b"));
     // Only 10 bytes captured: the second request's size is lost.
@@ -577,8 +580,8 @@ fn a_gap_across_requests_resyncs_at_the_next_plausible_request() {
     h.send(b"\xff\xff\xff\xff garbage");
     h.send(&produce(8, 3, 1, "c"));
     h.recv(&produce_response(8, 3, "c", 0));
-    assert_eq!(h.out.len(), 1);
-    assert_eq!(h.out[0].destination.as_deref(), Some("c"));
+    assert_eq!(h.out.len(), 2);
+    assert_eq!(h.out[1].destination.as_deref(), Some("c"));
     assert_eq!(h.conn.counters().chunks_skipped, 1);
 }
 
@@ -856,4 +859,46 @@ fn a_failed_metadata_request_is_an_exchange_a_successful_one_is_not() {
     h.send(&metadata_request(12, 3));
     h.recv(&metadata_response(12, 3, &[("t1", [9; 16])]));
     assert_eq!(h.out.len(), 1);
+}
+
+/// How tansu (and the Java broker) read: the 4-byte size, then the rest. The connection is
+/// classified at the header (its size went by during classification), and every later
+/// request is framed from its size chunk.
+#[test]
+fn a_broker_reading_sizes_apart() {
+    let mut h = Harness::with(Flow::Inbound, true);
+    let reqs: Vec<Vec<u8>> = (1..=3).map(|c| produce(7, c, 1, "t")).collect();
+    // The first size went to classification: the tracker starts at the header.
+    assert_eq!(Connection::detect(Flow::Inbound, &reqs[0][..4]), None);
+    assert_eq!(
+        Connection::detect(Flow::Inbound, &reqs[0][4..]),
+        Some(Flow::Inbound)
+    );
+    // Nor is the broker's response taken for a request: it comes after.
+    h.send(&reqs[0][4..]);
+    h.recv(&produce_response(7, 1, "t", 0));
+    for (i, r) in reqs.iter().enumerate().skip(1) {
+        h.send(&r[..4]);
+        h.send(&r[4..]);
+        h.recv(&produce_response(7, i as i32 + 1, "t", 0));
+    }
+    assert_eq!(h.out.len(), 3);
+    assert!(h.out.iter().all(|x| x.destination.as_deref() == Some("t")
+        && !x.no_response
+        && x.request_flow == Flow::Inbound));
+    // The first request's span starts at its header, the others at their size.
+    assert_eq!(h.out[1].request_bytes, reqs[1].len() as u64);
+    assert_eq!(h.conn.counters().chunks_skipped, 0);
+}
+
+/// A client reading responses size first (the Java client), picked up mid-stream.
+#[test]
+fn a_client_reading_sizes_apart_mid_stream() {
+    let mut h = Harness::with(Flow::Outbound, false);
+    h.send(&produce(7, 5, 1, "t"));
+    let r = produce_response(7, 5, "t", 0);
+    h.recv(&r[..4]);
+    h.recv(&r[4..]);
+    assert_eq!(h.out.len(), 1);
+    assert_eq!(h.out[0].response_bytes, r.len() as u64);
 }
