@@ -9,6 +9,8 @@ connection, printing one line per step, then `done`.
 - one multi-get of the first five keys and a missing one (one `get` command), then one of
   all N keys (with N = 20, a reply of 6.5 KB written at once: more than capture keeps of a
   syscall);
+- a quiet meta batch in one write (`mg` of a key and of a missing one, both with `q`, then
+  `mn`): memcached answers the hit and `MN`;
 - M times `set` with noreply (pymemcache's default: no reply at all);
 - a 100 000-byte value set and read back (larger than what capture keeps of a syscall);
 - `incr` of a non-numeric value (CLIENT_ERROR: pymemcache then closes its socket and the
@@ -42,6 +44,8 @@ many = c.get_many([f"secretkey-{i}" for i in range(5)] + ["secretkey-missing"])
 print("many", len(many), flush=True)
 every = c.get_many([f"secretkey-{i}" for i in range(n)])
 print("every", len(every), flush=True)
+meta = c.raw_command(b"mg secretkey-1 v q\r\nmg secretkey-missing v q\r\nmn", b"MN\r\n")
+print("meta", meta.split(b"\r\n")[0].decode(), flush=True)
 for i in range(m):
     c.set(f"secretquiet-{i}", "topsecretquiet", noreply=True)
 big = b"B" * 100_000

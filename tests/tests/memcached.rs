@@ -61,6 +61,9 @@ fn expected(kind: &str) -> BTreeMap<(String, String, String, String), usize> {
         // The multi-gets: one command, one span each; past 64 keys the text is cut.
         (key("get", "get ? ? ? ? ? ?", "ok"), 1),
         (key("get", &format!("get{}", " ?".repeat(N)), "ok"), 1),
+        // The quiet meta batch: emitted at once, and its `mn`.
+        (key("mg", "mg ? ? ?", "ok"), 2),
+        (key("mn", "mn", "ok"), 1),
         (key("incr", "incr ? ?", "CLIENT_ERROR"), 1),
         // NOT_FOUND is an outcome, not an error.
         (key("delete", "delete ?", "ok"), 1),
@@ -69,7 +72,7 @@ fn expected(kind: &str) -> BTreeMap<(String, String, String, String), usize> {
     ])
 }
 
-const SPANS: usize = 2 * N + M + 8;
+const SPANS: usize = 2 * N + M + 11;
 
 fn everything(sonde: &Sonde) -> String {
     sonde
@@ -138,6 +141,7 @@ fn check_printed(printed: &[String]) {
         format!("hits {N}"),
         "many 5".to_string(),
         format!("every {N}"),
+        "meta VA 300".to_string(),
         "big 100000".to_string(),
         "incr error MemcacheClientError".to_string(),
         "delete False".to_string(),
@@ -216,8 +220,10 @@ fn memcached_server_spans() {
     assert_eq!(stats["streams"]["memcached_connections"], 2, "{stats}");
     assert_eq!(stats["streams"]["unclassified_connections"], 0, "{stats}");
     assert_eq!(mc["commands"], SPANS, "{stats}");
-    assert_eq!(mc["noreply"], M + 1, "{stats}");
-    assert_eq!(mc["replies"], SPANS - M - 1, "{stats}");
+    // M sets, quit, the two quiet mg.
+    assert_eq!(mc["noreply"], M + 3, "{stats}");
+    assert_eq!(mc["replies"], SPANS - M - 3, "{stats}");
+    assert_eq!(mc["quiet_replies"], 1, "{stats}");
     // The 6.5 KB reply of the second multi-get was written in one syscall.
     assert_eq!(mc["replies_cut"], 1, "{stats}");
     // The N hits, five of the first multi-get, the large value, and of the second multi-get

@@ -25,10 +25,12 @@
 //! even the error replies of `noreply` commands, so nothing is owed to them.
 //!
 //! Meta commands (`mg`, `ms`, `md`, `ma`, `me`, `mn`) are read too: one exchange each, ended
-//! by their one reply line or `VA` item. The quiet flag `q` suppresses some replies (`EN`,
-//! `HD`, …) but not others, so which command a later reply answers cannot be told: a quiet
-//! command is emitted at once like a `noreply` one, and replies after the commands before it
-//! are not attributed until a quiet point (see below).
+//! by their one reply line or `VA` item. The quiet flag `q` suppresses the nominal replies
+//! (`EN`, `HD`, …) but not the others, so whether a quiet command gets a reply cannot be
+//! known: it is emitted at once like a `noreply` one. Its batch is ended the way clients do,
+//! by `mn`, answered `MN`: the replies before that `MN` answer quiet commands and are skipped.
+//! A reply that could answer either a quiet command or a later non-quiet one (other than
+//! `mn`) cannot be attributed, and replies wait for a quiet point (see below).
 //!
 //! Naming: `db.operation.name` is the command word as sent (`get`, `set`, `mg`: memcached
 //! commands are lower case on the wire, and the reference system names memcached spans by
@@ -133,9 +135,10 @@ pub struct Counters {
     pub unknown_commands: u64,
     /// Retrieval lines whose end was not captured, emitted as one command each.
     pub truncated_retrievals: u64,
-    /// Meta commands with the quiet flag `q`: replies after them are not attributed until a
-    /// quiet point.
+    /// Meta commands with the quiet flag `q` (also in `noreply`).
     pub quiet_meta: u64,
+    /// Replies to quiet meta commands (their failures and hits), skipped.
+    pub quiet_replies: u64,
     /// Uncaptured bytes skipped inside data blocks without losing sync.
     pub uncaptured_bytes_skipped: u64,
     /// Retrieval replies whose `END` was in the uncaptured end of a read (after a large
@@ -167,6 +170,7 @@ impl Counters {
             unknown_commands,
             truncated_retrievals,
             quiet_meta,
+            quiet_replies,
             uncaptured_bytes_skipped,
             inferred_ends,
             replies_cut,
@@ -186,6 +190,7 @@ impl Counters {
         self.unknown_commands += unknown_commands;
         self.truncated_retrievals += truncated_retrievals;
         self.quiet_meta += quiet_meta;
+        self.quiet_replies += quiet_replies;
         self.uncaptured_bytes_skipped += uncaptured_bytes_skipped;
         self.inferred_ends += inferred_ends;
         self.replies_cut += replies_cut;
@@ -1012,10 +1017,16 @@ struct Pending {
 #[derive(Debug)]
 enum Entry {
     Command(Pending),
-    /// Commands were lost on the request side here (or a quiet meta command was sent): the
-    /// replies past this point cannot be attributed.
+    /// Commands were lost on the request side here: the replies past this point cannot be
+    /// attributed.
     Barrier {
         chunk: u64,
+    },
+    /// A quiet meta command (already emitted): it may get a reply or not. `candidate` as for
+    /// a command.
+    Quiet {
+        chunk: u64,
+        candidate: bool,
     },
 }
 
@@ -1023,7 +1034,7 @@ impl Entry {
     fn chunk(&self) -> u64 {
         match self {
             Entry::Command(p) => p.chunk,
-            Entry::Barrier { chunk } => *chunk,
+            Entry::Barrier { chunk } | Entry::Quiet { chunk, .. } => *chunk,
         }
     }
 }
@@ -1232,7 +1243,11 @@ impl Connection {
             return;
         }
         if self.reply.lost() {
-            let candidate = matches!(self.queue.front(), Some(Entry::Command(p)) if p.candidate);
+            let candidate = match self.queue.front() {
+                Some(Entry::Command(p)) => p.candidate,
+                Some(Entry::Quiet { candidate, .. }) => *candidate,
+                _ => false,
+            };
             if !(candidate && !self.feed && looks_like_reply(captured)) {
                 // Whatever this chunk answers cannot be told: what waits ends without reply.
                 self.drain(ts, out);
@@ -1330,21 +1345,10 @@ impl Connection {
             chunk: cmd.start.chunk,
             candidate: false,
         };
-        match line.expect {
-            Expect::Nothing => {
-                self.counters.noreply += 1;
-                out.push(self.exchange(pending, ts, None, false));
-                return;
-            }
-            Expect::Maybe => {
-                self.counters.noreply += 1;
-                self.counters.quiet_meta += 1;
-                out.push(self.exchange(pending, ts, None, false));
-                // The replies after those of the commands before it cannot be told apart.
-                self.barrier(ts, out);
-                return;
-            }
-            Expect::Reply => {}
+        if line.expect == Expect::Nothing {
+            self.counters.noreply += 1;
+            out.push(self.exchange(pending, ts, None, false));
+            return;
         }
         if self
             .queue
@@ -1358,6 +1362,14 @@ impl Connection {
                 && (cmd.start.at_chunk_start || std::mem::take(&mut self.after_cut))
                 && cmd.start.chunk > self.last_reply_chunk
                 && !self.overlap_seen;
+        }
+        if line.expect == Expect::Maybe {
+            self.counters.noreply += 1;
+            self.counters.quiet_meta += 1;
+            let (chunk, candidate) = (pending.chunk, pending.candidate);
+            out.push(self.exchange(pending, ts, None, false));
+            self.push(Entry::Quiet { chunk, candidate }, ts, out);
+            return;
         }
         self.push(Entry::Command(pending), ts, out);
     }
@@ -1376,7 +1388,9 @@ impl Connection {
                         self.skip.push_back(kind);
                     }
                 }
-                Some(Entry::Barrier { .. }) => self.reply_unattributable(ts, out),
+                Some(Entry::Barrier { .. } | Entry::Quiet { .. }) => {
+                    self.reply_unattributable(ts, out)
+                }
                 None => {}
             }
         }
@@ -1465,9 +1479,37 @@ impl Connection {
                 self.reply_unattributable(ts, out);
                 return;
             }
+            Some(Entry::Quiet { .. }) => {
+                self.quiet_reply(unit, ts, out);
+                return;
+            }
             None => self.counters.orphan_replies += 1,
         }
         self.check_barrier(ts, out);
+    }
+
+    /// A reply while quiet meta commands lead the queue. `MN` ends them: it answers the `mn`
+    /// after them (the way clients end a quiet batch). Any other reply answers one of them
+    /// when only an `mn` (or nothing yet) follows them; which one does not matter, they are
+    /// emitted already. Before any other command, whose reply it could be as well, replies
+    /// can no longer be attributed.
+    fn quiet_reply(&mut self, unit: ReplyUnit, ts: u64, out: &mut Vec<DbExchange>) {
+        if !unit.item && unit.is("MN") {
+            while matches!(self.queue.front(), Some(Entry::Quiet { .. })) {
+                self.queue.pop_front();
+            }
+            self.on_reply(unit, ts, out);
+            return;
+        }
+        let next = self
+            .queue
+            .iter()
+            .find(|e| !matches!(e, Entry::Quiet { .. }));
+        match next {
+            None => self.counters.quiet_replies += 1,
+            Some(Entry::Command(p)) if p.kind == Kind::MetaNoop => self.counters.quiet_replies += 1,
+            Some(_) => self.reply_unattributable(ts, out),
+        }
     }
 
     /// When the replies to come belong to commands never seen, stops attributing them.

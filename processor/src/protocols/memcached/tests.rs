@@ -361,27 +361,60 @@ fn meta_commands() {
 }
 
 #[test]
-fn quiet_meta_commands_stop_attribution_until_a_quiet_point() {
+fn quiet_meta_batch_ends_at_mn() {
     let mut c = Client::new();
+    // As memcached 1.6.18 answered: the miss is suppressed, the hit is not.
     c.send(b"get a\r\nmg missing v q\r\nmg k v q\r\nmn\r\n");
     c.recv(b"END\r\nVA 2\r\nhi\r\nMN\r\n");
-    // The get has its reply; the quiet ones are emitted at once; mn's reply could not be
-    // told from theirs.
+    // The quiet ones are emitted at once; the get and mn get their replies, the hit is
+    // skipped.
     assert_eq!(
         c.summary(),
         [
             row("mg", "mg ? ? ?", "", false),
             row("mg", "mg ? ? ?", "", false),
             row("get", "get ?", "", false),
-            row("mn", "mn", "", true),
+            row("mn", "mn", "", false),
         ]
     );
-    // A quiet point: the next command, alone in its write, after the replies.
     c.send(b"version\r\n");
     c.recv(b"VERSION 1.6.18\r\n");
     assert_eq!(c.summary()[4], row("version", "version", "", false));
     let n = c.conn.counters();
-    assert_eq!((n.quiet_meta, n.reply_resyncs), (2, 1));
+    assert_eq!((n.quiet_meta, n.quiet_replies, n.reply_desync), (2, 1, 0));
+    assert_eq!(c.conn.pending(), 0);
+}
+
+#[test]
+fn quiet_meta_batch_at_a_quiet_point() {
+    let mut c = Client::new();
+    c.send(b"get a\r\n");
+    c.recv(b"garbage\r\n");
+    assert_eq!(c.conn.counters().reply_desync, 1);
+    c.send(b"mg a v q\r\nmn\r\n");
+    c.recv(b"VA 1\r\nx\r\nMN\r\n");
+    assert_eq!(c.ops(), ["get", "mg", "mn"]);
+    assert!(!c.out[2].no_response);
+    assert_eq!(c.conn.counters().reply_resyncs, 1);
+}
+
+#[test]
+fn quiet_meta_before_another_command_stops_attribution() {
+    let mut c = Client::new();
+    // `EN` could be the quiet ms's failure or the mg's miss: not attributed.
+    c.send(b"ms a 2 q\r\nhi\r\nmg b v\r\n");
+    c.recv(b"EN\r\n");
+    assert_eq!(
+        c.summary(),
+        [
+            row("ms", "ms ? ? ?", "", false),
+            row("mg", "mg ? ?", "", true)
+        ]
+    );
+    // A quiet point later.
+    c.send(b"mg b v\r\n");
+    c.recv(b"EN\r\n");
+    assert_eq!(c.summary()[2], row("mg", "mg ? ?", "", false));
 }
 
 #[test]
