@@ -44,9 +44,12 @@
 //! storage command, of a `VALUE` or `VA` line), so uncaptured bytes inside them are skipped by
 //! count and nothing is lost. A read that holds a large value usually holds the `END` after
 //! it too, in its uncaptured tail: when exactly the bytes of an `END\r\n` are missing after
-//! a retrieval's items, they are taken for it (any other continuation is longer). When a command or reply *line* falls into uncaptured bytes (or
-//! the bytes are not memcached) that direction loses its boundaries, and the policy is the
-//! one of the Redis tracker, never to attribute a reply to the wrong command:
+//! a retrieval's items, they are taken for it (any other continuation is longer). When a
+//! command or reply *line* falls into uncaptured bytes (or the bytes are not memcached) that
+//! direction loses its boundaries, and the policy is the one of the Redis tracker, never to
+//! attribute a reply to the wrong command. (On a server, one read can hold many commands a
+//! client wrote without waiting, such as a burst of `noreply` sets: those past the captured
+//! bytes are not seen.)
 //! - request side: the commands read before the loss still get their replies; the replies
 //!   after those belong to commands never seen, so the reply side then stops attributing.
 //!   Commands are read again from a later chunk that starts with a well-formed command line.
@@ -65,6 +68,11 @@
 //!   connection never seen writing a command while an earlier one was unanswered. Its reply
 //!   is then the first reply chunk that follows, when that chunk starts like a reply. `watch`
 //!   turns the reply flow into a log feed for good: its replies are never attributed again.
+//!
+//! Not parsed: the binary protocol (deprecated; its connections stay unclassified). Detection
+//! is strict (see [`Connection::detect`]), but a connection whose first command is a bare
+//! `get <key>` cannot be told from a Redis inline `get`; Redis client libraries write
+//! multibulk commands, so this is taken for memcached.
 //!
 //! Chunks must be fed in the order they happened, across both directions.
 //!
@@ -1300,7 +1308,10 @@ impl Connection {
         let partial = &self.reply.line;
         self.reply.step == RepStep::Line
             && self.skip.is_empty()
-            && matches!(self.queue.front(), Some(Entry::Command(p)) if p.kind == Kind::Retrieval && p.reply_bytes > 0)
+            && matches!(
+                self.queue.front(),
+                Some(Entry::Command(p)) if p.kind == Kind::Retrieval && p.reply_bytes > 0
+            )
             && partial.len() as u64 + rest == 5
             && b"END\r\n".starts_with(partial)
     }
