@@ -429,7 +429,30 @@ fn kafka_broker_server_spans_and_a_failed_request() {
     for s in receiver.spans() {
         assert!(!s.to_string().contains(MARKER), "{s}");
     }
-    drop(sonde);
+    // The parser's own account: every message framed, every response paired.
+    let mut sonde = sonde;
+    assert!(
+        sonde.proc.stop(Duration::from_secs(10)).is_some(),
+        "sonde did not stop on SIGTERM"
+    );
+    let stats = final_processor_stats(&sonde);
+    let k = &stats["streams"]["kafka"];
+    eprintln!("kafka parser counters: {k}");
+    // Broker: n + 2 (publish, and the failed metadata, for the missing topic); client: 2.
+    assert_eq!(stats["streams"]["messaging_exchanges"], n + 4, "{stats}");
+    assert_eq!(k["exchanges"], n + 4, "{k}");
+    assert_eq!(k["metadata_errors"], 2, "{k}");
+    for zero in [
+        "desync",
+        "malformed",
+        "orphan_responses",
+        "responses_lost",
+        "no_response",
+        "partial",
+        "untracked",
+    ] {
+        assert_eq!(k[zero], 0, "{zero}: {k}");
+    }
 }
 
 /// Kafka's `UNKNOWN_TOPIC_OR_PARTITION`.
