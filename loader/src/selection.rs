@@ -5,6 +5,12 @@
 //! clock ticks since boot): a pid number alone is recycled by the kernel. Every decision reads
 //! the start time before and after looking at the process, so the reason found belongs to the
 //! process that is selected.
+//!
+//! Listeners on `open_port` ports are found in every network namespace without entering any
+//! (`setns` would need `CAP_SYS_ADMIN`): each process's own `/proc/<pid>/net/tcp{,6}` shows
+//! its namespace, named by the inode of `/proc/<pid>/ns/net`. The tables are read once per
+//! namespace at start-up, then only for the namespace of a process the kernel saw `listen()`
+//! on a covered port, and only up to their last listening socket (listeners come first).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
