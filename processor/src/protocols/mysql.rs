@@ -25,6 +25,8 @@
 //!   is not used (several numbers share one).
 //! - `db.system.name` is `mariadb` when the server's greeting names MariaDB, `mysql`
 //!   otherwise (also when the greeting was not seen).
+//! - Not read (counted, the connection is left alone): TLS after an `SSLRequest` (its
+//!   plaintext comes through the TLS uprobes), the compressed protocol, replication streams.
 //!
 //! Capture may miss bytes (only the first bytes of a read or write are kept, or the
 //! connection is older than Sonde). Uncaptured bytes inside a packet are skipped by its
@@ -78,6 +80,8 @@ const SUFFIX_SCAN: usize = 600;
 
 // Capability flags.
 const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
+const CLIENT_COMPRESS: u32 = 0x20;
+const CLIENT_ZSTD_COMPRESSION: u32 = 0x400_0000;
 const CLIENT_PROTOCOL_41: u32 = 0x200;
 const CLIENT_SSL: u32 = 0x800;
 const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
@@ -170,6 +174,8 @@ pub struct Counters {
     pub local_infile: u64,
     /// Connections that turned into a replication stream (binlog dump): not parsed further.
     pub replication_streams: u64,
+    /// Connections that use the compressed protocol after the handshake: not parsed further.
+    pub compressed: u64,
 }
 
 impl Counters {
@@ -201,6 +207,7 @@ impl Counters {
             tls_upgrades,
             local_infile,
             replication_streams,
+            compressed,
         } = other;
         self.packets += packets;
         self.commands += commands;
@@ -226,6 +233,7 @@ impl Counters {
         self.tls_upgrades += tls_upgrades;
         self.local_infile += local_infile;
         self.replication_streams += replication_streams;
+        self.compressed += compressed;
     }
 }
 
@@ -1041,6 +1049,11 @@ impl Connection {
             }
             Phase::Auth => {
                 match p.first() {
+                    Some(0x00) if !p.continued && self.compression() => {
+                        // Compressed packets from here on: not read.
+                        self.counters.compressed += 1;
+                        self.stop();
+                    }
                     Some(0x00) if !p.continued => self.phase = Phase::Command,
                     Some(0xff) if !p.continued => self.counters.auth_failures += 1,
                     _ => {}
@@ -1127,6 +1140,12 @@ impl Connection {
             }
             _ => false,
         }
+    }
+
+    /// Whether both ends asked for the compressed protocol (after authentication).
+    fn compression(&self) -> bool {
+        let both = self.client_caps.unwrap_or(0) & self.server_caps.unwrap_or(u32::MAX);
+        both & (CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION) != 0
     }
 
     /// Whether result sets end without EOF packets: known when both capability sets were seen.

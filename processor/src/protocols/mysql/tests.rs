@@ -1004,6 +1004,21 @@ fn ssl_request_stops_parsing() {
 }
 
 #[test]
+fn compressed_protocol_stops_parsing() {
+    let mut c = Connection::new(OUT, true);
+    let mut out = Vec::new();
+    let caps = BASE_CAPS | CLIENT_COMPRESS;
+    feed(&mut c, IN, &greeting("8.0.36", caps), 1, &mut out);
+    feed(&mut c, OUT, &handshake_response(caps, ""), 2, &mut out);
+    feed(&mut c, IN, &ok(2), 3, &mut out);
+    feed(&mut c, OUT, &query("SELECT 1"), 4, &mut out);
+    feed(&mut c, IN, &ok(1), 5, &mut out);
+    c.close(6, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(c.counters().compressed, 1);
+}
+
+#[test]
 fn local_infile_data_is_skipped() {
     let (mut c, mut out) = mysql8(OUT, false);
     feed(
