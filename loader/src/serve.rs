@@ -18,8 +18,9 @@ use crate::{
     supervisor::Supervisor,
 };
 
-/// How often `/proc` is scanned again for selected processes (the kernel's notices cover
-/// exec, fork, exit and listen in between).
+/// How often the selected processes' start times are checked again (pid reuse; no walk of
+/// `/proc`: the kernel's notices cover exec, fork, exit and listen in between, and a full walk
+/// runs only at start-up and after lost notices).
 const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
 /// The longest one wait for events lasts: the supervisor and the timers run at least this
