@@ -260,6 +260,12 @@ fn kafka_client_spans_and_metrics() {
         assert_eq!(a["messaging.operation.type"], op, "{s}");
         assert_eq!(s["name"], format!("{op} {topic}"), "{s}");
         assert_eq!(a["server.port"], port, "{s}");
+        let client_id = if producer {
+            "sonde-producer"
+        } else {
+            "sonde-consumer"
+        };
+        assert_eq!(a["messaging.client.id"], client_id, "{s}");
         assert_eq!(s["status_code"], 0, "{s}");
         assert!(!s.to_string().contains(MARKER), "{s}");
     }
@@ -338,8 +344,26 @@ fn kafka_broker_server_spans_and_a_failed_request() {
         ]
     );
 
+    // A consumer the broker serves: SERVER spans `process <topic>`.
+    assert_eq!(
+        run_unwatched("consume", port, topic, n),
+        [format!("received {n}")]
+    );
+    let fetches = sonde.wait_spans(1, Duration::from_secs(20), |s| {
+        s["pid"] == bpid && s["messaging_operation"] == "process"
+    });
+    assert!(!fetches.is_empty());
+    for s in &fetches {
+        assert_eq!(s["kind"], "server", "{s}");
+        assert_eq!(s["name"], format!("process {topic}"), "{s}");
+        assert_eq!(s["messaging_client_id"], "sonde-consumer", "{s}");
+    }
+    let fetches_unanswered = fetches.iter().filter(|s| s["no_response"] == true).count();
+
     let spans = sonde.wait_spans(n + 2, Duration::from_secs(20), |s| {
-        s["pid"] == bpid && s["messaging_system"] == "kafka"
+        s["pid"] == bpid
+            && s["messaging_system"] == "kafka"
+            && s["messaging_operation"] != "process"
     });
     let ok: Vec<&Value> = spans
         .iter()
@@ -438,16 +462,19 @@ fn kafka_broker_server_spans_and_a_failed_request() {
     let stats = final_processor_stats(&sonde);
     let k = &stats["streams"]["kafka"];
     eprintln!("kafka parser counters: {k}");
-    // Broker: n + 2 (publish, and the failed metadata, for the missing topic); client: 2.
-    assert_eq!(stats["streams"]["messaging_exchanges"], n + 4, "{stats}");
-    assert_eq!(k["exchanges"], n + 4, "{k}");
+    // Broker: n + 2 (publish, and the failed metadata, for the missing topic) and the
+    // fetches; client: 2.
+    let total = n + 4 + fetches.len();
+    assert_eq!(stats["streams"]["messaging_exchanges"], total, "{stats}");
+    assert_eq!(k["exchanges"], total, "{k}");
+    // A fetch still waiting when the consumer closed is the only request without response.
+    assert_eq!(k["no_response"], fetches_unanswered, "{k}");
     assert_eq!(k["metadata_errors"], 2, "{k}");
     for zero in [
         "desync",
         "malformed",
         "orphan_responses",
         "responses_lost",
-        "no_response",
         "partial",
         "untracked",
     ] {
