@@ -77,6 +77,16 @@ struct ProcessRecord {
   serviceName @3 :Text;
   # Why the loader selected this process: "port 8080", "exe /usr/sbin/nginx", "pid".
   reason @4 :Text;
+  # The container runtime's id (64 hex) from the process's cgroup path; empty when none.
+  containerId @5 :Text;
+  # The process's own OTEL_SERVICE_NAME / OTEL_SERVICE_NAMESPACE, or service.name /
+  # service.namespace from its OTEL_RESOURCE_ATTRIBUTES (only these values leave the loader,
+  # never the environment); empty when unset.
+  envServiceName @6 :Text;
+  envServiceNamespace @7 :Text;
+  # The `name` / `namespace` of the discovery selector that matched; empty when none.
+  selectorServiceName @8 :Text;
+  selectorServiceNamespace @9 :Text;
 }
 
 struct KernelStats {

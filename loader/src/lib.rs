@@ -21,6 +21,7 @@
 
 pub mod audit;
 pub mod capture;
+pub mod cgroup;
 pub mod cli;
 pub mod conn;
 pub mod consumer;

@@ -473,6 +473,8 @@ fn read_record(pid: u32, reason: String) -> Option<ProcessRecord> {
         cmdline,
         service_name,
         reason,
+        container_id: crate::cgroup::container_id(pid).unwrap_or_default(),
+        ..ProcessRecord::default()
     })
 }
 

@@ -32,6 +32,8 @@ pub const MAX_NARROW_PIDS: usize = 1024;
 pub const MAX_EXE_PATH_BYTES: usize = 4096;
 /// Bytes of a service name.
 pub const MAX_SERVICE_NAME_BYTES: usize = 256;
+/// Bytes of a container id (runtimes use 64 hex characters).
+pub const MAX_CONTAINER_ID_BYTES: usize = 128;
 /// Bytes of the reason a process was selected ("exe <glob>" carries an operator's pattern).
 pub const MAX_REASON_BYTES: usize = 1024;
 /// Command-line arguments carried per process; later ones are dropped, so a process with a
@@ -63,6 +65,18 @@ pub struct ProcessRecord {
     pub service_name: String,
     /// Why the loader selected the process: "port 8080", "exe /usr/sbin/*", "pid", ….
     pub reason: String,
+    /// The container runtime's id (64 hex characters) from the process's cgroup path, for
+    /// Kubernetes metadata; empty when the process is in no container.
+    pub container_id: String,
+    /// The process's own `OTEL_SERVICE_NAME` / `OTEL_SERVICE_NAMESPACE` (or `service.name` /
+    /// `service.namespace` in its `OTEL_RESOURCE_ATTRIBUTES`): only these values leave the
+    /// loader, never the environment. Empty when unset.
+    pub env_service_name: String,
+    pub env_service_namespace: String,
+    /// The `name` / `namespace` of the discovery selector that chose the process; empty when
+    /// none (or the selector has none).
+    pub selector_service_name: String,
+    pub selector_service_namespace: String,
 }
 
 /// The geometry of the HTTP event ring buffer, so the processor can map it without any
@@ -398,6 +412,20 @@ fn encode_process(mut p: process_record::Builder<'_>, record: &ProcessRecord) {
     p.set_exe_path(truncate(&record.exe_path, MAX_EXE_PATH_BYTES));
     p.set_service_name(truncate(&record.service_name, MAX_SERVICE_NAME_BYTES));
     p.set_reason(truncate(&record.reason, MAX_REASON_BYTES));
+    p.set_container_id(truncate(&record.container_id, MAX_CONTAINER_ID_BYTES));
+    p.set_env_service_name(truncate(&record.env_service_name, MAX_SERVICE_NAME_BYTES));
+    p.set_env_service_namespace(truncate(
+        &record.env_service_namespace,
+        MAX_SERVICE_NAME_BYTES,
+    ));
+    p.set_selector_service_name(truncate(
+        &record.selector_service_name,
+        MAX_SERVICE_NAME_BYTES,
+    ));
+    p.set_selector_service_namespace(truncate(
+        &record.selector_service_namespace,
+        MAX_SERVICE_NAME_BYTES,
+    ));
     let args = &record.cmdline[..record.cmdline.len().min(MAX_CMDLINE_ARGS)];
     let mut list = p.init_cmdline(len_u32(args));
     for (i, arg) in (0u32..).zip(args) {
@@ -421,6 +449,27 @@ fn decode_process(p: process_record::Reader<'_>) -> Result<ProcessRecord, Contro
         cmdline,
         service_name: field("service_name", p.get_service_name(), MAX_SERVICE_NAME_BYTES)?,
         reason: field("reason", p.get_reason(), MAX_REASON_BYTES)?,
+        container_id: field("container_id", p.get_container_id(), MAX_CONTAINER_ID_BYTES)?,
+        env_service_name: field(
+            "env_service_name",
+            p.get_env_service_name(),
+            MAX_SERVICE_NAME_BYTES,
+        )?,
+        env_service_namespace: field(
+            "env_service_namespace",
+            p.get_env_service_namespace(),
+            MAX_SERVICE_NAME_BYTES,
+        )?,
+        selector_service_name: field(
+            "selector_service_name",
+            p.get_selector_service_name(),
+            MAX_SERVICE_NAME_BYTES,
+        )?,
+        selector_service_namespace: field(
+            "selector_service_namespace",
+            p.get_selector_service_namespace(),
+            MAX_SERVICE_NAME_BYTES,
+        )?,
     })
 }
 

@@ -78,6 +78,11 @@ fn process_records_round_trip_with_hostile_text() {
             cmdline: vec![s.clone(), String::new(), s.clone()],
             service_name: s.clone(),
             reason: format!("exe {s}"),
+            container_id: s.clone(),
+            env_service_name: s.clone(),
+            env_service_namespace: s.clone(),
+            selector_service_name: s.clone(),
+            selector_service_namespace: s.clone(),
         });
         assert_eq!(loader_round_trip(&m), m);
     }
@@ -93,6 +98,11 @@ fn process_record_at_every_limit_fits_one_datagram() {
         cmdline: vec!["y".repeat(MAX_CMDLINE_ARG_BYTES); MAX_CMDLINE_ARGS],
         service_name: "z".repeat(MAX_SERVICE_NAME_BYTES),
         reason: "r".repeat(MAX_REASON_BYTES),
+        container_id: "c".repeat(MAX_CONTAINER_ID_BYTES),
+        env_service_name: "e".repeat(MAX_SERVICE_NAME_BYTES),
+        env_service_namespace: "f".repeat(MAX_SERVICE_NAME_BYTES),
+        selector_service_name: "g".repeat(MAX_SERVICE_NAME_BYTES),
+        selector_service_namespace: "h".repeat(MAX_SERVICE_NAME_BYTES),
     };
     let m = LoaderMessage::ProcessAdded(record);
     assert!(m.encode().expect("encode").len() < channel::MAX_MESSAGE_BYTES / 2);
@@ -111,6 +121,9 @@ fn over_long_process_fields_are_cut_at_character_boundaries() {
         cmdline: vec![long(MAX_CMDLINE_ARG_BYTES); MAX_CMDLINE_ARGS + 10],
         service_name: long(MAX_SERVICE_NAME_BYTES),
         reason: long(MAX_REASON_BYTES),
+        container_id: long(MAX_CONTAINER_ID_BYTES),
+        env_service_name: long(MAX_SERVICE_NAME_BYTES),
+        ..ProcessRecord::default()
     };
     let want = ProcessRecord {
         pid: 7,
@@ -118,6 +131,9 @@ fn over_long_process_fields_are_cut_at_character_boundaries() {
         cmdline: vec![cut(MAX_CMDLINE_ARG_BYTES); MAX_CMDLINE_ARGS],
         service_name: cut(MAX_SERVICE_NAME_BYTES),
         reason: cut(MAX_REASON_BYTES),
+        container_id: cut(MAX_CONTAINER_ID_BYTES),
+        env_service_name: cut(MAX_SERVICE_NAME_BYTES),
+        ..ProcessRecord::default()
     };
     assert_eq!(
         loader_round_trip(&LoaderMessage::ProcessAdded(sent)),
@@ -131,6 +147,8 @@ fn over_long_process_fields_are_cut_at_character_boundaries() {
         p.set_exe_path(long(MAX_EXE_PATH_BYTES));
         p.set_service_name(long(MAX_SERVICE_NAME_BYTES));
         p.set_reason(long(MAX_REASON_BYTES));
+        p.set_container_id(long(MAX_CONTAINER_ID_BYTES));
+        p.set_env_service_name(long(MAX_SERVICE_NAME_BYTES));
         let mut args = p.init_cmdline((MAX_CMDLINE_ARGS + 10) as u32);
         for i in 0..(MAX_CMDLINE_ARGS + 10) as u32 {
             args.set(i, long(MAX_CMDLINE_ARG_BYTES));
@@ -478,6 +496,8 @@ fn cut_or_corrupted_datagrams_never_panic() {
             cmdline: vec!["python3".into(), "-m".into(), "http.server".into()],
             service_name: "python3".into(),
             reason: "port 8000".into(),
+            container_id: "ab".repeat(32),
+            ..ProcessRecord::default()
         })
         .encode()
         .expect("encode"),
