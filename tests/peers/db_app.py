@@ -30,13 +30,22 @@ cache.ping()
 mysql = producer = None
 if mysql_port is not None:
     import kafka
+    import kafka.admin
+    import kafka.errors
     import pymysql
 
     mysql = pymysql.connect(host="127.0.0.1", port=mysql_port, user="root", autocommit=True)
     with mysql.cursor() as cur:
         cur.execute("CREATE DATABASE IF NOT EXISTS app")
         cur.execute("CREATE TABLE IF NOT EXISTS app.customers (id int, email text)")
-    producer = kafka.KafkaProducer(bootstrap_servers="127.0.0.1:%d" % kafka_port, acks=1,
+    bootstrap = "127.0.0.1:%d" % kafka_port
+    admin = kafka.KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([kafka.admin.NewTopic("orders", 1, 1)])
+    except kafka.errors.TopicAlreadyExistsError:
+        pass
+    admin.close()
+    producer = kafka.KafkaProducer(bootstrap_servers=bootstrap, client_id="db-app", acks=1,
                                    linger_ms=0)
     # The first send fetches metadata (and creates the topic if the broker auto-creates it),
     # so the measured requests each send one Produce.

@@ -239,9 +239,18 @@ pub fn start_mariadb(port: u16, dir: &TempDir) -> Proc {
 /// `memcached` (Debian) on 127.0.0.1:`port`, TCP only.
 pub fn start_memcached(port: u16) -> Proc {
     let mut cmd = Command::new("memcached");
-    cmd.args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-u", "root"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-u",
+        "root",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
     let p = Proc::spawn("memcached", &mut cmd);
     wait_for_port(port, Duration::from_secs(20));
     p
@@ -255,4 +264,25 @@ pub fn tansu_binary() -> PathBuf {
     }
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     PathBuf::from(home).join(".local/share/sonde/tansu-0.6.0/bin/tansu")
+}
+
+/// `tansu broker` on 127.0.0.1:`port`, advertising the same address, storing in memory.
+pub fn start_tansu(port: u16) -> Proc {
+    let binary = tansu_binary();
+    assert!(
+        binary.exists(),
+        "{} is missing: scripts/setup.sh builds it (or set SONDE_TANSU)",
+        binary.display()
+    );
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new(binary);
+    cmd.args(["broker", "--listener-url", &url])
+        .args(["--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let p = Proc::spawn("tansu", &mut cmd);
+    wait_for_port(port, Duration::from_secs(20));
+    p
 }

@@ -403,20 +403,24 @@ fn postgres_query_text_as_sent_when_sanitizing_is_off() {
 }
 
 /// A Python web app (selected by its HTTP port) that per request runs a PostgreSQL SELECT and
-/// INSERT through psycopg2 and a Redis SET and GET through redis-py, on connections it opened
-/// before Sonde started: for N requests, exactly N server spans and N client spans of each
-/// database operation, with system, operation, table and status; the e-mail literals psycopg2
-/// puts on the wire leave the processor nowhere.
+/// INSERT through psycopg2, a Redis SET and GET through redis-py, a MariaDB SELECT through
+/// PyMySQL and a Kafka produce through kafka-python, on connections it opened before Sonde
+/// started: for N requests, exactly N server spans and N client spans of each database
+/// operation and N producer spans, with system, operation, table or topic and status; the
+/// e-mail literals the drivers put on the wire leave the processor nowhere.
 #[test]
 fn web_app_database_client_spans() {
     let _guard = serial();
     let dir = TempDir::new("db-app");
     let (pg_port, redis_port, http_port) = (free_port(), free_port(), free_port());
+    let (mysql_port, kafka_port) = (free_port(), free_port());
     let _pg = start_postgres(pg_port, &dir);
     let _redis = start_redis(redis_port);
+    let _mariadb = start_mariadb(mysql_port, &dir);
+    let _kafka = start_tansu(kafka_port);
     let mut cmd = Command::new(otlp_python());
     cmd.arg(peer("db_app.py"))
-        .args([http_port, pg_port, redis_port].map(|p| p.to_string()));
+        .args([http_port, pg_port, redis_port, mysql_port, kafka_port].map(|p| p.to_string()));
     let app = spawn_ready("db_app", &mut cmd);
     let sonde = Sonde::start(
         &["--open-port", &http_port.to_string()],
@@ -431,21 +435,31 @@ fn web_app_database_client_spans() {
             200
         );
     }
-    let spans = sonde.wait_spans(5 * N, Duration::from_secs(30), |s| s["pid"] == app.pid());
+    let spans = sonde.wait_spans(7 * N, Duration::from_secs(30), |s| s["pid"] == app.pid());
     let mut counts: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
     for s in &spans {
         let key = (
             s["kind"].as_str().unwrap_or("-").to_string(),
-            s["db_system"].as_str().unwrap_or("http").to_string(),
+            s["db_system"]
+                .as_str()
+                .or(s["messaging_system"].as_str())
+                .unwrap_or("http")
+                .to_string(),
             s["db_operation"]
                 .as_str()
+                .or(s["messaging_operation"].as_str())
                 .or(s["method"].as_str())
                 .unwrap_or("-")
                 .to_string(),
-            s["db_collection"].as_str().unwrap_or("-").to_string(),
+            s["db_collection"]
+                .as_str()
+                .or(s["messaging_destination"].as_str())
+                .unwrap_or("-")
+                .to_string(),
         );
         *counts.entry(key).or_insert(0) += 1;
         assert!(s.get("db_status").is_none(), "{s}");
+        assert!(s.get("messaging_error_code").is_none(), "{s}");
     }
     let key = |k: &str, sys: &str, op: &str, coll: &str| {
         (
@@ -463,8 +477,23 @@ fn web_app_database_client_spans() {
             (key("client", "postgresql", "INSERT", "orders"), N),
             (key("client", "redis", "SET", "-"), N),
             (key("client", "redis", "GET", "-"), N),
+            // The connection's greeting (which names MariaDB) came before Sonde started: a
+            // MySQL-protocol server whose handshake was not seen is `mysql`.
+            (key("client", "mysql", "SELECT", "app.customers"), N),
+            (key("producer", "kafka", "publish", "orders"), N),
         ])
     );
+    for s in spans.iter().filter(|s| s["db_system"] == "mysql") {
+        assert_eq!(s["server_port"], mysql_port, "{s}");
+        assert_eq!(
+            s["db_query_text"], "SELECT id FROM app.customers WHERE email = ?",
+            "{s}"
+        );
+    }
+    for s in spans.iter().filter(|s| s["messaging_system"] == "kafka") {
+        assert_eq!(s["server_port"], kafka_port, "{s}");
+        assert_eq!(s["messaging_client_id"], "db-app", "{s}");
+    }
     for s in spans.iter().filter(|s| s["db_system"] == "postgresql") {
         assert_eq!(s["server_port"], pg_port, "{s}");
         let q = s["db_query_text"].as_str().unwrap_or_default();

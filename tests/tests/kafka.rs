@@ -16,27 +16,6 @@ use sonde_e2e::{otlp::*, peers::*, *};
 /// What the records carry; must never reach any output.
 const MARKER: &str = "sonde-secret-payload";
 
-/// `tansu broker` on 127.0.0.1:`port`, advertising the same address, storing in memory.
-fn start_tansu(port: u16) -> Proc {
-    let binary = tansu_binary();
-    assert!(
-        binary.exists(),
-        "{} is missing: scripts/setup.sh builds it (or set SONDE_TANSU)",
-        binary.display()
-    );
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut cmd = Command::new(binary);
-    cmd.args(["broker", "--listener-url", &url])
-        .args(["--advertised-listener-url", &url])
-        .args(["--storage-engine", "memory://tansu/"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let p = Proc::spawn("tansu", &mut cmd);
-    wait_for_port(port, Duration::from_secs(20));
-    p
-}
-
 /// A `tests/peers/kafka_client.py` run: started (it says `ready` and waits), then told to go.
 struct Client {
     proc: Proc,
