@@ -61,6 +61,17 @@ pub fn run_once(
     }
 }
 
+/// Where the processor finds the Kubernetes API and which node's pods it watches (in-cluster
+/// service address, a kubeconfig path, the node name). None is a secret: the token stays in
+/// its file, which the processor reads itself.
+const KUBERNETES_VARS: [&str; 5] = [
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "KUBECONFIG",
+    "K8S_NODE_NAME",
+    "NODE_NAME",
+];
+
 /// Environment variables a processor may inherit: configuration, nothing else, and no secret
 /// (`sonde_config::SECRET_ENV_VARS`, the OTLP headers: they reach the processor on its
 /// standard input, `sonde_config::with_secret_env`, since any process of its uid could read
@@ -71,6 +82,7 @@ pub fn processor_env() -> Vec<(String, String)> {
             (k.starts_with("BEYLA_")
                 || k.starts_with("OTEL_")
                 || k.starts_with("SONDE_")
+                || KUBERNETES_VARS.contains(&k.as_str())
                 || k == "RUST_LOG")
                 && !sonde_config::is_secret_var(k)
         })
