@@ -14,6 +14,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod kube;
 pub mod otlp;
 pub mod peers;
 
