@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control;
+pub mod kube;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
