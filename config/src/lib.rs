@@ -9,7 +9,9 @@
 //! bytes to the processor it starts, so nothing it does not understand is rewritten on the
 //! way. Every invalid value fails with the key, the value and what was expected.
 
+pub mod discovery;
 mod error;
+pub mod naming;
 mod setting;
 mod shared;
 mod source;
@@ -20,8 +22,8 @@ use std::collections::BTreeMap;
 pub use error::{ConfigError, invalid};
 pub use setting::{EnvVar, HIDDEN, Setting, Table, show, to_yaml, var, var_millis};
 pub use shared::{
-    Config, DEFAULT_CONTROL_SOCKET, DEFAULT_OPEN_PORTS, EbpfSettings, LandlockMode,
-    ProcessorSettings, SHARED,
+    Config, DEFAULT_CONTROL_SOCKET, DEFAULT_EXCLUDE, DEFAULT_OPEN_PORTS, EbpfSettings,
+    LandlockMode, ProcessorSettings, SHARED,
 };
 pub use source::{
     CONFIG_PATH_VAR, FileText, Input, KeyKind, Raw, SECRET_ENV_VARS, file_entries, is_secret_var,
@@ -64,6 +66,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let kind_of = |key: &str| match SHARED.kind_of(key) {
             KeyKind::Unknown if PROCESSOR_SECTIONS.contains(&top_level(key)) => KeyKind::Foreign,
+            KeyKind::Unknown if discovery::is_unimplemented(key) => KeyKind::Unimplemented,
             kind => kind,
         };
         let entries = match file {
@@ -71,9 +74,24 @@ impl Config {
             None => Vec::new(),
         };
         let mut config = Config::default();
-        SHARED.apply_file(&mut config, &entries)?;
-        SHARED.apply_env(&mut config, env)?;
+        config.apply_sources(&entries, env)?;
         Ok(config)
+    }
+
+    /// Applies the file's entries (keys Beyla defines and Sonde does not apply are recorded
+    /// for the warning), then the environment.
+    pub fn apply_sources(
+        &mut self,
+        entries: &[(String, Raw)],
+        env: &BTreeMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        self.unimplemented_keys = entries
+            .iter()
+            .filter(|(_, raw)| *raw == Raw::Unimplemented)
+            .map(|(k, _)| k.clone())
+            .collect();
+        SHARED.apply_file(self, entries)?;
+        SHARED.apply_env(self, env)
     }
 
     /// The shared settings as YAML, the way `--print-config` shows them; the output is itself

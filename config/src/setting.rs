@@ -59,6 +59,9 @@ pub struct Setting<D: 'static> {
 /// defines the same settings for two signals).
 pub struct Table<D: 'static>(pub &'static [&'static [Setting<D>]]);
 
+/// The prefix of the `OTEL_EBPF_*` aliases of the `BEYLA_*` variables.
+pub const OTEL_EBPF_PREFIX: &str = "OTEL_EBPF_";
+
 /// Shown in place of secret values.
 pub const HIDDEN: &str = "<hidden>";
 
@@ -137,16 +140,24 @@ impl<D> Table<D> {
     ) -> Result<(), ConfigError> {
         for s in self.settings() {
             for var in s.env {
-                if let Some(v) = env.get(var.name).filter(|v| !v.is_empty()) {
-                    let raw = Raw::Text(v.clone());
-                    (s.apply)(
-                        target,
-                        Input {
-                            key: var.name,
-                            raw: &raw,
-                            millis: var.millis,
-                        },
-                    )?;
+                // Every `BEYLA_X` is also read as `OTEL_EBPF_X`, which wins (the reference
+                // system copies `BEYLA_*` to `OTEL_EBPF_*` unless that is set).
+                let alias = var
+                    .name
+                    .strip_prefix("BEYLA_")
+                    .map(|rest| format!("{OTEL_EBPF_PREFIX}{rest}"));
+                for name in std::iter::once(var.name).chain(alias.as_deref()) {
+                    if let Some(v) = env.get(name).filter(|v| !v.is_empty()) {
+                        let raw = Raw::Text(v.clone());
+                        (s.apply)(
+                            target,
+                            Input {
+                                key: name,
+                                raw: &raw,
+                                millis: var.millis,
+                            },
+                        )?;
+                    }
                 }
             }
         }

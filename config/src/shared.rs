@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use crate::{
+    discovery::{self, Discovery, Pattern, Syntax},
     error::invalid,
+    naming,
     setting::{Setting, Table, show, var},
     values::{ExeGlob, LogFormat, LogLevel, PortSet, non_empty, parse_bool, parse_in_range},
 };
@@ -97,7 +99,14 @@ pub struct Config {
     pub log_format: LogFormat,
     pub open_port: Option<PortSet>,
     pub auto_target_exe: Option<ExeGlob>,
+    /// `executable_name` / `BEYLA_EXECUTABLE_NAME`: Beyla's older regular expression on the
+    /// executable path; ANDed with `open_port` and `auto_target_exe` in the top-level selector.
+    pub executable_name: Option<Pattern>,
     pub target_pids: Vec<u32>,
+    /// `discovery.*`: the selector lists.
+    pub discovery: Discovery,
+    /// Keys Beyla defines that the file sets and Sonde does not apply yet (one warning).
+    pub unimplemented_keys: Vec<String>,
     /// Discovery (by port or executable) only selects processes whose real and effective uid
     /// are both in this list; empty: any uid.
     pub discovery_uids: Vec<u32>,
@@ -115,6 +124,10 @@ pub struct Config {
     pub stats_interval_secs: u32,
 }
 
+/// `discovery.default_exclude_instrument`: Sonde's binaries, OpenTelemetry collectors and the
+/// reference system's agents.
+pub const DEFAULT_EXCLUDE: &str = "[{exe_path: '{*/sonde,*/sonde-loader,*/sonde-processor,*/otelcol*,*/beyla,*/obi,*/alloy,*/ebpf-instrument}'}]";
+
 /// Ports selected when the configuration selects nothing.
 pub const DEFAULT_OPEN_PORTS: &str = "80,443,3000,5000,8000-8999";
 
@@ -129,7 +142,10 @@ impl Config {
             log_format: LogFormat::Text,
             open_port: None,
             auto_target_exe: None,
+            executable_name: None,
             target_pids: Vec::new(),
+            discovery: Discovery::default(),
+            unimplemented_keys: Vec::new(),
             discovery_uids: Vec::new(),
             discovery_exclude_uids: Vec::new(),
             service_name: None,
@@ -166,7 +182,55 @@ impl Config {
 
     /// True when the configuration selects any process.
     pub fn has_selection(&self) -> bool {
-        self.open_port.is_some() || self.auto_target_exe.is_some() || !self.target_pids.is_empty()
+        self.has_top_level_selector()
+            || !self.target_pids.is_empty()
+            || !self.discovery.include().is_empty()
+    }
+
+    /// True when `open_port`, `auto_target_exe` or `executable_name` is set: together they
+    /// form one selector (ANDed inside it), ORed with the discovery lists.
+    pub fn has_top_level_selector(&self) -> bool {
+        self.open_port.is_some() || self.auto_target_exe.is_some() || self.executable_name.is_some()
+    }
+
+    /// Every port a selector in force names (the top-level `open_port` and the discovery
+    /// selectors'): the listeners the loader must watch. None when no selector names one.
+    pub fn listen_ports(&self) -> Option<PortSet> {
+        let sets = self.open_port.iter().chain(
+            self.discovery
+                .include()
+                .iter()
+                .filter(|s| s.inert().is_none())
+                .filter_map(|s| s.open_ports.as_ref()),
+        );
+        PortSet::union(sets)
+    }
+
+    /// True when a selector in force decides on the executable (or on anything but ports), so
+    /// every `execve` must be reported, not only those of selected processes.
+    pub fn needs_exec_notices(&self) -> bool {
+        self.auto_target_exe.is_some()
+            || self.executable_name.is_some()
+            || self
+                .discovery
+                .include()
+                .iter()
+                .filter(|s| s.inert().is_none())
+                .any(|s| s.exe_path.is_some() || s.open_ports.is_none())
+    }
+
+    /// What to warn about once at start: keys accepted but not applied, then the discovery
+    /// lists' warnings.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.unimplemented_keys.is_empty() {
+            out.push(format!(
+                "accepted but not implemented yet, ignored: {}",
+                self.unimplemented_keys.join(", ")
+            ));
+        }
+        out.extend(self.discovery.warnings());
+        out
     }
 }
 
@@ -251,6 +315,24 @@ pub static SHARED: Table<Config> = Table(&[&[
         },
     },
     Setting {
+        key: "executable_name",
+        env: &[var("BEYLA_EXECUTABLE_NAME")],
+        flag: "",
+        default: None,
+        unset: "none",
+        doc: "Beyla's older form of `auto_target_exe`: an unanchored regular expression on the executable path",
+        secret: false,
+        apply: |c, i| {
+            c.executable_name = Some(Pattern::parse(
+                i.key,
+                &i.text("a regular expression")?,
+                Syntax::Regex,
+            )?);
+            Ok(())
+        },
+        show: |c| c.executable_name.as_ref().and_then(|p| show::text(&p.text)),
+    },
+    Setting {
         key: "target_pids",
         env: &[var("BEYLA_TARGET_PID")],
         flag: "--pid (repeatable)",
@@ -293,14 +375,100 @@ pub static SHARED: Table<Config> = Table(&[&[
         show: |c| show::numbers(&c.discovery_exclude_uids),
     },
     Setting {
-        key: "service_name",
-        env: &[var("BEYLA_SERVICE_NAME"), var("OTEL_SERVICE_NAME")],
+        key: "discovery.instrument",
+        env: &[],
         flag: "",
         default: None,
-        unset: "executable name",
-        doc: "overrides the service name of every span",
+        unset: "none",
+        doc: "selectors of the processes to instrument (see \"Discovery and service names\"): `name`, `namespace`, `open_ports`, `exe_path` (glob), `containers_only`, `k8s_*` (globs; not evaluated yet); fields ANDed, selectors ORed",
         secret: false,
         apply: |c, i| {
+            c.discovery.instrument = discovery::parse_list(&i, Syntax::Glob)?;
+            Ok(())
+        },
+        show: |c| discovery::show_list(&c.discovery.instrument),
+    },
+    Setting {
+        key: "discovery.exclude_instrument",
+        env: &[],
+        flag: "",
+        default: None,
+        unset: "none",
+        doc: "selectors (globs) of processes never instrumented by discovery",
+        secret: false,
+        apply: |c, i| {
+            c.discovery.exclude_instrument = discovery::parse_list(&i, Syntax::Glob)?;
+            Ok(())
+        },
+        show: |c| discovery::show_list(&c.discovery.exclude_instrument),
+    },
+    Setting {
+        key: "discovery.services",
+        env: &[],
+        flag: "",
+        default: None,
+        unset: "none",
+        doc: "the older form of `instrument`: string fields are unanchored regular expressions; ignored (with a warning) when `instrument` is set",
+        secret: false,
+        apply: |c, i| {
+            c.discovery.services = discovery::parse_list(&i, Syntax::Regex)?;
+            Ok(())
+        },
+        show: |c| discovery::show_list(&c.discovery.services),
+    },
+    Setting {
+        key: "discovery.exclude_services",
+        env: &[],
+        flag: "",
+        default: None,
+        unset: "none",
+        doc: "the older form of `exclude_instrument` (regular expressions); ignored when `instrument` is set",
+        secret: false,
+        apply: |c, i| {
+            c.discovery.exclude_services = discovery::parse_list(&i, Syntax::Regex)?;
+            Ok(())
+        },
+        show: |c| discovery::show_list(&c.discovery.exclude_services),
+    },
+    Setting {
+        key: "discovery.default_exclude_instrument",
+        env: &[],
+        flag: "",
+        default: Some(DEFAULT_EXCLUDE),
+        unset: "",
+        doc: "selectors (globs) always excluded from discovery: Sonde itself, OpenTelemetry collectors and other agents; `[]` excludes nothing",
+        secret: false,
+        apply: |c, i| {
+            c.discovery.default_exclude_instrument = discovery::parse_list(&i, Syntax::Glob)?;
+            Ok(())
+        },
+        show: |c| {
+            Some(
+                discovery::show_list(&c.discovery.default_exclude_instrument)
+                    .unwrap_or(serde_yaml_ng::Value::Sequence(Vec::new())),
+            )
+        },
+    },
+    Setting {
+        key: "service_name",
+        env: &[
+            var(naming::RESOURCE_ATTRIBUTES),
+            var("BEYLA_SERVICE_NAME"),
+            var("OTEL_SERVICE_NAME"),
+        ],
+        flag: "",
+        default: None,
+        unset: "see \"Discovery and service names\"",
+        doc: "the service name of the processes `open_port`, `auto_target_exe` and `target_pids` select (the `name` of that top-level selector); `OTEL_RESOURCE_ATTRIBUTES`: its `service.name`",
+        secret: false,
+        apply: |c, i| {
+            if i.key == naming::RESOURCE_ATTRIBUTES {
+                let attrs = naming::parse_resource_attributes(&i.text("attributes")?);
+                if let Some(n) = naming::attribute(&attrs, "service.name") {
+                    c.service_name = Some(n);
+                }
+                return Ok(());
+            }
             c.service_name = Some(non_empty(i.key, i.text("a name")?)?);
             Ok(())
         },
@@ -308,13 +476,23 @@ pub static SHARED: Table<Config> = Table(&[&[
     },
     Setting {
         key: "service_namespace",
-        env: &[var("BEYLA_SERVICE_NAMESPACE")],
+        env: &[
+            var(naming::RESOURCE_ATTRIBUTES),
+            var("BEYLA_SERVICE_NAMESPACE"),
+        ],
         flag: "",
         default: None,
-        unset: "none",
-        doc: "service namespace of every span",
+        unset: "see \"Discovery and service names\"",
+        doc: "the service namespace of the processes the top-level selector selects; `OTEL_RESOURCE_ATTRIBUTES`: its `service.namespace`",
         secret: false,
         apply: |c, i| {
+            if i.key == naming::RESOURCE_ATTRIBUTES {
+                let attrs = naming::parse_resource_attributes(&i.text("attributes")?);
+                if let Some(n) = naming::attribute(&attrs, "service.namespace") {
+                    c.service_namespace = Some(n);
+                }
+                return Ok(());
+            }
             c.service_namespace = Some(non_empty(i.key, i.text("a name")?)?);
             Ok(())
         },

@@ -23,6 +23,11 @@ pub enum Raw {
     List(Vec<String>),
     /// A YAML mapping of scalars (OTLP headers).
     Map(BTreeMap<String, String>),
+    /// A YAML sequence holding mappings (discovery selectors), for the setting to read.
+    Yaml(Value),
+    /// A key Beyla defines that Sonde accepts without applying (`UNIMPLEMENTED_KEYS`): no
+    /// setting reads it; the loader warns about it once.
+    Unimplemented,
 }
 
 /// The configuration file's text, kept as read: the loader hands exactly these bytes to the
@@ -173,6 +178,8 @@ pub enum KeyKind {
     Section,
     /// A section another binary owns; skipped whole.
     Foreign,
+    /// A key Beyla defines that Sonde accepts without applying yet (`UNIMPLEMENTED_KEYS`).
+    Unimplemented,
     /// Nothing anyone knows: an error, so typos never pass silently.
     Unknown,
 }
@@ -216,7 +223,14 @@ fn walk(
             format!("{prefix}.{name}")
         };
         match kind_of(&key) {
-            KeyKind::Foreign => {}
+            KeyKind::Foreign => {
+                // Skipped whole, except for the keys Beyla defines that nobody applies: named
+                // in the loader's warning too.
+                let mut found = Vec::new();
+                crate::discovery::unimplemented_in(v, &key, &mut found);
+                out.extend(found.into_iter().map(|k| (k, Raw::Unimplemented)));
+            }
+            KeyKind::Unimplemented => out.push((key, Raw::Unimplemented)),
             KeyKind::Unknown => return Err(format!("unknown field `{key}`")),
             KeyKind::Section => match v {
                 Value::Mapping(inner) => walk(inner, &key, kind_of, out)?,
@@ -246,6 +260,7 @@ fn raw_value(key: &str, v: &Value) -> Result<Option<Raw>, String> {
     let shape = || format!("`{key}`: expected a value, a list of values or a mapping of values");
     Ok(Some(match v {
         Value::Null => return Ok(None),
+        Value::Sequence(items) if items.iter().any(|i| i.is_mapping()) => Raw::Yaml(v.clone()),
         Value::Sequence(items) => Raw::List(
             items
                 .iter()
@@ -281,6 +296,9 @@ impl Input<'_> {
             Raw::Text(t) => Ok(t.clone()),
             Raw::List(l) => Ok(l.join(",")),
             Raw::Map(_) => Err(invalid(self.key, "<mapping>", expected)),
+            Raw::Yaml(_) | Raw::Unimplemented => {
+                Err(invalid(self.key, "<list of mappings>", expected))
+            }
         }
     }
 
@@ -294,6 +312,9 @@ impl Input<'_> {
                 .collect()),
             Raw::List(l) => Ok(l.clone()),
             Raw::Map(_) => Err(invalid(self.key, "<mapping>", expected)),
+            Raw::Yaml(_) | Raw::Unimplemented => {
+                Err(invalid(self.key, "<list of mappings>", expected))
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::discovery::{Pattern, Syntax};
 use crate::test_support::hostile_text;
 
 fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -309,5 +310,302 @@ proptest! {
         let yaml = c.to_yaml();
         let again = load_yaml(&yaml, &[]).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         prop_assert_eq!(shown(&again), shown(&c), "{}", yaml);
+    }
+}
+
+mod discovery_config {
+    use super::*;
+
+    fn seed(name: &str) -> FileText {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/configs/");
+        FileText {
+            path: format!("{path}{name}").into(),
+            text: std::fs::read_to_string(format!("{path}{name}")).unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_reference_docs_example_loads_with_warnings() {
+        let c = Config::load(Some(&seed("beyla-docs-example.yaml")), &env(&[])).unwrap();
+        assert_eq!(c.log_level, LogLevel::Info);
+        let s = &c.discovery.services;
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].name.as_deref(), Some("my-app"));
+        assert!(s[0].open_ports.as_ref().unwrap().contains(8080));
+        assert!(s[0].inert().is_none());
+        assert!(c.has_selection());
+        assert_eq!(c.listen_ports().unwrap().to_string(), "8080");
+        assert_eq!(
+            c.unimplemented_keys,
+            [
+                "ebpf.wakeup_len",
+                "ebpf.track_request_headers",
+                "ebpf.high_request_volume"
+            ]
+        );
+        let w = c.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("ebpf.wakeup_len, ebpf.track_request_headers, ebpf.high_request_volume"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("discovery.services[0]: open_port is read as open_ports"),
+            "{w:?}"
+        );
+        // Printed, it reads back the same (the alias is printed as open_ports).
+        let printed = c.to_yaml();
+        assert!(printed.contains("open_ports: '8080'"), "{printed}");
+        let again = load_yaml(&printed, &[]).unwrap();
+        assert_eq!(again.to_yaml(), printed);
+    }
+
+    #[test]
+    fn kubernetes_selectors_are_compiled_and_select_nothing_yet() {
+        let c = Config::load(Some(&seed("k8s-instrument.yaml")), &env(&[])).unwrap();
+        let list = &c.discovery.instrument;
+        assert_eq!(list.len(), 4);
+        assert_eq!(
+            list[2].k8s.pod_labels["app.kubernetes.io/part-of"].text,
+            "shop*"
+        );
+        assert!(list[2].k8s.pod_labels["app.kubernetes.io/part-of"].is_match("shop-suite"));
+        for s in &list[..3] {
+            assert!(s.inert().unwrap().contains("Kubernetes"), "{}", s.key);
+        }
+        assert!(list[3].inert().is_none());
+        let w = c.warnings();
+        for n in 0..3 {
+            let key = format!("discovery.instrument[{n}]");
+            assert_eq!(
+                w.iter()
+                    .filter(|l| l.contains(&format!("selector {key} selects nothing")))
+                    .count(),
+                1,
+                "{w:?}"
+            );
+        }
+        assert!(
+            w.iter()
+                .any(|l| l.contains("discovery.exclude_instrument[0]")
+                    && l.contains("excludes nothing")),
+            "{w:?}"
+        );
+        // Only the evaluable selector's port is watched.
+        assert_eq!(c.listen_ports().unwrap().to_string(), "8080");
+        assert!(c.needs_exec_notices());
+        let again = load_yaml(&c.to_yaml(), &[]).unwrap();
+        assert_eq!(again.to_yaml(), c.to_yaml());
+    }
+
+    #[test]
+    fn globs_for_instrument_regexes_for_services() {
+        let c = load_yaml(
+            "discovery:\n  instrument:\n    - exe_path: '*/python3*'\n  services:\n    - exe_path: 'python3'\n",
+            &[],
+        )
+        .unwrap();
+        let glob = c.discovery.instrument[0].exe_path.as_ref().unwrap();
+        assert!(glob.is_match("/usr/bin/python3.12"));
+        assert!(!glob.is_match("/usr/bin/node"));
+        // Unanchored: `python3` matches anywhere in the path.
+        let re = c.discovery.services[0].exe_path.as_ref().unwrap();
+        assert!(re.is_match("/usr/bin/python3.12"));
+        assert!(
+            !Pattern::parse("k", "python3", Syntax::Glob)
+                .unwrap()
+                .is_match("/usr/bin/python3")
+        );
+        // instrument set: services ignored, with a warning.
+        assert_eq!(c.discovery.include().len(), 1);
+        assert!(
+            c.discovery.include()[0]
+                .key
+                .starts_with("discovery.instrument")
+        );
+        assert!(
+            c.warnings().iter().any(
+                |w| w.contains("discovery.services and discovery.exclude_services are ignored")
+            )
+        );
+    }
+
+    #[test]
+    fn bad_selectors_fail_naming_the_key_path() {
+        for (yaml, key, value) in [
+            (
+                "discovery:\n  services:\n    - open_ports: 80\n    - k8s_namespace: '(prod'\n",
+                "discovery.services[1].k8s_namespace",
+                "(prod",
+            ),
+            (
+                "discovery:\n  instrument:\n    - exe_path: '[a'\n",
+                "discovery.instrument[0].exe_path",
+                "[a",
+            ),
+            (
+                "discovery:\n  instrument:\n    - open_ports: 80-x\n",
+                "discovery.instrument[0].open_ports",
+                "80-x",
+            ),
+            (
+                "discovery:\n  instrument:\n    - exe_pth: x\n",
+                "discovery.instrument[0].exe_pth",
+                "",
+            ),
+            (
+                "discovery:\n  services:\n    - k8s_pod_labels:\n        app: '*('\n",
+                "discovery.services[0].k8s_pod_labels.app",
+                "*(",
+            ),
+            (
+                "discovery:\n  instrument:\n    - containers_only: maybe\n",
+                "discovery.instrument[0].containers_only",
+                "maybe",
+            ),
+            ("discovery:\n  instrument: 3\n", "discovery.instrument", "3"),
+            ("discovery:\n  instrumnt: []\n", "discovery.instrumnt", ""),
+            ("", "BEYLA_EXECUTABLE_NAME", "("),
+        ] {
+            let e: Vec<(&str, &str)> = if key == "BEYLA_EXECUTABLE_NAME" {
+                vec![(key, value)]
+            } else {
+                vec![]
+            };
+            let err = load_yaml(yaml, &e).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(value), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn unimplemented_fields_never_widen_a_selector() {
+        let c = load_yaml(
+            "discovery:\n  instrument:\n    - open_ports: 80\n      languages: [java]\n    - open_ports: 81\n      exports: [traces]\n",
+            &[],
+        )
+        .unwrap();
+        let list = &c.discovery.instrument;
+        assert!(list[0].inert().unwrap().contains("languages"));
+        assert!(list[1].inert().is_none());
+        let w = c.warnings();
+        assert!(
+            w.iter()
+                .any(|l| l.contains("selector discovery.instrument[0] selects nothing")),
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .any(|l| l.contains("discovery.instrument[1]: exports not applied yet")),
+            "{w:?}"
+        );
+        assert_eq!(c.listen_ports().unwrap().to_string(), "81");
+        // Printed back with the unimplemented fields, so it reads back as narrow.
+        let again = load_yaml(&c.to_yaml(), &[]).unwrap();
+        assert!(again.discovery.instrument[0].inert().is_some());
+    }
+
+    #[test]
+    fn beyla_keys_not_implemented_are_accepted_and_named() {
+        let c = load_yaml(
+            "network:\n  enable: true\ndiscovery:\n  poll_interval: 5s\notel_traces_export:\n  insecure_skip_verify: true\n  endpoint: http://x:4318\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.unimplemented_keys,
+            [
+                "network",
+                "discovery.poll_interval",
+                "otel_traces_export.insecure_skip_verify"
+            ]
+        );
+        assert_eq!(c.warnings().len(), 1);
+        // Other unknown keys still fail.
+        for (yaml, key) in [
+            ("ebpf:\n  wakeup_lenn: 1\n", "ebpf.wakeup_lenn"),
+            ("networks: {}\n", "networks"),
+        ] {
+            let err = load_yaml(yaml, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn top_level_selector_and_default_exclusions() {
+        let c = load_yaml("open_port: 8080\nexecutable_name: 'python'\n", &[]).unwrap();
+        assert!(c.has_top_level_selector() && c.has_selection());
+        assert!(
+            c.executable_name
+                .as_ref()
+                .unwrap()
+                .is_match("/usr/bin/python3")
+        );
+        let excluded = |exe: &str| {
+            c.discovery
+                .exclude()
+                .any(|s| s.exe_path.as_ref().is_some_and(|p| p.is_match(exe)))
+        };
+        for exe in [
+            "/usr/bin/sonde",
+            "/opt/target/debug/sonde-processor",
+            "/usr/local/bin/otelcol-contrib",
+            "/usr/bin/otelcol",
+            "/beyla",
+        ] {
+            assert!(excluded(exe), "{exe}");
+        }
+        for exe in ["/usr/bin/python3", "/usr/sbin/nginx", "/usr/bin/sondex"] {
+            assert!(!excluded(exe), "{exe}");
+        }
+        let none = load_yaml("discovery:\n  default_exclude_instrument: []\n", &[]).unwrap();
+        assert_eq!(none.discovery.exclude().count(), 0);
+        // Discovery lists count as a selection: no default ports then.
+        let mut d = load_yaml("discovery:\n  instrument:\n    - exe_path: '*/x'\n", &[]).unwrap();
+        assert!(!d.apply_default_selection());
+    }
+
+    #[test]
+    fn otel_ebpf_aliases_and_resource_attributes() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("BEYLA_OPEN_PORT", "80"),
+                ("OTEL_EBPF_OPEN_PORT", "81"),
+                ("OTEL_EBPF_AUTO_TARGET_EXE", "*/y"),
+                ("OTEL_EBPF_EXECUTABLE_NAME", "y$"),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.name=attr-name,service.namespace=attr%20ns",
+                ),
+            ]),
+        )
+        .unwrap();
+        // OTEL_EBPF_* wins over BEYLA_*.
+        assert_eq!(c.open_port.unwrap().to_string(), "81");
+        assert_eq!(c.auto_target_exe.unwrap().pattern, "*/y");
+        assert_eq!(c.executable_name.unwrap().text, "y$");
+        assert_eq!(c.service_name.as_deref(), Some("attr-name"));
+        assert_eq!(c.service_namespace.as_deref(), Some("attr ns"));
+        // OTEL_SERVICE_NAME and BEYLA_SERVICE_NAMESPACE win over the attributes.
+        let c = Config::load(
+            None,
+            &env(&[
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.name=attr,service.namespace=attr",
+                ),
+                ("OTEL_SERVICE_NAME", "explicit"),
+                ("BEYLA_SERVICE_NAMESPACE", "ns"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.service_name.as_deref(), c.service_namespace.as_deref()),
+            (Some("explicit"), Some("ns"))
+        );
+        let err = Config::load(None, &env(&[("OTEL_EBPF_LOG_LEVEL", "loud")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("OTEL_EBPF_LOG_LEVEL"), "{err}");
     }
 }

@@ -36,6 +36,22 @@ impl PortSet {
     pub fn contains(&self, port: u16) -> bool {
         self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&port))
     }
+
+    /// Every port of every set; None when there is no set.
+    pub fn union<'a>(sets: impl IntoIterator<Item = &'a PortSet>) -> Option<PortSet> {
+        let mut ranges = Vec::new();
+        let mut any = false;
+        for s in sets {
+            any = true;
+            ranges.extend_from_slice(&s.0);
+        }
+        any.then_some(PortSet(ranges))
+    }
+
+    /// The inclusive ranges.
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.0
+    }
 }
 
 impl fmt::Display for PortSet {

@@ -97,6 +97,8 @@ pub struct Capture<'a> {
     violator: Option<u32>,
     /// Listening sockets on covered ports, per network namespace, as last read.
     listeners: selection::Listeners,
+    /// Every port a selector in force names (`Config::listen_ports`).
+    listen_ports: Option<sonde_config::PortSet>,
     /// Network namespaces a `listen()` notice named since their last reading, with the
     /// processes that listened there (to be checked once the namespace is read).
     dirty_netns: BTreeMap<u64, BTreeSet<u32>>,
@@ -130,6 +132,7 @@ impl<'a> Capture<'a> {
             refusals: Refusals::new(),
             violator: None,
             listeners: selection::Listeners::default(),
+            listen_ports: config.listen_ports(),
             dirty_netns: BTreeMap::new(),
             full_scan_owed: true,
             status,
@@ -541,7 +544,7 @@ impl<'a> Capture<'a> {
             pid,
             start = c.start,
             exe = c.record.exe_path,
-            service = c.record.service_name,
+            service = selection::service_of(&c.record).name,
             reason = c.record.reason,
             "process selected"
         );
@@ -694,7 +697,7 @@ impl<'a> Capture<'a> {
                     }
                 }
                 PROC_FORK => self.forked(probes, ev.pid, ev.child_pid, ev.boot_ns),
-                PROC_LISTEN if self.config.open_port.is_some() => self.listened(ev.pid),
+                PROC_LISTEN if self.listen_ports.is_some() => self.listened(ev.pid),
                 _ => {}
             }
         }
@@ -720,7 +723,7 @@ impl<'a> Capture<'a> {
     /// processes that listened there, at most every `NETNS_REREAD_EVERY`) and checks those
     /// processes; the loop calls this every tick, so a deferred namespace is read soon.
     pub fn rescan_if_owed(&mut self, probes: &mut Probes) {
-        let Some(ports) = &self.config.open_port else {
+        let Some(ports) = self.listen_ports.clone() else {
             self.dirty_netns.clear();
             return;
         };
@@ -736,7 +739,7 @@ impl<'a> Capture<'a> {
             .collect();
         for ns in due {
             let pids = self.dirty_netns.remove(&ns).unwrap_or_default();
-            if !pids.iter().any(|&pid| self.listeners.read(ns, pid, ports)) {
+            if !pids.iter().any(|&pid| self.listeners.read(ns, pid, &ports)) {
                 // Every process that listened there is gone or elsewhere.
                 continue;
             }

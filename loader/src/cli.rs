@@ -93,7 +93,7 @@ impl Cli {
         }
         if config.apply_default_selection() {
             eprintln!(
-                "sonde: no selection configured; instrumenting processes listening on {} (set open_port, auto_target_exe or target_pids to choose)",
+                "sonde: no selection configured; instrumenting processes listening on {} (set open_port, auto_target_exe, target_pids or discovery.instrument to choose)",
                 sonde_config::DEFAULT_OPEN_PORTS
             );
         }
@@ -113,6 +113,10 @@ pub fn main_with(always_spawn_processor: bool) -> ExitCode {
         }
     };
     if cli.print_config {
+        // The warnings go with the effective configuration (logging is not set up here).
+        for w in config.warnings() {
+            eprintln!("sonde: warning: {w}");
+        }
         return print_config(&config, &processor_config, spawn_processor);
     }
     if cli.check_runtime_policy {
@@ -128,6 +132,10 @@ pub fn main_with(always_spawn_processor: bool) -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     sonde_plumbing::logging::init(config.log_level.as_str(), config.log_format.is_json());
+    // Once at start: keys accepted but not applied, selectors that select nothing yet.
+    for w in config.warnings() {
+        tracing::warn!("configuration: {w}");
+    }
     let options = RunOptions {
         spawn_processor,
         processor_config,

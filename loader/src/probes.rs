@@ -76,11 +76,12 @@ const SCHED_TRACEPOINTS: [&str; 3] = [
 ];
 
 /// Sizes and kernel-side filters chosen by configuration.
-pub struct ProbeSizes<'a> {
+pub struct ProbeSizes {
     pub ring_buffer_bytes: u32,
     pub max_connections: u32,
-    /// Ports whose `listen()` the kernel reports (`open_port`); none: no listen notices.
-    pub listen_ports: Option<&'a PortSet>,
+    /// Ports whose `listen()` the kernel reports (`open_port` and the discovery selectors'
+    /// `open_ports`); none: no listen notices.
+    pub listen_ports: Option<PortSet>,
     /// Report every `execve` (executable-path selection), not only those of selected processes.
     pub notify_all_execs: bool,
     /// The OpenSSL uprobes will be attached (`ebpf.tls`): sockets may be linked to TLS
@@ -88,13 +89,13 @@ pub struct ProbeSizes<'a> {
     pub tls: bool,
 }
 
-impl<'a> ProbeSizes<'a> {
-    pub fn for_config(config: &'a Config) -> Self {
+impl ProbeSizes {
+    pub fn for_config(config: &Config) -> Self {
         ProbeSizes {
             ring_buffer_bytes: config.ebpf.ring_buffer_bytes,
             max_connections: config.ebpf.max_connections,
-            listen_ports: config.open_port.as_ref(),
-            notify_all_execs: config.auto_target_exe.is_some(),
+            listen_ports: config.listen_ports(),
+            notify_all_execs: config.needs_exec_notices(),
             tls: config.ebpf.tls,
         }
     }
@@ -113,7 +114,7 @@ pub struct Probes {
 
 impl Probes {
     /// Loads and attaches everything. Every failure names the hook or map concerned.
-    pub fn load(sizes: &ProbeSizes<'_>) -> Result<Probes, ProbeError> {
+    pub fn load(sizes: &ProbeSizes) -> Result<Probes, ProbeError> {
         let child =
             kernel_layout::tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?;
         let btf = kernel_layout::kernel_btf()?;
@@ -183,7 +184,7 @@ impl Probes {
                     source,
                 },
             )?;
-        if let Some(ports) = sizes.listen_ports {
+        if let Some(ports) = &sizes.listen_ports {
             for (word, bits) in port_words(ports).into_iter().enumerate() {
                 if bits != 0 {
                     listen_ports

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_config::{Config, PortSet};
+use sonde_config::{Config, PortSet, discovery::Selector as DiscoverySelector, naming};
 use sonde_plumbing::proc_status::ProcStatus;
 use sonde_schema::control::ProcessRecord;
 
@@ -33,10 +33,117 @@ pub struct Candidate {
 /// The selection criteria, from configuration. `pinned` holds the start time of the process
 /// each configured pid (`target_pids`) named when it was first seen: a later process on that
 /// pid is not the one the operator meant.
+///
+/// A process is selected by `target_pids`, or by the top-level selector (`open_port`,
+/// `auto_target_exe`, `executable_name`, ANDed), or by a selector of `discovery.instrument`
+/// (else `discovery.services`), each of whose fields must hold; the first that matches names
+/// it. Discovery (everything but `target_pids`) never selects a process an exclude selector
+/// matches (`exclude_instrument` / `exclude_services`, `default_exclude_instrument`).
 pub struct Selector<'a> {
     config: &'a Config,
     pinned: &'a BTreeMap<u32, u64>,
     own_pid: u32,
+    /// Every port a selector in force names.
+    ports: Option<PortSet>,
+}
+
+/// What selected a process.
+struct Match {
+    reason: String,
+    name: Option<String>,
+    namespace: Option<String>,
+}
+
+/// What a process is, read from `/proc` once and only when a selector asks.
+struct Facts<'f> {
+    pid: u32,
+    exe: Option<Option<String>>,
+    ports: Option<Vec<u16>>,
+    container: Option<bool>,
+    port_of: PortOf<'f>,
+}
+
+impl Facts<'_> {
+    fn exe(&mut self) -> Option<&str> {
+        let pid = self.pid;
+        self.exe
+            .get_or_insert_with(|| {
+                fs::read_link(format!("/proc/{pid}/exe"))
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned())
+            })
+            .as_deref()
+    }
+
+    /// The covered ports the process listens on.
+    fn ports(&mut self) -> &[u16] {
+        if self.ports.is_none() {
+            let sockets = socket_inodes(self.pid);
+            self.ports = Some(if sockets.is_empty() {
+                Vec::new()
+            } else {
+                (self.port_of)(&sockets)
+            });
+        }
+        self.ports.as_deref().unwrap_or_default()
+    }
+
+    fn in_container(&mut self) -> bool {
+        let pid = self.pid;
+        *self
+            .container
+            .get_or_insert_with(|| crate::cgroup::container_id(pid).is_some())
+    }
+
+    /// Whether every field of `sel` holds; the reason when it does.
+    fn matches(&mut self, sel: &DiscoverySelector) -> Option<String> {
+        if sel.inert().is_some() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if let Some(p) = &sel.exe_path {
+            if !p.is_match(self.exe()?) {
+                return None;
+            }
+            parts.push(format!("exe {}", p.text));
+        }
+        if sel.containers_only {
+            if !self.in_container() {
+                return None;
+            }
+            parts.push("container".to_string());
+        }
+        if let Some(ports) = &sel.open_ports {
+            let port = self.ports().iter().copied().find(|&p| ports.contains(p))?;
+            parts.push(format!("port {port}"));
+        }
+        Some(parts.join(", "))
+    }
+
+    /// The top-level selector: `auto_target_exe`, `executable_name` and `open_port`, ANDed.
+    fn matches_top_level(&mut self, config: &Config) -> Option<String> {
+        if !config.has_top_level_selector() {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if let Some(glob) = &config.auto_target_exe {
+            if !glob.is_match(self.exe()?) {
+                return None;
+            }
+            parts.push(format!("exe {}", glob.pattern));
+        }
+        if let Some(re) = &config.executable_name {
+            if !re.is_match(self.exe()?) {
+                return None;
+            }
+            parts.push(format!("executable_name {}", re.text));
+        }
+        if let Some(ports) = &config.open_port {
+            let port = self.ports().iter().copied().find(|&p| ports.contains(p))?;
+            parts.push(format!("port {port}"));
+        }
+        Some(parts.join(", "))
+    }
 }
 
 impl<'a> Selector<'a> {
@@ -45,19 +152,20 @@ impl<'a> Selector<'a> {
             config,
             pinned,
             own_pid: std::process::id(),
+            ports: config.listen_ports(),
         }
     }
 
-    /// Every live process the configuration selects, with the reason. With `open_port`, the
-    /// listening sockets of every network namespace a process lives in are read once (through
-    /// the first process found in it) into `listeners`, which then holds exactly the
+    /// Every live process the configuration selects, with the reason. With ports to watch,
+    /// the listening sockets of every network namespace a process lives in are read once
+    /// (through the first process found in it) into `listeners`, which then holds exactly the
     /// namespaces seen.
     pub fn scan(&self, listeners: &mut Listeners) -> BTreeMap<u32, Candidate> {
         let mut out = BTreeMap::new();
         let mut seen = HashSet::new();
         let none = HashMap::new();
         for pid in all_pids() {
-            let ns = match &self.config.open_port {
+            let ns = match &self.ports {
                 Some(ports) => netns_of(pid).inspect(|&ns| {
                     if seen.insert(ns) && !listeners.read(ns, pid, ports) {
                         // Gone or moved: the next process in the namespace reads it.
@@ -67,9 +175,7 @@ impl<'a> Selector<'a> {
                 None => None,
             };
             let listening = ns.and_then(|ns| listeners.get(ns)).unwrap_or(&none);
-            let found = self.evaluate(pid, &mut |sockets| {
-                sockets.iter().find_map(|i| listening.get(i).copied())
-            });
+            let found = self.evaluate(pid, &mut |sockets| ports_in(sockets, listening));
             if let Some(c) = found {
                 out.insert(pid, c);
             }
@@ -83,19 +189,22 @@ impl<'a> Selector<'a> {
     /// listeners as last read (every `listen()` on a covered port has them read again), read
     /// now if never read or when none matches and the reading is older than `LISTENERS_FRESH`.
     pub fn check(&self, pid: u32, listeners: &mut Listeners) -> Option<Candidate> {
-        let ports = self.config.open_port.as_ref();
+        let ports = self.ports.as_ref();
         self.evaluate(pid, &mut |sockets| {
-            let ports = ports?;
-            let ns = netns_of(pid)?;
-            let hit = |l: &Listeners| {
-                let map = l.get(ns)?;
-                sockets.iter().find_map(|i| map.get(i).copied())
+            let Some(ports) = ports else {
+                return Vec::new();
             };
-            if let Some(port) = hit(listeners) {
-                return Some(port);
-            }
-            if listeners.age(ns).is_some_and(|a| a < LISTENERS_FRESH) {
-                return None;
+            let Some(ns) = netns_of(pid) else {
+                return Vec::new();
+            };
+            let hit = |l: &Listeners| {
+                l.get(ns)
+                    .map(|map| ports_in(sockets, map))
+                    .unwrap_or_default()
+            };
+            let found = hit(listeners);
+            if !found.is_empty() || listeners.age(ns).is_some_and(|a| a < LISTENERS_FRESH) {
+                return found;
             }
             listeners.read(ns, pid, ports);
             hit(listeners)
@@ -104,55 +213,81 @@ impl<'a> Selector<'a> {
 
     /// Checks one process against `listening` (its namespace's listeners, just read).
     pub fn check_with(&self, pid: u32, listening: &HashMap<u64, u16>) -> Option<Candidate> {
-        self.evaluate(pid, &mut |sockets| {
-            sockets.iter().find_map(|i| listening.get(i).copied())
-        })
+        self.evaluate(pid, &mut |sockets| ports_in(sockets, listening))
     }
 
     /// The process now on `pid`, if selected: its start time is read before and after the
     /// checks and must not change (else the pid changed hands while it was looked at).
-    /// `port_of` names the covered port of a listener among the process's socket inodes.
+    /// `port_of` names the covered ports of the listeners among the process's socket inodes.
     fn evaluate(&self, pid: u32, port_of: PortOf<'_>) -> Option<Candidate> {
         let start = start_time(pid)?;
-        let reason = self.reason_for(pid, start, port_of)?;
-        let record = read_record(pid, reason)?;
+        let found = self.reason_for(pid, start, port_of)?;
+        let mut record = read_record(pid, found.reason)?;
+        record.selector_service_name = found.name.unwrap_or_default();
+        record.selector_service_namespace = found.namespace.unwrap_or_default();
         (start_time(pid) == Some(start)).then_some(Candidate { start, record })
     }
 
-    fn reason_for(&self, pid: u32, start: u64, port_of: PortOf<'_>) -> Option<String> {
+    fn reason_for(&self, pid: u32, start: u64, port_of: PortOf<'_>) -> Option<Match> {
         let status = ProcStatus::of(pid).ok()?;
         // A thread-group leader (a process, not a thread), and not this loader.
         if pid == self.own_pid || status.tgid != pid {
             return None;
         }
-        if self.config.target_pids.contains(&pid)
-            && self.pinned.get(&pid).is_none_or(|&s| s == start)
-        {
-            return Some("pid".into());
+        let config = self.config;
+        // The top-level selector (and `target_pids`) is named by `service_name`.
+        let top_level = |reason: String| Match {
+            reason,
+            name: config.service_name.clone(),
+            namespace: config.service_namespace.clone(),
+        };
+        if config.target_pids.contains(&pid) && self.pinned.get(&pid).is_none_or(|&s| s == start) {
+            return Some(top_level("pid".into()));
         }
-        if !discoverable(self.config, status.uid.real, status.uid.effective) {
+        if !discoverable(config, status.uid.real, status.uid.effective) {
             return None;
         }
-        if let Some(glob) = &self.config.auto_target_exe
-            && let Ok(exe) = fs::read_link(format!("/proc/{pid}/exe"))
-            && glob.is_match(&exe.to_string_lossy())
+        let mut facts = Facts {
+            pid,
+            exe: None,
+            ports: None,
+            container: None,
+            port_of,
+        };
+        let found = if let Some(reason) = facts.matches_top_level(config) {
+            top_level(reason)
+        } else {
+            config.discovery.include().iter().find_map(|sel| {
+                let why = facts.matches(sel)?;
+                Some(Match {
+                    reason: format!("{} ({why})", sel.key),
+                    name: sel.name.clone(),
+                    namespace: sel.namespace.clone(),
+                })
+            })?
+        };
+        // Excluded: only a selector whose every field holds excludes.
+        if config
+            .discovery
+            .exclude()
+            .any(|sel| facts.matches(sel).is_some())
         {
-            return Some(format!("exe {}", glob.pattern));
+            return None;
         }
-        if self.config.open_port.is_some() {
-            let sockets = socket_inodes(pid);
-            if !sockets.is_empty()
-                && let Some(port) = port_of(&sockets)
-            {
-                return Some(format!("port {port}"));
-            }
-        }
-        None
+        Some(found)
     }
 }
 
-/// Finds the covered port a process listens on, from its socket inodes.
-type PortOf<'a> = &'a mut dyn FnMut(&HashSet<u64>) -> Option<u16>;
+/// The covered ports among `sockets` (a process's socket inodes) per `listening`.
+fn ports_in(sockets: &HashSet<u64>, listening: &HashMap<u64, u16>) -> Vec<u16> {
+    sockets
+        .iter()
+        .filter_map(|i| listening.get(i).copied())
+        .collect()
+}
+
+/// Finds the covered ports a process listens on, from its socket inodes.
+type PortOf<'a> = &'a mut dyn FnMut(&HashSet<u64>) -> Vec<u16>;
 
 /// What `/proc/<pid>/stat` says about a process's identity and life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,6 +602,7 @@ fn read_record(pid: u32, reason: String) -> Option<ProcessRecord> {
         })
         .unwrap_or_default();
     let service_name = service_name_for(&exe_path);
+    let env = env_names(pid);
     Some(ProcessRecord {
         pid,
         exe_path,
@@ -474,8 +610,41 @@ fn read_record(pid: u32, reason: String) -> Option<ProcessRecord> {
         service_name,
         reason,
         container_id: crate::cgroup::container_id(pid).unwrap_or_default(),
+        env_service_name: env.service_name.unwrap_or_default(),
+        env_service_namespace: env.service_namespace.unwrap_or_default(),
         ..ProcessRecord::default()
     })
+}
+
+/// The service name and namespace a process's environment gives itself (`naming::EnvNames`):
+/// `/proc/<pid>/environ` (a ptrace-read access check, like `/proc/<pid>/exe`), at most
+/// `MAX_ENVIRON_BYTES` of it. Only these two values leave the loader.
+pub fn env_names(pid: u32) -> naming::EnvNames {
+    let Ok(file) = fs::File::open(format!("/proc/{pid}/environ")) else {
+        return naming::EnvNames::default();
+    };
+    let mut bytes = Vec::new();
+    let _ = file
+        .take(naming::MAX_ENVIRON_BYTES as u64)
+        .read_to_end(&mut bytes);
+    naming::EnvNames::from_environ(&bytes)
+}
+
+/// The service a record names without Kubernetes metadata (`naming`'s ladder; the processor
+/// climbs it again with the pod's metadata).
+pub fn service_of(record: &ProcessRecord) -> naming::ServiceNames {
+    let given = |s: &String| (!s.is_empty()).then(|| s.clone());
+    naming::NameInputs {
+        selector_name: given(&record.selector_service_name),
+        selector_namespace: given(&record.selector_service_namespace),
+        env: naming::EnvNames {
+            service_name: given(&record.env_service_name),
+            service_namespace: given(&record.env_service_namespace),
+        },
+        k8s: naming::K8sNames::default(),
+        exe_name: record.service_name.clone(),
+    }
+    .resolve()
 }
 
 /// The default service name: the executable's file name, without a " (deleted)" suffix.

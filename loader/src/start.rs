@@ -55,7 +55,7 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
     check_startup_capabilities()?;
     if !config.has_selection() {
         warn!(
-            "no process selected: set open_port / BEYLA_OPEN_PORT, auto_target_exe / BEYLA_AUTO_TARGET_EXE or target_pids"
+            "no process selected: set open_port / BEYLA_OPEN_PORT, auto_target_exe / BEYLA_AUTO_TARGET_EXE, target_pids or discovery.instrument"
         );
     }
 

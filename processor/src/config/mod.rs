@@ -127,7 +127,12 @@ impl Config {
         env: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
         let kind_of = |key: &str| match SHARED.kind_of(key) {
-            KeyKind::Unknown => OWN.kind_of(key),
+            KeyKind::Unknown => match OWN.kind_of(key) {
+                KeyKind::Unknown if sonde_config::discovery::is_unimplemented(key) => {
+                    KeyKind::Unimplemented
+                }
+                kind => kind,
+            },
             kind => kind,
         };
         let entries = match file {
@@ -136,8 +141,7 @@ impl Config {
         };
         let mut config = Config::blank();
         OWN.apply_defaults(&mut config)?;
-        SHARED.apply_file(&mut config.shared, &entries)?;
-        SHARED.apply_env(&mut config.shared, env)?;
+        config.shared.apply_sources(&entries, env)?;
         OWN.apply_file(&mut config, &entries)?;
         OWN.apply_env(&mut config, env)?;
         config.resolve()?;

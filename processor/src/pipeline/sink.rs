@@ -63,27 +63,27 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
     }
 
-    /// The service a process's spans belong to.
+    /// The service (name, namespace) a process's spans belong to: what the name ladder gave
+    /// the process when the loader announced it (`sonde_config::naming`; the configuration's
+    /// `service_name` is the top-level selector's name there).
     fn service<'p>(
-        config: &'p Config,
+        _config: &'p Config,
         pid: u32,
         processes: &'p ProcessTable,
         stats: &mut Stats,
-    ) -> Cow<'p, str> {
+    ) -> (Cow<'p, str>, Option<&'p str>) {
         // Borrowed on the hot path: no allocation per event for a known process.
-        match &config.shared.service_name {
-            Some(name) => Cow::Borrowed(name.as_str()),
-            None => processes.service_name(pid, stats),
-        }
+        let namespace = processes.service(pid).and_then(|s| s.namespace.as_deref());
+        (processes.service_name(pid, stats), namespace)
     }
 
     /// Builds the span of one completed HTTP/1 exchange and passes it on.
     pub fn emit(&mut self, ev: &HttpEvent, processes: &ProcessTable, stats: &mut Stats) {
         let config = self.config;
-        let name = Self::service(config, ev.pid, processes, stats);
+        let (name, namespace) = Self::service(config, ev.pid, processes, stats);
         let service = ServiceInfo {
             name: &name,
-            namespace: config.shared.service_namespace.as_deref(),
+            namespace,
         };
         match http1::build(
             ev,
@@ -107,10 +107,10 @@ impl<'a, W: Write> SpanSink<'a, W> {
         stats: &mut Stats,
     ) {
         let config = self.config;
-        let name = Self::service(config, meta.pid, processes, stats);
+        let (name, namespace) = Self::service(config, meta.pid, processes, stats);
         let service = ServiceInfo {
             name: &name,
-            namespace: config.shared.service_namespace.as_deref(),
+            namespace,
         };
         let ex = match ex {
             StreamExchange::Http2(ex) => ex,
