@@ -45,7 +45,9 @@ Control interface (plain HTTP on 127.0.0.1:--control-port, JSON in and out):
   POST /down       {"down": bool, "mode"?: "refuse"|"503"}
                               refuse: close the listening socket and every connection;
                               503: answer every API request 503 ServiceUnavailable.
-  POST /config     {"bookmark_interval"?: seconds}
+  POST /config     {"bookmark_interval"?: seconds, "delay"?: seconds, "stall"?: bool}
+                              delay: wait before answering every API request; stall: open
+                              watches send nothing and do not end (a dead peer) until unset.
   GET  /requests              [{"method","path","query":{k:v},"auth":"ok|missing|wrong",
                                 "status","watch","user_agent","accept","time"}]
   POST /requests/clear
@@ -265,6 +267,8 @@ class State:
         self.gone_pending = []  # [{"resource": r|None, "count": n}]
         self.snapshots = {}  # continue-token id -> (rv, [items])
         self.bookmark_interval = 1.0
+        self.delay = 0.0  # seconds before every API answer
+        self.stall = False  # open watches send nothing (and do not end) while set
         self.down = None  # None, "refuse", "503"
 
     # All methods below are called with self.cond held.
@@ -646,6 +650,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         with STATE.cond:
             STATE.requests.append(self.record)
             down = STATE.down
+            delay = STATE.delay
+        if delay > 0:
+            time.sleep(delay)
         if down == "503":
             return self.send_json(
                 503, status_body(503, "ServiceUnavailable", "the server is currently unable to handle the request")
@@ -884,6 +891,10 @@ class ApiHandler(BaseHTTPRequestHandler):
             while True:
                 with STATE.cond:
                     while True:
+                        if STATE.stall and not w.killed:
+                            # A dead peer: nothing at all, not even the end at the timeout.
+                            STATE.cond.wait(0.2)
+                            continue
                         i = bisect.bisect_right(STATE.history_rvs, cursor)
                         if i < len(STATE.history) or w.gone or w.killed:
                             break
@@ -1069,8 +1080,13 @@ class ControlHandler(BaseHTTPRequestHandler):
                 if path == "/config":
                     if "bookmark_interval" in body:
                         STATE.bookmark_interval = float(body["bookmark_interval"])
-                        STATE.cond.notify_all()
-                    return self.reply(200, {"bookmark_interval": STATE.bookmark_interval})
+                    if "delay" in body:
+                        STATE.delay = float(body["delay"])
+                    if "stall" in body:
+                        STATE.stall = bool(body["stall"])
+                    STATE.cond.notify_all()
+                    return self.reply(200, {"bookmark_interval": STATE.bookmark_interval,
+                                            "delay": STATE.delay, "stall": STATE.stall})
                 if path == "/requests/clear":
                     STATE.requests.clear()
                     return self.reply(200, {})

@@ -284,6 +284,17 @@ impl FakeKube {
         );
     }
 
+    /// Waits `seconds` before answering every API request (0: answer at once).
+    pub fn set_delay(&self, seconds: f64) {
+        self.control("POST", "/config", Some(&json!({"delay": seconds})));
+    }
+
+    /// `true`: open watches go silent (no events, no bookmarks, no end at their timeout), as
+    /// a dead peer behind a half-open connection; `false`: they carry on.
+    pub fn set_stall(&self, stall: bool) {
+        self.control("POST", "/config", Some(&json!({"stall": stall})));
+    }
+
     /// Every API request so far: `{"method","path","query":{..},"auth":"ok|missing|wrong",
     /// "status","watch","user_agent","accept","time"}`.
     pub fn requests(&self) -> Vec<Value> {
@@ -343,6 +354,24 @@ impl FakeKube {
             ca = self.certs.ca.display(),
         );
         std::fs::write(path, text).expect("write kubeconfig");
+    }
+
+    /// A kubeconfig whose user reads the token from a file (`tokenFile`), both written into
+    /// the fake's directory: (kubeconfig, token file).
+    pub fn kubeconfig_with_token_file(&self) -> (PathBuf, PathBuf) {
+        let token_dir = self.dir.path("token-dir");
+        std::fs::create_dir_all(&token_dir).expect("token dir");
+        let token_file = token_dir.join("token");
+        std::fs::write(&token_file, &self.token).expect("token file");
+        let path = self.dir.path("kubeconfig-token-file");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: sonde\n  user:\n    tokenFile: {tf}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: sonde\n    namespace: default\ncurrent-context: fake\n",
+            url = self.url(),
+            ca = self.certs.ca.display(),
+            tf = token_file.display(),
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        (path, token_file)
     }
 
     /// The in-cluster layout under `dir` (as mounted at

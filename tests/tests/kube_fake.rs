@@ -175,7 +175,8 @@ fn kubectl_lists_pods_of_a_node_with_the_field_selector_and_the_owner_chain() {
 #[test]
 fn kubectl_watch_sees_a_pod_added_and_deleted() {
     let fake = FakeKube::start_with(&scenario());
-    let kubeconfig = fake.kubeconfig();
+    // The token from a file, as a kubeconfig for a service account may have it.
+    let (kubeconfig, _) = fake.kubeconfig_with_token_file();
     let mut cmd = Command::new("timeout");
     cmd.args(["20", "kubectl", "--kubeconfig"])
         .arg(&kubeconfig)
@@ -408,6 +409,46 @@ fn an_open_watch_is_expired_on_demand_and_outages_refuse_or_503() {
         "{body}"
     );
     assert!(fake.watches().is_empty());
+
+    // A stalled watch: nothing arrives, not even the end at its timeout, until released.
+    fake.set_stall(true);
+    let started = Instant::now();
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--no-buffer", "--cacert"])
+        .arg(&fake.certs.ca)
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .arg(format!(
+            "{}/api/v1/pods?watch=true&allowWatchBookmarks=true&resourceVersion={rv}&timeoutSeconds=1",
+            fake.url()
+        ))
+        .stdout(Stdio::piped());
+    let mut stalled = Proc::spawn("curl-stalled", &mut cmd);
+    fake.wait_watches(Duration::from_secs(15), |w| w.len() == 1);
+    fake.add_pod(&PodBuilder::new(
+        Workload::Bare("unseen".into()),
+        "default",
+        NODE,
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(stalled.is_running(), "a stalled watch must not end");
+    fake.set_stall(false);
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut stalled.child.stdout.take().expect("stdout"), &mut body)
+        .expect("read");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(
+        lines(&body)[0]["object"]["metadata"]["name"],
+        "unseen",
+        "{body}"
+    );
+
+    // A slow server.
+    fake.set_delay(1.0);
+    let started = Instant::now();
+    let (code, _) = curl(&fake, "/api/v1/pods", Some(TOKEN), Duration::from_secs(20));
+    assert_eq!(code, 200);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    fake.set_delay(0.0);
 
     fake.set_down(true);
     let (code, _) = curl(&fake, "/api/v1/pods", Some(TOKEN), Duration::from_secs(20));
