@@ -34,6 +34,8 @@ pub struct Config {
     /// `db.query.text` of SQL statements with literals replaced by `?` (true, the default) or
     /// as the application sent it (`attributes.db_query_sanitize: false`).
     pub db_query_sanitize: bool,
+    /// `attributes.kubernetes.*` (the `kube` module reads them).
+    pub kubernetes: crate::kube::Settings,
     /// Values that combine with others before they mean anything (an endpoint with its
     /// protocol, a sampler with its argument), resolved once all sources are read.
     pending: Pending,
@@ -92,6 +94,7 @@ impl Config {
             },
             url_query: crate::protocols::http1::parse::QueryPolicy::default(),
             db_query_sanitize: true,
+            kubernetes: crate::kube::Settings::default(),
             pending: Pending::default(),
         }
     }

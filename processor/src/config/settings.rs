@@ -357,6 +357,64 @@ pub static OWN: Table<Config> = Table(&[
             show: |c| show::texts(&c.url_query.extra_sensitive),
         },
         Setting {
+            key: "attributes.kubernetes.enable",
+            env: &[var("BEYLA_KUBE_METADATA_ENABLE")],
+            flag: "",
+            default: Some("autodetect"),
+            unset: "",
+            doc: "Kubernetes metadata (pods, owners, `k8s.*` attributes, the service-name ladder's Kubernetes rungs): `true`, `false` or `autodetect` (on in a cluster, or with a kubeconfig)",
+            secret: false,
+            apply: |c, i| {
+                let text = i.text("true, false or autodetect")?;
+                c.kubernetes.enable = crate::kube::Enable::parse(&text)
+                    .ok_or_else(|| i.invalid(&text, "true, false or autodetect"))?;
+                Ok(())
+            },
+            show: |c| {
+                show::text(match c.kubernetes.enable {
+                    crate::kube::Enable::True => "true",
+                    crate::kube::Enable::False => "false",
+                    crate::kube::Enable::Autodetect => "autodetect",
+                })
+            },
+        },
+        Setting {
+            key: "attributes.kubernetes.cluster_name",
+            env: &[var("BEYLA_KUBE_CLUSTER_NAME")],
+            flag: "",
+            default: None,
+            unset: "none",
+            doc: "`k8s.cluster.name` of every resource",
+            secret: false,
+            apply: |c, i| {
+                c.kubernetes.cluster_name = Some(non_empty(i.key, i.text("a name")?)?);
+                Ok(())
+            },
+            show: |c| c.kubernetes.cluster_name.as_ref().and_then(show::text),
+        },
+        Setting {
+            key: "attributes.kubernetes.kubeconfig_path",
+            env: &[var("KUBECONFIG")],
+            flag: "",
+            default: None,
+            unset: "in-cluster service account",
+            doc: "a kubeconfig file to reach the API server with, instead of the pod's service account",
+            secret: false,
+            apply: |c, i| {
+                c.kubernetes.kubeconfig_path = Some(std::path::PathBuf::from(non_empty(
+                    i.key,
+                    i.text("a path")?,
+                )?));
+                Ok(())
+            },
+            show: |c| {
+                c.kubernetes
+                    .kubeconfig_path
+                    .as_ref()
+                    .and_then(|p| show::text(p.display()))
+            },
+        },
+        Setting {
             key: "prometheus_export.port",
             env: &[var("BEYLA_PROMETHEUS_PORT")],
             flag: "",

@@ -346,3 +346,54 @@ proptest! {
         prop_assert_eq!(&a.headers, &vec![("x-key".to_string(), sonde_config::HIDDEN.to_string())]);
     }
 }
+
+#[test]
+fn kubernetes_settings_from_file_and_environment() {
+    let c = load_yaml(
+        "attributes:\n  kubernetes:\n    enable: true\n    cluster_name: prod-eu\n    kubeconfig_path: /etc/kube/config\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.kubernetes.enable, crate::kube::Enable::True);
+    assert_eq!(c.kubernetes.cluster_name.as_deref(), Some("prod-eu"));
+    assert_eq!(
+        c.kubernetes.kubeconfig_path.as_deref(),
+        Some(std::path::Path::new("/etc/kube/config"))
+    );
+    assert_eq!(
+        load_yaml(&c.to_yaml(), &[]).unwrap().kubernetes,
+        c.kubernetes
+    );
+    // Defaults, the environment and its OTEL_EBPF_* alias (which wins).
+    assert_eq!(
+        Config::load(None, &env(&[])).unwrap().kubernetes.enable,
+        crate::kube::Enable::Autodetect
+    );
+    let c = Config::load(
+        None,
+        &env(&[
+            ("BEYLA_KUBE_METADATA_ENABLE", "true"),
+            ("OTEL_EBPF_KUBE_METADATA_ENABLE", "false"),
+            ("OTEL_EBPF_KUBE_CLUSTER_NAME", "c1"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.kubernetes.enable, crate::kube::Enable::False);
+    assert_eq!(c.kubernetes.cluster_name.as_deref(), Some("c1"));
+    let e = load_yaml("attributes:\n  kubernetes:\n    enable: maybe\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("attributes.kubernetes.enable") && e.contains("maybe"),
+        "{e}"
+    );
+    // Keys of the reference system not applied yet are accepted; typos are not.
+    assert!(
+        load_yaml(
+            "attributes:\n  kubernetes:\n    informers_sync_timeout: 30s\n",
+            &[]
+        )
+        .is_ok()
+    );
+    assert!(load_yaml("attributes:\n  kubernetes:\n    enabel: true\n", &[]).is_err());
+}
