@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
         service_name: "fuzz".into(),
         service_namespace: None,
         exe_path: "/fuzz".into(),
+        k8s: None,
     };
     let query = QueryPolicy {
         export: true,

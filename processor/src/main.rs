@@ -20,7 +20,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use sonde_plumbing::{notify::Notifier, proc_status::ProcStatus, stop};
 use sonde_processor::{
     config::{Config, TracePrinter},
-    control,
+    control, kube,
     metrics::Metrics,
     otlp::Otlp,
     pipeline::{self, Pipeline, SpanSink},
@@ -130,7 +130,16 @@ fn main() -> ExitCode {
     // (seccomp/processor.json) needs only what the run itself calls.
     let shared = &config.shared;
     sonde_plumbing::logging::init(shared.log_level.as_str(), shared.log_format.is_json());
-    let policy = sandbox_policy(&config, cli.config.as_deref());
+    // Kubernetes metadata is resolved before the sandbox too: its configuration files, and
+    // the port and files the sandbox must then allow.
+    let kube = match prepare_kube() {
+        Ok(kube) => kube,
+        Err(exit) => return exit,
+    };
+    let mut policy = sandbox_policy(&config, cli.config.as_deref());
+    if let Some(k) = &kube {
+        add_kube_to_policy(&mut policy, k);
+    }
     if cli.check_sandbox {
         return check_sandbox(&cli, &config, &policy);
     }
@@ -150,7 +159,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| config.shared.control_socket.clone()),
         ),
     };
-    match run(&config, &policy, control) {
+    match run(&config, &policy, control, kube) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -167,7 +176,12 @@ enum Endpoint {
 }
 
 /// Phases 2 to 5 of a normal start, from the sandbox on.
-fn run(config: &Config, policy: &SandboxPolicy, control: Endpoint) -> Result<()> {
+fn run(
+    config: &Config,
+    policy: &SandboxPolicy,
+    control: Endpoint,
+    kube: Option<kube::Prepared>,
+) -> Result<()> {
     // INVARIANT: the sandbox is in place before the first untrusted byte is read. Nothing
     // from the loader (control socket, ring buffer) or the network is read before this line,
     // and no thread exists yet; threads started later (exporters, the Prometheus endpoint)
@@ -186,7 +200,12 @@ fn run(config: &Config, policy: &SandboxPolicy, control: Endpoint) -> Result<()>
     let sandbox = sandbox(policy)?;
     stop::install()?;
     let mut loader = connect(control, &sandbox)?;
+    // The watcher thread starts under the sandbox, before the first byte from the loader.
+    let kube = kube.map(kube::start).transpose()?;
     let mut pipeline = start_pipeline(config)?;
+    if let Some(store) = kube {
+        pipeline = pipeline.with_kube(store);
+    }
     // Connected, the ring mapped and the exporters up: ready (systemd Type=notify).
     if let Err(e) = notifier.ready("connected to the loader") {
         warn!(error = %e, "telling systemd the processor is ready (READY=1) failed");
@@ -273,6 +292,41 @@ fn sandbox_policy(config: &Config, config_file: Option<&Path>) -> SandboxPolicy 
         bind_ports: config.prometheus_export.port.into_iter().collect(),
         landlock: config.shared.processor.landlock_mode(),
     }
+}
+
+/// Kubernetes metadata (`attributes.kubernetes`): `Ok(None)` when off. A configuration that
+/// cannot be loaded stops the start (exit 2) when metadata is explicitly on, and only turns it
+/// off (one warning) under autodetect.
+fn prepare_kube() -> Result<Option<kube::Prepared>, ExitCode> {
+    let get = |name: &str| std::env::var(name).ok();
+    let settings = kube::Settings::from_env(&get).map_err(|e| {
+        eprintln!("sonde-processor: configuration error: {e:#}");
+        ExitCode::from(2)
+    })?;
+    match kube::prepare(&settings, &get) {
+        Ok(prepared) => Ok(prepared),
+        Err(e) if settings.enable == kube::Enable::True => {
+            error!("Kubernetes metadata: {e:#}");
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            warn!("Kubernetes metadata off (attributes.kubernetes.enable: autodetect): {e:#}");
+            Ok(None)
+        }
+    }
+}
+
+/// What Kubernetes metadata needs of the sandbox: connecting to the API server's port (and
+/// 53 when it is named by a host name), reading the token's directory and client
+/// certificate files.
+fn add_kube_to_policy(policy: &mut SandboxPolicy, kube: &kube::Prepared) {
+    policy.connect_ports.push(kube.connect_port);
+    if kube.needs_dns {
+        policy.connect_ports.push(sandbox::DNS_PORT);
+    }
+    policy.connect_ports.sort_unstable();
+    policy.connect_ports.dedup();
+    policy.read_paths.extend(kube.read_paths.iter().cloned());
 }
 
 /// Refuses to run with privilege, then sandboxes this (still single-threaded) process: a

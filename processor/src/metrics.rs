@@ -14,6 +14,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    kube::K8sLabels,
     protocols::{db, grpc, messaging},
     semconv::{self, DURATION_BUCKETS, SIZE_BUCKETS},
     span::{Span, SpanKind},
@@ -42,6 +43,9 @@ struct ServerLabels {
     http_route: String,
     service_name: String,
     service_namespace: String,
+    /// The process's Kubernetes metadata (`k8s_*`, `container_id`), when known.
+    #[prometheus(flatten)]
+    k8s: K8sLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +57,9 @@ struct ClientLabels {
     server_port: u16,
     service_name: String,
     service_namespace: String,
+    /// The process's Kubernetes metadata (`k8s_*`, `container_id`), when known.
+    #[prometheus(flatten)]
+    k8s: K8sLabels,
 }
 
 /// Labels of `rpc_server_call_duration_seconds` (the reference system's default set).
@@ -65,6 +72,9 @@ struct RpcServerLabels {
     server_port: u16,
     service_name: String,
     service_namespace: String,
+    /// The process's Kubernetes metadata (`k8s_*`, `container_id`), when known.
+    #[prometheus(flatten)]
+    k8s: K8sLabels,
 }
 
 /// Labels of `rpc_client_call_duration_seconds`.
@@ -78,6 +88,9 @@ struct RpcClientLabels {
     server_port: u16,
     service_name: String,
     service_namespace: String,
+    /// The process's Kubernetes metadata (`k8s_*`, `container_id`), when known.
+    #[prometheus(flatten)]
+    k8s: K8sLabels,
 }
 
 /// Labels of `db_client_operation_duration_seconds` and `db_server_operation_duration_seconds`
@@ -90,6 +103,9 @@ struct DbLabels {
     server_address: String,
     service_name: String,
     service_namespace: String,
+    /// The process's Kubernetes metadata (`k8s_*`, `container_id`), when known.
+    #[prometheus(flatten)]
+    k8s: K8sLabels,
 }
 
 /// Labels of `messaging_client_operation_duration_seconds` and
@@ -103,6 +119,9 @@ struct MessagingLabels {
     server_address: String,
     service_name: String,
     service_namespace: String,
+    /// The process's Kubernetes metadata (`k8s_*`, `container_id`), when known.
+    #[prometheus(flatten)]
+    k8s: K8sLabels,
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -215,6 +234,18 @@ pub struct Metrics {
     pub instrumented_processes: Gauge,
     /// OTLP export outcomes.
     pub otlp: ExportCounters,
+    /// `target_info`: the agent's series and one per instrumented service.
+    target_info: Family<Vec<(String, String)>, Gauge>,
+    /// The `target_info` labels of each process, and how many processes share each set.
+    targets: std::sync::Mutex<Targets>,
+    host: String,
+}
+
+/// The per-service `target_info` series and the processes behind each.
+#[derive(Debug, Default)]
+struct Targets {
+    by_pid: std::collections::HashMap<u32, Vec<(String, String)>>,
+    count: std::collections::HashMap<Vec<(String, String)>, usize>,
 }
 
 impl Metrics {
@@ -245,8 +276,8 @@ impl Metrics {
             .set(1);
         registry.register(
             "target_info",
-            "The agent producing these metrics",
-            target_info,
+            "Target metadata: the agent producing these metrics, and each instrumented service with its resource attributes (service, host, Kubernetes)",
+            target_info.clone(),
         );
         let own = registry.sub_registry_with_prefix("sonde");
         let events = Counter::default();
@@ -321,13 +352,58 @@ impl Metrics {
             export_errors,
             spans_dropped,
             instrumented_processes,
+            target_info,
+            targets: std::sync::Mutex::default(),
+            host: host.to_string(),
+        }
+    }
+
+    /// Sets the `target_info` series of process `pid` (its service and resource
+    /// attributes: `service_name`, `service_namespace`, `host_name`, `telemetry_sdk_*`, and its
+    /// Kubernetes labels), or removes it (`None`). Processes of one service with the same
+    /// attributes share one series, removed with the last of them.
+    pub fn set_target(&self, pid: u32, service: Option<(&str, Option<&str>, &K8sLabels)>) {
+        let labels = service.map(|(name, namespace, k8s)| {
+            let mut l = vec![("service_name".to_string(), name.to_string())];
+            if let Some(ns) = namespace {
+                l.push(("service_namespace".to_string(), ns.to_string()));
+            }
+            l.push(("host_name".to_string(), self.host.clone()));
+            l.push(("telemetry_sdk_name".to_string(), "sonde".to_string()));
+            l.push((
+                "telemetry_sdk_version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            ));
+            if let Some(m) = &k8s.0 {
+                l.extend(m.prometheus_labels());
+            }
+            l
+        });
+        let mut t = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        if t.by_pid.get(&pid) == labels.as_ref() {
+            return;
+        }
+        if let Some(old) = t.by_pid.remove(&pid)
+            && let Some(n) = t.count.get_mut(&old)
+        {
+            *n -= 1;
+            if *n == 0 {
+                t.count.remove(&old);
+                self.target_info.remove(&old);
+            }
+        }
+        if let Some(l) = labels {
+            *t.count.entry(l.clone()).or_default() += 1;
+            self.target_info.get_or_create(&l).set(1);
+            t.by_pid.insert(pid, l);
         }
     }
 
     /// The histograms `s` is counted in, as handles sharing the registry's state, so a caller
     /// that keeps them records later requests of the same series without building labels or
     /// looking them up again.
-    pub fn series(&self, s: &Span) -> PromSeries {
+    /// `k8s`: the process's Kubernetes labels (none outside Kubernetes).
+    pub fn series(&self, s: &Span, k8s: &K8sLabels) -> PromSeries {
         let namespace = s.service_namespace.clone().unwrap_or_default();
         if let Some(d) = &s.db {
             let labels = DbLabels {
@@ -339,6 +415,7 @@ impl Metrics {
                 server_address: s.server_address.to_string(),
                 service_name: s.service_name.clone(),
                 service_namespace: namespace,
+                k8s: k8s.clone(),
             };
             let family = match s.kind {
                 SpanKind::Client => &self.db_client,
@@ -359,6 +436,7 @@ impl Metrics {
                 server_address: s.server_address.to_string(),
                 service_name: s.service_name.clone(),
                 service_namespace: namespace,
+                k8s: k8s.clone(),
             };
             let family = match m.operation {
                 messaging::Operation::Publish | messaging::Operation::Metadata => {
@@ -389,6 +467,7 @@ impl Metrics {
                         server_port: s.server_port,
                         service_name: s.service_name.clone(),
                         service_namespace: namespace,
+                        k8s: k8s.clone(),
                     })
                     .clone(),
                 SpanKind::Client => self
@@ -406,6 +485,7 @@ impl Metrics {
                         server_port: s.server_port,
                         service_name: s.service_name.clone(),
                         service_namespace: namespace,
+                        k8s: k8s.clone(),
                     })
                     .clone(),
             };
@@ -425,6 +505,7 @@ impl Metrics {
                 http_route: route,
                 service_name: s.service_name.clone(),
                 service_namespace: namespace,
+                k8s: k8s.clone(),
             }),
             SpanKind::Client => self.client.series(&ClientLabels {
                 http_request_method: method.to_string(),
@@ -434,6 +515,7 @@ impl Metrics {
                 server_port: s.server_port,
                 service_name: s.service_name.clone(),
                 service_namespace: namespace,
+                k8s: k8s.clone(),
             }),
         }
     }
@@ -531,7 +613,7 @@ mod tests {
     use crate::span::Address;
 
     fn record(m: &Metrics, s: &Span) {
-        m.series(s).observe(s);
+        m.series(s, &K8sLabels::default()).observe(s);
     }
 
     fn span(kind: SpanKind, status: u16, route: &str, ns: u64) -> Span {

@@ -9,6 +9,7 @@ use std::hash::BuildHasher;
 use opentelemetry::KeyValue;
 
 use crate::{
+    kube::K8sLabels,
     metrics::{Metrics, PromSeries},
     otlp::{Otlp, ProcessResource},
     prehashed::PrehashedMap,
@@ -138,7 +139,7 @@ impl RedRecorder {
                         .as_ref()
                         .map(|m| (m.operation, m.destination.clone(), m.error_code)),
                     no_response: s.no_response,
-                    prometheus: prometheus.map(|m| m.series(s)),
+                    prometheus: prometheus.map(|m| m.series(s, &K8sLabels(meta().k8s))),
                     otlp: otlp
                         .as_deref_mut()
                         .and_then(|o| o.series_attributes(s, meta)),
@@ -200,6 +201,7 @@ mod tests {
             service_name: "svc".into(),
             service_namespace: None,
             exe_path: "/x".into(),
+            k8s: None,
         }
     }
 

@@ -110,6 +110,18 @@ fn resolve_names_over_tcp() {
     unsafe { std::env::set_var(VAR, options) };
 }
 
+/// tokio's signal driver is compiled in (the Kubernetes client, `kube-client`, requires
+/// tokio's `signal` feature) and every runtime with I/O (the OTLP exporter's, the Kubernetes
+/// watchers') sets it up, which makes one process-wide Unix socket pair the first time. seccomp
+/// forbids new Unix sockets, so the pair is made here, before, by building (and dropping) a
+/// single-threaded runtime: no thread is started, no signal handler installed. The pair only
+/// talks to itself (no descriptor can leave through it).
+fn make_tokio_signal_pipe() {
+    let _ = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build();
+}
+
 /// What of the Landlock ruleset the kernel enforces, from the ABI it offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LandlockEnforcement {
@@ -243,6 +255,7 @@ pub fn seccomp_filters() -> [(&'static str, BpfProgram); 2] {
 pub fn apply(policy: &SandboxPolicy) -> Result<SandboxReport, SandboxError> {
     nix::sys::prctl::set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
     resolve_names_over_tcp();
+    make_tokio_signal_pipe();
     let dumpable = crate::privileges::is_dumpable();
     let landlock = match policy.landlock {
         LandlockMode::Off => LandlockEnforcement::NONE,

@@ -34,6 +34,9 @@ pub struct ProcessResource {
     pub service_name: String,
     pub service_namespace: Option<String>,
     pub exe_path: String,
+    /// The process's pod, container and owners, when it runs in Kubernetes and its pod is
+    /// known (`crate::kube`).
+    pub k8s: Option<std::sync::Arc<crate::kube::K8sMeta>>,
 }
 
 /// The language of a process, guessed from its executable's name (`telemetry.sdk.language`).
@@ -70,6 +73,13 @@ pub fn resource(meta: &ProcessResource, host: &str) -> Resource {
     ];
     if let Some(ns) = &meta.service_namespace {
         attrs.push(KeyValue::new("service.namespace", ns.clone()));
+    }
+    if let Some(k8s) = &meta.k8s {
+        attrs.extend(
+            k8s.attributes()
+                .into_iter()
+                .map(|(k, v)| KeyValue::new(k, v.to_string())),
+        );
     }
     Resource::builder_empty().with_attributes(attrs).build()
 }
@@ -495,6 +505,7 @@ mod tests {
             service_name: "shop".into(),
             service_namespace: Some("prod".into()),
             exe_path: "/usr/bin/python3.11".into(),
+            k8s: None,
         };
         let r = resource(&meta, "node-1");
         let get = |k: &'static str| r.get(&opentelemetry::Key::from_static_str(k));

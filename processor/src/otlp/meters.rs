@@ -373,6 +373,7 @@ mod tests {
             service_name: "svc".into(),
             service_namespace: None,
             exe_path: "/x".into(),
+            k8s: None,
         });
         let mut s = Span {
             route: Some("/users/{id}".into()),

@@ -210,6 +210,7 @@ mod tests {
             service_name: "svc".into(),
             service_namespace: None,
             exe_path: "/x".into(),
+            k8s: None,
         };
         let started = std::time::Instant::now();
         otlp.ensure_process(&meta, 7);

@@ -44,6 +44,9 @@ pub struct Pipeline<'a, W: Write> {
     last_stats: Instant,
     /// `Stats::lost` at the last report.
     last_lost: u64,
+    /// Kubernetes metadata, when on; and its generation when processes were last looked up.
+    kube: Option<Arc<crate::kube::Store>>,
+    kube_seen: u64,
 }
 
 impl<'a, W: Write> Pipeline<'a, W> {
@@ -60,7 +63,40 @@ impl<'a, W: Write> Pipeline<'a, W> {
             early_seen: 0,
             last_stats: Instant::now(),
             last_lost: 0,
+            kube: None,
+            kube_seen: 0,
         }
+    }
+
+    /// Decorates processes with the Kubernetes metadata `store` holds (`crate::kube`).
+    pub fn with_kube(mut self, store: Arc<crate::kube::Store>) -> Self {
+        self.kube = Some(store);
+        self
+    }
+
+    /// Looks `pid`'s container up in the Kubernetes store; when its metadata changed (its pod
+    /// arrived, was renamed, its owners became known), what was built from the old one (OTLP
+    /// resource and meters, RED series shortcuts) is dropped, to be built again at its next
+    /// span, and its `target_info` is updated.
+    fn refresh_k8s(&mut self, pid: u32) {
+        let meta = self
+            .kube
+            .as_ref()
+            .and_then(|k| k.lookup(self.processes.container_id(pid)));
+        if self.processes.set_k8s(pid, meta) {
+            self.sink.forget(pid);
+            self.set_target(pid);
+        }
+    }
+
+    /// The `target_info` series of `pid` from its current service and metadata.
+    fn set_target(&self, pid: u32) {
+        let k8s = crate::kube::K8sLabels(self.processes.k8s(pid).cloned());
+        let service = self.processes.service(pid);
+        self.metrics.set_target(
+            pid,
+            service.map(|s| (s.name.as_str(), s.namespace.as_deref(), &k8s)),
+        );
     }
 
     /// Applies one update from the loader. The caller applies updates before draining the
@@ -75,7 +111,10 @@ impl<'a, W: Write> Pipeline<'a, W> {
                     reason = p.reason,
                     "process added"
                 );
+                let pid = p.pid;
                 self.processes.add(p);
+                self.refresh_k8s(pid);
+                self.set_target(pid);
             }
             Update::Removed(pid) => {
                 info!(pid, "process removed");
@@ -152,6 +191,18 @@ impl<'a, W: Write> Pipeline<'a, W> {
         self.sink.flush(&mut self.stats);
         for pid in self.processes.expire(Instant::now()) {
             self.sink.forget(pid);
+            self.metrics.set_target(pid, None);
+        }
+        // Kubernetes metadata changed since the last look: the processes in containers are
+        // looked up again (one atomic load per pass otherwise).
+        if let Some(generation) = self.kube.as_ref().map(|k| k.generation())
+            && generation != self.kube_seen
+        {
+            self.kube_seen = generation;
+            let pids: Vec<u32> = self.processes.in_containers().map(|(pid, _)| pid).collect();
+            for pid in pids {
+                self.refresh_k8s(pid);
+            }
         }
         if self.last_stats.elapsed() >= self.stats_every {
             count_otlp(&self.metrics, &mut self.stats);
