@@ -1013,6 +1013,18 @@ impl TestCgroup {
         cmd
     }
 
+    /// A command that enters this cgroup, then a private cgroup namespace rooted here, then
+    /// execs `program` (same pid throughout): an agent in a container without the host's
+    /// cgroup namespace. Add arguments to the returned command.
+    pub fn command_in_namespace(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo $$ > \"$0\" && exec unshare --cgroup \"$@\"")
+            .arg(self.path.join("cgroup.procs"))
+            .arg(program.as_ref());
+        cmd
+    }
+
     /// The pids in this cgroup now.
     pub fn pids(&self) -> Vec<u32> {
         std::fs::read_to_string(self.path.join("cgroup.procs"))

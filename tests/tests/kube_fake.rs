@@ -536,6 +536,21 @@ fn a_process_in_a_kubepods_cgroup_shows_that_path_and_relative_from_a_cgroup_nam
     // Its own processes are at `/` there.
     let own = sonde_e2e::kube::run_in_cgroup_namespace(&agent, "cat", &["/proc/self/cgroup"]);
     assert!(String::from_utf8_lossy(&own.stdout).contains("0::/\n"));
+    // A long-running agent in that namespace (same pid after exec).
+    let mut cmd = agent.command_in_namespace("sleep");
+    cmd.arg("30");
+    let in_ns = Proc::spawn("sleep-in-namespace", &mut cmd);
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).expect("ns link");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ns(&in_ns.pid().to_string()) == ns("self") {
+        assert!(
+            Instant::now() < deadline,
+            "never entered a cgroup namespace"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(cgroup_of(in_ns.pid()), agent.relative);
+    drop(in_ns);
     let path = cgroup.path.clone();
     drop(sleeper);
     drop(inside);
