@@ -815,6 +815,77 @@ mod tests {
         child.wait().unwrap();
     }
 
+    /// A config read from YAML, as the loader reads it.
+    fn yaml_config(yaml: &str) -> Config {
+        let file = sonde_config::FileText {
+            path: "t.yaml".into(),
+            text: yaml.to_string(),
+        };
+        Config::load(Some(&file), &BTreeMap::new()).unwrap()
+    }
+
+    #[test]
+    fn selectors_and_inside_or_across_and_exclusions_win() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=napper-env,service.namespace=ns1",
+            )
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let pinned = BTreeMap::new();
+        let check = |yaml: &str| {
+            Selector::new(&yaml_config(yaml), &pinned).check(pid, &mut Listeners::default())
+        };
+        // A glob selector: selected, named, the environment's values carried.
+        let c = check("discovery:\n  instrument:\n    - exe_path: '*/sleep'\n      name: napper\n")
+            .unwrap();
+        assert_eq!(c.record.reason, "discovery.instrument[0] (exe */sleep)");
+        assert_eq!(c.record.selector_service_name, "napper");
+        assert_eq!(c.record.env_service_name, "napper-env");
+        assert_eq!(c.record.env_service_namespace, "ns1");
+        assert_eq!(service_of(&c.record).name, "napper");
+        // Fields ANDed: the glob matches, the port does not.
+        assert!(
+            check("discovery:\n  instrument:\n    - exe_path: '*/sleep'\n      open_ports: 1\n")
+                .is_none()
+        );
+        assert!(check("auto_target_exe: '*/sleep'\nopen_port: 1\n").is_none());
+        // Selectors ORed: the second matches.
+        let c = check(
+            "discovery:\n  instrument:\n    - exe_path: '*/nothing'\n    - exe_path: '*/sl?ep'\n",
+        )
+        .unwrap();
+        assert_eq!(c.record.reason, "discovery.instrument[1] (exe */sl?ep)");
+        assert_eq!(service_of(&c.record).name, "napper-env");
+        // Regular expressions, unanchored, for services.
+        assert!(check("discovery:\n  services:\n    - exe_path: 'lee'\n").is_some());
+        assert!(check("discovery:\n  services:\n    - exe_path: '^lee'\n").is_none());
+        // Exclusions win over any include; the defaults can be emptied, not by accident.
+        assert!(check("discovery:\n  instrument:\n    - exe_path: '*/sleep'\n  exclude_instrument:\n    - exe_path: '*/sl*'\n").is_none());
+        assert!(check("auto_target_exe: '*/sleep'\ndiscovery:\n  default_exclude_instrument: [{exe_path: '*/sleep'}]\n").is_none());
+        // A selector with Kubernetes fields selects nothing yet.
+        assert!(
+            check(
+                "discovery:\n  instrument:\n    - exe_path: '*/sleep'\n      k8s_namespace: prod\n"
+            )
+            .is_none()
+        );
+        // target_pids is not subject to exclusions; service_name names it.
+        let c = check(&format!("target_pids: [{pid}]\nservice_name: top\ndiscovery:\n  default_exclude_instrument: [{{exe_path: '*/sleep'}}]\n")).unwrap();
+        assert_eq!(
+            (
+                c.record.reason.as_str(),
+                c.record.selector_service_name.as_str()
+            ),
+            ("pid", "top")
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     #[test]
     fn service_names() {
         assert_eq!(service_name_for("/usr/sbin/nginx"), "nginx");
