@@ -193,13 +193,15 @@ impl Config {
         self.open_port.is_some() || self.auto_target_exe.is_some() || self.executable_name.is_some()
     }
 
-    /// Every port a selector in force names (the top-level `open_port` and the discovery
-    /// selectors'): the listeners the loader must watch. None when no selector names one.
+    /// Every port a selector in force names (the top-level `open_port`, the discovery
+    /// selectors' and the exclude selectors', so an exclusion by port is seen): the listeners
+    /// the loader must watch. None when no selector names one.
     pub fn listen_ports(&self) -> Option<PortSet> {
         let sets = self.open_port.iter().chain(
             self.discovery
                 .include()
                 .iter()
+                .chain(self.discovery.exclude())
                 .filter(|s| s.inert().is_none())
                 .filter_map(|s| s.open_ports.as_ref()),
         );

@@ -557,6 +557,13 @@ mod discovery_config {
         for exe in ["/usr/bin/python3", "/usr/sbin/nginx", "/usr/bin/sondex"] {
             assert!(!excluded(exe), "{exe}");
         }
+        // An exclusion by port makes the loader watch that port too.
+        let by_port = load_yaml(
+            "discovery:\n  instrument:\n    - exe_path: '*/x'\n  exclude_instrument:\n    - open_ports: 9000\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(by_port.listen_ports().unwrap().to_string(), "9000");
         let none = load_yaml("discovery:\n  default_exclude_instrument: []\n", &[]).unwrap();
         assert_eq!(none.discovery.exclude().count(), 0);
         // Discovery lists count as a selection: no default ports then.
