@@ -286,3 +286,70 @@ pub fn start_tansu(port: u16) -> Proc {
     wait_for_port(port, Duration::from_secs(20));
     p
 }
+
+/// A peer that prints `ready`, then waits for a line on its standard input before it does
+/// anything (connects, sends): a test selects it by pid first, so Sonde sees every connection
+/// from its start.
+pub struct GatedPeer {
+    pub proc: Proc,
+    lines: mpsc::Receiver<String>,
+}
+
+impl GatedPeer {
+    /// Spawns `cmd` (stdio is set here) and waits for its `ready`.
+    pub fn start(name: &str, cmd: &mut Command) -> GatedPeer {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(name, cmd);
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let peer = GatedPeer { proc, lines };
+        assert_eq!(peer.line(), "ready", "{name} did not start");
+        peer
+    }
+
+    /// Its next line of output (60 s at most).
+    pub fn line(&self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{} printed nothing within 60 s", self.proc.name))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Lets it take one step (writes a line it waits for) and keeps its input open.
+    pub fn step(&mut self) {
+        let stdin = self.proc.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").expect("writing to the peer");
+        stdin.flush().expect("writing to the peer");
+    }
+
+    /// Lets it run; returns everything it printed, once it has exited (bounded).
+    pub fn go(mut self) -> Vec<String> {
+        let mut stdin = self.proc.child.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("writing to the peer");
+        drop(stdin);
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(60)) {
+            out.push(l);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.proc.is_running() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not exit",
+                self.proc.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        out
+    }
+}

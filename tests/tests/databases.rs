@@ -174,6 +174,11 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// A throwaway PostgreSQL 15 cluster (trust auth) on 127.0.0.1:`port`, run as `postgres`
 /// through `setpriv` (which execs: the returned pid is the postmaster's).
 fn start_postgres(port: u16, dir: &TempDir) -> Proc {
+    start_postgres_with(port, dir, &[])
+}
+
+/// [`start_postgres`] with more `-c name=value` settings.
+fn start_postgres_with(port: u16, dir: &TempDir, settings: &[String]) -> Proc {
     let data = dir.path("pgdata");
     std::fs::create_dir_all(&data).expect("pgdata");
     let chown = |path: &std::path::Path| {
@@ -214,6 +219,7 @@ fn start_postgres(port: u16, dir: &TempDir) -> Proc {
     .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
     .args(["-c", "fsync=off", "-c"])
     .arg(format!("unix_socket_directories={}", data.display()))
+    .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
     .stdout(Stdio::null())
     .stderr(Stdio::null());
     let p = Proc::spawn("postgres", &mut cmd);
@@ -510,6 +516,133 @@ fn web_app_database_client_spans() {
         + &sonde.log_lines().join("\n");
     assert!(
         !everything.contains("@example.com"),
+        "a literal left the processor"
+    );
+}
+
+/// PostgreSQL over TLS, seen through the OpenSSL uprobes on both ends: a server (system
+/// `libssl.so.3`; its per-connection backends are forks of the selected postmaster) and a
+/// psycopg2-binary client selected by pid (its wheel's own `libssl-<hash>.so.1.1`, found by
+/// its exported symbols). Exactly N SELECTs and one failing statement on each side, the
+/// sanitized text and the SQLSTATE; the literal inside the TLS records leaves the processor
+/// nowhere.
+#[test]
+fn postgres_over_tls_client_and_server_spans() {
+    let _guard = serial();
+    let dir = TempDir::new("pg-tls");
+    let port = free_port();
+    let (crt, key) = (dir.path("server.crt"), dir.path("server.key"));
+    let out = run_bounded(
+        "openssl",
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [&crt, &key] {
+        let ok = Command::new("chown")
+            .arg("postgres:postgres")
+            .arg(f)
+            .status()
+            .expect("chown");
+        assert!(ok.success());
+    }
+    let ok = Command::new("chmod")
+        .arg("600")
+        .arg(&key)
+        .status()
+        .expect("chmod");
+    assert!(ok.success());
+    let server = start_postgres_with(
+        port,
+        &dir,
+        &[
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", crt.display()),
+            format!("ssl_key_file={}", key.display()),
+        ],
+    );
+    let mut cmd = Command::new(otlp_python());
+    cmd.arg(peer("pg_tls_client.py"))
+        .args([port.to_string(), "10".into()]);
+    let mut client = GatedPeer::start("pg_tls_client", &mut cmd);
+    let client_pid = client.pid();
+    let sonde = Sonde::start(
+        &[
+            "--open-port",
+            &port.to_string(),
+            "--pid",
+            &client_pid.to_string(),
+        ],
+        &[],
+        &dir,
+        &[server.pid(), client_pid],
+    );
+    sonde.wait_log(
+        &format!("TLS probes attached pid={client_pid} "),
+        Duration::from_secs(20),
+    );
+    // A PostgreSQL backend is a fork made at connect time: its probes are attached when the
+    // loader hears of the fork, which can be after the client's first statement (README,
+    // known limits). The client waits until they are.
+    client.step();
+    let backend = client.line();
+    let backend = backend.strip_prefix("backend ").expect("backend pid");
+    sonde.wait_log(
+        &format!("TLS probes attached pid={backend} "),
+        Duration::from_secs(20),
+    );
+    const N: usize = 10;
+    assert_eq!(client.go(), vec![format!("done {N}")]);
+    let is_db = |s: &Value| s["db_system"] == "postgresql" && s["db_operation"] == "SELECT";
+    let spans = sonde.wait_spans(2 * (N + 1), Duration::from_secs(30), is_db);
+    let mut counts: BTreeMap<(String, String, String), usize> = BTreeMap::new();
+    for s in &spans {
+        let side = if s["pid"] == client_pid {
+            "client-process"
+        } else {
+            "server-process"
+        };
+        let key = (
+            side.to_string(),
+            s["kind"].as_str().unwrap_or("-").to_string(),
+            s["db_status"].as_str().unwrap_or("ok").to_string(),
+        );
+        *counts.entry(key).or_insert(0) += 1;
+        if s.get("db_status").is_none() {
+            assert_eq!(s["db_query_text"], "SELECT ? AS email", "{s}");
+        } else {
+            assert_eq!(s["db_collection"], "no_such_table", "{s}");
+        }
+    }
+    let key = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            (key("client-process", "client", "ok"), N),
+            (key("client-process", "client", "42P01"), 1),
+            (key("server-process", "server", "ok"), N),
+            (key("server-process", "server", "42P01"), 1),
+        ])
+    );
+    let everything = sonde
+        .spans()
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>()
+        + &sonde.log_lines().join("\n");
+    assert!(
+        !everything.contains("tls-secret"),
         "a literal left the processor"
     );
 }

@@ -4,9 +4,7 @@
 //! messaging metrics over Prometheus and OTLP, and no record bytes in any output.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -17,63 +15,20 @@ use sonde_e2e::{otlp::*, peers::*, *};
 const MARKER: &str = "sonde-secret-payload";
 
 /// A `tests/peers/kafka_client.py` run: started (it says `ready` and waits), then told to go.
-struct Client {
-    proc: Proc,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Client {
-    fn start(mode: &str, port: u16, topic: &str, n: usize) -> Client {
-        let mut cmd = Command::new(otlp_python());
-        cmd.arg(peer("kafka_client.py"))
-            .args([mode, &format!("127.0.0.1:{port}"), topic, &n.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut proc = Proc::spawn(&format!("kafka {mode}"), &mut cmd);
-        let stdout = proc.child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let c = Client { proc, lines };
-        assert_eq!(c.line(), "ready");
-        c
-    }
-
-    fn line(&self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{} printed nothing within 60 s", self.proc.name))
-    }
-
-    fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-
-    /// Lets it run; returns what it printed, and waits for it to exit.
-    fn go(mut self) -> Vec<String> {
-        let mut stdin = self.proc.child.stdin.take().expect("stdin");
-        stdin.write_all(b"go\n").expect("writing to the client");
-        drop(stdin);
-        let mut out = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(60)) {
-            out.push(l);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.proc.is_running() {
-            assert!(Instant::now() < deadline, "{} did not exit", self.proc.name);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        out
-    }
+fn client(mode: &str, port: u16, topic: &str, n: usize) -> GatedPeer {
+    let mut cmd = Command::new(otlp_python());
+    cmd.arg(peer("kafka_client.py")).args([
+        mode,
+        &format!("127.0.0.1:{port}"),
+        topic,
+        &n.to_string(),
+    ]);
+    GatedPeer::start(&format!("kafka {mode}"), &mut cmd)
 }
 
 /// Runs a client nobody watches (topic creation) to completion.
 fn run_unwatched(mode: &str, port: u16, topic: &str, n: usize) -> Vec<String> {
-    Client::start(mode, port, topic, n).go()
+    client(mode, port, topic, n).go()
 }
 
 /// The messaging spans of `pid`.
@@ -114,8 +69,8 @@ fn kafka_client_spans_and_metrics() {
     assert_eq!(created, ["created"]);
     let receiver = Receiver::start(&dir, free_port(), 0);
     let n = 5;
-    let producer = Client::start("produce", port, topic, n);
-    let consumer = Client::start("consume", port, topic, n);
+    let producer = client("produce", port, topic, n);
+    let consumer = client("consume", port, topic, n);
     let (ppid, cpid) = (producer.pid(), consumer.pid());
     let config = dir.path("sonde.yaml");
     std::fs::write(
@@ -296,7 +251,7 @@ fn kafka_broker_server_spans_and_a_failed_request() {
     let missing = "sonde-no-such-topic";
     assert_eq!(run_unwatched("create", port, topic, 0), ["created"]);
     let receiver = Receiver::start(&dir, free_port(), 0);
-    let raw = Client::start("raw", port, missing, 0);
+    let raw = client("raw", port, missing, 0);
     let (rpid, bpid) = (raw.pid(), broker.pid());
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
     let sonde = Sonde::start(
