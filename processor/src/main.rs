@@ -132,7 +132,7 @@ fn main() -> ExitCode {
     sonde_plumbing::logging::init(shared.log_level.as_str(), shared.log_format.is_json());
     // Kubernetes metadata is resolved before the sandbox too: its configuration files, and
     // the port and files the sandbox must then allow.
-    let kube = match prepare_kube() {
+    let kube = match prepare_kube(&config.kubernetes) {
         Ok(kube) => kube,
         Err(exit) => return exit,
     };
@@ -297,13 +297,9 @@ fn sandbox_policy(config: &Config, config_file: Option<&Path>) -> SandboxPolicy 
 /// Kubernetes metadata (`attributes.kubernetes`): `Ok(None)` when off. A configuration that
 /// cannot be loaded stops the start (exit 2) when metadata is explicitly on, and only turns it
 /// off (one warning) under autodetect.
-fn prepare_kube() -> Result<Option<kube::Prepared>, ExitCode> {
+fn prepare_kube(settings: &kube::Settings) -> Result<Option<kube::Prepared>, ExitCode> {
     let get = |name: &str| std::env::var(name).ok();
-    let settings = kube::Settings::from_env(&get).map_err(|e| {
-        eprintln!("sonde-processor: configuration error: {e:#}");
-        ExitCode::from(2)
-    })?;
-    match kube::prepare(&settings, &get) {
+    match kube::prepare(settings, &get) {
         Ok(prepared) => Ok(prepared),
         Err(e) if settings.enable == kube::Enable::True => {
             error!("Kubernetes metadata: {e:#}");

@@ -176,21 +176,24 @@ fn only_the_processor_gets_a_read_only_api_token() {
     assert_eq!(token_mounts("sonde-loader"), 0);
     assert_eq!(token_mounts("sonde-processor"), 1);
 
+    // Exactly what the processor's watchers do (processor/src/kube/watch.rs): list and watch
+    // pods, ReplicaSets and Jobs; nothing else, not even get.
     let roles = of_kind(&docs, "ClusterRole");
     assert_eq!(roles.len(), 1);
     let mut resources = BTreeSet::new();
     for rule in roles[0]["rules"].as_sequence().expect("rules") {
         assert_eq!(
             strings(&rule["verbs"]),
-            ["get", "list", "watch"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            "read-only verbs only"
+            ["list", "watch"].iter().map(|s| s.to_string()).collect(),
+            "list and watch only"
         );
-        resources.extend(strings(&rule["resources"]));
+        for group in strings(&rule["apiGroups"]) {
+            for r in strings(&rule["resources"]) {
+                resources.insert(format!("{group}/{r}"));
+            }
+        }
     }
-    let expected: BTreeSet<String> = ["pods", "replicasets", "deployments", "nodes", "namespaces"]
+    let expected: BTreeSet<String> = ["/pods", "apps/replicasets", "batch/jobs"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -264,6 +267,8 @@ fn a_network_policy_confines_the_pod_to_the_collector_dns_and_the_metrics_port()
         .and_then(|u| u.rsplit(':').next())
         .and_then(|p| p.parse().ok())
         .expect("endpoint port");
+    // And the Kubernetes API: the `kubernetes` Service's port (443, what Landlock allows)
+    // and the API servers' own (6443), which policies see after the Service's forwarding.
     let egress = np["spec"]["egress"].as_sequence().expect("egress rules");
     let all: BTreeSet<(String, u64)> = egress.iter().flat_map(rule_ports).collect();
     assert_eq!(
@@ -271,7 +276,9 @@ fn a_network_policy_confines_the_pod_to_the_collector_dns_and_the_metrics_port()
         [
             ("TCP".to_string(), otlp_port),
             ("TCP".to_string(), 53),
-            ("UDP".to_string(), 53)
+            ("UDP".to_string(), 53),
+            ("TCP".to_string(), 443),
+            ("TCP".to_string(), 6443)
         ]
         .into()
     );
@@ -286,6 +293,48 @@ fn a_network_policy_confines_the_pod_to_the_collector_dns_and_the_metrics_port()
             assert!(!rule_ports(rule).contains(&("TCP".to_string(), otlp_port)));
         }
     }
+}
+
+/// Kubernetes metadata: on in the configuration (with a cluster name), the node's name from the
+/// downward API, and a checksum of the configuration on the pod template, so a changed
+/// ConfigMap rolls the pods.
+#[test]
+fn kubernetes_metadata_is_configured_and_the_config_checksum_is_current() {
+    let docs = documents();
+    let cm = of_kind(&docs, "ConfigMap");
+    let text = cm[0]["data"]["sonde.yaml"].as_str().expect("sonde.yaml");
+    let path = std::env::temp_dir().join(format!("sonde-k8s-meta-{}.yaml", std::process::id()));
+    std::fs::write(&path, text).expect("write");
+    let config = sonde_processor::config::Config::load(Some(&path), &Default::default())
+        .unwrap_or_else(|e| panic!("embedded configuration: {e}"));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        config.kubernetes.enable,
+        sonde_processor::kube::Enable::True
+    );
+    assert!(config.kubernetes.cluster_name.is_some());
+    let processor = container(pod_spec(&docs), "sonde-processor");
+    let (_, node) = env_var(processor, "K8S_NODE_NAME");
+    assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    let mut sha = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    std::io::Write::write_all(&mut sha.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("write");
+    let out = sha.wait_with_output().expect("sha256sum");
+    let digest = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("digest")
+        .to_string();
+    let ds = of_kind(&docs, "DaemonSet")[0];
+    assert_eq!(
+        ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"],
+        digest.as_str(),
+        "checksum/config is the sha256 of the ConfigMap's sonde.yaml"
+    );
 }
 
 /// The Prometheus endpoint binds the pod IP (downward API), not every address.

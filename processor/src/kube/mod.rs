@@ -63,7 +63,9 @@ impl Enable {
     }
 }
 
-/// The settings of Kubernetes metadata.
+/// The settings of Kubernetes metadata (`attributes.kubernetes.*` in the processor's
+/// configuration: `enable` / `BEYLA_KUBE_METADATA_ENABLE`, `cluster_name` /
+/// `BEYLA_KUBE_CLUSTER_NAME`, `kubeconfig_path` / `KUBECONFIG`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     pub enable: Enable,
@@ -71,34 +73,6 @@ pub struct Settings {
     pub cluster_name: Option<String>,
     /// A kubeconfig file (`attributes.kubernetes.kubeconfig_path`, else `KUBECONFIG`).
     pub kubeconfig_path: Option<PathBuf>,
-}
-
-impl Settings {
-    /// From the environment alone: `BEYLA_KUBE_METADATA_ENABLE` /
-    /// `OTEL_EBPF_KUBE_METADATA_ENABLE`, `BEYLA_KUBE_CLUSTER_NAME` /
-    /// `OTEL_EBPF_KUBE_CLUSTER_NAME`, `KUBECONFIG` (used when the configuration does not carry
-    /// them).
-    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings> {
-        let first = |names: &[&'static str]| {
-            names
-                .iter()
-                .find_map(|n| get(n).filter(|v| !v.trim().is_empty()).map(|v| (*n, v)))
-        };
-        let enable = match first(&[
-            "BEYLA_KUBE_METADATA_ENABLE",
-            "OTEL_EBPF_KUBE_METADATA_ENABLE",
-        ]) {
-            Some((name, v)) => Enable::parse(&v)
-                .with_context(|| format!("{name}={v:?}: expected true, false or autodetect"))?,
-            None => Enable::Autodetect,
-        };
-        Ok(Settings {
-            enable,
-            cluster_name: first(&["BEYLA_KUBE_CLUSTER_NAME", "OTEL_EBPF_KUBE_CLUSTER_NAME"])
-                .map(|(_, v)| v.trim().to_string()),
-            kubeconfig_path: first(&["KUBECONFIG"]).map(|(_, v)| PathBuf::from(v.trim())),
-        })
-    }
 }
 
 /// Where the client configuration came from.
@@ -292,29 +266,6 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn settings_come_from_the_reference_variables() {
-        let s = Settings::from_env(&env(&[
-            ("BEYLA_KUBE_METADATA_ENABLE", "TRUE"),
-            ("OTEL_EBPF_KUBE_CLUSTER_NAME", "prod"),
-            ("KUBECONFIG", "/etc/kube.conf"),
-        ]))
-        .expect("valid");
-        assert_eq!(s.enable, Enable::True);
-        assert_eq!(s.cluster_name.as_deref(), Some("prod"));
-        assert_eq!(s.kubeconfig_path, Some(PathBuf::from("/etc/kube.conf")));
-        assert_eq!(
-            Settings::from_env(&env(&[])).expect("valid"),
-            Settings::default()
-        );
-        let e = Settings::from_env(&env(&[("OTEL_EBPF_KUBE_METADATA_ENABLE", "maybe")]))
-            .expect_err("invalid");
-        assert!(
-            e.to_string().contains("OTEL_EBPF_KUBE_METADATA_ENABLE"),
-            "{e}"
-        );
     }
 
     #[test]

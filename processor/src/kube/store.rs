@@ -214,7 +214,7 @@ impl Store {
         n
     }
 
-    fn owners<'a>(inner: &'a mut Inner, kind: OwnerKindTable) -> &'a mut OwnerTable {
+    fn owners(inner: &mut Inner, kind: OwnerKindTable) -> &mut OwnerTable {
         match kind {
             OwnerKindTable::ReplicaSets => &mut inner.replicasets,
             OwnerKindTable::Jobs => &mut inner.jobs,
