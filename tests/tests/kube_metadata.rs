@@ -397,3 +397,68 @@ fn api_server_down_at_start_then_up_and_a_forced_410_relists() {
     );
     drop(sonde);
 }
+
+/// In-cluster configuration, as in a pod: `KUBERNETES_SERVICE_HOST`/`PORT` and the service
+/// account mounted at `/var/run/secrets/kubernetes.io/serviceaccount` (a private mount
+/// namespace here). The client reads the token after the sandbox is applied (Landlock allows
+/// that directory, so a rotated token is read too) and connects to the service's port only.
+#[test]
+fn in_cluster_service_account_works_under_the_sandbox() {
+    let _guard = serial();
+    let dir = TempDir::new("kube-incluster");
+    let pod = PodBuilder::new(Workload::CronJob("nightly".into()), "batch-jobs", NODE);
+    let mut objects = vec![node(NODE), namespace("batch-jobs")];
+    objects.extend(pod.objects());
+    let fake = FakeKube::start_with(&objects);
+    let in_cluster = fake.in_cluster(&dir.path("serviceaccount"), "sonde");
+    let cgroup = TestCgroup::for_pod(&pod);
+    let port = free_port();
+    let server = server_in(&cgroup, port);
+    let receiver = Receiver::start(&dir, 0, free_port());
+    ensure_system_user(LOADER_USER);
+    let mut cmd = in_cluster.command(binary("sonde"));
+    cmd.args(["--open-port", &port.to_string()]);
+    let traces = format!("http://127.0.0.1:{}/v1/traces", receiver.http_port);
+    let mut env: Vec<(&str, &str)> = in_cluster
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.extend([
+        ("K8S_NODE_NAME", NODE),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces.as_str()),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ]);
+    let sonde = Sonde::attach("sonde", cmd, &env, dir.path("control.sock"));
+    sonde.wait_log("processor connected", Duration::from_secs(30));
+    sonde.wait_selected(server.pid());
+    let on = sonde.wait_log("Kubernetes metadata on", Duration::from_secs(10));
+    assert!(on.contains("in-cluster service account"), "{on}");
+    sonde.wait_log(
+        "Kubernetes metadata: pods of this node listed",
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    requests(port, "/ok/in-cluster", 2);
+    let spans = receiver.wait_spans(2, Duration::from_secs(20), |s| {
+        s["attributes"]["url.path"] == "/ok/in-cluster"
+    });
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    for s in &spans {
+        let res = &s["resource"];
+        assert_eq!(res["k8s.namespace.name"], "batch-jobs", "{res}");
+        assert_eq!(res["k8s.pod.name"], pod.name.as_str(), "{res}");
+        assert_eq!(res["k8s.job.name"], "nightly-29412345", "{res}");
+        assert_eq!(res["k8s.cronjob.name"], "nightly", "{res}");
+        assert_eq!(res["k8s.owner.name"], "nightly", "{res}");
+        assert_eq!(res["k8s.kind"], "CronJob", "{res}");
+        // No cluster name configured: none on the resource.
+        assert!(res.get("k8s.cluster.name").is_none(), "{res}");
+        assert_eq!(res["service.name"], "nightly", "{res}");
+        assert_eq!(res["service.namespace"], "batch-jobs", "{res}");
+    }
+    // The fake saw the service account's token on every request.
+    assert!(fake.requests().iter().all(|r| r["auth"] == "ok"));
+    drop(sonde);
+}
