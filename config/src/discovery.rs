@@ -560,3 +560,99 @@ pub fn unimplemented_in(value: &Value, prefix: &str, out: &mut Vec<String>) {
         }
     }
 }
+
+/// The file keys and variables naming OTLP endpoints (the processor's sections, which the
+/// loader otherwise skips).
+const ENDPOINT_KEYS: [(&str, &str); 4] = [
+    ("otel_traces_export", "endpoint"),
+    ("otel_traces_export", "traces_endpoint"),
+    ("otel_metrics_export", "endpoint"),
+    ("otel_metrics_export", "metrics_endpoint"),
+];
+const ENDPOINT_VARS: [&str; 3] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+];
+
+/// The ports of the OTLP endpoints on this host (loopback addresses, `localhost`) that the
+/// file (`root`, its YAML) or the environment names: a process listening on one is the
+/// collector Sonde exports to, and discovery never selects it.
+pub fn local_collector_ports(root: Option<&Value>, env: &BTreeMap<String, String>) -> Vec<u16> {
+    let mut urls: Vec<String> = ENDPOINT_VARS
+        .iter()
+        .filter_map(|v| env.get(*v).cloned())
+        .collect();
+    if let Some(root) = root {
+        for (section, key) in ENDPOINT_KEYS {
+            if let Some(url) = root.get(section).and_then(|s| s.get(key)).and_then(scalar) {
+                urls.push(url);
+            }
+        }
+    }
+    let mut ports: Vec<u16> = urls.iter().filter_map(|u| local_port(u)).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// The port of an `http://` / `https://` URL whose host is this host's loopback; the
+/// scheme's port when none is written.
+fn local_port(url: &str) -> Option<u16> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !local {
+        return None;
+    }
+    match port {
+        Some(p) => p.parse().ok(),
+        None if scheme.eq_ignore_ascii_case("https") => Some(443),
+        None => Some(80),
+    }
+}
+
+#[cfg(test)]
+mod collector_tests {
+    use super::*;
+
+    #[test]
+    fn local_collector_ports_from_file_and_environment() {
+        let root: Value = serde_yaml_ng::from_str(
+            "otel_traces_export:\n  endpoint: http://127.0.0.1:4318\notel_metrics_export:\n  metrics_endpoint: http://collector.example:4317\n",
+        )
+        .unwrap();
+        let env: BTreeMap<String, String> = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:14317/x"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://[::1]/v1/traces",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://user@127.0.0.1:4318",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(local_collector_ports(Some(&root), &env), [443, 4318, 14317]);
+        assert!(local_collector_ports(None, &BTreeMap::new()).is_empty());
+        assert_eq!(local_port("garbage"), None);
+        assert_eq!(local_port("http://10.0.0.1:4318"), None);
+    }
+}

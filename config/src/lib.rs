@@ -75,6 +75,9 @@ impl Config {
         };
         let mut config = Config::default();
         config.apply_sources(&entries, env)?;
+        // The file parsed as YAML already; read again for the endpoints only.
+        let root = file.and_then(|f| serde_yaml_ng::from_str(&f.text).ok());
+        config.collector_ports = discovery::local_collector_ports(root.as_ref(), env);
         Ok(config)
     }
 

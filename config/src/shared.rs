@@ -107,6 +107,10 @@ pub struct Config {
     pub discovery: Discovery,
     /// Keys Beyla defines that the file sets and Sonde does not apply yet (one warning).
     pub unimplemented_keys: Vec<String>,
+    /// Ports of the OTLP endpoints on this host (`discovery::local_collector_ports`): a
+    /// process listening on one is the collector Sonde exports to, never selected by
+    /// discovery.
+    pub collector_ports: Vec<u16>,
     /// Discovery (by port or executable) only selects processes whose real and effective uid
     /// are both in this list; empty: any uid.
     pub discovery_uids: Vec<u32>,
@@ -146,6 +150,7 @@ impl Config {
             target_pids: Vec::new(),
             discovery: Discovery::default(),
             unimplemented_keys: Vec::new(),
+            collector_ports: Vec::new(),
             discovery_uids: Vec::new(),
             discovery_exclude_uids: Vec::new(),
             service_name: None,
@@ -205,7 +210,10 @@ impl Config {
                 .filter(|s| s.inert().is_none())
                 .filter_map(|s| s.open_ports.as_ref()),
         );
-        PortSet::union(sets)
+        // And the local collector's ports, so a process listening there is seen and excluded.
+        let collectors: Vec<String> = self.collector_ports.iter().map(u16::to_string).collect();
+        let collectors = PortSet::parse("collector ports", &collectors.join(",")).ok();
+        PortSet::union(sets.chain(collectors.as_ref()))
     }
 
     /// True when a selector in force decides on the executable (or on anything but ports), so

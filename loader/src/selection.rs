@@ -266,11 +266,17 @@ impl<'a> Selector<'a> {
                 })
             })?
         };
-        // Excluded: only a selector whose every field holds excludes.
+        // Excluded: only a selector whose every field holds excludes; and the collector Sonde
+        // exports to (a process listening on a local OTLP endpoint's port).
         if config
             .discovery
             .exclude()
             .any(|sel| facts.matches(sel).is_some())
+            || (!config.collector_ports.is_empty()
+                && facts
+                    .ports()
+                    .iter()
+                    .any(|p| config.collector_ports.contains(p)))
         {
             return None;
         }

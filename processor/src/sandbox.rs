@@ -4,9 +4,11 @@
 //! 1. `NO_NEW_PRIVS` (both other layers need it; it also makes setuid binaries and file
 //!    capabilities inert).
 //! 2. Landlock: read-only access beneath `/proc` (service names of processes), the
-//!    configuration file, TLS trust stores and the name-resolution files; no other file access
-//!    at all (files already open, such as stdout, are unaffected); TCP connect and bind only
-//!    to the ports the configuration exports to or serves on; abstract Unix sockets and
+//!    configuration file, TLS trust stores and the name-resolution files (and, with Kubernetes
+//!    metadata on, the service-account token's directory or the kubeconfig's credential
+//!    files: `crate::kube::prepare`); no other file access at all (files already open, such
+//!    as stdout, are unaffected); TCP connect and bind only to the ports the configuration
+//!    exports to or serves on (and the Kubernetes API server's); abstract Unix sockets and
 //!    signals scoped to the processor itself. Best effort by default (`processor.landlock`):
 //!    each right the kernel lacks is left out (filesystem rules need ABI 1, Linux 5.13; TCP
 //!    ports ABI 4, Linux 6.7; abstract-socket and signal scoping ABI 6, Linux 6.12) and `main`

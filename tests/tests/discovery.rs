@@ -178,6 +178,42 @@ fn exclude_instrument_and_otel_ebpf_aliases() {
     );
 }
 
+/// Sonde never instruments the collector it exports to: a process listening on the port of
+/// a local OTLP endpoint is not selected even when `open_port` covers it (nor Sonde itself,
+/// whose binaries `default_exclude_instrument` names).
+#[test]
+fn the_local_collector_is_never_selected() {
+    let _guard = serial();
+    let dir = TempDir::new("disc-collector");
+    let (collector, b) = (free_port(), free_port());
+    let collector_server = start_server(ServerKind::Python, collector, &dir);
+    let server_b = start_server(ServerKind::Python, b, &dir);
+    let endpoint = format!("http://127.0.0.1:{collector}/v1/traces");
+    let sonde = sonde_with(
+        &dir,
+        &format!("open_port: {collector},{b}\n"),
+        &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint.as_str())],
+        &[server_b.pid()],
+    );
+    one_request_each(&[collector, b], "/disc/collector");
+    let spans = spans_of(&sonde, 1, "/disc/collector");
+    assert_eq!(
+        spans,
+        vec![(u64::from(server_b.pid()), exe_name(server_b.pid()), None)]
+    );
+    assert_eq!(
+        sonde.log_count(&format!("process selected pid={} ", collector_server.pid())),
+        0
+    );
+    assert!(
+        !sonde
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("process selected") && l.contains("sonde")),
+        "Sonde selected itself"
+    );
+}
+
 /// The ladder's rungs without Kubernetes, one server each, one run: the selector's name over
 /// the process's own OTEL_SERVICE_NAME; the top-level selector's `service_name`; the process's
 /// OTEL_SERVICE_NAME / OTEL_SERVICE_NAMESPACE; `service.name` / `service.namespace` of its
