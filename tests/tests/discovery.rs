@@ -88,7 +88,14 @@ fn instrument_selects_exactly_the_matching_server_and_names_it() {
     let yaml = format!(
         "discovery:\n  instrument:\n    - open_ports: {a}\n      exe_path: '*/python3*'\n      name: shop-web\n      namespace: shop\n    - open_ports: {b}\n      exe_path: '*/node'\n      name: not-python\n"
     );
+    // A key the reference system defines and Sonde does not apply: one warning at start.
+    let yaml = format!("{yaml}ebpf:\n  wakeup_len: 100\n");
     let sonde = sonde_with(&dir, &yaml, &[], &[server_a.pid()]);
+    assert_eq!(
+        sonde
+            .log_count("configuration: accepted but not implemented yet, ignored: ebpf.wakeup_len"),
+        1
+    );
     let line = sonde.wait_log(
         &format!("process selected pid={} ", server_a.pid()),
         Duration::from_secs(5),
