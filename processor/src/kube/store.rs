@@ -80,6 +80,18 @@ impl Owners for Inner {
 }
 
 impl Inner {
+    /// Counts an object not kept (its table is full); the first one is logged.
+    fn drop_one(&mut self) {
+        if self.dropped == 0 {
+            tracing::warn!(
+                max_pods = MAX_PODS,
+                max_owners = MAX_OWNERS,
+                "Kubernetes metadata table full: objects beyond it are not kept (their processes get no k8s attributes)"
+            );
+        }
+        self.dropped += 1;
+    }
+
     fn remove_pod(&mut self, uid: &str) -> bool {
         let Some(old) = self.pods.remove(uid) else {
             return false;
@@ -98,7 +110,7 @@ impl Inner {
             return false;
         }
         if !self.pods.contains_key(&pod.uid) && self.pods.len() >= MAX_PODS {
-            self.dropped += 1;
+            self.drop_one();
             return false;
         }
         self.remove_pod(&pod.uid);
@@ -191,7 +203,7 @@ impl Store {
         let mut inner = self.lock();
         match inner.listing.as_mut() {
             Some(l) if l.len() < MAX_PODS => l.push(pod),
-            Some(_) => inner.dropped += 1,
+            Some(_) => inner.drop_one(),
             None => {
                 inner.apply_pod(pod);
             }
@@ -236,7 +248,7 @@ impl Store {
             if listing.len() < MAX_OWNERS {
                 listing.insert(key, owner);
             } else {
-                inner.dropped += 1;
+                inner.drop_one();
             }
             return;
         }
@@ -244,7 +256,7 @@ impl Store {
             return;
         }
         if !table.map.contains_key(&key) && table.map.len() >= MAX_OWNERS {
-            inner.dropped += 1;
+            inner.drop_one();
             return;
         }
         table.map.insert(key, owner);
