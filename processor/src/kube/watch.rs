@@ -5,10 +5,18 @@
 //! `kube-runtime` lists, then watches from the list's resourceVersion (with bookmarks), and
 //! re-lists after a `410 Gone` or when a watch cannot be resumed; every error is retried with
 //! [`Backoff`]. A re-list replaces the store's pods (a pod deleted meanwhile is forgotten).
-//! Logging: one warning when the API server cannot be reached (at start or later), debug
-//! lines while it stays so, one info line when a list succeeds again.
+//! Logging: one warning when the API server cannot be reached (at start or later; whichever
+//! watcher meets it first), debug lines while it stays so, one info line when the pods are
+//! listed again.
 
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{
+    pin::pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use ::kube::{
     Api, Client,
@@ -71,22 +79,22 @@ fn status_code(e: &watcher::Error) -> Option<u16> {
     }
 }
 
-/// Logs one warning per outage (errors other than `410 Gone`, which only re-lists).
-#[derive(Debug, Default)]
+/// Logs one warning per outage, whichever watcher meets it first (errors other than
+/// `410 Gone`, which only re-lists); shared by the watchers.
+#[derive(Debug, Default, Clone)]
 struct Outage {
-    warned: bool,
+    warned: Arc<AtomicBool>,
 }
 
 impl Outage {
-    fn error(&mut self, what: &str, e: &watcher::Error) {
+    fn error(&self, what: &str, e: &watcher::Error) {
         if status_code(e) == Some(410) {
             info!(what, "Kubernetes watch expired (410 Gone): listing again");
             return;
         }
-        if self.warned {
+        if self.warned.swap(true, Ordering::Relaxed) {
             debug!(what, error = %e, "Kubernetes API still failing; retrying");
         } else {
-            self.warned = true;
             warn!(
                 what,
                 error = %e,
@@ -95,29 +103,31 @@ impl Outage {
         }
     }
 
-    fn ok(&mut self) -> bool {
-        std::mem::take(&mut self.warned)
+    /// A list succeeded: true when an outage was reported (and is over now).
+    fn ok(&self) -> bool {
+        self.warned.swap(false, Ordering::Relaxed)
     }
 }
 
 /// Runs the watchers until the process ends.
 pub async fn run(client: Client, node: String, store: Arc<Store>) {
+    let outage = Outage::default();
     tokio::join!(
-        pods(client.clone(), node, Arc::clone(&store)),
+        pods(client.clone(), node, Arc::clone(&store), outage.clone()),
         owners::<ReplicaSet>(
             client.clone(),
             OwnerKindTable::ReplicaSets,
-            Arc::clone(&store)
+            Arc::clone(&store),
+            outage.clone(),
         ),
-        owners::<Job>(client, OwnerKindTable::Jobs, store),
+        owners::<Job>(client, OwnerKindTable::Jobs, store, outage),
     );
 }
 
-async fn pods(client: Client, node: String, store: Arc<Store>) {
+async fn pods(client: Client, node: String, store: Arc<Store>, outage: Outage) {
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = pin!(watcher::watcher(api, config).backoff(Backoff::default()));
-    let mut outage = Outage::default();
     while let Some(item) = stream.next().await {
         match item {
             Ok(Event::Init) => store.pods_list_begin(),
@@ -166,7 +176,7 @@ fn owner_of<K>(m: &PartialObjectMeta<K>) -> Option<(&str, &str, Option<Owner>)> 
     ))
 }
 
-async fn owners<K>(client: Client, kind: OwnerKindTable, store: Arc<Store>)
+async fn owners<K>(client: Client, kind: OwnerKindTable, store: Arc<Store>, outage: Outage)
 where
     K: ::kube::Resource<DynamicType = ()>
         + Clone
@@ -183,7 +193,6 @@ where
     let api: Api<PartialObjectMeta<K>> = Api::all(client);
     let mut stream =
         pin!(watcher::watcher(api, watcher::Config::default()).backoff(Backoff::default()));
-    let mut outage = Outage::default();
     while let Some(item) = stream.next().await {
         match item {
             Ok(Event::Init) => store.owners_list_begin(kind),
