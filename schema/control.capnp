@@ -22,7 +22,16 @@ struct ProcessorMessage {
     # captured: there is no message that adds a process, and the loader refuses (and logs) a
     # request naming a process it does not capture.
     narrow @2 :Narrow;
+    # Asks the loader to start capturing candidates (see `candidateAdded`): processes the
+    # loader's configuration already bounds, chosen by the processor from Kubernetes metadata.
+    # The loader refuses (logs and counts) any pid that is not a current candidate.
+    select @3 :Select;
   }
+}
+
+struct Select {
+  # At most MAX_NARROW_PIDS (schema/src/control.rs) per message.
+  pids @0 :List(UInt32);
 }
 
 struct Narrow {
@@ -51,7 +60,37 @@ struct LoaderMessage {
     processRemoved @2 :UInt32;
     kernelStats @3 :KernelStats;
     refused @4 :Text;
+    # A process the loader may capture if the processor selects it: it is in a pod's cgroup
+    # and matches every non-Kubernetes field of a discovery selector that has `k8s_*` fields.
+    # It is not captured until the processor sends `select` for it.
+    candidateAdded @5 :CandidateAdded;
+    # A candidate is gone (exited, exec'd out of its selector, pid reused).
+    candidateRemoved @6 :UInt32;
   }
+}
+
+struct CandidateAdded {
+  process @0 :ProcessRecord;
+  # The Kubernetes criteria of the selectors whose other fields the process matches (any one
+  # holding selects it), as the loader's configuration has them.
+  selectors @1 :List(K8sCriteria);
+}
+
+# The `k8s_*` fields of one discovery selector.
+struct K8sCriteria {
+  # The selector's key, e.g. `discovery.instrument[2]`.
+  key @0 :Text;
+  # Patterns are unanchored regular expressions (`discovery.services`), else globs.
+  regex @1 :Bool;
+  # (`k8s_namespace`, pattern), (`k8s_deployment_name`, pattern), …
+  fields @2 :List(Entry);
+  podLabels @3 :List(Entry);
+  podAnnotations @4 :List(Entry);
+}
+
+struct Entry {
+  name @0 :Text;
+  pattern @1 :Text;
 }
 
 struct Welcome {

@@ -9,8 +9,11 @@
 //! - Fields inside one selector are ANDed; selectors are ORed. A process matching any exclude
 //!   selector (or `default_exclude_instrument`) is not selected by discovery.
 //!
-//! Kubernetes fields (`k8s_*`) are parsed and compiled at start, but the loader holds no API
-//! token and cannot evaluate them: a selector that has any selects nothing yet, with a warning.
+//! Kubernetes fields (`k8s_*`): the loader holds no API token and cannot evaluate them. A
+//! selector that has any makes *candidates* of the processes in a pod's cgroup that match its
+//! other fields; the processor, which has the pod metadata, selects among them (see the
+//! loader's `capture` and the processor's `kube::select`). With Kubernetes metadata off the
+//! processor says so once and such a selector selects nothing.
 //! Fields Beyla defines that Sonde does not evaluate yet (`languages`, `cmd_args`, …) make their
 //! selector select nothing too, rather than select more than the operator asked for.
 
@@ -247,7 +250,19 @@ impl Selector {
         Ok(s)
     }
 
-    /// Why this selector selects nothing yet, if it does not.
+    /// Why this selector, in an exclude list, excludes nothing yet, if it does not: as
+    /// [`Self::inert`], and Kubernetes fields are not evaluated in exclusions (the loader
+    /// would otherwise exclude on the selector's other fields alone, wider than written).
+    pub fn inert_exclusion(&self) -> Option<String> {
+        if !self.k8s.is_empty() {
+            Some("needs Kubernetes metadata, not evaluated in exclusions".into())
+        } else {
+            self.inert()
+        }
+    }
+
+    /// Why this selector selects nothing yet, if it does not. A selector with Kubernetes
+    /// fields selects (through the processor's choice among the loader's candidates).
     pub fn inert(&self) -> Option<String> {
         let unevaluated: Vec<&str> = self
             .unimplemented
@@ -255,15 +270,17 @@ impl Selector {
             .map(|(f, _)| f.as_str())
             .filter(|f| UNEVALUATED_CRITERIA.contains(f))
             .collect();
-        if !self.k8s.is_empty() {
-            Some("needs Kubernetes metadata, not available yet".into())
-        } else if !unevaluated.is_empty() {
+        if !unevaluated.is_empty() {
             Some(format!(
                 "uses {}, which Sonde does not evaluate yet",
                 unevaluated.join(", ")
             ))
-        } else if self.open_ports.is_none() && self.exe_path.is_none() && !self.containers_only {
-            Some("has no criterion (open_ports, exe_path, containers_only)".into())
+        } else if self.open_ports.is_none()
+            && self.exe_path.is_none()
+            && !self.containers_only
+            && self.k8s.is_empty()
+        {
+            Some("has no criterion (open_ports, exe_path, containers_only, k8s_*)".into())
         } else {
             None
         }
@@ -374,7 +391,12 @@ impl Discovery {
                         s.key
                     ));
                 }
-                if let Some(why) = s.inert() {
+                let inert = if exclude {
+                    s.inert_exclusion()
+                } else {
+                    s.inert()
+                };
+                if let Some(why) = inert {
                     let what = if exclude {
                         "excludes nothing"
                     } else {

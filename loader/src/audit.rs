@@ -54,6 +54,9 @@ pub struct Status {
     pub tls_capture: String,
     pub kept_capabilities: Vec<String>,
     pub processor: Option<ProcessorStatus>,
+    /// Pids the processor asked to select that were not candidates (refused), since start.
+    #[serde(default)]
+    pub refused_selections: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,7 +1,11 @@
 //! The capture state the serve loop keeps in step with the machine: which processes are
 //! selected (and so in the kernel PID filter), which ones the processor narrowed out, the
 //! connected processor, and the status file `--audit` reads. Every change to the selection is
-//! told to the processor; the processor can only narrow it.
+//! told to the processor; the processor can only narrow it, or choose among the *candidates*
+//! (processes in a pod's cgroup matching every non-Kubernetes field of a selector with `k8s_*`
+//! fields) the loader announces: a candidate is not captured until the processor selects
+//! it, and a selection naming anything else is refused, logged (aggregated) and counted in
+//! the status file. The configuration stays the outer bound of what is captured.
 //!
 //! Processes are tracked by (pid, start time), never by pid alone: a pid whose start time
 //! changed belongs to a new process, which is evaluated from scratch (see `selection`). The
@@ -19,7 +23,9 @@ use std::{
 use nix::poll::PollFlags;
 use sonde_config::Config;
 use sonde_schema::channel::ChannelError;
-use sonde_schema::control::{ControlError, LoaderMessage, ProcessRecord, ProcessorMessage};
+use sonde_schema::control::{
+    CandidateRecord, ControlError, LoaderMessage, ProcessRecord, ProcessorMessage,
+};
 use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent};
 use tracing::{debug, info, warn};
 
@@ -83,6 +89,8 @@ pub struct Capture<'a> {
     /// Processes (pid, start time) the processor asked to stop capturing; they stay out until
     /// they exit.
     narrowed_out: BTreeSet<(u32, u64)>,
+    /// Processes the processor may select (selectors with Kubernetes fields), captured or not.
+    candidates: selection::CandidateSet,
     /// Start time of the process each configured pid named when first seen.
     pinned: BTreeMap<u32, u64>,
     /// The process ring's loss counter when last checked.
@@ -124,6 +132,7 @@ impl<'a> Capture<'a> {
             config,
             selected: BTreeMap::new(),
             narrowed_out: BTreeSet::new(),
+            candidates: selection::CandidateSet::default(),
             pinned: BTreeMap::new(),
             proc_events_lost: 0,
             ticks_per_sec: selection::clock_ticks(),
@@ -350,6 +359,9 @@ impl<'a> Capture<'a> {
                 p.conn
                     .send(&LoaderMessage::ProcessAdded(s.record.clone()), now)?;
             }
+            for c in self.candidates.iter() {
+                p.conn.send(&announce(c), now)?;
+            }
             Ok(())
         })();
         let origin = p.origin.clone();
@@ -414,6 +426,10 @@ impl<'a> Capture<'a> {
             let unexpected = match ProcessorMessage::decode(&datagram) {
                 Ok(ProcessorMessage::Narrow(pids)) => {
                     self.narrow(probes, &pids);
+                    continue;
+                }
+                Ok(ProcessorMessage::Select(pids)) => {
+                    self.select(probes, &pids);
                     continue;
                 }
                 Ok(ProcessorMessage::Goodbye(reason)) => {
@@ -496,7 +512,83 @@ impl<'a> Capture<'a> {
     /// pid is deselected first. The filter byte is set, then the start time read again: if the
     /// pid changed hands meanwhile, the byte is cleared and nothing is selected.
     fn add(&mut self, probes: &mut Probes, c: Candidate) {
+        if !c.k8s.is_empty() {
+            return self.add_candidate(probes, c);
+        }
+        self.capture(probes, c, false);
+    }
+
+    /// Records `c` as a candidate (not captured) and announces it. A process selected
+    /// directly before (it exec'd into something only a Kubernetes selector covers) is
+    /// deselected; one the processor selected as a candidate stays selected.
+    fn add_candidate(&mut self, probes: &mut Probes, c: Candidate) {
         let pid = c.record.pid;
+        if let Some(old) = self.selected.get(&pid)
+            && (old.start != c.start || !old.via_candidate)
+        {
+            self.remove(probes, pid);
+        }
+        if self.candidates.upsert(c.clone()) {
+            info!(
+                pid,
+                start = c.start,
+                exe = c.record.exe_path,
+                container_id = c.record.container_id,
+                reason = c.record.reason,
+                selectors = c.k8s.len(),
+                "process is a candidate: captured once the processor selects it from Kubernetes metadata"
+            );
+            self.send_client(&announce(&c));
+        }
+    }
+
+    /// Forgets the candidate on `pid`, if any, and tells the processor.
+    fn remove_candidate(&mut self, pid: u32) {
+        if self.candidates.remove(pid) {
+            self.send_client(&LoaderMessage::CandidateRemoved(pid));
+            debug!(pid, "candidate removed");
+        }
+    }
+
+    /// The processor's request to capture `pids`: honoured for current candidates only (same
+    /// process: its start time is checked); anything else is refused, logged (aggregated) and
+    /// counted, so the processor can choose within the loader's bound, never beyond it.
+    fn select(&mut self, probes: &mut Probes, pids: &[u32]) {
+        let mut refused = 0u64;
+        for &pid in pids {
+            match self.candidates.admit(pid, selection::start_time(pid)) {
+                Ok(c) => {
+                    if self.selected.get(&pid).is_some_and(|s| s.start == c.start) {
+                        continue;
+                    }
+                    let mut c = c.clone();
+                    c.record.reason = format!("{}, selected by the processor", c.record.reason);
+                    c.k8s.clear();
+                    info!(pid, "candidate selected at the processor's request");
+                    self.capture(probes, c, true);
+                }
+                Err(why) => {
+                    if why == selection::Refusal::Gone {
+                        self.remove_candidate(pid);
+                    }
+                    self.refusals.select(pid);
+                    refused += 1;
+                }
+            }
+        }
+        if refused > 0 {
+            self.status.refused_selections += refused;
+            self.write_status();
+        }
+    }
+
+    /// Captures `c`; `via_candidate` when the processor selected it among the candidates.
+    fn capture(&mut self, probes: &mut Probes, c: Candidate, via_candidate: bool) {
+        let pid = c.record.pid;
+        // Selected on the configuration's own account: no longer the processor's to choose.
+        if !via_candidate {
+            self.remove_candidate(pid);
+        }
         if let Some(old) = self.selected.get(&pid) {
             if old.start == c.start {
                 return;
@@ -555,6 +647,7 @@ impl<'a> Capture<'a> {
                 start: c.start,
                 record: c.record,
                 since: std::time::Instant::now(),
+                via_candidate,
             },
         );
     }
@@ -578,7 +671,11 @@ impl<'a> Capture<'a> {
     fn narrow(&mut self, probes: &mut Probes, pids: &[u32]) {
         for &pid in pids {
             if let Some(s) = self.selected.get(&pid) {
-                self.narrowed_out.insert((pid, s.start));
+                // A candidate the processor selected goes back to being a candidate (its
+                // metadata may match again); anything else stays out until it exits.
+                if !s.via_candidate {
+                    self.narrowed_out.insert((pid, s.start));
+                }
                 self.remove(probes, pid);
                 info!(pid, "capture narrowed at the processor's request");
             } else {
@@ -627,6 +724,9 @@ impl<'a> Capture<'a> {
         }
         self.narrowed_out
             .retain(|&(pid, start)| selection::start_time(pid) == Some(start));
+        for pid in self.candidates.stale(selection::start_time) {
+            self.remove_candidate(pid);
+        }
         if std::mem::take(&mut self.full_scan_owed) {
             // Every listen up to now is seen by this scan.
             self.dirty_netns.clear();
@@ -685,15 +785,30 @@ impl<'a> Capture<'a> {
                     {
                         self.remove(probes, ev.pid);
                     }
+                    if self
+                        .candidates
+                        .get(ev.pid)
+                        .is_some_and(|c| selection::fate(c.start, now) != Fate::Same)
+                    {
+                        self.remove_candidate(ev.pid);
+                    }
                 }
                 PROC_EXEC => {
                     let found =
                         Selector::new(self.config, &self.pinned).check(ev.pid, &mut self.listeners);
                     match found {
-                        Some(c) => self.add(probes, c),
+                        Some(c) => {
+                            if c.k8s.is_empty() {
+                                self.remove_candidate(ev.pid);
+                            }
+                            self.add(probes, c)
+                        }
                         // A selected process exec'd something the selection does not cover
                         // (or the pid is no longer the selected process's).
-                        None => self.remove(probes, ev.pid),
+                        None => {
+                            self.remove(probes, ev.pid);
+                            self.remove_candidate(ev.pid);
+                        }
                     }
                 }
                 PROC_FORK => self.forked(probes, ev.pid, ev.child_pid, ev.boot_ns),
@@ -801,7 +916,16 @@ impl<'a> Capture<'a> {
             reason: format!("child of {parent}"),
             ..p.record.clone()
         };
-        self.add(probes, Candidate { start, record });
+        let via_candidate = p.via_candidate;
+        self.capture(
+            probes,
+            Candidate {
+                start,
+                record,
+                k8s: Vec::new(),
+            },
+            via_candidate,
+        );
     }
 
     /// A fork the kernel selected that the loader does not take: its byte is cleared, unless
@@ -827,6 +951,17 @@ struct Selected {
     /// When it was selected: a young process may still `dlopen` its TLS library (Python
     /// imports `ssl` on first use), so rescans look for new ones for a while.
     since: std::time::Instant,
+    /// Selected by the processor among the candidates (or a fork of one): narrowing it makes
+    /// it a candidate again rather than keeping it out.
+    via_candidate: bool,
+}
+
+/// The announcement of a candidate.
+fn announce(c: &Candidate) -> LoaderMessage {
+    LoaderMessage::CandidateAdded(CandidateRecord {
+        process: c.record.clone(),
+        selectors: c.k8s.clone(),
+    })
 }
 
 /// How long after its selection a process's mappings are looked at again for TLS libraries.

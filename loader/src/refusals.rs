@@ -1,4 +1,4 @@
-//! Refused narrowing requests and refused control connections, logged aggregated: at most one
+//! Refused narrowing and selection requests and refused control connections, logged aggregated: at most one
 //! line per kind per [`INTERVAL`], with the count and a few examples, so a peer cannot turn
 //! refusals into an unbounded stream of log lines.
 
@@ -18,6 +18,8 @@ const SAMPLES: usize = 8;
 pub struct Refusals {
     narrow_count: u64,
     narrow_pids: Vec<u32>,
+    select_count: u64,
+    select_pids: Vec<u32>,
     /// Refused connections by reason: count and example peers.
     connections: BTreeMap<&'static str, (u64, Vec<String>)>,
     last: Option<Instant>,
@@ -34,6 +36,8 @@ impl Refusals {
         Refusals {
             narrow_count: 0,
             narrow_pids: Vec::new(),
+            select_count: 0,
+            select_pids: Vec::new(),
             connections: BTreeMap::new(),
             last: None,
         }
@@ -44,6 +48,14 @@ impl Refusals {
         self.narrow_count += 1;
         if self.narrow_pids.len() < SAMPLES && !self.narrow_pids.contains(&pid) {
             self.narrow_pids.push(pid);
+        }
+    }
+
+    /// A selection request named `pid`, which is not a current candidate.
+    pub fn select(&mut self, pid: u32) {
+        self.select_count += 1;
+        if self.select_pids.len() < SAMPLES && !self.select_pids.contains(&pid) {
+            self.select_pids.push(pid);
         }
     }
 
@@ -61,7 +73,7 @@ impl Refusals {
         if !force && self.last.is_some_and(|t| now.duration_since(t) < INTERVAL) {
             return;
         }
-        if self.narrow_count == 0 && self.connections.is_empty() {
+        if self.narrow_count == 0 && self.select_count == 0 && self.connections.is_empty() {
             return;
         }
         self.last = Some(now);
@@ -74,8 +86,38 @@ impl Refusals {
             self.narrow_count = 0;
             self.narrow_pids.clear();
         }
+        if self.select_count > 0 {
+            warn!(
+                count = self.select_count,
+                pids = ?self.select_pids,
+                "refused the processor's selection request: pids not candidates (the processor may choose only among the loader's candidates)"
+            );
+            self.select_count = 0;
+            self.select_pids.clear();
+        }
         for (reason, (count, peers)) in std::mem::take(&mut self.connections) {
             warn!(reason, count, peers = ?peers, "refused control connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selection_refusals_are_counted_and_sampled() {
+        let mut r = Refusals::new();
+        for pid in [5, 5, 6] {
+            r.select(pid);
+        }
+        assert_eq!((r.select_count, r.select_pids.clone()), (3, vec![5, 6]));
+        for pid in 100..120 {
+            r.select(pid);
+        }
+        assert_eq!(r.select_count, 23);
+        assert_eq!(r.select_pids.len(), SAMPLES);
+        r.flush(Instant::now(), true);
+        assert_eq!((r.select_count, r.select_pids.len()), (0, 0));
     }
 }

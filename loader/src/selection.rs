@@ -21,13 +21,104 @@ use std::{
 
 use sonde_config::{Config, PortSet, discovery::Selector as DiscoverySelector, naming};
 use sonde_plumbing::proc_status::ProcStatus;
-use sonde_schema::control::ProcessRecord;
+use sonde_schema::control::{K8sCriteria, MAX_CANDIDATE_SELECTORS, ProcessRecord};
 
 /// A process the selection covers: its start time and what the processor is told about it.
+/// With `k8s` empty it is selected; else it is only a *candidate*: in a container's cgroup,
+/// matching every other field of these selectors with Kubernetes fields, captured only once
+/// the processor (which has the pod metadata) selects it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub start: u64,
     pub record: ProcessRecord,
+    pub k8s: Vec<K8sCriteria>,
+}
+
+/// Why a selection request for a pid is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The pid is no candidate: outside the bound the configuration sets.
+    NotCandidate,
+    /// The candidate on the pid exited, or another process holds the pid now.
+    Gone,
+}
+
+/// The candidates: processes a selector with Kubernetes fields bounds, which the processor may
+/// select. Keyed by pid, each with the start time of the process that was the candidate.
+#[derive(Debug, Default)]
+pub struct CandidateSet {
+    by_pid: BTreeMap<u32, Candidate>,
+}
+
+impl CandidateSet {
+    /// Adds or updates `c`; true when it is new or changed (to be announced).
+    pub fn upsert(&mut self, c: Candidate) -> bool {
+        if self.by_pid.get(&c.record.pid) == Some(&c) {
+            return false;
+        }
+        self.by_pid.insert(c.record.pid, c);
+        true
+    }
+
+    /// Forgets the candidate on `pid`; true when there was one.
+    pub fn remove(&mut self, pid: u32) -> bool {
+        self.by_pid.remove(&pid).is_some()
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&Candidate> {
+        self.by_pid.get(&pid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Candidate> {
+        self.by_pid.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+
+    /// The candidate a selection request for `pid` may capture, given the start time of the
+    /// live process on `pid` now: only the very process that was made a candidate.
+    pub fn admit(&self, pid: u32, start_now: Option<u64>) -> Result<&Candidate, Refusal> {
+        let c = self.by_pid.get(&pid).ok_or(Refusal::NotCandidate)?;
+        if start_now == Some(c.start) {
+            Ok(c)
+        } else {
+            Err(Refusal::Gone)
+        }
+    }
+
+    /// The candidates whose process is gone (per `start_of`, the live start time on a pid).
+    pub fn stale(&self, start_of: impl Fn(u32) -> Option<u64>) -> Vec<u32> {
+        self.by_pid
+            .values()
+            .filter(|c| start_of(c.record.pid) != Some(c.start))
+            .map(|c| c.record.pid)
+            .collect()
+    }
+}
+
+/// The Kubernetes fields of `sel`, for the processor to evaluate.
+pub fn k8s_criteria(sel: &DiscoverySelector, regex: bool) -> K8sCriteria {
+    let entries = |m: &BTreeMap<String, sonde_config::discovery::Pattern>| {
+        m.iter().map(|(k, p)| (k.clone(), p.text.clone())).collect()
+    };
+    K8sCriteria {
+        key: sel.key.clone(),
+        regex,
+        fields: sel
+            .k8s
+            .fields
+            .iter()
+            .map(|(f, p)| (f.to_string(), p.text.clone()))
+            .collect(),
+        pod_labels: entries(&sel.k8s.pod_labels),
+        pod_annotations: entries(&sel.k8s.pod_annotations),
+    }
 }
 
 /// The selection criteria, from configuration. `pinned` holds the start time of the process
@@ -47,11 +138,12 @@ pub struct Selector<'a> {
     ports: Option<PortSet>,
 }
 
-/// What selected a process.
+/// What selected a process (or made it a candidate: `k8s` not empty).
 struct Match {
     reason: String,
     name: Option<String>,
     namespace: Option<String>,
+    k8s: Vec<K8sCriteria>,
 }
 
 /// What a process is, read from `/proc` once and only when a selector asks.
@@ -95,12 +187,25 @@ impl Facts<'_> {
             .get_or_insert_with(|| crate::cgroup::container_id(pid).is_some())
     }
 
-    /// Whether every field of `sel` holds; the reason when it does.
-    fn matches(&mut self, sel: &DiscoverySelector) -> Option<String> {
-        if sel.inert().is_some() {
+    /// Whether every field of `sel` but its Kubernetes ones holds; the reason when it does.
+    /// A selector with Kubernetes fields also needs the process in a container (a pod's
+    /// cgroup); in an exclude list such a selector excludes nothing.
+    fn matches(&mut self, sel: &DiscoverySelector, exclude: bool) -> Option<String> {
+        let inert = if exclude {
+            sel.inert_exclusion()
+        } else {
+            sel.inert()
+        };
+        if inert.is_some() {
             return None;
         }
         let mut parts = Vec::new();
+        if !sel.k8s.is_empty() {
+            if !self.in_container() {
+                return None;
+            }
+            parts.push("in a pod".to_string());
+        }
         if let Some(p) = &sel.exe_path {
             if !p.is_match(self.exe()?) {
                 return None;
@@ -225,7 +330,15 @@ impl<'a> Selector<'a> {
         let mut record = read_record(pid, found.reason)?;
         record.selector_service_name = found.name.unwrap_or_default();
         record.selector_service_namespace = found.namespace.unwrap_or_default();
-        (start_time(pid) == Some(start)).then_some(Candidate { start, record })
+        // A candidate is in a pod's cgroup: its container id is what the processor looks up.
+        if !found.k8s.is_empty() && record.container_id.is_empty() {
+            return None;
+        }
+        (start_time(pid) == Some(start)).then_some(Candidate {
+            start,
+            record,
+            k8s: found.k8s,
+        })
     }
 
     fn reason_for(&self, pid: u32, start: u64, port_of: PortOf<'_>) -> Option<Match> {
@@ -240,6 +353,7 @@ impl<'a> Selector<'a> {
             reason,
             name: config.service_name.clone(),
             namespace: config.service_namespace.clone(),
+            k8s: Vec::new(),
         };
         if config.target_pids.contains(&pid) && self.pinned.get(&pid).is_none_or(|&s| s == start) {
             return Some(top_level("pid".into()));
@@ -254,24 +368,46 @@ impl<'a> Selector<'a> {
             container: None,
             port_of,
         };
+        // A selector without Kubernetes fields selects; failing that, the selectors with
+        // Kubernetes fields whose other fields hold make the process a candidate (named by the
+        // first of them), which the processor may select.
+        let regex = config.discovery.instrument.is_empty();
         let found = if let Some(reason) = facts.matches_top_level(config) {
             top_level(reason)
         } else {
-            config.discovery.include().iter().find_map(|sel| {
-                let why = facts.matches(sel)?;
-                Some(Match {
+            let mut candidate: Option<Match> = None;
+            let mut selected = None;
+            for sel in config.discovery.include() {
+                let Some(why) = facts.matches(sel, false) else {
+                    continue;
+                };
+                if sel.k8s.is_empty() {
+                    selected = Some(Match {
+                        reason: format!("{} ({why})", sel.key),
+                        name: sel.name.clone(),
+                        namespace: sel.namespace.clone(),
+                        k8s: Vec::new(),
+                    });
+                    break;
+                }
+                let c = candidate.get_or_insert_with(|| Match {
                     reason: format!("{} ({why})", sel.key),
                     name: sel.name.clone(),
                     namespace: sel.namespace.clone(),
-                })
-            })?
+                    k8s: Vec::new(),
+                });
+                if c.k8s.len() < MAX_CANDIDATE_SELECTORS {
+                    c.k8s.push(k8s_criteria(sel, regex));
+                }
+            }
+            selected.or(candidate)?
         };
         // Excluded: only a selector whose every field holds excludes; and the collector Sonde
         // exports to (a process listening on a local OTLP endpoint's port).
         if config
             .discovery
             .exclude()
-            .any(|sel| facts.matches(sel).is_some())
+            .any(|sel| facts.matches(sel, true).is_some())
             || (!config.collector_ports.is_empty()
                 && facts
                     .ports()
@@ -663,6 +799,68 @@ pub fn service_name_for(exe_path: &str) -> String {
 mod tests {
     use std::os::unix::process::CommandExt;
 
+    fn candidate(pid: u32, start: u64) -> Candidate {
+        Candidate {
+            start,
+            record: ProcessRecord {
+                pid,
+                container_id: "ab".repeat(32),
+                ..ProcessRecord::default()
+            },
+            k8s: vec![K8sCriteria {
+                key: "discovery.instrument[0]".into(),
+                fields: vec![("k8s_namespace".into(), "shop".into())],
+                ..K8sCriteria::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn candidate_set_admits_only_the_process_it_bounds() {
+        let mut set = CandidateSet::default();
+        assert!(set.upsert(candidate(10, 500)));
+        // Announced once: the same candidate again is no news; a changed one is.
+        assert!(!set.upsert(candidate(10, 500)));
+        assert!(set.upsert(candidate(11, 600)));
+        let mut changed = candidate(11, 600);
+        changed.k8s[0].fields[0].1 = "other".into();
+        assert!(set.upsert(changed));
+        assert_eq!(set.len(), 2);
+        // A pid never announced is outside the bound.
+        assert_eq!(set.admit(12, Some(700)).err(), Some(Refusal::NotCandidate));
+        // The candidate itself is admitted; the same pid under another process is not.
+        assert_eq!(set.admit(10, Some(500)).map(|c| c.start), Ok(500));
+        assert_eq!(set.admit(10, Some(501)).err(), Some(Refusal::Gone));
+        assert_eq!(set.admit(10, None).err(), Some(Refusal::Gone));
+        // Gone processes are found by start time and forgotten.
+        let live = |pid: u32| (pid == 11).then_some(600);
+        assert_eq!(set.stale(live), vec![10]);
+        assert!(set.remove(10));
+        assert!(!set.remove(10));
+        assert_eq!(set.admit(10, Some(500)).err(), Some(Refusal::NotCandidate));
+        assert!(set.stale(live).is_empty());
+    }
+
+    #[test]
+    fn kubernetes_criteria_carry_the_selector_as_written() {
+        let config = yaml_config(
+            "discovery:\n  services:\n    - open_ports: 80\n      k8s_namespace: '^shop$'\n      k8s_pod_labels:\n        app: web\n      k8s_pod_annotations:\n        team: a.*\n",
+        );
+        let sel = &config.discovery.include()[0];
+        let k = k8s_criteria(sel, true);
+        assert_eq!(k.key, "discovery.services[0]");
+        assert!(k.regex);
+        assert_eq!(
+            k.fields,
+            vec![("k8s_namespace".to_string(), "^shop$".to_string())]
+        );
+        assert_eq!(k.pod_labels, vec![("app".to_string(), "web".to_string())]);
+        assert_eq!(
+            k.pod_annotations,
+            vec![("team".to_string(), "a.*".to_string())]
+        );
+    }
+
     use super::*;
 
     #[test]
@@ -872,13 +1070,15 @@ mod tests {
         // Exclusions win over any include; the defaults can be emptied, not by accident.
         assert!(check("discovery:\n  instrument:\n    - exe_path: '*/sleep'\n  exclude_instrument:\n    - exe_path: '*/sl*'\n").is_none());
         assert!(check("auto_target_exe: '*/sleep'\ndiscovery:\n  default_exclude_instrument: [{exe_path: '*/sleep'}]\n").is_none());
-        // A selector with Kubernetes fields selects nothing yet.
+        // A selector with Kubernetes fields makes candidates of processes in containers
+        // only (this test's process is in none); as an exclusion it excludes nothing.
         assert!(
             check(
                 "discovery:\n  instrument:\n    - exe_path: '*/sleep'\n      k8s_namespace: prod\n"
             )
             .is_none()
         );
+        assert!(check("discovery:\n  instrument:\n    - exe_path: '*/sleep'\n  exclude_instrument:\n    - exe_path: '*/sl*'\n      k8s_namespace: prod\n").is_some());
         // target_pids is not subject to exclusions; service_name names it.
         let c = check(&format!("target_pids: [{pid}]\nservice_name: top\ndiscovery:\n  default_exclude_instrument: [{{exe_path: '*/sleep'}}]\n")).unwrap();
         assert_eq!(

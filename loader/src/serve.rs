@@ -48,6 +48,7 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
             tls_capture: audit::tls_capture(config.ebpf.tls, probes.tls_active()),
             kept_capabilities,
             processor: None,
+            refused_selections: 0,
         },
     );
     capture.write_status();

@@ -16,7 +16,8 @@ use nix::{
 use sonde_schema::{
     channel,
     control::{
-        ControlError, Hello, LoaderMessage, ProcessRecord, ProcessorMessage, SandboxState, Welcome,
+        CandidateRecord, ControlError, Hello, LoaderMessage, ProcessRecord, ProcessorMessage,
+        SandboxState, Welcome,
     },
 };
 
@@ -28,6 +29,10 @@ pub enum Update {
     Added(ProcessRecord),
     Removed(u32),
     KernelStats(Vec<(String, u64)>),
+    /// A process the loader would capture if selected (a discovery selector with `k8s_*`
+    /// fields bounds it): see `kube::select`.
+    Candidate(CandidateRecord),
+    CandidateRemoved(u32),
 }
 
 /// Connects to the loader's control socket (the loader checks this process's credentials).
@@ -191,12 +196,24 @@ pub fn read_update(conn: BorrowedFd<'_>) -> Result<Update, ControlError> {
         LoaderMessage::ProcessAdded(p) => Ok(Update::Added(p)),
         LoaderMessage::ProcessRemoved(pid) => Ok(Update::Removed(pid)),
         LoaderMessage::KernelStats(counters) => Ok(Update::KernelStats(counters)),
+        LoaderMessage::CandidateAdded(c) => Ok(Update::Candidate(c)),
+        LoaderMessage::CandidateRemoved(pid) => Ok(Update::CandidateRemoved(pid)),
         LoaderMessage::Refused(reason) => Err(ControlError::Refused { reason }),
         other @ LoaderMessage::Welcome(_) => Err(ControlError::Unexpected {
             expected: "update",
             got: other.name(),
         }),
     }
+}
+
+/// Sends the processor's requests (selections and narrowings), at most `MAX_NARROW_PIDS`
+/// pids per message.
+pub fn send_requests(conn: BorrowedFd<'_>, messages: Vec<ProcessorMessage>) -> Result<()> {
+    for m in messages {
+        m.send(conn)
+            .with_context(|| format!("sending a {} to the loader", m.name()))?;
+    }
+    Ok(())
 }
 
 /// Says goodbye before a clean exit (best effort).

@@ -481,6 +481,7 @@ fn run_passes(loader: &mut Loader, pipeline: &mut Pipeline<'_, Output>) -> Resul
                 .context("control connection to the loader lost")?;
             pipeline.apply(update);
         }
+        control::send_requests(loader.conn.as_fd(), pipeline.take_requests())?;
         let now = Instant::now();
         loader.ring.drain(|bytes| pipeline.record(bytes, now));
         pipeline.end_pass(now, loader.ring.corrupt_records);

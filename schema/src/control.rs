@@ -45,6 +45,14 @@ pub const MAX_CMDLINE_ARG_BYTES: usize = 256;
 pub const MAX_AGENT_BYTES: usize = 256;
 /// Bytes of a goodbye's or a refusal's reason.
 pub const MAX_REASON_NOTE_BYTES: usize = 256;
+/// Selectors' Kubernetes criteria carried with one candidate.
+pub const MAX_CANDIDATE_SELECTORS: usize = 16;
+/// Entries (fields, labels or annotations) of one selector's Kubernetes criteria.
+pub const MAX_CRITERIA_ENTRIES: usize = 32;
+/// Bytes of a criteria entry's name (a field or a label/annotation key).
+pub const MAX_CRITERIA_NAME_BYTES: usize = 317;
+/// Bytes of a criteria entry's pattern.
+pub const MAX_CRITERIA_PATTERN_BYTES: usize = 1024;
 /// Counters in one kernel-stats message.
 pub const MAX_COUNTERS: usize = 64;
 /// Bytes of a counter's name.
@@ -77,6 +85,29 @@ pub struct ProcessRecord {
     /// none (or the selector has none).
     pub selector_service_name: String,
     pub selector_service_namespace: String,
+}
+
+/// The `k8s_*` fields of one discovery selector, as the loader's configuration has them: the
+/// processor evaluates them against a candidate's pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct K8sCriteria {
+    /// The selector's key (`discovery.instrument[2]`), for logs.
+    pub key: String,
+    /// Patterns are unanchored regular expressions (`discovery.services`), else globs.
+    pub regex: bool,
+    /// (`k8s_namespace`, pattern), (`k8s_deployment_name`, pattern), ….
+    pub fields: Vec<(String, String)>,
+    pub pod_labels: Vec<(String, String)>,
+    pub pod_annotations: Vec<(String, String)>,
+}
+
+/// A process the loader would capture if the processor selected it (see
+/// `LoaderMessage::CandidateAdded`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CandidateRecord {
+    pub process: ProcessRecord,
+    /// Any one holding selects the process (at most `MAX_CANDIDATE_SELECTORS`).
+    pub selectors: Vec<K8sCriteria>,
 }
 
 /// The geometry of the HTTP event ring buffer, so the processor can map it without any
@@ -118,6 +149,11 @@ pub enum LoaderMessage {
     KernelStats(Vec<(String, u64)>),
     /// Sent before the loader closes a connection it will not serve, with the reason.
     Refused(String),
+    /// A process in a pod's cgroup that matches the non-Kubernetes fields of selectors with
+    /// `k8s_*` fields: not captured until the processor selects it.
+    CandidateAdded(CandidateRecord),
+    /// A candidate is gone.
+    CandidateRemoved(u32),
 }
 
 /// Everything the processor sends.
@@ -125,9 +161,11 @@ pub enum LoaderMessage {
 pub enum ProcessorMessage {
     /// The first message on a connection.
     Hello(Hello),
-    /// Stop capturing these processes (at most `MAX_NARROW_PIDS`). The processor can only
-    /// narrow the capture: no message adds a process.
+    /// Stop capturing these processes (at most `MAX_NARROW_PIDS`).
     Narrow(Vec<u32>),
+    /// Start capturing these candidates (at most `MAX_NARROW_PIDS`). The processor can only
+    /// choose among the candidates the loader announced: the loader refuses any other pid.
+    Select(Vec<u32>),
     /// Sent before a clean shutdown, with the reason.
     Goodbye(String),
 }
@@ -204,6 +242,8 @@ impl LoaderMessage {
             LoaderMessage::ProcessRemoved(_) => "process removed",
             LoaderMessage::KernelStats(_) => "kernel stats",
             LoaderMessage::Refused(_) => "refusal",
+            LoaderMessage::CandidateAdded(_) => "candidate added",
+            LoaderMessage::CandidateRemoved(_) => "candidate removed",
         }
     }
 
@@ -238,6 +278,40 @@ impl LoaderMessage {
                 }
             }
             LoaderMessage::Refused(why) => root.set_refused(truncate(why, MAX_REASON_NOTE_BYTES)),
+            LoaderMessage::CandidateAdded(c) => {
+                check_count(
+                    self.name(),
+                    "selectors",
+                    c.selectors.len(),
+                    MAX_CANDIDATE_SELECTORS,
+                )?;
+                let mut cand = root.init_candidate_added();
+                encode_process(cand.reborrow().init_process(), &c.process);
+                let mut list = cand.init_selectors(len_u32(&c.selectors));
+                for (i, sel) in (0u32..).zip(&c.selectors) {
+                    let mut k = list.reborrow().get(i);
+                    k.set_key(truncate(&sel.key, MAX_REASON_BYTES));
+                    k.set_regex(sel.regex);
+                    for (which, entries) in [
+                        (0, &sel.fields),
+                        (1, &sel.pod_labels),
+                        (2, &sel.pod_annotations),
+                    ] {
+                        check_count(self.name(), "criteria", entries.len(), MAX_CRITERIA_ENTRIES)?;
+                        let mut l = match which {
+                            0 => k.reborrow().init_fields(len_u32(entries)),
+                            1 => k.reborrow().init_pod_labels(len_u32(entries)),
+                            _ => k.reborrow().init_pod_annotations(len_u32(entries)),
+                        };
+                        for (j, (name, pattern)) in (0u32..).zip(entries) {
+                            let mut e = l.reborrow().get(j);
+                            e.set_name(truncate(name, MAX_CRITERIA_NAME_BYTES));
+                            e.set_pattern(truncate(pattern, MAX_CRITERIA_PATTERN_BYTES));
+                        }
+                    }
+                }
+            }
+            LoaderMessage::CandidateRemoved(pid) => root.set_candidate_removed(*pid),
         }
         finish(self.name(), &builder)
     }
@@ -296,6 +370,60 @@ impl LoaderMessage {
                 why.map_err(decode_error("refusal", "reason"))?,
                 MAX_REASON_NOTE_BYTES,
             )),
+            loader_message::Which::CandidateAdded(c) => {
+                const WHAT: &str = "candidate added";
+                let c = c.map_err(decode_error(WHAT, "candidate"))?;
+                let process =
+                    decode_process(c.get_process().map_err(decode_error(WHAT, "process"))?)?;
+                let list = c.get_selectors().map_err(decode_error(WHAT, "selectors"))?;
+                check_count(
+                    WHAT,
+                    "selectors",
+                    list.len() as usize,
+                    MAX_CANDIDATE_SELECTORS,
+                )?;
+                let mut selectors = Vec::with_capacity(list.len() as usize);
+                for k in list.iter() {
+                    let entries =
+                        |l: capnp::Result<
+                            capnp::struct_list::Reader<'_, crate::control_capnp::entry::Owned>,
+                        >,
+                         field: &'static str|
+                         -> Result<Vec<(String, String)>, ControlError> {
+                            let l = l.map_err(decode_error(WHAT, field))?;
+                            check_count(WHAT, field, l.len() as usize, MAX_CRITERIA_ENTRIES)?;
+                            l.iter()
+                                .map(|e| {
+                                    Ok((
+                                        text(
+                                            e.get_name().map_err(decode_error(WHAT, field))?,
+                                            MAX_CRITERIA_NAME_BYTES,
+                                        ),
+                                        text(
+                                            e.get_pattern().map_err(decode_error(WHAT, field))?,
+                                            MAX_CRITERIA_PATTERN_BYTES,
+                                        ),
+                                    ))
+                                })
+                                .collect()
+                        };
+                    selectors.push(K8sCriteria {
+                        key: text(
+                            k.get_key().map_err(decode_error(WHAT, "selectors.key"))?,
+                            MAX_REASON_BYTES,
+                        ),
+                        regex: k.get_regex(),
+                        fields: entries(k.get_fields(), "selectors.fields")?,
+                        pod_labels: entries(k.get_pod_labels(), "selectors.pod_labels")?,
+                        pod_annotations: entries(
+                            k.get_pod_annotations(),
+                            "selectors.pod_annotations",
+                        )?,
+                    });
+                }
+                LoaderMessage::CandidateAdded(CandidateRecord { process, selectors })
+            }
+            loader_message::Which::CandidateRemoved(pid) => LoaderMessage::CandidateRemoved(pid),
         };
         check_fds(decoded.name(), decoded.fd_count(), datagram.fds.len())?;
         Ok(decoded)
@@ -318,6 +446,7 @@ impl ProcessorMessage {
         match self {
             ProcessorMessage::Hello(_) => "hello",
             ProcessorMessage::Narrow(_) => "narrowing request",
+            ProcessorMessage::Select(_) => "selection request",
             ProcessorMessage::Goodbye(_) => "goodbye",
         }
     }
@@ -340,6 +469,13 @@ impl ProcessorMessage {
             ProcessorMessage::Narrow(pids) => {
                 check_count(self.name(), "pids", pids.len(), MAX_NARROW_PIDS)?;
                 let mut list = root.init_narrow().init_stop_pids(len_u32(pids));
+                for (i, pid) in (0u32..).zip(pids) {
+                    list.set(i, *pid);
+                }
+            }
+            ProcessorMessage::Select(pids) => {
+                check_count(self.name(), "pids", pids.len(), MAX_NARROW_PIDS)?;
+                let mut list = root.init_select().init_pids(len_u32(pids));
                 for (i, pid) in (0u32..).zip(pids) {
                     list.set(i, *pid);
                 }
@@ -390,6 +526,14 @@ impl ProcessorMessage {
                     .map_err(decode_error(WHAT, "stop_pids"))?;
                 check_count(WHAT, "pids", pids.len() as usize, MAX_NARROW_PIDS)?;
                 ProcessorMessage::Narrow(pids.iter().collect())
+            }
+            processor_message::Which::Select(n) => {
+                const WHAT: &str = "selection request";
+                let pids = n
+                    .and_then(|n| n.get_pids())
+                    .map_err(decode_error(WHAT, "pids"))?;
+                check_count(WHAT, "pids", pids.len() as usize, MAX_NARROW_PIDS)?;
+                ProcessorMessage::Select(pids.iter().collect())
             }
             processor_message::Which::Goodbye(why) => ProcessorMessage::Goodbye(text(
                 why.map_err(decode_error("goodbye", "reason"))?,

@@ -114,6 +114,21 @@ pub struct PodInfo {
     pub annotation_namespace: Option<String>,
     pub label_name: Option<String>,
     pub label_part_of: Option<String>,
+    /// The pod's labels and annotations (at most `MAX_PAIRS` each, sorted by key, values
+    /// bounded), for discovery selectors' `k8s_pod_labels` / `k8s_pod_annotations`.
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
+}
+
+/// Labels (and annotations) kept per pod.
+pub const MAX_PAIRS: usize = 64;
+
+fn pairs(m: Option<&std::collections::BTreeMap<String, String>>) -> Vec<(String, String)> {
+    m.into_iter()
+        .flatten()
+        .take(MAX_PAIRS)
+        .map(|(k, v)| (bounded(k), bounded(v)))
+        .collect()
 }
 
 fn bounded(v: &str) -> String {
@@ -175,6 +190,8 @@ impl PodInfo {
             annotation_namespace: annotation(ANNOTATION_SERVICE_NAMESPACE),
             label_name: label(LABEL_NAME),
             label_part_of: label(LABEL_PART_OF),
+            labels: pairs(m.labels.as_ref()),
+            annotations: pairs(m.annotations.as_ref()),
         })
     }
 }
@@ -247,9 +264,34 @@ pub struct K8sMeta {
     pub annotation_namespace: Option<String>,
     pub label_name: Option<String>,
     pub label_part_of: Option<String>,
+    /// The pod's labels and annotations ([`PodInfo::labels`]).
+    pub labels: Vec<(String, String)>,
+    pub annotations: Vec<(String, String)>,
 }
 
 impl K8sMeta {
+    /// The name of the owner of `kind` in the chain (`Deployment`, `ReplicaSet`, …).
+    pub fn owner_of_kind(&self, kind: &str) -> Option<&str> {
+        self.owners
+            .iter()
+            .find(|o| o.kind.as_str() == kind)
+            .map(|o| o.name.as_str())
+    }
+
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.annotations
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The metadata of the container `container_id` of `pod`.
     pub fn new(
         pod: &PodInfo,
@@ -271,6 +313,8 @@ impl K8sMeta {
             annotation_namespace: pod.annotation_namespace.clone(),
             label_name: pod.label_name.clone(),
             label_part_of: pod.label_part_of.clone(),
+            labels: pod.labels.clone(),
+            annotations: pod.annotations.clone(),
         })
     }
 

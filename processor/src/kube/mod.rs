@@ -20,6 +20,7 @@
 //!    gets its metadata when the pod arrives (its resource is rebuilt then).
 
 pub mod meta;
+pub mod select;
 mod store;
 mod watch;
 

@@ -47,6 +47,10 @@ pub struct Pipeline<'a, W: Write> {
     /// Kubernetes metadata, when on; and its generation when processes were last looked up.
     kube: Option<Arc<crate::kube::Store>>,
     kube_seen: u64,
+    /// The loader's candidates (selectors with `k8s_*` fields), and the selection and
+    /// narrowing requests to send it (`take_requests`).
+    candidates: crate::kube::select::Candidates,
+    requests: Vec<sonde_schema::control::ProcessorMessage>,
 }
 
 impl<'a, W: Write> Pipeline<'a, W> {
@@ -65,6 +69,8 @@ impl<'a, W: Write> Pipeline<'a, W> {
             last_lost: 0,
             kube: None,
             kube_seen: 0,
+            candidates: Default::default(),
+            requests: Vec::new(),
         }
     }
 
@@ -87,6 +93,25 @@ impl<'a, W: Write> Pipeline<'a, W> {
             self.sink.forget(pid);
             self.set_target(pid);
         }
+    }
+
+    /// Evaluates candidates (`pids`, or all) against the Kubernetes store and queues the
+    /// resulting selection and narrowing requests.
+    fn evaluate_candidates(&mut self, pids: Option<&[u32]>) {
+        use sonde_schema::control::{MAX_NARROW_PIDS, ProcessorMessage};
+        let Some(store) = &self.kube else { return };
+        let r = self.candidates.evaluate(pids, |id| store.lookup(id));
+        for chunk in r.select.chunks(MAX_NARROW_PIDS) {
+            self.requests.push(ProcessorMessage::Select(chunk.to_vec()));
+        }
+        for chunk in r.narrow.chunks(MAX_NARROW_PIDS) {
+            self.requests.push(ProcessorMessage::Narrow(chunk.to_vec()));
+        }
+    }
+
+    /// The selection and narrowing requests to send the loader, oldest first.
+    pub fn take_requests(&mut self) -> Vec<sonde_schema::control::ProcessorMessage> {
+        std::mem::take(&mut self.requests)
     }
 
     /// The `target_info` series of `pid` from its current service and metadata.
@@ -119,7 +144,20 @@ impl<'a, W: Write> Pipeline<'a, W> {
             Update::Removed(pid) => {
                 info!(pid, "process removed");
                 self.processes.remove(pid, Instant::now());
+                self.candidates.uncaptured(pid);
             }
+            Update::Candidate(c) => {
+                debug!(
+                    pid = c.process.pid,
+                    container_id = c.process.container_id,
+                    selectors = c.selectors.len(),
+                    "candidate announced"
+                );
+                let pid = c.process.pid;
+                self.candidates.add(&c, self.kube.is_some());
+                self.evaluate_candidates(Some(&[pid]));
+            }
+            Update::CandidateRemoved(pid) => self.candidates.remove(pid),
             Update::KernelStats(counters) => {
                 self.stats.kernel = counters.into_iter().collect();
                 let lost = self
@@ -202,6 +240,9 @@ impl<'a, W: Write> Pipeline<'a, W> {
             let pids: Vec<u32> = self.processes.in_containers().map(|(pid, _)| pid).collect();
             for pid in pids {
                 self.refresh_k8s(pid);
+            }
+            if !self.candidates.is_empty() {
+                self.evaluate_candidates(None);
             }
         }
         if self.last_stats.elapsed() >= self.stats_every {

@@ -601,3 +601,63 @@ fn errors_name_the_message_and_keep_their_source() {
     assert_eq!(e.to_string(), "decoding processor message: field datagram");
     assert!(std::error::Error::source(&e).is_some());
 }
+
+#[test]
+fn candidates_and_selection_requests_round_trip() {
+    let criteria = K8sCriteria {
+        key: "discovery.instrument[1]".into(),
+        regex: false,
+        fields: vec![
+            ("k8s_namespace".into(), "shop-*".into()),
+            ("k8s_deployment_name".into(), "日本語".into()),
+        ],
+        pod_labels: vec![("app.kubernetes.io/name".into(), "{a,b}".into())],
+        pod_annotations: vec![("note".into(), "x".repeat(MAX_CRITERIA_PATTERN_BYTES + 9))],
+    };
+    let m = LoaderMessage::CandidateAdded(CandidateRecord {
+        process: ProcessRecord {
+            pid: 42,
+            exe_path: "/usr/bin/python3".into(),
+            container_id: "ab".repeat(32),
+            ..ProcessRecord::default()
+        },
+        selectors: vec![criteria.clone(), K8sCriteria::default()],
+    });
+    let LoaderMessage::CandidateAdded(got) = loader_round_trip(&m) else {
+        panic!("not a candidate");
+    };
+    assert_eq!(got.process.pid, 42);
+    assert_eq!(got.selectors.len(), 2);
+    assert_eq!(got.selectors[0].fields, criteria.fields);
+    assert_eq!(got.selectors[0].pod_labels, criteria.pod_labels);
+    assert_eq!(
+        got.selectors[0].pod_annotations[0].1.len(),
+        MAX_CRITERIA_PATTERN_BYTES
+    );
+    assert_eq!(got.selectors[1], K8sCriteria::default());
+    let removed = LoaderMessage::CandidateRemoved(7);
+    assert_eq!(loader_round_trip(&removed), removed);
+    let too_many = LoaderMessage::CandidateAdded(CandidateRecord {
+        process: ProcessRecord::default(),
+        selectors: vec![K8sCriteria::default(); MAX_CANDIDATE_SELECTORS + 1],
+    });
+    assert!(matches!(
+        too_many.encode(),
+        Err(ControlError::TooMany { .. })
+    ));
+    for pids in [vec![], vec![1, 2, u32::MAX], vec![9; MAX_NARROW_PIDS]] {
+        let m = ProcessorMessage::Select(pids);
+        assert_eq!(processor_round_trip(&m), m);
+    }
+    assert!(matches!(
+        ProcessorMessage::Select(vec![1; MAX_NARROW_PIDS + 1]).encode(),
+        Err(ControlError::TooMany { .. })
+    ));
+    let over = raw_processor(|r| {
+        r.init_select().init_pids(MAX_NARROW_PIDS as u32 + 1);
+    });
+    assert!(matches!(
+        ProcessorMessage::decode(&over),
+        Err(ControlError::TooMany { .. })
+    ));
+}
