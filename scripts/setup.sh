@@ -21,6 +21,7 @@ DEB_PACKAGES=(
   postgresql-15 postgresql-client-15                    # PostgreSQL server, psql, pgbench
   mariadb-server mariadb-client                         # MySQL-protocol server and client
   memcached                                             # Memcached server
+  podman runc                                           # builds the FROM-scratch image (deploy/container)
   nghttp2-client                                        # HTTP/2 load (h2load)
 )
 

@@ -474,8 +474,9 @@ mod toml_lite {
     }
 }
 
-/// Both containers run the image this repository's Dockerfile builds (the workspace
-/// version), not a placeholder registry name.
+/// Both containers run the image deploy/container/build.sh builds (FROM scratch, tagged with
+/// the workspace version), not a placeholder registry name; the image's USER is the processor
+/// container's runAsUser:runAsGroup. tests/tests/container_image.rs builds the image itself.
 #[test]
 fn the_image_is_the_one_this_repository_builds() {
     let docs = documents();
@@ -492,23 +493,43 @@ fn the_image_is_the_one_this_repository_builds() {
         let binary = c["command"][0].as_str().expect("command");
         assert_eq!(binary, format!("/usr/local/bin/{name}"));
     }
-    let dockerfile = std::fs::read_to_string(repo_root().join("deploy/kubernetes/Dockerfile"))
-        .expect("deploy/kubernetes/Dockerfile");
+    let read = |p: &str| std::fs::read_to_string(repo_root().join(p)).expect(p);
+    let containerfile = read("deploy/container/Containerfile");
     assert!(
-        dockerfile.contains(&format!("-t {tag} .")),
-        "the Dockerfile's build command tags {tag}"
+        containerfile.lines().any(|l| l.trim() == "FROM scratch"),
+        "the image is built FROM scratch"
     );
-    let copy = dockerfile
-        .lines()
-        .find(|l| l.starts_with("COPY "))
-        .expect("COPY line");
-    for name in ["sonde-loader", "sonde-processor"] {
-        assert!(copy.contains(&format!("target/release/{name}")), "{copy}");
-    }
-    assert!(copy.ends_with(" /usr/local/bin/"), "{copy}");
-    let readme = std::fs::read_to_string(repo_root().join("deploy/README.md")).expect("readme");
     assert!(
-        readme.contains(&format!("-t {tag} .")),
-        "deploy/README.md names {tag}"
+        containerfile.contains(&format!("-t {tag} ")),
+        "the Containerfile's build command tags {tag}"
+    );
+    let sc = &container(pod, "sonde-processor")["securityContext"];
+    let (uid, gid) = (
+        sc["runAsUser"].as_u64().expect("runAsUser"),
+        sc["runAsGroup"].as_u64().expect("runAsGroup"),
+    );
+    assert!(
+        containerfile
+            .lines()
+            .any(|l| l.trim() == format!("USER {uid}:{gid}")),
+        "the image's USER is the processor's {uid}:{gid}"
+    );
+    let build = read("deploy/container/build.sh");
+    for line in [
+        "tag=\"sonde:$version\"".to_string(),
+        format!("processor_uid={uid}"),
+        format!("processor_gid={gid}"),
+        "bins=(sonde-loader sonde-processor)".to_string(),
+    ] {
+        assert!(build.contains(&line), "build.sh: {line}");
+    }
+    assert!(
+        !repo_root().join("deploy/kubernetes/Dockerfile").exists(),
+        "the distroless Dockerfile is gone (no base image can be pulled)"
+    );
+    let readme = read("deploy/README.md");
+    assert!(
+        readme.contains("deploy/container/build.sh") && readme.contains(&format!("-t {tag} ")),
+        "deploy/README.md names build.sh and {tag}"
     );
 }
