@@ -221,6 +221,9 @@ fn pids_named(comms: &[&str]) -> Vec<u32> {
 pub struct Report {
     /// TLS capture as the loader recorded it ([`tls_capture`]); empty without a status file.
     pub tls_capture: String,
+    /// Selections the connected processors asked for outside the loader's candidates
+    /// (refused), from the status file.
+    pub refused_selections: u64,
     pub loaders: Vec<ProcessView>,
     pub processors: Vec<ProcessorView>,
     pub status_file: String,
@@ -260,6 +263,7 @@ pub fn report(control_socket: &Path) -> Report {
             .as_ref()
             .map(|s| s.tls_capture.clone())
             .unwrap_or_default(),
+        refused_selections: status.as_ref().map_or(0, |s| s.refused_selections),
         loaders,
         processors,
         status_file: path.display().to_string(),
@@ -436,6 +440,12 @@ pub fn render(report: &Report) -> String {
     }
     if !report.tls_capture.is_empty() {
         out += &format!("TLS capture: {}\n", report.tls_capture);
+    }
+    if report.refused_selections > 0 {
+        out += &format!(
+            "refused selections: {} (the processor asked to capture processes outside the loader's candidates)\n",
+            report.refused_selections
+        );
     }
     if report.problems.is_empty() {
         out += "verdict: the running pair matches the documented least-privilege policy\n";

@@ -917,15 +917,30 @@ impl<'a> Capture<'a> {
             ..p.record.clone()
         };
         let via_candidate = p.via_candidate;
+        // The child of a candidate the processor selected is a candidate too (same pod, same
+        // selectors), so the processor narrows it with its parent when the metadata stops
+        // matching.
+        let inherited = via_candidate
+            .then(|| self.candidates.get(parent))
+            .flatten()
+            .map(|c| c.k8s.clone());
         self.capture(
             probes,
             Candidate {
                 start,
-                record,
+                record: record.clone(),
                 k8s: Vec::new(),
             },
             via_candidate,
         );
+        if let Some(k8s) = inherited
+            && self.selected.get(&child).is_some_and(|s| s.start == start)
+        {
+            let c = Candidate { start, record, k8s };
+            if self.candidates.upsert(c.clone()) {
+                self.send_client(&announce(&c));
+            }
+        }
     }
 
     /// A fork the kernel selected that the loader does not take: its byte is cleared, unless

@@ -624,7 +624,7 @@ fn candidates_and_selection_requests_round_trip() {
         selectors: vec![criteria.clone(), K8sCriteria::default()],
     });
     let LoaderMessage::CandidateAdded(got) = loader_round_trip(&m) else {
-        panic!("not a candidate");
+        std::panic!("not a candidate");
     };
     assert_eq!(got.process.pid, 42);
     assert_eq!(got.selectors.len(), 2);
