@@ -317,3 +317,72 @@ fn a_selection_outside_the_candidates_is_refused() {
     );
     assert_eq!(loader.log_count("unexpected message"), 0);
 }
+
+/// The processor follows the metadata: a pod relabelled out of the selector has its server
+/// narrowed (no spans while out), relabelled back it is selected again.
+#[test]
+fn a_pod_leaving_and_rejoining_the_selector_is_narrowed_then_selected_again() {
+    let _guard = serial();
+    let dir = TempDir::new("k8s-sel-relabel");
+    let (checkout, _) = pods();
+    let mut objects = vec![node(NODE), namespace("shop")];
+    objects.extend(checkout.objects());
+    let fake = FakeKube::start_with(&objects);
+    let cg = TestCgroup::for_pod(&checkout);
+    let port = free_port();
+    let a = server_in(&cg, port);
+    let config = dir.path("sonde.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "discovery:\n  instrument:\n    - open_ports: {port}\n      k8s_pod_labels:\n        tier: front\n"
+        ),
+    )
+    .expect("config");
+    let kubeconfig = fake.kubeconfig();
+    let sonde = Sonde::start(
+        &["--config", config.to_str().expect("utf-8")],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().expect("utf-8")),
+            ("K8S_NODE_NAME", NODE),
+        ],
+        &dir,
+        &[],
+    );
+    sonde.wait_selected(a.pid());
+    requests(port, "/ok/before", 2);
+    sonde.wait_spans(2, Duration::from_secs(20), |s| s["path"] == "/ok/before");
+
+    fake.add_pod(&checkout.clone().label("tier", "back"));
+    sonde.wait_log(
+        &format!(
+            "capture narrowed at the processor's request pid={}",
+            a.pid()
+        ),
+        Duration::from_secs(20),
+    );
+    requests(port, "/ok/out", 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        sonde
+            .spans()
+            .iter()
+            .filter(|s| s["path"] == "/ok/out")
+            .count(),
+        0
+    );
+
+    fake.add_pod(&checkout);
+    sonde.wait_log_nth(
+        &format!("process selected pid={} ", a.pid()),
+        2,
+        Duration::from_secs(20),
+    );
+    requests(port, "/ok/again", 2);
+    let again = sonde.wait_spans(2, Duration::from_secs(20), |s| s["path"] == "/ok/again");
+    assert_eq!(again.len(), 2, "{again:#?}");
+    assert_eq!(
+        sonde.log_count("refused the processor's selection request"),
+        0
+    );
+}
