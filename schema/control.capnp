@@ -18,9 +18,9 @@ struct ProcessorMessage {
     hello @0 :Hello;
     # Sent before a clean shutdown, with the reason, so the loader logs it.
     goodbye @1 :Text;
-    # Asks the loader to stop capturing processes. The processor can only narrow what is
-    # captured: there is no message that adds a process, and the loader refuses (and logs) a
-    # request naming a process it does not capture.
+    # Asks the loader to stop capturing processes. The loader refuses (and logs) a request
+    # naming a process it does not capture. No message widens the capture beyond the loader's
+    # configuration: `select` only chooses among the candidates the loader announced.
     narrow @2 :Narrow;
     # Asks the loader to start capturing candidates (see `candidateAdded`): processes the
     # loader's configuration already bounds, chosen by the processor from Kubernetes metadata.

@@ -330,7 +330,7 @@ fn the_reference_example_configuration_loads() {
 /// A `discovery.instrument` file with Kubernetes selectors loads without a warning for its
 /// include selectors; the exclusion with Kubernetes fields is named (it excludes nothing).
 #[test]
-fn a_kubernetes_instrument_file_loads_with_one_warning_per_selector() {
+fn a_kubernetes_instrument_file_loads_and_names_only_its_kubernetes_exclusion() {
     let path = repo_root().join("tests/configs/k8s-instrument.yaml");
     let (code, out, err) = run(
         &["--config", path.to_str().expect("utf-8"), "--print-config"],

@@ -18,6 +18,10 @@
 //! 3. The pipeline looks processes up in the store when they are announced and whenever its
 //!    generation changes: spans never wait for the API server; a process seen before its pod
 //!    gets its metadata when the pod arrives (its resource is rebuilt then).
+//! 4. Discovery selectors with `k8s_*` fields ([`select`]): the loader announces candidates
+//!    (processes in a pod's cgroup matching the selector's other fields, not captured); the
+//!    pipeline asks the loader to select those whose pod matches, and to narrow them again when
+//!    it stops matching. The loader refuses anything outside its candidates.
 
 pub mod meta;
 pub mod select;
