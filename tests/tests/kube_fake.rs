@@ -533,6 +533,14 @@ fn a_process_in_a_kubepods_cgroup_shows_that_path_and_relative_from_a_cgroup_nam
             expected.trim_start_matches("/kubepods.slice/kubepods-besteffort.slice/")
         )
     );
+    // The loader's parser finds the container in both views (`loader/src/cgroup.rs`).
+    for path in [&expected, &seen] {
+        assert_eq!(
+            sonde_loader::cgroup::container_id_from(&format!("0::{path}\n")).as_deref(),
+            Some(pod.container_id()),
+            "{path}"
+        );
+    }
     // Its own processes are at `/` there.
     let own = sonde_e2e::kube::run_in_cgroup_namespace(&agent, "cat", &["/proc/self/cgroup"]);
     assert!(String::from_utf8_lossy(&own.stdout).contains("0::/\n"));
