@@ -22,7 +22,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sonde_e2e::{TempDir, binary, peers::run_bounded, repo_root};
+use sonde_e2e::{binary, peers::run_bounded, repo_root};
 
 const PROCESSOR_UID: u32 = 61532;
 const BINARIES: [&str; 2] = ["sonde-loader", "sonde-processor"];
@@ -51,12 +51,15 @@ fn workspace_version() -> String {
 /// podman against the test's private store (`CONTAINERS_STORAGE_CONF`), never the machine's.
 struct Podman {
     storage_conf: PathBuf,
+    /// TMPDIR for podman and build.sh (podman build stages layers there, default /var/tmp).
+    tmpdir: PathBuf,
 }
 
 impl Podman {
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("podman");
         cmd.env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
+            .env("TMPDIR", &self.tmpdir)
             .args(args);
         cmd
     }
@@ -81,8 +84,36 @@ impl Podman {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `podman run` as this machine allows it: runc, bounded rlimits, no network.
-    fn container(&self, extra: &[&str], image: &str, command: &[&str]) -> Output {
+    /// `podman run -d` as this machine allows it (runc, bounded rlimits, no network): the
+    /// container's id, or podman's output when it could not start it.
+    fn start(&self, extra: &[&str], image: &str, command: &[&str]) -> Result<String, Output> {
+        let mut args = vec![
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--runtime",
+            "runc",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ];
+        args.extend_from_slice(extra);
+        args.push(image);
+        args.extend_from_slice(command);
+        let out = self.run(&args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(out)
+        }
+    }
+
+    /// Runs `command` in a container of `image` to its end (`podman run --rm`). Here each
+    /// run takes about 20 s: podman waits for its conmon to be reaped, and this machine's init
+    /// reaps orphans late ("Exceeded conmon timeout" in `--log-level debug`).
+    fn container(&self, extra: &[&str], image: &str, command: &[&str]) -> Ran {
         let mut args = vec![
             "run",
             "--rm",
@@ -98,7 +129,28 @@ impl Podman {
         args.extend_from_slice(extra);
         args.push(image);
         args.extend_from_slice(command);
-        self.run(&args)
+        let out = self.run(&args);
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// What a command run in a container did.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Removes a container however the test ends.
+struct Removed<'a>(&'a Podman, String);
+
+impl Drop for Removed<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["rm", "-f", "-t", "0", &self.1]);
     }
 }
 
@@ -170,15 +222,46 @@ impl Drop for Mounted<'_> {
     }
 }
 
+/// The test's scratch directory (build context, podman's store, the OCI archive) on tmpfs
+/// (/dev/shm), removed on drop: podman's state database fsyncs on every container start and
+/// removal, and on a disk busy with other builds each of those waits seconds.
+struct MemoryDir(PathBuf);
+
+impl MemoryDir {
+    fn new() -> MemoryDir {
+        let base = Path::new("/dev/shm");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let name = format!("sonde-e2e-container-image-{}-{nanos}", std::process::id());
+        let dir = if base.is_dir() {
+            base.join(name)
+        } else {
+            std::env::temp_dir().join(name)
+        };
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        MemoryDir(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for MemoryDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn the_scratch_image_holds_exactly_the_binaries_their_libraries_and_no_shell() {
     require("podman");
     require("runc");
     let version = workspace_version();
     let tag = format!("sonde:{version}");
-    let dir = TempDir::new("container-image");
-    // overlay, as podman defaults to: vfs copies the whole image (the debug binaries are
-    // 300 MB) for every container.
+    let dir = MemoryDir::new();
     let storage_conf = dir.path("storage.conf");
     std::fs::write(
         &storage_conf,
@@ -189,13 +272,21 @@ fn the_scratch_image_holds_exactly_the_binaries_their_libraries_and_no_shell() {
         ),
     )
     .expect("storage.conf");
-    let podman = Podman { storage_conf };
+    // overlay, as podman defaults to (vfs would copy the whole image, 300 MB with debug
+    // binaries, for every container).
+    let podman = Podman {
+        storage_conf,
+        tmpdir: dir.path("tmp"),
+    };
+    std::fs::create_dir(&podman.tmpdir).expect("tmp dir");
 
-    // The binaries the other e2e tests run (SONDE_TEST_PROFILE), so no second cargo build.
-    let binaries = binary("sonde-loader")
-        .parent()
-        .expect("target dir")
-        .to_path_buf();
+    // The binaries the other e2e tests run (SONDE_TEST_PROFILE), so no second cargo build,
+    // copied first: a build running meanwhile may replace the ones in target/.
+    let binaries = dir.path("bin");
+    std::fs::create_dir(&binaries).expect("bin dir");
+    for name in BINARIES {
+        std::fs::copy(binary(name), binaries.join(name)).expect("copying a binary");
+    }
     let archive = dir.path("sonde.oci.tar");
     let started = Instant::now();
     let out = run_bounded(
@@ -205,7 +296,8 @@ fn the_scratch_image_holds_exactly_the_binaries_their_libraries_and_no_shell() {
             .args(["--context", &dir.path("context").display().to_string()])
             .args(["--oci-archive", &archive.display().to_string()])
             .args(["--tag", &tag])
-            .env("CONTAINERS_STORAGE_CONF", &podman.storage_conf),
+            .env("CONTAINERS_STORAGE_CONF", &podman.storage_conf)
+            .env("TMPDIR", &podman.tmpdir),
         Duration::from_secs(300),
     );
     assert!(
@@ -328,13 +420,14 @@ fn the_scratch_image_holds_exactly_the_binaries_their_libraries_and_no_shell() {
     // Both binaries run inside (their library closure is complete), with no network; the
     // loader as root, as its container runs. No shell to run anything else.
     let processor = podman.container(&[], &tag, &["/usr/local/bin/sonde-processor", "--version"]);
-    assert!(
-        processor.status.success(),
+    assert_eq!(
+        processor.code,
+        Some(0),
         "sonde-processor --version in the image: {}",
-        String::from_utf8_lossy(&processor.stderr)
+        processor.stderr
     );
     assert_eq!(
-        String::from_utf8_lossy(&processor.stdout).trim(),
+        processor.stdout.trim(),
         format!("sonde-processor {version}")
     );
     let loader = podman.container(
@@ -342,17 +435,20 @@ fn the_scratch_image_holds_exactly_the_binaries_their_libraries_and_no_shell() {
         &tag,
         &["/usr/local/bin/sonde-loader", "--version"],
     );
-    assert!(
-        loader.status.success(),
-        "sonde-loader --version in the image: {}",
-        String::from_utf8_lossy(&loader.stderr)
-    );
     assert_eq!(
-        String::from_utf8_lossy(&loader.stdout).trim(),
-        format!("sonde-loader {version}")
+        loader.code,
+        Some(0),
+        "sonde-loader --version in the image: {}",
+        loader.stderr
     );
+    assert_eq!(loader.stdout.trim(), format!("sonde-loader {version}"));
     let shell = podman.container(&[], &tag, &["/bin/sh", "-c", "true"]);
-    assert!(!shell.status.success(), "/bin/sh ran in the image");
+    assert_ne!(shell.code, Some(0), "/bin/sh ran in the image");
+    assert!(
+        shell.stderr.contains("no such file or directory"),
+        "/bin/sh: {}",
+        shell.stderr
+    );
 
     // The processor as the image starts it (its CMD, the image's USER), read-only root, with
     // the configuration mounted where the manifest mounts it: it runs as 61532:61532 with no
@@ -371,34 +467,14 @@ fn the_scratch_image_holds_exactly_the_binaries_their_libraries_and_no_shell() {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
     let volume = format!("{}:/etc/sonde:ro", config_dir.display());
-    let name = format!("sonde-image-test-{}", std::process::id());
     let id = podman
-        .ok(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--network",
-            "none",
-            "--read-only",
-            "--runtime",
-            "runc",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-            "-v",
-            &volume,
-            &tag,
-        ])
-        .trim()
-        .to_string();
-    struct Removed<'a>(&'a Podman, String);
-    impl Drop for Removed<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.run(&["rm", "-f", "-t", "0", &self.1]);
-        }
-    }
+        .start(&["--read-only", "-v", &volume], &tag, &[])
+        .unwrap_or_else(|out| {
+            panic!(
+                "starting the image's CMD: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     let _removed = Removed(&podman, id.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -449,6 +525,9 @@ fn the_scratch_image_holds_exactly_the_binaries_their_libraries_and_no_shell() {
         size as f64 / 1e6,
         archive_size as f64 / 1e6,
         build_time.as_secs_f64(),
-        binaries.display()
+        binary("sonde-loader")
+            .parent()
+            .expect("target dir")
+            .display()
     );
 }
