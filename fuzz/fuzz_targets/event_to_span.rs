@@ -11,8 +11,9 @@ use sonde_processor::{
     metrics::Metrics,
     otlp::convert,
     protocols::{
+        db_spans,
         http1::{self, Built, exchange::Assembler, parse::QueryPolicy},
-        db_spans, http2_spans,
+        http2_spans, messaging_spans,
         streams::{StreamExchange, StreamTable},
     },
     red::RedRecorder,
@@ -32,6 +33,7 @@ fn stream_span(
     match ex {
         StreamExchange::Http2(ex) => http2_spans::build(meta, ex, service, query, 0, rng).ok(),
         StreamExchange::Db(ex) => Some(db_spans::build(meta, ex, service, true, 0, rng)),
+        StreamExchange::Messaging(ex) => Some(messaging_spans::build(meta, ex, service, 0, rng)),
     }
 }
 
@@ -61,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
         export: true,
         extra_sensitive: vec!["session".into()],
     };
-    let service = ServiceInfo { name: "fuzz", namespace: None };
+    let service = ServiceInfo {
+        name: "fuzz",
+        namespace: None,
+    };
     let mut finish = |mut s: Span| {
         if s.rpc.is_none() {
             let routed = router.route("fuzz", &s.path);
