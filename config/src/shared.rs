@@ -390,7 +390,7 @@ pub static SHARED: Table<Config> = Table(&[&[
         flag: "",
         default: None,
         unset: "none",
-        doc: "selectors of the processes to instrument (see \"Discovery and service names\"): `name`, `namespace`, `open_ports`, `exe_path` (glob), `containers_only`, `k8s_*` (globs; not evaluated yet); fields ANDed, selectors ORed",
+        doc: "selectors of the processes to instrument (see \"Discovery and service names\"): `name`, `namespace`, `open_ports`, `exe_path` (glob), `containers_only`, `k8s_*` (globs, evaluated by the processor within the loader's candidates); fields ANDed, selectors ORed",
         secret: false,
         apply: |c, i| {
             c.discovery.instrument = discovery::parse_list(&i, Syntax::Glob)?;
