@@ -86,6 +86,7 @@ use memchr::memchr;
 
 use super::db::DbExchange;
 use super::http2::Flow;
+use super::text_lines::{Line, collect_line, recycle, take};
 
 const SYSTEM: &str = "memcached";
 
@@ -102,8 +103,6 @@ const MAX_DATA: u64 = i32::MAX as u64 - 2;
 const MAX_META_TOKENS: usize = 20;
 /// `?` placeholders written in a query text; a longer command ends in ` ...`.
 const MAX_PLACEHOLDERS: usize = 64;
-/// A line buffer grown larger than this is freed after use rather than kept.
-const KEEP_LINE_CAPACITY: usize = 4096;
 /// Bytes kept of a reply line's first word.
 const WORD: usize = 16;
 
@@ -656,7 +655,7 @@ impl Request {
                 if self.line.is_empty() {
                     self.line_start = at;
                 }
-                let (used, line) = match collect_line(&mut self.line, data) {
+                let (used, line) = match collect_line(&mut self.line, data, MAX_LINE) {
                     Err(()) => return (data.len(), Parsed::Desync { over_limit: true }),
                     Ok((used, None)) => return (used, Parsed::More),
                     Ok((used, Some(line))) => (used, line),
@@ -879,7 +878,7 @@ impl Reply {
                 (n, self.data_taken(n as u64))
             }
             RepStep::Line => {
-                let (used, line) = match collect_line(&mut self.line, data) {
+                let (used, line) = match collect_line(&mut self.line, data, MAX_LINE) {
                     Err(()) => return (data.len(), Parsed::Desync { over_limit: true }),
                     Ok((used, None)) => return (used, Parsed::More),
                     Ok((used, Some(line))) => (used, line),
@@ -959,50 +958,6 @@ impl Reply {
             }
         }
     }
-}
-
-/// Where a completed line is.
-enum Line {
-    /// At the start of the data passed in (nothing was buffered).
-    InData,
-    /// In the line buffer.
-    Buffered,
-}
-
-/// Collects one line ending in `\n`: returns the bytes of `data` used and, once complete,
-/// where the line is. Err when the line would exceed [`MAX_LINE`].
-fn collect_line(buf: &mut Vec<u8>, data: &[u8]) -> Result<(usize, Option<Line>), ()> {
-    let newline = memchr(b'\n', data);
-    let used = newline.map_or(data.len(), |i| i + 1);
-    if buf.len() + used > MAX_LINE {
-        return Err(());
-    }
-    match newline {
-        Some(_) if buf.is_empty() => Ok((used, Some(Line::InData))),
-        Some(_) => {
-            buf.extend_from_slice(&data[..used]);
-            Ok((used, Some(Line::Buffered)))
-        }
-        None => {
-            buf.extend_from_slice(data);
-            Ok((used, None))
-        }
-    }
-}
-
-/// An emptied line buffer, kept for reuse unless it grew large.
-fn recycle(mut line: Vec<u8>) -> Vec<u8> {
-    line.clear();
-    if line.capacity() > KEEP_LINE_CAPACITY {
-        Vec::new()
-    } else {
-        line
-    }
-}
-
-/// Bytes of a block (`left` to come) that `available` bytes hold.
-fn take(left: u64, available: usize) -> usize {
-    usize::try_from(left).map_or(available, |left| left.min(available))
 }
 
 /// A command waiting for its reply.

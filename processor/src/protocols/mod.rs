@@ -17,3 +17,4 @@ pub mod postgres;
 pub mod redis;
 pub mod sql;
 pub mod streams;
+mod text_lines;

@@ -49,6 +49,7 @@ use memchr::memchr;
 
 use super::db::DbExchange;
 use super::http2::Flow;
+use super::text_lines::{Line, collect_line, recycle, take};
 
 const SYSTEM: &str = "redis";
 
@@ -68,8 +69,6 @@ const MAX_LINE: usize = 64 * 1024;
 const WORD: usize = 32;
 /// `?` placeholders written in a query text; a longer command ends in ` ...`.
 const MAX_PLACEHOLDERS: u64 = 64;
-/// A line buffer grown larger than this is freed after use rather than kept.
-const KEEP_LINE_CAPACITY: usize = 4096;
 
 /// Everything a connection lost or skipped, and what it saw. Plain counters, summed by the
 /// caller across connections.
@@ -307,7 +306,7 @@ impl Request {
                 let Some(cmd) = self.cmd.as_mut() else {
                     return (data.len(), Parsed::Desync { over_limit: false });
                 };
-                let n = bulk_take(left, data.len());
+                let n = take(left, data.len());
                 let payload = bulk_payload(left, n);
                 if let Some(word) = usize::try_from(index)
                     .ok()
@@ -331,7 +330,7 @@ impl Request {
                 if self.line.is_empty() {
                     self.line_start = at;
                 }
-                let (used, line) = match collect_line(&mut self.line, data) {
+                let (used, line) = match collect_line(&mut self.line, data, MAX_LINE) {
                     Err(()) => return (data.len(), Parsed::Desync { over_limit: true }),
                     Ok((used, None)) => return (used, Parsed::More),
                     Ok((used, Some(line))) => (used, line),
@@ -660,7 +659,7 @@ impl Reply {
         match self.step {
             RepStep::Lost => (data.len(), Parsed::More),
             RepStep::Bulk { left, keep } => {
-                let n = bulk_take(left, data.len());
+                let n = take(left, data.len());
                 let payload = bulk_payload(left, n);
                 let cur = self.cur.get_or_insert_with(ReplyDone::new);
                 if keep {
@@ -679,7 +678,7 @@ impl Reply {
                 (n, self.value_done())
             }
             RepStep::Line => {
-                let (used, line) = match collect_line(&mut self.line, data) {
+                let (used, line) = match collect_line(&mut self.line, data, MAX_LINE) {
                     Err(()) => return (data.len(), Parsed::Desync { over_limit: true }),
                     Ok((used, None)) => return (used, Parsed::More),
                     Ok((used, Some(line))) => (used, line),
@@ -840,51 +839,6 @@ impl Reply {
             }
         }
     }
-}
-
-/// Where a completed line is.
-enum Line {
-    /// At the start of the data passed in (nothing was buffered).
-    InData,
-    /// In the line buffer.
-    Buffered,
-}
-
-/// Collects one line ending in `\n`: returns the bytes of `data` used and, once complete,
-/// where the line is. Err when the line would exceed [`MAX_LINE`].
-fn collect_line(buf: &mut Vec<u8>, data: &[u8]) -> Result<(usize, Option<Line>), ()> {
-    let newline = memchr(b'\n', data);
-    let used = newline.map_or(data.len(), |i| i + 1);
-    if buf.len() + used > MAX_LINE {
-        return Err(());
-    }
-    match newline {
-        Some(_) if buf.is_empty() => Ok((used, Some(Line::InData))),
-        Some(_) => {
-            buf.extend_from_slice(&data[..used]);
-            Ok((used, Some(Line::Buffered)))
-        }
-        None => {
-            buf.extend_from_slice(data);
-            Ok((used, None))
-        }
-    }
-}
-
-/// An emptied line buffer, kept for reuse unless it grew large.
-fn recycle(mut line: Vec<u8>) -> Vec<u8> {
-    line.clear();
-    if line.capacity() > KEEP_LINE_CAPACITY {
-        Vec::new()
-    } else {
-        line
-    }
-}
-
-/// Bytes of a bulk string (payload + CRLF, `left` of them to come) that `available` bytes
-/// hold.
-fn bulk_take(left: u64, available: usize) -> usize {
-    usize::try_from(left).map_or(available, |left| left.min(available))
 }
 
 /// How many of the `taken` bytes are payload rather than the final CRLF.
