@@ -1039,6 +1039,18 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        // `spawn` returns once exec has begun: the kernel switches `/proc/<pid>/exe` before
+        // it writes the new environment, so read the selection only after the environment
+        // is there (a loaded CI machine caught that window).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap_or_default()
+            .windows(10)
+            .any(|w| w == b"napper-env")
+        {
+            assert!(Instant::now() < deadline, "sleep never finished its exec");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let pinned = BTreeMap::new();
         let check = |yaml: &str| {
             Selector::new(&yaml_config(yaml), &pinned).check(pid, &mut Listeners::default())
