@@ -66,7 +66,66 @@ struct LoaderMessage {
     candidateAdded @5 :CandidateAdded;
     # A candidate is gone (exited, exec'd out of its selector, pid reused).
     candidateRemoved @6 :UInt32;
+    # Network flow counts since the previous report (`network.enable`): the loader reads
+    # them from the kernel's flow map and forwards plain numbers; it parses no packet.
+    flowCounts @7 :FlowCounts;
+    # Resource usage of captured processes (`application_process`), read by the loader from
+    # /proc (the processor may not read other users' /proc/<pid>/io and cannot see them).
+    processUsage @8 :ProcessUsageList;
   }
+}
+
+struct FlowCounts {
+  # At most MAX_FLOWS_PER_MESSAGE (schema/src/control.rs) per message.
+  flows @0 :List(FlowCount);
+}
+
+# One flow's traffic on one interface in one direction since its previous report.
+struct FlowCount {
+  # 16 bytes each: IPv6, or IPv4 as an IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+  srcAddr @0 :Data;
+  dstAddr @1 :Data;
+  srcPort @2 :UInt16;
+  dstPort @3 :UInt16;
+  # IANA protocol number: 6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...
+  transport @4 :UInt8;
+  # 0: received on the interface (ingress), 1: sent by it (egress).
+  direction @5 :UInt8;
+  ifindex @6 :UInt32;
+  # The interface's name as the kernel had it (at most 15 bytes).
+  iface @7 :Text;
+  # IP-layer bytes (IP headers included, link-layer headers not) and packets; a GSO/GRO
+  # aggregate counts as the segments it stands for.
+  bytes @8 :UInt64;
+  packets @9 :UInt64;
+}
+
+struct ProcessUsageList {
+  # At most MAX_USAGE_PER_MESSAGE (schema/src/control.rs) per message.
+  processes @0 :List(ProcessUsage);
+}
+
+# Cumulative counters since the process started (CPU, disk) or since it was captured
+# (network), and current gauges (memory), as /proc and the kernel give them.
+struct ProcessUsage {
+  pid @0 :UInt32;
+  parentPid @1 :UInt32;
+  # Real uid of the process (`process.owner` is resolved by the processor).
+  uid @2 :UInt32;
+  cpuUserNs @3 :UInt64;
+  cpuSystemNs @4 :UInt64;
+  # Resident set and virtual size, bytes.
+  memoryRss @5 :UInt64;
+  memoryVirtual @6 :UInt64;
+  # /proc/<pid>/io read_bytes / write_bytes (storage I/O).
+  diskReadBytes @7 :UInt64;
+  diskWriteBytes @8 :UInt64;
+  # Socket bytes received / sent, counted in the kernel from the socket I/O Sonde sees.
+  netReceiveBytes @9 :UInt64;
+  netTransmitBytes @10 :UInt64;
+  # CLOCK_MONOTONIC nanoseconds when the loader read these values (utilization is the CPU
+  # time between two readings over the time between them).
+  sampledAtNs @11 :UInt64;
 }
 
 struct CandidateAdded {

@@ -11,6 +11,7 @@
 
 pub mod discovery;
 mod error;
+pub mod host_metrics;
 pub mod naming;
 mod setting;
 mod shared;
@@ -20,6 +21,7 @@ mod values;
 use std::collections::BTreeMap;
 
 pub use error::{ConfigError, invalid};
+pub use host_metrics::{Cidr, NetworkSettings, ProcessMetricsSettings};
 pub use setting::{EnvVar, HIDDEN, Setting, Table, show, to_yaml, var, var_millis};
 pub use shared::{
     Config, DEFAULT_CONTROL_SOCKET, DEFAULT_EXCLUDE, DEFAULT_OPEN_PORTS, EbpfSettings,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::{
     discovery::{self, Discovery, Pattern, Syntax},
     error::invalid,
+    host_metrics::{HOST_METRICS, NetworkSettings, ProcessMetricsSettings},
     naming,
     setting::{Setting, Table, show, var},
     values::{ExeGlob, LogFormat, LogLevel, PortSet, non_empty, parse_bool, parse_in_range},
@@ -126,6 +127,13 @@ pub struct Config {
     pub ebpf: EbpfSettings,
     /// Seconds between kernel counter reports.
     pub stats_interval_secs: u32,
+    /// `metrics.features` as written (the families it turns on are in `network` and
+    /// `processes`).
+    pub metrics_features: Vec<String>,
+    /// `network.*`: flow metrics.
+    pub network: NetworkSettings,
+    /// `processes.*`: process metrics.
+    pub processes: ProcessMetricsSettings,
 }
 
 /// `discovery.default_exclude_instrument`: Sonde's binaries, OpenTelemetry collectors and the
@@ -172,6 +180,12 @@ impl Config {
                 tls: false,
             },
             stats_interval_secs: 0,
+            metrics_features: Vec::new(),
+            network: NetworkSettings::blank(),
+            processes: ProcessMetricsSettings {
+                enable: false,
+                interval: std::time::Duration::ZERO,
+            },
         }
     }
 
@@ -229,14 +243,26 @@ impl Config {
                 .any(|s| s.exe_path.is_some() || s.open_ports.is_none())
     }
 
-    /// What to warn about once at start: keys accepted but not applied, then the discovery
-    /// lists' warnings.
+    /// What to warn about once at start: keys accepted but not applied, features accepted
+    /// but not implemented, then the discovery lists' warnings.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.unimplemented_keys.is_empty() {
             out.push(format!(
                 "accepted but not implemented yet, ignored: {}",
                 self.unimplemented_keys.join(", ")
+            ));
+        }
+        let unimplemented: Vec<&str> = self
+            .metrics_features
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !crate::host_metrics::IMPLEMENTED_FEATURES.contains(f))
+            .collect();
+        if !unimplemented.is_empty() {
+            out.push(format!(
+                "metrics.features: not implemented yet, ignored: {}",
+                unimplemented.join(", ")
             ));
         }
         out.extend(self.discovery.warnings());
@@ -263,454 +289,457 @@ fn numbers(
 }
 
 /// The shared settings, in the order `--print-config` shows them.
-pub static SHARED: Table<Config> = Table(&[&[
-    Setting {
-        key: "log_level",
-        env: &[var("BEYLA_LOG_LEVEL")],
-        flag: "",
-        default: Some("info"),
-        unset: "",
-        doc: "`error`, `warn`, `info`, `debug`, `trace` (`RUST_LOG` overrides with a full filter)",
-        secret: false,
-        apply: |c, i| {
-            c.log_level = LogLevel::parse(i.key, &i.text("a log level")?)?;
-            Ok(())
+pub static SHARED: Table<Config> = Table(&[
+    &[
+        Setting {
+            key: "log_level",
+            env: &[var("BEYLA_LOG_LEVEL")],
+            flag: "",
+            default: Some("info"),
+            unset: "",
+            doc: "`error`, `warn`, `info`, `debug`, `trace` (`RUST_LOG` overrides with a full filter)",
+            secret: false,
+            apply: |c, i| {
+                c.log_level = LogLevel::parse(i.key, &i.text("a log level")?)?;
+                Ok(())
+            },
+            show: |c| show::text(c.log_level.as_str()),
         },
-        show: |c| show::text(c.log_level.as_str()),
-    },
-    Setting {
-        key: "log_format",
-        env: &[var("BEYLA_LOG_FORMAT")],
-        flag: "",
-        default: Some("text"),
-        unset: "",
-        doc: "`text` (ANSI colour only when stderr is a terminal) or `json` (one object per line: `timestamp`, `level`, `message`, fields)",
-        secret: false,
-        apply: |c, i| {
-            c.log_format = LogFormat::parse(i.key, &i.text("a log format")?)?;
-            Ok(())
+        Setting {
+            key: "log_format",
+            env: &[var("BEYLA_LOG_FORMAT")],
+            flag: "",
+            default: Some("text"),
+            unset: "",
+            doc: "`text` (ANSI colour only when stderr is a terminal) or `json` (one object per line: `timestamp`, `level`, `message`, fields)",
+            secret: false,
+            apply: |c, i| {
+                c.log_format = LogFormat::parse(i.key, &i.text("a log format")?)?;
+                Ok(())
+            },
+            show: |c| show::text(c.log_format.as_str()),
         },
-        show: |c| show::text(c.log_format.as_str()),
-    },
-    Setting {
-        key: "open_port",
-        env: &[var("BEYLA_OPEN_PORT")],
-        flag: "--open-port",
-        default: None,
-        unset: "see below",
-        doc: "instrument processes listening on these TCP ports: `8080`, `80,443`, `8000-8999`",
-        secret: false,
-        apply: |c, i| {
-            c.open_port = Some(PortSet::parse(i.key, &i.text("ports")?)?);
-            Ok(())
+        Setting {
+            key: "open_port",
+            env: &[var("BEYLA_OPEN_PORT")],
+            flag: "--open-port",
+            default: None,
+            unset: "see below",
+            doc: "instrument processes listening on these TCP ports: `8080`, `80,443`, `8000-8999`",
+            secret: false,
+            apply: |c, i| {
+                c.open_port = Some(PortSet::parse(i.key, &i.text("ports")?)?);
+                Ok(())
+            },
+            show: |c| c.open_port.as_ref().and_then(show::text),
         },
-        show: |c| c.open_port.as_ref().and_then(show::text),
-    },
-    Setting {
-        key: "auto_target_exe",
-        env: &[var("OTEL_GO_AUTO_TARGET_EXE"), var("BEYLA_AUTO_TARGET_EXE")],
-        flag: "--exe",
-        default: None,
-        unset: "none",
-        doc: "glob on the executable path, e.g. `*/nginx`",
-        secret: false,
-        apply: |c, i| {
-            c.auto_target_exe = Some(ExeGlob::parse(i.key, &i.text("a glob")?)?);
-            Ok(())
+        Setting {
+            key: "auto_target_exe",
+            env: &[var("OTEL_GO_AUTO_TARGET_EXE"), var("BEYLA_AUTO_TARGET_EXE")],
+            flag: "--exe",
+            default: None,
+            unset: "none",
+            doc: "glob on the executable path, e.g. `*/nginx`",
+            secret: false,
+            apply: |c, i| {
+                c.auto_target_exe = Some(ExeGlob::parse(i.key, &i.text("a glob")?)?);
+                Ok(())
+            },
+            show: |c| {
+                c.auto_target_exe
+                    .as_ref()
+                    .and_then(|g| show::text(&g.pattern))
+            },
         },
-        show: |c| {
-            c.auto_target_exe
-                .as_ref()
-                .and_then(|g| show::text(&g.pattern))
+        Setting {
+            key: "executable_name",
+            env: &[var("BEYLA_EXECUTABLE_NAME")],
+            flag: "",
+            default: None,
+            unset: "none",
+            doc: "Beyla's older form of `auto_target_exe`: an unanchored regular expression on the executable path",
+            secret: false,
+            apply: |c, i| {
+                c.executable_name = Some(Pattern::parse(
+                    i.key,
+                    &i.text("a regular expression")?,
+                    Syntax::Regex,
+                )?);
+                Ok(())
+            },
+            show: |c| c.executable_name.as_ref().and_then(|p| show::text(&p.text)),
         },
-    },
-    Setting {
-        key: "executable_name",
-        env: &[var("BEYLA_EXECUTABLE_NAME")],
-        flag: "",
-        default: None,
-        unset: "none",
-        doc: "Beyla's older form of `auto_target_exe`: an unanchored regular expression on the executable path",
-        secret: false,
-        apply: |c, i| {
-            c.executable_name = Some(Pattern::parse(
-                i.key,
-                &i.text("a regular expression")?,
-                Syntax::Regex,
-            )?);
-            Ok(())
+        Setting {
+            key: "target_pids",
+            env: &[var("BEYLA_TARGET_PID")],
+            flag: "--pid (repeatable)",
+            default: None,
+            unset: "none",
+            doc: "instrument these process ids (the variable: comma-separated)",
+            secret: false,
+            apply: |c, i| {
+                c.target_pids = numbers(&i, PIDS)?;
+                Ok(())
+            },
+            show: |c| show::numbers(&c.target_pids),
         },
-        show: |c| c.executable_name.as_ref().and_then(|p| show::text(&p.text)),
-    },
-    Setting {
-        key: "target_pids",
-        env: &[var("BEYLA_TARGET_PID")],
-        flag: "--pid (repeatable)",
-        default: None,
-        unset: "none",
-        doc: "instrument these process ids (the variable: comma-separated)",
-        secret: false,
-        apply: |c, i| {
-            c.target_pids = numbers(&i, PIDS)?;
-            Ok(())
+        Setting {
+            key: "discovery_uids",
+            env: &[var("SONDE_DISCOVERY_UIDS")],
+            flag: "",
+            default: None,
+            unset: "any uid",
+            doc: "`open_port` and `auto_target_exe` select only processes whose real and effective uid are both listed (e.g. `[0, 33]`); `target_pids` is not filtered",
+            secret: false,
+            apply: |c, i| {
+                c.discovery_uids = numbers(&i, UIDS)?;
+                Ok(())
+            },
+            show: |c| show::numbers(&c.discovery_uids),
         },
-        show: |c| show::numbers(&c.target_pids),
-    },
-    Setting {
-        key: "discovery_uids",
-        env: &[var("SONDE_DISCOVERY_UIDS")],
-        flag: "",
-        default: None,
-        unset: "any uid",
-        doc: "`open_port` and `auto_target_exe` select only processes whose real and effective uid are both listed (e.g. `[0, 33]`); `target_pids` is not filtered",
-        secret: false,
-        apply: |c, i| {
-            c.discovery_uids = numbers(&i, UIDS)?;
-            Ok(())
+        Setting {
+            key: "discovery_exclude_uids",
+            env: &[var("SONDE_DISCOVERY_EXCLUDE_UIDS")],
+            flag: "",
+            default: None,
+            unset: "none",
+            doc: "`open_port` and `auto_target_exe` never select a process whose real or effective uid is listed (e.g. local users, so their listeners on a default port are not captured)",
+            secret: false,
+            apply: |c, i| {
+                c.discovery_exclude_uids = numbers(&i, UIDS)?;
+                Ok(())
+            },
+            show: |c| show::numbers(&c.discovery_exclude_uids),
         },
-        show: |c| show::numbers(&c.discovery_uids),
-    },
-    Setting {
-        key: "discovery_exclude_uids",
-        env: &[var("SONDE_DISCOVERY_EXCLUDE_UIDS")],
-        flag: "",
-        default: None,
-        unset: "none",
-        doc: "`open_port` and `auto_target_exe` never select a process whose real or effective uid is listed (e.g. local users, so their listeners on a default port are not captured)",
-        secret: false,
-        apply: |c, i| {
-            c.discovery_exclude_uids = numbers(&i, UIDS)?;
-            Ok(())
+        Setting {
+            key: "discovery.instrument",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "none",
+            doc: "selectors of the processes to instrument (see \"Discovery and service names\"): `name`, `namespace`, `open_ports`, `exe_path` (glob), `containers_only`, `k8s_*` (globs, evaluated by the processor within the loader's candidates); fields ANDed, selectors ORed",
+            secret: false,
+            apply: |c, i| {
+                c.discovery.instrument = discovery::parse_list(&i, Syntax::Glob)?;
+                Ok(())
+            },
+            show: |c| discovery::show_list(&c.discovery.instrument),
         },
-        show: |c| show::numbers(&c.discovery_exclude_uids),
-    },
-    Setting {
-        key: "discovery.instrument",
-        env: &[],
-        flag: "",
-        default: None,
-        unset: "none",
-        doc: "selectors of the processes to instrument (see \"Discovery and service names\"): `name`, `namespace`, `open_ports`, `exe_path` (glob), `containers_only`, `k8s_*` (globs, evaluated by the processor within the loader's candidates); fields ANDed, selectors ORed",
-        secret: false,
-        apply: |c, i| {
-            c.discovery.instrument = discovery::parse_list(&i, Syntax::Glob)?;
-            Ok(())
+        Setting {
+            key: "discovery.exclude_instrument",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "none",
+            doc: "selectors (globs) of processes never instrumented by discovery",
+            secret: false,
+            apply: |c, i| {
+                c.discovery.exclude_instrument = discovery::parse_list(&i, Syntax::Glob)?;
+                Ok(())
+            },
+            show: |c| discovery::show_list(&c.discovery.exclude_instrument),
         },
-        show: |c| discovery::show_list(&c.discovery.instrument),
-    },
-    Setting {
-        key: "discovery.exclude_instrument",
-        env: &[],
-        flag: "",
-        default: None,
-        unset: "none",
-        doc: "selectors (globs) of processes never instrumented by discovery",
-        secret: false,
-        apply: |c, i| {
-            c.discovery.exclude_instrument = discovery::parse_list(&i, Syntax::Glob)?;
-            Ok(())
+        Setting {
+            key: "discovery.services",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "none",
+            doc: "the older form of `instrument`: string fields are unanchored regular expressions; ignored (with a warning) when `instrument` is set",
+            secret: false,
+            apply: |c, i| {
+                c.discovery.services = discovery::parse_list(&i, Syntax::Regex)?;
+                Ok(())
+            },
+            show: |c| discovery::show_list(&c.discovery.services),
         },
-        show: |c| discovery::show_list(&c.discovery.exclude_instrument),
-    },
-    Setting {
-        key: "discovery.services",
-        env: &[],
-        flag: "",
-        default: None,
-        unset: "none",
-        doc: "the older form of `instrument`: string fields are unanchored regular expressions; ignored (with a warning) when `instrument` is set",
-        secret: false,
-        apply: |c, i| {
-            c.discovery.services = discovery::parse_list(&i, Syntax::Regex)?;
-            Ok(())
+        Setting {
+            key: "discovery.exclude_services",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "none",
+            doc: "the older form of `exclude_instrument` (regular expressions); ignored when `instrument` is set",
+            secret: false,
+            apply: |c, i| {
+                c.discovery.exclude_services = discovery::parse_list(&i, Syntax::Regex)?;
+                Ok(())
+            },
+            show: |c| discovery::show_list(&c.discovery.exclude_services),
         },
-        show: |c| discovery::show_list(&c.discovery.services),
-    },
-    Setting {
-        key: "discovery.exclude_services",
-        env: &[],
-        flag: "",
-        default: None,
-        unset: "none",
-        doc: "the older form of `exclude_instrument` (regular expressions); ignored when `instrument` is set",
-        secret: false,
-        apply: |c, i| {
-            c.discovery.exclude_services = discovery::parse_list(&i, Syntax::Regex)?;
-            Ok(())
+        Setting {
+            key: "discovery.default_exclude_instrument",
+            env: &[],
+            flag: "",
+            default: Some(DEFAULT_EXCLUDE),
+            unset: "",
+            doc: "selectors (globs) always excluded from discovery: Sonde itself, OpenTelemetry collectors and other agents; `[]` excludes nothing",
+            secret: false,
+            apply: |c, i| {
+                c.discovery.default_exclude_instrument = discovery::parse_list(&i, Syntax::Glob)?;
+                Ok(())
+            },
+            show: |c| {
+                Some(
+                    discovery::show_list(&c.discovery.default_exclude_instrument)
+                        .unwrap_or(serde_yaml_ng::Value::Sequence(Vec::new())),
+                )
+            },
         },
-        show: |c| discovery::show_list(&c.discovery.exclude_services),
-    },
-    Setting {
-        key: "discovery.default_exclude_instrument",
-        env: &[],
-        flag: "",
-        default: Some(DEFAULT_EXCLUDE),
-        unset: "",
-        doc: "selectors (globs) always excluded from discovery: Sonde itself, OpenTelemetry collectors and other agents; `[]` excludes nothing",
-        secret: false,
-        apply: |c, i| {
-            c.discovery.default_exclude_instrument = discovery::parse_list(&i, Syntax::Glob)?;
-            Ok(())
-        },
-        show: |c| {
-            Some(
-                discovery::show_list(&c.discovery.default_exclude_instrument)
-                    .unwrap_or(serde_yaml_ng::Value::Sequence(Vec::new())),
-            )
-        },
-    },
-    Setting {
-        key: "service_name",
-        env: &[
-            var(naming::RESOURCE_ATTRIBUTES),
-            var("BEYLA_SERVICE_NAME"),
-            var("OTEL_SERVICE_NAME"),
-        ],
-        flag: "",
-        default: None,
-        unset: "see \"Discovery and service names\"",
-        doc: "the service name of the processes `open_port`, `auto_target_exe` and `target_pids` select (the `name` of that top-level selector); `OTEL_RESOURCE_ATTRIBUTES`: its `service.name`",
-        secret: false,
-        apply: |c, i| {
-            if i.key == naming::RESOURCE_ATTRIBUTES {
-                let attrs = naming::parse_resource_attributes(&i.text("attributes")?);
-                if let Some(n) = naming::attribute(&attrs, "service.name") {
-                    c.service_name = Some(n);
+        Setting {
+            key: "service_name",
+            env: &[
+                var(naming::RESOURCE_ATTRIBUTES),
+                var("BEYLA_SERVICE_NAME"),
+                var("OTEL_SERVICE_NAME"),
+            ],
+            flag: "",
+            default: None,
+            unset: "see \"Discovery and service names\"",
+            doc: "the service name of the processes `open_port`, `auto_target_exe` and `target_pids` select (the `name` of that top-level selector); `OTEL_RESOURCE_ATTRIBUTES`: its `service.name`",
+            secret: false,
+            apply: |c, i| {
+                if i.key == naming::RESOURCE_ATTRIBUTES {
+                    let attrs = naming::parse_resource_attributes(&i.text("attributes")?);
+                    if let Some(n) = naming::attribute(&attrs, "service.name") {
+                        c.service_name = Some(n);
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            c.service_name = Some(non_empty(i.key, i.text("a name")?)?);
-            Ok(())
+                c.service_name = Some(non_empty(i.key, i.text("a name")?)?);
+                Ok(())
+            },
+            show: |c| c.service_name.as_ref().and_then(show::text),
         },
-        show: |c| c.service_name.as_ref().and_then(show::text),
-    },
-    Setting {
-        key: "service_namespace",
-        env: &[
-            var(naming::RESOURCE_ATTRIBUTES),
-            var("BEYLA_SERVICE_NAMESPACE"),
-        ],
-        flag: "",
-        default: None,
-        unset: "see \"Discovery and service names\"",
-        doc: "the service namespace of the processes the top-level selector selects; `OTEL_RESOURCE_ATTRIBUTES`: its `service.namespace`",
-        secret: false,
-        apply: |c, i| {
-            if i.key == naming::RESOURCE_ATTRIBUTES {
-                let attrs = naming::parse_resource_attributes(&i.text("attributes")?);
-                if let Some(n) = naming::attribute(&attrs, "service.namespace") {
-                    c.service_namespace = Some(n);
+        Setting {
+            key: "service_namespace",
+            env: &[
+                var(naming::RESOURCE_ATTRIBUTES),
+                var("BEYLA_SERVICE_NAMESPACE"),
+            ],
+            flag: "",
+            default: None,
+            unset: "see \"Discovery and service names\"",
+            doc: "the service namespace of the processes the top-level selector selects; `OTEL_RESOURCE_ATTRIBUTES`: its `service.namespace`",
+            secret: false,
+            apply: |c, i| {
+                if i.key == naming::RESOURCE_ATTRIBUTES {
+                    let attrs = naming::parse_resource_attributes(&i.text("attributes")?);
+                    if let Some(n) = naming::attribute(&attrs, "service.namespace") {
+                        c.service_namespace = Some(n);
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            c.service_namespace = Some(non_empty(i.key, i.text("a name")?)?);
-            Ok(())
+                c.service_namespace = Some(non_empty(i.key, i.text("a name")?)?);
+                Ok(())
+            },
+            show: |c| c.service_namespace.as_ref().and_then(show::text),
         },
-        show: |c| c.service_namespace.as_ref().and_then(show::text),
-    },
-    Setting {
-        key: "control_socket",
-        env: &[var("SONDE_CONTROL_SOCKET")],
-        flag: "--control (processor)",
-        default: Some(DEFAULT_CONTROL_SOCKET),
-        unset: "",
-        doc: "the loader's `SOCK_SEQPACKET` control socket (absolute path)",
-        secret: false,
-        apply: |c, i| {
-            let path = PathBuf::from(i.text("a path")?);
-            if !path.is_absolute() {
-                return Err(i.invalid(path.display(), "an absolute path"));
-            }
-            c.control_socket = path;
-            Ok(())
+        Setting {
+            key: "control_socket",
+            env: &[var("SONDE_CONTROL_SOCKET")],
+            flag: "--control (processor)",
+            default: Some(DEFAULT_CONTROL_SOCKET),
+            unset: "",
+            doc: "the loader's `SOCK_SEQPACKET` control socket (absolute path)",
+            secret: false,
+            apply: |c, i| {
+                let path = PathBuf::from(i.text("a path")?);
+                if !path.is_absolute() {
+                    return Err(i.invalid(path.display(), "an absolute path"));
+                }
+                c.control_socket = path;
+                Ok(())
+            },
+            show: |c| show::text(c.control_socket.display()),
         },
-        show: |c| show::text(c.control_socket.display()),
-    },
-    Setting {
-        key: "loader.user",
-        env: &[var("SONDE_LOADER_USER")],
-        flag: "",
-        default: Some("sonde-loader"),
-        unset: "",
-        doc: "single-host mode: the user (name or uid) `sonde` switches to once the programs are attached, keeping only its run-time capabilities; it must exist and differ from `processor.user`. `root` keeps uid 0 (insecure; `--audit` flags it)",
-        secret: false,
-        apply: |c, i| {
-            c.loader_user = non_empty(i.key, i.text("a user")?)?;
-            Ok(())
+        Setting {
+            key: "loader.user",
+            env: &[var("SONDE_LOADER_USER")],
+            flag: "",
+            default: Some("sonde-loader"),
+            unset: "",
+            doc: "single-host mode: the user (name or uid) `sonde` switches to once the programs are attached, keeping only its run-time capabilities; it must exist and differ from `processor.user`. `root` keeps uid 0 (insecure; `--audit` flags it)",
+            secret: false,
+            apply: |c, i| {
+                c.loader_user = non_empty(i.key, i.text("a user")?)?;
+                Ok(())
+            },
+            show: |c| show::text(&c.loader_user),
         },
-        show: |c| show::text(&c.loader_user),
-    },
-    Setting {
-        key: "processor.user",
-        env: &[var("SONDE_PROCESSOR_USER")],
-        flag: "",
-        default: Some("nobody"),
-        unset: "",
-        doc: "user (name or uid) the processor runs as in single-host mode, and the uid allowed to connect; root is refused. `\"*\"`: any uid whose gid is `processor.group` may connect (systemd `DynamicUser=`, pods); the socket is then mode 0660 with that group; not valid in single-host mode",
-        secret: false,
-        apply: |c, i| {
-            c.processor.user = non_empty(i.key, i.text("a user")?)?;
-            Ok(())
+        Setting {
+            key: "processor.user",
+            env: &[var("SONDE_PROCESSOR_USER")],
+            flag: "",
+            default: Some("nobody"),
+            unset: "",
+            doc: "user (name or uid) the processor runs as in single-host mode, and the uid allowed to connect; root is refused. `\"*\"`: any uid whose gid is `processor.group` may connect (systemd `DynamicUser=`, pods); the socket is then mode 0660 with that group; not valid in single-host mode",
+            secret: false,
+            apply: |c, i| {
+                c.processor.user = non_empty(i.key, i.text("a user")?)?;
+                Ok(())
+            },
+            show: |c| show::text(&c.processor.user),
         },
-        show: |c| show::text(&c.processor.user),
-    },
-    Setting {
-        key: "processor.group",
-        env: &[],
-        flag: "",
-        default: None,
-        unset: "the user's primary group",
-        doc: "group (name or gid); when set, the connecting peer's gid must match",
-        secret: false,
-        apply: |c, i| {
-            c.processor.group = Some(non_empty(i.key, i.text("a group")?)?);
-            Ok(())
+        Setting {
+            key: "processor.group",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "the user's primary group",
+            doc: "group (name or gid); when set, the connecting peer's gid must match",
+            secret: false,
+            apply: |c, i| {
+                c.processor.group = Some(non_empty(i.key, i.text("a group")?)?);
+                Ok(())
+            },
+            show: |c| c.processor.group.as_ref().and_then(show::text),
         },
-        show: |c| c.processor.group.as_ref().and_then(show::text),
-    },
-    Setting {
-        key: "processor.binary",
-        env: &[],
-        flag: "",
-        default: None,
-        unset: "`sonde-processor` next to the loader",
-        doc: "processor binary for single-host mode; in split mode, when set, a connecting peer's executable must be this file (device and inode)",
-        secret: false,
-        apply: |c, i| {
-            c.processor.binary = Some(PathBuf::from(non_empty(i.key, i.text("a path")?)?));
-            Ok(())
+        Setting {
+            key: "processor.binary",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "`sonde-processor` next to the loader",
+            doc: "processor binary for single-host mode; in split mode, when set, a connecting peer's executable must be this file (device and inode)",
+            secret: false,
+            apply: |c, i| {
+                c.processor.binary = Some(PathBuf::from(non_empty(i.key, i.text("a path")?)?));
+                Ok(())
+            },
+            show: |c| {
+                c.processor
+                    .binary
+                    .as_ref()
+                    .and_then(|p| show::text(p.display()))
+            },
         },
-        show: |c| {
-            c.processor
-                .binary
-                .as_ref()
-                .and_then(|p| show::text(p.display()))
+        Setting {
+            key: "processor.cgroup",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "not checked",
+            doc: "split mode: a connecting peer's cgroup (v2 path as `/proc/<pid>/cgroup` shows it) must be this one or lie below it, e.g. `/system.slice/sonde-processor.service`",
+            secret: false,
+            apply: |c, i| {
+                let v = i.text("a cgroup path")?;
+                if !v.starts_with('/') || v.contains(char::is_whitespace) {
+                    return Err(i.invalid(v, "an absolute cgroup path without spaces"));
+                }
+                c.processor.cgroup = Some(v.trim_end_matches('/').to_string());
+                Ok(())
+            },
+            show: |c| c.processor.cgroup.as_ref().and_then(show::text),
         },
-    },
-    Setting {
-        key: "processor.cgroup",
-        env: &[],
-        flag: "",
-        default: None,
-        unset: "not checked",
-        doc: "split mode: a connecting peer's cgroup (v2 path as `/proc/<pid>/cgroup` shows it) must be this one or lie below it, e.g. `/system.slice/sonde-processor.service`",
-        secret: false,
-        apply: |c, i| {
-            let v = i.text("a cgroup path")?;
-            if !v.starts_with('/') || v.contains(char::is_whitespace) {
-                return Err(i.invalid(v, "an absolute cgroup path without spaces"));
-            }
-            c.processor.cgroup = Some(v.trim_end_matches('/').to_string());
-            Ok(())
+        Setting {
+            key: "processor.allowed_uids",
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "`[]`",
+            doc: "further uids allowed to connect (e.g. a systemd `DynamicUser`)",
+            secret: false,
+            apply: |c, i| {
+                c.processor.allowed_uids = numbers(&i, UIDS)?;
+                Ok(())
+            },
+            show: |c| show::numbers(&c.processor.allowed_uids),
         },
-        show: |c| c.processor.cgroup.as_ref().and_then(show::text),
-    },
-    Setting {
-        key: "processor.allowed_uids",
-        env: &[],
-        flag: "",
-        default: None,
-        unset: "`[]`",
-        doc: "further uids allowed to connect (e.g. a systemd `DynamicUser`)",
-        secret: false,
-        apply: |c, i| {
-            c.processor.allowed_uids = numbers(&i, UIDS)?;
-            Ok(())
+        Setting {
+            key: "processor.landlock",
+            env: &[var("SONDE_LANDLOCK")],
+            flag: "--landlock (processor)",
+            default: Some("best_effort"),
+            unset: "",
+            doc: "`best_effort`: enforce the Landlock rights the kernel has (down to ABI 1; on a kernel without Landlock the processor starts under seccomp alone with one warning) and log once what is and is not enforced; `required`: refuse to start unless the whole ruleset (ABI 6, Linux 6.12) is enforced; `off`: no ruleset (insecure, flagged by `--audit`; processor flag `--insecure-no-landlock`). See `security.md`",
+            secret: false,
+            apply: |c, i| {
+                c.processor.landlock = LandlockMode::parse(i.key, &i.text("a Landlock mode")?)?;
+                Ok(())
+            },
+            show: |c| show::text(c.processor.landlock.as_str()),
         },
-        show: |c| show::numbers(&c.processor.allowed_uids),
-    },
-    Setting {
-        key: "processor.landlock",
-        env: &[var("SONDE_LANDLOCK")],
-        flag: "--landlock (processor)",
-        default: Some("best_effort"),
-        unset: "",
-        doc: "`best_effort`: enforce the Landlock rights the kernel has (down to ABI 1; on a kernel without Landlock the processor starts under seccomp alone with one warning) and log once what is and is not enforced; `required`: refuse to start unless the whole ruleset (ABI 6, Linux 6.12) is enforced; `off`: no ruleset (insecure, flagged by `--audit`; processor flag `--insecure-no-landlock`). See `security.md`",
-        secret: false,
-        apply: |c, i| {
-            c.processor.landlock = LandlockMode::parse(i.key, &i.text("a Landlock mode")?)?;
-            Ok(())
+        Setting {
+            key: "processor.insecure_no_landlock",
+            env: &[var("SONDE_INSECURE_NO_LANDLOCK")],
+            flag: "",
+            default: Some("false"),
+            unset: "",
+            doc: "older name of `processor.landlock: best_effort`: `true` lowers `required` to `best_effort` (it does not turn Landlock off)",
+            secret: false,
+            apply: |c, i| {
+                c.processor.insecure_no_landlock = parse_bool(i.key, &i.text("a boolean")?)?;
+                Ok(())
+            },
+            show: |c| show::flag(c.processor.insecure_no_landlock),
         },
-        show: |c| show::text(c.processor.landlock.as_str()),
-    },
-    Setting {
-        key: "processor.insecure_no_landlock",
-        env: &[var("SONDE_INSECURE_NO_LANDLOCK")],
-        flag: "",
-        default: Some("false"),
-        unset: "",
-        doc: "older name of `processor.landlock: best_effort`: `true` lowers `required` to `best_effort` (it does not turn Landlock off)",
-        secret: false,
-        apply: |c, i| {
-            c.processor.insecure_no_landlock = parse_bool(i.key, &i.text("a boolean")?)?;
-            Ok(())
+        Setting {
+            key: "ebpf.ring_buffer_bytes",
+            env: &[],
+            flag: "",
+            default: Some("8388608"),
+            unset: "",
+            doc: "event ring buffer size: a power of two, 4096 … 1073741824",
+            secret: false,
+            apply: |c, i| {
+                const EXPECTED: &str = "a power of two between 4096 and 1073741824";
+                let text = i.text(EXPECTED)?;
+                let n: u32 = parse_in_range(i.key, &text, 4096..=1 << 30, EXPECTED)?;
+                if !n.is_power_of_two() {
+                    return Err(invalid(i.key, text, EXPECTED));
+                }
+                c.ebpf.ring_buffer_bytes = n;
+                Ok(())
+            },
+            show: |c| show::number(c.ebpf.ring_buffer_bytes),
         },
-        show: |c| show::flag(c.processor.insecure_no_landlock),
-    },
-    Setting {
-        key: "ebpf.ring_buffer_bytes",
-        env: &[],
-        flag: "",
-        default: Some("8388608"),
-        unset: "",
-        doc: "event ring buffer size: a power of two, 4096 … 1073741824",
-        secret: false,
-        apply: |c, i| {
-            const EXPECTED: &str = "a power of two between 4096 and 1073741824";
-            let text = i.text(EXPECTED)?;
-            let n: u32 = parse_in_range(i.key, &text, 4096..=1 << 30, EXPECTED)?;
-            if !n.is_power_of_two() {
-                return Err(invalid(i.key, text, EXPECTED));
-            }
-            c.ebpf.ring_buffer_bytes = n;
-            Ok(())
+        Setting {
+            key: "ebpf.max_connections",
+            env: &[],
+            flag: "",
+            default: Some("16384"),
+            unset: "",
+            doc: "connections tracked at once (LRU beyond), 64 … 1048576",
+            secret: false,
+            apply: |c, i| {
+                const EXPECTED: &str = "a number between 64 and 1048576";
+                c.ebpf.max_connections =
+                    parse_in_range(i.key, &i.text(EXPECTED)?, 64..=1 << 20, EXPECTED)?;
+                Ok(())
+            },
+            show: |c| show::number(c.ebpf.max_connections),
         },
-        show: |c| show::number(c.ebpf.ring_buffer_bytes),
-    },
-    Setting {
-        key: "ebpf.max_connections",
-        env: &[],
-        flag: "",
-        default: Some("16384"),
-        unset: "",
-        doc: "connections tracked at once (LRU beyond), 64 … 1048576",
-        secret: false,
-        apply: |c, i| {
-            const EXPECTED: &str = "a number between 64 and 1048576";
-            c.ebpf.max_connections =
-                parse_in_range(i.key, &i.text(EXPECTED)?, 64..=1 << 20, EXPECTED)?;
-            Ok(())
+        Setting {
+            key: "ebpf.tls",
+            env: &[var("SONDE_TLS")],
+            flag: "",
+            default: Some("true"),
+            unset: "",
+            doc: "capture HTTPS through OpenSSL uprobes (`libssl.so*`, and executables that export `SSL_write` such as `node`), attached per selected process with uprobe-multi links; the loader's run-time seccomp policy then allows `BPF_LINK_CREATE` (see security.md)",
+            secret: false,
+            apply: |c, i| {
+                c.ebpf.tls = parse_bool(i.key, &i.text("a boolean")?)?;
+                Ok(())
+            },
+            show: |c| show::flag(c.ebpf.tls),
         },
-        show: |c| show::number(c.ebpf.max_connections),
-    },
-    Setting {
-        key: "ebpf.tls",
-        env: &[var("SONDE_TLS")],
-        flag: "",
-        default: Some("true"),
-        unset: "",
-        doc: "capture HTTPS through OpenSSL uprobes (`libssl.so*`, and executables that export `SSL_write` such as `node`), attached per selected process with uprobe-multi links; the loader's run-time seccomp policy then allows `BPF_LINK_CREATE` (see security.md)",
-        secret: false,
-        apply: |c, i| {
-            c.ebpf.tls = parse_bool(i.key, &i.text("a boolean")?)?;
-            Ok(())
+        Setting {
+            key: "stats_interval_secs",
+            env: &[],
+            flag: "",
+            default: Some("10"),
+            unset: "",
+            doc: "seconds between kernel counter reports (loader log, processor stats), ≥ 1",
+            secret: false,
+            apply: |c, i| {
+                const EXPECTED: &str = "a number of seconds >= 1";
+                c.stats_interval_secs =
+                    parse_in_range(i.key, &i.text(EXPECTED)?, 1..=u32::MAX, EXPECTED)?;
+                Ok(())
+            },
+            show: |c| show::number(c.stats_interval_secs),
         },
-        show: |c| show::flag(c.ebpf.tls),
-    },
-    Setting {
-        key: "stats_interval_secs",
-        env: &[],
-        flag: "",
-        default: Some("10"),
-        unset: "",
-        doc: "seconds between kernel counter reports (loader log, processor stats), ≥ 1",
-        secret: false,
-        apply: |c, i| {
-            const EXPECTED: &str = "a number of seconds >= 1";
-            c.stats_interval_secs =
-                parse_in_range(i.key, &i.text(EXPECTED)?, 1..=u32::MAX, EXPECTED)?;
-            Ok(())
-        },
-        show: |c| show::number(c.stats_interval_secs),
-    },
-]]);
+    ],
+    HOST_METRICS,
+]);

@@ -503,19 +503,20 @@ mod discovery_config {
     #[test]
     fn beyla_keys_not_implemented_are_accepted_and_named() {
         let c = load_yaml(
-            "network:\n  enable: true\ndiscovery:\n  poll_interval: 5s\notel_traces_export:\n  insecure_skip_verify: true\n  endpoint: http://x:4318\n",
+            "network:\n  enable: true\n  source: tc\ndiscovery:\n  poll_interval: 5s\notel_traces_export:\n  insecure_skip_verify: true\n  endpoint: http://x:4318\n",
             &[],
         )
         .unwrap();
         assert_eq!(
             c.unimplemented_keys,
             [
-                "network",
+                "network.source",
                 "discovery.poll_interval",
                 "otel_traces_export.insecure_skip_verify"
             ]
         );
         assert_eq!(c.warnings().len(), 1);
+        assert!(c.network.enable);
         // Other unknown keys still fail.
         for (yaml, key) in [
             ("ebpf:\n  wakeup_lenn: 1\n", "ebpf.wakeup_lenn"),

@@ -33,6 +33,10 @@ pub enum Update {
     /// fields bounds it): see `kube::select`.
     Candidate(CandidateRecord),
     CandidateRemoved(u32),
+    /// Flow counts since the previous report (`network.enable`).
+    FlowCounts(Vec<sonde_schema::control::FlowCount>),
+    /// Resource usage of captured processes (`application_process`).
+    ProcessUsage(Vec<sonde_schema::control::ProcessUsage>),
 }
 
 /// Connects to the loader's control socket (the loader checks this process's credentials).
@@ -198,6 +202,8 @@ pub fn read_update(conn: BorrowedFd<'_>) -> Result<Update, ControlError> {
         LoaderMessage::KernelStats(counters) => Ok(Update::KernelStats(counters)),
         LoaderMessage::CandidateAdded(c) => Ok(Update::Candidate(c)),
         LoaderMessage::CandidateRemoved(pid) => Ok(Update::CandidateRemoved(pid)),
+        LoaderMessage::FlowCounts(flows) => Ok(Update::FlowCounts(flows)),
+        LoaderMessage::ProcessUsage(usage) => Ok(Update::ProcessUsage(usage)),
         LoaderMessage::Refused(reason) => Err(ControlError::Refused { reason }),
         other @ LoaderMessage::Welcome(_) => Err(ControlError::Unexpected {
             expected: "update",

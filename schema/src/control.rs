@@ -58,6 +58,13 @@ pub const MAX_COUNTERS: usize = 64;
 /// Bytes of a counter's name.
 pub const MAX_COUNTER_NAME_BYTES: usize = 64;
 
+/// Flows in one flow-counts message (a flow encodes to ~100 bytes).
+pub const MAX_FLOWS_PER_MESSAGE: usize = 256;
+/// Processes in one process-usage message.
+pub const MAX_USAGE_PER_MESSAGE: usize = 256;
+/// Bytes of an interface name (`IFNAMSIZ` - 1).
+pub const MAX_IFACE_BYTES: usize = 15;
+
 // The loader reports every kernel counter in one message.
 const _: () = assert!(crate::counters::COUNT as usize <= MAX_COUNTERS);
 
@@ -138,6 +145,59 @@ pub struct SandboxState {
     pub seccomp_filters: u8,
 }
 
+/// Which way a flow's packets went through the interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FlowDirection {
+    /// Received on the interface (`net:netif_receive_skb`).
+    Ingress,
+    /// Sent by the interface (`net:net_dev_start_xmit`).
+    Egress,
+}
+
+/// One flow's traffic on one interface in one direction since its previous report
+/// (`LoaderMessage::FlowCounts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowCount {
+    /// IPv6, or IPv4 as an IPv4-mapped IPv6 address.
+    pub src: std::net::Ipv6Addr,
+    pub dst: std::net::Ipv6Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IANA protocol number (6 TCP, 17 UDP).
+    pub transport: u8,
+    pub direction: FlowDirection,
+    pub ifindex: u32,
+    /// The interface's name (at most `MAX_IFACE_BYTES`).
+    pub iface: String,
+    /// IP-layer bytes (IP headers included, link-layer headers not); a GSO/GRO aggregate
+    /// counts as the segments it stands for.
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+/// Resource usage of one captured process (`LoaderMessage::ProcessUsage`): counters are
+/// cumulative (CPU and disk since the process started, network since it was captured),
+/// memory is current.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    pub parent_pid: u32,
+    /// Real uid.
+    pub uid: u32,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub memory_rss: u64,
+    pub memory_virtual: u64,
+    /// `/proc/<pid>/io` `read_bytes` / `write_bytes`.
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    /// Socket bytes counted in the kernel.
+    pub net_receive_bytes: u64,
+    pub net_transmit_bytes: u64,
+    /// `CLOCK_MONOTONIC` nanoseconds of the reading.
+    pub sampled_at_ns: u64,
+}
+
 /// Everything the loader sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoaderMessage {
@@ -154,6 +214,10 @@ pub enum LoaderMessage {
     CandidateAdded(CandidateRecord),
     /// A candidate is gone.
     CandidateRemoved(u32),
+    /// Flow counts since the previous report (at most `MAX_FLOWS_PER_MESSAGE`).
+    FlowCounts(Vec<FlowCount>),
+    /// Usage of captured processes (at most `MAX_USAGE_PER_MESSAGE`).
+    ProcessUsage(Vec<ProcessUsage>),
 }
 
 /// Everything the processor sends.
@@ -244,6 +308,8 @@ impl LoaderMessage {
             LoaderMessage::Refused(_) => "refusal",
             LoaderMessage::CandidateAdded(_) => "candidate added",
             LoaderMessage::CandidateRemoved(_) => "candidate removed",
+            LoaderMessage::FlowCounts(_) => "flow counts",
+            LoaderMessage::ProcessUsage(_) => "process usage",
         }
     }
 
@@ -312,6 +378,45 @@ impl LoaderMessage {
                 }
             }
             LoaderMessage::CandidateRemoved(pid) => root.set_candidate_removed(*pid),
+            LoaderMessage::FlowCounts(flows) => {
+                check_count(self.name(), "flows", flows.len(), MAX_FLOWS_PER_MESSAGE)?;
+                let mut list = root.init_flow_counts().init_flows(len_u32(flows));
+                for (i, f) in (0u32..).zip(flows) {
+                    let mut out = list.reborrow().get(i);
+                    out.set_src_addr(&f.src.octets());
+                    out.set_dst_addr(&f.dst.octets());
+                    out.set_src_port(f.src_port);
+                    out.set_dst_port(f.dst_port);
+                    out.set_transport(f.transport);
+                    out.set_direction(match f.direction {
+                        FlowDirection::Ingress => 0,
+                        FlowDirection::Egress => 1,
+                    });
+                    out.set_ifindex(f.ifindex);
+                    out.set_iface(truncate(&f.iface, MAX_IFACE_BYTES));
+                    out.set_bytes(f.bytes);
+                    out.set_packets(f.packets);
+                }
+            }
+            LoaderMessage::ProcessUsage(usage) => {
+                check_count(self.name(), "processes", usage.len(), MAX_USAGE_PER_MESSAGE)?;
+                let mut list = root.init_process_usage().init_processes(len_u32(usage));
+                for (i, u) in (0u32..).zip(usage) {
+                    let mut out = list.reborrow().get(i);
+                    out.set_pid(u.pid);
+                    out.set_parent_pid(u.parent_pid);
+                    out.set_uid(u.uid);
+                    out.set_cpu_user_ns(u.cpu_user_ns);
+                    out.set_cpu_system_ns(u.cpu_system_ns);
+                    out.set_memory_rss(u.memory_rss);
+                    out.set_memory_virtual(u.memory_virtual);
+                    out.set_disk_read_bytes(u.disk_read_bytes);
+                    out.set_disk_write_bytes(u.disk_write_bytes);
+                    out.set_net_receive_bytes(u.net_receive_bytes);
+                    out.set_net_transmit_bytes(u.net_transmit_bytes);
+                    out.set_sampled_at_ns(u.sampled_at_ns);
+                }
+            }
         }
         finish(self.name(), &builder)
     }
@@ -424,6 +529,80 @@ impl LoaderMessage {
                 LoaderMessage::CandidateAdded(CandidateRecord { process, selectors })
             }
             loader_message::Which::CandidateRemoved(pid) => LoaderMessage::CandidateRemoved(pid),
+            loader_message::Which::FlowCounts(f) => {
+                const WHAT: &str = "flow counts";
+                let list = f
+                    .and_then(|f| f.get_flows())
+                    .map_err(decode_error(WHAT, "flows"))?;
+                check_count(WHAT, "flows", list.len() as usize, MAX_FLOWS_PER_MESSAGE)?;
+                let mut out = Vec::with_capacity(list.len() as usize);
+                for f in list.iter() {
+                    let addr = |d: capnp::Result<&[u8]>, field: &'static str| {
+                        let d = d.map_err(decode_error(WHAT, field))?;
+                        let octets: [u8; 16] = d.try_into().map_err(|_| {
+                            decode_error(WHAT, field)(capnp::Error::failed(format!(
+                                "{} bytes, expected 16",
+                                d.len()
+                            )))
+                        })?;
+                        Ok::<_, ControlError>(std::net::Ipv6Addr::from(octets))
+                    };
+                    out.push(FlowCount {
+                        src: addr(f.get_src_addr(), "flows.src_addr")?,
+                        dst: addr(f.get_dst_addr(), "flows.dst_addr")?,
+                        src_port: f.get_src_port(),
+                        dst_port: f.get_dst_port(),
+                        transport: f.get_transport(),
+                        direction: match f.get_direction() {
+                            0 => FlowDirection::Ingress,
+                            1 => FlowDirection::Egress,
+                            d => {
+                                return Err(decode_error(WHAT, "flows.direction")(
+                                    capnp::Error::failed(format!("direction {d}")),
+                                ));
+                            }
+                        },
+                        ifindex: f.get_ifindex(),
+                        iface: text(
+                            f.get_iface().map_err(decode_error(WHAT, "flows.iface"))?,
+                            MAX_IFACE_BYTES,
+                        ),
+                        bytes: f.get_bytes(),
+                        packets: f.get_packets(),
+                    });
+                }
+                LoaderMessage::FlowCounts(out)
+            }
+            loader_message::Which::ProcessUsage(u) => {
+                const WHAT: &str = "process usage";
+                let list = u
+                    .and_then(|u| u.get_processes())
+                    .map_err(decode_error(WHAT, "processes"))?;
+                check_count(
+                    WHAT,
+                    "processes",
+                    list.len() as usize,
+                    MAX_USAGE_PER_MESSAGE,
+                )?;
+                LoaderMessage::ProcessUsage(
+                    list.iter()
+                        .map(|u| ProcessUsage {
+                            pid: u.get_pid(),
+                            parent_pid: u.get_parent_pid(),
+                            uid: u.get_uid(),
+                            cpu_user_ns: u.get_cpu_user_ns(),
+                            cpu_system_ns: u.get_cpu_system_ns(),
+                            memory_rss: u.get_memory_rss(),
+                            memory_virtual: u.get_memory_virtual(),
+                            disk_read_bytes: u.get_disk_read_bytes(),
+                            disk_write_bytes: u.get_disk_write_bytes(),
+                            net_receive_bytes: u.get_net_receive_bytes(),
+                            net_transmit_bytes: u.get_net_transmit_bytes(),
+                            sampled_at_ns: u.get_sampled_at_ns(),
+                        })
+                        .collect(),
+                )
+            }
         };
         check_fds(decoded.name(), decoded.fd_count(), datagram.fds.len())?;
         Ok(decoded)

@@ -168,6 +168,8 @@ impl<'a, W: Write> Pipeline<'a, W> {
                     .unwrap_or(0);
                 self.metrics.kernel_events_lost.set(lost as i64);
             }
+            // Counted by the host-metrics helpers (flows, process usage) once they exist.
+            Update::FlowCounts(_) | Update::ProcessUsage(_) => {}
         }
     }
 

@@ -661,3 +661,106 @@ fn candidates_and_selection_requests_round_trip() {
         Err(ControlError::TooMany { .. })
     ));
 }
+
+fn full_flow(i: u32) -> FlowCount {
+    FlowCount {
+        src: std::net::Ipv6Addr::from(u128::MAX - u128::from(i)),
+        dst: std::net::Ipv4Addr::new(10, 0, 0, i as u8).to_ipv6_mapped(),
+        src_port: u16::MAX,
+        dst_port: i as u16,
+        transport: 17,
+        direction: if i.is_multiple_of(2) {
+            FlowDirection::Ingress
+        } else {
+            FlowDirection::Egress
+        },
+        ifindex: u32::MAX,
+        iface: "i".repeat(MAX_IFACE_BYTES),
+        bytes: u64::MAX,
+        packets: u64::MAX,
+    }
+}
+
+#[test]
+fn flow_counts_round_trip_full_and_refuse_bad_fields() {
+    let full =
+        LoaderMessage::FlowCounts((0..MAX_FLOWS_PER_MESSAGE as u32).map(full_flow).collect());
+    assert_eq!(loader_round_trip(&full), full);
+    let long = LoaderMessage::FlowCounts(vec![FlowCount {
+        iface: "x".repeat(40),
+        ..full_flow(1)
+    }]);
+    assert_eq!(
+        loader_round_trip(&long),
+        LoaderMessage::FlowCounts(
+            vec![full_flow(1)]
+                .into_iter()
+                .map(|f| FlowCount {
+                    iface: "x".repeat(MAX_IFACE_BYTES),
+                    ..f
+                })
+                .collect()
+        )
+    );
+    let over = vec![full_flow(0); MAX_FLOWS_PER_MESSAGE + 1];
+    assert!(matches!(
+        LoaderMessage::FlowCounts(over).encode(),
+        Err(ControlError::TooMany { field: "flows", .. })
+    ));
+    // An address that is not 16 bytes, a direction that does not exist: typed errors.
+    let short = raw_loader(|m| {
+        let mut f = m.init_flow_counts().init_flows(1).get(0);
+        f.set_src_addr(&[1, 2, 3, 4]);
+        f.set_dst_addr(&[0; 16]);
+    });
+    assert!(matches!(
+        LoaderMessage::decode(&short),
+        Err(ControlError::Decode {
+            field: "flows.src_addr",
+            ..
+        })
+    ));
+    let direction = raw_loader(|m| {
+        let mut f = m.init_flow_counts().init_flows(1).get(0);
+        f.set_src_addr(&[0; 16]);
+        f.set_dst_addr(&[0; 16]);
+        f.set_direction(7);
+    });
+    assert!(matches!(
+        LoaderMessage::decode(&direction),
+        Err(ControlError::Decode {
+            field: "flows.direction",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn process_usage_round_trips_full() {
+    let usage: Vec<ProcessUsage> = (0..MAX_USAGE_PER_MESSAGE as u32)
+        .map(|pid| ProcessUsage {
+            pid,
+            parent_pid: u32::MAX,
+            uid: u32::MAX,
+            cpu_user_ns: u64::MAX,
+            cpu_system_ns: u64::MAX,
+            memory_rss: u64::MAX,
+            memory_virtual: u64::MAX,
+            disk_read_bytes: u64::MAX,
+            disk_write_bytes: u64::MAX,
+            net_receive_bytes: u64::MAX,
+            net_transmit_bytes: u64::MAX,
+            sampled_at_ns: u64::MAX,
+        })
+        .collect();
+    let m = LoaderMessage::ProcessUsage(usage);
+    assert_eq!(loader_round_trip(&m), m);
+    assert!(matches!(
+        LoaderMessage::ProcessUsage(vec![ProcessUsage::default(); MAX_USAGE_PER_MESSAGE + 1])
+            .encode(),
+        Err(ControlError::TooMany {
+            field: "processes",
+            ..
+        })
+    ));
+}
