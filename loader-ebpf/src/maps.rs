@@ -3,9 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
-use sonde_schema::{ChunkHeader, HttpEvent, STREAM_CAPTURE, counters};
+use sonde_schema::{
+    ChunkHeader, HttpEvent, STREAM_CAPTURE, counters,
+    flows::{FlowKey, FlowValue},
+};
 
 /// `BPF_F_MMAPABLE`: the loader maps the pid filter into its memory and sets or clears one
 /// byte per pid there, so no 64-bit word shared by other pids is ever rewritten from user space.
@@ -212,3 +215,9 @@ pub static TLS_SOCK: LruHashMap<TlsKey, u64> = LruHashMap::with_max_entries(1638
 /// Pairing state of TLS connections (plaintext), as `CONNS` for cleartext ones.
 #[map(name = "TLS_CONNS")]
 pub static TLS_CONNS: LruHashMap<TlsKey, ConnState> = LruHashMap::with_max_entries(4096, 0);
+
+/// Network flow counts (`flows.rs`), per CPU: no atomic adds on the packet path. The loader
+/// sizes it to `network.cache_max_flows` (a tiny map when flow metrics are off: the programs
+/// are not attached then) and reads, sums and ages the entries.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowValue> = LruPerCpuHashMap::with_max_entries(64, 0);

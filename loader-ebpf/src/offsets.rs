@@ -79,3 +79,58 @@ pub fn notify_all_execs() -> bool {
 pub fn tls_enabled() -> bool {
     read_global!(TLS_ENABLED) != 0
 }
+
+// Flow metrics (`flows.rs`): `struct sk_buff`, `struct skb_shared_info` and `struct net_device`
+// offsets from kernel BTF. The defaults are Linux 6.18 x86_64's.
+offset_global!(SKB_LEN_OFF, 112);
+offset_global!(SKB_DEV_OFF, 16);
+offset_global!(SKB_HEAD_OFF, 192);
+offset_global!(SKB_DATA_OFF, 200);
+offset_global!(SKB_END_OFF, 188);
+offset_global!(SKB_NETWORK_HEADER_OFF, 180);
+offset_global!(SKB_PROTOCOL_OFF, 176);
+offset_global!(SHINFO_GSO_SEGS_OFF, 6);
+offset_global!(DEV_IFINDEX_OFF, 224);
+offset_global!(DEV_NAME_OFF, 0);
+offset_global!(DEV_FLAGS_OFF, 208);
+offset_global!(FLOWS_SKIP_LOOPBACK, 1);
+
+/// The flow programs' offsets, read once per packet.
+#[derive(Clone, Copy)]
+pub struct SkbOffsets {
+    pub len: u64,
+    pub dev: u64,
+    pub head: u64,
+    pub data: u64,
+    pub end: u64,
+    pub network_header: u64,
+    pub protocol: u64,
+    pub gso_segs: u64,
+    pub ifindex: u64,
+    pub name: u64,
+    pub flags: u64,
+}
+
+#[inline(always)]
+pub fn skb() -> SkbOffsets {
+    SkbOffsets {
+        len: read_global!(SKB_LEN_OFF) as u64,
+        dev: read_global!(SKB_DEV_OFF) as u64,
+        head: read_global!(SKB_HEAD_OFF) as u64,
+        data: read_global!(SKB_DATA_OFF) as u64,
+        end: read_global!(SKB_END_OFF) as u64,
+        network_header: read_global!(SKB_NETWORK_HEADER_OFF) as u64,
+        protocol: read_global!(SKB_PROTOCOL_OFF) as u64,
+        gso_segs: read_global!(SHINFO_GSO_SEGS_OFF) as u64,
+        ifindex: read_global!(DEV_IFINDEX_OFF) as u64,
+        name: read_global!(DEV_NAME_OFF) as u64,
+        flags: read_global!(DEV_FLAGS_OFF) as u64,
+    }
+}
+
+/// Non-zero: packets of loopback devices (`IFF_LOOPBACK`) are not counted (`lo` is excluded
+/// by `network.exclude_interfaces`, the default).
+#[inline(always)]
+pub fn flows_skip_loopback() -> bool {
+    read_global!(FLOWS_SKIP_LOOPBACK) != 0
+}

@@ -951,6 +951,17 @@ impl<'a> Capture<'a> {
         }
     }
 
+    /// Flow metrics: reads the kernel flow map and forwards what grew since the last read,
+    /// while a processor is connected (otherwise the counts wait in the kernel map).
+    pub fn send_flows(&mut self, flows: &mut crate::flows::FlowReader) {
+        if self.client.is_none() {
+            return;
+        }
+        for batch in flows.collect() {
+            self.send_client(&LoaderMessage::FlowCounts(batch));
+        }
+    }
+
     /// Forwards the kernel programs' counters to the processor.
     pub fn send_stats(&mut self, counters: &[(&'static str, u64)]) {
         let stats =

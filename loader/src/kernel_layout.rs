@@ -138,6 +138,46 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
     })
 }
 
+/// Byte offsets of the `struct sk_buff`, `struct skb_shared_info` and `struct net_device`
+/// fields the flow programs read.
+#[derive(Debug, Clone, Copy)]
+pub struct SkbOffsets {
+    pub len: u32,
+    pub dev: u32,
+    pub head: u32,
+    pub data: u32,
+    /// `sk_buff_data_t end`: an offset from `head` on 64-bit kernels.
+    pub end: u32,
+    pub network_header: u32,
+    pub protocol: u32,
+    pub gso_segs: u32,
+    pub ifindex: u32,
+    pub name: u32,
+    pub flags: u32,
+}
+
+/// Reads the packet layouts the flow programs need from kernel BTF.
+pub fn skb_offsets(btf: &Btf) -> Result<SkbOffsets, LayoutError> {
+    let skb = find_struct(btf, "sk_buff")?;
+    let shinfo = find_struct(btf, "skb_shared_info")?;
+    let dev = find_struct(btf, "net_device")?;
+    let in_skb = |field: &str| byte_offset(btf, &skb, "sk_buff", field);
+    let in_dev = |field: &str| byte_offset(btf, &dev, "net_device", field);
+    Ok(SkbOffsets {
+        len: in_skb("len")?,
+        dev: in_skb("dev")?,
+        head: in_skb("head")?,
+        data: in_skb("data")?,
+        end: in_skb("end")?,
+        network_header: in_skb("network_header")?,
+        protocol: in_skb("protocol")?,
+        gso_segs: byte_offset(btf, &shinfo, "skb_shared_info", "gso_segs")?,
+        ifindex: in_dev("ifindex")?,
+        name: in_dev("name")?,
+        flags: in_dev("flags")?,
+    })
+}
+
 fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, LayoutError> {
     btf.resolve_types_by_name(name)
         .map_err(|e| LayoutError::Btf(e.to_string()))?
@@ -251,6 +291,23 @@ mod tests {
         );
         assert!(o.v6_daddr > 16 && o.v6_rcv_saddr == o.v6_daddr + 16);
         assert!(o.sk_protocol > o.v6_rcv_saddr);
+    }
+
+    #[test]
+    fn reads_packet_layouts_from_this_kernel() {
+        let o = skb_offsets(&kernel_btf().expect("kernel BTF")).expect("sk_buff");
+        // Every field was found at a distinct place; `head` and `data` are adjacent pointers.
+        assert_eq!(o.data, o.head + 8);
+        assert!(o.len > o.dev && o.end > o.len && o.network_header > o.len);
+        assert!(o.gso_segs > 0 && o.gso_segs < 16);
+        assert_eq!(
+            raw_tracepoint_arity(&kernel_btf().expect("btf"), "netif_receive_skb").ok(),
+            Some(2)
+        );
+        assert_eq!(
+            raw_tracepoint_arity(&kernel_btf().expect("btf"), "net_dev_start_xmit").ok(),
+            Some(3)
+        );
     }
 
     #[test]

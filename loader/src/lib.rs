@@ -26,6 +26,7 @@ pub mod cli;
 pub mod conn;
 pub mod consumer;
 pub mod control;
+pub mod flows;
 pub mod identity;
 pub mod kernel_layout;
 pub mod privileges;

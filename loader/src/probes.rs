@@ -9,14 +9,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePoint, TracePoint},
 };
-use sonde_config::{Config, PortSet};
+use sonde_config::{Config, NetworkSettings, PortSet};
 use sonde_schema::{counters, globals};
 use tracing::{info, warn};
 
 use crate::{
+    flows::FlowReader,
     kernel_layout::{self, LayoutError},
     tls::{self, MapFds, TlsProbes},
 };
@@ -68,6 +69,13 @@ const RAW_TRACEPOINTS: [&str; 3] = [
     "inet_sock_set_state",
 ];
 
+/// Packet tracepoints of the flow metrics (`network.enable`), with the parameter count of
+/// their prototype (context included); programs of the same name.
+const FLOW_TRACEPOINTS: [(&str, usize); 2] = [
+    (sonde_schema::flows::INGRESS_PROGRAM, 2),
+    (sonde_schema::flows::EGRESS_PROGRAM, 3),
+];
+
 /// `sched:` tracepoints attached, each with a program of the same name.
 const SCHED_TRACEPOINTS: [&str; 3] = [
     "sched_process_exec",
@@ -87,6 +95,9 @@ pub struct ProbeSizes {
     /// The OpenSSL uprobes will be attached (`ebpf.tls`): sockets may be linked to TLS
     /// connections.
     pub tls: bool,
+    /// `network.*`: with `enable`, the packet tracepoints are attached and the flow map is
+    /// sized to `cache_max_flows`.
+    pub network: NetworkSettings,
 }
 
 impl ProbeSizes {
@@ -97,6 +108,7 @@ impl ProbeSizes {
             listen_ports: config.listen_ports(),
             notify_all_execs: config.needs_exec_notices(),
             tls: config.ebpf.tls,
+            network: config.network.clone(),
         }
     }
 }
@@ -110,6 +122,8 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     pub proc_events: RingBuf<MapData>,
     pub ring_buffer_bytes: u32,
+    /// The flow map's reader, when flow metrics are on (`network.enable`).
+    pub flows: Option<FlowReader>,
 }
 
 impl Probes {
@@ -130,6 +144,26 @@ impl Probes {
             }
         }
         let so = kernel_layout::sock_offsets(&btf)?;
+        let skb = kernel_layout::skb_offsets(&btf)?;
+        if sizes.network.enable {
+            // (skb) and (skb, dev): the programs read the skb only.
+            for (tp, expected) in FLOW_TRACEPOINTS {
+                let arity = kernel_layout::raw_tracepoint_arity(&btf, tp)?;
+                if arity != expected {
+                    return Err(ProbeError::Prototype {
+                        tracepoint: tp,
+                        arity,
+                    });
+                }
+            }
+        }
+        // Loopback traffic is skipped in the kernel when `lo` is not counted (the default).
+        let skip_loopback = u32::from(!sizes.network.counts_interface("lo"));
+        let flow_entries = if sizes.network.enable {
+            sizes.network.cache_max_flows
+        } else {
+            64
+        };
         let pid_max = pid_max();
         let pid_words = pid_max.div_ceil(8).max(1);
         info!(
@@ -159,6 +193,19 @@ impl Probes {
                 true,
             )
             .override_global(globals::TLS_ENABLED, &u32::from(sizes.tls), true)
+            .override_global(globals::SKB_LEN, &skb.len, true)
+            .override_global(globals::SKB_DEV, &skb.dev, true)
+            .override_global(globals::SKB_HEAD, &skb.head, true)
+            .override_global(globals::SKB_DATA, &skb.data, true)
+            .override_global(globals::SKB_END, &skb.end, true)
+            .override_global(globals::SKB_NETWORK_HEADER, &skb.network_header, true)
+            .override_global(globals::SKB_PROTOCOL, &skb.protocol, true)
+            .override_global(globals::SHINFO_GSO_SEGS, &skb.gso_segs, true)
+            .override_global(globals::DEV_IFINDEX, &skb.ifindex, true)
+            .override_global(globals::DEV_NAME, &skb.name, true)
+            .override_global(globals::DEV_FLAGS, &skb.flags, true)
+            .override_global(globals::FLOWS_SKIP_LOOPBACK, &skip_loopback, true)
+            .map_max_entries(sonde_schema::flows::FLOWS_MAP, flow_entries)
             .map_max_entries(sonde_schema::EVENTS_MAP, sizes.ring_buffer_bytes)
             .map_max_entries(sonde_schema::CONNS_MAP, sizes.max_connections)
             .map_max_entries(sonde_schema::PID_FILTER_MAP, pid_words)
@@ -172,6 +219,26 @@ impl Probes {
         for tp in SCHED_TRACEPOINTS {
             attach(&mut ebpf, tp, Hook::Tracepoint("sched"))?;
         }
+        // Flow metrics off: the packet programs are neither loaded nor attached.
+        let flows = if sizes.network.enable {
+            for (tp, _) in FLOW_TRACEPOINTS {
+                attach(&mut ebpf, tp, Hook::Raw)?;
+            }
+            let map = PerCpuHashMap::try_from(take(&mut ebpf, sonde_schema::flows::FLOWS_MAP)?)
+                .map_err(|source| ProbeError::Map {
+                    map: sonde_schema::flows::FLOWS_MAP,
+                    source,
+                })?;
+            info!(
+                tracepoints = ?FLOW_TRACEPOINTS.map(|(t, _)| t),
+                cache_max_flows = sizes.network.cache_max_flows,
+                skip_loopback = skip_loopback != 0,
+                "network flow metrics on: packet tracepoints attached"
+            );
+            Some(FlowReader::new(map, sizes.network.clone()))
+        } else {
+            None
+        };
         // The OpenSSL uprobes are loaded now (CAP_BPF, CAP_PERFMON) on the same maps, and
         // attached per selected process later (no capability needed for the links).
         let tls = sizes.tls.then(|| load_tls(object, &ebpf)).flatten();
@@ -213,6 +280,7 @@ impl Probes {
             counters,
             proc_events,
             ring_buffer_bytes: sizes.ring_buffer_bytes,
+            flows,
         })
     }
 

@@ -58,6 +58,11 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
     let mut last_stats = Instant::now();
     let mut losses = LossWatch::default();
     let stats_every = Duration::from_secs(u64::from(config.stats_interval_secs));
+    let mut last_flows = Instant::now();
+    let flows_every = config
+        .network
+        .cache_active_timeout
+        .max(Duration::from_millis(100));
     while !sonde_plumbing::stop::requested() {
         if let Some(s) = supervisor.as_mut()
             && let Some((conn, pid)) = s.tick()
@@ -94,6 +99,13 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
             }
             capture.send_stats(&counters);
             last_stats = Instant::now();
+        }
+        // Flow metrics: the kernel flow map's growth, every `network.cache_active_timeout`.
+        if last_flows.elapsed() >= flows_every
+            && let Some(flows) = probes.flows.as_mut()
+        {
+            capture.send_flows(flows);
+            last_flows = Instant::now();
         }
         // Single host: a processor that broke the protocol is killed; the supervisor reaps and
         // restarts it.

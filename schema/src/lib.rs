@@ -623,6 +623,20 @@ pub mod globals {
     pub const NOTIFY_ALL_EXECS: &str = "NOTIFY_ALL_EXECS";
     /// Non-zero: the OpenSSL uprobes are attached, so sockets may be linked to TLS connections.
     pub const TLS_ENABLED: &str = "TLS_ENABLED";
+    /// Flow metrics: `struct sk_buff` and `struct net_device` offsets (kernel BTF), and
+    /// whether loopback devices are skipped in the kernel (`lo` excluded).
+    pub const SKB_LEN: &str = "SKB_LEN_OFF";
+    pub const SKB_DEV: &str = "SKB_DEV_OFF";
+    pub const SKB_HEAD: &str = "SKB_HEAD_OFF";
+    pub const SKB_DATA: &str = "SKB_DATA_OFF";
+    pub const SKB_END: &str = "SKB_END_OFF";
+    pub const SKB_NETWORK_HEADER: &str = "SKB_NETWORK_HEADER_OFF";
+    pub const SKB_PROTOCOL: &str = "SKB_PROTOCOL_OFF";
+    pub const SHINFO_GSO_SEGS: &str = "SHINFO_GSO_SEGS_OFF";
+    pub const DEV_IFINDEX: &str = "DEV_IFINDEX_OFF";
+    pub const DEV_NAME: &str = "DEV_NAME_OFF";
+    pub const DEV_FLAGS: &str = "DEV_FLAGS_OFF";
+    pub const FLOWS_SKIP_LOOPBACK: &str = "FLOWS_SKIP_LOOPBACK";
 }
 
 /// The OpenSSL uprobes: program names and the cookie each link carries to say which function
@@ -660,6 +674,56 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const CONNS_MAP: &str = "CONNS";
 /// Name of the stream-chunk scratch array (one slot per possible CPU).
 pub const CHUNK_BUF_MAP: &str = "CHUNK_BUF";
+
+/// Network flow metrics: what the packet tracepoints (`net:netif_receive_skb`,
+/// `net:net_dev_start_xmit`) count per flow, in the per-CPU LRU hash `FLOWS` the loader reads.
+pub mod flows {
+    /// Name of the flow map (`BPF_MAP_TYPE_LRU_PERCPU_HASH`, `FlowKey` → `FlowValue`).
+    pub const FLOWS_MAP: &str = "FLOWS";
+    /// Program names; each is attached to the raw tracepoint of the same name.
+    pub const INGRESS_PROGRAM: &str = "netif_receive_skb";
+    pub const EGRESS_PROGRAM: &str = "net_dev_start_xmit";
+    /// `FlowKey::direction`: received on the interface (`netif_receive_skb`).
+    pub const DIRECTION_INGRESS: u8 = 1;
+    /// `FlowKey::direction`: handed to the interface's driver (`net_dev_start_xmit`).
+    pub const DIRECTION_EGRESS: u8 = 2;
+    /// `IFNAMSIZ`: interface names are at most 15 bytes and a NUL.
+    pub const IFACE_NAME_BYTES: usize = 16;
+
+    /// One flow on one interface in one direction. Every byte is written (padding is explicit
+    /// and zero), so equal flows hash equally.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct FlowKey {
+        /// IPv6, or IPv4 as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+        pub src: [u8; 16],
+        pub dst: [u8; 16],
+        /// The kernel's `struct net_device *`: interfaces of different network namespaces may
+        /// share an ifindex. It never leaves the loader.
+        pub dev: u64,
+        pub ifindex: u32,
+        /// Host byte order; 0 for transports without ports (ICMP) and non-first fragments.
+        pub src_port: u16,
+        pub dst_port: u16,
+        /// IANA protocol number (IPv4 protocol / IPv6 next header).
+        pub transport: u8,
+        pub direction: u8,
+        pub _pad: [u8; 6],
+    }
+
+    /// A flow's counts on one CPU since its entry was created.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct FlowValue {
+        /// IP-layer bytes (IP headers included, link layer not); a GSO/GRO aggregate of `n`
+        /// segments counts its length plus `(n - 1)` copies of its IP and L4 headers.
+        pub bytes: u64,
+        /// Packets; a GSO/GRO aggregate counts as its `gso_segs` segments.
+        pub packets: u64,
+        /// The interface's name when the entry was created (NUL-padded).
+        pub iface: [u8; IFACE_NAME_BYTES],
+    }
+}
 
 #[cfg(test)]
 mod tests {
