@@ -343,7 +343,7 @@ impl<'a> Capture<'a> {
             return;
         }
         let result = (|| -> anyhow::Result<()> {
-            match consumer.check_and_reset() {
+            match consumer.check_and_reset()? {
                 Check::Kept { pending_bytes } => {
                     debug!(pending_bytes, "ring buffer consumer position checked")
                 }

@@ -14,7 +14,7 @@
 
 use std::{
     num::NonZeroUsize,
-    os::fd::BorrowedFd,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
@@ -29,12 +29,31 @@ const HEADER: u64 = 8;
 /// and the producer page. A record header's page offset counts from the structure's start.
 const DATA_PAGE_OFFSET: u64 = 3;
 
-/// The loader's mappings of the ring's positions and data.
+/// The loader's mapping of the ring's consumer page, and what it needs to map the producer
+/// page and data area for a check.
+///
+/// Only the consumer page stays mapped. The producer page and the data area (twice the data
+/// size: 16 MiB with the default 8 MiB ring) are mapped for the length of one check and
+/// unmapped after it: the kernel inserts a ring buffer's pages when it is mapped, so a lasting
+/// mapping would count the whole ring in the loader's resident set between hand-overs.
 pub struct ConsumerGuard {
     consumer: NonNull<core::ffi::c_void>,
-    producer: NonNull<core::ffi::c_void>,
+    ring: OwnedFd,
     page_size: usize,
     data_size: usize,
+}
+
+/// The producer page and data area, mapped read-only for one check.
+struct ProducerView {
+    producer: NonNull<core::ffi::c_void>,
+    len: usize,
+}
+
+impl Drop for ProducerView {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `ConsumerGuard::producer_view`, once.
+        let _ = unsafe { munmap(self.producer, self.len) };
+    }
 }
 
 /// What a check did.
@@ -47,7 +66,8 @@ pub enum Check {
 }
 
 impl ConsumerGuard {
-    /// Maps the ring whose fd is `fd` (data area `data_size` bytes).
+    /// Maps the consumer page of the ring whose fd is `fd` (data area `data_size` bytes), and
+    /// maps its producer page and data once to prove they can be.
     pub fn map(fd: BorrowedFd<'_>, data_size: u32) -> Result<ConsumerGuard> {
         let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
             .ok()
@@ -59,9 +79,11 @@ impl ConsumerGuard {
             bail!("ring buffer data size {data_size} is not a power of two of at least a page");
         }
         let consumer_len = NonZeroUsize::new(page).context("page size")?;
-        let producer_len = NonZeroUsize::new(page + 2 * data).context("ring size")?;
-        // SAFETY: mapping a kernel ring buffer fd at the offsets and lengths the kernel defines
-        // for it; the kernel validates both, and nothing is accessed beyond these lengths.
+        let ring = fd
+            .try_clone_to_owned()
+            .context("duplicating the ring buffer fd")?;
+        // SAFETY: mapping a kernel ring buffer fd at the offset and length the kernel defines
+        // for its consumer page; the kernel validates both, and nothing is accessed beyond it.
         let consumer = unsafe {
             mmap(
                 None,
@@ -73,31 +95,34 @@ impl ConsumerGuard {
             )
         }
         .context("mapping the ring buffer's consumer page")?;
-        // SAFETY: as above, read-only, one page in.
+        let guard = ConsumerGuard {
+            consumer,
+            ring,
+            page_size: page,
+            data_size: data,
+        };
+        drop(guard.producer_view()?);
+        Ok(guard)
+    }
+
+    /// Maps the producer page and the data area (twice) read-only, until the view drops.
+    fn producer_view(&self) -> Result<ProducerView> {
+        let len = self.page_size + 2 * self.data_size;
+        let producer_len = NonZeroUsize::new(len).context("ring size")?;
+        // SAFETY: as for the consumer page, read-only, one page in, at the length the kernel
+        // defines for the producer page and the doubly mapped data area.
         let producer = unsafe {
             mmap(
                 None,
                 producer_len,
                 ProtFlags::PROT_READ,
                 MapFlags::MAP_SHARED,
-                fd,
-                page as i64,
+                self.ring.as_fd(),
+                self.page_size as i64,
             )
-        };
-        let producer = match producer {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: unmapping exactly the mapping made above, once.
-                let _ = unsafe { munmap(consumer, page) };
-                return Err(e).context("mapping the ring buffer's producer page and data");
-            }
-        };
-        Ok(ConsumerGuard {
-            consumer,
-            producer,
-            page_size: page,
-            data_size: data,
-        })
+        }
+        .context("mapping the ring buffer's producer page and data")?;
+        Ok(ProducerView { producer, len })
     }
 
     fn consumer_pos(&self) -> &AtomicU64 {
@@ -106,20 +131,20 @@ impl ConsumerGuard {
         unsafe { &*self.consumer.as_ptr().cast::<AtomicU64>() }
     }
 
-    fn producer_pos(&self) -> &AtomicU64 {
-        // SAFETY: the producer page is mapped read-only for our lifetime; producer_pos is the
-        // u64 at its start; it is only loaded.
-        unsafe { &*self.producer.as_ptr().cast::<AtomicU64>() }
+    fn producer_pos<'v>(&self, view: &'v ProducerView) -> &'v AtomicU64 {
+        // SAFETY: the producer page is mapped read-only for the view's lifetime; producer_pos
+        // is the u64 at its start; it is only loaded.
+        unsafe { &*view.producer.as_ptr().cast::<AtomicU64>() }
     }
 
     /// The record header at data offset `offset` (< data size): its length word and page
     /// offset.
-    fn header(&self, offset: usize) -> (u32, u32) {
+    fn header(&self, view: &ProducerView, offset: usize) -> (u32, u32) {
         // SAFETY: offset < data_size and the data area starts one page into the producer
         // mapping, which is page + 2 * data_size long: both 4-byte words are in bounds and
         // 8-byte aligned (offset is a multiple of 8). The kernel publishes them atomically.
         unsafe {
-            let base = self
+            let base = view
                 .producer
                 .as_ptr()
                 .cast::<u8>()
@@ -133,7 +158,7 @@ impl ConsumerGuard {
 
     /// Whether records starting at `cons` lead, header by header, to `prod` (or to a record
     /// still being written).
-    fn walks_to_producer(&self, cons: u64, prod: u64) -> bool {
+    fn walks_to_producer(&self, view: &ProducerView, cons: u64, prod: u64) -> bool {
         if cons > prod || prod - cons > self.data_size as u64 || !cons.is_multiple_of(HEADER) {
             return false;
         }
@@ -142,7 +167,7 @@ impl ConsumerGuard {
         let mut pos = cons;
         while pos < prod {
             let offset = (pos & mask) as usize;
-            let (len_word, pg_off) = self.header(offset);
+            let (len_word, pg_off) = self.header(view, offset);
             if u64::from(pg_off) != DATA_PAGE_OFFSET + ((offset as u64) >> shift) {
                 return false;
             }
@@ -161,11 +186,13 @@ impl ConsumerGuard {
     }
 
     /// Checks the consumer position before a hand-over; resets it to the producer position
-    /// unless the kernel could have left it there.
-    pub fn check_and_reset(&self) -> Check {
-        let prod = self.producer_pos().load(Ordering::Acquire);
+    /// unless the kernel could have left it there. Fails only when the producer page and data
+    /// cannot be mapped for the check.
+    pub fn check_and_reset(&self) -> Result<Check> {
+        let view = self.producer_view()?;
+        let prod = self.producer_pos(&view).load(Ordering::Acquire);
         let cons = self.consumer_pos().load(Ordering::Acquire);
-        if self.walks_to_producer(cons, prod) {
+        Ok(if self.walks_to_producer(&view, cons, prod) {
             Check::Kept {
                 pending_bytes: prod - cons,
             }
@@ -175,16 +202,13 @@ impl ConsumerGuard {
                 from: cons,
                 to: prod,
             }
-        }
+        })
     }
 }
 
 impl Drop for ConsumerGuard {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly the two mappings made in `map`, once.
-        unsafe {
-            let _ = munmap(self.consumer, self.page_size);
-            let _ = munmap(self.producer, self.page_size + 2 * self.data_size);
-        }
+        // SAFETY: unmapping exactly the consumer page mapped in `map`, once.
+        let _ = unsafe { munmap(self.consumer, self.page_size) };
     }
 }

@@ -161,6 +161,11 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
     );
     info!(?filters, "run-time seccomp policy installed");
 
+    // 10. Start-up parsed the kernel's BTF (several MiB) and the programs' object file, all
+    //     freed by now; hand the freed heap back so the loader runs in what it keeps.
+    // SAFETY: malloc_trim only returns free memory of glibc's allocator to the kernel.
+    unsafe { libc::malloc_trim(0) };
+
     Ok(Started {
         probes,
         consumer,
