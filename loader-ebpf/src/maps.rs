@@ -3,11 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sonde_schema::{
     ChunkHeader, HttpEvent, STREAM_CAPTURE, counters,
     flows::{FlowKey, FlowValue},
+    process_net,
 };
 
 /// `BPF_F_MMAPABLE`: the loader maps the pid filter into its memory and sets or clears one
@@ -74,6 +75,50 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// Process lifecycle notices for the loader.
 #[map(name = "PROC_EVENTS")]
 pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 << 10, 0);
+
+/// Process metrics: socket bytes per captured process (`sonde_schema::process_net`), counted
+/// only while `PROCESS_METRICS` is non-zero; per CPU, so the socket path adds without atomics
+/// (the loader sums the CPUs). Removed at the process's exit (here) and when the loader
+/// deselects it.
+#[map(name = "PROC_NET_BYTES")]
+pub static PROC_NET_BYTES: PerCpuHashMap<u32, [u64; 2]> =
+    PerCpuHashMap::with_max_entries(process_net::MAX_PROCESSES, 0);
+
+/// Non-zero when process metrics are on (`sonde_schema::process_net::ENABLED`); the loader
+/// rewrites it in `.rodata` before the verifier sees it, so with the feature off the socket
+/// path pays one load and a branch the verifier may even prune.
+#[unsafe(no_mangle)]
+static PROCESS_METRICS: u32 = 0;
+
+#[inline(always)]
+pub fn process_metrics_on() -> bool {
+    // SAFETY: a plain u32 in .rodata, valid for the program's lifetime; a volatile load keeps
+    // the compiler from folding the default.
+    unsafe { core::ptr::read_volatile(&PROCESS_METRICS) != 0 }
+}
+
+/// Adds `n` socket bytes to `tgid`'s received (`slot` 0) or sent (`slot` 1) count. A full map
+/// leaves the process uncounted (documented: its network I/O reads 0).
+#[inline(always)]
+pub fn count_process_bytes(tgid: u32, slot: usize, n: u64) {
+    let slot = slot & 1;
+    for _ in 0..2 {
+        if let Some(p) = PROC_NET_BYTES.get_ptr_mut(&tgid) {
+            // SAFETY: pointer from a successful lookup into this CPU's copy of the value; no
+            // other CPU writes it, and a program is not preempted by another on its CPU.
+            let value = unsafe { &mut *p };
+            value[slot] = value[slot].wrapping_add(n);
+            return;
+        }
+        let mut value = [0u64; 2];
+        value[slot] = n;
+        // BPF_NOEXIST: another CPU may have inserted the key meanwhile; then add to this
+        // CPU's copy of its value.
+        if PROC_NET_BYTES.insert(&tgid, &value, 1).is_ok() {
+            return;
+        }
+    }
+}
 
 /// Drop and skip counters, indexed by `sonde_schema::counters`.
 #[map(name = "COUNTERS")]

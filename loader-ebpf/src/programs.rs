@@ -11,12 +11,14 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use sonde_schema::{PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, counters};
+use sonde_schema::{
+    PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, counters, process_net,
+};
 
 use crate::{
     maps::{
-        CONNS, OP_READ, OP_WRITE, PROC_EVENTS, SocketIo, count, deselect, listen_port_wanted,
-        select, selected,
+        CONNS, OP_READ, OP_WRITE, PROC_EVENTS, PROC_NET_BYTES, SocketIo, count,
+        count_process_bytes, deselect, listen_port_wanted, process_metrics_on, select, selected,
     },
     offsets, pairing, syscall_abi, tls,
 };
@@ -51,6 +53,16 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
     let flags = ctx.arg::<u64>(2) as i32;
     if flags & MSG_PEEK != 0 {
         return 0;
+    }
+    // Process metrics: the bytes of every IPv4/IPv6 socket of the process (one global check
+    // when the feature is off).
+    if process_metrics_on() && is_inet(sk) {
+        let slot = if op == OP_READ {
+            process_net::RECEIVED
+        } else {
+            process_net::SENT
+        };
+        count_process_bytes(tgid, slot, ret as u64);
     }
     // SAFETY: both helpers only return pointers into the current task; the registers are then
     // read with bpf_probe_read_kernel, which faults safely.
@@ -88,6 +100,17 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         None => {}
     }
     0
+}
+
+/// True for an IPv4 or IPv6 socket (any transport).
+#[inline(always)]
+fn is_inet(sk: u64) -> bool {
+    // SAFETY: bpf_probe_read_kernel copies with fault handling; sk comes from the tracepoint.
+    let family = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_family()) as *const u16)
+            .unwrap_or(0)
+    };
+    family == AF_INET || family == AF_INET6
 }
 
 /// True for an IPv4 or IPv6 TCP socket.
@@ -189,6 +212,9 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     deselect(tgid);
+    if process_metrics_on() {
+        let _ = PROC_NET_BYTES.remove(&tgid);
+    }
     proc_event(PROC_EXIT, tgid, 0);
     0
 }

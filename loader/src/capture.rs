@@ -687,6 +687,7 @@ impl<'a> Capture<'a> {
     fn remove(&mut self, probes: &mut Probes, pid: u32) {
         if self.selected.remove(&pid).is_some() {
             probes.unselect_pid(pid);
+            probes.forget_net_bytes(pid);
             self.send_client(&LoaderMessage::ProcessRemoved(pid));
             info!(pid, "process deselected");
         }
@@ -948,6 +949,23 @@ impl<'a> Capture<'a> {
     fn refuse_fork(&mut self, probes: &mut Probes, child: u32) {
         if !self.selected.contains_key(&child) {
             probes.unselect_pid(child);
+        }
+    }
+
+    /// The captured processes as (pid, start time): what process metrics read.
+    pub fn captured(&self) -> Vec<(u32, u64)> {
+        self.selected.iter().map(|(p, s)| (*p, s.start)).collect()
+    }
+
+    /// True when a processor is connected (process metrics are read only for one).
+    pub fn has_client(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Forwards readings of process metrics (each at most `MAX_USAGE_PER_MESSAGE` long).
+    pub fn send_usage(&mut self, batches: Vec<Vec<sonde_schema::control::ProcessUsage>>) {
+        for batch in batches {
+            self.send_client(&LoaderMessage::ProcessUsage(batch));
         }
     }
 

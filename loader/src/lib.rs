@@ -17,7 +17,8 @@
 //!    the selected processes, found by [`selection`], and the one connected processor, each
 //!    connection driven without blocking by [`conn`], refusals logged by [`refusals`]) in step
 //!    until SIGINT/SIGTERM, and in single-host mode keeps the processor running
-//!    ([`supervisor`]).
+//!    ([`supervisor`]). With process metrics on, [`usage`] reads the captured processes'
+//!    `/proc` counters for it every `processes.interval`.
 
 pub mod audit;
 pub mod capture;
@@ -39,3 +40,4 @@ pub mod serve;
 pub mod start;
 pub mod supervisor;
 pub mod tls;
+pub mod usage;

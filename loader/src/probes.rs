@@ -13,7 +13,7 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
 };
 use sonde_config::{Config, NetworkSettings, PortSet};
-use sonde_schema::{counters, globals};
+use sonde_schema::{counters, globals, process_net};
 use tracing::{info, warn};
 
 use crate::{
@@ -95,6 +95,8 @@ pub struct ProbeSizes {
     /// The OpenSSL uprobes will be attached (`ebpf.tls`): sockets may be linked to TLS
     /// connections.
     pub tls: bool,
+    /// Process metrics (`application_process`): the socket programs count bytes per process.
+    pub process_metrics: bool,
     /// `network.*`: with `enable`, the packet tracepoints are attached and the flow map is
     /// sized to `cache_max_flows`.
     pub network: NetworkSettings,
@@ -108,6 +110,7 @@ impl ProbeSizes {
             listen_ports: config.listen_ports(),
             notify_all_execs: config.needs_exec_notices(),
             tls: config.ebpf.tls,
+            process_metrics: config.processes.enable,
             network: config.network.clone(),
         }
     }
@@ -122,6 +125,8 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     pub proc_events: RingBuf<MapData>,
     pub ring_buffer_bytes: u32,
+    /// Socket bytes per captured process (process metrics on only).
+    proc_net: Option<PerCpuHashMap<MapData, u32, [u64; 2]>>,
     /// The flow map's reader, when flow metrics are on (`network.enable`).
     pub flows: Option<FlowReader>,
 }
@@ -206,6 +211,20 @@ impl Probes {
             .override_global(globals::DEV_FLAGS, &skb.flags, true)
             .override_global(globals::FLOWS_SKIP_LOOPBACK, &skip_loopback, true)
             .map_max_entries(sonde_schema::flows::FLOWS_MAP, flow_entries)
+            .override_global(
+                process_net::ENABLED,
+                &u32::from(sizes.process_metrics),
+                true,
+            )
+            // Off: the per-process byte map is never written; one entry keeps it tiny.
+            .map_max_entries(
+                process_net::MAP,
+                if sizes.process_metrics {
+                    process_net::MAX_PROCESSES
+                } else {
+                    1
+                },
+            )
             .map_max_entries(sonde_schema::EVENTS_MAP, sizes.ring_buffer_bytes)
             .map_max_entries(sonde_schema::CONNS_MAP, sizes.max_connections)
             .map_max_entries(sonde_schema::PID_FILTER_MAP, pid_words)
@@ -273,7 +292,20 @@ impl Probes {
                 map: sonde_schema::PROC_EVENTS_MAP,
                 source,
             })?;
+        let proc_net = if sizes.process_metrics {
+            Some(
+                PerCpuHashMap::try_from(take(&mut ebpf, process_net::MAP)?).map_err(|source| {
+                    ProbeError::Map {
+                        map: process_net::MAP,
+                        source,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         Ok(Probes {
+            proc_net,
             ebpf,
             tls,
             pid_filter,
@@ -380,6 +412,26 @@ impl Probes {
             .get(&counters::PROC_EVENTS_LOST, 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+
+    /// Socket bytes (received, sent) the kernel counted for `pid` since it was captured;
+    /// zero when none were counted (or process metrics are off).
+    pub fn net_bytes(&self, pid: u32) -> (u64, u64) {
+        self.proc_net
+            .as_ref()
+            .and_then(|m| m.get(&pid, 0).ok())
+            .map_or((0, 0), |per_cpu| {
+                per_cpu.iter().fold((0, 0), |(r, s), v| {
+                    (r + v[process_net::RECEIVED], s + v[process_net::SENT])
+                })
+            })
+    }
+
+    /// Drops `pid`'s socket byte count (a deselected process; the kernel drops it at exit).
+    pub fn forget_net_bytes(&mut self, pid: u32) {
+        if let Some(m) = self.proc_net.as_mut() {
+            let _ = m.remove(&pid);
+        }
     }
 
     /// Sums each kernel counter across CPUs, in `counters::NAMES` order.

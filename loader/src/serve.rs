@@ -63,6 +63,7 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
         .network
         .cache_active_timeout
         .max(Duration::from_millis(100));
+    let mut usage = crate::usage::UsageReader::new(config);
     while !sonde_plumbing::stop::requested() {
         if let Some(s) = supervisor.as_mut()
             && let Some((conn, pid)) = s.tick()
@@ -99,6 +100,14 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
             }
             capture.send_stats(&counters);
             last_stats = Instant::now();
+        }
+        // Process metrics: the captured processes' /proc counters, while a processor listens.
+        if let Some(u) = usage.as_mut()
+            && capture.has_client()
+            && u.due(Instant::now())
+        {
+            let batches = u.sample(&capture.captured(), &probes, Instant::now());
+            capture.send_usage(batches);
         }
         // Flow metrics: the kernel flow map's growth, every `network.cache_active_timeout`.
         if last_flows.elapsed() >= flows_every

@@ -852,3 +852,21 @@ mod tests {
         assert_eq!(counters::NAMES.len(), counters::COUNT as usize);
     }
 }
+
+/// Process metrics (`application_process`): socket bytes per captured process, counted in the
+/// kernel by the socket I/O programs only while the read-only global [`process_net::ENABLED`]
+/// is non-zero, and read by the loader every `processes.interval`.
+pub mod process_net {
+    /// Name of the map (`BPF_MAP_TYPE_PERCPU_HASH`, tgid `u32` → `[u64; 2]` per CPU: bytes received at
+    /// [`RECEIVED`], sent at [`SENT`], since the process was captured).
+    pub const MAP: &str = "PROC_NET_BYTES";
+    /// Processes counted at once; a process beyond that is not counted (its network I/O
+    /// reads 0). Entries are removed when the process exits or is deselected.
+    pub const MAX_PROCESSES: u32 = 4096;
+    /// Name of the read-only global (`u32`) that turns counting on.
+    pub const ENABLED: &str = "PROCESS_METRICS";
+    /// Index of the received bytes in a value.
+    pub const RECEIVED: usize = 0;
+    /// Index of the sent bytes in a value.
+    pub const SENT: usize = 1;
+}
