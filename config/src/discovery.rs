@@ -548,7 +548,6 @@ pub const UNIMPLEMENTED_KEYS: &[&str] = &[
     "attributes.kubernetes.reconnect_initial_interval",
     "attributes.instance_id",
     "attributes.host_id",
-    "attributes.select",
     "attributes.rename_unresolved_hosts",
     "attributes.rename_unresolved_hosts_outgoing",
     "attributes.rename_unresolved_hosts_incoming",

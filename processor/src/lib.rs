@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod control;
+pub mod flows;
 pub mod kube;
 pub mod metrics;
 pub mod otlp;

@@ -234,6 +234,8 @@ pub struct Metrics {
     pub instrumented_processes: Gauge,
     /// OTLP export outcomes.
     pub otlp: ExportCounters,
+    /// Network flow metrics (`beyla_network_flow_*`, `crate::flows`): series only when on.
+    pub flows: crate::flows::FlowFamilies,
     /// `target_info`: the agent's series and one per instrumented service.
     target_info: Family<Vec<(String, String)>, Gauge>,
     /// The `target_info` labels of each process, and how many processes share each set.
@@ -279,6 +281,7 @@ impl Metrics {
             "Target metadata: the agent producing these metrics, and each instrumented service with its resource attributes (service, host, Kubernetes)",
             target_info.clone(),
         );
+        let flows = crate::flows::FlowFamilies::register(&mut registry);
         let own = registry.sub_registry_with_prefix("sonde");
         let events = Counter::default();
         let kernel_events_lost = Gauge::default();
@@ -338,6 +341,7 @@ impl Metrics {
         );
         Metrics {
             otlp,
+            flows,
             registry: Arc::new(registry),
             server,
             client,
@@ -518,6 +522,11 @@ impl Metrics {
                 k8s: k8s.clone(),
             }),
         }
+    }
+
+    /// This host's name (`host_name` of `target_info`).
+    pub fn host_name(&self) -> &str {
+        &self.host
     }
 
     /// The exposition in OpenMetrics text (what Prometheus asks for when it scrapes).

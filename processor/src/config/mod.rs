@@ -36,6 +36,8 @@ pub struct Config {
     pub db_query_sanitize: bool,
     /// `attributes.kubernetes.*` (the `kube` module reads them).
     pub kubernetes: crate::kube::Settings,
+    /// `attributes.select.beyla_network_flow_{bytes,packets}.*`: the flow metrics' attributes.
+    pub flow_select: crate::flows::select::FlowSelection,
     /// Values that combine with others before they mean anything (an endpoint with its
     /// protocol, a sampler with its argument), resolved once all sources are read.
     pending: Pending,
@@ -95,6 +97,7 @@ impl Config {
             url_query: crate::protocols::http1::parse::QueryPolicy::default(),
             db_query_sanitize: true,
             kubernetes: crate::kube::Settings::default(),
+            flow_select: crate::flows::select::FlowSelection::default(),
             pending: Pending::default(),
         }
     }
@@ -134,6 +137,8 @@ impl Config {
                 KeyKind::Unknown if sonde_config::discovery::is_unimplemented(key) => {
                     KeyKind::Unimplemented
                 }
+                // Selections of metrics other than the flow metrics: accepted, not applied.
+                KeyKind::Unknown if key.starts_with("attributes.select.") => KeyKind::Unimplemented,
                 kind => kind,
             },
             kind => kind,

@@ -203,6 +203,146 @@ macro_rules! endpoint_settings {
     };
 }
 
+/// One `attributes.select.<metric>.include` or `.exclude` setting of a flow metric: first
+/// `include` or `exclude`, then `$field` the metric (`bytes`, `packets`), `$metric` the key's
+/// metric name (canonical or alias), `$shown` whether `--print-config` shows it (canonical
+/// names only), `$doc` its documentation.
+macro_rules! flow_select {
+    (include, $field:ident, $metric:literal, $shown:literal, $doc:expr) => {
+        Setting {
+            key: concat!("attributes.select.", $metric, ".include"),
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "the defaults",
+            doc: $doc,
+            secret: false,
+            apply: |c, i| {
+                c.flow_select.$field.include = Some(i.list("attribute names or globs")?);
+                Ok(())
+            },
+            show: |c| {
+                if $shown {
+                    c.flow_select
+                        .$field
+                        .include
+                        .as_deref()
+                        .and_then(show::texts)
+                } else {
+                    None
+                }
+            },
+        }
+    };
+    (exclude, $field:ident, $metric:literal, $shown:literal, $doc:expr) => {
+        Setting {
+            key: concat!("attributes.select.", $metric, ".exclude"),
+            env: &[],
+            flag: "",
+            default: None,
+            unset: "`[]`",
+            doc: $doc,
+            secret: false,
+            apply: |c, i| {
+                c.flow_select.$field.exclude = i.list("attribute names or globs")?;
+                Ok(())
+            },
+            show: |c| {
+                if $shown {
+                    show::texts(&c.flow_select.$field.exclude)
+                } else {
+                    None
+                }
+            },
+        }
+    };
+}
+
+const INCLUDE_DOC: &str = "attributes of the network flow metric (`beyla_network_flow_bytes_total` / `beyla.network.flow.bytes`; `…_packets` for packets): names or `*` globs, dots or underscores, among `direction`, `src.address`, `dst.address`, `src.port`, `dst.port`, `transport`, `iface`, `src.name`, `dst.name`, `src.cidr`, `dst.cidr`, `k8s.cluster.name`. Unset: the reference system's low-cardinality defaults (`direction`; `src.cidr`, `dst.cidr` with `network.cidrs`; `k8s.cluster.name` with Kubernetes metadata). A metric without a selection of its own uses the other's. Selections of other metrics are accepted and not applied";
+const EXCLUDE_DOC: &str =
+    "attributes removed from the included (or default) ones: names or `*` globs";
+const ALIAS_DOC: &str = "alias of the same key under `beyla_network_flow_bytes` / `beyla_network_flow_packets` (the `beyla.network.flow.*` and `obi_` / `obi.` spellings)";
+
+/// `attributes.select` of the flow metrics, under every spelling the reference system accepts.
+static FLOW_SELECT: &[Setting<Config>] = &[
+    flow_select!(
+        include,
+        bytes,
+        "beyla_network_flow_bytes",
+        true,
+        INCLUDE_DOC
+    ),
+    flow_select!(
+        exclude,
+        bytes,
+        "beyla_network_flow_bytes",
+        true,
+        EXCLUDE_DOC
+    ),
+    flow_select!(
+        include,
+        packets,
+        "beyla_network_flow_packets",
+        true,
+        INCLUDE_DOC
+    ),
+    flow_select!(
+        exclude,
+        packets,
+        "beyla_network_flow_packets",
+        true,
+        EXCLUDE_DOC
+    ),
+    flow_select!(include, bytes, "beyla.network.flow.bytes", false, ALIAS_DOC),
+    flow_select!(exclude, bytes, "beyla.network.flow.bytes", false, ALIAS_DOC),
+    flow_select!(
+        include,
+        packets,
+        "beyla.network.flow.packets",
+        false,
+        ALIAS_DOC
+    ),
+    flow_select!(
+        exclude,
+        packets,
+        "beyla.network.flow.packets",
+        false,
+        ALIAS_DOC
+    ),
+    flow_select!(include, bytes, "obi_network_flow_bytes", false, ALIAS_DOC),
+    flow_select!(exclude, bytes, "obi_network_flow_bytes", false, ALIAS_DOC),
+    flow_select!(
+        include,
+        packets,
+        "obi_network_flow_packets",
+        false,
+        ALIAS_DOC
+    ),
+    flow_select!(
+        exclude,
+        packets,
+        "obi_network_flow_packets",
+        false,
+        ALIAS_DOC
+    ),
+    flow_select!(include, bytes, "obi.network.flow.bytes", false, ALIAS_DOC),
+    flow_select!(exclude, bytes, "obi.network.flow.bytes", false, ALIAS_DOC),
+    flow_select!(
+        include,
+        packets,
+        "obi.network.flow.packets",
+        false,
+        ALIAS_DOC
+    ),
+    flow_select!(
+        exclude,
+        packets,
+        "obi.network.flow.packets",
+        false,
+        ALIAS_DOC
+    ),
+];
+
 /// The processor's settings, in the order `--print-config` shows them.
 pub static OWN: Table<Config> = Table(&[
     &[
@@ -500,6 +640,7 @@ pub static OWN: Table<Config> = Table(&[
             show: |c| c.sampler.describe().1.and_then(show::text),
         },
     ],
+    FLOW_SELECT,
     endpoint_settings!(
         "otel_traces_export",
         "TRACES",

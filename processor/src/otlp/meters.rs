@@ -249,6 +249,25 @@ impl Meters {
         }
     }
 
+    /// A meter pipeline of its own (not a process's: the network flows'), collected with the
+    /// processes' under `key`.
+    pub(super) fn host_provider(&self, key: u32, resource: Resource) -> SdkMeterProvider {
+        let reader = Arc::new(ManualReader::builder().build());
+        let provider = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_reader(SharedReader(Arc::clone(&reader)))
+            .build();
+        lock(&self.providers).insert(
+            key,
+            ProcessMeters {
+                provider: provider.clone(),
+                reader,
+                removed: false,
+            },
+        );
+        provider
+    }
+
     /// Retires a process that went away: its pipeline is collected once more, then dropped.
     pub(super) fn forget(&mut self, pid: u32) {
         self.instruments.remove(&pid);

@@ -15,6 +15,7 @@
 
 pub mod convert;
 mod exporter;
+mod flows;
 mod meters;
 mod worker;
 
@@ -48,6 +49,8 @@ pub struct Otlp {
     spans: Option<SpanQueue>,
     /// Present when metrics are exported.
     meters: Option<Meters>,
+    /// The network flow sums, made at the first flow counts (metrics exported only).
+    flows: Option<flows::FlowInstruments>,
     worker: Worker,
 }
 
@@ -85,6 +88,7 @@ impl Otlp {
             resources: HashMap::new(),
             spans,
             meters,
+            flows: None,
             worker,
         }))
     }
@@ -132,6 +136,24 @@ impl Otlp {
         if let Some(m) = &self.meters {
             m.record(s, attrs);
         }
+    }
+
+    /// Adds one flow's deltas to the host's flow sums (`beyla.network.flow.*`), each under
+    /// its metric's attributes.
+    pub fn record_flow(
+        &mut self,
+        bytes_attrs: &[KeyValue],
+        bytes: u64,
+        packets_attrs: &[KeyValue],
+        packets: u64,
+    ) {
+        let Some(m) = self.meters.as_ref() else {
+            return;
+        };
+        let host = &self.host;
+        self.flows
+            .get_or_insert_with(|| flows::FlowInstruments::new(m, host))
+            .add(bytes_attrs, bytes, packets_attrs, packets);
     }
 
     /// Queues a sampled span for export; drops and counts it when the queue is full. Its

@@ -168,8 +168,15 @@ impl<'a, W: Write> Pipeline<'a, W> {
                     .unwrap_or(0);
                 self.metrics.kernel_events_lost.set(lost as i64);
             }
-            // Counted by the host-metrics helpers (flows, process usage) once they exist.
-            Update::FlowCounts(_) | Update::ProcessUsage(_) => {}
+            Update::FlowCounts(flows) => crate::flows::apply(
+                &flows,
+                self.sink.config,
+                &self.metrics,
+                self.kube.is_some(),
+                self.sink.otlp_metrics(),
+            ),
+            // Counted by the process-metrics helper once it exists.
+            Update::ProcessUsage(_) => {}
         }
     }
 
