@@ -72,12 +72,14 @@ fi
 VENV="${SONDE_TEST_VENV:-$HOME/.local/share/sonde/venv}"
 # psycopg2, redis, PyMySQL, kafka-python, pymemcache: the database, cache and broker clients
 # of the instrumented web app (tests/peers/db_app.py) and the protocol tests;
-# mysql-connector-python for MySQL server-side prepared statements (COM_STMT_*).
+# mysql-connector-python for MySQL server-side prepared statements (COM_STMT_*); the
+# OpenTelemetry Python SDK with its urllib instrumentation for the own-telemetry tests.
 PY_PACKAGES=(grpcio==1.85.1 opentelemetry-proto==1.45.2 protobuf==7.36.2 rotel==0.0.1a15
   psycopg2-binary==2.9.10 redis==5.2.1 PyMySQL==1.1.1 kafka-python==2.0.2 pymemcache==4.0.0
-  mysql-connector-python==26.10.0)
+  mysql-connector-python==26.10.0 opentelemetry-sdk==1.45.1 opentelemetry-api==1.45.1
+  opentelemetry-instrumentation-urllib==0.66b1)
 PY_IMPORTS='import grpc, opentelemetry.proto, rotel, psycopg2, redis, pymysql, kafka, pymemcache,'
-PY_IMPORTS+=' mysql.connector'
+PY_IMPORTS+=' mysql.connector, opentelemetry.sdk.trace, opentelemetry.instrumentation.urllib'
 if ! "$VENV/bin/python" -c "$PY_IMPORTS" >/dev/null 2>&1; then
   log "creating the test virtualenv $VENV (${PY_PACKAGES[*]})"
   python3 -m venv "$VENV"

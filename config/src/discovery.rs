@@ -465,7 +465,6 @@ pub const UNIMPLEMENTED_KEYS: &[&str] = &[
     "discovery.min_process_age",
     "discovery.skip_go_specific_tracers",
     "discovery.bpf_pid_filter_off",
-    "discovery.exclude_otel_instrumented_services",
     "discovery.exclude_otel_instrumented_services_span_metrics",
     "discovery.default_otlp_grpc_port",
     "discovery.route_harvester_timeout",

@@ -134,6 +134,9 @@ pub struct Config {
     pub network: NetworkSettings,
     /// `processes.*`: process metrics.
     pub processes: ProcessMetricsSettings,
+    /// `discovery.exclude_otel_instrumented_services`: stop capturing a process once it is
+    /// seen exporting its own OpenTelemetry telemetry (OTLP calls from its SDK).
+    pub exclude_otel_instrumented_services: bool,
 }
 
 /// `discovery.default_exclude_instrument`: Sonde's binaries, OpenTelemetry collectors and the
@@ -186,6 +189,7 @@ impl Config {
                 enable: false,
                 interval: std::time::Duration::ZERO,
             },
+            exclude_otel_instrumented_services: false,
         }
     }
 
@@ -723,6 +727,20 @@ pub static SHARED: Table<Config> = Table(&[
                 Ok(())
             },
             show: |c| show::flag(c.ebpf.tls),
+        },
+        Setting {
+            key: "discovery.exclude_otel_instrumented_services",
+            env: &[var("BEYLA_EXCLUDE_OTEL_INSTRUMENTED_SERVICES")],
+            flag: "",
+            default: Some("true"),
+            unset: "",
+            doc: "stop capturing a process once it is seen sending its own OTLP export calls (an OpenTelemetry SDK in it reports its requests already; the processor asks the loader to narrow it, logged once). Its export calls never become spans either way",
+            secret: false,
+            apply: |c, i| {
+                c.exclude_otel_instrumented_services = parse_bool(i.key, &i.text("a boolean")?)?;
+                Ok(())
+            },
+            show: |c| show::flag(c.exclude_otel_instrumented_services),
         },
         Setting {
             key: "stats_interval_secs",

@@ -8,6 +8,7 @@ pub mod flows;
 pub mod kube;
 pub mod metrics;
 pub mod otlp;
+pub mod own_telemetry;
 pub mod pipeline;
 pub mod prehashed;
 pub mod printer;

@@ -35,6 +35,8 @@ pub struct Stats {
     pub unsampled: u64,
     /// Span output failures (stdout closed).
     pub print_errors: u64,
+    /// The applications' own OTLP export calls (their SDKs'), never made spans.
+    pub own_telemetry_exports: u64,
     /// Spans an OTLP collector accepted.
     pub otlp_spans_exported: u64,
     /// Spans dropped on the way to the collector: queue full or export failed.

@@ -111,6 +111,29 @@ impl<'a, W: Write> Pipeline<'a, W> {
 
     /// The selection and narrowing requests to send the loader, oldest first.
     pub fn take_requests(&mut self) -> Vec<sonde_schema::control::ProcessorMessage> {
+        use sonde_schema::control::{MAX_NARROW_PIDS, ProcessorMessage};
+        let own = self.sink.take_own_telemetry();
+        if !own.is_empty() {
+            let exclude = self.sink.config.shared.exclude_otel_instrumented_services;
+            for &pid in &own {
+                if exclude {
+                    info!(
+                        pid,
+                        "process exports its own OpenTelemetry telemetry: no longer instrumented (discovery.exclude_otel_instrumented_services)"
+                    );
+                } else {
+                    info!(
+                        pid,
+                        "process exports its own OpenTelemetry telemetry: its OTLP calls are not made spans"
+                    );
+                }
+            }
+            if exclude {
+                for chunk in own.chunks(MAX_NARROW_PIDS) {
+                    self.requests.push(ProcessorMessage::Narrow(chunk.to_vec()));
+                }
+            }
+        }
         std::mem::take(&mut self.requests)
     }
 

@@ -38,6 +38,11 @@ pub struct SpanSink<'a, W: Write> {
     mono_to_unix: i128,
     otlp: Option<Otlp>,
     red: RedRecorder,
+    /// Processes seen exporting their own OpenTelemetry telemetry (bounded by the processes
+    /// the loader captures; forgotten with them).
+    own_telemetry_pids: Vec<u32>,
+    /// Those not yet handed to the pipeline (`take_own_telemetry`).
+    own_telemetry_new: Vec<u32>,
 }
 
 impl<'a, W: Write> SpanSink<'a, W> {
@@ -60,6 +65,8 @@ impl<'a, W: Write> SpanSink<'a, W> {
             mono_to_unix,
             otlp,
             red: RedRecorder::default(),
+            own_telemetry_pids: Vec::new(),
+            own_telemetry_new: Vec::new(),
         }
     }
 
@@ -151,6 +158,15 @@ impl<'a, W: Write> SpanSink<'a, W> {
     /// Decorates, counts, samples, prints and exports a built span, whatever its protocol.
     fn finish_span(&mut self, mut s: Box<Span>, processes: &ProcessTable, stats: &mut Stats) {
         let config = self.config;
+        // The application's own OTLP export calls are its SDK's, never a span of Sonde's.
+        if crate::own_telemetry::is_otlp_export(&s) {
+            stats.own_telemetry_exports += 1;
+            if !self.own_telemetry_pids.contains(&s.pid) {
+                self.own_telemetry_pids.push(s.pid);
+                self.own_telemetry_new.push(s.pid);
+            }
+            return;
+        }
         let mut ignored = None;
         // Routes are HTTP's: an RPC's method, a database operation or a messaging topic is
         // already low-cardinality.
@@ -212,6 +228,12 @@ impl<'a, W: Write> SpanSink<'a, W> {
             o.forget(pid);
         }
         self.red.forget(pid);
+        self.own_telemetry_pids.retain(|&p| p != pid);
+    }
+
+    /// Processes newly seen exporting their own OpenTelemetry telemetry.
+    pub(super) fn take_own_telemetry(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.own_telemetry_new)
     }
 
     /// Writes out printed spans and stops OTLP export, sending what is queued.

@@ -54,11 +54,11 @@ pub fn build(
         .traceparent
         .as_deref()
         .and_then(|v| parse_traceparent(v.as_bytes()));
-    let (trace_id, parent, parent_sampled) = match (kind, traceparent) {
-        (SpanKind::Server, Some((trace, parent, flags))) => {
-            (trace, Some(parent), Some(flags & 1 == 1))
-        }
-        _ => (ids.trace_id(), None, None),
+    // As on HTTP/1: the incoming context for a server span, the application's own outgoing
+    // context (an OpenTelemetry SDK) for a client span.
+    let (trace_id, parent, parent_sampled) = match traceparent {
+        Some((trace, parent, flags)) => (trace, Some(parent), Some(flags & 1 == 1)),
+        None => (ids.trace_id(), None, None),
     };
     let method = req.method.clone().unwrap_or_default();
     let (path, raw_query) = split_path(req.path.as_deref().unwrap_or(""));

@@ -69,12 +69,13 @@ pub fn build(
         SpanKind::Client => (peer, ev.peer_port, local, ev.local_port),
     };
 
-    // A server span continues the caller's trace when the request carried traceparent.
-    let (trace_id, parent, parent_sampled) = match (kind, head.traceparent) {
-        (SpanKind::Server, Some((trace, parent, flags))) => {
-            (trace, Some(parent), Some(flags & 1 == 1))
-        }
-        _ => (ids.trace_id(), None, None),
+    // A server span continues the caller's trace when the request carried traceparent; a
+    // client span whose request already carries one (an OpenTelemetry SDK in the application)
+    // joins the application's trace under the application's span, so the SDK and Sonde never
+    // make two traces of one call.
+    let (trace_id, parent, parent_sampled) = match head.traceparent {
+        Some((trace, parent, flags)) => (trace, Some(parent), Some(flags & 1 == 1)),
+        None => (ids.trace_id(), None, None),
     };
     let span_id = ids.span_id();
 
@@ -269,6 +270,30 @@ mod tests {
             s.parent_span_id.map(|p| p.to_string()).as_deref(),
             Some("00f067aa0ba902b7")
         );
+    }
+
+    #[test]
+    fn a_client_request_carrying_the_applications_context_joins_its_trace() {
+        let mut e = event(
+            b"GET /down HTTP/1.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        e.direction = DIRECTION_CLIENT;
+        let s = span(&e);
+        assert_eq!(s.kind, SpanKind::Client);
+        assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            s.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        // The application decided not to sample: Sonde follows its decision.
+        assert_eq!(s.parent_sampled, Some(false));
+        // Without one, a client span starts a trace of its own.
+        let mut e = event(b"GET /down HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        e.direction = DIRECTION_CLIENT;
+        let s = span(&e);
+        assert_eq!((s.parent_span_id, s.parent_sampled), (None, None));
+        assert_ne!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]
