@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod prehashed;
 pub mod printer;
 pub mod privileges;
+pub mod process_metrics;
 pub mod protocols;
 pub mod red;
 pub mod ringbuf;

@@ -234,6 +234,8 @@ pub struct Metrics {
     pub instrumented_processes: Gauge,
     /// OTLP export outcomes.
     pub otlp: ExportCounters,
+    /// Process metrics (`process_*`, `crate::process_metrics`): series only when on.
+    pub process: crate::process_metrics::ProcessMetrics,
     /// Network flow metrics (`beyla_network_flow_*`, `crate::flows`): series only when on.
     pub flows: crate::flows::FlowFamilies,
     /// `target_info`: the agent's series and one per instrumented service.
@@ -281,6 +283,7 @@ impl Metrics {
             "Target metadata: the agent producing these metrics, and each instrumented service with its resource attributes (service, host, Kubernetes)",
             target_info.clone(),
         );
+        let process = crate::process_metrics::ProcessMetrics::register(&mut registry);
         let flows = crate::flows::FlowFamilies::register(&mut registry);
         let own = registry.sub_registry_with_prefix("sonde");
         let events = Counter::default();
@@ -342,6 +345,7 @@ impl Metrics {
         Metrics {
             otlp,
             flows,
+            process,
             registry: Arc::new(registry),
             server,
             client,

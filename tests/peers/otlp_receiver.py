@@ -11,6 +11,8 @@ request to the output file, flattened for easy assertions:
   {"signal": "metrics", "transport": "http", "headers": {...},
    "points": [{"name", "unit", "temporality", "attributes": {...}, "resource": {...},
                "count", "sum", "bucket_counts", "explicit_bounds"}]}
+   (histograms; sums and gauges are points with "kind" "sum"/"gauge", "is_monotonic" and
+   one "value" instead of the histogram fields)
 
 Usage: otlp_receiver.py OUT_FILE GRPC_PORT HTTP_PORT [CERT_PEM KEY_PEM]
 A port of 0 disables that transport; with a certificate and key both listeners speak TLS.
@@ -81,7 +83,27 @@ def flatten_metrics(req):
         resource = attrs(rm.resource.attributes)
         for sm in rm.scope_metrics:
             for m in sm.metrics:
-                if m.WhichOneof("data") != "histogram":
+                kind = m.WhichOneof("data")
+                if kind in ("sum", "gauge"):
+                    # Sums and gauges (process metrics, flows): one value per point.
+                    data = getattr(m, kind)
+                    for p in data.data_points:
+                        points.append(
+                            {
+                                "name": m.name,
+                                "unit": m.unit,
+                                "kind": kind,
+                                "temporality": getattr(data, "aggregation_temporality", 0),
+                                "is_monotonic": getattr(data, "is_monotonic", False),
+                                "attributes": attrs(p.attributes),
+                                "resource": resource,
+                                "value": p.as_double
+                                if p.WhichOneof("value") == "as_double"
+                                else p.as_int,
+                            }
+                        )
+                    continue
+                if kind != "histogram":
                     continue
                 for p in m.histogram.data_points:
                     points.append(

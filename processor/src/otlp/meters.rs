@@ -1,7 +1,8 @@
 //! OTLP RED metrics as the reader thread records them: one `SdkMeterProvider` per
 //! instrumented process, carrying that process's resource, with its eight histograms (HTTP
 //! duration and body sizes per kind, RPC duration per kind) and the
-//! attributes a request is counted under. Recording stays in memory; the worker collects
+//! attributes a request is counted under, and, with process metrics on, the process's
+//! observable `process.*` instruments. Recording stays in memory; the worker collects
 //! every provider each interval through the shared map (`Providers`).
 //!
 //! The SDK's periodic reader is not used: it serves one resource per provider's exporter,
@@ -28,6 +29,7 @@ use opentelemetry_sdk::{
 
 use super::convert::ProcessResource;
 use crate::{
+    process_metrics::UsagePoint,
     protocols::{db, grpc, messaging},
     semconv::{self, DURATION_BUCKETS, RedInstruments, SIZE_BUCKETS, method_value},
     span::{Rpc, Span, SpanKind},
@@ -153,6 +155,11 @@ impl ServiceLabels {
 /// The instruments of one process, used by the reader thread.
 struct ProcessInstruments {
     labels: ServiceLabels,
+    /// For instruments made later (process metrics, on its first reading).
+    meter: Meter,
+    /// The process's latest process-metrics reading, which its observable instruments report
+    /// at each collection; `None` (the process left) reports nothing.
+    usage: Option<UsageCell>,
     server: KindHistograms,
     client: KindHistograms,
     rpc_server: Histogram<f64>,
@@ -198,6 +205,8 @@ impl Meters {
             pid,
             ProcessInstruments {
                 labels: ServiceLabels::new(process),
+                meter: meter.clone(),
+                usage: None,
                 server: KindHistograms::new(&meter, &semconv::SERVER),
                 client: KindHistograms::new(&meter, &semconv::CLIENT),
                 rpc_server: duration_histogram(&meter, &grpc::SERVER_DURATION),
@@ -249,6 +258,25 @@ impl Meters {
         }
     }
 
+    /// Sets the process-metrics reading `pid`'s observable instruments report (made at its
+    /// first reading).
+    pub(super) fn record_usage(&mut self, pid: u32, point: UsagePoint) {
+        let Some(i) = self.instruments.get_mut(&pid) else {
+            return;
+        };
+        let cell = i
+            .usage
+            .get_or_insert_with(|| usage_instruments(&i.meter, &i.labels));
+        *lock(cell) = Some(point);
+    }
+
+    /// Stops reporting `pid`'s process metrics (the process left).
+    pub(super) fn end_usage(&mut self, pid: u32) {
+        if let Some(cell) = self.instruments.get(&pid).and_then(|i| i.usage.as_ref()) {
+            *lock(cell) = None;
+        }
+    }
+
     /// A meter pipeline of its own (not a process's: the network flows'), collected with the
     /// processes' under `key`.
     pub(super) fn host_provider(&self, key: u32, resource: Resource) -> SdkMeterProvider {
@@ -275,6 +303,131 @@ impl Meters {
             m.removed = true;
         }
     }
+}
+
+/// A process's latest process-metrics reading, shared with its instruments' callbacks.
+type UsageCell = Arc<Mutex<Option<UsagePoint>>>;
+
+/// Registers the process-metrics instruments of one process: observable ones, reporting the
+/// cell's reading at each collection (cumulative sums as the loader read them, gauges as
+/// they are), and nothing once the cell is empty, so the series stop with the process.
+fn usage_instruments(meter: &Meter, labels: &ServiceLabels) -> UsageCell {
+    let cell: UsageCell = Arc::default();
+    let base = {
+        let service_name = labels.service_name.clone();
+        let service_namespace = labels.service_namespace.clone();
+        move |p: &UsagePoint| {
+            let mut attrs = vec![
+                KeyValue::new("service.name", service_name.clone()),
+                KeyValue::new("process.command", p.command.clone()),
+                KeyValue::new("process.owner", p.owner.clone()),
+                KeyValue::new("process.parent_pid", i64::from(p.parent_pid)),
+            ];
+            if let Some(ns) = &service_namespace {
+                attrs.push(KeyValue::new("service.namespace", ns.clone()));
+            }
+            attrs
+        }
+    };
+    let with = {
+        let base = base.clone();
+        move |key: &'static str, value: &'static str, p: &UsagePoint| {
+            let mut a = base(p);
+            a.push(KeyValue::new(key, value));
+            a
+        }
+    };
+    let c = Arc::clone(&cell);
+    let w = with.clone();
+    meter
+        .f64_observable_counter("process.cpu.time")
+        .with_unit("s")
+        .with_description("Total CPU seconds broken down by different states")
+        .with_callback(move |o| {
+            if let Some(p) = lock(&c).as_ref() {
+                o.observe(p.cpu_user_seconds, &w("cpu.mode", "user", p));
+                o.observe(p.cpu_system_seconds, &w("cpu.mode", "system", p));
+            }
+        })
+        .build();
+    let c = Arc::clone(&cell);
+    let w = with.clone();
+    meter
+        .f64_observable_gauge("process.cpu.utilization")
+        .with_unit("1")
+        .with_description(
+            "Difference in process.cpu.time since the last measurement, divided by the elapsed time and number of CPUs available to the process",
+        )
+        .with_callback(move |o| {
+            if let Some(p) = lock(&c).as_ref()
+                && let Some((user, system)) = p.utilization
+            {
+                o.observe(user, &w("cpu.mode", "user", p));
+                o.observe(system, &w("cpu.mode", "system", p));
+            }
+        })
+        .build();
+    for (name, description, memory) in [
+        (
+            "process.memory.usage",
+            "The amount of physical memory in use",
+            (|p: &UsagePoint| p.memory_rss) as fn(&UsagePoint) -> u64,
+        ),
+        (
+            "process.memory.virtual",
+            "The amount of committed virtual memory",
+            |p: &UsagePoint| p.memory_virtual,
+        ),
+    ] {
+        let c = Arc::clone(&cell);
+        let b = base.clone();
+        meter
+            .u64_observable_gauge(name)
+            .with_unit("By")
+            .with_description(description)
+            .with_callback(move |o| {
+                if let Some(p) = lock(&c).as_ref() {
+                    o.observe(memory(p), &b(p));
+                }
+            })
+            .build();
+    }
+    for (name, description, key, values) in [
+        (
+            "process.disk.io",
+            "Disk bytes transferred",
+            "disk.io.direction",
+            (|p: &UsagePoint| [("read", p.disk_read_bytes), ("write", p.disk_write_bytes)])
+                as fn(&UsagePoint) -> [(&'static str, u64); 2],
+        ),
+        (
+            "process.network.io",
+            "Network bytes transferred",
+            "network.io.direction",
+            |p: &UsagePoint| {
+                [
+                    ("receive", p.net_receive_bytes),
+                    ("transmit", p.net_transmit_bytes),
+                ]
+            },
+        ),
+    ] {
+        let c = Arc::clone(&cell);
+        let w = with.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_unit("By")
+            .with_description(description)
+            .with_callback(move |o| {
+                if let Some(p) = lock(&c).as_ref() {
+                    for (direction, v) in values(p) {
+                        o.observe(v, &w(key, direction, p));
+                    }
+                }
+            })
+            .build();
+    }
+    cell
 }
 
 /// The attributes an RPC call is counted under (the reference system's default set).

@@ -138,6 +138,20 @@ impl Otlp {
         }
     }
 
+    /// Records a process-metrics reading of `pid` (its resource and meters made first if
+    /// needed, `meta` called only then).
+    pub fn record_usage(
+        &mut self,
+        meta: &dyn Fn() -> ProcessResource,
+        pid: u32,
+        point: crate::process_metrics::UsagePoint,
+    ) {
+        self.ensure_process(meta, pid);
+        if let Some(m) = self.meters.as_mut() {
+            m.record_usage(pid, point);
+        }
+    }
+
     /// Adds one flow's deltas to the host's flow sums (`beyla.network.flow.*`), each under
     /// its metric's attributes.
     pub fn record_flow(
@@ -154,6 +168,13 @@ impl Otlp {
         self.flows
             .get_or_insert_with(|| flows::FlowInstruments::new(m, host))
             .add(bytes_attrs, bytes, packets_attrs, packets);
+    }
+
+    /// Stops reporting `pid`'s process metrics (it left; its meters go after their grace).
+    pub fn end_usage(&mut self, pid: u32) {
+        if let Some(m) = self.meters.as_mut() {
+            m.end_usage(pid);
+        }
     }
 
     /// Queues a sampled span for export; drops and counts it when the queue is full. Its

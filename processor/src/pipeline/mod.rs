@@ -166,6 +166,11 @@ impl<'a, W: Write> Pipeline<'a, W> {
             }
             Update::Removed(pid) => {
                 info!(pid, "process removed");
+                // Process metrics: its series go now (not after the grace period).
+                self.metrics.process.remove(pid);
+                if let Some(o) = self.sink.otlp_metrics() {
+                    o.end_usage(pid);
+                }
                 self.processes.remove(pid, Instant::now());
                 self.candidates.uncaptured(pid);
             }
@@ -198,8 +203,13 @@ impl<'a, W: Write> Pipeline<'a, W> {
                 self.kube.is_some(),
                 self.sink.otlp_metrics(),
             ),
-            // Counted by the process-metrics helper once it exists.
-            Update::ProcessUsage(_) => {}
+            Update::ProcessUsage(usage) => crate::process_metrics::apply(
+                &usage,
+                &self.processes,
+                self.sink.config,
+                &self.metrics,
+                self.sink.otlp_metrics(),
+            ),
         }
     }
 

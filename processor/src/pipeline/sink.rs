@@ -222,6 +222,11 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
     }
 
+    /// The OTLP side when it exports metrics (process metrics record there).
+    pub(super) fn otlp_metrics(&mut self) -> Option<&mut Otlp> {
+        self.otlp.as_mut().filter(|o| o.exports_metrics())
+    }
+
     /// Drops what is kept for `pid` (its OTLP resource and meters, its RED series).
     pub fn forget(&mut self, pid: u32) {
         if let Some(o) = self.otlp.as_mut() {
