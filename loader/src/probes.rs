@@ -162,6 +162,8 @@ impl Probes {
                 }
             }
         }
+        // Done with this parse of the kernel BTF (tens of MiB): aya parses its own below.
+        drop(btf);
         // Loopback traffic is skipped in the kernel when `lo` is not counted (the default).
         let skip_loopback = u32::from(!sizes.network.counts_interface("lo"));
         let flow_entries = if sizes.network.enable {

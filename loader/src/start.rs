@@ -97,6 +97,10 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
         "kernel programs attached"
     );
 
+    // Loading parsed the kernel's BTF twice (the offsets, then aya's relocations) and the
+    // object file: return that heap before anything else is mapped, so the peak stays low.
+    trim_heap();
+
     // 5. Map the ring's consumer page (read-write) and producer page (read-only): before each
     //    hand-over the consumer position is checked and, if a processor parked it, reset.
     let consumer = ConsumerGuard::map(
@@ -161,10 +165,8 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
     );
     info!(?filters, "run-time seccomp policy installed");
 
-    // 10. Start-up parsed the kernel's BTF (several MiB) and the programs' object file, all
-    //     freed by now; hand the freed heap back so the loader runs in what it keeps.
-    // SAFETY: malloc_trim only returns free memory of glibc's allocator to the kernel.
-    unsafe { libc::malloc_trim(0) };
+    // 10. What the rest of start-up freed, too: the loader runs in what it keeps.
+    trim_heap();
 
     Ok(Started {
         probes,
@@ -238,4 +240,12 @@ fn supervised_processor(
         gid,
         &options.processor_config,
     ))
+}
+
+/// Returns the allocator's free memory to the kernel (glibc keeps freed heap otherwise, and
+/// start-up frees tens of MiB of parsed BTF).
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of glibc's allocator; no pointer is
+    // touched.
+    unsafe { libc::malloc_trim(0) };
 }
