@@ -489,7 +489,6 @@ pub const UNIMPLEMENTED_KEYS: &[&str] = &[
     "ebpf.kafka_topic_uuid_cache_size",
     "ebpf.couchbase_db_cache_size",
     "ebpf.redis_db_cache",
-    "ebpf.max_transaction_time",
     "ebpf.dns_request_timeout",
     "ebpf.traffic_control_backend",
     "ebpf.instrument_cuda",

@@ -12,7 +12,10 @@ use crate::{
     host_metrics::{HOST_METRICS, NetworkSettings, ProcessMetricsSettings},
     naming,
     setting::{Setting, Table, show, var},
-    values::{ExeGlob, LogFormat, LogLevel, PortSet, non_empty, parse_bool, parse_in_range},
+    values::{
+        ExeGlob, LogFormat, LogLevel, PortSet, format_duration, non_empty, parse_bool,
+        parse_duration, parse_in_range,
+    },
 };
 
 /// Kernel-side sizes.
@@ -25,6 +28,9 @@ pub struct EbpfSettings {
     /// Capture HTTPS plaintext through OpenSSL uprobes (uprobe-multi links per selected
     /// process, created at run time; the seccomp policy then allows `BPF_LINK_CREATE`).
     pub tls: bool,
+    /// How long the processor holds a client span of a serving process for the server span
+    /// it was made in (`ebpf.max_transaction_time`; zero turns in-process linking off).
+    pub max_transaction_time: std::time::Duration,
 }
 
 /// Who the processor is and how single-host mode runs it.
@@ -181,6 +187,7 @@ impl Config {
                 ring_buffer_bytes: 0,
                 max_connections: 0,
                 tls: false,
+                max_transaction_time: std::time::Duration::ZERO,
             },
             stats_interval_secs: 0,
             metrics_features: Vec::new(),
@@ -727,6 +734,20 @@ pub static SHARED: Table<Config> = Table(&[
                 Ok(())
             },
             show: |c| show::flag(c.ebpf.tls),
+        },
+        Setting {
+            key: "ebpf.max_transaction_time",
+            env: &[var("BEYLA_BPF_MAX_TRANSACTION_TIME")],
+            flag: "",
+            default: Some("5s"),
+            unset: "",
+            doc: "how long the processor holds a client span of a serving process for the server span it was made in (parent and child inside one process, see \"Connected traces\"); `0s` turns that linking off",
+            secret: false,
+            apply: |c, i| {
+                c.ebpf.max_transaction_time = parse_duration(i.key, &i.text("a duration")?)?;
+                Ok(())
+            },
+            show: |c| show::text(format_duration(c.ebpf.max_transaction_time)),
         },
         Setting {
             key: "discovery.exclude_otel_instrumented_services",

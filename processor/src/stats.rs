@@ -48,6 +48,9 @@ pub struct Stats {
     /// Database spans missing a field the connection's past would have given (a statement
     /// prepared, or a database selected, before Sonde started): emitted with what is known.
     pub db_partial: u64,
+    /// Parent and child inside one process: client spans linked to their server span, and
+    /// those left unlinked, by reason.
+    pub linking: crate::pipeline::LinkStats,
     /// Last kernel counters reported by the loader.
     pub kernel: std::collections::BTreeMap<String, u64>,
 }

@@ -5,6 +5,7 @@
 //! per pass and shuts it down; the pipeline never touches the control socket or the ring
 //! buffer itself.
 
+mod linker;
 mod processes;
 mod sink;
 
@@ -17,6 +18,7 @@ use std::{
 use sonde_schema::{EVENT_CONN_CLOSED, Record};
 use tracing::{debug, info, warn};
 
+pub use linker::LinkStats;
 pub use processes::{ProcessTable, REMOVED_GRACE};
 pub use sink::SpanSink;
 
@@ -268,6 +270,8 @@ impl<'a, W: Write> Pipeline<'a, W> {
             .instrumented_processes
             .set(self.processes.instrumented() as i64);
         self.stats.ring_corrupt = ring_corrupt;
+        // Linking: client spans held for their server span go out when due.
+        self.sink.link_expire(now, &self.processes, &mut self.stats);
         self.sink.flush(&mut self.stats);
         for pid in self.processes.expire(Instant::now()) {
             self.sink.forget(pid);
@@ -310,6 +314,8 @@ impl<'a, W: Write> Pipeline<'a, W> {
         self.assembler.finish(|ev| sink.emit(ev, processes, stats));
         self.streams
             .finish(|meta, ex| sink.emit_stream(meta, ex, processes, stats));
+        // Linking: what is still held goes out.
+        sink.link_finish(processes, stats);
         self.sink.shut_down();
         count_otlp(&self.metrics, &mut self.stats);
         self.stats.streams = self.streams.stats();

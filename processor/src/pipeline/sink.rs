@@ -3,11 +3,11 @@
 //! ([`SpanSink::emit`]); everything here runs on the reader thread and never waits on the
 //! network.
 
-use std::{borrow::Cow, io::Write, sync::Arc};
+use std::{borrow::Cow, io::Write, sync::Arc, time::Instant};
 
 use sonde_schema::HttpEvent;
 
-use super::processes::ProcessTable;
+use super::{linker::Linker, processes::ProcessTable};
 use crate::{
     config::Config,
     metrics::Metrics,
@@ -23,7 +23,7 @@ use crate::{
     red::RedRecorder,
     routes::Router,
     sampling,
-    span::{ServiceInfo, Span},
+    span::{ServiceInfo, Span, SpanKind},
     stats::Stats,
 };
 
@@ -43,6 +43,9 @@ pub struct SpanSink<'a, W: Write> {
     own_telemetry_pids: Vec<u32>,
     /// Those not yet handed to the pipeline (`take_own_telemetry`).
     own_telemetry_new: Vec<u32>,
+    /// Parent and child inside one process: client spans of serving processes wait there for
+    /// the server span they were made in.
+    linker: Linker,
 }
 
 impl<'a, W: Write> SpanSink<'a, W> {
@@ -67,6 +70,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
             red: RedRecorder::default(),
             own_telemetry_pids: Vec::new(),
             own_telemetry_new: Vec::new(),
+            linker: Linker::new(config.shared.ebpf.max_transaction_time, Instant::now()),
         }
     }
 
@@ -195,6 +199,53 @@ impl<'a, W: Write> SpanSink<'a, W> {
         stats.spans += 1;
         stats.malformed += u64::from(s.malformed.is_some());
         stats.no_response += u64::from(s.no_response);
+        // Linking (`linker`): a client span of a serving process may wait for its server span.
+        let s = match s.kind {
+            SpanKind::Server => {
+                let keep = sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled);
+                self.linker.server(&s, keep);
+                self.export_linked(processes, stats);
+                s
+            }
+            SpanKind::Client => match self.linker.client(s) {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        self.export(s, processes, stats);
+    }
+
+    /// Exports the client spans the linker released.
+    fn export_linked(&mut self, processes: &ProcessTable, stats: &mut Stats) {
+        let mut ready = self.linker.take_ready();
+        for s in ready.drain(..) {
+            self.export(s, processes, stats);
+        }
+        self.linker.give_back(ready);
+    }
+
+    /// Advances the linker to `now` and exports what it releases.
+    pub(super) fn link_expire(
+        &mut self,
+        now: Instant,
+        processes: &ProcessTable,
+        stats: &mut Stats,
+    ) {
+        self.linker.expire(now);
+        self.export_linked(processes, stats);
+        stats.linking = self.linker.stats();
+    }
+
+    /// Releases every span the linker holds (the processor stops).
+    pub(super) fn link_finish(&mut self, processes: &ProcessTable, stats: &mut Stats) {
+        self.linker.finish();
+        self.export_linked(processes, stats);
+        stats.linking = self.linker.stats();
+    }
+
+    /// Samples, prints and exports a finished span.
+    fn export(&mut self, s: Box<Span>, processes: &ProcessTable, stats: &mut Stats) {
+        let config = self.config;
         if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
             stats.unsampled += 1;
             return;

@@ -1,0 +1,580 @@
+//! Parent and child inside one process: makes a client span (HTTP, gRPC, SQL, Redis, Kafka …)
+//! that a thread made while serving a request the child of that request's server span, when
+//! that can be proven from what the kernel reports, and never otherwise.
+//!
+//! Every span carries the `(pid, tid)` of the thread that read the first request bytes (a
+//! server exchange) or wrote them (a client exchange), and the times of the first request byte
+//! and the end of the response. A server span reaches the processor only when its exchange
+//! completes, after the client exchanges it caused, so client spans of a process that serves
+//! are held here until the enclosing server span arrives or it is certain none will.
+//!
+//! The rule, per thread `(pid, tid)`:
+//! - Client spans are held only for processes that sent a server span within the last
+//!   `ebpf.max_transaction_time` (others pass through at once, as do spans that already carry
+//!   a parent: the application's own `traceparent` wins and is never re-linked).
+//! - A held client span lying inside exactly one server span of its thread (`server.start <=
+//!   client.start` and `client.end <= server.end`) is tentatively its child. The link is
+//!   committed [`SETTLE`] after that server span arrived, unless another server span of the
+//!   same thread overlapping one already seen arrives first: the thread serves several
+//!   requests at once (an event loop: Node.js, asyncio, nginx), it is marked multiplexed, and
+//!   nothing on it is linked again while it is remembered (held spans are released unlinked).
+//! - A client span inside two server spans of its thread is ambiguous and stays unlinked.
+//! - A held client span with no encloser is released unlinked once a server span of the same
+//!   thread that started after the client span ended has been known for [`SETTLE`] (a
+//!   thread that serves sequentially would have delivered the encloser first), or after
+//!   `ebpf.max_transaction_time`.
+//! - At most [`MAX_HELD`] spans are held; beyond that a client span passes through unlinked.
+//!
+//! A linked span takes the server span's trace id, its span id as parent, and its sampling
+//! decision (`parent_sampled`), so the sampler keeps or drops the whole trace together.
+//! What stays unlinked: calls made on other threads than the one that read the request
+//! (worker pools, `java.net.http.HttpClient`'s selector thread, threads the serving thread
+//! starts: the kernel side does not follow thread creation yet), calls made on event loops
+//! once they are seen serving concurrently, and the client calls of a process's first
+//! requests, before it is known to serve.
+
+// Spans stay boxed from their builder to the exporter: no copy of a span on the way.
+#![allow(clippy::vec_box)]
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use crate::span::{Span, SpanId, SpanKind, TraceId};
+
+/// How long a tentative link waits for evidence that its thread serves concurrently.
+pub const SETTLE: Duration = Duration::from_secs(1);
+/// Client spans held at once, over every thread.
+pub const MAX_HELD: usize = 32_768;
+/// Server spans remembered per thread (for containment and overlap).
+const MAX_SERVERS: usize = 8;
+/// Minimum time between two sweeps of the held spans.
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// The linker's counters (in the processor stats as `linking`).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct LinkStats {
+    /// Client spans made children of the server span of their thread.
+    pub linked: u64,
+    /// Client spans that already had a parent (the application's `traceparent`): left alone.
+    pub preparented: u64,
+    /// Released unlinked: no server span of their thread enclosed them in time.
+    pub unlinked_timeout: u64,
+    /// Released unlinked: a later server span of their thread proved none enclosed them.
+    pub unlinked_no_encloser: u64,
+    /// Released or passed unlinked: their thread serves several requests at once.
+    pub unlinked_multiplexed: u64,
+    /// Released unlinked: inside two server spans of their thread.
+    pub unlinked_ambiguous: u64,
+    /// Passed unlinked: the hold queue was full.
+    pub unlinked_overflow: u64,
+    /// Released unlinked when the processor stopped, no encloser seen.
+    pub unlinked_at_exit: u64,
+    /// Threads seen serving overlapping requests.
+    pub multiplexed_threads: u64,
+    /// Client spans held right now.
+    pub held: u64,
+}
+
+/// A server span as remembered for its thread.
+#[derive(Clone, Copy)]
+struct Server {
+    start: u64,
+    end: u64,
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
+    arrived: Instant,
+}
+
+impl Server {
+    fn contains(&self, s: &Span) -> bool {
+        self.start <= s.start_unix_nano && s.end_unix_nano <= self.end
+    }
+}
+
+/// A held client span and, once found, the server span it is tentatively the child of.
+struct Held {
+    span: Box<Span>,
+    arrived: Instant,
+    parent: Option<Server>,
+}
+
+#[derive(Default)]
+struct Thread {
+    servers: Vec<Server>,
+    held: Vec<Held>,
+    multiplexed: bool,
+    last_seen: Option<Instant>,
+}
+
+/// Per-thread state linking client spans to the server spans they were made in.
+pub struct Linker {
+    max_wait: Duration,
+    settle: Duration,
+    max_held: usize,
+    now: Instant,
+    last_sweep: Instant,
+    threads: HashMap<(u32, u32), Thread>,
+    /// Processes and when their last server span arrived.
+    serving: HashMap<u32, Instant>,
+    held: usize,
+    stats: LinkStats,
+    /// Spans released, to be exported by the caller (`take_ready`).
+    ready: Vec<Box<Span>>,
+}
+
+impl Linker {
+    /// A linker holding client spans for at most `max_wait` (zero: linking off).
+    pub fn new(max_wait: Duration, now: Instant) -> Self {
+        Self::with_limits(max_wait, SETTLE.min(max_wait), MAX_HELD, now)
+    }
+
+    fn with_limits(max_wait: Duration, settle: Duration, max_held: usize, now: Instant) -> Self {
+        Linker {
+            max_wait,
+            settle,
+            max_held,
+            now,
+            last_sweep: now,
+            threads: HashMap::new(),
+            serving: HashMap::new(),
+            held: 0,
+            stats: LinkStats::default(),
+            ready: Vec::new(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> LinkStats {
+        LinkStats {
+            held: self.held as u64,
+            ..self.stats
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        !self.max_wait.is_zero()
+    }
+
+    /// Takes a client span: returns it when it goes out now (unlinked), or holds it.
+    pub fn client(&mut self, s: Box<Span>) -> Option<Box<Span>> {
+        debug_assert_eq!(s.kind, SpanKind::Client);
+        if !self.enabled() {
+            return Some(s);
+        }
+        if s.parent_span_id.is_some() {
+            self.stats.preparented += 1;
+            return Some(s);
+        }
+        let now = self.now;
+        let serving = self
+            .serving
+            .get(&s.pid)
+            .is_some_and(|&t| now.saturating_duration_since(t) <= self.max_wait);
+        if !serving {
+            return Some(s);
+        }
+        let th = self.threads.entry((s.pid, s.tid)).or_default();
+        th.last_seen = Some(now);
+        if th.multiplexed {
+            self.stats.unlinked_multiplexed += 1;
+            return Some(s);
+        }
+        // Its server span may have arrived already (exchanges complete out of order).
+        let mut parent = None;
+        let mut enclosers = 0;
+        for srv in th.servers.iter().filter(|srv| srv.contains(&s)) {
+            enclosers += 1;
+            parent = Some(*srv);
+        }
+        if enclosers > 1 {
+            self.stats.unlinked_ambiguous += 1;
+            return Some(s);
+        }
+        if self.held >= self.max_held {
+            self.stats.unlinked_overflow += 1;
+            return Some(s);
+        }
+        th.held.push(Held {
+            span: s,
+            arrived: now,
+            parent,
+        });
+        self.held += 1;
+        None
+    }
+
+    /// Takes note of a server span (`sampled`: the sampler's decision for it); held client
+    /// spans of its thread inside it become its tentative children.
+    pub fn server(&mut self, s: &Span, sampled: bool) {
+        if !self.enabled() {
+            return;
+        }
+        let now = self.now;
+        self.serving.insert(s.pid, now);
+        let th = self.threads.entry((s.pid, s.tid)).or_default();
+        th.last_seen = Some(now);
+        let max_wait = self.max_wait;
+        th.servers
+            .retain(|x| now.saturating_duration_since(x.arrived) <= max_wait);
+        let overlaps = th
+            .servers
+            .iter()
+            .any(|x| x.start < s.end_unix_nano && s.start_unix_nano < x.end);
+        if overlaps && !th.multiplexed {
+            th.multiplexed = true;
+            self.stats.multiplexed_threads += 1;
+        }
+        let srv = Server {
+            start: s.start_unix_nano,
+            end: s.end_unix_nano,
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            sampled,
+            arrived: now,
+        };
+        if th.servers.len() >= MAX_SERVERS {
+            th.servers.remove(0);
+        }
+        th.servers.push(srv);
+        if th.multiplexed {
+            self.held -= th.held.len();
+            self.stats.unlinked_multiplexed += th.held.len() as u64;
+            self.ready.extend(th.held.drain(..).map(|h| h.span));
+            return;
+        }
+        for h in th.held.iter_mut().filter(|h| srv.contains(&h.span)) {
+            // Two enclosers would overlap: the thread is then multiplexed (above).
+            if h.parent.is_none() {
+                h.parent = Some(srv);
+            }
+        }
+    }
+
+    /// Advances the linker's clock to `now` and releases what is due: committed links,
+    /// client spans proven to have no encloser, and those held too long.
+    pub fn expire(&mut self, now: Instant) {
+        self.now = now;
+        if !self.enabled() || now.saturating_duration_since(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        let (settle, max_wait) = (self.settle, self.max_wait);
+        let (ready, stats) = (&mut self.ready, &mut self.stats);
+        let mut released = 0;
+        self.threads.retain(|_, th| {
+            let mut i = 0;
+            while i < th.held.len() {
+                let h = &th.held[i];
+                let due = match &h.parent {
+                    Some(p) => now.saturating_duration_since(p.arrived) >= settle,
+                    None => {
+                        let end = h.span.end_unix_nano;
+                        if now.saturating_duration_since(h.arrived) >= max_wait {
+                            stats.unlinked_timeout += 1;
+                            true
+                        } else if th.servers.iter().any(|x| {
+                            x.start >= end && now.saturating_duration_since(x.arrived) >= settle
+                        }) {
+                            stats.unlinked_no_encloser += 1;
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                };
+                if due {
+                    let h = th.held.swap_remove(i);
+                    released += 1;
+                    ready.push(link(h, stats));
+                } else {
+                    i += 1;
+                }
+            }
+            th.servers
+                .retain(|x| now.saturating_duration_since(x.arrived) <= max_wait);
+            let idle = th
+                .last_seen
+                .is_none_or(|t| now.saturating_duration_since(t) > max_wait);
+            !(idle && th.held.is_empty() && th.servers.is_empty())
+        });
+        self.held -= released;
+        self.serving
+            .retain(|_, t| now.saturating_duration_since(*t) <= max_wait);
+    }
+
+    /// Releases everything held: the processor stops, every server span that will arrive
+    /// has, so tentative links are committed and the rest goes out unlinked.
+    pub fn finish(&mut self) {
+        let (ready, stats) = (&mut self.ready, &mut self.stats);
+        for th in self.threads.values_mut() {
+            for h in th.held.drain(..) {
+                if h.parent.is_none() {
+                    stats.unlinked_at_exit += 1;
+                }
+                ready.push(link(h, stats));
+            }
+        }
+        self.held = 0;
+    }
+
+    /// Spans released since the last call (give the vector back with `give_back` to keep
+    /// its allocation).
+    pub fn take_ready(&mut self) -> Vec<Box<Span>> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Returns the (drained) vector `take_ready` gave.
+    pub fn give_back(&mut self, mut v: Vec<Box<Span>>) {
+        if self.ready.is_empty() {
+            v.clear();
+            self.ready = v;
+        }
+    }
+}
+
+/// The held span, made the child of its tentative parent if it has one.
+fn link(h: Held, stats: &mut LinkStats) -> Box<Span> {
+    let mut s = h.span;
+    if let Some(p) = h.parent {
+        s.trace_id = p.trace_id;
+        s.parent_span_id = Some(p.span_id);
+        s.parent_sampled = Some(p.sampled);
+        stats.linked += 1;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: Duration = Duration::from_secs(5);
+
+    fn server(tid: u32, start: u64, end: u64, id: u8) -> Span {
+        Span {
+            kind: SpanKind::Server,
+            tid,
+            start_unix_nano: start,
+            end_unix_nano: end,
+            trace_id: TraceId([id; 16]),
+            span_id: SpanId([id; 8]),
+            ..Span::fixture()
+        }
+    }
+
+    fn client(tid: u32, start: u64, end: u64, id: u8) -> Box<Span> {
+        Box::new(Span {
+            kind: SpanKind::Client,
+            tid,
+            start_unix_nano: start,
+            end_unix_nano: end,
+            trace_id: TraceId([0xc0 | id; 16]),
+            span_id: SpanId([0xc0 | id; 8]),
+            path: format!("/{id}"),
+            ..Span::fixture()
+        })
+    }
+
+    /// A linker whose process 1 has served (a server span long ago on another thread).
+    fn serving(t0: Instant) -> Linker {
+        let mut l = Linker::new(W, t0);
+        l.server(&server(999, 0, 1, 0xee), true);
+        l
+    }
+
+    fn drain(l: &mut Linker) -> Vec<Box<Span>> {
+        let mut v = l.take_ready();
+        v.sort_by_key(|s| s.path.clone());
+        v
+    }
+
+    #[test]
+    fn client_inside_its_server_becomes_its_child_after_settling() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        assert!(l.client(client(7, 110, 120, 1)).is_none());
+        assert!(l.client(client(7, 130, 140, 2)).is_none());
+        l.server(&server(7, 100, 200, 5), false);
+        l.expire(t0 + Duration::from_millis(500));
+        assert!(l.take_ready().is_empty(), "held until settled");
+        l.expire(t0 + SETTLE);
+        let out = drain(&mut l);
+        assert_eq!(out.len(), 2);
+        for s in &out {
+            assert_eq!(s.trace_id, TraceId([5; 16]));
+            assert_eq!(s.parent_span_id, Some(SpanId([5; 8])));
+            assert_eq!(s.parent_sampled, Some(false));
+        }
+        assert_eq!(l.stats().linked, 2);
+        assert_eq!(l.stats().held, 0);
+    }
+
+    #[test]
+    fn client_arriving_after_its_server_links_too() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.server(&server(7, 100, 200, 5), true);
+        assert!(l.client(client(7, 110, 120, 1)).is_none());
+        l.expire(t0 + SETTLE);
+        let out = l.take_ready();
+        assert_eq!(out[0].parent_span_id, Some(SpanId([5; 8])));
+        assert_eq!(out[0].parent_sampled, Some(true));
+    }
+
+    #[test]
+    fn only_spans_inside_the_server_and_on_its_thread_link() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.client(client(7, 90, 120, 1)); // starts before the request
+        l.client(client(7, 150, 210, 2)); // ends after the response
+        l.client(client(8, 110, 120, 3)); // another thread
+        l.server(&server(7, 100, 200, 5), true);
+        l.expire(t0 + SETTLE);
+        assert!(l.take_ready().is_empty());
+        l.expire(t0 + W);
+        let out = drain(&mut l);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|s| s.parent_span_id.is_none()));
+        assert_eq!(l.stats().unlinked_timeout, 3);
+        assert_eq!(l.stats().linked, 0);
+    }
+
+    #[test]
+    fn overlapping_servers_mark_the_thread_multiplexed_before_any_link() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.client(client(7, 110, 120, 1)); // inside both requests: an event loop
+        l.server(&server(7, 100, 200, 5), true);
+        // A second request on the same thread, overlapping the first, within the settle time.
+        l.expire(t0 + Duration::from_millis(300));
+        l.server(&server(7, 105, 300, 6), true);
+        let out = l.take_ready();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].parent_span_id.is_none());
+        assert_eq!(l.stats().multiplexed_threads, 1);
+        // Later client spans of that thread pass through at once, unlinked.
+        let s = l.client(client(7, 400, 410, 2)).expect("passes");
+        assert!(s.parent_span_id.is_none());
+        l.server(&server(7, 390, 420, 7), true);
+        assert_eq!(l.stats().unlinked_multiplexed, 2);
+        assert_eq!(l.stats().linked, 0);
+    }
+
+    #[test]
+    fn client_inside_two_remembered_servers_is_ambiguous() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        // Two enclosers already known (the second made the thread multiplexed, so build
+        // the state by hand to exercise the containment count itself).
+        l.threads.entry((1, 7)).or_default().servers = vec![
+            Server {
+                start: 100,
+                end: 200,
+                trace_id: TraceId([5; 16]),
+                span_id: SpanId([5; 8]),
+                sampled: true,
+                arrived: t0,
+            },
+            Server {
+                start: 90,
+                end: 250,
+                trace_id: TraceId([6; 16]),
+                span_id: SpanId([6; 8]),
+                sampled: true,
+                arrived: t0,
+            },
+        ];
+        let s = l.client(client(7, 110, 120, 1)).expect("not held");
+        assert!(s.parent_span_id.is_none());
+        assert_eq!(l.stats().unlinked_ambiguous, 1);
+    }
+
+    #[test]
+    fn later_request_on_the_thread_proves_no_encloser() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.client(client(7, 50, 60, 1)); // a call made between requests
+        l.server(&server(7, 100, 200, 5), true);
+        l.expire(t0 + Duration::from_millis(100));
+        assert!(l.take_ready().is_empty());
+        l.expire(t0 + SETTLE);
+        let out = l.take_ready();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].parent_span_id.is_none());
+        assert_eq!(l.stats().unlinked_no_encloser, 1);
+    }
+
+    #[test]
+    fn processes_not_serving_and_preparented_spans_pass_at_once() {
+        let t0 = Instant::now();
+        let mut l = Linker::new(W, t0);
+        let s = l
+            .client(client(7, 110, 120, 1))
+            .expect("not serving: passes");
+        assert!(s.parent_span_id.is_none());
+        l.server(&server(7, 100, 200, 5), true);
+        let mut own = client(7, 110, 120, 2);
+        own.parent_span_id = Some(SpanId([9; 8]));
+        own.trace_id = TraceId([9; 16]);
+        let s = l.client(own).expect("already parented: passes");
+        assert_eq!(s.trace_id, TraceId([9; 16]));
+        assert_eq!(s.parent_span_id, Some(SpanId([9; 8])));
+        assert_eq!(l.stats().preparented, 1);
+        // A process that stopped serving longer ago than the window passes again.
+        l.expire(t0 + W + Duration::from_secs(1));
+        assert!(l.client(client(7, 110, 120, 3)).is_some());
+    }
+
+    #[test]
+    fn capacity_is_bounded_and_overflow_counted() {
+        let t0 = Instant::now();
+        let mut l = Linker::with_limits(W, SETTLE, 2, t0);
+        l.server(&server(999, 0, 1, 0xee), true);
+        assert!(l.client(client(7, 110, 120, 1)).is_none());
+        assert!(l.client(client(7, 120, 130, 2)).is_none());
+        let s = l.client(client(7, 130, 140, 3)).expect("full: passes");
+        assert!(s.parent_span_id.is_none());
+        assert_eq!(l.stats().unlinked_overflow, 1);
+        assert_eq!(l.stats().held, 2);
+    }
+
+    #[test]
+    fn finish_commits_tentative_links_and_releases_the_rest() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.client(client(7, 110, 120, 1));
+        l.client(client(8, 110, 120, 2));
+        l.server(&server(7, 100, 200, 5), true);
+        l.finish();
+        let out = drain(&mut l);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].parent_span_id, Some(SpanId([5; 8])));
+        assert!(out[1].parent_span_id.is_none());
+        assert_eq!(l.stats().unlinked_at_exit, 1);
+        assert_eq!(l.stats().held, 0);
+    }
+
+    #[test]
+    fn zero_window_turns_linking_off() {
+        let t0 = Instant::now();
+        let mut l = Linker::new(Duration::ZERO, t0);
+        l.server(&server(7, 100, 200, 5), true);
+        assert!(l.client(client(7, 110, 120, 1)).is_some());
+        assert_eq!(l.stats().linked, 0);
+    }
+
+    #[test]
+    fn idle_threads_are_forgotten() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.server(&server(7, 100, 200, 5), true);
+        l.expire(t0 + W + Duration::from_secs(1));
+        assert!(l.threads.is_empty());
+        assert!(l.serving.is_empty());
+    }
+}
