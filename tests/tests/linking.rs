@@ -1,0 +1,355 @@
+//! Parent and child inside one process (issue 12 item 2), end to end with real servers: the
+//! client spans (downstream HTTP, PostgreSQL) a thread makes while serving a request are
+//! children of that request's server span, exactly, under 16 parallel requests; clients that
+//! send from their own threads (`java.net.http.HttpClient`) and event loops (Node.js) are
+//! never linked to the wrong request. Every request's id travels in its path and in what the
+//! app forwards (the downstream path, the SQL literal), so each span is matched to the
+//! request that made it without trusting Sonde.
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::Value;
+use sonde_e2e::{otlp::otlp_python, peers::*, *};
+
+/// Requests per run (after the warm-up).
+const N: u32 = 200;
+/// Requests in flight at once.
+const PARALLEL: u32 = 16;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A throwaway PostgreSQL 15 cluster (trust auth) on 127.0.0.1:`port`, run as `postgres`.
+fn start_postgres(port: u16, dir: &TempDir) -> Proc {
+    let data = dir.path("pgdata");
+    std::fs::create_dir_all(&data).expect("pgdata");
+    let out = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(&data)
+        .output()
+        .expect("chown");
+    assert!(out.status.success());
+    let _ = Command::new("chmod").arg("755").arg(&dir.0).status();
+    let out = run_bounded(
+        "initdb",
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/initdb"))
+            .args(["--auth=trust", "-U", "postgres", "-D"])
+            .arg(&data),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(format!("{PG_BIN}/postgres"))
+    .arg("-D")
+    .arg(&data)
+    .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+    .args(["-c", "fsync=off", "-c"])
+    .arg(format!("unix_socket_directories={}", data.display()))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let p = Proc::spawn("postgres", &mut cmd);
+    wait_for_port(port, Duration::from_secs(30));
+    p
+}
+
+/// The downstream HTTP server (not selected).
+fn start_downstream() -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(python());
+    cmd.arg(peer("linking_app.py"))
+        .args(["down", &port.to_string()]);
+    (spawn_ready("linking_down", &mut cmd), port)
+}
+
+/// GET `target(id)` for every id in `ids`, `PARALLEL` at a time; each answer must be
+/// `done <id>`.
+fn load(port: u16, ids: std::ops::RangeInclusive<u32>, target: fn(u32) -> String) {
+    let next = Arc::new(AtomicU32::new(*ids.start()));
+    let last = *ids.end();
+    let workers: Vec<_> = (0..PARALLEL)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            std::thread::spawn(move || {
+                loop {
+                    let id = next.fetch_add(1, Ordering::SeqCst);
+                    if id > last {
+                        break;
+                    }
+                    let body = http_get(port, &target(id));
+                    assert_eq!(body, format!("done {id}"));
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("load thread");
+    }
+}
+
+/// The request id at the end of `path` (`/req/17` → 17).
+fn id_of(path: &str) -> Option<u32> {
+    path.rsplit('/').next()?.parse().ok()
+}
+
+/// The server spans of `pid` by request id; exactly one per id.
+fn servers_by_id(spans: &[Value], pid: u32) -> HashMap<u32, &Value> {
+    let mut out = HashMap::new();
+    for s in spans
+        .iter()
+        .filter(|s| s["kind"] == "server" && s["pid"] == pid)
+    {
+        let Some(id) = s["path"].as_str().and_then(id_of) else {
+            continue;
+        };
+        assert!(out.insert(id, s).is_none(), "two server spans for {id}");
+    }
+    out
+}
+
+/// True when `child` is the child of `server` (same trace, parent = its span).
+fn is_child(child: &Value, server: &Value) -> bool {
+    child["trace_id"] == server["trace_id"] && child["parent_span_id"] == server["span_id"]
+}
+
+/// Asserts no client span of `pid` has a parent other than the server span of its own
+/// request; returns (linked, unlinked) among client spans whose path starts with `prefix`,
+/// the warm-up's (id 0: made before the process was known to serve) left out.
+fn no_wrong_link(
+    spans: &[Value],
+    servers: &HashMap<u32, &Value>,
+    pid: u32,
+    prefix: &str,
+) -> (usize, usize) {
+    let (mut linked, mut unlinked) = (0, 0);
+    for c in spans.iter().filter(|s| {
+        s["kind"] == "client"
+            && s["pid"] == pid
+            && s["path"].as_str().is_some_and(|p| p.starts_with(prefix))
+    }) {
+        let id = c["path"].as_str().and_then(id_of).expect("id in the path");
+        if id == 0 {
+            continue;
+        }
+        if c.get("parent_span_id").is_none() {
+            unlinked += 1;
+            continue;
+        }
+        let own = servers
+            .get(&id)
+            .unwrap_or_else(|| panic!("no server span {id}"));
+        assert!(
+            is_child(c, own),
+            "wrongly linked:\n{c:#}\nits request:\n{own:#}"
+        );
+        linked += 1;
+    }
+    (linked, unlinked)
+}
+
+/// Waits for the warm-up request's server span: from then on the process is known to serve.
+fn warm_up(sonde: &Sonde, pid: u32, port: u16, target: &str) {
+    let body = http_get(port, target);
+    assert!(body.starts_with("done"), "{body}");
+    sonde.wait_spans(1, Duration::from_secs(20), |s| {
+        s["kind"] == "server" && s["pid"] == pid && s["path"] == target
+    });
+}
+
+/// The linker's counters from the final processor stats (after stopping `sonde`).
+fn final_linking(sonde: &mut Sonde) -> Value {
+    sonde.proc.stop(Duration::from_secs(10));
+    let stats = final_processor_stats(sonde);
+    eprintln!("linking stats: {}", stats["linking"]);
+    stats["linking"].clone()
+}
+
+/// A Python ThreadingHTTPServer calling a downstream HTTP server (urllib) and PostgreSQL
+/// (psycopg2) on the thread serving each request: every one of the 2N client spans is the
+/// child of the server span of its own request.
+#[test]
+fn python_threading_server_children_are_exact() {
+    let _guard = serial();
+    let dir = TempDir::new("linking-python");
+    let pg_port = free_port();
+    let _pg = start_postgres(pg_port, &dir);
+    let (_down, down_port) = start_downstream();
+    let port = free_port();
+    let mut cmd = Command::new(otlp_python());
+    cmd.arg(peer("linking_app.py")).args([
+        "app",
+        &port.to_string(),
+        &down_port.to_string(),
+        &pg_port.to_string(),
+    ]);
+    let app = spawn_ready("linking_app", &mut cmd);
+    let pid = app.pid();
+    // The SQL literal carries the request id.
+    let mut sonde = Sonde::start(
+        &["--pid", &pid.to_string()],
+        &[("SONDE_DB_QUERY_SANITIZE", "false")],
+        &dir,
+        &[pid],
+    );
+    warm_up(&sonde, pid, port, "/req/0");
+    load(port, 1..=N, |id| format!("/req/{id}"));
+    let is_ours = |s: &Value| {
+        s["pid"] == pid
+            && (s["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/req/") || p.starts_with("/down/"))
+                || s["db_query_text"]
+                    .as_str()
+                    .is_some_and(|q| q.starts_with("SELECT ")))
+    };
+    // Warm-up's three spans and three per request.
+    let spans = sonde.wait_spans(3 * (N as usize + 1), Duration::from_secs(60), is_ours);
+    let servers = servers_by_id(&spans, pid);
+    let mut linked = 0;
+    for id in 1..=N {
+        let server = servers
+            .get(&id)
+            .unwrap_or_else(|| panic!("no server span {id}"));
+        let down: Vec<_> = spans
+            .iter()
+            .filter(|s| s["kind"] == "client" && s["path"] == format!("/down/{id}"))
+            .collect();
+        let sql: Vec<_> = spans
+            .iter()
+            .filter(|s| s["db_query_text"] == format!("SELECT {id} AS req"))
+            .collect();
+        assert_eq!((down.len(), sql.len()), (1, 1), "request {id}");
+        for c in [down[0], sql[0]] {
+            assert!(
+                is_child(c, server),
+                "not the child of {id}:\n{c:#}\n{server:#}"
+            );
+            linked += 1;
+        }
+    }
+    assert_eq!(linked, 2 * N as usize);
+    let stats = final_linking(&mut sonde);
+    assert!(
+        stats["linked"].as_u64() >= Some(2 * u64::from(N)),
+        "{stats}"
+    );
+    assert_eq!(stats["unlinked_multiplexed"], 0, "{stats}");
+}
+
+/// A Java com.sun.net.httpserver front on a fixed pool of 8 threads: HttpURLConnection calls
+/// (made on the serving thread) are the children of their request, N/2 of N/2; HttpClient
+/// calls (sent from the client's own threads) are never linked to another request.
+#[test]
+fn java_thread_pool_links_same_thread_calls_and_never_misplaces_http_client() {
+    let _guard = serial();
+    let dir = TempDir::new("linking-java");
+    let out = run_bounded(
+        "javac",
+        Command::new("javac")
+            .arg("-d")
+            .arg(&dir.0)
+            .arg(peer("LinkingApp.java")),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_down, down_port) = start_downstream();
+    let port = free_port();
+    let mut cmd = Command::new("java");
+    cmd.arg("-cp")
+        .arg(&dir.0)
+        .args(["LinkingApp", &port.to_string(), &down_port.to_string()]);
+    let app = spawn_ready("linking_java", &mut cmd);
+    let pid = app.pid();
+    let mut sonde = Sonde::start(&["--pid", &pid.to_string()], &[], &dir, &[pid]);
+    warm_up(&sonde, pid, port, "/url/0");
+    // Odd ids through HttpURLConnection, even ones through HttpClient.
+    load(port, 1..=N, |id| {
+        if id % 2 == 1 {
+            format!("/url/{id}")
+        } else {
+            format!("/hc/{id}")
+        }
+    });
+    let is_ours = |s: &Value| {
+        s["pid"] == pid
+            && s["path"].as_str().is_some_and(|p| {
+                p.starts_with("/url/") || p.starts_with("/down/") || p.starts_with("/hc/")
+            })
+    };
+    // Unlinked HttpClient spans wait for the full window (5 s) before they go out.
+    let spans = sonde.wait_spans(2 * (N as usize + 1), Duration::from_secs(60), is_ours);
+    let servers = servers_by_id(&spans, pid);
+    assert_eq!(servers.len(), N as usize + 1);
+    for id in (1..=N).filter(|id| id % 2 == 1) {
+        let down: Vec<_> = spans
+            .iter()
+            .filter(|s| s["kind"] == "client" && s["path"] == format!("/down/{id}"))
+            .collect();
+        assert_eq!(down.len(), 1, "request {id}");
+        assert!(is_child(down[0], servers[&id]), "{:#}", down[0]);
+    }
+    let (url_linked, url_unlinked) = no_wrong_link(&spans, &servers, pid, "/down/");
+    assert_eq!((url_linked, url_unlinked), (N as usize / 2, 0));
+    let (hc_linked, hc_unlinked) = no_wrong_link(&spans, &servers, pid, "/hc/");
+    eprintln!("HttpClient spans: {hc_linked} linked to their own request, {hc_unlinked} unlinked");
+    assert_eq!(hc_linked + hc_unlinked, N as usize / 2);
+    final_linking(&mut sonde);
+}
+
+/// A Node.js server (one event loop) calling a downstream per request, first one request at
+/// a time, then 16 in parallel: the loop is seen serving concurrently and no client span is
+/// ever the child of another request's server span.
+#[test]
+fn node_event_loop_is_never_linked_to_the_wrong_request() {
+    let _guard = serial();
+    let dir = TempDir::new("linking-node");
+    let (_down, down_port) = start_downstream();
+    let port = free_port();
+    let mut cmd = Command::new("node");
+    cmd.arg(peer("linking_app.js"))
+        .args([&port.to_string(), &down_port.to_string()]);
+    let app = spawn_ready("linking_node", &mut cmd);
+    let pid = app.pid();
+    let mut sonde = Sonde::start(&["--pid", &pid.to_string()], &[], &dir, &[pid]);
+    warm_up(&sonde, pid, port, "/req/0");
+    for id in 1..=5 {
+        assert_eq!(http_get(port, &format!("/req/{id}")), format!("done {id}"));
+    }
+    load(port, 6..=N, |id| format!("/req/{id}"));
+    let is_ours = |s: &Value| {
+        s["pid"] == pid
+            && s["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/req/") || p.starts_with("/down/"))
+    };
+    let spans = sonde.wait_spans(2 * (N as usize + 1), Duration::from_secs(60), is_ours);
+    let servers = servers_by_id(&spans, pid);
+    assert_eq!(servers.len(), N as usize + 1);
+    let (linked, unlinked) = no_wrong_link(&spans, &servers, pid, "/down/");
+    eprintln!("Node.js client spans: {linked} linked to their own request, {unlinked} unlinked");
+    assert_eq!(linked + unlinked, N as usize);
+    let stats = final_linking(&mut sonde);
+    assert!(stats["multiplexed_threads"].as_u64() >= Some(1), "{stats}");
+}
