@@ -39,6 +39,22 @@ pub fn tls_capture(configured: bool, active: bool) -> String {
     }
 }
 
+/// What `--audit` says about process metrics (`application_process`): whether the loader
+/// reads captured processes' `/proc` counters, and what that needs.
+pub fn process_metrics(config: &sonde_config::Config) -> String {
+    if config.processes.enable {
+        format!(
+            "on: every {}, /proc/<pid>/stat, status (Uid line) and io of captured processes only, \
+             forwarded as numbers; io needs ptrace-read access (CAP_SYS_PTRACE, already held); \
+             socket bytes from the PROC_NET_BYTES map (lookups and deletes); no added \
+             capability or seccomp rule",
+            sonde_config::format_duration(config.processes.interval)
+        )
+    } else {
+        "off (metrics.features has no application_process)".into()
+    }
+}
+
 /// The status file for a control socket path.
 pub fn status_path(control_socket: &Path) -> PathBuf {
     control_socket.with_file_name("sonde-status.json")
@@ -52,6 +68,9 @@ pub struct Status {
     /// How HTTPS is captured, for `--audit` (see [`tls_capture`]).
     #[serde(default)]
     pub tls_capture: String,
+    /// Process metrics, for `--audit` (see [`process_metrics`]).
+    #[serde(default)]
+    pub process_metrics: String,
     pub kept_capabilities: Vec<String>,
     pub processor: Option<ProcessorStatus>,
     /// Pids the processor asked to select that were not candidates (refused), since start.
@@ -221,6 +240,9 @@ fn pids_named(comms: &[&str]) -> Vec<u32> {
 pub struct Report {
     /// TLS capture as the loader recorded it ([`tls_capture`]); empty without a status file.
     pub tls_capture: String,
+    /// Process metrics as the loader recorded it ([`process_metrics`]); empty without a
+    /// status file.
+    pub process_metrics: String,
     /// Selections the connected processors asked for outside the loader's candidates
     /// (refused), from the status file.
     pub refused_selections: u64,
@@ -262,6 +284,10 @@ pub fn report(control_socket: &Path) -> Report {
         tls_capture: status
             .as_ref()
             .map(|s| s.tls_capture.clone())
+            .unwrap_or_default(),
+        process_metrics: status
+            .as_ref()
+            .map(|s| s.process_metrics.clone())
             .unwrap_or_default(),
         refused_selections: status.as_ref().map_or(0, |s| s.refused_selections),
         loaders,
@@ -440,6 +466,9 @@ pub fn render(report: &Report) -> String {
     }
     if !report.tls_capture.is_empty() {
         out += &format!("TLS capture: {}\n", report.tls_capture);
+    }
+    if !report.process_metrics.is_empty() {
+        out += &format!("process metrics: {}\n", report.process_metrics);
     }
     if report.refused_selections > 0 {
         out += &format!(

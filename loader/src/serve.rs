@@ -46,6 +46,7 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
             loader_pid: std::process::id(),
             spawns_processor: supervisor.is_some(),
             tls_capture: audit::tls_capture(config.ebpf.tls, probes.tls_active()),
+            process_metrics: audit::process_metrics(config),
             kept_capabilities,
             processor: None,
             refused_selections: 0,
