@@ -23,6 +23,7 @@ DEB_PACKAGES=(
   memcached                                             # Memcached server
   podman runc                                           # builds the FROM-scratch image (deploy/container)
   nghttp2-client                                        # HTTP/2 load (h2load)
+  ethtool iperf3                                        # flow tests (offloads off), flow benchmark
 )
 
 missing=()
