@@ -55,6 +55,27 @@ pub fn process_metrics(config: &sonde_config::Config) -> String {
     }
 }
 
+/// What `--audit` says about network flow metrics (`network.enable`): the hooks, what they
+/// need, what they cannot see.
+pub fn network_flows(config: &sonde_config::Config) -> String {
+    let n = &config.network;
+    if n.enable {
+        format!(
+            "on: raw tracepoints net:netif_receive_skb (ingress) and net:net_dev_start_xmit \
+             (egress), attached at start-up with CAP_BPF+CAP_PERFMON (no network capability: \
+             no TC, no packet socket); packet headers only, in the kernel; every network \
+             namespace is seen (the tracepoints are global); per-CPU LRU map of {} flows read \
+             every {} (map lookups, deletes: no added seccomp rule); not seen: packets dropped \
+             before netif_receive_skb (NIC, XDP drop/redirect), AF_XDP and kernel-bypass \
+             traffic",
+            n.cache_max_flows,
+            sonde_config::format_duration(n.cache_active_timeout)
+        )
+    } else {
+        "off (network.enable: false): the packet tracepoints are not attached".into()
+    }
+}
+
 /// The status file for a control socket path.
 pub fn status_path(control_socket: &Path) -> PathBuf {
     control_socket.with_file_name("sonde-status.json")
@@ -71,6 +92,9 @@ pub struct Status {
     /// Process metrics, for `--audit` (see [`process_metrics`]).
     #[serde(default)]
     pub process_metrics: String,
+    /// Network flow metrics, for `--audit` (see [`network_flows`]).
+    #[serde(default)]
+    pub network_flows: String,
     pub kept_capabilities: Vec<String>,
     pub processor: Option<ProcessorStatus>,
     /// Pids the processor asked to select that were not candidates (refused), since start.
@@ -243,6 +267,9 @@ pub struct Report {
     /// Process metrics as the loader recorded it ([`process_metrics`]); empty without a
     /// status file.
     pub process_metrics: String,
+    /// Network flow metrics as the loader recorded it ([`network_flows`]); empty without a
+    /// status file.
+    pub network_flows: String,
     /// Selections the connected processors asked for outside the loader's candidates
     /// (refused), from the status file.
     pub refused_selections: u64,
@@ -288,6 +315,10 @@ pub fn report(control_socket: &Path) -> Report {
         process_metrics: status
             .as_ref()
             .map(|s| s.process_metrics.clone())
+            .unwrap_or_default(),
+        network_flows: status
+            .as_ref()
+            .map(|s| s.network_flows.clone())
             .unwrap_or_default(),
         refused_selections: status.as_ref().map_or(0, |s| s.refused_selections),
         loaders,
@@ -469,6 +500,9 @@ pub fn render(report: &Report) -> String {
     }
     if !report.process_metrics.is_empty() {
         out += &format!("process metrics: {}\n", report.process_metrics);
+    }
+    if !report.network_flows.is_empty() {
+        out += &format!("network flows: {}\n", report.network_flows);
     }
     if report.refused_selections > 0 {
         out += &format!(

@@ -47,6 +47,7 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
             spawns_processor: supervisor.is_some(),
             tls_capture: audit::tls_capture(config.ebpf.tls, probes.tls_active()),
             process_metrics: audit::process_metrics(config),
+            network_flows: audit::network_flows(config),
             kept_capabilities,
             processor: None,
             refused_selections: 0,
