@@ -319,8 +319,9 @@ fn java_thread_pool_links_same_thread_calls_and_never_misplaces_http_client() {
 }
 
 /// A Node.js server (one event loop) calling a downstream per request, first one request at
-/// a time, then 16 in parallel: the loop is seen serving concurrently and no client span is
-/// ever the child of another request's server span.
+/// a time, then 16 in parallel: the calls of the requests served alone are linked, the loop
+/// is then seen serving concurrently, and no client span is ever the child of another
+/// request's server span.
 #[test]
 fn node_event_loop_is_never_linked_to_the_wrong_request() {
     let _guard = serial();
@@ -350,6 +351,8 @@ fn node_event_loop_is_never_linked_to_the_wrong_request() {
     let (linked, unlinked) = no_wrong_link(&spans, &servers, pid, "/down/");
     eprintln!("Node.js client spans: {linked} linked to their own request, {unlinked} unlinked");
     assert_eq!(linked + unlinked, N as usize);
+    // The five requests served one at a time are provably alone on the loop.
+    assert!(linked >= 5, "{linked}");
     let stats = final_linking(&mut sonde);
     assert!(stats["multiplexed_threads"].as_u64() >= Some(1), "{stats}");
 }

@@ -14,10 +14,12 @@
 //!   a parent: the application's own `traceparent` wins and is never re-linked).
 //! - A held client span lying inside exactly one server span of its thread (`server.start <=
 //!   client.start` and `client.end <= server.end`) is tentatively its child. The link is
-//!   committed [`SETTLE`] after that server span arrived, unless another server span of the
-//!   same thread overlapping one already seen arrives first: the thread serves several
-//!   requests at once (an event loop: Node.js, asyncio, nginx), it is marked multiplexed, and
-//!   nothing on it is linked again while it is remembered (held spans are released unlinked).
+//!   committed [`SETTLE`] after that server span arrived, unless a server span of the same
+//!   thread overlapping it arrives first (the link is then dropped). A thread with overlapping
+//!   server spans serves several requests at once (an event loop: Node.js, asyncio, nginx):
+//!   it is marked multiplexed, and no new link is made on it until it has been idle for
+//!   `ebpf.max_transaction_time` (spans still waiting for an encloser are released unlinked;
+//!   tentative links to requests nothing overlaps still settle).
 //! - A client span inside two server spans of its thread is ambiguous and stays unlinked.
 //! - A held client span with no encloser is released unlinked once a server span of the same
 //!   thread that started after the client span ended has been known for [`SETTLE`] (a
@@ -93,6 +95,10 @@ struct Server {
 impl Server {
     fn contains(&self, s: &Span) -> bool {
         self.start <= s.start_unix_nano && s.end_unix_nano <= self.end
+    }
+
+    fn overlaps(&self, o: &Server) -> bool {
+        self.start < o.end && o.start < self.end
     }
 }
 
@@ -221,14 +227,6 @@ impl Linker {
         let max_wait = self.max_wait;
         th.servers
             .retain(|x| now.saturating_duration_since(x.arrived) <= max_wait);
-        let overlaps = th
-            .servers
-            .iter()
-            .any(|x| x.start < s.end_unix_nano && s.start_unix_nano < x.end);
-        if overlaps && !th.multiplexed {
-            th.multiplexed = true;
-            self.stats.multiplexed_threads += 1;
-        }
         let srv = Server {
             start: s.start_unix_nano,
             end: s.end_unix_nano,
@@ -237,14 +235,28 @@ impl Linker {
             sampled,
             arrived: now,
         };
+        if th.servers.iter().any(|x| x.overlaps(&srv)) && !th.multiplexed {
+            th.multiplexed = true;
+            self.stats.multiplexed_threads += 1;
+        }
         if th.servers.len() >= MAX_SERVERS {
             th.servers.remove(0);
         }
         th.servers.push(srv);
         if th.multiplexed {
-            self.held -= th.held.len();
-            self.stats.unlinked_multiplexed += th.held.len() as u64;
-            self.ready.extend(th.held.drain(..).map(|h| h.span));
+            // Spans with no encloser yet, and those under a request this one overlaps, go
+            // out unlinked; a tentative link to a request nothing overlaps still settles.
+            let mut i = 0;
+            while i < th.held.len() {
+                if th.held[i].parent.is_none_or(|p| p.overlaps(&srv)) {
+                    let h = th.held.swap_remove(i);
+                    self.held -= 1;
+                    self.stats.unlinked_multiplexed += 1;
+                    self.ready.push(h.span);
+                } else {
+                    i += 1;
+                }
+            }
             return;
         }
         for h in th.held.iter_mut().filter(|h| srv.contains(&h.span)) {
@@ -288,8 +300,18 @@ impl Linker {
                     }
                 };
                 if due {
-                    let h = th.held.swap_remove(i);
+                    let mut h = th.held.swap_remove(i);
                     released += 1;
+                    // A request overlapping its parent (remembered, or arrived since): unlinked.
+                    if let Some(p) = h.parent
+                        && th
+                            .servers
+                            .iter()
+                            .any(|x| x.span_id != p.span_id && x.overlaps(&p))
+                    {
+                        h.parent = None;
+                        stats.unlinked_multiplexed += 1;
+                    }
                     ready.push(link(h, stats));
                 } else {
                     i += 1;
@@ -462,6 +484,56 @@ mod tests {
         assert!(s.parent_span_id.is_none());
         l.server(&server(7, 390, 420, 7), true);
         assert_eq!(l.stats().unlinked_multiplexed, 2);
+        assert_eq!(l.stats().linked, 0);
+    }
+
+    #[test]
+    fn links_made_before_the_thread_turned_multiplexed_settle_unless_overlapped() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.client(client(7, 110, 120, 1)); // request 5, alone on the thread
+        l.server(&server(7, 100, 200, 5), true);
+        l.client(client(7, 310, 320, 2)); // inside request 6 ...
+        l.server(&server(7, 300, 400, 6), true);
+        l.client(client(7, 360, 370, 3)); // ... and request 7, which overlaps 6
+        l.server(&server(7, 350, 500, 7), true);
+        assert_eq!(l.stats().multiplexed_threads, 1);
+        // The spans under request 6 (which 7 overlaps) went out unlinked at once.
+        let out = drain(&mut l);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|s| s.parent_span_id.is_none()));
+        l.expire(t0 + SETTLE);
+        // The span under request 5 (nothing overlaps it) settles.
+        let out = l.take_ready();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].parent_span_id, Some(SpanId([5; 8])));
+        assert_eq!(l.stats().linked, 1);
+        assert_eq!(l.stats().unlinked_multiplexed, 2);
+    }
+
+    #[test]
+    fn a_link_is_dropped_when_an_overlapping_request_arrived_before_it_settled() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.client(client(7, 110, 120, 1));
+        l.server(&server(7, 100, 200, 5), true);
+        // Remembered state as if the overlap had been missed at arrival: the commit checks.
+        l.threads
+            .get_mut(&(1, 7))
+            .expect("thread")
+            .servers
+            .push(Server {
+                start: 150,
+                end: 400,
+                trace_id: TraceId([6; 16]),
+                span_id: SpanId([6; 8]),
+                sampled: true,
+                arrived: t0,
+            });
+        l.expire(t0 + SETTLE);
+        let out = l.take_ready();
+        assert!(out[0].parent_span_id.is_none());
+        assert_eq!(l.stats().unlinked_multiplexed, 1);
         assert_eq!(l.stats().linked, 0);
     }
 
