@@ -522,6 +522,33 @@ mod tests {
     }
 
     #[test]
+    fn new_labels_replace_the_old_series() {
+        let mut registry = Registry::default();
+        let m = ProcessMetrics::register(&mut registry);
+        let u = reading(9, 10, 1000, 0);
+        let obs = m.observe(&u);
+        m.record(&u, &obs, labels(9));
+        // Its parent changed (re-parented to init): one set of series, the new one.
+        let mut moved = labels(9);
+        moved.process_parent_pid = 1234;
+        let u = reading(9, 15, 1200, 0);
+        let obs = m.observe(&u);
+        m.record(&u, &obs, moved);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let memory: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("process_memory_usage_bytes{"))
+            .collect();
+        assert_eq!(memory.len(), 1, "{text}");
+        assert!(memory[0].contains("process_parent_pid=\"1234\""), "{text}");
+        assert_eq!(
+            sample(&text, "process_cpu_time_seconds_total{cpu_mode=\"user\""),
+            Some(1.2)
+        );
+    }
+
+    #[test]
     fn cpus_are_counted() {
         assert!(cpu_count() >= 1);
     }
