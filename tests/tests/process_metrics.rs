@@ -549,3 +549,34 @@ fn processor_stays_sandboxed_with_process_metrics_on() {
     // Never told to go: killed with its process group.
     drop(workload);
 }
+
+/// Off by default: no reading, no series, and the loader says nothing about process metrics.
+#[test]
+fn process_metrics_are_off_by_default() {
+    let _guard = serial();
+    let dir = TempDir::new("process-metrics-off");
+    let mut workload = Workload::start(&dir);
+    let pid = workload.proc.pid();
+    let metrics_port = free_port();
+    let sonde = Sonde::start_with_config(
+        &dir.path("sonde.yaml"),
+        &format!("prometheus_export:\n  port: {metrics_port}\n  address: 127.0.0.1\n"),
+        workload.port,
+        &dir,
+        pid,
+    );
+    sonde.wait_log("Prometheus endpoint listening", Duration::from_secs(5));
+    workload.run();
+    // On, the first reading goes out as soon as the processor connects.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = http_get(metrics_port, "/metrics");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("process_") && l.contains("process_pid=")),
+        "{text}"
+    );
+    assert_eq!(sonde.log_count("process metrics on"), 0);
+    workload.finish();
+    drop(sonde);
+}
