@@ -11,7 +11,7 @@ two packet programs per program run, with offloads on (each run is a GSO/GRO agg
 several segments) and off (each run is one packet), and per wire segment.
 
   sudo bench/flows_bench.py [--duration 10] [--rounds 3] [--sonde target/release/sonde]
-                            [--json out.json]
+                            [--no-offloads] [--json out.json]
 
 Root is needed (eBPF, namespaces). Needs iperf3 and ethtool (scripts/setup.sh installs them).
 Not a test: nothing is asserted; figures go to BENCHMARKS.md.
@@ -159,13 +159,15 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sonde", default=os.path.join(ROOT, "target/release/sonde"))
+    ap.add_argument("--no-offloads", action="store_true",
+                    help="TSO/GSO/GRO off on the pair for the throughput runs (one packet per skb)")
     ap.add_argument("--json")
     a = ap.parse_args()
     results = {"off": [], "on": []}
     with tempfile.TemporaryDirectory(prefix="sonde-flows-bench-") as workdir:
         os.chmod(workdir, 0o755)
         try:
-            setup(True)
+            setup(not a.no_offloads)
             for r in range(a.rounds):
                 for mode in ("off", "on"):
                     p = start_sonde(a.sonde, workdir, mode == "on")
@@ -183,6 +185,7 @@ def main():
         "throughput_gbps": {k: [round(v / 1e9, 3) for v in vs] for k, vs in results.items()},
         "median_gbps": {"off": round(off / 1e9, 3), "on": round(on / 1e9, 3)},
         "ratio_on_off": round(on / off, 3),
+        "offloads_in_throughput_runs": not a.no_offloads,
         "kernel_cost": costs,
         "date": time.strftime("%Y-%m-%d"),
         "cpus": os.cpu_count(),

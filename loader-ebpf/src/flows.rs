@@ -16,7 +16,7 @@
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use sonde_schema::flows::{DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue};
+use sonde_schema::flows::{DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue, SKB_WINDOW};
 
 use crate::{maps::FLOWS, offsets};
 
@@ -39,6 +39,21 @@ pub fn net_dev_start_xmit(ctx: RawTracePointContext) -> u32 {
     0
 }
 
+/// Fills `buf` from kernel memory in place (no copy through an `Option`, which would double
+/// the stack the verifier allows); false when the address faults.
+#[inline(always)]
+fn read_into<const N: usize>(buf: &mut [u8; N], addr: u64) -> bool {
+    // SAFETY: the helper writes at most N bytes into `buf`, which is N bytes long, with fault
+    // handling on the kernel address.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            buf.as_mut_ptr().cast(),
+            N as u32,
+            addr as *const core::ffi::c_void,
+        ) == 0
+    }
+}
+
 /// Reads a `T` from kernel memory; None when the address faults.
 #[inline(always)]
 fn read<T>(addr: u64) -> Option<T> {
@@ -46,11 +61,30 @@ fn read<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
+/// Bytes of packet headers read at once from the IP header: the IPv6 header (40) or an IPv4
+/// header with up to 36 bytes of options, then 14 bytes of TCP/UDP header (an IPv4 packet
+/// with more options is counted with ports 0).
+const HEADERS: usize = 64;
+
+/// A little-endian field of `N` bytes at `at` in `buf` (None when out of range: the verifier
+/// knows the offsets, read-only globals, and drops the branch).
+#[inline(always)]
+fn field<const N: usize>(buf: &[u8; SKB_WINDOW], at: u64) -> Option<[u8; N]> {
+    let at = usize::try_from(at).ok()?;
+    buf.get(at..at + N)?.try_into().ok()
+}
+
 /// Counts one packet (or GSO/GRO aggregate) of `skb`.
 #[inline(always)]
 fn count_packet(skb: u64, direction: u8) -> Option<()> {
     let o = offsets::skb();
-    let protocol = u16::from_be(read::<u16>(skb + o.protocol)?);
+    // One read of the sk_buff fields (len, protocol, network_header, end, head, data).
+    let base = o.len;
+    let mut w = [0u8; SKB_WINDOW];
+    if !read_into(&mut w, skb + base) {
+        return None;
+    }
+    let protocol = u16::from_be_bytes(field::<2>(&w, o.protocol.wrapping_sub(base))?);
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return None;
     }
@@ -58,13 +92,17 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
     if offsets::flows_skip_loopback() && read::<u32>(dev + o.flags)? & IFF_LOOPBACK != 0 {
         return None;
     }
-    let len = u64::from(read::<u32>(skb + o.len)?);
-    let head: u64 = read(skb + o.head)?;
-    let data: u64 = read(skb + o.data)?;
+    let len = u64::from(u32::from_ne_bytes(field(&w, 0)?));
+    let head = u64::from_ne_bytes(field(&w, o.head.wrapping_sub(base))?);
+    let data = u64::from_ne_bytes(field(&w, o.data.wrapping_sub(base))?);
+    let end = u64::from(u32::from_ne_bytes(field(&w, o.end.wrapping_sub(base))?));
     let l3 = if direction == DIRECTION_INGRESS {
         data
     } else {
-        head + u64::from(read::<u16>(skb + o.network_header)?)
+        head + u64::from(u16::from_ne_bytes(field(
+            &w,
+            o.network_header.wrapping_sub(base),
+        )?))
     };
     // The IP packet's length: what follows the IP header's start.
     let before = l3.checked_sub(data)?;
@@ -81,8 +119,13 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
         direction,
         _pad: [0; 6],
     };
+    // IP and transport headers in one read (bytes past a short packet's end are never used:
+    // ports are read only for TCP and UDP, which always carry their header).
+    let mut h = [0u8; HEADERS];
+    if !read_into(&mut h, l3) {
+        return None;
+    }
     let (ip_header, fragment) = if protocol == ETH_P_IP {
-        let h: [u8; 20] = read(l3)?;
         if h[0] >> 4 != 4 {
             return None;
         }
@@ -94,9 +137,8 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
         key.dst[12..16].copy_from_slice(&h[16..20]);
         key.transport = h[9];
         let fragment_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
-        (u64::from(h[0] & 0x0f) * 4, fragment_offset != 0)
+        (usize::from(h[0] & 0x0f) * 4, fragment_offset != 0)
     } else {
-        let h: [u8; 40] = read(l3)?;
         if h[0] >> 4 != 6 {
             return None;
         }
@@ -108,11 +150,12 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
     let mut l4_header = 0;
     if !fragment && (key.transport == IPPROTO_TCP || key.transport == IPPROTO_UDP) {
         // Ports, and the TCP data offset (byte 12).
-        if let Some(t) = read::<[u8; 14]>(l3 + ip_header) {
-            key.src_port = u16::from_be_bytes([t[0], t[1]]);
-            key.dst_port = u16::from_be_bytes([t[2], t[3]]);
+        let t = ip_header & 0x3f;
+        if t + 14 <= HEADERS {
+            key.src_port = u16::from_be_bytes([h[t], h[t + 1]]);
+            key.dst_port = u16::from_be_bytes([h[t + 2], h[t + 3]]);
             l4_header = if key.transport == IPPROTO_TCP {
-                u64::from(t[12] >> 4) * 4
+                u64::from(h[t + 12] >> 4) * 4
             } else {
                 UDP_HEADER
             };
@@ -120,9 +163,8 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
     }
 
     // skb_shared_info sits at head + end (64-bit kernels keep `end` as an offset).
-    let end = u64::from(read::<u32>(skb + o.end)?);
     let segs = u64::from(read::<u16>(head + end + o.gso_segs).unwrap_or(0)).max(1);
-    let bytes = l3_len + (segs - 1) * (ip_header + l4_header);
+    let bytes = l3_len + (segs - 1) * (ip_header as u64 + l4_header);
 
     match FLOWS.get_ptr_mut(&key) {
         Some(v) => {

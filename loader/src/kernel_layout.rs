@@ -163,7 +163,7 @@ pub fn skb_offsets(btf: &Btf) -> Result<SkbOffsets, LayoutError> {
     let dev = find_struct(btf, "net_device")?;
     let in_skb = |field: &str| byte_offset(btf, &skb, "sk_buff", field);
     let in_dev = |field: &str| byte_offset(btf, &dev, "net_device", field);
-    Ok(SkbOffsets {
+    let o = SkbOffsets {
         len: in_skb("len")?,
         dev: in_skb("dev")?,
         head: in_skb("head")?,
@@ -175,7 +175,24 @@ pub fn skb_offsets(btf: &Btf) -> Result<SkbOffsets, LayoutError> {
         ifindex: in_dev("ifindex")?,
         name: in_dev("name")?,
         flags: in_dev("flags")?,
-    })
+    };
+    // The programs read `len` … `data` in one window (`SKB_WINDOW` bytes).
+    let window = sonde_schema::flows::SKB_WINDOW as u32;
+    for (field, at, size) in [
+        ("protocol", o.protocol, 2),
+        ("network_header", o.network_header, 2),
+        ("end", o.end, 4),
+        ("head", o.head, 8),
+        ("data", o.data, 8),
+    ] {
+        if at < o.len || at + size > o.len + window {
+            return Err(LayoutError::Btf(format!(
+                "sk_buff.{field} at {at} is outside the {window}-byte window from sk_buff.len at {}",
+                o.len
+            )));
+        }
+    }
+    Ok(o)
 }
 
 fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, LayoutError> {

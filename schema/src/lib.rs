@@ -689,6 +689,10 @@ pub mod flows {
     pub const DIRECTION_EGRESS: u8 = 2;
     /// `IFNAMSIZ`: interface names are at most 15 bytes and a NUL.
     pub const IFACE_NAME_BYTES: usize = 16;
+    /// Bytes of `struct sk_buff` the programs read at once, from `len` (the lowest field they
+    /// use after `dev`) to the end of `data`: exactly Linux 6.18's 96 (more would exceed the
+    /// eBPF stack). The loader refuses a layout that does not fit.
+    pub const SKB_WINDOW: usize = 96;
 
     /// One flow on one interface in one direction. Every byte is written (padding is explicit
     /// and zero), so equal flows hash equally.
