@@ -635,3 +635,57 @@ fn default_attributes_keep_a_thousand_client_ports_in_two_series() {
         }
     }
 }
+
+/// OTLP: the same UDP exchange reaches a real OTLP receiver as the cumulative sums
+/// `beyla.network.flow.bytes` / `.packets` under the host-level flow resource.
+#[test]
+fn flows_are_exported_over_otlp_as_sums() {
+    let _guard = serial();
+    let dir = TempDir::new("flows-otlp");
+    let pair = VethPair::new("o", false);
+    let http_port = free_port();
+    let receiver = sonde_e2e::otlp::Receiver::start(&dir, 0, http_port);
+    let metrics_port = free_port();
+    let extra = format!(
+        "otel_metrics_export:\n  endpoint: http://127.0.0.1:{http_port}\n  protocol: http/protobuf\n  interval: 500ms\nattributes:\n  select:\n    beyla_network_flow_bytes:\n      include: [direction, iface, transport]\n"
+    );
+    let _sonde = start_sonde(&dir, metrics_port, &extra);
+    let server = python_in(&pair.b, UDP_ECHO, &[&pair.addr_b, "9004", "100"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let client = python_in(
+        &pair.a,
+        UDP_CLIENT,
+        &[&pair.addr_b, "9004", "100", "1000", "0", "1"],
+    );
+    assert_eq!(finish(client).trim(), "100");
+    assert_eq!(finish(server).trim(), "100");
+    let value = |name: &str| {
+        receiver
+            .latest_points()
+            .into_iter()
+            .filter(|p| {
+                p["name"] == name
+                    && p["attributes"]["iface"] == pair.veth_a.as_str()
+                    && p["attributes"]["direction"] == "egress"
+                    && p["attributes"]["transport"] == "udp"
+            })
+            .map(|p| {
+                assert_eq!(p["kind"], "sum", "{p}");
+                assert_eq!(p["resource"]["service.name"], "sonde-network-flows", "{p}");
+                p["value"].as_u64().unwrap_or(0)
+            })
+            .sum::<u64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while value("beyla.network.flow.bytes") < 100 * 1028 {
+        assert!(
+            Instant::now() < deadline,
+            "no flow sums: {:?}",
+            receiver.latest_points()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(value("beyla.network.flow.bytes"), 100 * 1028);
+    assert_eq!(value("beyla.network.flow.packets"), 100);
+}
