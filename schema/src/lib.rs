@@ -734,6 +734,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn flow_layouts_have_no_implicit_padding() {
+        // The kernel hashes every key byte: the explicit `_pad` must cover all padding.
+        assert_eq!(core::mem::size_of::<flows::FlowKey>(), 56);
+        assert_eq!(core::mem::size_of::<flows::FlowValue>(), 32);
+    }
+
+    #[test]
     fn decode_round_trip() {
         let mut e = HttpEvent::zeroed();
         e.kind = EVENT_HTTP;
