@@ -2,9 +2,9 @@
 //! client spans (downstream HTTP, PostgreSQL) a thread makes while serving a request are
 //! children of that request's server span, exactly, under 16 parallel requests; clients that
 //! send from their own threads (`java.net.http.HttpClient`) and event loops (Node.js) are
-//! never linked to the wrong request. Every request's id travels in its path and in what the
-//! app forwards (the downstream path, the SQL literal), so each span is matched to the
-//! request that made it without trusting Sonde.
+//! never linked to the wrong request; a linked trace is sampled whole. Every request's id
+//! travels in its path and in what the app forwards (the downstream path, the SQL literal),
+//! so each span is matched to the request that made it without trusting Sonde.
 
 use std::{
     collections::HashMap,
@@ -182,16 +182,20 @@ fn final_linking(sonde: &mut Sonde) -> Value {
     stats["linking"].clone()
 }
 
-/// A Python ThreadingHTTPServer calling a downstream HTTP server (urllib) and PostgreSQL
-/// (psycopg2) on the thread serving each request: every one of the 2N client spans is the
-/// child of the server span of its own request.
-#[test]
-fn python_threading_server_children_are_exact() {
-    let _guard = serial();
-    let dir = TempDir::new("linking-python");
+/// The Python front, its downstream and PostgreSQL, with `sonde` selecting the front.
+struct PythonApp {
+    _pg: Proc,
+    _down: Proc,
+    _app: Proc,
+    sonde: Sonde,
+    pid: u32,
+    port: u16,
+}
+
+fn python_app(dir: &TempDir, env: &[(&str, &str)]) -> PythonApp {
     let pg_port = free_port();
-    let _pg = start_postgres(pg_port, &dir);
-    let (_down, down_port) = start_downstream();
+    let pg = start_postgres(pg_port, dir);
+    let (down, down_port) = start_downstream();
     let port = free_port();
     let mut cmd = Command::new(otlp_python());
     cmd.arg(peer("linking_app.py")).args([
@@ -203,12 +207,28 @@ fn python_threading_server_children_are_exact() {
     let app = spawn_ready("linking_app", &mut cmd);
     let pid = app.pid();
     // The SQL literal carries the request id.
-    let mut sonde = Sonde::start(
-        &["--pid", &pid.to_string()],
-        &[("SONDE_DB_QUERY_SANITIZE", "false")],
-        &dir,
-        &[pid],
-    );
+    let mut all_env = vec![("SONDE_DB_QUERY_SANITIZE", "false")];
+    all_env.extend_from_slice(env);
+    let sonde = Sonde::start(&["--pid", &pid.to_string()], &all_env, dir, &[pid]);
+    PythonApp {
+        _pg: pg,
+        _down: down,
+        _app: app,
+        sonde,
+        pid,
+        port,
+    }
+}
+
+/// A Python ThreadingHTTPServer calling a downstream HTTP server (urllib) and PostgreSQL
+/// (psycopg2) on the thread serving each request: every one of the 2N client spans is the
+/// child of the server span of its own request.
+#[test]
+fn python_threading_server_children_are_exact() {
+    let _guard = serial();
+    let dir = TempDir::new("linking-python");
+    let py = python_app(&dir, &[]);
+    let (pid, port, mut sonde) = (py.pid, py.port, py.sonde);
     warm_up(&sonde, pid, port, "/req/0");
     load(port, 1..=N, |id| format!("/req/{id}"));
     let is_ours = |s: &Value| {
@@ -355,4 +375,52 @@ fn node_event_loop_is_never_linked_to_the_wrong_request() {
     assert!(linked >= 5, "{linked}");
     let stats = final_linking(&mut sonde);
     assert!(stats["multiplexed_threads"].as_u64() >= Some(1), "{stats}");
+}
+
+/// With `parentbased_traceidratio` at 0.5, a linked trace is kept or dropped whole: a request
+/// whose server span is printed has both its client spans printed as its children, one whose
+/// server span was dropped has none.
+#[test]
+fn python_linked_traces_are_sampled_together() {
+    let _guard = serial();
+    let dir = TempDir::new("linking-sampled");
+    let py = python_app(
+        &dir,
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ],
+    );
+    let (pid, port, mut sonde) = (py.pid, py.port, py.sonde);
+    // The warm-up's server span may be sampled out: wait for it to be processed instead.
+    assert_eq!(http_get(port, "/req/0"), "done 0");
+    std::thread::sleep(Duration::from_millis(1500));
+    load(port, 1..=N, |id| format!("/req/{id}"));
+    let spans = sonde.wait_spans(usize::MAX, Duration::from_secs(8), |s| s["pid"] == pid);
+    let servers = servers_by_id(&spans, pid);
+    let (mut kept, mut dropped) = (0, 0);
+    for id in 1..=N {
+        let children: Vec<_> = spans
+            .iter()
+            .filter(|s| {
+                s["kind"] == "client"
+                    && (s["path"] == format!("/down/{id}")
+                        || s["db_query_text"] == format!("SELECT {id} AS req"))
+            })
+            .collect();
+        match servers.get(&id) {
+            Some(server) => {
+                assert_eq!(children.len(), 2, "request {id}: {children:#?}");
+                assert!(children.iter().all(|c| is_child(c, server)), "{id}");
+                kept += 1;
+            }
+            None => {
+                assert!(children.is_empty(), "request {id} dropped, children kept");
+                dropped += 1;
+            }
+        }
+    }
+    eprintln!("sampled: {kept} traces kept whole, {dropped} dropped whole");
+    assert!(kept > 0 && dropped > 0, "{kept} kept, {dropped} dropped");
+    final_linking(&mut sonde);
 }
