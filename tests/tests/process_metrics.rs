@@ -450,27 +450,39 @@ fn otlp_process_metrics_arrive_with_their_names_and_attributes() {
 /// same capabilities (CAP_SYS_PTRACE already covers `/proc/<pid>/io`), the processor runs
 /// with Landlock, seccomp, no capability, as nobody — and produces process metrics there.
 #[test]
-fn processor_stays_sandboxed_with_process_metrics_on() {
+fn processor_stays_sandboxed_with_process_and_flow_metrics_on() {
     let _guard = serial();
     let dir = TempDir::new("process-metrics-sandbox");
     let workload = Workload::start(&dir);
     let pid = workload.proc.pid();
     let metrics_port = free_port();
+    // Both host-metric families on, flows on loopback too (the scrapes are the traffic).
     let sonde = Sonde::start_with_config(
         &dir.path("sonde.yaml"),
-        &config(metrics_port, ""),
+        &config(
+            metrics_port,
+            "network:\n  enable: true\n  exclude_interfaces: []\n  cache_active_timeout: 1s\n",
+        ),
         workload.port,
         &dir,
         pid,
     );
     sonde.wait_log("Prometheus endpoint listening", Duration::from_secs(5));
-    let text = scrape_until(metrics_port, Duration::from_secs(10), |t| {
-        value(t, CPU, pid, "cpu_mode", "user").is_some()
+    let flows = |t: &str| {
+        t.lines()
+            .filter(|l| l.starts_with("beyla_network_flow_bytes_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let text = scrape_until(metrics_port, Duration::from_secs(15), |t| {
+        value(t, CPU, pid, "cpu_mode", "user").is_some() && flows(t) > 0.0
     });
     assert!(
         value(&text, CPU, pid, "cpu_mode", "user").is_some(),
         "{text}"
     );
+    // The sandboxed processor produced flow series as well.
+    assert!(flows(&text) > 0.0, "{text}");
     let out = Command::new(binary("sonde-loader"))
         .args(["--audit", "--json", "--open-port", "1"])
         .env("SONDE_CONTROL_SOCKET", &sonde.control_socket)
@@ -506,6 +518,8 @@ fn processor_stays_sandboxed_with_process_metrics_on() {
     if report["problems"] == Value::Array(vec![]) {
         assert!(out.status.success(), "audit failed: {report:#}");
     }
+    let nf = report["network_flows"].as_str().expect("network_flows");
+    assert!(nf.starts_with("on"), "{nf}");
     let pm = report["process_metrics"].as_str().expect("process_metrics");
     assert!(
         pm.starts_with("on: every 1s") && pm.contains("captured processes only"),
