@@ -353,3 +353,63 @@ impl GatedPeer {
         out
     }
 }
+
+// ---- PostgreSQL ----------------------------------------------------------------------------
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A throwaway PostgreSQL 15 cluster (trust auth) on 127.0.0.1:`port`, run as `postgres`
+/// through `setpriv` (which execs: the returned pid is the postmaster's).
+pub fn start_postgres(port: u16, dir: &TempDir) -> Proc {
+    start_postgres_with(port, dir, &[])
+}
+
+/// [`start_postgres`] with more `-c name=value` settings.
+pub fn start_postgres_with(port: u16, dir: &TempDir, settings: &[String]) -> Proc {
+    let data = dir.path("pgdata");
+    std::fs::create_dir_all(&data).expect("pgdata");
+    let chown = |path: &std::path::Path| {
+        let out = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .output()
+            .expect("chown");
+        assert!(out.status.success());
+    };
+    chown(&data);
+    // The TempDir itself must be traversable by postgres.
+    let _ = Command::new("chmod").arg("755").arg(&dir.0).status();
+    let out = run_bounded(
+        "initdb",
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/initdb"))
+            .args(["--auth=trust", "-U", "postgres", "-D"])
+            .arg(&data),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(format!("{PG_BIN}/postgres"))
+    .arg("-D")
+    .arg(&data)
+    .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+    .args(["-c", "fsync=off", "-c"])
+    .arg(format!("unix_socket_directories={}", data.display()))
+    .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let p = Proc::spawn("postgres", &mut cmd);
+    wait_for_port(port, Duration::from_secs(30));
+    p
+}

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
@@ -23,53 +23,6 @@ use sonde_e2e::{otlp::otlp_python, peers::*, *};
 const N: u32 = 200;
 /// Requests in flight at once.
 const PARALLEL: u32 = 16;
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A throwaway PostgreSQL 15 cluster (trust auth) on 127.0.0.1:`port`, run as `postgres`.
-fn start_postgres(port: u16, dir: &TempDir) -> Proc {
-    let data = dir.path("pgdata");
-    std::fs::create_dir_all(&data).expect("pgdata");
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(&data)
-        .output()
-        .expect("chown");
-    assert!(out.status.success());
-    let _ = Command::new("chmod").arg("755").arg(&dir.0).status();
-    let out = run_bounded(
-        "initdb",
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(format!("{PG_BIN}/initdb"))
-            .args(["--auth=trust", "-U", "postgres", "-D"])
-            .arg(&data),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=postgres",
-        "--regid=postgres",
-        "--clear-groups",
-        "--",
-    ])
-    .arg(format!("{PG_BIN}/postgres"))
-    .arg("-D")
-    .arg(&data)
-    .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-    .args(["-c", "fsync=off", "-c"])
-    .arg(format!("unix_socket_directories={}", data.display()))
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let p = Proc::spawn("postgres", &mut cmd);
-    wait_for_port(port, Duration::from_secs(30));
-    p
-}
 
 /// The downstream HTTP server (not selected).
 fn start_downstream() -> (Proc, u16) {
