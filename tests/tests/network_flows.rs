@@ -367,6 +367,11 @@ fn total(text: &str, metric: &str, want: &[(&str, &str)]) -> u64 {
 
 /// Starts `sonde` with flow metrics on, reporting every 500 ms, with `extra` YAML.
 fn start_sonde(dir: &TempDir, metrics_port: u16, extra: &str) -> Sonde {
+    start_sonde_env(dir, metrics_port, extra, &[])
+}
+
+/// [`start_sonde`] with environment variables `env`.
+fn start_sonde_env(dir: &TempDir, metrics_port: u16, extra: &str, env: &[(&str, &str)]) -> Sonde {
     let yaml = format!(
         "prometheus_export:\n  port: {metrics_port}\n  address: 127.0.0.1\nnetwork:\n  enable: true\n  cache_active_timeout: 500ms\n{extra}"
     );
@@ -380,7 +385,7 @@ fn start_sonde(dir: &TempDir, metrics_port: u16, extra: &str) -> Sonde {
             "--open-port",
             "1",
         ],
-        &[],
+        env,
         dir,
     );
     s.wait_log("processor connected", Duration::from_secs(30));
@@ -688,4 +693,144 @@ fn flows_are_exported_over_otlp_as_sums() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(value("beyla.network.flow.bytes"), 100 * 1028);
     assert_eq!(value("beyla.network.flow.packets"), 100);
+}
+
+/// Kubernetes metadata on (the fake API server serves two pods of this node whose addresses
+/// are the veth pair's: `frontend` of Deployment `frontend` (through its ReplicaSet) in
+/// namespace `shop`, and a pod of DaemonSet `collector` in `monitoring`): the default
+/// attributes name each end by its pod's top owner and namespace. 200 datagrams from 200
+/// client ports and their echoes are four series per metric (two interfaces × two
+/// directions), each of exactly 200 packets of 128 bytes (100 + 8 UDP + 20 IPv4); every
+/// other flow on the host (loopback: the scrapes, the API server) has no pod at either end
+/// and empty `k8s_src_*` / `k8s_dst_*` (at most one series per direction).
+#[test]
+fn kubernetes_defaults_name_both_ends_by_their_pods_owner_and_namespace() {
+    use sonde_e2e::kube::{FakeKube, PodBuilder, Workload, namespace, node};
+    const NODE: &str = "sonde-e2e-flows-node";
+    const CLUSTER: &str = "e2e-flows";
+    let _guard = serial();
+    let dir = TempDir::new("flows-k8s");
+    let pair = VethPair::new("k", false);
+    let frontend =
+        PodBuilder::new(Workload::Deployment("frontend".into()), "shop", NODE).ip(&pair.addr_a);
+    let collector = PodBuilder::new(Workload::DaemonSet("collector".into()), "monitoring", NODE)
+        .ip(&pair.addr_b);
+    let mut objects = vec![
+        node(NODE),
+        namespace("shop"),
+        namespace("monitoring"),
+        namespace("other"),
+    ];
+    objects.extend(frontend.objects());
+    objects.extend(collector.objects());
+    // Another node's pod with the client's address is not known (the watch is node-scoped).
+    objects.extend(
+        PodBuilder::new(Workload::Bare("elsewhere".into()), "other", "other-node")
+            .ip(&pair.addr_a)
+            .objects(),
+    );
+    let fake = FakeKube::start_with(&objects);
+    let kubeconfig = fake.kubeconfig();
+    let metrics_port = free_port();
+    let sonde = start_sonde_env(
+        &dir,
+        metrics_port,
+        "",
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().expect("utf-8")),
+            ("K8S_NODE_NAME", NODE),
+            ("BEYLA_KUBE_CLUSTER_NAME", CLUSTER),
+        ],
+    );
+    sonde.wait_log(
+        "Kubernetes metadata: pods of this node listed",
+        Duration::from_secs(20),
+    );
+    // The ReplicaSets are listed too (the Deployment is known) once their watch is open.
+    fake.wait_watches(Duration::from_secs(20), |w| {
+        w.iter().any(|w| w["resource"] == "replicasets")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let server = python_in(&pair.b, UDP_ECHO, &[&pair.addr_b, "9005", "200"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let client = python_in(
+        &pair.a,
+        UDP_CLIENT,
+        &[&pair.addr_b, "9005", "200", "100", "21000", "1"],
+    );
+    assert_eq!(finish(client).trim(), "200");
+    assert_eq!(finish(server).trim(), "200");
+    let pods = [
+        ("frontend", "Deployment", "shop"),
+        ("collector", "DaemonSet", "monitoring"),
+    ];
+    let ends = |src: usize, direction: &'static str| {
+        let (sn, st, sns) = pods[src];
+        let (dn, dt, dns) = pods[1 - src];
+        vec![
+            ("direction", direction),
+            ("k8s_src_owner_name", sn),
+            ("k8s_src_owner_type", st),
+            ("k8s_src_namespace", sns),
+            ("k8s_dst_owner_name", dn),
+            ("k8s_dst_owner_type", dt),
+            ("k8s_dst_namespace", dns),
+            ("k8s_cluster_name", CLUSTER),
+        ]
+    };
+    // Requests: out of veth_a, into veth_b; echoes: out of veth_b, into veth_a.
+    let expected = [
+        ends(0, "egress"),
+        ends(0, "ingress"),
+        ends(1, "egress"),
+        ends(1, "ingress"),
+    ];
+    let text = scrape_until(metrics_port, "the pods' flows", |t| {
+        expected.iter().all(|e| total(t, PACKETS, e) >= 200)
+    });
+    for e in &expected {
+        assert_eq!(total(&text, PACKETS, e), 200, "{e:?}:\n{text}");
+        assert_eq!(total(&text, BYTES, e), 200 * 128, "{e:?}:\n{text}");
+    }
+    let keys = [
+        "direction",
+        "k8s_cluster_name",
+        "k8s_dst_namespace",
+        "k8s_dst_owner_name",
+        "k8s_dst_owner_type",
+        "k8s_src_namespace",
+        "k8s_src_owner_name",
+        "k8s_src_owner_type",
+    ];
+    for metric in [BYTES, PACKETS] {
+        let series = samples(&text, metric);
+        let mut with_pods = 0;
+        for (l, _) in &series {
+            assert_eq!(
+                l.keys().map(String::as_str).collect::<Vec<_>>(),
+                keys,
+                "{l:?}"
+            );
+            assert_eq!(l["k8s_cluster_name"], CLUSTER, "{l:?}");
+            if l["k8s_src_owner_name"].is_empty() && l["k8s_dst_owner_name"].is_empty() {
+                for k in &keys[2..] {
+                    assert_eq!(l[*k], "", "{l:?}");
+                }
+            } else {
+                with_pods += 1;
+                assert!(
+                    expected.iter().any(|e| e
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))),
+                    "unexpected series {l:?}"
+                );
+            }
+        }
+        assert_eq!(with_pods, 4, "{metric}:\n{text}");
+        assert!(
+            series.len() <= 6,
+            "{metric}: {} series:\n{text}",
+            series.len()
+        );
+    }
 }

@@ -4,9 +4,17 @@
 //! `beyla.network.flow.bytes` / `beyla.network.flow.packets` under one host resource.
 //!
 //! Each flow is named with the attributes `select` keeps (the reference system's defaults:
-//! `direction`, plus `src.cidr`/`dst.cidr` with `network.cidrs`, plus `k8s.cluster.name` with
-//! Kubernetes metadata), and its deltas are added to the series of that attribute subset: a
-//! thousand client ports under the defaults are one series per direction.
+//! `direction`, plus `src.cidr`/`dst.cidr` with `network.cidrs`, plus, with Kubernetes
+//! metadata, `k8s.{src,dst}.owner.name`, `k8s.{src,dst}.owner.type`, `k8s.{src,dst}.namespace`
+//! and `k8s.cluster.name`), and its deltas are added to the series of that attribute subset:
+//! a thousand client ports under the defaults are one series per direction (and pair of
+//! owners).
+//!
+//! `k8s.src.*` / `k8s.dst.*`: an end whose address is a pod of this node (the store's
+//! address index, [`crate::kube::Store::pod_by_ip`]) is named by the pod's namespace and top
+//! owner (a bare pod by itself, type `Pod`); any other end (another node's pod, a
+//! `hostNetwork` pod, a node, outside the cluster) has these attributes empty. Each distinct
+//! address of a batch is looked up once.
 //!
 //! Naming, kept simple: `src.name`/`dst.name` is this host's name for the end on this host's
 //! side of the interface (the destination of an ingress packet, the source of an egress one)
@@ -15,7 +23,10 @@
 
 pub mod select;
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+};
 
 use opentelemetry::KeyValue;
 use prometheus_client::{
@@ -24,7 +35,12 @@ use prometheus_client::{
 };
 use sonde_schema::control::{FlowCount, FlowDirection};
 
-use crate::{config::Config, metrics::Metrics, otlp::Otlp};
+use crate::{
+    config::Config,
+    kube::{PodEnd, Store},
+    metrics::Metrics,
+    otlp::Otlp,
+};
 
 /// The label set of one flow series (Prometheus names: dots become underscores).
 pub type FlowLabels = Vec<(String, String)>;
@@ -58,6 +74,9 @@ struct Values<'a> {
     flow: &'a FlowCount,
     host: &'a str,
     config: &'a Config,
+    /// The pods of this node the ends are (when a `k8s.src.*` / `k8s.dst.*` is selected).
+    src_pod: Option<&'a PodEnd>,
+    dst_pod: Option<&'a PodEnd>,
 }
 
 impl Values<'_> {
@@ -79,6 +98,12 @@ impl Values<'_> {
             "dst.name" => address(f.dst).to_string(),
             "src.cidr" => self.cidr(f.src),
             "dst.cidr" => self.cidr(f.dst),
+            "k8s.src.owner.name" => pod_value(self.src_pod, |p| &p.owner_name),
+            "k8s.src.owner.type" => pod_value(self.src_pod, |p| &p.owner_type),
+            "k8s.src.namespace" => pod_value(self.src_pod, |p| &p.namespace),
+            "k8s.dst.owner.name" => pod_value(self.dst_pod, |p| &p.owner_name),
+            "k8s.dst.owner.type" => pod_value(self.dst_pod, |p| &p.owner_type),
+            "k8s.dst.namespace" => pod_value(self.dst_pod, |p| &p.namespace),
             "k8s.cluster.name" => self
                 .config
                 .kubernetes
@@ -96,6 +121,27 @@ impl Values<'_> {
             .cidr_of(address(a))
             .unwrap_or_default()
             .to_string()
+    }
+}
+
+fn pod_value(pod: Option<&PodEnd>, field: impl Fn(&PodEnd) -> &String) -> String {
+    pod.map(|p| field(p).clone()).unwrap_or_default()
+}
+
+/// The pods of this node behind a batch's addresses: each address is looked up in the
+/// store once per batch.
+struct PodEnds<'a> {
+    store: Option<&'a Store>,
+    seen: HashMap<Ipv6Addr, Option<PodEnd>>,
+}
+
+impl PodEnds<'_> {
+    fn get(&mut self, a: Ipv6Addr) -> Option<&PodEnd> {
+        let store = self.store?;
+        self.seen
+            .entry(a)
+            .or_insert_with(|| store.pod_by_ip(address(a)))
+            .as_ref()
     }
 }
 
@@ -126,6 +172,14 @@ pub struct Selected {
 }
 
 impl Selected {
+    /// True when a selected attribute names an end by its pod.
+    fn pod_ends(&self) -> bool {
+        self.bytes
+            .iter()
+            .chain(&self.packets)
+            .any(|a| select::K8S_ENDS.contains(a))
+    }
+
     pub fn new(config: &Config, kubernetes: bool) -> Selected {
         let cidrs = !config.shared.network.cidrs.is_empty();
         let (b, p) = config.flow_select.effective();
@@ -137,21 +191,29 @@ impl Selected {
 }
 
 /// Adds the loader's flow deltas to the metrics: Prometheus when its endpoint is on, OTLP
-/// when metrics are exported.
+/// when metrics are exported. `kube`: the Kubernetes store, when its metadata is on.
 pub fn apply(
     flows: &[FlowCount],
     config: &Config,
     metrics: &Metrics,
-    kubernetes: bool,
+    kube: Option<&Store>,
     mut otlp: Option<&mut Otlp>,
 ) {
-    let selected = Selected::new(config, kubernetes);
+    let selected = Selected::new(config, kube.is_some());
     let prometheus = config.prometheus_export.port.is_some();
+    let mut pods = PodEnds {
+        store: kube.filter(|_| selected.pod_ends()),
+        seen: HashMap::new(),
+    };
     for flow in flows {
+        let src_pod = pods.get(flow.src).cloned();
+        let dst_pod = pods.get(flow.dst).cloned();
         let values = Values {
             flow,
             host: metrics.host_name(),
             config,
+            src_pod: src_pod.as_ref(),
+            dst_pod: dst_pod.as_ref(),
         };
         let bytes_attrs: Vec<(&'static str, String)> =
             selected.bytes.iter().map(|a| (*a, values.get(a))).collect();
@@ -246,7 +308,7 @@ mod tests {
                 ]
             })
             .collect();
-        apply(&flows, &c, &m, false, None);
+        apply(&flows, &c, &m, None, None);
         let t = text(&m);
         assert!(
             t.contains("beyla_network_flow_bytes_total{direction=\"egress\"} 100000"),
@@ -267,7 +329,7 @@ mod tests {
             &[flow(40000, FlowDirection::Egress, 500)],
             &c,
             &m,
-            false,
+            None,
             None,
         );
         let t = text(&m);
@@ -277,6 +339,53 @@ mod tests {
         );
         // The packets metric follows the bytes selection when it has none of its own.
         assert!(t.contains("beyla_network_flow_packets_total{src_address=\"10.200.0.1\""));
+    }
+
+    #[test]
+    fn kubernetes_defaults_name_both_ends_by_their_pods_owners() {
+        use crate::kube::meta::{Owner, OwnerKind, PodInfo};
+        let c = config("");
+        let m = Metrics::new("host-a");
+        let store = Store::new(Some("c1".into()));
+        store.apply_pod(PodInfo {
+            uid: "u1".into(),
+            name: "web-abc-x".into(),
+            namespace: "shop".into(),
+            owner: Some(Owner {
+                kind: OwnerKind::DaemonSet,
+                name: "web".into(),
+            }),
+            ips: vec!["10.200.0.1".parse().unwrap()],
+            ..PodInfo::default()
+        });
+        store.apply_pod(PodInfo {
+            uid: "u2".into(),
+            name: "debug".into(),
+            namespace: "tools".into(),
+            ips: vec!["10.200.0.2".parse().unwrap()],
+            ..PodInfo::default()
+        });
+        let mut outside = flow(1, FlowDirection::Egress, 7);
+        outside.dst = "192.0.2.9"
+            .parse::<std::net::Ipv4Addr>()
+            .unwrap()
+            .to_ipv6_mapped();
+        let flows: Vec<FlowCount> = (0..100)
+            .map(|p| flow(30000 + p, FlowDirection::Egress, 10))
+            .chain([outside])
+            .collect();
+        apply(&flows, &c, &m, Some(&store), None);
+        let t = text(&m);
+        assert!(
+            t.contains("beyla_network_flow_bytes_total{direction=\"egress\",k8s_src_owner_name=\"web\",k8s_src_owner_type=\"DaemonSet\",k8s_src_namespace=\"shop\",k8s_dst_owner_name=\"debug\",k8s_dst_owner_type=\"Pod\",k8s_dst_namespace=\"tools\",k8s_cluster_name=\"\"} 1000"),
+            "{t}"
+        );
+        // An end that is no pod of this node has empty k8s attributes.
+        assert!(
+            t.contains("beyla_network_flow_bytes_total{direction=\"egress\",k8s_src_owner_name=\"web\",k8s_src_owner_type=\"DaemonSet\",k8s_src_namespace=\"shop\",k8s_dst_owner_name=\"\",k8s_dst_owner_type=\"\",k8s_dst_namespace=\"\",k8s_cluster_name=\"\"} 7"),
+            "{t}"
+        );
+        assert_eq!(t.matches("beyla_network_flow_bytes_total{").count(), 2);
     }
 
     #[test]

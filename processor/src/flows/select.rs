@@ -3,10 +3,9 @@
 //! `.exclude` (globs over attribute names, written with dots or underscores).
 
 /// Every attribute a flow series can carry, by its OTel name (Prometheus replaces the dots
-/// with underscores). The `k8s.src.*` / `k8s.dst.*` owner and namespace attributes of the
-/// reference system are not offered: the Kubernetes store indexes pods by container, not by
-/// IP address.
-pub const ATTRIBUTES: [&str; 12] = [
+/// with underscores). `k8s.src.*` / `k8s.dst.*` name an end whose address is a pod of this
+/// node (the Kubernetes store's address index); any other end has them empty.
+pub const ATTRIBUTES: [&str; 18] = [
     "direction",
     "src.address",
     "dst.address",
@@ -18,7 +17,23 @@ pub const ATTRIBUTES: [&str; 12] = [
     "dst.name",
     "src.cidr",
     "dst.cidr",
+    "k8s.src.owner.name",
+    "k8s.src.owner.type",
+    "k8s.src.namespace",
+    "k8s.dst.owner.name",
+    "k8s.dst.owner.type",
+    "k8s.dst.namespace",
     "k8s.cluster.name",
+];
+
+/// The attributes that need the Kubernetes store's address index.
+pub const K8S_ENDS: [&str; 6] = [
+    "k8s.src.owner.name",
+    "k8s.src.owner.type",
+    "k8s.src.namespace",
+    "k8s.dst.owner.name",
+    "k8s.dst.owner.type",
+    "k8s.dst.namespace",
 ];
 
 /// `attributes.select.<metric>` for one metric: `include` (None: the defaults) then `exclude`.
@@ -55,13 +70,15 @@ impl FlowSelection {
 }
 
 /// The reference system's defaults: `direction`; `src.cidr`/`dst.cidr` when `network.cidrs`
-/// is set; `k8s.cluster.name` with Kubernetes metadata on.
+/// is set; with Kubernetes metadata on, both ends' owner name and type and namespace
+/// ([`K8S_ENDS`]) and `k8s.cluster.name`.
 pub fn defaults(cidrs: bool, kubernetes: bool) -> Vec<&'static str> {
     let mut out = vec!["direction"];
     if cidrs {
         out.extend(["src.cidr", "dst.cidr"]);
     }
     if kubernetes {
+        out.extend(K8S_ENDS);
         out.push("k8s.cluster.name");
     }
     out
@@ -118,7 +135,28 @@ mod tests {
         assert_eq!(resolve(&none, false, false), ["direction"]);
         assert_eq!(
             resolve(&none, true, true),
-            ["direction", "src.cidr", "dst.cidr", "k8s.cluster.name"]
+            [
+                "direction",
+                "src.cidr",
+                "dst.cidr",
+                "k8s.src.owner.name",
+                "k8s.src.owner.type",
+                "k8s.src.namespace",
+                "k8s.dst.owner.name",
+                "k8s.dst.owner.type",
+                "k8s.dst.namespace",
+                "k8s.cluster.name"
+            ]
+        );
+        assert_eq!(
+            resolve(&sel(None, &["k8s_src_*"]), false, true),
+            [
+                "direction",
+                "k8s.dst.owner.name",
+                "k8s.dst.owner.type",
+                "k8s.dst.namespace",
+                "k8s.cluster.name"
+            ]
         );
     }
 

@@ -2,7 +2,7 @@
 //! containers is decorated with. Pure data and functions: the watchers fill a [`super::Store`]
 //! with [`PodInfo`] and owner links, the pipeline reads [`K8sMeta`].
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::core::v1::Pod;
 use sonde_config::naming::K8sNames;
@@ -118,7 +118,15 @@ pub struct PodInfo {
     /// bounded), for discovery selectors' `k8s_pod_labels` / `k8s_pod_annotations`.
     pub labels: Vec<(String, String)>,
     pub annotations: Vec<(String, String)>,
+    /// The pod's own addresses (`status.podIPs`, else `status.podIP`; IPv4-mapped as IPv4;
+    /// at most [`MAX_POD_IPS`]), for the network flows' `k8s.src.*` / `k8s.dst.*`. Empty for a
+    /// `hostNetwork` pod (its address is the node's, shared with every other such pod) and
+    /// for a pod that has ended (`Succeeded` / `Failed`: its address is free for another pod).
+    pub ips: Vec<IpAddr>,
 }
+
+/// Addresses kept per pod (dual stack has two).
+pub const MAX_POD_IPS: usize = 4;
 
 /// Labels (and annotations) kept per pod.
 pub const MAX_PAIRS: usize = 64;
@@ -174,6 +182,7 @@ impl PodInfo {
             }
         }
         Some(PodInfo {
+            ips: pod_ips(pod),
             uid: bounded(uid),
             name: bounded(name),
             namespace: bounded(m.namespace.as_deref().unwrap_or("default")),
@@ -194,6 +203,36 @@ impl PodInfo {
             annotations: pairs(m.annotations.as_ref()),
         })
     }
+}
+
+/// The addresses of `pod` the flows may name it by (see [`PodInfo::ips`]).
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    if pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false)
+    {
+        return Vec::new();
+    }
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return Vec::new();
+    }
+    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for text in listed.chain(status.pod_ip.as_deref()) {
+        let Ok(ip) = text.trim().parse::<IpAddr>() else {
+            continue;
+        };
+        let ip = ip.to_canonical();
+        if !ips.contains(&ip) && ips.len() < MAX_POD_IPS {
+            ips.push(ip);
+        }
+    }
+    ips
 }
 
 /// How a ReplicaSet's or a Job's own owner is known.
@@ -660,5 +699,54 @@ mod tests {
                 ("cd".repeat(32), "init".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn pod_addresses_are_kept_except_for_host_network_and_ended_pods() {
+        let ips = |spec: serde_json::Value, status: serde_json::Value| {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+                "spec": spec, "status": status,
+            }))
+            .expect("pod");
+            PodInfo::from_pod(&pod).expect("info").ips
+        };
+        let containers = serde_json::json!({"containers": [{"name": "app"}]});
+        let v4: IpAddr = "10.244.0.7".parse().unwrap();
+        let v6: IpAddr = "fd00::7".parse().unwrap();
+        assert_eq!(
+            ips(
+                containers.clone(),
+                serde_json::json!({"phase": "Running", "podIP": "10.244.0.7",
+                                   "podIPs": [{"ip": "10.244.0.7"}, {"ip": "fd00::7"}]})
+            ),
+            vec![v4, v6]
+        );
+        // podIP alone (older API servers); an IPv4-mapped address is kept as IPv4.
+        assert_eq!(
+            ips(
+                containers.clone(),
+                serde_json::json!({"podIP": "::ffff:10.244.0.7"})
+            ),
+            vec![v4]
+        );
+        // hostNetwork: the node's address, not the pod's.
+        assert!(
+            ips(
+                serde_json::json!({"hostNetwork": true, "containers": [{"name": "app"}]}),
+                serde_json::json!({"phase": "Running", "podIP": "192.168.49.2",
+                                   "podIPs": [{"ip": "192.168.49.2"}]})
+            )
+            .is_empty()
+        );
+        // Ended: the address is free for another pod.
+        assert!(
+            ips(
+                containers.clone(),
+                serde_json::json!({"phase": "Succeeded", "podIP": "10.244.0.7"})
+            )
+            .is_empty()
+        );
+        assert!(ips(containers, serde_json::json!({"podIP": "not-an-ip"})).is_empty());
     }
 }

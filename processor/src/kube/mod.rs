@@ -35,7 +35,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 pub use meta::{K8sLabels, K8sMeta};
-pub use store::{MAX_OWNERS, MAX_PODS, Store, StoreCounters};
+pub use store::{MAX_OWNERS, MAX_PODS, PodEnd, Store, StoreCounters};
 use tracing::{error, info};
 
 /// The in-cluster service-account directory (token, CA, namespace).

@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -13,12 +14,23 @@ use std::{
 
 use serde::Serialize;
 
-use super::meta::{K8sMeta, Link, Owner, Owners, PodInfo};
+use super::meta::{K8sMeta, Link, Owner, Owners, PodInfo, owner_chain};
 
 /// Pods of this node kept at most (a node runs ~110 by default; 4,096 leaves room for any).
 pub const MAX_PODS: usize = 4096;
 /// ReplicaSets and Jobs (cluster-wide: their owners) kept at most, each.
 pub const MAX_OWNERS: usize = 65_536;
+
+/// What a network flow's end is named by when its address is a pod's of this node
+/// (`k8s.src.*` / `k8s.dst.*`): the pod's namespace and its top owner (the Deployment of a
+/// ReplicaSet's pod, the CronJob of a Job's, the StatefulSet, DaemonSet, …; a pod without
+/// owner is its own: its name, type `Pod`, as in the reference system).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodEnd {
+    pub namespace: String,
+    pub owner_name: String,
+    pub owner_type: String,
+}
 
 /// What the store could not keep, and how often the watchers re-listed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -59,6 +71,9 @@ struct Inner {
     pods: HashMap<String, PodInfo>,
     /// Container id → pod uid.
     containers: HashMap<String, String>,
+    /// Pod address → pod uid (at most `MAX_PODS` × `MAX_POD_IPS`); the newest pod to
+    /// claim an address has it.
+    ips: HashMap<IpAddr, String>,
     /// A full list of pods being received.
     listing: Option<Vec<PodInfo>>,
     replicasets: OwnerTable,
@@ -102,6 +117,12 @@ impl Inner {
                 self.containers.remove(id);
             }
         }
+        for ip in &old.ips {
+            // An address another pod took meanwhile stays with it.
+            if self.ips.get(ip).is_some_and(|u| u == uid) {
+                self.ips.remove(ip);
+            }
+        }
         true
     }
 
@@ -116,6 +137,9 @@ impl Inner {
         self.remove_pod(&pod.uid);
         for (id, _) in &pod.containers {
             self.containers.insert(id.clone(), pod.uid.clone());
+        }
+        for ip in &pod.ips {
+            self.ips.insert(*ip, pod.uid.clone());
         }
         self.pods.insert(pod.uid.clone(), pod);
         true
@@ -169,6 +193,24 @@ impl Store {
         K8sMeta::new(pod, container_id, &*inner, self.cluster_name.as_deref()).map(Arc::new)
     }
 
+    /// The pod of this node that has address `ip` (IPv4-mapped addresses are looked up as
+    /// IPv4), named as a flow end. `None` for any other address: a pod of another node (the
+    /// watch follows this node's pods only), a `hostNetwork` pod, a node, a Service, outside.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<PodEnd> {
+        let inner = self.lock();
+        let uid = inner.ips.get(&ip.to_canonical())?;
+        let pod = inner.pods.get(uid)?;
+        let (owner_name, owner_type) = match owner_chain(pod, &*inner).pop() {
+            Some(Owner { kind, name }) => (name, kind.as_str().to_string()),
+            None => (pod.name.clone(), "Pod".to_string()),
+        };
+        Some(PodEnd {
+            namespace: pod.namespace.clone(),
+            owner_name,
+            owner_type,
+        })
+    }
+
     pub fn counters(&self) -> StoreCounters {
         let inner = self.lock();
         StoreCounters {
@@ -216,6 +258,7 @@ impl Store {
         let listed = inner.listing.take().unwrap_or_default();
         inner.pods.clear();
         inner.containers.clear();
+        inner.ips.clear();
         for p in listed {
             inner.apply_pod(p);
         }
@@ -401,6 +444,97 @@ mod tests {
         let c = store.counters();
         assert_eq!(c.jobs, MAX_OWNERS);
         assert_eq!(c.dropped, 8);
+    }
+
+    fn end(ns: &str, name: &str, kind: &str) -> Option<PodEnd> {
+        Some(PodEnd {
+            namespace: ns.into(),
+            owner_name: name.into(),
+            owner_type: kind.into(),
+        })
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn pod_addresses_name_flow_ends_until_the_pod_is_deleted() {
+        let store = Store::default();
+        let mut web = pod("u1", "web-abc-1", "aa");
+        web.ips = vec![ip("10.244.1.5"), ip("fd00::5")];
+        store.apply_pod(web);
+        // Its ReplicaSet is not known yet: the ReplicaSet is the top owner.
+        assert_eq!(
+            store.pod_by_ip(ip("10.244.1.5")),
+            end("ns", "web-abc", "ReplicaSet")
+        );
+        store.apply_owner(
+            OwnerKindTable::ReplicaSets,
+            "ns",
+            "web-abc",
+            Some(Owner {
+                kind: OwnerKind::Deployment,
+                name: "web".into(),
+            }),
+        );
+        let web_end = end("ns", "web", "Deployment");
+        assert_eq!(store.pod_by_ip(ip("10.244.1.5")), web_end);
+        assert_eq!(store.pod_by_ip(ip("fd00::5")), web_end);
+        // IPv4-mapped IPv6 is the IPv4 address.
+        assert_eq!(store.pod_by_ip(ip("::ffff:10.244.1.5")), web_end);
+        assert_eq!(store.pod_by_ip(ip("10.244.1.6")), None);
+        // A pod nobody owns is its own owner, type Pod; a DaemonSet's pod names the DaemonSet.
+        let mut bare = pod("u2", "debug", "bb");
+        bare.owner = None;
+        bare.namespace = "tools".into();
+        bare.ips = vec![ip("10.244.1.7")];
+        store.apply_pod(bare);
+        assert_eq!(
+            store.pod_by_ip(ip("10.244.1.7")),
+            end("tools", "debug", "Pod")
+        );
+        let mut ds = pod("u3", "agent-x1", "cc");
+        ds.owner = Some(Owner {
+            kind: OwnerKind::DaemonSet,
+            name: "agent".into(),
+        });
+        ds.ips = vec![ip("10.244.1.8")];
+        store.apply_pod(ds);
+        assert_eq!(
+            store.pod_by_ip(ip("10.244.1.8")),
+            end("ns", "agent", "DaemonSet")
+        );
+        // Deleted: its addresses are forgotten with it.
+        store.delete_pod("u1");
+        assert_eq!(store.pod_by_ip(ip("10.244.1.5")), None);
+        assert_eq!(store.pod_by_ip(ip("fd00::5")), None);
+        // Re-created (new uid, same address): the new pod has it.
+        let mut again = pod("u4", "web-abc-2", "dd");
+        again.ips = vec![ip("10.244.1.5")];
+        store.apply_pod(again);
+        assert_eq!(store.pod_by_ip(ip("10.244.1.5")), web_end);
+    }
+
+    #[test]
+    fn an_address_taken_by_a_newer_pod_stays_with_it() {
+        let store = Store::default();
+        let mut old = pod("u1", "old", "aa");
+        old.ips = vec![ip("10.244.1.5")];
+        old.namespace = "a".into();
+        store.apply_pod(old);
+        let mut new = pod("u2", "new", "bb");
+        new.ips = vec![ip("10.244.1.5")];
+        new.namespace = "b".into();
+        new.owner = None;
+        store.apply_pod(new);
+        // The old pod's deletion arrives after the new pod took its address.
+        store.delete_pod("u1");
+        assert_eq!(store.pod_by_ip(ip("10.244.1.5")), end("b", "new", "Pod"));
+        // A re-list drops addresses of pods no longer listed.
+        store.pods_list_begin();
+        store.pods_list_done();
+        assert_eq!(store.pod_by_ip(ip("10.244.1.5")), None);
     }
 
     #[test]

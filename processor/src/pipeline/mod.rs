@@ -202,7 +202,7 @@ impl<'a, W: Write> Pipeline<'a, W> {
                 &flows,
                 self.sink.config,
                 &self.metrics,
-                self.kube.is_some(),
+                self.kube.as_deref(),
                 self.sink.otlp_metrics(),
             ),
             Update::ProcessUsage(usage) => crate::process_metrics::apply(
