@@ -26,6 +26,8 @@ pub mod select;
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv6Addr},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use opentelemetry::KeyValue;
@@ -45,14 +47,49 @@ use crate::{
 /// The label set of one flow series (Prometheus names: dots become underscores).
 pub type FlowLabels = Vec<(String, String)>;
 
-/// The two Prometheus counter families (no series until flows arrive).
+/// How long a Prometheus flow series lives without new counts (the reference system's
+/// `prometheus_export.ttl` default): with addresses or ports selected every flow is a series,
+/// and without expiry a port scan would grow the processor without bound.
+pub const FLOW_SERIES_TTL: Duration = Duration::from_secs(300);
+
+/// The two Prometheus counter families (no series until flows arrive), and when each series
+/// last counted something.
 #[derive(Debug, Clone, Default)]
 pub struct FlowFamilies {
     pub bytes: Family<FlowLabels, Counter>,
     pub packets: Family<FlowLabels, Counter>,
+    last_counted: Arc<Mutex<HashMap<FlowLabels, Instant>>>,
 }
 
 impl FlowFamilies {
+    /// Adds to the series of `labels` in `family` and notes when.
+    fn add(&self, bytes: bool, labels: FlowLabels, n: u64, now: Instant) {
+        let family = if bytes { &self.bytes } else { &self.packets };
+        family.get_or_create(&labels).inc_by(n);
+        self.last_counted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(labels, now);
+    }
+
+    /// Removes the series that counted nothing for `ttl`; returns how many went.
+    pub fn expire(&self, now: Instant, ttl: Duration) -> usize {
+        let mut last = self
+            .last_counted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let before = last.len();
+        last.retain(|labels, at| {
+            let keep = now.saturating_duration_since(*at) < ttl;
+            if !keep {
+                self.bytes.remove(labels);
+                self.packets.remove(labels);
+            }
+            keep
+        });
+        before - last.len()
+    }
+
     pub fn register(registry: &mut Registry) -> FlowFamilies {
         let f = FlowFamilies::default();
         registry.register(
@@ -205,6 +242,10 @@ pub fn apply(
         store: kube.filter(|_| selected.pod_ends()),
         seen: HashMap::new(),
     };
+    let now = Instant::now();
+    if prometheus {
+        metrics.flows.expire(now, FLOW_SERIES_TTL);
+    }
     for flow in flows {
         let src_pod = pods.get(flow.src).cloned();
         let dst_pod = pods.get(flow.dst).cloned();
@@ -223,16 +264,9 @@ pub fn apply(
             .map(|a| (*a, values.get(a)))
             .collect();
         if prometheus {
-            metrics
-                .flows
-                .bytes
-                .get_or_create(&prometheus_labels(&bytes_attrs))
-                .inc_by(flow.bytes);
-            metrics
-                .flows
-                .packets
-                .get_or_create(&prometheus_labels(&packets_attrs))
-                .inc_by(flow.packets);
+            let flows = &metrics.flows;
+            flows.add(true, prometheus_labels(&bytes_attrs), flow.bytes, now);
+            flows.add(false, prometheus_labels(&packets_attrs), flow.packets, now);
         }
         if let Some(o) = otlp.as_deref_mut() {
             o.record_flow(
@@ -386,6 +420,32 @@ mod tests {
             "{t}"
         );
         assert_eq!(t.matches("beyla_network_flow_bytes_total{").count(), 2);
+    }
+
+    #[test]
+    fn series_that_counted_nothing_for_the_ttl_expire() {
+        let f = FlowFamilies::default();
+        let t0 = Instant::now();
+        let labels = |port: &str| vec![("src_port".to_string(), port.to_string())];
+        f.add(true, labels("1"), 10, t0);
+        f.add(false, labels("1"), 1, t0);
+        f.add(true, labels("2"), 20, t0 + Duration::from_secs(200));
+        // Nothing is old enough yet.
+        assert_eq!(f.expire(t0 + Duration::from_secs(299), FLOW_SERIES_TTL), 0);
+        // Port 1's series (both families) go; port 2's stays with its count.
+        assert_eq!(f.expire(t0 + Duration::from_secs(300), FLOW_SERIES_TTL), 1);
+        let mut registry = Registry::default();
+        registry.register("b", "b", f.bytes.clone());
+        registry.register("p", "p", f.packets.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("src_port=\"1\""), "{text}");
+        assert!(text.contains("b_total{src_port=\"2\"} 20"), "{text}");
+        // Counting again brings a series back, from zero.
+        f.add(true, labels("1"), 5, t0 + Duration::from_secs(301));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("b_total{src_port=\"1\"} 5"), "{text}");
     }
 
     #[test]
