@@ -440,11 +440,16 @@ pub struct Stat {
     pub start: u64,
 }
 
-/// Parses `/proc/<pid>/stat`. The command name (field 2) is in parentheses and may hold spaces
-/// and `)`, so fields are counted from the last `)`.
+/// The fields of `/proc/<pid>/stat` from field 3 (the state) on. The command name (field 2)
+/// is in parentheses and may hold spaces and `)`, so fields are counted from the last `)`:
+/// field n is item n − 3. Every reader of `stat` splits it here.
+pub fn stat_fields(text: &str) -> Option<std::str::SplitAsciiWhitespace<'_>> {
+    Some(text[text.rfind(')')? + 1..].split_ascii_whitespace())
+}
+
+/// Parses the identity and life fields of `/proc/<pid>/stat` (see [`stat_fields`]).
 pub fn parse_stat(text: &str) -> Option<Stat> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
+    let mut fields = stat_fields(text)?;
     let state = fields.next()?.chars().next()?;
     // Fields 4..=21 lie between the state and the start time.
     let start = fields.nth(18)?.parse().ok()?;

@@ -34,12 +34,11 @@ pub struct Stat {
     pub rss_pages: u64,
 }
 
-/// Parses `/proc/<pid>/stat`. The command name (field 2) is in parentheses and may hold
-/// spaces and parentheses itself, so fields are counted from the *last* `)`.
+/// Parses the fields of `/proc/<pid>/stat` process metrics use (split by
+/// [`crate::selection::stat_fields`], which counts them from the command name's last `)`).
 pub fn parse_stat(text: &str) -> Option<Stat> {
-    let rest = &text[text.rfind(')')? + 1..];
     // fields[0] is field 3 (state), so field n is fields[n - 3].
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let fields: Vec<&str> = crate::selection::stat_fields(text)?.collect();
     let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
     Some(Stat {
         ppid: u32::try_from(field(4)?).ok()?,
