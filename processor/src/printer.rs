@@ -12,6 +12,14 @@ use crate::span::{Address, ExportKind, Span, write_hex};
 /// from the process (method, path, query, `Host`, service name) is escaped (`escape_text`), so a
 /// request cannot start a line, move the cursor or change a terminal's state.
 pub fn text_line(s: &Span) -> String {
+    let mut line = String::with_capacity(256);
+    text_line_into(s, &mut line);
+    line
+}
+
+/// Appends `s`'s text line (no trailing newline) to `line`, which the printer reuses from span
+/// to span: no allocation once it has grown to a line's size.
+pub fn text_line_into(s: &Span, line: &mut String) {
     use std::fmt::Write as _;
     let kind = match s.export_kind() {
         ExportKind::Server => "SERVER",
@@ -19,20 +27,19 @@ pub fn text_line(s: &Span) -> String {
         ExportKind::Producer => "PRODUCER",
         ExportKind::Consumer => "CONSUMER",
     };
-    let mut line = String::with_capacity(256);
-    write_rfc3339(&mut line, s.start_unix_nano);
+    write_rfc3339(line, s.start_unix_nano);
     let _ = write!(
         line,
         " ({dur:.3}ms) {kind} {status} ",
         dur = s.duration_ns as f64 / 1e6,
         status = s.status,
     );
-    escape_text(&mut line, s.method_original.as_deref().unwrap_or(&s.method));
+    escape_text(line, s.method_original.as_deref().unwrap_or(&s.method));
     line.push(' ');
-    escape_text(&mut line, &s.path);
+    escape_text(line, &s.path);
     if let Some(q) = &s.query {
         line.push('?');
-        escape_text(&mut line, q);
+        escape_text(line, q);
     }
     let _ = write!(
         line,
@@ -44,25 +51,25 @@ pub fn text_line(s: &Span) -> String {
     );
     if let Some(h) = &s.host {
         line.push_str(" host=");
-        escape_text(&mut line, h);
+        escape_text(line, h);
     }
     if let Some(db) = &s.db {
         let _ = write!(line, " {}", db.system);
         if let Some(q) = &db.query_text {
             line.push_str(" query=\"");
-            escape_text(&mut line, q);
+            escape_text(line, q);
             line.push('"');
         }
         if let Some(code) = &db.error_code {
             line.push_str(" db_status=");
-            escape_text(&mut line, code);
+            escape_text(line, code);
         }
     }
     if let Some(m) = &s.messaging {
         let _ = write!(line, " {} {}", m.system, m.operation.name());
         if let Some(d) = &m.destination {
             line.push_str(" topic=");
-            escape_text(&mut line, d);
+            escape_text(line, d);
         }
         if let Some(code) = m.error_code {
             let _ = write!(line, " kafka_error={code}");
@@ -78,7 +85,7 @@ pub fn text_line(s: &Span) -> String {
         line.push_str(" h2");
     }
     line.push_str(" service=");
-    escape_text(&mut line, &s.service_name);
+    escape_text(line, &s.service_name);
     let _ = write!(
         line,
         " pid={pid} trace_id={tid} span_id={sid}",
@@ -88,13 +95,12 @@ pub fn text_line(s: &Span) -> String {
     );
     if let Some(m) = s.malformed {
         line.push_str(" malformed=\"");
-        escape_text(&mut line, m);
+        escape_text(line, m);
         line.push('"');
     }
     if s.no_response {
         line.push_str(" no_response");
     }
-    line
 }
 
 /// True for characters a terminal acts on: C0 controls (CR, LF, ESC, …), DEL and the C1
@@ -346,31 +352,74 @@ pub fn json_line(s: &Span, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
-/// Writes spans in the configured format.
+/// Lines are written out once this many bytes are pending (and at every `flush`, once per
+/// pass): a few `write` calls per pass at full load instead of one per span.
+const WRITE_AT: usize = 64 * 1024;
+
+/// Writes spans in the configured format. Lines are formatted straight into one reused buffer
+/// (no allocation per span once it has grown) and handed to `out` in large writes; `flush`,
+/// which the pipeline calls at the end of every pass (at least every poll interval), writes
+/// out whatever is pending, so a line never waits longer than a pass and is always written
+/// whole.
 pub struct Printer<W: Write> {
     format: TracePrinter,
     out: W,
+    /// Complete lines not yet handed to `out`.
+    pending: Vec<u8>,
+    /// The text line being formatted (text format only; reused).
+    text: String,
 }
 
 impl<W: Write> Printer<W> {
     pub fn new(format: TracePrinter, out: W) -> Self {
-        Printer { format, out }
-    }
-
-    pub fn print(&mut self, span: &Span) -> std::io::Result<()> {
-        match self.format {
-            TracePrinter::Disabled => Ok(()),
-            TracePrinter::Text => writeln!(self.out, "{}", text_line(span)),
-            TracePrinter::Json => {
-                let mut line = Vec::with_capacity(512);
-                json_line(span, &mut line);
-                self.out.write_all(&line)
-            }
+        Printer {
+            format,
+            out,
+            pending: Vec::new(),
+            text: String::new(),
         }
     }
 
+    /// Formats one span into the pending lines; writes them out when enough are pending.
+    pub fn print(&mut self, span: &Span) -> std::io::Result<()> {
+        match self.format {
+            TracePrinter::Disabled => return Ok(()),
+            TracePrinter::Text => {
+                self.text.clear();
+                text_line_into(span, &mut self.text);
+                self.pending.extend_from_slice(self.text.as_bytes());
+                self.pending.push(b'\n');
+            }
+            TracePrinter::Json => json_line(span, &mut self.pending),
+        }
+        if self.pending.len() >= WRITE_AT {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the pending lines to `out`. They are dropped even when the write fails (stdout
+    /// closed): the error is counted by the caller, and the buffer never grows without bound.
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let result = self.out.write_all(&self.pending);
+        self.pending.clear();
+        result
+    }
+
+    /// Writes out every pending line and flushes `out`.
     pub fn flush(&mut self) -> std::io::Result<()> {
+        self.write_pending()?;
         self.out.flush()
+    }
+}
+
+impl<W: Write> Drop for Printer<W> {
+    /// Lines still pending are written out (as a `BufWriter` would on drop).
+    fn drop(&mut self) {
+        let _ = self.write_pending();
     }
 }
 
@@ -496,5 +545,108 @@ mod tests {
             assert_eq!(String::from_utf8(line).expect("utf-8"), serde_line);
             assert!(serde_line.contains("\"trace_id\":\"0af7651916cd43dd8448eb211c80319c\""));
         }
+    }
+
+    /// A writer that records each `write_all` it is given as a whole.
+    #[derive(Default)]
+    struct Writes {
+        calls: Vec<Vec<u8>>,
+        flushes: usize,
+    }
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.calls.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.flushes += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn printer_output_is_the_lines_byte_for_byte() {
+        let spans = [
+            sample("/plain", false),
+            sample("/we\"ird\\\n\u{1}\u{7f}/\u{e9}", true),
+        ];
+        // The text line of the plain sample, as the printer wrote it before lines were
+        // formatted into a reused buffer (one `String` per span, then `writeln!`).
+        let golden = "2026-11-18T11:06:40.000000000Z (0.000ms) CLIENT 404 GET /plain \
+            [:40000 -> 127.0.0.1:80] service=svc\u{e9} pid=1 \
+            trace_id=0af7651916cd43dd8448eb211c80319c span_id=b7ad6b7169203331\n";
+        for format in [TracePrinter::Text, TracePrinter::Json] {
+            let mut printer = Printer::new(format, Writes::default());
+            let mut expected = Vec::new();
+            for s in &spans {
+                printer.print(s).expect("print");
+                match format {
+                    TracePrinter::Json => {
+                        expected
+                            .extend_from_slice(serde_json::to_string(s).expect("serde").as_bytes());
+                        expected.push(b'\n');
+                    }
+                    _ => {
+                        expected.extend_from_slice(text_line(s).as_bytes());
+                        expected.push(b'\n');
+                    }
+                }
+            }
+            // Nothing is written before the pass ends (two short lines), then all at once.
+            assert!(printer.out.calls.is_empty());
+            printer.flush().expect("flush");
+            assert_eq!(printer.out.calls.len(), 1);
+            assert_eq!(printer.out.flushes, 1);
+            assert_eq!(printer.out.calls[0], expected);
+            if format == TracePrinter::Text {
+                let first = expected.iter().position(|&b| b == b'\n').expect("line") + 1;
+                assert_eq!(String::from_utf8_lossy(&expected[..first]), golden);
+            }
+        }
+    }
+
+    #[test]
+    fn printer_writes_whole_lines_once_64_kib_are_pending() {
+        let span = sample("/plain", false);
+        let mut line = Vec::new();
+        json_line(&span, &mut line);
+        let mut printer = Printer::new(TracePrinter::Json, Writes::default());
+        let per_write = WRITE_AT.div_ceil(line.len());
+        for _ in 0..per_write * 2 + 1 {
+            printer.print(&span).expect("print");
+        }
+        // Two writes of `per_write` whole lines each; the last line waits for the flush.
+        assert_eq!(printer.out.calls.len(), 2);
+        for call in &printer.out.calls {
+            assert_eq!(call.len(), per_write * line.len());
+            assert!(call.ends_with(b"}\n"));
+        }
+        assert_eq!(printer.out.flushes, 0);
+        printer.flush().expect("flush");
+        assert_eq!(printer.out.calls.len(), 3);
+        assert_eq!(printer.out.calls[2], line);
+    }
+
+    /// Standard output closed: the write fails.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_and_its_lines_dropped() {
+        let mut printer = Printer::new(TracePrinter::Text, Closed);
+        printer.print(&sample("/plain", false)).expect("buffered");
+        assert!(printer.flush().is_err());
+        assert!(printer.pending.is_empty());
+        // Nothing pending any more: the next flush has nothing to fail on.
+        assert!(printer.flush().is_ok());
     }
 }
