@@ -66,7 +66,21 @@ pub const FEATURES: &[&str] = &[
 ];
 
 /// The features of `FEATURES` Sonde implements.
-pub const IMPLEMENTED_FEATURES: &[&str] = &["application", "application_process", "network", "all"];
+pub const IMPLEMENTED_FEATURES: &[&str] = &[
+    "application",
+    "application_process",
+    "application_service_graph",
+    "network",
+    "all",
+];
+
+/// True when service graph metrics (`traces_service_graph_*`) are on: the
+/// `application_service_graph` feature (or `all`) in `metrics.features`.
+pub fn service_graph_enabled(c: &Config) -> bool {
+    c.metrics_features
+        .iter()
+        .any(|f| f == "application_service_graph" || f == "all")
+}
 
 /// An IPv4 or IPv6 address range (`10.0.0.0/8`, `fd00::/8`), kept with the text the user
 /// wrote: that text is the `src.cidr` / `dst.cidr` value.
@@ -173,7 +187,7 @@ fn apply_features(
     key: &str,
     features: &[String],
 ) -> Result<(), crate::ConfigError> {
-    const EXPECTED: &str = "feature names: application, application_process, network, all, … (the reference system's list)";
+    const EXPECTED: &str = "feature names: application, application_process, application_service_graph, network, all, … (the reference system's list)";
     for f in features {
         if !FEATURES.contains(&f.as_str()) {
             return Err(invalid(key, f, EXPECTED));
@@ -194,7 +208,7 @@ pub(crate) static HOST_METRICS: &[Setting<Config>] = &[
         flag: "",
         default: Some("application"),
         unset: "",
-        doc: "metric families on: `application` (RED metrics), `application_process` (process metrics, see `processes.interval`), `network` (flow metrics, same as `network.enable: true`), `all`; the reference system's other names are accepted with a warning",
+        doc: "metric families on: `application` (RED metrics), `application_process` (process metrics, see `processes.interval`), `application_service_graph` (service graph metrics, `traces_service_graph_*`), `network` (flow metrics, same as `network.enable: true`), `all`; the reference system's other names are accepted with a warning",
         secret: false,
         apply: |c, i| {
             let features = i.list("feature names")?;

@@ -22,5 +22,6 @@ pub mod sampling;
 pub mod sandbox;
 pub mod sandbox_check;
 pub mod semconv;
+pub mod service_graph;
 pub mod span;
 pub mod stats;

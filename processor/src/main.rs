@@ -451,7 +451,10 @@ impl Loader {
 fn start_pipeline(config: &Config) -> Result<Pipeline<'_, Output>> {
     let mono_to_unix = pipeline::mono_to_unix()?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let metrics = Arc::new(Metrics::new(host.trim()));
+    let metrics = Arc::new(Metrics::with_service_graph(
+        host.trim(),
+        sonde_config::host_metrics::service_graph_enabled(&config.shared),
+    ));
     if let Some(port) = config.prometheus_export.port {
         let addr = std::net::SocketAddr::new(config.prometheus_export.address, port);
         metrics

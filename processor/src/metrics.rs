@@ -238,6 +238,9 @@ pub struct Metrics {
     pub process: crate::process_metrics::ProcessMetrics,
     /// Network flow metrics (`beyla_network_flow_*`, `crate::flows`): series only when on.
     pub flows: crate::flows::FlowFamilies,
+    /// Service graph metrics (`traces_service_graph_*`, `crate::service_graph`): registered
+    /// only when on.
+    pub service_graph: Option<crate::service_graph::GraphFamilies>,
     /// `target_info`: the agent's series and one per instrumented service.
     target_info: Family<Vec<(String, String)>, Gauge>,
     /// The `target_info` labels of each process, and how many processes share each set.
@@ -255,6 +258,13 @@ struct Targets {
 impl Metrics {
     /// `host` and `version` label `target_info`.
     pub fn new(host: &str) -> Metrics {
+        Metrics::with_service_graph(host, false)
+    }
+
+    /// As `new`, with the service graph families (`crate::service_graph`) registered when
+    /// `service_graph` (the `application_service_graph` feature) is on, and nothing of them
+    /// otherwise.
+    pub fn with_service_graph(host: &str, service_graph: bool) -> Metrics {
         let mut registry = Registry::default();
         let server = RedFamilies::register(&mut registry, &semconv::SERVER);
         let client = RedFamilies::register(&mut registry, &semconv::CLIENT);
@@ -285,6 +295,8 @@ impl Metrics {
         );
         let process = crate::process_metrics::ProcessMetrics::register(&mut registry);
         let flows = crate::flows::FlowFamilies::register(&mut registry);
+        let service_graph = service_graph
+            .then(|| crate::service_graph::GraphFamilies::register(&mut registry));
         let own = registry.sub_registry_with_prefix("sonde");
         let events = Counter::default();
         let kernel_events_lost = Gauge::default();
@@ -345,6 +357,7 @@ impl Metrics {
         Metrics {
             otlp,
             flows,
+            service_graph,
             process,
             registry: Arc::new(registry),
             server,

@@ -296,6 +296,12 @@ impl Meters {
         provider
     }
 
+    /// The meter of a process with instruments, for instruments kept elsewhere (the service
+    /// graph's, `crate::service_graph`).
+    pub(super) fn meter(&self, pid: u32) -> Option<Meter> {
+        self.instruments.get(&pid).map(|i| i.meter.clone())
+    }
+
     /// Retires a process that went away: its pipeline is collected once more, then dropped.
     pub(super) fn forget(&mut self, pid: u32) {
         self.instruments.remove(&pid);

@@ -170,6 +170,18 @@ impl Otlp {
             .add(bytes_attrs, bytes, packets_attrs, packets);
     }
 
+    /// The meter of `pid`'s metric pipeline (made first if needed, `meta` called only then),
+    /// for instruments kept outside this module (the service graph's); `None` when metrics
+    /// are not exported.
+    pub fn meter(
+        &mut self,
+        meta: &dyn Fn() -> ProcessResource,
+        pid: u32,
+    ) -> Option<opentelemetry::metrics::Meter> {
+        self.ensure_process(meta, pid);
+        self.meters.as_ref()?.meter(pid)
+    }
+
     /// Stops reporting `pid`'s process metrics (it left; its meters go after their grace).
     pub fn end_usage(&mut self, pid: u32) {
         if let Some(m) = self.meters.as_mut() {

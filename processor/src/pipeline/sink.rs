@@ -46,6 +46,8 @@ pub struct SpanSink<'a, W: Write> {
     /// Parent and child inside one process: client spans of serving processes wait there for
     /// the server span they were made in.
     linker: Linker,
+    /// Service graph metrics (`application_service_graph`), when on and served.
+    graph: Option<crate::service_graph::ServiceGraph>,
 }
 
 impl<'a, W: Write> SpanSink<'a, W> {
@@ -71,6 +73,8 @@ impl<'a, W: Write> SpanSink<'a, W> {
             own_telemetry_pids: Vec::new(),
             own_telemetry_new: Vec::new(),
             linker: Linker::new(config.shared.ebpf.max_transaction_time, Instant::now()),
+            graph: sonde_config::host_metrics::service_graph_enabled(&config.shared)
+                .then(|| crate::service_graph::ServiceGraph::new(false, Instant::now())),
         }
     }
 
@@ -191,6 +195,13 @@ impl<'a, W: Write> SpanSink<'a, W> {
                 let meta = || processes.meta(s.pid, config, &s.service_name);
                 self.red.record(&s, prometheus, otlp, &meta);
             }
+            if let Some(g) = self.graph.as_mut() {
+                let otlp = self.otlp.as_mut().filter(|o| o.exports_metrics());
+                let prometheus = self.metrics.service_graph.as_ref();
+                let prometheus = prometheus.filter(|_| config.prometheus_export.port.is_some());
+                let meta = |pid| processes.meta(pid, config, "");
+                g.record(&s, Instant::now(), prometheus, otlp, &meta);
+            }
         }
         if ignored.is_some_and(|m| m.drops_traces()) {
             stats.ignored_routes += 1;
@@ -234,6 +245,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         self.linker.expire(now);
         self.export_linked(processes, stats);
         stats.linking = self.linker.stats();
+        self.graph_expire(None, processes);
     }
 
     /// Releases every span the linker holds (the processor stops).
@@ -241,6 +253,20 @@ impl<'a, W: Write> SpanSink<'a, W> {
         self.linker.finish();
         self.export_linked(processes, stats);
         stats.linking = self.linker.stats();
+        self.graph_expire(Some(now), processes);
+    }
+
+    /// Counts the service graph's spans whose wait for their other end is over (all of them
+    /// with `None`).
+    fn graph_expire(&mut self, now: Option<Instant>, processes: &ProcessTable) {
+        let config = self.config;
+        if let Some(g) = self.graph.as_mut() {
+            let otlp = self.otlp.as_mut().filter(|o| o.exports_metrics());
+            let prometheus = self.metrics.service_graph.as_ref();
+            let prometheus = prometheus.filter(|_| config.prometheus_export.port.is_some());
+            let meta = |pid| processes.meta(pid, config, "");
+            g.expire(now, prometheus, otlp, &meta);
+        }
     }
 
     /// Samples, prints and exports a finished span.
@@ -284,6 +310,9 @@ impl<'a, W: Write> SpanSink<'a, W> {
             o.forget(pid);
         }
         self.red.forget(pid);
+        if let Some(g) = self.graph.as_mut() {
+            g.forget(pid);
+        }
         self.own_telemetry_pids.retain(|&p| p != pid);
     }
 
