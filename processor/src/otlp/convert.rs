@@ -1,20 +1,13 @@
 //! From Sonde's spans and process metadata to OpenTelemetry data: the resource of an
-//! instrumented process, span attributes per the stable HTTP semantic conventions and span
-//! status rules. Pure functions; what to export and when is the worker's business.
+//! instrumented process, span attributes per the semantic conventions (HTTP, RPC, database,
+//! messaging) and span status rules. The attributes go to an `AttrSink` with static keys and
+//! borrowed values, so `encode` writes them straight into the OTLP request. Pure functions;
+//! what to export and when is the worker's business.
 
-use std::{
-    borrow::Cow,
-    time::{Duration, SystemTime},
-};
-
-use opentelemetry::{
-    InstrumentationScope, KeyValue, Value,
-    trace::{self, SpanContext, TraceFlags, TraceState},
-};
-use opentelemetry_sdk::{
-    Resource,
-    trace::{SpanData, SpanEvents, SpanLinks},
-};
+#[cfg(test)]
+use opentelemetry::InstrumentationScope;
+use opentelemetry::KeyValue;
+use opentelemetry_sdk::Resource;
 
 use crate::{
     protocols::{
@@ -97,11 +90,37 @@ pub fn service_resource(service_name: String, pid: u32, host: &str) -> Resource 
         .build()
 }
 
-/// The instrumentation scope of everything Sonde exports.
-pub fn scope() -> InstrumentationScope {
-    InstrumentationScope::builder("sonde")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build()
+/// The instrumentation scope of everything Sonde exports: its name and version.
+pub const SCOPE_NAME: &str = "sonde";
+pub const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Where a span's attributes go: keys are static, values borrowed, so the encoder writes
+/// them straight into the request without a `String` per key or value.
+pub trait AttrSink {
+    fn str(&mut self, key: &'static str, value: &str);
+    fn int(&mut self, key: &'static str, value: i64);
+    /// A value written with its `Display` (addresses); the sink formats it into a buffer it
+    /// reuses.
+    fn display(&mut self, key: &'static str, value: &dyn std::fmt::Display);
+}
+
+/// The OTLP kind of a span (`SpanKind` of the trace proto).
+pub fn otlp_kind(s: &Span) -> i32 {
+    match s.export_kind() {
+        ExportKind::Server => 2,
+        ExportKind::Client => 3,
+        ExportKind::Producer => 4,
+        ExportKind::Consumer => 5,
+    }
+}
+
+/// A span's status: unset, or an error with its description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Unset,
+    Error(&'static str),
+    /// A failed Kafka operation: described as `kafka error code N`.
+    KafkaError(i16),
 }
 
 /// True when the span's outcome is an error under the HTTP conventions: a server span with a
@@ -116,155 +135,224 @@ fn is_error(s: &Span) -> bool {
 
 /// `server.address` as the semantic conventions want it: the host the client asked for
 /// (the `Host` header without its port) when known, else the server's IP.
-fn server_address(s: &Span) -> String {
+fn server_address(s: &Span, out: &mut impl AttrSink) {
+    const KEY: &str = "server.address";
     if let Some(host) = s.host.as_deref() {
         let name = match host.strip_prefix('[') {
             Some(v6) => v6.split(']').next().unwrap_or(v6),
             None => host.rsplit_once(':').map_or(host, |(h, _)| h),
         };
         if !name.is_empty() {
-            return name.to_string();
+            return out.str(KEY, name);
         }
     }
-    s.server_address.to_string()
+    out.display(KEY, &s.server_address);
+}
+
+/// `client.address` and `client.port` of a server span.
+fn client_endpoint(s: &Span, out: &mut impl AttrSink) {
+    if s.kind == SpanKind::Server {
+        out.display("client.address", &s.client_address);
+        out.int("client.port", i64::from(s.client_port));
+    }
+}
+
+/// Writes a span's attributes, per the semantic conventions of its protocol, and returns its
+/// status. `tmp` is a buffer the caller reuses for values that must be assembled (`url.full`).
+pub fn span_attributes(s: &Span, tmp: &mut String, out: &mut impl AttrSink) -> Status {
+    match (&s.rpc, &s.db, &s.messaging) {
+        (_, _, Some(m)) => messaging_attributes(s, m, out),
+        (Some(rpc), _, _) => rpc_attributes(s, rpc, out),
+        (None, Some(d), _) => db_attributes(s, d, out),
+        (None, None, None) => http_attributes(s, tmp, out),
+    }
 }
 
 /// The attributes and error outcome of an RPC span (`protocols::grpc` names them).
-fn rpc_attributes(s: &Span, rpc: &Rpc, attrs: &mut Vec<KeyValue>) -> Option<&'static str> {
-    grpc::span_attributes(s.kind, rpc, &mut |key, value| {
-        attrs.push(KeyValue::new(
-            key,
-            match value {
-                AttrValue::Static(v) => Value::from(v),
-                AttrValue::Str(v) => Value::from(v),
-            },
-        ))
+fn rpc_attributes(s: &Span, rpc: &Rpc, out: &mut impl AttrSink) -> Status {
+    grpc::span_attributes(s.kind, rpc, &mut |key, value| match value {
+        AttrValue::Static(v) => out.str(key, v),
+        AttrValue::Str(v) => out.str(key, &v),
     });
-    if s.kind == SpanKind::Server {
-        attrs.push(KeyValue::new(
-            "client.address",
-            s.client_address.to_string(),
-        ));
-        attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
+    client_endpoint(s, out);
+    server_address(s, out);
+    out.int("server.port", i64::from(s.server_port));
+    out.str("network.protocol.version", s.protocol_version);
+    if grpc::is_error(s.kind, rpc.status_code) {
+        Status::Error("")
+    } else {
+        Status::Unset
     }
-    attrs.push(KeyValue::new("server.address", server_address(s)));
-    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
-    attrs.push(KeyValue::new(
-        "network.protocol.version",
-        s.protocol_version,
-    ));
-    grpc::is_error(s.kind, rpc.status_code).then_some("")
 }
 
 /// The attributes and status of a database span (the database semantic conventions).
-fn db_attributes(s: &Span, d: Db, attrs: &mut Vec<KeyValue>) -> trace::Status {
-    let error = db::error_type(&d, s.no_response).map(str::to_string);
-    attrs.push(KeyValue::new("db.system.name", d.system));
-    if let Some(op) = d.operation {
-        attrs.push(KeyValue::new("db.operation.name", op));
+fn db_attributes(s: &Span, d: &Db, out: &mut impl AttrSink) -> Status {
+    out.str("db.system.name", d.system);
+    if let Some(op) = &d.operation {
+        out.str("db.operation.name", op);
     }
-    if let Some(c) = d.collection {
-        attrs.push(KeyValue::new("db.collection.name", c));
+    if let Some(c) = &d.collection {
+        out.str("db.collection.name", c);
     }
-    if let Some(ns) = d.namespace {
-        attrs.push(KeyValue::new("db.namespace", ns));
+    if let Some(ns) = &d.namespace {
+        out.str("db.namespace", ns);
     }
-    if let Some(q) = d.query_text {
-        attrs.push(KeyValue::new("db.query.text", q));
+    if let Some(q) = &d.query_text {
+        out.str("db.query.text", q);
     }
-    if let Some(code) = d.error_code {
-        attrs.push(KeyValue::new("db.response.status_code", code));
+    if let Some(code) = &d.error_code {
+        out.str("db.response.status_code", code);
     }
-    if s.kind == SpanKind::Server {
-        attrs.push(KeyValue::new(
-            "client.address",
-            s.client_address.to_string(),
-        ));
-        attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
-    }
-    attrs.push(KeyValue::new(
-        "server.address",
-        s.server_address.to_string(),
-    ));
-    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
-    match error {
+    client_endpoint(s, out);
+    out.display("server.address", &s.server_address);
+    out.int("server.port", i64::from(s.server_port));
+    match db::error_type(d, s.no_response) {
         Some(e) => {
-            attrs.push(KeyValue::new("error.type", e));
-            trace::Status::Error {
-                description: Cow::Borrowed(""),
-            }
+            out.str("error.type", e);
+            Status::Error("")
         }
-        None => trace::Status::Unset,
+        None => Status::Unset,
     }
 }
 
 /// The attributes and status of a messaging span (the messaging semantic conventions; the
 /// operation word also gives `messaging.operation.type`, as the reference system does). A
 /// failed operation's status description is its Kafka error code.
-fn messaging_attributes(s: &Span, m: Messaging, attrs: &mut Vec<KeyValue>) -> trace::Status {
-    let error = messaging::error_type(&m, s.no_response);
-    attrs.push(KeyValue::new("messaging.system", m.system));
-    attrs.push(KeyValue::new(
-        "messaging.operation.name",
-        m.operation.name(),
-    ));
+fn messaging_attributes(s: &Span, m: &Messaging, out: &mut impl AttrSink) -> Status {
+    out.str("messaging.system", m.system);
+    out.str("messaging.operation.name", m.operation.name());
     if let Some(t) = m.operation.operation_type() {
-        attrs.push(KeyValue::new("messaging.operation.type", t));
+        out.str("messaging.operation.type", t);
     }
-    if let Some(d) = m.destination {
-        attrs.push(KeyValue::new("messaging.destination.name", d));
+    if let Some(d) = &m.destination {
+        out.str("messaging.destination.name", d);
     }
-    if let Some(id) = m.client_id {
-        attrs.push(KeyValue::new("messaging.client.id", id));
+    if let Some(id) = &m.client_id {
+        out.str("messaging.client.id", id);
     }
-    if s.kind == SpanKind::Server {
-        attrs.push(KeyValue::new(
-            "client.address",
-            s.client_address.to_string(),
-        ));
-        attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
-    }
-    attrs.push(KeyValue::new(
-        "server.address",
-        s.server_address.to_string(),
-    ));
-    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
-    match error {
+    client_endpoint(s, out);
+    out.display("server.address", &s.server_address);
+    out.int("server.port", i64::from(s.server_port));
+    match messaging::error_type(m, s.no_response) {
         Some(e) => {
-            attrs.push(KeyValue::new("error.type", e));
-            trace::Status::Error {
-                description: match m.error_code {
-                    Some(code) => Cow::Owned(format!("kafka error code {code}")),
-                    None => Cow::Borrowed(""),
-                },
+            out.str("error.type", &e);
+            match m.error_code {
+                Some(code) => Status::KafkaError(code),
+                None => Status::Error(""),
             }
         }
-        None => trace::Status::Unset,
+        None => Status::Unset,
     }
 }
 
-/// Converts a span into the SDK's export form, moving its strings rather than copying them.
-pub fn span_data(mut s: Span, scope: &InstrumentationScope) -> SpanData {
-    let mut attrs = Vec::with_capacity(16);
-    let span_kind = match s.export_kind() {
-        ExportKind::Server => trace::SpanKind::Server,
-        ExportKind::Client => trace::SpanKind::Client,
-        ExportKind::Producer => trace::SpanKind::Producer,
-        ExportKind::Consumer => trace::SpanKind::Consumer,
+/// The HTTP attributes of a span (HTTP/1 and plain HTTP/2); returns the span status under
+/// the HTTP rules.
+fn http_attributes(s: &Span, tmp: &mut String, out: &mut impl AttrSink) -> Status {
+    use std::fmt::Write as _;
+    out.str("http.request.method", method_value(&s.method));
+    if let Some(original) = &s.method_original {
+        out.str("http.request.method_original", original);
+    }
+    if s.status > 0 {
+        out.int("http.response.status_code", i64::from(s.status));
+    }
+    match s.kind {
+        SpanKind::Server => {
+            out.str("url.path", &s.path);
+            if let Some(q) = &s.query {
+                out.str("url.query", q);
+            }
+            client_endpoint(s, out);
+        }
+        SpanKind::Client => {
+            // The query is only there when export is on, and then redacted (`QueryPolicy`);
+            // the parser drops userinfo from the Host header and from absolute-form targets.
+            tmp.clear();
+            // Writing into a String cannot fail.
+            let _ = if s.path.contains("://") {
+                write!(tmp, "{}", s.path)
+            } else {
+                match s.host.as_deref() {
+                    Some(h) if !h.is_empty() => write!(tmp, "{}://{h}{}", s.scheme, s.path),
+                    _ => write!(
+                        tmp,
+                        "{}://{}:{}{}",
+                        s.scheme, s.server_address, s.server_port, s.path
+                    ),
+                }
+            };
+            if let Some(q) = &s.query {
+                tmp.push('?');
+                tmp.push_str(q);
+            }
+            // And once more here, whatever the span holds: userinfo never leaves.
+            out.str("url.full", &strip_userinfo(tmp));
+        }
+    }
+    out.str("url.scheme", s.scheme);
+    if !s.protocol_version.is_empty() {
+        out.str("network.protocol.version", s.protocol_version);
+    }
+    if let Some(ua) = &s.user_agent {
+        out.str("user_agent.original", ua);
+    }
+    server_address(s, out);
+    out.int("server.port", i64::from(s.server_port));
+    if let Some(route) = &s.route {
+        out.str("http.route", route);
+    }
+    if let Some(n) = s.request_body_size {
+        out.int("http.request.body.size", n as i64);
+    }
+    if let Some(n) = s.response_body_size {
+        out.int("http.response.body.size", n as i64);
+    }
+    if let Some(reason) = s.malformed {
+        out.str("sonde.malformed", reason);
+    }
+    if !is_error(s) {
+        return Status::Unset;
+    }
+    if s.status == 0 {
+        out.str("error.type", "no_response");
+        Status::Error("no response")
+    } else {
+        out.display("error.type", &s.status);
+        Status::Error("")
+    }
+}
+
+/// The SDK's form of a span, built by the same rules as the export (`span_attributes`): for
+/// tests that assert on attributes.
+#[cfg(test)]
+pub fn span_data(s: Span, scope: &InstrumentationScope) -> opentelemetry_sdk::trace::SpanData {
+    use opentelemetry::trace::{self, SpanContext, TraceFlags, TraceState};
+    struct Collect(Vec<KeyValue>);
+    impl AttrSink for Collect {
+        fn str(&mut self, key: &'static str, value: &str) {
+            self.0.push(KeyValue::new(key, value.to_string()));
+        }
+        fn int(&mut self, key: &'static str, value: i64) {
+            self.0.push(KeyValue::new(key, value));
+        }
+        fn display(&mut self, key: &'static str, value: &dyn std::fmt::Display) {
+            self.0.push(KeyValue::new(key, value.to_string()));
+        }
+    }
+    let mut attrs = Collect(Vec::new());
+    let status = match span_attributes(&s, &mut String::new(), &mut attrs) {
+        Status::Unset => trace::Status::Unset,
+        Status::Error(d) => trace::Status::error(d),
+        Status::KafkaError(code) => trace::Status::error(format!("kafka error code {code}")),
     };
-    let status = match (s.rpc.take(), s.db.take(), s.messaging.take()) {
-        (_, _, Some(m)) => messaging_attributes(&s, m, &mut attrs),
-        (Some(rpc), _, _) => match rpc_attributes(&s, &rpc, &mut attrs) {
-            Some(description) => trace::Status::Error {
-                description: Cow::Borrowed(description),
-            },
-            None => trace::Status::Unset,
-        },
-        (None, Some(d), _) => db_attributes(&s, d, &mut attrs),
-        (None, None, None) => http_attributes(&mut s, &mut attrs),
+    let span_kind = match otlp_kind(&s) {
+        2 => trace::SpanKind::Server,
+        3 => trace::SpanKind::Client,
+        4 => trace::SpanKind::Producer,
+        _ => trace::SpanKind::Consumer,
     };
-    let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns);
-    SpanData {
+    let at = |ns: u64| std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(ns);
+    opentelemetry_sdk::trace::SpanData {
         span_context: SpanContext::new(
             trace::TraceId::from_bytes(s.trace_id.0),
             trace::SpanId::from_bytes(s.span_id.0),
@@ -277,115 +365,33 @@ pub fn span_data(mut s: Span, scope: &InstrumentationScope) -> SpanData {
             .map_or(trace::SpanId::INVALID, |p| trace::SpanId::from_bytes(p.0)),
         parent_span_is_remote: s.parent_span_id.is_some(),
         span_kind,
-        name: Cow::Owned(s.name),
+        name: s.name.into(),
         start_time: at(s.start_unix_nano),
         end_time: at(s.end_unix_nano),
-        attributes: attrs,
+        attributes: attrs.0,
         dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
+        events: Default::default(),
+        links: Default::default(),
         status,
         instrumentation_scope: scope.clone(),
     }
 }
 
-/// The HTTP attributes of a span (HTTP/1 and plain HTTP/2), moving its strings out; returns
-/// the span status under the HTTP rules.
-fn http_attributes(s: &mut Span, attrs: &mut Vec<KeyValue>) -> trace::Status {
-    let error = is_error(s);
-    let server_address = server_address(s);
-    let method = std::mem::take(&mut s.method);
-    let method: Value = match method_value(&method) {
-        "_OTHER" => "_OTHER".into(),
-        known => known.into(),
-    };
-    attrs.push(KeyValue::new("http.request.method", method));
-    if let Some(original) = s.method_original.take() {
-        attrs.push(KeyValue::new("http.request.method_original", original));
-    }
-    if s.status > 0 {
-        attrs.push(KeyValue::new(
-            "http.response.status_code",
-            i64::from(s.status),
-        ));
-    }
-    match s.kind {
-        SpanKind::Server => {
-            attrs.push(KeyValue::new("url.path", std::mem::take(&mut s.path)));
-            if let Some(q) = s.query.take() {
-                attrs.push(KeyValue::new("url.query", q));
-            }
-            attrs.push(KeyValue::new(
-                "client.address",
-                s.client_address.to_string(),
-            ));
-            attrs.push(KeyValue::new("client.port", i64::from(s.client_port)));
-        }
-        SpanKind::Client => {
-            let query = s
-                .query
-                .as_deref()
-                .map_or(String::new(), |q| format!("?{q}"));
-            // The query is only there when export is on, and then redacted (`QueryPolicy`);
-            // the parser drops userinfo from the Host header and from absolute-form targets.
-            let full = if s.path.contains("://") {
-                format!("{}{query}", s.path)
-            } else {
-                let authority = match s.host.as_deref() {
-                    Some(h) if !h.is_empty() => h.to_string(),
-                    _ => format!("{}:{}", s.server_address, s.server_port),
-                };
-                format!("{}://{authority}{}{query}", s.scheme, s.path)
-            };
-            // And once more here, whatever the span holds: userinfo never leaves.
-            let full = match strip_userinfo(&full) {
-                Cow::Borrowed(_) => full,
-                Cow::Owned(stripped) => stripped,
-            };
-            attrs.push(KeyValue::new("url.full", full));
-        }
-    }
-    attrs.push(KeyValue::new("url.scheme", s.scheme));
-    if !s.protocol_version.is_empty() {
-        attrs.push(KeyValue::new(
-            "network.protocol.version",
-            s.protocol_version,
-        ));
-    }
-    if let Some(ua) = s.user_agent.take() {
-        attrs.push(KeyValue::new("user_agent.original", ua));
-    }
-    attrs.push(KeyValue::new("server.address", server_address));
-    attrs.push(KeyValue::new("server.port", i64::from(s.server_port)));
-    if let Some(route) = s.route.take() {
-        attrs.push(KeyValue::new("http.route", route));
-    }
-    if let Some(n) = s.request_body_size {
-        attrs.push(KeyValue::new("http.request.body.size", n as i64));
-    }
-    if let Some(n) = s.response_body_size {
-        attrs.push(KeyValue::new("http.response.body.size", n as i64));
-    }
-    if let Some(reason) = s.malformed {
-        attrs.push(KeyValue::new("sonde.malformed", reason));
-    }
-    if error {
-        let (description, error_type): (&'static str, Value) = if s.status == 0 {
-            ("no response", "no_response".into())
-        } else {
-            ("", i64::from(s.status).to_string().into())
-        };
-        attrs.push(KeyValue::new("error.type", error_type));
-        trace::Status::Error {
-            description: Cow::Borrowed(description),
-        }
-    } else {
-        trace::Status::Unset
-    }
+/// The instrumentation scope of everything Sonde exports, in the SDK's form (tests).
+#[cfg(test)]
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(SCOPE_NAME)
+        .with_version(SCOPE_VERSION)
+        .build()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use opentelemetry::{Value, trace};
+    use opentelemetry_sdk::trace::SpanData;
+
     use super::*;
     use crate::span::{Address, SpanId};
 

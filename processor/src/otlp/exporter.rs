@@ -1,22 +1,25 @@
 //! Building the OTLP exporters from the configured endpoints: gRPC (tonic) or HTTP/protobuf
 //! (reqwest), headers, gzip, timeouts, and TLS for `https://` endpoints (rustls with ring,
-//! trusting exactly the configured CA file or else the system's store). Retries with backoff
-//! are the exporters' own (the crate's default policy). Everything that can be wrong in the
-//! configuration (a header, a CA file) fails here, at start, not at the first export.
+//! trusting exactly the configured CA file or else the system's store). Spans go through
+//! Sonde's own `transport` (requests encoded by `encode`); metrics through
+//! `opentelemetry-otlp`'s exporter, whose retries with backoff are its own (the crate's
+//! default policy). Everything that can be wrong in the configuration (a header, a CA file)
+//! fails here, at start, not at the first export.
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use opentelemetry_otlp::{
-    Compression, MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    Compression, MetricExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
 };
 
+use super::transport::SpanTransport;
 use crate::config::{MetricsExport, OtlpEndpoint, OtlpProtocol, TracesExport};
 
 /// The exporters of the signals that have an endpoint, with the runtime they must run on.
 pub(super) struct Exporters {
     pub(super) runtime: tokio::runtime::Runtime,
-    pub(super) spans: Option<SpanExporter>,
+    pub(super) spans: Option<SpanTransport>,
     pub(super) metrics: Option<MetricExporter>,
 }
 
@@ -33,7 +36,7 @@ impl Exporters {
             let spans = traces
                 .otlp
                 .as_ref()
-                .map(|e| span_exporter(e, traces.timeout))
+                .map(|e| SpanTransport::build(e, traces.timeout))
                 .transpose()?;
             let metrics = metrics
                 .otlp
@@ -50,17 +53,6 @@ impl Exporters {
     }
 }
 
-fn span_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<SpanExporter> {
-    Ok(match e.protocol {
-        OtlpProtocol::Grpc => {
-            over_grpc(SpanExporter::builder().with_tonic(), e, timeout)?.build()?
-        }
-        OtlpProtocol::HttpProtobuf => {
-            over_http(SpanExporter::builder().with_http(), e, timeout)?.build()?
-        }
-    })
-}
-
 fn metric_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<MetricExporter> {
     Ok(match e.protocol {
         OtlpProtocol::Grpc => {
@@ -72,7 +64,7 @@ fn metric_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<Metric
     })
 }
 
-/// The endpoint's settings on a gRPC exporter builder of either signal.
+/// The endpoint's settings on a gRPC metric exporter builder.
 fn over_grpc<B: WithExportConfig + WithTonicConfig>(
     builder: B,
     e: &OtlpEndpoint,
@@ -99,7 +91,7 @@ fn over_grpc<B: WithExportConfig + WithTonicConfig>(
     Ok(b)
 }
 
-/// The endpoint's settings on an HTTP/protobuf exporter builder of either signal.
+/// The endpoint's settings on an HTTP/protobuf metric exporter builder.
 fn over_http<B: WithExportConfig + WithHttpConfig>(
     builder: B,
     e: &OtlpEndpoint,
@@ -119,7 +111,7 @@ fn over_http<B: WithExportConfig + WithHttpConfig>(
 
 /// The HTTP client of one endpoint: for `https://`, rustls (ring) trusting exactly the
 /// configured CA file or, without one, the system's trust store.
-fn http_client(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub(super) fn http_client(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder().timeout(timeout);
     if e.tls {
         let mut roots = rustls::RootCertStore::empty();

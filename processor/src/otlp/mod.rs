@@ -4,7 +4,9 @@
 //! waiting on the network. The other jobs live in their own modules, each used from here:
 //!
 //! - `exporter`: building the exporters from the endpoints (protocol, headers, gzip, TLS);
+//! - `transport`: sending encoded span requests over gRPC or HTTP/protobuf, with retries;
 //! - `worker`: the exporter thread, its bounded span queue, batching and failure logging;
+//! - `encode`: spans written straight into OTLP request bytes, resources encoded once;
 //! - `meters`: per-process meter providers and the histograms requests are counted in;
 //! - `convert`: spans and process metadata into OpenTelemetry data (pure functions).
 //!
@@ -14,15 +16,18 @@
 //! `metrics::ExportCounters`; nothing in `metrics` imports from here.
 
 pub mod convert;
+mod encode;
 mod exporter;
 mod flows;
+#[cfg(test)]
+mod legacy_convert;
 mod meters;
+mod transport;
 mod worker;
 
 use std::collections::HashMap;
 
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::Resource;
 use tracing::info;
 
 pub use convert::ProcessResource;
@@ -43,8 +48,8 @@ pub const MAX_PROCESSES: usize = 4096;
 /// The reader thread's side of OTLP export.
 pub struct Otlp {
     host: String,
-    /// The resource of every known process; a process is known once it has one.
-    resources: HashMap<u32, Resource>,
+    /// The encoded resource of every known process; a process is known once it has one.
+    resources: HashMap<u32, encode::EncodedResource>,
     /// Present when spans are exported.
     spans: Option<SpanQueue>,
     /// Present when metrics are exported.
@@ -111,10 +116,11 @@ impl Otlp {
         }
         let process = meta();
         let resource = convert::resource(&process, &self.host);
+        self.resources
+            .insert(pid, encode::encode_resource(&resource));
         if let Some(m) = self.meters.as_mut() {
-            m.add(pid, &process, resource.clone());
+            m.add(pid, &process, resource);
         }
-        self.resources.insert(pid, resource);
     }
 
     /// The attributes `s` is counted under, for a caller that keeps them per series; `None`

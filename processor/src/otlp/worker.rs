@@ -1,16 +1,17 @@
 //! The export worker: one thread, running a single-threaded Tokio runtime, that takes the
-//! spans the reader thread queued, batches them and sends one request per process (each has
-//! its resource), and collects and sends every process's metrics each `interval`. The queue
+//! spans the reader thread queued, batches them, encodes each batch as one OTLP request
+//! (`encode`: one `ResourceSpans` per process) and sends it (`transport`), and collects and
+//! sends every process's metrics each `interval`. The queue
 //! is bounded (`queue_size`, counted from hand-over to export): beyond it the reader thread
 //! drops and counts a span rather than wait. What the exporters still cannot send after
 //! their retries is counted and dropped, and logged without flooding; the next batch
 //! reconnects by itself once the collector is back.
 //!
-//! The SDK's batch processor is not used: it serves one resource per provider, while Sonde
-//! exports for many processes.
+//! Neither the SDK's batch processor nor its span exporter is used: the processor serves one
+//! resource per provider, while Sonde exports for many processes, and the exporter's
+//! `SpanData` → prost structs path cost several microseconds per span.
 
 use std::{
-    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -19,33 +20,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry_otlp::{MetricExporter, SpanExporter};
-use opentelemetry_sdk::{
-    Resource,
-    metrics::{data::ResourceMetrics, exporter::PushMetricExporter},
-    trace::SpanExporter as _,
-};
+use opentelemetry_otlp::MetricExporter;
+use opentelemetry_sdk::metrics::{data::ResourceMetrics, exporter::PushMetricExporter};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use super::{
-    convert,
+    encode::{EncodedResource, Encoder, Queued},
     exporter::Exporters,
     meters::{self, Providers},
+    transport::SpanTransport,
 };
 use crate::{
     config::{MetricsExport, TracesExport},
     metrics::ExportCounters,
     span::Span,
 };
-
-/// A span on its way to the collector, with the resource of its process (`None` beyond
-/// `MAX_PROCESSES`: the worker then names just the service).
-struct Queued {
-    resource: Option<Resource>,
-    span: Span,
-}
 
 /// The reader thread's end of the span queue.
 pub(super) struct SpanQueue {
@@ -61,7 +51,7 @@ pub(super) struct SpanQueue {
 
 impl SpanQueue {
     /// Queues a span; drops and counts it when the queue is full.
-    pub(super) fn push(&mut self, span: Span, resource: Option<Resource>) {
+    pub(super) fn push(&mut self, span: Span, resource: Option<EncodedResource>) {
         if self.queued.load(Ordering::Relaxed) + self.pending.len() >= self.capacity {
             self.counters.spans_dropped_queue_full.inc();
             return;
@@ -123,8 +113,8 @@ impl Worker {
         });
         let stop = Arc::new(Notify::new());
         let spans = SpanSender {
-            host: host.to_string(),
-            scope: convert::scope(),
+            encoder: Encoder::new(host),
+            request: Vec::new(),
             counters: counters.clone(),
             log: FailureLog::new("span"),
         };
@@ -181,7 +171,7 @@ struct Batching {
 
 /// Batches queued spans and exports them; once the queue is closed, sends what is left.
 async fn export_spans(
-    mut exporter: SpanExporter,
+    mut exporter: SpanTransport,
     mut rx: mpsc::UnboundedReceiver<Vec<Queued>>,
     queued: &AtomicUsize,
     mut sender: SpanSender,
@@ -207,14 +197,15 @@ async fn export_spans(
             let rest = batch.split_off(batch.len().min(batching.max));
             let full = std::mem::replace(&mut batch, rest);
             let n = full.len();
-            sender.send(&mut exporter, full).await;
+            sender.send(&mut exporter, &full).await;
+            // The spans' strings are freed only now, after the request went out.
+            drop(full);
             queued.fetch_sub(n, Ordering::Relaxed);
         }
         if batch.is_empty() {
             deadline = None;
         }
     }
-    let _ = exporter.shutdown();
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -224,39 +215,29 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// What sending a batch of spans needs besides the exporter.
+/// What sending a batch of spans needs besides the transport.
 struct SpanSender {
-    host: String,
-    scope: InstrumentationScope,
+    encoder: Encoder,
+    /// The encoded request, reused from batch to batch.
+    request: Vec<u8>,
     counters: ExportCounters,
     log: FailureLog,
 }
 
 impl SpanSender {
-    /// Sends a batch, one request per process, and counts the outcome.
-    async fn send(&mut self, exporter: &mut SpanExporter, batch: Vec<Queued>) {
-        let mut by_process: HashMap<u32, (Resource, Vec<_>)> = HashMap::new();
-        for Queued { resource, span } in batch {
-            let (_, spans) = by_process.entry(span.pid).or_insert_with(|| {
-                let resource = resource.unwrap_or_else(|| {
-                    convert::service_resource(span.service_name.clone(), span.pid, &self.host)
-                });
-                (resource, Vec::new())
-            });
-            spans.push(convert::span_data(span, &self.scope));
-        }
-        for (resource, spans) in by_process.into_values() {
-            exporter.set_resource(&resource);
-            let n = spans.len() as u64;
-            match exporter.export(spans).await {
-                Ok(()) => {
-                    self.counters.spans_exported.inc_by(n);
-                    self.log.succeeded();
-                }
-                Err(e) => {
-                    self.counters.spans_dropped_export_failed.inc_by(n);
-                    self.log.failed(&e, n);
-                }
+    /// Encodes a batch as one request (one `ResourceSpans` per process), sends it and counts
+    /// the outcome.
+    async fn send(&mut self, transport: &mut SpanTransport, batch: &[Queued]) {
+        self.encoder.request(batch, &mut self.request);
+        let n = batch.len() as u64;
+        match transport.export(&self.request).await {
+            Ok(()) => {
+                self.counters.spans_exported.inc_by(n);
+                self.log.succeeded();
+            }
+            Err(e) => {
+                self.counters.spans_dropped_export_failed.inc_by(n);
+                self.log.failed(&e, n);
             }
         }
     }
