@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_e2e::{peers::*, *};
+use serde_json::{Value, json};
+use sonde_e2e::{otlp::Receiver, peers::*, *};
 
 /// Calls to the selected server, of which `K` fail (500).
 const N: u32 = 37;
@@ -62,6 +63,10 @@ fn client(back: u16, outside: u16, n: u32, k: u32, m: u32) -> GatedPeer {
 
 /// Starts `sonde` selecting `pids`, serving Prometheus on a free port, with `features`.
 fn sonde(dir: &TempDir, pids: &[u32], features: &str) -> (Sonde, u16) {
+    sonde_with(dir, pids, features, &[])
+}
+
+fn sonde_with(dir: &TempDir, pids: &[u32], features: &str, env: &[(&str, &str)]) -> (Sonde, u16) {
     let metrics_port = free_port();
     let mut args = Vec::new();
     for pid in pids {
@@ -70,15 +75,23 @@ fn sonde(dir: &TempDir, pids: &[u32], features: &str) -> (Sonde, u16) {
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let port = metrics_port.to_string();
-    let sonde = Sonde::start(
-        &args,
-        &[
-            ("BEYLA_PROMETHEUS_PORT", &port),
-            ("BEYLA_METRICS_FEATURES", features),
-        ],
-        dir,
-        pids,
-    );
+    let mut all_env = vec![
+        ("BEYLA_PROMETHEUS_PORT", port.as_str()),
+        ("BEYLA_METRICS_FEATURES", features),
+    ];
+    all_env.extend_from_slice(env);
+    let sonde = Sonde::start(&args, &all_env, dir, pids);
+    // The loader logs a selection before the processor has the process's name: wait until
+    // the processor counts both processes, so no span is named before its service is known.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = format!("sonde_instrumented_processes {}", pids.len());
+    while !http_get(metrics_port, "/metrics").contains(&ready) {
+        assert!(
+            Instant::now() < deadline,
+            "the processor never knew {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     (sonde, metrics_port)
 }
 
@@ -221,4 +234,97 @@ fn off_by_default_nothing_registered() {
     let text = http_get(metrics_port, "/metrics");
     assert!(!text.contains("service_graph"), "{text}");
     drop(sonde);
+}
+
+/// The latest OTLP point of `metric` on the resource of `service` whose attributes include
+/// `attrs`: a histogram's count or a sum's value.
+fn otlp_value(points: &[Value], service: &str, metric: &str, attrs: &[(&str, &str)]) -> u64 {
+    points
+        .iter()
+        .filter(|p| p["name"] == metric && p["resource"]["service.name"] == service)
+        .filter(|p| attrs.iter().all(|(k, v)| p["attributes"][*k] == json!(v)))
+        .filter_map(|p| p["count"].as_u64().or_else(|| p["value"].as_u64()))
+        .sum()
+}
+
+/// The same edges over OTLP: each process's meters carry what its spans saw (the request and
+/// failure counts on the server's resource when paired, as the reference system counts them
+/// on server spans; each duration on the resource of the span it came from).
+#[test]
+fn otlp_exports_the_edges_on_each_process_resource() {
+    let _guard = serial();
+    let dir = TempDir::new("service-graph-otlp");
+    let receiver = Receiver::start(&dir, 0, free_port());
+    let endpoint = format!("http://127.0.0.1:{}/v1/metrics", receiver.http_port);
+    let (back, back_port) = server(&dir, "graph-back");
+    let (_peer, peer_port) = server(&dir, "graph-outside");
+    let mut front = client(back_port, peer_port, N, K, M);
+    let (_sonde, _) = sonde_with(
+        &dir,
+        &[front.pid(), back.pid()],
+        "application,application_service_graph",
+        &[
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ],
+    );
+    front.step();
+    assert_eq!(
+        front.line(),
+        format!("done back:200={} back:500={K} peer:200={M}", N - K)
+    );
+    let pair = [
+        ("client", "graph-front"),
+        ("client_namespace", "shop"),
+        ("server", "graph-back"),
+        ("server_namespace", "shop"),
+        ("connection_type", ""),
+    ];
+    let outside = [
+        ("client", "graph-front"),
+        ("server", "127.0.0.1"),
+        ("connection_type", "virtual_node"),
+    ];
+    let client_h = "traces_service_graph_request_client";
+    let server_h = "traces_service_graph_request_server";
+    receiver.wait_points(client_h, u64::from(N + M), Duration::from_secs(30), |_| {
+        true
+    });
+    receiver.wait_points(server_h, u64::from(N), Duration::from_secs(30), |_| true);
+    // A settle period so anything counted twice would show.
+    std::thread::sleep(Duration::from_secs(3));
+    let points = receiver.latest_points();
+    let total = "traces_service_graph_request_total";
+    let failed = "traces_service_graph_request_failed_total";
+    assert_eq!(
+        otlp_value(&points, "graph-back", total, &pair),
+        u64::from(N)
+    );
+    assert_eq!(
+        otlp_value(&points, "graph-back", failed, &pair),
+        u64::from(K)
+    );
+    assert_eq!(
+        otlp_value(&points, "graph-back", server_h, &pair),
+        u64::from(N)
+    );
+    assert_eq!(
+        otlp_value(&points, "graph-front", client_h, &pair),
+        u64::from(N)
+    );
+    assert_eq!(otlp_value(&points, "graph-front", total, &pair), 0);
+    assert_eq!(
+        otlp_value(&points, "graph-front", total, &outside),
+        u64::from(M)
+    );
+    assert_eq!(
+        otlp_value(&points, "graph-front", client_h, &outside),
+        u64::from(M)
+    );
+    let all_totals: u64 = ["graph-front", "graph-back"]
+        .iter()
+        .map(|s| otlp_value(&points, s, total, &[]))
+        .sum();
+    assert_eq!(all_totals, u64::from(N + M));
 }
