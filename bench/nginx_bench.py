@@ -256,6 +256,8 @@ def main():
     ap.add_argument("--printer", default="json", choices=["json", "text", "disabled"],
                     help="trace printer of the instrumented runs (json: spans written to a file and counted)")
     ap.add_argument("--compare-release", help="directory of another build whose sonde runs as a second variant per round")
+    ap.add_argument("--release", help="directory of the build of the first instrumented variant "
+                    "(default target/release; a copy keeps the run safe from rebuilds)")
     ap.add_argument("--export", action="store_true",
                     help="export over OTLP to a real collector and serve Prometheus (printer disabled)")
     ap.add_argument("--export-signals", default="all", choices=["all", "metrics"],
@@ -285,7 +287,7 @@ def main():
         for i in range(args.rounds):
             base_req, base_rps = wrk(port, args.duration)
             inst = instrumented_round(port, args.duration, workdir, args.extra, args.printer,
-                                      exporting=exporting)
+                                      args.release, exporting=exporting)
             r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps, **inst}
             if args.compare_release is not None:
                 r["compare"] = instrumented_round(port, args.duration, workdir, args.extra,
