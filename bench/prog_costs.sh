@@ -2,7 +2,9 @@
 # Per-program in-kernel cost: runs nginx (one worker) and `sonde` (release, printer disabled),
 # drives `wrk -t1 -c16` for DURATION seconds with kernel.bpf_stats_enabled=1 and prints each
 # Sonde program's run count and mean ns per run. Run as root after a release build
-# (SONDE_BIN_DIR: another build's directory, to compare).
+# (SONDE_BIN_DIR: another build's directory, to compare). HEADER_BYTES=N adds an N-byte header
+# and then a `traceparent` to every request (the kernel's header search past the capture).
+# Prints the total kernel ns per request last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${DURATION:-4}"
@@ -16,11 +18,19 @@ trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q ker
 for _ in $(seq 100); do grep -q 'processor connected' "$dir/sonde.log" && break; sleep 0.1; done
 sleep 1
 sysctl -q kernel.bpf_stats_enabled=1
-wrk -t1 -c16 -d"${duration}s" "http://127.0.0.1:$port/ok" | grep -E 'requests in|Requests/sec'
-bpftool -j prog show | BEFORE="$before" python3 -c '
+headers=()
+if [ "${HEADER_BYTES:-0}" -gt 0 ]; then
+  headers=(-H "X-Pad: $(head -c "$HEADER_BYTES" /dev/zero | tr '\0' p)"
+           -H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+fi
+requests=$(wrk -t1 -c16 -d"${duration}s" "${headers[@]}" "http://127.0.0.1:$port/ok" | tee /dev/stderr | awk '/requests in/ {print $1}')
+bpftool -j prog show | BEFORE="$before" REQUESTS="$requests" python3 -c '
 import json, os, sys
 before = set(os.environ["BEFORE"].split())
+total = 0
 for p in json.load(sys.stdin):
     if str(p["id"]) not in before and p.get("run_cnt", 0) > 0:
+        total += p["run_time_ns"]
         print("%-20s runs %9d  mean %6.0f ns" % (p["name"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]))
+print("kernel ns/request %.0f (%s requests)" % (total / int(os.environ["REQUESTS"]), os.environ["REQUESTS"]))
 '

@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
                     streams.apply_tuple(t);
                 }
                 assembler.feed(record, now, |ev| {
-                    if let Built::Span(s) = http1::build(ev, &service, &query, 0, &mut rng) {
+                    if let Built::Span(s, _) = http1::build(ev, &service, &query, 0, &mut rng) {
                         spans.push(*s);
                     }
                 })
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let later = now + Duration::from_millis(2);
     assembler.expire(later, |ev| {
-        if let Built::Span(s) = http1::build(ev, &service, &query, 0, &mut rng) {
+        if let Built::Span(s, _) = http1::build(ev, &service, &query, 0, &mut rng) {
             spans.push(*s);
         }
     });

@@ -171,8 +171,35 @@ pub struct ConnState {
     pub chunk_flags: u8,
     /// Non-zero for the plaintext side of a TLS connection (kept in `TLS_CONNS`).
     pub tls: u8,
-    pub _pad: [u8; 3],
+    /// `headers::HDR_*`: how far the search for `traceparent` past the capture got.
+    pub hdr_scan: u8,
+    pub _pad: [u8; 2],
 }
+
+/// The last bytes of a request segment whose header block went on past it, by connection id
+/// (`headers`): the next segment's search starts with them, so a header line split across two
+/// reads (nginx reads 1 KiB first) is still seen. Only requests with long header blocks have
+/// an entry, removed when the block ends.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HeaderTail {
+    pub len: u64,
+    pub bytes: [u8; HEADER_TAIL],
+}
+
+/// Bytes kept in a `HeaderTail`: a `traceparent` line with its line feed and white space.
+pub const HEADER_TAIL: usize = 80;
+
+#[map(name = "HDR_TAILS")]
+pub static HDR_TAILS: LruHashMap<u64, HeaderTail> = LruHashMap::with_max_entries(4096, 0);
+
+/// The state of the running `traceparent` search (`headers::Search`), one per CPU.
+#[map(name = "HDR_SEARCH")]
+pub static HDR_SEARCH: PerCpuArray<crate::headers::Search> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a `HeaderTail` is assembled before it is stored (too large for the eBPF stack).
+#[map(name = "HDR_TAIL_BUF")]
+pub static HDR_TAIL_BUF: PerCpuArray<HeaderTail> = PerCpuArray::with_max_entries(1, 0);
 
 /// Connections being paired, keyed by the kernel's `struct sock *`: the one identity that
 /// every socket tracepoint (I/O and TCP state changes) hands over, so no syscall hook is

@@ -15,10 +15,11 @@ use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_schema::{
     DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_CONN_CLOSED, EVENT_HTTP, EVENT_REQUEST_MORE,
     EVENT_RESPONSE_MORE, ExchangeUpdate, FLAG_CLOSED, FLAG_NO_RESPONSE, FLAG_TLS,
-    HTTP_EVENT_MIN_SIZE, REQUEST_CAPTURE, RESPONSE_CAPTURE, counters, protocol,
+    HTTP_EVENT_MIN_SIZE, REQUEST_CAPTURE, RESPONSE_CAPTURE, TRACEPARENT_NONE, counters, protocol,
 };
 
 use crate::{
+    headers,
     maps::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, OP_WRITE,
         PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS, SocketIo, TLS_CONNS,
@@ -47,8 +48,8 @@ pub fn now_ns() -> u64 {
 
 /// The user memory holding the first bytes that moved, and how many bytes are there.
 pub struct Segment {
-    ptr: u64,
-    len: u64,
+    pub ptr: u64,
+    pub len: u64,
 }
 
 /// Reads `T` from user memory, or None on a fault.
@@ -111,12 +112,13 @@ fn is_method(head: &[u8; 4]) -> bool {
         && (upper(head[3]) || head[3] == b' ')
 }
 
-/// Appends up to the remaining capture room from `seg` into the request buffer.
+/// Appends up to the remaining capture room from `seg` into the request buffer; returns how
+/// many bytes it captured.
 #[inline(always)]
-fn append_request(state: &mut ConnState, seg: &Segment) {
+fn append_request(state: &mut ConnState, seg: &Segment) -> u64 {
     let off = state.event.request_len as u64;
     if off >= REQUEST_CAPTURE as u64 {
-        return;
+        return 0;
     }
     let mut n = seg.len;
     if n > REQUEST_CAPTURE as u64 {
@@ -140,6 +142,28 @@ fn append_request(state: &mut ConnState, seg: &Segment) {
     };
     if rc == 0 {
         state.event.request_len = (off + n) as u16;
+        return n;
+    }
+    0
+}
+
+/// After request bytes of `seg` were captured (`captured_now` of them): once the capture is
+/// full, the rest of the header block is searched for `traceparent` (see `headers`).
+///
+/// `SEARCH` is false in the TLS uprobe programs: they are loaded without BTF function info
+/// (`loader/src/tls/programs.rs`), which the search's `bpf_loop` callback needs, so their
+/// plaintext is read from the captured bytes only.
+#[inline(always)]
+fn search_past_capture<const SEARCH: bool>(
+    state: &mut ConnState,
+    seg: &Segment,
+    captured_now: u64,
+) {
+    if SEARCH
+        && state.event.request_len as usize == REQUEST_CAPTURE
+        && state.hdr_scan != headers::HDR_DONE
+    {
+        headers::search_segment(state, seg, captured_now);
     }
 }
 
@@ -261,7 +285,7 @@ pub fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
 }
 
 #[inline(always)]
-fn start_request(
+fn start_request<const SEARCH: bool>(
     state: &mut ConnState,
     io: &SocketIo,
     id: u64,
@@ -291,10 +315,16 @@ fn start_request(
     ev.response_bytes = 0;
     ev.response_len = 0;
     ev.flags = 0;
-    if capture {
-        ev.request_len = 0;
-        append_request(state, seg);
-    }
+    ev.traceparent_source = TRACEPARENT_NONE;
+    state.hdr_scan = headers::HDR_UNSCANNED;
+    let captured_now = if capture {
+        state.event.request_len = 0;
+        append_request(state, seg)
+    } else {
+        // The caller captured the segment already.
+        state.event.request_len as u64
+    };
+    search_past_capture::<SEARCH>(state, seg, captured_now);
 }
 
 /// A fresh connection id: random, so ids of closed and reused sockets do not collide and
@@ -404,12 +434,13 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
     // SAFETY: pointer from a successful lookup of the entry just inserted.
     let state = unsafe { &mut *p };
     read_tuple(state, io.sk);
-    begin(state, io, id, ret, &seg, first);
+    begin::<true>(state, io, id, ret, &seg, first);
 }
 
 /// Starts a freshly inserted connection (cleartext or TLS plaintext) from its first bytes.
+/// `SEARCH`: whether a long header block is searched past the capture (`search_past_capture`).
 #[inline(always)]
-pub fn begin(
+pub fn begin<const SEARCH: bool>(
     state: &mut ConnState,
     io: &SocketIo,
     id: u64,
@@ -419,7 +450,7 @@ pub fn begin(
 ) {
     state.event.conn_id = new_conn_id();
     match first {
-        FirstBytes::Http1 => start_request(state, io, id, seg, ret, now_ns(), true),
+        FirstBytes::Http1 => start_request::<SEARCH>(state, io, id, seg, ret, now_ns(), true),
         FirstBytes::Other => {
             state.event.pid = (id >> 32) as u32;
             stream::adopt_other(state);
@@ -445,9 +476,9 @@ pub fn looks_like_tls_record(seg: &Segment) -> bool {
     }
 }
 
-/// Handles `ret` > 0 bytes read or written on a tracked connection.
+/// Handles `ret` > 0 bytes read or written on a tracked connection (`SEARCH`: see `begin`).
 #[inline(always)]
-pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
+pub fn on_data<const SEARCH: bool>(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     if state.protocol >= protocol::HTTP2 {
         stream::emit_chunk(state, io, id, ret);
         return;
@@ -460,7 +491,8 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
         PHASE_REQUEST if request_direction => {
             state.event.request_bytes += ret;
             if let Some(seg) = seg {
-                append_request(state, &seg);
+                let captured_now = append_request(state, &seg);
+                search_past_capture::<SEARCH>(state, &seg, captured_now);
             }
         }
         PHASE_REQUEST => {
@@ -486,7 +518,7 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
             let len = state.event.request_len;
             let first4 = [head[0], head[1], head[2], head[3]];
             if len >= 4 && is_method(&first4) {
-                start_request(state, io, id, &seg, ret, now, false);
+                start_request::<SEARCH>(state, io, id, &seg, ret, now, false);
             } else if state.phase == PHASE_RESPONSE && request_direction {
                 // Not a new request: the rest of a body the server answered before reading
                 // it all (nginx `return`, early errors). The exchange keeps its response.

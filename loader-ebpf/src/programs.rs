@@ -88,7 +88,7 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         Some(p) => {
             // SAFETY: pointer from a successful map lookup.
             let state = unsafe { &mut *p };
-            pairing::on_data(state, &io, id, ret as u64);
+            pairing::on_data::<true>(state, &io, id, ret as u64);
         }
         // Only a new connection needs the socket checked: a tracked socket was TCP when its
         // first request was seen. A socket carrying TLS is the uprobes' business.

@@ -116,7 +116,7 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     };
     match TLS_CONNS.get_ptr_mut(&key) {
         // SAFETY: pointer from a successful map lookup.
-        Some(p) => pairing::on_data(unsafe { &mut *p }, &io, id, bytes),
+        Some(p) => pairing::on_data::<false>(unsafe { &mut *p }, &io, id, bytes),
         None => new_connection(&key, &io, id, bytes),
     }
     0
@@ -156,7 +156,7 @@ fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) {
         // SAFETY: pointer from a successful map lookup.
         pairing::read_tuple(state, unsafe { *sk });
     }
-    pairing::begin(state, io, id, bytes, &seg, first);
+    pairing::begin::<false>(state, io, id, bytes, &seg, first);
 }
 
 /// Socket I/O of a selected process on a socket the cleartext path does not track: true when

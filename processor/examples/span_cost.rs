@@ -37,7 +37,7 @@ fn main() {
     let start = Instant::now();
     for _ in 0..iterations {
         let ev = HttpEvent::decode(&bytes).expect("decode");
-        if let Built::Span(s) = http1::build(
+        if let Built::Span(s, _) = http1::build(
             &ev,
             &ServiceInfo {
                 name: "nginx",

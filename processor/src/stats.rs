@@ -35,6 +35,9 @@ pub struct Stats {
     pub unsampled: u64,
     /// Span output failures (stdout closed).
     pub print_errors: u64,
+    /// Requests whose `traceparent` header was not a valid version-00 trace context (HTTP/1,
+    /// HTTP/2, gRPC): ignored, the span starts a trace of its own.
+    pub traceparent_invalid: u64,
     /// The applications' own OTLP export calls (their SDKs'), never made spans.
     pub own_telemetry_exports: u64,
     /// Spans an OTLP collector accepted.

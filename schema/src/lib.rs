@@ -31,6 +31,21 @@ pub const REQUEST_CAPTURE: usize = 256;
 /// Bytes of the response captured from its first byte: the status line and the first headers.
 pub const RESPONSE_CAPTURE: usize = 128;
 
+/// Length of a version-00 W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub const TRACEPARENT_LEN: usize = 55;
+/// `HttpEvent::traceparent_source`: the field is empty.
+pub const TRACEPARENT_NONE: u8 = 0;
+/// `HttpEvent::traceparent_source`: the kernel found a `traceparent` header in the request's
+/// header block past the captured bytes and copied its value (unchecked: the processor
+/// validates it).
+pub const TRACEPARENT_SCANNED: u8 = 1;
+/// `HttpEvent::traceparent_source`: Sonde put this `traceparent` into the request on its way
+/// out (context propagation); the client span carries its ids.
+pub const TRACEPARENT_INJECTED: u8 = 2;
+/// How far into a request's header block the kernel looks for `traceparent` past the
+/// captured bytes (header blocks are at most 8 KiB in nginx's and most servers' defaults).
+pub const HEADER_SCAN_LIMIT: usize = 8192;
+
 /// `HttpEvent::direction`: this process accepted the connection and answered the request.
 pub const DIRECTION_SERVER: u8 = 1;
 /// `HttpEvent::direction`: this process connected and sent the request.
@@ -290,6 +305,10 @@ pub struct HttpEvent {
     pub _pad: u32,
     /// Opaque id of the connection, unique while it lives (never a kernel address).
     pub conn_id: u64,
+    /// A `traceparent` value the captured bytes may not hold (see `traceparent_source`).
+    pub traceparent: [u8; TRACEPARENT_LEN],
+    /// `TRACEPARENT_*`: where `traceparent` came from, or that it is empty.
+    pub traceparent_source: u8,
     pub response: [u8; RESPONSE_CAPTURE],
     /// Last, so the kernel can send only the captured part: a record is
     /// `HTTP_EVENT_MIN_SIZE + request_len` bytes (see `HttpEvent::wire_len`).
@@ -347,6 +366,8 @@ impl HttpEvent {
             flags: 0,
             _pad: 0,
             conn_id: 0,
+            traceparent: [0; TRACEPARENT_LEN],
+            traceparent_source: TRACEPARENT_NONE,
             request: [0; REQUEST_CAPTURE],
             response: [0; RESPONSE_CAPTURE],
         }
@@ -396,6 +417,13 @@ impl HttpEvent {
     /// The captured response bytes.
     pub fn response(&self) -> &[u8] {
         &self.response[..(self.response_len as usize).min(RESPONSE_CAPTURE)]
+    }
+
+    /// The `traceparent` value the kernel found past the capture or injected, with its
+    /// `TRACEPARENT_*` source; None when the field is empty.
+    pub fn extra_traceparent(&self) -> Option<(&[u8; TRACEPARENT_LEN], u8)> {
+        (self.traceparent_source != TRACEPARENT_NONE)
+            .then_some((&self.traceparent, self.traceparent_source))
     }
 
     /// The record the kernel writes for this event: `wire_len()` bytes (used by tests and
@@ -560,8 +588,16 @@ pub mod counters {
     pub const TLS_CALLS_UNTRACKED: u32 = 12;
     /// A tuple record (a TLS connection's endpoints) could not be written: ring buffer full.
     pub const TUPLES_LOST_RINGBUF_FULL: u32 = 13;
+    /// HTTP/1 requests whose header block ran past the captured bytes: the kernel looked
+    /// through the rest of it for `traceparent`.
+    pub const HEADER_SCANS: u32 = 14;
+    /// `traceparent` headers the kernel found past the captured bytes.
+    pub const HEADER_SCAN_TRACEPARENTS: u32 = 15;
+    /// Header blocks still unfinished after `HEADER_SCAN_LIMIT` bytes of one syscall: the
+    /// kernel stopped looking (a `traceparent` further on is not seen).
+    pub const HEADER_SCANS_CUT: u32 = 16;
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 17;
 
     /// Names, in index order, as reported by the loader and the processor.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -579,6 +615,9 @@ pub mod counters {
         "tls_unlinked_payloads",
         "tls_calls_untracked",
         "tuples_lost_ringbuf_full",
+        "header_scans",
+        "header_scan_traceparents",
+        "header_scans_cut",
     ];
 
     /// True for the counters that count something lost (events, updates, process notices,
@@ -855,7 +894,10 @@ mod tests {
     #[test]
     fn layout_is_stable() {
         // The kernel writes this struct; its size is part of the wire contract.
-        assert_eq!(HTTP_EVENT_SIZE, 104 + REQUEST_CAPTURE + RESPONSE_CAPTURE);
+        assert_eq!(
+            HTTP_EVENT_SIZE,
+            104 + TRACEPARENT_LEN + 1 + REQUEST_CAPTURE + RESPONSE_CAPTURE
+        );
         assert_eq!(core::mem::size_of::<ProcEvent>(), 24);
         assert_eq!(ExchangeUpdate::SIZE, 32);
         assert_eq!(ChunkHeader::SIZE, 88);

@@ -108,7 +108,10 @@ impl<'a, W: Write> SpanSink<'a, W> {
             &mut self.ids,
         ) {
             Built::NotHttp => stats.not_http += 1,
-            Built::Span(s) => self.finish_span(s, processes, stats),
+            Built::Span(s, invalid) => {
+                stats.traceparent_invalid += u64::from(invalid.0);
+                self.finish_span(s, processes, stats)
+            }
         }
     }
 
@@ -158,7 +161,10 @@ impl<'a, W: Write> SpanSink<'a, W> {
             self.mono_to_unix,
             &mut self.ids,
         ) {
-            Ok(s) => self.finish_span(Box::new(s), processes, stats),
+            Ok((s, invalid)) => {
+                stats.traceparent_invalid += u64::from(invalid.0);
+                self.finish_span(Box::new(s), processes, stats)
+            }
             Err(NoSpan::HeadersUnknown) => stats.h2_headers_unknown += 1,
         }
     }

@@ -5,7 +5,10 @@
 
 use super::{
     grpc,
-    http1::parse::{QueryPolicy, parse_traceparent},
+    http1::{
+        InvalidContext,
+        parse::{QueryPolicy, parse_traceparent},
+    },
     http2::{Exchange, Flow, Outcome},
     streams::ConnMeta,
 };
@@ -35,7 +38,7 @@ pub fn build(
     query: &QueryPolicy,
     mono_to_unix: i128,
     ids: &mut impl IdSource,
-) -> Result<Span, NoSpan> {
+) -> Result<(Span, InvalidContext), NoSpan> {
     if matches!(ex.outcome, Outcome::HeadersUnknown) {
         return Err(NoSpan::HeadersUnknown);
     }
@@ -54,6 +57,7 @@ pub fn build(
         .traceparent
         .as_deref()
         .and_then(|v| parse_traceparent(v.as_bytes()));
+    let invalid = InvalidContext(req.traceparent.is_some() && traceparent.is_none());
     // As on HTTP/1: the incoming context for a server span, the application's own outgoing
     // context (an OpenTelemetry SDK) for a client span.
     let (trace_id, parent, parent_sampled) = match traceparent {
@@ -77,7 +81,7 @@ pub fn build(
         None if method.is_empty() || method_original.is_some() => "HTTP".into(),
         None => method.clone(),
     };
-    Ok(Span {
+    let span = Span {
         trace_id: TraceId(trace_id),
         span_id: SpanId(ids.span_id()),
         parent_span_id: parent.map(SpanId),
@@ -117,5 +121,6 @@ pub fn build(
         },
         no_response: ex.response.status.is_none(),
         parent_sampled,
-    })
+    };
+    Ok((span, invalid))
 }

@@ -15,10 +15,17 @@ use crate::{
 
 /// Outcome of building a span.
 pub enum Built {
-    Span(Box<Span>),
+    /// The span, and whether the request carried a `traceparent` that was not valid (ignored:
+    /// the span starts a trace of its own).
+    Span(Box<Span>, InvalidContext),
     /// The request bytes are not HTTP at all: no span, counted by the caller.
     NotHttp,
 }
+
+/// True when the request carried a `traceparent` header whose value is not a valid
+/// version-00 trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidContext(pub bool);
 
 /// Builds the span for `ev`. `mono_to_unix` converts CLOCK_MONOTONIC ns to Unix ns; `query`
 /// decides whether the query is kept and what of it is redacted.
@@ -72,8 +79,17 @@ pub fn build(
     // A server span continues the caller's trace when the request carried traceparent; a
     // client span whose request already carries one (an OpenTelemetry SDK in the application)
     // joins the application's trace under the application's span, so the SDK and Sonde never
-    // make two traces of one call.
-    let (trace_id, parent, parent_sampled) = match head.traceparent {
+    // make two traces of one call. The header is read from the captured bytes, else from
+    // what the kernel found further on in the header block.
+    let (context, invalid) = match (head.traceparent, ev.extra_traceparent()) {
+        (Some(tp), _) => (Some(tp), InvalidContext(false)),
+        (None, Some((value, _source))) => match parse::parse_traceparent(value) {
+            Some(tp) => (Some(tp), InvalidContext(false)),
+            None => (None, InvalidContext(true)),
+        },
+        (None, None) => (None, InvalidContext(head.traceparent_invalid)),
+    };
+    let (trace_id, parent, parent_sampled) = match context {
         Some((trace, parent, flags)) => (trace, Some(parent), Some(flags & 1 == 1)),
         None => (ids.trace_id(), None, None),
     };
@@ -93,52 +109,55 @@ pub fn build(
         "_OTHER" if !head.method.is_empty() => ("_OTHER".to_string(), Some(head.method)),
         _ => (head.method, None),
     };
-    Built::Span(Box::new(Span {
-        trace_id: TraceId(trace_id),
-        span_id: SpanId(span_id),
-        parent_span_id: parent.map(SpanId),
-        kind,
-        name: if method.is_empty() || method_original.is_some() {
-            "HTTP".into()
-        } else {
-            method.clone()
-        },
-        method,
-        path: head.path,
-        query: query.apply(head.query),
-        route: None,
-        status,
-        host: head.host,
-        protocol_version: head.version,
-        scheme: if ev.flags & FLAG_TLS != 0 {
-            "https"
-        } else {
-            "http"
-        },
-        user_agent: head.user_agent,
-        method_original,
-        rpc: None,
-        db: None,
-        messaging: None,
-        server_address,
-        server_port,
-        client_address,
-        client_port,
-        request_body_size,
-        response_body_size,
-        request_bytes: ev.request_bytes,
-        response_bytes: ev.response_bytes,
-        start_unix_nano: to_unix(ev.start_ns),
-        end_unix_nano: to_unix(end_ns),
-        duration_ns: end_ns - ev.start_ns,
-        service_name: service.name.to_string(),
-        service_namespace: service.namespace.map(str::to_string),
-        pid: ev.pid,
-        tid: ev.tid,
-        malformed,
-        no_response,
-        parent_sampled,
-    }))
+    Built::Span(
+        Box::new(Span {
+            trace_id: TraceId(trace_id),
+            span_id: SpanId(span_id),
+            parent_span_id: parent.map(SpanId),
+            kind,
+            name: if method.is_empty() || method_original.is_some() {
+                "HTTP".into()
+            } else {
+                method.clone()
+            },
+            method,
+            path: head.path,
+            query: query.apply(head.query),
+            route: None,
+            status,
+            host: head.host,
+            protocol_version: head.version,
+            scheme: if ev.flags & FLAG_TLS != 0 {
+                "https"
+            } else {
+                "http"
+            },
+            user_agent: head.user_agent,
+            method_original,
+            rpc: None,
+            db: None,
+            messaging: None,
+            server_address,
+            server_port,
+            client_address,
+            client_port,
+            request_body_size,
+            response_body_size,
+            request_bytes: ev.request_bytes,
+            response_bytes: ev.response_bytes,
+            start_unix_nano: to_unix(ev.start_ns),
+            end_unix_nano: to_unix(end_ns),
+            duration_ns: end_ns - ev.start_ns,
+            service_name: service.name.to_string(),
+            service_namespace: service.namespace.map(str::to_string),
+            pid: ev.pid,
+            tid: ev.tid,
+            malformed,
+            no_response,
+            parent_sampled,
+        }),
+        invalid,
+    )
 }
 
 #[cfg(test)]
@@ -198,7 +217,7 @@ mod tests {
             1_000_000,
             &mut FixedIds,
         ) {
-            Built::Span(s) => *s,
+            Built::Span(s, _) => *s,
             Built::NotHttp => panic!("expected a span"),
         }
     }
@@ -294,6 +313,66 @@ mod tests {
         let s = span(&e);
         assert_eq!((s.parent_span_id, s.parent_sampled), (None, None));
         assert_ne!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    fn built(e: &HttpEvent) -> (Span, InvalidContext) {
+        let service = ServiceInfo {
+            name: "svc",
+            namespace: None,
+        };
+        let query = QueryPolicy {
+            export: true,
+            extra_sensitive: Vec::new(),
+        };
+        match build(e, &service, &query, 0, &mut FixedIds) {
+            Built::Span(s, invalid) => (*s, invalid),
+            Built::NotHttp => panic!("expected a span"),
+        }
+    }
+
+    #[test]
+    fn the_context_the_kernel_found_past_the_capture_is_used_and_checked() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut e = event(
+            b"GET /far HTTP/1.1\r\nX-Pad: p\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        e.traceparent.copy_from_slice(tp);
+        e.traceparent_source = sonde_schema::TRACEPARENT_SCANNED;
+        let (s, invalid) = built(&e);
+        assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            s.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(
+            (s.parent_sampled, invalid),
+            (Some(true), InvalidContext(false))
+        );
+        // The captured header wins over the field.
+        let mut e2 = event(
+            b"GET / HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        e2.traceparent.copy_from_slice(tp);
+        e2.traceparent_source = sonde_schema::TRACEPARENT_SCANNED;
+        assert_eq!(
+            built(&e2).0.trace_id.to_string(),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        // Not a valid context: ignored (a trace of its own) and reported.
+        e.traceparent[3] = b'z';
+        let (s, invalid) = built(&e);
+        assert_eq!((s.parent_span_id, invalid), (None, InvalidContext(true)));
+        assert_eq!(s.trace_id.0, [1; 16]);
+        // An invalid header in the capture is reported the same way; an absent one is not.
+        let bad = event(
+            b"GET / HTTP/1.1\r\ntraceparent: 00-00000000000000000000000000000000-b7ad6b7169203331-01\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        assert_eq!(built(&bad).1, InvalidContext(true));
+        let none = event(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(built(&none).1, InvalidContext(false));
     }
 
     #[test]

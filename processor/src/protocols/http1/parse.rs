@@ -52,6 +52,9 @@ pub struct RequestHead {
     pub content_length: Option<u64>,
     /// W3C `traceparent` header, when present and well formed: (trace id, parent span id, flags).
     pub traceparent: Option<([u8; 16], [u8; 8], u8)>,
+    /// A complete `traceparent` header line was captured but its value is not a valid
+    /// version-00 context (ignored, counted).
+    pub traceparent_invalid: bool,
     /// Length of the head including the blank line, when it ended inside the capture.
     pub head_len: Option<usize>,
 }
@@ -368,6 +371,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
                 head.content_length = parse_u64(value);
             } else if name.eq_ignore_ascii_case(b"traceparent") {
                 head.traceparent = parse_traceparent(value);
+                head.traceparent_invalid = head.traceparent.is_none();
             } else if name.eq_ignore_ascii_case(b"user-agent") {
                 let value = &value[..value.len().min(MAX_USER_AGENT_LEN)];
                 head.user_agent = Some(String::from_utf8_lossy(value).into_owned());
