@@ -525,7 +525,6 @@ pub const UNIMPLEMENTED_KEYS: &[&str] = &[
     "otel_metrics_export.buckets",
     "otel_metrics_export.histogram_aggregation",
     "otel_metrics_export.ttl",
-    "otel_metrics_export.allow_service_graph_self_references",
     "otel_metrics_export.reporters_cache_len",
     "prometheus_export.features",
     "prometheus_export.instrumentations",

@@ -476,7 +476,8 @@ struct Series {
 /// The service graph of this processor: pairing, and the series requests are counted in.
 pub struct ServiceGraph {
     pairer: Pairer,
-    allow_self_references: bool,
+    /// Whether self references count: (Prometheus, OTLP).
+    allow_self_references: (bool, bool),
     series: HashMap<EdgeLabels, Series>,
     otlp: HashMap<u32, OtlpInstruments>,
     done: Vec<Request>,
@@ -484,7 +485,9 @@ pub struct ServiceGraph {
 }
 
 impl ServiceGraph {
-    pub fn new(allow_self_references: bool, now: Instant) -> ServiceGraph {
+    /// `allow_self_references`: whether edges from a service to itself count in Prometheus
+    /// and over OTLP (`*.allow_service_graph_self_references`).
+    pub fn new(allow_self_references: (bool, bool), now: Instant) -> ServiceGraph {
         ServiceGraph {
             pairer: Pairer::default(),
             allow_self_references,
@@ -551,8 +554,17 @@ impl ServiceGraph {
         otlp: Option<&mut Otlp>,
         meta: &dyn Fn(u32) -> ProcessResource,
     ) {
-        if r.labels.is_self_reference() && !self.allow_self_references {
-            return;
+        let (mut prometheus, mut otlp) = (prometheus, otlp);
+        if r.labels.is_self_reference() {
+            if !self.allow_self_references.0 {
+                prometheus = None;
+            }
+            if !self.allow_self_references.1 {
+                otlp = None;
+            }
+            if prometheus.is_none() && otlp.is_none() {
+                return;
+            }
         }
         let len = self.series.len();
         let series = match self.series.get_mut(&r.labels) {
@@ -858,7 +870,7 @@ mod tests {
         let m = Metrics::with_service_graph("h", true);
         let families = m.service_graph.as_ref();
         let start = Instant::now();
-        let mut g = ServiceGraph::new(false, start);
+        let mut g = ServiceGraph::new((false, false), start);
         // 7 paired requests, 2 failing; 3 to an uninstrumented peer; 1 self reference.
         for i in 0..7u16 {
             let status = if i < 2 { 500 } else { 200 };
@@ -978,7 +990,7 @@ mod tests {
     fn self_references_count_when_allowed() {
         let m = Metrics::with_service_graph("h", true);
         let now = Instant::now();
-        let mut g = ServiceGraph::new(true, now);
+        let mut g = ServiceGraph::new((true, false), now);
         g.record(
             &span(SpanKind::Server, 2, "same", 40000, 200),
             now,

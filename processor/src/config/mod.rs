@@ -81,6 +81,7 @@ impl Config {
                 port: None,
                 path: String::new(),
                 address: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                allow_service_graph_self_references: false,
             },
             traces_export: TracesExport {
                 otlp: None,
@@ -93,6 +94,7 @@ impl Config {
                 otlp: None,
                 interval: std::time::Duration::ZERO,
                 timeout: std::time::Duration::ZERO,
+                allow_service_graph_self_references: false,
             },
             url_query: crate::protocols::http1::parse::QueryPolicy::default(),
             db_query_sanitize: true,

@@ -97,6 +97,8 @@ pub struct MetricsExport {
     /// How often cumulative metrics are sent.
     pub interval: Duration,
     pub timeout: Duration,
+    /// Service graph edges from a service to itself count (`crate::service_graph`).
+    pub allow_service_graph_self_references: bool,
 }
 
 impl Default for MetricsExport {

@@ -593,6 +593,21 @@ pub static OWN: Table<Config> = Table(&[
             show: |c| show::text(&c.prometheus_export.path),
         },
         Setting {
+            key: "prometheus_export.allow_service_graph_self_references",
+            env: &[var("BEYLA_PROMETHEUS_ALLOW_SERVICE_GRAPH_SELF_REFERENCES")],
+            flag: "",
+            default: Some("false"),
+            unset: "",
+            doc: "service graph metrics (`application_service_graph`) in Prometheus also count edges whose client and server are the same service in the same namespace",
+            secret: false,
+            apply: |c, i| {
+                c.prometheus_export.allow_service_graph_self_references =
+                    sonde_config::parse_bool(i.key, &i.text("a boolean")?)?;
+                Ok(())
+            },
+            show: |c| show::flag(c.prometheus_export.allow_service_graph_self_references),
+        },
+        Setting {
             key: "prometheus_export.address",
             env: &[var("BEYLA_PROMETHEUS_ADDRESS")],
             flag: "",
@@ -701,21 +716,38 @@ pub static OWN: Table<Config> = Table(&[
         metrics_export,
         metrics
     ),
-    &[Setting {
-        key: "otel_metrics_export.interval",
-        env: &[
-            var("BEYLA_METRICS_INTERVAL"),
-            var_millis("OTEL_METRIC_EXPORT_INTERVAL"),
-        ],
-        flag: "",
-        default: Some("60s"),
-        unset: "",
-        doc: "how often the cumulative histograms are sent",
-        secret: false,
-        apply: |c, i| {
-            c.metrics_export.interval = duration(&i)?;
-            Ok(())
+    &[
+        Setting {
+            key: "otel_metrics_export.interval",
+            env: &[
+                var("BEYLA_METRICS_INTERVAL"),
+                var_millis("OTEL_METRIC_EXPORT_INTERVAL"),
+            ],
+            flag: "",
+            default: Some("60s"),
+            unset: "",
+            doc: "how often the cumulative histograms are sent",
+            secret: false,
+            apply: |c, i| {
+                c.metrics_export.interval = duration(&i)?;
+                Ok(())
+            },
+            show: |c| show::text(format_duration(c.metrics_export.interval)),
         },
-        show: |c| show::text(format_duration(c.metrics_export.interval)),
-    }],
+        Setting {
+            key: "otel_metrics_export.allow_service_graph_self_references",
+            env: &[var("BEYLA_OTEL_ALLOW_SERVICE_GRAPH_SELF_REFERENCES")],
+            flag: "",
+            default: Some("false"),
+            unset: "",
+            doc: "service graph metrics (`application_service_graph`) exported over OTLP also count edges whose client and server are the same service in the same namespace",
+            secret: false,
+            apply: |c, i| {
+                c.metrics_export.allow_service_graph_self_references =
+                    sonde_config::parse_bool(i.key, &i.text("a boolean")?)?;
+                Ok(())
+            },
+            show: |c| show::flag(c.metrics_export.allow_service_graph_self_references),
+        },
+    ],
 ]);

@@ -169,6 +169,8 @@ pub struct PrometheusExport {
     pub path: String,
     /// Address the endpoint binds (all interfaces by default, for a scraper elsewhere).
     pub address: std::net::IpAddr,
+    /// Service graph edges from a service to itself count (`crate::service_graph`).
+    pub allow_service_graph_self_references: bool,
 }
 
 impl Default for PrometheusExport {

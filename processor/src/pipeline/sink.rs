@@ -74,7 +74,13 @@ impl<'a, W: Write> SpanSink<'a, W> {
             own_telemetry_new: Vec::new(),
             linker: Linker::new(config.shared.ebpf.max_transaction_time, Instant::now()),
             graph: sonde_config::host_metrics::service_graph_enabled(&config.shared)
-                .then(|| crate::service_graph::ServiceGraph::new(false, Instant::now())),
+                .then(|| {
+                    let allow = (
+                        config.prometheus_export.allow_service_graph_self_references,
+                        config.metrics_export.allow_service_graph_self_references,
+                    );
+                    crate::service_graph::ServiceGraph::new(allow, Instant::now())
+                }),
         }
     }
 
