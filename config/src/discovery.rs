@@ -477,8 +477,6 @@ pub const UNIMPLEMENTED_KEYS: &[&str] = &[
     "ebpf.batch_timeout",
     "ebpf.http_request_timeout",
     "ebpf.go_http_client_buffer_timeout",
-    "ebpf.context_propagation",
-    "ebpf.enable_context_propagation",
     "ebpf.track_request_headers",
     "ebpf.high_request_volume",
     "ebpf.heuristic_sql_detect",

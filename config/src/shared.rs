@@ -31,6 +31,67 @@ pub struct EbpfSettings {
     /// How long the processor holds a client span of a serving process for the server span
     /// it was made in (`ebpf.max_transaction_time`; zero turns in-process linking off).
     pub max_transaction_time: std::time::Duration,
+    /// `ebpf.context_propagation`: whether the kernel adds a `traceparent` to outgoing
+    /// HTTP/1 requests of selected processes (sock_ops + sk_msg; needs `CAP_NET_ADMIN`).
+    pub context_propagation: ContextPropagation,
+    /// What the start-up warning says about a reference-system value Sonde reads differently
+    /// (`all`, `tcp`, `headers,tcp`, `ip`, the deprecated `enable_context_propagation`).
+    pub context_propagation_notes: Vec<String>,
+    /// `ebpf.cgroup_root`: the cgroup v2 directory the injection's programs attach to;
+    /// discovered from `/proc/self/mountinfo` when unset.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// `ebpf.context_propagation`: Sonde injects W3C `traceparent` headers into cleartext
+/// HTTP/1 requests (`headers`) or nothing (`disabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextPropagation {
+    Disabled,
+    Headers,
+}
+
+impl ContextPropagation {
+    /// Parses a value of `ebpf.context_propagation`: Sonde's two, and the reference system's
+    /// others with the note the start-up warning prints for them.
+    pub fn parse(
+        key: &str,
+        text: &str,
+    ) -> Result<(ContextPropagation, Option<String>), crate::ConfigError> {
+        const EXPECTED: &str =
+            "`disabled` or `headers` (also accepted: `all`, `headers,tcp`, `tcp`, `ip`)";
+        let v = text.trim().to_ascii_lowercase().replace(' ', "");
+        // Named by the key even when the value came from its environment variable.
+        let name = if key == "ebpf.context_propagation" {
+            key.to_string()
+        } else {
+            format!("ebpf.context_propagation ({key})")
+        };
+        let note = |what: &str| Some(format!("{name}: {text}: {what}"));
+        Ok(match v.as_str() {
+            "disabled" | "" => (ContextPropagation::Disabled, None),
+            "headers" => (ContextPropagation::Headers, None),
+            "all" | "headers,tcp" | "tcp,headers" => (
+                ContextPropagation::Headers,
+                note(
+                    "Sonde injects HTTP/1 `traceparent` headers only (as `headers`); it never writes TCP or IP options",
+                ),
+            ),
+            "tcp" | "ip" => (
+                ContextPropagation::Disabled,
+                note(
+                    "Sonde does not propagate context in TCP or IP options; injection stays off (use `headers`)",
+                ),
+            ),
+            _ => return Err(invalid(key, text, EXPECTED)),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextPropagation::Disabled => "disabled",
+            ContextPropagation::Headers => "headers",
+        }
+    }
 }
 
 /// Who the processor is and how single-host mode runs it.
@@ -188,6 +249,9 @@ impl Config {
                 max_connections: 0,
                 tls: false,
                 max_transaction_time: std::time::Duration::ZERO,
+                context_propagation: ContextPropagation::Disabled,
+                context_propagation_notes: Vec::new(),
+                cgroup_root: None,
             },
             stats_interval_secs: 0,
             metrics_features: Vec::new(),
@@ -276,6 +340,7 @@ impl Config {
                 unimplemented.join(", ")
             ));
         }
+        out.extend(self.ebpf.context_propagation_notes.iter().cloned());
         out.extend(self.discovery.warnings());
         out
     }
@@ -748,6 +813,64 @@ pub static SHARED: Table<Config> = Table(&[
                 Ok(())
             },
             show: |c| show::text(format_duration(c.ebpf.max_transaction_time)),
+        },
+        Setting {
+            key: "ebpf.context_propagation",
+            env: &[var("BEYLA_BPF_CONTEXT_PROPAGATION")],
+            flag: "",
+            default: Some("disabled"),
+            unset: "",
+            doc: "`headers`: the kernel adds a W3C `traceparent` (the client span's ids) to cleartext HTTP/1 requests of selected processes that carry none, through `sock_ops` + `sk_msg` programs on the cgroup v2 root; the loader then holds `CAP_NET_ADMIN` (see security.md, \"Context propagation\"). `disabled`: nothing is attached. The reference system's `all` and `headers,tcp` act as `headers`, `tcp` and `ip` as `disabled`, each with a warning",
+            secret: false,
+            apply: |c, i| {
+                let (mode, note) = ContextPropagation::parse(i.key, &i.text("a mode")?)?;
+                c.ebpf.context_propagation = mode;
+                c.ebpf
+                    .context_propagation_notes
+                    .retain(|n| !n.starts_with("ebpf.context_propagation"));
+                c.ebpf.context_propagation_notes.extend(note);
+                Ok(())
+            },
+            show: |c| show::text(c.ebpf.context_propagation.as_str()),
+        },
+        Setting {
+            key: "ebpf.enable_context_propagation",
+            env: &[var("BEYLA_BPF_ENABLE_CONTEXT_PROPAGATION")],
+            flag: "",
+            default: None,
+            unset: "not set",
+            doc: "deprecated (the reference system's older switch): `true` acts as `ebpf.context_propagation: headers`, with a warning; `false` changes nothing",
+            secret: false,
+            apply: |c, i| {
+                if parse_bool(i.key, &i.text("a boolean")?)? {
+                    c.ebpf.context_propagation = ContextPropagation::Headers;
+                    c.ebpf.context_propagation_notes.push(format!(
+                        "{}: deprecated; read as `ebpf.context_propagation: headers` (HTTP/1 `traceparent` headers only)",
+                        i.key
+                    ));
+                }
+                Ok(())
+            },
+            show: |_| None,
+        },
+        Setting {
+            key: "ebpf.cgroup_root",
+            env: &[var("SONDE_CGROUP_ROOT")],
+            flag: "",
+            default: None,
+            unset: "the cgroup v2 mount found in `/proc/self/mountinfo`",
+            doc: "the cgroup v2 directory the context-propagation programs attach to (only with `ebpf.context_propagation: headers`); the host's root, so every process's connections are seen (in Kubernetes: the host's `/sys/fs/cgroup` mounted into the loader's container)",
+            secret: false,
+            apply: |c, i| {
+                c.ebpf.cgroup_root = Some(PathBuf::from(non_empty(i.key, i.text("a directory")?)?));
+                Ok(())
+            },
+            show: |c| {
+                c.ebpf
+                    .cgroup_root
+                    .as_ref()
+                    .and_then(|p| show::text(p.display()))
+            },
         },
         Setting {
             key: "discovery.exclude_otel_instrumented_services",

@@ -613,3 +613,54 @@ mod discovery_config {
         assert!(err.contains("OTEL_EBPF_LOG_LEVEL"), "{err}");
     }
 }
+
+#[test]
+fn context_propagation_values_and_their_warnings() {
+    let c = load_yaml("", &[]).unwrap();
+    assert_eq!(c.ebpf.context_propagation, ContextPropagation::Disabled);
+    assert!(
+        c.warnings()
+            .iter()
+            .all(|w| !w.contains("context_propagation"))
+    );
+    let c = load_yaml("ebpf:\n  context_propagation: headers\n", &[]).unwrap();
+    assert_eq!(c.ebpf.context_propagation, ContextPropagation::Headers);
+    assert!(
+        c.warnings()
+            .iter()
+            .all(|w| !w.contains("context_propagation"))
+    );
+    for (value, mode, says) in [
+        (
+            "all",
+            ContextPropagation::Headers,
+            "HTTP/1 `traceparent` headers only",
+        ),
+        (
+            "headers,tcp",
+            ContextPropagation::Headers,
+            "never writes TCP or IP options",
+        ),
+        ("tcp", ContextPropagation::Disabled, "injection stays off"),
+        ("ip", ContextPropagation::Disabled, "injection stays off"),
+    ] {
+        let c = load_yaml("", &[("BEYLA_BPF_CONTEXT_PROPAGATION", value)]).unwrap();
+        assert_eq!(c.ebpf.context_propagation, mode, "{value}");
+        let w = c.warnings();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("ebpf.context_propagation") && w.contains(says)),
+            "{value}: {w:?}"
+        );
+    }
+    let c = load_yaml("ebpf:\n  enable_context_propagation: true\n", &[]).unwrap();
+    assert_eq!(c.ebpf.context_propagation, ContextPropagation::Headers);
+    assert!(c.warnings().iter().any(|w| w.contains("deprecated")));
+    let e = load_yaml("ebpf:\n  context_propagation: everything\n", &[]).unwrap_err();
+    assert!(e.to_string().contains("ebpf.context_propagation"), "{e}");
+    let c = load_yaml("ebpf:\n  cgroup_root: /host/cgroup\n", &[]).unwrap();
+    assert_eq!(
+        c.ebpf.cgroup_root,
+        Some(std::path::PathBuf::from("/host/cgroup"))
+    );
+}
