@@ -112,6 +112,7 @@ impl Decoder for Raw {
     }
 }
 
+#[derive(Clone)]
 enum Kind {
     Grpc {
         client: tonic::client::Grpc<Channel>,
@@ -124,7 +125,9 @@ enum Kind {
     },
 }
 
-/// The trace endpoint's connection and settings.
+/// The trace endpoint's connection and settings; a clone shares the connection (one per
+/// request in flight).
+#[derive(Clone)]
 pub struct SpanTransport {
     kind: Kind,
     gzip: bool,
@@ -185,9 +188,10 @@ impl SpanTransport {
         })
     }
 
-    /// Sends one encoded `ExportTraceServiceRequest`, retrying as the module says.
-    pub async fn export(&mut self, request: &[u8]) -> Result<(), ExportError> {
-        let body = match (&self.kind, self.gzip) {
+    /// The body that carries an encoded `ExportTraceServiceRequest`: gzipped here for HTTP
+    /// (gRPC compresses in tonic, `send_compressed`).
+    pub fn body(&self, request: &[u8]) -> Result<Bytes, ExportError> {
+        Ok(match (&self.kind, self.gzip) {
             (Kind::Http { .. }, true) => {
                 use std::io::Write as _;
                 let mut gz = flate2::write::GzEncoder::new(
@@ -197,9 +201,12 @@ impl SpanTransport {
                 gz.write_all(request)?;
                 Bytes::from(gz.finish()?)
             }
-            // gRPC compresses in tonic (`send_compressed`).
             _ => Bytes::copy_from_slice(request),
-        };
+        })
+    }
+
+    /// Sends one request body, retrying as the module says.
+    pub async fn send(&mut self, body: Bytes) -> Result<(), ExportError> {
         let started = Instant::now();
         let mut delay = FIRST_DELAY;
         let mut attempt = 0;

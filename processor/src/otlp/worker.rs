@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::stream::{FuturesUnordered, StreamExt as _};
 use opentelemetry_otlp::MetricExporter;
 use opentelemetry_sdk::metrics::{data::ResourceMetrics, exporter::PushMetricExporter};
 use tokio::sync::{Notify, mpsc};
@@ -29,7 +30,7 @@ use super::{
     encode::{EncodedResource, Encoder, Queued},
     exporter::Exporters,
     meters::{self, Providers},
-    transport::SpanTransport,
+    transport::{ExportError, SpanTransport},
 };
 use crate::{
     config::{MetricsExport, TracesExport},
@@ -169,9 +170,13 @@ struct Batching {
     timeout: Duration,
 }
 
+/// Export requests in flight at once: the next batch is encoded and sent while the collector
+/// still works on the previous one, so a collector's latency does not stall the queue.
+const IN_FLIGHT: usize = 2;
+
 /// Batches queued spans and exports them; once the queue is closed, sends what is left.
 async fn export_spans(
-    mut exporter: SpanTransport,
+    transport: SpanTransport,
     mut rx: mpsc::UnboundedReceiver<Vec<Queued>>,
     queued: &AtomicUsize,
     mut sender: SpanSender,
@@ -179,33 +184,59 @@ async fn export_spans(
 ) {
     let mut batch: Vec<Queued> = Vec::with_capacity(batching.max.min(4096));
     let mut deadline: Option<tokio::time::Instant> = None;
+    // A partial batch is to go out: its timeout passed, or the queue closed.
+    let mut due = false;
     let mut open = true;
-    while open || !batch.is_empty() {
-        let flush_all = tokio::select! {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        while in_flight.len() < IN_FLIGHT
+            && (batch.len() >= batching.max || (due && !batch.is_empty()))
+        {
+            let rest = batch.split_off(batch.len().min(batching.max));
+            let full = std::mem::replace(&mut batch, rest);
+            let n = full.len();
+            match sender.encode(&transport, &full) {
+                Ok(body) => in_flight.push(send(transport.clone(), body, n)),
+                Err(e) => {
+                    sender.outcome(n, Err(e));
+                    queued.fetch_sub(n, Ordering::Relaxed);
+                }
+            }
+            // The spans' strings are freed here, once encoded, not after the round trip.
+            drop(full);
+        }
+        if batch.is_empty() {
+            deadline = None;
+            due = false;
+            if !open && in_flight.is_empty() {
+                break;
+            }
+        }
+        tokio::select! {
             got = rx.recv(), if open => match got {
                 Some(spans) => {
                     batch.extend(spans);
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + batching.timeout);
-                    false
                 }
                 // The reader side is shutting down: send what is left.
-                None => { open = false; true }
+                None => { open = false; due = true; }
             },
-            _ = sleep_until(deadline) => true,
-        };
-        while batch.len() >= batching.max || (flush_all && !batch.is_empty()) {
-            let rest = batch.split_off(batch.len().min(batching.max));
-            let full = std::mem::replace(&mut batch, rest);
-            let n = full.len();
-            sender.send(&mut exporter, &full).await;
-            // The spans' strings are freed only now, after the request went out.
-            drop(full);
-            queued.fetch_sub(n, Ordering::Relaxed);
-        }
-        if batch.is_empty() {
-            deadline = None;
+            () = sleep_until(deadline), if !due => due = true,
+            Some((n, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                sender.outcome(n, result);
+                queued.fetch_sub(n, Ordering::Relaxed);
+            }
         }
     }
+}
+
+/// One request's round trip (retries included) on its own handle of the transport.
+async fn send(
+    mut transport: SpanTransport,
+    body: bytes::Bytes,
+    n: usize,
+) -> (usize, Result<(), ExportError>) {
+    (n, transport.send(body).await)
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -225,12 +256,20 @@ struct SpanSender {
 }
 
 impl SpanSender {
-    /// Encodes a batch as one request (one `ResourceSpans` per process), sends it and counts
-    /// the outcome.
-    async fn send(&mut self, transport: &mut SpanTransport, batch: &[Queued]) {
+    /// Encodes a batch as one request body (one `ResourceSpans` per process).
+    fn encode(
+        &mut self,
+        transport: &SpanTransport,
+        batch: &[Queued],
+    ) -> Result<bytes::Bytes, ExportError> {
         self.encoder.request(batch, &mut self.request);
-        let n = batch.len() as u64;
-        match transport.export(&self.request).await {
+        transport.body(&self.request)
+    }
+
+    /// Counts the outcome of a request of `n` spans.
+    fn outcome(&mut self, n: usize, result: Result<(), ExportError>) {
+        let n = n as u64;
+        match result {
             Ok(()) => {
                 self.counters.spans_exported.inc_by(n);
                 self.log.succeeded();
