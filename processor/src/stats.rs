@@ -78,3 +78,63 @@ impl Stats {
             + kernel
     }
 }
+
+/// The counters as one JSON object, written when the log line is (`%stats.json()` in a
+/// `tracing` event): nothing is formatted when the level is filtered out, and the text goes
+/// straight to the log's formatter, with no `String` in between.
+pub struct StatsJson<'a>(&'a Stats);
+
+impl Stats {
+    /// See [`StatsJson`].
+    pub fn json(&self) -> StatsJson<'_> {
+        StatsJson(self)
+    }
+}
+
+impl std::fmt::Display for StatsJson<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// `io::Write` onto a `fmt::Formatter`. serde_json writes UTF-8 in whole pieces: it
+        /// cuts strings only at the ASCII characters it escapes, never inside a character.
+        struct Adapter<'a, 'b>(&'a mut std::fmt::Formatter<'b>);
+
+        impl std::io::Write for Adapter<'_, '_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let text = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+                self.0.write_str(text).map_err(std::io::Error::other)?;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        serde_json::to_writer(Adapter(f), self.0).map_err(|_| std::fmt::Error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_display_is_the_serde_json_text() {
+        let mut stats = Stats {
+            events: 12,
+            spans: 11,
+            otlp_spans_dropped: 1,
+            ..Default::default()
+        };
+        stats.kernel.insert("events_lost_ringbuf_full".into(), 3);
+        stats.kernel.insert("caf\u{e9}".into(), 4);
+        let text = stats.json().to_string();
+        assert_eq!(text, serde_json::to_string(&stats).expect("serde"));
+        assert!(
+            text.starts_with("{\"events\":12,\"decode_errors\":0,\"spans\":11,"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(",\"kernel\":{\"caf\u{e9}\":4,\"events_lost_ringbuf_full\":3}}"),
+            "{text}"
+        );
+    }
+}

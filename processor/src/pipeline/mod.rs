@@ -294,13 +294,13 @@ impl<'a, W: Write> Pipeline<'a, W> {
         if self.last_stats.elapsed() >= self.stats_every {
             count_otlp(&self.metrics, &mut self.stats);
             self.stats.streams = self.streams.stats();
-            let stats = serde_json::to_string(&self.stats).unwrap_or_default();
             // Quiet unless something was lost since the last report: then it is a warning.
+            // The JSON is written only when the log line is (not at all below debug).
             let lost = self.stats.lost();
             if lost > self.last_lost {
-                warn!(stats = %stats, "processor stats: data was lost");
+                warn!(stats = %self.stats.json(), "processor stats: data was lost");
             } else {
-                debug!(stats = %stats, "processor stats");
+                debug!(stats = %self.stats.json(), "processor stats");
             }
             self.last_lost = lost;
             self.last_stats = Instant::now();
