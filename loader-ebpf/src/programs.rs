@@ -20,7 +20,7 @@ use crate::{
         CONNS, OP_READ, OP_WRITE, PROC_EVENTS, PROC_NET_BYTES, SocketIo, count,
         count_process_bytes, deselect, listen_port_wanted, process_metrics_on, select, selected,
     },
-    offsets, pairing, syscall_abi, tls,
+    inject, offsets, pairing, syscall_abi, tls,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -98,6 +98,11 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
             }
         }
         None => {}
+    }
+    // Context propagation: the `sk_msg` program ran earlier in this same write; the ids it
+    // injected belong to the client exchange the pairing just started.
+    if op == OP_WRITE && inject::enabled() {
+        inject::stamp(sk, id);
     }
     0
 }

@@ -76,6 +76,26 @@ pub fn network_flows(config: &sonde_config::Config) -> String {
     }
 }
 
+/// What `--audit` says about context propagation (`ebpf.context_propagation`): whether the
+/// injection programs are attached, where, and the capability that took.
+pub fn context_propagation(config: &sonde_config::Config, cgroup: Option<&Path>) -> String {
+    match cgroup {
+        Some(root) => format!(
+            "on (headers): cgroup connect4/connect6 and sock_ops programs on {} and an sk_msg \
+             program on the INJECT_SOCKS socket map, attached at start-up with CAP_NET_ADMIN \
+             (held for this feature only, dropped with the other start-up capabilities); only \
+             sockets that selected processes connect enter the map; a traceparent header is \
+             added to their cleartext HTTP/1 requests that carry none",
+            root.display()
+        ),
+        None => format!(
+            "off (ebpf.context_propagation: {}): nothing attached, no socket map, CAP_NET_ADMIN \
+             not needed",
+            config.ebpf.context_propagation.as_str()
+        ),
+    }
+}
+
 /// The status file for a control socket path.
 pub fn status_path(control_socket: &Path) -> PathBuf {
     control_socket.with_file_name("sonde-status.json")
@@ -95,6 +115,9 @@ pub struct Status {
     /// Network flow metrics, for `--audit` (see [`network_flows`]).
     #[serde(default)]
     pub network_flows: String,
+    /// Context propagation, for `--audit` (see [`context_propagation`]).
+    #[serde(default)]
+    pub context_propagation: String,
     pub kept_capabilities: Vec<String>,
     pub processor: Option<ProcessorStatus>,
     /// Pids the processor asked to select that were not candidates (refused), since start.
@@ -270,6 +293,9 @@ pub struct Report {
     /// Network flow metrics as the loader recorded it ([`network_flows`]); empty without a
     /// status file.
     pub network_flows: String,
+    /// Context propagation as the loader recorded it ([`context_propagation`]); empty
+    /// without a status file.
+    pub context_propagation: String,
     /// Selections the connected processors asked for outside the loader's candidates
     /// (refused), from the status file.
     pub refused_selections: u64,
@@ -319,6 +345,10 @@ pub fn report(control_socket: &Path) -> Report {
         network_flows: status
             .as_ref()
             .map(|s| s.network_flows.clone())
+            .unwrap_or_default(),
+        context_propagation: status
+            .as_ref()
+            .map(|s| s.context_propagation.clone())
             .unwrap_or_default(),
         refused_selections: status.as_ref().map_or(0, |s| s.refused_selections),
         loaders,
@@ -503,6 +533,9 @@ pub fn render(report: &Report) -> String {
     }
     if !report.network_flows.is_empty() {
         out += &format!("network flows: {}\n", report.network_flows);
+    }
+    if !report.context_propagation.is_empty() {
+        out += &format!("context propagation: {}\n", report.context_propagation);
     }
     if report.refused_selections > 0 {
         out += &format!(

@@ -29,6 +29,7 @@ pub mod consumer;
 pub mod control;
 pub mod flows;
 pub mod identity;
+pub mod inject;
 pub mod kernel_layout;
 pub mod privileges;
 pub mod probes;

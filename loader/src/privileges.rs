@@ -24,7 +24,10 @@
 //! capture is off for that process. `CAP_SYS_ADMIN` is a start-up need only, and so is
 //! `CAP_SYS_ADMIN`, which the loader uses only to mount tracefs where it is not mounted yet
 //! (nothing is pinned, so bpffs is never needed); map updates on fds already held need no
-//! capability (Linux ≥ 6.5).
+//! capability (Linux ≥ 6.5). `CAP_NET_ADMIN` is a start-up need only and only with
+//! `ebpf.context_propagation: headers` (creating the socket map, attaching the cgroup
+//! `sock_ops`/`connect` and `sk_msg` programs); with the feature off it is neither asked for
+//! nor used.
 
 use anyhow::{Context, Result};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -51,6 +54,9 @@ pub fn reason(cap: Capability) -> Option<&'static str> {
         }
         Capability::CAP_CHOWN => "start-up only: give the control socket to the processor",
         Capability::CAP_SYS_ADMIN => "start-up only, when tracefs is not mounted: mount it",
+        Capability::CAP_NET_ADMIN => {
+            "start-up only, with ebpf.context_propagation: headers: create the socket map and attach the cgroup sock_ops/connect and sk_msg programs"
+        }
         _ => return None,
     })
 }

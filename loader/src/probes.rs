@@ -60,6 +60,8 @@ pub enum ProbeError {
     Dup(std::io::Error),
     #[error("mapping map {0} into memory: {1}")]
     MapShared(&'static str, std::io::Error),
+    #[error(transparent)]
+    Inject(#[from] crate::inject::InjectError),
 }
 
 /// Raw tracepoints attached, each with a program of the same name taking three arguments.
@@ -100,6 +102,9 @@ pub struct ProbeSizes {
     /// `network.*`: with `enable`, the packet tracepoints are attached and the flow map is
     /// sized to `cache_max_flows`.
     pub network: NetworkSettings,
+    /// `ebpf.context_propagation: headers`: attach the injection programs on this cgroup v2
+    /// root (`ebpf.cgroup_root`; None: discovered). None: injection off.
+    pub inject: Option<Option<std::path::PathBuf>>,
 }
 
 impl ProbeSizes {
@@ -112,6 +117,8 @@ impl ProbeSizes {
             tls: config.ebpf.tls,
             process_metrics: config.processes.enable,
             network: config.network.clone(),
+            inject: (config.ebpf.context_propagation == sonde_config::ContextPropagation::Headers)
+                .then(|| config.ebpf.cgroup_root.clone()),
         }
     }
 }
@@ -129,6 +136,8 @@ pub struct Probes {
     proc_net: Option<PerCpuHashMap<MapData, u32, [u64; 2]>>,
     /// The flow map's reader, when flow metrics are on (`network.enable`).
     pub flows: Option<FlowReader>,
+    /// Context propagation's counters, when it is on.
+    pub inject: Option<crate::inject::Injection>,
 }
 
 impl Probes {
@@ -184,7 +193,19 @@ impl Probes {
         );
 
         let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-loader-ebpf"));
+        // Injection off: the socket map is left out (creating one needs CAP_NET_ADMIN).
+        let object: std::borrow::Cow<'_, [u8]> = if sizes.inject.is_some() {
+            std::borrow::Cow::Borrowed(object)
+        } else {
+            crate::inject::disable_in_object(object)?
+        };
+        let object = &*object;
         let mut ebpf = EbpfLoader::new()
+            .override_global(
+                sonde_schema::inject::ENABLED,
+                &u32::from(sizes.inject.is_some()),
+                true,
+            )
             .override_global(globals::FORK_CHILD_PID, &child, true)
             .override_global(globals::SKC_DADDR, &so.daddr, true)
             .override_global(globals::SKC_RCV_SADDR, &so.rcv_saddr, true)
@@ -260,6 +281,13 @@ impl Probes {
         } else {
             None
         };
+        let inject = match &sizes.inject {
+            Some(root) => Some(crate::inject::Injection::attach(
+                &mut ebpf,
+                root.as_deref(),
+            )?),
+            None => None,
+        };
         // The OpenSSL uprobes are loaded now (CAP_BPF, CAP_PERFMON) on the same maps, and
         // attached per selected process later (no capability needed for the links).
         let tls = sizes.tls.then(|| load_tls(object, &ebpf)).flatten();
@@ -315,6 +343,7 @@ impl Probes {
             proc_events,
             ring_buffer_bytes: sizes.ring_buffer_bytes,
             flows,
+            inject,
         })
     }
 
@@ -449,6 +478,12 @@ impl Probes {
                 };
                 (counters::NAMES[i as usize], total)
             })
+            .chain(self.inject.iter().flat_map(|i| {
+                let mut c = i.counters();
+                // Context propagation: how many sockets the socket map holds right now.
+                c.push(("inject_sockets_open", i.sockets() as u64));
+                c
+            }))
             .collect()
     }
 }

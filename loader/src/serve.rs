@@ -48,6 +48,10 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
             tls_capture: audit::tls_capture(config.ebpf.tls, probes.tls_active()),
             process_metrics: audit::process_metrics(config),
             network_flows: audit::network_flows(config),
+            context_propagation: audit::context_propagation(
+                config,
+                probes.inject.as_ref().map(|i| i.cgroup.as_path()),
+            ),
             kept_capabilities,
             processor: None,
             refused_selections: 0,

@@ -53,6 +53,9 @@ const STARTUP_CAPABILITIES: [Capability; 2] = [Capability::CAP_BPF, Capability::
 pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
     // 1. Refuse at once, naming what is missing, rather than fail half-way in the kernel.
     check_startup_capabilities()?;
+    if config.ebpf.context_propagation == sonde_config::ContextPropagation::Headers {
+        check_net_admin()?;
+    }
     if !config.has_selection() {
         warn!(
             "no process selected: set open_port / BEYLA_OPEN_PORT, auto_target_exe / BEYLA_AUTO_TARGET_EXE, target_pids or discovery.instrument"
@@ -218,6 +221,19 @@ fn check_startup_capabilities() -> Result<()> {
         bail!(
             "sonde-loader lacks {} (needed to load and attach the kernel programs); run it as root or grant them (systemd AmbientCapabilities=, Kubernetes capabilities.add)",
             missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `ebpf.context_propagation: headers` creates a socket map and attaches cgroup `sock_ops`
+/// and `sk_msg` programs, which the kernel allows only with `CAP_NET_ADMIN`.
+fn check_net_admin() -> Result<()> {
+    let effective =
+        caps::read(None, CapSet::Effective).context("reading effective capabilities")?;
+    if !effective.contains(&Capability::CAP_NET_ADMIN) {
+        bail!(
+            "ebpf.context_propagation: headers needs CAP_NET_ADMIN at start-up (the socket map and the cgroup sock_ops/sk_msg programs); grant it (systemd AmbientCapabilities=CAP_NET_ADMIN, Kubernetes capabilities.add: [NET_ADMIN]) or set ebpf.context_propagation: disabled"
         );
     }
     Ok(())

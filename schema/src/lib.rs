@@ -923,3 +923,53 @@ pub mod process_net {
     /// Index of the sent bytes in a value.
     pub const SENT: usize = 1;
 }
+
+/// Context propagation (`ebpf.context_propagation: headers`): the kernel adds a W3C
+/// `traceparent` to cleartext HTTP/1 requests sent by selected processes. A cgroup `connect`
+/// program marks the sockets selected processes connect, a `sock_ops` program puts the marked
+/// ones into [`inject::SOCKHASH`] once established, and an `sk_msg` program on that map writes
+/// the header. Everything here is attached only while the feature is on.
+pub mod inject {
+    /// Name of the read-only global (`u32`): non-zero when the programs are attached, so the
+    /// socket-write path copies the injected `traceparent` into its `HttpEvent`.
+    pub const ENABLED: &str = "INJECT_ENABLED";
+    /// The `BPF_MAP_TYPE_SOCKHASH` (key: socket cookie `u64`) holding selected processes'
+    /// client sockets; the `sk_msg` program is attached to it.
+    pub const SOCKHASH: &str = "INJECT_SOCKS";
+    /// Sockets a selected process connected, not yet established (socket cookie → 1).
+    pub const MARKED: &str = "INJECT_MARKED";
+    /// Per-CPU counters, indexed by the constants below.
+    pub const STATS: &str = "INJECT_STATS";
+    /// Programs: cgroup `connect4` / `connect6`, cgroup `sock_ops`, `sk_msg`.
+    pub const CONNECT4_PROGRAM: &str = "inject_connect4";
+    pub const CONNECT6_PROGRAM: &str = "inject_connect6";
+    pub const SOCK_OPS_PROGRAM: &str = "inject_sock_ops";
+    pub const SK_MSG_PROGRAM: &str = "inject_sk_msg";
+    /// Sockets in the map at once; a socket beyond that is not injected into (counted).
+    pub const MAX_SOCKETS: u32 = 65536;
+    /// Bytes of a message's start looked at for a whole header block: a longer header block
+    /// is left untouched (counted as `not_whole`).
+    pub const SCAN_LIMIT: u32 = 1024;
+    /// The header line added: `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n`.
+    pub const LINE_LEN: u32 = 13 + super::TRACEPARENT_LEN as u32 + 2;
+
+    /// Counter indices.
+    pub const SOCKETS_ADDED: u32 = 0;
+    pub const SOCKHASH_FULL: u32 = 1;
+    pub const INJECTED: u32 = 2;
+    pub const HAD_TRACEPARENT: u32 = 3;
+    pub const NOT_WHOLE: u32 = 4;
+    pub const GAVE_UP: u32 = 5;
+    pub const FAILED: u32 = 6;
+    pub const COUNT: u32 = 7;
+    /// Names, in index order (loader stats log and `--audit`).
+    pub const NAMES: [&str; COUNT as usize] = [
+        "inject_sockets_added",
+        "inject_sockhash_full",
+        "inject_headers_added",
+        "inject_skipped_had_traceparent",
+        "inject_skipped_not_whole_header",
+        "inject_connections_given_up",
+        "inject_failed",
+    ];
+}

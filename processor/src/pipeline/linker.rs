@@ -61,7 +61,8 @@ const SWEEP_EVERY: Duration = Duration::from_millis(50);
 pub struct LinkStats {
     /// Client spans made children of the server span of their thread.
     pub linked: u64,
-    /// Client spans that already had a parent (the application's `traceparent`): left alone.
+    /// Client spans that already had a parent (the application's `traceparent`) or whose ids
+    /// Sonde injected into the request (context propagation): left alone.
     pub preparented: u64,
     /// Released unlinked: no server span of their thread enclosed them in time.
     pub unlinked_timeout: u64,
@@ -175,7 +176,10 @@ impl Linker {
         if !self.enabled() {
             return Some(s);
         }
-        if s.parent_span_id.is_some() {
+        // A parent, or ids already sent on the wire (Sonde injected this span's
+        // `traceparent`: `parent_sampled` holds the flags it sent): either way the span's
+        // trace is settled and is never re-linked.
+        if s.parent_span_id.is_some() || s.parent_sampled.is_some() {
             self.stats.preparented += 1;
             return Some(s);
         }

@@ -94,6 +94,14 @@ pub fn build(
         None => (ids.trace_id(), None, None),
     };
     let span_id = ids.span_id();
+    // Context propagation: Sonde put this `traceparent` into the request on its way out; its
+    // ids are this client span's own (the root of its trace), and its flags the sampling
+    // decision already sent downstream (kept in `parent_sampled`, which also tells the
+    // linker the span's trace is settled).
+    let (trace_id, span_id, parent, parent_sampled) = match injected_context(ev, &head) {
+        Some((trace, span, flags)) => (trace, span, None, Some(flags & 1 == 1)),
+        None => (trace_id, span_id, parent, parent_sampled),
+    };
 
     let to_unix =
         |mono: u64| -> u64 { (mono as i128 + mono_to_unix).clamp(0, u64::MAX as i128) as u64 };
@@ -158,6 +166,19 @@ pub fn build(
         }),
         invalid,
     )
+}
+
+/// The ids Sonde's kernel side injected into this client request (`TRACEPARENT_INJECTED`),
+/// when the application's own bytes carry no `traceparent`.
+fn injected_context(ev: &HttpEvent, head: &parse::RequestHead) -> Option<([u8; 16], [u8; 8], u8)> {
+    match ev.extra_traceparent() {
+        Some((value, sonde_schema::TRACEPARENT_INJECTED))
+            if ev.direction == DIRECTION_CLIENT && head.traceparent.is_none() =>
+        {
+            parse::parse_traceparent(value)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -444,5 +465,25 @@ mod tests {
         assert_eq!((s.path.as_str(), s.query), ("/p", None));
         let s = span(&e);
         assert_eq!(s.query.as_deref(), Some("token=REDACTED&ok=1"));
+    }
+
+    #[test]
+    fn an_injected_context_gives_the_client_span_its_ids() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut e = event(b"GET /out HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        e.direction = DIRECTION_CLIENT;
+        e.traceparent.copy_from_slice(tp);
+        e.traceparent_source = sonde_schema::TRACEPARENT_INJECTED;
+        let (s, _) = built(&e);
+        assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s.span_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!((s.parent_span_id, s.parent_sampled), (None, Some(true)));
+        // A server never carries an injected value; if one did, it would be the caller's.
+        e.direction = DIRECTION_SERVER;
+        let (s, _) = built(&e);
+        assert_eq!(
+            s.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
     }
 }
