@@ -1,0 +1,323 @@
+//! Context propagation (issue 12 item 4), end to end with the real loader, processor and
+//! kernel programs: with `ebpf.context_propagation: headers`, a selected Python client's
+//! cleartext HTTP/1 requests reach an echo server (tests/peers/echo_request.py, which answers
+//! with the exact bytes it received) with exactly one added `traceparent` line whose ids are
+//! the client span's, and are otherwise byte-identical; requests that already carry one, a
+//! non-HTTP payload, and every request of a process that is not selected come back
+//! byte-identical; the server span (the echo server is selected too) is the child of the
+//! client span; the socket map holds the selected client's connections and no one else's; a
+//! load run (keep-alive, bodies, pipelining) sees no corrupted response and no connection
+//! error, with the feature on and off.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sonde_e2e::{peers::*, *};
+
+/// The echo server (prints `ready`).
+fn start_echo_server() -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(python());
+    cmd.arg(peer("echo_request.py")).arg(port.to_string());
+    (spawn_ready("echo_server", &mut cmd), port)
+}
+
+/// A running `echo_client.py`, driven one command at a time.
+struct Client {
+    proc: Proc,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Client {
+    fn start(name: &str) -> Client {
+        let mut cmd = Command::new(python());
+        cmd.arg(peer("echo_client.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut proc = Proc::spawn(name, &mut cmd);
+        let stdout = proc.child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let c = Client { proc, lines };
+        assert_eq!(c.next(Duration::from_secs(20)), "ready");
+        c
+    }
+
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    fn next(&self, timeout: Duration) -> String {
+        self.lines
+            .recv_timeout(timeout)
+            .unwrap_or_else(|_| panic!("{} printed nothing within {timeout:?}", self.proc.name))
+    }
+
+    /// Runs one command; returns its JSON lines.
+    fn run(&mut self, command: &str, timeout: Duration) -> Vec<Value> {
+        let stdin = self.proc.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{command}").expect("writing to the client");
+        stdin.flush().expect("writing to the client");
+        let mut out = Vec::new();
+        loop {
+            let line = self.next(timeout);
+            if line == "done" {
+                return out;
+            }
+            out.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}")));
+        }
+    }
+}
+
+fn hex(v: &Value) -> Vec<u8> {
+    let s = v.as_str().expect("hex string");
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// `echo` is `sent` with exactly one `traceparent: 00-<trace>-<span>-01\r\n` line added just
+/// before the blank line that ends the header block; returns (trace, span) as hex.
+fn injected_ids(sent: &[u8], echo: &[u8]) -> (String, String) {
+    let hend = sent
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a header block")
+        + 2;
+    const LINE: usize = 13 + 55 + 2;
+    assert_eq!(
+        echo.len(),
+        sent.len() + LINE,
+        "not one added line: {:?}",
+        String::from_utf8_lossy(echo)
+    );
+    assert_eq!(
+        &echo[..hend],
+        &sent[..hend],
+        "bytes before the header changed"
+    );
+    assert_eq!(
+        &echo[hend + LINE..],
+        &sent[hend..],
+        "bytes after the header changed"
+    );
+    let line = std::str::from_utf8(&echo[hend..hend + LINE]).expect("ascii line");
+    let value = line
+        .strip_prefix("traceparent: 00-")
+        .and_then(|v| v.strip_suffix("-01\r\n"))
+        .unwrap_or_else(|| panic!("not a traceparent line: {line:?}"));
+    let (trace, span) = value.split_once('-').expect("trace-span");
+    assert_eq!(trace.len(), 32);
+    assert_eq!(span.len(), 16);
+    assert!(
+        trace
+            .bytes()
+            .chain(span.bytes())
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    (trace.to_string(), span.to_string())
+}
+
+/// The loader's last report of `name` (its counters are logged every `stats_interval_secs`).
+fn last_counter(sonde: &Sonde, name: &str) -> Option<u64> {
+    let needle = format!("(\"{name}\", ");
+    sonde.log_lines().iter().rev().find_map(|l| {
+        let at = l.find(&needle)? + needle.len();
+        l[at..].split(')').next()?.trim().parse().ok()
+    })
+}
+
+/// Waits until the loader reports `name` = `want` (the counters go out every second here).
+fn wait_counter(sonde: &Sonde, name: &str, want: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = last_counter(sonde, name);
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: want {want}, last reported {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn start_sonde(dir: &TempDir, pids: &[u32], propagation: &str) -> Sonde {
+    let mut args = vec![
+        "--config".to_string(),
+        dir.path("sonde.yaml").display().to_string(),
+    ];
+    std::fs::write(
+        dir.path("sonde.yaml"),
+        format!("ebpf:\n  context_propagation: {propagation}\nstats_interval_secs: 1\n"),
+    )
+    .expect("config");
+    for p in pids {
+        args.push("--pid".into());
+        args.push(p.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Sonde::start(&args, &[], dir, pids)
+}
+
+#[test]
+fn selected_requests_get_the_client_spans_ids_and_nothing_else_changes() {
+    let _guard = serial();
+    let dir = TempDir::new("inject-ids");
+    let (server, port) = start_echo_server();
+    let mut selected = Client::start("selected_client");
+    let mut other = Client::start("other_client");
+    let sonde = start_sonde(&dir, &[selected.pid(), server.pid()], "headers");
+    sonde.wait_log("context propagation on", Duration::from_secs(5));
+    let long = Duration::from_secs(30);
+
+    // The selected client: four requests without traceparent get one, the fifth keeps its own.
+    let cases = selected.run(&format!("requests {port}"), long);
+    assert_eq!(cases.len(), 5);
+    let mut ids = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let (sent, echo) = (hex(&c["sent"]), hex(&c["echo"]));
+        if i == 2 {
+            assert_eq!(echo, sent, "a request with its own traceparent changed");
+        } else {
+            ids.push(injected_ids(&sent, &echo));
+        }
+    }
+    // Case 3's body (sent in its own write) looks like a request and came back untouched: the
+    // comparison above covers every byte after the header.
+    let raw = selected.run(&format!("raw {port}"), long);
+    assert_eq!(
+        hex(&raw[0]["echo"]),
+        hex(&raw[0]["sent"]),
+        "non-HTTP payload changed"
+    );
+
+    // A process that is not selected: byte-identical, always.
+    for c in other.run(&format!("requests {port}"), long) {
+        assert_eq!(
+            hex(&c["echo"]),
+            hex(&c["sent"]),
+            "a non-selected request changed"
+        );
+    }
+    let raw = other.run(&format!("raw {port}"), long);
+    assert_eq!(hex(&raw[0]["echo"]), hex(&raw[0]["sent"]));
+
+    // The client spans carry the injected ids; the server spans are their children.
+    let paths = [
+        "/inject/get",
+        "/inject/post",
+        "/inject/body-looks-like-request",
+        "/inject/after-body",
+    ];
+    let spans = sonde.wait_spans(10, long, |s| {
+        s["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/inject/"))
+    });
+    let of = |kind: &str, pid: u32, path: &str| -> Vec<Value> {
+        spans
+            .iter()
+            .filter(|s| s["kind"] == kind && s["pid"] == pid && s["path"] == path)
+            .cloned()
+            .collect()
+    };
+    for (path, (trace, span)) in paths.iter().zip(&ids) {
+        let clients = of("client", selected.pid(), path);
+        assert_eq!(clients.len(), 1, "client spans for {path}: {clients:?}");
+        assert_eq!(clients[0]["trace_id"], trace.as_str(), "{path}");
+        assert_eq!(clients[0]["span_id"], span.as_str(), "{path}");
+        assert!(clients[0].get("parent_span_id").is_none(), "{path}");
+        // Two server spans: the selected client's (a child) and the other client's (a root).
+        let servers = of("server", server.pid(), path);
+        assert_eq!(servers.len(), 2, "server spans for {path}: {servers:?}");
+        let children: Vec<_> = servers
+            .iter()
+            .filter(|s| s["parent_span_id"] == span.as_str())
+            .collect();
+        assert_eq!(children.len(), 1, "{path}: {servers:?}");
+        assert_eq!(children[0]["trace_id"], trace.as_str());
+    }
+    // The request that carried its own traceparent: both spans in the application's trace.
+    let own = "0af7651916cd43dd8448eb211c80319c";
+    let clients = of("client", selected.pid(), "/inject/has-traceparent");
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0]["trace_id"], own);
+    assert_eq!(clients[0]["parent_span_id"], "b7ad6b7169203331");
+
+    wait_counter(&sonde, "inject_headers_added", 4);
+    wait_counter(&sonde, "inject_skipped_had_traceparent", 1);
+
+    // The socket map holds the selected client's open connections only: 7 held by it while
+    // 5 are held by the other client (and the server's accepted ends) at the same time.
+    let held = selected.run(&format!("hold {port} 7"), long);
+    assert_eq!(held[0]["held"], 7);
+    let held = other.run(&format!("hold {port} 5"), long);
+    assert_eq!(held[0]["held"], 5);
+    // The loader counts the map's keys (socket cookies): the selected client's 7, none of the
+    // other client's 5 or the server's 12 accepted ends.
+    wait_counter(&sonde, "inject_sockets_open", 7);
+    selected.run("hold 0 0", long);
+    other.run("hold 0 0", long);
+    wait_counter(&sonde, "inject_sockets_open", 0);
+}
+
+#[test]
+fn load_run_corrupts_nothing_with_injection_on_and_off() {
+    let _guard = serial();
+    for propagation in ["headers", "disabled"] {
+        let dir = TempDir::new("inject-load");
+        let (_server, port) = start_echo_server();
+        let mut selected = Client::start("selected_client");
+        let mut other = Client::start("other_client");
+        let sonde = start_sonde(&dir, &[selected.pid()], propagation);
+        let long = Duration::from_secs(120);
+        // The non-selected client loads the same server at the same time.
+        let other_port = port;
+        let other_run = std::thread::spawn(move || {
+            let r = other.run(&format!("load {other_port} 20000 4 1"), long);
+            (other, r)
+        });
+        // Keep-alive, one request per write: every request is injected into.
+        let keepalive = selected.run(&format!("load {port} 80000 8 1"), long);
+        // Pipelined, four requests per write: a connection is left alone after its first.
+        let pipelined = selected.run(&format!("load {port} 24000 4 4"), long);
+        let (_other, other_result) = other_run.join().expect("other client");
+        let k = &keepalive[0];
+        let p = &pipelined[0];
+        let o = &other_result[0];
+        for (name, r, n) in [
+            ("keep-alive", k, 80000),
+            ("pipelined", p, 24000),
+            ("other", o, 20000),
+        ] {
+            assert_eq!(r["corrupt"], 0, "{propagation} {name}: {r}");
+            assert_eq!(r["errors"], 0, "{propagation} {name}: {r}");
+            assert_eq!(r["ok"], n, "{propagation} {name}: {r}");
+        }
+        assert_eq!(o["injected"], 0, "the other client's requests were touched");
+        if propagation == "headers" {
+            assert_eq!(k["injected"], 80000, "{k}");
+            // The first request of each pipelined connection; the rest pass untouched.
+            assert_eq!(p["injected"], 4, "{p}");
+            wait_counter(&sonde, "inject_headers_added", 80004);
+        } else {
+            assert_eq!(k["injected"], 0);
+            assert_eq!(p["injected"], 0);
+            assert!(sonde.log_count("context propagation on") == 0);
+            assert_eq!(last_counter(&sonde, "inject_headers_added"), None);
+        }
+    }
+}
