@@ -69,9 +69,14 @@ for round in $(seq "$rounds"); do
     echo "$line" >>"$results"
   done
 done
-echo "median events/s per output set ($rounds rounds):"
+echo "medians per output set ($rounds rounds; CPU: this process's CPU time, all threads):"
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for set in "${sets[@]}"; do
-  grep "^outputs=$set " "$results" | sed -E 's/.*events_per_s=([0-9]+).*ns_per_event=([0-9]+).*/\1 \2/' |
-    sort -n | awk -v set="$set" '{ e[NR] = $1; n[NR] = $2 } END {
-      m = int((NR + 1) / 2); printf "  %-10s %9d events/s  %5d ns/event\n", set, e[m], n[NR + 1 - m] }'
+  rows=$(grep "^outputs=$set " "$results")
+  wall=$(sed -E 's/.*events_per_s=([0-9]+).*/\1/' <<<"$rows" | median)
+  cpu=$(sed -E 's/.*events_per_cpu_s=([0-9]+).*/\1/' <<<"$rows" | median)
+  ns=$(sed -E 's/.*cpu_ns_per_event=([0-9]+).*/\1/' <<<"$rows" | median)
+  dropped=$(sed -nE 's/.*dropped=([0-9]+).*/\1/p' <<<"$rows" | awk '{ s += $1 } END { print s + 0 }')
+  printf "  %-10s %9d events/s wall  %9d events/CPU-s  %5d CPU ns/event  spans dropped %d\n" \
+    "$set" "$wall" "$cpu" "$ns" "$dropped"
 done
