@@ -71,6 +71,10 @@ pub const FAILED: &str = "traces_service_graph_request_failed";
 pub const CLIENT: &str = "traces_service_graph_request_client";
 pub const SERVER: &str = "traces_service_graph_request_server";
 
+/// The maps' hasher: seeded per process (addresses and ports come from outside, so
+/// collisions must not be choosable), and faster than SipHash.
+type Hasher = foldhash::fast::RandomState;
+
 /// `connection_type` of an edge whose other end Sonde did not see.
 pub const VIRTUAL_NODE: &str = "virtual_node";
 
@@ -85,11 +89,6 @@ pub struct EdgeLabels {
 }
 
 impl EdgeLabels {
-    /// True when both ends are the same service (a self reference).
-    fn is_self_reference(&self) -> bool {
-        self.client == self.server && self.client_namespace == self.server_namespace
-    }
-
     fn otlp_attributes(&self) -> Vec<KeyValue> {
         vec![
             KeyValue::new("client", self.client.clone()),
@@ -223,14 +222,59 @@ impl Connection {
     }
 }
 
+/// One end of an edge: a service Sonde instruments, or an address it does not.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum End {
+    Service { name: Arc<str>, namespace: Arc<str> },
+    Address(Option<IpAddr>),
+}
+
+impl End {
+    /// The end's name and namespace labels.
+    fn labels(&self) -> (String, String) {
+        match self {
+            End::Service { name, namespace } => (name.to_string(), namespace.to_string()),
+            End::Address(ip) => (ip.map(|a| a.to_string()).unwrap_or_default(), String::new()),
+        }
+    }
+}
+
+/// An edge as the series cache finds it: built without allocating (service names are shared,
+/// addresses copied), turned into label strings only when its series is made.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EdgeKey {
+    pub client: End,
+    pub server: End,
+    pub connection_type: &'static str,
+}
+
+impl EdgeKey {
+    pub fn labels(&self) -> EdgeLabels {
+        let (client, client_namespace) = self.client.labels();
+        let (server, server_namespace) = self.server.labels();
+        EdgeLabels {
+            client,
+            client_namespace,
+            server,
+            server_namespace,
+            connection_type: self.connection_type.to_string(),
+        }
+    }
+
+    /// True when both ends are the same service (a self reference).
+    fn is_self_reference(&self) -> bool {
+        matches!(self.client, End::Service { .. }) && self.client == self.server
+    }
+}
+
 /// What the graph keeps of a span while it waits for its other end.
 #[derive(Clone, Debug)]
 struct Half {
     pid: u32,
-    service: String,
-    namespace: String,
+    /// The span's own service (an `End::Service`).
+    service: End,
     /// The other end's address, named when the span stays alone.
-    peer: String,
+    peer: Option<IpAddr>,
     seconds: f64,
     failed: bool,
     /// Database / messaging client spans.
@@ -239,20 +283,15 @@ struct Half {
 }
 
 impl Half {
-    fn of(s: &Span, deadline: Instant) -> Half {
+    fn of(s: &Span, service: End, deadline: Instant) -> Half {
         let peer = match s.kind {
             SpanKind::Client => s.server_address,
             SpanKind::Server => s.client_address,
         };
         Half {
             pid: s.pid,
-            service: s.service_name.clone(),
-            namespace: s.service_namespace.clone().unwrap_or_default(),
-            peer: peer
-                .0
-                .map(canonical)
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+            service,
+            peer: peer.0.map(canonical),
             seconds: s.duration_ns as f64 / 1e9,
             failed: side_failed(s),
             kind_type: match s.kind {
@@ -275,7 +314,7 @@ struct Waiting {
 /// What one request adds to its edge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    pub labels: EdgeLabels,
+    pub key: EdgeKey,
     pub failed: bool,
     /// The client span's duration and process, when Sonde saw it.
     pub client: Option<(u32, f64)>,
@@ -286,12 +325,10 @@ pub struct Request {
 impl Request {
     fn paired(client: Half, server: Half) -> Request {
         Request {
-            labels: EdgeLabels {
+            key: EdgeKey {
                 client: client.service,
-                client_namespace: client.namespace,
                 server: server.service,
-                server_namespace: server.namespace,
-                connection_type: client.kind_type.unwrap_or_default().to_string(),
+                connection_type: client.kind_type.unwrap_or_default(),
             },
             failed: client.failed || server.failed,
             client: Some((client.pid, client.seconds)),
@@ -301,12 +338,10 @@ impl Request {
 
     fn client_alone(client: Half) -> Request {
         Request {
-            labels: EdgeLabels {
+            key: EdgeKey {
                 client: client.service,
-                client_namespace: client.namespace,
-                server: client.peer,
-                server_namespace: String::new(),
-                connection_type: client.kind_type.unwrap_or(VIRTUAL_NODE).to_string(),
+                server: End::Address(client.peer),
+                connection_type: client.kind_type.unwrap_or(VIRTUAL_NODE),
             },
             failed: client.failed,
             client: Some((client.pid, client.seconds)),
@@ -316,12 +351,10 @@ impl Request {
 
     fn server_alone(server: Half) -> Request {
         Request {
-            labels: EdgeLabels {
-                client: server.peer,
-                client_namespace: String::new(),
+            key: EdgeKey {
+                client: End::Address(server.peer),
                 server: server.service,
-                server_namespace: server.namespace,
-                connection_type: VIRTUAL_NODE.to_string(),
+                connection_type: VIRTUAL_NODE,
             },
             failed: server.failed,
             client: None,
@@ -339,7 +372,9 @@ impl Request {
 /// Pairs the two ends of requests; what leaves it is one `Request` per request.
 #[derive(Default)]
 pub struct Pairer {
-    waiting: HashMap<Connection, Waiting>,
+    waiting: HashMap<Connection, Waiting, Hasher>,
+    /// Each process's service, shared by its spans' edges.
+    names: HashMap<u32, End, Hasher>,
     /// Deadlines in arrival order (entries of spans already paired are skipped).
     order: VecDeque<(Instant, Connection)>,
     held: usize,
@@ -350,7 +385,8 @@ impl Pairer {
     /// cannot wait (no connection, or too many waiting).
     pub fn push(&mut self, s: &Span, now: Instant) -> Option<Request> {
         let deadline = now + PAIRING_WINDOW;
-        let half = Half::of(s, deadline);
+        let service = self.service(s);
+        let half = Half::of(s, service, deadline);
         let Some(conn) = Connection::of(s) else {
             return Some(Self::alone(s.kind, half));
         };
@@ -381,6 +417,33 @@ impl Pairer {
         self.held += 1;
         self.order.push_back((deadline, conn));
         None
+    }
+
+    /// The span's service as an `End`, shared with the earlier spans of its process.
+    fn service(&mut self, s: &Span) -> End {
+        let namespace = s.service_namespace.as_deref().unwrap_or_default();
+        if let Some(
+            e @ End::Service {
+                name,
+                namespace: ns,
+            },
+        ) = self.names.get(&s.pid)
+            && **name == *s.service_name
+            && **ns == *namespace
+        {
+            return e.clone();
+        }
+        let e = End::Service {
+            name: s.service_name.as_str().into(),
+            namespace: namespace.into(),
+        };
+        self.names.insert(s.pid, e.clone());
+        e
+    }
+
+    /// Forgets the service of a process that went away.
+    pub fn forget(&mut self, pid: u32) {
+        self.names.remove(&pid);
     }
 
     fn alone(kind: SpanKind, half: Half) -> Request {
@@ -468,6 +531,7 @@ impl OtlpInstruments {
 
 /// The handles of one edge.
 struct Series {
+    labels: EdgeLabels,
     prometheus: Option<(Counter, Counter, Histogram, Histogram)>,
     otlp: Option<Arc<[KeyValue]>>,
     last_used: Instant,
@@ -478,7 +542,7 @@ pub struct ServiceGraph {
     pairer: Pairer,
     /// Whether self references count: (Prometheus, OTLP).
     allow_self_references: (bool, bool),
-    series: HashMap<EdgeLabels, Series>,
+    series: HashMap<EdgeKey, Series, Hasher>,
     otlp: HashMap<u32, OtlpInstruments>,
     done: Vec<Request>,
     last_sweep: Instant,
@@ -491,7 +555,7 @@ impl ServiceGraph {
         ServiceGraph {
             pairer: Pairer::default(),
             allow_self_references,
-            series: HashMap::new(),
+            series: HashMap::default(),
             otlp: HashMap::new(),
             done: Vec::new(),
             last_sweep: now,
@@ -531,10 +595,10 @@ impl ServiceGraph {
         self.done = done;
         if at.duration_since(self.last_sweep) >= SERIES_TTL / 10 {
             self.last_sweep = at;
-            self.series.retain(|labels, s| {
+            self.series.retain(|_, s| {
                 let keep = at.duration_since(s.last_used) < SERIES_TTL;
                 if !keep && let Some(p) = prometheus {
-                    p.remove(labels);
+                    p.remove(&s.labels);
                 }
                 keep
             });
@@ -544,6 +608,7 @@ impl ServiceGraph {
     /// Drops the OTLP instruments of a process that went away.
     pub fn forget(&mut self, pid: u32) {
         self.otlp.remove(&pid);
+        self.pairer.forget(pid);
     }
 
     fn count(
@@ -555,7 +620,7 @@ impl ServiceGraph {
         meta: &dyn Fn(u32) -> ProcessResource,
     ) {
         let (mut prometheus, mut otlp) = (prometheus, otlp);
-        if r.labels.is_self_reference() {
+        if r.key.is_self_reference() {
             if !self.allow_self_references.0 {
                 prometheus = None;
             }
@@ -567,7 +632,7 @@ impl ServiceGraph {
             }
         }
         let len = self.series.len();
-        let series = match self.series.get_mut(&r.labels) {
+        let series = match self.series.get_mut(&r.key) {
             Some(s) => s,
             None => {
                 if len >= MAX_EDGES {
@@ -576,19 +641,21 @@ impl ServiceGraph {
                     }
                     return;
                 }
+                let labels = r.key.labels();
                 let s = Series {
                     prometheus: prometheus.map(|p| {
                         (
-                            p.total.get_or_create(&r.labels).clone(),
-                            p.failed.get_or_create(&r.labels).clone(),
-                            p.client.get_or_create(&r.labels).clone(),
-                            p.server.get_or_create(&r.labels).clone(),
+                            p.total.get_or_create(&labels).clone(),
+                            p.failed.get_or_create(&labels).clone(),
+                            p.client.get_or_create(&labels).clone(),
+                            p.server.get_or_create(&labels).clone(),
                         )
                     }),
-                    otlp: otlp.is_some().then(|| r.labels.otlp_attributes().into()),
+                    otlp: otlp.is_some().then(|| labels.otlp_attributes().into()),
+                    labels,
                     last_used: now,
                 };
-                self.series.entry(r.labels.clone()).or_insert(s)
+                self.series.entry(r.key.clone()).or_insert(s)
             }
         };
         series.last_used = now;
@@ -607,7 +674,7 @@ impl ServiceGraph {
         if let Some(o) = otlp {
             let attrs = series
                 .otlp
-                .get_or_insert_with(|| r.labels.otlp_attributes().into())
+                .get_or_insert_with(|| series.labels.otlp_attributes().into())
                 .clone();
             let counting = r.counting_pid();
             if let Some(i) = Self::instruments(&mut self.otlp, o, counting, meta) {
@@ -710,7 +777,7 @@ mod tests {
             .push(&span(SpanKind::Client, 1, "front", 40000, 500), now)
             .expect("paired");
         assert_eq!(
-            r.labels,
+            r.key.labels(),
             EdgeLabels {
                 client: "front".into(),
                 client_namespace: "shop".into(),
@@ -732,7 +799,10 @@ mod tests {
             .push(&span(SpanKind::Server, 2, "back", 40001, 200), now)
             .expect("paired");
         assert_eq!(
-            (r.labels.client.as_str(), r.labels.server.as_str()),
+            (
+                r.key.labels().client.as_str(),
+                r.key.labels().server.as_str()
+            ),
             ("front", "back")
         );
         assert!(!r.failed);
@@ -783,21 +853,19 @@ mod tests {
         p.expire(Some(now + PAIRING_WINDOW / 2), &mut out);
         assert!(out.is_empty(), "still waiting");
         p.expire(Some(now + PAIRING_WINDOW), &mut out);
+        assert_eq!(out.len(), 1);
         assert_eq!(
-            out,
-            [Request {
-                labels: EdgeLabels {
-                    client: "front".into(),
-                    client_namespace: "shop".into(),
-                    server: "10.0.0.9".into(),
-                    server_namespace: String::new(),
-                    connection_type: VIRTUAL_NODE.into(),
-                },
-                failed: true,
-                client: Some((1, 0.003)),
-                server: None,
-            }]
+            out[0].key.labels(),
+            EdgeLabels {
+                client: "front".into(),
+                client_namespace: "shop".into(),
+                server: "10.0.0.9".into(),
+                server_namespace: String::new(),
+                connection_type: VIRTUAL_NODE.into(),
+            }
         );
+        assert!(out[0].failed);
+        assert_eq!((out[0].client, out[0].server), (Some((1, 0.003)), None));
         assert_eq!(p.held(), 0);
     }
 
@@ -813,9 +881,9 @@ mod tests {
         let mut out = Vec::new();
         p.expire(None, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].labels.client, "10.0.0.7");
-        assert_eq!(out[0].labels.server, "back");
-        assert_eq!(out[0].labels.connection_type, VIRTUAL_NODE);
+        assert_eq!(out[0].key.labels().client, "10.0.0.7");
+        assert_eq!(out[0].key.labels().server, "back");
+        assert_eq!(out[0].key.labels().connection_type, VIRTUAL_NODE);
         assert!(!out[0].failed);
         assert_eq!((out[0].client, out[0].server), (None, Some((2, 0.003))));
     }
@@ -851,8 +919,8 @@ mod tests {
         p.push(&s, Instant::now());
         let mut out = Vec::new();
         p.expire(None, &mut out);
-        assert_eq!(out[0].labels.server, "::1");
-        assert_eq!(out[0].labels.connection_type, "database");
+        assert_eq!(out[0].key.labels().server, "::1");
+        assert_eq!(out[0].key.labels().connection_type, "database");
         assert!(
             !out[0].failed,
             "a database span without a status code did not fail"
@@ -861,7 +929,7 @@ mod tests {
         let mut s = span(SpanKind::Server, 2, "back", 0, 200);
         s.client_address = Address(None);
         let r = p.push(&s, Instant::now()).expect("alone");
-        assert_eq!(r.labels.client, "");
+        assert_eq!(r.key.labels().client, "");
         assert_eq!(p.held(), 0);
     }
 
