@@ -232,6 +232,8 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None, ex
         stats = json.loads(re.findall(r"final processor stats stats=(\{.*\})", log)[-1])
         spans = stats["otlp_spans_exported"] if exporting.traces else stats["spans"]
         extra_out = {"spans_built": stats["spans"], "otlp_spans_dropped": stats["otlp_spans_dropped"],
+                     # Why spans were dropped, when the exporter said (queue full is silent).
+                     "export_warnings": re.findall(r"OTLP export failing.*", log)[:3],
                      "collector_cpu_s": cpu_seconds(exporting.rotel.pid) - collector_cpu0,
                      "prometheus_scrapes": exporting.scrapes}
     elif printer == "json":
