@@ -363,6 +363,10 @@ fn content_length_at(s: &Scan, at: u64) -> Option<u64> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Messages up to this size are made contiguous after the header is added (see
+/// `on_message`); a larger one already leaves in full-size segments.
+const LINEARIZE_LIMIT: u32 = 16 * 1024;
+
 /// A fresh `traceparent` value: random trace and span ids, flags `01`.
 #[inline(always)]
 fn new_traceparent(out: &mut [u8; TRACEPARENT_LEN]) {
@@ -552,6 +556,16 @@ fn on_message(ctx: &SkMsgContext) {
     out[13..13 + TRACEPARENT_LEN].copy_from_slice(&value);
     out[13 + TRACEPARENT_LEN] = b'\r';
     out[14 + TRACEPARENT_LEN] = b'\n';
+    // The room came as a scatterlist entry of its own, and `tcp_bpf` sends each entry with a
+    // separate `tcp_sendmsg_locked`: the request would leave as several small segments, and
+    // without TCP_NODELAY Nagle would hold the later ones until the peer's delayed ACK (40 ms
+    // per request, measured). Made contiguous again, the message leaves as the application's
+    // own bytes would have.
+    let total = ctx.size();
+    if total <= LINEARIZE_LIMIT {
+        // SAFETY: the helper takes the program's own context and bounds-checks the range.
+        unsafe { bpf_msg_pull_data(ctx.msg, 0, total, 0) };
+    }
     let _ = INJECT_PENDING.insert(&bpf_get_current_pid_tgid(), &value, 0);
     count(inject::INJECTED);
 }

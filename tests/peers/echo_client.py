@@ -6,6 +6,8 @@ then `done`:
                     carries traceparent, and a POST whose body (sent in its own write) looks
                     like a request; one {"sent": hex, "echo": hex} line each
   raw PORT          a non-HTTP payload; {"sent": hex, "echo": hex}
+  nagle PORT N      N sequential requests on one connection without TCP_NODELAY;
+                    {"seconds": elapsed}
   hold PORT K       K connections, one request each, kept open until the next command
   load PORT N CONNS DEPTH
                     N requests with bodies over CONNS keep-alive connections, DEPTH requests
@@ -18,6 +20,7 @@ import re
 import socket
 import sys
 import threading
+import time
 
 # A request body that is itself a whole request: must never be injected into.
 LOOKALIKE = b"GET /not-a-request HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -146,6 +149,20 @@ def load(port, n, conns, depth):
     print(json.dumps(totals), flush=True)
 
 
+def nagle(port, n):
+    """n sequential requests, one write each, on a connection that keeps Nagle's algorithm on
+    (no TCP_NODELAY, as nginx's upstream connections): the elapsed seconds."""
+    s = socket.create_connection(("127.0.0.1", port))
+    r = Reader(s)
+    start = time.monotonic()
+    for i in range(n):
+        s.sendall(b"GET /nagle/%d HTTP/1.1\r\nHost: x\r\n\r\n" % i)
+        r.response_body()
+    elapsed = time.monotonic() - start
+    s.close()
+    print(json.dumps({"seconds": elapsed}), flush=True)
+
+
 def hold(port, k):
     """Opens k connections (one request each, left open) until the next command."""
     held = []
@@ -173,6 +190,8 @@ def main():
             held = hold(*args)
         elif cmd == "requests":
             requests(*args)
+        elif cmd == "nagle":
+            nagle(*args)
         elif cmd == "raw":
             raw(*args)
         elif cmd == "load":

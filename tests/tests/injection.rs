@@ -257,7 +257,14 @@ fn selected_requests_get_the_client_spans_ids_and_nothing_else_changes() {
     assert_eq!(clients[0]["trace_id"], own);
     assert_eq!(clients[0]["parent_span_id"], "b7ad6b7169203331");
 
-    wait_counter(&sonde, "inject_headers_added", 4);
+    // Nagle's algorithm stays on for many clients (nginx's upstream connections): an added
+    // header must not split a request into segments Nagle holds until a delayed ACK (40 ms
+    // each); 100 requests take well under a second.
+    let nagle = selected.run(&format!("nagle {port} 100"), long);
+    let seconds = nagle[0]["seconds"].as_f64().expect("seconds");
+    assert!(seconds < 1.0, "100 requests took {seconds} s");
+
+    wait_counter(&sonde, "inject_headers_added", 104);
     wait_counter(&sonde, "inject_skipped_had_traceparent", 1);
 
     // The socket map holds the selected client's open connections only: 7 held by it while
