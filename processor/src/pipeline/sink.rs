@@ -59,6 +59,9 @@ impl<'a, W: Write> SpanSink<'a, W> {
         out: W,
         mono_to_unix: i128,
     ) -> Self {
+        // Service graph metrics only when something serves them: no pairing otherwise.
+        let graph_served = config.prometheus_export.port.is_some()
+            || otlp.as_ref().is_some_and(|o| o.exports_metrics());
         SpanSink {
             config,
             router: Router::new(&config.routes),
@@ -73,14 +76,15 @@ impl<'a, W: Write> SpanSink<'a, W> {
             own_telemetry_pids: Vec::new(),
             own_telemetry_new: Vec::new(),
             linker: Linker::new(config.shared.ebpf.max_transaction_time, Instant::now()),
-            graph: sonde_config::host_metrics::service_graph_enabled(&config.shared)
-                .then(|| {
-                    let allow = (
-                        config.prometheus_export.allow_service_graph_self_references,
-                        config.metrics_export.allow_service_graph_self_references,
-                    );
-                    crate::service_graph::ServiceGraph::new(allow, Instant::now())
-                }),
+            graph: (graph_served
+                && sonde_config::host_metrics::service_graph_enabled(&config.shared))
+            .then(|| {
+                let allow = (
+                    config.prometheus_export.allow_service_graph_self_references,
+                    config.metrics_export.allow_service_graph_self_references,
+                );
+                crate::service_graph::ServiceGraph::new(allow, Instant::now())
+            }),
         }
     }
 
