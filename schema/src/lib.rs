@@ -113,6 +113,64 @@ pub const CHUNK_TLS: u8 = 1 << 2;
 /// `SSL_write`, which for Node.js comes after the plaintext was handed over).
 pub const EVENT_CONN_TUPLE: u8 = 5;
 
+/// Record kind: a `ThreadNotice`, a thread of a selected process started or ended (the
+/// processor links client spans of a thread started while a request was served to that
+/// request).
+pub const EVENT_THREAD: u8 = 7;
+/// `ThreadNotice::what`: `tid` was created by `parent_tid` (or, when `pid` differs from the
+/// new task's process, a process was forked: the processor only matches threads).
+pub const THREAD_STARTED: u8 = 1;
+/// `ThreadNotice::what`: thread `tid` exited.
+pub const THREAD_ENDED: u8 = 2;
+
+/// A thread of a selected process started or ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadNotice {
+    pub kind: u8,
+    /// `THREAD_STARTED` or `THREAD_ENDED`.
+    pub what: u8,
+    pub _pad: u16,
+    /// The process (thread group) of the thread that created or exited.
+    pub pid: u32,
+    /// The new thread (`THREAD_STARTED`) or the exiting one.
+    pub tid: u32,
+    /// The thread that created `tid` (`THREAD_STARTED`); 0 otherwise.
+    pub parent_tid: u32,
+    /// CLOCK_MONOTONIC nanoseconds, the clock of `HttpEvent` times.
+    pub ns: u64,
+}
+
+impl ThreadNotice {
+    pub const SIZE: usize = core::mem::size_of::<ThreadNotice>();
+
+    /// Decodes a thread record (size and kind checked).
+    pub fn decode(bytes: &[u8]) -> Result<ThreadNotice, DecodeError> {
+        if bytes.len() < Self::SIZE {
+            return Err(DecodeError::Truncated {
+                needed: Self::SIZE,
+                got: bytes.len(),
+            });
+        }
+        if bytes[0] != EVENT_THREAD {
+            return Err(DecodeError::UnknownKind(bytes[0]));
+        }
+        let u32_at =
+            |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let mut ns = [0u8; 8];
+        ns.copy_from_slice(&bytes[16..24]);
+        Ok(ThreadNotice {
+            kind: bytes[0],
+            what: bytes[1],
+            _pad: 0,
+            pid: u32_at(4),
+            tid: u32_at(8),
+            parent_tid: u32_at(12),
+            ns: u64::from_ne_bytes(ns),
+        })
+    }
+}
+
 /// The endpoints of a connection, for records that went out before they were known.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -465,6 +523,8 @@ pub enum Record<'a> {
     Chunk(ChunkHeader, &'a [u8]),
     /// The endpoints of a TLS connection, learned late.
     Tuple(ConnTuple),
+    /// A thread of a selected process started or ended.
+    Thread(ThreadNotice),
 }
 
 impl Record<'_> {
@@ -479,6 +539,7 @@ impl Record<'_> {
                 ChunkHeader::decode(bytes).map(|(h, payload)| Record::Chunk(h, payload))
             }
             Some(&EVENT_CONN_TUPLE) => ConnTuple::decode(bytes).map(Record::Tuple),
+            Some(&EVENT_THREAD) => ThreadNotice::decode(bytes).map(Record::Thread),
             Some(&other) => Err(DecodeError::UnknownKind(other)),
             None => Err(DecodeError::Truncated { needed: 1, got: 0 }),
         }
@@ -596,8 +657,11 @@ pub mod counters {
     /// Header blocks still unfinished after `HEADER_SCAN_LIMIT` bytes of one syscall: the
     /// kernel stopped looking (a `traceparent` further on is not seen).
     pub const HEADER_SCANS_CUT: u32 = 16;
+    /// A thread start or end notice could not be written: ring buffer full (a client span of
+    /// that thread is not linked to the request that started it).
+    pub const THREAD_NOTICES_LOST: u32 = 17;
     /// Number of counters.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Names, in index order, as reported by the loader and the processor.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -618,6 +682,7 @@ pub mod counters {
         "header_scans",
         "header_scan_traceparents",
         "header_scans_cut",
+        "thread_notices_lost",
     ];
 
     /// True for the counters that count something lost (events, updates, process notices,
@@ -633,6 +698,7 @@ pub mod counters {
                 | CHUNKS_LOST_RINGBUF_FULL
                 | TLS_CALLS_UNTRACKED
                 | TUPLES_LOST_RINGBUF_FULL
+                | THREAD_NOTICES_LOST
         )
     }
 
@@ -902,7 +968,36 @@ mod tests {
         assert_eq!(ExchangeUpdate::SIZE, 32);
         assert_eq!(ChunkHeader::SIZE, 88);
         assert_eq!(ConnTuple::SIZE, 56);
+        assert_eq!(ThreadNotice::SIZE, 24);
         assert_eq!(counters::NAMES.len(), counters::COUNT as usize);
+    }
+
+    #[test]
+    fn thread_notices_round_trip_and_short_ones_are_refused() {
+        let n = ThreadNotice {
+            kind: EVENT_THREAD,
+            what: THREAD_STARTED,
+            _pad: 0,
+            pid: 10,
+            tid: 12,
+            parent_tid: 11,
+            ns: 123_456_789,
+        };
+        // SAFETY: repr(C) plain integers with explicit padding: all SIZE bytes are initialised.
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                (&n as *const ThreadNotice).cast::<u8>(),
+                ThreadNotice::SIZE,
+            )
+        };
+        match Record::decode(bytes) {
+            Ok(Record::Thread(d)) => assert_eq!(d, n),
+            _ => panic!("thread notice not decoded"),
+        }
+        assert!(matches!(
+            Record::decode(&bytes[..ThreadNotice::SIZE - 1]),
+            Err(DecodeError::Truncated { .. })
+        ));
     }
 }
 

@@ -7,11 +7,16 @@ Usage:
       GET /down/<id> on the downstream (urllib, a new connection each time) and runs
       `SELECT <id> AS req` on PostgreSQL (psycopg2, a pool of 16 connections opened at
       start-up), all on the thread serving the request; answers `done <id>`.
+      GET /spawn/<id> makes the same two calls on a thread it starts and joins;
+      GET /pool/<id> makes the downstream call on a shared 4-thread pool (threads that
+      outlive the request that started them).
 Prints `ready` once listening.
 """
+import concurrent.futures
 import http.server
 import queue
 import sys
+import threading
 import urllib.request
 
 
@@ -42,21 +47,36 @@ def main():
             c.autocommit = True
             pool.put(c)
 
+        workers = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+
+        def down(path, rid):
+            with urllib.request.urlopen(
+                    "http://127.0.0.1:%d/%s/%s" % (down_port, path, rid), timeout=10) as r:
+                r.read()
+
+        def calls(rid):
+            down("down", rid)
+            conn = pool.get()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT %s AS req" % int(rid))
+                    cur.fetchall()
+            finally:
+                pool.put(conn)
+
         class App(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 rid = self.path.rsplit("/", 1)[-1]
                 if not rid.isdigit():
                     rid = "0"
-                with urllib.request.urlopen(
-                        "http://127.0.0.1:%d/down/%s" % (down_port, rid), timeout=10) as r:
-                    r.read()
-                conn = pool.get()
-                try:
-                    with conn.cursor() as cur:
-                        cur.execute("SELECT %s AS req" % int(rid))
-                        cur.fetchall()
-                finally:
-                    pool.put(conn)
+                if self.path.startswith("/spawn/"):
+                    t = threading.Thread(target=calls, args=(rid,))
+                    t.start()
+                    t.join()
+                elif self.path.startswith("/pool/"):
+                    workers.submit(down, "pooled", rid).result()
+                else:
+                    calls(rid)
                 body = ("done " + rid).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))

@@ -227,6 +227,76 @@ fn python_threading_server_children_are_exact() {
     assert_eq!(stats["unlinked_multiplexed"], 0, "{stats}");
 }
 
+/// Threads the serving thread starts: a request handler that makes its downstream and SQL
+/// calls on a thread it starts and joins has both calls linked to it, N of N each; calls made
+/// on a shared pool (threads started by an earlier request, alive after it) are never
+/// linked to a wrong request.
+#[test]
+fn python_threads_started_for_a_request_are_its_children() {
+    let _guard = serial();
+    let dir = TempDir::new("linking-python-threads");
+    let py = python_app(&dir, &[]);
+    let (pid, port, mut sonde) = (py.pid, py.port, py.sonde);
+    warm_up(&sonde, pid, port, "/spawn/0");
+    const M: u32 = 100;
+    load(port, 1..=M, |id| format!("/spawn/{id}"));
+    load(port, M + 1..=2 * M, |id| format!("/pool/{id}"));
+    let is_ours = |s: &Value| {
+        s["pid"] == pid
+            && (s["path"].as_str().is_some_and(|p| {
+                ["/spawn/", "/pool/", "/down/", "/pooled/"]
+                    .iter()
+                    .any(|x| p.starts_with(x))
+            }) || s["db_query_text"]
+                .as_str()
+                .is_some_and(|q| q.starts_with("SELECT ")))
+    };
+    // Warm-up: server, down, SQL; /spawn: three each; /pool: two each.
+    let want = 3 + 3 * M as usize + 2 * M as usize;
+    let spans = sonde.wait_spans(want, Duration::from_secs(60), is_ours);
+    let servers = servers_by_id(&spans, pid);
+    let mut not_children = Vec::new();
+    for id in 1..=M {
+        let server = servers
+            .get(&id)
+            .unwrap_or_else(|| panic!("no server span {id}"));
+        let down: Vec<_> = spans
+            .iter()
+            .filter(|s| s["kind"] == "client" && s["path"] == format!("/down/{id}"))
+            .collect();
+        let sql: Vec<_> = spans
+            .iter()
+            .filter(|s| s["db_query_text"] == format!("SELECT {id} AS req"))
+            .collect();
+        assert_eq!((down.len(), sql.len()), (1, 1), "request {id}");
+        for c in [down[0], sql[0]] {
+            if !is_child(c, server) {
+                // A wrong parent is never tolerated; a missing one is reported below.
+                assert!(c.get("parent_span_id").is_none(), "wrongly linked:\n{c:#}");
+                not_children.push(format!(
+                    "{id}: client {}..{} tid {}, server {}..{} tid {}",
+                    c["start_unix_nano"],
+                    c["end_unix_nano"],
+                    c["tid"],
+                    server["start_unix_nano"],
+                    server["end_unix_nano"],
+                    server["tid"]
+                ));
+            }
+        }
+    }
+    let (pooled_linked, pooled_unlinked) = no_wrong_link(&spans, &servers, pid, "/pooled/");
+    let stats = final_linking(&mut sonde);
+    assert!(not_children.is_empty(), "{stats}\n{not_children:#?}");
+    assert_eq!(
+        (pooled_linked, pooled_unlinked),
+        (0, M as usize),
+        "pool threads outlive their requests"
+    );
+    assert_eq!(stats["linked_started_threads"], 2 * u64::from(M), "{stats}");
+    assert_eq!(stats["threads_not_tracked"], 0, "{stats}");
+}
+
 /// A Java com.sun.net.httpserver front on a fixed pool of 8 threads: HttpURLConnection calls
 /// (made on the serving thread) are the children of their request, N/2 of N/2; HttpClient
 /// calls (sent from the client's own threads) are never linked to another request.

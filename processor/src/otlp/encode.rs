@@ -554,6 +554,44 @@ mod tests {
         assert_eq!(decoded.resource_spans.len(), 3);
     }
 
+    /// The encoder's cost per span, for BENCHMARKS.md: `cargo test --release -p
+    /// sonde-processor --lib encode_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; run in release"]
+    fn encode_cost() {
+        let resource = encode_resource(&convert::resource(&process(42), "node-1"));
+        let batch: Vec<Queued> = (0..2048)
+            .map(|i| Queued {
+                resource: Some(Arc::clone(&resource)),
+                span: http(
+                    if i % 2 == 0 {
+                        SpanKind::Server
+                    } else {
+                        SpanKind::Client
+                    },
+                    200,
+                ),
+            })
+            .collect();
+        let mut enc = Encoder::new("node-1");
+        let mut out = Vec::new();
+        for _ in 0..10 {
+            enc.request(&batch, &mut out);
+        }
+        let rounds = 200;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            enc.request(&batch, &mut out);
+        }
+        let per_span = started.elapsed().as_nanos() / (rounds * batch.len() as u128);
+        eprintln!(
+            "encode: {per_span} ns per span, {} bytes per span",
+            out.len() / batch.len()
+        );
+        let decoded = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 2048);
+    }
+
     #[test]
     fn varint_sizes_match_the_encoding() {
         for v in [

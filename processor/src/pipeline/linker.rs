@@ -27,11 +27,21 @@
 //!   `ebpf.max_transaction_time`.
 //! - At most [`MAX_HELD`] spans are held; beyond that a client span passes through unlinked.
 //!
+//! - Threads the serving thread starts: the kernel reports every thread a selected process
+//!   starts (by which thread, when) and when it ends. A client span of a thread that never
+//!   served is the child of a server span of the thread that started it when the child
+//!   thread's whole life lies inside that server span: a thread started for the request and
+//!   joined before the answer (its exit may follow the answer by up to [`EXIT_GRACE_NS`]).
+//!   A thread that outlives the request (a pool, an HTTP client's selector thread started by
+//!   the first request) is never linked this way. The starting thread must not be
+//!   multiplexed, and overlapping requests on it unlink. The client span itself must lie
+//!   inside the request, so work the starting thread hands over later is never attributed
+//!   to it; the residual risk is a pool whose idle threads exit within the grace.
+//!
 //! A linked span takes the server span's trace id, its span id as parent, and its sampling
 //! decision (`parent_sampled`), so the sampler keeps or drops the whole trace together.
-//! What stays unlinked: calls made on other threads than the one that read the request
-//! (worker pools, `java.net.http.HttpClient`'s selector thread, threads the serving thread
-//! starts: the kernel side does not follow thread creation yet), calls made on event loops
+//! What stays unlinked: calls made on threads that outlive the request they were made for
+//! (worker pools, `java.net.http.HttpClient`'s selector thread), calls made on event loops
 //! once they are seen serving concurrently, and the client calls of a process's first
 //! requests, before it is known to serve.
 
@@ -55,6 +65,12 @@ pub const MAX_HELD: usize = 32_768;
 const MAX_SERVERS: usize = 8;
 /// Minimum time between two sweeps of the held spans.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
+/// Started threads remembered at once (their start, parent and end).
+const MAX_THREADS: usize = 65_536;
+/// How long after its request's end a started thread may still exit and count as having
+/// lived inside it: a joined thread's last instructions (Python's `join` returns before the
+/// thread's exit) can run after the answer went out. A pool thread idles far longer.
+const EXIT_GRACE_NS: u64 = 100_000_000;
 
 /// The linker's counters (in the processor stats as `linking`).
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -78,6 +94,10 @@ pub struct LinkStats {
     pub unlinked_at_exit: u64,
     /// Threads seen serving overlapping requests.
     pub multiplexed_threads: u64,
+    /// Of `linked`: client spans of a thread started and ended inside the request.
+    pub linked_started_threads: u64,
+    /// Thread start notices not remembered: the table of started threads was full.
+    pub threads_not_tracked: u64,
     /// Client spans held right now.
     pub held: u64,
 }
@@ -108,6 +128,34 @@ struct Held {
     span: Box<Span>,
     arrived: Instant,
     parent: Option<Server>,
+    /// The parent is a request of the thread that started this span's thread.
+    via_started_thread: bool,
+}
+
+/// The server spans a client span could be the child of.
+enum Enclosers {
+    None,
+    One(Server),
+    Several,
+}
+
+/// A thread a selected process started: by which thread, and its life (Unix ns).
+#[derive(Clone, Copy)]
+struct Started {
+    parent_tid: u32,
+    start: u64,
+    end: Option<u64>,
+    noted: Instant,
+}
+
+impl Started {
+    /// True when the thread started inside `srv` and was gone by its end (give or take
+    /// `EXIT_GRACE`).
+    fn lived_inside(&self, srv: &Server) -> bool {
+        self.end.is_some_and(|end| {
+            srv.start <= self.start && end <= srv.end.saturating_add(EXIT_GRACE_NS)
+        })
+    }
 }
 
 #[derive(Default)]
@@ -135,6 +183,10 @@ pub struct Linker {
     stats: LinkStats,
     /// Spans released, to be exported by the caller (`take_ready`).
     ready: Vec<Box<Span>>,
+    /// Threads started by selected processes, by `(pid, tid)`.
+    started: HashMap<(u32, u32), Started, foldhash::fast::RandomState>,
+    /// The threads each thread started, by `(pid, parent tid)`.
+    children: HashMap<(u32, u32), Vec<u32>, foldhash::fast::RandomState>,
 }
 
 impl Linker {
@@ -155,6 +207,8 @@ impl Linker {
             held: 0,
             stats: LinkStats::default(),
             ready: Vec::new(),
+            started: HashMap::default(),
+            children: HashMap::default(),
         }
     }
 
@@ -168,6 +222,98 @@ impl Linker {
 
     fn enabled(&self) -> bool {
         !self.max_wait.is_zero()
+    }
+
+    /// Thread `tid` of process `pid` was started by `parent_tid` at `start` (Unix ns). Forks
+    /// come here too (a new process's first thread): its spans carry another pid and never
+    /// match.
+    pub fn thread_started(&mut self, pid: u32, tid: u32, parent_tid: u32, start: u64) {
+        if !self.enabled() || tid == parent_tid {
+            return;
+        }
+        if self.started.len() >= MAX_THREADS && !self.started.contains_key(&(pid, tid)) {
+            self.stats.threads_not_tracked += 1;
+            return;
+        }
+        let noted = self.now;
+        if let Some(old) = self.started.insert(
+            (pid, tid),
+            Started {
+                parent_tid,
+                start,
+                end: None,
+                noted,
+            },
+        ) {
+            // A reused thread id: forget it under its old parent.
+            self.forget_child(pid, old.parent_tid, tid);
+        }
+        self.children
+            .entry((pid, parent_tid))
+            .or_default()
+            .push(tid);
+    }
+
+    /// Thread `tid` of process `pid` ended at `end` (Unix ns). Its exit can be reported after
+    /// the request it lived in (a joined thread exits after `join` returned): its held spans
+    /// are matched against the starting thread's requests again.
+    pub fn thread_ended(&mut self, pid: u32, tid: u32, end: u64) {
+        let Some(t) = self.started.get_mut(&(pid, tid)) else {
+            return;
+        };
+        t.end = Some(end);
+        t.noted = self.now;
+        let t = *t;
+        let Some(parent) = self.threads.get(&(pid, t.parent_tid)) else {
+            return;
+        };
+        if parent.multiplexed {
+            return;
+        }
+        let mut inside = parent.servers.iter().filter(|srv| t.lived_inside(srv));
+        let (Some(srv), None) = (inside.next().copied(), inside.next()) else {
+            return;
+        };
+        if let Some(th) = self.threads.get_mut(&(pid, tid))
+            && th.servers.is_empty()
+        {
+            adopt_contained(th, srv);
+        }
+    }
+
+    fn forget_child(&mut self, pid: u32, parent_tid: u32, tid: u32) {
+        if let Some(v) = self.children.get_mut(&(pid, parent_tid)) {
+            v.retain(|&c| c != tid);
+            if v.is_empty() {
+                self.children.remove(&(pid, parent_tid));
+            }
+        }
+    }
+
+    /// The one server span of the thread that started `(pid, tid)` inside which that thread
+    /// lived, when the starting thread is not multiplexed and `s` lies inside it too.
+    fn started_encloser(&self, pid: u32, tid: u32, s: &Span) -> Enclosers {
+        let Some(t) = self.started.get(&(pid, tid)) else {
+            return Enclosers::None;
+        };
+        let Some(parent) = self.threads.get(&(pid, t.parent_tid)) else {
+            return Enclosers::None;
+        };
+        if parent.multiplexed {
+            return Enclosers::None;
+        }
+        let mut found = Enclosers::None;
+        for srv in parent
+            .servers
+            .iter()
+            .filter(|srv| srv.contains(s) && t.lived_inside(srv))
+        {
+            found = match found {
+                Enclosers::None => Enclosers::One(*srv),
+                _ => Enclosers::Several,
+            };
+        }
+        found
     }
 
     /// Takes a client span: returns it when it goes out now (unlinked), or holds it.
@@ -204,6 +350,21 @@ impl Linker {
             enclosers += 1;
             parent = Some(*srv);
         }
+        let own_servers = !th.servers.is_empty();
+        let mut via_started_thread = false;
+        if !own_servers {
+            // A thread that never served: the request of the thread that started it.
+            match self.started_encloser(s.pid, s.tid, &s) {
+                Enclosers::None => {}
+                Enclosers::One(srv) => {
+                    enclosers += 1;
+                    parent = Some(srv);
+                    via_started_thread = true;
+                }
+                Enclosers::Several => enclosers += 2,
+            }
+        }
+        let th = self.threads.entry((s.pid, s.tid)).or_default();
         if enclosers > 1 {
             self.stats.unlinked_ambiguous += 1;
             return Some(s);
@@ -216,6 +377,7 @@ impl Linker {
             span: s,
             arrived: now,
             parent,
+            via_started_thread,
         };
         if parent.is_some() {
             th.tentative.push_back(h);
@@ -269,7 +431,23 @@ impl Linker {
                     }
                 }
             }
-            let released = before - th.pending.len() - th.tentative.len();
+            let mut released = before - th.pending.len() - th.tentative.len();
+            // The same for spans of threads it started, tentatively under its requests.
+            if let Some(children) = self.children.get(&(s.pid, s.tid)) {
+                for &child in children {
+                    let Some(cth) = self.threads.get_mut(&(s.pid, child)) else {
+                        continue;
+                    };
+                    for h in std::mem::take(&mut cth.tentative) {
+                        if h.parent.is_some_and(|p| !p.overlaps(&srv)) {
+                            cth.tentative.push_back(h);
+                        } else {
+                            released += 1;
+                            self.ready.push(h.span);
+                        }
+                    }
+                }
+            }
             self.held -= released;
             self.stats.unlinked_multiplexed += released as u64;
             return;
@@ -283,6 +461,23 @@ impl Linker {
                 th.tentative.push_back(h);
             } else {
                 i += 1;
+            }
+        }
+        // Threads this one started that lived inside this request and never served.
+        let Some(children) = self.children.get(&(s.pid, s.tid)) else {
+            return;
+        };
+        for &child in children {
+            let Some(t) = self.started.get(&(s.pid, child)) else {
+                continue;
+            };
+            if !t.lived_inside(&srv) {
+                continue;
+            }
+            if let Some(cth) = self.threads.get_mut(&(s.pid, child))
+                && cth.servers.is_empty()
+            {
+                adopt_contained(cth, srv);
             }
         }
     }
@@ -353,6 +548,18 @@ impl Linker {
         self.held -= released;
         self.serving
             .retain(|_, t| now.saturating_duration_since(*t) <= max_wait);
+        // Started threads, once ended (or started) longer ago than any request is remembered.
+        let children = &mut self.children;
+        self.started.retain(|&(pid, tid), t| {
+            let keep = now.saturating_duration_since(t.noted) <= max_wait;
+            if !keep && let Some(v) = children.get_mut(&(pid, t.parent_tid)) {
+                v.retain(|&c| c != tid);
+                if v.is_empty() {
+                    children.remove(&(pid, t.parent_tid));
+                }
+            }
+            keep
+        });
     }
 
     /// Releases everything held: the processor stops, every server span that will arrive
@@ -385,6 +592,22 @@ impl Linker {
     }
 }
 
+/// Makes the held spans of a started thread that lie inside `srv` (a request of the thread
+/// that started it, which it lived in) its tentative children.
+fn adopt_contained(th: &mut Thread, srv: Server) {
+    let mut i = 0;
+    while i < th.pending.len() {
+        if srv.contains(&th.pending[i].span) {
+            let mut h = th.pending.swap_remove(i);
+            h.parent = Some(srv);
+            h.via_started_thread = true;
+            th.tentative.push_back(h);
+        } else {
+            i += 1;
+        }
+    }
+}
+
 /// The held span, made the child of its tentative parent if it has one.
 fn link(h: Held, stats: &mut LinkStats) -> Box<Span> {
     let mut s = h.span;
@@ -393,6 +616,7 @@ fn link(h: Held, stats: &mut LinkStats) -> Box<Span> {
         s.parent_span_id = Some(p.span_id);
         s.parent_sampled = Some(p.sampled);
         stats.linked += 1;
+        stats.linked_started_threads += u64::from(h.via_started_thread);
     }
     s
 }
@@ -472,6 +696,88 @@ mod tests {
         let out = l.take_ready();
         assert_eq!(out[0].parent_span_id, Some(SpanId([5; 8])));
         assert_eq!(out[0].parent_sampled, Some(true));
+    }
+
+    #[test]
+    fn a_thread_started_and_ended_inside_the_request_links_to_it() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        // Thread 8, started by the serving thread 7 at 105 and ended at 150; its call.
+        l.thread_started(1, 8, 7, 105);
+        assert!(l.client(client(8, 110, 120, 1)).is_none());
+        l.thread_ended(1, 8, 150);
+        // A thread 9 started during the request that outlives it (a pool): never linked.
+        l.thread_started(1, 9, 7, 106);
+        assert!(l.client(client(9, 111, 121, 2)).is_none());
+        l.server(&server(7, 100, 200, 5), true);
+        // A call of thread 8's after the server span arrived links too.
+        assert!(l.client(client(8, 130, 140, 3)).is_none());
+        l.expire(t0 + SETTLE);
+        let out = drain(&mut l);
+        assert_eq!(out.len(), 2, "the pool thread's call is still held");
+        for s in &out {
+            assert_eq!(s.parent_span_id, Some(SpanId([5; 8])), "{}", s.path);
+            assert_eq!(s.trace_id, TraceId([5; 16]));
+        }
+        assert_eq!(l.stats().linked_started_threads, 2);
+        l.expire(t0 + W + SETTLE);
+        let out = drain(&mut l);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].path.as_str(), out[0].parent_span_id), ("/2", None));
+        // Everything about the threads is forgotten once old.
+        l.expire(t0 + 3 * W);
+        assert!(l.started.is_empty() && l.children.is_empty());
+    }
+
+    #[test]
+    fn a_thread_whose_exit_is_reported_after_the_request_still_links() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.thread_started(1, 8, 7, 105);
+        assert!(l.client(client(8, 110, 120, 1)).is_none());
+        l.server(&server(7, 100, 200, 5), true);
+        // The exit, just after the answer (within the grace), reported after the server span.
+        l.thread_ended(1, 8, 200 + EXIT_GRACE_NS / 2);
+        l.expire(t0 + SETTLE);
+        let out = drain(&mut l);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].parent_span_id, Some(SpanId([5; 8])));
+        // Past the grace: the thread outlived the request.
+        let mut l = serving(t0);
+        l.thread_started(1, 8, 7, 105);
+        assert!(l.client(client(8, 110, 120, 1)).is_none());
+        l.server(&server(7, 100, 200, 5), true);
+        l.thread_ended(1, 8, 201 + EXIT_GRACE_NS);
+        l.expire(t0 + W + SETTLE);
+        let out = drain(&mut l);
+        assert_eq!(out[0].parent_span_id, None);
+    }
+
+    #[test]
+    fn a_started_thread_is_not_linked_when_its_starter_serves_concurrently() {
+        let t0 = Instant::now();
+        let mut l = serving(t0);
+        l.thread_started(1, 8, 7, 105);
+        assert!(l.client(client(8, 110, 120, 1)).is_none());
+        l.thread_ended(1, 8, 150);
+        l.server(&server(7, 100, 200, 5), true);
+        // Before the link settles, a request overlapping it on the starting thread.
+        l.server(&server(7, 180, 260, 6), true);
+        l.expire(t0 + SETTLE);
+        let out = drain(&mut l);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].parent_span_id, None);
+        assert_eq!(l.stats().linked, 0);
+        // A thread that serves itself is linked only to its own requests.
+        let mut l = serving(t0);
+        l.thread_started(1, 8, 7, 105);
+        l.server(&server(8, 300, 400, 8), true);
+        assert!(l.client(client(8, 110, 120, 1)).is_none());
+        l.thread_ended(1, 8, 150);
+        l.server(&server(7, 100, 200, 5), true);
+        l.expire(t0 + W + SETTLE);
+        let out = drain(&mut l);
+        assert_eq!(out[0].parent_span_id, None);
     }
 
     #[test]

@@ -235,6 +235,7 @@ impl<'a, W: Write> Pipeline<'a, W> {
                     sink.emit_stream(meta, ex, processes, stats)
                 })
             }
+            Record::Thread(n) => sink.thread_notice(&n),
             Record::Tuple(t) => {
                 self.streams.apply_tuple(&t);
                 self.assembler

@@ -5,7 +5,7 @@
 
 use std::{borrow::Cow, io::Write, sync::Arc, time::Instant};
 
-use sonde_schema::HttpEvent;
+use sonde_schema::{HttpEvent, THREAD_ENDED, THREAD_STARTED, ThreadNotice};
 
 use super::{linker::Linker, processes::ProcessTable};
 use crate::{
@@ -240,6 +240,17 @@ impl<'a, W: Write> SpanSink<'a, W> {
             },
         };
         self.export(s, processes, stats);
+    }
+
+    /// A thread of a selected process started or ended: the linker follows threads the
+    /// serving thread starts.
+    pub fn thread_notice(&mut self, n: &ThreadNotice) {
+        let unix = (n.ns as i128 + self.mono_to_unix).clamp(0, u64::MAX as i128) as u64;
+        match n.what {
+            THREAD_STARTED => self.linker.thread_started(n.pid, n.tid, n.parent_tid, unix),
+            THREAD_ENDED => self.linker.thread_ended(n.pid, n.tid, unix),
+            _ => {}
+        }
     }
 
     /// Exports the client spans the linker released.

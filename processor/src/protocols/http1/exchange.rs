@@ -116,7 +116,7 @@ impl Assembler {
                 }
             }
             // Stream chunks belong to `protocols::streams`; the pipeline never sends them here.
-            Record::Chunk(..) => {}
+            Record::Chunk(..) | Record::Thread(_) => {}
         }
     }
 
