@@ -12,12 +12,13 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use sonde_schema::{
-    PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, counters, process_net,
+    EVENT_THREAD, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, THREAD_ENDED,
+    THREAD_STARTED, ThreadNotice, counters, process_net,
 };
 
 use crate::{
     maps::{
-        CONNS, OP_READ, OP_WRITE, PROC_EVENTS, PROC_NET_BYTES, SocketIo, count,
+        CONNS, EVENTS, OP_READ, OP_WRITE, PROC_EVENTS, PROC_NET_BYTES, SocketIo, count,
         count_process_bytes, deselect, listen_port_wanted, process_metrics_on, select, selected,
     },
     inject, offsets, pairing, syscall_abi, tls,
@@ -195,6 +196,28 @@ fn proc_event(kind: u32, pid: u32, child_pid: u32) -> bool {
     true
 }
 
+/// Tells the processor that thread `tid` of selected process `pid` started (created by
+/// `parent_tid`) or ended: client spans of a thread started and ended within a request are
+/// that request's children (`processor/src/pipeline/linker.rs`).
+#[inline(always)]
+fn thread_notice(what: u8, pid: u32, tid: u32, parent_tid: u32) {
+    let notice = ThreadNotice {
+        kind: EVENT_THREAD,
+        what,
+        _pad: 0,
+        pid,
+        tid,
+        parent_tid,
+        ns: pairing::now_ns(),
+    };
+    if EVENTS
+        .output::<ThreadNotice>(&notice, pairing::wakeup_flags())
+        .is_err()
+    {
+        count(counters::THREAD_NOTICES_LOST);
+    }
+}
+
 /// An execve: reported for selected processes (their new image is checked again) and, only
 /// when executable-path selection is configured, for every process.
 #[tracepoint]
@@ -212,8 +235,12 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
+    if !selected(tgid) {
+        return 0;
+    }
     // Only the thread-group leader's exit ends the process.
-    if tgid != id as u32 || !selected(tgid) {
+    if tgid != id as u32 {
+        thread_notice(THREAD_ENDED, tgid, id as u32, 0);
         return 0;
     }
     deselect(tgid);
@@ -241,5 +268,6 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     select(child);
     proc_event(PROC_FORK, tgid, child);
+    thread_notice(THREAD_STARTED, tgid, child, bpf_get_current_pid_tgid() as u32);
     0
 }
