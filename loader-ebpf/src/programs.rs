@@ -17,11 +17,12 @@ use sonde_schema::{
 };
 
 use crate::{
+    inject,
     maps::{
         CONNS, EVENTS, OP_READ, OP_WRITE, PROC_EVENTS, PROC_NET_BYTES, SocketIo, count,
         count_process_bytes, deselect, listen_port_wanted, process_metrics_on, select, selected,
     },
-    inject, offsets, pairing, syscall_abi, tls,
+    offsets, pairing, syscall_abi, tls,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -268,6 +269,11 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     }
     select(child);
     proc_event(PROC_FORK, tgid, child);
-    thread_notice(THREAD_STARTED, tgid, child, bpf_get_current_pid_tgid() as u32);
+    thread_notice(
+        THREAD_STARTED,
+        tgid,
+        child,
+        bpf_get_current_pid_tgid() as u32,
+    );
     0
 }

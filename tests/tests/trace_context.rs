@@ -59,9 +59,17 @@ fn assert_child_of(spans: &[Value], path: &str, n: u8) {
 fn final_kernel_counter(sonde: &Sonde, name: &str) -> u64 {
     let line = sonde.wait_log("final kernel counters", Duration::from_secs(15));
     let key = format!("(\"{name}\", ");
-    let at = line.find(&key).unwrap_or_else(|| panic!("{name} not in {line}")) + key.len();
-    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().unwrap_or_else(|e| panic!("{name}: {e} in {line}"))
+    let at = line
+        .find(&key)
+        .unwrap_or_else(|| panic!("{name} not in {line}"))
+        + key.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {e} in {line}"))
 }
 
 fn assert_root(spans: &[Value], path: &str, not_trace: &str) {
@@ -82,7 +90,10 @@ fn python_server_finds_traceparent_anywhere_in_the_header_block() {
 
     // 1. After 1.6 KiB of other headers, in one write.
     let (_, _, h1) = context(1);
-    assert_eq!(send(port, &[&get("/ok/far", &(padding(40, 40) + &h1))]), 200);
+    assert_eq!(
+        send(port, &[&get("/ok/far", &(padding(40, 40) + &h1))]),
+        200
+    );
     // 2. Split across two writes inside the traceparent line itself.
     let (_, _, h2) = context(2);
     let whole = get("/ok/split", &(padding(20, 40) + &h2 + "X-After: 1\r\n"));
@@ -90,7 +101,10 @@ fn python_server_finds_traceparent_anywhere_in_the_header_block() {
     assert_eq!(send(port, &[&whole[..cut], &whole[cut..]]), 200);
     // 3. After 12 KiB of headers: more than one 8 KiB read.
     let (_, _, h3) = context(3);
-    assert_eq!(send(port, &[&get("/ok/deep", &(padding(60, 200) + &h3))]), 200);
+    assert_eq!(
+        send(port, &[&get("/ok/deep", &(padding(60, 200) + &h3))]),
+        200
+    );
     // 4. In the body of a request whose header block ended first: not a header.
     let (t4, _, h4) = context(4);
     let body = format!("{}\r\n{h4}{}", "b".repeat(120), "b".repeat(200));
@@ -102,7 +116,10 @@ fn python_server_finds_traceparent_anywhere_in_the_header_block() {
     assert_eq!(send(port, &[post.as_bytes()]), 201);
     // 5. Invalid (not hex) past the capture: ignored and counted.
     let bad = format!("traceparent: 00-{}-00f067aa0ba902b7-01\r\n", "z".repeat(32));
-    assert_eq!(send(port, &[&get("/ok/invalid", &(padding(20, 40) + &bad))]), 200);
+    assert_eq!(
+        send(port, &[&get("/ok/invalid", &(padding(20, 40) + &bad))]),
+        200
+    );
     // 6. Short request, context in the capture: still read there.
     let (_, _, h6) = context(6);
     assert_eq!(send(port, &[&get("/ok/near", &h6)]), 200);
@@ -141,10 +158,16 @@ fn nginx_reads_in_pieces_and_the_context_is_still_found() {
     // nginx reads the first 1 KiB, then the rest into a larger buffer: the line below
     // straddles the first read's end (the padding is 990 bytes after the request line).
     let (_, _, h1) = context(11);
-    assert_eq!(send(port, &[&get("/ok/straddle", &(padding(22, 45) + &h1))]), 200);
+    assert_eq!(
+        send(port, &[&get("/ok/straddle", &(padding(22, 45) + &h1))]),
+        200
+    );
     // A 5 KiB block: several reads.
     let (_, _, h2) = context(12);
-    assert_eq!(send(port, &[&get("/ok/long", &(padding(50, 100) + &h2))]), 200);
+    assert_eq!(
+        send(port, &[&get("/ok/long", &(padding(50, 100) + &h2))]),
+        200
+    );
     // Without a traceparent: a root span, the search ends at the blank line.
     assert_eq!(send(port, &[&get("/ok/none", &padding(30, 60))]), 200);
 
