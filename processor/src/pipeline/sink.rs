@@ -272,7 +272,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         self.linker.expire(now);
         self.export_linked(processes, stats);
         stats.linking = self.linker.stats();
-        self.graph_expire(None, processes);
+        self.graph_expire(Some(now), processes);
     }
 
     /// Releases every span the linker holds (the processor stops).
@@ -280,7 +280,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         self.linker.finish();
         self.export_linked(processes, stats);
         stats.linking = self.linker.stats();
-        self.graph_expire(Some(now), processes);
+        self.graph_expire(None, processes);
     }
 
     /// Counts the service graph's spans whose wait for their other end is over (all of them
