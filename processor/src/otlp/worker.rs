@@ -12,6 +12,7 @@
 //! `SpanData` → prost structs path cost several microseconds per span.
 
 use std::{
+    collections::VecDeque,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -182,7 +183,11 @@ async fn export_spans(
     mut sender: SpanSender,
     batching: Batching,
 ) {
-    let mut batch: Vec<Queued> = Vec::with_capacity(batching.max.min(4096));
+    // Spans waiting for a request: taken from the front, so a backlog is not moved again
+    // each time a request is cut from it.
+    let mut batch: VecDeque<Queued> = VecDeque::with_capacity(batching.max.min(4096));
+    // The spans of the request being encoded, reused.
+    let mut chunk: Vec<Queued> = Vec::with_capacity(batching.max.min(4096));
     let mut deadline: Option<tokio::time::Instant> = None;
     // A partial batch is to go out: its timeout passed, or the queue closed.
     let mut due = false;
@@ -192,10 +197,9 @@ async fn export_spans(
         while in_flight.len() < IN_FLIGHT
             && (batch.len() >= batching.max || (due && !batch.is_empty()))
         {
-            let rest = batch.split_off(batch.len().min(batching.max));
-            let full = std::mem::replace(&mut batch, rest);
-            let n = full.len();
-            match sender.encode(&transport, &full) {
+            chunk.extend(batch.drain(..batch.len().min(batching.max)));
+            let n = chunk.len();
+            match sender.encode(&transport, &chunk) {
                 Ok(body) => in_flight.push(send(transport.clone(), body, n)),
                 Err(e) => {
                     sender.outcome(n, Err(e));
@@ -203,7 +207,7 @@ async fn export_spans(
                 }
             }
             // The spans' strings are freed here, once encoded, not after the round trip.
-            drop(full);
+            chunk.clear();
         }
         if batch.is_empty() {
             deadline = None;
