@@ -473,6 +473,7 @@ mod tests {
             malformed: optional.then_some("request line exceeds the captured bytes"),
             no_response: optional,
             parent_sampled: optional.then_some(true),
+            trace_state: None,
         }
     }
 

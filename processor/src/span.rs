@@ -78,6 +78,10 @@ pub struct Span {
     /// The caller's sampling decision (the `sampled` flag of an incoming `traceparent`).
     #[serde(skip)]
     pub parent_sampled: Option<bool>,
+    /// The W3C `tracestate` that came with the `traceparent` this span continues (exported
+    /// unchanged as the span's trace state).
+    #[serde(skip)]
+    pub trace_state: Option<String>,
 }
 
 /// What an RPC span adds to its HTTP/2 exchange.
@@ -307,6 +311,7 @@ impl Span {
             malformed: None,
             no_response: false,
             parent_sampled: None,
+            trace_state: None,
         }
     }
 }

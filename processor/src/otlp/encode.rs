@@ -259,6 +259,9 @@ impl Encoder {
 fn encode_span(s: &Span, attrs: &mut Attrs<'_>, tmp: &mut String) {
     len_field(attrs.out, 1, &s.trace_id.0);
     len_field(attrs.out, 2, &s.span_id.0);
+    if let Some(ts) = &s.trace_state {
+        len_field(attrs.out, 3, ts.as_bytes());
+    }
     if let Some(p) = &s.parent_span_id {
         len_field(attrs.out, 4, &p.0);
     }
@@ -531,6 +534,20 @@ mod tests {
             .expect("resource")
             .attributes;
         assert_eq!(attrs.len(), 4);
+    }
+
+    #[test]
+    fn the_callers_trace_state_goes_out_with_its_span() {
+        let mut s = http(SpanKind::Server, 200);
+        s.parent_span_id = Some(SpanId([1; 8]));
+        s.trace_state = Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE".into());
+        let got = encode(&[s, http(SpanKind::Client, 200)], &[42]);
+        let spans = &got.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(
+            spans[0].trace_state,
+            "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+        );
+        assert_eq!(spans[1].trace_state, "");
     }
 
     #[test]

@@ -67,5 +67,6 @@ pub fn build(
         malformed: None,
         no_response: ex.no_response,
         parent_sampled: None,
+        trace_state: None,
     }
 }

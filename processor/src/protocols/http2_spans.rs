@@ -7,7 +7,7 @@ use super::{
     grpc,
     http1::{
         InvalidContext,
-        parse::{QueryPolicy, parse_traceparent},
+        parse::{QueryPolicy, parse_traceparent, tracestate_value},
     },
     http2::{Exchange, Flow, Outcome},
     streams::ConnMeta,
@@ -58,6 +58,13 @@ pub fn build(
         .as_deref()
         .and_then(|v| parse_traceparent(v.as_bytes()));
     let invalid = InvalidContext(req.traceparent.is_some() && traceparent.is_none());
+    let trace_state = match traceparent {
+        Some(_) => req
+            .tracestate
+            .as_deref()
+            .and_then(|v| tracestate_value(v.as_bytes())),
+        None => None,
+    };
     // As on HTTP/1: the incoming context for a server span, the application's own outgoing
     // context (an OpenTelemetry SDK) for a client span.
     let (trace_id, parent, parent_sampled) = match traceparent {
@@ -121,6 +128,7 @@ pub fn build(
         },
         no_response: ex.response.status.is_none(),
         parent_sampled,
+        trace_state,
     };
     Ok((span, invalid))
 }

@@ -68,6 +68,7 @@ pub fn build(
         malformed: None,
         no_response: ex.no_response,
         parent_sampled: None,
+        trace_state: None,
     }
 }
 

@@ -93,6 +93,8 @@ pub fn build(
         Some((trace, parent, flags)) => (trace, Some(parent), Some(flags & 1 == 1)),
         None => (ids.trace_id(), None, None),
     };
+    // The trace state travels with the context it belongs to, never alone.
+    let trace_state = context.and(head.tracestate.clone());
     let span_id = ids.span_id();
     // Context propagation: Sonde put this `traceparent` into the request on its way out; its
     // ids are this client span's own (the root of its trace), and its flags the sampling
@@ -163,6 +165,7 @@ pub fn build(
             malformed,
             no_response,
             parent_sampled,
+            trace_state,
         }),
         invalid,
     )
@@ -394,6 +397,33 @@ mod tests {
         assert_eq!(built(&bad).1, InvalidContext(true));
         let none = event(b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
         assert_eq!(built(&none).1, InvalidContext(false));
+    }
+
+    #[test]
+    fn tracestate_travels_with_its_traceparent_only() {
+        let with = event(
+            b"GET / HTTP/1.1\r\ntracestate: rojo=00f067aa0ba902b7\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        assert_eq!(
+            built(&with).0.trace_state.as_deref(),
+            Some("rojo=00f067aa0ba902b7")
+        );
+        let alone = event(
+            b"GET / HTTP/1.1\r\ntracestate: rojo=00f067aa0ba902b7\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        assert_eq!(built(&alone).0.trace_state, None);
+        // Longer than W3C's 512 characters: dropped, the context kept.
+        let long = format!(
+            "GET / HTTP/1.1\r\ntracestate: k={}\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+            "v".repeat(600)
+        );
+        let mut e = event(b"", b"HTTP/1.1 200 OK\r\n\r\n");
+        e.request_len = 200;
+        e.request[..200].copy_from_slice(&long.as_bytes()[..200]);
+        assert_eq!(built(&e).0.trace_state, None);
+        assert_eq!(parse::tracestate_value(&long.as_bytes()[18..18 + 600]), None);
     }
 
     #[test]

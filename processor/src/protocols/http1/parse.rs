@@ -55,6 +55,9 @@ pub struct RequestHead {
     /// A complete `traceparent` header line was captured but its value is not a valid
     /// version-00 context (ignored, counted).
     pub traceparent_invalid: bool,
+    /// W3C `tracestate` header (at most `MAX_TRACESTATE_LEN` bytes; longer ones are dropped,
+    /// as W3C lets a receiver do).
+    pub tracestate: Option<String>,
     /// Length of the head including the blank line, when it ended inside the capture.
     pub head_len: Option<usize>,
 }
@@ -110,6 +113,17 @@ fn parse_u64(s: &[u8]) -> Option<u64> {
 
 fn head_len(bytes: &[u8]) -> Option<usize> {
     HEAD_END.find(bytes).map(|i| i + 4)
+}
+
+/// Longest `tracestate` kept: W3C asks receivers to propagate at least 512 characters.
+pub const MAX_TRACESTATE_LEN: usize = 512;
+
+/// A `tracestate` value to carry: printable ASCII, not empty, at most `MAX_TRACESTATE_LEN`.
+pub fn tracestate_value(v: &[u8]) -> Option<String> {
+    let ok = !v.is_empty()
+        && v.len() <= MAX_TRACESTATE_LEN
+        && v.iter().all(|b| (0x20..0x7f).contains(b));
+    ok.then(|| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid per W3C.
@@ -372,6 +386,8 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
             } else if name.eq_ignore_ascii_case(b"traceparent") {
                 head.traceparent = parse_traceparent(value);
                 head.traceparent_invalid = head.traceparent.is_none();
+            } else if name.eq_ignore_ascii_case(b"tracestate") {
+                head.tracestate = tracestate_value(value);
             } else if name.eq_ignore_ascii_case(b"user-agent") {
                 let value = &value[..value.len().min(MAX_USER_AGENT_LEN)];
                 head.user_agent = Some(String::from_utf8_lossy(value).into_owned());
