@@ -16,6 +16,7 @@ before=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(
 SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled "${SONDE_BIN_DIR:-./target/release}/sonde" --open-port "$port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
 trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q 'processor connected' "$dir/sonde.log" && break; sleep 0.1; done
+ours=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
 sleep 1
 sysctl -q kernel.bpf_stats_enabled=1
 headers=()
@@ -24,12 +25,15 @@ if [ "${HEADER_BYTES:-0}" -gt 0 ]; then
            -H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 fi
 requests=$(wrk -t1 -c16 -d"${duration}s" "${headers[@]}" "http://127.0.0.1:$port/ok" | tee /dev/stderr | awk '/requests in/ {print $1}')
-bpftool -j prog show | BEFORE="$before" REQUESTS="$requests" python3 -c '
+bpftool -j prog show | BEFORE="$before" OURS="$ours" REQUESTS="$requests" python3 -c '
 import json, os, sys
 before = set(os.environ["BEFORE"].split())
+ours = set(os.environ["OURS"].split())
 total = 0
 for p in json.load(sys.stdin):
-    if str(p["id"]) not in before and p.get("run_cnt", 0) > 0:
+    # Only this run'"'"'s programs: loaded while this sonde started (other Sonde instances on
+    # the machine load programs of the same names).
+    if str(p["id"]) not in before and str(p["id"]) in ours and p.get("run_cnt", 0) > 0:
         total += p["run_time_ns"]
         print("%-20s runs %9d  mean %6.0f ns" % (p["name"], p["run_cnt"], p["run_time_ns"] / p["run_cnt"]))
 print("kernel ns/request %.0f (%s requests)" % (total / int(os.environ["REQUESTS"]), os.environ["REQUESTS"]))

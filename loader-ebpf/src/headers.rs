@@ -7,7 +7,8 @@
 //! block only when the capture is full, and copies just the 55-byte value into the event
 //! (`HttpEvent::traceparent`). Requests whose capture is not full cost nothing here. The search
 //! reads the segment into this CPU's chunk scratch a kilobyte at a time and tests eight bytes
-//! at once for a line feed, in a `bpf_loop` callback (verified once, whatever the length). It
+//! at once for a line feed, 64 bytes per step of a `bpf_loop` (its callback is verified once,
+//! whatever the length). It
 //! stops at the end of the header block, so a body is never read as headers, and after
 //! `HEADER_SCAN_LIMIT` bytes of one syscall (counted). A block that goes on past a syscall
 //! (nginx reads 1 KiB first) leaves its last bytes in `HDR_TAILS`, so a line split across two
@@ -44,10 +45,10 @@ const MORE: u8 = 0;
 const END: u8 = 1;
 const FOUND: u8 = 2;
 
-/// The state of one search, shared with the `bpf_loop` callback through this CPU's slot of
-/// `HDR_SEARCH`. Not on the stack: the verifier tracks stack values exactly and would walk the
-/// callback once per distinct position; values read from a map are unknown to it, so the
-/// callback is verified once.
+/// The state of one search, in this CPU's slot of `HDR_SEARCH`. Not on the stack: the
+/// verifier tracks stack values exactly and would walk the `bpf_loop` callback once per
+/// distinct position; values read from a map are unknown to it, so the callback is verified
+/// once.
 #[repr(C)]
 pub struct Search {
     /// User address of the segment's first byte.
@@ -72,26 +73,34 @@ fn byte(data: *const u8, at: u64) -> u8 {
     unsafe { *data.add((at & OFFSET_MASK) as usize) }
 }
 
-/// One iteration of the search: the eight scratch bytes at `8 * index`, loading more from user
-/// memory first when fewer than `LOOKAHEAD` bytes past them are in. Returns 1 to stop.
-extern "C" fn search_word(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let _ = ctx;
-    let Some(sp) = HDR_SEARCH.get_ptr_mut(0) else {
-        return 1;
+/// What the `bpf_loop` callback works on: this CPU's search state and scratch buffer. Only
+/// the two pointers live on the stack (they never change, so the verifier checks the callback
+/// once); the positions live in the map value, unknown to it.
+#[repr(C)]
+struct SearchCtx {
+    search: *mut Search,
+    data: *mut u8,
+}
+
+/// Words (of eight bytes) looked at per `bpf_loop` step: fewer steps, fewer callback calls.
+const WORDS_PER_STEP: u64 = 8;
+
+/// One step of the search: the `8 * WORDS_PER_STEP` scratch bytes from
+/// `index * 8 * WORDS_PER_STEP`, loading more from user memory first when fewer than
+/// `LOOKAHEAD` bytes past them are in. Returns 1 to stop.
+extern "C" fn search_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `SearchCtx` on `search_segment`'s stack, alive for the whole loop;
+    // its pointers are this CPU's slots of HDR_SEARCH and CHUNK_BUF, which nothing else uses
+    // while we run.
+    let (s, data) = unsafe {
+        let c = &*(ctx as *const SearchCtx);
+        (&mut *c.search, c.data)
     };
-    // SAFETY: this CPU's slot of a per-CPU array, filled by `search_segment` before the loop;
-    // nothing else uses it while we run.
-    let s = unsafe { &mut *sp };
-    let pos = index * 8;
-    if pos >= s.len {
+    let base = index * 8 * WORDS_PER_STEP;
+    if base >= s.len {
         return 1;
     }
-    let Some(p) = CHUNK_BUF.get_ptr_mut(s.cpu) else {
-        return 1;
-    };
-    // SAFETY: pointer from a successful lookup of this CPU's slot (see CHUNK_BUF).
-    let data = unsafe { (*p).data.as_mut_ptr() };
-    let mut want = pos + 8 + LOOKAHEAD;
+    let mut want = base + 8 * WORDS_PER_STEP + LOOKAHEAD;
     if want > s.len {
         want = s.len;
     }
@@ -115,13 +124,29 @@ extern "C" fn search_word(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         }
         s.loaded += n;
     }
-    // SAFETY: offset masked into the buffer; unaligned loads are fine on map values here.
-    let word =
-        unsafe { core::ptr::read_unaligned(data.add((pos & OFFSET_MASK) as usize).cast::<u64>()) };
-    let x = word ^ 0x0a0a_0a0a_0a0a_0a0a;
-    if x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080 == 0 {
-        return 0;
+    for w in 0..WORDS_PER_STEP {
+        let pos = base + 8 * w;
+        if pos >= s.len {
+            return 1;
+        }
+        // SAFETY: offset masked into the buffer; unaligned loads are fine on map values here.
+        let word = unsafe {
+            core::ptr::read_unaligned(data.add((pos & OFFSET_MASK) as usize).cast::<u64>())
+        };
+        let x = word ^ 0x0a0a_0a0a_0a0a_0a0a;
+        if x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080 != 0
+            && decided_in_word(s, data, pos, word)
+        {
+            return 1;
+        }
     }
+    0
+}
+
+/// Looks at each line feed of the word at `pos`: the end of the header block, a
+/// `traceparent` line, or a line too close to the end to tell. True when the search stops.
+#[inline(always)]
+fn decided_in_word(s: &mut Search, data: *const u8, pos: u64, word: u64) -> bool {
     for j in 0..8u64 {
         if (word >> (8 * j)) & 0xff != b'\n' as u64 {
             continue;
@@ -129,15 +154,15 @@ extern "C" fn search_word(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         let at = pos + j;
         if at + 2 >= s.len {
             // Too close to the end to decide: the next segment (or nothing) will tell.
-            return 1;
+            return true;
         }
         let next = byte(data, at + 1);
         if next == b'\n' || (next == b'\r' && byte(data, at + 2) == b'\n') {
             s.outcome = END;
-            return 1;
+            return true;
         }
         if at + 13 > s.len {
-            return 1;
+            return true;
         }
         // SAFETY: offsets masked into the buffer, as above.
         let (name, tail) = unsafe {
@@ -167,10 +192,10 @@ extern "C" fn search_word(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             }
             // Otherwise the value runs past what this syscall carried: undecided, the kept
             // tail brings the line back at the start of the next segment's search.
-            return 1;
+            return true;
         }
     }
-    0
+    false
 }
 
 /// Searches a request segment once the capture is full. `captured_now` is how many of the
@@ -234,13 +259,14 @@ pub fn search_segment(state: &mut ConnState, seg: &Segment, captured_now: u64) {
     search.value = 0;
     search.cpu = cpu;
     search.outcome = MORE;
-    // SAFETY: bpf_loop calls `search_word` at most `len / 8 + 1` times; the callback takes its
-    // state from HDR_SEARCH, not from the context pointer.
+    let mut ctx = SearchCtx { search: sp, data };
+    // SAFETY: bpf_loop calls `search_step` at most `len / 64 + 1` times with a pointer to
+    // `ctx`, which outlives the call.
     unsafe {
         bpf_loop(
-            ((search.len / 8 + 1) & 0x7ff) as u32,
-            search_word as *mut core::ffi::c_void,
-            core::ptr::null_mut(),
+            ((search.len / (8 * WORDS_PER_STEP) + 1) & 0x3ff) as u32,
+            search_step as *mut core::ffi::c_void,
+            (&mut ctx as *mut SearchCtx).cast(),
             0,
         );
     }
