@@ -295,8 +295,8 @@ impl Metrics {
         );
         let process = crate::process_metrics::ProcessMetrics::register(&mut registry);
         let flows = crate::flows::FlowFamilies::register(&mut registry);
-        let service_graph = service_graph
-            .then(|| crate::service_graph::GraphFamilies::register(&mut registry));
+        let service_graph =
+            service_graph.then(|| crate::service_graph::GraphFamilies::register(&mut registry));
         let own = registry.sub_registry_with_prefix("sonde");
         let events = Counter::default();
         let kernel_events_lost = Gauge::default();

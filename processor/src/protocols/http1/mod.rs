@@ -423,7 +423,10 @@ mod tests {
         e.request_len = 200;
         e.request[..200].copy_from_slice(&long.as_bytes()[..200]);
         assert_eq!(built(&e).0.trace_state, None);
-        assert_eq!(parse::tracestate_value(&long.as_bytes()[18..18 + 600]), None);
+        assert_eq!(
+            parse::tracestate_value(&long.as_bytes()[18..18 + 600]),
+            None
+        );
     }
 
     #[test]
