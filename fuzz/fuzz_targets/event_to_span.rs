@@ -1,7 +1,7 @@
 //! Any ring-buffer record through decoding, exchange assembly (HTTP/1 pairing and the
-//! multiplexed-stream table), span building, route decoration, RED metrics and conversion to
-//! OTLP span data, as the processor does it. The input is split into records at every 0xff
-//! byte, so one input can carry a sequence (an event, its updates, chunks, a close).
+//! multiplexed-stream table), span building, route decoration, RED metrics and the OTLP span
+//! encoding, as the processor does it. The input is split into records at every 0xff byte, so
+//! one input can carry a sequence (an event, its updates, chunks, a close).
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use sonde_processor::{
     metrics::Metrics,
-    otlp::convert,
+    otlp::{
+        convert,
+        encode::{self, Encoder, Queued},
+    },
     protocols::{
         db_spans,
         http1::{self, Built, exchange::Assembler, parse::QueryPolicy},
@@ -31,7 +34,9 @@ fn stream_span(
     rng: &mut impl sonde_processor::span::IdSource,
 ) -> Option<Span> {
     match ex {
-        StreamExchange::Http2(ex) => http2_spans::build(meta, ex, service, query, 0, rng).ok(),
+        StreamExchange::Http2(ex) => http2_spans::build(meta, ex, service, query, 0, rng)
+            .ok()
+            .map(|(s, _)| s),
         StreamExchange::Db(ex) => Some(db_spans::build(meta, ex, service, true, 0, rng)),
         StreamExchange::Messaging(ex) => Some(messaging_spans::build(meta, ex, service, 0, rng)),
     }
@@ -51,7 +56,6 @@ fuzz_target!(|data: &[u8]| {
     let mut router = Router::new(&routes);
     let metrics = Metrics::new("fuzz");
     let mut red = RedRecorder::default();
-    let scope = convert::scope();
     let meta = || convert::ProcessResource {
         pid: 1,
         service_name: "fuzz".into(),
@@ -59,6 +63,9 @@ fuzz_target!(|data: &[u8]| {
         exe_path: "/fuzz".into(),
         k8s: None,
     };
+    let resource = encode::encode_resource(&convert::resource(&meta(), "fuzz-host"));
+    let mut encoder = Encoder::new("fuzz-host");
+    let mut encoded = Vec::new();
     let query = QueryPolicy {
         export: true,
         extra_sensitive: vec!["session".into()],
@@ -73,7 +80,11 @@ fuzz_target!(|data: &[u8]| {
             s.set_route(routed.route);
         }
         red.record(&s, Some(&metrics), None, &meta);
-        let _ = convert::span_data(s, &scope);
+        let queued = [Queued {
+            resource: Some(resource.clone()),
+            span: s,
+        }];
+        encoder.request(&queued, &mut encoded);
     };
     let mut spans = Vec::new();
     for chunk in data.split(|&b| b == 0xff).filter(|c| !c.is_empty()) {

@@ -16,7 +16,7 @@
 //! `metrics::ExportCounters`; nothing in `metrics` imports from here.
 
 pub mod convert;
-mod encode;
+pub mod encode;
 mod exporter;
 mod flows;
 #[cfg(test)]
