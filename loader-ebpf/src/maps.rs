@@ -176,6 +176,20 @@ pub struct ConnState {
     pub _pad: [u8; 2],
 }
 
+/// A header search noted for later in this program run (`pairing::search_past_capture`,
+/// the TLS return probe): the segment (user address, length) and its bytes captured now.
+#[repr(C)]
+pub struct DeferredSearch {
+    pub pending: u64,
+    pub ptr: u64,
+    pub len: u64,
+    pub captured: u64,
+}
+
+/// One per CPU: a program run notes at most one search and runs it before it returns.
+#[map(name = "HDR_DEFERRED")]
+pub static HDR_DEFERRED: PerCpuArray<DeferredSearch> = PerCpuArray::with_max_entries(1, 0);
+
 /// The last bytes of a request segment whose header block went on past it, by connection id
 /// (`headers`): the next segment's search starts with them, so a header line split across two
 /// reads (nginx reads 1 KiB first) is still seen. Only requests with long header blocks have

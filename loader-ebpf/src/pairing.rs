@@ -21,9 +21,9 @@ use sonde_schema::{
 use crate::{
     headers,
     maps::{
-        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, OP_READ, OP_WRITE,
-        PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS, SocketIo, TLS_CONNS,
-        TLS_SEEN, TLS_SOCK, count,
+        BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, HDR_DEFERRED,
+        OP_READ, OP_WRITE, PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS,
+        SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, count,
     },
     offsets, stream,
 };
@@ -148,23 +148,48 @@ fn append_request(state: &mut ConnState, seg: &Segment) -> u64 {
 }
 
 /// After request bytes of `seg` were captured (`captured_now` of them): once the capture is
-/// full, the rest of the header block is searched for `traceparent` (see `headers`).
+/// full, the rest of the header block is to be searched for `traceparent` (see `headers`).
 ///
-/// `SEARCH` is false in the TLS uprobe programs: they are loaded without BTF function info
-/// (`loader/src/tls/programs.rs`), which the search's `bpf_loop` callback needs, so their
-/// plaintext is read from the captured bytes only.
+/// The search is only noted here (in this CPU's `HDR_DEFERRED` slot); the program runs it
+/// with [`search_deferred`] from one place before it returns. The verifier checks a
+/// `bpf_loop` callback anew at every call site and on every path that reaches one: with the
+/// search inlined at its three sites (a request's first bytes on a new connection, on a
+/// tracked one, and its later segments) the socket-read program went past the verifier's
+/// million-instruction limit, and so did the TLS return probe. (The TLS programs load with
+/// the BTF function info the callback needs: `loader/src/tls/programs.rs`.)
 #[inline(always)]
-fn search_past_capture<const SEARCH: bool>(
-    state: &mut ConnState,
-    seg: &Segment,
-    captured_now: u64,
-) {
-    if SEARCH
-        && state.event.request_len as usize == REQUEST_CAPTURE
-        && state.hdr_scan != headers::HDR_DONE
-    {
-        headers::search_segment(state, seg, captured_now);
+fn search_past_capture(state: &mut ConnState, seg: &Segment, captured_now: u64) {
+    if state.event.request_len as usize == REQUEST_CAPTURE && state.hdr_scan != headers::HDR_DONE {
+        if let Some(d) = HDR_DEFERRED.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; only this program run uses it until it returns.
+            let d = unsafe { &mut *d };
+            d.pending = 1;
+            d.ptr = seg.ptr;
+            d.len = seg.len;
+            d.captured = captured_now;
+        }
     }
+}
+
+/// Runs the search `search_past_capture` noted in this program run, if any, on `state` (the
+/// connection it was noted for).
+#[inline(always)]
+pub fn search_deferred(state: &mut ConnState) {
+    let Some(d) = HDR_DEFERRED.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, written earlier in this program run (or left from an earlier
+    // one with `pending` cleared).
+    let d = unsafe { &mut *d };
+    if d.pending == 0 {
+        return;
+    }
+    d.pending = 0;
+    let seg = Segment {
+        ptr: d.ptr,
+        len: d.len,
+    };
+    headers::search_segment(state, &seg, d.captured);
 }
 
 #[inline(always)]
@@ -285,7 +310,7 @@ pub fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
 }
 
 #[inline(always)]
-fn start_request<const SEARCH: bool>(
+fn start_request(
     state: &mut ConnState,
     io: &SocketIo,
     id: u64,
@@ -324,7 +349,7 @@ fn start_request<const SEARCH: bool>(
         // The caller captured the segment already.
         state.event.request_len as u64
     };
-    search_past_capture::<SEARCH>(state, seg, captured_now);
+    search_past_capture(state, seg, captured_now);
 }
 
 /// A fresh connection id: random, so ids of closed and reused sockets do not collide and
@@ -388,20 +413,18 @@ pub fn classify(io: &SocketIo, seg: &Segment, ret: u64) -> FirstBytes {
 }
 
 /// First bytes on a connection with no state: track it if they start an HTTP/1.x request
-/// (paired here) or HTTP/2 (sent on as stream chunks).
+/// (paired here) or HTTP/2 (sent on as stream chunks). Returns its state when it is tracked.
 #[inline(always)]
-pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
-    let Some(seg) = first_segment(io, ret) else {
-        return;
-    };
+pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) -> Option<*mut ConnState> {
+    let seg = first_segment(io, ret)?;
     // A socket already closed (unhashed: no local port) carries nothing to pair: a peer's
     // last GOAWAY or a late write after the connection's end.
     if read_kernel::<u16>(io.sk + offsets::skc_num()).unwrap_or(0) == 0 {
-        return;
+        return None;
     }
     let first = classify(io, &seg, ret);
     if first == FirstBytes::Http1Response {
-        return;
+        return None;
     }
     if first == FirstBytes::Other {
         // TLS on a socket not linked to an `SSL` object (a handshake, a library Sonde cannot
@@ -411,36 +434,32 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) {
         if looks_like_tls_record(&seg) {
             let _ = TLS_SEEN.insert(&io.sk, &1, 0);
             count(counters::TLS_UNLINKED_PAYLOADS);
-            return;
+            return None;
         }
         if TLS_SEEN.get_ptr(&io.sk).is_some() {
             count(counters::TLS_UNLINKED_PAYLOADS);
-            return;
+            return None;
         }
         // Any other protocol: the processor classifies the stream (databases, caches, …).
         count(counters::NON_HTTP_PAYLOADS);
     }
-    let Some(zero) = CONN_ZERO.get_ptr(0) else {
-        return;
-    };
+    let zero = CONN_ZERO.get_ptr(0)?;
     // SAFETY: CONN_ZERO's single slot is a valid, never-written ConnState.
     if CONNS.insert(&io.sk, unsafe { &*zero }, 0).is_err() {
         count(counters::CONN_MAP_FULL);
-        return;
+        return None;
     }
-    let Some(p) = CONNS.get_ptr_mut(&io.sk) else {
-        return;
-    };
+    let p = CONNS.get_ptr_mut(&io.sk)?;
     // SAFETY: pointer from a successful lookup of the entry just inserted.
     let state = unsafe { &mut *p };
     read_tuple(state, io.sk);
-    begin::<true>(state, io, id, ret, &seg, first);
+    begin(state, io, id, ret, &seg, first);
+    Some(p)
 }
 
 /// Starts a freshly inserted connection (cleartext or TLS plaintext) from its first bytes.
-/// `SEARCH`: whether a long header block is searched past the capture (`search_past_capture`).
 #[inline(always)]
-pub fn begin<const SEARCH: bool>(
+pub fn begin(
     state: &mut ConnState,
     io: &SocketIo,
     id: u64,
@@ -450,7 +469,7 @@ pub fn begin<const SEARCH: bool>(
 ) {
     state.event.conn_id = new_conn_id();
     match first {
-        FirstBytes::Http1 => start_request::<SEARCH>(state, io, id, seg, ret, now_ns(), true),
+        FirstBytes::Http1 => start_request(state, io, id, seg, ret, now_ns(), true),
         FirstBytes::Other => {
             state.event.pid = (id >> 32) as u32;
             stream::adopt_other(state);
@@ -476,9 +495,9 @@ pub fn looks_like_tls_record(seg: &Segment) -> bool {
     }
 }
 
-/// Handles `ret` > 0 bytes read or written on a tracked connection (`SEARCH`: see `begin`).
+/// Handles `ret` > 0 bytes read or written on a tracked connection.
 #[inline(always)]
-pub fn on_data<const SEARCH: bool>(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
+pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     if state.protocol >= protocol::HTTP2 {
         stream::emit_chunk(state, io, id, ret);
         return;
@@ -492,7 +511,7 @@ pub fn on_data<const SEARCH: bool>(state: &mut ConnState, io: &SocketIo, id: u64
             state.event.request_bytes += ret;
             if let Some(seg) = seg {
                 let captured_now = append_request(state, &seg);
-                search_past_capture::<SEARCH>(state, &seg, captured_now);
+                search_past_capture(state, &seg, captured_now);
             }
         }
         PHASE_REQUEST => {
@@ -518,7 +537,7 @@ pub fn on_data<const SEARCH: bool>(state: &mut ConnState, io: &SocketIo, id: u64
             let len = state.event.request_len;
             let first4 = [head[0], head[1], head[2], head[3]];
             if len >= 4 && is_method(&first4) {
-                start_request::<SEARCH>(state, io, id, &seg, ret, now, false);
+                start_request(state, io, id, &seg, ret, now, false);
             } else if state.phase == PHASE_RESPONSE && request_direction {
                 // Not a new request: the rest of a body the server answered before reading
                 // it all (nginx `return`, early errors). The exchange keeps its response.

@@ -86,20 +86,28 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         op,
         buf_kind,
     };
-    match CONNS.get_ptr_mut(&sk) {
+    let state = match CONNS.get_ptr_mut(&sk) {
         Some(p) => {
             // SAFETY: pointer from a successful map lookup.
-            let state = unsafe { &mut *p };
-            pairing::on_data::<true>(state, &io, id, ret as u64);
+            pairing::on_data(unsafe { &mut *p }, &io, id, ret as u64);
+            Some(p)
         }
         // Only a new connection needs the socket checked: a tracked socket was TCP when its
         // first request was seen. A socket carrying TLS is the uprobes' business.
         None if is_tcp(sk) => {
-            if !(offsets::tls_enabled() && tls::claims_socket(&io, id, ret as u64)) {
+            if offsets::tls_enabled() && tls::claims_socket(&io, id, ret as u64) {
+                None
+            } else {
                 pairing::on_new_connection(&io, id, ret as u64)
             }
         }
-        None => {}
+        None => None,
+    };
+    // The header search past the capture, from this one place (see
+    // `pairing::search_past_capture`).
+    if let Some(p) = state {
+        // SAFETY: pointer from a successful map lookup above.
+        pairing::search_deferred(unsafe { &mut *p });
     }
     // Context propagation: the `sk_msg` program ran earlier in this same write; the ids it
     // injected belong to the client exchange the pairing just started.

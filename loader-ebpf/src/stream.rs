@@ -9,6 +9,8 @@ use sonde_schema::{
     FLOW_OUTBOUND, STREAM_CAPTURE, STREAM_CAPTURE_OTHER, counters, protocol,
 };
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+
 use crate::{
     maps::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CHUNK_BUF, ChunkBuf, ConnState, EVENTS, OP_READ, SocketIo,
@@ -80,9 +82,12 @@ pub fn adopt_other(state: &mut ConnState) {
     state.chunk_flags = CHUNK_FIRST;
 }
 
-/// What `copy_segment` works on, on the caller's stack.
+/// What `copy_segment` works on, in this CPU's slot of `SEG_WALK`. Not on the stack: the
+/// verifier tracks stack values exactly and would check the callback once per distinct
+/// `got`; values read from a map are unknown to it, so the callback is checked once per call
+/// site.
 #[repr(C)]
-struct SegmentWalk {
+pub struct SegmentWalk {
     /// The user iovec array.
     iov: u64,
     /// Its entries.
@@ -93,14 +98,23 @@ struct SegmentWalk {
     got: u64,
 }
 
+#[map(name = "SEG_WALK")]
+static SEG_WALK: PerCpuArray<SegmentWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// The `bpf_loop` context: only a pointer (which never changes) lives on the stack.
+#[repr(C)]
+struct WalkCtx {
+    walk: *mut SegmentWalk,
+}
+
 /// One iteration of the `bpf_loop` over a syscall's iovec entries: copies entry `index` into
 /// this CPU's chunk buffer. A `bpf_loop` callback is verified once, whatever the count, where
 /// an unrolled or bounded loop is verified once per iteration and per call site (64 segments
 /// exceeded the verifier's budget). Returns 1 to stop.
 extern "C" fn copy_segment(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: `ctx` is the `SegmentWalk` on the caller's stack, passed to bpf_loop by
-    // `copy_iovecs`; the verifier checks every access against that stack slot.
-    let walk = unsafe { &mut *(ctx as *mut SegmentWalk) };
+    // SAFETY: `ctx` is the `WalkCtx` on `copy_iovecs`'s stack, alive for the whole loop; its
+    // pointer is this CPU's slot of SEG_WALK, which nothing else uses while we run.
+    let walk = unsafe { &mut *(*(ctx as *const WalkCtx)).walk };
     if index >= walk.count || walk.got >= walk.want {
         return 1;
     }
@@ -146,24 +160,28 @@ extern "C" fn copy_segment(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// chunk buffer.
 #[inline(always)]
 fn copy_iovecs(iov: u64, count: u64, want: u64) -> u64 {
-    let mut walk = SegmentWalk {
-        iov,
-        count,
-        want,
-        got: 0,
+    let Some(wp) = SEG_WALK.get_ptr_mut(0) else {
+        return 0;
     };
+    // SAFETY: this CPU's slot of a per-CPU array: nothing else uses it while we run.
+    let walk = unsafe { &mut *wp };
+    walk.iov = iov;
+    walk.count = count;
+    walk.want = want;
+    walk.got = 0;
     let loops = if count < MAX_SEGMENTS {
         count
     } else {
         MAX_SEGMENTS
     };
-    // SAFETY: bpf_loop calls `copy_segment` at most `loops` times with a pointer to `walk`,
+    let mut ctx = WalkCtx { walk: wp };
+    // SAFETY: bpf_loop calls `copy_segment` at most `loops` times with a pointer to `ctx`,
     // which outlives the call.
     unsafe {
         aya_ebpf::helpers::generated::bpf_loop(
             loops as u32,
             copy_segment as *mut core::ffi::c_void,
-            (&mut walk as *mut SegmentWalk).cast(),
+            (&mut ctx as *mut WalkCtx).cast(),
             0,
         );
     }
@@ -187,9 +205,10 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
         STREAM_CAPTURE as u64
     };
     let want = if ret < cap { ret } else { cap };
-    let captured = match io.buf_kind {
-        BUF_NONE => 0,
-        BUF_IOVEC => copy_iovecs(io.buf, io.iov_count, want),
+    // The iovec array, when the bytes are behind one: walked from a single call site (the
+    // verifier checks a bpf_loop callback once per site).
+    let iovecs = match io.buf_kind {
+        BUF_IOVEC => Some((io.buf, io.iov_count)),
         BUF_MSGHDR => {
             // struct msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov;
             // size_t msg_iovlen; ... }
@@ -197,10 +216,21 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
             match unsafe {
                 aya_ebpf::helpers::bpf_probe_read_user((io.buf + 16) as *const [u64; 2])
             } {
-                Ok([iov, count]) => copy_iovecs(iov, count, want),
-                Err(_) => 0,
+                Ok([iov, count]) => Some((iov, count)),
+                Err(_) => Some((0, 0)),
             }
         }
+        _ => None,
+    };
+    let captured = match (io.buf_kind, iovecs) {
+        (_, Some((iov, count))) => {
+            if count == 0 {
+                0
+            } else {
+                copy_iovecs(iov, count, want)
+            }
+        }
+        (BUF_NONE, None) => 0,
         _ => {
             // SAFETY: as in copy_iovecs; offset 0, length < 2 * STREAM_CAPTURE.
             let rc = unsafe {

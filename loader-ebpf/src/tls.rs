@@ -114,41 +114,45 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
         },
         buf_kind: BUF_PLAIN,
     };
-    match TLS_CONNS.get_ptr_mut(&key) {
-        // SAFETY: pointer from a successful map lookup.
-        Some(p) => pairing::on_data::<false>(unsafe { &mut *p }, &io, id, bytes),
+    let state = match TLS_CONNS.get_ptr_mut(&key) {
+        Some(p) => {
+            // SAFETY: pointer from a successful map lookup.
+            pairing::on_data(unsafe { &mut *p }, &io, id, bytes);
+            Some(p)
+        }
         None => new_connection(&key, &io, id, bytes),
+    };
+    // The header search past the capture, from this one place (see
+    // `pairing::search_past_capture`).
+    if let Some(p) = state {
+        // SAFETY: pointer from a successful map lookup above.
+        pairing::search_deferred(unsafe { &mut *p });
     }
     0
 }
 
-/// First plaintext of a TLS connection: track it if it starts HTTP/1 or HTTP/2.
+/// First plaintext of a TLS connection: track it if it starts HTTP/1 or HTTP/2. Returns its
+/// state when it is tracked.
 #[inline(always)]
-fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) {
-    let Some(seg) = pairing::first_segment(io, bytes) else {
-        return;
-    };
+fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) -> Option<*mut ConnState> {
+    let seg = pairing::first_segment(io, bytes)?;
     let first = pairing::classify(io, &seg, bytes);
     // Picked up at a response (the probes were attached while the request was under way):
     // the next request starts the pairing.
     if first == FirstBytes::Http1Response {
-        return;
+        return None;
     }
     if first == FirstBytes::Other {
         // Any other protocol over TLS (PostgreSQL, Redis): an "other TCP" stream.
         count(counters::NON_HTTP_PAYLOADS);
     }
-    let Some(zero) = CONN_ZERO.get_ptr(0) else {
-        return;
-    };
+    let zero = CONN_ZERO.get_ptr(0)?;
     // SAFETY: CONN_ZERO's single slot is a valid, never-written ConnState.
     if TLS_CONNS.insert(key, unsafe { &*zero }, 0).is_err() {
         count(counters::CONN_MAP_FULL);
-        return;
+        return None;
     }
-    let Some(p) = TLS_CONNS.get_ptr_mut(key) else {
-        return;
-    };
+    let p = TLS_CONNS.get_ptr_mut(key)?;
     // SAFETY: pointer from a successful lookup of the entry just inserted.
     let state = unsafe { &mut *p };
     state.tls = 1;
@@ -156,7 +160,8 @@ fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) {
         // SAFETY: pointer from a successful map lookup.
         pairing::read_tuple(state, unsafe { *sk });
     }
-    pairing::begin::<false>(state, io, id, bytes, &seg, first);
+    pairing::begin(state, io, id, bytes, &seg, first);
+    Some(p)
 }
 
 /// Socket I/O of a selected process on a socket the cleartext path does not track: true when

@@ -2,12 +2,17 @@
 //! kilobytes of other headers (past the 256 bytes the kernel captures), split across two
 //! writes, after more than one read's worth of headers; never one that sits in a body; an
 //! invalid one is ignored and counted. Against the Python server (reads up to 8 KiB at once)
-//! and nginx (reads 1 KiB first, then the rest).
+//! and nginx (reads 1 KiB first, then the rest), and over HTTPS (the Python `ssl` server,
+//! plaintext from the OpenSSL uprobes).
 
-use std::{io::Write, time::Duration};
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use serde_json::Value;
-use sonde_e2e::*;
+use sonde_e2e::{peers::*, *};
 
 /// A valid context per request: distinct trace ids, so a span can only match its own.
 fn context(n: u8) -> (String, String, String) {
@@ -181,4 +186,146 @@ fn nginx_reads_in_pieces_and_the_context_is_still_found() {
     assert_eq!(stats["traceparent_invalid"], 0, "{stats}");
     assert_eq!(final_kernel_counter(&sonde, "header_scans"), 3);
     assert_eq!(final_kernel_counter(&sonde, "header_scan_traceparents"), 2);
+}
+
+/// A self-signed certificate for 127.0.0.1 (the client below does not verify it: what is
+/// tested is the server's plaintext).
+fn self_signed(dir: &TempDir) -> (String, String) {
+    let path = |name: &str| dir.path(name).to_str().expect("utf-8 path").to_string();
+    let (cert, key) = (path("server.crt"), path("server.key"));
+    let out = run_bounded(
+        "openssl",
+        Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-days",
+            "2",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+/// Python over TLS (the harness's Python, so libssl.so.3): each request on its own
+/// connection, its parts written apart (`SSL_write` each, 150 ms between), the status line
+/// read back. Requests come as hex on stdin, one per line, parts separated by commas.
+const TLS_SENDER: &str = r#"
+import socket, ssl, sys, time
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+port = int(sys.argv[1])
+for line in sys.stdin:
+    parts = [bytes.fromhex(p) for p in line.strip().split(",")]
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port))) as s:
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(0.15)
+            s.sendall(part)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        print(data.split(b" ")[1].decode(), flush=True)
+"#;
+
+#[test]
+fn https_server_finds_traceparent_past_the_capture() {
+    let _guard = serial();
+    let dir = TempDir::new("trace-context-https");
+    let (cert, key) = self_signed(&dir);
+    let port = free_port();
+    let server = spawn_ready(
+        "python-https",
+        Command::new(python())
+            .arg(peer("https_server.py"))
+            .arg(port.to_string())
+            .args([&cert, &key]),
+    );
+    let mut sonde = Sonde::start(
+        &["--open-port", &port.to_string()],
+        &[],
+        &dir,
+        &[server.pid()],
+    );
+    sonde.wait_log(
+        &format!("TLS probes attached pid={} ", server.pid()),
+        Duration::from_secs(20),
+    );
+
+    let (_, _, h1) = context(21);
+    let (_, _, h2) = context(22);
+    let (_, _, h3) = context(23);
+    let (_, _, h4) = context(24);
+    let far = get("/ok/tls-far", &(padding(40, 40) + &h1));
+    let split = get("/ok/tls-split", &(padding(20, 40) + &h2 + "X-After: 1\r\n"));
+    let cut = split.len() - h2.len() / 2 - "X-After: 1\r\n\r\n".len();
+    let deep = get("/ok/tls-deep", &(padding(60, 200) + &h4));
+    let near = get("/ok/tls-near", &h3);
+    assert!(far.len() > 1500 && deep.len() > 12_000 && near.len() < 200);
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let requests = [
+        hex(&far),
+        format!("{},{}", hex(&split[..cut]), hex(&split[cut..])),
+        hex(&deep),
+        hex(&near),
+        // Past the capture without a traceparent: a root span.
+        hex(&get("/ok/tls-none", &padding(30, 60))),
+    ];
+    let mut cmd = Command::new(python());
+    cmd.args(["-c", TLS_SENDER, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("starting the TLS sender");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all((requests.join("\n") + "\n").as_bytes())
+        .expect("requests to the TLS sender");
+    let out = child.wait_with_output().expect("the TLS sender ends");
+    assert!(out.status.success(), "TLS sender failed");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["200"; 5],
+    );
+
+    let spans = sonde.wait_spans(5, Duration::from_secs(15), |_| true);
+    assert_eq!(spans.len(), 5, "{spans:?}");
+    assert!(spans.iter().all(|s| s["scheme"] == "https"), "{spans:?}");
+    assert_child_of(&spans, "/ok/tls-far", 21);
+    assert_child_of(&spans, "/ok/tls-split", 22);
+    assert_child_of(&spans, "/ok/tls-deep", 24);
+    assert_child_of(&spans, "/ok/tls-near", 23);
+    assert_root(&spans, "/ok/tls-none", "");
+    assert!(sonde.proc.stop(Duration::from_secs(10)).is_some());
+    let stats = final_processor_stats(&sonde);
+    assert_eq!(stats["traceparent_invalid"], 0, "{stats}");
+    // Searched: the four requests whose capture filled; found past the capture: three.
+    assert_eq!(final_kernel_counter(&sonde, "header_scans"), 4);
+    assert_eq!(final_kernel_counter(&sonde, "header_scan_traceparents"), 3);
+    assert_eq!(final_kernel_counter(&sonde, "header_scans_cut"), 0);
 }

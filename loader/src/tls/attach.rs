@@ -102,6 +102,60 @@ pub(super) struct ProgramLoad<'a> {
     pub license: &'a CStr,
     pub kernel_version: u32,
     pub sleepable: bool,
+    /// The object's BTF and the program's records in it (none: loaded without BTF).
+    pub btf: Option<ProgramBtf<'a>>,
+}
+
+/// A program's function and line info (encoded records) and the BTF they refer to.
+pub(super) struct ProgramBtf<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub func_info: &'a [u8],
+    pub func_info_cnt: u32,
+    pub func_info_rec_size: u32,
+    pub line_info: &'a [u8],
+    pub line_info_cnt: u32,
+    pub line_info_rec_size: u32,
+}
+
+/// Loads BTF (`BPF_BTF_LOAD`, needs `CAP_BPF`); on failure once more with the log on, and the
+/// log goes into the error.
+pub(super) fn load_btf(btf: &[u8]) -> Result<OwnedFd, TlsError> {
+    let size = u32::try_from(btf.len()).map_err(|_| TlsError::BadAttach("BTF too large"))?;
+    let build = |log: Option<&mut [u8]>| {
+        let mut attr = zeroed_attr();
+        // SAFETY: writing plain integer fields of the BTF_LOAD member (bindgen's
+        // `__bindgen_anon_7`) of a zeroed union, which the kernel reads for BPF_BTF_LOAD.
+        unsafe {
+            let load = &mut attr.__bindgen_anon_7;
+            load.btf = btf.as_ptr() as u64;
+            load.btf_size = size;
+            if let Some(log) = log {
+                load.btf_log_level = 1;
+                load.btf_log_buf = log.as_mut_ptr() as u64;
+                load.btf_log_size = log.len() as u32;
+            }
+        }
+        attr
+    };
+    // SAFETY: the BTF pointer borrows `btf`, alive across the call; BPF_BTF_LOAD returns a
+    // new fd on success.
+    match unsafe { bpf_fd(bpf_cmd::BPF_BTF_LOAD, build(None)) } {
+        Ok(fd) => Ok(fd),
+        Err(_) => {
+            let mut log = vec![0u8; VERIFIER_LOG_BYTES];
+            // SAFETY: as above; the log buffer is alive and `btf_log_size` bytes long.
+            match unsafe { bpf_fd(bpf_cmd::BPF_BTF_LOAD, build(Some(&mut log))) } {
+                Ok(fd) => Ok(fd),
+                Err(source) => {
+                    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+                    Err(TlsError::BtfLoad {
+                        source,
+                        log: String::from_utf8_lossy(&log[..end]).trim_end().to_owned(),
+                    })
+                }
+            }
+        }
+    }
 }
 
 /// Bytes of verifier log kept when a load fails. The kernel (6.4+) keeps the tail of the log
@@ -129,6 +183,19 @@ pub(super) fn load_program(p: &ProgramLoad<'_>) -> Result<OwnedFd, TlsError> {
             if p.sleepable {
                 load.prog_flags = aya_obj::generated::BPF_F_SLEEPABLE;
             }
+            if let Some(btf) = &p.btf {
+                load.prog_btf_fd = btf.fd.as_raw_fd() as u32;
+                if btf.func_info_cnt > 0 {
+                    load.func_info = btf.func_info.as_ptr() as u64;
+                    load.func_info_cnt = btf.func_info_cnt;
+                    load.func_info_rec_size = btf.func_info_rec_size;
+                }
+                if btf.line_info_cnt > 0 {
+                    load.line_info = btf.line_info.as_ptr() as u64;
+                    load.line_info_cnt = btf.line_info_cnt;
+                    load.line_info_rec_size = btf.line_info_rec_size;
+                }
+            }
             // Names are at most 15 bytes plus NUL; the kernel accepts [A-Za-z0-9_.].
             for (dst, src) in load.prog_name.iter_mut().zip(
                 p.name
@@ -146,8 +213,8 @@ pub(super) fn load_program(p: &ProgramLoad<'_>) -> Result<OwnedFd, TlsError> {
         }
         attr
     };
-    // SAFETY: the instruction and license pointers borrow `p`, alive across the call;
-    // BPF_PROG_LOAD returns a new fd on success.
+    // SAFETY: the instruction, license and func/line info pointers borrow `p`, alive across
+    // the call; BPF_PROG_LOAD returns a new fd on success.
     match unsafe { bpf_fd(bpf_cmd::BPF_PROG_LOAD, build(None)) } {
         Ok(fd) => Ok(fd),
         Err(_) => {
@@ -195,6 +262,7 @@ pub fn probe_uprobe_multi() -> Result<bool, TlsError> {
         license: c"GPL",
         kernel_version: 0,
         sleepable: false,
+        btf: None,
     })?;
     let offset = [0u64];
     let errno = |pid: u32| {

@@ -51,6 +51,10 @@ pub enum TlsError {
     MissingProgram(String),
     #[error("program {program} is in a {section} section, not a uprobe section")]
     NotAUprobe { program: String, section: String },
+    #[error("fixing up the kernel object's BTF: {0}")]
+    Btf(#[source] aya_obj::btf::BtfError),
+    #[error("loading the kernel object's BTF: {source}\nlog:\n{log}")]
+    BtfLoad { source: io::Error, log: String },
     #[error("relocating the TLS programs: {0}")]
     Relocate(#[source] aya_obj::relocation::EbpfRelocationError),
     #[error("loading program {program}: {source}\nverifier log:\n{verifier_log}")]

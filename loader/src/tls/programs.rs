@@ -7,9 +7,12 @@
 //! same kernel maps, so events and state meet the rest of the programs), calls into `.text`
 //! are linked, and `bpf(BPF_PROG_LOAD)` runs with `expected_attach_type =
 //! BPF_TRACE_UPROBE_MULTI`. This mirrors `EbpfLoader::load` in aya 0.14 (`aya/src/bpf.rs`),
-//! minus map creation and BTF: the programs need no func/line info (no global functions, no
-//! BTF-typed maps accessed through helpers that require it), and `sanitize_functions` is left
-//! out because every kernel with uprobe-multi links (6.6+) has the helpers it would replace.
+//! minus map creation: the object's BTF is fixed up for this kernel as aya does and loaded
+//! (`BPF_BTF_LOAD`), and each program goes in with it and its function and line info (the
+//! callee functions' records moved to where `relocate_calls` appended them). The kernel needs
+//! that info for any program that calls `bpf_loop` (its callback is a BTF-described function),
+//! which the header search does. `sanitize_functions` is left out because every kernel with
+//! uprobe-multi links (6.6+) has the helpers it would replace.
 //!
 //! [`prepare`] is pure (no system calls; fds are just numbers); [`load_uprobe_multi_programs`]
 //! adds the loading.
@@ -24,11 +27,14 @@ use aya::{
     Ebpf,
     maps::{Map, MapData},
 };
-use aya_obj::{Object, ProgramSection, generated::bpf_insn};
+use aya_obj::{
+    Object, ProgramSection,
+    generated::{bpf_func_info, bpf_insn, bpf_line_info},
+};
 
 use super::{
     TlsError,
-    attach::{ProgramLoad, load_program},
+    attach::{ProgramBtf, ProgramLoad, load_btf, load_program},
 };
 
 /// The kernel maps the programs may refer to, by the name the object gives them (for
@@ -70,6 +76,20 @@ pub struct PreparedProgram {
     pub license: CString,
     pub kernel_version: u32,
     pub sleepable: bool,
+    /// `bpf_func_info` records (instruction offsets within `instructions`), encoded.
+    pub func_info: Vec<u8>,
+    pub func_info_cnt: u32,
+    /// `bpf_line_info` records, encoded.
+    pub line_info: Vec<u8>,
+    pub line_info_cnt: u32,
+}
+
+/// What [`prepare`] makes of an object: the programs, and the BTF their func/line info refers
+/// to (fixed up for this kernel), when the object has BTF and the kernel takes it.
+#[derive(Debug)]
+pub struct Prepared {
+    pub btf: Option<Vec<u8>>,
+    pub programs: Vec<PreparedProgram>,
 }
 
 /// Loads the programs `names` from `object` (the bytes aya loaded), their maps pointed at
@@ -101,7 +121,10 @@ pub(super) fn load(
     check: SectionCheck,
 ) -> Result<Vec<OwnedFd>, TlsError> {
     let raw = maps.raw();
-    prepare(object, names, &|name| raw.get(name).copied(), check)?
+    let prepared = prepare(object, names, &|name| raw.get(name).copied(), check)?;
+    let btf = prepared.btf.as_deref().map(load_btf).transpose()?;
+    prepared
+        .programs
         .iter()
         .map(|p| {
             load_program(&ProgramLoad {
@@ -110,20 +133,38 @@ pub(super) fn load(
                 license: &p.license,
                 kernel_version: p.kernel_version,
                 sleepable: p.sleepable,
+                btf: btf.as_ref().map(|fd| ProgramBtf {
+                    fd: fd.as_fd(),
+                    func_info: &p.func_info,
+                    func_info_cnt: p.func_info_cnt,
+                    func_info_rec_size: size_of::<bpf_func_info>() as u32,
+                    line_info: &p.line_info,
+                    line_info_cnt: p.line_info_cnt,
+                    line_info_rec_size: size_of::<bpf_line_info>() as u32,
+                }),
             })
         })
         .collect()
 }
 
 /// Parses `object` and relocates the programs `names` against the map fds `map_fd` gives
-/// by map name. Maps referenced only by other programs need no fd.
+/// by map name. Maps referenced only by other programs need no fd. The BTF is fixed up for
+/// the features aya found in this kernel (none without BTF support: then no BTF and the
+/// programs go without func/line info, as aya would load them).
 pub fn prepare(
     object: &[u8],
     names: &[&str],
     map_fd: &dyn Fn(&str) -> Option<RawFd>,
     check: SectionCheck,
-) -> Result<Vec<PreparedProgram>, TlsError> {
+) -> Result<Prepared, TlsError> {
     let mut obj = Object::parse(object).map_err(TlsError::Parse)?;
+    let btf = match aya::features().btf() {
+        Some(features) => obj
+            .fixup_and_sanitize_btf(features)
+            .map_err(TlsError::Btf)?
+            .map(|btf| btf.to_bytes()),
+        None => None,
+    };
     let mut sleepable = HashMap::new();
     for name in names {
         let program = obj
@@ -175,7 +216,7 @@ pub fn prepare(
     obj.relocate_calls(&text_sections)
         .map_err(TlsError::Relocate)?;
 
-    names
+    let programs = names
         .iter()
         .map(|name| {
             let program = obj
@@ -192,9 +233,21 @@ pub fn prepare(
                 license: program.license.clone(),
                 kernel_version: program.kernel_version.unwrap_or(0),
                 sleepable: sleepable.get(name).copied().unwrap_or(false),
+                func_info: function.func_info.func_info_bytes(),
+                func_info_cnt: count(function.func_info.len())?,
+                line_info: function.line_info.line_info_bytes(),
+                line_info_cnt: count(function.line_info.len())?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, TlsError>>()?;
+    Ok(Prepared {
+        btf: btf.filter(|_| programs.iter().any(|p| p.func_info_cnt > 0)),
+        programs,
+    })
+}
+
+fn count(n: usize) -> Result<u32, TlsError> {
+    u32::try_from(n).map_err(|_| TlsError::BadAttach("too many func/line info records"))
 }
 
 /// The map behind any `aya::maps::Map` (aya 0.14 has no accessor for it).

@@ -49,7 +49,9 @@ fn relocates_map_references_to_the_given_fds() {
             .position(|n| n == name)
             .map(|i| 1000 + i as RawFd)
     };
-    let prepared = prepare(OBJECT, &[STAND_IN], &fd_of, SectionCheck::Any).expect("relocates");
+    let prepared = prepare(OBJECT, &[STAND_IN], &fd_of, SectionCheck::Any)
+        .expect("relocates")
+        .programs;
     assert_eq!(prepared.len(), 1);
     let loads = map_loads(&prepared[0]);
     assert!(!loads.is_empty(), "the program uses maps");
@@ -89,11 +91,34 @@ fn prepares_the_tls_programs() {
         SectionCheck::KprobeType,
     )
     .expect("the object's uprobe programs relocate");
-    assert_eq!(prepared.len(), 2);
-    for p in &prepared {
+    assert!(
+        prepared.btf.is_some(),
+        "the object's BTF goes with the programs"
+    );
+    assert_eq!(prepared.programs.len(), 2);
+    for p in &prepared.programs {
         assert!(!map_loads(p).is_empty(), "{} uses maps", p.name);
         assert_calls_linked(p);
         assert!(!p.sleepable);
+        // One function record per bpf-to-bpf callee plus the entry, each starting inside
+        // the program: what the kernel checks before it lets bpf_loop run a callback.
+        assert!(p.func_info_cnt >= 1, "{} has function info", p.name);
+        assert_eq!(p.func_info.len(), p.func_info_cnt as usize * 8);
+        let offsets: Vec<u32> = p
+            .func_info
+            .chunks_exact(8)
+            .map(|r| u32::from_ne_bytes([r[0], r[1], r[2], r[3]]))
+            .collect();
+        assert_eq!(
+            offsets[0], 0,
+            "{}: the entry function's record is first",
+            p.name
+        );
+        assert!(
+            offsets.iter().all(|o| (*o as usize) < p.instructions.len()),
+            "{}: {offsets:?}",
+            p.name
+        );
     }
 }
 
