@@ -55,7 +55,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut router = Router::new(&routes);
     let metrics = Metrics::new("fuzz");
-    let mut red = RedRecorder::default();
+    let mut red = RedRecorder::new(metrics.red_store());
     let meta = || convert::ProcessResource {
         pid: 1,
         service_name: "fuzz".into(),

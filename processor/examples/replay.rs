@@ -363,6 +363,7 @@ fn main() -> Result<()> {
         &config.metrics_export,
         "replay-host",
         metrics.otlp.clone(),
+        metrics.red_store(),
     )?;
     let out = BufWriter::with_capacity(
         64 * 1024,

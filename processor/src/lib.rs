@@ -16,6 +16,7 @@ pub mod privileges;
 pub mod process_metrics;
 pub mod protocols;
 pub mod red;
+pub mod red_store;
 pub mod ringbuf;
 pub mod routes;
 pub mod sampling;

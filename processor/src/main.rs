@@ -467,6 +467,7 @@ fn start_pipeline(config: &Config) -> Result<Pipeline<'_, Output>> {
         &config.metrics_export,
         host.trim(),
         metrics.otlp.clone(),
+        metrics.red_store(),
     )
     .context("starting OTLP export")?;
     let out = BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());

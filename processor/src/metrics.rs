@@ -8,15 +8,17 @@
 use std::{fmt::Debug, hash::Hash, net::SocketAddr, sync::Arc};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
     registry::{Registry, Unit},
 };
 
 use crate::{
     kube::K8sLabels,
     protocols::{db, grpc, messaging},
-    semconv::{self, DURATION_BUCKETS, SIZE_BUCKETS},
+    red_store::{HistogramSnapshot, Instrument, RedStore, SeriesSnapshot},
+    semconv,
     span::{Span, SpanKind},
 };
 
@@ -37,7 +39,7 @@ pub struct ExportCounters {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServerLabels {
+pub struct ServerLabels {
     http_request_method: String,
     http_response_status_code: u16,
     http_route: String,
@@ -49,7 +51,7 @@ struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClientLabels {
+pub struct ClientLabels {
     http_request_method: String,
     http_response_status_code: u16,
     http_route: String,
@@ -64,7 +66,7 @@ struct ClientLabels {
 
 /// Labels of `rpc_server_call_duration_seconds` (the reference system's default set).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RpcServerLabels {
+pub struct RpcServerLabels {
     rpc_method: String,
     rpc_system_name: String,
     rpc_response_status_code: String,
@@ -79,7 +81,7 @@ struct RpcServerLabels {
 
 /// Labels of `rpc_client_call_duration_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RpcClientLabels {
+pub struct RpcClientLabels {
     rpc_method: String,
     rpc_system_name: String,
     rpc_response_status_code: String,
@@ -96,7 +98,7 @@ struct RpcClientLabels {
 /// Labels of `db_client_operation_duration_seconds` and `db_server_operation_duration_seconds`
 /// (the reference system's default set).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DbLabels {
+pub struct DbLabels {
     db_operation_name: String,
     db_system_name: String,
     error_type: String,
@@ -111,7 +113,7 @@ struct DbLabels {
 /// Labels of `messaging_client_operation_duration_seconds` and
 /// `messaging_process_duration_seconds` (the reference system's default set, and the error).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct MessagingLabels {
+pub struct MessagingLabels {
     messaging_system: String,
     messaging_destination_name: String,
     messaging_operation_name: String,
@@ -124,104 +126,99 @@ struct MessagingLabels {
     k8s: K8sLabels,
 }
 
-type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
-
-fn register_durations<L>(registry: &mut Registry, instrument: &semconv::Instrument) -> Histograms<L>
-where
-    L: EncodeLabelSet + Clone + Hash + Eq + Debug + Send + Sync + 'static,
-{
-    let family: Histograms<L> = Family::new_with_constructor(durations as fn() -> Histogram);
-    registry.register_with_unit(
-        instrument.name.replace('.', "_"),
-        instrument.description,
-        Unit::Seconds,
-        family.clone(),
-    );
-    family
+/// The Prometheus labels of one RED series: which struct depends on the instrument
+/// (`red_store::Instrument`). Series of processes that share a label set are summed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum PromLabels {
+    Server(ServerLabels),
+    Client(ClientLabels),
+    RpcServer(RpcServerLabels),
+    RpcClient(RpcClientLabels),
+    Db(DbLabels),
+    Messaging(MessagingLabels),
 }
 
-fn durations() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
-}
-
-fn sizes() -> Histogram {
-    Histogram::new(SIZE_BUCKETS)
-}
-
-/// The three histogram families of one span kind.
-struct RedFamilies<L> {
-    duration: Histograms<L>,
-    request_size: Histograms<L>,
-    response_size: Histograms<L>,
-}
-
-impl<L> RedFamilies<L>
-where
-    L: EncodeLabelSet + Clone + Hash + Eq + Debug + Send + Sync + 'static,
-{
-    fn register(registry: &mut Registry, names: &semconv::RedInstruments) -> RedFamilies<L> {
-        let families = RedFamilies {
-            duration: Family::new_with_constructor(durations as fn() -> Histogram),
-            request_size: Family::new_with_constructor(sizes as fn() -> Histogram),
-            response_size: Family::new_with_constructor(sizes as fn() -> Histogram),
+impl PromLabels {
+    fn encode_histogram(
+        &self,
+        encoder: &mut MetricEncoder<'_>,
+        h: &HistogramSnapshot,
+    ) -> Result<(), std::fmt::Error> {
+        let mut buckets = Vec::with_capacity(h.counts.len());
+        for (i, n) in h.counts.iter().enumerate() {
+            buckets.push((h.bounds.get(i).copied().unwrap_or(f64::INFINITY), *n));
+        }
+        let (sum, count) = (h.sum, h.count());
+        let point = |e: MetricEncoder<'_>| -> Result<(), std::fmt::Error> {
+            let mut e = e;
+            e.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
         };
-        for (instrument, unit, family) in [
-            (&names.duration, Unit::Seconds, &families.duration),
-            (&names.request_size, Unit::Bytes, &families.request_size),
-            (&names.response_size, Unit::Bytes, &families.response_size),
-        ] {
-            registry.register_with_unit(
-                instrument.name.replace('.', "_"),
-                instrument.description,
-                unit,
-                family.clone(),
-            );
-        }
-        families
-    }
-
-    fn series(&self, labels: &L) -> PromSeries {
-        PromSeries {
-            duration: self.duration.get_or_create(labels).clone(),
-            request_size: Some(self.request_size.get_or_create(labels).clone()),
-            response_size: Some(self.response_size.get_or_create(labels).clone()),
+        match self {
+            PromLabels::Server(l) => point(encoder.encode_family(l)?),
+            PromLabels::Client(l) => point(encoder.encode_family(l)?),
+            PromLabels::RpcServer(l) => point(encoder.encode_family(l)?),
+            PromLabels::RpcClient(l) => point(encoder.encode_family(l)?),
+            PromLabels::Db(l) => point(encoder.encode_family(l)?),
+            PromLabels::Messaging(l) => point(encoder.encode_family(l)?),
         }
     }
 }
 
-/// The histograms of one series (method, status, route, service; peer for clients): duration
-/// and, for HTTP, body sizes.
-#[derive(Clone)]
-pub struct PromSeries {
-    duration: Histogram,
-    request_size: Option<Histogram>,
-    response_size: Option<Histogram>,
+/// Encodes the RED histograms from the one aggregation (`red_store`) at each scrape: every
+/// family's descriptor, then its label sets' totals.
+#[derive(Debug)]
+struct RedCollector {
+    store: Arc<RedStore>,
 }
 
-impl PromSeries {
-    /// Counts one request of this series.
-    pub fn observe(&self, s: &Span) {
-        self.duration.observe(s.duration_ns as f64 / 1e9);
-        if let (Some(h), Some(n)) = (&self.request_size, s.request_body_size) {
-            h.observe(n as f64);
+impl Collector for RedCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let totals = self.store.prometheus_totals();
+        type Pick = fn(&SeriesSnapshot) -> Option<&HistogramSnapshot>;
+        for instrument in Instrument::ALL {
+            let mut families: Vec<(&semconv::Instrument, Unit, Pick)> =
+                vec![(instrument.duration(), Unit::Seconds, |s| Some(&s.duration))];
+            if let Some(http) = instrument.http() {
+                families.push((&http.request_size, Unit::Bytes, |s| s.request_size.as_ref()));
+                families.push((&http.response_size, Unit::Bytes, |s| {
+                    s.response_size.as_ref()
+                }));
+            }
+            for (names, unit, pick) in families {
+                let name = names.name.replace('.', "_");
+                let mut family = encoder.encode_descriptor(
+                    &name,
+                    names.description,
+                    Some(&unit),
+                    MetricType::Histogram,
+                )?;
+                for ((i, labels), snap) in &totals {
+                    if *i != instrument {
+                        continue;
+                    }
+                    // A size histogram of a series that never carried a body size.
+                    if let Some(h) = pick(snap).filter(|h| h.count() > 0) {
+                        labels.encode_histogram(&mut family, h)?;
+                    }
+                }
+            }
         }
-        if let (Some(h), Some(n)) = (&self.response_size, s.response_body_size) {
-            h.observe(n as f64);
-        }
+        let overflow = ConstCounter::new(self.store.overflowed());
+        let e = encoder.encode_descriptor(
+            "sonde_red_series_overflow",
+            "Requests not counted in the RED histograms because the series limit was reached",
+            None,
+            overflow.metric_type(),
+        )?;
+        overflow.encode(e)
     }
 }
 
 /// The metric families the processor records into.
 pub struct Metrics {
     registry: Arc<Registry>,
-    server: RedFamilies<ServerLabels>,
-    client: RedFamilies<ClientLabels>,
-    rpc_server: Histograms<RpcServerLabels>,
-    rpc_client: Histograms<RpcClientLabels>,
-    db_client: Histograms<DbLabels>,
-    db_server: Histograms<DbLabels>,
-    messaging_client: Histograms<MessagingLabels>,
-    messaging_process: Histograms<MessagingLabels>,
+    /// The RED series both outputs encode.
+    red: Arc<RedStore>,
     /// Ring buffer records received.
     pub events: Counter,
     /// Events lost in the kernel (ring buffer full), as last reported by the loader.
@@ -266,15 +263,10 @@ impl Metrics {
     /// otherwise.
     pub fn with_service_graph(host: &str, service_graph: bool) -> Metrics {
         let mut registry = Registry::default();
-        let server = RedFamilies::register(&mut registry, &semconv::SERVER);
-        let client = RedFamilies::register(&mut registry, &semconv::CLIENT);
-        let rpc_server = register_durations(&mut registry, &grpc::SERVER_DURATION);
-        let rpc_client = register_durations(&mut registry, &grpc::CLIENT_DURATION);
-        let db_client = register_durations(&mut registry, &db::CLIENT_DURATION);
-        let db_server = register_durations(&mut registry, &db::SERVER_DURATION);
-        let messaging_client =
-            register_durations(&mut registry, &messaging::CLIENT_OPERATION_DURATION);
-        let messaging_process = register_durations(&mut registry, &messaging::PROCESS_DURATION);
+        let red = Arc::new(RedStore::default());
+        registry.register_collector(Box::new(RedCollector {
+            store: Arc::clone(&red),
+        }));
         // A gauge of 1 rather than an OpenMetrics `info` metric: the Prometheus text
         // format (and promtool) knows no `info` type.
         let target_info = Family::<Vec<(String, String)>, Gauge>::default();
@@ -360,14 +352,7 @@ impl Metrics {
             service_graph,
             process,
             registry: Arc::new(registry),
-            server,
-            client,
-            rpc_server,
-            rpc_client,
-            db_client,
-            db_server,
-            messaging_client,
-            messaging_process,
+            red,
             events,
             kernel_events_lost,
             export_errors,
@@ -420,14 +405,17 @@ impl Metrics {
         }
     }
 
-    /// The histograms `s` is counted in, as handles sharing the registry's state, so a caller
-    /// that keeps them records later requests of the same series without building labels or
-    /// looking them up again.
-    /// `k8s`: the process's Kubernetes labels (none outside Kubernetes).
-    pub fn series(&self, s: &Span, k8s: &K8sLabels) -> PromSeries {
+    /// The RED series both outputs count requests in (`red_store`).
+    pub fn red_store(&self) -> Arc<RedStore> {
+        Arc::clone(&self.red)
+    }
+
+    /// The Prometheus labels `s` is counted under; `k8s`: the process's Kubernetes labels
+    /// (none outside Kubernetes).
+    pub fn red_labels(s: &Span, k8s: &K8sLabels) -> PromLabels {
         let namespace = s.service_namespace.clone().unwrap_or_default();
         if let Some(d) = &s.db {
-            let labels = DbLabels {
+            return PromLabels::Db(DbLabels {
                 db_operation_name: d.operation.clone().unwrap_or_default(),
                 db_system_name: d.system.to_string(),
                 error_type: db::error_type(d, s.no_response)
@@ -437,19 +425,10 @@ impl Metrics {
                 service_name: s.service_name.clone(),
                 service_namespace: namespace,
                 k8s: k8s.clone(),
-            };
-            let family = match s.kind {
-                SpanKind::Client => &self.db_client,
-                SpanKind::Server => &self.db_server,
-            };
-            return PromSeries {
-                duration: family.get_or_create(&labels).clone(),
-                request_size: None,
-                response_size: None,
-            };
+            });
         }
         if let Some(m) = &s.messaging {
-            let labels = MessagingLabels {
+            return PromLabels::Messaging(MessagingLabels {
                 messaging_system: m.system.to_string(),
                 messaging_destination_name: m.destination.clone().unwrap_or_default(),
                 messaging_operation_name: m.operation.name().to_string(),
@@ -458,18 +437,7 @@ impl Metrics {
                 service_name: s.service_name.clone(),
                 service_namespace: namespace,
                 k8s: k8s.clone(),
-            };
-            let family = match m.operation {
-                messaging::Operation::Publish | messaging::Operation::Metadata => {
-                    &self.messaging_client
-                }
-                messaging::Operation::Process => &self.messaging_process,
-            };
-            return PromSeries {
-                duration: family.get_or_create(&labels).clone(),
-                request_size: None,
-                response_size: None,
-            };
+            });
         }
         if let Some(rpc) = &s.rpc {
             let status = rpc
@@ -477,50 +445,39 @@ impl Metrics {
                 .filter(|c| *c <= 16)
                 .map_or("", grpc::status_name)
                 .to_string();
-            let duration = match s.kind {
-                SpanKind::Server => self
-                    .rpc_server
-                    .get_or_create(&RpcServerLabels {
-                        rpc_method: rpc.method.clone(),
-                        rpc_system_name: rpc.system.to_string(),
-                        rpc_response_status_code: status,
-                        server_address: s.server_address.to_string(),
-                        server_port: s.server_port,
-                        service_name: s.service_name.clone(),
-                        service_namespace: namespace,
-                        k8s: k8s.clone(),
-                    })
-                    .clone(),
-                SpanKind::Client => self
-                    .rpc_client
-                    .get_or_create(&RpcClientLabels {
-                        rpc_method: rpc.method.clone(),
-                        rpc_system_name: rpc.system.to_string(),
-                        rpc_response_status_code: status,
-                        error_type: if grpc::is_error(s.kind, rpc.status_code) {
-                            grpc::error_type(rpc.status_code).to_string()
-                        } else {
-                            String::new()
-                        },
-                        server_address: s.server_address.to_string(),
-                        server_port: s.server_port,
-                        service_name: s.service_name.clone(),
-                        service_namespace: namespace,
-                        k8s: k8s.clone(),
-                    })
-                    .clone(),
-            };
-            return PromSeries {
-                duration,
-                request_size: None,
-                response_size: None,
+            return match s.kind {
+                SpanKind::Server => PromLabels::RpcServer(RpcServerLabels {
+                    rpc_method: rpc.method.clone(),
+                    rpc_system_name: rpc.system.to_string(),
+                    rpc_response_status_code: status,
+                    server_address: s.server_address.to_string(),
+                    server_port: s.server_port,
+                    service_name: s.service_name.clone(),
+                    service_namespace: namespace,
+                    k8s: k8s.clone(),
+                }),
+                SpanKind::Client => PromLabels::RpcClient(RpcClientLabels {
+                    rpc_method: rpc.method.clone(),
+                    rpc_system_name: rpc.system.to_string(),
+                    rpc_response_status_code: status,
+                    error_type: if grpc::is_error(s.kind, rpc.status_code) {
+                        grpc::error_type(rpc.status_code).to_string()
+                    } else {
+                        String::new()
+                    },
+                    server_address: s.server_address.to_string(),
+                    server_port: s.server_port,
+                    service_name: s.service_name.clone(),
+                    service_namespace: namespace,
+                    k8s: k8s.clone(),
+                }),
             };
         }
         let route = s.route.clone().unwrap_or_default();
         // Non-standard methods count as `_OTHER`, so a scanner cannot mint new series.
         let method = semconv::method_value(&s.method);
         match s.kind {
-            SpanKind::Server => self.server.series(&ServerLabels {
+            SpanKind::Server => PromLabels::Server(ServerLabels {
                 http_request_method: method.to_string(),
                 http_response_status_code: s.status,
                 http_route: route,
@@ -528,7 +485,7 @@ impl Metrics {
                 service_namespace: namespace,
                 k8s: k8s.clone(),
             }),
-            SpanKind::Client => self.client.series(&ClientLabels {
+            SpanKind::Client => PromLabels::Client(ClientLabels {
                 http_request_method: method.to_string(),
                 http_response_status_code: s.status,
                 http_route: route,
@@ -639,7 +596,14 @@ mod tests {
     use crate::span::Address;
 
     fn record(m: &Metrics, s: &Span) {
-        m.series(s, &K8sLabels::default()).observe(s);
+        let series = crate::red_store::Series::new(
+            s.pid,
+            Instrument::of(s),
+            Some(Metrics::red_labels(s, &K8sLabels::default())),
+            None,
+            0,
+        );
+        m.red.add(series).expect("room").record(s);
     }
 
     fn span(kind: SpanKind, status: u16, route: &str, ns: u64) -> Span {

@@ -1,26 +1,21 @@
-//! RED metrics on the hot path: every request is counted in the Prometheus histograms and the
-//! OTLP histograms of its series. Building a series' labels (strings for method, route and
-//! service) and finding its histograms costs more than counting, so the handles and
-//! attributes of each series are kept here, found by one hash of the span's own fields,
-//! and built only the first time a series is seen.
+//! RED metrics on the hot path: every request is counted once, in the series of the one
+//! aggregation both outputs encode (`red_store`). Building a series' labels and attributes
+//! (strings for method, route and service) costs more than counting, so each series is
+//! found here by one hash of the span's own fields, and its labels are built only the first
+//! time it is seen.
 
-use std::hash::BuildHasher;
-
-use opentelemetry::KeyValue;
+use std::{hash::BuildHasher, sync::Arc};
 
 use crate::{
     kube::K8sLabels,
-    metrics::{Metrics, PromSeries},
+    metrics::Metrics,
     otlp::{Otlp, ProcessResource},
     prehashed::PrehashedMap,
     protocols::messaging::Operation,
+    red_store::{Instrument, RedStore, Series},
     semconv::method_value,
     span::{Address, Span, SpanKind},
 };
-
-/// Series kept at most; beyond, the cache starts over (the series themselves live on in
-/// their registries; only the shortcuts are rebuilt).
-const MAX_SERIES: usize = 16384;
 
 struct Entry {
     pid: u32,
@@ -36,8 +31,7 @@ struct Entry {
     db: Option<(&'static str, Option<String>, Option<String>)>,
     /// Operation, topic and error code, for messaging spans.
     messaging: Option<MessagingKey>,
-    prometheus: Option<PromSeries>,
-    otlp: Option<Vec<KeyValue>>,
+    series: Arc<Series>,
 }
 
 impl Entry {
@@ -76,24 +70,32 @@ fn messaging_key(s: &Span) -> Option<MessagingKeyRef<'_>> {
         .map(|m| (m.operation, m.destination.as_deref(), m.error_code))
 }
 
-/// Records requests into the Prometheus and OTLP histograms through per-series shortcuts.
-#[derive(Default)]
+/// Records requests into their series of the store, found through per-series shortcuts.
 pub struct RedRecorder {
+    store: Arc<RedStore>,
     /// Seeded per process: routes come from request paths, so collisions must not be
     /// choosable from outside.
     hasher: foldhash::fast::RandomState,
     series: PrehashedMap<Vec<Entry>>,
-    len: usize,
 }
 
 impl RedRecorder {
-    /// Counts `s` in the Prometheus histograms (when `prometheus` is given) and the OTLP
-    /// ones (when `otlp` exports metrics).
+    /// The writer of `store` (`Metrics::red_store`); the only one.
+    pub fn new(store: Arc<RedStore>) -> RedRecorder {
+        RedRecorder {
+            store,
+            hasher: foldhash::fast::RandomState::default(),
+            series: PrehashedMap::default(),
+        }
+    }
+
+    /// Counts `s` in its series, labelled for Prometheus when `prometheus` is given and for
+    /// OTLP when `otlp` exports metrics.
     pub fn record(
         &mut self,
         s: &Span,
         prometheus: Option<&Metrics>,
-        mut otlp: Option<&mut Otlp>,
+        otlp: Option<&mut Otlp>,
         meta: &dyn Fn() -> ProcessResource,
     ) {
         let method = method_value(&s.method);
@@ -118,10 +120,14 @@ impl RedRecorder {
         let entry = match found {
             Some(i) => &self.series[&h][i],
             None => {
-                if self.len >= MAX_SERIES {
-                    self.series.clear();
-                    self.len = 0;
-                }
+                let prometheus = prometheus.map(|_| Metrics::red_labels(s, &K8sLabels(meta().k8s)));
+                let otlp = otlp.and_then(|o| o.series_attributes(s, meta));
+                let start = s.end_unix_nano.saturating_sub(s.duration_ns);
+                let series = Series::new(s.pid, Instrument::of(s), prometheus, otlp, start);
+                // Beyond the store's limit the request is counted there as overflowed.
+                let Some(series) = self.store.add(series) else {
+                    return;
+                };
                 let entry = Entry {
                     pid: s.pid,
                     kind: s.kind,
@@ -139,47 +145,37 @@ impl RedRecorder {
                         .as_ref()
                         .map(|m| (m.operation, m.destination.clone(), m.error_code)),
                     no_response: s.no_response,
-                    prometheus: prometheus.map(|m| m.series(s, &K8sLabels(meta().k8s))),
-                    otlp: otlp
-                        .as_deref_mut()
-                        .and_then(|o| o.series_attributes(s, meta)),
+                    series,
                 };
-                self.len += 1;
                 let bucket = self.series.entry(h).or_default();
                 bucket.push(entry);
                 &bucket[bucket.len() - 1]
             }
         };
-        if let Some(p) = &entry.prometheus {
-            p.observe(s);
-        }
-        if let (Some(o), Some(attrs)) = (otlp, &entry.otlp) {
-            o.record_with(s, attrs);
-        }
+        entry.series.record(s);
     }
 
-    /// Drops the shortcuts of a process that went away (its pid may come back as another).
+    /// Retires the series of a process that went away (its pid may come back as another):
+    /// the store keeps their totals (see `RedStore::forget`).
     pub fn forget(&mut self, pid: u32) {
-        let mut removed = 0;
         self.series.retain(|_, bucket| {
-            let before = bucket.len();
             bucket.retain(|e| e.pid != pid);
-            removed += before - bucket.len();
             !bucket.is_empty()
         });
-        self.len -= removed;
+        self.store.forget(pid);
     }
 
     /// Series currently kept.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.len
+        self.series.values().map(Vec::len).sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::red_store::MAX_SERIES;
 
     fn span(pid: u32, route: &str, status: u16) -> Span {
         Span {
@@ -208,7 +204,7 @@ mod tests {
     #[test]
     fn counts_go_to_the_right_series_and_shortcuts_are_reused() {
         let m = Metrics::new("h");
-        let mut r = RedRecorder::default();
+        let mut r = RedRecorder::new(m.red_store());
         for _ in 0..5 {
             r.record(&span(1, "/a", 200), Some(&m), None, &meta);
         }
@@ -217,30 +213,39 @@ mod tests {
         r.record(&span(2, "/a", 200), Some(&m), None, &meta);
         assert_eq!(r.len(), 4);
         let text = m.encode();
-        let count = |route: &str, status: u16| {
-            text.lines()
-                .find(|l| {
-                    l.starts_with("http_server_request_duration_seconds_count{")
-                        && l.contains(&format!("http_route=\"{route}\""))
-                        && l.contains(&format!("http_response_status_code=\"{status}\""))
-                })
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        };
+        let count = |route: &str, status: u16| count_in(&text, route, status);
         // pids 1 and 2 share a service, hence a Prometheus series.
         assert_eq!(count("/a", 200), Some(6), "{text}");
         assert_eq!(count("/a", 500), Some(1));
         assert_eq!(count("/b", 200), Some(1));
         r.forget(1);
         assert_eq!(r.len(), 1);
+        // The departed process's counts stay in its label set: the histogram never goes back.
+        let text = m.encode();
+        assert_eq!(count_in(&text, "/a", 200), Some(6), "{text}");
+        r.record(&span(3, "/a", 200), Some(&m), None, &meta);
+        assert_eq!(count_in(&m.encode(), "/a", 200), Some(7));
+    }
+
+    fn count_in(text: &str, route: &str, status: u16) -> Option<u64> {
+        text.lines()
+            .find(|l| {
+                l.starts_with("http_server_request_duration_seconds_count{")
+                    && l.contains(&format!("http_route=\"{route}\""))
+                    && l.contains(&format!("http_response_status_code=\"{status}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
     }
 
     #[test]
-    fn the_cache_stays_bounded() {
+    fn series_are_bounded_and_requests_beyond_are_counted() {
         let m = Metrics::new("h");
-        let mut r = RedRecorder::default();
+        let mut r = RedRecorder::new(m.red_store());
         for i in 0..(MAX_SERIES + 10) {
             r.record(&span(1, &format!("/r{i}"), 200), Some(&m), None, &meta);
         }
-        assert!(r.len() <= MAX_SERIES);
+        assert_eq!(r.len(), MAX_SERIES);
+        assert_eq!(m.red_store().overflowed(), 10);
+        assert!(m.encode().contains("sonde_red_series_overflow_total 10"));
     }
 }

@@ -1,26 +1,22 @@
-//! Building the OTLP exporters from the configured endpoints: gRPC (tonic) or HTTP/protobuf
+//! Building the OTLP transports from the configured endpoints: gRPC (tonic) or HTTP/protobuf
 //! (reqwest), headers, gzip, timeouts, and TLS for `https://` endpoints (rustls with ring,
-//! trusting exactly the configured CA file or else the system's store). Spans go through
-//! Sonde's own `transport` (requests encoded by `encode`); metrics through
-//! `opentelemetry-otlp`'s exporter, whose retries with backoff are its own (the crate's
-//! default policy). Everything that can be wrong in the configuration (a header, a CA file)
-//! fails here, at start, not at the first export.
+//! trusting exactly the configured CA file or else the system's store). Both signals go
+//! through Sonde's own `transport`, requests encoded by `encode` (spans) and `red_metrics`
+//! with `opentelemetry-proto` (metrics). Everything that can be wrong in the configuration
+//! (a header, a CA file) fails here, at start, not at the first export.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::Context;
-use opentelemetry_otlp::{
-    Compression, MetricExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
-};
 
-use super::transport::SpanTransport;
-use crate::config::{MetricsExport, OtlpEndpoint, OtlpProtocol, TracesExport};
+use super::transport::{Signal, Transport};
+use crate::config::{MetricsExport, OtlpEndpoint, TracesExport};
 
-/// The exporters of the signals that have an endpoint, with the runtime they must run on.
+/// The transports of the signals that have an endpoint, with the runtime they must run on.
 pub(super) struct Exporters {
     pub(super) runtime: tokio::runtime::Runtime,
-    pub(super) spans: Option<SpanTransport>,
-    pub(super) metrics: Option<MetricExporter>,
+    pub(super) spans: Option<Transport>,
+    pub(super) metrics: Option<Transport>,
 }
 
 impl Exporters {
@@ -36,12 +32,12 @@ impl Exporters {
             let spans = traces
                 .otlp
                 .as_ref()
-                .map(|e| SpanTransport::build(e, traces.timeout))
+                .map(|e| Transport::build(e, Signal::Traces, traces.timeout))
                 .transpose()?;
             let metrics = metrics
                 .otlp
                 .as_ref()
-                .map(|e| metric_exporter(e, metrics.timeout))
+                .map(|e| Transport::build(e, Signal::Metrics, metrics.timeout))
                 .transpose()?;
             (spans, metrics)
         };
@@ -53,65 +49,12 @@ impl Exporters {
     }
 }
 
-fn metric_exporter(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<MetricExporter> {
-    Ok(match e.protocol {
-        OtlpProtocol::Grpc => {
-            over_grpc(MetricExporter::builder().with_tonic(), e, timeout)?.build()?
-        }
-        OtlpProtocol::HttpProtobuf => {
-            over_http(MetricExporter::builder().with_http(), e, timeout)?.build()?
-        }
-    })
-}
-
-/// The endpoint's settings on a gRPC metric exporter builder.
-fn over_grpc<B: WithExportConfig + WithTonicConfig>(
-    builder: B,
-    e: &OtlpEndpoint,
-    timeout: Duration,
-) -> anyhow::Result<B> {
-    let mut b = builder
-        .with_endpoint(e.url.clone())
-        .with_timeout(timeout)
-        .with_metadata(metadata(&e.headers)?);
-    if e.gzip {
-        b = b.with_compression(Compression::Gzip);
-    }
-    if e.tls {
-        use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
-        let tls = match &e.ca_file {
-            Some(path) => ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(std::fs::read(path).with_context(
-                    || format!("reading the OTLP CA file {}", path.display()),
-                )?)),
-            None => ClientTlsConfig::new().with_native_roots(),
-        };
-        b = b.with_tls_config(tls);
-    }
-    Ok(b)
-}
-
-/// The endpoint's settings on an HTTP/protobuf metric exporter builder.
-fn over_http<B: WithExportConfig + WithHttpConfig>(
-    builder: B,
-    e: &OtlpEndpoint,
-    timeout: Duration,
-) -> anyhow::Result<B> {
-    let b = builder
-        .with_endpoint(e.url.clone())
-        .with_timeout(timeout)
-        .with_headers(e.headers.iter().cloned().collect())
-        .with_http_client(http_client(e, timeout)?);
-    Ok(if e.gzip {
-        b.with_compression(Compression::Gzip)
-    } else {
-        b
-    })
-}
-
 /// The HTTP client of one endpoint: for `https://`, rustls (ring) trusting exactly the
 /// configured CA file or, without one, the system's trust store.
-pub(super) fn http_client(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+pub(super) fn http_client(
+    e: &OtlpEndpoint,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
     let mut b = reqwest::Client::builder().timeout(timeout);
     if e.tls {
         let mut roots = rustls::RootCertStore::empty();
@@ -147,19 +90,4 @@ pub(super) fn http_client(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result
         b = b.tls_backend_preconfigured(config);
     }
     Ok(b.build()?)
-}
-
-fn metadata(
-    headers: &[(String, String)],
-) -> anyhow::Result<opentelemetry_otlp::tonic_types::metadata::MetadataMap> {
-    let mut map = http::HeaderMap::new();
-    for (k, v) in headers {
-        let name = http::HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| anyhow::anyhow!("OTLP header name {k:?} is not valid gRPC metadata"))?;
-        let value = http::HeaderValue::from_str(v).map_err(|_| {
-            anyhow::anyhow!("the value of OTLP header {k:?} is not valid gRPC metadata")
-        })?;
-        map.insert(name, value);
-    }
-    Ok(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(map))
 }

@@ -1,9 +1,9 @@
-//! OTLP RED metrics as the reader thread records them: one `SdkMeterProvider` per
-//! instrumented process, carrying that process's resource, with its eight histograms (HTTP
-//! duration and body sizes per kind, RPC duration per kind) and the
-//! attributes a request is counted under, and, with process metrics on, the process's
-//! observable `process.*` instruments. Recording stays in memory; the worker collects
-//! every provider each interval through the shared map (`Providers`).
+//! The OTLP side of each instrumented process as the reader thread keeps it: the attributes
+//! its RED series are counted under (the counting itself is `red_store`'s, shared with
+//! Prometheus), and one `SdkMeterProvider`, carrying the process's resource, for the
+//! instruments that are not RED (the observable `process.*` ones with process metrics on,
+//! the service graph's). The worker collects every provider each interval through the
+//! shared map (`Providers`) and adds the process's RED series to the same resource.
 //!
 //! The SDK's periodic reader is not used: it serves one resource per provider's exporter,
 //! while Sonde exports for many processes, each its own resource.
@@ -16,7 +16,7 @@ use std::{
 
 use opentelemetry::{
     KeyValue, StringValue, Value,
-    metrics::{Histogram, Meter, MeterProvider},
+    metrics::{Meter, MeterProvider},
 };
 use opentelemetry_sdk::{
     Resource,
@@ -31,7 +31,7 @@ use super::convert::ProcessResource;
 use crate::{
     process_metrics::UsagePoint,
     protocols::{db, grpc, messaging},
-    semconv::{self, DURATION_BUCKETS, RedInstruments, SIZE_BUCKETS, method_value},
+    semconv::method_value,
     span::{Rpc, Span, SpanKind},
 };
 
@@ -52,15 +52,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Every process's cumulative metrics; the pipelines of processes that went away are shut
-/// down after this last collection.
-pub(super) fn collect(providers: &Providers) -> Vec<ResourceMetrics> {
+/// Every process's cumulative metrics, under its pid (the flows' under their key); the
+/// pipelines of processes that went away are shut down after this last collection.
+pub(super) fn collect(providers: &Providers) -> Vec<(u32, ResourceMetrics)> {
     let mut meters = lock(providers);
     let mut out = Vec::with_capacity(meters.len());
-    for m in meters.values() {
+    for (key, m) in meters.iter() {
         let mut rm = ResourceMetrics::default();
         if m.reader.collect(&mut rm).is_ok() {
-            out.push(rm);
+            out.push((*key, rm));
         }
     }
     meters.retain(|_, m| {
@@ -95,46 +95,6 @@ impl MetricReader for SharedReader {
     }
 }
 
-/// The three histograms of one span kind in one process.
-struct KindHistograms {
-    duration: Histogram<f64>,
-    request_size: Histogram<u64>,
-    response_size: Histogram<u64>,
-}
-
-impl KindHistograms {
-    fn new(meter: &Meter, names: &RedInstruments) -> KindHistograms {
-        let size = |i: &semconv::Instrument| {
-            meter
-                .u64_histogram(i.name)
-                .with_unit("By")
-                .with_description(i.description)
-                .with_boundaries(SIZE_BUCKETS.to_vec())
-                .build()
-        };
-        KindHistograms {
-            duration: meter
-                .f64_histogram(names.duration.name)
-                .with_unit("s")
-                .with_description(names.duration.description)
-                .with_boundaries(DURATION_BUCKETS.to_vec())
-                .build(),
-            request_size: size(&names.request_size),
-            response_size: size(&names.response_size),
-        }
-    }
-
-    fn record(&self, s: &Span, attrs: &[KeyValue]) {
-        self.duration.record(s.duration_ns as f64 / 1e9, attrs);
-        if let Some(n) = s.request_body_size {
-            self.request_size.record(n, attrs);
-        }
-        if let Some(n) = s.response_body_size {
-            self.response_size.record(n, attrs);
-        }
-    }
-}
-
 /// Interned label values of one process, so recording a metric clones reference counts
 /// rather than strings.
 struct ServiceLabels {
@@ -160,23 +120,6 @@ struct ProcessInstruments {
     /// The process's latest process-metrics reading, which its observable instruments report
     /// at each collection; `None` (the process left) reports nothing.
     usage: Option<UsageCell>,
-    server: KindHistograms,
-    client: KindHistograms,
-    rpc_server: Histogram<f64>,
-    rpc_client: Histogram<f64>,
-    db_client: Histogram<f64>,
-    db_server: Histogram<f64>,
-    messaging_client: Histogram<f64>,
-    messaging_process: Histogram<f64>,
-}
-
-fn duration_histogram(meter: &Meter, i: &semconv::Instrument) -> Histogram<f64> {
-    meter
-        .f64_histogram(i.name)
-        .with_unit("s")
-        .with_description(i.description)
-        .with_boundaries(DURATION_BUCKETS.to_vec())
-        .build()
 }
 
 /// The reader thread's side of OTLP metrics: the instruments of every known process.
@@ -207,14 +150,6 @@ impl Meters {
                 labels: ServiceLabels::new(process),
                 meter: meter.clone(),
                 usage: None,
-                server: KindHistograms::new(&meter, &semconv::SERVER),
-                client: KindHistograms::new(&meter, &semconv::CLIENT),
-                rpc_server: duration_histogram(&meter, &grpc::SERVER_DURATION),
-                rpc_client: duration_histogram(&meter, &grpc::CLIENT_DURATION),
-                db_client: duration_histogram(&meter, &db::CLIENT_DURATION),
-                db_server: duration_histogram(&meter, &db::SERVER_DURATION),
-                messaging_client: duration_histogram(&meter, &messaging::CLIENT_OPERATION_DURATION),
-                messaging_process: duration_histogram(&meter, &messaging::PROCESS_DURATION),
             },
         );
         lock(&self.providers).insert(
@@ -232,30 +167,6 @@ impl Meters {
     pub(super) fn attributes(&self, s: &Span) -> Option<Vec<KeyValue>> {
         let i = self.instruments.get(&s.pid)?;
         Some(metric_attributes(s, &i.labels))
-    }
-
-    /// Counts one request under attributes from `attributes`.
-    pub(super) fn record(&self, s: &Span, attrs: &[KeyValue]) {
-        if let Some(i) = self.instruments.get(&s.pid) {
-            let seconds = s.duration_ns as f64 / 1e9;
-            if let Some(m) = &s.messaging {
-                match m.operation {
-                    messaging::Operation::Publish | messaging::Operation::Metadata => {
-                        i.messaging_client.record(seconds, attrs)
-                    }
-                    messaging::Operation::Process => i.messaging_process.record(seconds, attrs),
-                }
-                return;
-            }
-            match (s.kind, s.rpc.is_some(), s.db.is_some()) {
-                (SpanKind::Server, _, true) => i.db_server.record(seconds, attrs),
-                (SpanKind::Client, _, true) => i.db_client.record(seconds, attrs),
-                (SpanKind::Server, true, _) => i.rpc_server.record(seconds, attrs),
-                (SpanKind::Client, true, _) => i.rpc_client.record(seconds, attrs),
-                (SpanKind::Server, false, false) => i.server.record(s, attrs),
-                (SpanKind::Client, false, false) => i.client.record(s, attrs),
-            }
-        }
     }
 
     /// Sets the process-metrics reading `pid`'s observable instruments report (made at its

@@ -4,15 +4,18 @@
 //! waiting on the network. The other jobs live in their own modules, each used from here:
 //!
 //! - `exporter`: building the exporters from the endpoints (protocol, headers, gzip, TLS);
-//! - `transport`: sending encoded span requests over gRPC or HTTP/protobuf, with retries;
+//! - `transport`: sending encoded requests over gRPC or HTTP/protobuf, with retries;
 //! - `worker`: the exporter thread, its bounded span queue, batching and failure logging;
 //! - `encode`: spans written straight into OTLP request bytes, resources encoded once;
-//! - `meters`: per-process meter providers and the histograms requests are counted in;
+//! - `meters`: per-process meter providers (process metrics, service graph) and the
+//!   attributes RED series are counted under;
+//! - `red_metrics`: the RED series of `red_store` as OTLP histograms;
 //! - `convert`: spans and process metadata into OpenTelemetry data (pure functions).
 //!
-//! Counts never depend on the collector: metrics are recorded in memory per process, each
-//! with its own resource (`service.*`, `process.*`, `host.name`, `telemetry.sdk.*`), and the
-//! worker collects and sends them every `interval`. The outcomes are counted into
+//! Counts never depend on the collector: metrics are recorded in memory per process (RED
+//! requests once, in `red_store`, which Prometheus reads too), each process with its own
+//! resource (`service.*`, `process.*`, `host.name`, `telemetry.sdk.*`), and the worker
+//! collects and sends them every `interval`. The outcomes are counted into
 //! `metrics::ExportCounters`; nothing in `metrics` imports from here.
 
 pub mod convert;
@@ -22,6 +25,7 @@ mod flows;
 #[cfg(test)]
 mod legacy_convert;
 mod meters;
+pub mod red_metrics;
 mod transport;
 mod worker;
 
@@ -38,6 +42,7 @@ use worker::{SpanQueue, Worker};
 use crate::{
     config::{MetricsExport, TracesExport},
     metrics::ExportCounters,
+    red_store::RedStore,
     span::Span,
 };
 
@@ -60,13 +65,15 @@ pub struct Otlp {
 }
 
 impl Otlp {
-    /// Builds the exporters and starts the exporter thread. Returns `None` when neither
-    /// signal has an endpoint.
+    /// Builds the exporters and starts the exporter thread, which exports the RED series of
+    /// `red` with each process's other metrics. Returns `None` when neither signal has an
+    /// endpoint.
     pub fn start(
         traces: &TracesExport,
         metrics: &MetricsExport,
         host: &str,
         counters: ExportCounters,
+        red: std::sync::Arc<RedStore>,
     ) -> anyhow::Result<Option<Otlp>> {
         if traces.otlp.is_none() && metrics.otlp.is_none() {
             return Ok(None);
@@ -77,7 +84,11 @@ impl Otlp {
             .metrics
             .as_ref()
             .map(|_| Meters::new(std::sync::Arc::clone(&providers)));
-        let (worker, spans) = Worker::start(exporters, traces, metrics, providers, counters, host)?;
+        if meters.is_some() {
+            red.keep_for_otlp();
+        }
+        let (worker, spans) =
+            Worker::start(exporters, traces, metrics, providers, red, counters, host)?;
         for (signal, e) in [("traces", &traces.otlp), ("metrics", &metrics.otlp)] {
             if let Some(e) = e {
                 info!(
@@ -135,13 +146,6 @@ impl Otlp {
         }
         self.ensure_process(meta, s.pid);
         self.meters.as_ref()?.attributes(s)
-    }
-
-    /// Counts one request under attributes from `series_attributes`.
-    pub fn record_with(&self, s: &Span, attrs: &[KeyValue]) {
-        if let Some(m) = &self.meters {
-            m.record(s, attrs);
-        }
     }
 
     /// Records a process-metrics reading of `pid` (its resource and meters made first if
@@ -263,9 +267,15 @@ mod tests {
             timeout: Duration::from_millis(200),
         };
         let counters = ExportCounters::default();
-        let mut otlp = Otlp::start(&traces, &MetricsExport::default(), "h", counters.clone())
-            .expect("start")
-            .expect("traces on");
+        let mut otlp = Otlp::start(
+            &traces,
+            &MetricsExport::default(),
+            "h",
+            counters.clone(),
+            std::sync::Arc::default(),
+        )
+        .expect("start")
+        .expect("traces on");
         let meta = || ProcessResource {
             pid: 7,
             service_name: "svc".into(),

@@ -1,4 +1,4 @@
-//! Sending encoded trace requests to the collector: gRPC (a unary call through tonic with a
+//! Sending encoded OTLP requests (traces or metrics) to the collector: gRPC (a unary call through tonic with a
 //! codec that passes the encoded bytes through) or HTTP/protobuf (reqwest), with the
 //! endpoint's headers, gzip, timeout and TLS, and retries with backoff on what the OTLP
 //! specification calls retryable (gRPC `UNAVAILABLE`, `CANCELLED`, `DEADLINE_EXCEEDED`,
@@ -22,8 +22,22 @@ use tonic::{
 
 use crate::config::{OtlpEndpoint, OtlpProtocol};
 
-/// The gRPC method every trace request calls.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// Which service an endpoint's requests go to: the gRPC method they call (the HTTP URL,
+/// with its `/v1/…` path, comes from the configuration).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+}
 
 const MAX_RETRIES: u32 = 3;
 const FIRST_DELAY: Duration = Duration::from_millis(100);
@@ -77,7 +91,7 @@ impl ExportError {
 }
 
 /// A codec that writes already encoded request bytes and ignores the response message (an
-/// `ExportTraceServiceResponse`, whose partial-success counts Sonde does not use).
+/// `Export…ServiceResponse`, whose partial-success counts Sonde does not use).
 #[derive(Clone, Copy, Default)]
 struct Raw;
 
@@ -125,23 +139,24 @@ enum Kind {
     },
 }
 
-/// The trace endpoint's connection and settings; a clone shares the connection (one per
-/// request in flight).
+/// One signal's endpoint: its connection and settings; a clone shares the connection (one
+/// per request in flight).
 #[derive(Clone)]
-pub struct SpanTransport {
+pub struct Transport {
     kind: Kind,
+    signal: Signal,
     gzip: bool,
     timeout: Duration,
 }
 
-impl SpanTransport {
+impl Transport {
     /// Builds the transport; must run inside the Tokio runtime it will be used on (tonic's
     /// channel starts its worker there). Fails on a header, URL or CA file that cannot work.
-    pub fn build(e: &OtlpEndpoint, timeout: Duration) -> anyhow::Result<SpanTransport> {
+    pub fn build(e: &OtlpEndpoint, signal: Signal, timeout: Duration) -> anyhow::Result<Transport> {
         let kind = match e.protocol {
             OtlpProtocol::Grpc => {
                 let mut endpoint = Endpoint::from_shared(e.url.clone())
-                    .with_context(|| format!("the OTLP traces endpoint {}", e.url))?
+                    .with_context(|| format!("the OTLP {signal:?} endpoint {}", e.url))?
                     .timeout(timeout);
                 if e.tls {
                     let tls = match &e.ca_file {
@@ -181,14 +196,15 @@ impl SpanTransport {
                 }
             }
         };
-        Ok(SpanTransport {
+        Ok(Transport {
             kind,
+            signal,
             gzip: e.gzip,
             timeout,
         })
     }
 
-    /// The body that carries an encoded `ExportTraceServiceRequest`: gzipped here for HTTP
+    /// The body that carries an encoded export request: gzipped here for HTTP
     /// (gRPC compresses in tonic, `send_compressed`).
     pub fn body(&self, request: &[u8]) -> Result<Bytes, ExportError> {
         Ok(match (&self.kind, self.gzip) {
@@ -245,7 +261,7 @@ impl SpanTransport {
                     tonic::Extensions::default(),
                     body,
                 );
-                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+                let path = http::uri::PathAndQuery::from_static(self.signal.grpc_path());
                 client
                     .unary::<Bytes, (), Raw>(request, path, Raw)
                     .await

@@ -1,7 +1,8 @@
 //! The export worker: one thread, running a single-threaded Tokio runtime, that takes the
 //! spans the reader thread queued, batches them, encodes each batch as one OTLP request
 //! (`encode`: one `ResourceSpans` per process) and sends it (`transport`), and collects and
-//! sends every process's metrics each `interval`. The queue
+//! sends every process's metrics each `interval` (one request per process: its provider's
+//! instruments and its RED series, `red_metrics`). The queue
 //! is bounded (`queue_size`, counted from hand-over to export): beyond it the reader thread
 //! drops and counts a span rather than wait. What the exporters still cannot send after
 //! their retries is counted and dropped, and logged without flooding; the next batch
@@ -22,8 +23,8 @@ use std::{
 };
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
-use opentelemetry_otlp::MetricExporter;
-use opentelemetry_sdk::metrics::{data::ResourceMetrics, exporter::PushMetricExporter};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use prost::Message as _;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
@@ -31,11 +32,13 @@ use super::{
     encode::{EncodedResource, Encoder, Queued},
     exporter::Exporters,
     meters::{self, Providers},
-    transport::{ExportError, SpanTransport},
+    red_metrics,
+    transport::{ExportError, Transport},
 };
 use crate::{
     config::{MetricsExport, TracesExport},
     metrics::ExportCounters,
+    red_store::RedStore,
     span::Span,
 };
 
@@ -96,6 +99,7 @@ impl Worker {
         traces: &TracesExport,
         metrics: &MetricsExport,
         providers: Providers,
+        red: Arc<RedStore>,
         counters: ExportCounters,
         host: &str,
     ) -> std::io::Result<(Worker, Option<SpanQueue>)> {
@@ -137,9 +141,12 @@ impl Worker {
                             }
                         };
                         let metrics = async {
-                            if let Some(exporter) = metric_exporter {
-                                export_metrics(exporter, &providers, interval, &stop, &counters)
-                                    .await
+                            if let Some(transport) = metric_exporter {
+                                let sources = MetricSources {
+                                    providers: &providers,
+                                    red: &red,
+                                };
+                                export_metrics(transport, sources, interval, &stop, &counters).await
                             }
                         };
                         tokio::join!(spans, metrics);
@@ -177,7 +184,7 @@ const IN_FLIGHT: usize = 2;
 
 /// Batches queued spans and exports them; once the queue is closed, sends what is left.
 async fn export_spans(
-    transport: SpanTransport,
+    transport: Transport,
     mut rx: mpsc::UnboundedReceiver<Vec<Queued>>,
     queued: &AtomicUsize,
     mut sender: SpanSender,
@@ -236,7 +243,7 @@ async fn export_spans(
 
 /// One request's round trip (retries included) on its own handle of the transport.
 async fn send(
-    mut transport: SpanTransport,
+    mut transport: Transport,
     body: bytes::Bytes,
     n: usize,
 ) -> (usize, Result<(), ExportError>) {
@@ -263,7 +270,7 @@ impl SpanSender {
     /// Encodes a batch as one request body (one `ResourceSpans` per process).
     fn encode(
         &mut self,
-        transport: &SpanTransport,
+        transport: &Transport,
         batch: &[Queued],
     ) -> Result<bytes::Bytes, ExportError> {
         self.encoder.request(batch, &mut self.request);
@@ -286,11 +293,57 @@ impl SpanSender {
     }
 }
 
+/// Where a process's metrics come from.
+#[derive(Clone, Copy)]
+struct MetricSources<'a> {
+    /// Its meter provider (process metrics, service graph), keyed by pid; also the flows'.
+    providers: &'a Providers,
+    /// Its RED series.
+    red: &'a RedStore,
+}
+
+impl MetricSources<'_> {
+    /// One request per process (its resource, its provider's instruments and its RED
+    /// series), and the flows'; a process with nothing to report sends nothing.
+    fn requests(&self) -> Vec<Vec<u8>> {
+        let collected = meters::collect(self.providers);
+        // Taken after the collection: a process retired meanwhile is still among it.
+        let mut leaving = self.red.take_leaving();
+        let now = unix_nanos();
+        let mut out = Vec::with_capacity(collected.len());
+        for (pid, rm) in &collected {
+            let mut request = ExportMetricsServiceRequest::from(rm);
+            let mut series = self.red.live(*pid);
+            series.extend(leaving.extract_if(.., |s| s.pid == *pid));
+            if let (Some(scope), Some(resource)) = (
+                red_metrics::scope_metrics(&series, now),
+                request.resource_metrics.first_mut(),
+            ) {
+                resource.scope_metrics.push(scope);
+            }
+            let empty = request
+                .resource_metrics
+                .iter()
+                .all(|r| r.scope_metrics.iter().all(|s| s.metrics.is_empty()));
+            if !empty {
+                out.push(request.encode_to_vec());
+            }
+        }
+        out
+    }
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Collects every process's cumulative metrics each `interval` and exports them; once more
 /// when stopping.
 async fn export_metrics(
-    exporter: MetricExporter,
-    providers: &Providers,
+    mut transport: Transport,
+    sources: MetricSources<'_>,
     interval: Duration,
     stop: &Notify,
     counters: &ExportCounters,
@@ -304,9 +357,14 @@ async fn export_metrics(
             _ = stop.notified() => true,
         };
         let started = Instant::now();
-        let collected: Vec<ResourceMetrics> = meters::collect(providers);
-        for rm in &collected {
-            match exporter.export(rm).await {
+        let requests = sources.requests();
+        let n = requests.len();
+        for request in requests {
+            let sent = match transport.body(&request) {
+                Ok(body) => transport.send(body).await,
+                Err(e) => Err(e),
+            };
+            match sent {
                 Ok(()) => {
                     counters.metric_exports.inc();
                     log.succeeded();
@@ -318,7 +376,7 @@ async fn export_metrics(
             }
         }
         debug!(
-            processes = collected.len(),
+            requests = n,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "metrics exported"
         );
@@ -326,7 +384,6 @@ async fn export_metrics(
             break;
         }
     }
-    let _ = exporter.shutdown();
 }
 
 /// Export failure logging that cannot flood: the first failure is logged, then at most one

@@ -59,6 +59,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         out: W,
         mono_to_unix: i128,
     ) -> Self {
+        let red = RedRecorder::new(metrics.red_store());
         // Service graph metrics only when something serves them: no pairing otherwise.
         let graph_served = config.prometheus_export.port.is_some()
             || otlp.as_ref().is_some_and(|o| o.exports_metrics());
@@ -72,7 +73,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
             ids: <rand::rngs::SmallRng as rand::SeedableRng>::from_rng(&mut rand::rng()),
             mono_to_unix,
             otlp,
-            red: RedRecorder::default(),
+            red,
             own_telemetry_pids: Vec::new(),
             own_telemetry_new: Vec::new(),
             linker: Linker::new(config.shared.ebpf.max_transaction_time, Instant::now()),
@@ -333,10 +334,11 @@ impl<'a, W: Write> SpanSink<'a, W> {
 
     /// Drops what is kept for `pid` (its OTLP resource and meters, its RED series).
     pub fn forget(&mut self, pid: u32) {
+        // RED series first: OTLP's last collection of the process must find them retired.
+        self.red.forget(pid);
         if let Some(o) = self.otlp.as_mut() {
             o.forget(pid);
         }
-        self.red.forget(pid);
         if let Some(g) = self.graph.as_mut() {
             g.forget(pid);
         }
