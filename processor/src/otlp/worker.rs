@@ -432,3 +432,93 @@ impl FailureLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::{
+        otlp::{
+            convert::{self, ProcessResource},
+            meters::Meters,
+        },
+        red_store::{Instrument, Series},
+    };
+
+    fn process(pid: u32) -> ProcessResource {
+        ProcessResource {
+            pid,
+            service_name: format!("svc{pid}"),
+            service_namespace: None,
+            exe_path: "/usr/bin/x".into(),
+            k8s: None,
+        }
+    }
+
+    /// The request counts of every RED data point of each request, by service name.
+    fn counts(requests: &[Vec<u8>]) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for r in requests {
+            let req = ExportMetricsServiceRequest::decode(r.as_slice()).expect("decodes");
+            for rm in &req.resource_metrics {
+                let service = rm
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                for m in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
+                    if let Some(Data::Histogram(h)) = &m.data {
+                        for p in &h.data_points {
+                            out.push((service.clone(), p.count));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_departed_process_is_exported_once_more_under_its_resource_then_not_again() {
+        let providers = Providers::default();
+        let red = RedStore::default();
+        red.keep_for_otlp();
+        let mut meters = Meters::new(Arc::clone(&providers));
+        for pid in [1, 2] {
+            meters.add(pid, &process(pid), convert::resource(&process(pid), "h"));
+            let attrs = meters.attributes(&Span {
+                pid,
+                ..Span::fixture()
+            });
+            let series = red
+                .add(Series::new(pid, Instrument::HttpServer, None, attrs, 1))
+                .expect("room");
+            for _ in 0..pid * 3 {
+                series.record(&Span::fixture());
+            }
+        }
+        let sources = MetricSources {
+            providers: &providers,
+            red: &red,
+        };
+        let mut first = counts(&sources.requests());
+        first.sort();
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first[0].0.contains("svc1") && first[0].1 == 3, "{first:?}");
+        assert!(first[1].0.contains("svc2") && first[1].1 == 6, "{first:?}");
+        // Process 1 leaves: the RED series go first, as the sink does, then its meters.
+        red.forget(1);
+        meters.forget(1);
+        let second = counts(&sources.requests());
+        assert_eq!(second.len(), 2, "its last export: {second:?}");
+        let third = counts(&sources.requests());
+        assert_eq!(third.len(), 1, "{third:?}");
+        assert!(third[0].0.contains("svc2") && third[0].1 == 6, "{third:?}");
+        assert_eq!(red.len(), 1, "only process 2's series is kept");
+    }
+}
