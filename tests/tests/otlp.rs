@@ -317,6 +317,62 @@ fn always_off_exports_no_span_but_metrics_count_every_request() {
     assert_eq!(receiver.spans().len(), 0);
 }
 
+/// One aggregation, two encoders: with Prometheus and OTLP metrics both on, each route's
+/// request count, and its sum of durations, are the same in both, and equal what was sent.
+#[test]
+fn prometheus_and_otlp_read_the_same_counts() {
+    let _guard = serial();
+    let dir = TempDir::new("otlp-both");
+    let metrics_port = free_port();
+    let (_server, port, receiver, _sonde) = nginx_with_receiver(
+        &dir,
+        &format!("prometheus_export:\n  port: {metrics_port}\n  address: 127.0.0.1\n"),
+        &[],
+    );
+    let sent = [("/ok/a", 300), ("/ok/b", 120), ("/missing", 45)];
+    for (path, n) in sent {
+        let status = if path == "/missing" { 404 } else { 200 };
+        keepalive_gets(port, n, status, |_| path.to_string());
+    }
+    let total: usize = sent.iter().map(|(_, n)| n).sum();
+    let points = receiver.wait_points(DURATION, total as u64, Duration::from_secs(20), |_| true);
+    // The OTLP points are cumulative; the scrape comes after them, and nothing more was sent.
+    let text = scrape(metrics_port);
+    for (path, n) in sent {
+        let otlp = count_where(&points, DURATION, &[("http.route", json!(path))]);
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("http_server_request_duration_seconds_count{")
+                    && l.contains(&format!("http_route=\"{path}\""))
+            })
+            .unwrap_or_else(|| panic!("no Prometheus series for {path}: {text}"));
+        let prometheus: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a count");
+        assert_eq!((otlp, prometheus), (n as u64, n as u64), "{path}");
+        let otlp_sum: f64 = points
+            .iter()
+            .filter(|p| p["name"] == DURATION && p["attributes"]["http.route"] == path)
+            .filter_map(|p| p["sum"].as_f64())
+            .sum();
+        let prometheus_sum: f64 = text
+            .lines()
+            .find(|l| {
+                l.starts_with("http_server_request_duration_seconds_sum{")
+                    && l.contains(&format!("http_route=\"{path}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .expect("a sum");
+        assert!(
+            (otlp_sum - prometheus_sum).abs() < 1e-9 && otlp_sum > 0.0,
+            "{path}: OTLP sum {otlp_sum}, Prometheus sum {prometheus_sum}"
+        );
+    }
+}
+
 /// The processor's pid: the child of `sonde` named sonde-processor.
 fn processor_pid(sonde: &Sonde) -> u32 {
     let parent = sonde.proc.pid();
