@@ -3,8 +3,9 @@
 # traces"): kernel ns per request (bench/prog_costs.sh, bpf_stats) of two builds, alternating,
 # for requests with no extra header, and with HEADER_BYTES of padding then a traceparent (so
 # the request runs past the 256 captured bytes and the kernel searches it). Prints one line per
-# run and the medians. BEFORE / AFTER: build directories holding sonde and sonde-processor.
-# Run as root.
+# run and the medians. BEFORE / AFTER: build directories holding sonde and sonde-processor
+# (BEFORE=AFTER compares a build with itself: the header sizes side by side). TLS=1: over
+# HTTPS (see prog_costs.sh). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 before="${BEFORE:?a build directory without the search}"

@@ -4,18 +4,29 @@
 # Sonde program's run count and mean ns per run. Run as root after a release build
 # (SONDE_BIN_DIR: another build's directory, to compare). HEADER_BYTES=N adds an N-byte header
 # and then a `traceparent` to every request (the kernel's header search past the capture).
+# TLS=1: nginx serves HTTPS (tests/peers/nginx_ssl.conf, a throwaway self-signed certificate)
+# and the plaintext comes from the OpenSSL uprobes.
 # Prints the total kernel ns per request last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${DURATION:-4}"
 dir=$(mktemp -d); chmod 755 "$dir"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-sed -e "s#PREFIX#$dir#g" -e "s#PORT#$port#" tests/servers/nginx.conf > "$dir/nginx.conf"
+conf=tests/servers/nginx.conf; scheme=http
+if [ "${TLS:-0}" = 1 ]; then
+  conf=tests/peers/nginx_ssl.conf; scheme=https
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -days 1 -keyout "$dir/server.key" -out "$dir/server.crt" 2>/dev/null
+fi
+sed -e "s#PREFIX#$dir#g" -e "s#PORT#$port#" "$conf" > "$dir/nginx.conf"
 /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" & nginx=$!
 before=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
 SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled "${SONDE_BIN_DIR:-./target/release}/sonde" --open-port "$port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
 trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do grep -q 'processor connected' "$dir/sonde.log" && break; sleep 0.1; done
+if [ "${TLS:-0}" = 1 ]; then
+  for _ in $(seq 100); do grep -q 'TLS probes attached' "$dir/sonde.log" && break; sleep 0.1; done
+fi
 ours=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
 sleep 1
 sysctl -q kernel.bpf_stats_enabled=1
@@ -24,7 +35,7 @@ if [ "${HEADER_BYTES:-0}" -gt 0 ]; then
   headers=(-H "X-Pad: $(head -c "$HEADER_BYTES" /dev/zero | tr '\0' p)"
            -H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 fi
-requests=$(wrk -t1 -c16 -d"${duration}s" "${headers[@]}" "http://127.0.0.1:$port/ok" | tee /dev/stderr | awk '/requests in/ {print $1}')
+requests=$(wrk -t1 -c16 -d"${duration}s" "${headers[@]}" "$scheme://127.0.0.1:$port/ok" | tee /dev/stderr | awk '/requests in/ {print $1}')
 bpftool -j prog show | BEFORE="$before" OURS="$ours" REQUESTS="$requests" python3 -c '
 import json, os, sys
 before = set(os.environ["BEFORE"].split())
