@@ -5,7 +5,9 @@
 # one core, ROUNDS times per output set, the sets taking turns within each round; prints
 # every run and the median events/s per set. Usage: bench/replay_bench.sh [OUTPUTS...]
 # (default: decode build core prometheus metrics traces json). EVENTS (default 2000000),
-# ROUNDS (default 5), CORE (default 1).
+# ROUNDS (default 5), CORE (default 1). COMPARE=/path/to/another/replay (e.g. built from an
+# older commit with CARGO_TARGET_DIR elsewhere) runs it beside this tree's build in every
+# round, its sets reported as `old:<set>`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -61,18 +63,27 @@ nginx_pid=
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ), pinned to core $core"
 results="$work/results"
 : >"$results"
+bins=("$bin")
+[ -n "${COMPARE:-}" ] && bins+=("$COMPARE")
 for round in $(seq "$rounds"); do
   for set in "${sets[@]}"; do
-    line=$(taskset -c "$core" "$bin" --outputs "$set" --events "$events" \
-      --request "$work/request" --response "$work/response")
-    echo "round $round: $line"
-    echo "$line" >>"$results"
+    for b in "${bins[@]}"; do
+      line=$(taskset -c "$core" "$b" --outputs "$set" --events "$events" \
+        --request "$work/request" --response "$work/response")
+      [ "$b" = "$bin" ] || line="old:$line"
+      echo "round $round: $line"
+      echo "$line" >>"$results"
+    done
   done
 done
+[ -n "${COMPARE:-}" ] && sets+=($(printf 'old:%s ' "${sets[@]}"))
 echo "medians per output set ($rounds rounds; CPU: this process's CPU time, all threads):"
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for set in "${sets[@]}"; do
-  rows=$(grep "^outputs=$set " "$results")
+  case $set in
+    old:*) rows=$(grep "^old:outputs=${set#old:} " "$results") ;;
+    *) rows=$(grep "^outputs=$set " "$results") ;;
+  esac
   wall=$(sed -E 's/.*events_per_s=([0-9]+).*/\1/' <<<"$rows" | median)
   cpu=$(sed -E 's/.*events_per_cpu_s=([0-9]+).*/\1/' <<<"$rows" | median)
   ns=$(sed -E 's/.*cpu_ns_per_event=([0-9]+).*/\1/' <<<"$rows" | median)
