@@ -11,7 +11,7 @@
 //! - `core`: the whole pipeline (`Pipeline::record`: decode, exchange assembly, span, routes,
 //!   sampling), no output;
 //! - `prometheus`: + the Prometheus RED series (recorded, not served);
-//! - `metrics`: + the OTLP meters (the production configuration: OTLP metrics + Prometheus);
+//! - `metrics`: + OTLP metrics export (the production configuration: OTLP metrics + Prometheus);
 //! - `traces`: + every span exported over OTLP HTTP/protobuf (queued, encoded and sent by the
 //!   exporter thread to a collector that discards them: a child process on another core, so
 //!   only the sending side is measured);

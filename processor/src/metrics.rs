@@ -17,7 +17,7 @@ use prometheus_client::{
 use crate::{
     kube::K8sLabels,
     protocols::{db, grpc, messaging},
-    red_store::{HistogramSnapshot, Instrument, RedStore, SeriesSnapshot},
+    red_store::{self, HistogramSnapshot, Instrument, RedStore},
     semconv,
     span::{Span, SpanKind},
 };
@@ -174,19 +174,15 @@ struct RedCollector {
 impl Collector for RedCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let totals = self.store.prometheus_totals();
-        type Pick = fn(&SeriesSnapshot) -> Option<&HistogramSnapshot>;
         for instrument in Instrument::ALL {
-            let mut families: Vec<(&semconv::Instrument, Unit, Pick)> =
-                vec![(instrument.duration(), Unit::Seconds, |s| Some(&s.duration))];
-            if let Some(http) = instrument.http() {
-                families.push((&http.request_size, Unit::Bytes, |s| s.request_size.as_ref()));
-                families.push((&http.response_size, Unit::Bytes, |s| {
-                    s.response_size.as_ref()
-                }));
-            }
-            for (names, unit, pick) in families {
+            for family in instrument.families() {
+                let names = family.names;
+                let unit = match family.unit {
+                    red_store::Unit::Seconds => Unit::Seconds,
+                    red_store::Unit::Bytes => Unit::Bytes,
+                };
                 let name = names.name.replace('.', "_");
-                let mut family = encoder.encode_descriptor(
+                let mut points = encoder.encode_descriptor(
                     &name,
                     names.description,
                     Some(&unit),
@@ -197,8 +193,8 @@ impl Collector for RedCollector {
                         continue;
                     }
                     // A size histogram of a series that never carried a body size.
-                    if let Some(h) = pick(snap).filter(|h| h.count() > 0) {
-                        labels.encode_histogram(&mut family, h)?;
+                    if let Some(h) = (family.pick)(snap).filter(|h| h.count() > 0) {
+                        labels.encode_histogram(&mut points, h)?;
                     }
                 }
             }

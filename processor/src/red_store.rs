@@ -103,6 +103,45 @@ impl Instrument {
     }
 }
 
+/// The unit of a histogram family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Seconds,
+    Bytes,
+}
+
+/// One histogram family of an instrument, as both outputs list it: its name and
+/// description, its unit, and which of a series' histograms it shows.
+pub struct Family {
+    pub names: &'static semconv::Instrument,
+    pub unit: Unit,
+    pub pick: fn(&SeriesSnapshot) -> Option<&HistogramSnapshot>,
+}
+
+impl Instrument {
+    /// Its families: the duration, and for HTTP the request and response body sizes.
+    pub fn families(self) -> Vec<Family> {
+        let mut families = vec![Family {
+            names: self.duration(),
+            unit: Unit::Seconds,
+            pick: |s| Some(&s.duration),
+        }];
+        if let Some(http) = self.http() {
+            families.push(Family {
+                names: &http.request_size,
+                unit: Unit::Bytes,
+                pick: |s| s.request_size.as_ref(),
+            });
+            families.push(Family {
+                names: &http.response_size,
+                unit: Unit::Bytes,
+                pick: |s| s.response_size.as_ref(),
+            });
+        }
+        families
+    }
+}
+
 /// A histogram with fixed bucket bounds, written by one thread (see the module doc).
 #[derive(Debug)]
 pub struct Histogram {

@@ -13,10 +13,7 @@ use opentelemetry_proto::tonic::{
 };
 
 use super::convert::{SCOPE_NAME, SCOPE_VERSION};
-use crate::{
-    red_store::{HistogramSnapshot, Instrument, Series, SeriesSnapshot},
-    semconv,
-};
+use crate::red_store::{HistogramSnapshot, Instrument, Series, SeriesSnapshot, Unit};
 
 /// The scope Sonde's metrics are reported under.
 pub fn scope() -> InstrumentationScope {
@@ -35,20 +32,13 @@ pub fn scope_metrics(series: &[Arc<Series>], now_unix_nano: u64) -> Option<Scope
         .iter()
         .filter_map(|s| Some((&**s, s.otlp.as_deref()?, s.snapshot())))
         .collect();
-    type Pick = fn(&SeriesSnapshot) -> Option<&HistogramSnapshot>;
     for instrument in Instrument::ALL {
-        let mut families: Vec<(&semconv::Instrument, &str, Pick)> =
-            vec![(instrument.duration(), "s", |s| Some(&s.duration))];
-        if let Some(http) = instrument.http() {
-            families.push((&http.request_size, "By", |s| s.request_size.as_ref()));
-            families.push((&http.response_size, "By", |s| s.response_size.as_ref()));
-        }
-        for (names, unit, pick) in families {
+        for family in instrument.families() {
             let data_points: Vec<HistogramDataPoint> = snapshots
                 .iter()
                 .filter(|(s, _, _)| s.instrument == instrument)
                 .filter_map(|(s, attrs, snap)| {
-                    let h = pick(snap).filter(|h| h.count() > 0)?;
+                    let h = (family.pick)(snap).filter(|h| h.count() > 0)?;
                     Some(data_point(attrs, s.start_unix_nano, now_unix_nano, h))
                 })
                 .collect();
@@ -56,9 +46,13 @@ pub fn scope_metrics(series: &[Arc<Series>], now_unix_nano: u64) -> Option<Scope
                 continue;
             }
             metrics.push(Metric {
-                name: names.name.into(),
-                description: names.description.into(),
-                unit: unit.into(),
+                name: family.names.name.into(),
+                description: family.names.description.into(),
+                unit: match family.unit {
+                    Unit::Seconds => "s",
+                    Unit::Bytes => "By",
+                }
+                .into(),
                 data: Some(metric::Data::Histogram(Histogram {
                     data_points,
                     aggregation_temporality: AggregationTemporality::Cumulative as i32,
