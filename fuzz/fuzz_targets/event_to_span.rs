@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
             let routed = router.route("fuzz", &s.path);
             s.set_route(routed.route);
         }
-        red.record(&s, Some(&metrics), None, &meta);
+        red.record(&s, true, None, &meta);
         let queued = [Queued {
             resource: Some(resource.clone()),
             span: s,

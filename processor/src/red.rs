@@ -89,12 +89,12 @@ impl RedRecorder {
         }
     }
 
-    /// Counts `s` in its series, labelled for Prometheus when `prometheus` is given and for
-    /// OTLP when `otlp` exports metrics.
+    /// Counts `s` in its series, labelled for Prometheus when `prometheus` (it is served)
+    /// and for OTLP when `otlp` exports metrics.
     pub fn record(
         &mut self,
         s: &Span,
-        prometheus: Option<&Metrics>,
+        prometheus: bool,
         otlp: Option<&mut Otlp>,
         meta: &dyn Fn() -> ProcessResource,
     ) {
@@ -120,7 +120,13 @@ impl RedRecorder {
         let entry = match found {
             Some(i) => &self.series[&h][i],
             None => {
-                let prometheus = prometheus.map(|_| Metrics::red_labels(s, &K8sLabels(meta().k8s)));
+                // Checked before any label is built: at the limit, a flood of new routes
+                // costs one hash and a counter each.
+                if self.store.is_full() {
+                    self.store.count_overflow();
+                    return;
+                }
+                let prometheus = prometheus.then(|| Metrics::red_labels(s, &K8sLabels(meta().k8s)));
                 let otlp = otlp.and_then(|o| o.series_attributes(s, meta));
                 let start = s.end_unix_nano.saturating_sub(s.duration_ns);
                 let series = Series::new(s.pid, Instrument::of(s), prometheus, otlp, start);
@@ -206,11 +212,11 @@ mod tests {
         let m = Metrics::new("h");
         let mut r = RedRecorder::new(m.red_store());
         for _ in 0..5 {
-            r.record(&span(1, "/a", 200), Some(&m), None, &meta);
+            r.record(&span(1, "/a", 200), true, None, &meta);
         }
-        r.record(&span(1, "/a", 500), Some(&m), None, &meta);
-        r.record(&span(1, "/b", 200), Some(&m), None, &meta);
-        r.record(&span(2, "/a", 200), Some(&m), None, &meta);
+        r.record(&span(1, "/a", 500), true, None, &meta);
+        r.record(&span(1, "/b", 200), true, None, &meta);
+        r.record(&span(2, "/a", 200), true, None, &meta);
         assert_eq!(r.len(), 4);
         let text = m.encode();
         let count = |route: &str, status: u16| count_in(&text, route, status);
@@ -223,7 +229,7 @@ mod tests {
         // The departed process's counts stay in its label set: the histogram never goes back.
         let text = m.encode();
         assert_eq!(count_in(&text, "/a", 200), Some(6), "{text}");
-        r.record(&span(3, "/a", 200), Some(&m), None, &meta);
+        r.record(&span(3, "/a", 200), true, None, &meta);
         assert_eq!(count_in(&m.encode(), "/a", 200), Some(7));
     }
 
@@ -242,7 +248,7 @@ mod tests {
         let m = Metrics::new("h");
         let mut r = RedRecorder::new(m.red_store());
         for i in 0..(MAX_SERIES + 10) {
-            r.record(&span(1, &format!("/r{i}"), 200), Some(&m), None, &meta);
+            r.record(&span(1, &format!("/r{i}"), 200), true, None, &meta);
         }
         assert_eq!(r.len(), MAX_SERIES);
         assert_eq!(m.red_store().overflowed(), 10);

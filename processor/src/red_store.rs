@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
 };
 
@@ -312,7 +312,6 @@ struct State {
     /// Prometheus: the totals of label sets whose processes went away, so a scraped
     /// histogram never goes backwards.
     retired: HashMap<(Instrument, PromLabels), SeriesSnapshot>,
-    len: usize,
 }
 
 /// Every series, shared by the writer and the two outputs.
@@ -322,6 +321,8 @@ pub struct RedStore {
     /// Set when OTLP exports metrics: only then are a leaving process's series kept for a
     /// last export.
     otlp_reads: AtomicBool,
+    /// Series kept (live and leaving); changed under the lock, read without it.
+    len: AtomicUsize,
     overflowed: AtomicU64,
     overflow_logged: AtomicBool,
 }
@@ -332,21 +333,32 @@ impl RedStore {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// True when no series can be added: a caller counts its request with
+    /// `count_overflow` rather than build a series' labels for nothing.
+    pub fn is_full(&self) -> bool {
+        self.len.load(Relaxed) >= MAX_SERIES
+    }
+
+    /// Counts a request of a new series that found the store full.
+    pub fn count_overflow(&self) {
+        self.overflowed.fetch_add(1, Relaxed);
+        if !self.overflow_logged.swap(true, Relaxed) {
+            tracing::warn!(
+                limit = MAX_SERIES,
+                "RED metric series limit reached: requests of new series are counted in sonde_red_series_overflow only (are routes configured so that request paths do not become series?)"
+            );
+        }
+    }
+
     /// Adds a series; `None` (and the request counted as overflowed) beyond `MAX_SERIES`.
     pub fn add(&self, series: Series) -> Option<Arc<Series>> {
         let mut st = self.state();
-        if st.len >= MAX_SERIES {
+        if self.len.load(Relaxed) >= MAX_SERIES {
             drop(st);
-            self.overflowed.fetch_add(1, Relaxed);
-            if !self.overflow_logged.swap(true, Relaxed) {
-                tracing::warn!(
-                    limit = MAX_SERIES,
-                    "RED metric series limit reached: requests of new series are counted in sonde_red_series_overflow only (are routes configured so that request paths do not become series?)"
-                );
-            }
+            self.count_overflow();
             return None;
         }
-        st.len += 1;
+        self.len.fetch_add(1, Relaxed);
         let series = Arc::new(series);
         st.live
             .entry(series.pid)
@@ -386,7 +398,7 @@ impl RedStore {
         if self.otlp_reads.load(Relaxed) {
             st.leaving.extend(gone);
         } else {
-            st.len -= gone.len();
+            self.len.fetch_sub(gone.len(), Relaxed);
         }
     }
 
@@ -419,13 +431,13 @@ impl RedStore {
     pub fn take_leaving(&self) -> Vec<Arc<Series>> {
         let mut st = self.state();
         let taken = std::mem::take(&mut st.leaving);
-        st.len -= taken.len();
+        self.len.fetch_sub(taken.len(), Relaxed);
         taken
     }
 
     /// Series kept (live and leaving).
     pub fn len(&self) -> usize {
-        self.state().len
+        self.len.load(Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -478,6 +490,7 @@ mod tests {
         for _ in 0..MAX_SERIES {
             store.add(series(1)).expect("room");
         }
+        assert!(store.is_full());
         assert!(store.add(series(1)).is_none());
         assert_eq!(store.overflowed(), 1);
         store.forget(1);

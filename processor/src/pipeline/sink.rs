@@ -202,13 +202,9 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
         // Metrics only when something serves them: no label strings per span otherwise.
         if !ignored.is_some_and(|m| m.drops_metrics()) {
-            let prometheus = config
-                .prometheus_export
-                .port
-                .is_some()
-                .then_some(&*self.metrics);
+            let prometheus = config.prometheus_export.port.is_some();
             let otlp = self.otlp.as_mut().filter(|o| o.exports_metrics());
-            if prometheus.is_some() || otlp.is_some() {
+            if prometheus || otlp.is_some() {
                 let meta = || processes.meta(s.pid, config, &s.service_name);
                 self.red.record(&s, prometheus, otlp, &meta);
             }
