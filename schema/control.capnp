@@ -46,6 +46,12 @@ struct Hello {
   # The sandbox the processor applied before connecting, as it reports it (the loader logs
   # it and `sonde-loader --audit` shows it; seccomp is also visible in /proc, Landlock is not).
   sandbox @2 :SandboxState;
+  # The processor's sampling rule for traces the kernel starts by injecting `traceparent`
+  # (`ebpf.context_propagation`), so the injected trace flags carry the decision the processor
+  # makes for that client span: sampled when the upper 63 bits of the trace id's last 8 bytes
+  # are below the bound (2^63: every trace; 0: none). On the wire the bound plus one; 0 (an
+  # older processor) leaves the kernel's default, every trace sampled.
+  injectSampledBelowPlusOne @3 :UInt64;
 }
 
 struct SandboxState {

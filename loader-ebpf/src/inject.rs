@@ -22,8 +22,11 @@
 //! in the same system call on the same thread: the injected value waits in `INJECT_PENDING`
 //! (keyed by thread) and `stamp` copies it into the connection's `HttpEvent`.
 //!
-//! Trace flags are always `01` (sampled): the processor treats the injected ids as already
-//! decided (see `protocols/http1` and docs/configuration.md).
+//! Trace flags carry the processor's sampling decision for the client span: `01` when the
+//! upper 63 bits of the trace id's last 8 bytes are below the rule in `INJECT_SAMPLING` (the
+//! processor's sampler, `sampling::inject_bound`, handed over by the loader at its hello),
+//! else `00`; `01` until a processor said. The processor takes the flags as the span's parent
+//! decision, so both ends agree (see `protocols/http1` and docs/configuration.md).
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action::SK_PASS},
@@ -32,7 +35,7 @@ use aya_ebpf::{
         generated::{bpf_get_socket_cookie, bpf_loop, bpf_msg_pull_data, bpf_probe_read_kernel},
     },
     macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
-    maps::{LruHashMap, PerCpuArray, SockHash},
+    maps::{Array, LruHashMap, PerCpuArray, SockHash},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use sonde_schema::{
@@ -70,6 +73,10 @@ static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(inject::MAX_SOCK
 /// Sockets a selected process is connecting (cookie → 1), until they are established.
 #[map(name = "INJECT_MARKED")]
 static INJECT_MARKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// The sampling rule of injected flags plus one (0: none said, every trace sampled).
+#[map(name = "INJECT_SAMPLING")]
+static INJECT_SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "INJECT_STATS")]
 static INJECT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(inject::COUNT, 0);
@@ -392,14 +399,29 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// `on_message`); a larger one already leaves in full-size segments.
 const LINEARIZE_LIMIT: u32 = 16 * 1024;
 
-/// A fresh `traceparent` value: random trace and span ids, flags `01`.
+/// Whether a trace whose id ends with `low` (its last 8 bytes, big-endian) is sampled.
+#[inline(always)]
+fn sampled(low: u64) -> bool {
+    match INJECT_SAMPLING.get(0) {
+        Some(&rule) if rule != 0 => (low >> 1) < rule - 1,
+        _ => true,
+    }
+}
+
+/// A fresh `traceparent` value: random trace and span ids, flags by `sampled`.
 #[inline(always)]
 fn new_traceparent(out: &mut [u8; TRACEPARENT_LEN]) {
     let mut ids = [0u8; 24];
+    // The trace id's last 8 bytes (draws 2 and 3), big-endian, for the sampling decision.
+    let mut low = 0u64;
     let mut k = 0;
     while k < 6 {
         // SAFETY: no preconditions.
-        let r = unsafe { bpf_get_prandom_u32() }.to_be_bytes();
+        let draw = unsafe { bpf_get_prandom_u32() };
+        if k == 2 || k == 3 {
+            low = (low << 32) | u64::from(draw);
+        }
+        let r = draw.to_be_bytes();
         ids[k * 4] = r[0];
         ids[k * 4 + 1] = r[1];
         ids[k * 4 + 2] = r[2];
@@ -410,6 +432,7 @@ fn new_traceparent(out: &mut [u8; TRACEPARENT_LEN]) {
     // than this one.
     ids[15] |= 1;
     ids[23] |= 1;
+    let flag = if sampled(low) { b'1' } else { b'0' };
     out[0] = b'0';
     out[1] = b'0';
     out[2] = b'-';
@@ -428,7 +451,7 @@ fn new_traceparent(out: &mut [u8; TRACEPARENT_LEN]) {
     }
     out[52] = b'-';
     out[53] = b'0';
-    out[54] = b'1';
+    out[54] = flag;
 }
 
 #[inline(always)]

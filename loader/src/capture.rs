@@ -299,7 +299,7 @@ impl<'a> Capture<'a> {
     fn on_pending(
         &mut self,
         mut p: Pending,
-        probes: &Probes,
+        probes: &mut Probes,
         consumer: &ConsumerGuard,
         now: Instant,
     ) {
@@ -341,6 +341,12 @@ impl<'a> Capture<'a> {
                 ),
             );
             return;
+        }
+        // The injected trace flags follow this processor's sampler from now on.
+        if let (Some(inject), Some(bound)) = (probes.inject.as_mut(), hello.inject_sampled_below)
+            && let Err(e) = inject.set_sampled_below(bound)
+        {
+            warn!(error = %e, "injected traceparent flags stay `01`: the sampling rule could not be written");
         }
         let result = (|| -> anyhow::Result<()> {
             match consumer.check_and_reset()? {

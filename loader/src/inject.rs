@@ -15,7 +15,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, SockHash},
+    maps::{Array, MapData, MapError, PerCpuArray, SockHash},
     programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
 };
 use object::{Object, ObjectSection, ObjectSymbol};
@@ -129,6 +129,8 @@ fn unescape(s: &str) -> PathBuf {
 pub struct Injection {
     stats: PerCpuArray<MapData, u64>,
     sockets: SockHash<MapData, u64>,
+    /// The sampling rule of injected flags (`inject::SAMPLING`), set at each processor's hello.
+    sampling: Array<MapData, u64>,
     pub cgroup: PathBuf,
 }
 
@@ -194,6 +196,14 @@ impl Injection {
             map: inject::STATS,
             source,
         })?;
+        let sampling = Array::try_from(
+            ebpf.take_map(inject::SAMPLING)
+                .ok_or(InjectError::MissingMap(inject::SAMPLING))?,
+        )
+        .map_err(|source| InjectError::Map {
+            map: inject::SAMPLING,
+            source,
+        })?;
         info!(
             cgroup = %root.display(),
             "context propagation on: traceparent headers are added to cleartext HTTP/1 requests of selected processes (cgroup connect4/connect6 + sock_ops on the cgroup v2 root, sk_msg on their sockets)"
@@ -201,8 +211,16 @@ impl Injection {
         Ok(Injection {
             stats,
             sockets,
+            sampling,
             cgroup: root,
         })
+    }
+
+    /// From now on the injected flags say "sampled" exactly for the trace ids the processor's
+    /// sampler keeps: those whose last 8 bytes, shifted right by one, are below `bound`
+    /// (`sampling::inject_bound` in the processor).
+    pub fn set_sampled_below(&mut self, bound: u64) -> Result<(), MapError> {
+        self.sampling.set(0, bound.min(1 << 63) + 1, 0)
     }
 
     /// The counters, summed over CPUs, with their names.

@@ -148,9 +148,14 @@ pub fn inherited(fd: i32) -> Result<OwnedFd> {
     Ok(owned)
 }
 
-/// Says hello with the sandbox this process applied and waits (bounded) for the welcome:
-/// the ring buffer's geometry and its fd.
-pub fn hello(conn: BorrowedFd<'_>, sandbox: &SandboxReport) -> Result<(Welcome, OwnedFd)> {
+/// Says hello with the sandbox this process applied and the sampling rule of injected traces
+/// (`sampling::inject_bound`), and waits (bounded) for the welcome: the ring buffer's
+/// geometry and its fd.
+pub fn hello(
+    conn: BorrowedFd<'_>,
+    sandbox: &SandboxReport,
+    inject_sampled_below: u64,
+) -> Result<(Welcome, OwnedFd)> {
     ProcessorMessage::Hello(Hello {
         agent: concat!("sonde-processor ", env!("CARGO_PKG_VERSION")).to_string(),
         sandbox: Some(SandboxState {
@@ -158,6 +163,7 @@ pub fn hello(conn: BorrowedFd<'_>, sandbox: &SandboxReport) -> Result<(Welcome, 
             landlock: sandbox.landlock.any(),
             seccomp_filters: u8::try_from(sandbox.seccomp_filters).unwrap_or(u8::MAX),
         }),
+        inject_sampled_below: Some(inject_sampled_below),
     })
     .send(conn)?;
 

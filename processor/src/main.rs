@@ -199,7 +199,8 @@ fn run(
     };
     let sandbox = sandbox(policy)?;
     stop::install()?;
-    let mut loader = connect(control, &sandbox)?;
+    let inject_sampled_below = sonde_processor::sampling::inject_bound(config.sampler);
+    let mut loader = connect(control, &sandbox, inject_sampled_below)?;
     // The watcher thread starts under the sandbox, before the first byte from the loader.
     let kube = kube.map(kube::start).transpose()?;
     let mut pipeline = start_pipeline(config)?;
@@ -398,14 +399,19 @@ struct Loader {
     epoll: Epoll,
 }
 
-/// Phase 3: connects to the loader (or takes the inherited socket), says hello and maps the
-/// ring buffer it hands over.
-fn connect(control: Endpoint, sandbox: &SandboxReport) -> Result<Loader> {
+/// Phase 3: connects to the loader (or takes the inherited socket), says hello (with the
+/// sampling rule for injected traces, `sampling::inject_bound`) and maps the ring buffer it
+/// hands over.
+fn connect(
+    control: Endpoint,
+    sandbox: &SandboxReport,
+    inject_sampled_below: u64,
+) -> Result<Loader> {
     let conn = match control {
         Endpoint::Path(path) => control::connect_to(&path)?,
         Endpoint::Inherited(fd) => fd,
     };
-    let (welcome, ring_fd) = control::hello(conn.as_fd(), sandbox)?;
+    let (welcome, ring_fd) = control::hello(conn.as_fd(), sandbox, inject_sampled_below)?;
     let ring = RingReader::new(ring_fd, welcome.data_size, welcome.page_size)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
     epoll

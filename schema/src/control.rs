@@ -135,6 +135,11 @@ pub struct Hello {
     /// The sandbox the processor applied before connecting; None from a processor that does
     /// not report one.
     pub sandbox: Option<SandboxState>,
+    /// Which traces started by `traceparent` injection the processor samples: those whose
+    /// trace id's last 8 bytes, shifted right by one, are below this (`1 << 63`: all; 0:
+    /// none). None from a processor that does not say: the kernel marks them all sampled.
+    #[serde(default)]
+    pub inject_sampled_below: Option<u64>,
 }
 
 /// The processor's sandbox as it reports it (seccomp is also visible in `/proc`, Landlock is
@@ -639,6 +644,9 @@ impl ProcessorMessage {
                 let mut hello = root.init_hello();
                 hello.set_protocol_version(PROTOCOL_VERSION);
                 hello.set_agent(truncate(&h.agent, MAX_AGENT_BYTES));
+                if let Some(bound) = h.inject_sampled_below {
+                    hello.set_inject_sampled_below_plus_one(bound.min(1 << 63) + 1);
+                }
                 if let Some(s) = h.sandbox {
                     let mut sandbox = hello.init_sandbox();
                     sandbox.set_landlock(s.landlock);
@@ -693,9 +701,14 @@ impl ProcessorMessage {
                 } else {
                     None
                 };
+                let inject_sampled_below = match h.get_inject_sampled_below_plus_one() {
+                    0 => None,
+                    v => Some((v - 1).min(1 << 63)),
+                };
                 ProcessorMessage::Hello(Hello {
                     agent: text(agent, MAX_AGENT_BYTES),
                     sandbox,
+                    inject_sampled_below,
                 })
             }
             processor_message::Which::Narrow(n) => {

@@ -1035,6 +1035,10 @@ pub mod inject {
     pub const MARKED: &str = "INJECT_MARKED";
     /// Per-CPU counters, indexed by the constants below.
     pub const STATS: &str = "INJECT_STATS";
+    /// One `u64`: the processor's sampling rule for the flags of an injected `traceparent`,
+    /// plus one (0, until a processor says: every trace sampled). Sampled when the upper 63
+    /// bits of the trace id's last 8 bytes are below the rule.
+    pub const SAMPLING: &str = "INJECT_SAMPLING";
     /// Programs: cgroup `connect4` / `connect6`, cgroup `sock_ops`, `sk_msg`.
     pub const CONNECT4_PROGRAM: &str = "inject_connect4";
     pub const CONNECT6_PROGRAM: &str = "inject_connect6";

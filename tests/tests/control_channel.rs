@@ -36,6 +36,7 @@ fn hello_bytes() -> Vec<u8> {
     ProcessorMessage::Hello(Hello {
         agent: "control channel test".into(),
         sandbox: None,
+        inject_sampled_below: None,
     })
     .encode()
     .expect("hello")

@@ -90,6 +90,14 @@ fn hex(v: &Value) -> Vec<u8> {
 /// `echo` is `sent` with exactly one `traceparent: 00-<trace>-<span>-01\r\n` line added just
 /// before the blank line that ends the header block; returns (trace, span) as hex.
 fn injected_ids(sent: &[u8], echo: &[u8]) -> (String, String) {
+    let (trace, span, flags) = injected(sent, echo);
+    assert_eq!(flags, "01", "the default sampler keeps every trace");
+    (trace, span)
+}
+
+/// `echo` is `sent` with exactly one `traceparent: 00-<trace>-<span>-<flags>\r\n` line added
+/// just before the blank line that ends the header block; returns (trace, span, flags) as hex.
+fn injected(sent: &[u8], echo: &[u8]) -> (String, String, String) {
     let hend = sent
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -115,8 +123,13 @@ fn injected_ids(sent: &[u8], echo: &[u8]) -> (String, String) {
     let line = std::str::from_utf8(&echo[hend..hend + LINE]).expect("ascii line");
     let value = line
         .strip_prefix("traceparent: 00-")
-        .and_then(|v| v.strip_suffix("-01\r\n"))
+        .and_then(|v| v.strip_suffix("\r\n"))
         .unwrap_or_else(|| panic!("not a traceparent line: {line:?}"));
+    let (value, flags) = value.rsplit_once('-').expect("ids-flags");
+    assert!(
+        flags == "01" || flags == "00",
+        "flags {flags:?} in {line:?}"
+    );
     let (trace, span) = value.split_once('-').expect("trace-span");
     assert_eq!(trace.len(), 32);
     assert_eq!(span.len(), 16);
@@ -126,7 +139,7 @@ fn injected_ids(sent: &[u8], echo: &[u8]) -> (String, String) {
             .chain(span.bytes())
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     );
-    (trace.to_string(), span.to_string())
+    (trace.to_string(), span.to_string(), flags.to_string())
 }
 
 /// The loader's last report of `name` (its counters are logged every `stats_interval_secs`).
@@ -155,6 +168,10 @@ fn wait_counter(sonde: &Sonde, name: &str, want: u64) {
 }
 
 fn start_sonde(dir: &TempDir, pids: &[u32], propagation: &str) -> Sonde {
+    start_sonde_with(dir, pids, propagation, &[])
+}
+
+fn start_sonde_with(dir: &TempDir, pids: &[u32], propagation: &str, env: &[(&str, &str)]) -> Sonde {
     let mut args = vec![
         "--config".to_string(),
         dir.path("sonde.yaml").display().to_string(),
@@ -169,7 +186,71 @@ fn start_sonde(dir: &TempDir, pids: &[u32], propagation: &str) -> Sonde {
         args.push(p.to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Sonde::start(&args, &[], dir, pids)
+    Sonde::start(&args, env, dir, pids)
+}
+
+/// The injected flags carry the processor's decision: with `traceidratio` 0.5, a client span
+/// is printed (sampled) exactly when the `traceparent` sent with its request says `01`.
+#[test]
+fn injected_flags_carry_the_processors_sampling_decision() {
+    let _guard = serial();
+    let dir = TempDir::new("inject-sampling");
+    let (server, port) = start_echo_server();
+    let mut client = Client::start("sampled_client");
+    let sonde = start_sonde_with(
+        &dir,
+        &[client.pid(), server.pid()],
+        "headers",
+        &[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ],
+    );
+    sonde.wait_log("context propagation on", Duration::from_secs(5));
+    let long = Duration::from_secs(30);
+    // 25 rounds of the client's request set: 100 requests without a traceparent of their own.
+    let mut flags_by_trace = std::collections::BTreeMap::new();
+    for _ in 0..25 {
+        for (i, c) in client
+            .run(&format!("requests {port}"), long)
+            .iter()
+            .enumerate()
+        {
+            if i != 2 {
+                let (trace, _, flags) = injected(&hex(&c["sent"]), &hex(&c["echo"]));
+                flags_by_trace.insert(trace, flags);
+            }
+        }
+    }
+    assert_eq!(flags_by_trace.len(), 100);
+    let sampled: std::collections::BTreeSet<String> = flags_by_trace
+        .iter()
+        .filter(|(_, f)| *f == "01")
+        .map(|(t, _)| t.clone())
+        .collect();
+    // 100 draws at one half: fewer than 20 or more than 80 would be 6 standard deviations off.
+    assert!(
+        (20..=80).contains(&sampled.len()),
+        "{} of 100 marked sampled",
+        sampled.len()
+    );
+    // Every sampled client span is printed, and no other: wait for them, then for stragglers.
+    let is_injected_client = |s: &Value| {
+        s["kind"] == "client"
+            && s["pid"] == client.pid()
+            && s["trace_id"]
+                .as_str()
+                .is_some_and(|t| flags_by_trace.contains_key(t))
+    };
+    sonde.wait_spans(sampled.len(), long, is_injected_client);
+    std::thread::sleep(Duration::from_secs(1));
+    let printed: std::collections::BTreeSet<String> = sonde
+        .spans()
+        .iter()
+        .filter(|s| is_injected_client(s))
+        .filter_map(|s| s["trace_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(printed, sampled);
 }
 
 #[test]

@@ -229,6 +229,7 @@ fn a_selection_outside_the_candidates_is_refused() {
     ProcessorMessage::Hello(sonde_schema::control::Hello {
         agent: "k8s selection test".into(),
         sandbox: None,
+        inject_sampled_below: None,
     })
     .send(conn.as_fd())
     .expect("hello");

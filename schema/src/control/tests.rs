@@ -244,22 +244,40 @@ fn hellos_round_trip() {
                 seccomp_filters: u8::MAX,
             }),
         ] {
-            let m = ProcessorMessage::Hello(Hello {
-                agent: s.clone(),
-                sandbox,
-            });
-            assert_eq!(processor_round_trip(&m), m);
+            for inject_sampled_below in [None, Some(0), Some(12345), Some(1 << 63)] {
+                let m = ProcessorMessage::Hello(Hello {
+                    agent: s.clone(),
+                    sandbox,
+                    inject_sampled_below,
+                });
+                assert_eq!(processor_round_trip(&m), m);
+            }
         }
     }
+    // A bound past the range is the range's end: every trace.
+    let over = ProcessorMessage::Hello(Hello {
+        agent: String::new(),
+        sandbox: None,
+        inject_sampled_below: Some(u64::MAX),
+    });
+    assert!(matches!(
+        processor_round_trip(&over),
+        ProcessorMessage::Hello(Hello {
+            inject_sampled_below: Some(b),
+            ..
+        }) if b == 1 << 63
+    ));
     let long = ProcessorMessage::Hello(Hello {
         agent: "ä".repeat(MAX_AGENT_BYTES),
         sandbox: None,
+        inject_sampled_below: None,
     });
     assert_eq!(
         processor_round_trip(&long),
         ProcessorMessage::Hello(Hello {
             agent: "ä".repeat(MAX_AGENT_BYTES / 2),
             sandbox: None,
+            inject_sampled_below: None,
         })
     );
 }
@@ -273,7 +291,11 @@ fn the_hello_keeps_its_status_file_form() {
             landlock: true,
             seccomp_filters: 2,
         }),
+        inject_sampled_below: Some(7),
     };
+    // A status file written before the field existed still reads.
+    let old: Hello = serde_json::from_str(r#"{"agent":"a","sandbox":null}"#).expect("old form");
+    assert_eq!(old.inject_sampled_below, None);
     let json = serde_json::to_string(&hello).expect("serialize");
     assert_eq!(
         serde_json::from_str::<Hello>(&json).expect("deserialize"),
@@ -516,6 +538,7 @@ fn cut_or_corrupted_datagrams_never_panic() {
                 landlock: true,
                 seccomp_filters: 2,
             }),
+            inject_sampled_below: None,
         })
         .encode()
         .expect("encode"),
