@@ -25,6 +25,8 @@ import tempfile
 import time
 import urllib.request
 
+from nginx_bench import wait_port  # this directory is on the path when run as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SONDE = os.path.join(ROOT, "target", "release", "sonde")
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -79,17 +81,6 @@ def start_fleet(n, base):
                 os._exit(0)
         pids.append(pid)
     return pids
-
-
-def wait_port(port, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def status_kib(pid, field):
