@@ -1,8 +1,9 @@
-//! RED metrics of the instrumented services and Sonde's own counters, in a
-//! `prometheus-client` registry, and the Prometheus endpoint that serves them
-//! (`prometheus_export`). Metric names are the OpenTelemetry HTTP semantic-convention metrics
-//! under their usual Prometheus names (`http_server_request_duration_seconds`, …); every
-//! request is counted whether or not its trace is sampled. The OTLP exporter counts its
+//! The Prometheus side of metrics: a `prometheus-client` registry with Sonde's own counters,
+//! the RED histograms encoded at each scrape from the one aggregation (`red_store`, through
+//! `RedCollector`; the series' labels are built here, `red_labels`), and the endpoint that
+//! serves them (`prometheus_export`). Metric names are the OpenTelemetry semantic-convention
+//! metrics under their usual Prometheus names (`http_server_request_duration_seconds`, …);
+//! every request is counted whether or not its trace is sampled. The OTLP exporter counts its
 //! outcomes into `ExportCounters`, defined and registered here; nothing here knows OTLP.
 
 use std::{fmt::Debug, hash::Hash, net::SocketAddr, sync::Arc};
