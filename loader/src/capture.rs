@@ -342,12 +342,6 @@ impl<'a> Capture<'a> {
             );
             return;
         }
-        // The injected trace flags follow this processor's sampler from now on.
-        if let (Some(inject), Some(bound)) = (probes.inject.as_mut(), hello.inject_sampled_below)
-            && let Err(e) = inject.set_sampled_below(bound)
-        {
-            warn!(error = %e, "injected traceparent flags stay `01`: the sampling rule could not be written");
-        }
         let result = (|| -> anyhow::Result<()> {
             match consumer.check_and_reset()? {
                 Check::Kept { pending_bytes } => {
@@ -381,6 +375,13 @@ impl<'a> Capture<'a> {
                 self.violator = Some(origin.peer.pid);
             }
             return;
+        }
+        // The injected trace flags follow this processor's sampler from now on; one that
+        // states none (older) gets every trace marked sampled, not a predecessor's rule.
+        if let Some(inject) = probes.inject.as_mut()
+            && let Err(e) = inject.set_sampled_below(hello.inject_sampled_below)
+        {
+            warn!(error = %e, "injected traceparent flags keep the previous rule: the sampling rule could not be written");
         }
         info!(
             pid = origin.peer.pid,

@@ -218,9 +218,11 @@ impl Injection {
 
     /// From now on the injected flags say "sampled" exactly for the trace ids the processor's
     /// sampler keeps: those whose last 8 bytes, shifted right by one, are below `bound`
-    /// (`sampling::inject_bound` in the processor).
-    pub fn set_sampled_below(&mut self, bound: u64) -> Result<(), MapError> {
-        self.sampling.set(0, bound.min(1 << 63) + 1, 0)
+    /// (`sampling::inject_bound` in the processor); `None` (a processor that states no rule):
+    /// every trace.
+    pub fn set_sampled_below(&mut self, bound: Option<u64>) -> Result<(), MapError> {
+        self.sampling
+            .set(0, bound.map_or(0, |b| b.min(1 << 63) + 1), 0)
     }
 
     /// The counters, summed over CPUs, with their names.

@@ -162,13 +162,14 @@ impl RedRecorder {
     }
 
     /// Retires the series of a process that went away (its pid may come back as another):
-    /// the store keeps their totals (see `RedStore::forget`).
-    pub fn forget(&mut self, pid: u32) {
+    /// the store keeps their Prometheus totals and returns them for OTLP's last export (see
+    /// `RedStore::forget`).
+    pub fn forget(&mut self, pid: u32) -> Vec<Arc<Series>> {
         self.series.retain(|_, bucket| {
             bucket.retain(|e| e.pid != pid);
             !bucket.is_empty()
         });
-        self.store.forget(pid);
+        self.store.forget(pid)
     }
 
     /// Series currently kept.

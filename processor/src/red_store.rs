@@ -8,7 +8,9 @@
 //! One thread writes (the reader thread, through `red::RedRecorder`), so counting is a plain
 //! load and store of an atomic, not a locked read-modify-write; the Prometheus and OTLP
 //! threads read at any time and may see a request in its bucket before its sum, which their
-//! next read corrects. Series are added and retired under a lock the hot path never takes.
+//! next read corrects. Counting a request of a known series takes no lock; adding a series
+//! (its first request) and retiring a process's series take the store's lock, which a scrape
+//! also holds while it sums the series.
 
 use std::{
     collections::HashMap,
@@ -27,7 +29,7 @@ use crate::{
     span::{Span, SpanKind},
 };
 
-/// Series kept at most (live and awaiting their last OTLP export). A request of a new series
+/// Live series kept at most. A request of a new series
 /// beyond it is not counted in any histogram but in `RedStore::overflowed`, and the first
 /// overflow is logged: a route template that lets request paths through is the usual cause.
 pub const MAX_SERIES: usize = 16384;
@@ -307,8 +309,6 @@ impl Series {
 #[derive(Debug, Default)]
 struct State {
     live: HashMap<u32, Vec<Arc<Series>>>,
-    /// Series of processes that went away, until OTLP's next collection takes them.
-    leaving: Vec<Arc<Series>>,
     /// Prometheus: the totals of label sets whose processes went away, so a scraped
     /// histogram never goes backwards.
     retired: HashMap<(Instrument, PromLabels), SeriesSnapshot>,
@@ -318,10 +318,7 @@ struct State {
 #[derive(Debug, Default)]
 pub struct RedStore {
     state: Mutex<State>,
-    /// Set when OTLP exports metrics: only then are a leaving process's series kept for a
-    /// last export.
-    otlp_reads: AtomicBool,
-    /// Series kept (live and leaving); changed under the lock, read without it.
+    /// Live series; changed under the lock, read without it.
     len: AtomicUsize,
     overflowed: AtomicU64,
     overflow_logged: AtomicBool,
@@ -372,17 +369,13 @@ impl RedStore {
         self.overflowed.load(Relaxed)
     }
 
-    /// Keeps a leaving process's series for OTLP's last export from now on.
-    pub fn keep_for_otlp(&self) {
-        self.otlp_reads.store(true, Relaxed);
-    }
-
-    /// Retires the series of a process that went away: their Prometheus totals live on in
-    /// their label sets; OTLP exports them once more (its next collection).
-    pub fn forget(&self, pid: u32) {
+    /// Retires the series of a process that went away (or whose resource changed): their
+    /// Prometheus totals live on in their label sets; they are returned for OTLP's last
+    /// export of the process (`otlp::Otlp::forget`), and no longer counted here.
+    pub fn forget(&self, pid: u32) -> Vec<Arc<Series>> {
         let mut st = self.state();
         let Some(gone) = st.live.remove(&pid) else {
-            return;
+            return Vec::new();
         };
         for s in &gone {
             if let Some(labels) = &s.prometheus {
@@ -395,11 +388,8 @@ impl RedStore {
                 }
             }
         }
-        if self.otlp_reads.load(Relaxed) {
-            st.leaving.extend(gone);
-        } else {
-            self.len.fetch_sub(gone.len(), Relaxed);
-        }
+        self.len.fetch_sub(gone.len(), Relaxed);
+        gone
     }
 
     /// Prometheus: each label set's histograms, summed over its live and retired series.
@@ -426,16 +416,7 @@ impl RedStore {
         self.state().live.get(&pid).cloned().unwrap_or_default()
     }
 
-    /// OTLP: takes the series of processes that went away since the last call, for their
-    /// last export; they are then gone.
-    pub fn take_leaving(&self) -> Vec<Arc<Series>> {
-        let mut st = self.state();
-        let taken = std::mem::take(&mut st.leaving);
-        self.len.fetch_sub(taken.len(), Relaxed);
-        taken
-    }
-
-    /// Series kept (live and leaving).
+    /// Live series.
     pub fn len(&self) -> usize {
         self.len.load(Relaxed)
     }
@@ -471,17 +452,15 @@ mod tests {
     }
 
     #[test]
-    fn leaving_series_wait_for_otlp_only_when_it_reads() {
+    fn retired_series_are_handed_back_and_no_longer_counted() {
         let store = RedStore::default();
         store.add(series(1)).expect("room");
-        store.forget(1);
-        assert_eq!(store.len(), 0, "nobody reads them over OTLP");
-        store.keep_for_otlp();
+        store.add(series(1)).expect("room");
         store.add(series(2)).expect("room");
-        store.forget(2);
+        assert_eq!(store.forget(1).len(), 2);
         assert_eq!(store.len(), 1);
-        assert_eq!(store.take_leaving().len(), 1);
-        assert!(store.is_empty());
+        assert!(store.forget(1).is_empty());
+        assert_eq!(store.live(2).len(), 1);
     }
 
     #[test]
@@ -493,7 +472,7 @@ mod tests {
         assert!(store.is_full());
         assert!(store.add(series(1)).is_none());
         assert_eq!(store.overflowed(), 1);
-        store.forget(1);
+        assert_eq!(store.forget(1).len(), MAX_SERIES);
         assert!(store.add(series(2)).is_some(), "room again");
     }
 }

@@ -31,6 +31,7 @@ use super::convert::ProcessResource;
 use crate::{
     process_metrics::UsagePoint,
     protocols::{db, grpc, messaging},
+    red_store::Series,
     semconv::method_value,
     span::{Rpc, Span, SpanKind},
 };
@@ -39,31 +40,75 @@ use crate::{
 pub(super) struct ProcessMeters {
     provider: SdkMeterProvider,
     reader: Arc<ManualReader>,
-    /// Set when the process went away: collected once more, then dropped.
+    /// Set when the process went away (or its resource changed): collected once more, with
+    /// `retired_red`, then dropped.
     removed: bool,
+    /// The RED series the process had when it was retired, for that last collection.
+    retired_red: Vec<Arc<Series>>,
+}
+
+impl ProcessMeters {
+    fn new(provider: SdkMeterProvider, reader: Arc<ManualReader>) -> ProcessMeters {
+        ProcessMeters {
+            provider,
+            reader,
+            removed: false,
+            retired_red: Vec::new(),
+        }
+    }
 }
 
 /// The meter pipelines of known processes, shared by the reader thread (which adds and
 /// retires them) and the worker (which collects them).
-pub(super) type Providers = Arc<Mutex<HashMap<u32, ProcessMeters>>>;
+#[derive(Default)]
+pub(super) struct ProviderSet {
+    live: HashMap<u32, ProcessMeters>,
+    /// Retired pipelines whose pid came back (a new process, or a new resource for the same
+    /// one) before their last collection.
+    replaced: Vec<(u32, ProcessMeters)>,
+}
+
+pub(super) type Providers = Arc<Mutex<ProviderSet>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves a plain map behind, still usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Every process's cumulative metrics, under its pid (the flows' under their key); the
-/// pipelines of processes that went away are shut down after this last collection.
-pub(super) fn collect(providers: &Providers) -> Vec<(u32, ResourceMetrics)> {
-    let mut meters = lock(providers);
-    let mut out = Vec::with_capacity(meters.len());
-    for (key, m) in meters.iter() {
-        let mut rm = ResourceMetrics::default();
-        if m.reader.collect(&mut rm).is_ok() {
-            out.push((*key, rm));
+/// One pipeline's collection.
+pub(super) struct Collected {
+    /// The pid (or the flows' key).
+    pub key: u32,
+    pub metrics: ResourceMetrics,
+    /// A retired pipeline's RED series (its last collection); `None` for a live one, whose
+    /// series are the store's live ones for `key`.
+    pub retired_red: Option<Vec<Arc<Series>>>,
+}
+
+/// Every pipeline's cumulative metrics; those of processes that went away are shut down
+/// after this last collection.
+pub(super) fn collect(providers: &Providers) -> Vec<Collected> {
+    let mut set = lock(providers);
+    let ProviderSet { live, replaced } = &mut *set;
+    let mut out = Vec::with_capacity(live.len() + replaced.len());
+    let all = live
+        .iter_mut()
+        .map(|(k, m)| (*k, m))
+        .chain(replaced.iter_mut().map(|(k, m)| (*k, m)));
+    for (key, m) in all {
+        let mut metrics = ResourceMetrics::default();
+        if m.reader.collect(&mut metrics).is_ok() {
+            out.push(Collected {
+                key,
+                metrics,
+                retired_red: m.removed.then(|| std::mem::take(&mut m.retired_red)),
+            });
         }
     }
-    meters.retain(|_, m| {
+    for (_, m) in replaced.drain(..) {
+        let _ = m.provider.shutdown();
+    }
+    live.retain(|_, m| {
         if m.removed {
             let _ = m.provider.shutdown();
         }
@@ -152,14 +197,14 @@ impl Meters {
                 usage: None,
             },
         );
-        lock(&self.providers).insert(
-            pid,
-            ProcessMeters {
-                provider,
-                reader,
-                removed: false,
-            },
-        );
+        let mut set = lock(&self.providers);
+        // A retired pipeline not collected yet keeps its last collection.
+        if let Some(old) = set.live.remove(&pid)
+            && old.removed
+        {
+            set.replaced.push((pid, old));
+        }
+        set.live.insert(pid, ProcessMeters::new(provider, reader));
     }
 
     /// The attributes `s` is counted under, for a caller that keeps them per series; `None`
@@ -196,14 +241,9 @@ impl Meters {
             .with_resource(resource)
             .with_reader(SharedReader(Arc::clone(&reader)))
             .build();
-        lock(&self.providers).insert(
-            key,
-            ProcessMeters {
-                provider: provider.clone(),
-                reader,
-                removed: false,
-            },
-        );
+        lock(&self.providers)
+            .live
+            .insert(key, ProcessMeters::new(provider.clone(), reader));
         provider
     }
 
@@ -213,11 +253,14 @@ impl Meters {
         self.instruments.get(&pid).map(|i| i.meter.clone())
     }
 
-    /// Retires a process that went away: its pipeline is collected once more, then dropped.
-    pub(super) fn forget(&mut self, pid: u32) {
+    /// Retires a process that went away (or whose resource changed): its pipeline is
+    /// collected once more, with `retired_red` (its RED series, `RedStore::forget`), then
+    /// dropped.
+    pub(super) fn forget(&mut self, pid: u32, retired_red: Vec<Arc<Series>>) {
         self.instruments.remove(&pid);
-        if let Some(m) = lock(&self.providers).get_mut(&pid) {
+        if let Some(m) = lock(&self.providers).live.get_mut(&pid) {
             m.removed = true;
+            m.retired_red = retired_red;
         }
     }
 }

@@ -84,9 +84,6 @@ impl Otlp {
             .metrics
             .as_ref()
             .map(|_| Meters::new(std::sync::Arc::clone(&providers)));
-        if meters.is_some() {
-            red.keep_for_otlp();
-        }
         let (worker, spans) =
             Worker::start(exporters, traces, metrics, providers, red, counters, host)?;
         for (signal, e) in [("traces", &traces.otlp), ("metrics", &metrics.otlp)] {
@@ -216,10 +213,12 @@ impl Otlp {
         }
     }
 
-    /// Forgets a process that went away: its meters are exported once more, then dropped.
-    pub fn forget(&mut self, pid: u32) {
+    /// Forgets a process that went away (or whose resource changed): its meters and
+    /// `retired_red` (its RED series, `RedRecorder::forget`) are exported once more under its
+    /// resource, then dropped.
+    pub fn forget(&mut self, pid: u32, retired_red: Vec<std::sync::Arc<crate::red_store::Series>>) {
         if let Some(m) = self.meters.as_mut() {
-            m.forget(pid);
+            m.forget(pid, retired_red);
         }
         self.resources.remove(&pid);
     }

@@ -82,8 +82,10 @@ fn data_point(
         sum: Some(h.sum),
         bucket_counts: h.counts.clone(),
         explicit_bounds: h.bounds.to_vec(),
-        min: Some(h.min),
-        max: Some(h.max),
+        // Read while the writer counts a series' first request, the bucket can show before
+        // the extremes: no min/max then rather than infinities.
+        min: (h.min <= h.max).then_some(h.min),
+        max: (h.min <= h.max).then_some(h.max),
         ..HistogramDataPoint::default()
     }
 }

@@ -307,14 +307,12 @@ impl MetricSources<'_> {
     /// series), and the flows'; a process with nothing to report sends nothing.
     fn requests(&self) -> Vec<Vec<u8>> {
         let collected = meters::collect(self.providers);
-        // Taken after the collection: a process retired meanwhile is still among it.
-        let mut leaving = self.red.take_leaving();
         let now = unix_nanos();
         let mut out = Vec::with_capacity(collected.len());
-        for (pid, rm) in &collected {
-            let mut request = ExportMetricsServiceRequest::from(rm);
-            let mut series = self.red.live(*pid);
-            series.extend(leaving.extract_if(.., |s| s.pid == *pid));
+        for c in collected {
+            let mut request = ExportMetricsServiceRequest::from(&c.metrics);
+            // A retired pipeline carries its own last series; a live one reads the store's.
+            let series = c.retired_red.unwrap_or_else(|| self.red.live(c.key));
             if let (Some(scope), Some(resource)) = (
                 red_metrics::scope_metrics(&series, now),
                 request.resource_metrics.first_mut(),
@@ -487,7 +485,6 @@ mod tests {
     fn a_departed_process_is_exported_once_more_under_its_resource_then_not_again() {
         let providers = Providers::default();
         let red = RedStore::default();
-        red.keep_for_otlp();
         let mut meters = Meters::new(Arc::clone(&providers));
         for pid in [1, 2] {
             meters.add(pid, &process(pid), convert::resource(&process(pid), "h"));
@@ -511,14 +508,57 @@ mod tests {
         assert_eq!(first.len(), 2, "{first:?}");
         assert!(first[0].0.contains("svc1") && first[0].1 == 3, "{first:?}");
         assert!(first[1].0.contains("svc2") && first[1].1 == 6, "{first:?}");
-        // Process 1 leaves: the RED series go first, as the sink does, then its meters.
-        red.forget(1);
-        meters.forget(1);
+        // Process 1 leaves: its RED series go with its meters, as the sink hands them over.
+        meters.forget(1, red.forget(1));
         let second = counts(&sources.requests());
         assert_eq!(second.len(), 2, "its last export: {second:?}");
         let third = counts(&sources.requests());
         assert_eq!(third.len(), 1, "{third:?}");
         assert!(third[0].0.contains("svc2") && third[0].1 == 6, "{third:?}");
         assert_eq!(red.len(), 1, "only process 2's series is kept");
+    }
+
+    /// A process whose resource changes (its pod became known) is retired and added again
+    /// under the same pid before the next collection: the old series go out once under the
+    /// old resource, the new ones under the new, never both under one.
+    #[test]
+    fn a_resource_change_keeps_old_and_new_series_apart() {
+        let providers = Providers::default();
+        let red = RedStore::default();
+        let mut meters = Meters::new(Arc::clone(&providers));
+        let record = |meters: &Meters, n: u32| {
+            let attrs = meters.attributes(&Span::fixture());
+            let series = red
+                .add(Series::new(
+                    Span::fixture().pid,
+                    Instrument::HttpServer,
+                    None,
+                    attrs,
+                    1,
+                ))
+                .expect("room");
+            for _ in 0..n {
+                series.record(&Span::fixture());
+            }
+        };
+        let pid = Span::fixture().pid;
+        meters.add(pid, &process(1), convert::resource(&process(1), "h"));
+        record(&meters, 4);
+        meters.forget(pid, red.forget(pid));
+        // Renamed (a pod name arrived): same pid, another service name.
+        meters.add(pid, &process(9), convert::resource(&process(9), "h"));
+        record(&meters, 2);
+        let sources = MetricSources {
+            providers: &providers,
+            red: &red,
+        };
+        let mut got = counts(&sources.requests());
+        got.sort();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].0.contains("svc1") && got[0].1 == 4, "{got:?}");
+        assert!(got[1].0.contains("svc9") && got[1].1 == 2, "{got:?}");
+        let next = counts(&sources.requests());
+        assert_eq!(next.len(), 1, "the old resource is gone: {next:?}");
+        assert!(next[0].0.contains("svc9") && next[0].1 == 2, "{next:?}");
     }
 }

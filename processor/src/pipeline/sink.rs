@@ -330,10 +330,10 @@ impl<'a, W: Write> SpanSink<'a, W> {
 
     /// Drops what is kept for `pid` (its OTLP resource and meters, its RED series).
     pub fn forget(&mut self, pid: u32) {
-        // RED series first: OTLP's last collection of the process must find them retired.
-        self.red.forget(pid);
+        // The RED series go with the process's meters to their last OTLP collection.
+        let retired = self.red.forget(pid);
         if let Some(o) = self.otlp.as_mut() {
-            o.forget(pid);
+            o.forget(pid, retired);
         }
         if let Some(g) = self.graph.as_mut() {
             g.forget(pid);
