@@ -6,6 +6,12 @@ then `done`:
                     carries traceparent, and a POST whose body (sent in its own write) looks
                     like a request; one {"sent": hex, "echo": hex} line each
   raw PORT          a non-HTTP payload; {"sent": hex, "echo": hex}
+  tls PORT CA       HTTPS to echo_request.py --tls (verified against the certificate CA): on
+                    one keep-alive connection a GET, a POST with a body, a POST whose body
+                    (its own write) looks like a request, a GET that carries traceparent and a
+                    GET after them; then a GET on a new connection; one
+                    {"sent": hex, "echo": hex, "method": m, "path": p, "port": local port}
+                    line each
   nagle PORT N      N sequential requests on one connection without TCP_NODELAY;
                     {"seconds": elapsed}
   hold PORT K       K connections, one request each, kept open until the next command
@@ -18,6 +24,9 @@ then `done`:
 import json
 import re
 import socket
+# Imported at start, not at the first `tls` command: libssl is then mapped before an agent
+# that selects this process looks for it.
+import ssl
 import sys
 import threading
 import time
@@ -82,6 +91,50 @@ def requests(port):
         echo = r.response_body()
         print(json.dumps({"sent": b"".join(parts).hex(), "echo": echo.hex()}), flush=True)
     s.close()
+
+
+def tls(port, ca):
+    ctx = ssl.create_default_context(cafile=ca)
+    host = b"Host: 127.0.0.1:%d\r\n" % port
+    keepalive = [
+        [b"GET /tls/get HTTP/1.1\r\n" + host + b"Accept: */*\r\n\r\n"],
+        [b"POST /tls/post HTTP/1.1\r\n" + host + b"Content-Length: 11\r\n\r\nhello world"],
+        [
+            b"POST /tls/body-looks-like-request HTTP/1.1\r\n" + host
+            + b"Content-Length: %d\r\n\r\n" % len(LOOKALIKE),
+            LOOKALIKE,
+        ],
+        [
+            b"GET /tls/has-traceparent HTTP/1.1\r\n" + host
+            + b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"
+        ],
+        [b"GET /tls/after-body HTTP/1.1\r\n" + host + b"\r\n"],
+    ]
+    fresh = [[b"GET /tls/fresh HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"]]
+    for cases in (keepalive, fresh):
+        plain = connect(port)
+        plain.settimeout(20)
+        s = ctx.wrap_socket(plain, server_hostname="127.0.0.1")
+        r = Reader(s)
+        local = s.getsockname()[1]
+        for parts in cases:
+            for p in parts:
+                s.sendall(p)
+            echo = r.response_body()
+            method, path = parts[0].split(b" ")[:2]
+            print(
+                json.dumps(
+                    {
+                        "sent": b"".join(parts).hex(),
+                        "echo": echo.hex(),
+                        "method": method.decode(),
+                        "path": path.decode(),
+                        "port": local,
+                    }
+                ),
+                flush=True,
+            )
+        s.close()
 
 
 def raw(port):
@@ -182,7 +235,7 @@ def main():
         words = line.split()
         if not words:
             continue
-        cmd, args = words[0], [int(w) for w in words[1:]]
+        cmd, args = words[0], [int(w) if w.isdigit() else w for w in words[1:]]
         for s in held:
             s.close()
         held = []
@@ -192,6 +245,8 @@ def main():
             requests(*args)
         elif cmd == "nagle":
             nagle(*args)
+        elif cmd == "tls":
+            tls(*args)
         elif cmd == "raw":
             raw(*args)
         elif cmd == "load":

@@ -4,13 +4,16 @@
 Used by tests/tests/injection.rs to see what reached the server after Sonde's sk_msg program:
 a request must come back byte-identical except for one added `traceparent` line.
 
-    python3 echo_request.py PORT
+    python3 echo_request.py PORT [--tls CERT KEY]
 Prints "ready" once listening. Requests are framed by Content-Length only (no chunked bodies:
 the tests send none). A request that is not HTTP gets its bytes echoed raw and the
-connection closed, so a non-HTTP payload can be compared too.
+connection closed, so a non-HTTP payload can be compared too. With --tls every connection is
+TLS (Python's ssl module, with that certificate and key) and the echo is of the decrypted
+bytes: what the client's TLS library was given to send, so an HTTPS request can be compared.
 """
 
 import socket
+import ssl
 import sys
 import threading
 
@@ -36,9 +39,15 @@ def read_request(conn, buf):
     return buf[: head_end + length], buf[head_end + length :]
 
 
-def serve(conn):
+def serve(conn, tls):
     buf = b""
     try:
+        if tls is not None:
+            # The handshake runs here, not in the accept loop, so a stalled peer holds up only
+            # its own connection; bounded so that it cannot hold this thread for ever.
+            conn.settimeout(20)
+            conn = tls.wrap_socket(conn, server_side=True)
+            conn.settimeout(None)
         first = conn.recv(65536)
         if not first:
             return
@@ -73,6 +82,10 @@ def serve(conn):
 
 def main():
     port = int(sys.argv[1])
+    tls = None
+    if sys.argv[2:3] == ["--tls"]:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(sys.argv[3], sys.argv[4])
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("127.0.0.1", port))
@@ -81,7 +94,7 @@ def main():
     while True:
         conn, _ = srv.accept()
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, tls), daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@
 //! client span; the socket map holds the selected client's connections and no one else's; a
 //! load run (keep-alive, bodies, pipelining) sees no corrupted response and no connection
 //! error, with the feature on and off.
+//!
+//! HTTPS: the kernel sees only ciphertext on the socket, and a TLS connection's first message
+//! (the ClientHello) is not a request line, so the `sk_msg` program gives the connection up and
+//! leaves it alone. The selected client's HTTPS requests (keep-alive and a new connection, to
+//! the echo server's TLS mode) come back byte-identical, the loader counts each TLS connection
+//! given up and no header added, and the client spans Sonde still makes through its OpenSSL
+//! uprobes carry ids found nowhere in what the server received; the same client's cleartext
+//! requests right after are injected into, so the feature was on for it.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -17,7 +25,7 @@ use std::{
 };
 
 use serde_json::Value;
-use sonde_e2e::{peers::*, *};
+use sonde_e2e::{kube::make_certs, peers::*, *};
 
 /// The echo server (prints `ready`).
 fn start_echo_server() -> (Proc, u16) {
@@ -25,6 +33,18 @@ fn start_echo_server() -> (Proc, u16) {
     let mut cmd = Command::new(python());
     cmd.arg(peer("echo_request.py")).arg(port.to_string());
     (spawn_ready("echo_server", &mut cmd), port)
+}
+
+/// The echo server's TLS mode, with `cert` and `key` (prints `ready`).
+fn start_tls_echo_server(cert: &std::path::Path, key: &std::path::Path) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(python());
+    cmd.arg(peer("echo_request.py"))
+        .arg(port.to_string())
+        .arg("--tls")
+        .arg(cert)
+        .arg(key);
+    (spawn_ready("tls_echo_server", &mut cmd), port)
 }
 
 /// A running `echo_client.py`, driven one command at a time.
@@ -408,4 +428,141 @@ fn load_run_corrupts_nothing_with_injection_on_and_off() {
             assert_eq!(last_counter(&sonde, "inject_headers_added"), None);
         }
     }
+}
+
+/// HTTPS from a selected client with injection on: every request (a GET, a POST with a body, a
+/// POST whose body is its own write, one carrying its own traceparent, one more on the same
+/// keep-alive connection, a GET on a new connection) reaches the TLS echo server
+/// byte-identical; the loader counts both TLS connections given up at their first message and
+/// no header added; the client spans (through the OpenSSL uprobes) are exactly one per request
+/// with ids the server never received. The same client's cleartext requests afterwards get
+/// their header: injection was on for it all along.
+#[test]
+fn https_requests_pass_byte_identical_with_injection_on() {
+    let _guard = serial();
+    let dir = TempDir::new("inject-https");
+    let certs = make_certs(&dir.0);
+    let (_tls_server, tls_port) = start_tls_echo_server(&certs.cert, &certs.key);
+    let (_server, port) = start_echo_server();
+    let mut client = Client::start("https_client");
+    let pid = client.pid();
+    let sonde = start_sonde(&dir, &[pid], "headers");
+    sonde.wait_log("context propagation on", Duration::from_secs(5));
+    sonde.wait_log(
+        &format!("TLS probes attached pid={pid} "),
+        Duration::from_secs(20),
+    );
+    let long = Duration::from_secs(30);
+
+    // 1. What the server decrypted is exactly what the client's TLS library was given.
+    let tls = client.run(&format!("tls {tls_port} {}", certs.ca.display()), long);
+    let paths: Vec<&str> = tls.iter().filter_map(|c| c["path"].as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/tls/get",
+            "/tls/post",
+            "/tls/body-looks-like-request",
+            "/tls/has-traceparent",
+            "/tls/after-body",
+            "/tls/fresh",
+        ]
+    );
+    for c in &tls {
+        assert_eq!(hex(&c["echo"]), hex(&c["sent"]), "{} changed", c["path"]);
+    }
+    let ports: Vec<u64> = tls.iter().filter_map(|c| c["port"].as_u64()).collect();
+    assert_eq!(ports.len(), 6);
+    assert!(ports[..5].iter().all(|p| *p == ports[0]), "{ports:?}");
+    assert_ne!(
+        ports[5], ports[0],
+        "the last request must use a new connection"
+    );
+
+    // 2. The kernel side: two sockets of the selected client entered the map, each was given
+    // up at its ClientHello (not a request line), and nothing else was counted.
+    wait_counter(&sonde, "inject_connections_given_up", 2);
+    for (name, want) in [
+        ("inject_sockets_added", 2),
+        ("inject_sockhash_full", 0),
+        ("inject_headers_added", 0),
+        ("inject_skipped_had_traceparent", 0),
+        ("inject_skipped_not_whole_header", 0),
+        ("inject_failed", 0),
+    ] {
+        assert_eq!(last_counter(&sonde, name), Some(want), "{name}");
+    }
+
+    // 3. One client span per HTTPS request, through the TLS uprobes; none carries ids that
+    // reached the server (nothing was injected): only the request with its own traceparent
+    // continues that trace.
+    let own = "0af7651916cd43dd8448eb211c80319c";
+    let received: String = tls
+        .iter()
+        .map(|c| String::from_utf8_lossy(&hex(&c["echo"])).into_owned())
+        .collect();
+    assert_eq!(received.matches("traceparent:").count(), 1, "{received}");
+    let is_tls_client = |s: &Value| {
+        s["kind"] == "client"
+            && s["pid"] == pid
+            && s["path"].as_str().is_some_and(|p| p.starts_with("/tls/"))
+    };
+    let spans = sonde.wait_spans(tls.len(), long, is_tls_client);
+    assert_eq!(spans.len(), tls.len(), "client spans: {spans:#?}");
+    for c in &tls {
+        let path = c["path"].as_str().expect("path");
+        let of: Vec<&Value> = spans.iter().filter(|s| s["path"] == path).collect();
+        assert_eq!(of.len(), 1, "client spans for {path}: {of:#?}");
+        let s = of[0];
+        assert_eq!(s["method"], c["method"], "{s}");
+        assert_eq!(s["scheme"], "https", "{s}");
+        assert_eq!(s["status"], 200, "{s}");
+        assert_eq!(s["server_port"], tls_port, "{s}");
+        assert_eq!(s["client_port"], c["port"], "{s}");
+        let trace = s["trace_id"].as_str().expect("trace id");
+        let span = s["span_id"].as_str().expect("span id");
+        assert!(
+            !received.contains(span),
+            "span id {span} reached the server"
+        );
+        if path == "/tls/has-traceparent" {
+            assert_eq!(trace, own, "{s}");
+            assert_eq!(s["parent_span_id"], "b7ad6b7169203331", "{s}");
+        } else {
+            assert!(
+                !received.contains(trace),
+                "trace id {trace} reached the server"
+            );
+            assert!(s.get("parent_span_id").is_none(), "{s}");
+        }
+    }
+
+    // The same process in cleartext: four requests get the header, the fifth keeps its own.
+    let cases = client.run(&format!("requests {port}"), long);
+    assert_eq!(cases.len(), 5);
+    for (i, c) in cases.iter().enumerate() {
+        let (sent, echo) = (hex(&c["sent"]), hex(&c["echo"]));
+        if i == 2 {
+            assert_eq!(echo, sent, "a request with its own traceparent changed");
+        } else {
+            injected_ids(&sent, &echo);
+        }
+    }
+    wait_counter(&sonde, "inject_headers_added", 4);
+    wait_counter(&sonde, "inject_skipped_had_traceparent", 1);
+    assert_eq!(last_counter(&sonde, "inject_sockets_added"), Some(3));
+    assert_eq!(last_counter(&sonde, "inject_connections_given_up"), Some(2));
+    // Every connection closed: the map is empty again.
+    wait_counter(&sonde, "inject_sockets_open", 0);
+    // Nothing else of this client became a span: the six HTTPS and five cleartext requests.
+    let cleartext = sonde.wait_spans(5, long, |s| {
+        s["kind"] == "client"
+            && s["pid"] == pid
+            && s["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/inject/"))
+    });
+    assert_eq!(cleartext.len(), 5, "{cleartext:#?}");
+    let all = sonde.spans().iter().filter(|s| s["pid"] == pid).count();
+    assert_eq!(all, 11, "spans of the client: {:#?}", sonde.spans());
 }
