@@ -15,8 +15,8 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, SockHash},
-    programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps},
+    maps::{Array, Map, MapData, MapError, PerCpuArray, SockHash},
+    programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SkMsg, SockOps},
 };
 use object::{Object, ObjectSection, ObjectSymbol};
 use sonde_schema::inject;
@@ -45,13 +45,10 @@ pub enum InjectError {
     )]
     Program {
         program: &'static str,
-        source: aya::programs::ProgramError,
+        source: ProgramError,
     },
     #[error("ebpf.context_propagation: headers: map {map}: {source}")]
-    Map {
-        map: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { map: &'static str, source: MapError },
     #[error("reading the kernel object to leave the socket map out: {0}")]
     Object(String),
 }
@@ -125,6 +122,37 @@ fn unescape(s: &str) -> PathBuf {
     PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
+/// The map `name` taken out of `ebpf` as a `T`; the error names the map.
+fn take_map<T: TryFrom<Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, InjectError> {
+    ebpf.take_map(name)
+        .ok_or(InjectError::MissingMap(name))?
+        .try_into()
+        .map_err(|source| InjectError::Map { map: name, source })
+}
+
+/// Runs `attach` (load, then attach) on the program `name` of `ebpf` as a `P`; the error names
+/// the program.
+fn load_and_attach<P>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    attach: impl FnOnce(&mut P) -> Result<(), ProgramError>,
+) -> Result<(), InjectError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let failed = |source| InjectError::Program {
+        program: name,
+        source,
+    };
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(InjectError::MissingProgram(name))?;
+    attach(program.try_into().map_err(failed)?).map_err(failed)
+}
+
 /// The attached programs' counters (the programs stay attached while the `Ebpf` lives).
 pub struct Injection {
     stats: PerCpuArray<MapData, u64>,
@@ -144,66 +172,27 @@ impl Injection {
             path: root.clone(),
             source,
         })?;
-        let failed = |program: &'static str| move |source| InjectError::Program { program, source };
-        let sockets: SockHash<MapData, u64> = ebpf
-            .take_map(inject::SOCKHASH)
-            .ok_or(InjectError::MissingMap(inject::SOCKHASH))?
-            .try_into()
-            .map_err(|source| InjectError::Map {
-                map: inject::SOCKHASH,
-                source,
-            })?;
+        let sockets: SockHash<MapData, u64> = take_map(ebpf, inject::SOCKHASH)?;
         let map_fd = sockets.fd();
-        {
-            let name = inject::SK_MSG_PROGRAM;
-            let prog: &mut SkMsg = ebpf
-                .program_mut(name)
-                .ok_or(InjectError::MissingProgram(name))?
-                .try_into()
-                .map_err(failed(name))?;
-            prog.load().map_err(failed(name))?;
-            prog.attach(map_fd).map_err(failed(name))?;
-        }
+        load_and_attach(ebpf, inject::SK_MSG_PROGRAM, |p: &mut SkMsg| {
+            p.load()?;
+            p.attach(map_fd).map(drop)
+        })?;
+        // aya attaches through a BPF link (Linux 5.7+), which takes no flags and always
+        // coexists with other programs on the cgroup (other agents, systemd): never replaces
+        // theirs.
         for name in [inject::CONNECT4_PROGRAM, inject::CONNECT6_PROGRAM] {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(InjectError::MissingProgram(name))?
-                .try_into()
-                .map_err(failed(name))?;
-            prog.load().map_err(failed(name))?;
-            // aya attaches through a BPF link (Linux 5.7+), which takes no flags and always
-            // coexists with other programs on the cgroup (other agents, systemd): never
-            // replaces theirs.
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(failed(name))?;
+            load_and_attach(ebpf, name, |p: &mut CgroupSockAddr| {
+                p.load()?;
+                p.attach(&cgroup, CgroupAttachMode::Single).map(drop)
+            })?;
         }
-        {
-            let name = inject::SOCK_OPS_PROGRAM;
-            let prog: &mut SockOps = ebpf
-                .program_mut(name)
-                .ok_or(InjectError::MissingProgram(name))?
-                .try_into()
-                .map_err(failed(name))?;
-            prog.load().map_err(failed(name))?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(failed(name))?;
-        }
-        let stats = PerCpuArray::try_from(
-            ebpf.take_map(inject::STATS)
-                .ok_or(InjectError::MissingMap(inject::STATS))?,
-        )
-        .map_err(|source| InjectError::Map {
-            map: inject::STATS,
-            source,
+        load_and_attach(ebpf, inject::SOCK_OPS_PROGRAM, |p: &mut SockOps| {
+            p.load()?;
+            p.attach(&cgroup, CgroupAttachMode::Single).map(drop)
         })?;
-        let sampling = Array::try_from(
-            ebpf.take_map(inject::SAMPLING)
-                .ok_or(InjectError::MissingMap(inject::SAMPLING))?,
-        )
-        .map_err(|source| InjectError::Map {
-            map: inject::SAMPLING,
-            source,
-        })?;
+        let stats = take_map(ebpf, inject::STATS)?;
+        let sampling = take_map(ebpf, inject::SAMPLING)?;
         info!(
             cgroup = %root.display(),
             "context propagation on: traceparent headers are added to cleartext HTTP/1 requests of selected processes (cgroup connect4/connect6 + sock_ops on the cgroup v2 root, sk_msg on their sockets)"

@@ -137,25 +137,9 @@ pub(super) fn load_btf(btf: &[u8]) -> Result<OwnedFd, TlsError> {
         }
         attr
     };
-    // SAFETY: the BTF pointer borrows `btf`, alive across the call; BPF_BTF_LOAD returns a
-    // new fd on success.
-    match unsafe { bpf_fd(bpf_cmd::BPF_BTF_LOAD, build(None)) } {
-        Ok(fd) => Ok(fd),
-        Err(_) => {
-            let mut log = vec![0u8; VERIFIER_LOG_BYTES];
-            // SAFETY: as above; the log buffer is alive and `btf_log_size` bytes long.
-            match unsafe { bpf_fd(bpf_cmd::BPF_BTF_LOAD, build(Some(&mut log))) } {
-                Ok(fd) => Ok(fd),
-                Err(source) => {
-                    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-                    Err(TlsError::BtfLoad {
-                        source,
-                        log: String::from_utf8_lossy(&log[..end]).trim_end().to_owned(),
-                    })
-                }
-            }
-        }
-    }
+    // SAFETY: the BTF pointer borrows `btf`, alive across both calls.
+    unsafe { load_with_log(bpf_cmd::BPF_BTF_LOAD, build) }
+        .map_err(|(source, log)| TlsError::BtfLoad { source, log })
 }
 
 /// Bytes of verifier log kept when a load fails. The kernel (6.4+) keeps the tail of the log
@@ -214,26 +198,44 @@ pub(super) fn load_program(p: &ProgramLoad<'_>) -> Result<OwnedFd, TlsError> {
         attr
     };
     // SAFETY: the instruction, license and func/line info pointers borrow `p`, alive across
-    // the call; BPF_PROG_LOAD returns a new fd on success.
-    match unsafe { bpf_fd(bpf_cmd::BPF_PROG_LOAD, build(None)) } {
-        Ok(fd) => Ok(fd),
-        Err(_) => {
-            let mut log = vec![0u8; VERIFIER_LOG_BYTES];
-            // SAFETY: as above; the log buffer is alive and `log_size` bytes long.
-            let retried = unsafe { bpf_fd(bpf_cmd::BPF_PROG_LOAD, build(Some(&mut log))) };
-            let source = match retried {
-                // Loaded the second time (a transient failure): use it.
-                Ok(fd) => return Ok(fd),
-                Err(e) => e,
-            };
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            Err(TlsError::ProgramLoad {
-                program: p.name.to_owned(),
-                source,
-                verifier_log: String::from_utf8_lossy(&log[..end]).trim_end().to_owned(),
-            })
+    // both calls.
+    unsafe { load_with_log(bpf_cmd::BPF_PROG_LOAD, build) }.map_err(|(source, verifier_log)| {
+        TlsError::ProgramLoad {
+            program: p.name.to_owned(),
+            source,
+            verifier_log,
         }
+    })
+}
+
+/// Runs the load command `cmd` with the attributes `build(None)`; if the kernel refuses, once
+/// more with `build(Some(log))` (the log buffer the attributes must point at), and returns a
+/// second success (the first failure was transient), or the second error with the log, cut at
+/// its first NUL.
+///
+/// # Safety
+/// Every pointer `build` stores in the attributes, other than the log buffer it is given, must
+/// be valid for what `cmd` reads through it, and the log pointer and size must be the buffer's.
+unsafe fn load_with_log(
+    cmd: bpf_cmd,
+    build: impl Fn(Option<&mut [u8]>) -> bpf_attr,
+) -> Result<OwnedFd, (io::Error, String)> {
+    // SAFETY: the caller's guarantee is passed on.
+    if let Ok(fd) = unsafe { bpf_fd(cmd, build(None)) } {
+        return Ok(fd);
     }
+    let mut log = vec![0u8; VERIFIER_LOG_BYTES];
+    // SAFETY: as above; the log buffer is alive across the call, and `build` gives the kernel
+    // its address and length.
+    let source = match unsafe { bpf_fd(cmd, build(Some(&mut log))) } {
+        Ok(fd) => return Ok(fd),
+        Err(e) => e,
+    };
+    let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+    Err((
+        source,
+        String::from_utf8_lossy(&log[..end]).trim_end().to_owned(),
+    ))
 }
 
 /// Whether this kernel has uprobe-multi links with per-process filtering, decided the way

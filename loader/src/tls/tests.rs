@@ -10,7 +10,7 @@ use std::{
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
 
-use aya::EbpfLoader;
+use aya::{Ebpf, EbpfLoader};
 use aya_obj::generated::{bpf_cmd, bpf_prog_info};
 use caps::{CapSet, Capability};
 
@@ -264,6 +264,16 @@ impl Drop for Peer {
 }
 
 /// A throwaway self-signed certificate for the peers.
+/// The object loaded by aya as the loader loads it (one chunk buffer per CPU): the maps the
+/// TLS programs are relocated against.
+fn load_object() -> Ebpf {
+    let cpus = aya::util::nr_cpus().expect("cpus") as u32;
+    EbpfLoader::new()
+        .map_max_entries(sonde_schema::CHUNK_BUF_MAP, cpus)
+        .load(OBJECT)
+        .expect("aya loads the object")
+}
+
 fn make_cert(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sonde-tls-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -297,11 +307,7 @@ fn probes_fire_in_the_attached_process_only() {
     );
     let _stats = enable_stats();
 
-    let cpus = aya::util::nr_cpus().expect("cpus") as u32;
-    let ebpf = EbpfLoader::new()
-        .map_max_entries(sonde_schema::CHUNK_BUF_MAP, cpus)
-        .load(OBJECT)
-        .expect("aya loads the object");
+    let ebpf = load_object();
     let mut tls =
         TlsProbes::load(OBJECT, &MapFds::from_ebpf(&ebpf), Limits::default()).expect("loads");
 
@@ -360,11 +366,7 @@ fn limits_are_counted() {
         eprintln!("skipping: needs CAP_BPF and CAP_PERFMON");
         return;
     }
-    let cpus = aya::util::nr_cpus().expect("cpus") as u32;
-    let ebpf = EbpfLoader::new()
-        .map_max_entries(sonde_schema::CHUNK_BUF_MAP, cpus)
-        .load(OBJECT)
-        .expect("aya loads the object");
+    let ebpf = load_object();
     let limits = Limits {
         max_processes: 1,
         max_links_per_process: 0,
@@ -407,11 +409,7 @@ fn attaches_with_the_run_time_capabilities() {
         return;
     }
     let _stats = enable_stats();
-    let cpus = aya::util::nr_cpus().expect("cpus") as u32;
-    let ebpf = EbpfLoader::new()
-        .map_max_entries(sonde_schema::CHUNK_BUF_MAP, cpus)
-        .load(OBJECT)
-        .expect("aya loads the object");
+    let ebpf = load_object();
     let mut tls =
         TlsProbes::load(OBJECT, &MapFds::from_ebpf(&ebpf), Limits::default()).expect("loads");
     let dir = make_cert("caps");
