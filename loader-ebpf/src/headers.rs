@@ -5,7 +5,10 @@
 //! Capturing the whole header block would grow every connection's state (two maps of 16,384
 //! connections) and every event by kilobytes; instead the kernel looks through the rest of the
 //! block only when the capture is full, and copies just the 55-byte value into the event
-//! (`HttpEvent::traceparent`). Requests whose capture is not full cost nothing here. The search
+//! (`HttpEvent::traceparent`). Requests whose capture is not full cost nothing here, except
+//! server requests while context propagation is on: their whole header block is searched from
+//! the first byte, since the requests their thread sends continue the caller's trace (see
+//! `inject`). The search
 //! reads the segment into this CPU's chunk scratch a kilobyte at a time and tests eight bytes
 //! at once for a line feed, 64 bytes per step of a `bpf_loop` (its callback is verified once,
 //! whatever the length). It
@@ -16,10 +19,12 @@
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_schema::{
-    HEADER_SCAN_LIMIT, REQUEST_CAPTURE, TRACEPARENT_LEN, TRACEPARENT_SCANNED, counters,
+    DIRECTION_SERVER, HEADER_SCAN_LIMIT, REQUEST_CAPTURE, TRACEPARENT_LEN, TRACEPARENT_SCANNED,
+    counters,
 };
 
 use crate::{
+    inject,
     maps::{CHUNK_BUF, ConnState, HDR_SEARCH, HDR_TAIL_BUF, HDR_TAILS, HEADER_TAIL, count},
     pairing::Segment,
 };
@@ -284,6 +289,9 @@ pub fn search_segment(state: &mut ConnState, seg: &Segment, captured_now: u64) {
             if rc == 0 {
                 state.event.traceparent_source = TRACEPARENT_SCANNED;
                 count(counters::HEADER_SCAN_TRACEPARENTS);
+                if state.role == DIRECTION_SERVER && inject::enabled() {
+                    inject::adopt_incoming(state);
+                }
             }
             finish(state, conn_id, prefix);
         }

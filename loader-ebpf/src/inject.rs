@@ -22,11 +22,27 @@
 //! in the same system call on the same thread: the injected value waits in `INJECT_PENDING`
 //! (keyed by thread) and `stamp` copies it into the connection's `HttpEvent`.
 //!
+//! A request sent while its thread serves one (a thread-per-request server calling
+//! downstream) continues the served request's trace: the server side (`serve_begin`, from the
+//! pairing code) gives each server request its ids when it starts — the caller's trace id
+//! when its `traceparent` is valid (`adopt_incoming`, from the header search, which with this
+//! feature on looks through every server request's header block), else a random one — and
+//! keeps them in `INJECT_SERVING` under the reading thread until the response starts. The
+//! injected header then carries that trace id with a fresh span id, and the client span's
+//! parent is the server span (`HttpEvent::injected_parent`); the processor gives the server
+//! span the same ids (`HttpEvent::server_ids`). A thread that reads a request while another
+//! it read is still unanswered (an event loop, pipelining) is marked ambiguous and from then
+//! on sends traces of their own: a request is never put in the wrong trace. Requests sent
+//! from other threads (a pool, a thread started for the request) are not linked here.
+//!
 //! Trace flags carry the processor's sampling decision for the client span: `01` when the
 //! upper 63 bits of the trace id's last 8 bytes are below the rule in `INJECT_SAMPLING` (the
 //! processor's sampler, `sampling::inject_bound`, handed over by the loader at its hello),
-//! else `00`; `01` until a processor said. The processor takes the flags as the span's parent
-//! decision, so both ends agree (see `protocols/http1` and docs/configuration.md).
+//! else `00`; `01` until a processor said. Under a server span the flags are the caller's
+//! (when it sent a valid `traceparent`) or that rule applied to the server's trace id: the
+//! decision the processor makes for the server span. The processor takes the flags as the
+//! client span's parent decision, so both ends agree (see `protocols/http1` and
+//! docs/configuration.md).
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, sk_action::SK_PASS},
@@ -39,11 +55,11 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use sonde_schema::{
-    DIRECTION_CLIENT, TRACEPARENT_INJECTED, TRACEPARENT_LEN,
+    DIRECTION_CLIENT, TRACEPARENT_INJECTED, TRACEPARENT_LEN, counters,
     inject::{self, LINE_LEN, SCAN_LIMIT},
 };
 
-use crate::maps::{CONNS, PHASE_REQUEST, selected};
+use crate::maps::{CONNS, ConnState, PHASE_REQUEST, selected};
 
 /// Reads one `u32` context field. Volatile, so the compiler loads it straight from the
 /// context pointer plus a constant: the verifier refuses context reads through a pointer the
@@ -81,10 +97,45 @@ static INJECT_SAMPLING: Array<u64> = Array::with_max_entries(1, 0);
 #[map(name = "INJECT_STATS")]
 static INJECT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(inject::COUNT, 0);
 
-/// The `traceparent` value just injected by a thread, for its socket-write tracepoint.
+/// What a thread just injected, for its socket-write tracepoint (`stamp`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pending {
+    value: [u8; TRACEPARENT_LEN],
+    _pad: u8,
+    /// The server span the request was sent under; zero: none.
+    parent: [u8; 8],
+}
+
 #[map(name = "INJECT_PENDING")]
-static INJECT_PENDING: LruHashMap<u64, [u8; TRACEPARENT_LEN]> =
-    LruHashMap::with_max_entries(16384, 0);
+static INJECT_PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+/// One `Pending` per CPU, built here rather than on the `sk_msg` program's small stack.
+#[map(name = "INJECT_PENDING_BUF")]
+static INJECT_PENDING_BUF: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// `Serving::parent_flags` when the request carried no valid `traceparent`.
+const NO_PARENT: u8 = 0xff;
+
+/// The request a thread is serving (see the module doc).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Serving {
+    conn_id: u64,
+    /// The server span's trace id and span id.
+    ids: [u8; 24],
+    /// The caller's sampled flag (0 or 1), or `NO_PARENT`.
+    parent_flags: u8,
+    /// Non-zero from the request's first byte until its response starts.
+    in_flight: u8,
+    /// Non-zero once the thread was seen serving overlapping requests: never cleared.
+    ambiguous: u8,
+    _pad: [u8; 5],
+}
+
+#[map(name = "INJECT_SERVING")]
+static INJECT_SERVING: LruHashMap<u64, Serving> =
+    LruHashMap::with_max_entries(inject::MAX_SERVING_THREADS, 0);
 
 /// How a connection's outgoing bytes are framed, as far as this program follows them.
 #[repr(C)]
@@ -393,7 +444,13 @@ fn content_length_at(s: &Scan, at: u64) -> Option<u64> {
     None
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The lower-case hex digit of `v & 15`. Computed, not looked up: a 16-byte table lands in a
+/// mergeable constant section (`.rodata.cst16`) that the loader's relocation does not map.
+#[inline(always)]
+fn hex_digit(v: u8) -> u8 {
+    let d = v & 15;
+    if d < 10 { b'0' + d } else { b'a' + d - 10 }
+}
 
 /// Messages up to this size are made contiguous after the header is added (see
 /// `on_message`); a larger one already leaves in full-size segments.
@@ -408,20 +465,13 @@ fn sampled(low: u64) -> bool {
     }
 }
 
-/// A fresh `traceparent` value: random trace and span ids, flags by `sampled`.
+/// Fills `ids[from..]` with random bytes (in 4-byte draws; `from` is 0 or 16).
 #[inline(always)]
-fn new_traceparent(out: &mut [u8; TRACEPARENT_LEN]) {
-    let mut ids = [0u8; 24];
-    // The trace id's last 8 bytes (draws 2 and 3), big-endian, for the sampling decision.
-    let mut low = 0u64;
-    let mut k = 0;
+fn draw(ids: &mut [u8; 24], from: usize) {
+    let mut k = from / 4;
     while k < 6 {
         // SAFETY: no preconditions.
-        let draw = unsafe { bpf_get_prandom_u32() };
-        if k == 2 || k == 3 {
-            low = (low << 32) | u64::from(draw);
-        }
-        let r = draw.to_be_bytes();
+        let r = unsafe { bpf_get_prandom_u32() }.to_be_bytes();
         ids[k * 4] = r[0];
         ids[k * 4 + 1] = r[1];
         ids[k * 4 + 2] = r[2];
@@ -432,26 +482,175 @@ fn new_traceparent(out: &mut [u8; TRACEPARENT_LEN]) {
     // than this one.
     ids[15] |= 1;
     ids[23] |= 1;
-    let flag = if sampled(low) { b'1' } else { b'0' };
+}
+
+/// The trace id's last 8 bytes, big-endian (what the ratio samplers look at).
+#[inline(always)]
+fn trace_low(ids: &[u8; 24]) -> u64 {
+    u64::from_be_bytes([
+        ids[8], ids[9], ids[10], ids[11], ids[12], ids[13], ids[14], ids[15],
+    ])
+}
+
+/// `00-<trace>-<span>-<flags>` from binary ids.
+#[inline(always)]
+fn write_traceparent(out: &mut [u8; TRACEPARENT_LEN], ids: &[u8; 24], sampled: bool) {
     out[0] = b'0';
     out[1] = b'0';
     out[2] = b'-';
     let mut i = 0;
     while i < 16 {
-        out[3 + 2 * i] = HEX[(ids[i] >> 4) as usize];
-        out[4 + 2 * i] = HEX[(ids[i] & 15) as usize];
+        out[3 + 2 * i] = hex_digit(ids[i] >> 4);
+        out[4 + 2 * i] = hex_digit(ids[i]);
         i += 1;
     }
     out[35] = b'-';
     let mut i = 0;
     while i < 8 {
-        out[36 + 2 * i] = HEX[(ids[16 + i] >> 4) as usize];
-        out[37 + 2 * i] = HEX[(ids[16 + i] & 15) as usize];
+        out[36 + 2 * i] = hex_digit(ids[16 + i] >> 4);
+        out[37 + 2 * i] = hex_digit(ids[16 + i]);
         i += 1;
     }
     out[52] = b'-';
     out[53] = b'0';
-    out[54] = flag;
+    out[54] = if sampled { b'1' } else { b'0' };
+}
+
+/// The value of one hex digit (either case, as the processor's parser takes them).
+#[inline(always)]
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `2 * N` hex digits of `v` from `at` into `out`; false on a non-hex digit.
+#[inline(always)]
+fn unhex<const N: usize>(v: &[u8; TRACEPARENT_LEN], at: usize, out: &mut [u8; N]) -> bool {
+    let mut i = 0;
+    while i < N {
+        let (Some(hi), Some(lo)) = (nibble(v[at + 2 * i]), nibble(v[at + 2 * i + 1])) else {
+            return false;
+        };
+        out[i] = hi << 4 | lo;
+        i += 1;
+    }
+    true
+}
+
+/// A server request starts on thread `id` (context propagation on): its span gets ids now,
+/// and the thread remembers them while the request is in flight.
+#[inline(always)]
+pub fn serve_begin(state: &mut ConnState, id: u64) {
+    let mut ids = [0u8; 24];
+    draw(&mut ids, 0);
+    state.event.server_ids = ids;
+    if let Some(p) = INJECT_SERVING.get_ptr_mut(&id) {
+        // SAFETY: pointer from a successful lookup; only this thread writes its entry while
+        // it runs this program (`serve_end` from another thread touches `in_flight` only).
+        let s = unsafe { &mut *p };
+        if s.in_flight != 0 {
+            s.ambiguous = 1;
+            // In the socket programs' counters: this runs in them (and in the TLS probes,
+            // loaded after the injection maps went to the attachment).
+            crate::maps::count(counters::OVERLAPPING_SERVER_REQUESTS);
+        }
+        s.conn_id = state.event.conn_id;
+        s.ids = ids;
+        s.parent_flags = NO_PARENT;
+        s.in_flight = 1;
+        return;
+    }
+    let fresh = Serving {
+        conn_id: state.event.conn_id,
+        ids,
+        parent_flags: NO_PARENT,
+        in_flight: 1,
+        ambiguous: 0,
+        _pad: [0; 5],
+    };
+    let _ = INJECT_SERVING.insert(&id, &fresh, 0);
+}
+
+/// The header search found the server request's `traceparent` (in `state.event.traceparent`):
+/// when it is valid (as the processor's parser judges: version `00`, hex ids, neither all
+/// zero), the server span continues the caller's trace, and so do the requests its thread
+/// sends meanwhile.
+#[inline(always)]
+pub fn adopt_incoming(state: &mut ConnState) {
+    let v = &state.event.traceparent;
+    if v[0] != b'0' || v[1] != b'0' || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return;
+    }
+    let mut trace = [0u8; 16];
+    let mut span = [0u8; 8];
+    let mut flags = [0u8; 1];
+    if !unhex(v, 3, &mut trace) || !unhex(v, 36, &mut span) || !unhex(v, 53, &mut flags) {
+        return;
+    }
+    if trace == [0; 16] || span == [0; 8] {
+        return;
+    }
+    state.event.server_ids[..16].copy_from_slice(&trace);
+    let id = (u64::from(state.event.pid) << 32) | u64::from(state.event.tid);
+    if let Some(p) = INJECT_SERVING.get_ptr_mut(&id) {
+        // SAFETY: pointer from a successful lookup (see `serve_begin`).
+        let s = unsafe { &mut *p };
+        if s.conn_id == state.event.conn_id {
+            s.ids[..16].copy_from_slice(&trace);
+            s.parent_flags = flags[0] & 1;
+        }
+    }
+}
+
+/// A server request's response starts (or its connection closes first): its thread serves
+/// it no more.
+#[inline(always)]
+pub fn serve_end(state: &ConnState) {
+    let id = (u64::from(state.event.pid) << 32) | u64::from(state.event.tid);
+    if let Some(p) = INJECT_SERVING.get_ptr_mut(&id) {
+        // SAFETY: pointer from a successful lookup; a one-byte store.
+        let s = unsafe { &mut *p };
+        if s.conn_id == state.event.conn_id {
+            s.in_flight = 0;
+        }
+    }
+}
+
+/// The `traceparent` to inject for the thread `id` into `out`: under the request the thread
+/// serves, if it serves exactly one, else a trace of its own.
+#[inline(always)]
+fn next_context(id: u64, out: &mut Pending) {
+    let mut ids = [0u8; 24];
+    let serving = INJECT_SERVING.get_ptr(&id);
+    let mut sampled_flag = NO_PARENT;
+    out.parent = [0; 8];
+    let mut from = 0;
+    if let Some(p) = serving {
+        // SAFETY: pointer from a successful lookup; copied field by field at once.
+        let s = unsafe { &*p };
+        if s.in_flight != 0 {
+            if s.ambiguous != 0 {
+                count(inject::SERVER_AMBIGUOUS);
+            } else {
+                ids[..16].copy_from_slice(&s.ids[..16]);
+                out.parent.copy_from_slice(&s.ids[16..]);
+                sampled_flag = s.parent_flags;
+                from = 16;
+                count(inject::UNDER_SERVER);
+            }
+        }
+    }
+    draw(&mut ids, from);
+    let sampled = if sampled_flag == NO_PARENT {
+        sampled(trace_low(&ids))
+    } else {
+        sampled_flag != 0
+    };
+    write_traceparent(&mut out.value, &ids, sampled);
 }
 
 #[inline(always)]
@@ -576,8 +775,13 @@ fn on_message(ctx: &SkMsgContext) {
         count(inject::HAD_TRACEPARENT);
         return;
     }
-    let mut value = [0u8; TRACEPARENT_LEN];
-    new_traceparent(&mut value);
+    let Some(pp) = INJECT_PENDING_BUF.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; programs do not nest on a CPU here.
+    let pending = unsafe { &mut *pp };
+    let thread = bpf_get_current_pid_tgid();
+    next_context(thread, pending);
     // Before the blank line that ends the block.
     let at = hend - 2;
     if ctx.push_data(at, LINE_LEN, 0).is_err() {
@@ -601,7 +805,7 @@ fn on_message(ctx: &SkMsgContext) {
     // SAFETY: LINE_LEN bytes from `p` were checked against the packet end just above.
     let out = unsafe { &mut *(p as *mut [u8; LINE_LEN as usize]) };
     out[..13].copy_from_slice(b"traceparent: ");
-    out[13..13 + TRACEPARENT_LEN].copy_from_slice(&value);
+    out[13..13 + TRACEPARENT_LEN].copy_from_slice(&pending.value);
     out[13 + TRACEPARENT_LEN] = b'\r';
     out[14 + TRACEPARENT_LEN] = b'\n';
     // The room came as a scatterlist entry of its own, and `tcp_bpf` sends each entry with a
@@ -614,7 +818,7 @@ fn on_message(ctx: &SkMsgContext) {
         // SAFETY: the helper takes the program's own context and bounds-checks the range.
         unsafe { bpf_msg_pull_data(ctx.msg, 0, total, 0) };
     }
-    let _ = INJECT_PENDING.insert(&bpf_get_current_pid_tgid(), &value, 0);
+    let _ = INJECT_PENDING.insert(&thread, pending, 0);
     count(inject::INJECTED);
 }
 
@@ -626,15 +830,15 @@ pub fn stamp(sk: u64, id: u64) {
     let Some(v) = INJECT_PENDING.get_ptr(&id) else {
         return;
     };
-    // SAFETY: pointer from a successful lookup, copied at once.
-    let value = unsafe { *v };
-    let _ = INJECT_PENDING.remove(&id);
     if let Some(p) = CONNS.get_ptr_mut(&sk) {
-        // SAFETY: pointer from a successful map lookup.
-        let state = unsafe { &mut *p };
+        // SAFETY: pointers from successful map lookups; the pending entry is this thread's
+        // and is read before it is removed below.
+        let (state, pending) = unsafe { (&mut *p, &*v) };
         if state.role == DIRECTION_CLIENT && state.phase == PHASE_REQUEST {
-            state.event.traceparent = value;
+            state.event.traceparent = pending.value;
+            state.event.injected_parent = pending.parent;
             state.event.traceparent_source = TRACEPARENT_INJECTED;
         }
     }
+    let _ = INJECT_PENDING.remove(&id);
 }

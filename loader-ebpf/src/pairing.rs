@@ -19,7 +19,7 @@ use sonde_schema::{
 };
 
 use crate::{
-    headers,
+    headers, inject,
     maps::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, HDR_DEFERRED,
         OP_READ, OP_WRITE, PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS,
@@ -149,6 +149,9 @@ fn append_request(state: &mut ConnState, seg: &Segment) -> u64 {
 
 /// After request bytes of `seg` were captured (`captured_now` of them): once the capture is
 /// full, the rest of the header block is to be searched for `traceparent` (see `headers`).
+/// With context propagation on, a server request's whole header block is searched, from its
+/// first byte: the kernel needs the caller's trace id for the requests the serving thread
+/// sends (`inject::adopt_incoming`).
 ///
 /// The search is only noted here (in this CPU's `HDR_DEFERRED` slot); the program runs it
 /// with [`search_deferred`] from one place before it returns. The verifier checks a
@@ -159,15 +162,24 @@ fn append_request(state: &mut ConnState, seg: &Segment) -> u64 {
 /// the BTF function info the callback needs: `loader/src/tls/programs.rs`.)
 #[inline(always)]
 fn search_past_capture(state: &mut ConnState, seg: &Segment, captured_now: u64) {
-    if state.event.request_len as usize == REQUEST_CAPTURE && state.hdr_scan != headers::HDR_DONE {
-        if let Some(d) = HDR_DEFERRED.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot; only this program run uses it until it returns.
-            let d = unsafe { &mut *d };
-            d.pending = 1;
-            d.ptr = seg.ptr;
-            d.len = seg.len;
-            d.captured = captured_now;
-        }
+    if state.hdr_scan == headers::HDR_DONE {
+        return;
+    }
+    let captured = if state.event.request_len as usize == REQUEST_CAPTURE {
+        captured_now
+    } else if state.role == DIRECTION_SERVER && inject::enabled() {
+        // Searched from this segment's start: no earlier captured bytes go before it.
+        REQUEST_CAPTURE as u64
+    } else {
+        return;
+    };
+    if let Some(d) = HDR_DEFERRED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; only this program run uses it until it returns.
+        let d = unsafe { &mut *d };
+        d.pending = 1;
+        d.ptr = seg.ptr;
+        d.len = seg.len;
+        d.captured = captured;
     }
 }
 
@@ -267,6 +279,9 @@ pub fn wakeup_flags() -> u64 {
 /// Emits the exchange held by `state` (request capture plus what was seen of the response).
 #[inline(always)]
 fn emit_event(state: &mut ConnState, flags: u32) {
+    if state.role == DIRECTION_SERVER && inject::enabled() {
+        inject::serve_end(state);
+    }
     state.event.flags = if state.tls != 0 {
         flags | FLAG_TLS
     } else {
@@ -342,6 +357,9 @@ fn start_request(
     ev.flags = 0;
     ev.traceparent_source = TRACEPARENT_NONE;
     state.hdr_scan = headers::HDR_UNSCANNED;
+    if inbound && inject::enabled() {
+        inject::serve_begin(state, id);
+    }
     let captured_now = if capture {
         state.event.request_len = 0;
         append_request(state, seg)

@@ -367,6 +367,15 @@ pub struct HttpEvent {
     pub traceparent: [u8; TRACEPARENT_LEN],
     /// `TRACEPARENT_*`: where `traceparent` came from, or that it is empty.
     pub traceparent_source: u8,
+    /// Context propagation on, server exchanges: the trace id (the caller's, when its
+    /// `traceparent` is valid, else random) and the span id the kernel gave this server span,
+    /// so the client requests its thread sends while serving it carry them (see
+    /// `inject::SERVING`). All zero otherwise.
+    pub server_ids: [u8; 24],
+    /// Context propagation on, client exchanges with an injected `traceparent` sent while the
+    /// thread served a request: that server span's id (`server_ids[16..]` of its event), the
+    /// client span's parent. All zero otherwise.
+    pub injected_parent: [u8; 8],
     pub response: [u8; RESPONSE_CAPTURE],
     /// Last, so the kernel can send only the captured part: a record is
     /// `HTTP_EVENT_MIN_SIZE + request_len` bytes (see `HttpEvent::wire_len`).
@@ -426,6 +435,8 @@ impl HttpEvent {
             conn_id: 0,
             traceparent: [0; TRACEPARENT_LEN],
             traceparent_source: TRACEPARENT_NONE,
+            server_ids: [0; 24],
+            injected_parent: [0; 8],
             request: [0; REQUEST_CAPTURE],
             response: [0; RESPONSE_CAPTURE],
         }
@@ -482,6 +493,24 @@ impl HttpEvent {
     pub fn extra_traceparent(&self) -> Option<(&[u8; TRACEPARENT_LEN], u8)> {
         (self.traceparent_source != TRACEPARENT_NONE)
             .then_some((&self.traceparent, self.traceparent_source))
+    }
+
+    /// The trace and span ids the kernel gave this server span (context propagation), if any.
+    pub fn kernel_server_ids(&self) -> Option<([u8; 16], [u8; 8])> {
+        if self.server_ids == [0; 24] {
+            return None;
+        }
+        let mut trace = [0u8; 16];
+        let mut span = [0u8; 8];
+        trace.copy_from_slice(&self.server_ids[..16]);
+        span.copy_from_slice(&self.server_ids[16..]);
+        Some((trace, span))
+    }
+
+    /// The server span an injected client request was sent under (context propagation), if
+    /// any.
+    pub fn kernel_injected_parent(&self) -> Option<[u8; 8]> {
+        (self.injected_parent != [0; 8]).then_some(self.injected_parent)
     }
 
     /// The record the kernel writes for this event: `wire_len()` bytes (used by tests and
@@ -650,9 +679,11 @@ pub mod counters {
     /// A tuple record (a TLS connection's endpoints) could not be written: ring buffer full.
     pub const TUPLES_LOST_RINGBUF_FULL: u32 = 13;
     /// HTTP/1 requests whose header block ran past the captured bytes: the kernel looked
-    /// through the rest of it for `traceparent`.
+    /// through the rest of it for `traceparent` (with context propagation on, every server
+    /// request: its whole block is searched).
     pub const HEADER_SCANS: u32 = 14;
-    /// `traceparent` headers the kernel found past the captured bytes.
+    /// `traceparent` headers the kernel found past the captured bytes (with context
+    /// propagation on, anywhere in a server request's header block).
     pub const HEADER_SCAN_TRACEPARENTS: u32 = 15;
     /// Header blocks still unfinished after `HEADER_SCAN_LIMIT` bytes of one syscall: the
     /// kernel stopped looking (a `traceparent` further on is not seen).
@@ -660,8 +691,11 @@ pub mod counters {
     /// A thread start or end notice could not be written: ring buffer full (a client span of
     /// that thread is not linked to the request that started it).
     pub const THREAD_NOTICES_LOST: u32 = 17;
+    /// Context propagation on: server requests whose thread was found serving another request
+    /// still unanswered; the thread is ambiguous from then on (`inject::SERVING`).
+    pub const OVERLAPPING_SERVER_REQUESTS: u32 = 18;
     /// Number of counters.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
 
     /// Names, in index order, as reported by the loader and the processor.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -683,6 +717,7 @@ pub mod counters {
         "header_scan_traceparents",
         "header_scans_cut",
         "thread_notices_lost",
+        "inject_overlapping_server_requests",
     ];
 
     /// True for the counters that count something lost (events, updates, process notices,
@@ -962,7 +997,7 @@ mod tests {
         // The kernel writes this struct; its size is part of the wire contract.
         assert_eq!(
             HTTP_EVENT_SIZE,
-            104 + TRACEPARENT_LEN + 1 + REQUEST_CAPTURE + RESPONSE_CAPTURE
+            104 + TRACEPARENT_LEN + 1 + 24 + 8 + REQUEST_CAPTURE + RESPONSE_CAPTURE
         );
         assert_eq!(core::mem::size_of::<ProcEvent>(), 24);
         assert_eq!(ExchangeUpdate::SIZE, 32);
@@ -1039,6 +1074,13 @@ pub mod inject {
     /// plus one (0, until a processor says: every trace sampled). Sampled when the upper 63
     /// bits of the trace id's last 8 bytes are below the rule.
     pub const SAMPLING: &str = "INJECT_SAMPLING";
+    /// The request each thread is serving (pid_tgid key): the ids the kernel gave its server
+    /// span, so a request the thread sends meanwhile is injected into that trace, as the
+    /// server span's child. A thread seen reading a request while another was still waiting
+    /// for its response is marked ambiguous and propagates no server context from then on.
+    pub const SERVING: &str = "INJECT_SERVING";
+    /// Threads remembered in `SERVING`.
+    pub const MAX_SERVING_THREADS: u32 = 16384;
     /// Programs: cgroup `connect4` / `connect6`, cgroup `sock_ops`, `sk_msg`.
     pub const CONNECT4_PROGRAM: &str = "inject_connect4";
     pub const CONNECT6_PROGRAM: &str = "inject_connect6";
@@ -1060,7 +1102,12 @@ pub mod inject {
     pub const NOT_WHOLE: u32 = 4;
     pub const GAVE_UP: u32 = 5;
     pub const FAILED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Of `INJECTED`: sent while the thread served one request, in that request's trace.
+    pub const UNDER_SERVER: u32 = 7;
+    /// Of `INJECTED`: sent by a thread marked ambiguous (it served overlapping requests), as a
+    /// trace of its own.
+    pub const SERVER_AMBIGUOUS: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Names, in index order (loader stats log and `--audit`).
     pub const NAMES: [&str; COUNT as usize] = [
         "inject_sockets_added",
@@ -1070,5 +1117,7 @@ pub mod inject {
         "inject_skipped_not_whole_header",
         "inject_connections_given_up",
         "inject_failed",
+        "inject_headers_under_server_span",
+        "inject_headers_ambiguous_thread",
     ];
 }

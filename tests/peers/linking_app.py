@@ -10,7 +10,14 @@ Usage:
       GET /spawn/<id> makes the same two calls on a thread it starts and joins;
       GET /pool/<id> makes the downstream call on a shared 4-thread pool (threads that
       outlive the request that started them).
-Prints `ready` once listening.
+  linking_app.py relay PORT DOWN_PORT
+      a thread-per-connection front whose GET /req/<id> calls GET /down/<id> on the
+      downstream on the serving thread; answers `done <id>` (no database).
+  linking_app.py client PORT
+      a client: for each line `FIRST LAST PARALLEL` on stdin, GETs /req/<id> for every id
+      from FIRST to LAST on PORT, PARALLEL at a time (a new connection each), checks each
+      answer is `done <id>`, and prints `done`.
+Prints `ready` once listening (or, for the client, once started).
 """
 import concurrent.futures
 import http.server
@@ -20,9 +27,16 @@ import threading
 import urllib.request
 
 
-class Down(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("ok " + self.path).encode()
+class Answering(http.server.BaseHTTPRequestHandler):
+    """A quiet handler with the helpers every mode's handler uses."""
+
+    def request_id(self):
+        """The digits at the end of the path (`/req/17` → "17"), else "0"."""
+        rid = self.path.rsplit("/", 1)[-1]
+        return rid if rid.isdigit() else "0"
+
+    def answer(self, text):
+        body = text.encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -32,10 +46,50 @@ class Down(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Down(Answering):
+    def do_GET(self):
+        self.answer("ok " + self.path)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def client(port):
+    print("ready", flush=True)
+    for line in sys.stdin:
+        first, last, parallel = (int(x) for x in line.split())
+
+        def one(rid):
+            body = get("http://127.0.0.1:%d/req/%d" % (port, rid))
+            if body != "done %d" % rid:
+                raise RuntimeError("request %d answered %r" % (rid, body))
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(one, range(first, last + 1)))
+        print("done", flush=True)
+
+
+def relay_handler(down_port):
+    class Relay(Answering):
+        def do_GET(self):
+            rid = self.request_id()
+            get("http://127.0.0.1:%d/down/%s" % (down_port, rid))
+            self.answer("done " + rid)
+
+    return Relay
+
+
 def main():
     mode, port = sys.argv[1], int(sys.argv[2])
+    if mode == "client":
+        client(port)
+        return
     if mode == "down":
         handler = Down
+    elif mode == "relay":
+        handler = relay_handler(int(sys.argv[3]))
     else:
         import psycopg2
 
@@ -64,11 +118,9 @@ def main():
             finally:
                 pool.put(conn)
 
-        class App(http.server.BaseHTTPRequestHandler):
+        class App(Answering):
             def do_GET(self):
-                rid = self.path.rsplit("/", 1)[-1]
-                if not rid.isdigit():
-                    rid = "0"
+                rid = self.request_id()
                 if self.path.startswith("/spawn/"):
                     t = threading.Thread(target=calls, args=(rid,))
                     t.start()
@@ -77,14 +129,7 @@ def main():
                     workers.submit(down, "pooled", rid).result()
                 else:
                     calls(rid)
-                body = ("done " + rid).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
+                self.answer("done " + rid)
 
         handler = App
     http.server.ThreadingHTTPServer.request_queue_size = 128

@@ -100,8 +100,31 @@ pub fn build(
     // ids are this client span's own (the root of its trace), and its flags the sampling
     // decision already sent downstream (kept in `parent_sampled`, which also tells the
     // linker the span's trace is settled).
+    // Sent while its thread served a request, the injected ids continue that request's
+    // trace, and the client span is the server span's child (`injected_parent`).
     let (trace_id, span_id, parent, parent_sampled) = match injected_context(ev, &head) {
-        Some((trace, span, flags)) => (trace, span, None, Some(flags & 1 == 1)),
+        Some((trace, span, flags)) => (
+            trace,
+            span,
+            ev.kernel_injected_parent(),
+            Some(flags & 1 == 1),
+        ),
+        None => (trace_id, span_id, parent, parent_sampled),
+    };
+    // Context propagation on: the kernel gave this server span its ids (the caller's trace
+    // id when its traceparent is valid), and the requests the serving thread sent carry them
+    // downstream; the span takes exactly those. The caller stays its parent when the kernel
+    // took the same trace id (both judge validity alike; a differing one is not a parent).
+    let (trace_id, span_id, parent, parent_sampled) = match server_context(ev) {
+        Some((trace, span)) => {
+            let continues = trace == trace_id;
+            (
+                trace,
+                span,
+                parent.filter(|_| continues),
+                parent_sampled.filter(|_| continues),
+            )
+        }
         None => (trace_id, span_id, parent, parent_sampled),
     };
 
@@ -182,6 +205,14 @@ fn injected_context(ev: &HttpEvent, head: &parse::RequestHead) -> Option<([u8; 1
         }
         _ => None,
     }
+}
+
+/// The ids the kernel gave this server span (context propagation on).
+fn server_context(ev: &HttpEvent) -> Option<([u8; 16], [u8; 8])> {
+    if ev.direction == DIRECTION_CLIENT {
+        return None;
+    }
+    ev.kernel_server_ids()
 }
 
 #[cfg(test)]
@@ -518,5 +549,66 @@ mod tests {
             s.parent_span_id.map(|p| p.to_string()).as_deref(),
             Some("00f067aa0ba902b7")
         );
+    }
+
+    #[test]
+    fn an_injected_context_sent_while_serving_is_the_server_spans_child() {
+        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let mut e = event(b"GET /out HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        e.direction = DIRECTION_CLIENT;
+        e.traceparent.copy_from_slice(tp);
+        e.traceparent_source = sonde_schema::TRACEPARENT_INJECTED;
+        e.injected_parent = [0xab; 8];
+        let (s, _) = built(&e);
+        assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s.span_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(
+            s.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("abababababababab")
+        );
+        assert_eq!(s.parent_sampled, Some(false));
+        // A parent field without an injected value (a request with its own traceparent on a
+        // connection that earlier had one injected) means nothing.
+        e.traceparent_source = sonde_schema::TRACEPARENT_NONE;
+        let (s, _) = built(&e);
+        assert_eq!(s.parent_span_id, None);
+    }
+
+    #[test]
+    fn a_server_span_takes_the_ids_the_kernel_gave_it() {
+        let mut ids = [0u8; 24];
+        ids[..16].copy_from_slice(&[0x11; 16]);
+        ids[16..].copy_from_slice(&[0x22; 8]);
+        // No traceparent: the kernel's trace id, no parent.
+        let mut e = event(b"GET /in HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        e.server_ids = ids;
+        let (s, _) = built(&e);
+        assert_eq!(s.trace_id.0, [0x11; 16]);
+        assert_eq!(s.span_id.0, [0x22; 8]);
+        assert_eq!((s.parent_span_id, s.parent_sampled), (None, None));
+
+        // The caller's traceparent, which the kernel adopted: the caller is the parent.
+        let tp = "00-11111111111111111111111111111111-00f067aa0ba902b7-01";
+        let req = format!("GET /in HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n");
+        let mut e = event(req.as_bytes(), b"HTTP/1.1 200 OK\r\n\r\n");
+        e.server_ids = ids;
+        let (s, _) = built(&e);
+        assert_eq!(s.trace_id.0, [0x11; 16]);
+        assert_eq!(s.span_id.0, [0x22; 8]);
+        assert_eq!(
+            s.parent_span_id.map(|p| p.to_string()).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
+        assert_eq!(s.parent_sampled, Some(true));
+
+        // A traceparent the kernel did not take (another trace id): the span follows the
+        // kernel, whose ids went downstream, and has no parent rather than a wrong one.
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let req = format!("GET /in HTTP/1.1\r\ntraceparent: {tp}\r\n\r\n");
+        let mut e = event(req.as_bytes(), b"HTTP/1.1 200 OK\r\n\r\n");
+        e.server_ids = ids;
+        let (s, _) = built(&e);
+        assert_eq!(s.trace_id.0, [0x11; 16]);
+        assert_eq!((s.parent_span_id, s.parent_sampled), (None, None));
     }
 }
