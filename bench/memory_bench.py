@@ -6,10 +6,16 @@ REQUESTS requests and left open. Reports the processor's and the loader's reside
 (VmRSS now, VmHWM peak) once every request was answered and the processor counted every
 process, and the spans it built (from `sonde_events_received`).
 
-Run as root after `cargo build --release` (target/release/sonde).
+The loader's figures also split VmRSS into RssAnon (heap, stacks) and RssFile (its binary and
+libraries) and name its largest resident mappings (`loader_memory.py`'s reading of `smaps`).
+
+Run as root after `cargo build --release` (target/release/sonde; `--sonde` names another
+build, whose processor binary must sit next to it).
 
 Usage: memory_bench.py [--processes 1000] [--connections 10000] [--requests 2]
-                       [--port-base 21000] [--json out.json]
+                       [--port-base 21000] [--sonde PATH] [--json out.json] [--hold SECONDS]
+
+`--hold` keeps everything running that long after the reading (to look at the processes).
 """
 import argparse
 import json
@@ -25,7 +31,9 @@ import tempfile
 import time
 import urllib.request
 
-from nginx_bench import wait_port  # this directory is on the path when run as a script
+# This directory is on the path when run as a script.
+from loader_memory import mappings, status
+from nginx_bench import wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SONDE = os.path.join(ROOT, "target", "release", "sonde")
@@ -118,7 +126,9 @@ def main():
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--requests", type=int, default=2)
     ap.add_argument("--port-base", type=int, default=21000)
+    ap.add_argument("--sonde", default=SONDE)
     ap.add_argument("--json")
+    ap.add_argument("--hold", type=float, default=0)
     a = ap.parse_args()
     resource.setrlimit(resource.RLIMIT_NOFILE, (a.connections + 4096, a.connections + 4096))
     work = tempfile.mkdtemp(prefix="sonde-mem.")
@@ -135,9 +145,10 @@ def main():
                "SONDE_CONTROL_SOCKET": os.path.join(work, "control.sock")}
         ports = f"{a.port_base}-{a.port_base + a.processes - 1}"
         with open(log_path, "w") as err:
-            sonde = subprocess.Popen([SONDE, "--open-port", ports], stdout=subprocess.DEVNULL,
+            sonde = subprocess.Popen([a.sonde, "--open-port", ports], stdout=subprocess.DEVNULL,
                                      stderr=err, env=env)
-        wait_log(log_path, r"processor connected")
+        # The first scan attaches TLS probes to every process first: minutes on a busy host.
+        wait_log(log_path, r"processor connected", timeout=600)
         proc_pid = int(wait_log(log_path, r"processor started pid=(\d+)").group(1))
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -173,6 +184,7 @@ def main():
                 break
             time.sleep(0.5)
         time.sleep(2)
+        loader = status(sonde.pid)
         result = {
             "processes": a.processes,
             "connections_open": len(conns),
@@ -183,11 +195,18 @@ def main():
             "processor_hwm_mib": round(status_kib(proc_pid, "VmHWM") / 1024, 1),
             "loader_rss_mib": round(status_kib(sonde.pid, "VmRSS") / 1024, 1),
             "loader_hwm_mib": round(status_kib(sonde.pid, "VmHWM") / 1024, 1),
+            "loader_rss_anon_mib": round(loader["RssAnon"], 1),
+            "loader_rss_file_mib": round(loader["RssFile"], 1),
+            "loader_largest_mappings_mib": [(round(m, 1), n) for m, n in mappings(sonde.pid)],
         }
         print(json.dumps(result, indent=1))
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(result, f, indent=1)
+        if a.hold:
+            print(f"holding {a.hold} s: loader pid {sonde.pid}, processor pid {proc_pid}",
+                  flush=True)
+            time.sleep(a.hold)
     finally:
         for s in conns:
             s.close()

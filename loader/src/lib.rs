@@ -19,6 +19,8 @@
 //!    until SIGINT/SIGTERM, and in single-host mode keeps the processor running
 //!    ([`supervisor`]). With process metrics on, [`usage`] reads the captured processes'
 //!    `/proc` counters for it every `processes.interval`.
+//!
+//! [`heap`] keeps the loader's resident heap near what it uses, in both phases.
 
 pub mod audit;
 pub mod capture;
@@ -28,6 +30,7 @@ pub mod conn;
 pub mod consumer;
 pub mod control;
 pub mod flows;
+pub mod heap;
 pub mod identity;
 pub mod inject;
 pub mod kernel_layout;

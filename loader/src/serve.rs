@@ -14,7 +14,7 @@ use sonde_config::Config;
 use tracing::{debug, info, warn};
 
 use crate::{
-    audit, capture::Capture, control::ControlListener, probes::Probes, start::Started,
+    audit, capture::Capture, control::ControlListener, heap, probes::Probes, start::Started,
     supervisor::Supervisor,
 };
 
@@ -94,6 +94,8 @@ pub fn serve(config: &Config, started: Started) -> Result<()> {
         if last_rescan.elapsed() >= RESCAN_EVERY {
             capture.rescan(&mut probes);
             last_rescan = Instant::now();
+            // What the last rounds read and freed (`/proc` files, ELF files, messages).
+            heap::trim_if_slack();
         }
         if last_stats.elapsed() >= stats_every {
             let counters = probes.counters();

@@ -13,6 +13,7 @@ use crate::{
     audit,
     consumer::ConsumerGuard,
     control::{ControlListener, PeerPolicy},
+    heap,
     identity::{ProcessorIdentity, resolve_processor},
     kernel_layout, privileges,
     probes::{ProbeSizes, Probes},
@@ -51,6 +52,8 @@ const STARTUP_CAPABILITIES: [Capability; 2] = [Capability::CAP_BPF, Capability::
 /// The privileged phase, in order. Each step runs with what the previous ones left; after the
 /// last one the loader holds only its run-time capabilities under its run-time seccomp policy.
 pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
+    // Before anything large is allocated and freed (see `heap`).
+    heap::fix_thresholds();
     // 1. Refuse at once, naming what is missing, rather than fail half-way in the kernel.
     check_startup_capabilities()?;
     if config.ebpf.context_propagation == sonde_config::ContextPropagation::Headers {
@@ -102,7 +105,7 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
 
     // Loading parsed the kernel's BTF twice (the offsets, then aya's relocations) and the
     // object file: return that heap before anything else is mapped, so the peak stays low.
-    trim_heap();
+    heap::trim();
 
     // 5. Map the ring's consumer page (read-write) and producer page (read-only): before each
     //    hand-over the consumer position is checked and, if a processor parked it, reset.
@@ -169,7 +172,7 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
     info!(?filters, "run-time seccomp policy installed");
 
     // 10. What the rest of start-up freed, too: the loader runs in what it keeps.
-    trim_heap();
+    heap::trim();
 
     Ok(Started {
         probes,
@@ -256,12 +259,4 @@ fn supervised_processor(
         gid,
         &options.processor_config,
     ))
-}
-
-/// Returns the allocator's free memory to the kernel (glibc keeps freed heap otherwise, and
-/// start-up frees tens of MiB of parsed BTF).
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory of glibc's allocator; no pointer is
-    // touched.
-    unsafe { libc::malloc_trim(0) };
 }
