@@ -157,7 +157,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
+    pub(crate) fn new(bounds: &'static [f64]) -> Histogram {
         Histogram {
             bounds,
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -168,7 +168,7 @@ impl Histogram {
     }
 
     /// Counts one value. Only the writing thread calls this.
-    fn record(&self, v: f64) {
+    pub(crate) fn record(&self, v: f64) {
         // The first bound at or above `v`: Prometheus' `le` and OTLP's explicit bounds agree
         // that a bucket includes its upper bound.
         let i = self.bounds.partition_point(|b| *b < v);

@@ -28,27 +28,36 @@
 //! service in the same namespace (self references) are left out, as in the reference system.
 //! Series idle for `SERIES_TTL` leave the families; at most `MAX_EDGES` edges are kept (new
 //! ones beyond are counted in `sonde_service_graph_edges_dropped_total`, not recorded).
+//!
+//! Each request is counted once, into one aggregation (`GraphStore`): per edge, one `Cell`
+//! per process whose spans counted on it (the request and failure counts and the server
+//! duration in the server's process when Sonde saw it, else the client's; the client duration
+//! in the client's). Both outputs encode that state: Prometheus sums an edge's cells
+//! (`GraphCollector`), OTLP reports each cell under its process's resource
+//! (`otlp::graph_metrics`), as the OpenTelemetry SDK instruments kept per process did before;
+//! no second metric system hashes the labels again.
 
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
-    sync::Arc,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
-use opentelemetry::{
-    KeyValue,
-    metrics::{Counter as OtelCounter, Histogram as OtelHistogram, Meter},
-};
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, counter::Counter},
     registry::{Registry, Unit},
 };
 
 use crate::{
     otlp::{Otlp, ProcessResource},
     protocols::{db, grpc},
+    red_store::{Histogram, HistogramSnapshot},
     semconv::DURATION_BUCKETS,
     span::{Span, SpanKind},
 };
@@ -70,6 +79,58 @@ pub const TOTAL: &str = "traces_service_graph_request";
 pub const FAILED: &str = "traces_service_graph_request_failed";
 pub const CLIENT: &str = "traces_service_graph_request_client";
 pub const SERVER: &str = "traces_service_graph_request_server";
+/// The descriptions, the same in both outputs.
+pub const TOTAL_HELP: &str = "number of service calls in trace service graph metrics format";
+pub const FAILED_HELP: &str =
+    "number of failed service calls in trace service graph metrics format";
+pub const CLIENT_HELP: &str =
+    "duration of client service calls, in seconds, in trace service graph metrics format";
+pub const SERVER_HELP: &str =
+    "duration of server service calls, in seconds, in trace service graph metrics format";
+
+/// A counter as both outputs show it: its Prometheus family name (`_total` added), its OTLP
+/// name, description, and which count of an edge it is.
+pub struct CounterFamily {
+    pub prometheus: &'static str,
+    pub otlp: &'static str,
+    pub help: &'static str,
+    pub value: fn(&CellSnapshot) -> u64,
+}
+
+/// A duration histogram as both outputs show it (in seconds; Prometheus adds `_seconds`).
+pub struct HistogramFamily {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub pick: fn(&CellSnapshot) -> &HistogramSnapshot,
+}
+
+pub const COUNTERS: [CounterFamily; 2] = [
+    CounterFamily {
+        prometheus: TOTAL,
+        otlp: "traces_service_graph_request_total",
+        help: TOTAL_HELP,
+        value: |s| s.total,
+    },
+    CounterFamily {
+        prometheus: FAILED,
+        otlp: "traces_service_graph_request_failed_total",
+        help: FAILED_HELP,
+        value: |s| s.failed,
+    },
+];
+
+pub const HISTOGRAMS: [HistogramFamily; 2] = [
+    HistogramFamily {
+        name: CLIENT,
+        help: CLIENT_HELP,
+        pick: |s| &s.client,
+    },
+    HistogramFamily {
+        name: SERVER,
+        help: SERVER_HELP,
+        pick: |s| &s.server,
+    },
+];
 
 /// The maps' hasher: seeded per process (addresses and ports come from outside, so
 /// collisions must not be choosable), and faster than SipHash.
@@ -89,30 +150,230 @@ pub struct EdgeLabels {
 }
 
 impl EdgeLabels {
-    fn otlp_attributes(&self) -> Vec<KeyValue> {
-        vec![
-            KeyValue::new("client", self.client.clone()),
-            KeyValue::new("client_namespace", self.client_namespace.clone()),
-            KeyValue::new("server", self.server.clone()),
-            KeyValue::new("server_namespace", self.server_namespace.clone()),
-            KeyValue::new("connection_type", self.connection_type.clone()),
+    /// The OTLP attributes, sorted by key.
+    pub fn otlp_attributes(&self) -> [(&'static str, &str); 5] {
+        [
+            ("client", &self.client),
+            ("client_namespace", &self.client_namespace),
+            ("connection_type", &self.connection_type),
+            ("server", &self.server),
+            ("server_namespace", &self.server_namespace),
         ]
     }
 }
 
-type Durations = Family<EdgeLabels, Histogram, fn() -> Histogram>;
-
-fn durations() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
+/// One edge: its labels, which outputs show it, and whether it is still kept.
+#[derive(Debug)]
+pub struct Edge {
+    id: u64,
+    pub labels: EdgeLabels,
+    /// Shown by Prometheus (it is served; a self reference only when allowed there).
+    prometheus: bool,
+    /// Exported over OTLP (metrics are exported; a self reference only when allowed there).
+    otlp: bool,
+    /// Cleared when the edge leaves after `SERIES_TTL`: OTLP stops reporting its cells.
+    live: AtomicBool,
 }
 
-/// The Prometheus families, registered only when the feature is on.
+impl Edge {
+    /// False once the edge left after `SERIES_TTL`.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Relaxed)
+    }
+}
+
+/// What one process's spans counted on one edge: the requests (and failures) when it is the
+/// counting end (the server when Sonde saw it, else the client, as the reference system
+/// counts requests on server spans) and the durations of its own spans. Written by the
+/// reader thread only (a plain load and store, as in `red_store`); Prometheus sums an
+/// edge's cells, OTLP reports each under its process's resource.
+#[derive(Debug)]
+pub struct Cell {
+    pub pid: u32,
+    pub edge: Arc<Edge>,
+    /// When it was made (OTLP's cumulative start time).
+    pub start_unix_nano: u64,
+    total: AtomicU64,
+    failed: AtomicU64,
+    client: Histogram,
+    server: Histogram,
+}
+
+/// A cell's counts at one moment (or the sum of several cells').
+#[derive(Clone, Debug, PartialEq)]
+pub struct CellSnapshot {
+    pub total: u64,
+    pub failed: u64,
+    pub client: HistogramSnapshot,
+    pub server: HistogramSnapshot,
+}
+
+impl CellSnapshot {
+    fn empty() -> CellSnapshot {
+        let h = HistogramSnapshot {
+            bounds: &DURATION_BUCKETS,
+            counts: vec![0; DURATION_BUCKETS.len() + 1],
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        };
+        CellSnapshot {
+            total: 0,
+            failed: 0,
+            client: h.clone(),
+            server: h,
+        }
+    }
+
+    fn merge(&mut self, other: &CellSnapshot) {
+        self.total += other.total;
+        self.failed += other.failed;
+        self.client.merge(&other.client);
+        self.server.merge(&other.server);
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.store(a.load(Relaxed) + 1, Relaxed);
+}
+
+impl Cell {
+    fn new(pid: u32, edge: Arc<Edge>) -> Cell {
+        Cell {
+            pid,
+            edge,
+            start_unix_nano: unix_nanos(),
+            total: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            client: Histogram::new(&DURATION_BUCKETS),
+            server: Histogram::new(&DURATION_BUCKETS),
+        }
+    }
+
+    pub fn snapshot(&self) -> CellSnapshot {
+        CellSnapshot {
+            total: self.total.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            client: self.client.snapshot(),
+            server: self.server.snapshot(),
+        }
+    }
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[derive(Debug)]
+struct EdgeCells {
+    edge: Arc<Edge>,
+    cells: Vec<Arc<Cell>>,
+    /// The counts of cells whose process went away, so a scraped counter never goes
+    /// backwards while the edge is kept.
+    retired: Option<CellSnapshot>,
+}
+
+/// Every kept edge and its cells, shared by the writer (`ServiceGraph`) and the Prometheus
+/// collector; OTLP finds the cells through each process's meter pipeline
+/// (`Otlp::export_graph_cell`). Counting a request takes no lock; adding an edge or a cell,
+/// retiring them and a scrape do.
+#[derive(Debug, Default)]
+pub struct GraphStore {
+    edges: Mutex<HashMap<u64, EdgeCells>>,
+}
+
+impl GraphStore {
+    fn edges(&self) -> MutexGuard<'_, HashMap<u64, EdgeCells>> {
+        // A panic while holding the lock leaves a plain map behind, still usable.
+        self.edges.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add_edge(&self, edge: Arc<Edge>) {
+        self.edges().insert(
+            edge.id,
+            EdgeCells {
+                edge,
+                cells: Vec::new(),
+                retired: None,
+            },
+        );
+    }
+
+    fn add_cell(&self, cell: Arc<Cell>) {
+        if let Some(e) = self.edges().get_mut(&cell.edge.id) {
+            e.cells.push(cell);
+        }
+    }
+
+    /// Edges that left after `SERIES_TTL`, with every count of theirs.
+    fn remove_edges(&self, ids: &[u64]) {
+        let mut edges = self.edges();
+        for id in ids {
+            edges.remove(id);
+        }
+    }
+
+    /// Cells of a process that went away: their counts live on in their edges' totals.
+    fn retire(&self, cells: &[Arc<Cell>]) {
+        let mut edges = self.edges();
+        for c in cells {
+            let Some(e) = edges.get_mut(&c.edge.id) else {
+                continue;
+            };
+            e.cells.retain(|x| !Arc::ptr_eq(x, c));
+            let snap = c.snapshot();
+            match &mut e.retired {
+                Some(r) => r.merge(&snap),
+                None => e.retired = Some(snap),
+            }
+        }
+    }
+
+    /// Prometheus: each shown edge's counts, summed over its cells and retired cells.
+    pub fn prometheus_totals(&self) -> Vec<(Arc<Edge>, CellSnapshot)> {
+        let edges = self.edges();
+        let mut out = Vec::with_capacity(edges.len());
+        for e in edges.values().filter(|e| e.edge.prometheus) {
+            let mut total = e.retired.clone().unwrap_or_else(CellSnapshot::empty);
+            for c in &e.cells {
+                total.merge(&c.snapshot());
+            }
+            out.push((Arc::clone(&e.edge), total));
+        }
+        out
+    }
+
+    /// The cells `pid` counts in now, as its OTLP pipeline holds them.
+    #[cfg(test)]
+    pub(crate) fn cells(&self, pid: u32) -> Vec<Arc<Cell>> {
+        let edges = self.edges();
+        let mut cells: Vec<Arc<Cell>> = edges
+            .values()
+            .flat_map(|e| &e.cells)
+            .filter(|c| c.pid == pid)
+            .cloned()
+            .collect();
+        cells.sort_by_key(|c| c.edge.id);
+        cells
+    }
+
+    /// Kept edges.
+    pub fn len(&self) -> usize {
+        self.edges().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The Prometheus side, registered only when the feature is on: the collector encoding the
+/// store at each scrape, and the dropped-edges counter.
 #[derive(Clone)]
 pub struct GraphFamilies {
-    total: Family<EdgeLabels, Counter>,
-    failed: Family<EdgeLabels, Counter>,
-    client: Durations,
-    server: Durations,
+    store: Arc<GraphStore>,
     /// New edges not recorded because `MAX_EDGES` were kept.
     edges_dropped: Counter,
 }
@@ -120,34 +381,12 @@ pub struct GraphFamilies {
 impl GraphFamilies {
     pub fn register(registry: &mut Registry) -> GraphFamilies {
         let f = GraphFamilies {
-            total: Family::default(),
-            failed: Family::default(),
-            client: Family::new_with_constructor(durations as fn() -> Histogram),
-            server: Family::new_with_constructor(durations as fn() -> Histogram),
+            store: Arc::default(),
             edges_dropped: Counter::default(),
         };
-        registry.register(
-            TOTAL,
-            "number of service calls in trace service graph metrics format",
-            f.total.clone(),
-        );
-        registry.register(
-            FAILED,
-            "number of failed service calls in trace service graph metrics format",
-            f.failed.clone(),
-        );
-        registry.register_with_unit(
-            CLIENT,
-            "duration of client service calls, in seconds, in trace service graph metrics format",
-            Unit::Seconds,
-            f.client.clone(),
-        );
-        registry.register_with_unit(
-            SERVER,
-            "duration of server service calls, in seconds, in trace service graph metrics format",
-            Unit::Seconds,
-            f.server.clone(),
-        );
+        registry.register_collector(Box::new(GraphCollector {
+            store: Arc::clone(&f.store),
+        }));
         registry.register(
             "sonde_service_graph_edges_dropped",
             "Service graph edges not recorded because the most edges Sonde keeps were reached",
@@ -156,11 +395,50 @@ impl GraphFamilies {
         f
     }
 
-    fn remove(&self, labels: &EdgeLabels) {
-        self.total.remove(labels);
-        self.failed.remove(labels);
-        self.client.remove(labels);
-        self.server.remove(labels);
+    /// The one aggregation both outputs encode; its writer is `ServiceGraph`.
+    pub fn store(&self) -> Arc<GraphStore> {
+        Arc::clone(&self.store)
+    }
+}
+
+/// Encodes the edges of the store at each scrape, as the `prometheus-client` families
+/// did: every shown edge has all four series (zero counts included) from its first request.
+#[derive(Debug)]
+struct GraphCollector {
+    store: Arc<GraphStore>,
+}
+
+impl Collector for GraphCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let totals = self.store.prometheus_totals();
+        for c in &COUNTERS {
+            let mut points =
+                encoder.encode_descriptor(c.prometheus, c.help, None, MetricType::Counter)?;
+            for (edge, snap) in &totals {
+                ConstCounter::new((c.value)(snap)).encode(points.encode_family(&edge.labels)?)?;
+            }
+        }
+        for f in &HISTOGRAMS {
+            let mut points = encoder.encode_descriptor(
+                f.name,
+                f.help,
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (edge, snap) in &totals {
+                let h = (f.pick)(snap);
+                let buckets: Vec<(f64, u64)> = h
+                    .counts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (h.bounds.get(i).copied().unwrap_or(f64::INFINITY), *n))
+                    .collect();
+                points
+                    .encode_family(&edge.labels)?
+                    .encode_histogram::<NoLabelSet>(h.sum, h.count(), &buckets, None)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -488,75 +766,70 @@ impl Pairer {
     }
 }
 
-/// The OTLP instruments of one process.
-struct OtlpInstruments {
-    total: OtelCounter<u64>,
-    failed: OtelCounter<u64>,
-    client: OtelHistogram<f64>,
-    server: OtelHistogram<f64>,
+/// The writer's handle of one edge: its cells found without a lock.
+struct Local {
+    edge: Arc<Edge>,
+    /// One per process that counted on the edge (a few: its client and server processes).
+    cells: Vec<Arc<Cell>>,
+    last_used: Instant,
 }
 
-impl OtlpInstruments {
-    fn new(meter: &Meter) -> OtlpInstruments {
-        let histogram = |name: &'static str, what: &'static str| {
-            meter
-                .f64_histogram(name)
-                .with_unit("s")
-                .with_description(what)
-                .with_boundaries(DURATION_BUCKETS.to_vec())
-                .build()
-        };
-        OtlpInstruments {
-            total: meter
-                .u64_counter("traces_service_graph_request_total")
-                .with_description("number of service calls in trace service graph metrics format")
-                .build(),
-            failed: meter
-                .u64_counter("traces_service_graph_request_failed_total")
-                .with_description(
-                    "number of failed service calls in trace service graph metrics format",
-                )
-                .build(),
-            client: histogram(
-                CLIENT,
-                "duration of client service calls, in seconds, in trace service graph metrics format",
-            ),
-            server: histogram(
-                SERVER,
-                "duration of server service calls, in seconds, in trace service graph metrics format",
-            ),
+impl Local {
+    /// The cell of `pid`, made (and handed to the outputs) the first time.
+    fn cell(
+        &mut self,
+        pid: u32,
+        store: &GraphStore,
+        otlp: Option<&mut Otlp>,
+        meta: &dyn Fn(u32) -> ProcessResource,
+    ) -> &Cell {
+        match self.cells.iter().position(|c| c.pid == pid) {
+            Some(i) => &self.cells[i],
+            None => {
+                let cell = Arc::new(Cell::new(pid, Arc::clone(&self.edge)));
+                store.add_cell(Arc::clone(&cell));
+                if self.edge.otlp
+                    && let Some(o) = otlp
+                {
+                    // Reported under the process's resource, with its other metrics.
+                    o.export_graph_cell(&|| meta(pid), pid, Arc::clone(&cell));
+                }
+                self.cells.push(cell);
+                &self.cells[self.cells.len() - 1]
+            }
         }
     }
 }
 
-/// The handles of one edge.
-struct Series {
-    labels: EdgeLabels,
-    prometheus: Option<(Counter, Counter, Histogram, Histogram)>,
-    otlp: Option<Arc<[KeyValue]>>,
-    last_used: Instant,
-}
-
-/// The service graph of this processor: pairing, and the series requests are counted in.
+/// The service graph of this processor: pairing, and the one aggregation requests are
+/// counted in (`GraphStore`), which Prometheus (`GraphCollector`) and OTLP
+/// (`otlp::graph_metrics`) both encode.
 pub struct ServiceGraph {
     pairer: Pairer,
     /// Whether self references count: (Prometheus, OTLP).
     allow_self_references: (bool, bool),
-    series: HashMap<EdgeKey, Series, Hasher>,
-    otlp: HashMap<u32, OtlpInstruments>,
+    store: Arc<GraphStore>,
+    series: HashMap<EdgeKey, Local, Hasher>,
+    next_id: u64,
     done: Vec<Request>,
     last_sweep: Instant,
 }
 
 impl ServiceGraph {
     /// `allow_self_references`: whether edges from a service to itself count in Prometheus
-    /// and over OTLP (`*.allow_service_graph_self_references`).
-    pub fn new(allow_self_references: (bool, bool), now: Instant) -> ServiceGraph {
+    /// and over OTLP (`*.allow_service_graph_self_references`); `store`: where the edges are
+    /// counted (`GraphFamilies::store`), this being its only writer.
+    pub fn new(
+        allow_self_references: (bool, bool),
+        now: Instant,
+        store: Arc<GraphStore>,
+    ) -> ServiceGraph {
         ServiceGraph {
             pairer: Pairer::default(),
             allow_self_references,
+            store,
             series: HashMap::default(),
-            otlp: HashMap::new(),
+            next_id: 0,
             done: Vec::new(),
             last_sweep: now,
         }
@@ -578,7 +851,7 @@ impl ServiceGraph {
     }
 
     /// Counts the spans whose wait is over by `now` (all of them with `None`, at shutdown)
-    /// and, once in a while, retires idle series.
+    /// and, once in a while, retires idle edges.
     pub fn expire(
         &mut self,
         now: Option<Instant>,
@@ -595,19 +868,37 @@ impl ServiceGraph {
         self.done = done;
         if at.duration_since(self.last_sweep) >= SERIES_TTL / 10 {
             self.last_sweep = at;
+            let mut gone = Vec::new();
             self.series.retain(|_, s| {
                 let keep = at.duration_since(s.last_used) < SERIES_TTL;
-                if !keep && let Some(p) = prometheus {
-                    p.remove(&s.labels);
+                if !keep {
+                    s.edge.live.store(false, Relaxed);
+                    gone.push(s.edge.id);
+                }
+                keep
+            });
+            if !gone.is_empty() {
+                self.store.remove_edges(&gone);
+            }
+        }
+    }
+
+    /// Forgets a process that went away: its cells' counts stay in their edges' Prometheus
+    /// totals, and OTLP reports them once more with the process's last metrics.
+    pub fn forget(&mut self, pid: u32) {
+        let mut gone = Vec::new();
+        for s in self.series.values_mut() {
+            s.cells.retain(|c| {
+                let keep = c.pid != pid;
+                if !keep {
+                    gone.push(Arc::clone(c));
                 }
                 keep
             });
         }
-    }
-
-    /// Drops the OTLP instruments of a process that went away.
-    pub fn forget(&mut self, pid: u32) {
-        self.otlp.remove(&pid);
+        if !gone.is_empty() {
+            self.store.retire(&gone);
+        }
         self.pairer.forget(pid);
     }
 
@@ -616,98 +907,55 @@ impl ServiceGraph {
         r: Request,
         now: Instant,
         prometheus: Option<&GraphFamilies>,
-        otlp: Option<&mut Otlp>,
+        mut otlp: Option<&mut Otlp>,
         meta: &dyn Fn(u32) -> ProcessResource,
     ) {
-        let (mut prometheus, mut otlp) = (prometheus, otlp);
-        if r.key.is_self_reference() {
-            if !self.allow_self_references.0 {
-                prometheus = None;
-            }
-            if !self.allow_self_references.1 {
-                otlp = None;
-            }
-            if prometheus.is_none() && otlp.is_none() {
-                return;
-            }
+        let self_reference = r.key.is_self_reference();
+        let shown = prometheus.is_some() && (!self_reference || self.allow_self_references.0);
+        let exported = otlp.is_some() && (!self_reference || self.allow_self_references.1);
+        if !shown && !exported {
+            return;
         }
         let len = self.series.len();
-        let series = match self.series.get_mut(&r.key) {
+        let local = match self.series.get_mut(&r.key) {
             Some(s) => s,
             None => {
                 if len >= MAX_EDGES {
-                    if let Some(p) = prometheus {
+                    if shown && let Some(p) = prometheus {
                         p.edges_dropped.inc();
                     }
                     return;
                 }
-                let labels = r.key.labels();
-                let s = Series {
-                    prometheus: prometheus.map(|p| {
-                        (
-                            p.total.get_or_create(&labels).clone(),
-                            p.failed.get_or_create(&labels).clone(),
-                            p.client.get_or_create(&labels).clone(),
-                            p.server.get_or_create(&labels).clone(),
-                        )
-                    }),
-                    otlp: otlp.is_some().then(|| labels.otlp_attributes().into()),
-                    labels,
+                let edge = Arc::new(Edge {
+                    id: self.next_id,
+                    labels: r.key.labels(),
+                    prometheus: shown,
+                    otlp: exported,
+                    live: AtomicBool::new(true),
+                });
+                self.next_id += 1;
+                self.store.add_edge(Arc::clone(&edge));
+                let local = Local {
+                    edge,
+                    cells: Vec::new(),
                     last_used: now,
                 };
-                self.series.entry(r.key.clone()).or_insert(s)
+                self.series.entry(r.key.clone()).or_insert(local)
             }
         };
-        series.last_used = now;
-        if let Some((total, failed, client, server)) = &series.prometheus {
-            total.inc();
-            if r.failed {
-                failed.inc();
-            }
-            if let Some((_, secs)) = r.client {
-                client.observe(secs);
-            }
-            if let Some((_, secs)) = r.server {
-                server.observe(secs);
-            }
+        local.last_used = now;
+        let counting = local.cell(r.counting_pid(), &self.store, otlp.as_deref_mut(), meta);
+        bump(&counting.total);
+        if r.failed {
+            bump(&counting.failed);
         }
-        if let Some(o) = otlp {
-            let attrs = series
-                .otlp
-                .get_or_insert_with(|| series.labels.otlp_attributes().into())
-                .clone();
-            let counting = r.counting_pid();
-            if let Some(i) = Self::instruments(&mut self.otlp, o, counting, meta) {
-                i.total.add(1, &attrs);
-                if r.failed {
-                    i.failed.add(1, &attrs);
-                }
-            }
-            if let Some((pid, secs)) = r.client
-                && let Some(i) = Self::instruments(&mut self.otlp, o, pid, meta)
-            {
-                i.client.record(secs, &attrs);
-            }
-            if let Some((pid, secs)) = r.server
-                && let Some(i) = Self::instruments(&mut self.otlp, o, pid, meta)
-            {
-                i.server.record(secs, &attrs);
-            }
+        // The server span's process is the counting one when Sonde saw it.
+        if let Some((_, secs)) = r.server {
+            counting.server.record(secs);
         }
-    }
-
-    /// The OTLP instruments of `pid`, made from its meter the first time.
-    fn instruments<'i>(
-        map: &'i mut HashMap<u32, OtlpInstruments>,
-        otlp: &mut Otlp,
-        pid: u32,
-        meta: &dyn Fn(u32) -> ProcessResource,
-    ) -> Option<&'i OtlpInstruments> {
-        use std::collections::hash_map::Entry;
-        Some(match map.entry(pid) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(OtlpInstruments::new(&otlp.meter(&|| meta(pid), pid)?)),
-        })
+        if let Some((pid, secs)) = r.client {
+            local.cell(pid, &self.store, otlp, meta).client.record(secs);
+        }
     }
 
     /// Spans waiting for their other end.
@@ -754,6 +1002,10 @@ mod tests {
             exe_path: String::new(),
             k8s: None,
         }
+    }
+
+    fn store(m: &Metrics) -> Arc<GraphStore> {
+        m.service_graph.as_ref().expect("registered").store()
     }
 
     /// The value of the sample of `name` whose labels contain all of `labels`.
@@ -938,7 +1190,7 @@ mod tests {
         let m = Metrics::with_service_graph("h", true);
         let families = m.service_graph.as_ref();
         let start = Instant::now();
-        let mut g = ServiceGraph::new((false, false), start);
+        let mut g = ServiceGraph::new((false, false), start, store(&m));
         // 7 paired requests, 2 failing; 3 to an uninstrumented peer; 1 self reference.
         for i in 0..7u16 {
             let status = if i < 2 { 500 } else { 200 };
@@ -1058,7 +1310,7 @@ mod tests {
     fn self_references_count_when_allowed() {
         let m = Metrics::with_service_graph("h", true);
         let now = Instant::now();
-        let mut g = ServiceGraph::new((true, false), now);
+        let mut g = ServiceGraph::new((true, false), now, store(&m));
         g.record(
             &span(SpanKind::Server, 2, "same", 40000, 200),
             now,
@@ -1094,6 +1346,203 @@ mod tests {
         assert!(
             on.contains("sonde_service_graph_edges_dropped_total 0"),
             "{on}"
+        );
+    }
+
+    /// Counts one request of front (pid 1) → back (pid 2) on `port`: a client span of
+    /// `client_ms` and a server span of `server_ms`, both with `status`.
+    pub(crate) fn pair(
+        g: &mut ServiceGraph,
+        f: Option<&GraphFamilies>,
+        port: u16,
+        (client_ms, server_ms): (u64, u64),
+        status: u16,
+        now: Instant,
+    ) {
+        let mut server = span(SpanKind::Server, 2, "back", port, status);
+        server.duration_ns = server_ms * 1_000_000;
+        let mut client = span(SpanKind::Client, 1, "front", port, status);
+        client.duration_ns = client_ms * 1_000_000;
+        g.record(&server, now, f, None, &no_meta);
+        g.record(&client, now, f, None, &no_meta);
+    }
+
+    #[test]
+    fn prometheus_shows_exact_buckets_and_sums() {
+        let m = Metrics::with_service_graph("h", true);
+        let f = m.service_graph.as_ref();
+        let now = Instant::now();
+        let mut g = ServiceGraph::new((false, false), now, store(&m));
+        // Client durations 4, 20, 20 and 300 ms; server durations 1, 1, 9 and 11000 ms.
+        for (i, d) in [(4, 1), (20, 1), (20, 9), (300, 11_000)]
+            .into_iter()
+            .enumerate()
+        {
+            pair(&mut g, f, 40000 + i as u16, d, 200, now);
+        }
+        let text = m.encode();
+        let pair_labels = [
+            "client=\"front\"",
+            "server=\"back\"",
+            "connection_type=\"\"",
+        ];
+        let bucket = |h: &str, le: &str| {
+            let le = format!("le=\"{le}\"");
+            sample(
+                &text,
+                &format!("traces_service_graph_request_{h}_seconds_bucket"),
+                &[&pair_labels[..], &[le.as_str()]].concat(),
+            )
+        };
+        // Cumulative buckets.
+        assert_eq!(bucket("client", "0.0"), Some(0.0), "{text}");
+        assert_eq!(bucket("client", "0.005"), Some(1.0));
+        assert_eq!(bucket("client", "0.025"), Some(3.0));
+        assert_eq!(bucket("client", "0.25"), Some(3.0));
+        assert_eq!(bucket("client", "0.5"), Some(4.0));
+        assert_eq!(bucket("client", "+Inf"), Some(4.0));
+        assert_eq!(bucket("server", "0.005"), Some(2.0));
+        assert_eq!(bucket("server", "0.01"), Some(3.0));
+        assert_eq!(bucket("server", "10.0"), Some(3.0));
+        assert_eq!(bucket("server", "+Inf"), Some(4.0));
+        let sum = |h: &str| {
+            sample(
+                &text,
+                &format!("traces_service_graph_request_{h}_seconds_sum"),
+                &pair_labels,
+            )
+            .expect("sum")
+        };
+        assert!((sum("client") - 0.344).abs() < 1e-9, "{text}");
+        assert!((sum("server") - 11.011).abs() < 1e-9, "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                "traces_service_graph_request_failed_total",
+                &pair_labels
+            ),
+            Some(0.0)
+        );
+        // The families as before: HELP, TYPE and UNIT lines, in both formats.
+        for line in [
+            "# HELP traces_service_graph_request number of service calls in trace service graph metrics format",
+            "# TYPE traces_service_graph_request counter",
+            "# TYPE traces_service_graph_request_client_seconds histogram",
+            "# UNIT traces_service_graph_request_client_seconds seconds",
+            "# HELP traces_service_graph_request_server_seconds duration of server service calls, in seconds, in trace service graph metrics format",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        let classic = m.encode_classic();
+        assert!(
+            classic
+                .lines()
+                .any(|l| l == "# TYPE traces_service_graph_request_failed_total counter"),
+            "{classic}"
+        );
+    }
+
+    #[test]
+    fn a_departed_process_leaves_its_counts_in_prometheus_and_its_cells_to_otlp() {
+        let m = Metrics::with_service_graph("h", true);
+        let f = m.service_graph.as_ref();
+        let now = Instant::now();
+        let st = store(&m);
+        let mut g = ServiceGraph::new((false, false), now, Arc::clone(&st));
+        for i in 0..3 {
+            pair(&mut g, f, 40000 + i, (5, 2), 500, now);
+        }
+        // The counts go to the server's cell; the client's cell has its durations only.
+        let server = st.cells(2);
+        assert_eq!(server.len(), 1);
+        let s = server[0].snapshot();
+        assert_eq!(
+            (s.total, s.failed, s.server.count(), s.client.count()),
+            (3, 3, 3, 0)
+        );
+        let client = st.cells(1);
+        assert_eq!(client.len(), 1);
+        let c = client[0].snapshot();
+        assert_eq!(
+            (c.total, c.failed, c.server.count(), c.client.count()),
+            (0, 0, 0, 3)
+        );
+        // The server process goes away; a new one of the same service takes over.
+        g.forget(2);
+        assert!(st.cells(2).is_empty());
+        let mut server = span(SpanKind::Server, 5, "back", 41000, 200);
+        server.duration_ns = 1_000_000;
+        g.record(&server, now, f, None, &no_meta);
+        g.record(
+            &span(SpanKind::Client, 1, "front", 41000, 200),
+            now,
+            f,
+            None,
+            &no_meta,
+        );
+        let text = m.encode();
+        let labels = ["client=\"front\"", "server=\"back\""];
+        assert_eq!(
+            sample(&text, "traces_service_graph_request_total", &labels),
+            Some(4.0),
+            "never backwards: {text}"
+        );
+        assert_eq!(
+            sample(&text, "traces_service_graph_request_failed_total", &labels),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "traces_service_graph_request_server_seconds_count",
+                &labels
+            ),
+            Some(4.0)
+        );
+        assert_eq!(st.cells(5)[0].snapshot().total, 1);
+        assert_eq!(st.cells(1)[0].snapshot().client.count(), 4);
+    }
+
+    #[test]
+    fn an_idle_edge_leaves_both_outputs_after_its_ttl() {
+        let m = Metrics::with_service_graph("h", true);
+        let f = m.service_graph.as_ref();
+        let start = Instant::now();
+        let st = store(&m);
+        let mut g = ServiceGraph::new((false, false), start, Arc::clone(&st));
+        pair(&mut g, f, 40000, (5, 2), 200, start);
+        let later = start + SERIES_TTL / 2;
+        let mut other = span(SpanKind::Server, 2, "back", 40001, 200);
+        other.client_address = Address(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))));
+        other.client_port = 0;
+        g.record(&other, later, f, None, &no_meta);
+        let cells = st.cells(2);
+        assert_eq!(cells.len(), 2);
+        assert!(cells.iter().all(|c| c.edge.is_live()));
+        g.expire(Some(start + SERIES_TTL), f, None, &no_meta);
+        assert_eq!(st.len(), 1, "front → back idle for the TTL");
+        assert!(!cells[0].edge.is_live(), "OTLP drops its cells");
+        assert!(cells[1].edge.is_live());
+        let text = m.encode();
+        assert!(!text.contains("client=\"front\""), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                "traces_service_graph_request_total",
+                &["client=\"10.0.0.7\""]
+            ),
+            Some(1.0)
+        );
+        // Back after it left: counted from zero.
+        pair(&mut g, f, 40002, (5, 2), 200, start + SERIES_TTL);
+        let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "traces_service_graph_request_total",
+                &["client=\"front\""]
+            ),
+            Some(1.0)
         );
     }
 }

@@ -259,7 +259,7 @@ fn otlp_exports_the_edges_on_each_process_resource() {
     let (back, back_port) = server(&dir, "graph-back");
     let (_peer, peer_port) = server(&dir, "graph-outside");
     let mut front = client(back_port, peer_port, N, K, M);
-    let (_sonde, _) = sonde_with(
+    let (_sonde, metrics_port) = sonde_with(
         &dir,
         &[front.pid(), back.pid()],
         "application,application_service_graph",
@@ -327,4 +327,57 @@ fn otlp_exports_the_edges_on_each_process_resource() {
         .map(|s| otlp_value(&points, s, total, &[]))
         .sum();
     assert_eq!(all_totals, u64::from(N + M));
+    // As the SDK instruments exported them: cumulative, the sums monotonic, the histograms
+    // in seconds.
+    for p in points.iter().filter(|p| {
+        p["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("traces_service_graph"))
+    }) {
+        assert_eq!(p["temporality"], 2, "cumulative: {p}");
+        if p["name"] == total || p["name"] == failed {
+            assert_eq!(
+                (&p["kind"], &p["is_monotonic"], &p["unit"]),
+                (&json!("sum"), &json!(true), &json!("")),
+                "{p}"
+            );
+        } else {
+            assert_eq!(p["unit"], "s", "{p}");
+        }
+    }
+
+    // One aggregation, two encoders: per edge, what the OTLP export carries (summed over the
+    // processes' resources) is exactly what Prometheus shows.
+    let text = http_get(metrics_port, "/metrics");
+    let prometheus = [
+        (total, "traces_service_graph_request_total"),
+        (failed, "traces_service_graph_request_failed_total"),
+        (
+            client_h,
+            "traces_service_graph_request_client_seconds_count",
+        ),
+        (
+            server_h,
+            "traces_service_graph_request_server_seconds_count",
+        ),
+    ];
+    for edge in [&pair[..], &outside[..]] {
+        let labels: Vec<String> = edge.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        for (otlp_name, prometheus_name) in prometheus {
+            let over_otlp: u64 = ["graph-front", "graph-back"]
+                .iter()
+                .map(|s| otlp_value(&points, s, otlp_name, edge))
+                .sum();
+            assert_eq!(
+                value(&text, prometheus_name, &labels),
+                Some(over_otlp as f64),
+                "{prometheus_name} {edge:?}: {text}"
+            );
+        }
+    }
+    assert_eq!(
+        value(&text, "traces_service_graph_request_total", &[]),
+        Some(f64::from(N + M))
+    );
 }

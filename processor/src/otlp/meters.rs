@@ -1,9 +1,10 @@
 //! The OTLP side of each instrumented process as the reader thread keeps it: the attributes
 //! its RED series are counted under (the counting itself is `red_store`'s, shared with
-//! Prometheus), and one `SdkMeterProvider`, carrying the process's resource, for the
-//! instruments that are not RED (the observable `process.*` ones with process metrics on,
-//! the service graph's). The worker collects every provider each interval through the
-//! shared map (`Providers`) and adds the process's RED series to the same resource.
+//! Prometheus), the service graph cells its spans count in (`service_graph::Cell`, also
+//! shared with Prometheus), and one `SdkMeterProvider`, carrying the process's resource, for
+//! the observable `process.*` instruments of process metrics. The worker collects every
+//! provider each interval through the shared map (`Providers`) and adds the process's RED
+//! series and service graph cells to the same resource.
 //!
 //! The SDK's periodic reader is not used: it serves one resource per provider's exporter,
 //! while Sonde exports for many processes, each its own resource.
@@ -33,6 +34,7 @@ use crate::{
     protocols::{db, grpc, messaging},
     red_store::Series,
     semconv::method_value,
+    service_graph::Cell,
     span::{Rpc, Span, SpanKind},
 };
 
@@ -45,6 +47,9 @@ pub(super) struct ProcessMeters {
     removed: bool,
     /// The RED series the process had when it was retired, for that last collection.
     retired_red: Vec<Arc<Series>>,
+    /// Its service graph cells (those of edges that left after their TTL are dropped at the
+    /// next collection).
+    graph: Vec<Arc<Cell>>,
 }
 
 impl ProcessMeters {
@@ -54,6 +59,7 @@ impl ProcessMeters {
             reader,
             removed: false,
             retired_red: Vec::new(),
+            graph: Vec::new(),
         }
     }
 }
@@ -83,6 +89,8 @@ pub(super) struct Collected {
     /// A retired pipeline's RED series (its last collection); `None` for a live one, whose
     /// series are the store's live ones for `key`.
     pub retired_red: Option<Vec<Arc<Series>>>,
+    /// Its service graph cells.
+    pub graph: Vec<Arc<Cell>>,
 }
 
 /// Every pipeline's cumulative metrics; those of processes that went away are shut down
@@ -97,11 +105,13 @@ pub(super) fn collect(providers: &Providers) -> Vec<Collected> {
         .chain(replaced.iter_mut().map(|(k, m)| (*k, m)));
     for (key, m) in all {
         let mut metrics = ResourceMetrics::default();
+        m.graph.retain(|c| c.edge.is_live());
         if m.reader.collect(&mut metrics).is_ok() {
             out.push(Collected {
                 key,
                 metrics,
                 retired_red: m.removed.then(|| std::mem::take(&mut m.retired_red)),
+                graph: m.graph.clone(),
             });
         }
     }
@@ -120,7 +130,7 @@ pub(super) fn collect(providers: &Providers) -> Vec<Collected> {
 /// The reader handle `SdkMeterProvider::with_reader` takes, sharing the `ManualReader` the
 /// worker collects from.
 #[derive(Debug)]
-struct SharedReader(Arc<ManualReader>);
+pub(super) struct SharedReader(pub(super) Arc<ManualReader>);
 
 impl MetricReader for SharedReader {
     fn register_pipeline(&self, pipeline: std::sync::Weak<Pipeline>) {
@@ -247,10 +257,15 @@ impl Meters {
         provider
     }
 
-    /// The meter of a process with instruments, for instruments kept elsewhere (the service
-    /// graph's, `crate::service_graph`).
-    pub(super) fn meter(&self, pid: u32) -> Option<Meter> {
-        self.instruments.get(&pid).map(|i| i.meter.clone())
+    /// Reports `cell` (a service graph cell of `pid`) with the process's metrics, until its
+    /// edge leaves or the process's last collection; nothing for a process without a
+    /// pipeline.
+    pub(super) fn add_graph_cell(&self, pid: u32, cell: Arc<Cell>) {
+        if let Some(m) = lock(&self.providers).live.get_mut(&pid)
+            && !m.removed
+        {
+            m.graph.push(cell);
+        }
     }
 
     /// Retires a process that went away (or whose resource changed): its pipeline is

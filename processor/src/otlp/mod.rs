@@ -7,13 +7,15 @@
 //! - `transport`: sending encoded requests over gRPC or HTTP/protobuf, with retries;
 //! - `worker`: the exporter thread, its bounded span queue, batching and failure logging;
 //! - `encode`: spans written straight into OTLP request bytes, resources encoded once;
-//! - `meters`: per-process meter providers (process metrics, service graph) and the
-//!   attributes RED series are counted under;
+//! - `meters`: per-process meter providers (process metrics), the attributes RED series are
+//!   counted under, and the service graph cells each process reports;
 //! - `red_metrics`: the RED series of `red_store` as OTLP histograms;
+//! - `graph_metrics`: the service graph cells (`service_graph`) as OTLP sums and histograms;
 //! - `convert`: spans and process metadata into OpenTelemetry data (pure functions).
 //!
 //! Counts never depend on the collector: metrics are recorded in memory per process (RED
-//! requests once, in `red_store`, which Prometheus reads too), each process with its own
+//! requests once, in `red_store`, and service graph edges once, in
+//! `service_graph::GraphStore`, both of which Prometheus reads too), each process with its own
 //! resource (`service.*`, `process.*`, `host.name`, `telemetry.sdk.*`), and the worker
 //! collects and sends them every `interval`. The outcomes are counted into
 //! `metrics::ExportCounters`; nothing in `metrics` imports from here.
@@ -22,6 +24,7 @@ pub mod convert;
 pub mod encode;
 mod exporter;
 mod flows;
+pub mod graph_metrics;
 #[cfg(test)]
 mod legacy_convert;
 mod meters;
@@ -177,16 +180,19 @@ impl Otlp {
             .add(bytes_attrs, bytes, packets_attrs, packets);
     }
 
-    /// The meter of `pid`'s metric pipeline (made first if needed, `meta` called only then),
-    /// for instruments kept outside this module (the service graph's); `None` when metrics
-    /// are not exported.
-    pub fn meter(
+    /// Exports a service graph cell of `pid` (`service_graph::Cell`) with the process's
+    /// metrics, under its resource (made first if needed, `meta` called only then); nothing
+    /// when metrics are not exported or the process is beyond `MAX_PROCESSES`.
+    pub fn export_graph_cell(
         &mut self,
         meta: &dyn Fn() -> ProcessResource,
         pid: u32,
-    ) -> Option<opentelemetry::metrics::Meter> {
+        cell: std::sync::Arc<crate::service_graph::Cell>,
+    ) {
         self.ensure_process(meta, pid);
-        self.meters.as_ref()?.meter(pid)
+        if let Some(m) = self.meters.as_ref() {
+            m.add_graph_cell(pid, cell);
+        }
     }
 
     /// Stops reporting `pid`'s process metrics (it left; its meters go after their grace).

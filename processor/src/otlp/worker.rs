@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use super::{
     encode::{EncodedResource, Encoder, Queued},
     exporter::Exporters,
+    graph_metrics,
     meters::{self, Providers},
     red_metrics,
     transport::{ExportError, Transport},
@@ -296,15 +297,17 @@ impl SpanSender {
 /// Where a process's metrics come from.
 #[derive(Clone, Copy)]
 struct MetricSources<'a> {
-    /// Its meter provider (process metrics, service graph), keyed by pid; also the flows'.
+    /// Its meter provider (process metrics) and service graph cells, keyed by pid; also the
+    /// flows'.
     providers: &'a Providers,
     /// Its RED series.
     red: &'a RedStore,
 }
 
 impl MetricSources<'_> {
-    /// One request per process (its resource, its provider's instruments and its RED
-    /// series), and the flows'; a process with nothing to report sends nothing.
+    /// One request per process (its resource, its provider's instruments, its RED series
+    /// and its service graph cells), and the flows'; a process with nothing to report sends
+    /// nothing.
     fn requests(&self) -> Vec<Vec<u8>> {
         let collected = meters::collect(self.providers);
         let now = unix_nanos();
@@ -313,11 +316,11 @@ impl MetricSources<'_> {
             let mut request = ExportMetricsServiceRequest::from(&c.metrics);
             // A retired pipeline carries its own last series; a live one reads the store's.
             let series = c.retired_red.unwrap_or_else(|| self.red.live(c.key));
-            if let (Some(scope), Some(resource)) = (
-                red_metrics::scope_metrics(&series, now),
-                request.resource_metrics.first_mut(),
-            ) {
-                resource.scope_metrics.push(scope);
+            if let Some(resource) = request.resource_metrics.first_mut() {
+                if let Some(scope) = red_metrics::scope_metrics(&series, now) {
+                    resource.scope_metrics.push(scope);
+                }
+                graph_metrics::add_scope_metrics(&mut resource.scope_metrics, &c.graph, now);
             }
             let empty = request
                 .resource_metrics

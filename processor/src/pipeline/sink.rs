@@ -60,6 +60,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         mono_to_unix: i128,
     ) -> Self {
         let red = RedRecorder::new(metrics.red_store());
+        let graph_store = metrics.service_graph.as_ref().map(|f| f.store());
         // Service graph metrics only when something serves them: no pairing otherwise.
         let graph_served = config.prometheus_export.port.is_some()
             || otlp.as_ref().is_some_and(|o| o.exports_metrics());
@@ -84,7 +85,11 @@ impl<'a, W: Write> SpanSink<'a, W> {
                     config.prometheus_export.allow_service_graph_self_references,
                     config.metrics_export.allow_service_graph_self_references,
                 );
-                crate::service_graph::ServiceGraph::new(allow, Instant::now())
+                crate::service_graph::ServiceGraph::new(
+                    allow,
+                    Instant::now(),
+                    graph_store.unwrap_or_default(),
+                )
             }),
         }
     }
