@@ -21,7 +21,9 @@ exporters still had queued is sent and counted). Recorded: req/s; the app's own 
 (utime + stime of its processes, gunicorn's master and worker, from /proc/PID/stat: this
 includes Sonde's kernel programs, which run in the app's threads) per 100k requests; for
 `sonde` the loader + processor CPU per 100k requests and the processor's final
-`otlp_spans_exported` / `otlp_spans_dropped` against the requests wrk completed; for `sdk`
+`otlp_spans_exported` / `otlp_spans_dropped` against the requests wrk completed, and (in a
+separate 3 s run under kernel.bpf_stats_enabled, its requests counted for the spans too) the
+run time of Sonde's kernel programs per request; for `sdk`
 any warning the SDK printed about dropped spans. Reported per app and mode: medians over the
 rounds of req/s (ratio to `base`), of app CPU per 100k requests and its rise over `base` in µs
 per request, and of Sonde's own CPU.
@@ -49,8 +51,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from nginx_bench import (RELEASE, Exporting, cpu_seconds, free_port, stop,  # noqa: E402
-                         wait_log, wait_port, wrk)
+from nginx_bench import (RELEASE, Exporting, bpf_progs, bpf_run_stats,  # noqa: E402
+                         cpu_seconds, free_port, stop, wait_log, wait_port, wrk)
 
 APPS_DIR = os.path.join(HERE, "sdk_apps")
 DATA = os.path.expanduser("~/.local/share/sonde")
@@ -106,7 +108,8 @@ def sdk_env(exporting, service):
 
 
 def start_app(app, mode, port, exporting, log_path):
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
+           "PYTHONDONTWRITEBYTECODE": "1"}  # no __pycache__ in bench/sdk_apps
     if app == "flask":
         cmd = [os.path.join(PY_VENV, "bin", "gunicorn"), "-w", "1", "-k", "sync",
                "-b", f"127.0.0.1:{port}", "--chdir", APPS_DIR, "flask_app:app"]
@@ -162,12 +165,14 @@ def run_mode(app, mode, duration, workdir, release, exporting):
                    "SONDE_CONTROL_SOCKET": os.path.join(workdir, "control.sock")}
             env.update(exporting.env())
             env.pop("BEYLA_PROMETHEUS_PORT")  # OTLP only, as the SDK
+            before = {p["id"] for p in bpf_progs()}
             with open(log_path, "w") as err:
                 sonde = subprocess.Popen([os.path.join(release, "sonde"), "--open-port", str(port)],
                                          stdout=subprocess.DEVNULL, stderr=err, env=env)
             wait_log(log_path, r"processor connected")
             proc_pid = int(wait_log(log_path, r"processor started pid=(\d+)").group(1))
             time.sleep(1.5)  # the selection settles (gunicorn's master and worker)
+            ours = {p["id"] for p in bpf_progs() if p["id"] not in before}
         else:
             time.sleep(1.0)  # what the warm-up left queued is exported before measuring
 
@@ -186,10 +191,24 @@ def run_mode(app, mode, duration, workdir, release, exporting):
         out["app_cpu_s"] = tree_cpu(proc.pid) - app0
         out["sonde_cpu_s"] = sonde_cpu() - sonde0
         out["collector_cpu_s"] = cpu_seconds(exporting.rotel.pid) - coll0
+        out["stats_requests"] = 0
+        if sonde:
+            # Sonde's kernel programs' run time per request, in a separate short run:
+            # kernel.bpf_stats_enabled costs two clock reads per program run itself.
+            subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
+            try:
+                ns0, cnt0 = bpf_run_stats(ours)
+                out["stats_requests"], _ = wrk(port, 3)
+                ns1, cnt1 = bpf_run_stats(ours)
+            finally:
+                subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
+            out["bpf_ns_per_req"] = (ns1 - ns0) / max(out["stats_requests"], 1)
+            out["bpf_runs_per_req"] = (cnt1 - cnt0) / max(out["stats_requests"], 1)
     finally:
         if sonde:
             stop(sonde, signal.SIGINT, 20)
         stop(proc, signal.SIGINT if app == "flask" else signal.SIGTERM, 15)
+        subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
     per100k = 100_000 / max(out["requests"], 1)
     out["app_cpu_s_per_100k"] = out["app_cpu_s"] * per100k
     out["collector_cpu_s_per_100k"] = out["collector_cpu_s"] * per100k
@@ -223,7 +242,7 @@ def main():
     if os.geteuid() != 0:
         raise SystemExit("run as root (Sonde loads eBPF programs)")
     apps = args.apps.split(",")
-    for tool in ["wrk", "node", "npm"]:
+    for tool in ["wrk", "bpftool", "node", "npm"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: run scripts/setup.sh")
     if "flask" in apps:
@@ -266,7 +285,11 @@ def main():
             m["app_cpu_rise_us_per_req"] = (m["app_cpu_s_per_100k"] - median(base, "app_cpu_s_per_100k")) * 10
             if mode == "sonde":
                 m["sonde_cpu_us_per_req"] = m["sonde_cpu_s_per_100k"] * 10
-                m["spans_exported_per_request"] = [x["otlp_spans_exported"] / x["requests"] for x in rows]
+                m["bpf_ns_per_req"] = median(rows, "bpf_ns_per_req")
+                m["bpf_runs_per_req"] = median(rows, "bpf_runs_per_req")
+                # Spans exported against every request of the mode's Sonde (measured + stats runs).
+                m["spans_exported_per_request"] = [x["otlp_spans_exported"] / (x["requests"] + x["stats_requests"])
+                                                   for x in rows]
                 m["otlp_spans_dropped"] = [x["otlp_spans_dropped"] for x in rows]
             if mode == "sdk":
                 m["sdk_warnings"] = sorted({w for x in rows for w in x["sdk_warnings"]})[:5]
