@@ -266,10 +266,18 @@ pub fn read_tuple(state: &mut ConnState, sk: u64) {
     }
 }
 
-/// Ring buffer output flags: wake the processor only once `WAKEUP_BYTES` are queued.
+/// Ring buffer output flags for a record of `len` bytes: wake the processor when this record
+/// brings the unread bytes up to `WAKEUP_BYTES`, and not again while they stay above. A
+/// forced wakeup is a self-interrupt (`irq_work`): one per record while the processor was
+/// behind cost a virtualised host more than the rest of the program (an MSR write, a VM exit,
+/// per event; `perf` on nginx under load, BENCHMARKS.md "Kernel per request"). Nothing is
+/// lost by waking once: the processor's epoll on the ring buffer is level-triggered (readable
+/// while any byte is unread), so it finds the rest when it next waits, and its 50 ms poll
+/// covers the bytes below the mark.
 #[inline(always)]
-pub fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+pub fn wakeup_flags(len: usize) -> u64 {
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA);
+    if unread < WAKEUP_BYTES && unread + len as u64 >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -299,7 +307,7 @@ fn emit_event(state: &mut ConnState, flags: u32) {
             len,
         )
     };
-    match EVENTS.output::<[u8]>(record, wakeup_flags()) {
+    match EVENTS.output::<[u8]>(record, wakeup_flags(len)) {
         Ok(()) => count(counters::EVENTS_SENT),
         Err(_) => count(counters::EVENTS_LOST_RINGBUF_FULL),
     }
@@ -317,7 +325,7 @@ pub fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
         end_ns: now,
     };
     if EVENTS
-        .output::<ExchangeUpdate>(&update, wakeup_flags())
+        .output::<ExchangeUpdate>(&update, wakeup_flags(ExchangeUpdate::SIZE))
         .is_err()
     {
         count(counters::UPDATES_LOST_RINGBUF_FULL);

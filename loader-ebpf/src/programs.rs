@@ -220,7 +220,7 @@ fn thread_notice(what: u8, pid: u32, tid: u32, parent_tid: u32) {
         ns: pairing::now_ns(),
     };
     if EVENTS
-        .output::<ThreadNotice>(&notice, pairing::wakeup_flags())
+        .output::<ThreadNotice>(&notice, pairing::wakeup_flags(ThreadNotice::SIZE))
         .is_err()
     {
         count(counters::THREAD_NOTICES_LOST);

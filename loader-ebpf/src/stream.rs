@@ -276,7 +276,7 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     // SAFETY: the header starts the map value and `len` < SIZE + 2 * STREAM_CAPTURE bytes are
     // inside it; the ring buffer copies them.
     let record = unsafe { core::slice::from_raw_parts((buf as *const ChunkBuf).cast::<u8>(), len) };
-    match EVENTS.output::<[u8]>(record, wakeup_flags()) {
+    match EVENTS.output::<[u8]>(record, wakeup_flags(len)) {
         Ok(()) => {
             state.chunk_flags = 0;
             count(counters::CHUNKS_SENT)

@@ -254,7 +254,7 @@ fn link(sk: u64, key: TlsKey) {
         peer_addr: ev.peer_addr,
     };
     if EVENTS
-        .output::<ConnTuple>(&tuple, pairing::wakeup_flags())
+        .output::<ConnTuple>(&tuple, pairing::wakeup_flags(ConnTuple::SIZE))
         .is_err()
     {
         count(counters::TUPLES_LOST_RINGBUF_FULL);

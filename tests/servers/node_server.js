@@ -2,8 +2,7 @@
 // Usage: node node_server.js PORT
 const http = require("http");
 const port = parseInt(process.argv[2], 10);
-http
-  .createServer((req, res) => {
+const server = http.createServer((req, res) => {
     const send = (code, body) => {
       res.writeHead(code, { "Content-Type": "text/plain", "Content-Length": Buffer.byteLength(body) });
       res.end(body);
@@ -18,5 +17,8 @@ http
     if (path.startsWith("/ok")) send(200, "ok\n");
     else if (path.startsWith("/error")) send(500, "error\n");
     else send(404, "not found\n");
-  })
-  .listen(port, "127.0.0.1");
+});
+// Node closes an idle keep-alive connection after 5 s by default; tests hold one open across
+// Sonde's start-up (tests/tests/pairing.rs), which can take longer on a loaded machine.
+server.keepAliveTimeout = 120000;
+server.listen(port, "127.0.0.1");
