@@ -479,8 +479,10 @@ fn draw(ids: &mut [u8; 24], from: usize) {
         k += 1;
     }
     // All-zero ids are invalid; a zero draw of 128 (or 64) bits is not worth a branch more
-    // than this one.
-    ids[15] |= 1;
+    // than this one. A trace id taken from the served request (`from` 16) stays as it came.
+    if from == 0 {
+        ids[15] |= 1;
+    }
     ids[23] |= 1;
 }
 

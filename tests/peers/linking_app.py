@@ -14,9 +14,10 @@ Usage:
       a thread-per-connection front whose GET /req/<id> calls GET /down/<id> on the
       downstream on the serving thread; answers `done <id>` (no database).
   linking_app.py client PORT
-      a client: for each line `FIRST LAST PARALLEL` on stdin, GETs /req/<id> for every id
-      from FIRST to LAST on PORT, PARALLEL at a time (a new connection each), checks each
-      answer is `done <id>`, and prints `done`.
+      a client: for each line `FIRST LAST PARALLEL [TRACEPARENT]` on stdin, GETs /req/<id>
+      for every id from FIRST to LAST on PORT, PARALLEL at a time (a new connection each;
+      with TRACEPARENT, carrying that header), checks each answer is `done <id>`, and prints
+      `done`.
 Prints `ready` once listening (or, for the client, once started).
 """
 import concurrent.futures
@@ -51,18 +52,21 @@ class Down(Answering):
         self.answer("ok " + self.path)
 
 
-def get(url):
-    with urllib.request.urlopen(url, timeout=10) as r:
+def get(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().decode()
 
 
 def client(port):
     print("ready", flush=True)
     for line in sys.stdin:
-        first, last, parallel = (int(x) for x in line.split())
+        words = line.split()
+        first, last, parallel = (int(x) for x in words[:3])
+        headers = {"traceparent": words[3]} if len(words) > 3 else None
 
         def one(rid):
-            body = get("http://127.0.0.1:%d/req/%d" % (port, rid))
+            body = get("http://127.0.0.1:%d/req/%d" % (port, rid), headers)
             if body != "done %d" % rid:
                 raise RuntimeError("request %d answered %r" % (rid, body))
 

@@ -4,7 +4,8 @@
 //! The kernel injects A's client span ids into A's request, gives B's server span the caller's
 //! trace id and its own span id, and injects that trace with B's client span into the request
 //! B's serving thread sends; so A's client span, B's server and client spans and C's server
-//! span are one trace, each the parent of the next, for every request under 16 at a time.
+//! span are one trace, each the parent of the next, for every request under 16 at a time. A
+//! request from A that carries its own `traceparent` (an SDK) keeps that trace through B to C.
 //!
 //! B as a Node.js event loop serves overlapping requests on one thread: the kernel marks the
 //! thread ambiguous at the first overlap and from then on B's downstream requests start traces
@@ -62,8 +63,13 @@ impl Caller {
 
     /// GETs /req/<id> for ids `first..=last`, `parallel` at a time; each answer is checked.
     fn send(&mut self, first: u32, last: u32, parallel: u32) {
+        self.send_with(first, last, parallel, "");
+    }
+
+    /// As `send`, each request carrying `traceparent` (none when empty).
+    fn send_with(&mut self, first: u32, last: u32, parallel: u32, traceparent: &str) {
         let stdin = self.proc.child.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{first} {last} {parallel}").expect("writing to the caller");
+        writeln!(stdin, "{first} {last} {parallel} {traceparent}").expect("writing to the caller");
         stdin.flush().expect("flush");
         self.expect("done");
     }
@@ -238,6 +244,41 @@ fn three_services_make_one_trace_per_request() {
     assert_eq!(
         loader_counter(&sonde, "inject_headers_ambiguous_thread"),
         Some(0)
+    );
+
+    // A caller with a context of its own (an SDK in A): its trace id, whose last byte is even
+    // (the kernel never draws one), goes through B to C unchanged, under A's span.
+    let own_trace = "0af7651916cd43dd8448eb211c803190";
+    let own_span = "b7ad6b7169203330";
+    let id = N + 1;
+    a.send_with(id, id, 1, &format!("00-{own_trace}-{own_span}-01"));
+    let own = sonde.wait_spans(4, Duration::from_secs(30), |s| s["trace_id"] == own_trace);
+    let one = |pid: u32, kind: &str, path: &str| -> Value {
+        let found: Vec<&Value> = own
+            .iter()
+            .filter(|s| s["pid"] == pid && s["kind"] == kind && s["path"] == path)
+            .collect();
+        assert_eq!(found.len(), 1, "{kind} {path} of {pid} in {own:?}");
+        found[0].clone()
+    };
+    let ac = one(a_pid, "client", &format!("/req/{id}"));
+    let bs = one(b_pid, "server", &format!("/req/{id}"));
+    let bc = one(b_pid, "client", &format!("/down/{id}"));
+    let cs = one(c_pid, "server", &format!("/down/{id}"));
+    assert_eq!(own.len(), 4, "{own:?}");
+    // A's span and B's server span both name the span on the wire (the SDK's own client
+    // span, which a real SDK exports itself) as their parent.
+    assert_eq!(ac["parent_span_id"], own_span);
+    assert_eq!(bs["parent_span_id"], own_span);
+    assert!(is_child(&bc, &bs) && is_child(&cs, &bc), "{own:?}");
+    // Only B's downstream request got a header: A's carried its own.
+    assert_eq!(
+        wait_loader_counter(&sonde, "inject_headers_added", 2 * N as u64 + 1),
+        2 * N as u64 + 1
+    );
+    assert_eq!(
+        wait_loader_counter(&sonde, "inject_headers_under_server_span", N as u64 + 1),
+        N as u64 + 1
     );
 }
 
