@@ -23,7 +23,8 @@ includes Sonde's kernel programs, which run in the app's threads) per 100k reque
 `sonde` the loader + processor CPU per 100k requests and the processor's final
 `otlp_spans_exported` / `otlp_spans_dropped` against the requests wrk completed, and (in a
 separate 3 s run under kernel.bpf_stats_enabled, its requests counted for the spans too) the
-run time of Sonde's kernel programs per request; for `sdk`
+run time of Sonde's kernel programs per request, raw and net of what they ran for other
+processes in 3 s without load just before (at the same rate); for `sdk`
 any warning the SDK printed about dropped spans. Reported per app and mode: medians over the
 rounds of req/s (ratio to `base`), of app CPU per 100k requests and its rise over `base` in µs
 per request, and of Sonde's own CPU.
@@ -53,6 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from nginx_bench import (RELEASE, Exporting, bpf_progs, bpf_run_stats,  # noqa: E402
                          cpu_seconds, free_port, stop, wait_log, wait_port, wrk)
+from inject_bench import prog_stats  # noqa: E402
 
 APPS_DIR = os.path.join(HERE, "sdk_apps")
 DATA = os.path.expanduser("~/.local/share/sonde")
@@ -197,13 +199,33 @@ def run_mode(app, mode, duration, workdir, release, exporting):
             # kernel.bpf_stats_enabled costs two clock reads per program run itself.
             subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=1"], check=True)
             try:
-                ns0, cnt0 = bpf_run_stats(ours)
+                # Sonde's programs also run, and exit early, for other processes' events (on a
+                # busy host, many): 3 s without load first, subtracted at the same rate.
+                idle0, idle_cnt0, t0 = *bpf_run_stats(ours), time.time()
+                time.sleep(3)
+                ns0, cnt0, t1 = *bpf_run_stats(ours), time.time()
+                by0 = prog_stats()
                 out["stats_requests"], _ = wrk(port, 3)
-                ns1, cnt1 = bpf_run_stats(ours)
+                by1 = prog_stats()
+                ns1, cnt1, t2 = *bpf_run_stats(ours), time.time()
             finally:
                 subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
-            out["bpf_ns_per_req"] = (ns1 - ns0) / max(out["stats_requests"], 1)
-            out["bpf_runs_per_req"] = (cnt1 - cnt0) / max(out["stats_requests"], 1)
+            n = max(out["stats_requests"], 1)
+            idle_ns, idle_runs = (ns0 - idle0) / (t1 - t0) * (t2 - t1), (cnt0 - idle_cnt0) / (t1 - t0) * (t2 - t1)
+            out["bpf_ns_per_req"] = (ns1 - ns0) / n
+            out["bpf_runs_per_req"] = (cnt1 - cnt0) / n
+            out["bpf_idle_share"] = idle_ns / max(ns1 - ns0, 1)
+            out["bpf_net_ns_per_req"] = (ns1 - ns0 - idle_ns) / n
+            out["bpf_net_runs_per_req"] = (cnt1 - cnt0 - idle_runs) / n
+            # Where the time goes: ns and runs per request of the costliest programs.
+            by = {}
+            for i in ours & by0.keys() & by1.keys():
+                name, ns_, runs_ = by1[i]
+                t = by.setdefault(name, [0, 0])
+                t[0] += (ns_ - by0[i][1]) / n
+                t[1] += (runs_ - by0[i][2]) / n
+            out["bpf_by_program"] = {k: [round(v[0]), round(v[1], 2)] for k, v in
+                                     sorted(by.items(), key=lambda kv: -kv[1][0])[:8]}
     finally:
         if sonde:
             stop(sonde, signal.SIGINT, 20)
@@ -287,6 +309,8 @@ def main():
                 m["sonde_cpu_us_per_req"] = m["sonde_cpu_s_per_100k"] * 10
                 m["bpf_ns_per_req"] = median(rows, "bpf_ns_per_req")
                 m["bpf_runs_per_req"] = median(rows, "bpf_runs_per_req")
+                m["bpf_net_ns_per_req"] = median(rows, "bpf_net_ns_per_req")
+                m["bpf_net_runs_per_req"] = median(rows, "bpf_net_runs_per_req")
                 # Spans exported against every request of the mode's Sonde (measured + stats runs).
                 m["spans_exported_per_request"] = [x["otlp_spans_exported"] / (x["requests"] + x["stats_requests"])
                                                    for x in rows]
