@@ -26,7 +26,7 @@
 //! A span waits up to `PAIRING_WINDOW` for its other end (they arrive in either order), so
 //! the metrics lag requests by that much. Edges whose client and server are the same
 //! service in the same namespace (self references) are left out, as in the reference system.
-//! Series idle for `SERIES_TTL` leave the families; at most `MAX_EDGES` edges are kept (new
+//! Edges idle for `SERIES_TTL` leave both outputs; at most `MAX_EDGES` edges are kept (new
 //! ones beyond are counted in `sonde_service_graph_edges_dropped_total`, not recorded).
 //!
 //! Each request is counted once, into one aggregation (`GraphStore`): per edge, one `Cell`
@@ -65,7 +65,7 @@ use crate::{
 /// How long a span waits for the other end of its request. Both ends of a local request
 /// reach the processor within milliseconds of each other; the margin covers a busy reader.
 pub const PAIRING_WINDOW: Duration = Duration::from_secs(2);
-/// A series that counted nothing for this long leaves the families (as the reference
+/// An edge that counted nothing for this long leaves both outputs (as the reference
 /// system's `ttl` does), so peers that went away do not grow the processor without bound.
 pub const SERIES_TTL: Duration = Duration::from_secs(300);
 /// Edges kept at most.
@@ -640,7 +640,7 @@ impl Request {
         }
     }
 
-    /// The process whose OTLP meters count the request (its server's when Sonde saw it, as
+    /// The process whose cell counts the request (its server's when Sonde saw it, as
     /// the reference system counts requests on server spans).
     fn counting_pid(&self) -> u32 {
         self.server.or(self.client).map_or(0, |(pid, _)| pid)
