@@ -994,16 +994,6 @@ mod tests {
         }
     }
 
-    fn no_meta(pid: u32) -> ProcessResource {
-        ProcessResource {
-            pid,
-            service_name: String::new(),
-            service_namespace: None,
-            exe_path: String::new(),
-            k8s: None,
-        }
-    }
-
     fn store(m: &Metrics) -> Arc<GraphStore> {
         m.service_graph.as_ref().expect("registered").store()
     }
@@ -1199,37 +1189,42 @@ mod tests {
                 start,
                 families,
                 None,
-                &no_meta,
+                &ProcessResource::bare,
             );
             g.record(
                 &span(SpanKind::Client, 1, "front", 40000 + i, status),
                 start,
                 families,
                 None,
-                &no_meta,
+                &ProcessResource::bare,
             );
         }
         for i in 0..3u16 {
             let mut s = span(SpanKind::Client, 1, "front", 41000 + i, 200);
             s.server_port = 9999;
-            g.record(&s, start, families, None, &no_meta);
+            g.record(&s, start, families, None, &ProcessResource::bare);
         }
         g.record(
             &span(SpanKind::Server, 2, "back", 42000, 200),
             start,
             families,
             None,
-            &no_meta,
+            &ProcessResource::bare,
         );
         g.record(
             &span(SpanKind::Client, 3, "back", 42000, 200),
             start,
             families,
             None,
-            &no_meta,
+            &ProcessResource::bare,
         );
         assert_eq!(g.waiting(), 3);
-        g.expire(Some(start + PAIRING_WINDOW), families, None, &no_meta);
+        g.expire(
+            Some(start + PAIRING_WINDOW),
+            families,
+            None,
+            &ProcessResource::bare,
+        );
         assert_eq!(g.waiting(), 0);
         let text = m.encode();
         let pair = [
@@ -1297,7 +1292,7 @@ mod tests {
             Some(start + SERIES_TTL + PAIRING_WINDOW),
             families,
             None,
-            &no_meta,
+            &ProcessResource::bare,
         );
         let text = m.encode();
         assert!(
@@ -1316,14 +1311,14 @@ mod tests {
             now,
             m.service_graph.as_ref(),
             None,
-            &no_meta,
+            &ProcessResource::bare,
         );
         g.record(
             &span(SpanKind::Client, 3, "same", 40000, 200),
             now,
             m.service_graph.as_ref(),
             None,
-            &no_meta,
+            &ProcessResource::bare,
         );
         let text = m.encode();
         assert_eq!(
@@ -1363,8 +1358,8 @@ mod tests {
         server.duration_ns = server_ms * 1_000_000;
         let mut client = span(SpanKind::Client, 1, "front", port, status);
         client.duration_ns = client_ms * 1_000_000;
-        g.record(&server, now, f, None, &no_meta);
-        g.record(&client, now, f, None, &no_meta);
+        g.record(&server, now, f, None, &ProcessResource::bare);
+        g.record(&client, now, f, None, &ProcessResource::bare);
     }
 
     #[test]
@@ -1472,13 +1467,13 @@ mod tests {
         assert!(st.cells(2).is_empty());
         let mut server = span(SpanKind::Server, 5, "back", 41000, 200);
         server.duration_ns = 1_000_000;
-        g.record(&server, now, f, None, &no_meta);
+        g.record(&server, now, f, None, &ProcessResource::bare);
         g.record(
             &span(SpanKind::Client, 1, "front", 41000, 200),
             now,
             f,
             None,
-            &no_meta,
+            &ProcessResource::bare,
         );
         let text = m.encode();
         let labels = ["client=\"front\"", "server=\"back\""];
@@ -1515,11 +1510,11 @@ mod tests {
         let mut other = span(SpanKind::Server, 2, "back", 40001, 200);
         other.client_address = Address(Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))));
         other.client_port = 0;
-        g.record(&other, later, f, None, &no_meta);
+        g.record(&other, later, f, None, &ProcessResource::bare);
         let cells = st.cells(2);
         assert_eq!(cells.len(), 2);
         assert!(cells.iter().all(|c| c.edge.is_live()));
-        g.expire(Some(start + SERIES_TTL), f, None, &no_meta);
+        g.expire(Some(start + SERIES_TTL), f, None, &ProcessResource::bare);
         assert_eq!(st.len(), 1, "front → back idle for the TTL");
         assert!(!cells[0].edge.is_live(), "OTLP drops its cells");
         assert!(cells[1].edge.is_live());

@@ -32,6 +32,20 @@ pub struct ProcessResource {
     pub k8s: Option<std::sync::Arc<crate::kube::K8sMeta>>,
 }
 
+#[cfg(test)]
+impl ProcessResource {
+    /// A process known by its pid only.
+    pub fn bare(pid: u32) -> ProcessResource {
+        ProcessResource {
+            pid,
+            service_name: String::new(),
+            service_namespace: None,
+            exe_path: String::new(),
+            k8s: None,
+        }
+    }
+}
+
 /// The language of a process, guessed from its executable's name (`telemetry.sdk.language`).
 /// Only names that leave no doubt are mapped; anything else is `unknown`.
 fn language_of(exe_path: &str) -> &'static str {

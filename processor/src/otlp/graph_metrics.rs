@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::{
     },
 };
 
-use super::convert::SCOPE_NAME;
+use super::{convert::SCOPE_NAME, red_metrics::histogram_point};
 use crate::service_graph::{COUNTERS, Cell, CellSnapshot, HISTOGRAMS};
 
 /// Adds the metrics of `cells` (one process's) at `now` to `scopes`: into the scope the
@@ -89,23 +89,7 @@ pub fn metrics(cells: &[Arc<Cell>], now: u64) -> Vec<Metric> {
         let data_points: Vec<HistogramDataPoint> = snapshots
             .iter()
             .filter(|(_, s)| pick(s).count() > 0)
-            .map(|(c, s)| {
-                let h = pick(s);
-                HistogramDataPoint {
-                    attributes: attributes(c),
-                    start_time_unix_nano: c.start_unix_nano,
-                    time_unix_nano: now.max(c.start_unix_nano),
-                    count: h.count(),
-                    sum: Some(h.sum),
-                    bucket_counts: h.counts.clone(),
-                    explicit_bounds: h.bounds.to_vec(),
-                    // Read while the writer counts a cell's first duration, the bucket can
-                    // show before the extremes: no min/max then rather than infinities.
-                    min: (h.min <= h.max).then_some(h.min),
-                    max: (h.min <= h.max).then_some(h.max),
-                    ..HistogramDataPoint::default()
-                }
-            })
+            .map(|(c, s)| histogram_point(attributes(c), c.start_unix_nano, now, pick(s)))
             .collect();
         if !data_points.is_empty() {
             out.push(Metric {
@@ -148,16 +132,6 @@ mod tests {
         service_graph::{SERIES_TTL, SERVER_HELP, ServiceGraph, TOTAL_HELP},
         span::{Address, Span, SpanKind},
     };
-
-    fn no_meta(pid: u32) -> ProcessResource {
-        ProcessResource {
-            pid,
-            service_name: String::new(),
-            service_namespace: None,
-            exe_path: String::new(),
-            k8s: None,
-        }
-    }
 
     /// A span of `service` (process `pid`) on 127.0.0.1:`port` → 127.0.0.1:`server_port`.
     fn span(kind: SpanKind, pid: u32, service: &str, port: u16, server_port: u16, ms: u64) -> Span {
@@ -224,8 +198,8 @@ mod tests {
             server.status = status;
             let mut client = span(SpanKind::Client, 1, "front", port, 8080, c);
             client.status = status;
-            g.record(&server, now, f, None, &no_meta);
-            g.record(&client, now, f, None, &no_meta);
+            g.record(&server, now, f, None, &ProcessResource::bare);
+            g.record(&client, now, f, None, &ProcessResource::bare);
         }
         for i in 0..2 {
             g.record(
@@ -233,14 +207,14 @@ mod tests {
                 now,
                 f,
                 None,
-                &no_meta,
+                &ProcessResource::bare,
             );
         }
         g.expire(
             Some(now + crate::service_graph::PAIRING_WINDOW),
             f,
             None,
-            &no_meta,
+            &ProcessResource::bare,
         );
         (g, store)
     }
@@ -358,7 +332,7 @@ mod tests {
             Some(now + SERIES_TTL * 2),
             m.service_graph.as_ref(),
             None,
-            &no_meta,
+            &ProcessResource::bare,
         );
         assert!(store.is_empty());
         assert!(metrics(&cells, 0).is_empty(), "its cells say so");

@@ -39,7 +39,12 @@ pub fn scope_metrics(series: &[Arc<Series>], now_unix_nano: u64) -> Option<Scope
                 .filter(|(s, _, _)| s.instrument == instrument)
                 .filter_map(|(s, attrs, snap)| {
                     let h = (family.pick)(snap).filter(|h| h.count() > 0)?;
-                    Some(data_point(attrs, s.start_unix_nano, now_unix_nano, h))
+                    Some(histogram_point(
+                        attrs.iter().map(KeyValue::from).collect(),
+                        s.start_unix_nano,
+                        now_unix_nano,
+                        h,
+                    ))
                 })
                 .collect();
             if data_points.is_empty() {
@@ -68,22 +73,23 @@ pub fn scope_metrics(series: &[Arc<Series>], now_unix_nano: u64) -> Option<Scope
     })
 }
 
-fn data_point(
-    attrs: &[opentelemetry::KeyValue],
+/// One cumulative histogram point (also the service graph's, `graph_metrics`).
+pub(super) fn histogram_point(
+    attributes: Vec<KeyValue>,
     start: u64,
     now: u64,
     h: &HistogramSnapshot,
 ) -> HistogramDataPoint {
     HistogramDataPoint {
-        attributes: attrs.iter().map(KeyValue::from).collect(),
+        attributes,
         start_time_unix_nano: start,
         time_unix_nano: now.max(start),
         count: h.count(),
         sum: Some(h.sum),
         bucket_counts: h.counts.clone(),
         explicit_bounds: h.bounds.to_vec(),
-        // Read while the writer counts a series' first request, the bucket can show before
-        // the extremes: no min/max then rather than infinities.
+        // Read while the writer counts a series' first value, the bucket can show before the
+        // extremes: no min/max then rather than infinities.
         min: (h.min <= h.max).then_some(h.min),
         max: (h.min <= h.max).then_some(h.max),
         ..HistogramDataPoint::default()
