@@ -531,13 +531,18 @@ mod tests {
         assert_eq!(s.query.as_deref(), Some("token=REDACTED&ok=1"));
     }
 
-    #[test]
-    fn an_injected_context_gives_the_client_span_its_ids() {
-        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// A client exchange whose request the kernel injected `tp` into.
+    fn injected_client(tp: &[u8; sonde_schema::TRACEPARENT_LEN]) -> HttpEvent {
         let mut e = event(b"GET /out HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
         e.direction = DIRECTION_CLIENT;
         e.traceparent.copy_from_slice(tp);
         e.traceparent_source = sonde_schema::TRACEPARENT_INJECTED;
+        e
+    }
+
+    #[test]
+    fn an_injected_context_gives_the_client_span_its_ids() {
+        let mut e = injected_client(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let (s, _) = built(&e);
         assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(s.span_id.to_string(), "00f067aa0ba902b7");
@@ -553,11 +558,7 @@ mod tests {
 
     #[test]
     fn an_injected_context_sent_while_serving_is_the_server_spans_child() {
-        let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let mut e = event(b"GET /out HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
-        e.direction = DIRECTION_CLIENT;
-        e.traceparent.copy_from_slice(tp);
-        e.traceparent_source = sonde_schema::TRACEPARENT_INJECTED;
+        let mut e = injected_client(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         e.injected_parent = [0xab; 8];
         let (s, _) = built(&e);
         assert_eq!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
