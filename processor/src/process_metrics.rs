@@ -2,24 +2,30 @@
 //! the loader's cumulative readings (`LoaderMessage::ProcessUsage`, read from `/proc` and the
 //! kernel's per-process socket byte map) become the reference system's metrics —
 //! `process.cpu.time` (by `cpu.mode`), `process.cpu.utilization`, `process.memory.usage`,
-//! `process.memory.virtual`, `process.disk.io` and `process.network.io` (by direction) —
-//! in the Prometheus registry (`process_cpu_time_seconds_total`, …) and in each process's
-//! OTLP meter provider. Series are removed when the process leaves; a reading lower than the
-//! previous one (a pid reused between two readings) starts the counters again, never a
-//! negative increase.
+//! `process.memory.virtual`, `process.disk.io` and `process.network.io` (by direction).
+//!
+//! One aggregation, two encoders: each reading is recorded once, into its process's
+//! `UsageSeries`, and both outputs encode that state — the Prometheus exposition
+//! (`ProcessCollector`: `process_cpu_time_seconds_total`, …) at each scrape, and OTLP
+//! (`otlp::usage_metrics`, each process under its own resource) at each export interval.
+//! Series are removed when the process leaves; a reading lower than the previous one (a pid
+//! reused between two readings) starts a new series, never a negative increase.
 //!
 //! `process.owner` is the numeric uid: the processor's sandbox does not read `/etc/passwd`,
 //! and the loader forwards numbers only.
 
 use std::{
     collections::HashMap,
-    hash::Hash,
-    sync::{Mutex, PoisonError, atomic::AtomicU64},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
 };
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
 use sonde_schema::control::ProcessUsage;
@@ -131,203 +137,27 @@ pub fn cpu_count() -> usize {
         .max(1)
 }
 
-type F64Counter = Counter<f64, AtomicU64>;
-type F64Gauge = Gauge<f64, AtomicU64>;
-
-/// The Prometheus families of process metrics and the state behind them.
-pub struct ProcessMetrics {
-    cpu_time: Family<CpuLabels, F64Counter>,
-    cpu_utilization: Family<CpuLabels, F64Gauge>,
-    memory_usage: Family<ProcessLabels, Gauge>,
-    memory_virtual: Family<ProcessLabels, Gauge>,
-    disk_io: Family<DiskLabels, Counter>,
-    network_io: Family<NetworkLabels, Counter>,
-    state: Mutex<State>,
-    cpus: usize,
+/// One process's series as both outputs report them: its labels, when they started, and its
+/// latest reading. Made at a process's first reading, and again when its counters went back
+/// (pid reused) or its labels changed; the reader thread is its only writer.
+#[derive(Debug)]
+pub struct UsageSeries {
+    pub pid: u32,
+    /// Its Prometheus labels (the OTLP attributes are read from them: `usage_attributes`).
+    pub labels: ProcessLabels,
+    /// When the series started (OTLP's start time of its cumulative points).
+    pub start_unix_nano: u64,
+    reading: Mutex<Reading>,
+    /// False once the process left or the series was replaced: OTLP stops reporting it.
+    live: AtomicBool,
 }
 
-#[derive(Default)]
-struct State {
-    history: UsageHistory,
-    /// The labels each process's series were created with.
-    labels: HashMap<u32, ProcessLabels>,
-}
-
-/// Sets a cumulative counter to `total`: the increase since the last value, or, when the
-/// total went back, a fresh series starting at `total`.
-fn set_counter<L, V>(family: &Family<L, Counter<V, AtomicU64>>, labels: &L, total: V, reset: bool)
-where
-    L: Clone + Hash + Eq + std::fmt::Debug,
-    V: Copy + PartialOrd + std::ops::Sub<Output = V> + Default,
-    Counter<V, AtomicU64>: Default,
-    AtomicU64: prometheus_client::metrics::counter::Atomic<V>,
-{
-    if reset {
-        family.remove(labels);
-    }
-    let c = family.get_or_create(labels);
-    let now = c.get();
-    if total > now {
-        c.inc_by(total - now);
-    }
-}
-
-impl ProcessMetrics {
-    /// Registers the families in `registry`.
-    pub fn register(registry: &mut Registry) -> ProcessMetrics {
-        let m = ProcessMetrics {
-            cpu_time: Family::default(),
-            cpu_utilization: Family::default(),
-            memory_usage: Family::default(),
-            memory_virtual: Family::default(),
-            disk_io: Family::default(),
-            network_io: Family::default(),
-            state: Mutex::default(),
-            cpus: cpu_count(),
-        };
-        registry.register_with_unit(
-            "process_cpu_time",
-            "Total CPU seconds broken down by different states (process.cpu.time)",
-            Unit::Seconds,
-            m.cpu_time.clone(),
-        );
-        registry.register_with_unit(
-            "process_cpu_utilization",
-            "Difference in process.cpu.time since the last measurement, divided by the elapsed time and number of CPUs available to the process (process.cpu.utilization)",
-            Unit::Other("ratio".into()),
-            m.cpu_utilization.clone(),
-        );
-        registry.register_with_unit(
-            "process_memory_usage",
-            "The amount of physical memory in use (process.memory.usage)",
-            Unit::Bytes,
-            m.memory_usage.clone(),
-        );
-        registry.register_with_unit(
-            "process_memory_virtual",
-            "The amount of committed virtual memory (process.memory.virtual)",
-            Unit::Bytes,
-            m.memory_virtual.clone(),
-        );
-        registry.register_with_unit(
-            "process_disk_io",
-            "Disk bytes transferred (process.disk.io)",
-            Unit::Bytes,
-            m.disk_io.clone(),
-        );
-        registry.register_with_unit(
-            "process_network_io",
-            "Network bytes transferred through the process's sockets since it was instrumented (process.network.io)",
-            Unit::Bytes,
-            m.network_io.clone(),
-        );
-        m
-    }
-
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Takes a reading into the history (utilization, resets).
-    pub fn observe(&self, u: &ProcessUsage) -> Observation {
-        self.state().history.observe(u, self.cpus as f64)
-    }
-
-    /// Records reading `u` under `labels` in the Prometheus families.
-    pub fn record(&self, u: &ProcessUsage, obs: &Observation, labels: ProcessLabels) {
-        let mut state = self.state();
-        // Labels changed (parent, Kubernetes metadata): the old series go.
-        let reset = obs.reset || state.labels.get(&u.pid).is_some_and(|old| *old != labels);
-        if reset {
-            self.remove_series(&mut state, u.pid);
-        }
-        state.labels.insert(u.pid, labels.clone());
-        drop(state);
-        let cpu = |mode: &str| CpuLabels {
-            cpu_mode: mode.to_string(),
-            process: labels.clone(),
-        };
-        let seconds = |ns: u64| ns as f64 / 1e9;
-        set_counter(&self.cpu_time, &cpu("user"), seconds(u.cpu_user_ns), false);
-        set_counter(
-            &self.cpu_time,
-            &cpu("system"),
-            seconds(u.cpu_system_ns),
-            false,
-        );
-        if let Some((user, system)) = obs.utilization {
-            self.cpu_utilization.get_or_create(&cpu("user")).set(user);
-            self.cpu_utilization
-                .get_or_create(&cpu("system"))
-                .set(system);
-        }
-        self.memory_usage
-            .get_or_create(&labels)
-            .set(i64::try_from(u.memory_rss).unwrap_or(i64::MAX));
-        self.memory_virtual
-            .get_or_create(&labels)
-            .set(i64::try_from(u.memory_virtual).unwrap_or(i64::MAX));
-        for (direction, total) in [("read", u.disk_read_bytes), ("write", u.disk_write_bytes)] {
-            let l = DiskLabels {
-                disk_io_direction: direction.to_string(),
-                process: labels.clone(),
-            };
-            set_counter(&self.disk_io, &l, total, false);
-        }
-        for (direction, total) in [
-            ("receive", u.net_receive_bytes),
-            ("transmit", u.net_transmit_bytes),
-        ] {
-            let l = NetworkLabels {
-                network_io_direction: direction.to_string(),
-                process: labels.clone(),
-            };
-            set_counter(&self.network_io, &l, total, false);
-        }
-    }
-
-    fn remove_series(&self, state: &mut State, pid: u32) {
-        let Some(labels) = state.labels.remove(&pid) else {
-            return;
-        };
-        for mode in CPU_MODES {
-            let l = CpuLabels {
-                cpu_mode: mode.to_string(),
-                process: labels.clone(),
-            };
-            self.cpu_time.remove(&l);
-            self.cpu_utilization.remove(&l);
-        }
-        self.memory_usage.remove(&labels);
-        self.memory_virtual.remove(&labels);
-        for d in DISK_DIRECTIONS {
-            self.disk_io.remove(&DiskLabels {
-                disk_io_direction: d.to_string(),
-                process: labels.clone(),
-            });
-        }
-        for d in NETWORK_DIRECTIONS {
-            self.network_io.remove(&NetworkLabels {
-                network_io_direction: d.to_string(),
-                process: labels.clone(),
-            });
-        }
-    }
-
-    /// The process left: its series go and its history is forgotten.
-    pub fn remove(&self, pid: u32) {
-        let mut state = self.state();
-        self.remove_series(&mut state, pid);
-        state.history.forget(pid);
-    }
-}
-
-/// One reading as OTLP records it: values and the data point attributes of the process
-/// (its resource carries `service.*`, `process.pid`, `host.name`, Kubernetes).
-#[derive(Debug, Clone, PartialEq)]
-pub struct UsagePoint {
+/// A process's values at its latest reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
+    /// The latest utilization `(user, system)`; none before the second reading of a series.
     pub utilization: Option<(f64, f64)>,
     pub memory_rss: u64,
     pub memory_virtual: u64,
@@ -335,14 +165,301 @@ pub struct UsagePoint {
     pub disk_write_bytes: u64,
     pub net_receive_bytes: u64,
     pub net_transmit_bytes: u64,
-    pub parent_pid: u32,
-    pub command: String,
-    pub owner: String,
 }
 
-/// The loader's readings into metrics: Prometheus when its endpoint is on, OTLP (`otlp`,
-/// present when metrics are exported) through each process's meter provider. Readings of
-/// processes the processor does not know (not announced, or gone) are ignored.
+impl Reading {
+    fn of(u: &ProcessUsage, utilization: Option<(f64, f64)>) -> Reading {
+        Reading {
+            cpu_user_seconds: u.cpu_user_ns as f64 / 1e9,
+            cpu_system_seconds: u.cpu_system_ns as f64 / 1e9,
+            utilization,
+            memory_rss: u.memory_rss,
+            memory_virtual: u.memory_virtual,
+            disk_read_bytes: u.disk_read_bytes,
+            disk_write_bytes: u.disk_write_bytes,
+            net_receive_bytes: u.net_receive_bytes,
+            net_transmit_bytes: u.net_transmit_bytes,
+        }
+    }
+}
+
+impl UsageSeries {
+    /// A series of `pid` under `labels` (tests build one directly).
+    pub fn new(pid: u32, labels: ProcessLabels, reading: Reading, start_unix_nano: u64) -> Self {
+        UsageSeries {
+            pid,
+            labels,
+            start_unix_nano,
+            reading: Mutex::new(reading),
+            live: AtomicBool::new(true),
+        }
+    }
+
+    /// Its latest reading.
+    pub fn reading(&self) -> Reading {
+        *self.reading.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// False once its process left or a new series replaced it.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Relaxed)
+    }
+
+    pub(crate) fn end(&self) {
+        self.live.store(false, Relaxed);
+    }
+}
+
+/// Process metrics: the one aggregation (each process's `UsageSeries`) that the Prometheus
+/// exposition (`ProcessCollector`) and OTLP (`otlp::usage_metrics`, each process under its
+/// resource) both encode, and the reading history behind it.
+pub struct ProcessMetrics {
+    state: Arc<Mutex<State>>,
+    cpus: usize,
+}
+
+#[derive(Default)]
+struct State {
+    history: UsageHistory,
+    /// The current series of each process.
+    series: HashMap<u32, Arc<UsageSeries>>,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock leaves plain maps behind, still usable.
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The Prometheus families, as the `prometheus-client` families registered before the
+/// aggregation moved here (same names, HELP, units, types and labels; a family with no
+/// series is left out, as the registry leaves out an empty family; HELP ends with the period
+/// the registry appended).
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    unit: fn() -> Unit,
+    kind: MetricType,
+}
+
+impl Family {
+    fn descriptor<'a>(
+        &'a self,
+        encoder: &'a mut DescriptorEncoder<'_>,
+        unit: &'a Unit,
+    ) -> Result<MetricEncoder<'a>, std::fmt::Error> {
+        encoder.encode_descriptor(self.name, self.help, Some(unit), self.kind)
+    }
+}
+
+const CPU_TIME: Family = Family {
+    name: "process_cpu_time",
+    help: "Total CPU seconds broken down by different states (process.cpu.time).",
+    unit: || Unit::Seconds,
+    kind: MetricType::Counter,
+};
+const CPU_UTILIZATION: Family = Family {
+    name: "process_cpu_utilization",
+    help: "Difference in process.cpu.time since the last measurement, divided by the elapsed time and number of CPUs available to the process (process.cpu.utilization).",
+    unit: || Unit::Other("ratio".into()),
+    kind: MetricType::Gauge,
+};
+const MEMORY_USAGE: Family = Family {
+    name: "process_memory_usage",
+    help: "The amount of physical memory in use (process.memory.usage).",
+    unit: || Unit::Bytes,
+    kind: MetricType::Gauge,
+};
+const MEMORY_VIRTUAL: Family = Family {
+    name: "process_memory_virtual",
+    help: "The amount of committed virtual memory (process.memory.virtual).",
+    unit: || Unit::Bytes,
+    kind: MetricType::Gauge,
+};
+const DISK_IO: Family = Family {
+    name: "process_disk_io",
+    help: "Disk bytes transferred (process.disk.io).",
+    unit: || Unit::Bytes,
+    kind: MetricType::Counter,
+};
+const NETWORK_IO: Family = Family {
+    name: "process_network_io",
+    help: "Network bytes transferred through the process's sockets since it was instrumented (process.network.io).",
+    unit: || Unit::Bytes,
+    kind: MetricType::Counter,
+};
+
+/// Encodes every process's series at each scrape.
+#[derive(Debug)]
+struct ProcessCollector {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("series", &self.series.len())
+            .finish()
+    }
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut all: Vec<(Arc<UsageSeries>, Reading)> = lock(&self.state)
+            .series
+            .values()
+            .map(|s| (Arc::clone(s), s.reading()))
+            .collect();
+        if all.is_empty() {
+            return Ok(());
+        }
+        all.sort_by_key(|(s, _)| s.pid);
+        let unit = (CPU_TIME.unit)();
+        let mut e = CPU_TIME.descriptor(&mut encoder, &unit)?;
+        for (s, r) in &all {
+            for (mode, v) in [
+                ("user", r.cpu_user_seconds),
+                ("system", r.cpu_system_seconds),
+            ] {
+                let l = CpuLabels {
+                    cpu_mode: mode.into(),
+                    process: s.labels.clone(),
+                };
+                ConstCounter::new(v).encode(e.encode_family(&l)?)?;
+            }
+        }
+        if all.iter().any(|(_, r)| r.utilization.is_some()) {
+            let unit = (CPU_UTILIZATION.unit)();
+            let mut e = CPU_UTILIZATION.descriptor(&mut encoder, &unit)?;
+            for (s, r) in &all {
+                let Some((user, system)) = r.utilization else {
+                    continue;
+                };
+                for (mode, v) in [("user", user), ("system", system)] {
+                    let l = CpuLabels {
+                        cpu_mode: mode.into(),
+                        process: s.labels.clone(),
+                    };
+                    ConstGauge::new(v).encode(e.encode_family(&l)?)?;
+                }
+            }
+        }
+        for (f, value) in [
+            (
+                &MEMORY_USAGE,
+                (|r: &Reading| r.memory_rss) as fn(&Reading) -> u64,
+            ),
+            (&MEMORY_VIRTUAL, |r: &Reading| r.memory_virtual),
+        ] {
+            let unit = (f.unit)();
+            let mut e = f.descriptor(&mut encoder, &unit)?;
+            for (s, r) in &all {
+                ConstGauge::new(i64_of(value(r))).encode(e.encode_family(&s.labels)?)?;
+            }
+        }
+        let unit = (DISK_IO.unit)();
+        let mut e = DISK_IO.descriptor(&mut encoder, &unit)?;
+        for (s, r) in &all {
+            for (d, v) in [("read", r.disk_read_bytes), ("write", r.disk_write_bytes)] {
+                let l = DiskLabels {
+                    disk_io_direction: d.into(),
+                    process: s.labels.clone(),
+                };
+                ConstCounter::new(v).encode(e.encode_family(&l)?)?;
+            }
+        }
+        let unit = (NETWORK_IO.unit)();
+        let mut e = NETWORK_IO.descriptor(&mut encoder, &unit)?;
+        for (s, r) in &all {
+            for (d, v) in [
+                ("receive", r.net_receive_bytes),
+                ("transmit", r.net_transmit_bytes),
+            ] {
+                let l = NetworkLabels {
+                    network_io_direction: d.into(),
+                    process: s.labels.clone(),
+                };
+                ConstCounter::new(v).encode(e.encode_family(&l)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ProcessMetrics {
+    /// Registers the collector in `registry`.
+    pub fn register(registry: &mut Registry) -> ProcessMetrics {
+        let m = ProcessMetrics {
+            state: Arc::default(),
+            cpus: cpu_count(),
+        };
+        registry.register_collector(Box::new(ProcessCollector {
+            state: Arc::clone(&m.state),
+        }));
+        m
+    }
+
+    /// Takes a reading into the history (utilization, resets).
+    pub fn observe(&self, u: &ProcessUsage) -> Observation {
+        lock(&self.state).history.observe(u, self.cpus as f64)
+    }
+
+    /// Records reading `u` under `labels`; returns the process's series. A reading whose
+    /// counters went back, or whose labels differ, starts a new series (the old one ends);
+    /// otherwise the series keeps its start and, when this reading gives none, its last
+    /// utilization.
+    pub fn record(
+        &self,
+        u: &ProcessUsage,
+        obs: &Observation,
+        labels: ProcessLabels,
+    ) -> Arc<UsageSeries> {
+        let mut state = lock(&self.state);
+        if let Some(s) = state.series.get(&u.pid)
+            && !obs.reset
+            && s.labels == labels
+        {
+            let mut r = s.reading.lock().unwrap_or_else(PoisonError::into_inner);
+            let utilization = obs.utilization.or(r.utilization);
+            *r = Reading::of(u, utilization);
+            drop(r);
+            return Arc::clone(s);
+        }
+        let s = Arc::new(UsageSeries::new(
+            u.pid,
+            labels,
+            Reading::of(u, obs.utilization),
+            unix_nanos(),
+        ));
+        if let Some(old) = state.series.insert(u.pid, Arc::clone(&s)) {
+            old.end();
+        }
+        s
+    }
+
+    /// The process left: its series go and its history is forgotten.
+    pub fn remove(&self, pid: u32) {
+        let mut state = lock(&self.state);
+        if let Some(s) = state.series.remove(&pid) {
+            s.end();
+        }
+        state.history.forget(pid);
+    }
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The loader's readings into the one aggregation (when Prometheus or OTLP metrics are on),
+/// and each process's series handed to its OTLP pipeline (`otlp`, present when metrics are
+/// exported). Readings of processes the processor does not know (not announced, or gone)
+/// are ignored.
 pub fn apply(
     usage: &[ProcessUsage],
     processes: &crate::pipeline::ProcessTable,
@@ -350,7 +467,9 @@ pub fn apply(
     metrics: &Metrics,
     mut otlp: Option<&mut Otlp>,
 ) {
-    let prometheus = config.prometheus_export.port.is_some();
+    if config.prometheus_export.port.is_none() && otlp.is_none() {
+        return;
+    }
     for u in usage {
         let Some(service) = processes.service(u.pid) else {
             continue;
@@ -363,38 +482,21 @@ pub fn apply(
             .next()
             .unwrap_or_default()
             .to_string();
-        let owner = u.uid.to_string();
-        if prometheus {
-            metrics.process.record(
-                u,
-                &obs,
-                ProcessLabels {
-                    service_name: service.name.clone(),
-                    service_namespace: service.namespace.clone().unwrap_or_default(),
-                    process_pid: u.pid,
-                    process_parent_pid: u.parent_pid,
-                    process_command: command.clone(),
-                    process_owner: owner.clone(),
-                    k8s: K8sLabels(processes.k8s(u.pid).cloned()),
-                },
-            );
-        }
+        let series = metrics.process.record(
+            u,
+            &obs,
+            ProcessLabels {
+                service_name: service.name.clone(),
+                service_namespace: service.namespace.clone().unwrap_or_default(),
+                process_pid: u.pid,
+                process_parent_pid: u.parent_pid,
+                process_command: command,
+                process_owner: u.uid.to_string(),
+                k8s: K8sLabels(processes.k8s(u.pid).cloned()),
+            },
+        );
         if let Some(o) = otlp.as_deref_mut() {
-            let point = UsagePoint {
-                cpu_user_seconds: u.cpu_user_ns as f64 / 1e9,
-                cpu_system_seconds: u.cpu_system_ns as f64 / 1e9,
-                utilization: obs.utilization,
-                memory_rss: u.memory_rss,
-                memory_virtual: u.memory_virtual,
-                disk_read_bytes: u.disk_read_bytes,
-                disk_write_bytes: u.disk_write_bytes,
-                net_receive_bytes: u.net_receive_bytes,
-                net_transmit_bytes: u.net_transmit_bytes,
-                parent_pid: u.parent_pid,
-                command,
-                owner,
-            };
-            o.record_usage(&|| meta.clone(), u.pid, point);
+            o.export_usage(&|| meta.clone(), u.pid, series);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Network flow metrics (`network.enable`): the loader's per-flow deltas
-//! (`LoaderMessage::FlowCounts`) become `beyla_network_flow_bytes_total` and
-//! `beyla_network_flow_packets_total` in the Prometheus registry and the OTLP sums
-//! `beyla.network.flow.bytes` / `beyla.network.flow.packets` under one host resource.
+//! (`LoaderMessage::FlowCounts`) are added once to the series of one aggregation
+//! (`FlowStore`), which Prometheus encodes as `beyla_network_flow_bytes_total` and
+//! `beyla_network_flow_packets_total` and OTLP as the sums `beyla.network.flow.bytes` /
+//! `beyla.network.flow.packets` under one host resource (`otlp::flows`).
 //!
 //! Each flow is named with the attributes `select` keeps (the reference system's defaults:
 //! `direction`, plus `src.cidr`/`dst.cidr` with `network.cidrs`, plus, with Kubernetes
@@ -26,16 +27,21 @@ pub mod select;
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv6Addr},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
-use opentelemetry::KeyValue;
 use prometheus_client::{
-    metrics::{counter::Counter, family::Family},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter},
     registry::Registry,
 };
 use sonde_schema::control::{FlowCount, FlowDirection};
+use tracing::warn;
 
 use crate::{
     config::Config,
@@ -44,65 +50,193 @@ use crate::{
     otlp::Otlp,
 };
 
-/// The label set of one flow series (Prometheus names: dots become underscores).
-pub type FlowLabels = Vec<(String, String)>;
+/// The attributes of one flow series, in selection order (OTLP names; Prometheus's replace
+/// dots with underscores).
+pub type FlowKey = Vec<(&'static str, String)>;
 
-/// How long a Prometheus flow series lives without new counts (the reference system's
+/// The series of one metric and their counts, in key order.
+pub type SeriesList = Vec<(FlowKey, SeriesCount)>;
+
+/// How long a flow series lives without new counts (the reference system's
 /// `prometheus_export.ttl` default): with addresses or ports selected every flow is a series,
 /// and without expiry a port scan would grow the processor without bound.
 pub const FLOW_SERIES_TTL: Duration = Duration::from_secs(300);
 
-/// The two Prometheus counter families (no series until flows arrive), and when each series
-/// last counted something.
-#[derive(Debug, Clone, Default)]
-pub struct FlowFamilies {
-    pub bytes: Family<FlowLabels, Counter>,
-    pub packets: Family<FlowLabels, Counter>,
-    last_counted: Arc<Mutex<HashMap<FlowLabels, Instant>>>,
+/// Flow series kept at most per metric; counts of a new series beyond it are not counted
+/// (`FlowStore::overflowed`), and the first overflow is logged.
+pub const MAX_FLOW_SERIES: usize = 16384;
+
+/// One series' count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SeriesCount {
+    pub value: u64,
+    /// When the series started (OTLP's start time of its cumulative points).
+    pub start_unix_nano: u64,
+    last_counted: Instant,
 }
 
-impl FlowFamilies {
-    /// Adds to the series of `labels` in `family` and notes when.
-    fn add(&self, bytes: bool, labels: FlowLabels, n: u64, now: Instant) {
-        let family = if bytes { &self.bytes } else { &self.packets };
-        family.get_or_create(&labels).inc_by(n);
-        self.last_counted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(labels, now);
+/// The one aggregation of flow metrics: every flow's deltas added once to the series of
+/// their selected attributes, which both outputs encode (Prometheus: `FlowCollector` at each
+/// scrape; OTLP: `otlp::flows` at each export interval, under the host's flow resource). The
+/// reader thread is the only writer, once per batch of flows; readers lock to copy.
+#[derive(Debug, Default)]
+pub struct FlowStore {
+    series: Mutex<FlowSeries>,
+    overflowed: AtomicU64,
+    warned: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+pub struct FlowSeries {
+    pub bytes: HashMap<FlowKey, SeriesCount>,
+    pub packets: HashMap<FlowKey, SeriesCount>,
+}
+
+impl FlowStore {
+    fn lock(&self) -> MutexGuard<'_, FlowSeries> {
+        // A panic while holding the lock leaves plain maps behind, still usable.
+        self.series.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every series and its count now.
+    pub fn snapshot(&self) -> (SeriesList, SeriesList) {
+        let s = self.lock();
+        let copy = |m: &HashMap<FlowKey, SeriesCount>| {
+            let mut v: Vec<(FlowKey, SeriesCount)> =
+                m.iter().map(|(k, c)| (k.clone(), *c)).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        (copy(&s.bytes), copy(&s.packets))
+    }
+
+    /// Counts not kept because `MAX_FLOW_SERIES` series were.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Relaxed)
     }
 
     /// Removes the series that counted nothing for `ttl`; returns how many went.
     pub fn expire(&self, now: Instant, ttl: Duration) -> usize {
-        let mut last = self
-            .last_counted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let before = last.len();
-        last.retain(|labels, at| {
-            let keep = now.saturating_duration_since(*at) < ttl;
-            if !keep {
-                self.bytes.remove(labels);
-                self.packets.remove(labels);
-            }
-            keep
-        });
-        before - last.len()
+        let mut s = self.lock();
+        let before = s.bytes.len() + s.packets.len();
+        let keep = |c: &mut SeriesCount| now.saturating_duration_since(c.last_counted) < ttl;
+        s.bytes.retain(|_, c| keep(c));
+        s.packets.retain(|_, c| keep(c));
+        before - (s.bytes.len() + s.packets.len())
     }
 
+    fn overflow(&self) {
+        self.overflowed.fetch_add(1, Relaxed);
+        if !self.warned.swap(true, Relaxed) {
+            warn!(
+                max = MAX_FLOW_SERIES,
+                "network flow series limit reached: counts of new series are dropped (sonde_flow_series_overflow_total); select fewer flow attributes"
+            );
+        }
+    }
+}
+
+/// Adds `n` to `key`'s series in `map`, made (from zero) if it is not there and there is room.
+fn add(
+    map: &mut HashMap<FlowKey, SeriesCount>,
+    key: FlowKey,
+    n: u64,
+    now: Instant,
+    unix: u64,
+) -> bool {
+    if let Some(c) = map.get_mut(&key) {
+        c.value += n;
+        c.last_counted = now;
+        return true;
+    }
+    if map.len() >= MAX_FLOW_SERIES {
+        return false;
+    }
+    map.insert(
+        key,
+        SeriesCount {
+            value: n,
+            start_unix_nano: unix,
+            last_counted: now,
+        },
+    );
+    true
+}
+
+/// The Prometheus side: the collector encoding the store at each scrape, as the two
+/// `prometheus-client` counter families did before (same names, HELP and labels; a family
+/// without series is left out, as the registry left an empty family out; HELP ends with the
+/// period the registry appended).
+#[derive(Debug, Clone, Default)]
+pub struct FlowFamilies {
+    store: Arc<FlowStore>,
+}
+
+const BYTES_NAME: &str = "beyla_network_flow_bytes";
+const BYTES_HELP: &str = "Bytes of the network flows seen on this host's interfaces, IP headers included (beyla.network.flow.bytes).";
+const PACKETS_NAME: &str = "beyla_network_flow_packets";
+const PACKETS_HELP: &str =
+    "Packets of the network flows seen on this host's interfaces (beyla.network.flow.packets).";
+
+impl FlowFamilies {
     pub fn register(registry: &mut Registry) -> FlowFamilies {
         let f = FlowFamilies::default();
-        registry.register(
-            "beyla_network_flow_bytes",
-            "Bytes of the network flows seen on this host's interfaces, IP headers included (beyla.network.flow.bytes)",
-            f.bytes.clone(),
-        );
-        registry.register(
-            "beyla_network_flow_packets",
-            "Packets of the network flows seen on this host's interfaces (beyla.network.flow.packets)",
-            f.packets.clone(),
-        );
+        registry.register_collector(Box::new(FlowCollector {
+            store: Arc::clone(&f.store),
+        }));
         f
+    }
+
+    /// The one aggregation both outputs encode; `apply` is its writer.
+    pub fn store(&self) -> Arc<FlowStore> {
+        Arc::clone(&self.store)
+    }
+
+    /// Removes the series that counted nothing for `ttl`; returns how many went.
+    pub fn expire(&self, now: Instant, ttl: Duration) -> usize {
+        self.store.expire(now, ttl)
+    }
+}
+
+#[derive(Debug)]
+struct FlowCollector {
+    store: Arc<FlowStore>,
+}
+
+/// Prometheus label names: dots become underscores.
+fn prometheus_labels(key: &FlowKey) -> Vec<(String, &str)> {
+    key.iter()
+        .map(|(k, v)| (k.replace('.', "_"), v.as_str()))
+        .collect()
+}
+
+impl Collector for FlowCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (bytes, packets) = self.store.snapshot();
+        for (name, help, series) in [
+            (BYTES_NAME, BYTES_HELP, &bytes),
+            (PACKETS_NAME, PACKETS_HELP, &packets),
+        ] {
+            if series.is_empty() {
+                continue;
+            }
+            let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (key, c) in series {
+                ConstCounter::new(c.value).encode(e.encode_family(&prometheus_labels(key))?)?;
+            }
+        }
+        let overflowed = self.store.overflowed();
+        if overflowed > 0 {
+            let c = ConstCounter::new(overflowed);
+            let e = encoder.encode_descriptor(
+                "sonde_flow_series_overflow",
+                "Network flow counts not kept because the most flow series Sonde keeps per metric were reached.",
+                None,
+                c.metric_type(),
+            )?;
+            c.encode(e)?;
+        }
+        Ok(())
     }
 }
 
@@ -227,25 +361,37 @@ impl Selected {
     }
 }
 
-/// Adds the loader's flow deltas to the metrics: Prometheus when its endpoint is on, OTLP
-/// when metrics are exported. `kube`: the Kubernetes store, when its metadata is on.
+/// Adds the loader's flow deltas to the one aggregation (when Prometheus or OTLP metrics are
+/// on) and hands it to OTLP (`otlp`, present when metrics are exported) with the first
+/// counts. `kube`: the Kubernetes store, when its metadata is on.
 pub fn apply(
     flows: &[FlowCount],
     config: &Config,
     metrics: &Metrics,
     kube: Option<&Store>,
-    mut otlp: Option<&mut Otlp>,
+    otlp: Option<&mut Otlp>,
 ) {
+    if config.prometheus_export.port.is_none() && otlp.is_none() {
+        return;
+    }
     let selected = Selected::new(config, kube.is_some());
-    let prometheus = config.prometheus_export.port.is_some();
     let mut pods = PodEnds {
         store: kube.filter(|_| selected.pod_ends()),
         seen: HashMap::new(),
     };
     let now = Instant::now();
-    if prometheus {
-        metrics.flows.expire(now, FLOW_SERIES_TTL);
-    }
+    let unix = unix_nanos();
+    let store = &metrics.flows.store;
+    store.expire(now, FLOW_SERIES_TTL);
+    // One selection for both metrics (the packets metric follows the bytes selection unless
+    // it has its own): one key, built once.
+    let same = selected.bytes == selected.packets;
+    let mut series = store.lock();
+    let FlowSeries {
+        bytes: bytes_series,
+        packets: packets_series,
+    } = &mut *series;
+    let mut overflowed = 0;
     for flow in flows {
         let src_pod = pods.get(flow.src).cloned();
         let dst_pod = pods.get(flow.dst).cloned();
@@ -256,41 +402,37 @@ pub fn apply(
             src_pod: src_pod.as_ref(),
             dst_pod: dst_pod.as_ref(),
         };
-        let bytes_attrs: Vec<(&'static str, String)> =
-            selected.bytes.iter().map(|a| (*a, values.get(a))).collect();
-        let packets_attrs: Vec<(&'static str, String)> = selected
-            .packets
-            .iter()
-            .map(|a| (*a, values.get(a)))
-            .collect();
-        if prometheus {
-            let flows = &metrics.flows;
-            flows.add(true, prometheus_labels(&bytes_attrs), flow.bytes, now);
-            flows.add(false, prometheus_labels(&packets_attrs), flow.packets, now);
+        let key = |names: &[&'static str]| -> FlowKey {
+            names.iter().map(|a| (*a, values.get(a))).collect()
+        };
+        let bytes_key = key(&selected.bytes);
+        let packets_key = if same {
+            bytes_key.clone()
+        } else {
+            key(&selected.packets)
+        };
+        for (map, k, n) in [
+            (&mut *bytes_series, bytes_key, flow.bytes),
+            (&mut *packets_series, packets_key, flow.packets),
+        ] {
+            if !add(map, k, n, now, unix) {
+                overflowed += 1;
+            }
         }
-        if let Some(o) = otlp.as_deref_mut() {
-            o.record_flow(
-                &otlp_attributes(&bytes_attrs),
-                flow.bytes,
-                &otlp_attributes(&packets_attrs),
-                flow.packets,
-            );
-        }
+    }
+    drop(series);
+    for _ in 0..overflowed {
+        store.overflow();
+    }
+    if let Some(o) = otlp {
+        o.export_flows(&metrics.flows.store);
     }
 }
 
-fn prometheus_labels(attrs: &[(&'static str, String)]) -> FlowLabels {
-    attrs
-        .iter()
-        .map(|(k, v)| (k.replace('.', "_"), v.clone()))
-        .collect()
-}
-
-fn otlp_attributes(attrs: &[(&'static str, String)]) -> Vec<KeyValue> {
-    attrs
-        .iter()
-        .map(|(k, v)| KeyValue::new(*k, v.clone()))
-        .collect()
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]
@@ -424,28 +566,66 @@ mod tests {
 
     #[test]
     fn series_that_counted_nothing_for_the_ttl_expire() {
-        let f = FlowFamilies::default();
+        let mut registry = Registry::default();
+        let f = FlowFamilies::register(&mut registry);
         let t0 = Instant::now();
-        let labels = |port: &str| vec![("src_port".to_string(), port.to_string())];
-        f.add(true, labels("1"), 10, t0);
-        f.add(false, labels("1"), 1, t0);
-        f.add(true, labels("2"), 20, t0 + Duration::from_secs(200));
+        let key = |port: &str| vec![("src.port", port.to_string())];
+        let count = |bytes: bool, port: &str, n: u64, at: Instant| {
+            let mut s = f.store.lock();
+            let map = if bytes { &mut s.bytes } else { &mut s.packets };
+            assert!(add(map, key(port), n, at, 0));
+        };
+        count(true, "1", 10, t0);
+        count(false, "1", 1, t0);
+        count(true, "2", 20, t0 + Duration::from_secs(200));
         // Nothing is old enough yet.
         assert_eq!(f.expire(t0 + Duration::from_secs(299), FLOW_SERIES_TTL), 0);
-        // Port 1's series (both families) go; port 2's stays with its count.
-        assert_eq!(f.expire(t0 + Duration::from_secs(300), FLOW_SERIES_TTL), 1);
-        let mut registry = Registry::default();
-        registry.register("b", "b", f.bytes.clone());
-        registry.register("p", "p", f.packets.clone());
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        // Port 1's series (both metrics) go; port 2's stays with its count.
+        assert_eq!(f.expire(t0 + Duration::from_secs(300), FLOW_SERIES_TTL), 2);
+        let encode = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        let text = encode();
         assert!(!text.contains("src_port=\"1\""), "{text}");
-        assert!(text.contains("b_total{src_port=\"2\"} 20"), "{text}");
+        assert!(
+            text.contains("beyla_network_flow_bytes_total{src_port=\"2\"} 20"),
+            "{text}"
+        );
+        assert!(!text.contains("beyla_network_flow_packets"), "{text}");
         // Counting again brings a series back, from zero.
-        f.add(true, labels("1"), 5, t0 + Duration::from_secs(301));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains("b_total{src_port=\"1\"} 5"), "{text}");
+        count(true, "1", 5, t0 + Duration::from_secs(301));
+        assert!(
+            encode().contains("beyla_network_flow_bytes_total{src_port=\"1\"} 5"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn series_beyond_the_limit_are_counted_as_overflow() {
+        let c = config(
+            "attributes:\n  select:\n    beyla_network_flow_bytes:\n      include: [src.port]\n",
+        );
+        let m = Metrics::new("host-a");
+        let flows: Vec<FlowCount> = (0..=MAX_FLOW_SERIES as u16)
+            .map(|p| flow(p, FlowDirection::Egress, 100))
+            .collect();
+        apply(&flows, &c, &m, None, None);
+        let t = text(&m);
+        assert_eq!(
+            t.matches("beyla_network_flow_bytes_total{").count(),
+            MAX_FLOW_SERIES
+        );
+        // The last flow of each metric found no room.
+        assert!(
+            t.contains("sonde_flow_series_overflow_total 2"),
+            "{}",
+            &t[t.len() - 400..]
+        );
+        // A series already kept still counts.
+        apply(&flows[..1], &c, &m, None, None);
+        assert!(text(&m).contains("beyla_network_flow_bytes_total{src_port=\"0\"} 200"));
     }
 
     #[test]

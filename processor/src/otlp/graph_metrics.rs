@@ -389,7 +389,9 @@ mod tests {
 
         let reader = Arc::new(ManualReader::builder().build());
         let provider = SdkMeterProvider::builder()
-            .with_reader(crate::otlp::meters::SharedReader(Arc::clone(&reader)))
+            .with_reader(crate::otlp::sdk_reference::SharedReader(Arc::clone(
+                &reader,
+            )))
             .build();
         let meter = provider.meter("sonde");
         let total = meter

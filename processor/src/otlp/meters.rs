@@ -1,36 +1,29 @@
-//! The OTLP side of each instrumented process as the reader thread keeps it: the attributes
-//! its RED series are counted under (the counting itself is `red_store`'s, shared with
-//! Prometheus), the service graph cells its spans count in (`service_graph::Cell`, also
-//! shared with Prometheus), and one `SdkMeterProvider`, carrying the process's resource, for
-//! the observable `process.*` instruments of process metrics. The worker collects every
-//! provider each interval through the shared map (`Providers`) and adds the process's RED
-//! series and service graph cells to the same resource.
+//! The OTLP side of each instrumented process as the reader thread keeps it: its resource,
+//! the attributes its RED series are counted under (the counting itself is `red_store`'s,
+//! shared with Prometheus), the service graph cells its spans count in
+//! (`service_graph::Cell`, also shared with Prometheus) and its process-metrics series
+//! (`process_metrics::UsageSeries`, likewise). The worker reads every process's pipeline each
+//! interval through the shared map (`Pipelines`) and encodes it under the process's
+//! resource; the network flows (`flows::FlowStore`) have a pipeline of their own, under the
+//! host's resource.
 //!
-//! The SDK's periodic reader is not used: it serves one resource per provider's exporter,
-//! while Sonde exports for many processes, each its own resource.
+//! No OpenTelemetry SDK meter provider is involved: every metric is counted once in Sonde's
+//! own aggregations and encoded with `opentelemetry-proto`'s types (`red_metrics`,
+//! `graph_metrics`, `usage_metrics`, `flows`).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::Duration,
 };
 
-use opentelemetry::{
-    KeyValue, StringValue, Value,
-    metrics::{Meter, MeterProvider},
-};
-use opentelemetry_sdk::{
-    Resource,
-    error::OTelSdkResult,
-    metrics::{
-        InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
-        data::ResourceMetrics, reader::MetricReader,
-    },
-};
+use opentelemetry::{KeyValue, StringValue, Value};
+use opentelemetry_proto::tonic::{metrics::v1::Metric, resource::v1::Resource as ProtoResource};
+use opentelemetry_sdk::Resource;
 
 use super::convert::ProcessResource;
 use crate::{
-    process_metrics::UsagePoint,
+    flows::FlowStore,
+    process_metrics::UsageSeries,
     protocols::{db, grpc, messaging},
     red_store::Series,
     semconv::method_value,
@@ -38,10 +31,12 @@ use crate::{
     span::{Rpc, Span, SpanKind},
 };
 
-/// A process's metric pipeline, collected by the worker.
+/// A process's metric pipeline, read by the worker.
 pub(super) struct ProcessMeters {
-    provider: SdkMeterProvider,
-    reader: Arc<ManualReader>,
+    /// Its resource, attributes in key order.
+    resource: ProtoResource,
+    /// Its process-metrics series, once it had a reading.
+    usage: Option<Arc<UsageSeries>>,
     /// Set when the process went away (or its resource changed): collected once more, with
     /// `retired_red`, then dropped.
     removed: bool,
@@ -53,10 +48,10 @@ pub(super) struct ProcessMeters {
 }
 
 impl ProcessMeters {
-    fn new(provider: SdkMeterProvider, reader: Arc<ManualReader>) -> ProcessMeters {
+    fn new(resource: ProtoResource) -> ProcessMeters {
         ProcessMeters {
-            provider,
-            reader,
+            resource,
+            usage: None,
             removed: false,
             retired_red: Vec::new(),
             graph: Vec::new(),
@@ -64,28 +59,41 @@ impl ProcessMeters {
     }
 }
 
-/// The meter pipelines of known processes, shared by the reader thread (which adds and
-/// retires them) and the worker (which collects them).
+/// The pipelines of known processes, shared by the reader thread (which adds and retires
+/// them) and the worker (which collects them), and the flows'.
 #[derive(Default)]
-pub(super) struct ProviderSet {
+pub(super) struct PipelineSet {
     live: HashMap<u32, ProcessMeters>,
     /// Retired pipelines whose pid came back (a new process, or a new resource for the same
     /// one) before their last collection.
     replaced: Vec<(u32, ProcessMeters)>,
+    /// The network flows and the host resource they are reported under, from their first
+    /// counts on.
+    flows: Option<(ProtoResource, Arc<FlowStore>)>,
 }
 
-pub(super) type Providers = Arc<Mutex<ProviderSet>>;
+pub(super) type Pipelines = Arc<Mutex<PipelineSet>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves a plain map behind, still usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// An SDK resource (`convert::resource`) as the OTLP message, attributes in key order (the
+/// SDK's resource is a hash map: the same process always gets the same message).
+pub(super) fn proto_resource(resource: &Resource) -> ProtoResource {
+    let mut r = ProtoResource::from(resource);
+    r.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+    r
+}
+
 /// One pipeline's collection.
 pub(super) struct Collected {
-    /// The pid (or the flows' key).
+    /// The pid.
     pub key: u32,
-    pub metrics: ResourceMetrics,
+    pub resource: ProtoResource,
+    /// Its process metrics (`usage_metrics`), empty without a live series.
+    pub usage: Vec<Metric>,
     /// A retired pipeline's RED series (its last collection); `None` for a live one, whose
     /// series are the store's live ones for `key`.
     pub retired_red: Option<Vec<Arc<Series>>>,
@@ -93,65 +101,47 @@ pub(super) struct Collected {
     pub graph: Vec<Arc<Cell>>,
 }
 
-/// Every pipeline's cumulative metrics; those of processes that went away are shut down
-/// after this last collection.
-pub(super) fn collect(providers: &Providers) -> Vec<Collected> {
-    let mut set = lock(providers);
-    let ProviderSet { live, replaced } = &mut *set;
+/// Every pipeline's cumulative metrics at `now`; those of processes that went away are
+/// dropped after this last collection. Also the flows' pipeline, when there is one.
+pub(super) fn collect(
+    pipelines: &Pipelines,
+    now: u64,
+) -> (Vec<Collected>, Option<(ProtoResource, Arc<FlowStore>)>) {
+    let mut set = lock(pipelines);
+    let PipelineSet {
+        live,
+        replaced,
+        flows,
+    } = &mut *set;
     let mut out = Vec::with_capacity(live.len() + replaced.len());
     let all = live
         .iter_mut()
         .map(|(k, m)| (*k, m))
         .chain(replaced.iter_mut().map(|(k, m)| (*k, m)));
     for (key, m) in all {
-        let mut metrics = ResourceMetrics::default();
         m.graph.retain(|c| c.edge.is_live());
-        if m.reader.collect(&mut metrics).is_ok() {
-            out.push(Collected {
-                key,
-                metrics,
-                retired_red: m.removed.then(|| std::mem::take(&mut m.retired_red)),
-                graph: m.graph.clone(),
-            });
+        if m.usage.as_ref().is_some_and(|u| !u.is_live()) {
+            m.usage = None;
         }
+        out.push(Collected {
+            key,
+            resource: m.resource.clone(),
+            usage: m
+                .usage
+                .as_deref()
+                .map(|u| super::usage_metrics::metrics(u, now))
+                .unwrap_or_default(),
+            retired_red: m.removed.then(|| std::mem::take(&mut m.retired_red)),
+            graph: m.graph.clone(),
+        });
     }
-    for (_, m) in replaced.drain(..) {
-        let _ = m.provider.shutdown();
-    }
-    live.retain(|_, m| {
-        if m.removed {
-            let _ = m.provider.shutdown();
-        }
-        !m.removed
-    });
-    out
+    replaced.clear();
+    live.retain(|_, m| !m.removed);
+    (out, flows.clone())
 }
 
-/// The reader handle `SdkMeterProvider::with_reader` takes, sharing the `ManualReader` the
-/// worker collects from.
-#[derive(Debug)]
-pub(super) struct SharedReader(pub(super) Arc<ManualReader>);
-
-impl MetricReader for SharedReader {
-    fn register_pipeline(&self, pipeline: std::sync::Weak<Pipeline>) {
-        self.0.register_pipeline(pipeline)
-    }
-    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
-        self.0.collect(rm)
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-    fn temporality(&self, kind: InstrumentKind) -> Temporality {
-        self.0.temporality(kind)
-    }
-}
-
-/// Interned label values of one process, so recording a metric clones reference counts
-/// rather than strings.
+/// Interned label values of one process, so building a series' attributes clones reference
+/// counts rather than strings.
 struct ServiceLabels {
     service_name: Value,
     service_namespace: Option<Value>,
@@ -167,101 +157,76 @@ impl ServiceLabels {
     }
 }
 
-/// The instruments of one process, used by the reader thread.
-struct ProcessInstruments {
-    labels: ServiceLabels,
-    /// For instruments made later (process metrics, on its first reading).
-    meter: Meter,
-    /// The process's latest process-metrics reading, which its observable instruments report
-    /// at each collection; `None` (the process left) reports nothing.
-    usage: Option<UsageCell>,
-}
-
-/// The reader thread's side of OTLP metrics: the instruments of every known process.
+/// The reader thread's side of OTLP metrics: the labels of every known process.
 pub(super) struct Meters {
-    instruments: HashMap<u32, ProcessInstruments>,
-    providers: Providers,
+    labels: HashMap<u32, ServiceLabels>,
+    pipelines: Pipelines,
 }
 
 impl Meters {
-    pub(super) fn new(providers: Providers) -> Meters {
+    pub(super) fn new(pipelines: Pipelines) -> Meters {
         Meters {
-            instruments: HashMap::new(),
-            providers,
+            labels: HashMap::new(),
+            pipelines,
         }
     }
 
-    /// Builds the meter pipeline and instruments of a process first seen.
-    pub(super) fn add(&mut self, pid: u32, process: &ProcessResource, resource: Resource) {
-        let reader = Arc::new(ManualReader::builder().build());
-        let provider = SdkMeterProvider::builder()
-            .with_resource(resource)
-            .with_reader(SharedReader(Arc::clone(&reader)))
-            .build();
-        let meter = provider.meter("sonde");
-        self.instruments.insert(
-            pid,
-            ProcessInstruments {
-                labels: ServiceLabels::new(process),
-                meter: meter.clone(),
-                usage: None,
-            },
-        );
-        let mut set = lock(&self.providers);
+    /// Makes the pipeline of a process first seen.
+    pub(super) fn add(&mut self, pid: u32, process: &ProcessResource, resource: &Resource) {
+        self.labels.insert(pid, ServiceLabels::new(process));
+        let mut set = lock(&self.pipelines);
         // A retired pipeline not collected yet keeps its last collection.
         if let Some(old) = set.live.remove(&pid)
             && old.removed
         {
             set.replaced.push((pid, old));
         }
-        set.live.insert(pid, ProcessMeters::new(provider, reader));
+        set.live
+            .insert(pid, ProcessMeters::new(proto_resource(resource)));
     }
 
     /// The attributes `s` is counted under, for a caller that keeps them per series; `None`
-    /// for a process without instruments.
+    /// for a process without a pipeline.
     pub(super) fn attributes(&self, s: &Span) -> Option<Vec<KeyValue>> {
-        let i = self.instruments.get(&s.pid)?;
-        Some(metric_attributes(s, &i.labels))
+        let l = self.labels.get(&s.pid)?;
+        Some(metric_attributes(s, l))
     }
 
-    /// Sets the process-metrics reading `pid`'s observable instruments report (made at its
-    /// first reading).
-    pub(super) fn record_usage(&mut self, pid: u32, point: UsagePoint) {
-        let Some(i) = self.instruments.get_mut(&pid) else {
-            return;
-        };
-        let cell = i
-            .usage
-            .get_or_insert_with(|| usage_instruments(&i.meter, &i.labels));
-        *lock(cell) = Some(point);
-    }
-
-    /// Stops reporting `pid`'s process metrics (the process left).
-    pub(super) fn end_usage(&mut self, pid: u32) {
-        if let Some(cell) = self.instruments.get(&pid).and_then(|i| i.usage.as_ref()) {
-            *lock(cell) = None;
+    /// Reports `series` (the process-metrics series of `pid`) with the process's metrics
+    /// until it ends or another replaces it; nothing for a process without a pipeline.
+    pub(super) fn export_usage(&self, pid: u32, series: &Arc<UsageSeries>) {
+        if let Some(m) = lock(&self.pipelines).live.get_mut(&pid)
+            && !m.removed
+            && !m.usage.as_ref().is_some_and(|u| Arc::ptr_eq(u, series))
+        {
+            m.usage = Some(Arc::clone(series));
         }
     }
 
-    /// A meter pipeline of its own (not a process's: the network flows'), collected with the
-    /// processes' under `key`.
-    pub(super) fn host_provider(&self, key: u32, resource: Resource) -> SdkMeterProvider {
-        let reader = Arc::new(ManualReader::builder().build());
-        let provider = SdkMeterProvider::builder()
-            .with_resource(resource)
-            .with_reader(SharedReader(Arc::clone(&reader)))
-            .build();
-        lock(&self.providers)
-            .live
-            .insert(key, ProcessMeters::new(provider.clone(), reader));
-        provider
+    /// Stops reporting `pid`'s process metrics (the process left).
+    pub(super) fn end_usage(&self, pid: u32) {
+        if let Some(m) = lock(&self.pipelines).live.get_mut(&pid) {
+            m.usage = None;
+        }
+    }
+
+    /// Reports the network flows of `store` under the host's `resource` from now on.
+    pub(super) fn export_flows(
+        &self,
+        store: &Arc<FlowStore>,
+        resource: impl FnOnce() -> ProtoResource,
+    ) {
+        let mut set = lock(&self.pipelines);
+        if set.flows.is_none() {
+            set.flows = Some((resource(), Arc::clone(store)));
+        }
     }
 
     /// Reports `cell` (a service graph cell of `pid`) with the process's metrics, until its
     /// edge leaves or the process's last collection; nothing for a process without a
     /// pipeline.
     pub(super) fn add_graph_cell(&self, pid: u32, cell: Arc<Cell>) {
-        if let Some(m) = lock(&self.providers).live.get_mut(&pid)
+        if let Some(m) = lock(&self.pipelines).live.get_mut(&pid)
             && !m.removed
         {
             m.graph.push(cell);
@@ -272,137 +237,12 @@ impl Meters {
     /// collected once more, with `retired_red` (its RED series, `RedStore::forget`), then
     /// dropped.
     pub(super) fn forget(&mut self, pid: u32, retired_red: Vec<Arc<Series>>) {
-        self.instruments.remove(&pid);
-        if let Some(m) = lock(&self.providers).live.get_mut(&pid) {
+        self.labels.remove(&pid);
+        if let Some(m) = lock(&self.pipelines).live.get_mut(&pid) {
             m.removed = true;
             m.retired_red = retired_red;
         }
     }
-}
-
-/// A process's latest process-metrics reading, shared with its instruments' callbacks.
-type UsageCell = Arc<Mutex<Option<UsagePoint>>>;
-
-/// Registers the process-metrics instruments of one process: observable ones, reporting the
-/// cell's reading at each collection (cumulative sums as the loader read them, gauges as
-/// they are), and nothing once the cell is empty, so the series stop with the process.
-fn usage_instruments(meter: &Meter, labels: &ServiceLabels) -> UsageCell {
-    let cell: UsageCell = Arc::default();
-    let base = {
-        let service_name = labels.service_name.clone();
-        let service_namespace = labels.service_namespace.clone();
-        move |p: &UsagePoint| {
-            let mut attrs = vec![
-                KeyValue::new("service.name", service_name.clone()),
-                KeyValue::new("process.command", p.command.clone()),
-                KeyValue::new("process.owner", p.owner.clone()),
-                KeyValue::new("process.parent_pid", i64::from(p.parent_pid)),
-            ];
-            if let Some(ns) = &service_namespace {
-                attrs.push(KeyValue::new("service.namespace", ns.clone()));
-            }
-            attrs
-        }
-    };
-    let with = {
-        let base = base.clone();
-        move |key: &'static str, value: &'static str, p: &UsagePoint| {
-            let mut a = base(p);
-            a.push(KeyValue::new(key, value));
-            a
-        }
-    };
-    let c = Arc::clone(&cell);
-    let w = with.clone();
-    meter
-        .f64_observable_counter("process.cpu.time")
-        .with_unit("s")
-        .with_description("Total CPU seconds broken down by different states")
-        .with_callback(move |o| {
-            if let Some(p) = lock(&c).as_ref() {
-                o.observe(p.cpu_user_seconds, &w("cpu.mode", "user", p));
-                o.observe(p.cpu_system_seconds, &w("cpu.mode", "system", p));
-            }
-        })
-        .build();
-    let c = Arc::clone(&cell);
-    let w = with.clone();
-    meter
-        .f64_observable_gauge("process.cpu.utilization")
-        .with_unit("1")
-        .with_description(
-            "Difference in process.cpu.time since the last measurement, divided by the elapsed time and number of CPUs available to the process",
-        )
-        .with_callback(move |o| {
-            if let Some(p) = lock(&c).as_ref()
-                && let Some((user, system)) = p.utilization
-            {
-                o.observe(user, &w("cpu.mode", "user", p));
-                o.observe(system, &w("cpu.mode", "system", p));
-            }
-        })
-        .build();
-    for (name, description, memory) in [
-        (
-            "process.memory.usage",
-            "The amount of physical memory in use",
-            (|p: &UsagePoint| p.memory_rss) as fn(&UsagePoint) -> u64,
-        ),
-        (
-            "process.memory.virtual",
-            "The amount of committed virtual memory",
-            |p: &UsagePoint| p.memory_virtual,
-        ),
-    ] {
-        let c = Arc::clone(&cell);
-        let b = base.clone();
-        meter
-            .u64_observable_gauge(name)
-            .with_unit("By")
-            .with_description(description)
-            .with_callback(move |o| {
-                if let Some(p) = lock(&c).as_ref() {
-                    o.observe(memory(p), &b(p));
-                }
-            })
-            .build();
-    }
-    for (name, description, key, values) in [
-        (
-            "process.disk.io",
-            "Disk bytes transferred",
-            "disk.io.direction",
-            (|p: &UsagePoint| [("read", p.disk_read_bytes), ("write", p.disk_write_bytes)])
-                as fn(&UsagePoint) -> [(&'static str, u64); 2],
-        ),
-        (
-            "process.network.io",
-            "Network bytes transferred",
-            "network.io.direction",
-            |p: &UsagePoint| {
-                [
-                    ("receive", p.net_receive_bytes),
-                    ("transmit", p.net_transmit_bytes),
-                ]
-            },
-        ),
-    ] {
-        let c = Arc::clone(&cell);
-        let w = with.clone();
-        meter
-            .u64_observable_counter(name)
-            .with_unit("By")
-            .with_description(description)
-            .with_callback(move |o| {
-                if let Some(p) = lock(&c).as_ref() {
-                    for (direction, v) in values(p) {
-                        o.observe(v, &w(key, direction, p));
-                    }
-                }
-            })
-            .build();
-    }
-    cell
 }
 
 /// The attributes an RPC call is counted under (the reference system's default set).

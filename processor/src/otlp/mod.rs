@@ -7,15 +7,18 @@
 //! - `transport`: sending encoded requests over gRPC or HTTP/protobuf, with retries;
 //! - `worker`: the exporter thread, its bounded span queue, batching and failure logging;
 //! - `encode`: spans written straight into OTLP request bytes, resources encoded once;
-//! - `meters`: per-process meter providers (process metrics), the attributes RED series are
-//!   counted under, and the service graph cells each process reports;
+//! - `meters`: per-process pipelines (resource, process-metrics series, service graph cells),
+//!   the attributes RED series are counted under, and the network flows' pipeline;
 //! - `red_metrics`: the RED series of `red_store` as OTLP histograms;
 //! - `graph_metrics`: the service graph cells (`service_graph`) as OTLP sums and histograms;
+//! - `usage_metrics`: process metrics (`process_metrics`) as OTLP sums and gauges;
+//! - `flows`: the network flow series (`flows`) as OTLP sums under the host's resource;
 //! - `convert`: spans and process metadata into OpenTelemetry data (pure functions).
 //!
-//! Counts never depend on the collector: metrics are recorded in memory per process (RED
-//! requests once, in `red_store`, and service graph edges once, in
-//! `service_graph::GraphStore`, both of which Prometheus reads too), each process with its own
+//! Counts never depend on the collector: metrics are recorded once in memory (RED requests
+//! in `red_store`, service graph edges in `service_graph::GraphStore`, process readings in
+//! `process_metrics`, network flows in `flows::FlowStore`, all of which Prometheus reads
+//! too), each process with its own
 //! resource (`service.*`, `process.*`, `host.name`, `telemetry.sdk.*`), and the worker
 //! collects and sends them every `interval`. The outcomes are counted into
 //! `metrics::ExportCounters`; nothing in `metrics` imports from here.
@@ -29,7 +32,10 @@ pub mod graph_metrics;
 mod legacy_convert;
 mod meters;
 pub mod red_metrics;
+#[cfg(test)]
+mod sdk_reference;
 mod transport;
+pub mod usage_metrics;
 mod worker;
 
 use std::collections::HashMap;
@@ -62,8 +68,6 @@ pub struct Otlp {
     spans: Option<SpanQueue>,
     /// Present when metrics are exported.
     meters: Option<Meters>,
-    /// The network flow sums, made at the first flow counts (metrics exported only).
-    flows: Option<flows::FlowInstruments>,
     worker: Worker,
 }
 
@@ -82,13 +86,13 @@ impl Otlp {
             return Ok(None);
         }
         let exporters = Exporters::build(traces, metrics)?;
-        let providers = meters::Providers::default();
+        let pipelines = meters::Pipelines::default();
         let meters = exporters
             .metrics
             .as_ref()
-            .map(|_| Meters::new(std::sync::Arc::clone(&providers)));
+            .map(|_| Meters::new(std::sync::Arc::clone(&pipelines)));
         let (worker, spans) =
-            Worker::start(exporters, traces, metrics, providers, red, counters, host)?;
+            Worker::start(exporters, traces, metrics, pipelines, red, counters, host)?;
         for (signal, e) in [("traces", &traces.otlp), ("metrics", &metrics.otlp)] {
             if let Some(e) = e {
                 info!(
@@ -104,7 +108,6 @@ impl Otlp {
             resources: HashMap::new(),
             spans,
             meters,
-            flows: None,
             worker,
         }))
     }
@@ -130,7 +133,7 @@ impl Otlp {
         self.resources
             .insert(pid, encode::encode_resource(&resource));
         if let Some(m) = self.meters.as_mut() {
-            m.add(pid, &process, resource);
+            m.add(pid, &process, &resource);
         }
     }
 
@@ -148,36 +151,27 @@ impl Otlp {
         self.meters.as_ref()?.attributes(s)
     }
 
-    /// Records a process-metrics reading of `pid` (its resource and meters made first if
-    /// needed, `meta` called only then).
-    pub fn record_usage(
+    /// Exports `series` (the process-metrics series of `pid`, `process_metrics`) with the
+    /// process's metrics, under its resource (made first if needed, `meta` called only then);
+    /// nothing when metrics are not exported or the process is beyond `MAX_PROCESSES`.
+    pub fn export_usage(
         &mut self,
         meta: &dyn Fn() -> ProcessResource,
         pid: u32,
-        point: crate::process_metrics::UsagePoint,
+        series: std::sync::Arc<crate::process_metrics::UsageSeries>,
     ) {
         self.ensure_process(meta, pid);
-        if let Some(m) = self.meters.as_mut() {
-            m.record_usage(pid, point);
+        if let Some(m) = self.meters.as_ref() {
+            m.export_usage(pid, &series);
         }
     }
 
-    /// Adds one flow's deltas to the host's flow sums (`beyla.network.flow.*`), each under
-    /// its metric's attributes.
-    pub fn record_flow(
-        &mut self,
-        bytes_attrs: &[KeyValue],
-        bytes: u64,
-        packets_attrs: &[KeyValue],
-        packets: u64,
-    ) {
-        let Some(m) = self.meters.as_ref() else {
-            return;
-        };
-        let host = &self.host;
-        self.flows
-            .get_or_insert_with(|| flows::FlowInstruments::new(m, host))
-            .add(bytes_attrs, bytes, packets_attrs, packets);
+    /// Exports the network flow series of `store` (`flows::FlowStore`) under the host's flow
+    /// resource from now on.
+    pub fn export_flows(&mut self, store: &std::sync::Arc<crate::flows::FlowStore>) {
+        if let Some(m) = self.meters.as_ref() {
+            m.export_flows(store, || flows::resource(&self.host));
+        }
     }
 
     /// Exports a service graph cell of `pid` (`service_graph::Cell`) with the process's
@@ -197,7 +191,7 @@ impl Otlp {
 
     /// Stops reporting `pid`'s process metrics (it left; its meters go after their grace).
     pub fn end_usage(&mut self, pid: u32) {
-        if let Some(m) = self.meters.as_mut() {
+        if let Some(m) = self.meters.as_ref() {
             m.end_usage(pid);
         }
     }

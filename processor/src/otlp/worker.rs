@@ -1,8 +1,9 @@
 //! The export worker: one thread, running a single-threaded Tokio runtime, that takes the
 //! spans the reader thread queued, batches them, encodes each batch as one OTLP request
 //! (`encode`: one `ResourceSpans` per process) and sends it (`transport`), and collects and
-//! sends every process's metrics each `interval` (one request per process: its provider's
-//! instruments and its RED series, `red_metrics`). The queue
+//! sends every process's metrics each `interval` (one request per process, under its
+//! resource: its process metrics, `usage_metrics`, its RED series, `red_metrics`, and its
+//! service graph cells, `graph_metrics`; one more for the network flows, `flows`). The queue
 //! is bounded (`queue_size`, counted from hand-over to export): beyond it the reader thread
 //! drops and counts a span rather than wait. What the exporters still cannot send after
 //! their retries is counted and dropped, and logged without flooding; the next batch
@@ -23,7 +24,9 @@ use std::{
 };
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::{
+    collector::metrics::v1::ExportMetricsServiceRequest, metrics::v1::ResourceMetrics,
+};
 use prost::Message as _;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
@@ -31,10 +34,11 @@ use tracing::{debug, info, warn};
 use super::{
     encode::{EncodedResource, Encoder, Queued},
     exporter::Exporters,
-    graph_metrics,
-    meters::{self, Providers},
+    flows, graph_metrics,
+    meters::{self, Pipelines},
     red_metrics,
     transport::{ExportError, Transport},
+    usage_metrics,
 };
 use crate::{
     config::{MetricsExport, TracesExport},
@@ -99,7 +103,7 @@ impl Worker {
         exporters: Exporters,
         traces: &TracesExport,
         metrics: &MetricsExport,
-        providers: Providers,
+        pipelines: Pipelines,
         red: Arc<RedStore>,
         counters: ExportCounters,
         host: &str,
@@ -144,7 +148,7 @@ impl Worker {
                         let metrics = async {
                             if let Some(transport) = metric_exporter {
                                 let sources = MetricSources {
-                                    providers: &providers,
+                                    pipelines: &pipelines,
                                     red: &red,
                                 };
                                 export_metrics(transport, sources, interval, &stop, &counters).await
@@ -297,38 +301,50 @@ impl SpanSender {
 /// Where a process's metrics come from.
 #[derive(Clone, Copy)]
 struct MetricSources<'a> {
-    /// Its meter provider (process metrics) and service graph cells, keyed by pid; also the
+    /// Its pipeline (resource, process metrics, service graph cells), keyed by pid; also the
     /// flows'.
-    providers: &'a Providers,
+    pipelines: &'a Pipelines,
     /// Its RED series.
     red: &'a RedStore,
 }
 
 impl MetricSources<'_> {
-    /// One request per process (its resource, its provider's instruments, its RED series
-    /// and its service graph cells), and the flows'; a process with nothing to report sends
-    /// nothing.
+    /// One request per process (its resource, its process metrics, its RED series and its
+    /// service graph cells), and the flows'; a process with nothing to report sends nothing.
     fn requests(&self) -> Vec<Vec<u8>> {
-        let collected = meters::collect(self.providers);
         let now = unix_nanos();
-        let mut out = Vec::with_capacity(collected.len());
+        let (collected, host_flows) = meters::collect(self.pipelines, now);
+        let mut out = Vec::with_capacity(collected.len() + 1);
+        let mut send = |rm: ResourceMetrics| {
+            let request = ExportMetricsServiceRequest {
+                resource_metrics: vec![rm],
+            };
+            out.push(request.encode_to_vec());
+        };
         for c in collected {
-            let mut request = ExportMetricsServiceRequest::from(&c.metrics);
+            let mut scopes = Vec::with_capacity(2);
+            // Process metrics open the scope (`sonde`, no version) the service graph joins.
+            if !c.usage.is_empty() {
+                scopes.push(usage_metrics::scope(c.usage));
+            }
             // A retired pipeline carries its own last series; a live one reads the store's.
             let series = c.retired_red.unwrap_or_else(|| self.red.live(c.key));
-            if let Some(resource) = request.resource_metrics.first_mut() {
-                if let Some(scope) = red_metrics::scope_metrics(&series, now) {
-                    resource.scope_metrics.push(scope);
-                }
-                graph_metrics::add_scope_metrics(&mut resource.scope_metrics, &c.graph, now);
+            if let Some(scope) = red_metrics::scope_metrics(&series, now) {
+                scopes.push(scope);
             }
-            let empty = request
-                .resource_metrics
-                .iter()
-                .all(|r| r.scope_metrics.iter().all(|s| s.metrics.is_empty()));
-            if !empty {
-                out.push(request.encode_to_vec());
+            graph_metrics::add_scope_metrics(&mut scopes, &c.graph, now);
+            if !scopes.is_empty() {
+                send(ResourceMetrics {
+                    resource: Some(c.resource),
+                    scope_metrics: scopes,
+                    schema_url: String::new(),
+                });
             }
+        }
+        if let Some((resource, store)) = host_flows
+            && let Some(rm) = flows::resource_metrics(&store, &resource, now)
+        {
+            send(rm);
         }
         out
     }
@@ -486,11 +502,11 @@ mod tests {
 
     #[test]
     fn a_departed_process_is_exported_once_more_under_its_resource_then_not_again() {
-        let providers = Providers::default();
+        let pipelines = Pipelines::default();
         let red = RedStore::default();
-        let mut meters = Meters::new(Arc::clone(&providers));
+        let mut meters = Meters::new(Arc::clone(&pipelines));
         for pid in [1, 2] {
-            meters.add(pid, &process(pid), convert::resource(&process(pid), "h"));
+            meters.add(pid, &process(pid), &convert::resource(&process(pid), "h"));
             let attrs = meters.attributes(&Span {
                 pid,
                 ..Span::fixture()
@@ -503,7 +519,7 @@ mod tests {
             }
         }
         let sources = MetricSources {
-            providers: &providers,
+            pipelines: &pipelines,
             red: &red,
         };
         let mut first = counts(&sources.requests());
@@ -526,9 +542,9 @@ mod tests {
     /// old resource, the new ones under the new, never both under one.
     #[test]
     fn a_resource_change_keeps_old_and_new_series_apart() {
-        let providers = Providers::default();
+        let pipelines = Pipelines::default();
         let red = RedStore::default();
-        let mut meters = Meters::new(Arc::clone(&providers));
+        let mut meters = Meters::new(Arc::clone(&pipelines));
         let record = |meters: &Meters, n: u32| {
             let attrs = meters.attributes(&Span::fixture());
             let series = red
@@ -545,14 +561,14 @@ mod tests {
             }
         };
         let pid = Span::fixture().pid;
-        meters.add(pid, &process(1), convert::resource(&process(1), "h"));
+        meters.add(pid, &process(1), &convert::resource(&process(1), "h"));
         record(&meters, 4);
         meters.forget(pid, red.forget(pid));
         // Renamed (a pod name arrived): same pid, another service name.
-        meters.add(pid, &process(9), convert::resource(&process(9), "h"));
+        meters.add(pid, &process(9), &convert::resource(&process(9), "h"));
         record(&meters, 2);
         let sources = MetricSources {
-            providers: &providers,
+            pipelines: &pipelines,
             red: &red,
         };
         let mut got = counts(&sources.requests());
