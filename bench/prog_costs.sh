@@ -6,6 +6,9 @@
 # and then a `traceparent` to every request (the kernel's header search past the capture).
 # TLS=1: nginx serves HTTPS (tests/peers/nginx_ssl.conf, a throwaway self-signed certificate)
 # and the plaintext comes from the OpenSSL uprobes.
+# PERF_OUT=file: also `perf record -a -g` the wrk run into that file (read it with
+# `perf report -i file --comm nginx --no-children`: where nginx's time goes, Sonde's programs
+# and the helpers they call included).
 # Prints the total kernel ns per request last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +25,44 @@ sed -e "s#PREFIX#$dir#g" -e "s#PORT#$port#" "$conf" > "$dir/nginx.conf"
 /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" & nginx=$!
 before=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
 SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled "${SONDE_BIN_DIR:-./target/release}/sonde" --open-port "$port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
-trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do grep -q 'processor connected' "$dir/sonde.log" && break; sleep 0.1; done
+trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; cp "$dir/sonde.log" /tmp/prog_costs_last.log; rm -rf "$dir"' EXIT
+# Start-up takes seconds on a busy machine (BTF parse, verification): measuring before the
+# processor connected would count a Sonde that selects nothing.
+for _ in $(seq 900); do grep -q 'processor connected' "$dir/sonde.log" && break; sleep 0.1; done
+grep -q 'processor connected' "$dir/sonde.log" || { echo "sonde did not start:" >&2; cat "$dir/sonde.log" >&2; exit 1; }
 if [ "${TLS:-0}" = 1 ]; then
   for _ in $(seq 100); do grep -q 'TLS probes attached' "$dir/sonde.log" && break; sleep 0.1; done
 fi
-ours=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
+# This run's programs: those the sonde processes hold (a link's or a program's fd names its
+# program id in fdinfo), so other Sonde instances on the machine are never counted.
+ours=$(python3 - "$sonde" <<'PY'
+import os, sys
+root = sys.argv[1]
+children = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        ppid = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1]
+    except OSError:
+        continue
+    children.setdefault(ppid, []).append(pid)
+todo, ids = [root], set()
+while todo:
+    pid = todo.pop()
+    todo.extend(children.get(pid, []))
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        continue
+    for fd in fds:
+        try:
+            for line in open(f"/proc/{pid}/fdinfo/{fd}"):
+                if line.startswith("prog_id:"):
+                    ids.add(line.split()[1])
+        except OSError:
+            pass
+print(" ".join(sorted(ids)))
+PY
+)
 sleep 1
 sysctl -q kernel.bpf_stats_enabled=1
 headers=()
@@ -35,7 +70,12 @@ if [ "${HEADER_BYTES:-0}" -gt 0 ]; then
   headers=(-H "X-Pad: $(head -c "$HEADER_BYTES" /dev/zero | tr '\0' p)"
            -H "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 fi
+perf_pid=
+if [ -n "${PERF_OUT:-}" ]; then
+  perf record -q -a -g -o "$PERF_OUT" -- sleep "$duration" 2>/dev/null & perf_pid=$!
+fi
 requests=$(wrk -t1 -c16 -d"${duration}s" "${headers[@]}" "$scheme://127.0.0.1:$port/ok" | tee /dev/stderr | awk '/requests in/ {print $1}')
+[ -z "$perf_pid" ] || wait "$perf_pid"
 bpftool -j prog show | BEFORE="$before" OURS="$ours" REQUESTS="$requests" python3 -c '
 import json, os, sys
 before = set(os.environ["BEFORE"].split())

@@ -186,6 +186,17 @@ pub struct DeferredSearch {
     pub captured: u64,
 }
 
+/// One per CPU: how many records this CPU wrote since it last looked at the ring's fill
+/// level, and whether that look found it at or above the wakeup mark (`pairing::wakeup_flags`).
+#[repr(C)]
+pub struct WakeupLook {
+    pub since: u32,
+    pub above: u32,
+}
+
+#[map(name = "WAKEUP_LOOK")]
+pub static WAKEUP_LOOK: PerCpuArray<WakeupLook> = PerCpuArray::with_max_entries(1, 0);
+
 /// One per CPU: a program run notes at most one search and runs it before it returns.
 #[map(name = "HDR_DEFERRED")]
 pub static HDR_DEFERRED: PerCpuArray<DeferredSearch> = PerCpuArray::with_max_entries(1, 0);

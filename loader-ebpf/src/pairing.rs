@@ -23,7 +23,7 @@ use crate::{
     maps::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, HDR_DEFERRED,
         OP_READ, OP_WRITE, PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS,
-        SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, count,
+        SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, WAKEUP_LOOK, count,
     },
     offsets, stream,
 };
@@ -35,6 +35,8 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// quiet service's spans still arrive promptly. Waking per event would cost a context switch
 /// per request at saturation.
 const WAKEUP_BYTES: u64 = 64 * 1024;
+/// Records a CPU writes between two looks at the ring's fill level (see `wakeup_flags`).
+const WAKEUP_LOOK_EVERY: u32 = 8;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -266,18 +268,36 @@ pub fn read_tuple(state: &mut ConnState, sk: u64) {
     }
 }
 
-/// Ring buffer output flags for a record of `len` bytes: wake the processor when this record
-/// brings the unread bytes up to `WAKEUP_BYTES`, and not again while they stay above. A
-/// forced wakeup is a self-interrupt (`irq_work`): one per record while the processor was
-/// behind cost a virtualised host more than the rest of the program (an MSR write, a VM exit,
-/// per event; `perf` on nginx under load, BENCHMARKS.md "Kernel per request"). Nothing is
-/// lost by waking once: the processor's epoll on the ring buffer is level-triggered (readable
-/// while any byte is unread), so it finds the rest when it next waits, and its 50 ms poll
-/// covers the bytes below the mark.
+/// Ring buffer output flags for a record of `len` bytes: wake the processor when the unread
+/// bytes reach `WAKEUP_BYTES`, once, and not again while they stay above. A forced wakeup is a
+/// self-interrupt (`irq_work`): one per record while the processor was behind cost a
+/// virtualised host more than the rest of the program (an MSR write, a VM exit, per event;
+/// `perf` on nginx under load, BENCHMARKS.md "Kernel per request"). Nothing is lost by waking
+/// once: the processor's epoll on the ring buffer is level-triggered (readable while any byte
+/// is unread), so it finds the rest when it next waits, and its 50 ms poll covers the bytes
+/// below the mark.
+///
+/// The fill level is looked at on every `WAKEUP_LOOK_EVERY`-th record of a CPU, not on each:
+/// the look is a helper call, and helper calls are most of a program's cost on a kernel with
+/// return-thunk mitigations. The mark is then seen up to that many records late (a few KiB
+/// of an 8 MiB ring), and each CPU wakes the processor at most once per crossing it sees.
 #[inline(always)]
 pub fn wakeup_flags(len: usize) -> u64 {
-    let unread = EVENTS.query(BPF_RB_AVAIL_DATA);
-    if unread < WAKEUP_BYTES && unread + len as u64 >= WAKEUP_BYTES {
+    let Some(look) = WAKEUP_LOOK.get_ptr_mut(0) else {
+        return BPF_RB_NO_WAKEUP;
+    };
+    // SAFETY: this CPU's slot; program runs on one CPU do not overlap (no preemption inside
+    // a tracing program, and a nested run only ever loses or repeats a count).
+    let look = unsafe { &mut *look };
+    look.since += 1;
+    if look.since < WAKEUP_LOOK_EVERY {
+        return BPF_RB_NO_WAKEUP;
+    }
+    look.since = 0;
+    let above = EVENTS.query(BPF_RB_AVAIL_DATA) + len as u64 >= WAKEUP_BYTES;
+    let crossed = above && look.above == 0;
+    look.above = above as u32;
+    if crossed {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -590,7 +610,9 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
 /// connection closes that connection.
 #[inline(always)]
 pub fn on_close(sk: u64, closed_for_good: bool) {
-    if closed_for_good {
+    // Looked up before it is removed: the lookup takes no lock, and most sockets that close
+    // (every TCP socket on the host runs this) were never seen carrying TLS.
+    if closed_for_good && TLS_SEEN.get_ptr(&sk).is_some() {
         let _ = TLS_SEEN.remove(&sk);
     }
     if let Some(p) = CONNS.get_ptr_mut(&sk) {

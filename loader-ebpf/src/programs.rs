@@ -67,7 +67,7 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         count_process_bytes(tgid, slot, ret as u64);
     }
     // SAFETY: both helpers only return pointers into the current task; the registers are then
-    // read with bpf_probe_read_kernel, which faults safely.
+    // read through the BTF-typed pointer (fault-handled loads; see `syscall_abi`).
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let Some(args) = syscall_abi::syscall_args(regs) else {
         return 0;

@@ -7,10 +7,6 @@
 use crate::maps::{BUF_IOVEC, BUF_MSGHDR, BUF_NONE, BUF_PLAIN};
 
 #[cfg(bpf_target_arch = "x86_64")]
-#[allow(
-    dead_code,
-    reason = "one read covers ARG1..SYSCALL_NR; the others document the layout"
-)]
 mod arch {
     /// `struct pt_regs` byte offsets (arch/x86/include/uapi/asm/ptrace.h).
     pub const ARG0: u64 = 112; // di
@@ -63,10 +59,17 @@ pub struct SyscallArgs {
 pub fn syscall_args(regs: u64) -> Option<SyscallArgs> {
     #[cfg(bpf_target_arch = "x86_64")]
     {
-        // dx, si, di and orig_ax are adjacent: one read.
-        // SAFETY: bpf_probe_read_kernel copies with fault handling.
-        let [arg2, arg1, arg0, nr]: [u64; 4] = unsafe {
-            aya_ebpf::helpers::bpf_probe_read_kernel((regs + arch::ARG2) as *const [u64; 4]).ok()?
+        let regs = regs as *const u8;
+        // SAFETY: `regs` is the BTF-typed `struct pt_regs *` bpf_task_pt_regs returned; the
+        // verifier checks each load against the struct's BTF layout and turns it into a
+        // fault-handled kernel load, without a helper call.
+        let (arg2, arg1, arg0, nr) = unsafe {
+            (
+                core::ptr::read_volatile(regs.add(arch::ARG2 as usize).cast::<u64>()),
+                core::ptr::read_volatile(regs.add(arch::ARG1 as usize).cast::<u64>()),
+                core::ptr::read_volatile(regs.add(arch::ARG0 as usize).cast::<u64>()),
+                core::ptr::read_volatile(regs.add(arch::SYSCALL_NR as usize).cast::<u64>()),
+            )
         };
         Some(SyscallArgs {
             nr,
