@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_schema::{EVENT_CONN_CLOSED, Record};
+use sonde_schema::{DecodeError, EVENT_CONN_CLOSED, EVENT_HTTP, HttpEvent, Record};
 use tracing::{debug, info, warn};
 
 pub use linker::LinkStats;
@@ -220,13 +220,24 @@ impl<'a, W: Write> Pipeline<'a, W> {
     pub fn record(&mut self, bytes: &[u8], now: Instant) {
         self.stats.events += 1;
         self.metrics.events.inc();
+        // Most records are HTTP/1 events: decoded here and borrowed by the assembler, which
+        // copies the event once into its connection's slot (no `Record` around it, whose
+        // moves copied it again).
+        if bytes.first() == Some(&EVENT_HTTP) {
+            match HttpEvent::decode(bytes) {
+                Ok(event) => {
+                    let (sink, processes, stats) =
+                        (&mut self.sink, &self.processes, &mut self.stats);
+                    self.assembler
+                        .feed_http(&event, now, |ev| sink.emit(ev, processes, stats));
+                }
+                Err(e) => self.undecodable(e),
+            }
+            return;
+        }
         let record = match Record::decode(bytes) {
             Ok(record) => record,
-            Err(e) => {
-                self.stats.decode_errors += 1;
-                warn!(error = %e, "undecodable ring buffer record");
-                return;
-            }
+            Err(e) => return self.undecodable(e),
         };
         let (sink, processes, stats) = (&mut self.sink, &self.processes, &mut self.stats);
         match record {
@@ -250,6 +261,11 @@ impl<'a, W: Write> Pipeline<'a, W> {
                 .assembler
                 .feed(record, now, |ev| sink.emit(ev, processes, stats)),
         }
+    }
+
+    fn undecodable(&mut self, e: DecodeError) {
+        self.stats.decode_errors += 1;
+        warn!(error = %e, "undecodable ring buffer record");
     }
 
     /// Ends a pass begun at `now`, once the ring buffer is drained: completes exchanges held

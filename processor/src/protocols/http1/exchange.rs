@@ -54,29 +54,40 @@ impl Assembler {
         self.held.len()
     }
 
+    /// Takes one decoded request's event (`Record::Http`); every exchange it completes is
+    /// passed to `done`. Borrowed: the event is copied once, into its connection's slot.
+    pub fn feed_http(&mut self, event: &HttpEvent, now: Instant, mut done: impl FnMut(&HttpEvent)) {
+        // A new request on the connection: the previous exchange is over. Its slot takes the
+        // new event in place (no removal and insertion: this runs once per request).
+        if let Some(previous) = self.held.get_mut(&event.conn_id) {
+            done(&previous.event);
+            if event.flags & FLAG_NO_RESPONSE == 0 {
+                previous.event = *event;
+                previous.last_news = now;
+                return;
+            }
+            self.held.remove(&event.conn_id);
+        }
+        if event.flags & FLAG_NO_RESPONSE != 0 {
+            done(event);
+        } else if self.held.len() >= self.max_held {
+            self.completed_early += 1;
+            done(event);
+        } else {
+            self.held.insert(
+                event.conn_id,
+                Held {
+                    event: *event,
+                    last_news: now,
+                },
+            );
+        }
+    }
+
     /// Takes one decoded record; every exchange it completes is passed to `done`.
     pub fn feed(&mut self, record: Record<'_>, now: Instant, mut done: impl FnMut(&HttpEvent)) {
         match record {
-            Record::Http(event) => {
-                // A new request on the connection: the previous exchange is over.
-                if let Some(previous) = self.held.remove(&event.conn_id) {
-                    done(&previous.event);
-                }
-                if event.flags & FLAG_NO_RESPONSE != 0 {
-                    done(&event);
-                } else if self.held.len() >= self.max_held {
-                    self.completed_early += 1;
-                    done(&event);
-                } else {
-                    self.held.insert(
-                        event.conn_id,
-                        Held {
-                            event,
-                            last_news: now,
-                        },
-                    );
-                }
-            }
+            Record::Http(event) => self.feed_http(&event, now, done),
             Record::Update(update) if update.kind == EVENT_CONN_CLOSED => {
                 if let Some(mut held) = self.held.remove(&update.conn_id) {
                     held.event.flags |= FLAG_CLOSED;
