@@ -159,7 +159,7 @@ fn hex_decode(src: &[u8], dst: &mut [u8]) -> Option<()> {
 /// (`http://user:pass@host/p`, sent to proxies) loses its userinfo: credentials are never part
 /// of a span.
 fn split_target(target: &[u8]) -> (String, Option<String>) {
-    let target = String::from_utf8_lossy(target);
+    let target = lossy(target);
     let target = strip_userinfo(&target);
     match target.split_once('?') {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
@@ -167,17 +167,26 @@ fn split_target(target: &[u8]) -> (String, Option<String>) {
     }
 }
 
+/// `String::from_utf8_lossy`, with the check for valid UTF-8 (nearly every header value)
+/// done first: `from_utf8` has an ASCII fast path the lossy decoder lacks.
+fn lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.into(),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
 /// `scheme://user:pass@host/rest` without `user:pass@`; anything else unchanged.
 pub fn strip_userinfo(target: &str) -> std::borrow::Cow<'_, str> {
-    let Some(scheme_end) = target.find("://") else {
-        return target.into();
-    };
-    let scheme = &target[..scheme_end];
-    if scheme.is_empty()
-        || !scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
-    {
+    // The scheme is the run of scheme characters the target starts with, when `://` follows
+    // it (a `://` further on has a non-scheme character before it): read once up to its end
+    // instead of searching the whole target for `://` (an origin-form target stops at its
+    // first `/`).
+    let scheme_end = target
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))
+        .unwrap_or(target.len());
+    if scheme_end == 0 || !target[scheme_end..].starts_with("://") {
         return target.into();
     }
     let authority_start = scheme_end + 3;
@@ -380,7 +389,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
                     Some(at) => &value[at + 1..],
                     None => value,
                 };
-                head.host = Some(String::from_utf8_lossy(value).into_owned());
+                head.host = Some(lossy(value).into_owned());
             } else if name.eq_ignore_ascii_case(b"content-length") {
                 head.content_length = parse_u64(value);
             } else if name.eq_ignore_ascii_case(b"traceparent") {
@@ -390,7 +399,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
                 head.tracestate = tracestate_value(value);
             } else if name.eq_ignore_ascii_case(b"user-agent") {
                 let value = &value[..value.len().min(MAX_USER_AGENT_LEN)];
-                head.user_agent = Some(String::from_utf8_lossy(value).into_owned());
+                head.user_agent = Some(lossy(value).into_owned());
             }
         }
     }
