@@ -263,7 +263,14 @@ impl Span {
             } else {
                 &self.method
             };
-            self.name = format!("{method} {r}");
+            // Written over the old name, in its buffer when that is large enough (HTTP/1
+            // spans are built with room for the route): once per HTTP span, and `format!`
+            // and a new allocation cost more than the copy.
+            self.name.clear();
+            self.name.reserve(method.len() + 1 + r.len());
+            self.name.push_str(method);
+            self.name.push(' ');
+            self.name.push_str(r);
         }
         self.route = route;
     }
@@ -322,22 +329,21 @@ pub trait IdSource {
     fn span_id(&mut self) -> [u8; 8];
 }
 
+// `fill_bytes`, not `random::<[u8; N]>()`: the latter draws one `u32` per byte.
 impl<R: rand::Rng> IdSource for R {
     fn trace_id(&mut self) -> [u8; 16] {
-        loop {
-            let id: [u8; 16] = self.random();
-            if id != [0; 16] {
-                return id;
-            }
+        let mut id = [0; 16];
+        while id == [0; 16] {
+            self.fill_bytes(&mut id);
         }
+        id
     }
     fn span_id(&mut self) -> [u8; 8] {
-        loop {
-            let id: [u8; 8] = self.random();
-            if id != [0; 8] {
-                return id;
-            }
+        let mut id = [0; 8];
+        while id == [0; 8] {
+            self.fill_bytes(&mut id);
         }
+        id
     }
 }
 

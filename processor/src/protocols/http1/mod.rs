@@ -142,17 +142,22 @@ pub fn build(
         "_OTHER" if !head.method.is_empty() => ("_OTHER".to_string(), Some(head.method)),
         _ => (head.method, None),
     };
+    // The name has room for ` route` too: the route decorator names most spans again
+    // (`Span::set_route`), in the same buffer when the route is no longer than the path.
+    let name = if method.is_empty() || method_original.is_some() {
+        "HTTP".into()
+    } else {
+        let mut name = String::with_capacity(method.len() + 1 + head.path.len());
+        name.push_str(&method);
+        name
+    };
     Built::Span(
         Box::new(Span {
             trace_id: TraceId(trace_id),
             span_id: SpanId(span_id),
             parent_span_id: parent.map(SpanId),
             kind,
-            name: if method.is_empty() || method_original.is_some() {
-                "HTTP".into()
-            } else {
-                method.clone()
-            },
+            name,
             method,
             path: head.path,
             query: query.apply(head.query),
