@@ -21,14 +21,18 @@ pub const REMOVED_GRACE: Duration = Duration::from_secs(10);
 /// Processes the loader announced, and those it removed less than [`REMOVED_GRACE`] ago.
 #[derive(Debug, Default)]
 pub struct ProcessTable {
-    live: HashMap<u32, ProcessRecord>,
+    live: PidMap<ProcessRecord>,
     removed: Vec<(u32, Instant)>,
     /// The service of each live process, resolved once when announced (`naming`'s ladder)
     /// and again when its Kubernetes metadata arrives or changes.
-    services: HashMap<u32, ServiceNames>,
+    services: PidMap<ServiceNames>,
     /// The Kubernetes metadata of processes whose pod is known (`crate::kube`).
-    k8s: HashMap<u32, Arc<K8sMeta>>,
+    k8s: PidMap<Arc<K8sMeta>>,
 }
+
+/// Looked up once per span: a seeded foldhash, not SipHash (pids are the loader's, not
+/// chosen by traffic).
+type PidMap<V> = HashMap<u32, V, foldhash::fast::RandomState>;
 
 /// The inputs of the service-name ladder a record carries (the Kubernetes rungs are `None`
 /// here; `k8s` fills them when the pod's metadata is known).

@@ -103,9 +103,12 @@ impl<'a, W: Write> SpanSink<'a, W> {
         processes: &'p ProcessTable,
         stats: &mut Stats,
     ) -> (Cow<'p, str>, Option<&'p str>) {
-        // Borrowed on the hot path: no allocation per event for a known process.
-        let namespace = processes.service(pid).and_then(|s| s.namespace.as_deref());
-        (processes.service_name(pid, stats), namespace)
+        // Borrowed on the hot path: no allocation per event for a known process, and one
+        // lookup for both.
+        match processes.service(pid) {
+            Some(s) => (Cow::Borrowed(&s.name), s.namespace.as_deref()),
+            None => (processes.service_name(pid, stats), None),
+        }
     }
 
     /// Builds the span of one completed HTTP/1 exchange and passes it on.
