@@ -398,9 +398,10 @@ impl Linker {
         self.serving.insert(s.pid, now);
         let th = self.threads.entry((s.pid, s.tid)).or_default();
         th.last_seen = Some(now);
-        let max_wait = self.max_wait;
-        th.servers
-            .retain(|x| now.saturating_duration_since(x.arrived) <= max_wait);
+        // Arrived at most `max_wait` before now, by one comparison per server span (this
+        // runs once per request).
+        let oldest = now.checked_sub(self.max_wait);
+        th.servers.retain(|x| oldest.is_none_or(|o| x.arrived >= o));
         let srv = Server {
             start: s.start_unix_nano,
             end: s.end_unix_nano,
