@@ -580,4 +580,121 @@ mod tests {
         assert_eq!(next.len(), 1, "the old resource is gone: {next:?}");
         assert!(next[0].0.contains("svc9") && next[0].1 == 2, "{next:?}");
     }
+
+    /// A process with a process-metrics series and RED series: one request under its
+    /// resource, process metrics first in the versionless `sonde` scope, RED in the
+    /// versioned one; once its process left (the series ended), only RED; the flows in a
+    /// request of their own under the host's resource.
+    #[test]
+    fn process_metrics_go_with_the_process_and_flows_under_the_host() {
+        use prometheus_client::registry::Registry;
+        use sonde_schema::control::ProcessUsage;
+
+        use crate::process_metrics::{ProcessLabels, ProcessMetrics};
+
+        let pipelines = Pipelines::default();
+        let red = RedStore::default();
+        let mut meters = Meters::new(Arc::clone(&pipelines));
+        meters.add(3, &process(3), &convert::resource(&process(3), "h"));
+        let attrs = meters.attributes(&Span {
+            pid: 3,
+            ..Span::fixture()
+        });
+        let series = red
+            .add(Series::new(3, Instrument::HttpServer, None, attrs, 1))
+            .expect("room");
+        series.record(&Span::fixture());
+        let usage = ProcessMetrics::register(&mut Registry::default());
+        let reading = ProcessUsage {
+            pid: 3,
+            parent_pid: 1,
+            uid: 0,
+            cpu_user_ns: 1_000_000_000,
+            cpu_system_ns: 0,
+            memory_rss: 1,
+            memory_virtual: 2,
+            disk_read_bytes: 3,
+            disk_write_bytes: 4,
+            net_receive_bytes: 5,
+            net_transmit_bytes: 6,
+            sampled_at_ns: 1,
+        };
+        let labels = ProcessLabels {
+            service_name: "svc3".into(),
+            service_namespace: String::new(),
+            process_pid: 3,
+            process_parent_pid: 1,
+            process_command: "x".into(),
+            process_owner: "0".into(),
+            k8s: crate::kube::K8sLabels::default(),
+        };
+        let obs = usage.observe(&reading);
+        meters.export_usage(3, &usage.record(&reading, &obs, labels));
+        let metrics = crate::metrics::Metrics::new("h");
+        let file = sonde_config::FileText {
+            path: "t.yaml".into(),
+            text: "prometheus_export:\n  port: 9999\n".into(),
+        };
+        let config =
+            crate::config::Config::from_sources(Some(&file), &Default::default()).expect("config");
+        let flow = sonde_schema::control::FlowCount {
+            src: std::net::Ipv6Addr::LOCALHOST,
+            dst: std::net::Ipv6Addr::LOCALHOST,
+            src_port: 1,
+            dst_port: 2,
+            transport: 6,
+            direction: sonde_schema::control::FlowDirection::Egress,
+            ifindex: 1,
+            iface: "eth0".into(),
+            bytes: 60,
+            packets: 1,
+        };
+        crate::flows::apply(&[flow], &config, &metrics, None, None);
+        meters.export_flows(&metrics.flows.store(), || flows::resource("h"));
+        let sources = MetricSources {
+            pipelines: &pipelines,
+            red: &red,
+        };
+        let decode = |r: &Vec<u8>| {
+            ExportMetricsServiceRequest::decode(r.as_slice())
+                .expect("decodes")
+                .resource_metrics
+                .remove(0)
+        };
+        let scopes = |rm: &ResourceMetrics| -> Vec<(String, String, Vec<String>)> {
+            rm.scope_metrics
+                .iter()
+                .map(|s| {
+                    let sc = s.scope.clone().unwrap_or_default();
+                    let names = s.metrics.iter().map(|m| m.name.clone()).collect();
+                    (sc.name, sc.version, names)
+                })
+                .collect()
+        };
+        let requests = sources.requests();
+        assert_eq!(requests.len(), 2);
+        let process_rm = decode(&requests[0]);
+        let got = scopes(&process_rm);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("sonde", ""));
+        assert_eq!(
+            got[0].2.len(),
+            5,
+            "no utilization after one reading: {got:?}"
+        );
+        assert_eq!(got[1].2[0], "http.server.request.duration");
+        let host = decode(&requests[1]);
+        assert!(format!("{:?}", host.resource).contains("sonde-network-flows"));
+        assert_eq!(
+            scopes(&host)[0].2,
+            ["beyla.network.flow.bytes", "beyla.network.flow.packets"]
+        );
+        // The process left: its series ended, RED still goes until its pipeline is retired.
+        usage.remove(3);
+        let after = sources.requests();
+        assert_eq!(after.len(), 2);
+        let got = scopes(&decode(&after[0]));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].2, ["http.server.request.duration"]);
+    }
 }
