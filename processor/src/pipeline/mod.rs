@@ -224,14 +224,15 @@ impl<'a, W: Write> Pipeline<'a, W> {
         // copies the event once into its connection's slot (no `Record` around it, whose
         // moves copied it again).
         if bytes.first() == Some(&EVENT_HTTP) {
-            match HttpEvent::decode(bytes) {
+            // Borrowed where it was decoded (a binding by value would copy it once more).
+            match &HttpEvent::decode(bytes) {
                 Ok(event) => {
                     let (sink, processes, stats) =
                         (&mut self.sink, &self.processes, &mut self.stats);
                     self.assembler
-                        .feed_http(&event, now, |ev| sink.emit(ev, processes, stats));
+                        .feed_http(event, now, |ev| sink.emit(ev, processes, stats));
                 }
-                Err(e) => self.undecodable(e),
+                Err(e) => self.undecodable(*e),
             }
             return;
         }
