@@ -1,9 +1,10 @@
 //! The export worker: one thread, running a single-threaded Tokio runtime, that takes the
 //! spans the reader thread queued, batches them, encodes each batch as one OTLP request
 //! (`encode`: one `ResourceSpans` per process) and sends it (`transport`), and collects and
-//! sends every process's metrics each `interval` (one request per process, under its
-//! resource: its process metrics, `usage_metrics`, its RED series, `red_metrics`, and its
-//! service graph cells, `graph_metrics`; one more for the network flows, `flows`). The queue
+//! sends every process's metrics each `interval` (each process under its resource: its
+//! process metrics, `usage_metrics`, its RED series, `red_metrics`, and its service graph
+//! cells, `graph_metrics`; the network flows, `flows`, under the host's; several resources
+//! per request, up to `REQUEST_BYTES`). The queue
 //! is bounded (`queue_size`, counted from hand-over to export): beyond it the reader thread
 //! drops and counts a span rather than wait. What the exporters still cannot send after
 //! their retries is counted and dropped, and logged without flooding; the next batch
@@ -309,18 +310,13 @@ struct MetricSources<'a> {
 }
 
 impl MetricSources<'_> {
-    /// One request per process (its resource, its process metrics, its RED series and its
-    /// service graph cells), and the flows'; a process with nothing to report sends nothing.
+    /// The metrics of every process (its resource, its process metrics, its RED series and
+    /// its service graph cells) and the flows', several resources per request (at most
+    /// `REQUEST_BYTES` each); a process with nothing to report sends nothing.
     fn requests(&self) -> Vec<Vec<u8>> {
         let now = unix_nanos();
         let (collected, host_flows) = meters::collect(self.pipelines, now);
-        let mut out = Vec::with_capacity(collected.len() + 1);
-        let mut send = |rm: ResourceMetrics| {
-            let request = ExportMetricsServiceRequest {
-                resource_metrics: vec![rm],
-            };
-            out.push(request.encode_to_vec());
-        };
+        let mut requests = Requests::default();
         for c in collected {
             let mut scopes = Vec::with_capacity(2);
             // Process metrics open the scope (`sonde`, no version) the service graph joins.
@@ -334,7 +330,7 @@ impl MetricSources<'_> {
             }
             graph_metrics::add_scope_metrics(&mut scopes, &c.graph, now);
             if !scopes.is_empty() {
-                send(ResourceMetrics {
+                requests.push(ResourceMetrics {
                     resource: Some(c.resource),
                     scope_metrics: scopes,
                     schema_url: String::new(),
@@ -344,9 +340,50 @@ impl MetricSources<'_> {
         if let Some((resource, store)) = host_flows
             && let Some(rm) = flows::resource_metrics(&store, &resource, now)
         {
-            send(rm);
+            requests.push(rm);
         }
-        out
+        requests.finish()
+    }
+}
+
+/// The encoded size a metrics request grows to before the next one starts: a quarter of the
+/// 4 MiB a gRPC server takes by default, so no collector refuses one for its size, while a
+/// hundred processes still go out in one request rather than a hundred.
+const REQUEST_BYTES: usize = 1 << 20;
+
+/// Resources gathered into requests of at most `REQUEST_BYTES` (one larger resource goes
+/// alone).
+#[derive(Default)]
+struct Requests {
+    out: Vec<Vec<u8>>,
+    batch: Vec<ResourceMetrics>,
+    size: usize,
+}
+
+impl Requests {
+    fn push(&mut self, rm: ResourceMetrics) {
+        // The field's tag and length prefix besides the message.
+        let n = rm.encoded_len() + 6;
+        if !self.batch.is_empty() && self.size + n > REQUEST_BYTES {
+            self.flush();
+        }
+        self.size += n;
+        self.batch.push(rm);
+    }
+
+    fn flush(&mut self) {
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: std::mem::take(&mut self.batch),
+        };
+        self.out.push(request.encode_to_vec());
+        self.size = 0;
+    }
+
+    fn finish(mut self) -> Vec<Vec<u8>> {
+        if !self.batch.is_empty() {
+            self.flush();
+        }
+        self.out
     }
 }
 
@@ -581,10 +618,10 @@ mod tests {
         assert!(next[0].0.contains("svc9") && next[0].1 == 2, "{next:?}");
     }
 
-    /// A process with a process-metrics series and RED series: one request under its
-    /// resource, process metrics first in the versionless `sonde` scope, RED in the
-    /// versioned one; once its process left (the series ended), only RED; the flows in a
-    /// request of their own under the host's resource.
+    /// A process with a process-metrics series and RED series: its resource carries process
+    /// metrics first, in the versionless `sonde` scope, RED in the versioned one; once its
+    /// process left (the series ended), only RED; the flows go under the host's resource, in
+    /// the same request.
     #[test]
     fn process_metrics_go_with_the_process_and_flows_under_the_host() {
         use prometheus_client::registry::Registry;
@@ -672,9 +709,13 @@ mod tests {
                 .collect()
         };
         let requests = sources.requests();
-        assert_eq!(requests.len(), 2);
-        let process_rm = decode(&requests[0]);
-        let got = scopes(&process_rm);
+        assert_eq!(requests.len(), 1, "one request for both resources");
+        let mut both = ExportMetricsServiceRequest::decode(requests[0].as_slice())
+            .expect("decodes")
+            .resource_metrics;
+        assert_eq!(both.len(), 2);
+        let host = both.remove(1);
+        let got = scopes(&both[0]);
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!((got[0].0.as_str(), got[0].1.as_str()), ("sonde", ""));
         assert_eq!(
@@ -683,7 +724,6 @@ mod tests {
             "no utilization after one reading: {got:?}"
         );
         assert_eq!(got[1].2[0], "http.server.request.duration");
-        let host = decode(&requests[1]);
         assert!(format!("{:?}", host.resource).contains("sonde-network-flows"));
         assert_eq!(
             scopes(&host)[0].2,
@@ -692,9 +732,45 @@ mod tests {
         // The process left: its series ended, RED still goes until its pipeline is retired.
         usage.remove(3);
         let after = sources.requests();
-        assert_eq!(after.len(), 2);
+        assert_eq!(after.len(), 1);
         let got = scopes(&decode(&after[0]));
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].2, ["http.server.request.duration"]);
+    }
+
+    /// Resources share requests up to `REQUEST_BYTES`; none is lost or split.
+    #[test]
+    fn requests_gather_resources_up_to_their_size() {
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        let rm = |text_len: usize| ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![super::usage_metrics::string("x", &"a".repeat(text_len))],
+                ..Resource::default()
+            }),
+            ..ResourceMetrics::default()
+        };
+        let mut small = Requests::default();
+        for _ in 0..100 {
+            small.push(rm(100));
+        }
+        let out = small.finish();
+        assert_eq!(out.len(), 1);
+        let decoded = ExportMetricsServiceRequest::decode(out[0].as_slice()).expect("decodes");
+        assert_eq!(decoded.resource_metrics.len(), 100);
+        let mut large = Requests::default();
+        for n in [600_000, 600_000, 300_000, 2_000_000, 10] {
+            large.push(rm(n));
+        }
+        let sizes: Vec<usize> = large
+            .finish()
+            .iter()
+            .map(|r| {
+                let d = ExportMetricsServiceRequest::decode(r.as_slice()).expect("decodes");
+                assert!(r.len() <= REQUEST_BYTES || d.resource_metrics.len() == 1);
+                d.resource_metrics.len()
+            })
+            .collect();
+        assert_eq!(sizes, [1, 2, 1, 1]);
+        assert!(Requests::default().finish().is_empty());
     }
 }
