@@ -7,7 +7,8 @@
 # (default: decode build core prometheus metrics traces json). EVENTS (default 2000000),
 # ROUNDS (default 5), CORE (default 1). COMPARE=/path/to/another/replay (e.g. built from an
 # older commit with CARGO_TARGET_DIR elsewhere) runs it beside this tree's build in every
-# round, its sets reported as `old:<set>`.
+# round, its sets reported as `old:<set>`. CARGO_TARGET_DIR is honoured (the build measured is
+# the one cargo writes there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -18,7 +19,7 @@ sets=("$@")
 [ ${#sets[@]} -gt 0 ] || sets=(decode build core prometheus metrics traces json)
 
 cargo build --release -p sonde-processor --example replay
-bin=target/release/examples/replay
+bin=${CARGO_TARGET_DIR:-target}/release/examples/replay
 
 work=$(mktemp -d /tmp/sonde-replay.XXXXXX)
 nginx_pid=
