@@ -8,14 +8,11 @@
 //! A series leaves OTLP, as it leaves Prometheus, after `FLOW_SERIES_TTL` without counts.
 
 use opentelemetry_proto::tonic::{
-    metrics::v1::{
-        AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, Sum, metric,
-        number_data_point::Value,
-    },
+    metrics::v1::{Metric, NumberDataPoint, ResourceMetrics, number_data_point::Value},
     resource::v1::Resource,
 };
 
-use super::usage_metrics::{scope, string};
+use super::usage_metrics::{self, scope, string};
 use crate::flows::{FlowKey, FlowStore, SeriesCount};
 
 /// The flows' resource.
@@ -52,17 +49,7 @@ fn sum(
             ..NumberDataPoint::default()
         })
         .collect();
-    Some(Metric {
-        name: name.into(),
-        description: description.into(),
-        unit: unit.into(),
-        data: Some(metric::Data::Sum(Sum {
-            data_points,
-            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            is_monotonic: true,
-        })),
-        ..Metric::default()
-    })
+    Some(usage_metrics::sum(name, unit, description, data_points))
 }
 
 /// The two flow sums of `store` at `now` under `resource`; `None` while it has no series.
@@ -100,6 +87,7 @@ pub(super) fn resource_metrics(
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_proto::tonic::metrics::v1::metric;
     use prost::Message as _;
     use sonde_schema::control::{FlowCount, FlowDirection};
 

@@ -90,7 +90,13 @@ impl Points<'_> {
     }
 }
 
-fn sum(name: &str, unit: &str, description: &str, data_points: Vec<NumberDataPoint>) -> Metric {
+/// A cumulative, monotonic sum of `data_points`.
+pub(super) fn sum(
+    name: &str,
+    unit: &str,
+    description: &str,
+    data_points: Vec<NumberDataPoint>,
+) -> Metric {
     Metric {
         name: name.into(),
         description: description.into(),
