@@ -8,15 +8,19 @@ N are selected, and measures the loader's CPU (utime + stime of the `sonde` proc
 with `metrics.features: [application]` (process metrics off) and
 `[application, application_process]` (on, default `processes.interval` 5 s unless
 --interval), alternating for --rounds rounds. The Prometheus endpoint is on in both, so the
-processor records what it receives.
+processor records what it receives. --otlp also exports the metrics over OTLP HTTP/protobuf
+every `interval` to a sink in this script (a thread that answers 200 and discards), so the
+processor's OTLP encoding and sending are measured too.
 
   sudo bench/process_metrics_bench.py [--processes 100] [--duration 60] [--rounds 1]
+                                      [--interval 5s] [--otlp]
                                       [--sonde target/release/sonde] [--json out.json]
 
 Root is needed (eBPF). Not a test: nothing is asserted; figures go to BENCHMARKS.md.
 """
 
 import argparse
+import http.server
 import json
 import os
 import shutil
@@ -24,6 +28,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -55,7 +60,31 @@ def free_port():
     return port
 
 
-def run(sonde, workdir, n, features, interval, duration):
+class DiscardingSink(http.server.BaseHTTPRequestHandler):
+    """An OTLP HTTP/protobuf receiver that reads each request whole and answers 200."""
+
+    protocol_version = "HTTP/1.1"
+    requests = 0
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        DiscardingSink.requests += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def start_sink():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DiscardingSink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def run(sonde, workdir, n, features, interval, duration, otlp_port=None):
     port = free_port()
     cfg = os.path.join(workdir, f"sonde-{'-'.join(features)}.yaml")
     with open(cfg, "w") as f:
@@ -66,6 +95,11 @@ def run(sonde, workdir, n, features, interval, duration):
             f"prometheus_export:\n  port: {port}\n"
             "trace_printer: disabled\n"
         )
+        if otlp_port:
+            f.write(
+                f"otel_metrics_export:\n  endpoint: http://127.0.0.1:{otlp_port}\n"
+                f"  protocol: http/protobuf\n  interval: {interval}\n"
+            )
     log = open(os.path.join(workdir, f"log-{'-'.join(features)}.txt"), "w+")
     p = subprocess.Popen([sonde, "--config", cfg], stdout=subprocess.DEVNULL, stderr=log,
                          env={"PATH": os.environ.get("PATH", ""), "RUST_LOG": "info"})
@@ -101,8 +135,12 @@ def main():
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--interval", default="5s")
     ap.add_argument("--sonde", default=os.path.join(ROOT, "target/release/sonde"))
+    ap.add_argument("--otlp", action="store_true",
+                    help="also export the metrics over OTLP every --interval to a discarding sink")
     ap.add_argument("--json")
     a = ap.parse_args()
+    sink = start_sink() if a.otlp else None
+    otlp_port = sink.server_address[1] if sink else None
     workdir = tempfile.mkdtemp(prefix="sonde-pm-bench-")
     sleeper = os.path.join(workdir, "sonde-bench-sleep")
     shutil.copy("/bin/sleep", sleeper)
@@ -111,14 +149,16 @@ def main():
     try:
         for r in range(a.rounds):
             for features in (["application"], ["application", "application_process"]):
-                res = run(a.sonde, workdir, a.processes, features, a.interval, a.duration)
+                res = run(a.sonde, workdir, a.processes, features, a.interval, a.duration,
+                          otlp_port)
                 res["round"] = r + 1
                 results.append(res)
                 print(json.dumps(res), flush=True)
     finally:
         for p in procs:
             p.kill()
-    print(f"\n{a.processes} selected processes, {a.duration} s windows, interval {a.interval}")
+    otlp = f", OTLP export every interval ({DiscardingSink.requests} requests)" if a.otlp else ""
+    print(f"\n{a.processes} selected processes, {a.duration} s windows, interval {a.interval}{otlp}")
     print("| round | process metrics | loader CPU s | processor CPU s |")
     print("|---|---|---|---|")
     for r in results:
