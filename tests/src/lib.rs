@@ -405,7 +405,10 @@ impl Sonde {
     /// selected.
     pub fn start(args: &[&str], env: &[(&str, &str)], dir: &TempDir, pids: &[u32]) -> Sonde {
         let s = Sonde::start_binary("sonde", args, env, dir);
-        s.wait_log("processor connected", Duration::from_secs(30));
+        // Start-up (kernel BTF parse, verification of every program) takes 2–3 s on a quiet
+        // machine and was seen at 16 s under a load average of 10: the wait returns as soon
+        // as the processor is connected, so a long bound costs a healthy run nothing.
+        s.wait_log("processor connected", Duration::from_secs(90));
         for pid in pids {
             s.wait_selected(*pid);
         }
