@@ -40,6 +40,10 @@ class Answering(http.server.BaseHTTPRequestHandler):
         body = text.encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
+        # Said, not only done (HTTP/1.0 closes after each answer): java.net.http.HttpClient
+        # pools a connection whose answer lacks `Connection: close`, and a request sent on it
+        # after the close goes out on the wire unanswered (a second span for one call).
+        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 

@@ -118,6 +118,37 @@ fn no_wrong_link(
     (linked, unlinked)
 }
 
+/// The client spans of `pid` under `prefix` whose request id has other than exactly one,
+/// printed whole: what a count mismatch needs to be understood.
+fn not_once(spans: &[Value], pid: u32, prefix: &str) -> String {
+    let mut by_id: HashMap<u32, Vec<&Value>> = HashMap::new();
+    for c in spans.iter().filter(|s| {
+        s["kind"] == "client"
+            && s["pid"] == pid
+            && s["path"].as_str().is_some_and(|p| p.starts_with(prefix))
+    }) {
+        let id = c["path"].as_str().and_then(id_of).unwrap_or(u32::MAX);
+        by_id.entry(id).or_default().push(c);
+    }
+    let expected: Vec<u32> = (1..=N).filter(|id| id % 2 == 0).collect();
+    let mut ids: Vec<u32> = by_id
+        .keys()
+        .copied()
+        .chain(expected.iter().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut out = String::new();
+    for id in ids.into_iter().filter(|&id| id != 0) {
+        let found = by_id.get(&id).map_or(&[][..], Vec::as_slice);
+        let wanted = usize::from(expected.contains(&id));
+        if found.len() != wanted {
+            out.push_str(&format!("id {id}: {} spans {found:#?}\n", found.len()));
+        }
+    }
+    out
+}
+
 /// Waits for the warm-up request's server span: from then on the process is known to serve.
 fn warm_up(sonde: &Sonde, pid: u32, port: u16, target: &str) {
     let body = http_get(port, target);
@@ -357,7 +388,12 @@ fn java_thread_pool_links_same_thread_calls_and_never_misplaces_http_client() {
     assert_eq!((url_linked, url_unlinked), (N as usize / 2, 0));
     let (hc_linked, hc_unlinked) = no_wrong_link(&spans, &servers, pid, "/hc/");
     eprintln!("HttpClient spans: {hc_linked} linked to their own request, {hc_unlinked} unlinked");
-    assert_eq!(hc_linked + hc_unlinked, N as usize / 2);
+    assert_eq!(
+        hc_linked + hc_unlinked,
+        N as usize / 2,
+        "ids with other than one HttpClient span:\n{}",
+        not_once(&spans, pid, "/hc/")
+    );
     final_linking(&mut sonde);
 }
 
