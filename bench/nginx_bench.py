@@ -15,6 +15,11 @@ With --export, the instrumented runs export spans and metrics over OTLP/gRPC (me
 Prometheus endpoint, scraped every 5 s; spans are then the ones the collector accepted
 (`otlp_spans_exported`), and the collector's CPU is reported apart.
 
+With --not-selected, Sonde selects a second nginx (by its port) and wrk drives the first,
+which Sonde does not select: what a process pays for Sonde instrumenting another one. After
+each such run, 10 requests go to the selected nginx, so the span count (10 per round, none for
+the wrk traffic) proves the selection; bpf ns/request is then the cost of unselected traffic.
+
 With --compare-release, every round also runs a second instrumented variant (DIR/sonde, another
 build, with the same arguments) right after the first, so both are paired with the same
 baseline.
@@ -182,7 +187,22 @@ class Exporting:
         stop(self.rotel, signal.SIGTERM, 10)
 
 
-def instrumented_round(port, duration, workdir, extra, printer, release=None, exporting=None):
+def get_ok(port):
+    """One GET /ok on a new connection; raises unless nginx answers 200."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ok", timeout=5) as r:
+        if r.status != 200:
+            raise SystemExit(f"GET /ok on {port}: {r.status}")
+        r.read()
+
+
+# Requests sent to the selected nginx after a --not-selected run.
+SELECTED_CHECK_REQUESTS = 10
+
+
+def instrumented_round(port, duration, workdir, extra, printer, release=None, exporting=None,
+                       select_port=None):
+    select_port = select_port or port
     spans_path = os.path.join(workdir, "spans.json")
     log_path = os.path.join(workdir, "sonde.log")
     env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": printer, "NO_COLOR": "1",
@@ -192,7 +212,7 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None, ex
         collector_cpu0 = cpu_seconds(exporting.rotel.pid)
     before = {p["id"] for p in bpf_progs()}
     with open(spans_path, "w") as out, open(log_path, "w") as err:
-        sonde = subprocess.Popen([os.path.join(release or RELEASE, "sonde"), "--open-port", str(port)] + extra,
+        sonde = subprocess.Popen([os.path.join(release or RELEASE, "sonde"), "--open-port", str(select_port)] + extra,
                                  stdout=out, stderr=err, env=env)
     try:
         wait_log(log_path, r"processor connected")
@@ -211,6 +231,9 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None, ex
         stats_requests, _ = wrk(port, 3)
         ns1, cnt1 = bpf_run_stats(ours)
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"], check=True)
+        if select_port != port:
+            for _ in range(SELECTED_CHECK_REQUESTS):
+                get_ok(select_port)
         # Let the processor drain what is queued before measuring its CPU and memory.
         deadline = time.time() + 20
         last = -1
@@ -268,6 +291,8 @@ def main():
                     help="with --export: OTLP over gRPC or HTTP/protobuf")
     ap.add_argument("--sampler-ratio", type=float,
                     help="with --export: sample traces with traceidratio at this ratio")
+    ap.add_argument("--not-selected", action="store_true",
+                    help="Sonde selects a second nginx; wrk drives the one it does not select")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -279,6 +304,17 @@ def main():
     os.chmod(workdir, 0o755)
     port = free_port()
     nginx = start_nginx(port, workdir)
+    selected = None
+    if args.not_selected:
+        if args.export:
+            raise SystemExit("--not-selected measures the unselected nginx: no --export")
+        select_port = free_port()
+        selected_dir = os.path.join(workdir, "selected")
+        os.makedirs(selected_dir)
+        os.chmod(selected_dir, 0o755)
+        selected = start_nginx(select_port, selected_dir)
+    else:
+        select_port = port
     exporting = Exporting(workdir, args.export_signals == "all", args.sampler_ratio,
                            args.export_protocol) if args.export else None
     if exporting:
@@ -289,11 +325,15 @@ def main():
         for i in range(args.rounds):
             base_req, base_rps = wrk(port, args.duration)
             inst = instrumented_round(port, args.duration, workdir, args.extra, args.printer,
-                                      args.release, exporting=exporting)
+                                      args.release, exporting=exporting, select_port=select_port)
+            if selected is not None and inst["spans"] != SELECTED_CHECK_REQUESTS:
+                raise SystemExit(f"round {i + 1}: {inst['spans']} spans, expected "
+                                 f"{SELECTED_CHECK_REQUESTS} (the selected nginx's requests only)")
             r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps, **inst}
             if args.compare_release is not None:
                 r["compare"] = instrumented_round(port, args.duration, workdir, args.extra,
-                                                  args.printer, args.compare_release, exporting)
+                                                  args.printer, args.compare_release, exporting,
+                                                  select_port)
             rounds.append(r)
             print(f"round {i+1}: baseline {base_rps:.0f} req/s, instrumented {inst['rps']:.0f} req/s "
                   f"(ratio {inst['rps']/base_rps:.3f}), spans/requests {inst['spans']}/{inst['requests'] + inst['stats_requests']}, "
@@ -308,6 +348,8 @@ def main():
         if exporting:
             exporting.close()
         stop(nginx, signal.SIGQUIT, 10)
+        if selected is not None:
+            stop(selected, signal.SIGQUIT, 10)
         subprocess.run(["sysctl", "-q", "kernel.bpf_stats_enabled=0"])
         shutil.rmtree(workdir, ignore_errors=True)
 
