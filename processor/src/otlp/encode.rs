@@ -179,8 +179,8 @@ pub struct Encoder {
     span: Vec<u8>,
     /// The spans of one process, each as a `ScopeSpans.spans` field.
     spans: Vec<u8>,
-    /// (pid, index in the batch): the batch in process order.
-    order: Vec<(u32, u32)>,
+    /// (pid, part, index in the part): the batch in process order.
+    order: Vec<(u32, u32, u32)>,
     fmt: String,
     tmp: String,
 }
@@ -201,34 +201,38 @@ impl Encoder {
         }
     }
 
-    /// Writes `batch` as an `ExportTraceServiceRequest` into `out` (cleared first): one
-    /// `ResourceSpans` per process, its spans in batch order.
-    pub fn request(&mut self, batch: &[Queued], out: &mut Vec<u8>) {
+    /// Writes the batch made of `parts`, in order, as an `ExportTraceServiceRequest` into
+    /// `out` (cleared first): one `ResourceSpans` per process, its spans in batch order. Parts,
+    /// so the worker encodes the spans where they wait (each pass's spans as the reader handed
+    /// them over) instead of moving every span into one contiguous batch first.
+    pub fn request(&mut self, parts: &[&[Queued]], out: &mut Vec<u8>) {
         out.clear();
         self.order.clear();
-        self.order.extend(
-            batch
-                .iter()
-                .enumerate()
-                .map(|(i, q)| (q.span.pid, i as u32)),
-        );
+        for (p, part) in parts.iter().enumerate() {
+            self.order.extend(
+                part.iter()
+                    .enumerate()
+                    .map(|(i, q)| (q.span.pid, p as u32, i as u32)),
+            );
+        }
+        let at_index = |p: u32, i: u32| &parts[p as usize][i as usize];
         self.order.sort_unstable();
         let mut at = 0;
         while at < self.order.len() {
             let pid = self.order[at].0;
-            let end = at + self.order[at..].partition_point(|&(p, _)| p == pid);
+            let end = at + self.order[at..].partition_point(|&(p, _, _)| p == pid);
             self.spans.clear();
-            for &(_, i) in &self.order[at..end] {
+            for &(_, part, i) in &self.order[at..end] {
                 self.span.clear();
                 let mut attrs = Attrs {
                     out: &mut self.span,
                     field: 9,
                     fmt: &mut self.fmt,
                 };
-                encode_span(&batch[i as usize].span, &mut attrs, &mut self.tmp);
+                encode_span(&at_index(part, i).span, &mut attrs, &mut self.tmp);
                 len_field(&mut self.spans, 2, &self.span);
             }
-            let first = &batch[self.order[at].1 as usize];
+            let first = at_index(self.order[at].1, self.order[at].2);
             let fallback;
             let resource: &[u8] = match &first.resource {
                 Some(r) => r,
@@ -503,7 +507,7 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        Encoder::new("node-1").request(&batch, &mut out);
+        Encoder::new("node-1").request(&[&batch], &mut out);
         ExportTraceServiceRequest::decode(out.as_slice()).expect("the request decodes")
     }
 
@@ -562,10 +566,12 @@ mod tests {
             .collect();
         let mut enc = Encoder::new("h");
         let mut first = Vec::new();
-        enc.request(&batch, &mut first);
+        enc.request(&[&batch], &mut first);
         let mut again = Vec::new();
-        enc.request(&batch[..1], &mut again);
-        enc.request(&batch, &mut again);
+        enc.request(&[&batch[..1]], &mut again);
+        enc.request(&[&batch[..1], &batch[1..]], &mut again);
+        assert_eq!(first, again);
+        enc.request(&[&[], &batch[..2], &[], &batch[2..]], &mut again);
         assert_eq!(first, again);
         let decoded = ExportTraceServiceRequest::decode(first.as_slice()).expect("decodes");
         assert_eq!(decoded.resource_spans.len(), 3);
@@ -593,12 +599,12 @@ mod tests {
         let mut enc = Encoder::new("node-1");
         let mut out = Vec::new();
         for _ in 0..10 {
-            enc.request(&batch, &mut out);
+            enc.request(&[&batch], &mut out);
         }
         let rounds = 200;
         let started = std::time::Instant::now();
         for _ in 0..rounds {
-            enc.request(&batch, &mut out);
+            enc.request(&[&batch], &mut out);
         }
         let per_span = started.elapsed().as_nanos() / (rounds * batch.len() as u128);
         eprintln!(

@@ -75,8 +75,10 @@ impl SpanQueue {
         if self.pending.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
-        let n = batch.len();
+        // The next pass starts at this one's size: no growth by reallocation (each one moves
+        // every span queued so far) on every pass.
+        let n = self.pending.len();
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(n));
         self.queued.fetch_add(n, Ordering::Relaxed);
         if self.tx.send(batch).is_err() {
             // The worker is gone (it only stops at shutdown).
@@ -196,11 +198,10 @@ async fn export_spans(
     mut sender: SpanSender,
     batching: Batching,
 ) {
-    // Spans waiting for a request: taken from the front, so a backlog is not moved again
-    // each time a request is cut from it.
-    let mut batch: VecDeque<Queued> = VecDeque::with_capacity(batching.max.min(4096));
-    // The spans of the request being encoded, reused.
-    let mut chunk: Vec<Queued> = Vec::with_capacity(batching.max.min(4096));
+    // Spans waiting for a request, as the reader handed them over (one deque per pass: made
+    // from the pass's Vec without moving a span), consumed from the front. A span is written
+    // once by the reader and read once by the encoder where it lies.
+    let mut batch = Waiting::default();
     let mut deadline: Option<tokio::time::Instant> = None;
     // A partial batch is to go out: its timeout passed, or the queue closed.
     let mut due = false;
@@ -210,9 +211,8 @@ async fn export_spans(
         while in_flight.len() < IN_FLIGHT
             && (batch.len() >= batching.max || (due && !batch.is_empty()))
         {
-            chunk.extend(batch.drain(..batch.len().min(batching.max)));
-            let n = chunk.len();
-            match sender.encode(&transport, &chunk) {
+            let n = batch.len().min(batching.max);
+            match sender.encode(&transport, &batch.front(n)) {
                 Ok(body) => in_flight.push(send(transport.clone(), body, n)),
                 Err(e) => {
                     sender.outcome(n, Err(e));
@@ -220,7 +220,7 @@ async fn export_spans(
                 }
             }
             // The spans' strings are freed here, once encoded, not after the round trip.
-            chunk.clear();
+            batch.drop_front(n);
         }
         if batch.is_empty() {
             deadline = None;
@@ -232,7 +232,7 @@ async fn export_spans(
         tokio::select! {
             got = rx.recv(), if open => match got {
                 Some(spans) => {
-                    batch.extend(spans);
+                    batch.push(spans);
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + batching.timeout);
                 }
                 // The reader side is shutting down: send what is left.
@@ -242,6 +242,68 @@ async fn export_spans(
             Some((n, result)) = in_flight.next(), if !in_flight.is_empty() => {
                 sender.outcome(n, result);
                 queued.fetch_sub(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Spans waiting for the encoder: the reader's passes in arrival order.
+#[derive(Default)]
+struct Waiting {
+    passes: VecDeque<VecDeque<Queued>>,
+    len: usize,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn push(&mut self, pass: Vec<Queued>) {
+        if !pass.is_empty() {
+            self.len += pass.len();
+            // O(1): the deque takes the Vec's buffer over.
+            self.passes.push_back(VecDeque::from(pass));
+        }
+    }
+
+    /// The first `n` spans (n ≤ len), as slices in order.
+    fn front(&self, n: usize) -> Vec<&[Queued]> {
+        let mut parts = Vec::new();
+        let mut left = n;
+        for pass in &self.passes {
+            let (a, b) = pass.as_slices();
+            for half in [a, b] {
+                if left == 0 {
+                    return parts;
+                }
+                let take = half.len().min(left);
+                if take > 0 {
+                    parts.push(&half[..take]);
+                    left -= take;
+                }
+            }
+        }
+        parts
+    }
+
+    /// Drops the first `n` spans (n ≤ len); the rest stay where they are.
+    fn drop_front(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(pass) = self.passes.front_mut() else {
+                return;
+            };
+            if pass.len() <= n {
+                n -= pass.len();
+                self.passes.pop_front();
+            } else {
+                pass.drain(..n);
+                n = 0;
             }
         }
     }
@@ -277,9 +339,9 @@ impl SpanSender {
     fn encode(
         &mut self,
         transport: &Transport,
-        batch: &[Queued],
+        parts: &[&[Queued]],
     ) -> Result<bytes::Bytes, ExportError> {
-        self.encoder.request(batch, &mut self.request);
+        self.encoder.request(parts, &mut self.request);
         transport.body(&self.request)
     }
 
@@ -772,5 +834,42 @@ mod tests {
             .collect();
         assert_eq!(sizes, [1, 2, 1, 1]);
         assert!(Requests::default().finish().is_empty());
+    }
+
+    /// Spans waiting over several passes are handed out in arrival order across passes and
+    /// dropped from the front only.
+    #[test]
+    fn waiting_spans_go_out_in_order_across_passes() {
+        let pass = |first: u32, n: u32| -> Vec<Queued> {
+            (first..first + n)
+                .map(|tid| Queued {
+                    resource: None,
+                    span: Span {
+                        tid,
+                        ..Span::fixture()
+                    },
+                })
+                .collect()
+        };
+        let tids = |parts: &[&[Queued]]| -> Vec<u32> {
+            parts
+                .iter()
+                .flat_map(|p| p.iter().map(|q| q.span.tid))
+                .collect()
+        };
+        let mut w = Waiting::default();
+        w.push(pass(0, 3));
+        w.push(Vec::new());
+        w.push(pass(3, 4));
+        assert_eq!(w.len(), 7);
+        assert_eq!(tids(&w.front(5)), [0, 1, 2, 3, 4]);
+        w.drop_front(2);
+        assert_eq!(tids(&w.front(5)), [2, 3, 4, 5, 6]);
+        w.drop_front(2);
+        w.push(pass(7, 2));
+        assert_eq!(tids(&w.front(w.len())), [4, 5, 6, 7, 8]);
+        w.drop_front(5);
+        assert!(w.is_empty());
+        assert!(w.front(0).is_empty());
     }
 }
