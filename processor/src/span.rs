@@ -209,10 +209,40 @@ hex_display!(SpanId);
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
+            // Written by hand: two IPv4 addresses go into every exported span, and std's
+            // `Ipv4Addr` formatting (four `u8` formats through `fmt::Write`) was ~4 % of the
+            // processor's cost per exported span. Same text (tested against std).
+            Some(IpAddr::V4(v4)) if f.width().is_none() && f.precision().is_none() => {
+                let mut buf = [0u8; 15];
+                f.write_str(ipv4_text(v4, &mut buf))
+            }
             Some(ip) => ip.fmt(f),
             None => Ok(()),
         }
     }
+}
+
+/// `a.b.c.d` in decimal, as `Ipv4Addr`'s `Display` writes it, into `buf`.
+fn ipv4_text(ip: Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    // Only ASCII digits and dots were written.
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }
 
 impl Serialize for Address {
@@ -350,6 +380,25 @@ impl<R: rand::Rng> IdSource for R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_text_is_what_std_writes() {
+        for octet in 0..=255u8 {
+            for ip in [
+                Ipv4Addr::new(octet, 0, 0, 0),
+                Ipv4Addr::new(1, octet, 10, 100),
+                Ipv4Addr::new(255, 99, octet, 9),
+                Ipv4Addr::new(0, 200, 20, octet),
+                Ipv4Addr::new(octet, octet, octet, octet),
+            ] {
+                let got = Address(Some(IpAddr::V4(ip))).to_string();
+                assert_eq!(got, ip.to_string());
+            }
+        }
+        // A width set by the caller is honoured (std's path).
+        let padded = format!("{:>12}", Address(Some(IpAddr::V4(Ipv4Addr::LOCALHOST))));
+        assert_eq!(padded, "   127.0.0.1");
+    }
 
     #[test]
     fn ipv4_mapped_addresses_print_as_ipv4() {
