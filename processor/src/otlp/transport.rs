@@ -205,8 +205,9 @@ impl Transport {
     }
 
     /// The body that carries an encoded export request: gzipped here for HTTP
-    /// (gRPC compresses in tonic, `send_compressed`).
-    pub fn body(&self, request: &[u8]) -> Result<Bytes, ExportError> {
+    /// (gRPC compresses in tonic, `send_compressed`); otherwise the request's own buffer,
+    /// taken over without a copy.
+    pub fn body(&self, request: Vec<u8>) -> Result<Bytes, ExportError> {
         Ok(match (&self.kind, self.gzip) {
             (Kind::Http { .. }, true) => {
                 use std::io::Write as _;
@@ -214,10 +215,10 @@ impl Transport {
                     Vec::with_capacity(request.len() / 4),
                     flate2::Compression::fast(),
                 );
-                gz.write_all(request)?;
+                gz.write_all(&request)?;
                 Bytes::from(gz.finish()?)
             }
-            _ => Bytes::copy_from_slice(request),
+            _ => Bytes::from(request),
         })
     }
 

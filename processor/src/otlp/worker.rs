@@ -328,7 +328,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// What sending a batch of spans needs besides the transport.
 struct SpanSender {
     encoder: Encoder,
-    /// The encoded request, reused from batch to batch.
+    /// The request being encoded; handed over as the body, replaced by one of its size.
     request: Vec<u8>,
     counters: ExportCounters,
     log: FailureLog,
@@ -342,7 +342,12 @@ impl SpanSender {
         parts: &[&[Queued]],
     ) -> Result<bytes::Bytes, ExportError> {
         self.encoder.request(parts, &mut self.request);
-        transport.body(&self.request)
+        // The buffer goes out with the body (no copy); the next request starts at its size.
+        let capacity = self.request.capacity();
+        transport.body(std::mem::replace(
+            &mut self.request,
+            Vec::with_capacity(capacity),
+        ))
     }
 
     /// Counts the outcome of a request of `n` spans.
@@ -476,7 +481,7 @@ async fn export_metrics(
         let requests = sources.requests();
         let n = requests.len();
         for request in requests {
-            let sent = match transport.body(&request) {
+            let sent = match transport.body(request) {
                 Ok(body) => transport.send(body).await,
                 Err(e) => Err(e),
             };
