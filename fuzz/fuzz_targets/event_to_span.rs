@@ -84,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
             resource: Some(resource.clone()),
             span: s,
         }];
-        encoder.request(&queued, &mut encoded);
+        encoder.request(&[&queued], &mut encoded);
     };
     let mut spans = Vec::new();
     for chunk in data.split(|&b| b == 0xff).filter(|c| !c.is_empty()) {
