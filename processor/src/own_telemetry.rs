@@ -43,7 +43,7 @@ mod tests {
     fn client(method: &str, path: &str) -> Span {
         Span {
             kind: SpanKind::Client,
-            method: method.into(),
+            method: method.to_string().into(),
             path: path.into(),
             ..Span::fixture()
         }

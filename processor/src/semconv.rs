@@ -61,12 +61,13 @@ pub const CLIENT: RedInstruments = RedInstruments {
 /// The method as a static string when it is a standard one (no allocation); other methods
 /// are reported as `_OTHER`, as the conventions ask, so a scanner cannot mint new series.
 pub fn method_value(method: &str) -> &'static str {
+    known_method(method).unwrap_or("_OTHER")
+}
+
+/// The standard method `method` is, as a static string.
+pub fn known_method(method: &str) -> Option<&'static str> {
     const KNOWN: [&str; 10] = [
         "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "QUERY",
     ];
-    KNOWN
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("_OTHER")
+    KNOWN.iter().find(|m| **m == method).copied()
 }

@@ -2,7 +2,10 @@
 //! the service it belongs to, and the attributes of its protocol. Protocol modules
 //! (`protocols::*`) build spans; printers, metrics and OTLP read them.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use serde::Serialize;
 
@@ -22,7 +25,9 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     pub kind: SpanKind,
     pub name: String,
-    pub method: String,
+    /// A standard method is borrowed from `semconv::method_value`'s table: no allocation per
+    /// span for it.
+    pub method: Cow<'static, str>,
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,

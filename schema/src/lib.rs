@@ -410,6 +410,59 @@ impl core::fmt::Display for DecodeError {
     }
 }
 
+/// An `HttpEvent` record that passed [`HttpEvent::check`]: its bytes (at most
+/// `HTTP_EVENT_SIZE`, lengths within their buffers) and the fields that say where it goes.
+#[derive(Clone, Copy)]
+pub struct CheckedHttpEvent<'a> {
+    bytes: &'a [u8],
+    /// `HttpEvent::conn_id`.
+    pub conn_id: u64,
+    /// `HttpEvent::flags`.
+    pub flags: u32,
+}
+
+impl CheckedHttpEvent<'_> {
+    /// Writes the record over `out`. Only the record's bytes are written: the request bytes
+    /// past `request_len` keep what `out` held, and nothing reads them (`HttpEvent::request`
+    /// stops at `request_len`).
+    pub fn write_to(&self, out: &mut HttpEvent) {
+        // SAFETY: `check` kept at most HTTP_EVENT_SIZE bytes, so they fit the destination
+        // struct, which is repr(C) made only of integers and byte arrays (every bit pattern
+        // is valid); source and destination are distinct (a shared and a unique borrow).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.bytes.as_ptr(),
+                (out as *mut HttpEvent).cast::<u8>(),
+                self.bytes.len(),
+            )
+        };
+    }
+
+    /// The record as an event of its own (the bytes a short record leaves out are zero).
+    pub fn to_event(&self) -> HttpEvent {
+        let mut event = HttpEvent::zeroed();
+        self.write_to(&mut event);
+        event
+    }
+}
+
+/// A native-endian field of a record at least `at + 2` bytes long.
+fn field_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn field_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_ne_bytes(b)
+}
+
+fn field_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_ne_bytes(b)
+}
+
 impl HttpEvent {
     /// An all-zero event (what the kernel map starts from).
     pub const fn zeroed() -> Self {
@@ -445,6 +498,14 @@ impl HttpEvent {
     /// Decodes a ring-buffer sample, checking size, kind and captured lengths.
     /// Never panics, whatever the bytes.
     pub fn decode(bytes: &[u8]) -> Result<HttpEvent, DecodeError> {
+        Ok(HttpEvent::check(bytes)?.to_event())
+    }
+
+    /// Checks a ring-buffer sample as [`HttpEvent::decode`] does, without copying it: the
+    /// processor then copies it once, straight into the slot that keeps it
+    /// ([`CheckedHttpEvent::write_to`]), instead of into a zeroed event first and from there
+    /// into the slot (two copies and a clear of 576 bytes per request).
+    pub fn check(bytes: &[u8]) -> Result<CheckedHttpEvent<'_>, DecodeError> {
         if bytes.len() < HTTP_EVENT_MIN_SIZE {
             return Err(DecodeError::Truncated {
                 needed: HTTP_EVENT_MIN_SIZE,
@@ -454,23 +515,19 @@ impl HttpEvent {
         if bytes[0] != EVENT_HTTP {
             return Err(DecodeError::UnknownKind(bytes[0]));
         }
-        let len = bytes.len().min(HTTP_EVENT_SIZE);
-        let mut event = HttpEvent::zeroed();
-        // SAFETY: `len` bytes fit both the source slice and the destination struct, which is
-        // repr(C) made only of integers and byte arrays (every bit pattern is valid).
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                (&mut event as *mut HttpEvent).cast::<u8>(),
-                len,
-            )
-        };
-        if event.request_len as usize > len - HTTP_EVENT_MIN_SIZE
-            || event.response_len as usize > RESPONSE_CAPTURE
+        let bytes = &bytes[..bytes.len().min(HTTP_EVENT_SIZE)];
+        let request_len = field_u16(bytes, core::mem::offset_of!(HttpEvent, request_len));
+        let response_len = field_u16(bytes, core::mem::offset_of!(HttpEvent, response_len));
+        if request_len as usize > bytes.len() - HTTP_EVENT_MIN_SIZE
+            || response_len as usize > RESPONSE_CAPTURE
         {
             return Err(DecodeError::BadLength);
         }
-        Ok(event)
+        Ok(CheckedHttpEvent {
+            bytes,
+            conn_id: field_u64(bytes, core::mem::offset_of!(HttpEvent, conn_id)),
+            flags: field_u32(bytes, core::mem::offset_of!(HttpEvent, flags)),
+        })
     }
 
     /// Bytes of this event on the wire: the fixed part plus the captured request bytes.
@@ -896,6 +953,38 @@ mod tests {
         assert_eq!(
             HttpEvent::decode(&e.as_bytes()[..HTTP_EVENT_MIN_SIZE + 2]).err(),
             Some(DecodeError::BadLength)
+        );
+    }
+
+    #[test]
+    fn a_checked_record_written_over_a_used_event_reads_as_the_record() {
+        let mut long = HttpEvent::zeroed();
+        long.kind = EVENT_HTTP;
+        long.request_len = 20;
+        long.request[..20].copy_from_slice(b"POST /a-longer-path ");
+        let mut short = HttpEvent::zeroed();
+        short.kind = EVENT_HTTP;
+        short.conn_id = 0x0102_0304_0506_0708;
+        short.flags = FLAG_NO_RESPONSE;
+        short.response_len = 2;
+        short.response[..2].copy_from_slice(b"HT");
+        short.request_len = 6;
+        short.request[..6].copy_from_slice(b"GET / ");
+        let checked = HttpEvent::check(short.as_bytes()).unwrap();
+        assert_eq!(
+            (checked.conn_id, checked.flags),
+            (short.conn_id, FLAG_NO_RESPONSE)
+        );
+        let mut slot = long;
+        checked.write_to(&mut slot);
+        assert_eq!(slot.request(), b"GET / ");
+        assert_eq!(slot.response(), b"HT");
+        assert_eq!(slot.conn_id, short.conn_id);
+        // The same event as `decode` gives, whose bytes past the record are zero.
+        assert_eq!(checked.to_event().as_bytes(), slot.as_bytes());
+        assert_eq!(
+            HttpEvent::decode(short.as_bytes()).unwrap().as_bytes(),
+            slot.as_bytes()
         );
     }
 

@@ -220,19 +220,17 @@ impl<'a, W: Write> Pipeline<'a, W> {
     pub fn record(&mut self, bytes: &[u8], now: Instant) {
         self.stats.events += 1;
         self.metrics.events.inc();
-        // Most records are HTTP/1 events: decoded here and borrowed by the assembler, which
-        // copies the event once into its connection's slot (no `Record` around it, whose
-        // moves copied it again).
+        // Most records are HTTP/1 events: checked in place and copied once, by the assembler,
+        // into their connection's slot (decoding first made a zeroed copy to copy again).
         if bytes.first() == Some(&EVENT_HTTP) {
-            // Borrowed where it was decoded (a binding by value would copy it once more).
-            match &HttpEvent::decode(bytes) {
+            match HttpEvent::check(bytes) {
                 Ok(event) => {
                     let (sink, processes, stats) =
                         (&mut self.sink, &self.processes, &mut self.stats);
                     self.assembler
                         .feed_http(event, now, |ev| sink.emit(ev, processes, stats));
                 }
-                Err(e) => self.undecodable(*e),
+                Err(e) => self.undecodable(e),
             }
             return;
         }

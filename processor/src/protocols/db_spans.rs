@@ -36,7 +36,7 @@ pub fn build(
         parent_span_id: None,
         kind,
         name: db::span_name(&db),
-        method: String::new(),
+        method: "".into(),
         path: String::new(),
         query: None,
         route: None,

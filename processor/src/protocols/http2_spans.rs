@@ -94,7 +94,7 @@ pub fn build(
         parent_span_id: parent.map(SpanId),
         kind,
         name,
-        method,
+        method: method.into(),
         path,
         query: query.apply(raw_query),
         route: None,

@@ -37,7 +37,7 @@ pub fn build(
         parent_span_id: None,
         kind,
         name: messaging::span_name(&m),
-        method: String::new(),
+        method: "".into(),
         path: String::new(),
         query: None,
         route: None,

@@ -8,7 +8,8 @@
 use std::time::{Duration, Instant};
 
 use sonde_schema::{
-    EVENT_CONN_CLOSED, EVENT_REQUEST_MORE, FLAG_CLOSED, FLAG_NO_RESPONSE, HttpEvent, Record,
+    CheckedHttpEvent, EVENT_CONN_CLOSED, EVENT_REQUEST_MORE, FLAG_CLOSED, FLAG_NO_RESPONSE,
+    HttpEvent, Record,
 };
 
 use crate::prehashed::PrehashedMap;
@@ -25,6 +26,47 @@ type ConnIdMap<V> = PrehashedMap<V>;
 struct Held {
     event: HttpEvent,
     last_news: Instant,
+}
+
+/// An exchange's event as it reaches the assembler: a ring-buffer record checked in place
+/// (copied once, into its slot) or an event already decoded.
+pub trait NewEvent {
+    fn conn_id(&self) -> u64;
+    fn flags(&self) -> u32;
+    /// Writes the event over `out`.
+    fn write_to(&self, out: &mut HttpEvent);
+    /// Passes the event to `f` without keeping it.
+    fn with(&self, f: impl FnOnce(&HttpEvent));
+}
+
+impl NewEvent for CheckedHttpEvent<'_> {
+    fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+    fn write_to(&self, out: &mut HttpEvent) {
+        CheckedHttpEvent::write_to(self, out)
+    }
+    fn with(&self, f: impl FnOnce(&HttpEvent)) {
+        f(&self.to_event())
+    }
+}
+
+impl NewEvent for &HttpEvent {
+    fn conn_id(&self) -> u64 {
+        self.conn_id
+    }
+    fn flags(&self) -> u32 {
+        self.flags
+    }
+    fn write_to(&self, out: &mut HttpEvent) {
+        *out = **self;
+    }
+    fn with(&self, f: impl FnOnce(&HttpEvent)) {
+        f(self)
+    }
 }
 
 /// Exchanges whose response may still grow, by connection id.
@@ -54,33 +96,38 @@ impl Assembler {
         self.held.len()
     }
 
-    /// Takes one decoded request's event (`Record::Http`); every exchange it completes is
-    /// passed to `done`. Borrowed: the event is copied once, into its connection's slot.
-    pub fn feed_http(&mut self, event: &HttpEvent, now: Instant, mut done: impl FnMut(&HttpEvent)) {
+    /// Takes one request's event (a checked ring-buffer record, or a decoded
+    /// `Record::Http`); every exchange it completes is passed to `done`. The event is copied
+    /// once, into its connection's slot.
+    pub fn feed_http(
+        &mut self,
+        event: impl NewEvent,
+        now: Instant,
+        mut done: impl FnMut(&HttpEvent),
+    ) {
+        let (conn_id, flags) = (event.conn_id(), event.flags());
         // A new request on the connection: the previous exchange is over. Its slot takes the
         // new event in place (no removal and insertion: this runs once per request).
-        if let Some(previous) = self.held.get_mut(&event.conn_id) {
+        if let Some(previous) = self.held.get_mut(&conn_id) {
             done(&previous.event);
-            if event.flags & FLAG_NO_RESPONSE == 0 {
-                previous.event = *event;
+            if flags & FLAG_NO_RESPONSE == 0 {
+                event.write_to(&mut previous.event);
                 previous.last_news = now;
                 return;
             }
-            self.held.remove(&event.conn_id);
+            self.held.remove(&conn_id);
         }
-        if event.flags & FLAG_NO_RESPONSE != 0 {
-            done(event);
+        if flags & FLAG_NO_RESPONSE != 0 {
+            event.with(done);
         } else if self.held.len() >= self.max_held {
             self.completed_early += 1;
-            done(event);
+            event.with(done);
         } else {
-            self.held.insert(
-                event.conn_id,
-                Held {
-                    event: *event,
-                    last_news: now,
-                },
-            );
+            let held = self.held.entry(conn_id).or_insert(Held {
+                event: HttpEvent::zeroed(),
+                last_news: now,
+            });
+            event.write_to(&mut held.event);
         }
     }
 

@@ -3,6 +3,8 @@
 //! function here takes any byte slice, never panics, and reports truncation instead of
 //! guessing.
 
+use std::borrow::Cow;
+
 /// Longest method token accepted (`VERSION-CONTROL`, `BASELINE-CONTROL` fit).
 const MAX_METHOD_LEN: usize = 20;
 /// Longest `User-Agent` value kept.
@@ -42,7 +44,8 @@ impl RequestError {
 /// What a request head tells.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestHead {
-    pub method: String,
+    /// Borrowed from `semconv::method_value`'s table when it is a standard method.
+    pub method: Cow<'static, str>,
     pub path: String,
     pub query: Option<String>,
     pub host: Option<String>,
@@ -374,7 +377,8 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
     }
     let (path, query) = split_target(target);
     let mut head = RequestHead {
-        method: method.to_string(),
+        method: crate::semconv::known_method(method)
+            .map_or_else(|| Cow::Owned(method.to_string()), Cow::Borrowed),
         path,
         query,
         version: if version == b"HTTP/1.0" { "1.0" } else { "1.1" },
