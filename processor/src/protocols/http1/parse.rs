@@ -83,18 +83,47 @@ fn find_crlf(haystack: &[u8]) -> Option<usize> {
 static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
 
-/// Header lines after the first line, up to the blank line or the end of the capture. A last
-/// line cut by the capture is skipped.
-fn header_lines(bytes: &[u8], first_line_end: usize) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let rest = bytes.get(first_line_end..).unwrap_or(&[]);
-    rest.split(|&b| b == b'\n')
-        .take_while(|l| !l.is_empty() && *l != b"\r")
-        .filter(|l| l.ends_with(b"\r"))
-        .filter_map(|l| {
-            let l = &l[..l.len() - 1];
-            let colon = l.iter().position(|&b| b == b':')?;
-            Some((&l[..colon], trim(&l[colon + 1..])))
-        })
+/// Walks the complete CRLF header lines after the first line (ending at `first_line_end`), up
+/// to the blank line, and passes each to `line` without its CR; with `cut_last_line`, also a
+/// last line the capture cut right after its CR. Returns the head's length as `head_len` gives
+/// it, found by the same walk: one pass over the head instead of a line split and then a
+/// search for the blank line (both ran on every request and response).
+fn walk_head(
+    bytes: &[u8],
+    first_line_end: usize,
+    cut_last_line: bool,
+    mut line: impl FnMut(&[u8]),
+) -> Option<usize> {
+    let Some(rest) = bytes.get(first_line_end..) else {
+        return head_len(bytes);
+    };
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', rest) {
+        let this = &rest[start..nl];
+        let at = first_line_end + start;
+        start = nl + 1;
+        if this.is_empty() || this == b"\r" {
+            // A CRLF line after a CRLF is the first `\r\n\r\n` of the bytes (a line holds no
+            // LF, and the first line ends at the first CRLF). A bare LF before or as the blank
+            // line is no head end: searched as `head_len` searches.
+            return if this == b"\r" && bytes.get(at.wrapping_sub(2)..at) == Some(b"\r\n") {
+                Some(at + 2)
+            } else {
+                head_len(bytes)
+            };
+        }
+        if let Some(l) = this.strip_suffix(b"\r") {
+            line(l);
+        }
+    }
+    if cut_last_line
+        && let Some(l) = rest[start..].strip_suffix(b"\r")
+        && !l.is_empty()
+    {
+        line(l);
+    }
+    // No blank line: no `\r\n\r\n` either (its second CRLF would be a complete blank line).
+    None
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {
@@ -384,55 +413,36 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
         version: if version == b"HTTP/1.0" { "1.0" } else { "1.1" },
         ..Default::default()
     };
-    if let Some(end) = line_end {
-        for (name, value) in header_lines(bytes, sp + 1 + end + 2) {
-            if name.eq_ignore_ascii_case(b"host") {
-                // `user:password@host` is not a valid Host, but whatever a client sends, the
-                // credentials part never leaves.
-                let value = match value.iter().rposition(|&b| b == b'@') {
-                    Some(at) => &value[at + 1..],
-                    None => value,
-                };
-                head.host = Some(lossy(value).into_owned());
-            } else if name.eq_ignore_ascii_case(b"content-length") {
-                head.content_length = parse_u64(value);
-            } else if name.eq_ignore_ascii_case(b"traceparent") {
-                head.traceparent = parse_traceparent(value);
-                head.traceparent_invalid = head.traceparent.is_none();
-            } else if name.eq_ignore_ascii_case(b"tracestate") {
-                head.tracestate = tracestate_value(value);
-            } else if name.eq_ignore_ascii_case(b"user-agent") {
-                let value = &value[..value.len().min(MAX_USER_AGENT_LEN)];
-                head.user_agent = Some(lossy(value).into_owned());
-            }
+    let Some(end) = line_end else {
+        head.head_len = head_len(bytes);
+        return Ok(head);
+    };
+    head.head_len = walk_head(bytes, sp + 1 + end + 2, true, |l| {
+        let Some(colon) = memchr::memchr(b':', l) else {
+            return;
+        };
+        let (name, value) = (&l[..colon], trim(&l[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"host") {
+            // `user:password@host` is not a valid Host, but whatever a client sends, the
+            // credentials part never leaves.
+            let value = match value.iter().rposition(|&b| b == b'@') {
+                Some(at) => &value[at + 1..],
+                None => value,
+            };
+            head.host = Some(lossy(value).into_owned());
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            head.content_length = parse_u64(value);
+        } else if name.eq_ignore_ascii_case(b"traceparent") {
+            head.traceparent = parse_traceparent(value);
+            head.traceparent_invalid = head.traceparent.is_none();
+        } else if name.eq_ignore_ascii_case(b"tracestate") {
+            head.tracestate = tracestate_value(value);
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            let value = &value[..value.len().min(MAX_USER_AGENT_LEN)];
+            head.user_agent = Some(lossy(value).into_owned());
         }
-    }
-    head.head_len = head_len(bytes);
+    });
     Ok(head)
-}
-
-/// The Content-Length of a response head, found with one byte search per line instead of
-/// splitting every header (this runs once per response at full load). Same rules as
-/// `header_lines`: complete CRLF lines up to the blank line, names case-insensitive.
-fn response_content_length(bytes: &[u8], first_line_end: usize) -> Option<u64> {
-    const NAME: &[u8] = b"content-length:";
-    let rest = bytes.get(first_line_end..)?;
-    let mut start = 0;
-    let mut found = None;
-    for nl in memchr::memchr_iter(b'\n', rest) {
-        let line = &rest[start..nl];
-        start = nl + 1;
-        if line.is_empty() || line == b"\r" {
-            break;
-        }
-        if line.len() > NAME.len()
-            && line.ends_with(b"\r")
-            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
-        {
-            found = parse_u64(trim(&line[NAME.len()..line.len() - 1]));
-        }
-    }
-    found
 }
 
 /// Parses a captured response head; None when it is not an HTTP/1.x status line.
@@ -449,10 +459,17 @@ pub fn parse_response(bytes: &[u8]) -> Option<ResponseHead> {
         status,
         ..Default::default()
     };
-    if let Some(line_end) = find_crlf(bytes) {
-        head.content_length = response_content_length(bytes, line_end + 2);
-    }
-    head.head_len = head_len(bytes);
+    head.head_len = match find_crlf(bytes) {
+        // The Content-Length by one prefix comparison per line (no split at the colon): this
+        // runs once per response at full load. Complete CRLF lines only.
+        Some(line_end) => walk_head(bytes, line_end + 2, false, |l| {
+            const NAME: &[u8] = b"content-length:";
+            if l.len() >= NAME.len() && l[..NAME.len()].eq_ignore_ascii_case(NAME) {
+                head.content_length = parse_u64(trim(&l[NAME.len()..]));
+            }
+        }),
+        None => head_len(bytes),
+    };
     Some(head)
 }
 
@@ -468,6 +485,43 @@ pub fn body_size(total: u64, head_len: Option<usize>, content_length: Option<u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_head_walk_finds_the_head_end_the_search_finds_at_every_cut() {
+        let heads: [&[u8]; 6] = [
+            b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET /b HTTP/1.1\r\nHost: h\n\r\nbody\r\n\r\nmore",
+            b"GET /c HTTP/1.1\r\nX: y\r\n\nbody\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 204 No Content\r\nA: b\n\r\n\r\n",
+        ];
+        for head in heads {
+            for cut in 0..=head.len() {
+                let bytes = &head[..cut];
+                let expected = head_len(bytes);
+                if let Ok(r) = parse_request(bytes) {
+                    assert_eq!(
+                        r.head_len,
+                        expected,
+                        "request {:?}",
+                        String::from_utf8_lossy(bytes)
+                    );
+                }
+                if let Some(r) = parse_response(bytes) {
+                    assert_eq!(
+                        r.head_len,
+                        expected,
+                        "response {:?}",
+                        String::from_utf8_lossy(bytes)
+                    );
+                }
+            }
+        }
+        let r = parse_request(heads[0]).unwrap();
+        assert_eq!((r.host.as_deref(), r.content_length), (Some("h"), Some(4)));
+        assert_eq!(parse_response(heads[4]).unwrap().content_length, Some(2));
+    }
 
     #[test]
     fn request_with_query_host_and_body() {
