@@ -25,7 +25,7 @@ pub struct Span {
     pub parent_span_id: Option<SpanId>,
     pub kind: SpanKind,
     pub name: String,
-    /// A standard method is borrowed from `semconv::method_value`'s table: no allocation per
+    /// A standard method is borrowed from `semconv::known_method`'s table: no allocation per
     /// span for it.
     pub method: Cow<'static, str>,
     pub path: String,

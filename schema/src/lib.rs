@@ -446,21 +446,12 @@ impl CheckedHttpEvent<'_> {
     }
 }
 
-/// A native-endian field of a record at least `at + 2` bytes long.
-fn field_u16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([bytes[at], bytes[at + 1]])
-}
-
-fn field_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut b = [0; 4];
-    b.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_ne_bytes(b)
-}
-
-fn field_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut b = [0; 8];
-    b.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_ne_bytes(b)
+/// The `N` bytes of a field at `at` of a record (callers pass offsets inside the record's
+/// fixed part, which `check` made sure is there).
+fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut b = [0; N];
+    b.copy_from_slice(&bytes[at..at + N]);
+    b
 }
 
 impl HttpEvent {
@@ -516,8 +507,10 @@ impl HttpEvent {
             return Err(DecodeError::UnknownKind(bytes[0]));
         }
         let bytes = &bytes[..bytes.len().min(HTTP_EVENT_SIZE)];
-        let request_len = field_u16(bytes, core::mem::offset_of!(HttpEvent, request_len));
-        let response_len = field_u16(bytes, core::mem::offset_of!(HttpEvent, response_len));
+        let request_len =
+            u16::from_ne_bytes(field(bytes, core::mem::offset_of!(HttpEvent, request_len)));
+        let response_len =
+            u16::from_ne_bytes(field(bytes, core::mem::offset_of!(HttpEvent, response_len)));
         if request_len as usize > bytes.len() - HTTP_EVENT_MIN_SIZE
             || response_len as usize > RESPONSE_CAPTURE
         {
@@ -525,8 +518,8 @@ impl HttpEvent {
         }
         Ok(CheckedHttpEvent {
             bytes,
-            conn_id: field_u64(bytes, core::mem::offset_of!(HttpEvent, conn_id)),
-            flags: field_u32(bytes, core::mem::offset_of!(HttpEvent, flags)),
+            conn_id: u64::from_ne_bytes(field(bytes, core::mem::offset_of!(HttpEvent, conn_id))),
+            flags: u32::from_ne_bytes(field(bytes, core::mem::offset_of!(HttpEvent, flags))),
         })
     }
 
@@ -577,6 +570,17 @@ impl HttpEvent {
         // HTTP_EVENT_SIZE >= wire_len() bytes are initialised; the slice borrows self.
         unsafe {
             core::slice::from_raw_parts((self as *const HttpEvent).cast::<u8>(), self.wire_len())
+        }
+    }
+
+    /// This event as a record to write elsewhere, as a checked ring record is: an event in
+    /// memory needs no check (its bytes fit an event, and `request()` and `response()` stop
+    /// within their buffers whatever the lengths say).
+    pub fn as_checked(&self) -> CheckedHttpEvent<'_> {
+        CheckedHttpEvent {
+            bytes: self.as_bytes(),
+            conn_id: self.conn_id,
+            flags: self.flags,
         }
     }
 }

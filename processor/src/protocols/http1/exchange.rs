@@ -28,47 +28,6 @@ struct Held {
     last_news: Instant,
 }
 
-/// An exchange's event as it reaches the assembler: a ring-buffer record checked in place
-/// (copied once, into its slot) or an event already decoded.
-pub trait NewEvent {
-    fn conn_id(&self) -> u64;
-    fn flags(&self) -> u32;
-    /// Writes the event over `out`.
-    fn write_to(&self, out: &mut HttpEvent);
-    /// Passes the event to `f` without keeping it.
-    fn with(&self, f: impl FnOnce(&HttpEvent));
-}
-
-impl NewEvent for CheckedHttpEvent<'_> {
-    fn conn_id(&self) -> u64 {
-        self.conn_id
-    }
-    fn flags(&self) -> u32 {
-        self.flags
-    }
-    fn write_to(&self, out: &mut HttpEvent) {
-        CheckedHttpEvent::write_to(self, out)
-    }
-    fn with(&self, f: impl FnOnce(&HttpEvent)) {
-        f(&self.to_event())
-    }
-}
-
-impl NewEvent for &HttpEvent {
-    fn conn_id(&self) -> u64 {
-        self.conn_id
-    }
-    fn flags(&self) -> u32 {
-        self.flags
-    }
-    fn write_to(&self, out: &mut HttpEvent) {
-        *out = **self;
-    }
-    fn with(&self, f: impl FnOnce(&HttpEvent)) {
-        f(self)
-    }
-}
-
 /// Exchanges whose response may still grow, by connection id.
 pub struct Assembler {
     held: ConnIdMap<Held>,
@@ -96,16 +55,15 @@ impl Assembler {
         self.held.len()
     }
 
-    /// Takes one request's event (a checked ring-buffer record, or a decoded
-    /// `Record::Http`); every exchange it completes is passed to `done`. The event is copied
-    /// once, into its connection's slot.
+    /// Takes one request's event, a ring-buffer record checked in place; every exchange it
+    /// completes is passed to `done`. The record is copied once, into its connection's slot.
     pub fn feed_http(
         &mut self,
-        event: impl NewEvent,
+        event: CheckedHttpEvent<'_>,
         now: Instant,
         mut done: impl FnMut(&HttpEvent),
     ) {
-        let (conn_id, flags) = (event.conn_id(), event.flags());
+        let (conn_id, flags) = (event.conn_id, event.flags);
         // A new request on the connection: the previous exchange is over. Its slot takes the
         // new event in place (no removal and insertion: this runs once per request).
         if let Some(previous) = self.held.get_mut(&conn_id) {
@@ -118,10 +76,10 @@ impl Assembler {
             self.held.remove(&conn_id);
         }
         if flags & FLAG_NO_RESPONSE != 0 {
-            event.with(done);
+            done(&event.to_event());
         } else if self.held.len() >= self.max_held {
             self.completed_early += 1;
-            event.with(done);
+            done(&event.to_event());
         } else {
             let held = self.held.entry(conn_id).or_insert(Held {
                 event: HttpEvent::zeroed(),
@@ -134,7 +92,7 @@ impl Assembler {
     /// Takes one decoded record; every exchange it completes is passed to `done`.
     pub fn feed(&mut self, record: Record<'_>, now: Instant, mut done: impl FnMut(&HttpEvent)) {
         match record {
-            Record::Http(event) => self.feed_http(&event, now, done),
+            Record::Http(event) => self.feed_http(event.as_checked(), now, done),
             Record::Update(update) if update.kind == EVENT_CONN_CLOSED => {
                 if let Some(mut held) = self.held.remove(&update.conn_id) {
                     held.event.flags |= FLAG_CLOSED;

@@ -44,7 +44,7 @@ impl RequestError {
 /// What a request head tells.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestHead {
-    /// Borrowed from `semconv::method_value`'s table when it is a standard method.
+    /// Borrowed from `semconv::known_method`'s table when it is a standard method.
     pub method: Cow<'static, str>,
     pub path: String,
     pub query: Option<String>,
