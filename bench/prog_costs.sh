@@ -9,6 +9,8 @@
 # PERF_OUT=file: also `perf record -a -g` the wrk run into that file (read it with
 # `perf report -i file --comm nginx --no-children`: where nginx's time goes, Sonde's programs
 # and the helpers they call included).
+# UNSELECTED=1: Sonde selects another port, so nginx and wrk are both unselected (the floor
+# every process on the host pays per socket read and write).
 # Prints the total kernel ns per request last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +23,12 @@ if [ "${TLS:-0}" = 1 ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
     -days 1 -keyout "$dir/server.key" -out "$dir/server.crt" 2>/dev/null
 fi
+select_port=$port
+[ "${UNSELECTED:-0}" = 1 ] && select_port=$((port + 1))
 sed -e "s#PREFIX#$dir#g" -e "s#PORT#$port#" "$conf" > "$dir/nginx.conf"
 /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" & nginx=$!
 before=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
-SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled "${SONDE_BIN_DIR:-./target/release}/sonde" --open-port "$port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
+SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled "${SONDE_BIN_DIR:-./target/release}/sonde" --open-port "$select_port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
 trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; cp "$dir/sonde.log" /tmp/prog_costs_last.log; rm -rf "$dir"' EXIT
 # Start-up takes seconds on a busy machine (BTF parse, verification): measuring before the
 # processor connected would count a Sonde that selects nothing.

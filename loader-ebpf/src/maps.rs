@@ -305,6 +305,37 @@ pub static SOCK_TLS: LruHashMap<u64, TlsKey> = LruHashMap::with_max_entries(1638
 #[map(name = "TLS_SEEN")]
 pub static TLS_SEEN: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
+/// Whether a socket was ever put in `TLS_SEEN` (slot `TLS_USED_SEEN`) or `SOCK_TLS` (slot
+/// `TLS_USED_LINKED`). Every TCP socket on the host closes through `pairing::on_close`, and
+/// every new connection of a selected process asks whether it is TLS: until a slot is set,
+/// those skip the map's lookup (an inlined array load instead of a hash lookup). Set before
+/// the first insert, never cleared: once TLS was seen, the lookups run as before.
+#[map(name = "TLS_USED")]
+pub static TLS_USED: Array<u32> = Array::with_max_entries(2, 0);
+pub const TLS_USED_SEEN: u32 = 0;
+pub const TLS_USED_LINKED: u32 = 1;
+
+/// True once `slot` of `TLS_USED` was set.
+#[inline(always)]
+pub fn tls_used(slot: u32) -> bool {
+    TLS_USED.get(slot).is_some_and(|v| *v != 0)
+}
+
+/// Sets `slot` of `TLS_USED` (written only while clear, so the line is not dirtied on every
+/// insert).
+#[inline(always)]
+pub fn mark_tls_used(slot: u32) {
+    if let Some(p) = TLS_USED.get_ptr_mut(slot) {
+        // SAFETY: pointer from a successful array lookup, valid for 4 bytes; a racing writer
+        // stores the same value.
+        unsafe {
+            if core::ptr::read_volatile(p) == 0 {
+                core::ptr::write_volatile(p, 1);
+            }
+        }
+    }
+}
+
 /// The socket of a TLS connection, once linked: where its endpoints are read from.
 #[map(name = "TLS_SOCK")]
 pub static TLS_SOCK: LruHashMap<TlsKey, u64> = LruHashMap::with_max_entries(16384, 0);

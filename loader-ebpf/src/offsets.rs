@@ -18,6 +18,9 @@ offset_global!(SKC_FAMILY_OFF, 16);
 offset_global!(SK_PROTOCOL_OFF, 516);
 offset_global!(SKC_V6_DADDR_OFF, 56);
 offset_global!(SKC_V6_RCV_SADDR_OFF, 72);
+// Linux 6.18 x86_64 defaults; the loader always sets them from BTF.
+offset_global!(TASK_PID_OFF, 1264);
+offset_global!(TASK_TGID_OFF, 1268);
 offset_global!(NOTIFY_ALL_EXECS, 0);
 offset_global!(TLS_ENABLED, 0);
 
@@ -65,6 +68,17 @@ pub fn skc_v6_daddr() -> u64 {
 #[inline(always)]
 pub fn skc_v6_rcv_saddr() -> u64 {
     read_global!(SKC_V6_RCV_SADDR_OFF) as u64
+}
+
+/// `struct task_struct::pid`.
+#[inline(always)]
+pub fn task_pid() -> usize {
+    read_global!(TASK_PID_OFF)
+}
+/// `struct task_struct::tgid`.
+#[inline(always)]
+pub fn task_tgid() -> usize {
+    read_global!(TASK_TGID_OFF)
 }
 
 /// Non-zero when every `execve` on the machine must be reported (executable-path selection).

@@ -23,7 +23,8 @@ use crate::{
     maps::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, HDR_DEFERRED,
         OP_READ, OP_WRITE, PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS,
-        SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, WAKEUP_LOOK, count,
+        SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, TLS_USED_LINKED, TLS_USED_SEEN, WAKEUP_LOOK,
+        count, mark_tls_used, tls_used,
     },
     offsets, stream,
 };
@@ -33,7 +34,9 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 /// Wake the processor only once this much is queued; it also polls on a short timer, so a
 /// quiet service's spans still arrive promptly. Waking per event would cost a context switch
-/// per request at saturation.
+/// per request at saturation. Not higher: with 256 KiB or 1 MiB the kernel programs cost 3–5 %
+/// less (fewer self-interrupts) but nginx kept 1–4 % less of its throughput, the ring's busy
+/// part no longer in cache (BENCHMARKS.md "Kernel per request: the wakeup mark").
 const WAKEUP_BYTES: u64 = 64 * 1024;
 /// Records a CPU writes between two looks at the ring's fill level (see `wakeup_flags`).
 const WAKEUP_LOOK_EVERY: u32 = 8;
@@ -478,11 +481,12 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) -> Option<*mut ConnSt
         // body apart, so a socket that showed a record header is remembered: its body reads
         // look like any bytes, and must not become an "other TCP" stream.
         if looks_like_tls_record(&seg) {
+            mark_tls_used(TLS_USED_SEEN);
             let _ = TLS_SEEN.insert(&io.sk, &1, 0);
             count(counters::TLS_UNLINKED_PAYLOADS);
             return None;
         }
-        if TLS_SEEN.get_ptr(&io.sk).is_some() {
+        if tls_used(TLS_USED_SEEN) && TLS_SEEN.get_ptr(&io.sk).is_some() {
             count(counters::TLS_UNLINKED_PAYLOADS);
             return None;
         }
@@ -611,8 +615,9 @@ pub fn on_data(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
 #[inline(always)]
 pub fn on_close(sk: u64, closed_for_good: bool) {
     // Looked up before it is removed: the lookup takes no lock, and most sockets that close
-    // (every TCP socket on the host runs this) were never seen carrying TLS.
-    if closed_for_good && TLS_SEEN.get_ptr(&sk).is_some() {
+    // (every TCP socket on the host runs this) were never seen carrying TLS; until one was,
+    // not even the lookup runs.
+    if closed_for_good && tls_used(TLS_USED_SEEN) && TLS_SEEN.get_ptr(&sk).is_some() {
         let _ = TLS_SEEN.remove(&sk);
     }
     if let Some(p) = CONNS.get_ptr_mut(&sk) {
@@ -623,7 +628,7 @@ pub fn on_close(sk: u64, closed_for_good: bool) {
         }
         return;
     }
-    if !offsets::tls_enabled() {
+    if !offsets::tls_enabled() || !tls_used(TLS_USED_LINKED) {
         return;
     }
     // SAFETY: pointer from a successful map lookup, copied at once.

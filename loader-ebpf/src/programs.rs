@@ -40,11 +40,13 @@ const TCP_LISTEN: i32 = 10;
 /// tracepoint arguments: `(struct sock *sk, int ret, int flags)`.
 #[inline(always)]
 fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
+    // SAFETY: no preconditions; returns the current task's BTF-typed pointer.
+    let task = unsafe { bpf_get_current_task_btf() } as *const u8;
+    let (pid, tgid) = current_ids(task);
     if !selected(tgid) {
         return 0;
     }
+    let id = (u64::from(tgid) << 32) | u64::from(pid);
     let ret = ctx.arg::<u64>(1) as i32;
     // Failed and empty reads (EAGAIN, EOF) carry nothing to pair; closes arrive through
     // `inet_sock_set_state`.
@@ -66,9 +68,10 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         };
         count_process_bytes(tgid, slot, ret as u64);
     }
-    // SAFETY: both helpers only return pointers into the current task; the registers are then
-    // read through the BTF-typed pointer (fault-handled loads; see `syscall_abi`).
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    // SAFETY: `task` is the current task's BTF-typed pointer; the helper returns a pointer
+    // into it, and the registers are then read through that BTF-typed pointer (fault-handled
+    // loads; see `syscall_abi`).
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as u64;
     let Some(args) = syscall_abi::syscall_args(regs) else {
         return 0;
     };
@@ -115,6 +118,23 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         inject::stamp(sk, id);
     }
     0
+}
+
+/// The current task's thread id and thread-group id, read through its BTF-typed pointer
+/// (plain loads the verifier checks against `struct task_struct`): the same values as
+/// `bpf_get_current_pid_tgid`, without a second helper call on every socket syscall of a
+/// selected process (the register read needs the task pointer anyway).
+#[inline(always)]
+fn current_ids(task: *const u8) -> (u32, u32) {
+    // SAFETY: `task` is the BTF-typed current task; the offsets come from kernel BTF (set by
+    // the loader as read-only globals, so the verifier sees constants) and name the `pid` and
+    // `tgid` members, each a 4-byte `pid_t`.
+    unsafe {
+        (
+            core::ptr::read_volatile(task.add(offsets::task_pid()).cast::<u32>()),
+            core::ptr::read_volatile(task.add(offsets::task_tgid()).cast::<u32>()),
+        )
+    }
 }
 
 /// True for an IPv4 or IPv6 socket (any transport).

@@ -20,7 +20,8 @@ use sonde_schema::{ConnTuple, EVENT_CONN_TUPLE, counters};
 use crate::{
     maps::{
         BUF_PLAIN, CONN_ZERO, ConnState, EVENTS, OP_READ, OP_WRITE, SOCK_TLS, SSL_CALLS,
-        SSL_PENDING_WRITE, SocketIo, SslCall, TLS_CONNS, TLS_SOCK, TlsKey, count, selected,
+        SSL_PENDING_WRITE, SocketIo, SslCall, TLS_CONNS, TLS_SOCK, TLS_USED_LINKED, TlsKey, count,
+        mark_tls_used, selected, tls_used,
     },
     pairing::{self, FirstBytes},
 };
@@ -182,7 +183,7 @@ pub fn claims_socket(io: &SocketIo, id: u64, ret: u64) -> bool {
     } else {
         None
     };
-    if SOCK_TLS.get_ptr(&sk).is_some() {
+    if tls_used(TLS_USED_LINKED) && SOCK_TLS.get_ptr(&sk).is_some() {
         return true;
     }
     // Only bytes that are TLS records link a socket: a write to some other socket between an
@@ -227,6 +228,7 @@ fn link(sk: u64, key: TlsKey) {
         let _ = TLS_CONNS.remove(&key);
         let _ = SOCK_TLS.remove(&old);
     }
+    mark_tls_used(TLS_USED_LINKED);
     if SOCK_TLS.insert(&sk, &key, 0).is_err() || TLS_SOCK.insert(&key, &sk, 0).is_err() {
         return;
     }

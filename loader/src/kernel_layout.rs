@@ -138,6 +138,24 @@ pub fn sock_offsets(btf: &Btf) -> Result<SockOffsets, LayoutError> {
     })
 }
 
+/// Byte offsets of `struct task_struct::pid` and `::tgid`: the socket programs read the current
+/// task's ids through its BTF-typed pointer instead of calling `bpf_get_current_pid_tgid`.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskOffsets {
+    pub pid: u32,
+    pub tgid: u32,
+}
+
+/// Reads the task_struct ids' layout from kernel BTF.
+pub fn task_offsets(btf: &Btf) -> Result<TaskOffsets, LayoutError> {
+    let ty = "task_struct";
+    let s = find_struct(btf, ty)?;
+    Ok(TaskOffsets {
+        pid: byte_offset(btf, &s, ty, "pid")?,
+        tgid: byte_offset(btf, &s, ty, "tgid")?,
+    })
+}
+
 /// Byte offsets of the `struct sk_buff`, `struct skb_shared_info` and `struct net_device`
 /// fields the flow programs read.
 #[derive(Debug, Clone, Copy)]
@@ -308,6 +326,15 @@ mod tests {
         );
         assert!(o.v6_daddr > 16 && o.v6_rcv_saddr == o.v6_daddr + 16);
         assert!(o.sk_protocol > o.v6_rcv_saddr);
+    }
+
+    #[test]
+    fn reads_task_ids_from_this_kernel() {
+        let btf = kernel_btf().expect("kernel BTF");
+        let t = task_offsets(&btf).expect("task_struct layout");
+        // pid_t pid; pid_t tgid; declared one after the other since Linux 2.6.
+        assert_eq!(t.tgid, t.pid + 4, "{t:?}");
+        assert!(t.pid > 0 && t.pid < 16384, "{t:?}");
     }
 
     #[test]

@@ -158,6 +158,7 @@ impl Probes {
             }
         }
         let so = kernel_layout::sock_offsets(&btf)?;
+        let task = kernel_layout::task_offsets(&btf)?;
         let skb = kernel_layout::skb_offsets(&btf)?;
         if sizes.network.enable {
             // (skb) and (skb, dev): the programs read the skb only.
@@ -215,6 +216,8 @@ impl Probes {
             .override_global(globals::SK_PROTOCOL, &so.sk_protocol, true)
             .override_global(globals::SKC_V6_DADDR, &so.v6_daddr, true)
             .override_global(globals::SKC_V6_RCV_SADDR, &so.v6_rcv_saddr, true)
+            .override_global(globals::TASK_PID, &task.pid, true)
+            .override_global(globals::TASK_TGID, &task.tgid, true)
             .override_global(
                 globals::NOTIFY_ALL_EXECS,
                 &u32::from(sizes.notify_all_execs),

@@ -819,6 +819,9 @@ pub mod globals {
     pub const SK_PROTOCOL: &str = "SK_PROTOCOL_OFF";
     pub const SKC_V6_DADDR: &str = "SKC_V6_DADDR_OFF";
     pub const SKC_V6_RCV_SADDR: &str = "SKC_V6_RCV_SADDR_OFF";
+    /// `struct task_struct::pid` and `::tgid` (the socket programs' pid filter).
+    pub const TASK_PID: &str = "TASK_PID_OFF";
+    pub const TASK_TGID: &str = "TASK_TGID_OFF";
     /// Non-zero: report every `execve` on the machine (executable-path selection needs them);
     /// zero: only those of selected processes.
     pub const NOTIFY_ALL_EXECS: &str = "NOTIFY_ALL_EXECS";
