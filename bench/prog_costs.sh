@@ -9,6 +9,9 @@
 # PERF_OUT=file: also `perf record -a -g` the wrk run into that file (read it with
 # `perf report -i file --comm nginx --no-children`: where nginx's time goes, Sonde's programs
 # and the helpers they call included).
+# APP=node or APP=flask: the Node.js `http` app or the Flask app under gunicorn (one sync
+# worker, a connection per request) of bench/sdk_apps instead of nginx (Flask needs the venv
+# bench/sdk_bench.py installs).
 # UNSELECTED=1: Sonde selects another port, so nginx and wrk are both unselected (the floor
 # every process on the host pays per socket read and write).
 # Prints the total kernel ns per request last.
@@ -25,11 +28,24 @@ if [ "${TLS:-0}" = 1 ]; then
 fi
 select_port=$port
 [ "${UNSELECTED:-0}" = 1 ] && select_port=$((port + 1))
-sed -e "s#PREFIX#$dir#g" -e "s#PORT#$port#" "$conf" > "$dir/nginx.conf"
-/usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" & nginx=$!
+stop_signal=QUIT
+case "${APP:-nginx}" in
+  nginx)
+    sed -e "s#PREFIX#$dir#g" -e "s#PORT#$port#" "$conf" > "$dir/nginx.conf"
+    /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" & server=$! ;;
+  node)
+    node bench/sdk_apps/node_app.js "$port" & server=$!; stop_signal=TERM ;;
+  flask)
+    gunicorn="$HOME/.local/share/sonde/sdk-bench-venv/bin/gunicorn"
+    [ -x "$gunicorn" ] || { echo "APP=flask: run bench/sdk_bench.py once (it installs $gunicorn)" >&2; exit 1; }
+    "$gunicorn" -w 1 -k sync -b "127.0.0.1:$port" --chdir bench/sdk_apps flask_app:app 2>/dev/null & server=$!
+    stop_signal=TERM ;;
+  *) echo "APP must be nginx, node or flask" >&2; exit 1 ;;
+esac
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 before=$(bpftool -j prog show | python3 -c 'import json,sys; print(" ".join(str(p["id"]) for p in json.load(sys.stdin)))')
 SONDE_CONTROL_SOCKET="$dir/control.sock" BEYLA_TRACE_PRINTER=disabled "${SONDE_BIN_DIR:-./target/release}/sonde" --open-port "$select_port" >/dev/null 2>"$dir/sonde.log" & sonde=$!
-trap 'kill -INT $sonde 2>/dev/null; kill -QUIT $nginx 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; cp "$dir/sonde.log" /tmp/prog_costs_last.log; rm -rf "$dir"' EXIT
+trap 'kill -INT $sonde 2>/dev/null; kill -$stop_signal $server 2>/dev/null; sysctl -q kernel.bpf_stats_enabled=0; wait; cp "$dir/sonde.log" /tmp/prog_costs_last.log; rm -rf "$dir"' EXIT
 # Start-up takes seconds on a busy machine (BTF parse, verification): measuring before the
 # processor connected would count a Sonde that selects nothing.
 for _ in $(seq 900); do grep -q 'processor connected' "$dir/sonde.log" && break; sleep 0.1; done

@@ -30,6 +30,8 @@ mod pairing;
 #[cfg(target_arch = "bpf")]
 mod programs;
 #[cfg(target_arch = "bpf")]
+mod sock;
+#[cfg(target_arch = "bpf")]
 mod stream;
 #[cfg(target_arch = "bpf")]
 mod syscall_abi;

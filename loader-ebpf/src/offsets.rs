@@ -21,6 +21,7 @@ offset_global!(SKC_V6_RCV_SADDR_OFF, 72);
 // Linux 6.18 x86_64 defaults; the loader always sets them from BTF.
 offset_global!(TASK_PID_OFF, 1264);
 offset_global!(TASK_TGID_OFF, 1268);
+offset_global!(SOCK_HEAD_COVERS, 0);
 offset_global!(NOTIFY_ALL_EXECS, 0);
 offset_global!(TLS_ENABLED, 0);
 
@@ -68,6 +69,13 @@ pub fn skc_v6_daddr() -> u64 {
 #[inline(always)]
 pub fn skc_v6_rcv_saddr() -> u64 {
     read_global!(SKC_V6_RCV_SADDR_OFF) as u64
+}
+
+/// True when the loader found the socket identity fields inside the head `sock::SockHead`
+/// copies.
+#[inline(always)]
+pub fn sock_head_covers() -> bool {
+    read_global!(SOCK_HEAD_COVERS) != 0
 }
 
 /// `struct task_struct::pid`.

@@ -26,7 +26,9 @@ use crate::{
         SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, TLS_USED_LINKED, TLS_USED_SEEN, WAKEUP_LOOK,
         count, mark_tls_used, tls_used,
     },
-    offsets, stream,
+    offsets,
+    sock::SockHead,
+    stream,
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -240,16 +242,20 @@ fn append_response(state: &mut ConnState, seg: &Segment) {
 /// Fills in the 4-tuple from the kernel socket (offsets from BTF, set by the loader).
 #[inline(always)]
 pub fn read_tuple(state: &mut ConnState, sk: u64) {
-    let family: u16 = read_kernel(sk + offsets::skc_family()).unwrap_or(0);
+    read_tuple_from(state, &SockHead::read(sk), sk);
+}
+
+/// `read_tuple` with the socket's head already copied.
+#[inline(always)]
+fn read_tuple_from(state: &mut ConnState, head: &SockHead, sk: u64) {
+    let family = head.family(sk);
     let ev = &mut state.event;
     ev.family = family;
-    let dport: u16 = read_kernel(sk + offsets::skc_dport()).unwrap_or(0);
-    let num: u16 = read_kernel(sk + offsets::skc_num()).unwrap_or(0);
-    ev.peer_port = u16::from_be(dport);
-    ev.local_port = num;
+    ev.peer_port = head.peer_port(sk);
+    ev.local_port = head.local_port(sk);
     if family == AF_INET {
-        let d: [u8; 4] = read_kernel(sk + offsets::skc_daddr()).unwrap_or([0; 4]);
-        let s: [u8; 4] = read_kernel(sk + offsets::skc_rcv_saddr()).unwrap_or([0; 4]);
+        let d = head.peer_addr4(sk);
+        let s = head.local_addr4(sk);
         ev.peer_addr = [0; 16];
         ev.local_addr = [0; 16];
         ev.peer_addr[..4].copy_from_slice(&d);
@@ -464,11 +470,16 @@ pub fn classify(io: &SocketIo, seg: &Segment, ret: u64) -> FirstBytes {
 /// First bytes on a connection with no state: track it if they start an HTTP/1.x request
 /// (paired here) or HTTP/2 (sent on as stream chunks). Returns its state when it is tracked.
 #[inline(always)]
-pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) -> Option<*mut ConnState> {
+pub fn on_new_connection(
+    io: &SocketIo,
+    head: &SockHead,
+    id: u64,
+    ret: u64,
+) -> Option<*mut ConnState> {
     let seg = first_segment(io, ret)?;
     // A socket already closed (unhashed: no local port) carries nothing to pair: a peer's
     // last GOAWAY or a late write after the connection's end.
-    if read_kernel::<u16>(io.sk + offsets::skc_num()).unwrap_or(0) == 0 {
+    if head.local_port(io.sk) == 0 {
         return None;
     }
     let first = classify(io, &seg, ret);
@@ -502,7 +513,7 @@ pub fn on_new_connection(io: &SocketIo, id: u64, ret: u64) -> Option<*mut ConnSt
     let p = CONNS.get_ptr_mut(&io.sk)?;
     // SAFETY: pointer from a successful lookup of the entry just inserted.
     let state = unsafe { &mut *p };
-    read_tuple(state, io.sk);
+    read_tuple_from(state, head, io.sk);
     begin(state, io, id, ret, &seg, first);
     Some(p)
 }

@@ -22,7 +22,9 @@ use crate::{
         CONNS, EVENTS, OP_READ, OP_WRITE, PROC_EVENTS, PROC_NET_BYTES, SocketIo, count,
         count_process_bytes, deselect, listen_port_wanted, process_metrics_on, select, selected,
     },
-    offsets, pairing, syscall_abi, tls,
+    offsets, pairing,
+    sock::SockHead,
+    syscall_abi, tls,
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -76,7 +78,7 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         return 0;
     };
     let Some(buf_kind) = syscall_abi::buffer_kind(args.nr) else {
-        if is_tcp(sk) {
+        if is_tcp(&SockHead::read(sk), sk) {
             count(counters::UNTRACKED_SYSCALLS);
         }
         return 0;
@@ -97,14 +99,16 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         }
         // Only a new connection needs the socket checked: a tracked socket was TCP when its
         // first request was seen. A socket carrying TLS is the uprobes' business.
-        None if is_tcp(sk) => {
-            if offsets::tls_enabled() && tls::claims_socket(&io, id, ret as u64) {
+        None => {
+            let head = SockHead::read(sk);
+            if !is_tcp(&head, sk) {
+                None
+            } else if offsets::tls_enabled() && tls::claims_socket(&io, id, ret as u64) {
                 None
             } else {
-                pairing::on_new_connection(&io, id, ret as u64)
+                pairing::on_new_connection(&io, &head, id, ret as u64)
             }
         }
-        None => None,
     };
     // The header search past the capture, from this one place (see
     // `pairing::search_past_capture`).
@@ -148,19 +152,19 @@ fn is_inet(sk: u64) -> bool {
     family == AF_INET || family == AF_INET6
 }
 
-/// True for an IPv4 or IPv6 TCP socket.
+/// True for an IPv4 or IPv6 TCP socket (`head`: the socket's copied head).
 #[inline(always)]
-fn is_tcp(sk: u64) -> bool {
+fn is_tcp(head: &SockHead, sk: u64) -> bool {
+    let family = head.family(sk);
+    if family != AF_INET && family != AF_INET6 {
+        return false;
+    }
     // SAFETY: bpf_probe_read_kernel copies with fault handling; sk comes from the tracepoint.
-    let (family, protocol) = unsafe {
-        (
-            aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_family()) as *const u16)
-                .unwrap_or(0),
-            aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::sk_protocol()) as *const u16)
-                .unwrap_or(0),
-        )
+    let protocol = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::sk_protocol()) as *const u16)
+            .unwrap_or(0)
     };
-    protocol == IPPROTO_TCP && (family == AF_INET || family == AF_INET6)
+    protocol == IPPROTO_TCP
 }
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]

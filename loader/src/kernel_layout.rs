@@ -115,6 +115,23 @@ pub struct SockOffsets {
     pub sk_protocol: u32,
 }
 
+impl SockOffsets {
+    /// True when the fields read from every new connection (`daddr`, `rcv_saddr`, `dport`,
+    /// `num`, `family`) lie within the first `head_bytes` of `struct sock_common`, so the
+    /// kernel programs copy them in one read.
+    pub fn head_covers(&self, head_bytes: u32) -> bool {
+        [
+            (self.daddr, 4),
+            (self.rcv_saddr, 4),
+            (self.dport, 2),
+            (self.num, 2),
+            (self.family, 2),
+        ]
+        .iter()
+        .all(|&(offset, size)| offset + size <= head_bytes)
+    }
+}
+
 /// Parses the running kernel's BTF (several MiB: parse once, query many times).
 pub fn kernel_btf() -> Result<Btf, LayoutError> {
     Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| LayoutError::Btf(e.to_string()))
@@ -326,6 +343,19 @@ mod tests {
         );
         assert!(o.v6_daddr > 16 && o.v6_rcv_saddr == o.v6_daddr + 16);
         assert!(o.sk_protocol > o.v6_rcv_saddr);
+    }
+
+    #[test]
+    fn the_socket_identity_fields_lie_in_the_copied_head() {
+        let btf = kernel_btf().expect("kernel BTF");
+        let so = sock_offsets(&btf).expect("sock_common layout");
+        assert!(
+            so.head_covers(sonde_schema::globals::SOCK_HEAD_BYTES),
+            "{so:?}"
+        );
+        // A layout with the family further on is read field by field.
+        let moved = SockOffsets { family: 40, ..so };
+        assert!(!moved.head_covers(sonde_schema::globals::SOCK_HEAD_BYTES));
     }
 
     #[test]

@@ -216,6 +216,11 @@ impl Probes {
             .override_global(globals::SK_PROTOCOL, &so.sk_protocol, true)
             .override_global(globals::SKC_V6_DADDR, &so.v6_daddr, true)
             .override_global(globals::SKC_V6_RCV_SADDR, &so.v6_rcv_saddr, true)
+            .override_global(
+                globals::SOCK_HEAD_COVERS,
+                &u32::from(so.head_covers(globals::SOCK_HEAD_BYTES)),
+                true,
+            )
             .override_global(globals::TASK_PID, &task.pid, true)
             .override_global(globals::TASK_TGID, &task.tgid, true)
             .override_global(

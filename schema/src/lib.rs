@@ -819,6 +819,10 @@ pub mod globals {
     pub const SK_PROTOCOL: &str = "SK_PROTOCOL_OFF";
     pub const SKC_V6_DADDR: &str = "SKC_V6_DADDR_OFF";
     pub const SKC_V6_RCV_SADDR: &str = "SKC_V6_RCV_SADDR_OFF";
+    /// Non-zero: the `sock_common` fields above lie within the first `SOCK_HEAD_BYTES` of the
+    /// struct, which the programs copy in one read.
+    pub const SOCK_HEAD_COVERS: &str = "SOCK_HEAD_COVERS";
+    pub const SOCK_HEAD_BYTES: u32 = 24;
     /// `struct task_struct::pid` and `::tgid` (the socket programs' pid filter).
     pub const TASK_PID: &str = "TASK_PID_OFF";
     pub const TASK_TGID: &str = "TASK_TGID_OFF";
