@@ -6,7 +6,7 @@
 //! `syscalls:*` tracepoint is used (each one slows every system call of every task).
 //!
 //! Cost on processes that are not selected: one pid-filter byte test per socket read or write,
-//! one hash lookup per TCP state change, one byte store per fork; `execve` and `listen()` of
+//! one hash lookup per TCP close (three once the kernel has seen TLS), one byte store per fork; `execve` and `listen()` of
 //! processes that are not selected reach the loader only when the selection needs them
 //! (executable-path selection, a configured port).
 //!
