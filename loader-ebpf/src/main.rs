@@ -6,9 +6,9 @@
 //! `syscalls:*` tracepoint is used (each one slows every system call of every task).
 //!
 //! Cost on processes that are not selected: one pid-filter byte test per socket read or write,
-//! one hash lookup per TCP close (three once the kernel has seen TLS), one byte store per fork; `execve` and `listen()` of
-//! processes that are not selected reach the loader only when the selection needs them
-//! (executable-path selection, a configured port).
+//! one hash lookup per TCP close (three once the kernel has seen TLS), one byte store per
+//! fork; `execve` and `listen()` of processes that are not selected reach the loader only when
+//! the selection needs them (executable-path selection, a configured port).
 //!
 //! The crate builds for `bpfel-unknown-none` (through `loader/build.rs`); on the host it compiles
 //! to an empty binary so workspace-wide `cargo build/clippy/test` keep working.

@@ -21,6 +21,7 @@ offset_global!(SKC_V6_RCV_SADDR_OFF, 72);
 // Linux 6.18 x86_64 defaults; the loader always sets them from BTF.
 offset_global!(TASK_PID_OFF, 1264);
 offset_global!(TASK_TGID_OFF, 1268);
+// Off unless the loader checked the layout: each socket field is then read on its own.
 offset_global!(SOCK_HEAD_COVERS, 0);
 offset_global!(NOTIFY_ALL_EXECS, 0);
 offset_global!(TLS_ENABLED, 0);

@@ -141,30 +141,23 @@ fn current_ids(task: *const u8) -> (u32, u32) {
     }
 }
 
+/// True for an IPv4 or IPv6 address family.
+#[inline(always)]
+fn is_inet_family(family: u16) -> bool {
+    family == AF_INET || family == AF_INET6
+}
+
 /// True for an IPv4 or IPv6 socket (any transport).
 #[inline(always)]
 fn is_inet(sk: u64) -> bool {
-    // SAFETY: bpf_probe_read_kernel copies with fault handling; sk comes from the tracepoint.
-    let family = unsafe {
-        aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_family()) as *const u16)
-            .unwrap_or(0)
-    };
-    family == AF_INET || family == AF_INET6
+    is_inet_family(pairing::read_kernel(sk + offsets::skc_family()).unwrap_or(0))
 }
 
 /// True for an IPv4 or IPv6 TCP socket (`head`: the socket's copied head).
 #[inline(always)]
 fn is_tcp(head: &SockHead, sk: u64) -> bool {
-    let family = head.family(sk);
-    if family != AF_INET && family != AF_INET6 {
-        return false;
-    }
-    // SAFETY: bpf_probe_read_kernel copies with fault handling; sk comes from the tracepoint.
-    let protocol = unsafe {
-        aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::sk_protocol()) as *const u16)
-            .unwrap_or(0)
-    };
-    protocol == IPPROTO_TCP
+    is_inet_family(head.family(sk))
+        && pairing::read_kernel::<u16>(sk + offsets::sk_protocol()).unwrap_or(0) == IPPROTO_TCP
 }
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
