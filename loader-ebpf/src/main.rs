@@ -1,5 +1,6 @@
 //! Sonde's kernel programs. Only tracepoints are used (this kernel has no kprobes and refuses
-//! fentry). The `sock:sock_{recv,send}_length` tracepoints fire inside every socket read and
+//! fentry). The `sock:sock_{recv,send}_length` tracepoints (attached as BTF tracepoints, so the
+//! socket argument is typed and its fields are plain loads) fire inside every socket read and
 //! write with the socket, the byte count and the flags; the syscall's fd and buffer come from
 //! the task's saved registers (`syscall_abi`). `sock:inet_sock_set_state` ends connections and
 //! reports listening sockets; `sched` tracepoints report process lifecycle to the loader. No

@@ -1,6 +1,7 @@
-//! The programs: socket I/O (raw tracepoints `sock_recv_length`, `sock_send_length`), TCP
-//! state changes (raw tracepoint `inet_sock_set_state`: closes and listens), and process
-//! lifecycle. No `syscalls:*` tracepoint is attached: enabling any of them puts every system
+//! The programs: socket I/O (BTF tracepoints `sock_recv_length`, `sock_send_length`), TCP
+//! state changes (BTF tracepoint `inet_sock_set_state`: closes and listens), and process
+//! lifecycle. BTF tracepoints (`tp_btf`) rather than raw ones: the verifier types the socket
+//! argument, so its fields are plain loads (`sock::load`) instead of a helper call each. No `syscalls:*` tracepoint is attached: enabling any of them puts every system
 //! call of every task on the kernel's slow path.
 
 use aya_ebpf::{
@@ -8,8 +9,8 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid,
         generated::{bpf_get_current_task_btf, bpf_ktime_get_boot_ns, bpf_task_pt_regs},
     },
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use sonde_schema::{
     EVENT_THREAD, PROC_EXEC, PROC_EXIT, PROC_FORK, PROC_LISTEN, ProcEvent, THREAD_ENDED,
@@ -23,7 +24,7 @@ use crate::{
         count_process_bytes, deselect, listen_port_wanted, process_metrics_on, select, selected,
     },
     offsets, pairing,
-    sock::SockHead,
+    sock::{self, SockHead},
     syscall_abi, tls,
 };
 
@@ -38,10 +39,10 @@ const TCP_CLOSE: i32 = 7;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 
-/// A TCP read or write of a selected process, fed to the pairing state machine. Raw
-/// tracepoint arguments: `(struct sock *sk, int ret, int flags)`.
+/// A TCP read or write of a selected process, fed to the pairing state machine. BTF tracepoint
+/// arguments: `(struct sock *sk, int ret, int flags)`, the socket typed by the verifier.
 #[inline(always)]
-fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
+fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
     // SAFETY: no preconditions; returns the current task's BTF-typed pointer.
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let (pid, tgid) = current_ids(task);
@@ -78,7 +79,7 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         return 0;
     };
     let Some(buf_kind) = syscall_abi::buffer_kind(args.nr) else {
-        if is_tcp(&SockHead::read(sk), sk) {
+        if is_tcp(&SockHead::typed(sk), sk) {
             count(counters::UNTRACKED_SYSCALLS);
         }
         return 0;
@@ -100,7 +101,7 @@ fn on_socket_io(ctx: &RawTracePointContext, op: u8) -> u32 {
         // Only a new connection needs the socket checked: a tracked socket was TCP when its
         // first request was seen. A socket carrying TLS is the uprobes' business.
         None => {
-            let head = SockHead::read(sk);
+            let head = SockHead::typed(sk);
             if !is_tcp(&head, sk) {
                 None
             } else if offsets::tls_enabled() && tls::claims_socket(&io, id, ret as u64) {
@@ -147,31 +148,31 @@ fn is_inet_family(family: u16) -> bool {
     family == AF_INET || family == AF_INET6
 }
 
-/// True for an IPv4 or IPv6 socket (any transport).
+/// True for an IPv4 or IPv6 socket (any transport); `sk` is the tracepoint's BTF-typed socket.
 #[inline(always)]
 fn is_inet(sk: u64) -> bool {
-    is_inet_family(pairing::read_kernel(sk + offsets::skc_family()).unwrap_or(0))
+    is_inet_family(sock::load(sk, offsets::skc_family()))
 }
 
-/// True for an IPv4 or IPv6 TCP socket (`head`: the socket's copied head).
+/// True for an IPv4 or IPv6 TCP socket (`head`: the socket's head, `sk` the tracepoint's
+/// BTF-typed socket).
 #[inline(always)]
 fn is_tcp(head: &SockHead, sk: u64) -> bool {
-    is_inet_family(head.family(sk))
-        && pairing::read_kernel::<u16>(sk + offsets::sk_protocol()).unwrap_or(0) == IPPROTO_TCP
+    is_inet_family(head.family(sk)) && sock::load::<u16>(sk, offsets::sk_protocol()) == IPPROTO_TCP
 }
 
-#[raw_tracepoint(tracepoint = "sock_recv_length")]
+#[btf_tracepoint(function = "sock_recv_length")]
 // Inlined into the entry point the macro generates: left to itself, LLVM made the body a
 // BPF-to-BPF call once it grew, and that call cost every socket syscall on the host
 // ~12 ns (`UNSELECTED=1 bench/prog_costs.sh`: 405 → 450 ns per request).
 #[inline(always)]
-pub fn sock_recv_length(ctx: RawTracePointContext) -> u32 {
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
     on_socket_io(&ctx, OP_READ)
 }
 
-#[raw_tracepoint(tracepoint = "sock_send_length")]
+#[btf_tracepoint(function = "sock_send_length")]
 #[inline(always)]
-pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
     on_socket_io(&ctx, OP_WRITE)
 }
 
@@ -179,8 +180,8 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> u32 {
 /// newstate)`. Listening is reported to the loader (port selection); a local close (FIN_WAIT1,
 /// LAST_ACK) or the socket's end (CLOSE) finishes its exchange. A peer's FIN alone does not:
 /// the response may still be on its way.
-#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let newstate = ctx.arg::<u64>(2) as i32;
     match newstate {
         TCP_LISTEN => {
@@ -188,12 +189,7 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> u32 {
             // test and never reaches the process ring. Every covered listen is reported with
             // the listening process: the loader looks at that process's network namespace
             // only (its own `/proc/<pid>/net/tcp{,6}`), whichever namespace it is.
-            let sk: u64 = ctx.arg(0);
-            // SAFETY: bpf_probe_read_kernel copies with fault handling; sk is the tracepoint's.
-            let port = unsafe {
-                aya_ebpf::helpers::bpf_probe_read_kernel((sk + offsets::skc_num()) as *const u16)
-                    .unwrap_or(0)
-            };
+            let port: u16 = sock::load(ctx.arg(0), offsets::skc_num());
             if listen_port_wanted(port) {
                 proc_event(
                     PROC_LISTEN,

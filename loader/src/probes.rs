@@ -10,7 +10,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use sonde_config::{Config, NetworkSettings, PortSet};
 use sonde_schema::{counters, globals, process_net};
@@ -29,6 +29,8 @@ pub enum ProbeError {
     Layout(#[from] LayoutError),
     #[error("loading the kernel programs failed: {0}")]
     Load(#[source] aya::EbpfError),
+    #[error("reading the kernel BTF (/sys/kernel/btf/vmlinux) for the BTF tracepoints: {0}")]
+    KernelBtf(#[source] aya::BtfError),
     #[error("program {program}: {source}")]
     Program {
         program: &'static str,
@@ -64,8 +66,10 @@ pub enum ProbeError {
     Inject(#[from] crate::inject::InjectError),
 }
 
-/// Raw tracepoints attached, each with a program of the same name taking three arguments.
-const RAW_TRACEPOINTS: [&str; 3] = [
+/// BTF tracepoints (`tp_btf`) attached, each with a program of the same name taking three
+/// arguments: the verifier types the socket argument from kernel BTF, so the programs read
+/// its fields with plain loads instead of a `bpf_probe_read_kernel` call each.
+const SOCKET_TRACEPOINTS: [&str; 3] = [
     "sock_recv_length",
     "sock_send_length",
     "inet_sock_set_state",
@@ -148,7 +152,7 @@ impl Probes {
         let btf = kernel_layout::kernel_btf()?;
         // The programs read their arguments by position after the context pointer:
         // (sk, ret, flags) and (sk, oldstate, newstate).
-        for tp in RAW_TRACEPOINTS {
+        for tp in SOCKET_TRACEPOINTS {
             let arity = kernel_layout::raw_tracepoint_arity(&btf, tp)?;
             if arity != 4 {
                 return Err(ProbeError::Prototype {
@@ -201,7 +205,11 @@ impl Probes {
             crate::inject::disable_in_object(object)?
         };
         let object = &*object;
+        // aya's parse of the kernel BTF, for the loader's relocations and the BTF tracepoints;
+        // dropped once they are attached.
+        let aya_btf = aya::Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?;
         let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
             .override_global(
                 sonde_schema::inject::ENABLED,
                 &u32::from(sizes.inject.is_some()),
@@ -263,9 +271,10 @@ impl Probes {
             .load(object)
             .map_err(ProbeError::Load)?;
 
-        for tp in RAW_TRACEPOINTS {
-            attach(&mut ebpf, tp, Hook::Raw)?;
+        for tp in SOCKET_TRACEPOINTS {
+            attach(&mut ebpf, tp, Hook::Btf(&aya_btf))?;
         }
+        drop(aya_btf);
         for tp in SCHED_TRACEPOINTS {
             attach(&mut ebpf, tp, Hook::Tracepoint("sched"))?;
         }
@@ -643,15 +652,18 @@ impl Drop for SharedBytes {
 
 /// Where a program attaches; each program is named after its tracepoint.
 #[derive(Clone, Copy)]
-enum Hook {
+enum Hook<'a> {
     /// A raw tracepoint (arguments by position, no tracefs needed).
     Raw,
+    /// A BTF tracepoint: a raw tracepoint whose arguments the verifier types from this kernel
+    /// BTF.
+    Btf(&'a aya::Btf),
     /// A tracepoint of this tracefs category (`sched`, …).
     Tracepoint(&'static str),
 }
 
 /// Loads the program `name` and attaches it to `hook`.
-fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), ProbeError> {
+fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook<'_>) -> Result<(), ProbeError> {
     if let Hook::Tracepoint(category) = hook
         && !kernel_layout::tracepoint_exists(category, name)
     {
@@ -665,6 +677,11 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook) -> Result<(), ProbeEr
         source,
     };
     match hook {
+        Hook::Btf(btf) => {
+            let prog: &mut BtfTracePoint = program.try_into().map_err(failed)?;
+            prog.load(name, btf).map_err(failed)?;
+            prog.attach().map_err(failed)?;
+        }
         Hook::Raw => {
             let prog: &mut RawTracePoint = program.try_into().map_err(failed)?;
             prog.load().map_err(failed)?;
