@@ -291,6 +291,9 @@ def main():
                     help="keep the work directory (sonde.log of the last round, server logs)")
     ap.add_argument("--no-build", action="store_true",
                     help="measure the existing release binaries even if older than the sources")
+    ap.add_argument("--release", help="directory of the build to measure (its sonde and "
+                    "sonde-processor; default target/release, built when stale); a copy keeps "
+                    "the run safe from rebuilds and lets two builds be compared")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -300,7 +303,10 @@ def main():
     for tool in tools:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: run scripts/setup.sh")
-    ensure_release(args.no_build)
+    if args.release:
+        pb.RELEASE = args.release
+    else:
+        ensure_release(args.no_build)
 
     def interrupted(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")

@@ -27,7 +27,7 @@ use crate::{
         count, mark_tls_used, tls_used,
     },
     offsets,
-    sock::SockHead,
+    sock::{self, SockHead},
     stream,
 };
 
@@ -249,18 +249,16 @@ pub fn read_tuple(state: &mut ConnState, sk: u64) {
 /// `read_tuple` with the socket's head already copied.
 #[inline(always)]
 fn read_tuple_from(state: &mut ConnState, head: &SockHead, sk: u64) {
-    let family = head.family(sk);
+    let family = head.family();
     let ev = &mut state.event;
     ev.family = family;
-    ev.peer_port = head.peer_port(sk);
-    ev.local_port = head.local_port(sk);
+    ev.peer_port = head.peer_port();
+    ev.local_port = head.local_port();
     if family == AF_INET {
-        let d = head.peer_addr4(sk);
-        let s = head.local_addr4(sk);
-        ev.peer_addr = [0; 16];
-        ev.local_addr = [0; 16];
-        ev.peer_addr[..4].copy_from_slice(&d);
-        ev.local_addr[..4].copy_from_slice(&s);
+        let d = head.peer_addr4();
+        let s = head.local_addr4();
+        sock::set_addr4(&mut ev.peer_addr, d);
+        sock::set_addr4(&mut ev.local_addr, s);
     } else if family == AF_INET6 {
         // SAFETY: bounded kernel reads into fixed 16-byte fields of the map value.
         unsafe {
@@ -346,14 +344,15 @@ fn emit_event(state: &mut ConnState, flags: u32) {
 /// Emits a small record about the connection's already emitted exchange.
 #[inline(always)]
 pub fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
-    let update = ExchangeUpdate {
-        kind,
-        _pad: [0; 3],
-        pid: state.event.pid,
-        conn_id: state.event.conn_id,
-        bytes,
-        end_ns: now,
-    };
+    // Built from zero, then filled: a `[0; 3]` padding literal is a call to a byte-by-byte
+    // `memset` on this target, four word stores are not.
+    // SAFETY: an all-zero ExchangeUpdate is valid (integers only).
+    let mut update: ExchangeUpdate = unsafe { core::mem::zeroed() };
+    update.kind = kind;
+    update.pid = state.event.pid;
+    update.conn_id = state.event.conn_id;
+    update.bytes = bytes;
+    update.end_ns = now;
     if EVENTS
         .output::<ExchangeUpdate>(&update, wakeup_flags(ExchangeUpdate::SIZE))
         .is_err()
@@ -480,7 +479,7 @@ pub fn on_new_connection(
     let seg = first_segment(io, ret)?;
     // A socket already closed (unhashed: no local port) carries nothing to pair: a peer's
     // last GOAWAY or a late write after the connection's end.
-    if head.local_port(io.sk) == 0 {
+    if head.local_port() == 0 {
         return None;
     }
     let first = classify(io, &seg, ret);

@@ -158,7 +158,7 @@ fn is_inet(sk: u64) -> bool {
 /// BTF-typed socket).
 #[inline(always)]
 fn is_tcp(head: &SockHead, sk: u64) -> bool {
-    is_inet_family(head.family(sk)) && sock::load::<u16>(sk, offsets::sk_protocol()) == IPPROTO_TCP
+    is_inet_family(head.family()) && sock::load::<u16>(sk, offsets::sk_protocol()) == IPPROTO_TCP
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]

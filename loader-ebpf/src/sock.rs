@@ -1,114 +1,119 @@
 //! A socket's identity fields (family, ports, IPv4 addresses): from the socket programs' BTF-typed
 //! socket by plain loads (`SockHead::typed`), or, where the address is only a number (the TLS
 //! probes keep it in a map), from one copy of the head of its `struct sock_common` instead of
-//! one `bpf_probe_read_kernel` per field. These fields have
-//! opened `struct sock_common` since Linux 2.6 (`skc_daddr`, `skc_rcv_saddr`, `skc_hash`,
+//! one `bpf_probe_read_kernel` per field. These fields have opened `struct sock_common`
+//! since Linux 2.6 (`skc_daddr`, `skc_rcv_saddr`, `skc_hash`,
 //! `skc_dport`, `skc_num`, `skc_family`); the loader checks that this kernel's BTF puts them
 //! inside the copied head (`SOCK_HEAD_COVERS`) and, if not, each field is read on its own as
 //! before. A new connection's first bytes read five of them: a helper call is the largest part
 //! of a program's cost on a kernel with return-thunk mitigations (BENCHMARKS.md "Kernel per
 //! request").
 
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+
 use crate::{offsets, pairing::read_kernel};
 
 /// Bytes copied from the start of `struct sock_common`.
 pub const HEAD_BYTES: usize = sonde_schema::globals::SOCK_HEAD_BYTES as usize;
 
-/// The first `HEAD_BYTES` of a socket (all zero when the copy faulted or was not made).
+/// A socket's identity fields. Scalars rather than a copy of the head's bytes: a zeroed or
+/// moved byte array is a call to a byte-by-byte `memset`/`memmove` on this target.
+#[derive(Clone, Copy)]
 pub struct SockHead {
-    bytes: [u8; HEAD_BYTES],
+    family: u16,
+    /// Host order.
+    local_port: u16,
+    /// Host order.
+    peer_port: u16,
+    /// Network order, as the bytes lie in memory.
+    peer_addr4: u32,
+    local_addr4: u32,
 }
 
 impl SockHead {
-    /// Copies the head of `sk` (one helper call; none when the loader found the fields
-    /// outside it).
-    #[inline(always)]
-    pub fn read(sk: u64) -> SockHead {
-        let bytes = if offsets::sock_head_covers() {
-            read_kernel::<[u8; HEAD_BYTES]>(sk).unwrap_or([0; HEAD_BYTES])
-        } else {
-            [0; HEAD_BYTES]
-        };
-        SockHead { bytes }
-    }
-
-    /// The head of `sk`, a BTF-typed socket (the socket tracepoints' argument), by one plain
-    /// load per field: no helper call at all.
+    /// The fields of `sk`, a BTF-typed socket (the socket tracepoints' argument): one plain
+    /// load each, no helper call.
     #[inline(always)]
     pub fn typed(sk: u64) -> SockHead {
-        let mut bytes = [0u8; HEAD_BYTES];
-        if offsets::sock_head_covers() {
-            put(
-                &mut bytes,
-                offsets::skc_daddr(),
-                load::<[u8; 4]>(sk, offsets::skc_daddr()),
-            );
-            put(
-                &mut bytes,
-                offsets::skc_rcv_saddr(),
-                load::<[u8; 4]>(sk, offsets::skc_rcv_saddr()),
-            );
-            put(
-                &mut bytes,
-                offsets::skc_dport(),
-                load::<[u8; 2]>(sk, offsets::skc_dport()),
-            );
-            put(
-                &mut bytes,
-                offsets::skc_num(),
-                load::<[u8; 2]>(sk, offsets::skc_num()),
-            );
-            put(
-                &mut bytes,
-                offsets::skc_family(),
-                load::<[u8; 2]>(sk, offsets::skc_family()),
-            );
+        SockHead {
+            family: load(sk, offsets::skc_family()),
+            local_port: load(sk, offsets::skc_num()),
+            peer_port: u16::from_be(load(sk, offsets::skc_dport())),
+            peer_addr4: load(sk, offsets::skc_daddr()),
+            local_addr4: load(sk, offsets::skc_rcv_saddr()),
         }
-        SockHead { bytes }
     }
 
-    /// `N` bytes at `offset` of the socket: from the copied head, or read on their own when the
-    /// loader found the identity fields outside it.
+    /// The fields of `sk`, a kernel address held as a number (the TLS probes keep it in a
+    /// map): one copy of the head (one helper call), or a read per field when the loader
+    /// found them outside it. Zero for what could not be read.
     #[inline(always)]
-    fn field<const N: usize>(&self, sk: u64, offset: u64) -> [u8; N] {
+    pub fn read(sk: u64) -> SockHead {
         if !offsets::sock_head_covers() {
-            return read_kernel::<[u8; N]>(sk + offset).unwrap_or([0; N]);
+            return SockHead {
+                family: read_kernel(sk + offsets::skc_family()).unwrap_or(0),
+                local_port: read_kernel(sk + offsets::skc_num()).unwrap_or(0),
+                peer_port: u16::from_be(read_kernel(sk + offsets::skc_dport()).unwrap_or(0)),
+                peer_addr4: read_kernel(sk + offsets::skc_daddr()).unwrap_or(0),
+                local_addr4: read_kernel(sk + offsets::skc_rcv_saddr()).unwrap_or(0),
+            };
         }
-        let mut out = [0u8; N];
-        let start = offset as usize;
-        if start + N <= HEAD_BYTES {
-            out.copy_from_slice(&self.bytes[start..start + N]);
+        let mut head = core::mem::MaybeUninit::<[u64; HEAD_BYTES / 8]>::uninit();
+        // SAFETY: the helper writes all HEAD_BYTES of the destination, the head's copy or
+        // zeros when the read faults, so the value is initialised after it.
+        let head = unsafe {
+            bpf_probe_read_kernel(head.as_mut_ptr().cast(), HEAD_BYTES as u32, sk as *const _);
+            head.assume_init()
+        };
+        let at = |offset: u64| -> *const u8 {
+            // The loader set SOCK_HEAD_COVERS only if every field lies inside the head; the
+            // clamp restates it (a no-op then).
+            // SAFETY: at most HEAD_BYTES - 4, so a read of up to 4 bytes stays in `head`.
+            unsafe {
+                head.as_ptr()
+                    .cast::<u8>()
+                    .add(offset.min((HEAD_BYTES - 4) as u64) as usize)
+            }
+        };
+        // SAFETY: each read lies inside `head` (see `at`); unaligned reads of plain integers.
+        unsafe {
+            SockHead {
+                family: at(offsets::skc_family()).cast::<u16>().read_unaligned(),
+                local_port: at(offsets::skc_num()).cast::<u16>().read_unaligned(),
+                peer_port: u16::from_be(at(offsets::skc_dport()).cast::<u16>().read_unaligned()),
+                peer_addr4: at(offsets::skc_daddr()).cast::<u32>().read_unaligned(),
+                local_addr4: at(offsets::skc_rcv_saddr()).cast::<u32>().read_unaligned(),
+            }
         }
-        out
     }
 
     #[inline(always)]
-    pub fn family(&self, sk: u64) -> u16 {
-        u16::from_ne_bytes(self.field(sk, offsets::skc_family()))
+    pub fn family(&self) -> u16 {
+        self.family
     }
 
     /// The local port, host order.
     #[inline(always)]
-    pub fn local_port(&self, sk: u64) -> u16 {
-        u16::from_ne_bytes(self.field(sk, offsets::skc_num()))
+    pub fn local_port(&self) -> u16 {
+        self.local_port
     }
 
     /// The peer's port, host order.
     #[inline(always)]
-    pub fn peer_port(&self, sk: u64) -> u16 {
-        u16::from_be_bytes(self.field(sk, offsets::skc_dport()))
+    pub fn peer_port(&self) -> u16 {
+        self.peer_port
     }
 
     /// The peer's IPv4 address, network order.
     #[inline(always)]
-    pub fn peer_addr4(&self, sk: u64) -> [u8; 4] {
-        self.field(sk, offsets::skc_daddr())
+    pub fn peer_addr4(&self) -> [u8; 4] {
+        self.peer_addr4.to_ne_bytes()
     }
 
     /// The local IPv4 address, network order.
     #[inline(always)]
-    pub fn local_addr4(&self, sk: u64) -> [u8; 4] {
-        self.field(sk, offsets::skc_rcv_saddr())
+    pub fn local_addr4(&self) -> [u8; 4] {
+        self.local_addr4.to_ne_bytes()
     }
 }
 
@@ -121,11 +126,32 @@ pub fn load<T: Copy>(ptr: u64, offset: u64) -> T {
     unsafe { core::ptr::read_volatile((ptr as *const u8).add(offset as usize).cast::<T>()) }
 }
 
-/// Writes `value` at `offset` of the head copy (nothing when it would not fit).
+/// Copies a 16-byte address field as two 8-byte words. `dst` and `src` must be 8-aligned
+/// (fields at a multiple of 8 in an 8-aligned struct; `sonde_schema` asserts it for the ring
+/// records): a byte-array assignment is a call to a byte-by-byte `memmove` on this target.
 #[inline(always)]
-fn put<const N: usize>(bytes: &mut [u8; HEAD_BYTES], offset: u64, value: [u8; N]) {
-    let start = offset as usize;
-    if start + N <= HEAD_BYTES {
-        bytes[start..start + N].copy_from_slice(&value);
+pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
+    // SAFETY: both are valid 16-byte fields, 8-aligned (see above), so each is two aligned
+    // u64s.
+    unsafe {
+        let s = src.as_ptr().cast::<u64>();
+        let d = dst.as_mut_ptr().cast::<u64>();
+        d.write(s.read());
+        d.add(1).write(s.add(1).read());
+    }
+}
+
+/// Sets a 16-byte address field (8-aligned, as for `copy_addr`) to an IPv4 address in its
+/// first four bytes and zeros after.
+#[inline(always)]
+pub fn set_addr4(dst: &mut [u8; 16], addr: [u8; 4]) {
+    // SAFETY: as in `copy_addr`; little or big endian, the first four bytes in memory of the
+    // first word are `addr` because it is written from native-endian bytes.
+    unsafe {
+        let d = dst.as_mut_ptr().cast::<u64>();
+        let mut word = [0u8; 8];
+        word[..4].copy_from_slice(&addr);
+        d.write(u64::from_ne_bytes(word));
+        d.add(1).write(0);
     }
 }

@@ -17,6 +17,7 @@ use crate::{
         count,
     },
     pairing::{now_ns, wakeup_flags},
+    sock,
 };
 
 /// Iovec entries walked per syscall (Linux's `IOV_MAX`). HTTP/2 stacks gather many frames into
@@ -270,8 +271,8 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     h.family = ev.family;
     h.local_port = ev.local_port;
     h.peer_port = ev.peer_port;
-    h.local_addr = ev.local_addr;
-    h.peer_addr = ev.peer_addr;
+    sock::copy_addr(&mut h.local_addr, &ev.local_addr);
+    sock::copy_addr(&mut h.peer_addr, &ev.peer_addr);
     let len = ChunkHeader::SIZE + (captured & LEN_MASK) as usize;
     // SAFETY: the header starts the map value and `len` < SIZE + 2 * STREAM_CAPTURE bytes are
     // inside it; the ring buffer copies them.

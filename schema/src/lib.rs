@@ -263,6 +263,17 @@ pub struct ChunkHeader {
     pub peer_addr: [u8; 16],
 }
 
+// The kernel programs copy and set the address fields as two 8-byte words
+// (`loader-ebpf/src/sock.rs`, `copy_addr`): they must stay 8-aligned in both records.
+const _: () = assert!(
+    core::mem::align_of::<ChunkHeader>() >= 8
+        && core::mem::offset_of!(ChunkHeader, local_addr) % 8 == 0
+        && core::mem::offset_of!(ChunkHeader, peer_addr) % 8 == 0
+        && core::mem::align_of::<HttpEvent>() >= 8
+        && core::mem::offset_of!(HttpEvent, local_addr) % 8 == 0
+        && core::mem::offset_of!(HttpEvent, peer_addr) % 8 == 0
+);
+
 impl ChunkHeader {
     pub const SIZE: usize = core::mem::size_of::<ChunkHeader>();
 
