@@ -18,7 +18,9 @@ use aya_ebpf::{
 };
 use sonde_schema::flows::{DIRECTION_EGRESS, DIRECTION_INGRESS, FlowKey, FlowValue, SKB_WINDOW};
 
-use crate::{maps::FLOWS, offsets};
+use core::mem::MaybeUninit;
+
+use crate::{maps::FLOWS, offsets, zero};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -40,11 +42,12 @@ pub fn net_dev_start_xmit(ctx: RawTracePointContext) -> u32 {
 }
 
 /// Fills `buf` from kernel memory in place (no copy through an `Option`, which would double
-/// the stack the verifier allows); false when the address faults.
+/// the stack the verifier allows, and no zeroing first, which is a byte-by-byte `memset` call
+/// here: see `zero`); false when the address faults.
 #[inline(always)]
-fn read_into<const N: usize>(buf: &mut [u8; N], addr: u64) -> bool {
-    // SAFETY: the helper writes at most N bytes into `buf`, which is N bytes long, with fault
-    // handling on the kernel address.
+fn read_into<const N: usize>(buf: &mut MaybeUninit<[u8; N]>, addr: u64) -> bool {
+    // SAFETY: the helper writes exactly N bytes into `buf`, which is N bytes long: the copy,
+    // or zeros when the kernel address faults.
     unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             buf.as_mut_ptr().cast(),
@@ -80,11 +83,13 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
     let o = offsets::skb();
     // One read of the sk_buff fields (len, protocol, network_header, end, head, data).
     let base = o.len;
-    let mut w = [0u8; SKB_WINDOW];
+    let mut w = MaybeUninit::<[u8; SKB_WINDOW]>::uninit();
     if !read_into(&mut w, skb + base) {
         return None;
     }
-    let protocol = u16::from_be_bytes(field::<2>(&w, o.protocol.wrapping_sub(base))?);
+    // SAFETY: `read_into` wrote all of it.
+    let w = unsafe { w.assume_init_ref() };
+    let protocol = u16::from_be_bytes(field::<2>(w, o.protocol.wrapping_sub(base))?);
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return None;
     }
@@ -92,15 +97,15 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
     if offsets::flows_skip_loopback() && read::<u32>(dev + o.flags)? & IFF_LOOPBACK != 0 {
         return None;
     }
-    let len = u64::from(u32::from_ne_bytes(field(&w, 0)?));
-    let head = u64::from_ne_bytes(field(&w, o.head.wrapping_sub(base))?);
-    let data = u64::from_ne_bytes(field(&w, o.data.wrapping_sub(base))?);
-    let end = u64::from(u32::from_ne_bytes(field(&w, o.end.wrapping_sub(base))?));
+    let len = u64::from(u32::from_ne_bytes(field(w, 0)?));
+    let head = u64::from_ne_bytes(field(w, o.head.wrapping_sub(base))?);
+    let data = u64::from_ne_bytes(field(w, o.data.wrapping_sub(base))?);
+    let end = u64::from(u32::from_ne_bytes(field(w, o.end.wrapping_sub(base))?));
     let l3 = if direction == DIRECTION_INGRESS {
         data
     } else {
         head + u64::from(u16::from_ne_bytes(field(
-            &w,
+            w,
             o.network_header.wrapping_sub(base),
         )?))
     };
@@ -108,23 +113,19 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
     let before = l3.checked_sub(data)?;
     let l3_len = len.checked_sub(before)?;
 
-    let mut key = FlowKey {
-        src: [0; 16],
-        dst: [0; 16],
-        dev,
-        ifindex: read(dev + o.ifindex)?,
-        src_port: 0,
-        dst_port: 0,
-        transport: 0,
-        direction,
-        _pad: [0; 6],
-    };
+    let mut key_slot = MaybeUninit::<FlowKey>::uninit();
+    let key = zero::zero(&mut key_slot);
+    key.dev = dev;
+    key.ifindex = read(dev + o.ifindex)?;
+    key.direction = direction;
     // IP and transport headers in one read (bytes past a short packet's end are never used:
     // ports are read only for TCP and UDP, which always carry their header).
-    let mut h = [0u8; HEADERS];
+    let mut h = MaybeUninit::<[u8; HEADERS]>::uninit();
     if !read_into(&mut h, l3) {
         return None;
     }
+    // SAFETY: `read_into` wrote all of it.
+    let h = unsafe { h.assume_init_ref() };
     let (ip_header, fragment) = if protocol == ETH_P_IP {
         if h[0] >> 4 != 4 {
             return None;
@@ -166,7 +167,7 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
     let segs = u64::from(read::<u16>(head + end + o.gso_segs).unwrap_or(0)).max(1);
     let bytes = l3_len + (segs - 1) * (ip_header as u64 + l4_header);
 
-    match FLOWS.get_ptr_mut(&key) {
+    match FLOWS.get_ptr_mut(&*key) {
         Some(v) => {
             // SAFETY: pointer from a successful lookup in a per-CPU map: this CPU's value, and
             // programs run with migration disabled, so no other writer touches it meanwhile.
@@ -176,14 +177,21 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
             }
         }
         None => {
-            let mut value = FlowValue {
-                bytes,
-                packets: segs,
-                iface: [0; 16],
+            let mut value_slot = MaybeUninit::<FlowValue>::uninit();
+            let value = zero::zero(&mut value_slot);
+            value.bytes = bytes;
+            value.packets = segs;
+            // The helper leaves zeros on a fault.
+            // SAFETY: 16 bytes into the 16-byte field, fault-handled kernel read.
+            unsafe {
+                aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+                    value.iface.as_mut_ptr().cast(),
+                    16,
+                    (dev + o.name) as *const core::ffi::c_void,
+                )
             };
-            value.iface = read(dev + o.name).unwrap_or([0; 16]);
             // BPF_ANY: a flow another CPU created meanwhile gets this CPU's slot written.
-            let _ = FLOWS.insert(&key, &value, 0);
+            let _ = FLOWS.insert(&*key, &*value, 0);
         }
     }
     Some(())

@@ -38,6 +38,8 @@ mod stream;
 mod syscall_abi;
 #[cfg(target_arch = "bpf")]
 mod tls;
+#[cfg(target_arch = "bpf")]
+mod zero;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

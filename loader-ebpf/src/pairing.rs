@@ -28,7 +28,7 @@ use crate::{
     },
     offsets,
     sock::{self, SockHead},
-    stream,
+    stream, zero,
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -344,17 +344,16 @@ fn emit_event(state: &mut ConnState, flags: u32) {
 /// Emits a small record about the connection's already emitted exchange.
 #[inline(always)]
 pub fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
-    // Built from zero, then filled: a `[0; 3]` padding literal is a call to a byte-by-byte
-    // `memset` on this target, four word stores are not.
-    // SAFETY: an all-zero ExchangeUpdate is valid (integers only).
-    let mut update: ExchangeUpdate = unsafe { core::mem::zeroed() };
+    // Built from zero, then filled: a `[0; 3]` padding literal is a `memset` call (see `zero`).
+    let mut slot = core::mem::MaybeUninit::<ExchangeUpdate>::uninit();
+    let update = zero::zero(&mut slot);
     update.kind = kind;
     update.pid = state.event.pid;
     update.conn_id = state.event.conn_id;
     update.bytes = bytes;
     update.end_ns = now;
     if EVENTS
-        .output::<ExchangeUpdate>(&update, wakeup_flags(ExchangeUpdate::SIZE))
+        .output::<ExchangeUpdate>(update, wakeup_flags(ExchangeUpdate::SIZE))
         .is_err()
     {
         count(counters::UPDATES_LOST_RINGBUF_FULL);

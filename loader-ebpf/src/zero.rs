@@ -1,0 +1,28 @@
+//! Zeroed values without `memset`. On this target LLVM lowers a zeroed array or struct of more
+//! than a few bytes to a call of the byte-by-byte `memset` it links in: a BPF-to-BPF call and
+//! a loop of one store per byte (a 64-byte buffer: ~200 instructions) on every run that makes
+//! one. Word stores marked volatile, which LLVM cannot merge back into that call, do the same
+//! in `size / 8` instructions.
+
+use core::mem::MaybeUninit;
+
+/// Zeroes `slot` in place and returns it: `T` must be 8-aligned, a multiple of 8 bytes, and
+/// valid when all zero (integers and arrays of them). In place, because a zeroed value
+/// returned by value is copied to its final place, and LLVM turns that copy of known zeros back
+/// into a `memset` call.
+#[inline(always)]
+pub fn zero<T: Copy>(slot: &mut MaybeUninit<T>) -> &mut T {
+    const {
+        assert!(core::mem::align_of::<T>() >= 8 && core::mem::size_of::<T>() % 8 == 0);
+    }
+    let words = slot.as_mut_ptr().cast::<u64>();
+    // SAFETY: `T` is 8-aligned and `size_of::<T>() / 8` words long (asserted above), so every
+    // store is in bounds and aligned; all its bytes are written before `assume_init_mut`, and
+    // the caller's `T` is valid all zero.
+    unsafe {
+        for i in 0..core::mem::size_of::<T>() / 8 {
+            core::ptr::write_volatile(words.add(i), 0);
+        }
+        slot.assume_init_mut()
+    }
+}
