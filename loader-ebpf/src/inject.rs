@@ -59,7 +59,12 @@ use sonde_schema::{
     inject::{self, LINE_LEN, SCAN_LIMIT},
 };
 
-use crate::maps::{CONNS, ConnState, PHASE_REQUEST, selected};
+use core::mem::MaybeUninit;
+
+use crate::{
+    maps::{CONNS, ConnState, PHASE_REQUEST, selected},
+    zero::{self, Words},
+};
 
 /// Reads one `u32` context field. Volatile, so the compiler loads it straight from the
 /// context pointer plus a constant: the verifier refuses context reads through a pointer the
@@ -547,9 +552,10 @@ fn unhex<const N: usize>(v: &[u8; TRACEPARENT_LEN], at: usize, out: &mut [u8; N]
 /// and the thread remembers them while the request is in flight.
 #[inline(always)]
 pub fn serve_begin(state: &mut ConnState, id: u64) {
-    let mut ids = [0u8; 24];
-    draw(&mut ids, 0);
-    state.event.server_ids = ids;
+    let mut ids_slot = MaybeUninit::<Words<24>>::uninit();
+    let ids = &mut zero::zero(&mut ids_slot).0;
+    draw(ids, 0);
+    state.event.server_ids = *ids;
     if let Some(p) = INJECT_SERVING.get_ptr_mut(&id) {
         // SAFETY: pointer from a successful lookup; only this thread writes its entry while
         // it runs this program (`serve_end` from another thread touches `in_flight` only).
@@ -561,20 +567,18 @@ pub fn serve_begin(state: &mut ConnState, id: u64) {
             crate::maps::count(counters::OVERLAPPING_SERVER_REQUESTS);
         }
         s.conn_id = state.event.conn_id;
-        s.ids = ids;
+        s.ids = *ids;
         s.parent_flags = NO_PARENT;
         s.in_flight = 1;
         return;
     }
-    let fresh = Serving {
-        conn_id: state.event.conn_id,
-        ids,
-        parent_flags: NO_PARENT,
-        in_flight: 1,
-        ambiguous: 0,
-        _pad: [0; 5],
-    };
-    let _ = INJECT_SERVING.insert(&id, &fresh, 0);
+    let mut fresh_slot = MaybeUninit::<Serving>::uninit();
+    let fresh = zero::zero(&mut fresh_slot);
+    fresh.conn_id = state.event.conn_id;
+    fresh.ids = *ids;
+    fresh.parent_flags = NO_PARENT;
+    fresh.in_flight = 1;
+    let _ = INJECT_SERVING.insert(&id, &*fresh, 0);
 }
 
 /// The header search found the server request's `traceparent` (in `state.event.traceparent`):
@@ -587,22 +591,24 @@ pub fn adopt_incoming(state: &mut ConnState) {
     if v[0] != b'0' || v[1] != b'0' || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return;
     }
-    let mut trace = [0u8; 16];
-    let mut span = [0u8; 8];
+    let mut trace_slot = MaybeUninit::<Words<16>>::uninit();
+    let trace = zero::zero(&mut trace_slot);
+    let mut span_slot = MaybeUninit::<Words<8>>::uninit();
+    let span = zero::zero(&mut span_slot);
     let mut flags = [0u8; 1];
-    if !unhex(v, 3, &mut trace) || !unhex(v, 36, &mut span) || !unhex(v, 53, &mut flags) {
+    if !unhex(v, 3, &mut trace.0) || !unhex(v, 36, &mut span.0) || !unhex(v, 53, &mut flags) {
         return;
     }
-    if trace == [0; 16] || span == [0; 8] {
+    if trace.is_zero() || span.is_zero() {
         return;
     }
-    state.event.server_ids[..16].copy_from_slice(&trace);
+    state.event.server_ids[..16].copy_from_slice(&trace.0);
     let id = (u64::from(state.event.pid) << 32) | u64::from(state.event.tid);
     if let Some(p) = INJECT_SERVING.get_ptr_mut(&id) {
         // SAFETY: pointer from a successful lookup (see `serve_begin`).
         let s = unsafe { &mut *p };
         if s.conn_id == state.event.conn_id {
-            s.ids[..16].copy_from_slice(&trace);
+            s.ids[..16].copy_from_slice(&trace.0);
             s.parent_flags = flags[0] & 1;
         }
     }
@@ -626,7 +632,8 @@ pub fn serve_end(state: &ConnState) {
 /// serves, if it serves exactly one, else a trace of its own.
 #[inline(always)]
 fn next_context(id: u64, out: &mut Pending) {
-    let mut ids = [0u8; 24];
+    let mut ids_slot = MaybeUninit::<Words<24>>::uninit();
+    let ids = &mut zero::zero(&mut ids_slot).0;
     let serving = INJECT_SERVING.get_ptr(&id);
     let mut sampled_flag = NO_PARENT;
     out.parent = [0; 8];
@@ -646,7 +653,7 @@ fn next_context(id: u64, out: &mut Pending) {
             }
         }
     }
-    draw(&mut ids, from);
+    draw(ids, from);
     let sampled = if sampled_flag == NO_PARENT {
         sampled(trace_low(&ids))
     } else {
@@ -662,11 +669,11 @@ fn on_message(ctx: &SkMsgContext) {
     let framing = match INJECT_FRAMING.get_ptr_mut(&key) {
         Some(f) => f,
         None => {
-            let fresh = Framing {
-                body_left: 0,
-                gave_up: 0,
-            };
-            if INJECT_FRAMING.insert(&key, &fresh, 0).is_err() {
+            let mut fresh = MaybeUninit::<Framing>::uninit();
+            if INJECT_FRAMING
+                .insert(&key, &*zero::zero(&mut fresh), 0)
+                .is_err()
+            {
                 return;
             }
             match INJECT_FRAMING.get_ptr_mut(&key) {
@@ -732,10 +739,14 @@ fn on_message(ctx: &SkMsgContext) {
         return;
     }
     scan.len = n;
-    scan.end = 0;
-    scan.cl_at = 0;
-    scan.has_traceparent = 0;
-    scan.chunked = 0;
+    // Volatile: LLVM merges four zero stores into a `memset` call (see `zero`).
+    // SAFETY: writes to fields of this CPU's slot, valid and aligned.
+    unsafe {
+        core::ptr::write_volatile(&mut scan.end, 0);
+        core::ptr::write_volatile(&mut scan.cl_at, 0);
+        core::ptr::write_volatile(&mut scan.has_traceparent, 0);
+        core::ptr::write_volatile(&mut scan.chunked, 0);
+    }
     // SAFETY: bpf_loop calls `scan_step` at most SCAN_LIMIT / 8 + 1 times; it keeps its state in
     // INJECT_SCAN, not behind the context pointer.
     unsafe {
@@ -837,7 +848,15 @@ pub fn stamp(sk: u64, id: u64) {
         // and is read before it is removed below.
         let (state, pending) = unsafe { (&mut *p, &*v) };
         if state.role == DIRECTION_CLIENT && state.phase == PHASE_REQUEST {
-            state.event.traceparent = pending.value;
+            // SAFETY: two distinct map values' fields of the same length: a non-overlapping
+            // copy, which this target inlines (an assignment here is a `memmove` call).
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    pending.value.as_ptr(),
+                    state.event.traceparent.as_mut_ptr(),
+                    TRACEPARENT_LEN,
+                )
+            };
             state.event.injected_parent = pending.parent;
             state.event.traceparent_source = TRACEPARENT_INJECTED;
         }

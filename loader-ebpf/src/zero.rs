@@ -26,3 +26,24 @@ pub fn zero<T: Copy>(slot: &mut MaybeUninit<T>) -> &mut T {
         slot.assume_init_mut()
     }
 }
+
+/// `N` bytes, 8-aligned (`N` a multiple of 8), so `zero` can clear them with word stores.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+pub struct Words<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> Words<N> {
+    /// True when every byte is zero, compared a word at a time.
+    #[inline(always)]
+    pub fn is_zero(&self) -> bool {
+        let words = self.0.as_ptr().cast::<u64>();
+        let mut any = 0;
+        // SAFETY: `Words` is 8-aligned and N bytes long; N / 8 aligned u64 reads stay inside.
+        unsafe {
+            for i in 0..N / 8 {
+                any |= words.add(i).read();
+            }
+        }
+        any == 0
+    }
+}
