@@ -695,3 +695,38 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook<'_>) -> Result<(), Pro
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+
+    /// The compiler-builtins functions LLVM calls for a zeroed or moved aggregate it does not
+    /// expand inline on the BPF target: each call is a BPF-to-BPF call into a byte-at-a-time
+    /// loop (a 64-byte buffer zeroed per packet was ~200 instructions of the flow programs;
+    /// BENCHMARKS.md "Kernel programs without memset"). `loader-ebpf/src/zero.rs` shows the
+    /// ways around them.
+    const BYTE_LOOPS: [&str; 3] = ["memset", "memmove", "memcpy"];
+
+    #[test]
+    fn no_kernel_program_calls_a_byte_by_byte_memset_or_memmove() {
+        let bytes = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-loader-ebpf"));
+        let file = object::File::parse(&bytes[..]).expect("the kernel object parses");
+        let mut calls = Vec::new();
+        for section in file.sections() {
+            for (offset, reloc) in section.relocations() {
+                let RelocationTarget::Symbol(index) = reloc.target() else {
+                    continue;
+                };
+                let name = file
+                    .symbol_by_index(index)
+                    .and_then(|s| s.name())
+                    .unwrap_or_default();
+                if BYTE_LOOPS.contains(&name) {
+                    let section = section.name().unwrap_or("?");
+                    calls.push(format!("{section}+{offset:#x} calls {name}"));
+                }
+            }
+        }
+        assert!(calls.is_empty(), "{calls:#?}");
+    }
+}
