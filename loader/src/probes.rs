@@ -710,7 +710,7 @@ mod tests {
     #[test]
     fn no_kernel_program_calls_a_byte_by_byte_memset_or_memmove() {
         let bytes = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sonde-loader-ebpf"));
-        let file = object::File::parse(&bytes[..]).expect("the kernel object parses");
+        let file = object::File::parse(bytes).expect("the kernel object parses");
         let mut calls = Vec::new();
         for section in file.sections() {
             for (offset, reloc) in section.relocations() {
