@@ -293,7 +293,8 @@ def main():
                     help="measure the existing release binaries even if older than the sources")
     ap.add_argument("--release", help="directory of the build to measure (its sonde and "
                     "sonde-processor; default target/release, built when stale); a copy keeps "
-                    "the run safe from rebuilds and lets two builds be compared")
+                    "the run safe from rebuilds and lets two builds be compared; never rebuilt, so "
+                    "--no-build does not apply)")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -304,7 +305,12 @@ def main():
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: run scripts/setup.sh")
     if args.release:
-        pb.RELEASE = args.release
+        release = os.path.abspath(args.release)
+        missing = [b for b in ["sonde", "sonde-processor"]
+                   if not os.path.exists(os.path.join(release, b))]
+        if missing:
+            raise SystemExit(f"--release {release}: missing {', '.join(missing)}")
+        pb.RELEASE = release
     else:
         ensure_release(args.no_build)
 

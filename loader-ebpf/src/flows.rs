@@ -114,7 +114,8 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
     let l3_len = len.checked_sub(before)?;
 
     let mut key_slot = MaybeUninit::<FlowKey>::uninit();
-    let key = zero::zero(&mut key_slot);
+    // SAFETY: a flow key is integers and byte arrays: valid all zero.
+    let key = unsafe { zero::zero(&mut key_slot) };
     key.dev = dev;
     key.ifindex = read(dev + o.ifindex)?;
     key.direction = direction;
@@ -178,15 +179,16 @@ fn count_packet(skb: u64, direction: u8) -> Option<()> {
         }
         None => {
             let mut value_slot = MaybeUninit::<FlowValue>::uninit();
-            let value = zero::zero(&mut value_slot);
+            // SAFETY: a flow value is integers and a byte array: valid all zero.
+            let value = unsafe { zero::zero(&mut value_slot) };
             value.bytes = bytes;
             value.packets = segs;
             // The helper leaves zeros on a fault.
-            // SAFETY: 16 bytes into the 16-byte field, fault-handled kernel read.
+            // SAFETY: the field's length into the field, fault-handled kernel read.
             unsafe {
                 aya_ebpf::helpers::generated::bpf_probe_read_kernel(
                     value.iface.as_mut_ptr().cast(),
-                    16,
+                    value.iface.len() as u32,
                     (dev + o.name) as *const core::ffi::c_void,
                 )
             };

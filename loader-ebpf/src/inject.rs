@@ -553,7 +553,8 @@ fn unhex<const N: usize>(v: &[u8; TRACEPARENT_LEN], at: usize, out: &mut [u8; N]
 #[inline(always)]
 pub fn serve_begin(state: &mut ConnState, id: u64) {
     let mut ids_slot = MaybeUninit::<Words<24>>::uninit();
-    let ids = &mut zero::zero(&mut ids_slot).0;
+    // SAFETY: `Words` is a byte array: valid all zero.
+    let ids = &mut unsafe { zero::zero(&mut ids_slot) }.0;
     draw(ids, 0);
     state.event.server_ids = *ids;
     if let Some(p) = INJECT_SERVING.get_ptr_mut(&id) {
@@ -573,7 +574,8 @@ pub fn serve_begin(state: &mut ConnState, id: u64) {
         return;
     }
     let mut fresh_slot = MaybeUninit::<Serving>::uninit();
-    let fresh = zero::zero(&mut fresh_slot);
+    // SAFETY: a serving record is integers and byte arrays: valid all zero.
+    let fresh = unsafe { zero::zero(&mut fresh_slot) };
     fresh.conn_id = state.event.conn_id;
     fresh.ids = *ids;
     fresh.parent_flags = NO_PARENT;
@@ -592,9 +594,11 @@ pub fn adopt_incoming(state: &mut ConnState) {
         return;
     }
     let mut trace_slot = MaybeUninit::<Words<16>>::uninit();
-    let trace = zero::zero(&mut trace_slot);
+    // SAFETY: `Words` are byte arrays: valid all zero.
+    let trace = unsafe { zero::zero(&mut trace_slot) };
     let mut span_slot = MaybeUninit::<Words<8>>::uninit();
-    let span = zero::zero(&mut span_slot);
+    // SAFETY: as for `trace`.
+    let span = unsafe { zero::zero(&mut span_slot) };
     let mut flags = [0u8; 1];
     if !unhex(v, 3, &mut trace.0) || !unhex(v, 36, &mut span.0) || !unhex(v, 53, &mut flags) {
         return;
@@ -633,7 +637,8 @@ pub fn serve_end(state: &ConnState) {
 #[inline(always)]
 fn next_context(id: u64, out: &mut Pending) {
     let mut ids_slot = MaybeUninit::<Words<24>>::uninit();
-    let ids = &mut zero::zero(&mut ids_slot).0;
+    // SAFETY: `Words` is a byte array: valid all zero.
+    let ids = &mut unsafe { zero::zero(&mut ids_slot) }.0;
     let serving = INJECT_SERVING.get_ptr(&id);
     let mut sampled_flag = NO_PARENT;
     out.parent = [0; 8];
@@ -671,7 +676,8 @@ fn on_message(ctx: &SkMsgContext) {
         None => {
             let mut fresh = MaybeUninit::<Framing>::uninit();
             if INJECT_FRAMING
-                .insert(&key, &*zero::zero(&mut fresh), 0)
+                // SAFETY: a framing record is two integers: valid all zero.
+                .insert(&key, &*unsafe { zero::zero(&mut fresh) }, 0)
                 .is_err()
             {
                 return;

@@ -72,8 +72,8 @@ pub fn skc_v6_rcv_saddr() -> u64 {
     read_global!(SKC_V6_RCV_SADDR_OFF) as u64
 }
 
-/// True when the loader found the socket identity fields inside the head `sock::SockHead`
-/// copies.
+/// True when the loader found the socket identity fields inside the head `sock::SockHead::read`
+/// copies (the TLS probes' path).
 #[inline(always)]
 pub fn sock_head_covers() -> bool {
     read_global!(SOCK_HEAD_COVERS) != 0

@@ -246,7 +246,7 @@ pub fn read_tuple(state: &mut ConnState, sk: u64) {
     read_tuple_from(state, &SockHead::read(sk), sk);
 }
 
-/// `read_tuple` with the socket's head already copied.
+/// `read_tuple` with the socket's identity fields already read.
 #[inline(always)]
 fn read_tuple_from(state: &mut ConnState, head: &SockHead, sk: u64) {
     let family = head.family();
@@ -257,8 +257,12 @@ fn read_tuple_from(state: &mut ConnState, head: &SockHead, sk: u64) {
     if family == AF_INET {
         let d = head.peer_addr4();
         let s = head.local_addr4();
-        sock::set_addr4(&mut ev.peer_addr, d);
-        sock::set_addr4(&mut ev.local_addr, s);
+        // SAFETY: `HttpEvent`'s address fields are 8-aligned (asserted in `sonde_schema`) in an
+        // 8-aligned map value.
+        unsafe {
+            sock::set_addr4(&mut ev.peer_addr, d);
+            sock::set_addr4(&mut ev.local_addr, s);
+        }
     } else if family == AF_INET6 {
         // SAFETY: bounded kernel reads into fixed 16-byte fields of the map value.
         unsafe {
@@ -346,7 +350,8 @@ fn emit_event(state: &mut ConnState, flags: u32) {
 pub fn emit_update(state: &ConnState, kind: u8, bytes: u64, now: u64) {
     // Built from zero, then filled: a `[0; 3]` padding literal is a `memset` call (see `zero`).
     let mut slot = core::mem::MaybeUninit::<ExchangeUpdate>::uninit();
-    let update = zero::zero(&mut slot);
+    // SAFETY: an update is integers and a byte array: valid all zero.
+    let update = unsafe { zero::zero(&mut slot) };
     update.kind = kind;
     update.pid = state.event.pid;
     update.conn_id = state.event.conn_id;

@@ -1,8 +1,9 @@
 //! The programs: socket I/O (BTF tracepoints `sock_recv_length`, `sock_send_length`), TCP
 //! state changes (BTF tracepoint `inet_sock_set_state`: closes and listens), and process
 //! lifecycle. BTF tracepoints (`tp_btf`) rather than raw ones: the verifier types the socket
-//! argument, so its fields are plain loads (`sock::load`) instead of a helper call each. No `syscalls:*` tracepoint is attached: enabling any of them puts every system
-//! call of every task on the kernel's slow path.
+//! argument, so its fields are plain loads (`sock::load`) instead of a helper call each. No
+//! `syscalls:*` tracepoint is attached: enabling any of them puts every system call of every
+//! task on the kernel's slow path.
 
 use aya_ebpf::{
     helpers::{
@@ -79,7 +80,8 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
         return 0;
     };
     let Some(buf_kind) = syscall_abi::buffer_kind(args.nr) else {
-        if is_tcp(&SockHead::typed(sk), sk) {
+        // SAFETY: `sk` is this BTF tracepoint's socket argument.
+        if is_tcp(unsafe { sock::load(sk, offsets::skc_family()) }, sk) {
             count(counters::UNTRACKED_SYSCALLS);
         }
         return 0;
@@ -101,8 +103,9 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
         // Only a new connection needs the socket checked: a tracked socket was TCP when its
         // first request was seen. A socket carrying TLS is the uprobes' business.
         None => {
-            let head = SockHead::typed(sk);
-            if !is_tcp(&head, sk) {
+            // SAFETY: `sk` is this BTF tracepoint's socket argument.
+            let head = unsafe { SockHead::typed(sk) };
+            if !is_tcp(head.family(), sk) {
                 None
             } else if offsets::tls_enabled() && tls::claims_socket(&io, id, ret as u64) {
                 None
@@ -151,14 +154,17 @@ fn is_inet_family(family: u16) -> bool {
 /// True for an IPv4 or IPv6 socket (any transport); `sk` is the tracepoint's BTF-typed socket.
 #[inline(always)]
 fn is_inet(sk: u64) -> bool {
-    is_inet_family(sock::load(sk, offsets::skc_family()))
+    // SAFETY: `sk` is the BTF tracepoint's socket argument (the callers').
+    is_inet_family(unsafe { sock::load(sk, offsets::skc_family()) })
 }
 
-/// True for an IPv4 or IPv6 TCP socket (`head`: the socket's head, `sk` the tracepoint's
-/// BTF-typed socket).
+/// True for an IPv4 or IPv6 TCP socket of family `family`; `sk` is the tracepoint's BTF-typed
+/// socket.
 #[inline(always)]
-fn is_tcp(head: &SockHead, sk: u64) -> bool {
-    is_inet_family(head.family()) && sock::load::<u16>(sk, offsets::sk_protocol()) == IPPROTO_TCP
+fn is_tcp(family: u16, sk: u64) -> bool {
+    // SAFETY: as in `is_inet`.
+    is_inet_family(family)
+        && unsafe { sock::load::<u16>(sk, offsets::sk_protocol()) } == IPPROTO_TCP
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
@@ -189,7 +195,8 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
             // test and never reaches the process ring. Every covered listen is reported with
             // the listening process: the loader looks at that process's network namespace
             // only (its own `/proc/<pid>/net/tcp{,6}`), whichever namespace it is.
-            let port: u16 = sock::load(ctx.arg(0), offsets::skc_num());
+            // SAFETY: argument 0 is this BTF tracepoint's socket.
+            let port: u16 = unsafe { sock::load(ctx.arg(0), offsets::skc_num()) };
             if listen_port_wanted(port) {
                 proc_event(
                     PROC_LISTEN,

@@ -1,13 +1,13 @@
-//! A socket's identity fields (family, ports, IPv4 addresses): from the socket programs' BTF-typed
-//! socket by plain loads (`SockHead::typed`), or, where the address is only a number (the TLS
-//! probes keep it in a map), from one copy of the head of its `struct sock_common` instead of
-//! one `bpf_probe_read_kernel` per field. These fields have opened `struct sock_common`
-//! since Linux 2.6 (`skc_daddr`, `skc_rcv_saddr`, `skc_hash`,
-//! `skc_dport`, `skc_num`, `skc_family`); the loader checks that this kernel's BTF puts them
-//! inside the copied head (`SOCK_HEAD_COVERS`) and, if not, each field is read on its own as
-//! before. A new connection's first bytes read five of them: a helper call is the largest part
-//! of a program's cost on a kernel with return-thunk mitigations (BENCHMARKS.md "Kernel per
-//! request").
+//! A socket's identity fields (family, ports, IPv4 addresses), and the word-wise copies of the
+//! ring records' address fields. The socket programs read the fields from their BTF-typed
+//! socket with plain loads (`SockHead::typed`, no helper call). The TLS probes hold the socket
+//! as a number from a map, so they copy the head of its `struct sock_common` in one
+//! `bpf_probe_read_kernel` (`SockHead::read`) instead of one call per field: these fields have
+//! opened the struct since Linux 2.6 (`skc_daddr`, `skc_rcv_saddr`, `skc_hash`, `skc_dport`,
+//! `skc_num`, `skc_family`), the loader checks that this kernel's BTF puts them inside the
+//! copied head (`SOCK_HEAD_COVERS`), and if not each is read on its own. A helper call is the
+//! largest part of a program's cost on a kernel with return-thunk mitigations (BENCHMARKS.md
+//! "Kernel per request").
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 
@@ -15,6 +15,8 @@ use crate::{offsets, pairing::read_kernel};
 
 /// Bytes copied from the start of `struct sock_common`.
 pub const HEAD_BYTES: usize = sonde_schema::globals::SOCK_HEAD_BYTES as usize;
+// The copy's destination is `HEAD_BYTES / 8` words.
+const _: () = assert!(HEAD_BYTES % 8 == 0);
 
 /// A socket's identity fields. Scalars rather than a copy of the head's bytes: a zeroed or
 /// moved byte array is a call to a byte-by-byte `memset`/`memmove` on this target.
@@ -31,16 +33,21 @@ pub struct SockHead {
 }
 
 impl SockHead {
-    /// The fields of `sk`, a BTF-typed socket (the socket tracepoints' argument): one plain
-    /// load each, no helper call.
+    /// The fields of `sk`: one plain load each, no helper call.
+    ///
+    /// # Safety
+    /// `sk` is the program's BTF-typed socket argument (see `load`).
     #[inline(always)]
-    pub fn typed(sk: u64) -> SockHead {
-        SockHead {
-            family: load(sk, offsets::skc_family()),
-            local_port: load(sk, offsets::skc_num()),
-            peer_port: u16::from_be(load(sk, offsets::skc_dport())),
-            peer_addr4: load(sk, offsets::skc_daddr()),
-            local_addr4: load(sk, offsets::skc_rcv_saddr()),
+    pub unsafe fn typed(sk: u64) -> SockHead {
+        // SAFETY: the caller's `sk` is BTF-typed; the offsets name `struct sock_common` fields.
+        unsafe {
+            SockHead {
+                family: load(sk, offsets::skc_family()),
+                local_port: load(sk, offsets::skc_num()),
+                peer_port: u16::from_be(load(sk, offsets::skc_dport())),
+                peer_addr4: load(sk, offsets::skc_daddr()),
+                local_addr4: load(sk, offsets::skc_rcv_saddr()),
+            }
         }
     }
 
@@ -65,25 +72,12 @@ impl SockHead {
             bpf_probe_read_kernel(head.as_mut_ptr().cast(), HEAD_BYTES as u32, sk as *const _);
             head.assume_init()
         };
-        let at = |offset: u64| -> *const u8 {
-            // The loader set SOCK_HEAD_COVERS only if every field lies inside the head; the
-            // clamp restates it (a no-op then).
-            // SAFETY: at most HEAD_BYTES - 4, so a read of up to 4 bytes stays in `head`.
-            unsafe {
-                head.as_ptr()
-                    .cast::<u8>()
-                    .add(offset.min((HEAD_BYTES - 4) as u64) as usize)
-            }
-        };
-        // SAFETY: each read lies inside `head` (see `at`); unaligned reads of plain integers.
-        unsafe {
-            SockHead {
-                family: at(offsets::skc_family()).cast::<u16>().read_unaligned(),
-                local_port: at(offsets::skc_num()).cast::<u16>().read_unaligned(),
-                peer_port: u16::from_be(at(offsets::skc_dport()).cast::<u16>().read_unaligned()),
-                peer_addr4: at(offsets::skc_daddr()).cast::<u32>().read_unaligned(),
-                local_addr4: at(offsets::skc_rcv_saddr()).cast::<u32>().read_unaligned(),
-            }
+        SockHead {
+            family: from_head(&head, offsets::skc_family()),
+            local_port: from_head(&head, offsets::skc_num()),
+            peer_port: u16::from_be(from_head(&head, offsets::skc_dport())),
+            peer_addr4: from_head(&head, offsets::skc_daddr()),
+            local_addr4: from_head(&head, offsets::skc_rcv_saddr()),
         }
     }
 
@@ -117,22 +111,47 @@ impl SockHead {
     }
 }
 
-/// `T` at `offset` of `ptr`, a BTF-typed kernel pointer (a tracepoint argument the verifier
-/// types from kernel BTF): a plain load, which the verifier checks against the struct's layout
-/// (the offset is a read-only global, so a constant to it) and makes fault-handled.
+/// `T` at `offset` of the copied head; zero when it would reach past the copy (the loader sets
+/// `SOCK_HEAD_COVERS` only when no field does).
 #[inline(always)]
-pub fn load<T: Copy>(ptr: u64, offset: u64) -> T {
-    // SAFETY: see above; a load the verifier rejects never runs.
+fn from_head<T: Copy + Default>(head: &[u64; HEAD_BYTES / 8], offset: u64) -> T {
+    if offset + core::mem::size_of::<T>() as u64 > HEAD_BYTES as u64 {
+        return T::default();
+    }
+    // SAFETY: `offset + size_of::<T>()` is within the `HEAD_BYTES` of `head` (checked above);
+    // an unaligned read of a plain integer.
+    unsafe {
+        head.as_ptr()
+            .cast::<u8>()
+            .add(offset as usize)
+            .cast::<T>()
+            .read_unaligned()
+    }
+}
+
+/// `T` at `offset` of `ptr`: a plain load, which the verifier checks against the struct's BTF
+/// layout (the offset is a read-only global, so a constant to it) and makes fault-handled.
+///
+/// # Safety
+/// `ptr` is a BTF-typed kernel pointer the verifier knows as such (a `tp_btf` program's
+/// pointer argument, or `bpf_get_current_task_btf`'s task), and `offset` names a field of at
+/// least `size_of::<T>()` bytes of its struct. Anything else fails verification at load.
+#[inline(always)]
+pub unsafe fn load<T: Copy>(ptr: u64, offset: u64) -> T {
+    // SAFETY: the caller's contract above; the kernel handles a fault on the load.
     unsafe { core::ptr::read_volatile((ptr as *const u8).add(offset as usize).cast::<T>()) }
 }
 
-/// Copies a 16-byte address field as two 8-byte words. `dst` and `src` must be 8-aligned
-/// (fields at a multiple of 8 in an 8-aligned struct; `sonde_schema` asserts it for the ring
-/// records): a byte-array assignment is a call to a byte-by-byte `memmove` on this target.
+/// Copies a 16-byte address field as two 8-byte words: a byte-array assignment is a call to a
+/// byte-by-byte `memmove` on this target.
+///
+/// # Safety
+/// `dst` and `src` are 8-aligned (the ring records' address fields: `sonde_schema` asserts
+/// they lie at multiples of 8 in 8-aligned structs, and map values are 8-aligned).
 #[inline(always)]
-pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
-    // SAFETY: both are valid 16-byte fields, 8-aligned (see above), so each is two aligned
-    // u64s.
+pub unsafe fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
+    // SAFETY: both are valid 16-byte fields, 8-aligned (the caller's contract), so each is two
+    // aligned u64s.
     unsafe {
         let s = src.as_ptr().cast::<u64>();
         let d = dst.as_mut_ptr().cast::<u64>();
@@ -141,10 +160,12 @@ pub fn copy_addr(dst: &mut [u8; 16], src: &[u8; 16]) {
     }
 }
 
-/// Sets a 16-byte address field (8-aligned, as for `copy_addr`) to an IPv4 address in its
-/// first four bytes and zeros after.
+/// Sets a 16-byte address field to an IPv4 address in its first four bytes and zeros after.
+///
+/// # Safety
+/// `dst` is 8-aligned, as for `copy_addr`.
 #[inline(always)]
-pub fn set_addr4(dst: &mut [u8; 16], addr: [u8; 4]) {
+pub unsafe fn set_addr4(dst: &mut [u8; 16], addr: [u8; 4]) {
     // SAFETY: as in `copy_addr`; little or big endian, the first four bytes in memory of the
     // first word are `addr` because it is written from native-endian bytes.
     unsafe {

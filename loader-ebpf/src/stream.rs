@@ -271,8 +271,12 @@ pub fn emit_chunk(state: &mut ConnState, io: &SocketIo, id: u64, ret: u64) {
     h.family = ev.family;
     h.local_port = ev.local_port;
     h.peer_port = ev.peer_port;
-    sock::copy_addr(&mut h.local_addr, &ev.local_addr);
-    sock::copy_addr(&mut h.peer_addr, &ev.peer_addr);
+    // SAFETY: `ChunkHeader`'s and `HttpEvent`'s address fields are 8-aligned (asserted in
+    // `sonde_schema`), both in 8-aligned map values.
+    unsafe {
+        sock::copy_addr(&mut h.local_addr, &ev.local_addr);
+        sock::copy_addr(&mut h.peer_addr, &ev.peer_addr);
+    }
     let len = ChunkHeader::SIZE + (captured & LEN_MASK) as usize;
     // SAFETY: the header starts the map value and `len` < SIZE + 2 * STREAM_CAPTURE bytes are
     // inside it; the ring buffer copies them.

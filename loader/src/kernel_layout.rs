@@ -253,7 +253,8 @@ fn byte_offset(btf: &Btf, s: &btf_rs::Struct, ty: &str, field: &str) -> Result<u
 }
 
 /// Number of parameters of a tracepoint's prototype (`btf_trace_<name>` in kernel BTF),
-/// counting the leading `void *` context: raw tracepoint programs read the others by index.
+/// counting the leading `void *` context: raw and BTF tracepoint programs read the others by
+/// index.
 pub fn raw_tracepoint_arity(btf: &Btf, name: &str) -> Result<usize, LayoutError> {
     let typedef = format!("btf_trace_{name}");
     let t = btf

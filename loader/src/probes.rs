@@ -46,7 +46,7 @@ pub enum ProbeError {
     #[error("program {0} missing from the object")]
     MissingProgram(&'static str),
     #[error(
-        "raw tracepoint {tracepoint} has {arity} parameters in kernel BTF, expected 4 (context and three arguments)"
+        "tracepoint {tracepoint} has {arity} parameters in kernel BTF, expected 4 (context and three arguments)"
     )]
     Prototype {
         tracepoint: &'static str,
@@ -700,12 +700,12 @@ fn attach(ebpf: &mut Ebpf, name: &'static str, hook: Hook<'_>) -> Result<(), Pro
 mod tests {
     use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
 
-    /// The compiler-builtins functions LLVM calls for a zeroed or moved aggregate it does not
-    /// expand inline on the BPF target: each call is a BPF-to-BPF call into a byte-at-a-time
-    /// loop (a 64-byte buffer zeroed per packet was ~200 instructions of the flow programs;
-    /// BENCHMARKS.md "Kernel programs without memset"). `loader-ebpf/src/zero.rs` shows the
-    /// ways around them.
-    const BYTE_LOOPS: [&str; 3] = ["memset", "memmove", "memcpy"];
+    /// The compiler-builtins functions LLVM calls for a zeroed, moved or compared aggregate it
+    /// does not expand inline on the BPF target: each call is a BPF-to-BPF call into a loop of
+    /// one byte per step (a 64-byte buffer zeroed per packet was ~200 instructions of the flow
+    /// programs; BENCHMARKS.md "Kernel programs without memset"). `loader-ebpf/src/zero.rs`
+    /// shows the ways around them.
+    const BYTE_LOOPS: [&str; 5] = ["memset", "memmove", "memcpy", "memcmp", "bcmp"];
 
     #[test]
     fn no_kernel_program_calls_a_byte_by_byte_memset_or_memmove() {

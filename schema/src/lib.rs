@@ -831,7 +831,7 @@ pub mod globals {
     pub const SKC_V6_DADDR: &str = "SKC_V6_DADDR_OFF";
     pub const SKC_V6_RCV_SADDR: &str = "SKC_V6_RCV_SADDR_OFF";
     /// Non-zero: the `sock_common` fields above lie within the first `SOCK_HEAD_BYTES` of the
-    /// struct, which the programs copy in one read.
+    /// struct, which the TLS probes copy in one read (the socket programs load each field).
     pub const SOCK_HEAD_COVERS: &str = "SOCK_HEAD_COVERS";
     pub const SOCK_HEAD_BYTES: u32 = 24;
     /// `struct task_struct::pid` and `::tgid` (the socket programs' pid filter).
