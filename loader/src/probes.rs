@@ -205,11 +205,7 @@ impl Probes {
             crate::inject::disable_in_object(object)?
         };
         let object = &*object;
-        // aya's parse of the kernel BTF, for the loader's relocations and the BTF tracepoints;
-        // dropped once they are attached.
-        let aya_btf = aya::Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?;
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&aya_btf))
             .override_global(
                 sonde_schema::inject::ENABLED,
                 &u32::from(sizes.inject.is_some()),
@@ -271,6 +267,12 @@ impl Probes {
             .load(object)
             .map_err(ProbeError::Load)?;
 
+        // The BTF tracepoints are loaded against the kernel BTF once more: `EbpfLoader::new`
+        // parses its own copy and aya 0.14 neither hands it out nor builds a loader without it
+        // (passing ours through `.btf()` would still parse that copy, and hold both at once).
+        // Parsed after the loader above is gone, so one copy is alive at a time; dropped once
+        // the programs are attached.
+        let aya_btf = aya::Btf::from_sys_fs().map_err(ProbeError::KernelBtf)?;
         for tp in SOCKET_TRACEPOINTS {
             attach(&mut ebpf, tp, Hook::Btf(&aya_btf))?;
         }
