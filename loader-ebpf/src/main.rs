@@ -17,6 +17,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod btf;
+#[cfg(target_arch = "bpf")]
 mod flows;
 #[cfg(target_arch = "bpf")]
 mod headers;

@@ -1,7 +1,7 @@
 //! The programs: socket I/O (BTF tracepoints `sock_recv_length`, `sock_send_length`), TCP
 //! state changes (BTF tracepoint `inet_sock_set_state`: closes and listens), and process
 //! lifecycle. BTF tracepoints (`tp_btf`) rather than raw ones: the verifier types the socket
-//! argument, so its fields are plain loads (`sock::load`) instead of a helper call each. No
+//! argument, so its fields are plain loads (`btf::load`) instead of a helper call each. No
 //! `syscalls:*` tracepoint is attached: enabling any of them puts every system call of every
 //! task on the kernel's slow path.
 
@@ -19,13 +19,13 @@ use sonde_schema::{
 };
 
 use crate::{
-    inject,
+    btf, inject,
     maps::{
         CONNS, EVENTS, OP_READ, OP_WRITE, PROC_EVENTS, PROC_NET_BYTES, SocketIo, count,
         count_process_bytes, deselect, listen_port_wanted, process_metrics_on, select, selected,
     },
     offsets, pairing,
-    sock::{self, SockHead},
+    sock::SockHead,
     syscall_abi, tls,
 };
 
@@ -81,7 +81,7 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
     };
     let Some(buf_kind) = syscall_abi::buffer_kind(args.nr) else {
         // SAFETY: `sk` is this BTF tracepoint's socket argument.
-        if is_tcp(unsafe { sock::load(sk, offsets::skc_family()) }, sk) {
+        if is_tcp(unsafe { btf::load(sk, offsets::skc_family()) }, sk) {
             count(counters::UNTRACKED_SYSCALLS);
         }
         return 0;
@@ -134,13 +134,13 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
 /// selected process (the register read needs the task pointer anyway).
 #[inline(always)]
 fn current_ids(task: *const u8) -> (u32, u32) {
-    // SAFETY: `task` is the BTF-typed current task; the offsets come from kernel BTF (set by
-    // the loader as read-only globals, so the verifier sees constants) and name the `pid` and
-    // `tgid` members, each a 4-byte `pid_t`.
+    let task = task as u64;
+    // SAFETY: `task` is the BTF-typed current task; the offsets come from kernel BTF and name
+    // the `pid` and `tgid` members, each a 4-byte `pid_t`.
     unsafe {
         (
-            core::ptr::read_volatile(task.add(offsets::task_pid()).cast::<u32>()),
-            core::ptr::read_volatile(task.add(offsets::task_tgid()).cast::<u32>()),
+            btf::load(task, offsets::task_pid() as u64),
+            btf::load(task, offsets::task_tgid() as u64),
         )
     }
 }
@@ -155,7 +155,7 @@ fn is_inet_family(family: u16) -> bool {
 #[inline(always)]
 fn is_inet(sk: u64) -> bool {
     // SAFETY: `sk` is the BTF tracepoint's socket argument (the callers').
-    is_inet_family(unsafe { sock::load(sk, offsets::skc_family()) })
+    is_inet_family(unsafe { btf::load(sk, offsets::skc_family()) })
 }
 
 /// True for an IPv4 or IPv6 TCP socket of family `family`; `sk` is the tracepoint's BTF-typed
@@ -163,8 +163,7 @@ fn is_inet(sk: u64) -> bool {
 #[inline(always)]
 fn is_tcp(family: u16, sk: u64) -> bool {
     // SAFETY: as in `is_inet`.
-    is_inet_family(family)
-        && unsafe { sock::load::<u16>(sk, offsets::sk_protocol()) } == IPPROTO_TCP
+    is_inet_family(family) && unsafe { btf::load::<u16>(sk, offsets::sk_protocol()) } == IPPROTO_TCP
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
@@ -196,7 +195,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
             // the listening process: the loader looks at that process's network namespace
             // only (its own `/proc/<pid>/net/tcp{,6}`), whichever namespace it is.
             // SAFETY: argument 0 is this BTF tracepoint's socket.
-            let port: u16 = unsafe { sock::load(ctx.arg(0), offsets::skc_num()) };
+            let port: u16 = unsafe { btf::load(ctx.arg(0), offsets::skc_num()) };
             if listen_port_wanted(port) {
                 proc_event(
                     PROC_LISTEN,

@@ -11,7 +11,7 @@
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 
-use crate::{offsets, pairing::read_kernel};
+use crate::{btf::load, offsets, pairing::read_kernel};
 
 /// Bytes copied from the start of `struct sock_common`.
 pub const HEAD_BYTES: usize = sonde_schema::globals::SOCK_HEAD_BYTES as usize;
@@ -36,7 +36,7 @@ impl SockHead {
     /// The fields of `sk`: one plain load each, no helper call.
     ///
     /// # Safety
-    /// `sk` is the program's BTF-typed socket argument (see `load`).
+    /// `sk` is the program's BTF-typed socket argument (see `btf::load`).
     #[inline(always)]
     pub unsafe fn typed(sk: u64) -> SockHead {
         // SAFETY: the caller's `sk` is BTF-typed; the offsets name `struct sock_common` fields.
@@ -127,19 +127,6 @@ fn from_head<T: Copy + Default>(head: &[u64; HEAD_BYTES / 8], offset: u64) -> T 
             .cast::<T>()
             .read_unaligned()
     }
-}
-
-/// `T` at `offset` of `ptr`: a plain load, which the verifier checks against the struct's BTF
-/// layout (the offset is a read-only global, so a constant to it) and makes fault-handled.
-///
-/// # Safety
-/// `ptr` is a BTF-typed kernel pointer the verifier knows as such (a `tp_btf` program's
-/// pointer argument, or `bpf_get_current_task_btf`'s task), and `offset` names a field of at
-/// least `size_of::<T>()` bytes of its struct. Anything else fails verification at load.
-#[inline(always)]
-pub unsafe fn load<T: Copy>(ptr: u64, offset: u64) -> T {
-    // SAFETY: the caller's contract above; the kernel handles a fault on the load.
-    unsafe { core::ptr::read_volatile((ptr as *const u8).add(offset as usize).cast::<T>()) }
 }
 
 /// Copies a 16-byte address field as two 8-byte words: a byte-array assignment is a call to a

@@ -59,16 +59,14 @@ pub struct SyscallArgs {
 pub fn syscall_args(regs: u64) -> Option<SyscallArgs> {
     #[cfg(bpf_target_arch = "x86_64")]
     {
-        let regs = regs as *const u8;
-        // SAFETY: `regs` is the BTF-typed `struct pt_regs *` bpf_task_pt_regs returned; the
-        // verifier checks each load against the struct's BTF layout and turns it into a
-        // fault-handled kernel load, without a helper call.
+        // SAFETY: `regs` is the BTF-typed `struct pt_regs *` bpf_task_pt_regs returned, and the
+        // offsets name its 8-byte register slots: plain loads, no helper call.
         let (arg2, arg1, arg0, nr) = unsafe {
             (
-                core::ptr::read_volatile(regs.add(arch::ARG2 as usize).cast::<u64>()),
-                core::ptr::read_volatile(regs.add(arch::ARG1 as usize).cast::<u64>()),
-                core::ptr::read_volatile(regs.add(arch::ARG0 as usize).cast::<u64>()),
-                core::ptr::read_volatile(regs.add(arch::SYSCALL_NR as usize).cast::<u64>()),
+                crate::btf::load::<u64>(regs, arch::ARG2),
+                crate::btf::load::<u64>(regs, arch::ARG1),
+                crate::btf::load::<u64>(regs, arch::ARG0),
+                crate::btf::load::<u64>(regs, arch::SYSCALL_NR),
             )
         };
         Some(SyscallArgs {
