@@ -81,6 +81,9 @@ fn sonde_with(dir: &TempDir, pids: &[u32], features: &str, env: &[(&str, &str)])
     ];
     all_env.extend_from_slice(env);
     let sonde = Sonde::start(&args, &all_env, dir, pids);
+    // Scraped only once the processor listens, as the other Prometheus tests do: the
+    // selection can be logged before it binds the port (a refused connection failed CI once).
+    sonde.wait_log("Prometheus endpoint listening", Duration::from_secs(20));
     // The loader logs a selection before the processor has the process's name: wait until
     // the processor counts both processes, so no span is named before its service is known.
     let deadline = Instant::now() + Duration::from_secs(20);
