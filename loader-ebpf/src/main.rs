@@ -7,7 +7,8 @@
 //! `syscalls:*` tracepoint is used (each one slows every system call of every task).
 //!
 //! Cost on processes that are not selected: one pid-filter byte test per socket read or write,
-//! one hash lookup per TCP close (three once the kernel has seen TLS), one byte store per
+//! one array read per TCP close (`maps::CONN_SLOTS`; a hash lookup only when a tracked socket
+//! shares the slot, and two more once the kernel has seen TLS), one byte store per
 //! fork; `execve` and `listen()` of processes that are not selected reach the loader only when
 //! the selection needs them (executable-path selection, a configured port).
 //!
@@ -15,6 +16,11 @@
 //! to an empty binary so workspace-wide `cargo build/clippy/test` keep working.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `atomic_xadd`: this target's `AtomicU64` has loads and stores only (no compare-and-swap), but
+// the instruction set has an atomic add (`lock +=`), which this intrinsic lowers to
+// (`maps::conn_slot_add`). The kernel side is built with nightly already (build-std).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod btf;

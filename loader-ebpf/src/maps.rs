@@ -233,6 +233,68 @@ pub static HDR_TAIL_BUF: PerCpuArray<HeaderTail> = PerCpuArray::with_max_entries
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(16384, 0);
 
+/// Slots of `CONN_SLOTS`: a power of two, four times `CONNS`' default size, so a full map
+/// still leaves most slots of sockets it does not hold at zero.
+const CONN_SLOT_COUNT: u32 = 1 << 16;
+
+/// A counting filter in front of `CONNS` for the close path: per slot (a hash of the socket
+/// address), how many sockets of that slot were inserted and not yet removed. Every TCP state
+/// change of every socket on the host runs `inet_sock_set_state`; a close whose slot is zero
+/// was never tracked and skips the `CONNS` lookup (a helper call) for one inlined array read.
+/// Incremented before the insert and decremented after a successful remove, so a tracked
+/// socket's slot is never zero; an entry the LRU evicts leaves its slot counted, which only
+/// costs a lookup.
+#[map(name = "CONN_SLOTS")]
+pub static CONN_SLOTS: Array<u64> = Array::with_max_entries(CONN_SLOT_COUNT, 0);
+
+/// One word per CPU that turns a socket pointer into a number: the verifier types the BTF
+/// tracepoints' socket argument as a pointer and refuses arithmetic on it other than adding
+/// offsets, but what a map value holds reads back as a plain number (storing a pointer there is
+/// allowed to the privileged loader only, as is a pointer used as a map key).
+#[map(name = "SOCK_NUMBER")]
+static SOCK_NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `sk`'s slot in `CONN_SLOTS`, or None if the scratch word could not be had.
+#[inline(always)]
+fn conn_slot(sk: u64) -> Option<u32> {
+    let word = SOCK_NUMBER.get_ptr_mut(0)?;
+    // SAFETY: pointer from a successful per-CPU array lookup, valid for 8 bytes and used by this
+    // CPU's running program only (no preemption).
+    let number = unsafe {
+        core::ptr::write_volatile(word, sk);
+        core::ptr::read_volatile(word)
+    };
+    // Fibonacci hashing of the address without its low bits (sockets are slab objects, their
+    // low bits are alike).
+    Some(((number >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u32)
+}
+
+/// Counts `sk` in its slot (before it is inserted into `CONNS`); `by` is 1 or -1.
+#[inline(always)]
+pub fn conn_slot_add(sk: u64, by: i32) {
+    if let Some(p) = conn_slot(sk).and_then(|slot| CONN_SLOTS.get_ptr_mut(slot)) {
+        // SAFETY: pointer from a successful array lookup, valid and 8-aligned for the map's
+        // lifetime; other CPUs update the same slot only through atomics.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p,
+                by as i64 as u64,
+            )
+        };
+    }
+}
+
+/// False when no socket of `sk`'s slot is in `CONNS`: `sk` certainly is not. True when the
+/// slot cannot be read (the lookup then decides).
+#[inline(always)]
+pub fn conn_maybe_tracked(sk: u64) -> bool {
+    match conn_slot(sk).and_then(|slot| CONN_SLOTS.get_ptr(slot)) {
+        // SAFETY: pointer from a successful array lookup, valid for 8 bytes; one aligned load.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => true,
+    }
+}
+
 /// One all-zero `ConnState`, never written: the template a new connection is inserted from
 /// (the value is too large for the 512-byte eBPF stack).
 #[map(name = "CONN_ZERO")]

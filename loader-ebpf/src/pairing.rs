@@ -11,6 +11,8 @@
 //! reads and split writes all pair correctly, and a connection that predates the agent is
 //! picked up at its next request.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_user};
 use sonde_schema::{
     DIRECTION_CLIENT, DIRECTION_SERVER, EVENT_CONN_CLOSED, EVENT_HTTP, EVENT_REQUEST_MORE,
@@ -24,11 +26,12 @@ use crate::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, HDR_DEFERRED,
         OP_READ, OP_WRITE, PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS,
         SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, TLS_USED_LINKED, TLS_USED_SEEN, WAKEUP_LOOK,
-        count, mark_tls_used, tls_used,
+        conn_maybe_tracked, conn_slot_add, count, mark_tls_used, tls_used,
     },
     offsets,
     sock::{self, SockHead},
-    stream, zero,
+    stream,
+    zero::{self, Words},
 };
 
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -58,6 +61,44 @@ pub fn now_ns() -> u64 {
 pub struct Segment {
     pub ptr: u64,
     pub len: u64,
+}
+
+/// Bytes of a new connection's first segment that `Opening` copies: enough for a method, the
+/// HTTP/2 preface's head, a TLS record header and an HTTP/2 frame header.
+const OPENING_BYTES: u64 = 16;
+
+/// An untracked connection's first segment and a copy of its first bytes, read from user
+/// memory once: the TLS check (`tls::claims_socket`, `looks_like_tls_record`) and the
+/// classification (`classify`) all look at the copy, where each used to read the segment
+/// again (a helper call each, on every new connection).
+pub struct Opening {
+    pub seg: Segment,
+    /// The first `len` bytes of the segment; the rest zero.
+    pub head: Words<16>,
+    pub len: u64,
+}
+
+/// Reads the opening bytes of the first segment a syscall moved; None when there is no
+/// segment to read (`BUF_NONE`, an unreadable `msghdr` or iovec).
+#[inline(always)]
+pub fn opening(io: &SocketIo, ret: u64) -> Option<Opening> {
+    let seg = first_segment(io, ret)?;
+    let mut n = seg.len;
+    if n > OPENING_BYTES {
+        n = OPENING_BYTES;
+    }
+    let mut head = MaybeUninit::<Words<16>>::uninit();
+    // SAFETY: `Words` is plain bytes, valid all zero.
+    let head = unsafe { zero::zero(&mut head) };
+    // SAFETY: the destination is the 16-byte `head` and `n` ≤ 16; the helper faults safely on
+    // a bad user address (and zeroes the destination then).
+    let rc =
+        unsafe { bpf_probe_read_user(head.0.as_mut_ptr().cast(), n as u32, seg.ptr as *const _) };
+    Some(Opening {
+        len: if rc == 0 { n } else { 0 },
+        head: *head,
+        seg,
+    })
 }
 
 /// Reads `T` from user memory, or None on a fault.
@@ -411,18 +452,15 @@ fn start_request(
     search_past_capture(state, seg, captured_now);
 }
 
-/// A fresh connection id: random, so ids of closed and reused sockets do not collide and
-/// nothing about kernel memory leaks to user space.
+/// A fresh connection id: 32 random bits above the low 32 bits of the clock, so ids of closed
+/// and reused sockets do not collide (two connections would need the same random word within
+/// the same nanosecond of a 4.3 s cycle) and nothing about kernel memory leaks to user space.
+/// One random word, not two: each is a helper call on every new connection.
 #[inline(always)]
-fn new_conn_id() -> u64 {
+fn new_conn_id(now: u64) -> u64 {
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let (hi, lo) = unsafe {
-        (
-            aya_ebpf::helpers::bpf_get_prandom_u32(),
-            aya_ebpf::helpers::bpf_get_prandom_u32(),
-        )
-    };
-    ((hi as u64) << 32) | lo as u64
+    let random = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
+    ((random as u64) << 32) | (now & 0xffff_ffff)
 }
 
 /// The HTTP/2 client preface starts with these bytes (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
@@ -441,13 +479,12 @@ pub enum FirstBytes {
 }
 
 #[inline(always)]
-pub fn classify(io: &SocketIo, seg: &Segment, ret: u64) -> FirstBytes {
-    if seg.len < 4 {
+pub fn classify(io: &SocketIo, opening: &Opening, ret: u64) -> FirstBytes {
+    if opening.len < 4 {
         return FirstBytes::Other;
     }
-    let Some(head) = read_user::<[u8; 4]>(seg.ptr) else {
-        return FirstBytes::Other;
-    };
+    let b = &opening.head.0;
+    let head = [b[0], b[1], b[2], b[3]];
     if is_method(&head) {
         return FirstBytes::Http1;
     }
@@ -457,16 +494,16 @@ pub fn classify(io: &SocketIo, seg: &Segment, ret: u64) -> FirstBytes {
     if &head == b"HTTP" {
         return FirstBytes::Http1Response;
     }
-    if seg.len >= 9
-        && let Some(frame) = read_user::<[u8; 9]>(seg.ptr)
-        && stream::plausible_frame(&frame, ret)
-    {
-        // A server writes its SETTINGS before it reads the client's preface: that is the
-        // connection's start, not the middle.
-        if io.op == OP_WRITE && stream::is_settings(&frame) {
-            return FirstBytes::Http2Preface;
+    if opening.len >= 9 {
+        let frame = [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]];
+        if stream::plausible_frame(&frame, ret) {
+            // A server writes its SETTINGS before it reads the client's preface: that is the
+            // connection's start, not the middle.
+            if io.op == OP_WRITE && stream::is_settings(&frame) {
+                return FirstBytes::Http2Preface;
+            }
+            return FirstBytes::Http2MidStream;
         }
-        return FirstBytes::Http2MidStream;
     }
     FirstBytes::Other
 }
@@ -479,14 +516,15 @@ pub fn on_new_connection(
     head: &SockHead,
     id: u64,
     ret: u64,
+    opening: Option<Opening>,
 ) -> Option<*mut ConnState> {
-    let seg = first_segment(io, ret)?;
+    let opening = opening?;
     // A socket already closed (unhashed: no local port) carries nothing to pair: a peer's
     // last GOAWAY or a late write after the connection's end.
     if head.local_port() == 0 {
         return None;
     }
-    let first = classify(io, &seg, ret);
+    let first = classify(io, &opening, ret);
     if first == FirstBytes::Http1Response {
         return None;
     }
@@ -495,7 +533,7 @@ pub fn on_new_connection(
         // see into): counted, never parsed. OpenSSL reads a record's 5-byte header and its
         // body apart, so a socket that showed a record header is remembered: its body reads
         // look like any bytes, and must not become an "other TCP" stream.
-        if looks_like_tls_record(&seg) {
+        if looks_like_tls_record(&opening) {
             mark_tls_used(TLS_USED_SEEN);
             let _ = TLS_SEEN.insert(&io.sk, &1, 0);
             count(counters::TLS_UNLINKED_PAYLOADS);
@@ -509,8 +547,12 @@ pub fn on_new_connection(
         count(counters::NON_HTTP_PAYLOADS);
     }
     let zero = CONN_ZERO.get_ptr(0)?;
+    // Counted before the insert: a close racing with it must not find the slot empty while
+    // the entry exists.
+    conn_slot_add(io.sk, 1);
     // SAFETY: CONN_ZERO's single slot is a valid, never-written ConnState.
     if CONNS.insert(&io.sk, unsafe { &*zero }, 0).is_err() {
+        conn_slot_add(io.sk, -1);
         count(counters::CONN_MAP_FULL);
         return None;
     }
@@ -518,7 +560,7 @@ pub fn on_new_connection(
     // SAFETY: pointer from a successful lookup of the entry just inserted.
     let state = unsafe { &mut *p };
     read_tuple_from(state, head, io.sk);
-    begin(state, io, id, ret, &seg, first);
+    begin(state, io, id, ret, &opening.seg, first);
     Some(p)
 }
 
@@ -532,9 +574,10 @@ pub fn begin(
     seg: &Segment,
     first: FirstBytes,
 ) {
-    state.event.conn_id = new_conn_id();
+    let now = now_ns();
+    state.event.conn_id = new_conn_id(now);
     match first {
-        FirstBytes::Http1 => start_request(state, io, id, seg, ret, now_ns(), true),
+        FirstBytes::Http1 => start_request(state, io, id, seg, ret, now, true),
         FirstBytes::Other => {
             state.event.pid = (id >> 32) as u32;
             stream::adopt_other(state);
@@ -553,11 +596,9 @@ pub fn begin(
 /// True when the bytes start like a TLS record (content type 20–23, version 3.x): ciphertext
 /// on a socket not linked to an `SSL` object, counted apart from garbage.
 #[inline(always)]
-pub fn looks_like_tls_record(seg: &Segment) -> bool {
-    match read_user::<[u8; 2]>(seg.ptr) {
-        Some([kind, major]) => (20..=23).contains(&kind) && major == 3,
-        None => false,
-    }
+pub fn looks_like_tls_record(opening: &Opening) -> bool {
+    let [kind, major, ..] = opening.head.0;
+    opening.len >= 2 && (20..=23).contains(&kind) && major == 3
 }
 
 /// Handles `ret` > 0 bytes read or written on a tracked connection.
@@ -635,11 +676,14 @@ pub fn on_close(sk: u64, closed_for_good: bool) {
     if closed_for_good && tls_used(TLS_USED_SEEN) && TLS_SEEN.get_ptr(&sk).is_some() {
         let _ = TLS_SEEN.remove(&sk);
     }
-    if let Some(p) = CONNS.get_ptr_mut(&sk) {
+    // Most closing sockets were never tracked: one array read instead of the hash lookup.
+    if conn_maybe_tracked(sk)
+        && let Some(p) = CONNS.get_ptr_mut(&sk)
+    {
         // SAFETY: pointer from a successful map lookup.
         close_state(unsafe { &mut *p });
-        if closed_for_good {
-            let _ = CONNS.remove(&sk);
+        if closed_for_good && CONNS.remove(&sk).is_ok() {
+            conn_slot_add(sk, -1);
         }
         return;
     }

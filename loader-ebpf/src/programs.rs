@@ -107,10 +107,13 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
             let head = unsafe { SockHead::typed(sk) };
             if !is_tcp(head.family(), sk) {
                 None
-            } else if offsets::tls_enabled() && tls::claims_socket(&io, id, ret as u64) {
-                None
             } else {
-                pairing::on_new_connection(&io, &head, id, ret as u64)
+                let opening = pairing::opening(&io, ret as u64);
+                if offsets::tls_enabled() && tls::claims_socket(&io, id, opening.as_ref()) {
+                    None
+                } else {
+                    pairing::on_new_connection(&io, &head, id, ret as u64, opening)
+                }
             }
         }
     };

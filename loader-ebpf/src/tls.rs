@@ -23,7 +23,7 @@ use crate::{
         SSL_PENDING_WRITE, SocketIo, SslCall, TLS_CONNS, TLS_SOCK, TLS_USED_LINKED, TlsKey, count,
         mark_tls_used, selected, tls_used,
     },
-    pairing::{self, FirstBytes},
+    pairing::{self, FirstBytes, Opening},
 };
 
 /// Uprobe cookies: which function a link was attached to.
@@ -136,8 +136,8 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
 /// state when it is tracked.
 #[inline(always)]
 fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) -> Option<*mut ConnState> {
-    let seg = pairing::first_segment(io, bytes)?;
-    let first = pairing::classify(io, &seg, bytes);
+    let opening = pairing::opening(io, bytes)?;
+    let first = pairing::classify(io, &opening, bytes);
     // Picked up at a response (the probes were attached while the request was under way):
     // the next request starts the pairing.
     if first == FirstBytes::Http1Response {
@@ -161,14 +161,14 @@ fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) -> Option<*m
         // SAFETY: pointer from a successful map lookup.
         pairing::read_tuple(state, unsafe { *sk });
     }
-    pairing::begin(state, io, id, bytes, &seg, first);
+    pairing::begin(state, io, id, bytes, &opening.seg, first);
     Some(p)
 }
 
 /// Socket I/O of a selected process on a socket the cleartext path does not track: true when
 /// it belongs to TLS (already linked, or linked now) and must not be paired as cleartext.
 #[inline(always)]
-pub fn claims_socket(io: &SocketIo, id: u64, ret: u64) -> bool {
+pub fn claims_socket(io: &SocketIo, id: u64, opening: Option<&Opening>) -> bool {
     let (sk, op) = (io.sk, io.op);
     // An SSL_write's ciphertext goes out with the thread's next socket write, whichever socket
     // that is: the pending write is used up by it, linked or not, so a stale one can never
@@ -188,8 +188,8 @@ pub fn claims_socket(io: &SocketIo, id: u64, ret: u64) -> bool {
     }
     // Only bytes that are TLS records link a socket: a write to some other socket between an
     // SSL_write and its ciphertext (Node.js under backpressure) must not take the link.
-    match pairing::first_segment(io, ret) {
-        Some(seg) if pairing::looks_like_tls_record(&seg) => {}
+    match opening {
+        Some(opening) if pairing::looks_like_tls_record(opening) => {}
         _ => return false,
     }
     let ssl = if op == OP_WRITE {

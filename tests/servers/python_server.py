@@ -1,6 +1,7 @@
 """Test server: Python http.server (threaded, HTTP/1.1 keep-alive).
 
-GET /ok* -> 200, GET /error* -> 500, other GET -> 404, POST -> 201 "got N".
+GET /ok* -> 200, GET /error* -> 500, GET /drop* -> the connection closed without an
+answer, other GET -> 404, POST -> 201 "got N".
 Usage: python_server.py PORT
 """
 import http.server
@@ -25,6 +26,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, "ok\n")
         elif path.startswith("/error"):
             self._send(500, "error\n")
+        elif path.startswith("/drop"):
+            self.close_connection = True
         else:
             self._send(404, "not found\n")
 

@@ -148,3 +148,57 @@ fn a_connection_picked_up_at_its_response_pairs_the_next_requests() {
     let stats = final_processor_stats(&sonde);
     assert_eq!(stats["not_http"], 0, "{stats}");
 }
+
+/// Requests whose connection ends without an answer (the server reads the request and closes)
+/// go out at the close, marked, on each of many short connections: every close finds its
+/// connection past the close path's slot filter (`CONN_SLOTS` in the kernel programs) and
+/// removes it, so the next connection starts clean. Connections answered and closed by the
+/// client alternate with them.
+#[test]
+fn requests_closed_without_an_answer_go_out_at_the_close() {
+    let _guard = serial();
+    let dir = TempDir::new("unanswered");
+    let port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let port_arg = port.to_string();
+    let sonde = Sonde::start(&["--open-port", &port_arg], &[], &dir, &[server.pid()]);
+    const ROUNDS: usize = 20;
+    for i in 0..ROUNDS {
+        let mut answered = HttpConn::open(port);
+        assert_eq!(
+            answered.request("GET", &format!("/ok/short{i}"), None, true),
+            200
+        );
+        drop(answered);
+        let mut dropped = HttpConn::open(port);
+        dropped.write_raw(format!("GET /drop/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(dropped.stream(), &mut rest).expect("read until the close");
+        assert!(rest.is_empty(), "the server answered /drop: {rest:?}");
+    }
+    // Waits, then settles: a close reported twice would show up as an extra span.
+    let spans = sonde.wait_spans(2 * ROUNDS, Duration::from_secs(15), |_| true);
+    let answered: Vec<_> = spans
+        .iter()
+        .filter(|s| {
+            s["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/ok/short"))
+        })
+        .collect();
+    let unanswered: Vec<_> = spans
+        .iter()
+        .filter(|s| s["path"].as_str().is_some_and(|p| p.starts_with("/drop/")))
+        .collect();
+    assert_eq!(answered.len(), ROUNDS, "{spans:?}");
+    assert_eq!(unanswered.len(), ROUNDS, "{spans:?}");
+    for s in &answered {
+        assert_eq!(s["status"], 200, "{s}");
+        assert_eq!(s["no_response"], false, "{s}");
+    }
+    for (i, s) in unanswered.iter().enumerate() {
+        assert_eq!(s["path"], format!("/drop/{i}"), "{s}");
+        assert_eq!(s["no_response"], true, "{s}");
+        assert_eq!(s["response_bytes"], 0, "{s}");
+    }
+}
