@@ -9,7 +9,7 @@ use sonde_schema::{HttpEvent, THREAD_ENDED, THREAD_STARTED, ThreadNotice};
 
 use super::{linker::Linker, processes::ProcessTable};
 use crate::{
-    config::Config,
+    config::{Config, TracePrinter},
     metrics::Metrics,
     otlp::Otlp,
     printer::Printer,
@@ -48,6 +48,10 @@ pub struct SpanSink<'a, W: Write> {
     linker: Linker,
     /// Service graph metrics (`application_service_graph`), when on and served.
     graph: Option<crate::service_graph::ServiceGraph>,
+    /// Whether anything takes finished spans (the printer, an OTLP traces export). Without
+    /// one (the metrics-only deployment), a span ends once its metrics are recorded: no
+    /// sampling decision, linking or export step runs for it.
+    spans_taken: bool,
 }
 
 impl<'a, W: Write> SpanSink<'a, W> {
@@ -64,7 +68,10 @@ impl<'a, W: Write> SpanSink<'a, W> {
         // Service graph metrics only when something serves them: no pairing otherwise.
         let graph_served = config.prometheus_export.port.is_some()
             || otlp.as_ref().is_some_and(|o| o.exports_metrics());
+        let spans_taken = config.trace_printer != TracePrinter::Disabled
+            || otlp.as_ref().is_some_and(|o| o.exports_traces());
         SpanSink {
+            spans_taken,
             config,
             router: Router::new(&config.routes),
             metrics,
@@ -231,6 +238,9 @@ impl<'a, W: Write> SpanSink<'a, W> {
         stats.spans += 1;
         stats.malformed += u64::from(s.malformed.is_some());
         stats.no_response += u64::from(s.no_response);
+        if !self.spans_taken {
+            return;
+        }
         // Linking (`linker`): a client span of a serving process may wait for its server span.
         let s = match s.kind {
             SpanKind::Server => {
