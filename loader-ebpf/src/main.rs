@@ -7,8 +7,9 @@
 //! `syscalls:*` tracepoint is used (each one slows every system call of every task).
 //!
 //! Cost on processes that are not selected: one pid-filter byte test per socket read or write,
-//! one array read per TCP close (`maps::CONN_SLOTS`; a hash lookup only when a tracked socket
-//! shares the slot, and two more once the kernel has seen TLS), one byte store per
+//! two array reads the verifier inlines per TCP close (`maps::CONN_SLOTS`; a hash lookup only
+//! when a tracked socket shares the slot, and up to two more once the kernel has seen TLS), one
+//! byte store per
 //! fork; `execve` and `listen()` of processes that are not selected reach the loader only when
 //! the selection needs them (executable-path selection, a configured port).
 //!

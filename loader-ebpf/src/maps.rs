@@ -240,26 +240,41 @@ const CONN_SLOT_COUNT: u32 = 1 << 16;
 /// A counting filter in front of `CONNS` for the close path: per slot (a hash of the socket
 /// address), how many sockets of that slot were inserted and not yet removed. Every TCP state
 /// change of every socket on the host runs `inet_sock_set_state`; a close whose slot is zero
-/// was never tracked and skips the `CONNS` lookup (a helper call) for one inlined array read.
-/// Incremented before the insert and decremented after a successful remove, so a tracked
-/// socket's slot is never zero; an entry the LRU evicts leaves its slot counted, which only
-/// costs a lookup.
+/// was never tracked and skips the `CONNS` lookup (a helper call) for two array reads the
+/// verifier inlines (`SOCK_NUMBER`, then the slot). Incremented before the insert and
+/// decremented after a successful remove, so a tracked socket's slot is never zero. What is
+/// never decremented stays counted until the agent restarts: entries the LRU evicts (a full
+/// `CONNS`) and a socket two CPUs inserted at once. Such slots, and slots shared with tracked
+/// sockets (more of them when `ebpf.max_connections` is raised past 16,384), cost the close a
+/// lookup, which is at worst what every close paid without the filter.
 #[map(name = "CONN_SLOTS")]
 pub static CONN_SLOTS: Array<u64> = Array::with_max_entries(CONN_SLOT_COUNT, 0);
 
-/// One word per CPU that turns a socket pointer into a number: the verifier types the BTF
-/// tracepoints' socket argument as a pointer and refuses arithmetic on it other than adding
-/// offsets, but what a map value holds reads back as a plain number (storing a pointer there is
-/// allowed to the privileged loader only, as is a pointer used as a map key).
+/// The programs that hash socket addresses, each with its own `SOCK_NUMBER` word.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum SlotUser {
+    Recv = 0,
+    Send = 1,
+    StateChange = 2,
+}
+
+/// Per CPU, a word per `SlotUser` that turns a socket pointer into a number: the verifier
+/// types the BTF tracepoints' socket argument as a pointer and refuses arithmetic on it other
+/// than adding offsets, but what a map value holds reads back as a plain number (storing a
+/// pointer there is allowed to the privileged loader only, as is a pointer used as a map key).
+/// One word per program because `inet_sock_set_state` also runs in softirq and can interrupt
+/// another program between its store and its load; a program never interrupts itself on one
+/// CPU (the kernel skips a nested run of the same tracing program, `prog->active`).
 #[map(name = "SOCK_NUMBER")]
-static SOCK_NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static SOCK_NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 /// `sk`'s slot in `CONN_SLOTS`, or None if the scratch word could not be had.
 #[inline(always)]
-fn conn_slot(sk: u64) -> Option<u32> {
-    let word = SOCK_NUMBER.get_ptr_mut(0)?;
-    // SAFETY: pointer from a successful per-CPU array lookup, valid for 8 bytes and used by this
-    // CPU's running program only (no preemption).
+fn conn_slot(sk: u64, user: SlotUser) -> Option<u32> {
+    let word = SOCK_NUMBER.get_ptr_mut(user as u32)?;
+    // SAFETY: pointer from a successful per-CPU array lookup, valid for 8 bytes and written
+    // only by this program on this CPU (see `SOCK_NUMBER`).
     let number = unsafe {
         core::ptr::write_volatile(word, sk);
         core::ptr::read_volatile(word)
@@ -271,8 +286,8 @@ fn conn_slot(sk: u64) -> Option<u32> {
 
 /// Counts `sk` in its slot (before it is inserted into `CONNS`); `by` is 1 or -1.
 #[inline(always)]
-pub fn conn_slot_add(sk: u64, by: i32) {
-    if let Some(p) = conn_slot(sk).and_then(|slot| CONN_SLOTS.get_ptr_mut(slot)) {
+pub fn conn_slot_add(sk: u64, by: i32, user: SlotUser) {
+    if let Some(p) = conn_slot(sk, user).and_then(|slot| CONN_SLOTS.get_ptr_mut(slot)) {
         // SAFETY: pointer from a successful array lookup, valid and 8-aligned for the map's
         // lifetime; other CPUs update the same slot only through atomics.
         unsafe {
@@ -288,7 +303,7 @@ pub fn conn_slot_add(sk: u64, by: i32) {
 /// slot cannot be read (the lookup then decides).
 #[inline(always)]
 pub fn conn_maybe_tracked(sk: u64) -> bool {
-    match conn_slot(sk).and_then(|slot| CONN_SLOTS.get_ptr(slot)) {
+    match conn_slot(sk, SlotUser::StateChange).and_then(|slot| CONN_SLOTS.get_ptr(slot)) {
         // SAFETY: pointer from a successful array lookup, valid for 8 bytes; one aligned load.
         Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
         None => true,

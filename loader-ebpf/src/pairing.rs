@@ -25,8 +25,8 @@ use crate::{
     maps::{
         BUF_IOVEC, BUF_MSGHDR, BUF_NONE, CONN_ZERO, CONNS, ConnState, EVENTS, HDR_DEFERRED,
         OP_READ, OP_WRITE, PHASE_CLOSED, PHASE_IDLE, PHASE_REQUEST, PHASE_RESPONSE, SOCK_TLS,
-        SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, TLS_USED_LINKED, TLS_USED_SEEN, WAKEUP_LOOK,
-        conn_maybe_tracked, conn_slot_add, count, mark_tls_used, tls_used,
+        SlotUser, SocketIo, TLS_CONNS, TLS_SEEN, TLS_SOCK, TLS_USED_LINKED, TLS_USED_SEEN,
+        WAKEUP_LOOK, conn_maybe_tracked, conn_slot_add, count, mark_tls_used, tls_used,
     },
     offsets,
     sock::{self, SockHead},
@@ -452,15 +452,17 @@ fn start_request(
     search_past_capture(state, seg, captured_now);
 }
 
-/// A fresh connection id: 32 random bits above the low 32 bits of the clock, so ids of closed
+/// A fresh connection id: the low 32 bits of the clock above 32 random bits, so ids of closed
 /// and reused sockets do not collide (two connections would need the same random word within
 /// the same nanosecond of a 4.3 s cycle) and nothing about kernel memory leaks to user space.
-/// One random word, not two: each is a helper call on every new connection.
+/// The random half is the low one: the processor's maps take a connection id as its own hash
+/// (`processor/src/prehashed.rs`), and the bucket comes from the low bits. One random word, not
+/// two: each is a helper call on every new connection.
 #[inline(always)]
 fn new_conn_id(now: u64) -> u64 {
     // SAFETY: bpf_get_prandom_u32 has no preconditions.
     let random = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
-    ((random as u64) << 32) | (now & 0xffff_ffff)
+    (now << 32) | random as u64
 }
 
 /// The HTTP/2 client preface starts with these bytes (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
@@ -516,9 +518,8 @@ pub fn on_new_connection(
     head: &SockHead,
     id: u64,
     ret: u64,
-    opening: Option<Opening>,
+    opening: Opening,
 ) -> Option<*mut ConnState> {
-    let opening = opening?;
     // A socket already closed (unhashed: no local port) carries nothing to pair: a peer's
     // last GOAWAY or a late write after the connection's end.
     if head.local_port() == 0 {
@@ -549,10 +550,15 @@ pub fn on_new_connection(
     let zero = CONN_ZERO.get_ptr(0)?;
     // Counted before the insert: a close racing with it must not find the slot empty while
     // the entry exists.
-    conn_slot_add(io.sk, 1);
+    let slot_user = if io.op == OP_READ {
+        SlotUser::Recv
+    } else {
+        SlotUser::Send
+    };
+    conn_slot_add(io.sk, 1, slot_user);
     // SAFETY: CONN_ZERO's single slot is a valid, never-written ConnState.
     if CONNS.insert(&io.sk, unsafe { &*zero }, 0).is_err() {
-        conn_slot_add(io.sk, -1);
+        conn_slot_add(io.sk, -1, slot_user);
         count(counters::CONN_MAP_FULL);
         return None;
     }
@@ -683,7 +689,7 @@ pub fn on_close(sk: u64, closed_for_good: bool) {
         // SAFETY: pointer from a successful map lookup.
         close_state(unsafe { &mut *p });
         if closed_for_good && CONNS.remove(&sk).is_ok() {
-            conn_slot_add(sk, -1);
+            conn_slot_add(sk, -1, SlotUser::StateChange);
         }
         return;
     }

@@ -108,12 +108,15 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
             if !is_tcp(head.family(), sk) {
                 None
             } else {
-                let opening = pairing::opening(&io, ret as u64);
-                if offsets::tls_enabled() && tls::claims_socket(&io, id, opening.as_ref()) {
-                    None
+                let opening = if offsets::tls_enabled() {
+                    match tls::claims_socket(&io, id, ret as u64) {
+                        tls::Claim::Tls => None,
+                        tls::Claim::Clear(opening) => opening,
+                    }
                 } else {
-                    pairing::on_new_connection(&io, &head, id, ret as u64, opening)
-                }
+                    pairing::opening(&io, ret as u64)
+                };
+                opening.and_then(|o| pairing::on_new_connection(&io, &head, id, ret as u64, o))
             }
         }
     };

@@ -165,10 +165,19 @@ fn new_connection(key: &TlsKey, io: &SocketIo, id: u64, bytes: u64) -> Option<*m
     Some(p)
 }
 
-/// Socket I/O of a selected process on a socket the cleartext path does not track: true when
-/// it belongs to TLS (already linked, or linked now) and must not be paired as cleartext.
+/// What `claims_socket` found on a socket the cleartext path does not track.
+pub enum Claim {
+    /// It belongs to TLS (already linked, or linked now) and must not be paired as cleartext.
+    Tls,
+    /// Not TLS: its first segment's opening bytes (None when there is no segment), read here
+    /// and handed on so the cleartext path does not read them again.
+    Clear(Option<Opening>),
+}
+
+/// Socket I/O of a selected process on a socket the cleartext path does not track: does it
+/// belong to TLS? A socket already linked is answered without reading user memory.
 #[inline(always)]
-pub fn claims_socket(io: &SocketIo, id: u64, opening: Option<&Opening>) -> bool {
+pub fn claims_socket(io: &SocketIo, id: u64, ret: u64) -> Claim {
     let (sk, op) = (io.sk, io.op);
     // An SSL_write's ciphertext goes out with the thread's next socket write, whichever socket
     // that is: the pending write is used up by it, linked or not, so a stale one can never
@@ -184,25 +193,26 @@ pub fn claims_socket(io: &SocketIo, id: u64, opening: Option<&Opening>) -> bool 
         None
     };
     if tls_used(TLS_USED_LINKED) && SOCK_TLS.get_ptr(&sk).is_some() {
-        return true;
+        return Claim::Tls;
     }
     // Only bytes that are TLS records link a socket: a write to some other socket between an
     // SSL_write and its ciphertext (Node.js under backpressure) must not take the link.
-    match opening {
-        Some(opening) if pairing::looks_like_tls_record(opening) => {}
-        _ => return false,
+    let opening = pairing::opening(io, ret);
+    match &opening {
+        Some(o) if pairing::looks_like_tls_record(o) => {}
+        _ => return Claim::Clear(opening),
     }
     let ssl = if op == OP_WRITE {
         match pending {
             Some(ssl) => ssl,
-            None => return false,
+            None => return Claim::Clear(opening),
         }
     } else {
         // A read inside an SSL_read: the library is pulling ciphertext through a socket BIO.
         // SAFETY: pointer from a successful map lookup, copied at once.
         match SSL_CALLS.get_ptr(&id).map(|c| unsafe { *c }) {
             Some(call) if !is_write(call.func) => call.ssl,
-            _ => return false,
+            _ => return Claim::Clear(opening),
         }
     };
     link(
@@ -212,7 +222,7 @@ pub fn claims_socket(io: &SocketIo, id: u64, opening: Option<&Opening>) -> bool 
             ssl,
         },
     );
-    true
+    Claim::Tls
 }
 
 /// Links a socket to a TLS connection; if the connection's exchanges went out without their

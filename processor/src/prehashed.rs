@@ -1,6 +1,7 @@
-//! A hasher for maps whose `u64` keys are already uniformly distributed (random connection
-//! ids, hashes computed by a seeded hasher): the key is its own hash, so a lookup costs no
-//! SipHash.
+//! A hasher for maps whose `u64` keys are already uniformly distributed (connection ids, whose
+//! low 32 bits are random and whose high 32 bits are the kernel clock's low bits; hashes
+//! computed by a seeded hasher): the key is its own hash, so a lookup costs no SipHash. The
+//! bucket comes from the low bits.
 
 use std::{
     collections::HashMap,

@@ -260,6 +260,10 @@ impl<'a, W: Write> SpanSink<'a, W> {
     /// A thread of a selected process started or ended: the linker follows threads the
     /// serving thread starts.
     pub fn thread_notice(&mut self, n: &ThreadNotice) {
+        // Only linking needs them, and nothing is linked when no span is taken.
+        if !self.spans_taken {
+            return;
+        }
         let unix = (n.ns as i128 + self.mono_to_unix).clamp(0, u64::MAX as i128) as u64;
         match n.what {
             THREAD_STARTED => self.linker.thread_started(n.pid, n.tid, n.parent_tid, unix),
