@@ -233,10 +233,6 @@ pub static HDR_TAIL_BUF: PerCpuArray<HeaderTail> = PerCpuArray::with_max_entries
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(16384, 0);
 
-/// Slots of `CONN_SLOTS`: a power of two, four times `CONNS`' default size, so a full map
-/// still leaves most slots of sockets it does not hold at zero.
-const CONN_SLOT_COUNT: u32 = 1 << 16;
-
 /// A counting filter in front of `CONNS` for the close path: per slot (a hash of the socket
 /// address), how many sockets of that slot were inserted and not yet removed. Every TCP state
 /// change of every socket on the host runs `inet_sock_set_state`; a close whose slot is zero
@@ -245,10 +241,12 @@ const CONN_SLOT_COUNT: u32 = 1 << 16;
 /// decremented after a successful remove, so a tracked socket's slot is never zero. What is
 /// never decremented stays counted until the agent restarts: entries the LRU evicts (a full
 /// `CONNS`) and a socket two CPUs inserted at once. Such slots, and slots shared with tracked
-/// sockets (more of them when `ebpf.max_connections` is raised past 16,384), cost the close a
-/// lookup, which is at worst what every close paid without the filter.
+/// sockets, cost the close a
+/// lookup, which is at worst what every close paid without the filter. Sized by the loader
+/// from `ebpf.max_connections` (`sonde_schema::conn_slots`: four slots per connection, 65,536
+/// to 1,048,576), with `offsets::conn_slot_shift` to match.
 #[map(name = "CONN_SLOTS")]
-pub static CONN_SLOTS: Array<u64> = Array::with_max_entries(CONN_SLOT_COUNT, 0);
+pub static CONN_SLOTS: Array<u64> = Array::with_max_entries(1 << 16, 0);
 
 /// The programs that hash socket addresses, each with its own `SOCK_NUMBER` word.
 #[derive(Clone, Copy)]
@@ -281,7 +279,10 @@ fn conn_slot(sk: u64, user: SlotUser) -> Option<u32> {
     };
     // Fibonacci hashing of the address without its low bits (sockets are slab objects, their
     // low bits are alike).
-    Some(((number >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u32)
+    Some(
+        ((number >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> crate::offsets::conn_slot_shift())
+            as u32,
+    )
 }
 
 /// Counts `sk` in its slot (before it is inserted into `CONNS`); `by` is 1 or -1.

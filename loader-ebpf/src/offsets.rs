@@ -25,6 +25,8 @@ offset_global!(TASK_TGID_OFF, 1268);
 offset_global!(SOCK_HEAD_COVERS, 0);
 offset_global!(NOTIFY_ALL_EXECS, 0);
 offset_global!(TLS_ENABLED, 0);
+// 64 - log2(65,536): the map's default size; the loader sets it with the size.
+offset_global!(CONN_SLOT_SHIFT, 48);
 
 /// Reads a global through a volatile load so the compiler keeps the load (the loader rewrites
 /// the value in the object's .rodata before the verifier sees it).
@@ -101,6 +103,12 @@ pub fn notify_all_execs() -> bool {
 #[inline(always)]
 pub fn tls_enabled() -> bool {
     read_global!(TLS_ENABLED) != 0
+}
+
+/// `64 - log2(slots)` of `maps::CONN_SLOTS` (`sonde_schema::conn_slots`).
+#[inline(always)]
+pub fn conn_slot_shift() -> u64 {
+    read_global!(CONN_SLOT_SHIFT) as u64 & 63
 }
 
 // Flow metrics (`flows.rs`): `struct sk_buff`, `struct skb_shared_info` and `struct net_device`

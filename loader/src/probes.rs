@@ -187,6 +187,8 @@ impl Probes {
         };
         let pid_max = pid_max();
         let pid_words = pid_max.div_ceil(8).max(1);
+        let conn_slots = sonde_schema::conn_slots(sizes.max_connections);
+        let conn_slot_shift: u32 = 64 - conn_slots.trailing_zeros();
         info!(
             fork_child = child,
             skc_family = so.family,
@@ -262,6 +264,8 @@ impl Probes {
             )
             .map_max_entries(sonde_schema::EVENTS_MAP, sizes.ring_buffer_bytes)
             .map_max_entries(sonde_schema::CONNS_MAP, sizes.max_connections)
+            .map_max_entries(sonde_schema::CONN_SLOTS_MAP, conn_slots)
+            .override_global(globals::CONN_SLOT_SHIFT, &conn_slot_shift, true)
             .map_max_entries(sonde_schema::PID_FILTER_MAP, pid_words)
             .map_max_entries(sonde_schema::CHUNK_BUF_MAP, possible_cpus()?)
             .load(object)

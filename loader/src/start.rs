@@ -100,6 +100,7 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
     info!(
         ring_buffer_bytes = config.ebpf.ring_buffer_bytes,
         max_connections = config.ebpf.max_connections,
+        close_filter_slots = sonde_schema::conn_slots(config.ebpf.max_connections),
         "kernel programs attached"
     );
 

@@ -842,6 +842,8 @@ pub mod globals {
     pub const NOTIFY_ALL_EXECS: &str = "NOTIFY_ALL_EXECS";
     /// Non-zero: the OpenSSL uprobes are attached, so sockets may be linked to TLS connections.
     pub const TLS_ENABLED: &str = "TLS_ENABLED";
+    /// `64 - log2(slots of CONN_SLOTS)`: a socket's slot is the top bits of its hash.
+    pub const CONN_SLOT_SHIFT: &str = "CONN_SLOT_SHIFT";
     /// Flow metrics: `struct sk_buff` and `struct net_device` offsets (kernel BTF), and
     /// whether loopback devices are skipped in the kernel (`lo` excluded).
     pub const SKB_LEN: &str = "SKB_LEN_OFF";
@@ -891,6 +893,19 @@ pub const LISTEN_PORTS_MAP: &str = "LISTEN_PORTS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the connection map.
 pub const CONNS_MAP: &str = "CONNS";
+/// Name of the close path's counting filter in front of `CONNS` (array of `u64`).
+pub const CONN_SLOTS_MAP: &str = "CONN_SLOTS";
+
+/// Slots of `CONN_SLOTS` for a connection table of `max_connections`: four per connection, a
+/// power of two, from 65,536 (512 KiB) to 1,048,576 (8 MiB of kernel memory), so a full table
+/// still leaves most slots of untracked sockets at zero.
+pub fn conn_slots(max_connections: u32) -> u32 {
+    max_connections
+        .saturating_mul(4)
+        .clamp(1 << 16, 1 << 20)
+        .next_power_of_two()
+}
+
 /// Name of the stream-chunk scratch array (one slot per possible CPU).
 pub const CHUNK_BUF_MAP: &str = "CHUNK_BUF";
 
@@ -951,6 +966,21 @@ pub mod flows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conn_slots_are_four_per_connection_a_power_of_two_within_bounds() {
+        // The configuration allows 64 … 1,048,576 connections.
+        assert_eq!(conn_slots(64), 1 << 16);
+        assert_eq!(conn_slots(16_384), 1 << 16);
+        assert_eq!(conn_slots(20_000), 1 << 17);
+        assert_eq!(conn_slots(32_768), 1 << 17);
+        assert_eq!(conn_slots(262_144), 1 << 20);
+        assert_eq!(conn_slots(1_048_576), 1 << 20);
+        assert_eq!(conn_slots(u32::MAX), 1 << 20);
+        for n in [64, 1000, 16_385, 100_000, 1_048_576] {
+            assert!(conn_slots(n).is_power_of_two(), "{n}");
+        }
+    }
 
     #[test]
     fn flow_layouts_have_no_implicit_padding() {
