@@ -776,7 +776,7 @@ pub static SHARED: Table<Config> = Table(&[
             flag: "",
             default: Some("16384"),
             unset: "",
-            doc: "connections tracked at once (LRU beyond), 64 … 1048576",
+            doc: "connections tracked at once (LRU beyond), 64 … 1048576; also sizes the close path's filter (four 8-byte slots per connection, 65,536 … 1,048,576 slots)",
             secret: false,
             apply: |c, i| {
                 const EXPECTED: &str = "a number between 64 and 1048576";
