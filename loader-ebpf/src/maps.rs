@@ -241,10 +241,9 @@ pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(1638
 /// decremented after a successful remove, so a tracked socket's slot is never zero. What is
 /// never decremented stays counted until the agent restarts: entries the LRU evicts (a full
 /// `CONNS`) and a socket two CPUs inserted at once. Such slots, and slots shared with tracked
-/// sockets, cost the close a
-/// lookup, which is at worst what every close paid without the filter. Sized by the loader
-/// from `ebpf.max_connections` (`sonde_schema::conn_slots`: four slots per connection, 65,536
-/// to 1,048,576), with `offsets::conn_slot_shift` to match.
+/// sockets, cost the close a lookup, which is at worst what every close paid without the
+/// filter. Sized by the loader from `ebpf.max_connections` (`sonde_schema::conn_slots`: four
+/// slots per connection, 65,536 to 1,048,576), with `offsets::conn_slot_shift` to match.
 #[map(name = "CONN_SLOTS")]
 pub static CONN_SLOTS: Array<u64> = Array::with_max_entries(1 << 16, 0);
 

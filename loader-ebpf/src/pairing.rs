@@ -682,7 +682,8 @@ pub fn on_close(sk: u64, closed_for_good: bool) {
     if closed_for_good && tls_used(TLS_USED_SEEN) && TLS_SEEN.get_ptr(&sk).is_some() {
         let _ = TLS_SEEN.remove(&sk);
     }
-    // Most closing sockets were never tracked: one array read instead of the hash lookup.
+    // Most closing sockets were never tracked: two inlined array reads (`conn_maybe_tracked`)
+    // instead of the hash lookup.
     if conn_maybe_tracked(sk)
         && let Some(p) = CONNS.get_ptr_mut(&sk)
     {
