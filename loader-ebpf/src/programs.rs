@@ -44,6 +44,26 @@ const TCP_LISTEN: i32 = 10;
 /// arguments: `(struct sock *sk, int ret, int flags)`, the socket typed by the verifier.
 #[inline(always)]
 fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
+    // Every socket read and write on the host runs this. What the tracepoint's own arguments
+    // rule out is ruled out first, with plain loads: the task pointer below is a helper call,
+    // the largest part of what an unselected run costs. Failed and empty reads (EAGAIN, EOF)
+    // carry nothing to pair or count (closes arrive through `inet_sock_set_state`); a peek is
+    // read again for real; only TCP is paired, and process metrics count IPv4/IPv6 sockets of
+    // any transport, so Unix-domain, netlink and (with process metrics off) UDP sockets end
+    // here.
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
+    if ret <= 0 || flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: `sk` is this BTF tracepoint's socket argument.
+    let family: u16 = unsafe { btf::load(sk, offsets::skc_family()) };
+    let tcp = is_tcp(family, sk);
+    let count_bytes = process_metrics_on() && is_inet_family(family);
+    if !tcp && !count_bytes {
+        return 0;
+    }
     // SAFETY: no preconditions; returns the current task's BTF-typed pointer.
     let task = unsafe { bpf_get_current_task_btf() } as *const u8;
     let (pid, tgid) = current_ids(task);
@@ -51,26 +71,17 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
         return 0;
     }
     let id = (u64::from(tgid) << 32) | u64::from(pid);
-    let ret = ctx.arg::<u64>(1) as i32;
-    // Failed and empty reads (EAGAIN, EOF) carry nothing to pair; closes arrive through
-    // `inet_sock_set_state`.
-    if ret <= 0 {
-        return 0;
-    }
-    let sk: u64 = ctx.arg(0);
-    let flags = ctx.arg::<u64>(2) as i32;
-    if flags & MSG_PEEK != 0 {
-        return 0;
-    }
-    // Process metrics: the bytes of every IPv4/IPv6 socket of the process (one global check
-    // when the feature is off).
-    if process_metrics_on() && is_inet(sk) {
+    // Process metrics: the bytes of every IPv4/IPv6 socket of the process.
+    if count_bytes {
         let slot = if op == OP_READ {
             process_net::RECEIVED
         } else {
             process_net::SENT
         };
         count_process_bytes(tgid, slot, ret as u64);
+    }
+    if !tcp {
+        return 0;
     }
     // SAFETY: `task` is the current task's BTF-typed pointer; the helper returns a pointer
     // into it, and the registers are then read through that BTF-typed pointer (fault-handled
@@ -80,10 +91,7 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
         return 0;
     };
     let Some(buf_kind) = syscall_abi::buffer_kind(args.nr) else {
-        // SAFETY: `sk` is this BTF tracepoint's socket argument.
-        if is_tcp(unsafe { btf::load(sk, offsets::skc_family()) }, sk) {
-            count(counters::UNTRACKED_SYSCALLS);
-        }
+        count(counters::UNTRACKED_SYSCALLS);
         return 0;
     };
     let io = SocketIo {
@@ -100,24 +108,20 @@ fn on_socket_io(ctx: &BtfTracePointContext, op: u8) -> u32 {
             pairing::on_data(unsafe { &mut *p }, &io, id, ret as u64);
             Some(p)
         }
-        // Only a new connection needs the socket checked: a tracked socket was TCP when its
-        // first request was seen. A socket carrying TLS is the uprobes' business.
+        // A new TCP connection (checked above). A socket carrying TLS is the uprobes'
+        // business.
         None => {
             // SAFETY: `sk` is this BTF tracepoint's socket argument.
             let head = unsafe { SockHead::typed(sk) };
-            if !is_tcp(head.family(), sk) {
-                None
+            let opening = if offsets::tls_enabled() {
+                match tls::claims_socket(&io, id, ret as u64) {
+                    tls::Claim::Tls => None,
+                    tls::Claim::Clear(opening) => opening,
+                }
             } else {
-                let opening = if offsets::tls_enabled() {
-                    match tls::claims_socket(&io, id, ret as u64) {
-                        tls::Claim::Tls => None,
-                        tls::Claim::Clear(opening) => opening,
-                    }
-                } else {
-                    pairing::opening(&io, ret as u64)
-                };
-                opening.and_then(|o| pairing::on_new_connection(&io, &head, id, ret as u64, o))
-            }
+                pairing::opening(&io, ret as u64)
+            };
+            opening.and_then(|o| pairing::on_new_connection(&io, &head, id, ret as u64, o))
         }
     };
     // The header search past the capture, from this one place (see
@@ -157,18 +161,11 @@ fn is_inet_family(family: u16) -> bool {
     family == AF_INET || family == AF_INET6
 }
 
-/// True for an IPv4 or IPv6 socket (any transport); `sk` is the tracepoint's BTF-typed socket.
-#[inline(always)]
-fn is_inet(sk: u64) -> bool {
-    // SAFETY: `sk` is the BTF tracepoint's socket argument (the callers').
-    is_inet_family(unsafe { btf::load(sk, offsets::skc_family()) })
-}
-
 /// True for an IPv4 or IPv6 TCP socket of family `family`; `sk` is the tracepoint's BTF-typed
 /// socket.
 #[inline(always)]
 fn is_tcp(family: u16, sk: u64) -> bool {
-    // SAFETY: as in `is_inet`.
+    // SAFETY: `sk` is the BTF tracepoint's socket argument (the callers').
     is_inet_family(family) && unsafe { btf::load::<u16>(sk, offsets::sk_protocol()) } == IPPROTO_TCP
 }
 

@@ -1,6 +1,6 @@
 //! Process metrics (`metrics.features: [application_process]`) end to end: real loader and
 //! processor, real eBPF. A Python workload selected by its port echoes a known number of
-//! socket bytes, burns a known amount of CPU, touches 200 MiB of memory and writes 8 MiB to a
+//! socket bytes (TCP, then UDP datagrams to itself, then uncounted Unix-domain bytes), burns a known amount of CPU, touches 200 MiB of memory and writes 8 MiB to a
 //! file with fsync; the Prometheus series (and the OTLP points) carry those amounts within
 //! the tolerances stated below, only grow, and disappear once the process exits. With the
 //! feature on, the processor still runs under its full sandbox (`--audit`).
@@ -23,6 +23,10 @@ use sonde_e2e::{
 
 /// Bytes the client sends and the workload echoes back.
 const ECHO_BYTES: usize = 1_000_000;
+/// 1,000-byte datagrams the workload sends itself over UDP after the echo (counted as well).
+const UDP_DATAGRAMS: usize = 3;
+/// IP socket bytes the workload moves each way.
+const NETWORK_BYTES: usize = ECHO_BYTES + UDP_DATAGRAMS * 1000;
 /// Memory the workload allocates and touches.
 const MEMORY_BYTES: u64 = 200 << 20;
 /// Slack above it: the interpreter itself (~10 MiB) and allocator rounding.
@@ -56,6 +60,17 @@ while got < n:
     got += len(b)
     conn.sendall(b)
 conn.close()
+# Datagrams to itself over UDP (IPv4: counted, each byte once sent and once received), then
+# bytes over a Unix-domain pair (not an IP socket: never counted).
+a, b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+b.bind(("127.0.0.1", 0))
+for _ in range(int(sys.argv[7])):
+    a.sendto(b"u" * 1000, b.getsockname())
+    assert len(b.recv(2000)) == 1000
+u, v = socket.socketpair()
+for _ in range(10):
+    u.sendall(b"v" * 1000)
+    assert len(v.recv(2000)) == 1000
 while resource.getrusage(resource.RUSAGE_SELF).ru_utime < float(sys.argv[4]):
     pass
 buf = bytearray(b"\x01") * int(sys.argv[5])
@@ -89,6 +104,7 @@ impl Workload {
             .arg(CPU_SECONDS.to_string())
             .arg(MEMORY_BYTES.to_string())
             .arg(DISK_BYTES.to_string())
+            .arg(UDP_DATAGRAMS.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -254,13 +270,14 @@ fn prometheus_process_metrics_match_what_the_process_did_and_go_with_it() {
     eprintln!("exported: memory {memory} B, virtual {virt} B, disk write {written} B");
     assert!(written >= DISK_BYTES as f64, "disk write {written}");
     assert!(value(&text, DISK, pid, "disk_io_direction", "read").is_some());
-    // Socket bytes are counted exactly: every byte went through recv/send on its one
-    // connection, and the workload has no other socket traffic.
+    // Socket bytes are counted exactly: every byte of the echo went through recv/send on its
+    // one connection, the datagrams through UDP sockets, and the Unix-domain bytes are not
+    // counted (the kernel side turns non-IP sockets away before the process is looked at).
     assert_eq!(
         samples(&text, NETWORK, pid, "network_io_direction"),
         BTreeMap::from([
-            ("receive".to_string(), ECHO_BYTES as f64),
-            ("transmit".to_string(), ECHO_BYTES as f64)
+            ("receive".to_string(), NETWORK_BYTES as f64),
+            ("transmit".to_string(), NETWORK_BYTES as f64)
         ]),
         "{text}"
     );
@@ -406,7 +423,7 @@ fn otlp_process_metrics_arrive_with_their_names_and_attributes() {
                 && p["attributes"]["network.io.direction"] == "transmit"
         })
         .expect("network transmit");
-    assert_eq!(net["value"], ECHO_BYTES as u64, "{net}");
+    assert_eq!(net["value"], NETWORK_BYTES as u64, "{net}");
     assert_eq!(net["is_monotonic"], true);
     assert_eq!(net["temporality"], 2, "cumulative");
     let cpu = pts
