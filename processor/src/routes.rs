@@ -119,9 +119,8 @@ impl Tree {
         Some(self.nodes.len() - 1)
     }
 
-    /// The route of `path`, learning it.
-    fn route(&mut self, path: &str, max_children: usize, wildcard: &str) -> String {
-        let mut route = String::with_capacity(path.len());
+    /// Writes the route of `path` into the empty `route`, learning it.
+    fn route(&mut self, path: &str, max_children: usize, wildcard: &str, route: &mut String) {
         let mut node = 0;
         for (depth, seg) in split(path).enumerate() {
             route.push('/');
@@ -170,7 +169,6 @@ impl Tree {
         if route.is_empty() {
             route.push('/');
         }
-        route
     }
 }
 
@@ -178,6 +176,17 @@ impl Tree {
 /// (numbers, UUIDs, hashes, dates, versioned ids). Used by the `heuristic` mode.
 fn looks_like_id(seg: &str) -> bool {
     seg.bytes().any(|b| b.is_ascii_digit())
+}
+
+/// `buf` emptied for a route of about `len` bytes: a buffer with room kept (cleared), else a
+/// new one with that capacity, made only by a mode that writes a route (growing an empty
+/// buffer by pushes would reallocate).
+fn ready(mut buf: String, len: usize) -> String {
+    if buf.capacity() == 0 {
+        return String::with_capacity(len);
+    }
+    buf.clear();
+    buf
 }
 
 /// The route decorator of the processor.
@@ -210,42 +219,59 @@ impl Router {
 
     /// The route of `path` for `service`.
     pub fn route(&mut self, service: &str, path: &str) -> Routed {
+        self.route_in(service, path, String::new())
+    }
+
+    /// `route`, writing the route into `buf` (cleared first) rather than a new `String`: a
+    /// caller that gets its route back when done (`SpanSink`, for spans only the metrics read)
+    /// routes a request without an allocation once it holds a buffer.
+    pub fn route_in(&mut self, service: &str, path: &str, buf: String) -> Routed {
         let ignored = self
             .ignored
             .iter()
             .any(|p| p.matches(path))
             .then_some(self.ignore_mode);
         if let Some(p) = self.patterns.iter().find(|p| p.matches(path)) {
+            let mut buf = ready(buf, p.text.len());
+            buf.push_str(&p.text);
             return Routed {
-                route: Some(p.text.clone()),
+                route: Some(buf),
                 ignored,
             };
         }
         let route = match self.unmatched {
             UnmatchedRoutes::Unset => None,
-            UnmatchedRoutes::Path => Some(path.to_string()),
-            UnmatchedRoutes::Wildcard => Some(format!("/{0}{0}", self.wildcard)),
+            UnmatchedRoutes::Path => {
+                let mut buf = ready(buf, path.len());
+                buf.push_str(path);
+                Some(buf)
+            }
+            UnmatchedRoutes::Wildcard => {
+                let mut buf = ready(buf, 1 + 2 * self.wildcard.len());
+                buf.push('/');
+                buf.push_str(&self.wildcard);
+                buf.push_str(&self.wildcard);
+                Some(buf)
+            }
             UnmatchedRoutes::Heuristic => {
-                let mut r: String = split(path)
-                    .map(|s| {
-                        if looks_like_id(s) {
-                            format!("/{}", self.wildcard)
-                        } else {
-                            format!("/{s}")
-                        }
-                    })
-                    .collect();
-                if r.is_empty() {
-                    r.push('/');
+                let mut buf = ready(buf, path.len().max(1));
+                for s in split(path) {
+                    buf.push('/');
+                    buf.push_str(if looks_like_id(s) { &self.wildcard } else { s });
                 }
-                Some(r)
+                if buf.is_empty() {
+                    buf.push('/');
+                }
+                Some(buf)
             }
             UnmatchedRoutes::LowCardinality => {
                 let tree = match self.trees.get_mut(service) {
                     Some(t) => t,
                     None => self.trees.entry(service.to_string()).or_default(),
                 };
-                Some(tree.route(path, self.max_children, &self.wildcard))
+                let mut buf = ready(buf, path.len().max(1));
+                tree.route(path, self.max_children, &self.wildcard, &mut buf);
+                Some(buf)
             }
         };
         Routed { route, ignored }
@@ -305,6 +331,33 @@ mod tests {
             Some(RouteIgnoreMode::Traces)
         );
         assert_eq!(r.route("svc", "/healthz").ignored, None);
+    }
+
+    #[test]
+    fn a_reused_buffer_routes_as_a_new_one_in_every_mode() {
+        let paths = [
+            "/orders/12345/lines/9f86d081884c7d65",
+            "/user/7",
+            "/",
+            "",
+            "//a//b1/",
+        ];
+        for mode in [
+            UnmatchedRoutes::Unset,
+            UnmatchedRoutes::Path,
+            UnmatchedRoutes::Wildcard,
+            UnmatchedRoutes::Heuristic,
+            UnmatchedRoutes::LowCardinality,
+        ] {
+            let (mut fresh, mut reused) = (Router::new(&config(mode)), Router::new(&config(mode)));
+            let mut buf = String::from("left over from a longer route than any here");
+            for path in paths {
+                let want = fresh.route("svc", path);
+                let got = reused.route_in("svc", path, buf);
+                assert_eq!(got, want, "{mode:?} {path:?}");
+                buf = got.route.unwrap_or_else(|| "junk".into());
+            }
+        }
     }
 
     #[test]

@@ -290,9 +290,9 @@ impl Span {
     }
 
     /// Sets `http.route` and, with it, the span name (`METHOD route`; `HTTP route` for a
-    /// non-standard method).
+    /// non-standard method), unless the span was built without a name (`SpanUse::MetricsOnly`).
     pub fn set_route(&mut self, route: Option<String>) {
-        if let Some(r) = &route {
+        if let Some(r) = route.as_ref().filter(|_| !self.name.is_empty()) {
             let method = if self.method_original.is_some() {
                 "HTTP"
             } else {
@@ -356,6 +356,17 @@ impl Span {
             trace_state: None,
         }
     }
+}
+
+/// What a built span is for. With nothing taking finished spans (no printer, no trace export)
+/// only the metrics read them, and a builder leaves out what only a span's reader needs: the
+/// random ids (all zero then) and the name (empty). The sink decides, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanUse {
+    /// Printed, exported or linked: every field.
+    Everything,
+    /// Only RED and service-graph metrics read it.
+    MetricsOnly,
 }
 
 /// Source of random span and trace ids.

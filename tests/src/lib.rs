@@ -424,11 +424,24 @@ impl Sonde {
         dir: &TempDir,
         server: u32,
     ) -> Sonde {
+        Sonde::start_with_config_env(config, yaml, port, dir, server, &[])
+    }
+
+    /// `start_with_config` with `env` added (it wins over the file, and over the harness's
+    /// own `BEYLA_TRACE_PRINTER=json`).
+    pub fn start_with_config_env(
+        config: &Path,
+        yaml: &str,
+        port: u16,
+        dir: &TempDir,
+        server: u32,
+        env: &[(&str, &str)],
+    ) -> Sonde {
         std::fs::write(config, yaml).expect("writing the test configuration");
         let config_arg = config.to_str().expect("utf-8 path");
         Sonde::start(
             &["--config", config_arg, "--open-port", &port.to_string()],
-            &[],
+            env,
             dir,
             &[server],
         )

@@ -14,17 +14,9 @@ const DURATION: &str = "http.server.request.duration";
 
 /// Starts `sonde` on `port` with `yaml` as its configuration and `env`.
 fn start_sonde(dir: &TempDir, yaml: &str, env: &[(&str, &str)], port: u16, pid: u32) -> Sonde {
-    let config = dir.path("sonde.yaml");
-    std::fs::write(&config, yaml).expect("writing the test configuration");
-    let config_arg = config.to_str().expect("utf-8 path").to_string();
     let mut env = env.to_vec();
     env.push(("BEYLA_TRACE_PRINTER", "disabled"));
-    Sonde::start(
-        &["--config", &config_arg, "--open-port", &port.to_string()],
-        &env,
-        dir,
-        &[pid],
-    )
+    Sonde::start_with_config_env(&dir.path("sonde.yaml"), yaml, port, dir, pid, &env)
 }
 
 /// Sends `n` GETs over one keep-alive connection, to `path(i)`; all must answer `status`.

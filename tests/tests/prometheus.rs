@@ -20,6 +20,28 @@ fn count(text: &str, labels: &[&str]) -> u64 {
         .sum()
 }
 
+/// Sends each `(path, status)` on a connection of its own (the Python server closes some after
+/// answering), asserting the status; then scrapes until `n` requests are counted (bounded),
+/// returning the last exposition.
+fn send_and_scrape(port: u16, metrics_port: u16, sent: &[(&str, u16)], n: u64) -> String {
+    for &(path, status) in sent {
+        assert_eq!(
+            HttpConn::open(port).request("GET", path, None, true),
+            status
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = http_get(metrics_port, "/metrics");
+        if count(&text, &[]) >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    text
+}
+
 #[test]
 fn prometheus_scrapes_exact_counts_per_route_and_status() {
     let _guard = serial();
@@ -43,22 +65,8 @@ fn prometheus_scrapes_exact_counts_per_route_and_status() {
         ("/missing", 404),
         ("/ok/health", 200),
     ];
-    for (path, status) in sent {
-        assert_eq!(
-            HttpConn::open(port).request("GET", path, None, true),
-            status
-        );
-    }
     // Wait until all but the ignored request are counted.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut text = String::new();
-    while Instant::now() < deadline {
-        text = http_get(metrics_port, "/metrics");
-        if count(&text, &[]) >= 7 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let text = send_and_scrape(port, metrics_port, &sent, 7);
     assert_eq!(count(&text, &[]), 7, "{text}");
     assert_eq!(
         count(
@@ -155,4 +163,63 @@ fn prometheus_scrapes_exact_counts_per_route_and_status() {
         2,
         "{results:?}"
     );
+}
+
+/// With nothing taking finished spans (printer disabled, no trace export) the processor builds
+/// each span for the metrics alone (no ids drawn, no name made): the counts per route and
+/// status are exactly what the client sent, routes from patterns and from the `heuristic`
+/// mode alike, and the spans are counted but none is sampled or linked.
+#[test]
+fn metrics_only_counts_every_request_by_route_and_status() {
+    let _guard = serial();
+    let dir = TempDir::new("prometheus-metrics-only");
+    let port = free_port();
+    let metrics_port = free_port();
+    let server = start_server(ServerKind::Python, port, &dir);
+    let yaml = format!(
+        "prometheus_export:\n  port: {metrics_port}\n  address: 127.0.0.1\nroutes:\n  patterns: [\"/ok/item/{{id}}\"]\n  unmatched: heuristic\n"
+    );
+    // The harness turns the JSON printer on; the environment wins over the file.
+    let mut sonde = Sonde::start_with_config_env(
+        &dir.path("sonde.yaml"),
+        &yaml,
+        port,
+        &dir,
+        server.pid(),
+        &[("BEYLA_TRACE_PRINTER", "disabled")],
+    );
+    sonde.wait_log("Prometheus endpoint listening", Duration::from_secs(5));
+    let sent = [
+        ("/ok/item/1", 200u16, "/ok/item/{id}"),
+        ("/ok/item/22", 200, "/ok/item/{id}"),
+        ("/ok/orders/12/lines/3", 200, "/ok/orders/*/lines/*"),
+        ("/ok/orders/777/lines/9f", 200, "/ok/orders/*/lines/*"),
+        ("/ok/orders/5/lines/1", 200, "/ok/orders/*/lines/*"),
+        ("/error/boom", 500, "/error/boom"),
+        ("/missing", 404, "/missing"),
+    ];
+    let requests: Vec<(&str, u16)> = sent.iter().map(|&(p, s, _)| (p, s)).collect();
+    let text = send_and_scrape(port, metrics_port, &requests, sent.len() as u64);
+    assert_eq!(count(&text, &[]), sent.len() as u64, "{text}");
+    for (route, status, n) in [
+        ("/ok/item/{id}", 200, 2),
+        ("/ok/orders/*/lines/*", 200, 3),
+        ("/error/boom", 500, 1),
+        ("/missing", 404, 1),
+    ] {
+        let labels = [
+            format!("http_route=\"{route}\""),
+            format!("http_response_status_code=\"{status}\""),
+            "http_request_method=\"GET\"".to_string(),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert_eq!(count(&text, &labels), n, "{route} {status}\n{text}");
+    }
+    promtool_check(&text);
+    assert!(sonde.proc.stop(Duration::from_secs(10)).is_some());
+    let stats = final_processor_stats(&sonde);
+    assert_eq!(stats["spans"], sent.len() as u64, "{stats}");
+    assert_eq!(stats["unsampled"], 0, "{stats}");
+    // Nothing printed: the spans were the metrics' alone.
+    assert!(sonde.spans().is_empty(), "{:?}", sonde.spans());
 }

@@ -23,7 +23,7 @@ use crate::{
     red::RedRecorder,
     routes::Router,
     sampling,
-    span::{ServiceInfo, Span, SpanKind},
+    span::{ServiceInfo, Span, SpanKind, SpanUse},
     stats::Stats,
 };
 
@@ -52,6 +52,9 @@ pub struct SpanSink<'a, W: Write> {
     /// one (the metrics-only deployment), a span ends once its metrics are recorded: no
     /// sampling decision, linking or export step runs for it.
     spans_taken: bool,
+    /// The route buffer of the last span only the metrics read, for the next one's route
+    /// (`Router::route_in`): no allocation per request for it.
+    spare_route: String,
 }
 
 impl<'a, W: Write> SpanSink<'a, W> {
@@ -72,6 +75,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
             || otlp.as_ref().is_some_and(|o| o.exports_traces());
         SpanSink {
             spans_taken,
+            spare_route: String::new(),
             config,
             router: Router::new(&config.routes),
             metrics,
@@ -126,12 +130,18 @@ impl<'a, W: Write> SpanSink<'a, W> {
             name: &name,
             namespace,
         };
-        match http1::build(
+        let span_use = if self.spans_taken {
+            SpanUse::Everything
+        } else {
+            SpanUse::MetricsOnly
+        };
+        match http1::build_for(
             ev,
             &service,
             &config.url_query,
             self.mono_to_unix,
             &mut self.ids,
+            span_use,
         ) {
             Built::NotHttp => stats.not_http += 1,
             Built::Span(s, invalid) => {
@@ -211,7 +221,8 @@ impl<'a, W: Write> SpanSink<'a, W> {
         // Routes are HTTP's: an RPC's method, a database operation or a messaging topic is
         // already low-cardinality.
         if s.malformed.is_none() && s.rpc.is_none() && s.db.is_none() && s.messaging.is_none() {
-            let routed = self.router.route(&s.service_name, &s.path);
+            let buf = std::mem::take(&mut self.spare_route);
+            let routed = self.router.route_in(&s.service_name, &s.path, buf);
             ignored = routed.ignored;
             s.set_route(routed.route);
         }
@@ -239,6 +250,9 @@ impl<'a, W: Write> SpanSink<'a, W> {
         stats.malformed += u64::from(s.malformed.is_some());
         stats.no_response += u64::from(s.no_response);
         if !self.spans_taken {
+            if let Some(route) = s.route.take() {
+                self.spare_route = route;
+            }
             return;
         }
         // Linking (`linker`): a client span of a serving process may wait for its server span.

@@ -10,7 +10,7 @@ use sonde_schema::{DIRECTION_CLIENT, FLAG_NO_RESPONSE, FLAG_TLS, HttpEvent};
 use self::parse::{QueryPolicy, RequestError};
 use crate::{
     semconv::method_value,
-    span::{IdSource, ServiceInfo, Span, SpanId, SpanKind, TraceId, addr},
+    span::{IdSource, ServiceInfo, Span, SpanId, SpanKind, SpanUse, TraceId, addr},
 };
 
 /// Outcome of building a span.
@@ -36,7 +36,21 @@ pub fn build(
     mono_to_unix: i128,
     ids: &mut impl IdSource,
 ) -> Built {
-    let request = parse::parse_request(ev.request());
+    build_for(ev, service, query, mono_to_unix, ids, SpanUse::Everything)
+}
+
+/// `build` for a span used as `span_use` says: for metrics only, no random ids are drawn and
+/// no name is made (what only a span's reader needs).
+pub fn build_for(
+    ev: &HttpEvent,
+    service: &ServiceInfo<'_>,
+    query: &QueryPolicy,
+    mono_to_unix: i128,
+    ids: &mut impl IdSource,
+    span_use: SpanUse,
+) -> Built {
+    let read = span_use == SpanUse::Everything;
+    let request = parse::parse_request_for(ev.request(), span_use);
     let (head, malformed) = match request {
         Ok(h) => (h, None),
         Err(RequestError::NotHttp) => return Built::NotHttp,
@@ -91,11 +105,12 @@ pub fn build(
     };
     let (trace_id, parent, parent_sampled) = match context {
         Some((trace, parent, flags)) => (trace, Some(parent), Some(flags & 1 == 1)),
-        None => (ids.trace_id(), None, None),
+        None if read => (ids.trace_id(), None, None),
+        None => ([0; 16], None, None),
     };
     // The trace state travels with the context it belongs to, never alone.
     let trace_state = context.and(head.tracestate.clone());
-    let span_id = ids.span_id();
+    let span_id = if read { ids.span_id() } else { [0; 8] };
     // Context propagation: Sonde put this `traceparent` into the request on its way out; its
     // ids are this client span's own (the root of its trace), and its flags the sampling
     // decision already sent downstream (kept in `parent_sampled`, which also tells the
@@ -144,7 +159,9 @@ pub fn build(
     };
     // The name has room for ` route` too: the route decorator names most spans again
     // (`Span::set_route`), in the same buffer when the route is no longer than the path.
-    let name = if method.is_empty() || method_original.is_some() {
+    let name = if !read {
+        String::new()
+    } else if method.is_empty() || method_original.is_some() {
         "HTTP".into()
     } else {
         let mut name = String::with_capacity(method.len() + 1 + head.path.len());
@@ -283,6 +300,51 @@ mod tests {
     }
 
     #[test]
+    fn a_span_for_metrics_only_draws_no_ids_and_takes_no_name() {
+        let e = event(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\nUser-Agent: curl/8\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nnope",
+        );
+        /// Fails the test if the builder draws an id.
+        struct NoDraws;
+        impl IdSource for NoDraws {
+            fn trace_id(&mut self) -> [u8; 16] {
+                panic!("a trace id was drawn for a metrics-only span")
+            }
+            fn span_id(&mut self) -> [u8; 8] {
+                panic!("a span id was drawn for a metrics-only span")
+            }
+        }
+        let Built::Span(mut s, _) = built_as(&e, 1_000_000, &mut NoDraws, SpanUse::MetricsOnly)
+        else {
+            panic!("expected a span")
+        };
+        // What the metrics read is all there, as for a full span.
+        let full = span(&e);
+        assert_eq!(
+            (&*s.method, s.path.as_str(), s.status, s.duration_ns),
+            (
+                &*full.method,
+                full.path.as_str(),
+                full.status,
+                full.duration_ns
+            )
+        );
+        assert_eq!((s.server_port, s.client_port), (8080, 40000));
+        assert_eq!(s.response_body_size, full.response_body_size);
+        assert_eq!(
+            (s.trace_id.0, s.span_id.0, s.name.as_str()),
+            ([0; 16], [0; 8], "")
+        );
+        // The route is set without naming the span; a full span is named by it.
+        s.set_route(Some("/a".into()));
+        assert_eq!((s.route.as_deref(), s.name.as_str()), (Some("/a"), ""));
+        let mut full = full;
+        full.set_route(Some("/a".into()));
+        assert_eq!(full.name, "GET /a");
+    }
+
+    #[test]
     fn server_span_fields() {
         let s = span(&event(
             b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -371,7 +433,13 @@ mod tests {
         assert_ne!(s.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
-    fn built(e: &HttpEvent) -> (Span, InvalidContext) {
+    /// `build_for` as a service "svc" that exports the query.
+    fn built_as(
+        e: &HttpEvent,
+        mono_to_unix: i128,
+        ids: &mut impl IdSource,
+        span_use: SpanUse,
+    ) -> Built {
         let service = ServiceInfo {
             name: "svc",
             namespace: None,
@@ -380,7 +448,11 @@ mod tests {
             export: true,
             extra_sensitive: Vec::new(),
         };
-        match build(e, &service, &query, 0, &mut FixedIds) {
+        build_for(e, &service, &query, mono_to_unix, ids, span_use)
+    }
+
+    fn built(e: &HttpEvent) -> (Span, InvalidContext) {
+        match built_as(e, 0, &mut FixedIds, SpanUse::Everything) {
             Built::Span(s, invalid) => (*s, invalid),
             Built::NotHttp => panic!("expected a span"),
         }

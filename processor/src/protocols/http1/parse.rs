@@ -3,6 +3,7 @@
 //! function here takes any byte slice, never panics, and reports truncation instead of
 //! guessing.
 
+use crate::span::SpanUse;
 use std::borrow::Cow;
 
 /// Longest method token accepted (`VERSION-CONTROL`, `BASELINE-CONTROL` fit).
@@ -375,6 +376,13 @@ pub fn redact_query<'q>(query: &'q str, extra: &[String]) -> std::borrow::Cow<'q
 
 /// Parses a captured request head.
 pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
+    parse_request_for(bytes, SpanUse::Everything)
+}
+
+/// `parse_request` for a span used as `span_use` says: for metrics only, the `Host` and
+/// `User-Agent` values (an allocation each, read by no metric) are left out.
+pub fn parse_request_for(bytes: &[u8], span_use: SpanUse) -> Result<RequestHead, RequestError> {
+    let details = span_use == SpanUse::Everything;
     let sp = bytes
         .iter()
         .position(|&b| b == b' ')
@@ -422,7 +430,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
             return;
         };
         let (name, value) = (&l[..colon], trim(&l[colon + 1..]));
-        if name.eq_ignore_ascii_case(b"host") {
+        if details && name.eq_ignore_ascii_case(b"host") {
             // `user:password@host` is not a valid Host, but whatever a client sends, the
             // credentials part never leaves.
             let value = match value.iter().rposition(|&b| b == b'@') {
@@ -437,7 +445,7 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
             head.traceparent_invalid = head.traceparent.is_none();
         } else if name.eq_ignore_ascii_case(b"tracestate") {
             head.tracestate = tracestate_value(value);
-        } else if name.eq_ignore_ascii_case(b"user-agent") {
+        } else if details && name.eq_ignore_ascii_case(b"user-agent") {
             let value = &value[..value.len().min(MAX_USER_AGENT_LEN)];
             head.user_agent = Some(lossy(value).into_owned());
         }
