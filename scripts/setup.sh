@@ -24,6 +24,7 @@ DEB_PACKAGES=(
   podman runc                                           # builds the FROM-scratch image (deploy/container)
   nghttp2-client                                        # HTTP/2 load (h2load)
   ethtool iperf3                                        # flow tests (offloads off), flow benchmark
+  valgrind                                              # instruction counts (bench/replay_instructions.sh)
 )
 
 missing=()
