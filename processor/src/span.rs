@@ -290,7 +290,8 @@ impl Span {
     }
 
     /// Sets `http.route` and, with it, the span name (`METHOD route`; `HTTP route` for a
-    /// non-standard method), unless the span was built without a name (`SpanUse::MetricsOnly`).
+    /// non-standard method), unless the span was built without a name (for the metrics only, or
+    /// dropped by the sampler: `SpanUse`).
     pub fn set_route(&mut self, route: Option<String>) {
         if let Some(r) = route.as_ref().filter(|_| !self.name.is_empty()) {
             let method = if self.method_original.is_some() {
@@ -361,12 +362,25 @@ impl Span {
 /// What a built span is for. With nothing taking finished spans (no printer, no trace export)
 /// only the metrics read them, and a builder leaves out what only a span's reader needs: the
 /// random ids (all zero then) and the name (empty). The sink decides, once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum SpanUse {
     /// Printed, exported or linked: every field.
     Everything,
+    /// Taken by spans' readers behind this sampler: a server span the sampler drops (the
+    /// decision follows from its ids, which the builder settles) is built as for the metrics
+    /// but keeps its ids, which the linker still needs for the client spans it made; a kept
+    /// one, and every client span (the linker may yet move it into another trace), gets every
+    /// field.
+    Sampled(crate::config::Sampler),
     /// Only RED and service-graph metrics read it.
     MetricsOnly,
+}
+
+impl SpanUse {
+    /// Whether the random ids are drawn.
+    pub fn draws_ids(self) -> bool {
+        self != SpanUse::MetricsOnly
+    }
 }
 
 /// Source of random span and trace ids.

@@ -6,7 +6,11 @@ use std::{io::Write, time::Duration};
 
 use sonde_e2e::*;
 
-fn run(sampler: &str, arg: Option<&str>, requests: usize) -> (usize, serde_json::Value) {
+fn run(
+    sampler: &str,
+    arg: Option<&str>,
+    requests: usize,
+) -> (Vec<serde_json::Value>, serde_json::Value, u16) {
     let dir = TempDir::new("sampling");
     let port = free_port();
     // nginx: fast keep-alive answers, so 2000 requests take about a second.
@@ -28,16 +32,16 @@ fn run(sampler: &str, arg: Option<&str>, requests: usize) -> (usize, serde_json:
     drop(conn);
     // Let the last exchange complete (close notice) and the processor drain.
     std::thread::sleep(Duration::from_millis(1500));
-    let printed = sonde.spans().len();
+    let printed = sonde.spans();
     assert!(sonde.proc.stop(Duration::from_secs(10)).is_some());
-    (printed, final_processor_stats(&sonde))
+    (printed, final_processor_stats(&sonde), port)
 }
 
 #[test]
 fn always_off_prints_nothing_but_counts_every_request() {
     let _guard = serial();
-    let (printed, stats) = run("always_off", None, 20);
-    assert_eq!(printed, 0);
+    let (printed, stats, _) = run("always_off", None, 20);
+    assert_eq!(printed.len(), 0);
     assert_eq!(stats["spans"], 20, "{stats}");
     assert_eq!(stats["unsampled"], 20, "{stats}");
 }
@@ -45,11 +49,29 @@ fn always_off_prints_nothing_but_counts_every_request() {
 #[test]
 fn traceidratio_keeps_about_a_tenth() {
     let _guard = serial();
-    let (printed, stats) = run("traceidratio", Some("0.1"), 2000);
+    let (spans, stats, port) = run("traceidratio", Some("0.1"), 2000);
+    let printed = spans.len();
     assert_eq!(stats["spans"], 2000, "{stats}");
     // 10% ± 3% (4.5 standard deviations of a binomial with n = 2000, p = 0.1).
     assert!((140..=260).contains(&printed), "printed {printed} of 2000");
     assert_eq!(stats["unsampled"], 2000 - printed, "{stats}");
+    // What the sampler keeps is whole (a dropped span is built without its name, Host and
+    // User-Agent), and each kept trace id is one the ratio keeps: the upper 63 bits of its
+    // last 8 bytes below a tenth of 2^63.
+    let host = format!("127.0.0.1:{port}");
+    for s in &spans {
+        let path = s["path"].as_str().expect("path");
+        assert!(path.starts_with("/ok/s"), "{s}");
+        assert!(
+            s["name"].as_str().is_some_and(|n| n.starts_with("GET /")),
+            "{s}"
+        );
+        assert_eq!(s["host"], host.as_str(), "{s}");
+        assert_eq!(s["user_agent"], "sonde-e2e", "{s}");
+        let id = s["trace_id"].as_str().expect("trace id");
+        let low = u64::from_str_radix(&id[16..], 16).expect("hex trace id");
+        assert!((low >> 1) < (0.1 * (1u64 << 63) as f64) as u64, "{s}");
+    }
 }
 
 #[test]

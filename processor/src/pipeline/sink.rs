@@ -9,7 +9,7 @@ use sonde_schema::{HttpEvent, THREAD_ENDED, THREAD_STARTED, ThreadNotice};
 
 use super::{linker::Linker, processes::ProcessTable};
 use crate::{
-    config::{Config, TracePrinter},
+    config::{Config, Sampler, TracePrinter},
     metrics::Metrics,
     otlp::Otlp,
     printer::Printer,
@@ -122,6 +122,20 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
     }
 
+    /// How the spans behind `sampler` are built. Lean, then completed when kept
+    /// (`SpanUse::Sampled`), costs a second read of the request head for each kept span and
+    /// saves the name, `Host` and `User-Agent` of each dropped one (about twice that): worth it
+    /// when the sampler drops at least half.
+    fn sampled_use(sampler: Sampler) -> SpanUse {
+        match sampler {
+            Sampler::AlwaysOff => SpanUse::Sampled(sampler),
+            Sampler::TraceIdRatio(r) | Sampler::ParentBasedTraceIdRatio(r) if r <= 0.5 => {
+                SpanUse::Sampled(sampler)
+            }
+            _ => SpanUse::Everything,
+        }
+    }
+
     /// Builds the span of one completed HTTP/1 exchange and passes it on.
     pub fn emit(&mut self, ev: &HttpEvent, processes: &ProcessTable, stats: &mut Stats) {
         let config = self.config;
@@ -131,7 +145,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
             namespace,
         };
         let span_use = if self.spans_taken {
-            SpanUse::Everything
+            Self::sampled_use(config.sampler)
         } else {
             SpanUse::MetricsOnly
         };
@@ -334,6 +348,9 @@ impl<'a, W: Write> SpanSink<'a, W> {
         let config = self.config;
         if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
             stats.unsampled += 1;
+            if let Some(route) = s.route {
+                self.spare_route = route;
+            }
             return;
         }
         if self.printer.print(&s).is_err() {
@@ -387,6 +404,36 @@ impl<'a, W: Write> SpanSink<'a, W> {
         let _ = self.printer.flush();
         if let Some(o) = self.otlp.take() {
             o.shutdown();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_built_lean_only_behind_samplers_that_drop_most() {
+        let sampled_use = SpanSink::<Vec<u8>>::sampled_use;
+        for sampler in [
+            Sampler::AlwaysOff,
+            Sampler::TraceIdRatio(0.1),
+            Sampler::ParentBasedTraceIdRatio(0.5),
+        ] {
+            assert_eq!(
+                sampled_use(sampler),
+                SpanUse::Sampled(sampler),
+                "{sampler:?}"
+            );
+        }
+        // Keeping most, the second read of each kept request head would cost more.
+        for sampler in [
+            Sampler::AlwaysOn,
+            Sampler::ParentBasedAlwaysOn,
+            Sampler::TraceIdRatio(0.9),
+            Sampler::ParentBasedTraceIdRatio(1.0),
+        ] {
+            assert_eq!(sampled_use(sampler), SpanUse::Everything, "{sampler:?}");
         }
     }
 }

@@ -40,7 +40,8 @@ pub fn build(
 }
 
 /// `build` for a span used as `span_use` says: for metrics only, no random ids are drawn and
-/// no name is made (what only a span's reader needs).
+/// no name is made (what only a span's reader needs); a server span its sampler drops keeps
+/// its ids and goes without the name, `Host` and `User-Agent`.
 pub fn build_for(
     ev: &HttpEvent,
     service: &ServiceInfo<'_>,
@@ -49,9 +50,10 @@ pub fn build_for(
     ids: &mut impl IdSource,
     span_use: SpanUse,
 ) -> Built {
-    let read = span_use == SpanUse::Everything;
+    let read = span_use.draws_ids();
     let request = parse::parse_request_for(ev.request(), span_use);
-    let (head, malformed) = match request {
+    let parsed = request.is_ok();
+    let (mut head, malformed) = match request {
         Ok(h) => (h, None),
         Err(RequestError::NotHttp) => return Built::NotHttp,
         Err(e) => {
@@ -143,6 +145,23 @@ pub fn build_for(
         None => (trace_id, span_id, parent, parent_sampled),
     };
 
+    // Whether anything reads the span past the metrics: a sampled server span's decision
+    // follows from its ids, settled now (the sink makes the same one with the same inputs).
+    let kept = match span_use {
+        SpanUse::Everything => true,
+        SpanUse::MetricsOnly => false,
+        SpanUse::Sampled(_) if kind == SpanKind::Client => true,
+        SpanUse::Sampled(sampler) => crate::sampling::keeps(sampler, &trace_id, parent_sampled),
+    };
+    if kept
+        && parsed
+        && span_use != SpanUse::Everything
+        && let Some((host, user_agent)) = parse::request_details(ev.request())
+    {
+        head.host = host;
+        head.user_agent = user_agent;
+    }
+
     let to_unix =
         |mono: u64| -> u64 { (mono as i128 + mono_to_unix).clamp(0, u64::MAX as i128) as u64 };
     let end_ns = ev.end_ns.max(ev.start_ns);
@@ -159,7 +178,7 @@ pub fn build_for(
     };
     // The name has room for ` route` too: the route decorator names most spans again
     // (`Span::set_route`), in the same buffer when the route is no longer than the path.
-    let name = if !read {
+    let name = if !kept {
         String::new()
     } else if method.is_empty() || method_original.is_some() {
         "HTTP".into()
@@ -240,6 +259,7 @@ fn server_context(ev: &HttpEvent) -> Option<([u8; 16], [u8; 8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Sampler;
     use sonde_schema::{DIRECTION_SERVER, EVENT_HTTP};
 
     struct FixedIds;
@@ -342,6 +362,89 @@ mod tests {
         let mut full = full;
         full.set_route(Some("/a".into()));
         assert_eq!(full.name, "GET /a");
+    }
+
+    #[test]
+    fn a_server_span_its_sampler_drops_keeps_its_ids_and_nothing_only_a_reader_needs() {
+        /// Draws the given trace id, and span id 2s.
+        struct Ids([u8; 16]);
+        impl IdSource for Ids {
+            fn trace_id(&mut self) -> [u8; 16] {
+                self.0
+            }
+            fn span_id(&mut self) -> [u8; 8] {
+                [2; 8]
+            }
+        }
+        let request = b"GET /a HTTP/1.1\r\nHost: h\r\nUser-Agent: curl/8\r\n\r\n";
+        let e = event(request, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let half = SpanUse::Sampled(Sampler::TraceIdRatio(0.5));
+        let build = |e: &HttpEvent, trace: [u8; 16], span_use| match built_as(
+            e,
+            0,
+            &mut Ids(trace),
+            span_use,
+        ) {
+            Built::Span(s, _) => s,
+            Built::NotHttp => panic!("expected a span"),
+        };
+        // The ratio keeps ids whose last 8 bytes are below 2^63 at 0.5: [1; 16] is kept,
+        // [0xff; 16] is not.
+        let kept = build(&e, [1; 16], half);
+        let full = build(&e, [1; 16], SpanUse::Everything);
+        assert_eq!(
+            (
+                kept.name.as_str(),
+                kept.host.as_deref(),
+                kept.user_agent.as_deref()
+            ),
+            ("GET", Some("h"), Some("curl/8"))
+        );
+        assert_eq!((kept.trace_id, kept.span_id), (full.trace_id, full.span_id));
+        let dropped = build(&e, [0xff; 16], half);
+        assert_eq!(
+            (dropped.trace_id.0, dropped.span_id.0),
+            ([0xff; 16], [2; 8]),
+            "the linker needs a dropped span's ids"
+        );
+        assert_eq!(
+            (
+                dropped.name.as_str(),
+                dropped.host.as_deref(),
+                dropped.user_agent.as_deref()
+            ),
+            ("", None, None)
+        );
+        assert_eq!((&*dropped.method, dropped.status), ("GET", 200));
+        assert!(!crate::sampling::keeps(
+            Sampler::TraceIdRatio(0.5),
+            &dropped.trace_id.0,
+            dropped.parent_sampled
+        ));
+        // The caller's decision rules a parent-based sampler: not sampled, dropped whatever
+        // the ratio.
+        let unsampled_caller = event(
+            b"GET /a HTTP/1.1\r\nHost: h\r\ntraceparent: 00-0102030405060708090a0b0c0d0e0f10-1112131415161718-00\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        let s = build(
+            &unsampled_caller,
+            [1; 16],
+            SpanUse::Sampled(Sampler::ParentBasedTraceIdRatio(1.0)),
+        );
+        assert_eq!((s.name.as_str(), s.host.as_deref()), ("", None));
+        assert_eq!(
+            s.parent_span_id.map(|p| p.0),
+            Some([0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18])
+        );
+        // A client span is built whole: the linker may yet put it into another trace.
+        let mut client = e;
+        client.direction = DIRECTION_CLIENT;
+        let c = build(&client, [0xff; 16], half);
+        assert_eq!(
+            (c.kind, c.name.as_str(), c.host.as_deref()),
+            (SpanKind::Client, "GET", Some("h"))
+        );
     }
 
     #[test]

@@ -379,8 +379,9 @@ pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
     parse_request_for(bytes, SpanUse::Everything)
 }
 
-/// `parse_request` for a span used as `span_use` says: for metrics only, the `Host` and
-/// `User-Agent` values (an allocation each, read by no metric) are left out.
+/// `parse_request` for a span used as `span_use` says: unless every field is wanted, the
+/// `Host` and `User-Agent` values (an allocation each, read by no metric) are left out (a
+/// sampled span reads them again once it is kept: `request_details`).
 pub fn parse_request_for(bytes: &[u8], span_use: SpanUse) -> Result<RequestHead, RequestError> {
     let details = span_use == SpanUse::Everything;
     let sp = bytes
@@ -451,6 +452,14 @@ pub fn parse_request_for(bytes: &[u8], span_use: SpanUse) -> Result<RequestHead,
         }
     });
     Ok(head)
+}
+
+/// The `Host` and `User-Agent` values of a request head `parse_request_for` has read without
+/// them; `None` for what is not a well-formed request head.
+pub fn request_details(bytes: &[u8]) -> Option<(Option<String>, Option<String>)> {
+    parse_request_for(bytes, SpanUse::Everything)
+        .ok()
+        .map(|h| (h.host, h.user_agent))
 }
 
 /// Parses a captured response head; None when it is not an HTTP/1.x status line.
