@@ -160,7 +160,8 @@ impl Started {
 
 #[derive(Default)]
 struct Thread {
-    servers: Vec<Server>,
+    /// Oldest first; a ring, since the oldest leaves at every request once it is full.
+    servers: VecDeque<Server>,
     /// Held spans with no encloser yet (few: the calls of the requests in flight).
     pending: Vec<Held>,
     /// Held spans tentatively linked, in the order their links were made (oldest first).
@@ -398,10 +399,16 @@ impl Linker {
         self.serving.insert(s.pid, now);
         let th = self.threads.entry((s.pid, s.tid)).or_default();
         th.last_seen = Some(now);
-        // Arrived at most `max_wait` before now, by one comparison per server span (this
-        // runs once per request).
+        // Arrived at most `max_wait` before now. The servers are in arrival order, so the
+        // expired ones are at the front (this runs once per request).
         let oldest = now.checked_sub(self.max_wait);
-        th.servers.retain(|x| oldest.is_none_or(|o| x.arrived >= o));
+        while th
+            .servers
+            .front()
+            .is_some_and(|x| oldest.is_some_and(|o| x.arrived < o))
+        {
+            th.servers.pop_front();
+        }
         let srv = Server {
             start: s.start_unix_nano,
             end: s.end_unix_nano,
@@ -410,14 +417,14 @@ impl Linker {
             sampled,
             arrived: now,
         };
-        if th.servers.iter().any(|x| x.overlaps(&srv)) && !th.multiplexed {
+        if !th.multiplexed && th.servers.iter().any(|x| x.overlaps(&srv)) {
             th.multiplexed = true;
             self.stats.multiplexed_threads += 1;
         }
         if th.servers.len() >= MAX_SERVERS {
-            th.servers.remove(0);
+            th.servers.pop_front();
         }
-        th.servers.push(srv);
+        th.servers.push_back(srv);
         if th.multiplexed {
             // Spans with no encloser yet, and those under a request this one overlaps, go
             // out unlinked; a tentative link to a request nothing overlaps still settles.
@@ -855,7 +862,7 @@ mod tests {
             .get_mut(&(1, 7))
             .expect("thread")
             .servers
-            .push(Server {
+            .push_back(Server {
                 start: 150,
                 end: 400,
                 trace_id: TraceId([6; 16]),
@@ -876,7 +883,7 @@ mod tests {
         let mut l = serving(t0);
         // Two enclosers already known (the second made the thread multiplexed, so build
         // the state by hand to exercise the containment count itself).
-        l.threads.entry((1, 7)).or_default().servers = vec![
+        l.threads.entry((1, 7)).or_default().servers = VecDeque::from([
             Server {
                 start: 100,
                 end: 200,
@@ -893,7 +900,7 @@ mod tests {
                 sampled: true,
                 arrived: t0,
             },
-        ];
+        ]);
         let s = l.client(client(7, 110, 120, 1)).expect("not held");
         assert!(s.parent_span_id.is_none());
         assert_eq!(l.stats().unlinked_ambiguous, 1);
