@@ -15,6 +15,7 @@
 //! - `traces`: + every span exported over OTLP HTTP/protobuf (queued, encoded and sent by the
 //!   exporter thread to a collector that discards them: a child process on another core, so
 //!   only the sending side is measured);
+//! - `sampled`: `traces` with the trace-id ratio sampler at 0.1 (issue 14's second target);
 //! - `json`: `metrics` + every span printed as a JSON line to `--out` (default /dev/null);
 //! - `print-json`, `print-text`: the printer alone, one nginx span printed over and over.
 //!
@@ -89,7 +90,7 @@ fn args() -> Result<Args> {
             "--response" => a.response = std::fs::read(value()?).context("--response")?,
             "--out" => a.out = value()?,
             other => bail!(
-                "unknown argument {other}: --outputs decode|build|core|prometheus|metrics|traces|json, --events N, --request FILE, --response FILE, --out FILE"
+                "unknown argument {other}: --outputs decode|build|core|prometheus|metrics|traces|sampled|json, --events N, --request FILE, --response FILE, --out FILE"
             ),
         }
     }
@@ -333,7 +334,7 @@ fn main() -> Result<()> {
         "core" => (false, false, false, false),
         "prometheus" => (true, false, false, false),
         "metrics" => (true, true, false, false),
-        "traces" => (true, true, true, false),
+        "traces" | "sampled" => (true, true, true, false),
         "json" => (true, true, false, true),
         other => bail!("unknown --outputs {other}"),
     };
@@ -351,6 +352,10 @@ fn main() -> Result<()> {
         }
         if traces {
             env.insert("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".into(), url);
+        }
+        if outputs == "sampled" {
+            env.insert("OTEL_TRACES_SAMPLER".into(), "traceidratio".into());
+            env.insert("OTEL_TRACES_SAMPLER_ARG".into(), "0.1".into());
         }
     }
     // Explicit: with no exporter configured, the default printer is `text`.
