@@ -51,6 +51,11 @@ pub fn build_for(
     span_use: SpanUse,
 ) -> Built {
     let read = span_use.draws_ids();
+    // A client span is kept whole behind a sampler (below): read whole at once.
+    let span_use = match span_use {
+        SpanUse::Sampled(_) if ev.direction == DIRECTION_CLIENT => SpanUse::Everything,
+        other => other,
+    };
     let request = parse::parse_request_for(ev.request(), span_use);
     let parsed = request.is_ok();
     let (mut head, malformed) = match request {
@@ -150,7 +155,6 @@ pub fn build_for(
     let kept = match span_use {
         SpanUse::Everything => true,
         SpanUse::MetricsOnly => false,
-        SpanUse::Sampled(_) if kind == SpanKind::Client => true,
         SpanUse::Sampled(sampler) => crate::sampling::keeps(sampler, &trace_id, parent_sampled),
     };
     if kept
@@ -437,6 +441,18 @@ mod tests {
             s.parent_span_id.map(|p| p.0),
             Some([0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18])
         );
+        // A sampled caller rules too: kept whatever the ratio, so whole.
+        let sampled_caller = event(
+            b"GET /a HTTP/1.1\r\nHost: h\r\ntraceparent: 00-0102030405060708ffffffffffffffff-1112131415161718-01\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        let s = build(
+            &sampled_caller,
+            [1; 16],
+            SpanUse::Sampled(Sampler::ParentBasedTraceIdRatio(0.1)),
+        );
+        assert!(!crate::sampling::ratio_keeps(&s.trace_id.0, 0.1));
+        assert_eq!((s.name.as_str(), s.host.as_deref()), ("GET", Some("h")));
         // A client span is built whole: the linker may yet put it into another trace.
         let mut client = e;
         client.direction = DIRECTION_CLIENT;
