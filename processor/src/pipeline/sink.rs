@@ -266,9 +266,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         stats.malformed += u64::from(s.malformed.is_some());
         stats.no_response += u64::from(s.no_response);
         if !self.spans_taken {
-            if let Some(route) = s.route.take() {
-                self.spare_route = route;
-            }
+            self.keep_route_buffer(s.route);
             return;
         }
         // Linking (`linker`): a client span of a serving process may wait for its server span.
@@ -345,14 +343,20 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
     }
 
+    /// Keeps the route of a span that ends here (read by the metrics only, or dropped by the
+    /// sampler) for the next span's route (`spare_route`).
+    fn keep_route_buffer(&mut self, route: Option<String>) {
+        if let Some(route) = route {
+            self.spare_route = route;
+        }
+    }
+
     /// Samples, prints and exports a finished span.
     fn export(&mut self, s: Box<Span>, processes: &ProcessTable, stats: &mut Stats) {
         let config = self.config;
         if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
             stats.unsampled += 1;
-            if let Some(route) = s.route {
-                self.spare_route = route;
-            }
+            self.keep_route_buffer(s.route);
             return;
         }
         if self.printer.print(&s).is_err() {
