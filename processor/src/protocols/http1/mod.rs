@@ -57,7 +57,6 @@ pub fn build_for(
         other => other,
     };
     let request = parse::parse_request_for(ev.request(), span_use);
-    let parsed = request.is_ok();
     let (mut head, malformed) = match request {
         Ok(h) => (h, None),
         Err(RequestError::NotHttp) => return Built::NotHttp,
@@ -158,7 +157,6 @@ pub fn build_for(
         SpanUse::Sampled(sampler) => crate::sampling::keeps(sampler, &trace_id, parent_sampled),
     };
     if kept
-        && parsed
         && span_use != SpanUse::Everything
         && let Some((host, user_agent)) = parse::request_details(ev.request())
     {
