@@ -21,7 +21,7 @@ use sonde_processor::{
     },
     red::RedRecorder,
     routes::Router,
-    span::{ServiceInfo, Span},
+    span::{IdSource, ServiceInfo, Span, SpanUse},
 };
 use sonde_schema::{EVENT_CONN_CLOSED, Record};
 
@@ -40,6 +40,47 @@ fn stream_span(
         StreamExchange::Db(ex) => Some(db_spans::build(meta, ex, service, true, 0, rng)),
         StreamExchange::Messaging(ex) => Some(messaging_spans::build(meta, ex, service, 0, rng)),
     }
+}
+
+/// Ids that are the same on every call: a span built twice from one event is the same span.
+struct FixedIds;
+
+impl IdSource for FixedIds {
+    fn trace_id(&mut self) -> [u8; 16] {
+        [1; 16]
+    }
+    fn span_id(&mut self) -> [u8; 8] {
+        [2; 8]
+    }
+}
+
+/// The HTTP/1 span of `ev`, built as the sink builds it: written into a finished span when it
+/// has one (`spare`, here the last span built, of whatever protocol). Checked against the span
+/// built from nothing: no field of the spare may show through.
+fn http1_span(
+    ev: &sonde_schema::HttpEvent,
+    service: &ServiceInfo<'_>,
+    query: &QueryPolicy,
+    spare: Option<&Span>,
+) -> Option<Span> {
+    let build = |spare| match http1::build_for(
+        ev,
+        service,
+        query,
+        0,
+        &mut FixedIds,
+        SpanUse::Everything,
+        spare,
+    ) {
+        Built::Span(s, _) => Some(s),
+        Built::NotHttp => None,
+    };
+    let fresh = build(None);
+    if let Some(spare) = spare {
+        let reused = build(Some(Box::new(spare.clone())));
+        assert_eq!(format!("{fresh:?}"), format!("{reused:?}"));
+    }
+    fresh.map(|s| *s)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -82,7 +123,7 @@ fuzz_target!(|data: &[u8]| {
         red.record(&s, true, None, &meta);
         let queued = [Queued {
             resource: Some(resource.clone()),
-            span: s,
+            span: Box::new(s),
         }];
         encoder.request(&[&queued], &mut encoded);
     };
@@ -102,9 +143,7 @@ fuzz_target!(|data: &[u8]| {
                     streams.apply_tuple(t);
                 }
                 assembler.feed(record, now, |ev| {
-                    if let Built::Span(s, _) = http1::build(ev, &service, &query, 0, &mut rng) {
-                        spans.push(*s);
-                    }
+                    spans.extend(http1_span(ev, &service, &query, spans.last()));
                 })
             }
             Err(_) => {}
@@ -112,9 +151,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let later = now + Duration::from_millis(2);
     assembler.expire(later, |ev| {
-        if let Built::Span(s, _) = http1::build(ev, &service, &query, 0, &mut rng) {
-            spans.push(*s);
-        }
+        spans.extend(http1_span(ev, &service, &query, spans.last()));
     });
     streams.expire(later, |meta, ex| {
         spans.extend(stream_span(meta, ex, &service, &query, &mut rng))

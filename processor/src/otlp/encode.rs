@@ -167,7 +167,9 @@ pub fn encode_resource(resource: &Resource) -> EncodedResource {
 /// `MAX_PROCESSES`: the encoder then names just the service).
 pub struct Queued {
     pub resource: Option<EncodedResource>,
-    pub span: Span,
+    /// Boxed as the reader built it: handed over and back (`SpanQueue::spare`) without a
+    /// move of the span's bytes.
+    pub span: Box<Span>,
 }
 
 /// Writes export requests; its buffers are reused from one batch to the next.
@@ -500,10 +502,10 @@ mod tests {
                 resource: known
                     .contains(&s.pid)
                     .then(|| encode_resource(&convert::resource(&process(s.pid), "node-1"))),
-                span: Span {
+                span: Box::new(Span {
                     service_name: format!("svc-{}", s.pid),
                     ..s.clone()
-                },
+                }),
             })
             .collect();
         let mut out = Vec::new();
@@ -561,7 +563,7 @@ mod tests {
             .into_iter()
             .map(|span| Queued {
                 resource: None,
-                span,
+                span: Box::new(span),
             })
             .collect();
         let mut enc = Encoder::new("h");
@@ -586,14 +588,14 @@ mod tests {
         let batch: Vec<Queued> = (0..2048)
             .map(|i| Queued {
                 resource: Some(Arc::clone(&resource)),
-                span: http(
+                span: Box::new(http(
                     if i % 2 == 0 {
                         SpanKind::Server
                     } else {
                         SpanKind::Client
                     },
                     200,
-                ),
+                )),
             })
             .collect();
         let mut enc = Encoder::new("node-1");

@@ -202,8 +202,14 @@ impl Otlp {
     pub fn export_span(&mut self, s: Box<Span>) {
         if let Some(q) = self.spans.as_mut() {
             let resource = self.resources.get(&s.pid).cloned();
-            q.push(*s, resource);
+            q.push(s, resource);
         }
+    }
+
+    /// An exported span handed back by the exporter thread, for the next span to be written
+    /// into (`http1::build_for`).
+    pub fn spare_span(&mut self) -> Option<Box<Span>> {
+        self.spans.as_mut().and_then(SpanQueue::spare)
     }
 
     /// Hands the spans of this pass to the exporter thread.

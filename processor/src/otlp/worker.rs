@@ -17,7 +17,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     thread::JoinHandle,
@@ -48,9 +48,25 @@ use crate::{
     span::Span,
 };
 
+/// Encoded spans the worker hands back to the reader thread at most (one default batch): the
+/// reader writes its next spans into them (`SpanQueue::spare`), so a span's allocation and its
+/// strings' buffers go round instead of being freed by the worker and allocated again by the
+/// reader, each time through the allocator's slow, locked path (a block freed by another
+/// thread than the one that allocated it).
+const SPARE_SPANS: usize = 2048;
+
+/// Spans handed back after encoding, for the reader to write over. Boxed: the builders write
+/// into a `Box<Span>` (`http1::build_for`), so the box's allocation goes round too.
+type Spares = Vec<Box<Span>>;
+type SparePool = Arc<Mutex<Spares>>;
+
 /// The reader thread's end of the span queue.
 pub(super) struct SpanQueue {
     tx: mpsc::UnboundedSender<Vec<Queued>>,
+    /// Filled by the worker; emptied into `spares` a whole pool at a time (one lock per
+    /// refill, not per span).
+    returned: SparePool,
+    spares: Spares,
     /// Spans of the current pass, handed over together by `flush`: one wake-up of the worker
     /// per pass rather than per span.
     pending: Vec<Queued>,
@@ -61,8 +77,17 @@ pub(super) struct SpanQueue {
 }
 
 impl SpanQueue {
+    /// An encoded span to write the next one into, when the worker handed one back.
+    pub(super) fn spare(&mut self) -> Option<Box<Span>> {
+        if self.spares.is_empty() {
+            let mut returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *returned, &mut self.spares);
+        }
+        self.spares.pop()
+    }
+
     /// Queues a span; drops and counts it when the queue is full.
-    pub(super) fn push(&mut self, span: Span, resource: Option<EncodedResource>) {
+    pub(super) fn push(&mut self, span: Box<Span>, resource: Option<EncodedResource>) {
         if self.queued.load(Ordering::Relaxed) + self.pending.len() >= self.capacity {
             self.counters.spans_dropped_queue_full.inc();
             return;
@@ -118,8 +143,11 @@ impl Worker {
         } = exporters;
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        let returned = SparePool::default();
         let queue = span_exporter.as_ref().map(|_| SpanQueue {
             tx,
+            returned: Arc::clone(&returned),
+            spares: Vec::new(),
             pending: Vec::new(),
             queued: Arc::clone(&queued),
             capacity: traces.queue_size,
@@ -145,7 +173,8 @@ impl Worker {
                     runtime.block_on(async {
                         let spans = async {
                             if let Some(exporter) = span_exporter {
-                                export_spans(exporter, rx, &queued, spans, batching).await
+                                export_spans(exporter, rx, &queued, &returned, spans, batching)
+                                    .await
                             }
                         };
                         let metrics = async {
@@ -195,6 +224,7 @@ async fn export_spans(
     transport: Transport,
     mut rx: mpsc::UnboundedReceiver<Vec<Queued>>,
     queued: &AtomicUsize,
+    returned: &Mutex<Spares>,
     mut sender: SpanSender,
     batching: Batching,
 ) {
@@ -219,8 +249,9 @@ async fn export_spans(
                     queued.fetch_sub(n, Ordering::Relaxed);
                 }
             }
-            // The spans' strings are freed here, once encoded, not after the round trip.
-            batch.drop_front(n);
+            // Once encoded, not after the round trip, the spans go back to the reader (up to
+            // `SPARE_SPANS` waiting there); the rest are freed here.
+            batch.give_back_front(n, returned);
         }
         if batch.is_empty() {
             deadline = None;
@@ -289,6 +320,28 @@ impl Waiting {
             }
         }
         parts
+    }
+
+    /// Removes the first `n` spans (n ≤ len) and hands them to `returned` while it holds fewer
+    /// than `SPARE_SPANS`; the rest of those `n` are dropped, after the lock is released.
+    fn give_back_front(&mut self, n: usize, returned: &Mutex<Spares>) {
+        let mut pool = returned.lock().unwrap_or_else(|e| e.into_inner());
+        let given = SPARE_SPANS.saturating_sub(pool.len()).min(n);
+        self.len -= given;
+        let mut left = given;
+        while left > 0 {
+            let Some(pass) = self.passes.front_mut() else {
+                break;
+            };
+            let take = pass.len().min(left);
+            pool.extend(pass.drain(..take).map(|q| q.span));
+            left -= take;
+            if pass.is_empty() {
+                self.passes.pop_front();
+            }
+        }
+        drop(pool);
+        self.drop_front(n - given);
     }
 
     /// Drops the first `n` spans (n ≤ len); the rest stay where they are.
@@ -841,21 +894,56 @@ mod tests {
         assert!(Requests::default().finish().is_empty());
     }
 
+    /// A reader's pass of `n` queued spans, thread ids `first`, `first + 1`, ….
+    fn queued_pass(first: u32, n: u32) -> Vec<Queued> {
+        (first..first + n)
+            .map(|tid| Queued {
+                resource: None,
+                span: Box::new(Span {
+                    tid,
+                    ..Span::fixture()
+                }),
+            })
+            .collect()
+    }
+
+    /// Encoded spans go back to the reader in order up to `SPARE_SPANS` waiting there; the
+    /// rest are dropped, and what stays waiting is untouched.
+    #[test]
+    fn encoded_spans_go_back_to_the_reader_up_to_the_pool_size() {
+        let pool = Mutex::new(Vec::new());
+        let mut w = Waiting::default();
+        w.push(queued_pass(0, 3));
+        w.push(queued_pass(3, 4));
+        w.give_back_front(5, &pool);
+        let tids = |pool: &Mutex<Vec<Box<Span>>>| -> Vec<u32> {
+            pool.lock().unwrap().iter().map(|s| s.tid).collect()
+        };
+        assert_eq!(tids(&pool), [0, 1, 2, 3, 4]);
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            w.front(2)
+                .iter()
+                .flat_map(|p| p.iter().map(|q| q.span.tid))
+                .collect::<Vec<_>>(),
+            [5, 6]
+        );
+        // A pool one short of full takes one more; the other is dropped.
+        pool.lock().unwrap().truncate(0);
+        pool.lock()
+            .unwrap()
+            .extend((0..SPARE_SPANS - 1).map(|_| Box::new(Span::fixture())));
+        w.give_back_front(2, &pool);
+        assert!(w.is_empty());
+        let pool = pool.into_inner().unwrap();
+        assert_eq!(pool.len(), SPARE_SPANS);
+        assert_eq!(pool.last().map(|s| s.tid), Some(5));
+    }
+
     /// Spans waiting over several passes are handed out in arrival order across passes and
     /// dropped from the front only.
     #[test]
     fn waiting_spans_go_out_in_order_across_passes() {
-        let pass = |first: u32, n: u32| -> Vec<Queued> {
-            (first..first + n)
-                .map(|tid| Queued {
-                    resource: None,
-                    span: Span {
-                        tid,
-                        ..Span::fixture()
-                    },
-                })
-                .collect()
-        };
         let tids = |parts: &[&[Queued]]| -> Vec<u32> {
             parts
                 .iter()
@@ -863,15 +951,15 @@ mod tests {
                 .collect()
         };
         let mut w = Waiting::default();
-        w.push(pass(0, 3));
+        w.push(queued_pass(0, 3));
         w.push(Vec::new());
-        w.push(pass(3, 4));
+        w.push(queued_pass(3, 4));
         assert_eq!(w.len(), 7);
         assert_eq!(tids(&w.front(5)), [0, 1, 2, 3, 4]);
         w.drop_front(2);
         assert_eq!(tids(&w.front(5)), [2, 3, 4, 5, 6]);
         w.drop_front(2);
-        w.push(pass(7, 2));
+        w.push(queued_pass(7, 2));
         assert_eq!(tids(&w.front(w.len())), [4, 5, 6, 7, 8]);
         w.drop_front(5);
         assert!(w.is_empty());

@@ -55,6 +55,10 @@ pub struct SpanSink<'a, W: Write> {
     /// The route buffer of the last span only the metrics read, for the next one's route
     /// (`Router::route_in`): no allocation per request for it.
     spare_route: String,
+    /// The last span that ended here (read by the metrics only, or dropped by the sampler),
+    /// written over by the next HTTP/1 span (`http1::build_for`): its allocation and its path
+    /// and service name buffers are reused instead of freed and allocated again per request.
+    spare_span: Option<Box<Span>>,
 }
 
 impl<'a, W: Write> SpanSink<'a, W> {
@@ -76,6 +80,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         SpanSink {
             spans_taken,
             spare_route: String::new(),
+            spare_span: None,
             config,
             router: Router::new(&config.routes),
             metrics,
@@ -151,6 +156,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         } else {
             SpanUse::MetricsOnly
         };
+        let spare = self.take_spare();
         match http1::build_for(
             ev,
             &service,
@@ -158,6 +164,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
             self.mono_to_unix,
             &mut self.ids,
             span_use,
+            spare,
         ) {
             Built::NotHttp => stats.not_http += 1,
             Built::Span(s, invalid) => {
@@ -266,7 +273,7 @@ impl<'a, W: Write> SpanSink<'a, W> {
         stats.malformed += u64::from(s.malformed.is_some());
         stats.no_response += u64::from(s.no_response);
         if !self.spans_taken {
-            self.keep_route_buffer(s.route);
+            self.keep_spare(s);
             return;
         }
         // Linking (`linker`): a client span of a serving process may wait for its server span.
@@ -343,12 +350,30 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
     }
 
-    /// Keeps the route of a span that ends here (read by the metrics only, or dropped by the
-    /// sampler) for the next span's route (`spare_route`).
-    fn keep_route_buffer(&mut self, route: Option<String>) {
-        if let Some(route) = route {
+    /// A finished span to write the next HTTP/1 span into: the last one that ended here, else
+    /// one the exporter thread handed back after encoding it. Its route buffer goes to
+    /// `spare_route` when that has none.
+    fn take_spare(&mut self) -> Option<Box<Span>> {
+        let mut s = self
+            .spare_span
+            .take()
+            .or_else(|| self.otlp.as_mut().and_then(Otlp::spare_span))?;
+        if self.spare_route.capacity() == 0
+            && let Some(route) = s.route.take()
+        {
             self.spare_route = route;
         }
+        Some(s)
+    }
+
+    /// Keeps a span that ends here (read by the metrics only, or dropped by the sampler) for
+    /// the next span to be written into (`spare_span`), and its route for the next span's
+    /// route (`spare_route`).
+    fn keep_spare(&mut self, mut s: Box<Span>) {
+        if let Some(route) = s.route.take() {
+            self.spare_route = route;
+        }
+        self.spare_span = Some(s);
     }
 
     /// Samples, prints and exports a finished span.
@@ -356,18 +381,20 @@ impl<'a, W: Write> SpanSink<'a, W> {
         let config = self.config;
         if !sampling::keeps(config.sampler, &s.trace_id.0, s.parent_sampled) {
             stats.unsampled += 1;
-            self.keep_route_buffer(s.route);
+            self.keep_spare(s);
             return;
         }
         if self.printer.print(&s).is_err() {
             stats.print_errors += 1;
             self.metrics.export_errors.inc();
         }
-        if let Some(o) = self.otlp.as_mut()
-            && o.exports_traces()
-        {
-            o.ensure_process(&|| processes.meta(s.pid, config, &s.service_name), s.pid);
-            o.export_span(s);
+        match self.otlp.as_mut() {
+            Some(o) if o.exports_traces() => {
+                o.ensure_process(&|| processes.meta(s.pid, config, &s.service_name), s.pid);
+                o.export_span(s);
+            }
+            // Printed only: it ends here.
+            _ => self.keep_spare(s),
         }
     }
 

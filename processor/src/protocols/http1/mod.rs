@@ -36,7 +36,15 @@ pub fn build(
     mono_to_unix: i128,
     ids: &mut impl IdSource,
 ) -> Built {
-    build_for(ev, service, query, mono_to_unix, ids, SpanUse::Everything)
+    build_for(
+        ev,
+        service,
+        query,
+        mono_to_unix,
+        ids,
+        SpanUse::Everything,
+        None,
+    )
 }
 
 /// `build` for a span used as `span_use` says: for metrics only, no random ids are drawn and
@@ -49,14 +57,35 @@ pub fn build_for(
     mono_to_unix: i128,
     ids: &mut impl IdSource,
     span_use: SpanUse,
+    spare: Option<Box<Span>>,
 ) -> Built {
     let read = span_use.draws_ids();
+    // The spare's allocation and its string buffers are written over: no allocation for them
+    // per span once spans go round (the sink's spare, the exporter's spans handed back).
+    let (spare, buffers, mut service_name, name_buffer) = match spare {
+        Some(mut b) => {
+            let buffers = parse::HeadBuffers {
+                path: std::mem::take(&mut b.path),
+                host: b.host.take(),
+                user_agent: b.user_agent.take(),
+            };
+            let service_name = std::mem::take(&mut b.service_name);
+            let name = std::mem::take(&mut b.name);
+            (Some(b), buffers, service_name, name)
+        }
+        None => (
+            None,
+            parse::HeadBuffers::default(),
+            String::new(),
+            String::new(),
+        ),
+    };
     // A client span is kept whole behind a sampler (below): read whole at once.
     let span_use = match span_use {
         SpanUse::Sampled(_) if ev.direction == DIRECTION_CLIENT => SpanUse::Everything,
         other => other,
     };
-    let request = parse::parse_request_for(ev.request(), span_use);
+    let request = parse::parse_request_for(ev.request(), span_use, buffers);
     let (mut head, malformed) = match request {
         Ok(h) => (h, None),
         Err(RequestError::NotHttp) => return Built::NotHttp,
@@ -185,56 +214,65 @@ pub fn build_for(
     } else if method.is_empty() || method_original.is_some() {
         "HTTP".into()
     } else {
-        let mut name = String::with_capacity(method.len() + 1 + head.path.len());
+        let mut name = name_buffer;
+        name.clear();
+        name.reserve(method.len() + 1 + head.path.len());
         name.push_str(&method);
         name
     };
-    Built::Span(
-        Box::new(Span {
-            trace_id: TraceId(trace_id),
-            span_id: SpanId(span_id),
-            parent_span_id: parent.map(SpanId),
-            kind,
-            name,
-            method,
-            path: head.path,
-            query: query.apply(head.query),
-            route: None,
-            status,
-            host: head.host,
-            protocol_version: head.version,
-            scheme: if ev.flags & FLAG_TLS != 0 {
-                "https"
-            } else {
-                "http"
-            },
-            user_agent: head.user_agent,
-            method_original,
-            rpc: None,
-            db: None,
-            messaging: None,
-            server_address,
-            server_port,
-            client_address,
-            client_port,
-            request_body_size,
-            response_body_size,
-            request_bytes: ev.request_bytes,
-            response_bytes: ev.response_bytes,
-            start_unix_nano: to_unix(ev.start_ns),
-            end_unix_nano: to_unix(end_ns),
-            duration_ns: end_ns - ev.start_ns,
-            service_name: service.name.to_string(),
-            service_namespace: service.namespace.map(str::to_string),
-            pid: ev.pid,
-            tid: ev.tid,
-            malformed,
-            no_response,
-            parent_sampled,
-            trace_state,
-        }),
-        invalid,
-    )
+    service_name.clear();
+    service_name.push_str(service.name);
+    let span = Span {
+        trace_id: TraceId(trace_id),
+        span_id: SpanId(span_id),
+        parent_span_id: parent.map(SpanId),
+        kind,
+        name,
+        method,
+        path: head.path,
+        query: query.apply(head.query),
+        route: None,
+        status,
+        host: head.host,
+        protocol_version: head.version,
+        scheme: if ev.flags & FLAG_TLS != 0 {
+            "https"
+        } else {
+            "http"
+        },
+        user_agent: head.user_agent,
+        method_original,
+        rpc: None,
+        db: None,
+        messaging: None,
+        server_address,
+        server_port,
+        client_address,
+        client_port,
+        request_body_size,
+        response_body_size,
+        request_bytes: ev.request_bytes,
+        response_bytes: ev.response_bytes,
+        start_unix_nano: to_unix(ev.start_ns),
+        end_unix_nano: to_unix(end_ns),
+        duration_ns: end_ns - ev.start_ns,
+        service_name,
+        service_namespace: service.namespace.map(str::to_string),
+        pid: ev.pid,
+        tid: ev.tid,
+        malformed,
+        no_response,
+        parent_sampled,
+        trace_state,
+    };
+    let span = match spare {
+        Some(mut b) => {
+            *b = span;
+            b
+        }
+        None => Box::new(span),
+    };
+    Built::Span(span, invalid)
 }
 
 /// The ids Sonde's kernel side injected into this client request (`TRACEPARENT_INJECTED`),
@@ -364,6 +402,70 @@ mod tests {
         let mut full = full;
         full.set_route(Some("/a".into()));
         assert_eq!(full.name, "GET /a");
+    }
+
+    #[test]
+    fn a_span_written_into_a_spare_carries_nothing_of_the_spare() {
+        let query = QueryPolicy {
+            export: true,
+            extra_sensitive: Vec::new(),
+        };
+        let build = |e: &HttpEvent, service: &str, span_use, spare| {
+            let service = ServiceInfo {
+                name: service,
+                namespace: None,
+            };
+            match build_for(e, &service, &query, 0, &mut FixedIds, span_use, spare) {
+                Built::Span(s, _) => s,
+                Built::NotHttp => panic!("expected a span"),
+            }
+        };
+        // The spare: a whole span with a long path, a query, Host, User-Agent, a route, a
+        // long service name, a client span of another process.
+        let mut old = event(
+            b"PROPFIND /a/long/path/to/something?x=1 HTTP/1.1\r\nHost: old\r\nUser-Agent: old/1\r\n\r\n",
+            b"HTTP/1.1 500 Oops\r\n\r\n",
+        );
+        old.direction = DIRECTION_CLIENT;
+        old.pid = 77;
+        let mut spare = build(
+            &old,
+            "a-much-longer-service-name",
+            SpanUse::Everything,
+            None,
+        );
+        spare.set_route(Some("/a/{id}".to_string()));
+        spare.request_body_size = Some(5);
+        let bare = event(b"GET /b HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n");
+        let with_headers = event(
+            b"GET /b HTTP/1.1\r\nHost: h\r\nUser-Agent: u\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        for new in [&bare, &with_headers] {
+            for span_use in [SpanUse::Everything, SpanUse::MetricsOnly] {
+                let fresh = build(new, "svc", span_use, None);
+                let reused = build(new, "svc", span_use, Some(spare.clone()));
+                // Every field, those the printer leaves out included.
+                assert_eq!(format!("{reused:?}"), format!("{fresh:?}"), "{span_use:?}");
+                assert_eq!(
+                    (reused.path.as_str(), reused.service_name.as_str()),
+                    ("/b", "svc")
+                );
+                assert_eq!(
+                    (reused.route.as_deref(), reused.query.as_deref()),
+                    (None, None)
+                );
+            }
+        }
+        let whole = build(&with_headers, "svc", SpanUse::Everything, Some(spare));
+        assert_eq!(
+            (
+                whole.name.as_str(),
+                whole.host.as_deref(),
+                whole.user_agent.as_deref()
+            ),
+            ("GET", Some("h"), Some("u"))
+        );
     }
 
     #[test]
@@ -565,7 +667,7 @@ mod tests {
             export: true,
             extra_sensitive: Vec::new(),
         };
-        build_for(e, &service, &query, mono_to_unix, ids, span_use)
+        build_for(e, &service, &query, mono_to_unix, ids, span_use, None)
     }
 
     fn built(e: &HttpEvent) -> (Span, InvalidContext) {

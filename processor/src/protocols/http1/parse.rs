@@ -192,11 +192,23 @@ fn hex_decode(src: &[u8], dst: &mut [u8]) -> Option<()> {
 /// (`http://user:pass@host/p`, sent to proxies) loses its userinfo: credentials are never part
 /// of a span.
 fn split_target(target: &[u8]) -> (String, Option<String>) {
+    split_target_into(target, String::new())
+}
+
+/// `split_target` writing the path into `path` (cleared first): a recycled span's buffer.
+fn split_target_into(target: &[u8], mut path: String) -> (String, Option<String>) {
     let target = lossy(target);
     let target = strip_userinfo(&target);
+    path.clear();
     match target.split_once('?') {
-        Some((p, q)) => (p.to_string(), Some(q.to_string())),
-        None => (target.to_string(), None),
+        Some((p, q)) => {
+            path.push_str(p);
+            (path, Some(q.to_string()))
+        }
+        None => {
+            path.push_str(&target);
+            (path, None)
+        }
     }
 }
 
@@ -376,13 +388,44 @@ pub fn redact_query<'q>(query: &'q str, extra: &[String]) -> std::borrow::Cow<'q
 
 /// Parses a captured request head.
 pub fn parse_request(bytes: &[u8]) -> Result<RequestHead, RequestError> {
-    parse_request_for(bytes, SpanUse::Everything)
+    parse_request_for(bytes, SpanUse::Everything, HeadBuffers::default())
+}
+
+/// Buffers a recycled span lends to the parse of the next request head: each is cleared and
+/// written over instead of a new `String` allocated (empty ones allocate as before).
+#[derive(Debug, Default)]
+pub struct HeadBuffers {
+    pub path: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// `value` in `buffer` (cleared first) or in a new `String`.
+fn written_into(buffer: Option<String>, value: &str) -> String {
+    match buffer {
+        Some(mut b) => {
+            b.clear();
+            b.push_str(value);
+            b
+        }
+        None => value.to_owned(),
+    }
 }
 
 /// `parse_request` for a span used as `span_use` says: unless every field is wanted, the
 /// `Host` and `User-Agent` values (an allocation each, read by no metric) are left out (a
-/// sampled span reads them again once it is kept: `request_details`).
-pub fn parse_request_for(bytes: &[u8], span_use: SpanUse) -> Result<RequestHead, RequestError> {
+/// sampled span reads them again once it is kept: `request_details`). The strings are written
+/// into `buffers` (a recycled span's).
+pub fn parse_request_for(
+    bytes: &[u8],
+    span_use: SpanUse,
+    buffers: HeadBuffers,
+) -> Result<RequestHead, RequestError> {
+    let HeadBuffers {
+        path,
+        host: mut host_buffer,
+        user_agent: mut user_agent_buffer,
+    } = buffers;
     let details = span_use == SpanUse::Everything;
     let sp = bytes
         .iter()
@@ -413,7 +456,7 @@ pub fn parse_request_for(bytes: &[u8], span_use: SpanUse) -> Result<RequestHead,
     if target.is_empty() || target.iter().any(|&b| b.is_ascii_control() || b == b' ') {
         return Err(RequestError::BadRequestLine);
     }
-    let (path, query) = split_target(target);
+    let (path, query) = split_target_into(target, path);
     let mut head = RequestHead {
         method: crate::semconv::known_method(method)
             .map_or_else(|| Cow::Owned(method.to_string()), Cow::Borrowed),
@@ -438,7 +481,7 @@ pub fn parse_request_for(bytes: &[u8], span_use: SpanUse) -> Result<RequestHead,
                 Some(at) => &value[at + 1..],
                 None => value,
             };
-            head.host = Some(lossy(value).into_owned());
+            head.host = Some(written_into(host_buffer.take(), &lossy(value)));
         } else if name.eq_ignore_ascii_case(b"content-length") {
             head.content_length = parse_u64(value);
         } else if name.eq_ignore_ascii_case(b"traceparent") {
@@ -448,7 +491,7 @@ pub fn parse_request_for(bytes: &[u8], span_use: SpanUse) -> Result<RequestHead,
             head.tracestate = tracestate_value(value);
         } else if details && name.eq_ignore_ascii_case(b"user-agent") {
             let value = &value[..value.len().min(MAX_USER_AGENT_LEN)];
-            head.user_agent = Some(lossy(value).into_owned());
+            head.user_agent = Some(written_into(user_agent_buffer.take(), &lossy(value)));
         }
     });
     Ok(head)
@@ -457,7 +500,7 @@ pub fn parse_request_for(bytes: &[u8], span_use: SpanUse) -> Result<RequestHead,
 /// The `Host` and `User-Agent` values of a request head `parse_request_for` has read without
 /// them; `None` for what is not a well-formed request head.
 pub fn request_details(bytes: &[u8]) -> Option<(Option<String>, Option<String>)> {
-    parse_request_for(bytes, SpanUse::Everything)
+    parse_request_for(bytes, SpanUse::Everything, HeadBuffers::default())
         .ok()
         .map(|h| (h.host, h.user_agent))
 }
