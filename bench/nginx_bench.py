@@ -273,6 +273,16 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None, ex
     }
 
 
+def refuse_other_sondes():
+    """Another Sonde on the host runs its socket programs on every socket call too (at least
+    its pid filter's early return): it would be measured as part of this run's cost."""
+    others = subprocess.run(["pgrep", "-l", "^sonde"],
+                            capture_output=True, text=True).stdout.strip()
+    if others:
+        raise SystemExit("another Sonde is running; its kernel programs would be measured too:\n"
+                         + others)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -300,6 +310,7 @@ def main():
     for tool in ["wrk", "bpftool", "/usr/sbin/nginx"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: run scripts/setup.sh")
+    refuse_other_sondes()
     workdir = tempfile.mkdtemp(prefix="sonde-bench-")
     os.chmod(workdir, 0o755)
     port = free_port()
@@ -324,16 +335,24 @@ def main():
         wrk(port, 2)  # warm-up
         for i in range(args.rounds):
             base_req, base_rps = wrk(port, args.duration)
-            inst = instrumented_round(port, args.duration, workdir, args.extra, args.printer,
-                                      args.release, exporting=exporting, select_port=select_port)
+
+            def variant(release):
+                return instrumented_round(port, args.duration, workdir, args.extra, args.printer,
+                                          release, exporting=exporting, select_port=select_port)
+            # The two builds take turns going first: whichever ran last in every round would
+            # carry any drift of the host within a round.
+            compared = None
+            if args.compare_release is not None and i % 2 == 1:
+                compared = variant(args.compare_release)
+            inst = variant(args.release)
+            if args.compare_release is not None and compared is None:
+                compared = variant(args.compare_release)
             if selected is not None and inst["spans"] != SELECTED_CHECK_REQUESTS:
                 raise SystemExit(f"round {i + 1}: {inst['spans']} spans, expected "
                                  f"{SELECTED_CHECK_REQUESTS} (the selected nginx's requests only)")
             r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps, **inst}
-            if args.compare_release is not None:
-                r["compare"] = instrumented_round(port, args.duration, workdir, args.extra,
-                                                  args.printer, args.compare_release, exporting,
-                                                  select_port)
+            if compared is not None:
+                r["compare"] = compared
             rounds.append(r)
             print(f"round {i+1}: baseline {base_rps:.0f} req/s, instrumented {inst['rps']:.0f} req/s "
                   f"(ratio {inst['rps']/base_rps:.3f}), spans/requests {inst['spans']}/{inst['requests'] + inst['stats_requests']}, "

@@ -53,7 +53,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from nginx_bench import (RELEASE, Exporting, bpf_progs, bpf_run_stats,  # noqa: E402
-                         cpu_seconds, free_port, stop, wait_log, wait_port, wrk)
+                         cpu_seconds, free_port, refuse_other_sondes, stop, wait_log,
+                         wait_port, wrk)
 from inject_bench import prog_stats  # noqa: E402
 
 APPS_DIR = os.path.join(HERE, "sdk_apps")
@@ -271,6 +272,7 @@ def main():
         ensure_python()
     if "node" in apps:
         ensure_node()
+    refuse_other_sondes()
     workdir = tempfile.mkdtemp(prefix="sonde-sdk-bench-")
     os.chmod(workdir, 0o755)
     release = os.path.join(workdir, "bin")
