@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use sonde_processor::{
+    config::Sampler,
     metrics::Metrics,
     otlp::{
         convert,
@@ -54,36 +55,46 @@ impl IdSource for FixedIds {
     }
 }
 
-/// The HTTP/1 span of `ev`, built as the sink builds it: written into a finished span when it
-/// has one (`spare`, here the last span built, of whatever protocol). Checked against the span
-/// built from nothing: no field of the spare may show through.
+/// The HTTP/1 span of `ev`, built as the sink builds it for `span_use`: written into a finished
+/// span when it has one (`spare`, here the last span built, of whatever protocol, given a route
+/// as the sink gives one). Checked against the span built from nothing: no field of the spare
+/// may show through.
 fn http1_span(
     ev: &sonde_schema::HttpEvent,
     service: &ServiceInfo<'_>,
     query: &QueryPolicy,
+    span_use: SpanUse,
     spare: Option<&Span>,
 ) -> Option<Span> {
-    let build = |spare| match http1::build_for(
-        ev,
-        service,
-        query,
-        0,
-        &mut FixedIds,
-        SpanUse::Everything,
-        spare,
-    ) {
-        Built::Span(s, _) => Some(s),
-        Built::NotHttp => None,
-    };
+    let build =
+        |spare| match http1::build_for(ev, service, query, 0, &mut FixedIds, span_use, spare) {
+            Built::Span(s, _) => Some(s),
+            Built::NotHttp => None,
+        };
     let fresh = build(None);
     if let Some(spare) = spare {
-        let reused = build(Some(Box::new(spare.clone())));
+        let mut spare = Box::new(spare.clone());
+        spare.set_route(Some("/spare/{id}".into()));
+        let reused = build(Some(spare));
         assert_eq!(format!("{fresh:?}"), format!("{reused:?}"));
     }
     fresh.map(|s| *s)
 }
 
+/// How the input's first byte says spans are used: whole, metrics only, or behind a sampler
+/// that keeps them (`FixedIds`' trace id is under a ratio of 0.5) or drops them (ratio 0):
+/// each builds differently (`SpanUse`).
+fn span_use_for(data: &[u8]) -> SpanUse {
+    match data.first().map(|b| b % 4) {
+        Some(1) => SpanUse::MetricsOnly,
+        Some(2) => SpanUse::Sampled(Sampler::TraceIdRatio(0.5)),
+        Some(3) => SpanUse::Sampled(Sampler::TraceIdRatio(0.0)),
+        _ => SpanUse::Everything,
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    let span_use = span_use_for(data);
     let mut assembler = Assembler::new(Duration::from_millis(1), 4);
     let mut streams = StreamTable::new(4, Duration::from_millis(1));
     let mut rng = rand::rng();
@@ -143,7 +154,7 @@ fuzz_target!(|data: &[u8]| {
                     streams.apply_tuple(t);
                 }
                 assembler.feed(record, now, |ev| {
-                    spans.extend(http1_span(ev, &service, &query, spans.last()));
+                    spans.extend(http1_span(ev, &service, &query, span_use, spans.last()));
                 })
             }
             Err(_) => {}
@@ -151,7 +162,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let later = now + Duration::from_millis(2);
     assembler.expire(later, |ev| {
-        spans.extend(http1_span(ev, &service, &query, spans.last()));
+        spans.extend(http1_span(ev, &service, &query, span_use, spans.last()));
     });
     streams.expire(later, |meta, ex| {
         spans.extend(stream_span(meta, ex, &service, &query, &mut rng))

@@ -17,7 +17,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, TryLockError,
         atomic::{AtomicUsize, Ordering},
     },
     thread::JoinHandle,
@@ -48,24 +48,34 @@ use crate::{
     span::Span,
 };
 
-/// Encoded spans the worker hands back to the reader thread at most (one default batch): the
-/// reader writes its next spans into them (`SpanQueue::spare`), so a span's allocation and its
-/// strings' buffers go round instead of being freed by the worker and allocated again by the
-/// reader, each time through the allocator's slow, locked path (a block freed by another
-/// thread than the one that allocated it).
+/// Encoded spans the worker hands back and keeps for the reader thread at most (one default
+/// batch): the reader writes its next spans into them (`SpanQueue::spare`), so a span's
+/// allocation and its strings' buffers go round instead of being freed by the worker and
+/// allocated again by the reader, each time through the allocator's slow, locked path (a block
+/// freed by another thread than the one that allocated it). The reader holds at most as many
+/// again (the last pool it took), so at most twice this many spans wait, with their strings.
 const SPARE_SPANS: usize = 2048;
 
 /// Spans handed back after encoding, for the reader to write over. Boxed: the builders write
 /// into a `Box<Span>` (`http1::build_for`), so the box's allocation goes round too.
 type Spares = Vec<Box<Span>>;
-type SparePool = Arc<Mutex<Spares>>;
+
+/// The worker's pool of spans handed back. The reader never waits for it: it looks at
+/// `available` (no lock) and takes the pool with `try_lock`, so a worker preempted while it
+/// holds the lock costs the reader an allocation, never a wait.
+#[derive(Default)]
+struct ReturnedSpans {
+    pool: Mutex<Spares>,
+    /// Spans in `pool`; written by both sides under the lock, read by the reader without it.
+    available: AtomicUsize,
+}
 
 /// The reader thread's end of the span queue.
 pub(super) struct SpanQueue {
     tx: mpsc::UnboundedSender<Vec<Queued>>,
     /// Filled by the worker; emptied into `spares` a whole pool at a time (one lock per
-    /// refill, not per span).
-    returned: SparePool,
+    /// refill, none while the pool is empty).
+    returned: Arc<ReturnedSpans>,
     spares: Spares,
     /// Spans of the current pass, handed over together by `flush`: one wake-up of the worker
     /// per pass rather than per span.
@@ -79,9 +89,14 @@ pub(super) struct SpanQueue {
 impl SpanQueue {
     /// An encoded span to write the next one into, when the worker handed one back.
     pub(super) fn spare(&mut self) -> Option<Box<Span>> {
-        if self.spares.is_empty() {
-            let mut returned = self.returned.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::swap(&mut *returned, &mut self.spares);
+        if self.spares.is_empty() && self.returned.available.load(Ordering::Acquire) > 0 {
+            let mut pool = match self.returned.pool.try_lock() {
+                Ok(pool) => pool,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => return None,
+            };
+            std::mem::swap(&mut *pool, &mut self.spares);
+            self.returned.available.store(0, Ordering::Release);
         }
         self.spares.pop()
     }
@@ -143,7 +158,7 @@ impl Worker {
         } = exporters;
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        let returned = SparePool::default();
+        let returned = Arc::new(ReturnedSpans::default());
         let queue = span_exporter.as_ref().map(|_| SpanQueue {
             tx,
             returned: Arc::clone(&returned),
@@ -224,7 +239,7 @@ async fn export_spans(
     transport: Transport,
     mut rx: mpsc::UnboundedReceiver<Vec<Queued>>,
     queued: &AtomicUsize,
-    returned: &Mutex<Spares>,
+    returned: &ReturnedSpans,
     mut sender: SpanSender,
     batching: Batching,
 ) {
@@ -283,6 +298,9 @@ async fn export_spans(
 struct Waiting {
     passes: VecDeque<VecDeque<Queued>>,
     len: usize,
+    /// Spans on their way back to the reader (`give_back_front`), gathered before the lock is
+    /// taken; kept for its capacity.
+    giving: Spares,
 }
 
 impl Waiting {
@@ -323,10 +341,13 @@ impl Waiting {
     }
 
     /// Removes the first `n` spans (n ≤ len) and hands them to `returned` while it holds fewer
-    /// than `SPARE_SPANS`; the rest of those `n` are dropped, after the lock is released.
-    fn give_back_front(&mut self, n: usize, returned: &Mutex<Spares>) {
-        let mut pool = returned.lock().unwrap_or_else(|e| e.into_inner());
-        let given = SPARE_SPANS.saturating_sub(pool.len()).min(n);
+    /// than `SPARE_SPANS`; the rest of those `n` are dropped. Only the hand-over itself (a move
+    /// of the boxes' pointers) happens under the lock: the reader never waits for the worker
+    /// long, and does not wait at all (`SpanQueue::spare`).
+    fn give_back_front(&mut self, n: usize, returned: &ReturnedSpans) {
+        // Only this thread adds to the pool: what it reads here is at least what it holds.
+        let room = SPARE_SPANS.saturating_sub(returned.available.load(Ordering::Acquire));
+        let given = room.min(n);
         self.len -= given;
         let mut left = given;
         while left > 0 {
@@ -334,13 +355,18 @@ impl Waiting {
                 break;
             };
             let take = pass.len().min(left);
-            pool.extend(pass.drain(..take).map(|q| q.span));
+            // Each span's resource handle is dropped here, outside the lock.
+            self.giving.extend(pass.drain(..take).map(|q| q.span));
             left -= take;
             if pass.is_empty() {
                 self.passes.pop_front();
             }
         }
-        drop(pool);
+        {
+            let mut pool = returned.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.append(&mut self.giving);
+            returned.available.store(pool.len(), Ordering::Release);
+        }
         self.drop_front(n - given);
     }
 
@@ -911,15 +937,16 @@ mod tests {
     /// rest are dropped, and what stays waiting is untouched.
     #[test]
     fn encoded_spans_go_back_to_the_reader_up_to_the_pool_size() {
-        let pool = Mutex::new(Vec::new());
+        let returned = ReturnedSpans::default();
         let mut w = Waiting::default();
         w.push(queued_pass(0, 3));
         w.push(queued_pass(3, 4));
-        w.give_back_front(5, &pool);
-        let tids = |pool: &Mutex<Vec<Box<Span>>>| -> Vec<u32> {
-            pool.lock().unwrap().iter().map(|s| s.tid).collect()
+        w.give_back_front(5, &returned);
+        let tids = |r: &ReturnedSpans| -> Vec<u32> {
+            r.pool.lock().unwrap().iter().map(|s| s.tid).collect()
         };
-        assert_eq!(tids(&pool), [0, 1, 2, 3, 4]);
+        assert_eq!(tids(&returned), [0, 1, 2, 3, 4]);
+        assert_eq!(returned.available.load(Ordering::Relaxed), 5);
         assert_eq!(w.len(), 2);
         assert_eq!(
             w.front(2)
@@ -929,15 +956,49 @@ mod tests {
             [5, 6]
         );
         // A pool one short of full takes one more; the other is dropped.
-        pool.lock().unwrap().truncate(0);
-        pool.lock()
-            .unwrap()
-            .extend((0..SPARE_SPANS - 1).map(|_| Box::new(Span::fixture())));
-        w.give_back_front(2, &pool);
+        {
+            let mut pool = returned.pool.lock().unwrap();
+            pool.clear();
+            pool.extend((0..SPARE_SPANS - 1).map(|_| Box::new(Span::fixture())));
+            returned.available.store(pool.len(), Ordering::Relaxed);
+        }
+        w.give_back_front(2, &returned);
         assert!(w.is_empty());
-        let pool = pool.into_inner().unwrap();
+        assert_eq!(returned.available.load(Ordering::Relaxed), SPARE_SPANS);
+        let pool = returned.pool.into_inner().unwrap();
         assert_eq!(pool.len(), SPARE_SPANS);
         assert_eq!(pool.last().map(|s| s.tid), Some(5));
+    }
+
+    /// The reader takes the whole pool at once, and never waits for it: while the worker holds
+    /// the lock it gets no spare (and allocates) instead.
+    #[test]
+    fn the_reader_takes_spares_without_waiting_for_the_worker() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let returned = Arc::new(ReturnedSpans::default());
+        let mut queue = SpanQueue {
+            tx,
+            returned: Arc::clone(&returned),
+            spares: Vec::new(),
+            pending: Vec::new(),
+            queued: Arc::new(AtomicUsize::new(0)),
+            capacity: 16,
+            counters: ExportCounters::default(),
+        };
+        assert!(queue.spare().is_none(), "nothing handed back yet");
+        let mut w = Waiting::default();
+        w.push(queued_pass(0, 2));
+        w.give_back_front(2, &returned);
+        {
+            let _worker_holds_it = returned.pool.lock().unwrap();
+            assert!(queue.spare().is_none(), "the reader does not wait");
+        }
+        let tids: Vec<u32> = std::iter::from_fn(|| queue.spare())
+            .map(|s| s.tid)
+            .collect();
+        assert_eq!(tids, [1, 0]);
+        assert_eq!(returned.available.load(Ordering::Relaxed), 0);
+        assert!(returned.pool.lock().unwrap().is_empty());
     }
 
     /// Spans waiting over several passes are handed out in arrival order across passes and

@@ -55,9 +55,10 @@ pub struct SpanSink<'a, W: Write> {
     /// The route buffer of the last span only the metrics read, for the next one's route
     /// (`Router::route_in`): no allocation per request for it.
     spare_route: String,
-    /// The last span that ended here (read by the metrics only, or dropped by the sampler),
-    /// written over by the next HTTP/1 span (`http1::build_for`): its allocation and its path
-    /// and service name buffers are reused instead of freed and allocated again per request.
+    /// The last span that ended here (read by the metrics only, dropped by the sampler, or
+    /// printed only), written over by the next HTTP/1 span (`http1::build_for`): its
+    /// allocation and its path, service name, name, `Host` and `User-Agent` buffers are reused
+    /// instead of freed and allocated again per request.
     spare_span: Option<Box<Span>>,
 }
 
@@ -366,9 +367,9 @@ impl<'a, W: Write> SpanSink<'a, W> {
         Some(s)
     }
 
-    /// Keeps a span that ends here (read by the metrics only, or dropped by the sampler) for
-    /// the next span to be written into (`spare_span`), and its route for the next span's
-    /// route (`spare_route`).
+    /// Keeps a span that ends here (read by the metrics only, dropped by the sampler, or
+    /// printed only) for the next span to be written into (`spare_span`), and its route for
+    /// the next span's route (`spare_route`).
     fn keep_spare(&mut self, mut s: Box<Span>) {
         if let Some(route) = s.route.take() {
             self.spare_route = route;
