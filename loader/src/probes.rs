@@ -176,7 +176,8 @@ impl Probes {
                 }
             }
         }
-        // Done with this parse of the kernel BTF (tens of MiB): aya parses its own below.
+        // Done with the kernel BTF (a mapping; tens of MiB where it had to be parsed): aya
+        // parses its own below.
         drop(btf);
         // Loopback traffic is skipped in the kernel when `lo` is not counted (the default).
         let skip_loopback = u32::from(!sizes.network.counts_interface("lo"));
