@@ -61,6 +61,54 @@ fn len_field_size(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
+/// A length-delimited field whose body is being written in place, its length still to come.
+struct OpenField {
+    /// Where the body starts in the buffer.
+    body: usize,
+    /// Bytes left for the length's varint just before the body.
+    reserved: usize,
+}
+
+/// Starts a length-delimited field whose body the caller then writes straight after it: the
+/// tag goes out and `reserved` bytes are kept for the length (the size a usual body's varint
+/// takes). Before, a span was written into a buffer of its own and copied into its process's
+/// group, and the group copied into the request: two copies of every span's bytes per export.
+fn open_field(out: &mut Vec<u8>, field: u32, reserved: usize) -> OpenField {
+    tag(out, field, LEN);
+    out.resize(out.len() + reserved, 0);
+    OpenField {
+        body: out.len(),
+        reserved,
+    }
+}
+
+/// Ends a field [`open_field`] started: writes the body's length, minimal as protobuf
+/// writes it, into the space kept for it. A body whose length takes another number of bytes
+/// than reserved (unusually short or long) is moved to fit; only those pay a copy.
+fn close_field(out: &mut Vec<u8>, field: OpenField) {
+    let len = out.len() - field.body;
+    let need = varint_len(len as u64);
+    let at = field.body - field.reserved;
+    if need > field.reserved {
+        let grow = need - field.reserved;
+        out.resize(out.len() + grow, 0);
+        out.copy_within(field.body..field.body + len, field.body + grow);
+    } else if need < field.reserved {
+        out.copy_within(field.body..field.body + len, at + need);
+        out.truncate(at + need + len);
+    }
+    let mut v = len as u64;
+    for (i, byte) in out[at..at + need].iter_mut().enumerate() {
+        *byte = (v & 0x7f) as u8 | if i + 1 < need { 0x80 } else { 0 };
+        v >>= 7;
+    }
+}
+
+/// Length bytes kept for a span (bodies of 128 B … 16 KiB: nearly every span) and for a
+/// process's group of spans (16 KiB … 2 MiB: a batch of a few dozen to a few thousand).
+const SPAN_LEN_BYTES: usize = 2;
+const GROUP_LEN_BYTES: usize = 3;
+
 /// An attribute value (`AnyValue`), borrowed.
 enum Any<'a> {
     Str(&'a str),
@@ -177,10 +225,6 @@ pub struct Encoder {
     host: String,
     /// The `InstrumentationScope` message, the same for every request.
     scope: Vec<u8>,
-    /// One span's message, before its length is known.
-    span: Vec<u8>,
-    /// The spans of one process, each as a `ScopeSpans.spans` field.
-    spans: Vec<u8>,
     /// (pid, part, index in the part): the batch in process order.
     order: Vec<(u32, u32, u32)>,
     fmt: String,
@@ -195,8 +239,6 @@ impl Encoder {
         Encoder {
             host: host.to_string(),
             scope,
-            span: Vec::with_capacity(1024),
-            spans: Vec::with_capacity(64 * 1024),
             order: Vec::new(),
             fmt: String::with_capacity(64),
             tmp: String::with_capacity(256),
@@ -223,17 +265,6 @@ impl Encoder {
         while at < self.order.len() {
             let pid = self.order[at].0;
             let end = at + self.order[at..].partition_point(|&(p, _, _)| p == pid);
-            self.spans.clear();
-            for &(_, part, i) in &self.order[at..end] {
-                self.span.clear();
-                let mut attrs = Attrs {
-                    out: &mut self.span,
-                    field: 9,
-                    fmt: &mut self.fmt,
-                };
-                encode_span(&at_index(part, i).span, &mut attrs, &mut self.tmp);
-                len_field(&mut self.spans, 2, &self.span);
-            }
             let first = at_index(self.order[at].1, self.order[at].2);
             let fallback;
             let resource: &[u8] = match &first.resource {
@@ -247,15 +278,24 @@ impl Encoder {
                     &fallback
                 }
             };
-            let scope_spans = len_field_size(self.scope.len()) + self.spans.len();
-            let resource_spans = len_field_size(resource.len()) + len_field_size(scope_spans);
-            tag(out, 1, LEN);
-            varint(out, resource_spans as u64);
+            // ResourceSpans { resource, scope_spans: ScopeSpans { scope, spans } }, every
+            // span written where it goes out.
+            let resource_spans = open_field(out, 1, GROUP_LEN_BYTES);
             len_field(out, 1, resource);
-            tag(out, 2, LEN);
-            varint(out, scope_spans as u64);
+            let scope_spans = open_field(out, 2, GROUP_LEN_BYTES);
             len_field(out, 1, &self.scope);
-            out.extend_from_slice(&self.spans);
+            for &(_, part, i) in &self.order[at..end] {
+                let span = open_field(out, 2, SPAN_LEN_BYTES);
+                let mut attrs = Attrs {
+                    out,
+                    field: 9,
+                    fmt: &mut self.fmt,
+                };
+                encode_span(&at_index(part, i).span, &mut attrs, &mut self.tmp);
+                close_field(out, span);
+            }
+            close_field(out, scope_spans);
+            close_field(out, resource_spans);
             at = end;
         }
     }
@@ -615,6 +655,75 @@ mod tests {
         );
         let decoded = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
         assert_eq!(decoded.resource_spans[0].scope_spans[0].spans.len(), 2048);
+    }
+
+    #[test]
+    fn a_field_written_in_place_is_the_field_written_from_a_buffer() {
+        // Bodies whose length varint takes fewer, as many and more bytes than reserved.
+        for reserved in [1, SPAN_LEN_BYTES, GROUP_LEN_BYTES] {
+            for len in [
+                0, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_151, 2_097_152,
+            ] {
+                let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                let mut want = b"head".to_vec();
+                len_field(&mut want, 2, &body);
+                want.extend_from_slice(b"tail");
+                let mut got = b"head".to_vec();
+                let field = open_field(&mut got, 2, reserved);
+                got.extend_from_slice(&body);
+                close_field(&mut got, field);
+                got.extend_from_slice(b"tail");
+                assert!(got == want, "reserved {reserved}, body of {len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn groups_and_spans_of_every_length_class_decode() {
+        // One process's group of a single short span (its group length takes fewer bytes
+        // than reserved), and one of 4,000 spans with long paths (more than 2 MiB: more).
+        let mut short = http(SpanKind::Server, 200);
+        short.name = String::new();
+        let mut long = http(SpanKind::Server, 200);
+        long.path = "/p".repeat(300);
+        long.pid = 43;
+        let mut batch = vec![Queued {
+            resource: None,
+            span: Box::new(short.clone()),
+        }];
+        batch.extend((0..4000).map(|_| Queued {
+            resource: None,
+            span: Box::new(long.clone()),
+        }));
+        let mut enc = Encoder::new("h");
+        let mut out = Vec::new();
+        enc.request(&[&batch], &mut out);
+        assert!(out.len() > 2_097_152, "{}", out.len());
+        let decoded = ExportTraceServiceRequest::decode(out.as_slice()).expect("decodes");
+        let counts: Vec<usize> = decoded
+            .resource_spans
+            .iter()
+            .map(|rs| rs.scope_spans[0].spans.len())
+            .collect();
+        assert_eq!(counts, [1, 4000]);
+        assert_eq!(decoded.resource_spans[0].scope_spans[0].spans[0].name, "");
+        let url_path = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
+            s.attributes
+                .iter()
+                .find(|kv| kv.key == "url.path")
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value)
+        };
+        for s in &decoded.resource_spans[1].scope_spans[0].spans {
+            assert_eq!(
+                url_path(s),
+                Some(
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                        "/p".repeat(300)
+                    )
+                )
+            );
+        }
     }
 
     #[test]
