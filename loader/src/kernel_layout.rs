@@ -147,9 +147,11 @@ pub fn kernel_btf() -> Result<Btf, LayoutError> {
             tracing::info!(
                 error = %mapped,
                 path = KERNEL_BTF,
-                "the kernel BTF cannot be mapped; parsing it whole (~40 MiB during start-up)"
+                "the kernel BTF could not be mapped; reading it whole (~40 MiB during start-up)"
             );
-            parsed_kernel_btf()
+            parsed_kernel_btf().map_err(|parsed| {
+                LayoutError::Btf(format!("{parsed} (mapping it failed too: {mapped})"))
+            })
         }
     }
 }
@@ -410,7 +412,12 @@ mod tests {
 
     #[test]
     fn the_mapped_and_the_parsed_kernel_btf_give_the_same_layouts() {
-        let mapped = kernel_btf().expect("kernel BTF");
+        // Opened here, not through `kernel_btf`: that one falls back to the parse, and the
+        // test would compare the parse with itself.
+        let Ok(mapped) = Btf::from_file_with_backend(KERNEL_BTF, Backend::Mmap) else {
+            eprintln!("skipped: this kernel does not map {KERNEL_BTF} (Linux 6.16 and later do)");
+            return;
+        };
         let parsed = parsed_kernel_btf().expect("kernel BTF parsed");
         for btf in [&mapped, &parsed] {
             assert!(btf.resolve_ids_by_name("sock_common").is_ok());

@@ -104,8 +104,8 @@ pub fn start(config: &Config, options: &RunOptions) -> Result<Started> {
         "kernel programs attached"
     );
 
-    // Loading parsed the kernel's BTF twice (the offsets, then aya's relocations) and the
-    // object file: return that heap before anything else is mapped, so the peak stays low.
+    // Loading parsed the kernel's BTF (aya's relocations, then the BTF tracepoints' attach)
+    // and the object file: return that heap before anything else is mapped.
     heap::trim();
 
     // 5. Map the ring's consumer page (read-write) and producer page (read-only): before each

@@ -678,6 +678,93 @@ mod tests {
         }
     }
 
+    /// The encoder before 67734a4: each span into a buffer of its own, copied into its
+    /// process's group, the group into the request. Kept to check that the in-place encoder
+    /// writes the same bytes.
+    fn request_through_buffers(batch: &[Queued], host: &str) -> Vec<u8> {
+        let mut scope = Vec::new();
+        len_field(&mut scope, 1, SCOPE_NAME.as_bytes());
+        len_field(&mut scope, 2, SCOPE_VERSION.as_bytes());
+        let mut order: Vec<(u32, usize)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.span.pid, i))
+            .collect();
+        order.sort_unstable();
+        let (mut fmt, mut tmp, mut out) = (String::new(), String::new(), Vec::new());
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let mut spans = Vec::new();
+            for &(_, i) in group {
+                let mut span = Vec::new();
+                let mut attrs = Attrs {
+                    out: &mut span,
+                    field: 9,
+                    fmt: &mut fmt,
+                };
+                encode_span(&batch[i].span, &mut attrs, &mut tmp);
+                len_field(&mut spans, 2, &span);
+            }
+            let first = &batch[group[0].1];
+            let resource = match &first.resource {
+                Some(r) => r.to_vec(),
+                None => encode_resource(&convert::service_resource(
+                    first.span.service_name.clone(),
+                    group[0].0,
+                    host,
+                ))
+                .to_vec(),
+            };
+            let mut scope_spans = Vec::new();
+            len_field(&mut scope_spans, 1, &scope);
+            scope_spans.extend_from_slice(&spans);
+            let mut resource_spans = Vec::new();
+            len_field(&mut resource_spans, 1, &resource);
+            len_field(&mut resource_spans, 2, &scope_spans);
+            len_field(&mut out, 1, &resource_spans);
+        }
+        out
+    }
+
+    #[test]
+    fn the_in_place_encoder_writes_the_bytes_the_buffered_one_wrote() {
+        let resource = encode_resource(&convert::resource(&process(42), "node-1"));
+        let mut long = http(SpanKind::Client, 200);
+        long.path = "/p".repeat(300);
+        long.pid = 44;
+        let mut short = http(SpanKind::Server, 200);
+        short.name = String::new();
+        short.pid = 45;
+        let mut batch: Vec<Queued> = spans()
+            .into_iter()
+            .map(|span| Queued {
+                resource: (span.pid == 42).then(|| Arc::clone(&resource)),
+                span: Box::new(span),
+            })
+            .collect();
+        batch.extend((0..3000).map(|_| Queued {
+            resource: None,
+            span: Box::new(long.clone()),
+        }));
+        batch.push(Queued {
+            resource: None,
+            span: Box::new(short),
+        });
+        let want = request_through_buffers(&batch, "node-1");
+        let mut enc = Encoder::new("node-1");
+        let mut got = Vec::new();
+        enc.request(&[&batch], &mut got);
+        assert!(got == want, "{} bytes against {}", got.len(), want.len());
+        enc.request(&[&batch[..5], &[], &batch[5..]], &mut got);
+        assert!(got == want);
+        for n in [1, 2, 13, 14] {
+            enc.request(&[&batch[..n]], &mut got);
+            assert!(
+                got == request_through_buffers(&batch[..n], "node-1"),
+                "{n} spans"
+            );
+        }
+    }
+
     #[test]
     fn groups_and_spans_of_every_length_class_decode() {
         // One process's group of a single short span (its group length takes fewer bytes
