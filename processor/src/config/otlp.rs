@@ -78,7 +78,8 @@ pub struct TracesExport {
     pub queue_size: usize,
     /// Spans per export request at most.
     pub batch_max_size: usize,
-    /// A partial batch is sent after this long.
+    /// A partial batch is sent after this long (plus the reader's hand-over wait, at most
+    /// 20 ms: `worker::HANDOFF_WAIT`).
     pub batch_timeout: Duration,
     /// Give up on one export request (retries included) after this long.
     pub timeout: Duration,

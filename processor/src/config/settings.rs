@@ -699,7 +699,7 @@ pub static OWN: Table<Config> = Table(&[
             flag: "",
             default: Some("5s"),
             unset: "",
-            doc: "a partial batch is sent after this long (`500ms`, `5s`, `1m`)",
+            doc: "a partial batch is sent after this long (`500ms`, `5s`, `1m`), plus the up to 20 ms the reader gathers spans before handing them to the exporter thread",
             secret: false,
             apply: |c, i| {
                 c.traces_export.batch_timeout = duration(&i)?;

@@ -212,10 +212,11 @@ impl Otlp {
         self.spans.as_mut().and_then(SpanQueue::spare)
     }
 
-    /// Hands the spans of this pass to the exporter thread.
-    pub fn flush(&mut self) {
+    /// Hands the queued spans to the exporter thread once there are enough of them or they
+    /// have waited long enough (`now`: the pass's time; see `SpanQueue::flush`).
+    pub fn flush(&mut self, now: std::time::Instant) {
         if let Some(q) = self.spans.as_mut() {
-            q.flush();
+            q.flush(now);
         }
     }
 
@@ -298,7 +299,7 @@ mod tests {
             "never waits"
         );
         assert_eq!(counters.spans_dropped_queue_full.get(), 15);
-        otlp.flush();
+        otlp.flush(std::time::Instant::now());
         otlp.shutdown();
         // The ten queued spans were sent, failed and counted; none vanished.
         assert_eq!(counters.spans_dropped_export_failed.get(), 10);

@@ -288,7 +288,7 @@ impl<'a, W: Write> Pipeline<'a, W> {
         self.stats.ring_corrupt = ring_corrupt;
         // Linking: client spans held for their server span go out when due.
         self.sink.link_expire(now, &self.processes, &mut self.stats);
-        self.sink.flush(&mut self.stats);
+        self.sink.flush(now, &mut self.stats);
         for pid in self.processes.expire(Instant::now()) {
             self.sink.forget(pid);
             self.metrics.set_target(pid, None);

@@ -399,11 +399,11 @@ impl<'a, W: Write> SpanSink<'a, W> {
         }
     }
 
-    /// Hands queued spans to the exporter thread and writes out printed ones (a failed write
-    /// is counted in `stats.print_errors`).
-    pub fn flush(&mut self, stats: &mut Stats) {
+    /// Hands queued spans to the exporter thread when due (`Otlp::flush`; `now`: the pass's
+    /// time) and writes out printed ones (a failed write is counted in `stats.print_errors`).
+    pub fn flush(&mut self, now: Instant, stats: &mut Stats) {
         if let Some(o) = self.otlp.as_mut() {
-            o.flush();
+            o.flush(now);
         }
         if self.printer.flush().is_err() {
             stats.print_errors += 1;
