@@ -5,6 +5,7 @@
 //!
 //! - `exporter`: building the exporters from the endpoints (protocol, headers, gzip, TLS);
 //! - `transport`: sending encoded requests over gRPC or HTTP/protobuf, with retries;
+//! - `coalesce`: the gRPC connection's writes gathered (h2 writes a frame at a time);
 //! - `worker`: the exporter thread, its bounded span queue, batching and failure logging;
 //! - `encode`: spans written straight into OTLP request bytes, resources encoded once;
 //! - `meters`: per-process pipelines (resource, process-metrics series, service graph cells),
@@ -23,6 +24,7 @@
 //! collects and sends them every `interval`. The outcomes are counted into
 //! `metrics::ExportCounters`; nothing in `metrics` imports from here.
 
+mod coalesce;
 pub mod convert;
 pub mod encode;
 mod exporter;

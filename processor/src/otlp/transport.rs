@@ -7,9 +7,14 @@
 //! 100 ms jitter, all within the export timeout). A retry sends the same bytes again: the
 //! request is never rebuilt or cloned.
 
-use std::time::{Duration, Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use bytes::{Buf, BufMut, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use rand::Rng;
@@ -20,6 +25,9 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
+use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
+
+use super::coalesce::Coalescing;
 use crate::config::{OtlpEndpoint, OtlpProtocol};
 
 /// Which service an endpoint's requests go to: the gRPC method they call (the HTTP URL,
@@ -126,6 +134,40 @@ impl Decoder for Raw {
     }
 }
 
+/// tonic's TCP connector (as `Endpoint::connect_lazy` sets it up: any scheme, since TLS is
+/// tonic's layer on top; no Nagle delay), its sockets wrapped in `Coalescing`. tonic applies
+/// the endpoint's connect timeout and TLS around it, but not its socket options: one set on
+/// the `Endpoint` (keepalive, local address) must be set here too.
+#[derive(Clone)]
+struct CoalescingConnector(HttpConnector);
+
+impl CoalescingConnector {
+    fn new() -> CoalescingConnector {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        CoalescingConnector(http)
+    }
+}
+
+impl tower_service::Service<http::Uri> for CoalescingConnector {
+    type Response = TokioIo<Coalescing<tokio::net::TcpStream>>;
+    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let socket = connecting.await?.into_inner();
+            Ok(TokioIo::new(Coalescing::new(socket)))
+        })
+    }
+}
+
 #[derive(Clone)]
 enum Kind {
     Grpc {
@@ -169,7 +211,8 @@ impl Transport {
                     };
                     endpoint = endpoint.tls_config(tls)?;
                 }
-                let mut client = tonic::client::Grpc::new(endpoint.connect_lazy());
+                let channel = endpoint.connect_with_connector_lazy(CoalescingConnector::new());
+                let mut client = tonic::client::Grpc::new(channel);
                 if e.gzip {
                     client = client
                         .send_compressed(CompressionEncoding::Gzip)
