@@ -34,7 +34,12 @@ bench/sdk_apps/requirements.txt in ~/.local/share/sonde/sdk-bench-venv and an np
 bench/sdk_apps/package.json in ~/.local/share/sonde/sdk-bench-node.
 
 Usage: sdk_bench.py [--rounds 5] [--duration 8] [--apps flask,node] [--json out.json]
-                    [--release DIR]
+                    [--release DIR] [--modes base,sdk,sonde] [--connections 16]
+
+`--connections 1` measures each request on its own (one connection: every request is its own
+wake-up of the app in every mode), so the app's CPU per request does not change with how many
+requests a saturated app finds per wake-up; with `--modes base,sonde` only those two run. The
+summary then also gives the median over rounds of each round's own rise (sonde − base).
 Run as root after `cargo build --release`. The binaries are copied to a temporary directory
 first, so rebuilds during the run do not change what is measured.
 """
@@ -54,8 +59,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from nginx_bench import (RELEASE, Exporting, bpf_progs, bpf_run_stats,  # noqa: E402
                          cpu_seconds, free_port, refuse_other_sondes, stop, wait_log,
-                         wait_port, wrk)
+                         wait_port)
 from inject_bench import prog_stats  # noqa: E402
+
+CONNECTIONS = 16  # wrk's connections (`--connections`)
+
+
+def wrk(port, duration):
+    out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s",
+                          f"http://127.0.0.1:{port}/ok"],
+                         capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return requests, rps
 
 APPS_DIR = os.path.join(HERE, "sdk_apps")
 DATA = os.path.expanduser("~/.local/share/sonde")
@@ -261,7 +277,14 @@ def main():
     ap.add_argument("--apps", default="flask,node")
     ap.add_argument("--json")
     ap.add_argument("--release", default=RELEASE, help="directory holding sonde and sonde-processor")
+    ap.add_argument("--modes", default=",".join(MODES), help="which of base,sdk,sonde run")
+    ap.add_argument("--connections", type=int, default=16, help="wrk's connections")
     args = ap.parse_args()
+    global CONNECTIONS
+    CONNECTIONS = args.connections
+    modes = tuple(m for m in MODES if m in args.modes.split(","))
+    if "base" not in modes or len(modes) < 2:
+        raise SystemExit("--modes needs base and at least one of sdk, sonde")
     if os.geteuid() != 0:
         raise SystemExit("run as root (Sonde loads eBPF programs)")
     apps = args.apps.split(",")
@@ -280,13 +303,13 @@ def main():
     for b in ("sonde", "sonde-processor"):
         shutil.copy2(os.path.join(args.release, b), release)
     exporting = Exporting(workdir)
-    results = {app: {m: [] for m in MODES} for app in apps}
+    results = {app: {m: [] for m in modes} for app in apps}
     load = [open("/proc/loadavg").read().split()[:3]]
     try:
         for r in range(args.rounds):
             for app in apps:
                 # Rotated per round, so no mode always runs first after the previous app.
-                for mode in MODES[r % 3:] + MODES[:r % 3]:
+                for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
                     res = run_mode(app, mode, args.duration, workdir, release, exporting)
                     results[app][mode].append(res)
                     print(f"round {r + 1} {app} {mode}: {json.dumps(res)}", flush=True)
@@ -294,11 +317,11 @@ def main():
         exporting.close()
         load.append(open("/proc/loadavg").read().split()[:3])
         shutil.rmtree(workdir, ignore_errors=True)
-    summary = {"load_start": load[0], "load_end": load[-1]}
+    summary = {"load_start": load[0], "load_end": load[-1], "connections": CONNECTIONS}
     for app in apps:
         base = results[app]["base"]
         s = summary[app] = {}
-        for mode in MODES:
+        for mode in modes:
             rows = results[app][mode]
             m = s[mode] = {k: median(rows, k) for k in
                            ("rps", "app_cpu_s_per_100k", "sonde_cpu_s_per_100k", "collector_cpu_s_per_100k")}
@@ -307,6 +330,9 @@ def main():
             m["ratio_median_round"] = statistics.median(x["rps"] / b["rps"] for x, b in zip(rows, base))
             # 1 s of CPU per 100k requests is 10 µs per request.
             m["app_cpu_rise_us_per_req"] = (m["app_cpu_s_per_100k"] - median(base, "app_cpu_s_per_100k")) * 10
+            rises = [(x["app_cpu_s_per_100k"] - b["app_cpu_s_per_100k"]) * 10 for x, b in zip(rows, base)]
+            m["app_cpu_rise_us_per_req_median_round"] = statistics.median(rises)
+            m["app_cpu_rise_rounds_above_zero"] = sum(r > 0 for r in rises)
             if mode == "sonde":
                 m["sonde_cpu_us_per_req"] = m["sonde_cpu_s_per_100k"] * 10
                 m["bpf_ns_per_req"] = median(rows, "bpf_ns_per_req")
