@@ -79,8 +79,9 @@ def stop(proc, sig, timeout):
         proc.kill()
 
 
-def wrk(port, duration):
-    out = subprocess.run(["wrk", "-t1", "-c16", f"-d{duration}s", f"http://127.0.0.1:{port}/ok"],
+def wrk(port, duration, connections=16):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+                          f"http://127.0.0.1:{port}/ok"],
                          capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

@@ -16,7 +16,7 @@ same collector on this machine: rotel with its blackhole exporter, as bench/ngin
 --export uses (its CPU is reported apart).
 
 Each mode starts a fresh app, warms it up with `wrk` for 2 s (for `sonde`, then starts Sonde),
-runs `wrk -t1 -c16 -dDURATION /ok`, and waits until the app and Sonde stop using CPU (what the
+runs `wrk -t1 -c16 -dDURATION /ok` (`--connections` sets `-c`), and waits until the app and Sonde stop using CPU (what the
 exporters still had queued is sent and counted). Recorded: req/s; the app's own CPU seconds
 (utime + stime of its processes, gunicorn's master and worker, from /proc/PID/stat: this
 includes Sonde's kernel programs, which run in the app's threads) per 100k requests; for
@@ -59,19 +59,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from nginx_bench import (RELEASE, Exporting, bpf_progs, bpf_run_stats,  # noqa: E402
                          cpu_seconds, free_port, refuse_other_sondes, stop, wait_log,
-                         wait_port)
+                         wait_port, wrk)
 from inject_bench import prog_stats  # noqa: E402
-
-CONNECTIONS = 16  # wrk's connections (`--connections`)
-
-
-def wrk(port, duration):
-    out = subprocess.run(["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s",
-                          f"http://127.0.0.1:{port}/ok"],
-                         capture_output=True, text=True, check=True).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return requests, rps
 
 APPS_DIR = os.path.join(HERE, "sdk_apps")
 DATA = os.path.expanduser("~/.local/share/sonde")
@@ -170,7 +159,7 @@ def tree_cpu(pid):
     return total
 
 
-def run_mode(app, mode, duration, workdir, release, exporting):
+def run_mode(app, mode, duration, connections, workdir, release, exporting):
     port = free_port()
     app_log = os.path.join(workdir, f"{app}-{mode}.log")
     proc = start_app(app, mode, port, exporting, app_log)
@@ -178,7 +167,7 @@ def run_mode(app, mode, duration, workdir, release, exporting):
     log_path = os.path.join(workdir, f"sonde-{app}.log")
     out = {"load": open("/proc/loadavg").read().split()[0]}
     try:
-        wrk(port, 2)  # warm-up: imports, JIT, connection pools
+        wrk(port, 2, connections)  # warm-up: imports, JIT, connection pools
         if mode == "sonde":
             env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": "disabled", "NO_COLOR": "1",
                    "SONDE_CONTROL_SOCKET": os.path.join(workdir, "control.sock")}
@@ -198,7 +187,7 @@ def run_mode(app, mode, duration, workdir, release, exporting):
         def sonde_cpu():
             return cpu_seconds(sonde.pid) + cpu_seconds(proc_pid) if sonde else 0.0
         app0, sonde0, coll0 = tree_cpu(proc.pid), sonde_cpu(), cpu_seconds(exporting.rotel.pid)
-        out["requests"], out["rps"] = wrk(port, duration)
+        out["requests"], out["rps"] = wrk(port, duration, connections)
         # Until the exporters have sent what is queued (at most 15 s; metrics go every 5 s).
         deadline, last = time.time() + 15, None
         while time.time() < deadline:
@@ -222,7 +211,7 @@ def run_mode(app, mode, duration, workdir, release, exporting):
                 time.sleep(3)
                 ns0, cnt0, t1 = *bpf_run_stats(ours), time.time()
                 by0 = prog_stats()
-                out["stats_requests"], _ = wrk(port, 3)
+                out["stats_requests"], _ = wrk(port, 3, connections)
                 by1 = prog_stats()
                 ns1, cnt1, t2 = *bpf_run_stats(ours), time.time()
             finally:
@@ -280,8 +269,6 @@ def main():
     ap.add_argument("--modes", default=",".join(MODES), help="which of base,sdk,sonde run")
     ap.add_argument("--connections", type=int, default=16, help="wrk's connections")
     args = ap.parse_args()
-    global CONNECTIONS
-    CONNECTIONS = args.connections
     modes = tuple(m for m in MODES if m in args.modes.split(","))
     if "base" not in modes or len(modes) < 2:
         raise SystemExit("--modes needs base and at least one of sdk, sonde")
@@ -310,14 +297,15 @@ def main():
             for app in apps:
                 # Rotated per round, so no mode always runs first after the previous app.
                 for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
-                    res = run_mode(app, mode, args.duration, workdir, release, exporting)
+                    res = run_mode(app, mode, args.duration, args.connections, workdir, release,
+                                   exporting)
                     results[app][mode].append(res)
                     print(f"round {r + 1} {app} {mode}: {json.dumps(res)}", flush=True)
     finally:
         exporting.close()
         load.append(open("/proc/loadavg").read().split()[:3])
         shutil.rmtree(workdir, ignore_errors=True)
-    summary = {"load_start": load[0], "load_end": load[-1], "connections": CONNECTIONS}
+    summary = {"load_start": load[0], "load_end": load[-1], "connections": args.connections}
     for app in apps:
         base = results[app]["base"]
         s = summary[app] = {}

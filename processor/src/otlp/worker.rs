@@ -91,7 +91,7 @@ pub(super) struct SpanQueue {
     spares: Spares,
     /// Spans not yet handed over, handed over together by `flush` once there are
     /// `handoff_spans` of them or the first has waited `handoff_wait`: one wake-up of the
-    /// worker per few hundred spans rather than per pass.
+    /// worker per hundred-odd spans (or per 20 ms) rather than per pass.
     pending: Vec<Queued>,
     /// The pass that found `pending` non-empty first (`flush`'s `now`).
     pending_since: Option<Instant>,
