@@ -149,6 +149,13 @@ impl Any<'_> {
 /// A `KeyValue` as field `field` of its parent message, its size computed up front so
 /// nothing is written twice.
 fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: Any<'_>) {
+    if !short_key_value(out, field, key, &value) {
+        sized_key_value(out, field, key, value);
+    }
+}
+
+/// [`key_value`] for any attribute: every length sized as a varint.
+fn sized_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: Any<'_>) {
     let any = value.size();
     let kv = len_field_size(key.len()) + len_field_size(any);
     tag(out, field, LEN);
@@ -157,6 +164,51 @@ fn key_value(out: &mut Vec<u8>, field: u32, key: &str, value: Any<'_>) {
     tag(out, 2, LEN);
     varint(out, any as u64);
     value.write(out);
+}
+
+/// A string or integer attribute whose every length fits one varint byte (the `KeyValue`
+/// under 128 bytes: nearly every attribute of a span), written without sizing each varint:
+/// its header bytes are known at once. False, with nothing written, for any other. Writing
+/// attributes was over half of the encoder's instructions (`encode_cost` under cachegrind).
+#[inline(always)]
+fn short_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Any<'_>) -> bool {
+    let key = key.as_bytes();
+    // KeyValue { key (1), value (2): AnyValue { string_value (1) | int_value (3) } }
+    let any = match value {
+        Any::Str(text) => 2 + text.len(),
+        Any::Int(i) => 1 + varint_len(*i as u64),
+        Any::Bool(_) | Any::Double(_) => return false,
+    };
+    let kv = 2 + key.len() + 2 + any;
+    if field >= 16 || kv >= 0x80 {
+        return false;
+    }
+    // Every length below is under 0x80: one varint byte each.
+    out.reserve(2 + kv);
+    out.extend_from_slice(&[
+        ((field << 3) | LEN) as u8,
+        kv as u8,
+        (1 << 3) | LEN as u8,
+        key.len() as u8,
+    ]);
+    out.extend_from_slice(key);
+    match value {
+        Any::Str(text) => {
+            out.extend_from_slice(&[
+                (2 << 3) | LEN as u8,
+                any as u8,
+                (1 << 3) | LEN as u8,
+                text.len() as u8,
+            ]);
+            out.extend_from_slice(text.as_bytes());
+        }
+        Any::Int(i) => {
+            out.extend_from_slice(&[(2 << 3) | LEN as u8, any as u8, (3 << 3) | VARINT as u8]);
+            varint(out, *i as u64);
+        }
+        Any::Bool(_) | Any::Double(_) => {}
+    }
+    true
 }
 
 /// The attribute sink of one message: writes each attribute as field `field`.
@@ -810,6 +862,44 @@ mod tests {
                     )
                 )
             );
+        }
+    }
+
+    #[test]
+    fn short_attributes_are_the_bytes_the_sized_writer_writes() {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+        use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+        let key = "http.request.header.x";
+        let long = "v".repeat(300);
+        let ints = [0, 1, 127, 128, 300, 65_535, i64::MAX, -1, i64::MIN];
+        // Lengths on both sides of the one-byte limit (a `KeyValue` under 128 bytes).
+        for len in (0..140).chain([299, 300]) {
+            let text = &long[..len];
+            let (mut short, mut sized) = (Vec::new(), Vec::new());
+            key_value(&mut short, 9, key, Any::Str(text));
+            sized_key_value(&mut sized, 9, key, Any::Str(text));
+            assert_eq!(short, sized, "string value of {len} bytes");
+            let span = ProtoSpan::decode(short.as_slice()).expect("decodes");
+            assert_eq!(span.attributes[0].key, key);
+            let value = span.attributes[0]
+                .value
+                .as_ref()
+                .and_then(|v| v.value.clone());
+            assert_eq!(value, Some(V::StringValue(text.to_string())), "{len} bytes");
+        }
+        for i in ints {
+            for key in [key, &long[..100], &long[..120]] {
+                let (mut short, mut sized) = (Vec::new(), Vec::new());
+                key_value(&mut short, 9, key, Any::Int(i));
+                sized_key_value(&mut sized, 9, key, Any::Int(i));
+                assert_eq!(short, sized, "int {i}, key of {} bytes", key.len());
+                let span = ProtoSpan::decode(short.as_slice()).expect("decodes");
+                let value = span.attributes[0]
+                    .value
+                    .as_ref()
+                    .and_then(|v| v.value.clone());
+                assert_eq!(value, Some(V::IntValue(i)));
+            }
         }
     }
 
