@@ -11,9 +11,9 @@
 //! `k` segments counts as `k` packets and as the bytes of its `k` segments. Retransmitted
 //! segments cross the wire again and count again; each TCP socket's `TCP_INFO`
 //! (`tcpi_segs_out`, `tcpi_bytes_sent`) says how many segments and payload bytes it sent,
-//! retransmissions and tail-loss probes included (`tcpi_bytes_retrans` leaves the probes
-//! out), so TCP is compared exactly with the socket's own figures as well. SACK is off in
-//! both namespaces so that every TCP header but the handshake's is 32 bytes.
+//! every retransmission included, so TCP is compared exactly with the socket's own figures as
+//! well. SACK is off in both namespaces so that every TCP header but the handshake's is 32
+//! bytes.
 
 use std::{
     collections::BTreeMap,
@@ -241,7 +241,7 @@ print(got)
 "#;
 
 /// What a TCP socket's own counters say once it is closed (`TCP_INFO`): payload bytes it
-/// sent, every retransmission and loss probe included, and segments it sent (GSO aggregates
+/// sent, every retransmission included, and segments it sent (GSO aggregates
 /// count as their segments), printed after the transfer's byte count.
 const TCP_INFO: &str = r#"
 import socket, struct, time
