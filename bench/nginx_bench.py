@@ -23,6 +23,13 @@ the wrk traffic) proves the selection; bpf ns/request is then the cost of unsele
 With --compare-release, every round also runs a second instrumented variant (DIR/sonde, another
 build, with the same arguments) right after the first, so both are paired with the same
 baseline.
+
+With --bracket, every round runs the baseline again after its instrumented runs, and each ratio
+is taken against the mean of the two baselines: a host that slows down or speeds up within a
+round then weighs on both sides (the two baselines of one round differ by up to 6 % on this
+shared machine). With --pin, nginx runs on CPU 0 and wrk on CPU 1 (Sonde's processes are left
+to the scheduler), so no round depends on whether the scheduler put the two on one CPU for a
+while.
 """
 import argparse
 import json
@@ -59,12 +66,16 @@ def wait_port(port, timeout=20):
     raise SystemExit(f"nothing listens on {port}")
 
 
+# --pin: nginx on CPU 0 and wrk on CPU 1, so no round depends on where the scheduler put them.
+PIN = {"nginx": [], "wrk": []}
+
+
 def start_nginx(port, prefix):
     conf = open(os.path.join(ROOT, "tests/servers/nginx.conf")).read()
     conf = conf.replace("PREFIX", prefix).replace("PORT", str(port))
     path = os.path.join(prefix, "nginx.conf")
     open(path, "w").write(conf)
-    p = subprocess.Popen(["/usr/sbin/nginx", "-p", prefix, "-c", path],
+    p = subprocess.Popen(PIN["nginx"] + ["/usr/sbin/nginx", "-p", prefix, "-c", path],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return p
@@ -80,7 +91,7 @@ def stop(proc, sig, timeout):
 
 
 def wrk(port, duration, connections=16):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+    out = subprocess.run(PIN["wrk"] + ["wrk", "-t1", f"-c{connections}", f"-d{duration}s",
                           f"http://127.0.0.1:{port}/ok"],
                          capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -304,6 +315,12 @@ def main():
                     help="with --export: sample traces with traceidratio at this ratio")
     ap.add_argument("--not-selected", action="store_true",
                     help="Sonde selects a second nginx; wrk drives the one it does not select")
+    ap.add_argument("--bracket", action="store_true",
+                    help="also run the baseline after each round's instrumented runs and compare "
+                    "them with the mean of the two (a host that drifts within a round then "
+                    "weighs on both sides)")
+    ap.add_argument("--pin", action="store_true",
+                    help="run nginx on CPU 0 and wrk on CPU 1 (Sonde's processes are not pinned)")
     ap.add_argument("extra", nargs="*", help="extra sonde arguments (after --)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -312,6 +329,8 @@ def main():
         if not shutil.which(tool):
             raise SystemExit(f"{tool} missing: run scripts/setup.sh")
     refuse_other_sondes()
+    if args.pin:
+        PIN["nginx"], PIN["wrk"] = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
     workdir = tempfile.mkdtemp(prefix="sonde-bench-")
     os.chmod(workdir, 0o755)
     port = free_port()
@@ -348,14 +367,24 @@ def main():
             inst = variant(args.release)
             if args.compare_release is not None and compared is None:
                 compared = variant(args.compare_release)
+            base_after = None
+            if args.bracket:
+                base_after_req, base_after = wrk(port, args.duration)
+                base_req += base_after_req
+                base_before = base_rps
+                base_rps = (base_rps + base_after) / 2
             if selected is not None and inst["spans"] != SELECTED_CHECK_REQUESTS:
                 raise SystemExit(f"round {i + 1}: {inst['spans']} spans, expected "
                                  f"{SELECTED_CHECK_REQUESTS} (the selected nginx's requests only)")
             r = {"round": i + 1, "baseline_requests": base_req, "baseline_rps": base_rps, **inst}
+            if base_after is not None:
+                r["baseline_before_rps"], r["baseline_after_rps"] = base_before, base_after
             if compared is not None:
                 r["compare"] = compared
             rounds.append(r)
-            print(f"round {i+1}: baseline {base_rps:.0f} req/s, instrumented {inst['rps']:.0f} req/s "
+            bracket = (f" (before {base_before:.0f}, after {base_after:.0f})"
+                       if base_after is not None else "")
+            print(f"round {i+1}: baseline {base_rps:.0f} req/s{bracket}, instrumented {inst['rps']:.0f} req/s "
                   f"(ratio {inst['rps']/base_rps:.3f}), spans/requests {inst['spans']}/{inst['requests'] + inst['stats_requests']}, "
                   f"cpu {inst['cpu_s']:.2f}s, processor HWM {inst['processor_hwm_kib']/1024:.1f} MiB, "
                   f"bpf {inst['bpf_ns']/max(inst['stats_requests'],1):.0f} ns/request", flush=True)
