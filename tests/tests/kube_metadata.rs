@@ -377,16 +377,26 @@ fn api_server_down_at_start_then_up_and_a_forced_410_relists() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-    let lists = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r["path"] == "/api/v1/pods" && r["watch"] == false)
-        .count();
-    assert!(
-        lists >= 1,
-        "a new list of pods after the 410: {:#?}",
-        fake.requests()
-    );
+    // The change may reach the watcher on the open watch just before its 410 (the fake sends
+    // what history holds first), and the list then follows the watcher's backoff: wait for
+    // it rather than look once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lists = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r["path"] == "/api/v1/pods" && r["watch"] == false)
+            .count();
+        if lists >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new list of pods within 20 s of the 410: {:#?}",
+            fake.requests()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop(sonde);
 }
 
