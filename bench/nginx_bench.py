@@ -26,7 +26,7 @@ baseline.
 
 With --bracket, every round runs the baseline again after its instrumented runs, and each ratio
 is taken against the mean of the two baselines: a host that slows down or speeds up within a
-round then weighs on both sides (the two baselines of one round differ by up to 9 % on this
+round then weighs on both sides (the two baselines of one round differ by up to 14 % on this
 shared machine). With --pin, nginx runs on CPU 0 and wrk on CPU 1 (Sonde's processes are left
 to the scheduler), so no round depends on whether the scheduler put the two on one CPU for a
 while.
