@@ -251,6 +251,11 @@ def run_mode(app, mode, duration, connections, workdir, release, exporting):
     if mode == "sdk":
         text = open(app_log, errors="replace").read()
         out["sdk_warnings"] = re.findall(r".*(?:[Dd]ropp|[Qq]ueue is full|[Ff]ailed to export|rror).*", text)[:5]
+        # Every drop the SDK reported, not only the messages kept above: the Node SDK says how
+        # many spans each time ("Dropped N spans because maxQueueSize reached"); Python's batch
+        # processor only that its queue is full (each such message counted once).
+        out["sdk_spans_dropped_reported"] = sum(int(n) for n in re.findall(r"Dropped (\d+) spans", text))
+        out["sdk_queue_full_messages"] = len(re.findall(r"[Qq]ueue is full", text))
     return out
 
 
@@ -333,6 +338,8 @@ def main():
                 m["otlp_spans_dropped"] = [x["otlp_spans_dropped"] for x in rows]
             if mode == "sdk":
                 m["sdk_warnings"] = sorted({w for x in rows for w in x["sdk_warnings"]})[:5]
+                m["sdk_spans_dropped_reported"] = [x["sdk_spans_dropped_reported"] for x in rows]
+                m["sdk_queue_full_messages"] = [x["sdk_queue_full_messages"] for x in rows]
     print(json.dumps(summary, indent=2))
     if args.json:
         json.dump({"rounds": results, "summary": summary}, open(args.json, "w"), indent=2)

@@ -25,7 +25,7 @@ pub use host_metrics::{Cidr, NetworkSettings, ProcessMetricsSettings};
 pub use setting::{EnvVar, HIDDEN, Setting, Table, show, to_yaml, var, var_millis};
 pub use shared::{
     Config, ContextPropagation, DEFAULT_CONTROL_SOCKET, DEFAULT_EXCLUDE, DEFAULT_OPEN_PORTS,
-    EbpfSettings, LandlockMode, ProcessorSettings, SHARED,
+    EbpfSettings, LandlockMode, ProcessorSettings, SHARED, Scheduling,
 };
 pub use source::{
     CONFIG_PATH_VAR, FileText, Input, KeyKind, Raw, SECRET_ENV_VARS, file_entries, is_secret_var,

@@ -113,6 +113,8 @@ pub struct ProcessorSettings {
     /// enforce the whole ruleset). seccomp, NO_NEW_PRIVS and the empty capability sets stay in
     /// force either way.
     pub insecure_no_landlock: bool,
+    /// The scheduling policy the processor's threads run under (`processor.scheduling`).
+    pub scheduling: Scheduling,
 }
 
 impl ProcessorSettings {
@@ -122,6 +124,37 @@ impl ProcessorSettings {
         match self.landlock {
             LandlockMode::Required if self.insecure_no_landlock => LandlockMode::BestEffort,
             mode => mode,
+        }
+    }
+}
+
+/// The scheduling policy of the processor's threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduling {
+    /// `SCHED_BATCH`: the same CPU share as a normal process, but its wake-ups never preempt
+    /// the task running on the CPU, so on a busy host it takes the ring's records in larger
+    /// batches instead of interrupting the instrumented applications. Needs no privilege.
+    #[default]
+    Batch,
+    /// Whatever the processor was started with (e.g. systemd's `CPUSchedulingPolicy=`).
+    Inherit,
+}
+
+impl Scheduling {
+    pub const VALUES: &str = "`batch` or `inherit`";
+
+    pub fn parse(key: &str, text: &str) -> Result<Scheduling, crate::ConfigError> {
+        match text.trim() {
+            "batch" => Ok(Scheduling::Batch),
+            "inherit" => Ok(Scheduling::Inherit),
+            other => Err(invalid(key, other, Scheduling::VALUES)),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduling::Batch => "batch",
+            Scheduling::Inherit => "inherit",
         }
     }
 }
@@ -243,6 +276,7 @@ impl Config {
                 allowed_uids: Vec::new(),
                 landlock: LandlockMode::BestEffort,
                 insecure_no_landlock: false,
+                scheduling: Scheduling::Batch,
             },
             ebpf: EbpfSettings {
                 ring_buffer_bytes: 0,
@@ -749,6 +783,20 @@ pub static SHARED: Table<Config> = Table(&[
                 Ok(())
             },
             show: |c| show::flag(c.processor.insecure_no_landlock),
+        },
+        Setting {
+            key: "processor.scheduling",
+            env: &[var("SONDE_PROCESSOR_SCHEDULING")],
+            flag: "",
+            default: Some("batch"),
+            unset: "",
+            doc: "the processor's scheduling policy. `batch`: its threads run under `SCHED_BATCH`, the same CPU share as any process, but a wake-up never preempts the task on the CPU (the instrumented application), so on a busy host it takes the ring's records in larger batches (no privilege needed; see BENCHMARKS.md). `inherit`: the policy it was started with (e.g. systemd's `CPUSchedulingPolicy=`)",
+            secret: false,
+            apply: |c, i| {
+                c.processor.scheduling = Scheduling::parse(i.key, &i.text("a scheduling policy")?)?;
+                Ok(())
+            },
+            show: |c| show::text(c.processor.scheduling.as_str()),
         },
         Setting {
             key: "ebpf.ring_buffer_bytes",

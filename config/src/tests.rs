@@ -242,6 +242,27 @@ fn landlock_mode_defaults_to_best_effort_and_the_old_name_is_an_alias() {
     assert!(e.to_string().contains("processor.landlock"), "{e}");
 }
 
+/// `processor.scheduling`: `SCHED_BATCH` unless the operator keeps the inherited policy; a
+/// policy Sonde does not set is refused with the key's name.
+#[test]
+fn scheduling_defaults_to_batch_and_inherit_keeps_the_started_policy() {
+    use crate::Scheduling;
+    let c = Config::load(None, &env(&[])).unwrap();
+    assert_eq!(c.processor.scheduling, Scheduling::Batch);
+    let c = load_yaml("processor:\n  scheduling: inherit\n", &[]).unwrap();
+    assert_eq!(c.processor.scheduling, Scheduling::Inherit);
+    assert_eq!(
+        load_yaml(&c.to_yaml(), &[]).unwrap().processor.scheduling,
+        Scheduling::Inherit
+    );
+    let c = Config::load(None, &env(&[("SONDE_PROCESSOR_SCHEDULING", "inherit")])).unwrap();
+    assert_eq!(c.processor.scheduling, Scheduling::Inherit);
+    for bad in ["fifo", "idle", ""] {
+        let e = load_yaml(&format!("processor:\n  scheduling: '{bad}'\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("processor.scheduling"), "{bad}: {e}");
+    }
+}
+
 #[test]
 fn default_selection_only_when_nothing_selected() {
     let mut c = Config::load(None, &env(&[])).unwrap();

@@ -22,6 +22,7 @@ pub mod routes;
 pub mod sampling;
 pub mod sandbox;
 pub mod sandbox_check;
+pub mod scheduling;
 pub mod semconv;
 pub mod service_graph;
 pub mod span;

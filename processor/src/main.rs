@@ -28,6 +28,7 @@ use sonde_processor::{
     ringbuf::RingReader,
     sandbox::{self, LandlockMode, SandboxPolicy, SandboxReport},
     sandbox_check::{self, ProbeTargets},
+    scheduling,
 };
 use tracing::{error, info, warn};
 
@@ -126,10 +127,20 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(exit) => return exit,
     };
+    // Before any thread starts, so every thread inherits it; logged once logging is up.
+    let scheduled = scheduling::apply(config.shared.processor.scheduling);
     // Before the sandbox: one-time set-up stays ahead of it, so the allowlist
     // (seccomp/processor.json) needs only what the run itself calls.
     let shared = &config.shared;
     sonde_plumbing::logging::init(shared.log_level.as_str(), shared.log_format.is_json());
+    let policy = shared.processor.scheduling.as_str();
+    match scheduled {
+        Ok(()) => info!(policy = %policy, "scheduling policy"),
+        // Not fatal: the processor works as well under the policy it was started with.
+        Err(e) => warn!(
+            "processor.scheduling: could not switch to {policy} ({e}); running under the inherited policy"
+        ),
+    }
     // Kubernetes metadata is resolved before the sandbox too: its configuration files, and
     // the port and files the sandbox must then allow.
     let kube = match prepare_kube(&config.kubernetes) {

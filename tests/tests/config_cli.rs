@@ -22,7 +22,7 @@ fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
 #[test]
 fn bad_values_fail_at_start_naming_the_key() {
     let dir = TempDir::new("config");
-    let cases: [(&str, &str, &[&str]); 4] = [
+    let cases: [(&str, &str, &[&str]); 5] = [
         ("trace_printer: yaml\n", "trace_printer", &["yaml", "json"]),
         ("open_port: 80-x\n", "open_port", &["80-x", "ranges"]),
         (
@@ -31,6 +31,11 @@ fn bad_values_fail_at_start_naming_the_key() {
             &["1000", "power of two"],
         ),
         ("trace_printr: text\n", "trace_printr", &["unknown field"]),
+        (
+            "processor:\n  scheduling: fifo\n",
+            "processor.scheduling",
+            &["fifo", "`batch` or `inherit`"],
+        ),
     ];
     for (yaml, key, words) in cases {
         let path = dir.path("bad.yaml");

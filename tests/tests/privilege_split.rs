@@ -9,6 +9,36 @@ use sonde_e2e::*;
 
 const ZERO_CAPS: &str = "0000000000000000";
 
+/// `SCHED_BATCH` and `SCHED_OTHER` as `/proc/<pid>/task/<tid>/stat` shows a policy.
+const SCHED_BATCH: u32 = 3;
+const SCHED_OTHER: u32 = 0;
+
+/// The scheduling policy of every thread of `pid`, by thread id.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir");
+    let mut out = Vec::new();
+    for task in tasks {
+        let tid = task
+            .expect("task entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the command name start at field 3 (state); policy is field 41.
+        let after_comm = stat.rsplit_once(')').expect("stat has a command name").1;
+        let policy = after_comm
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no policy in {stat}"));
+        out.push((tid, policy));
+    }
+    assert!(!out.is_empty(), "no threads listed for {pid}");
+    out
+}
+
 fn processor_pid(sonde: &Sonde, nth: usize) -> u32 {
     let line = sonde.wait_log_nth("processor started", nth, Duration::from_secs(20));
     log_field(&line, "pid")
@@ -44,6 +74,14 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
     assert_eq!(status_field(first, "Seccomp"), "2");
     assert_eq!(status_field(first, "Seccomp_filters"), "5");
     sonde.wait_log("landlock=true", Duration::from_secs(5));
+    // Every thread under SCHED_BATCH (`processor.scheduling`'s default), set through the
+    // loader's inherited run-time seccomp policy, which allows exactly that call.
+    sonde.wait_log("scheduling policy policy=batch", Duration::from_secs(5));
+    let policies = thread_policies(first);
+    assert!(
+        policies.iter().all(|(_, p)| *p == SCHED_BATCH),
+        "processor threads' policies: {policies:?}"
+    );
     // The ring buffer is the only BPF object the processor holds.
     let bpf_fds = std::fs::read_dir(format!("/proc/{first}/fd"))
         .expect("fd dir")
@@ -108,6 +146,29 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
         sonde.spans().len(),
         6,
         "exactly one span per request overall"
+    );
+}
+
+/// `processor.scheduling: inherit` leaves the processor under the policy it was started with
+/// (the loader's: `SCHED_OTHER`). A policy Sonde does not set stops it at start, naming the
+/// key (`config_cli.rs`).
+#[test]
+fn processor_scheduling_inherit_keeps_the_started_policy() {
+    let _guard = serial();
+    let dir = TempDir::new("sched-inherit");
+    let port = free_port().to_string();
+    let sonde = Sonde::start(
+        &["--open-port", &port],
+        &[("SONDE_PROCESSOR_SCHEDULING", "inherit")],
+        &dir,
+        &[],
+    );
+    let pid = processor_pid(&sonde, 1);
+    sonde.wait_log("scheduling policy policy=inherit", Duration::from_secs(5));
+    let policies = thread_policies(pid);
+    assert!(
+        policies.iter().all(|(_, p)| *p == SCHED_OTHER),
+        "processor threads' policies: {policies:?}"
     );
 }
 
