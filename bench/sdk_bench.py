@@ -67,6 +67,10 @@ DATA = os.path.expanduser("~/.local/share/sonde")
 PY_VENV = os.path.join(DATA, "sdk-bench-venv")
 NODE_DIR = os.path.join(DATA, "sdk-bench-node")
 MODES = ("base", "sdk", "sonde")
+# Opt-in (`--modes base,sonde,sonde-inherit`): Sonde with its processor under the scheduling
+# policy it was started with (`processor.scheduling: inherit`), against `sonde`'s default
+# `SCHED_BATCH`.
+OPTIONAL_MODES = ("sonde-inherit",)
 
 
 def ensure_python():
@@ -168,9 +172,11 @@ def run_mode(app, mode, duration, connections, workdir, release, exporting):
     out = {"load": open("/proc/loadavg").read().split()[0]}
     try:
         wrk(port, 2, connections)  # warm-up: imports, JIT, connection pools
-        if mode == "sonde":
+        if mode.startswith("sonde"):
             env = {"PATH": os.environ["PATH"], "BEYLA_TRACE_PRINTER": "disabled", "NO_COLOR": "1",
                    "SONDE_CONTROL_SOCKET": os.path.join(workdir, "control.sock")}
+            if mode == "sonde-inherit":
+                env["SONDE_PROCESSOR_SCHEDULING"] = "inherit"
             env.update(exporting.env())
             env.pop("BEYLA_PROMETHEUS_PORT")  # OTLP only, as the SDK
             before = {p["id"] for p in bpf_progs()}
@@ -271,10 +277,10 @@ def main():
     ap.add_argument("--apps", default="flask,node")
     ap.add_argument("--json")
     ap.add_argument("--release", default=RELEASE, help="directory holding sonde and sonde-processor")
-    ap.add_argument("--modes", default=",".join(MODES), help="which of base,sdk,sonde run")
+    ap.add_argument("--modes", default=",".join(MODES), help="which of base,sdk,sonde run (and the opt-in sonde-inherit)")
     ap.add_argument("--connections", type=int, default=16, help="wrk's connections")
     args = ap.parse_args()
-    modes = tuple(m for m in MODES if m in args.modes.split(","))
+    modes = tuple(m for m in MODES + OPTIONAL_MODES if m in args.modes.split(","))
     if "base" not in modes or len(modes) < 2:
         raise SystemExit("--modes needs base and at least one of sdk, sonde")
     if os.geteuid() != 0:
@@ -326,7 +332,7 @@ def main():
             rises = [(x["app_cpu_s_per_100k"] - b["app_cpu_s_per_100k"]) * 10 for x, b in zip(rows, base)]
             m["app_cpu_rise_us_per_req_median_round"] = statistics.median(rises)
             m["app_cpu_rise_rounds_above_zero"] = sum(r > 0 for r in rises)
-            if mode == "sonde":
+            if mode.startswith("sonde"):
                 m["sonde_cpu_us_per_req"] = m["sonde_cpu_s_per_100k"] * 10
                 m["bpf_ns_per_req"] = median(rows, "bpf_ns_per_req")
                 m["bpf_runs_per_req"] = median(rows, "bpf_runs_per_req")
