@@ -149,27 +149,39 @@ fn processor_runs_unprivileged_and_restarts_after_sigkill() {
     );
 }
 
-/// `processor.scheduling: inherit` leaves the processor under the policy it was started with
-/// (the loader's: `SCHED_OTHER`). A policy Sonde does not set stops it at start, naming the
-/// key (`config_cli.rs`).
+/// `processor.scheduling`: with the Prometheus endpoint on (a server thread besides the
+/// reader), every thread runs under `SCHED_BATCH`, the threads started after the switch
+/// included; `inherit` leaves them all under the policy the processor was started with (the
+/// loader's: `SCHED_OTHER`). A policy Sonde does not set stops it at start, naming the key
+/// (`config_cli.rs`).
 #[test]
-fn processor_scheduling_inherit_keeps_the_started_policy() {
+fn processor_scheduling_reaches_every_thread_and_inherit_keeps_the_started_policy() {
     let _guard = serial();
-    let dir = TempDir::new("sched-inherit");
-    let port = free_port().to_string();
-    let sonde = Sonde::start(
-        &["--open-port", &port],
-        &[("SONDE_PROCESSOR_SCHEDULING", "inherit")],
-        &dir,
-        &[],
-    );
-    let pid = processor_pid(&sonde, 1);
-    sonde.wait_log("scheduling policy policy=inherit", Duration::from_secs(5));
-    let policies = thread_policies(pid);
-    assert!(
-        policies.iter().all(|(_, p)| *p == SCHED_OTHER),
-        "processor threads' policies: {policies:?}"
-    );
+    for (setting, policy, logged) in [
+        ("batch", SCHED_BATCH, "scheduling policy policy=batch"),
+        ("inherit", SCHED_OTHER, "scheduling policy policy=inherit"),
+    ] {
+        let dir = TempDir::new("sched");
+        let port = free_port().to_string();
+        let prometheus = free_port().to_string();
+        let sonde = Sonde::start(
+            &["--open-port", &port],
+            &[
+                ("SONDE_PROCESSOR_SCHEDULING", setting),
+                ("BEYLA_PROMETHEUS_PORT", &prometheus),
+            ],
+            &dir,
+            &[],
+        );
+        let pid = processor_pid(&sonde, 1);
+        sonde.wait_log(logged, Duration::from_secs(5));
+        sonde.wait_log("Prometheus endpoint listening", Duration::from_secs(10));
+        let policies = thread_policies(pid);
+        assert!(
+            policies.len() >= 2 && policies.iter().all(|(_, p)| *p == policy),
+            "{setting}: processor threads' policies: {policies:?}"
+        );
+    }
 }
 
 #[test]
