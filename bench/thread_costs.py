@@ -129,8 +129,19 @@ def instrumented(port, duration, workdir, release, exporting, config):
             "collector_cpu_s": collector, "spans_built": stats["spans"],
             "otlp_spans_exported": stats.get("otlp_spans_exported", 0),
             "otlp_spans_dropped": stats.get("otlp_spans_dropped", 0),
-            # Records the kernel side could not queue (ring full and the like).
-            "kernel_lost": sum(v for k, v in stats.get("kernel", {}).items() if "lost" in k)}
+            # Records the kernel side could not queue (ring full and the like), from the
+            # loader's final counters: the processor's stats hold them only as of the last
+            # report (every 10 s), which a short run may not reach.
+            "kernel_lost": final_kernel_lost(log)}
+
+
+def final_kernel_lost(log):
+    """Sum of the loader's "final kernel counters" whose name says lost."""
+    lines = [l for l in log.splitlines() if "final kernel counters" in l]
+    if not lines:
+        raise SystemExit("no final kernel counters in the sonde log")
+    return sum(int(n) for name, n in re.findall(r'\("([a-z0-9_]+)", (\d+)\)', lines[-1])
+               if "lost" in name)
 
 
 def median(xs):

@@ -1100,6 +1100,34 @@ class ControlHandler(BaseHTTPRequestHandler):
         self.reply(404, {"error": f"no {path}"})
 
 
+# While "refuse"-down: a socket bound to the API port but not listening, so connections are
+# refused and the port stays ours. Released, the port was once taken meanwhile (another
+# test's free port, or an outgoing connection's local port) and the API could not listen
+# again within 5 s.
+PLACEHOLDER = None
+
+
+def hold_port():
+    global PLACEHOLDER
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Both this socket and the server's set SO_REUSEADDR and this one never listens, so the
+    # server can bind the port again while this still holds it.
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", ARGS.port))
+    except OSError:
+        s.close()  # the port is busy already: down as before, unguarded
+        return
+    PLACEHOLDER = s
+
+
+def release_port():
+    global PLACEHOLDER
+    if PLACEHOLDER is not None:
+        PLACEHOLDER.close()
+        PLACEHOLDER = None
+
+
 def set_down(down, mode):
     with SERVER_LOCK:
         if down:
@@ -1109,6 +1137,7 @@ def set_down(down, mode):
                 STATE.down = mode
             if mode == "refuse":
                 stop_api()
+                hold_port()
         else:
             with STATE.cond:
                 was = STATE.down
@@ -1122,6 +1151,7 @@ def set_down(down, mode):
                         time.sleep(0.05)
                 else:
                     raise ValueError("could not listen again")
+                release_port()
     return {"down": STATE.down}
 
 
