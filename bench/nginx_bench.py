@@ -127,6 +127,18 @@ def bpf_run_stats(ids):
     return ns, cnt
 
 
+def sonde_log(path):
+    """A Sonde log file's text without its ANSI colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", open(path, errors="replace").read())
+
+
+def final_stats(log):
+    """The processor's final stats (the last "final processor stats" line) from `sonde_log`'s
+    text, or None when the processor never logged them."""
+    stats = re.findall(r"final processor stats stats=(\{.*\})", log)
+    return json.loads(stats[-1]) if stats else None
+
+
 def wait_log(path, needle, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -263,8 +275,10 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None, ex
         stop(sonde, signal.SIGINT, 20)
     extra_out = {}
     if exporting:
-        log = re.sub(r"\x1b\[[0-9;]*m", "", open(log_path, errors="replace").read())
-        stats = json.loads(re.findall(r"final processor stats stats=(\{.*\})", log)[-1])
+        log = sonde_log(log_path)
+        stats = final_stats(log)
+        if stats is None:
+            raise SystemExit(f"no final processor stats in {log_path}")
         spans = stats["otlp_spans_exported"] if exporting.traces else stats["spans"]
         extra_out = {"spans_built": stats["spans"], "otlp_spans_dropped": stats["otlp_spans_dropped"],
                      # Why spans were dropped, when the exporter said (queue full is silent).
@@ -275,9 +289,8 @@ def instrumented_round(port, duration, workdir, extra, printer, release=None, ex
         spans = sum(1 for line in open(spans_path, errors="replace") if line.startswith("{"))
     else:
         # Spans built, from the processor's final stats (nothing is printed).
-        log = re.sub(r"\x1b\[[0-9;]*m", "", open(log_path, errors="replace").read())
-        stats = re.findall(r"final processor stats stats=(\{.*\})", log)
-        spans = json.loads(stats[-1])["spans"] if stats else 0
+        stats = final_stats(sonde_log(log_path))
+        spans = stats["spans"] if stats else 0
     return {
         "requests": requests, "rps": rps, "spans": spans, "stats_requests": stats_requests,
         "cpu_s": cpu1 - cpu0, "processor_hwm_kib": hwm,

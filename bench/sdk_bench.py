@@ -58,8 +58,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from nginx_bench import (RELEASE, Exporting, bpf_progs, bpf_run_stats,  # noqa: E402
-                         cpu_seconds, free_port, refuse_other_sondes, stop, wait_log,
-                         wait_port, wrk)
+                         cpu_seconds, final_stats, free_port, refuse_other_sondes, sonde_log,
+                         stop, wait_log, wait_port, wrk)
 from inject_bench import prog_stats  # noqa: E402
 
 APPS_DIR = os.path.join(HERE, "sdk_apps")
@@ -248,9 +248,7 @@ def run_mode(app, mode, duration, connections, workdir, release, exporting):
     out["collector_cpu_s_per_100k"] = out["collector_cpu_s"] * per100k
     if sonde:
         out["sonde_cpu_s_per_100k"] = out["sonde_cpu_s"] * per100k
-        log = re.sub(r"\x1b\[[0-9;]*m", "", open(log_path, errors="replace").read())
-        stats = re.findall(r"final processor stats stats=(\{.*\})", log)
-        s = json.loads(stats[-1]) if stats else {}
+        s = final_stats(sonde_log(log_path)) or {}
         out["spans_built"] = s.get("spans")
         out["otlp_spans_exported"] = s.get("otlp_spans_exported")
         out["otlp_spans_dropped"] = s.get("otlp_spans_dropped")

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,8 +124,10 @@ def instrumented(port, duration, workdir, release, exporting, config):
     # The next run's scraper must not overlap this one's (it sleeps 5 s between scrapes).
     if scraper is not None:
         scraper.join(timeout=10)
-    log = re.sub(r"\x1b\[[0-9;]*m", "", open(log_path, errors="replace").read())
-    stats = json.loads(re.findall(r"final processor stats stats=(\{.*\})", log)[-1])
+    log = nb.sonde_log(log_path)
+    stats = nb.final_stats(log)
+    if stats is None:
+        raise SystemExit(f"no final processor stats in {log_path}")
     return {"requests": requests, "rps": rps, "threads": threads, "loader_cpu_s": loader,
             "collector_cpu_s": collector, "spans_built": stats["spans"],
             "otlp_spans_exported": stats.get("otlp_spans_exported", 0),
@@ -142,12 +145,6 @@ def final_kernel_lost(log):
         raise SystemExit("no final kernel counters in the sonde log")
     return sum(int(n) for name, n in re.findall(r'\("([a-z0-9_]+)", (\d+)\)', lines[-1])
                if "lost" in name)
-
-
-def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
 def main():
@@ -210,7 +207,7 @@ def main():
                              "voluntary_switches_per_s": vol / secs,
                              "involuntary_switches_per_s": nonvol / secs}
         summary[c] = {
-            "throughput_ratio_median_round": median([x["rps"] / b for x, b in zip(runs, bases)]),
+            "throughput_ratio_median_round": statistics.median(x["rps"] / b for x, b in zip(runs, bases)),
             "processor_threads": per_thread,
             "processor_cpu_us_per_request": sum(t["cpu_us_per_request"] for t in per_thread.values()),
             "loader_cpu_us_per_request": sum(x["loader_cpu_s"] for x in runs) / reqs * 1e6,

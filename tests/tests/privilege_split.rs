@@ -9,9 +9,10 @@ use sonde_e2e::*;
 
 const ZERO_CAPS: &str = "0000000000000000";
 
-/// `SCHED_BATCH` and `SCHED_OTHER` as `/proc/<pid>/task/<tid>/stat` shows a policy.
-const SCHED_BATCH: u32 = 3;
-const SCHED_OTHER: u32 = 0;
+/// `SCHED_BATCH` and `SCHED_OTHER` as `/proc/<pid>/task/<tid>/stat` shows a policy (the
+/// kernel's numbers, which libc's constants are).
+const SCHED_BATCH: u32 = libc::SCHED_BATCH as u32;
+const SCHED_OTHER: u32 = libc::SCHED_OTHER as u32;
 
 /// The scheduling policy of every thread of `pid`, by thread id.
 fn thread_policies(pid: u32) -> Vec<(String, u32)> {
