@@ -17,7 +17,8 @@ Configurations: `metrics` (OTLP metrics + Prometheus, no traces), `t01` (+ trace
 `traceidratio` 0.1), `all` (+ every trace), all over OTLP/gRPC. A configuration may carry
 environment settings for Sonde after `+`: `metrics+SONDE_PROCESSOR_SCHEDULING=inherit` is
 `metrics` with the processor under the policy it was started with, so one run compares a
-setting on and off.
+setting on and off. A build directory after `@` runs that build's `sonde` instead of
+--release's: `metrics@/tmp/before,metrics` compares two builds in one run.
 
 Usage: thread_costs.py [--rounds 4] [--duration 8] [--configs metrics,t01,all]
                        [--release DIR] [--no-pin] [--json out.json]
@@ -79,8 +80,11 @@ def delta(after, before):
 
 
 def parse_config(config):
-    """`name[+VAR=value...]` -> (name, {VAR: value})."""
-    name, *settings = config.split("+")
+    """`name[@DIR][+VAR=value...]` -> (name, build directory or None, {VAR: value})."""
+    head, *settings = config.split("+")
+    name, _, build = head.partition("@")
+    if build and not os.path.isfile(os.path.join(build, "sonde")):
+        raise SystemExit(f"--configs: no sonde in {build!r} (from {config!r})")
     if name not in CONFIGS:
         raise SystemExit(f"--configs: unknown configuration {name!r} (known: {', '.join(CONFIGS)})")
     env = {}
@@ -89,11 +93,12 @@ def parse_config(config):
         if not eq or not var:
             raise SystemExit(f"--configs: {setting!r} in {config!r} is not VAR=value")
         env[var] = value
-    return name, env
+    return name, build or None, env
 
 
 def instrumented(port, duration, workdir, release, exporting, config):
-    name, extra_env = parse_config(config)
+    name, build, extra_env = parse_config(config)
+    release = build or release
     exporting.traces = CONFIGS[name]["traces"]
     exporting.sampler_ratio = CONFIGS[name]["ratio"]
     log_path = os.path.join(workdir, "sonde.log")

@@ -196,3 +196,134 @@ impl Drop for RingReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reader against a ring laid out as the kernel lays it out, in a plain shared file
+    //! (no wrap-around: the data area's second mapping is not reproduced).
+    use std::{fs::File, os::unix::fs::FileExt};
+
+    use super::*;
+
+    const PAGE: u64 = 4096;
+
+    struct FakeRing {
+        file: File,
+        data: u64,
+        prod: u64,
+    }
+
+    impl FakeRing {
+        fn new(data: u64) -> (FakeRing, RingReader) {
+            let path = std::env::temp_dir().join(format!(
+                "sonde-ringbuf-test-{}-{data}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .expect("temp file");
+            std::fs::remove_file(&path).expect("unlink temp file");
+            file.set_len(2 * PAGE + 2 * data).expect("size");
+            let fd = OwnedFd::from(file.try_clone().expect("dup"));
+            let reader = RingReader::new(fd, data as u32, PAGE as u32).expect("map");
+            (
+                FakeRing {
+                    file,
+                    data,
+                    prod: 0,
+                },
+                reader,
+            )
+        }
+
+        /// Writes a record at the producer position; returns where it starts.
+        fn push(&mut self, payload: &[u8], flags: u32) -> u64 {
+            let at = self.prod;
+            let mut header = (payload.len() as u32 | flags).to_le_bytes().to_vec();
+            header.extend_from_slice(&0u32.to_le_bytes());
+            let off = 2 * PAGE + (at & (self.data - 1));
+            self.file.write_all_at(&header, off).expect("header");
+            self.file
+                .write_all_at(payload, off + HEADER)
+                .expect("payload");
+            self.prod += (payload.len() as u64 + HEADER + 7) & !7;
+            at
+        }
+
+        fn commit(&self, at: u64, len: usize) {
+            let off = 2 * PAGE + (at & (self.data - 1));
+            self.file
+                .write_all_at(&(len as u32).to_le_bytes(), off)
+                .expect("commit");
+        }
+
+        fn publish(&self) {
+            self.file
+                .write_all_at(&self.prod.to_le_bytes(), PAGE)
+                .expect("producer_pos");
+        }
+
+        fn consumer_pos(&self) -> u64 {
+            read_consumer_pos(&self.file)
+        }
+    }
+
+    fn read_consumer_pos(file: &File) -> u64 {
+        let mut b = [0u8; 8];
+        file.read_exact_at(&mut b, 0).expect("consumer_pos");
+        u64::from_le_bytes(b)
+    }
+
+    #[test]
+    fn records_come_in_order_without_discarded_ones_and_a_busy_one_waits() {
+        let (mut ring, mut reader) = FakeRing::new(64 * 1024);
+        ring.push(b"first", 0);
+        ring.push(b"discarded", DISCARD_BIT);
+        ring.push(b"third record", 0);
+        let third_end = ring.prod;
+        let busy = ring.push(b"fourth", BUSY_BIT);
+        ring.publish();
+
+        let mut got = Vec::new();
+        assert_eq!(reader.drain(|r| got.push(r.to_vec())), 2);
+        assert_eq!(got, [b"first".to_vec(), b"third record".to_vec()]);
+        assert_eq!(
+            ring.consumer_pos(),
+            third_end,
+            "released up to the busy record"
+        );
+
+        ring.commit(busy, b"fourth".len());
+        got.clear();
+        assert_eq!(reader.drain(|r| got.push(r.to_vec())), 1);
+        assert_eq!(got, [b"fourth".to_vec()]);
+        assert_eq!(ring.consumer_pos(), ring.prod);
+        assert_eq!(reader.drain(|_| panic!("nothing is left")), 0);
+        assert_eq!(reader.corrupt_records, 0);
+    }
+
+    #[test]
+    fn an_impossible_length_is_counted_and_skipped() {
+        let (mut ring, mut reader) = FakeRing::new(16 * 1024);
+        ring.push(b"ok", 0);
+        let bad = ring.push(b"bad", 0);
+        ring.publish();
+        ring.file
+            .write_all_at(&(64 * 1024u32).to_le_bytes(), 2 * PAGE + bad)
+            .expect("corrupt");
+        let mut got = Vec::new();
+        assert_eq!(reader.drain(|r| got.push(r.to_vec())), 1);
+        assert_eq!(got, [b"ok".to_vec()]);
+        assert_eq!(reader.corrupt_records, 1);
+        assert_eq!(
+            ring.consumer_pos(),
+            ring.prod,
+            "resynchronised at the producer"
+        );
+    }
+}
