@@ -18,7 +18,10 @@ Configurations: `metrics` (OTLP metrics + Prometheus, no traces), `t01` (+ trace
 environment settings for Sonde after `+`: `metrics+SONDE_PROCESSOR_SCHEDULING=inherit` is
 `metrics` with the processor under the policy it was started with, so one run compares a
 setting on and off. A build directory after `@` runs that build's `sonde` instead of
---release's: `metrics@/tmp/before,metrics` compares two builds in one run.
+--release's: `metrics@/tmp/before,metrics` compares two builds in one run. One setting is the
+collector's, not Sonde's: `+COLLECTOR_POLICY=batch` runs the collector's threads under
+`SCHED_BATCH` for that configuration (`chrt`, set back to `SCHED_OTHER` after it), to see
+what its wake-ups cost the two busy CPUs beyond its own CPU time.
 
 Usage: thread_costs.py [--rounds 4] [--duration 8] [--configs metrics,t01,all]
                        [--release DIR] [--no-pin] [--json out.json]
@@ -93,11 +96,23 @@ def parse_config(config):
         if not eq or not var:
             raise SystemExit(f"--configs: {setting!r} in {config!r} is not VAR=value")
         env[var] = value
+    if env.get("COLLECTOR_POLICY", "batch") not in ("batch", "other"):
+        raise SystemExit(f"--configs: COLLECTOR_POLICY in {config!r} must be batch or other")
     return name, build or None, env
+
+
+def collector_policy(pid, policy):
+    """Every thread of the collector to `policy` (`batch` or `other`)."""
+    flag = {"batch": "-b", "other": "-o"}[policy]
+    subprocess.run(["chrt", "-a", flag, "-p", "0", str(pid)], check=True,
+                   stdout=subprocess.DEVNULL)
 
 
 def instrumented(port, duration, workdir, release, exporting, config):
     name, build, extra_env = parse_config(config)
+    policy = extra_env.pop("COLLECTOR_POLICY", None)
+    if policy:
+        collector_policy(exporting.rotel.pid, policy)
     release = build or release
     exporting.traces = CONFIGS[name]["traces"]
     exporting.sampler_ratio = CONFIGS[name]["ratio"]
@@ -126,6 +141,8 @@ def instrumented(port, duration, workdir, release, exporting, config):
     finally:
         exporting.stopping = True
         nb.stop(sonde, signal.SIGINT, 20)
+        if policy:
+            collector_policy(exporting.rotel.pid, "other")
     # The next run's scraper must not overlap this one's (it sleeps 5 s between scrapes).
     if scraper is not None:
         scraper.join(timeout=10)
