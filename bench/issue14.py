@@ -19,7 +19,8 @@ describe; nginx on CPU 0 and wrk on CPU 1 wherever the script offers it):
 Usage: issue14.py [--release DIR] [--out DIR] [--steps exports,http,...] [--rounds N]
        issue14.py --report DIR      (the table again from an earlier run's outputs)
 Run as root after `cargo build --release --workspace --bins` (bench/sdk_bench.py installs the
-SDK apps' packages on first use). Takes about 40 minutes with the default rounds.
+SDK apps' packages on first use). Takes about 30 minutes with the default rounds (26 on the
+2-vCPU machine of BENCHMARKS.md).
 """
 import argparse
 import datetime

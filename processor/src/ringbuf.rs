@@ -241,12 +241,18 @@ mod tests {
             )
         }
 
+        /// Where the record at ring position `at` starts in the file (behind the consumer
+        /// and producer pages).
+        fn file_offset(&self, at: u64) -> u64 {
+            2 * PAGE + (at & (self.data - 1))
+        }
+
         /// Writes a record at the producer position; returns where it starts.
         fn push(&mut self, payload: &[u8], flags: u32) -> u64 {
             let at = self.prod;
             let mut header = (payload.len() as u32 | flags).to_le_bytes().to_vec();
             header.extend_from_slice(&0u32.to_le_bytes());
-            let off = 2 * PAGE + (at & (self.data - 1));
+            let off = self.file_offset(at);
             self.file.write_all_at(&header, off).expect("header");
             self.file
                 .write_all_at(payload, off + HEADER)
@@ -256,7 +262,7 @@ mod tests {
         }
 
         fn commit(&self, at: u64, len: usize) {
-            let off = 2 * PAGE + (at & (self.data - 1));
+            let off = self.file_offset(at);
             self.file
                 .write_all_at(&(len as u32).to_le_bytes(), off)
                 .expect("commit");
@@ -314,7 +320,7 @@ mod tests {
         let bad = ring.push(b"bad", 0);
         ring.publish();
         ring.file
-            .write_all_at(&(64 * 1024u32).to_le_bytes(), 2 * PAGE + bad)
+            .write_all_at(&(64 * 1024u32).to_le_bytes(), ring.file_offset(bad))
             .expect("corrupt");
         let mut got = Vec::new();
         assert_eq!(reader.drain(|r| got.push(r.to_vec())), 1);
